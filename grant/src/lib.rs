@@ -1,0 +1,1 @@
+//! rustbk grant crate.

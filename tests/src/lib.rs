@@ -1,0 +1,1 @@
+//! Integration tests for rustbk live in tests/tests/.
