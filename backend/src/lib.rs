@@ -1,1 +1,16 @@
-//! rustbk backend crate.
+//! The blkif backend of rustbk.
+//!
+//! * [`xenbus`]: the per-device xenbus state machine (control plane, tokio, xenstore-rs).
+//! * [`worker`]: the data path, one thread per ring: requests copied out of the ring once,
+//!   validated, turned into image I/O straight into mapped guest pages, answered in order of
+//!   completion.
+
+#![forbid(unsafe_code)]
+
+mod error;
+pub mod stats;
+pub mod worker;
+pub mod xenbus;
+
+pub use error::Error;
+pub use stats::Stats;

@@ -1,1 +1,66 @@
-//! rustbk formats crate.
+//! Image formats for rustbk and the one I/O engine layer they all share.
+//!
+//! * [`BlockImage`] / [`ImageQueue`]: the control-plane and data-plane traits the backend uses.
+//! * [`engine`]: positioned vectored read/write, flush, punch-hole and zero-range over io_uring,
+//!   with a synchronous fallback of identical semantics. Every format builds on it.
+//! * [`raw`]: raw images (regular files and block devices).
+//!
+//! `unsafe` lives only in [`buffer`] (the aligned buffer and copies to or from raw I/O memory),
+//! `engine::uring` (raw buffers in SQEs) and `engine::sys` (raw-buffer syscalls and ioctls).
+#![deny(unsafe_code)]
+
+#[allow(unsafe_code)]
+pub mod buffer;
+pub mod engine;
+mod error;
+mod image;
+pub mod raw;
+
+#[cfg(test)]
+mod suite;
+
+pub use buffer::{AlignedBuf, IoBuffers, IoVec, SharedBuf};
+pub use engine::{Engine, EngineFile};
+pub use error::Error;
+pub use image::{
+    BlockImage, Completion, EngineKind, Features, Format, Geometry, ImageQueue, IoOp, OpenOptions,
+};
+pub use raw::{RawImage, create_raw};
+
+use std::path::Path;
+use std::sync::Arc;
+
+/// Opens an image, probing its format unless `opts.format` names one.
+///
+/// Only raw images exist so far. When no format is given and the file starts with the magic of
+/// a format this crate cannot open yet (qcow2, vmdk, vhd), the open fails rather than exposing
+/// the container's metadata to the guest as raw data.
+pub fn open_image(path: &Path, opts: &OpenOptions) -> Result<Arc<dyn BlockImage>, Error> {
+    let file = EngineFile::open(path, opts.read_only, opts.direct)?;
+    let format = match opts.format {
+        Some(format) => format,
+        None => probe(&file)?,
+    };
+    match format {
+        Format::Raw => Ok(Arc::new(RawImage::new(Arc::new(file), opts)?)),
+    }
+}
+
+/// Magic numbers at offset 0 of the formats this crate does not open yet.
+const FOREIGN_MAGICS: [(&[u8], &str); 3] = [
+    (b"QFI\xfb", "qcow2"),
+    (b"KDMV", "vmdk"),
+    (b"conectix", "vhd"),
+];
+
+fn probe(file: &EngineFile) -> Result<Format, Error> {
+    let mut head = [0u8; 8];
+    let got = file.read_head(&mut head)?;
+    let head = head.get(..got).unwrap_or_default();
+    for (magic, name) in FOREIGN_MAGICS {
+        if head.starts_with(magic) {
+            return Err(Error::UnsupportedFormat(name));
+        }
+    }
+    Ok(Format::Raw)
+}

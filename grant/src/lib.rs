@@ -1,1 +1,62 @@
-//! rustbk grant crate.
+//! The platform seam of rustbk: mapping a guest's grants and talking over event channels.
+//!
+//! The backend only sees the traits here. Two platforms implement them: the emulated one in
+//! [`emu`] (guest RAM in a memfd, an emulated grant table, eventfd event channels, handed over a
+//! unix socket) and, for real Xen, one over `/dev/xen/gntdev` and `/dev/xen/evtchn`.
+//!
+//! `unsafe` lives only in `sys/` (mmap and raw memory copies), each block with a SAFETY comment.
+
+#![deny(unsafe_code)]
+
+pub mod emu;
+mod error;
+mod event;
+mod mapping;
+mod sys;
+
+use std::os::fd::BorrowedFd;
+use std::sync::Arc;
+
+pub use error::Error;
+pub use event::EventFd;
+pub use mapping::{Direction, GrantMapping, GuestBuf, PageSpan, RingPages};
+pub use rustbk_ring::{DomId, GrantRef, Port};
+
+/// How the backend wants to access granted pages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// The backend only reads the pages (guest WRITE requests, indirect pages).
+    ReadOnly,
+    /// The backend writes the pages (guest READ requests, the shared ring).
+    ReadWrite,
+}
+
+/// A way to reach guests: emulated or real Xen.
+pub trait Platform: Send + Sync {
+    /// The domain id the backend runs in (grants must be made out to it).
+    fn local_domid(&self) -> DomId;
+    /// Opens access to guest `domid`'s grants and event channels.
+    fn attach(&self, domid: DomId) -> Result<Arc<dyn GuestHandle>, Error>;
+}
+
+/// Access to one guest's grants and event channels.
+pub trait GuestHandle: Send + Sync {
+    /// The guest's domain id.
+    fn domid(&self) -> DomId;
+    /// Maps `refs` into one contiguous region, page `i` at offset `i * PAGE_SIZE`.
+    fn map_grants(&self, refs: &[GrantRef], access: Access) -> Result<GrantMapping, Error>;
+    /// Binds the guest's unbound port `remote` (published by the frontend in xenstore).
+    fn bind_event_channel(&self, remote: Port) -> Result<Box<dyn EventChannel>, Error>;
+}
+
+/// One bound interdomain event channel.
+pub trait EventChannel: Send {
+    /// Our end's port number.
+    fn local_port(&self) -> Port;
+    /// Signals the remote end.
+    fn notify(&self) -> Result<(), Error>;
+    /// A descriptor that becomes readable when the remote end signalled us.
+    fn fd(&self) -> BorrowedFd<'_>;
+    /// Consumes pending events and re-arms the channel; true if an event was pending.
+    fn ack(&self) -> Result<bool, Error>;
+}

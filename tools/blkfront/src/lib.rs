@@ -1,1 +1,22 @@
-//! rustbk blkfront crate.
+//! The emulated guest side of rustbk's ring emulator.
+//!
+//! * [`toolstack`]: writes a vbd's backend and frontend directories the way libxl does.
+//! * [`Frontend`]: plays Linux blkfront: the xenbus handshake over xenstore, a granted ring and
+//!   data pages in emulated guest RAM, requests and responses, close and reconnect.
+//! * [`workload`]: sequential/random, read/write/mixed workloads with a verify mode, latency
+//!   percentiles and throughput.
+
+#![forbid(unsafe_code)]
+
+mod error;
+mod frames;
+mod front;
+mod slots;
+pub mod toolstack;
+mod wait;
+pub mod workload;
+
+pub use error::Error;
+pub use frames::FrameAlloc;
+pub use front::{Closed, DiskInfo, Frontend, FrontendConfig};
+pub use slots::{Slot, SlotPool};

@@ -1,0 +1,38 @@
+/// Errors of the backend.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A xenstore operation failed.
+    #[error("Xenstore {op} {path} failed")]
+    Xenstore {
+        /// The operation.
+        op: &'static str,
+        /// The node.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A xenstore node holds a value we cannot use.
+    #[error("Xenstore node {path} has a bad value {value:?}: {why}")]
+    BadNode {
+        /// The node.
+        path: String,
+        /// What it holds.
+        value: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The image could not be opened or used.
+    #[error("Image error")]
+    Image(#[from] rustbk_formats::Error),
+    /// Mapping the ring or binding the event channel failed.
+    #[error("Platform error")]
+    Platform(#[from] rustbk_grant::Error),
+    /// The ring could not be set up.
+    #[error("Ring error")]
+    Ring(#[from] rustbk_ring::Error),
+    /// Starting the worker thread failed.
+    #[error("Cannot start the ring worker")]
+    Spawn(#[source] std::io::Error),
+}

@@ -1,0 +1,231 @@
+//! Turning validated requests into image I/O, and completions into responses.
+
+use rustbk_formats::{Completion, IoOp};
+use rustbk_grant::{Access, Direction, GrantRef, GuestBuf, PageSpan};
+use rustbk_ring::{
+    BadReason, BadRequest, HeapMemory, PAGE_SIZE, Request, RwOp, SECTOR_SIZE, Segment, SharedMemoryExt, op,
+    status,
+};
+
+use super::order::{Exclusive, Stage, WriteData};
+use super::ring_loop::RingWorker;
+use super::slots::{Slot, SlotKind};
+use crate::Stats;
+
+impl RingWorker<'_> {
+    /// Handles one request fresh off the ring.
+    pub(super) fn handle(&mut self, decoded: Result<Request, BadRequest>) {
+        match decoded {
+            Err(bad) => self.refuse(&bad),
+            Ok(req) if self.order.exclusive.is_some() => self.order.held.push_back(req),
+            Ok(req) => self.start(req),
+        }
+    }
+
+    fn refuse(&mut self, bad: &BadRequest) {
+        self.note_refused(bad);
+        self.respond(bad.id, bad.op, bad.status);
+    }
+
+    /// Starts a request: validates it against the disk and submits its first operation.
+    fn start(&mut self, req: Request) {
+        let segments = match self.segments_of(&req) {
+            Ok(segs) => segs,
+            Err(bad) => return self.refuse(&bad),
+        };
+        if let Err(bad) = rustbk_ring::validate(&req, &segments, &self.cfg.limits) {
+            return self.refuse(&bad);
+        }
+        match req {
+            Request::Rw { id, op: rw, sector, .. } | Request::Indirect { id, op: rw, sector, .. } => {
+                self.start_rw(id, rw, sector.0, &segments)
+            }
+            Request::Discard { id, sector, nr_sectors, .. } => self.start_discard(id, sector.0, nr_sectors),
+        }
+    }
+
+    /// The data segments of a request: inline, or copied once out of its indirect pages.
+    fn segments_of(&self, req: &Request) -> Result<Vec<Segment>, BadRequest> {
+        match req {
+            Request::Rw { segments, .. } => Ok(segments.as_slice().to_vec()),
+            Request::Discard { .. } => Ok(Vec::new()),
+            Request::Indirect { nr_segments, indirect_grefs, .. } => {
+                let bad = |reason| BadRequest { id: req.id(), op: req.response_op(), status: status::ERROR, reason };
+                let max = self.cfg.limits.max_indirect_segments;
+                if u32::from(*nr_segments) > max {
+                    return Err(bad(BadReason::IndirectLimit { nr: *nr_segments, max }));
+                }
+                let copy = self.copy_indirect_pages(indirect_grefs.as_slice()).map_err(|e| {
+                    tracing::trace!(error = %e, "cannot map indirect pages");
+                    bad(BadReason::IndirectPages { pages: 0, needed: indirect_grefs.len() })
+                })?;
+                rustbk_ring::decode_indirect_segments(&[&copy], *nr_segments).map_err(bad)
+            }
+        }
+    }
+
+    /// Copies the indirect pages into private memory (mapped read-only, unmapped at once).
+    fn copy_indirect_pages(&self, refs: &[GrantRef]) -> Result<HeapMemory, rustbk_grant::Error> {
+        let pages = self.guest.map_grants(refs, Access::ReadOnly)?;
+        let mut bytes = vec![0u8; pages.len()];
+        pages.read(0, &mut bytes)?;
+        let copy = HeapMemory::new(pages.pages());
+        copy.write_bytes(0, &bytes).map_err(|_| rustbk_grant::Error::BadMapSize(pages.pages()))?;
+        Ok(copy)
+    }
+
+    fn start_rw(&mut self, id: u64, rw: RwOp, sector: u64, segments: &[Segment]) {
+        let offset = sector * SECTOR_SIZE;
+        let code = rw.code();
+        if matches!(rw, RwOp::WriteBarrier) || (rw == RwOp::Flush && !segments.is_empty()) {
+            return self.start_exclusive(id, code, offset, segments);
+        }
+        if rw == RwOp::Flush {
+            return self.order.queue_flush(id, code);
+        }
+        let dir = if rw == RwOp::Read { Direction::ToGuest } else { Direction::FromGuest };
+        let buf = match self.guest_buf(segments, dir) {
+            Ok(buf) => buf,
+            Err(e) => return self.map_failed(id, code, &e),
+        };
+        let bytes = buf.len() as u64;
+        let (io, kind) = match rw {
+            RwOp::Read => (IoOp::Read { offset, bufs: Box::new(buf) }, SlotKind::Read),
+            _ => {
+                let seq = self.order.write_started();
+                (IoOp::Write { offset, bufs: Box::new(buf) }, SlotKind::Write { seq })
+            }
+        };
+        self.submit(io, Slot { id, op: code, bytes, kind });
+    }
+
+    fn start_discard(&mut self, id: u64, sector: u64, nr_sectors: u64) {
+        let (offset, len) = (sector * SECTOR_SIZE, nr_sectors * SECTOR_SIZE);
+        let seq = self.order.write_started();
+        let slot = Slot { id, op: op::DISCARD, bytes: len, kind: SlotKind::Discard { seq } };
+        self.submit(IoOp::Discard { offset, len }, slot);
+    }
+
+    fn start_exclusive(&mut self, id: u64, code: u8, offset: u64, segments: &[Segment]) {
+        let data = if segments.is_empty() {
+            None
+        } else {
+            match self.guest_buf(segments, Direction::FromGuest) {
+                Ok(buf) => Some(WriteData { offset, buf }),
+                Err(e) => return self.map_failed(id, code, &e),
+            }
+        };
+        self.order.exclusive = Some(Exclusive { id, op: code, stage: Stage::Drain, data });
+    }
+
+    /// Maps the pages of `segments` and describes the bytes they cover.
+    fn guest_buf(&self, segments: &[Segment], dir: Direction) -> Result<GuestBuf, rustbk_grant::Error> {
+        let refs: Vec<GrantRef> = segments.iter().map(|s| s.gref).collect();
+        let access = if dir == Direction::ToGuest { Access::ReadWrite } else { Access::ReadOnly };
+        let mapping = self.guest.map_grants(&refs, access)?;
+        let sector = SECTOR_SIZE as usize;
+        let spans: Vec<PageSpan> = segments
+            .iter()
+            .enumerate()
+            .map(|(page, s)| PageSpan {
+                page,
+                offset: usize::from(s.first_sect) * sector,
+                len: usize::from(s.last_sect - s.first_sect + 1) * sector,
+            })
+            .collect();
+        debug_assert!(spans.iter().all(|s| s.offset + s.len <= PAGE_SIZE));
+        GuestBuf::new(mapping, &spans, dir)
+    }
+
+    fn map_failed(&mut self, id: u64, code: u8, e: &rustbk_grant::Error) {
+        self.note_refused(e);
+        self.respond(id, code, status::ERROR);
+    }
+
+    fn submit(&mut self, io: IoOp, slot: Slot) {
+        let tag = self.slots.insert(slot);
+        if let Err(e) = self.queue.submit(io, tag) {
+            tracing::warn!(error = %e, "image queue refused an operation");
+            self.slots.remove(tag);
+            self.finish_slot(slot, status::ERROR);
+        }
+    }
+
+    /// Handles one finished queue operation.
+    pub(super) fn complete(&mut self, c: Completion) {
+        let Some(slot) = self.slots.remove(c.tag) else {
+            tracing::error!(tag = c.tag, "completion for an unknown tag");
+            return;
+        };
+        let st = match &c.result {
+            Ok(()) => status::OKAY,
+            Err(e) if e.errno() == nix::libc::EOPNOTSUPP => status::EOPNOTSUPP,
+            Err(e) => {
+                tracing::debug!(error = %e, id = slot.id, "I/O failed");
+                status::ERROR
+            }
+        };
+        self.finish_slot(slot, st);
+    }
+
+    fn finish_slot(&mut self, slot: Slot, st: i16) {
+        let ok = st == status::OKAY;
+        let s = &self.stats;
+        match slot.kind {
+            SlotKind::Read if ok => count(&s.reads, &s.bytes_read, slot.bytes),
+            SlotKind::Write { .. } if ok => count(&s.writes, &s.bytes_written, slot.bytes),
+            SlotKind::Discard { .. } if ok => Stats::add(&s.discards, 1),
+            SlotKind::Flush if ok => Stats::add(&s.flushes, 1),
+            _ => {}
+        }
+        match slot.kind {
+            SlotKind::Write { seq } | SlotKind::Discard { seq } => self.order.write_done(seq),
+            SlotKind::Exclusive => return self.advance_exclusive(st),
+            SlotKind::Read | SlotKind::Flush => {}
+        }
+        self.respond(slot.id, slot.op, st);
+    }
+
+    /// Starts whatever was waiting: ready flushes, the exclusive request's next step, and held
+    /// requests once the exclusive one is answered.
+    pub(super) fn release_waiters(&mut self) {
+        while let Some(f) = self.order.pop_ready_flush() {
+            self.submit(IoOp::Flush, Slot { id: f.id, op: f.op, bytes: 0, kind: SlotKind::Flush });
+        }
+        let drained = self.slots.is_empty() && self.order.no_waiting_flushes();
+        if let Some(ex) = self.order.exclusive.as_mut() {
+            if ex.stage == Stage::Drain && drained {
+                ex.stage = Stage::PreFlush;
+                let slot = Slot { id: ex.id, op: ex.op, bytes: 0, kind: SlotKind::Exclusive };
+                self.submit(IoOp::Flush, slot);
+            }
+        }
+        while self.order.exclusive.is_none() {
+            let Some(req) = self.order.held.pop_front() else { break };
+            self.start(req);
+        }
+    }
+
+    fn advance_exclusive(&mut self, st: i16) {
+        let Some(ex) = self.order.exclusive.as_mut() else { return };
+        let (id, code) = (ex.id, ex.op);
+        if st == status::OKAY && ex.stage == Stage::PreFlush {
+            if let Some(data) = ex.data.take() {
+                ex.stage = Stage::Write;
+                let bytes = data.buf.len() as u64;
+                let slot = Slot { id, op: code, bytes, kind: SlotKind::Exclusive };
+                return self.submit(IoOp::Write { offset: data.offset, bufs: Box::new(data.buf) }, slot);
+            }
+        }
+        self.order.exclusive = None;
+        if st == status::OKAY {
+            Stats::add(&self.stats.flushes, 1);
+        }
+        self.respond(id, code, st);
+    }
+}
+
+fn count(ops: &std::sync::atomic::AtomicU64, bytes: &std::sync::atomic::AtomicU64, n: u64) {
+    Stats::add(ops, 1);
+    Stats::add(bytes, n);
+}

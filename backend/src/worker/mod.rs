@@ -1,0 +1,108 @@
+//! The data path: one thread per ring, driving its own image queue.
+//!
+//! The thread sleeps in `poll(2)` on three descriptors: the event channel (new requests), the
+//! image queue's completion notifier, and a stop doorbell. Each wake-up pulls every pending
+//! request (copied out of the ring once and validated), submits their I/O as one batch, reaps
+//! completions, publishes responses and notifies the frontend only when it asked for it.
+
+mod dispatch;
+mod order;
+mod ring_loop;
+mod slots;
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use rustbk_formats::ImageQueue;
+use rustbk_grant::{EventChannel, EventFd, GuestHandle, RingPages};
+use rustbk_ring::{BackRing, DiskLimits, DomId};
+
+use crate::{Error, Stats};
+
+/// Everything a ring worker needs, set up by the xenbus state machine.
+pub struct RingResources {
+    /// The mapped shared ring.
+    pub ring: BackRing<RingPages>,
+    /// The bound event channel.
+    pub evtchn: Box<dyn EventChannel>,
+    /// The guest, for mapping data and indirect pages.
+    pub guest: Arc<dyn GuestHandle>,
+    /// The image queue this ring owns.
+    pub queue: Box<dyn ImageQueue>,
+}
+
+/// Identity and limits of the device a worker serves.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// The frontend's domain.
+    pub domid: DomId,
+    /// The virtual device number.
+    pub devid: u32,
+    /// What requests may do.
+    pub limits: DiskLimits,
+}
+
+/// Why a worker thread ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WorkerExit {
+    /// Asked to stop; every in-flight request was answered.
+    Stopped,
+    /// The frontend broke the ring protocol (request producer beyond the ring): disconnected.
+    RingOverflow,
+    /// An unrecoverable local error.
+    Failed(String),
+}
+
+/// A running ring worker.
+pub struct Worker {
+    stop: Arc<EventFd>,
+    thread: Option<JoinHandle<WorkerExit>>,
+}
+
+impl Worker {
+    /// Starts the worker thread. `on_exit` runs on that thread when it ends, whatever the cause.
+    pub fn spawn(
+        cfg: WorkerConfig,
+        res: RingResources,
+        stats: Arc<Stats>,
+        on_exit: impl FnOnce(&WorkerExit) + Send + 'static,
+    ) -> Result<Worker, Error> {
+        let stop = Arc::new(EventFd::new()?);
+        let thread_stop = Arc::clone(&stop);
+        let name = format!("ring-d{}-{}", cfg.domid.0, cfg.devid);
+        let thread = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || {
+                let exit = ring_loop::run(cfg, res, stats, &thread_stop);
+                on_exit(&exit);
+                exit
+            })
+            .map_err(Error::Spawn)?;
+        Ok(Worker { stop, thread: Some(thread) })
+    }
+
+    /// Asks the worker to stop taking requests, waits until every in-flight request is
+    /// answered, and returns why it ended. Blocks.
+    pub fn stop(mut self) -> WorkerExit {
+        self.join()
+    }
+
+    fn join(&mut self) -> WorkerExit {
+        if let Err(e) = self.stop.signal() {
+            tracing::error!(error = %e, "cannot signal ring worker to stop");
+        }
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(exit)) => exit,
+            Some(Err(_)) => WorkerExit::Failed("ring worker panicked".into()),
+            None => WorkerExit::Stopped,
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.join();
+        }
+    }
+}

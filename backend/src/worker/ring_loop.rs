@@ -1,0 +1,197 @@
+//! The worker thread's loop: pull requests, submit, reap, answer, sleep.
+
+use std::os::fd::AsFd;
+use std::sync::Arc;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use rustbk_formats::{Completion, ImageQueue};
+use rustbk_grant::{EventChannel, EventFd, GuestHandle, RingPages};
+use rustbk_ring::{BackRing, Response, status};
+
+use super::order::Order;
+use super::slots::Slots;
+use super::{RingResources, WorkerConfig, WorkerExit};
+use crate::Stats;
+
+/// How many bad requests per ring are logged at warn level before going quiet.
+const WARN_BUDGET: u32 = 16;
+
+/// Why the loop ended early.
+enum Fatal {
+    Overflow(rustbk_ring::Error),
+    Local(String),
+}
+
+/// The state of one ring worker.
+pub(super) struct RingWorker<'a> {
+    pub cfg: WorkerConfig,
+    ring: BackRing<RingPages>,
+    evtchn: Box<dyn EventChannel>,
+    pub guest: Arc<dyn GuestHandle>,
+    pub queue: Box<dyn ImageQueue>,
+    pub stats: Arc<Stats>,
+    pub slots: Slots,
+    pub order: Order,
+    completions: Vec<Completion>,
+    responses_pending: bool,
+    stopping: bool,
+    stop: &'a EventFd,
+    warn_budget: u32,
+}
+
+/// Runs a worker until it is stopped or the frontend breaks the ring.
+pub(super) fn run(cfg: WorkerConfig, res: RingResources, stats: Arc<Stats>, stop: &EventFd) -> WorkerExit {
+    let span = tracing::info_span!("ring", domid = cfg.domid.0, devid = cfg.devid);
+    let _entered = span.enter();
+    tracing::info!(entries = res.ring.size(), "ring worker started");
+    let mut w = RingWorker {
+        cfg,
+        ring: res.ring,
+        evtchn: res.evtchn,
+        guest: res.guest,
+        queue: res.queue,
+        stats,
+        slots: Slots::default(),
+        order: Order::default(),
+        completions: Vec::new(),
+        responses_pending: false,
+        stopping: false,
+        stop,
+        warn_budget: WARN_BUDGET,
+    };
+    let exit = match w.run_loop() {
+        Ok(()) => WorkerExit::Stopped,
+        Err(Fatal::Overflow(e)) => {
+            tracing::error!(error = %e, "frontend overflowed the ring; disconnecting");
+            w.drain_after_fatal();
+            WorkerExit::RingOverflow
+        }
+        Err(Fatal::Local(msg)) => {
+            tracing::error!(error = %msg, "ring worker failed");
+            w.drain_after_fatal();
+            WorkerExit::Failed(msg)
+        }
+    };
+    tracing::info!(?exit, "ring worker ended");
+    exit
+}
+
+impl RingWorker<'_> {
+    fn run_loop(&mut self) -> Result<(), Fatal> {
+        loop {
+            let mut busy = false;
+            if !self.stopping {
+                busy |= self.pull_requests()?;
+            }
+            busy |= self.reap();
+            self.queue.commit().map_err(|e| Fatal::Local(format!("submit: {e}")))?;
+            self.publish()?;
+            if self.stopping && self.is_idle() {
+                return Ok(());
+            }
+            if busy {
+                continue;
+            }
+            if !self.stopping && self.ring.final_check_for_requests().map_err(Fatal::Overflow)? {
+                continue;
+            }
+            self.sleep()?;
+        }
+    }
+
+    /// Takes every pending request off the ring; true if there was any.
+    fn pull_requests(&mut self) -> Result<bool, Fatal> {
+        let mut any = false;
+        while let Some(decoded) = self.ring.next_request().map_err(Fatal::Overflow)? {
+            any = true;
+            self.handle(decoded);
+        }
+        Ok(any)
+    }
+
+    /// Handles finished queue operations; true if there was any.
+    fn reap(&mut self) -> bool {
+        let mut done = std::mem::take(&mut self.completions);
+        self.queue.reap(&mut done);
+        let any = !done.is_empty();
+        for c in done.drain(..) {
+            self.complete(c);
+        }
+        self.completions = done;
+        // Also after new requests alone: a flush may be ready without any completion.
+        self.release_waiters();
+        any
+    }
+
+    fn is_idle(&self) -> bool {
+        self.slots.is_empty() && self.order.is_idle()
+    }
+
+    /// Queues a response; published by [`Self::publish`].
+    pub fn respond(&mut self, id: u64, op: u8, st: i16) {
+        if st != status::OKAY {
+            Stats::add(&self.stats.errors, 1);
+        }
+        self.ring.push_response(&Response { id, op, status: st });
+        self.responses_pending = true;
+    }
+
+    fn publish(&mut self) -> Result<(), Fatal> {
+        if !std::mem::take(&mut self.responses_pending) {
+            return Ok(());
+        }
+        if self.ring.push_responses_and_check_notify() {
+            self.evtchn.notify().map_err(|e| Fatal::Local(format!("notify: {e}")))?;
+        }
+        Ok(())
+    }
+
+    fn sleep(&mut self) -> Result<(), Fatal> {
+        let (ev, stop) = {
+            let mut fds = [
+                PollFd::new(self.evtchn.fd(), PollFlags::POLLIN),
+                PollFd::new(self.queue.notifier(), PollFlags::POLLIN),
+                PollFd::new(self.stop.as_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(Fatal::Local(format!("poll: {e}"))),
+            }
+            let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+            (ready(&fds[0]), ready(&fds[2]))
+        };
+        if ev {
+            self.evtchn.ack().map_err(|e| Fatal::Local(format!("event channel: {e}")))?;
+        }
+        if stop {
+            self.stopping = true;
+        }
+        Ok(())
+    }
+
+    /// After a fatal error: no new requests, but finish what the kernel still has in flight
+    /// so guest pages are unmapped only after the I/O into them has ended.
+    fn drain_after_fatal(&mut self) {
+        while !self.slots.is_empty() {
+            if self.queue.wait(None).is_err() {
+                break;
+            }
+            let mut done = Vec::new();
+            self.queue.reap(&mut done);
+            for c in done {
+                self.slots.remove(c.tag);
+            }
+        }
+    }
+
+    /// Logs a refused request at warn level for the first few, then at trace level.
+    pub fn note_refused(&mut self, what: &dyn std::fmt::Debug) {
+        Stats::add(&self.stats.bad_requests, 1);
+        if self.warn_budget > 0 {
+            self.warn_budget -= 1;
+            tracing::warn!(request = ?what, "refused a request");
+        } else {
+            tracing::trace!(request = ?what, "refused a request");
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! One device's state machine, driven by xenstore watches and worker exits.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use rustbk_formats::{BlockImage, EngineKind, OpenOptions, open_image};
+use rustbk_grant::Platform;
+use rustbk_ring::{DEFAULT_MAX_INDIRECT_SEGMENTS, DomId, MAX_RING_PAGE_ORDER};
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use super::connect::{attach_ring, disk_limits, read_frontend_ring};
+use super::keys::{BackendInfo, discard_offered, publish_disk, publish_features, read_backend};
+use super::{Store, XenbusState};
+use crate::worker::{Worker, WorkerConfig, WorkerExit};
+use crate::{Error, Stats};
+
+/// Which device to serve.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceSpec {
+    /// The backend directory, e.g. `/local/domain/0/backend/vbd/1/51712`.
+    pub backend_path: String,
+    /// The frontend's domain.
+    pub domid: DomId,
+    /// The virtual device number.
+    pub devid: u32,
+}
+
+/// Tunables of the backend.
+#[derive(Clone, Debug)]
+pub struct BackendOptions {
+    /// Largest ring page order offered (`max-ring-page-order`).
+    pub max_ring_order: u32,
+    /// Indirect segments offered (`feature-max-indirect-segments`).
+    pub max_indirect_segments: u32,
+    /// I/O engine.
+    pub engine: EngineKind,
+    /// Open images with O_DIRECT.
+    pub direct: bool,
+}
+
+impl Default for BackendOptions {
+    fn default() -> Self {
+        BackendOptions {
+            max_ring_order: MAX_RING_PAGE_ORDER,
+            max_indirect_segments: DEFAULT_MAX_INDIRECT_SEGMENTS,
+            engine: EngineKind::Auto,
+            direct: true,
+        }
+    }
+}
+
+struct Device {
+    spec: DeviceSpec,
+    store: Store,
+    platform: Arc<dyn Platform>,
+    opts: BackendOptions,
+    info: BackendInfo,
+    image: Arc<dyn BlockImage>,
+    state: XenbusState,
+    worker: Option<Worker>,
+    stats: Arc<Stats>,
+    exits: mpsc::UnboundedSender<WorkerExit>,
+    online: bool,
+}
+
+/// Serves one device until the toolstack takes it away (`online` 0 and the frontend closed)
+/// or xenstore goes away.
+pub async fn run_device(
+    store: Store,
+    platform: Arc<dyn Platform>,
+    spec: DeviceSpec,
+    opts: BackendOptions,
+    stats: Arc<Stats>,
+) -> Result<(), Error> {
+    let span = tracing::info_span!("vbd", domid = spec.domid.0, devid = spec.devid);
+    run_device_inner(store, platform, spec, opts, stats).instrument(span).await
+}
+
+async fn run_device_inner(
+    store: Store,
+    platform: Arc<dyn Platform>,
+    spec: DeviceSpec,
+    opts: BackendOptions,
+    stats: Arc<Stats>,
+) -> Result<(), Error> {
+    let be = spec.backend_path.clone();
+    let info = read_backend(&store, &be).await?;
+    let image = open(&info, &opts)?;
+    let (exits, mut exit_rx) = mpsc::unbounded_channel();
+    let mut dev = Device {
+        spec, store, platform, opts, info, image, state: XenbusState::Unknown, worker: None, stats, exits, online: true,
+    };
+    dev.to_init_wait().await?;
+    let mut fe_watch = dev.store.watch(&format!("{}/state", dev.info.frontend)).await?;
+    let mut online_watch = dev.store.watch(&format!("{be}/online")).await?;
+    loop {
+        tokio::select! {
+            ev = fe_watch.next() => match ev {
+                Some(_) => dev.on_frontend_change().await?,
+                None => break,
+            },
+            ev = online_watch.next() => match ev {
+                Some(_) => dev.on_online_change().await?,
+                None => break,
+            },
+            Some(exit) = exit_rx.recv() => dev.on_worker_exit(exit).await?,
+        }
+        if !dev.online && matches!(dev.state, XenbusState::Closed) {
+            break;
+        }
+    }
+    dev.disconnect().await;
+    tracing::info!("device released");
+    Ok(())
+}
+
+fn open(info: &BackendInfo, opts: &BackendOptions) -> Result<Arc<dyn BlockImage>, Error> {
+    let open_opts = OpenOptions {
+        read_only: info.read_only,
+        direct: opts.direct,
+        format: info.format,
+        engine: opts.engine,
+        ..OpenOptions::default()
+    };
+    let image = open_image(&info.path, &open_opts)?;
+    let g = image.geometry();
+    tracing::info!(path = %info.path.display(), size = g.size, read_only = info.read_only, "image opened");
+    Ok(image)
+}
+
+impl Device {
+    async fn set_state(&mut self, state: XenbusState) -> Result<(), Error> {
+        let path = format!("{}/state", self.spec.backend_path);
+        self.store.write(&path, &state.number().to_string()).await?;
+        tracing::info!(?state, "backend state");
+        self.state = state;
+        Ok(())
+    }
+
+    async fn to_init_wait(&mut self) -> Result<(), Error> {
+        publish_features(&self.store, &self.spec.backend_path, &*self.image, &self.info, &self.opts).await?;
+        self.set_state(XenbusState::InitWait).await
+    }
+
+    async fn frontend_state(&self) -> Result<XenbusState, Error> {
+        let v = self.store.read(&format!("{}/state", self.info.frontend)).await?;
+        Ok(XenbusState::parse(v.as_deref()))
+    }
+
+    async fn on_frontend_change(&mut self) -> Result<(), Error> {
+        let fe = self.frontend_state().await?;
+        tracing::debug!(frontend = ?fe, backend = ?self.state, "frontend state changed");
+        match fe {
+            XenbusState::Initialising if self.state == XenbusState::Closed => self.to_init_wait().await,
+            XenbusState::Initialised | XenbusState::Connected if self.worker.is_none() => self.connect_or_close().await,
+            XenbusState::Closing if self.state != XenbusState::Closed => self.set_state(XenbusState::Closing).await,
+            XenbusState::Closed | XenbusState::Unknown => {
+                self.disconnect().await;
+                if self.state != XenbusState::Closed {
+                    self.set_state(XenbusState::Closed).await?;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn connect_or_close(&mut self) -> Result<(), Error> {
+        if self.state == XenbusState::Closed {
+            self.to_init_wait().await?;
+        }
+        if self.state != XenbusState::InitWait {
+            return Ok(());
+        }
+        match self.connect().await {
+            Ok(()) => self.set_state(XenbusState::Connected).await,
+            Err(e) => {
+                tracing::error!(error = %error_chain(&e), "cannot connect to the frontend");
+                self.set_state(XenbusState::Closing).await
+            }
+        }
+    }
+
+    async fn connect(&mut self) -> Result<(), Error> {
+        let fr = read_frontend_ring(&self.store, &self.info.frontend, &self.opts).await?;
+        let res = attach_ring(&*self.platform, self.spec.domid, &fr, &*self.image)?;
+        let discard = discard_offered(&*self.image, &self.info);
+        let limits = disk_limits(&*self.image, self.info.read_only, discard, &self.opts);
+        let cfg = WorkerConfig { domid: self.spec.domid, devid: self.spec.devid, limits };
+        let exits = self.exits.clone();
+        let on_exit = move |exit: &WorkerExit| {
+            let _ = exits.send(exit.clone());
+        };
+        self.worker = Some(Worker::spawn(cfg, res, Arc::clone(&self.stats), on_exit)?);
+        publish_disk(&self.store, &self.spec.backend_path, &*self.image, &self.info).await?;
+        tracing::info!(order = fr.order, abi = fr.abi.protocol_name(), port = fr.port.0, "ring connected");
+        Ok(())
+    }
+
+    /// Stops the worker, waiting for in-flight I/O, and unmaps the ring.
+    async fn disconnect(&mut self) {
+        let Some(worker) = self.worker.take() else { return };
+        match tokio::task::spawn_blocking(move || worker.stop()).await {
+            Ok(exit) => tracing::info!(?exit, "ring disconnected"),
+            Err(e) => tracing::error!(error = %e, "ring worker did not stop cleanly"),
+        }
+    }
+
+    async fn on_online_change(&mut self) -> Result<(), Error> {
+        let v = self.store.read(&format!("{}/online", self.spec.backend_path)).await?;
+        self.online = v.as_deref().is_none_or(|v| v.trim() != "0");
+        if !self.online && self.state == XenbusState::Connected {
+            self.set_state(XenbusState::Closing).await?;
+        }
+        if !self.online && matches!(self.frontend_state().await?, XenbusState::Closed | XenbusState::Unknown) {
+            self.disconnect().await;
+            self.set_state(XenbusState::Closed).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_worker_exit(&mut self, exit: WorkerExit) -> Result<(), Error> {
+        if exit == WorkerExit::Stopped {
+            return Ok(());
+        }
+        tracing::error!(?exit, "ring worker ended; closing the device");
+        self.disconnect().await;
+        self.set_state(XenbusState::Closing).await
+    }
+}
+
+/// An error and its causes on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,17 @@
+//! The xenbus side of a block device: the backend's state machine in xenstore.
+//!
+//! Follows Linux `xen-blkback`: publish features and go to InitWait; when the frontend is
+//! Initialised (or Connected), map its ring, bind its event channel, start the ring worker,
+//! publish the disk's size and go to Connected; follow the frontend to Closing and Closed
+//! (draining in-flight I/O first); and when a frontend starts again after Closed (guest reboot,
+//! kexec), go back to InitWait.
+
+mod connect;
+mod device;
+mod keys;
+mod state;
+mod store;
+
+pub use device::{BackendOptions, DeviceSpec, error_chain, run_device};
+pub use state::XenbusState;
+pub use store::Store;

@@ -1,0 +1,65 @@
+//! A thin layer over the `xenstore-rs` tokio client that speaks this crate's errors.
+
+use std::io::ErrorKind;
+
+use std::pin::Pin;
+
+use futures::Stream;
+use xenstore_rs::tokio::XsTokio;
+use xenstore_rs::{AsyncWatch, AsyncXs};
+
+use crate::Error;
+
+/// A stream of paths changed under a watched node.
+pub type Watch = Pin<Box<dyn Stream<Item = Box<str>> + Send>>;
+
+/// The xenstore connection of the backend (real xenstored or the emulator's).
+#[derive(Clone, Debug)]
+pub struct Store(XsTokio);
+
+fn xs_err(op: &'static str, path: &str) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.to_owned();
+    move |source| Error::Xenstore { op, path, source }
+}
+
+impl Store {
+    /// Connects to the socket named by `XENSTORED_PATH` (default `/run/xenstored/socket`), or
+    /// to the xenbus device. Must run inside a tokio runtime.
+    pub async fn connect() -> Result<Store, Error> {
+        XsTokio::new().await.map(Store).map_err(xs_err("connect", "xenstored"))
+    }
+
+    /// Reads a node; `None` if it does not exist.
+    pub async fn read(&self, path: &str) -> Result<Option<String>, Error> {
+        match self.0.read(path).await {
+            Ok(v) => Ok(Some(v.into_string())),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(xs_err("read", path)(e)),
+        }
+    }
+
+    /// Writes a node.
+    pub async fn write(&self, path: &str, value: &str) -> Result<(), Error> {
+        self.0.write(path, value).await.map_err(xs_err("write", path))
+    }
+
+    /// Removes a node and its children.
+    pub async fn rm(&self, path: &str) -> Result<(), Error> {
+        self.0.rm(path).await.map_err(xs_err("rm", path))
+    }
+
+    /// Lists a directory; empty if it does not exist.
+    pub async fn directory(&self, path: &str) -> Result<Vec<String>, Error> {
+        match self.0.directory(path).await {
+            Ok(v) => Ok(v.into_iter().map(String::from).collect()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(xs_err("directory", path)(e)),
+        }
+    }
+
+    /// Watches a node and its children; the stream yields changed paths.
+    pub async fn watch(&self, path: &str) -> Result<Watch, Error> {
+        let stream = self.0.watch(path).await.map_err(xs_err("watch", path))?;
+        Ok(Box::pin(stream))
+    }
+}

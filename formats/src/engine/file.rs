@@ -1,0 +1,277 @@
+//! An image's host file (regular file or block device) and what the engine knows about it.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::buffer::{BUF_ALIGN, IoVec};
+use crate::error::Error;
+
+use super::prep::Which;
+use super::sys;
+
+/// What kind of host file backs an image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileKind {
+    /// A regular file: size from metadata, discard punches holes.
+    Regular,
+    /// A block device: size from BLKGETSIZE64, discard is BLKDISCARD.
+    BlockDevice,
+}
+
+/// O_DIRECT alignment requirements, in bytes (powers of two).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DioAlign {
+    /// Alignment of buffer addresses.
+    pub memory: u32,
+    /// Alignment of file offsets and of every segment length.
+    pub offset: u32,
+}
+
+/// Counters of how ops had to be adapted for O_DIRECT.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileStats {
+    /// Ops whose memory went through an aligned bounce buffer.
+    pub bounced: u64,
+    /// Ops sent to the buffered descriptor because their offset or length was misaligned.
+    pub buffered_fallbacks: u64,
+}
+
+/// An open host file: a page-cached descriptor, optionally an O_DIRECT one on the same inode.
+#[derive(Debug)]
+pub struct EngineFile {
+    path: PathBuf,
+    buffered: File,
+    direct: Option<(File, DioAlign)>,
+    kind: FileKind,
+    read_only: bool,
+    logical_block: u32,
+    physical_block: u32,
+    bounced: AtomicU64,
+    fallbacks: AtomicU64,
+}
+
+impl EngineFile {
+    /// Opens `path`. A read-write open of a read-only file system or a read-only block device
+    /// yields a read-only file. `direct` adds an O_DIRECT descriptor when the file system has one.
+    pub fn open(path: &Path, read_only: bool, direct: bool) -> Result<EngineFile, Error> {
+        let err = |source| Error::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let (buffered, mut read_only) = match open_buffered(path, read_only) {
+            Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {
+                return Err(Error::NotAnImage(path.to_owned()));
+            }
+            opened => opened.map_err(err)?,
+        };
+        let meta = buffered.metadata().map_err(err)?;
+        let kind = if meta.file_type().is_block_device() {
+            FileKind::BlockDevice
+        } else if meta.is_file() {
+            FileKind::Regular
+        } else {
+            return Err(Error::NotAnImage(path.to_owned()));
+        };
+        let (logical_block, physical_block) = match kind {
+            FileKind::BlockDevice => {
+                read_only |= sys::blk_read_only(buffered.as_fd()).map_err(err)?;
+                let logical = sys::blk_logical_block_size(buffered.as_fd()).map_err(err)?;
+                let physical = sys::blk_physical_block_size(buffered.as_fd()).map_err(err)?;
+                (logical, physical.max(logical))
+            }
+            FileKind::Regular => (512, 512),
+        };
+        let mut file = EngineFile {
+            path: path.to_owned(),
+            buffered,
+            direct: None,
+            kind,
+            read_only,
+            logical_block,
+            physical_block,
+            bounced: AtomicU64::new(0),
+            fallbacks: AtomicU64::new(0),
+        };
+        if direct {
+            file.direct = file.open_direct(&meta).map_err(err)?;
+        }
+        Ok(file)
+    }
+
+    fn open_direct(&self, meta: &std::fs::Metadata) -> io::Result<Option<(File, DioAlign)>> {
+        let mut options = std::fs::OpenOptions::new();
+        options
+            .read(true)
+            .write(!self.read_only)
+            .custom_flags(libc::O_DIRECT);
+        let direct = match options.open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                tracing::warn!(path = %self.path.display(), "O_DIRECT not supported here, using the page cache");
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        let again = direct.metadata()?;
+        if (again.dev(), again.ino()) != (meta.dev(), meta.ino()) {
+            return Err(io::Error::other("file replaced while opening"));
+        }
+        let align = sys::dio_align(direct.as_fd()).unwrap_or(match self.kind {
+            FileKind::BlockDevice => DioAlign {
+                memory: self.logical_block,
+                offset: self.logical_block,
+            },
+            FileKind::Regular => DioAlign {
+                memory: 512,
+                offset: 512,
+            },
+        });
+        let usable = |a: u32| a.is_power_of_two() && a as usize <= BUF_ALIGN;
+        if !usable(align.memory) || !usable(align.offset) {
+            tracing::warn!(path = %self.path.display(), ?align, "unusable O_DIRECT alignment, using the page cache");
+            return Ok(None);
+        }
+        tracing::debug!(path = %self.path.display(), ?align, "O_DIRECT enabled");
+        Ok(Some((direct, align)))
+    }
+
+    /// The path the file was opened with.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Regular file or block device.
+    pub fn kind(&self) -> FileKind {
+        self.kind
+    }
+
+    /// True if modifying ops are refused.
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// The O_DIRECT alignment, or `None` if I/O goes through the page cache.
+    pub fn dio_align(&self) -> Option<DioAlign> {
+        self.direct.as_ref().map(|(_, align)| *align)
+    }
+
+    /// Logical block size of a block device (512 for regular files).
+    pub fn logical_block_size(&self) -> u32 {
+        self.logical_block
+    }
+
+    /// Physical block size of a block device (512 for regular files).
+    pub fn physical_block_size(&self) -> u32 {
+        self.physical_block
+    }
+
+    /// The current size in bytes.
+    pub fn size(&self) -> Result<u64, Error> {
+        match self.kind {
+            FileKind::Regular => Ok(self.buffered.metadata()?.len()),
+            FileKind::BlockDevice => Ok(sys::blk_size(self.buffered.as_fd())?),
+        }
+    }
+
+    /// Reads up to `buf.len()` bytes from offset 0 through the page cache (format probing).
+    pub fn read_head(&self, buf: &mut [u8]) -> Result<usize, Error> {
+        let mut got = 0;
+        while let Some(rest) = buf.get_mut(got..).filter(|r| !r.is_empty()) {
+            match self.buffered.read_at(rest, got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(got)
+    }
+
+    /// fdatasync on the file.
+    pub fn datasync(&self) -> Result<(), Error> {
+        Ok(self.buffered.sync_data()?)
+    }
+
+    /// How ops were adapted for O_DIRECT so far.
+    pub fn stats(&self) -> FileStats {
+        FileStats {
+            bounced: self.bounced.load(Ordering::Relaxed),
+            buffered_fallbacks: self.fallbacks.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The descriptor for `which` (the buffered one if there is no O_DIRECT descriptor).
+    pub(crate) fn fd(&self, which: Which) -> BorrowedFd<'_> {
+        match (which, &self.direct) {
+            (Which::Direct, Some((direct, _))) => direct.as_fd(),
+            _ => self.buffered.as_fd(),
+        }
+    }
+
+    /// O_DIRECT if the range is aligned for it, else the page cache.
+    pub(crate) fn choose(&self, offset: u64, len: usize) -> Which {
+        let Some(align) = self.dio_align() else {
+            return Which::Buffered;
+        };
+        let mask = u64::from(align.offset) - 1;
+        if offset & mask == 0 && (len as u64) & mask == 0 {
+            Which::Direct
+        } else {
+            self.fallbacks.fetch_add(1, Ordering::Relaxed);
+            Which::Buffered
+        }
+    }
+
+    /// True if one segment can be used for O_DIRECT as it is.
+    pub(crate) fn dio_memory_ok(&self, iov: &IoVec) -> bool {
+        let Some(align) = self.dio_align() else {
+            return true;
+        };
+        let memory = align.memory as usize;
+        let offset = align.offset as usize;
+        (iov.base as usize) % memory == 0 && iov.len % offset == 0
+    }
+
+    /// O_DIRECT offset alignment, 1 without O_DIRECT.
+    pub(crate) fn dio_offset_align(&self) -> usize {
+        self.dio_align().map_or(1, |a| a.offset as usize)
+    }
+
+    pub(crate) fn note_bounce(&self) {
+        self.bounced.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn open_buffered(path: &Path, read_only: bool) -> io::Result<(File, bool)> {
+    let open = |ro: bool| std::fs::OpenOptions::new().read(true).write(!ro).open(path);
+    match open(read_only) {
+        Ok(f) => Ok((f, read_only)),
+        Err(e) if !read_only && e.raw_os_error() == Some(libc::EROFS) => {
+            tracing::info!(path = %path.display(), "read-only file system, opening the image read-only");
+            Ok((open(true)?, true))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+impl EngineFile {
+    /// Wraps any open file (e.g. a FIFO, to withhold completions) as a buffered regular file.
+    pub(crate) fn wrap_for_test(buffered: File, path: &Path) -> EngineFile {
+        EngineFile {
+            path: path.to_owned(),
+            buffered,
+            direct: None,
+            kind: FileKind::Regular,
+            read_only: false,
+            logical_block: 512,
+            physical_block: 512,
+            bounced: AtomicU64::new(0),
+            fallbacks: AtomicU64::new(0),
+        }
+    }
+}

@@ -1,0 +1,513 @@
+//! Turning an [`IoOp`] into an engine request, and the per-op state machine that handles short
+//! transfers, retries and fallbacks. Shared by the io_uring and the synchronous driver.
+//!
+//! Invariant relied on by the unsafe drivers: the iovecs of a [`Prepared`] always point into
+//! buffers the `Prepared` itself keeps alive (the caller's `IoBuffers` or its bounce buffer), and
+//! a [`LiveIovecs`] can only be made here, from a `Prepared`.
+
+use crate::buffer::{AlignedBuf, IoBuffers, IoVec, gather, scatter, total_len, zero_from};
+use crate::error::Error;
+use crate::image::IoOp;
+
+use super::file::{EngineFile, FileKind};
+
+/// Most iovecs one readv/writev accepts (IOV_MAX); longer lists go through a bounce buffer.
+const IOV_MAX: usize = 1024;
+/// How often EAGAIN/EINTR/ECANCELED is retried before it becomes the op's error.
+const MAX_RETRIES: u8 = 8;
+
+/// Which descriptor of the [`EngineFile`] an op uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Which {
+    /// The page-cached descriptor (always present).
+    Buffered,
+    /// The O_DIRECT descriptor.
+    Direct,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Action {
+    Read,
+    Write,
+    Sync,
+    Fallocate { mode: i32, len: u64 },
+    BlkDiscard { len: u64 },
+}
+
+/// Iovecs that point into memory a [`Prepared`] keeps alive. Only this module makes them.
+#[derive(Clone, Copy)]
+pub(crate) struct LiveIovecs<'a>(&'a [IoVec]);
+
+impl LiveIovecs<'_> {
+    /// The segments.
+    pub(crate) fn as_slice(&self) -> &[IoVec] {
+        self.0
+    }
+}
+
+/// What one system call (or SQE) of an op does.
+pub(crate) enum Request<'a> {
+    /// preadv.
+    Read {
+        which: Which,
+        offset: u64,
+        iovs: LiveIovecs<'a>,
+    },
+    /// pwritev.
+    Write {
+        which: Which,
+        offset: u64,
+        iovs: LiveIovecs<'a>,
+    },
+    /// fdatasync.
+    Sync,
+    /// fallocate with `mode`.
+    Fallocate { mode: i32, offset: u64, len: u64 },
+    /// The BLKDISCARD ioctl (no io_uring equivalent: always executed synchronously).
+    BlkDiscard { offset: u64, len: u64 },
+}
+
+/// What happens after one system call of an op.
+pub(crate) enum Step {
+    /// Issue [`Prepared::request`] again (remainder of a short transfer, retry, fallback).
+    Again,
+    /// The op is finished.
+    Done(Result<(), Error>),
+}
+
+/// Result of [`prepare`].
+pub(crate) enum Prep {
+    /// The op needs I/O.
+    Run(Prepared),
+    /// The op finished without I/O (empty, refused, invalid).
+    Finished(Result<(), Error>),
+}
+
+/// An op in progress.
+pub(crate) struct Prepared {
+    tag: u64,
+    action: Action,
+    which: Which,
+    offset: u64,
+    iovs: Vec<IoVec>,
+    first: usize,
+    done: usize,
+    total: usize,
+    align: usize,
+    guest: Option<Box<dyn IoBuffers>>,
+    bounce: Option<AlignedBuf>,
+    retries: u8,
+    punch_fallback: bool,
+}
+
+/// Checks `op` against the file and builds its state, bouncing misaligned direct I/O.
+pub(crate) fn prepare(op: IoOp, tag: u64, file: &EngineFile) -> Prep {
+    if op.is_modifying() && file.read_only() {
+        return Prep::Finished(Err(Error::ReadOnly));
+    }
+    match op {
+        IoOp::Read { offset, bufs } => prepare_rw(Action::Read, offset, bufs, tag, file),
+        IoOp::Write { offset, bufs } => prepare_rw(Action::Write, offset, bufs, tag, file),
+        IoOp::Flush => Prep::Run(Prepared::bare(tag, Action::Sync, 0)),
+        IoOp::Discard { offset, len } => {
+            let action = match file.kind() {
+                FileKind::Regular => Action::Fallocate {
+                    mode: PUNCH_HOLE,
+                    len,
+                },
+                FileKind::BlockDevice => Action::BlkDiscard { len },
+            };
+            prepare_range(action, offset, len, tag, false)
+        }
+        IoOp::WriteZeroes { offset, len } => {
+            let action = Action::Fallocate {
+                mode: ZERO_RANGE,
+                len,
+            };
+            prepare_range(action, offset, len, tag, file.kind() == FileKind::Regular)
+        }
+    }
+}
+
+const PUNCH_HOLE: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+const ZERO_RANGE: i32 = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
+
+/// True if `offset + len` stays within what the kernel accepts as a file position.
+fn fits_off_t(offset: u64, len: u64) -> bool {
+    offset
+        .checked_add(len)
+        .is_some_and(|end| i64::try_from(end).is_ok())
+}
+
+fn invalid(what: &str) -> Prep {
+    Prep::Finished(Err(Error::InvalidArgument(what.to_owned())))
+}
+
+fn prepare_range(action: Action, offset: u64, len: u64, tag: u64, punch_fallback: bool) -> Prep {
+    if len == 0 {
+        return Prep::Finished(Ok(()));
+    }
+    if !fits_off_t(offset, len) {
+        return invalid("range beyond the largest file offset");
+    }
+    let mut p = Prepared::bare(tag, action, offset);
+    p.punch_fallback = punch_fallback;
+    Prep::Run(p)
+}
+
+fn prepare_rw(
+    action: Action,
+    offset: u64,
+    bufs: Box<dyn IoBuffers>,
+    tag: u64,
+    file: &EngineFile,
+) -> Prep {
+    let Some(total) = total_len(bufs.iovecs()) else {
+        return invalid("buffer length overflows");
+    };
+    if total == 0 {
+        return Prep::Finished(Ok(()));
+    }
+    if !u64::try_from(total).is_ok_and(|len| fits_off_t(offset, len)) {
+        return invalid("range beyond the largest file offset");
+    }
+    let mut p = Prepared::bare(tag, action, offset);
+    p.total = total;
+    p.which = file.choose(offset, total);
+    p.align = file.dio_offset_align();
+    let iovs = bufs.iovecs();
+    let memory_ok = p.which == Which::Buffered || iovs.iter().all(|iov| file.dio_memory_ok(iov));
+    if memory_ok && iovs.len() <= IOV_MAX {
+        p.iovs = iovs.to_vec();
+    } else {
+        file.note_bounce();
+        let mut bounce = AlignedBuf::zeroed(total);
+        if matches!(action, Action::Write) {
+            gather(&*bufs, bounce.as_mut_slice());
+        }
+        p.iovs = bounce.iovecs().to_vec();
+        p.bounce = Some(bounce);
+    }
+    p.guest = Some(bufs);
+    Prep::Run(p)
+}
+
+impl Prepared {
+    fn bare(tag: u64, action: Action, offset: u64) -> Prepared {
+        Prepared {
+            tag,
+            action,
+            which: Which::Buffered,
+            offset,
+            iovs: Vec::new(),
+            first: 0,
+            done: 0,
+            total: 0,
+            align: 1,
+            guest: None,
+            bounce: None,
+            retries: 0,
+            punch_fallback: false,
+        }
+    }
+
+    /// The caller's tag.
+    pub(crate) fn tag(&self) -> u64 {
+        self.tag
+    }
+
+    /// True if the op has no io_uring form and must run synchronously.
+    pub(crate) fn is_blocking_ioctl(&self) -> bool {
+        matches!(self.action, Action::BlkDiscard { .. })
+    }
+
+    /// The system call to issue next.
+    pub(crate) fn request(&self) -> Request<'_> {
+        let iovs = LiveIovecs(self.iovs.get(self.first..).unwrap_or_default());
+        let (which, offset) = (self.which, self.offset);
+        match self.action {
+            Action::Read => Request::Read {
+                which,
+                offset,
+                iovs,
+            },
+            Action::Write => Request::Write {
+                which,
+                offset,
+                iovs,
+            },
+            Action::Sync => Request::Sync,
+            Action::Fallocate { mode, len } => Request::Fallocate { mode, offset, len },
+            Action::BlkDiscard { len } => Request::BlkDiscard { offset, len },
+        }
+    }
+
+    /// Feeds the result of one system call (bytes, or a negative errno).
+    pub(crate) fn on_result(&mut self, res: i64) -> Step {
+        if res < 0 {
+            let errno = res
+                .checked_neg()
+                .and_then(|e| i32::try_from(e).ok())
+                .unwrap_or(libc::EIO);
+            return self.on_error(errno);
+        }
+        match self.action {
+            Action::Read | Action::Write => {
+                self.on_transfer(usize::try_from(res).unwrap_or(usize::MAX))
+            }
+            _ => self.finish(Ok(())),
+        }
+    }
+
+    fn on_error(&mut self, errno: i32) -> Step {
+        match errno {
+            libc::EAGAIN | libc::EINTR | libc::ECANCELED if self.retries < MAX_RETRIES => {
+                self.retries += 1;
+                Step::Again
+            }
+            libc::EOPNOTSUPP if self.punch_fallback => {
+                self.punch_fallback = false;
+                if let Action::Fallocate { len, .. } = self.action {
+                    self.action = Action::Fallocate {
+                        mode: PUNCH_HOLE,
+                        len,
+                    };
+                }
+                Step::Again
+            }
+            _ => self.finish(Err(Error::from_errno(errno))),
+        }
+    }
+
+    fn on_transfer(&mut self, n: usize) -> Step {
+        let left = self.total - self.done;
+        if n == 0 {
+            return match self.action {
+                Action::Read => self.zero_fill_to_end(),
+                _ => self.finish(Err(Error::from_errno(libc::EIO))),
+            };
+        }
+        let n = n.min(left);
+        self.done += n;
+        self.offset = self.offset.saturating_add(n as u64);
+        self.advance(n);
+        if self.done == self.total {
+            return self.finish(Ok(()));
+        }
+        if n % self.align != 0 {
+            // The remainder is no longer aligned for O_DIRECT.
+            self.which = Which::Buffered;
+        }
+        self.retries = 0;
+        Step::Again
+    }
+
+    /// A read hit end of file: the rest reads as zeros.
+    fn zero_fill_to_end(&mut self) -> Step {
+        if self.bounce.is_none() {
+            if let Some(guest) = &self.guest {
+                zero_from(&**guest, self.done);
+            }
+        }
+        // A bounce buffer was allocated zeroed and the kernel filled only its first `done` bytes.
+        self.finish(Ok(()))
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(iov) = self.iovs.get_mut(self.first) else {
+                return;
+            };
+            if n >= iov.len {
+                n -= iov.len;
+                self.first += 1;
+            } else {
+                iov.base = iov.base.wrapping_add(n);
+                iov.len -= n;
+                n = 0;
+            }
+        }
+    }
+
+    fn finish(&mut self, result: Result<(), Error>) -> Step {
+        if result.is_ok() && matches!(self.action, Action::Read) {
+            if let (Some(bounce), Some(guest)) = (&self.bounce, &self.guest) {
+                scatter(&**guest, 0, bounce.as_slice());
+            }
+        }
+        Step::Done(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::buffer::SharedBuf;
+
+    fn file(direct: bool) -> (tempfile::TempDir, EngineFile) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f.img");
+        crate::create_raw(&path, 1 << 20).expect("create");
+        let file = EngineFile::open(&path, false, direct).expect("open");
+        (dir, file)
+    }
+
+    fn run(op: IoOp, file: &EngineFile) -> Prepared {
+        match prepare(op, 1, file) {
+            Prep::Run(p) => p,
+            Prep::Finished(r) => panic!("finished early: {r:?}"),
+        }
+    }
+
+    fn lens(p: &Prepared) -> Vec<usize> {
+        match p.request() {
+            Request::Read { iovs, .. } | Request::Write { iovs, .. } => {
+                iovs.as_slice().iter().map(|i| i.len).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    #[test]
+    fn short_transfer_resubmits_the_remainder_at_the_advanced_offset() {
+        let (_dir, f) = file(false);
+        let buf = SharedBuf::with_segments(3000, &[(0, 1000), (1000, 2000)]).expect("segments");
+        let mut p = run(
+            IoOp::Read {
+                offset: 100,
+                bufs: Box::new(buf),
+            },
+            &f,
+        );
+        assert!(matches!(p.on_result(1500), Step::Again));
+        assert_eq!(lens(&p), vec![1500]);
+        assert!(matches!(p.request(), Request::Read { offset: 1600, .. }));
+        assert!(matches!(p.on_result(1500), Step::Done(Ok(()))));
+    }
+
+    #[test]
+    fn read_hitting_end_of_file_zero_fills_the_rest() {
+        let (_dir, f) = file(false);
+        let buf = SharedBuf::new(8);
+        assert!(buf.copy_in(0, &[9; 8]));
+        let mut p = run(
+            IoOp::Read {
+                offset: 0,
+                bufs: Box::new(buf.clone()),
+            },
+            &f,
+        );
+        assert!(matches!(p.on_result(3), Step::Again));
+        assert!(matches!(p.on_result(0), Step::Done(Ok(()))));
+        assert_eq!(buf.copy_out(), [9, 9, 9, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn write_making_no_progress_fails_with_eio() {
+        let (_dir, f) = file(false);
+        let mut p = run(
+            IoOp::Write {
+                offset: 0,
+                bufs: Box::new(SharedBuf::new(512)),
+            },
+            &f,
+        );
+        let Step::Done(Err(e)) = p.on_result(0) else {
+            panic!("no error")
+        };
+        assert_eq!(e.errno(), libc::EIO);
+    }
+
+    #[test]
+    fn transient_errors_are_retried_a_bounded_number_of_times() {
+        let (_dir, f) = file(false);
+        let mut p = run(IoOp::Flush, &f);
+        for _ in 0..MAX_RETRIES {
+            assert!(matches!(p.on_result(-i64::from(libc::EAGAIN)), Step::Again));
+        }
+        let Step::Done(Err(e)) = p.on_result(-i64::from(libc::EINTR)) else {
+            panic!("retried forever")
+        };
+        assert_eq!(e.errno(), libc::EINTR);
+    }
+
+    #[test]
+    fn unsupported_zero_range_on_a_file_falls_back_to_punch_hole() {
+        let (_dir, f) = file(false);
+        let mut p = run(
+            IoOp::WriteZeroes {
+                offset: 0,
+                len: 4096,
+            },
+            &f,
+        );
+        assert!(matches!(
+            p.request(),
+            Request::Fallocate {
+                mode: ZERO_RANGE,
+                ..
+            }
+        ));
+        assert!(matches!(
+            p.on_result(-i64::from(libc::EOPNOTSUPP)),
+            Step::Again
+        ));
+        assert!(matches!(
+            p.request(),
+            Request::Fallocate {
+                mode: PUNCH_HOLE,
+                offset: 0,
+                len: 4096
+            }
+        ));
+        let Step::Done(Err(e)) = p.on_result(-i64::from(libc::EOPNOTSUPP)) else {
+            panic!("no error")
+        };
+        assert_eq!(e.errno(), libc::EOPNOTSUPP);
+    }
+
+    #[test]
+    fn unaligned_short_direct_transfer_continues_through_the_page_cache() {
+        let (_dir, f) = file(true);
+        let mut p = run(
+            IoOp::Read {
+                offset: 0,
+                bufs: Box::new(SharedBuf::new(8192)),
+            },
+            &f,
+        );
+        assert!(matches!(
+            p.request(),
+            Request::Read {
+                which: Which::Direct,
+                ..
+            }
+        ));
+        assert!(matches!(p.on_result(100), Step::Again));
+        assert!(matches!(
+            p.request(),
+            Request::Read {
+                which: Which::Buffered,
+                offset: 100,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn read_only_file_refuses_writes_before_any_io() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f.img");
+        crate::create_raw(&path, 4096).expect("create");
+        let f = EngineFile::open(&path, true, false).expect("open");
+        let refused = prepare(
+            IoOp::Discard {
+                offset: 0,
+                len: 512,
+            },
+            1,
+            &f,
+        );
+        assert!(matches!(refused, Prep::Finished(Err(Error::ReadOnly))));
+    }
+}

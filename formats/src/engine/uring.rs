@@ -1,0 +1,222 @@
+//! The io_uring driver: one ring per queue; SQEs carry raw buffer addresses.
+//! One of the three modules allowed to use `unsafe`.
+//!
+//! The ring owns every op the kernel may still touch (its [`Prepared`] holds the iovec array
+//! and the buffers), from push until its CQE is popped, and dropping the ring first waits for
+//! all of them. So no buffer is freed while the kernel can still access it.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use io_uring::{IoUring, opcode, squeue, types};
+
+use super::file::EngineFile;
+use super::prep::{Prepared, Request, Which};
+
+/// Probes whether this process may create an io_uring.
+pub(crate) fn available() -> io::Result<()> {
+    IoUring::new(2).map(drop)
+}
+
+/// An io_uring with room for `depth` ops in flight.
+pub(crate) struct Ring {
+    ring: IoUring,
+    file: Arc<EngineFile>,
+    fixed: bool,
+    slots: Vec<Option<Prepared>>,
+    free: Vec<usize>,
+}
+
+impl Ring {
+    /// A ring whose SQ holds `depth` entries and whose CQ holds twice that, so neither can
+    /// overflow with at most `depth` ops in flight. Completions signal `eventfd`.
+    pub(crate) fn new(
+        depth: u32,
+        file: Arc<EngineFile>,
+        eventfd: BorrowedFd<'_>,
+    ) -> io::Result<Ring> {
+        let entries = depth.next_power_of_two();
+        let ring = IoUring::builder()
+            .setup_cqsize(entries.saturating_mul(2))
+            .build(entries)?;
+        ring.submitter().register_eventfd(eventfd.as_raw_fd())?;
+        let fds = [
+            file.fd(Which::Buffered).as_raw_fd(),
+            file.fd(Which::Direct).as_raw_fd(),
+        ];
+        let fixed = ring.submitter().register_files(&fds).is_ok();
+        let slots = (0..depth).map(|_| None).collect();
+        let free = (0..depth as usize).rev().collect();
+        Ok(Ring {
+            ring,
+            file,
+            fixed,
+            slots,
+            free,
+        })
+    }
+
+    /// Ops the kernel holds.
+    pub(crate) fn in_kernel(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    /// Puts `op` in the submission queue (the kernel sees it on the next [`Ring::submit`]).
+    /// Gives the op back if the ring has no room, `None` once it is queued.
+    pub(crate) fn push(&mut self, op: Prepared) -> Option<Prepared> {
+        let Some(slot) = self.free.pop() else {
+            return Some(op);
+        };
+        let entry = self.entry(&op.request()).user_data(slot as u64);
+        let Some(place) = self.slots.get_mut(slot) else {
+            return Some(op);
+        };
+        *place = Some(op);
+        // SAFETY: every address in `entry` points into memory owned by the op just stored in
+        // `self.slots[slot]` (its iovec array and its buffers, see prep.rs), and that op stays
+        // there, unmoved in its heap allocations, until the CQE carrying `slot` is popped; Drop
+        // waits for all CQEs. The fds stay open because `self.file` is held.
+        let pushed = unsafe { self.ring.submission().push(&entry) };
+        if pushed.is_err() {
+            self.free.push(slot);
+            return self.slots.get_mut(slot).and_then(Option::take);
+        }
+        None
+    }
+
+    fn entry(&self, req: &Request<'_>) -> squeue::Entry {
+        macro_rules! on_fd {
+            ($which:expr, |$fd:ident| $build:expr) => {{
+                let which = $which;
+                if self.fixed {
+                    let $fd = types::Fixed(u32::from(which == Which::Direct));
+                    $build
+                } else {
+                    let $fd = types::Fd(self.raw_fd(which));
+                    $build
+                }
+            }};
+        }
+        match *req {
+            Request::Read {
+                which,
+                offset,
+                iovs,
+            } => {
+                let (ptr, count) = (
+                    iovs.as_slice().as_ptr().cast::<libc::iovec>(),
+                    iov_count(iovs.as_slice()),
+                );
+                on_fd!(which, |fd| opcode::Readv::new(fd, ptr, count)
+                    .offset(offset)
+                    .build())
+            }
+            Request::Write {
+                which,
+                offset,
+                iovs,
+            } => {
+                let (ptr, count) = (
+                    iovs.as_slice().as_ptr().cast::<libc::iovec>(),
+                    iov_count(iovs.as_slice()),
+                );
+                on_fd!(which, |fd| opcode::Writev::new(fd, ptr, count)
+                    .offset(offset)
+                    .build())
+            }
+            Request::Sync => on_fd!(Which::Buffered, |fd| opcode::Fsync::new(fd)
+                .flags(types::FsyncFlags::DATASYNC)
+                .build()),
+            Request::Fallocate { mode, offset, len } => {
+                on_fd!(Which::Buffered, |fd| opcode::Fallocate::new(fd, len)
+                    .offset(offset)
+                    .mode(mode)
+                    .build())
+            }
+            // Never pushed (executed synchronously by the engine); a no-op keeps this total.
+            Request::BlkDiscard { .. } => opcode::Nop::new().build(),
+        }
+    }
+
+    fn raw_fd(&self, which: Which) -> RawFd {
+        self.file.fd(which).as_raw_fd()
+    }
+
+    /// Hands the submission queue to the kernel without waiting.
+    pub(crate) fn submit(&mut self) -> io::Result<()> {
+        retry(|| self.ring.submit())
+    }
+
+    /// Submits and blocks until a completion arrives or `timeout` passes.
+    pub(crate) fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        let result = match timeout {
+            None => self.ring.submit_and_wait(1),
+            Some(t) => {
+                let ts = types::Timespec::from(t);
+                let args = types::SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(1, &args)
+            }
+        };
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Takes the next finished op and its result (bytes or negative errno), if any.
+    pub(crate) fn pop(&mut self) -> Option<(Prepared, i64)> {
+        loop {
+            let cqe = self.ring.completion().next()?;
+            let Ok(slot) = usize::try_from(cqe.user_data()) else {
+                continue;
+            };
+            let Some(op) = self.slots.get_mut(slot).and_then(Option::take) else {
+                tracing::error!(slot, "completion for an empty io_uring slot");
+                continue;
+            };
+            self.free.push(slot);
+            return Some((op, i64::from(cqe.result())));
+        }
+    }
+}
+
+fn iov_count(iovs: &[crate::buffer::IoVec]) -> u32 {
+    // prepare() bounces lists longer than IOV_MAX, so this always fits.
+    u32::try_from(iovs.len()).unwrap_or(u32::MAX)
+}
+
+fn retry(mut f: impl FnMut() -> io::Result<usize>) -> io::Result<()> {
+    let mut tries = 0;
+    loop {
+        match f() {
+            Ok(_) => return Ok(()),
+            Err(e)
+                if tries < 16
+                    && matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+                    ) =>
+            {
+                tries += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        while self.in_kernel() > 0 {
+            if let Err(e) = self.wait(None) {
+                // The kernel may still write into these buffers: leak them rather than free them.
+                tracing::error!(error = %e, "cannot drain io_uring on drop, leaking its buffers");
+                std::mem::forget(std::mem::take(&mut self.slots));
+                return;
+            }
+            while self.pop().is_some() {}
+        }
+    }
+}

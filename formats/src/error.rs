@@ -1,0 +1,90 @@
+//! The crate's error type.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in this crate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Opening or inspecting an image file failed.
+    #[error("Cannot open {}", path.display())]
+    Open {
+        /// The image path.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The path is neither a regular file nor a block device.
+    #[error("{} is neither a regular file nor a block device", .0.display())]
+    NotAnImage(PathBuf),
+    /// The file carries the magic of a format that cannot be opened yet.
+    #[error("Image format {0} is not supported yet")]
+    UnsupportedFormat(&'static str),
+    /// An argument (depth, sector size, image size, op length) is not acceptable.
+    #[error("Invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The queue already holds as many ops as the depth it was opened with.
+    #[error("Queue is full ({0} ops outstanding)")]
+    QueueFull(u32),
+    /// The op reaches past the end of the image.
+    #[error("Range {offset}+{len} is beyond the image end {size}")]
+    OutOfRange {
+        /// First byte of the op.
+        offset: u64,
+        /// Length of the op in bytes.
+        len: u64,
+        /// Size of the image in bytes.
+        size: u64,
+    },
+    /// A modifying op was sent to a read-only image.
+    #[error("Image is read-only")]
+    ReadOnly,
+    /// io_uring was requested explicitly but the kernel refused it.
+    #[error("io_uring is unavailable")]
+    IoUringUnavailable(#[source] std::io::Error),
+    /// A system call or an I/O operation failed.
+    #[error("I/O operation failed")]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// The errno that best describes this error (what a completion reports to the guest).
+    pub fn errno(&self) -> i32 {
+        match self {
+            Error::Open { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            Error::NotAnImage(_) => libc::ENODEV,
+            Error::UnsupportedFormat(_) => libc::EOPNOTSUPP,
+            Error::InvalidArgument(_) => libc::EINVAL,
+            Error::QueueFull(_) => libc::EBUSY,
+            Error::OutOfRange { .. } => libc::EINVAL,
+            Error::ReadOnly => libc::EROFS,
+            Error::IoUringUnavailable(e) | Error::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
+        }
+    }
+
+    /// An error carrying a positive errno value.
+    pub fn from_errno(errno: i32) -> Error {
+        Error::Io(std::io::Error::from_raw_os_error(errno))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errno_maps_each_kind_to_its_errno() {
+        assert_eq!(Error::ReadOnly.errno(), libc::EROFS);
+        assert_eq!(Error::QueueFull(4).errno(), libc::EBUSY);
+        assert_eq!(Error::from_errno(libc::ENOSPC).errno(), libc::ENOSPC);
+        let range = Error::OutOfRange {
+            offset: 1,
+            len: 2,
+            size: 2,
+        };
+        assert_eq!(range.errno(), libc::EINVAL);
+        let io = Error::Io(std::io::Error::other("no errno"));
+        assert_eq!(io.errno(), libc::EIO);
+    }
+}

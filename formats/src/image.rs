@@ -1,0 +1,196 @@
+//! The traits and types the backend uses to drive any image.
+
+use std::os::fd::BorrowedFd;
+use std::time::Duration;
+
+use crate::buffer::IoBuffers;
+use crate::error::Error;
+
+/// One I/O operation on an image. Offsets and lengths are in bytes.
+pub enum IoOp {
+    /// Read `bufs.iovecs()` worth of bytes starting at `offset`.
+    Read {
+        /// First byte to read.
+        offset: u64,
+        /// Where the data goes.
+        bufs: Box<dyn IoBuffers>,
+    },
+    /// Write the bytes of `bufs` starting at `offset`.
+    Write {
+        /// First byte to write.
+        offset: u64,
+        /// Where the data comes from.
+        bufs: Box<dyn IoBuffers>,
+    },
+    /// fdatasync semantics: every write COMPLETED before this op was submitted is durable.
+    Flush,
+    /// Deallocate the range (punch hole on files, BLKDISCARD on block devices).
+    Discard {
+        /// First byte.
+        offset: u64,
+        /// Length in bytes.
+        len: u64,
+    },
+    /// The range reads as zeros afterwards.
+    WriteZeroes {
+        /// First byte.
+        offset: u64,
+        /// Length in bytes.
+        len: u64,
+    },
+}
+
+impl IoOp {
+    /// True for ops that modify the image.
+    pub fn is_modifying(&self) -> bool {
+        matches!(
+            self,
+            IoOp::Write { .. } | IoOp::Discard { .. } | IoOp::WriteZeroes { .. }
+        )
+    }
+
+    /// The byte range the op touches, `None` for Flush. `len` is `None` if the buffers' total
+    /// length overflows.
+    pub fn range(&self) -> Option<(u64, Option<u64>)> {
+        match self {
+            IoOp::Read { offset, bufs } | IoOp::Write { offset, bufs } => {
+                let len =
+                    crate::buffer::total_len(bufs.iovecs()).and_then(|l| u64::try_from(l).ok());
+                Some((*offset, len))
+            }
+            IoOp::Discard { offset, len } | IoOp::WriteZeroes { offset, len } => {
+                Some((*offset, Some(*len)))
+            }
+            IoOp::Flush => None,
+        }
+    }
+}
+
+impl std::fmt::Debug for IoOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IoOp::Read { offset, bufs } => {
+                write!(f, "Read({offset}, {} iovecs)", bufs.iovecs().len())
+            }
+            IoOp::Write { offset, bufs } => {
+                write!(f, "Write({offset}, {} iovecs)", bufs.iovecs().len())
+            }
+            IoOp::Flush => write!(f, "Flush"),
+            IoOp::Discard { offset, len } => write!(f, "Discard({offset}, {len})"),
+            IoOp::WriteZeroes { offset, len } => write!(f, "WriteZeroes({offset}, {len})"),
+        }
+    }
+}
+
+/// The outcome of one op.
+#[derive(Debug)]
+pub struct Completion {
+    /// The tag given to `submit`.
+    pub tag: u64,
+    /// Success, or why the op failed (see [`Error::errno`]).
+    pub result: Result<(), Error>,
+}
+
+/// The data plane: one queue per backend ring, owned by one thread at a time.
+pub trait ImageQueue: Send {
+    /// Queue one op (not yet submitted to the kernel). Fails with [`Error::QueueFull`] when as
+    /// many ops as the depth given to `open_queue` are outstanding (submitted and not reaped).
+    /// Every other failure arrives as an error completion.
+    fn submit(&mut self, op: IoOp, tag: u64) -> Result<(), Error>;
+    /// Hand everything queued to the kernel (one io_uring_enter for a batch).
+    fn commit(&mut self) -> Result<(), Error>;
+    /// Move finished ops into `out` without blocking; returns how many.
+    fn reap(&mut self, out: &mut Vec<Completion>) -> usize;
+    /// Block until at least one completion is available or `timeout` passes (returns `Ok` in
+    /// both cases, and at once if nothing is outstanding). Commits queued ops first.
+    fn wait(&mut self, timeout: Option<Duration>) -> Result<(), Error>;
+    /// An eventfd that becomes readable when completions are ready; `reap` clears it.
+    fn notifier(&self) -> BorrowedFd<'_>;
+    /// Ops submitted and not yet reaped.
+    fn in_flight(&self) -> usize;
+}
+
+/// Size and sector sizes of an image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    /// Size in bytes.
+    pub size: u64,
+    /// Logical sector size in bytes (what the guest addresses).
+    pub logical_sector_size: u32,
+    /// Physical sector size in bytes (a hint for alignment).
+    pub physical_sector_size: u32,
+}
+
+/// What an image supports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Features {
+    /// Discard deallocates space.
+    pub discard: bool,
+    /// WriteZeroes is supported.
+    pub write_zeroes: bool,
+    /// Flush makes completed writes durable.
+    pub flush: bool,
+    /// Modifying ops fail with EROFS.
+    pub read_only: bool,
+}
+
+/// Image formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Format {
+    /// A regular file or block device holding the disk bytes as they are.
+    Raw,
+}
+
+/// Which I/O engine a queue uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum EngineKind {
+    /// io_uring if the kernel allows it, else the synchronous engine.
+    #[default]
+    Auto,
+    /// io_uring, or fail.
+    IoUring,
+    /// Synchronous system calls, executed on `commit`.
+    Sync,
+}
+
+/// How to open an image.
+#[derive(Clone, Debug)]
+pub struct OpenOptions {
+    /// Open read-only; modifying ops complete with EROFS.
+    pub read_only: bool,
+    /// Use O_DIRECT (bypass the page cache) where the file system allows it.
+    pub direct: bool,
+    /// The format, or `None` to probe.
+    pub format: Option<Format>,
+    /// The I/O engine.
+    pub engine: EngineKind,
+    /// Logical sector size presented to the guest: 512 or 4096.
+    pub sector_size: u32,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            read_only: false,
+            direct: true,
+            format: None,
+            engine: EngineKind::Auto,
+            sector_size: 512,
+        }
+    }
+}
+
+/// The control plane of an open image, shared as `Arc<dyn BlockImage>`.
+pub trait BlockImage: Send + Sync {
+    /// Size and sector sizes.
+    fn geometry(&self) -> Geometry;
+    /// Supported operations.
+    fn features(&self) -> Features;
+    /// A new data-plane queue holding at most `depth` outstanding ops.
+    fn open_queue(&self, depth: u32) -> Result<Box<dyn ImageQueue>, Error>;
+    /// Make format metadata durable.
+    fn sync_metadata(&self) -> Result<(), Error>;
+    /// The image's format.
+    fn format(&self) -> Format;
+}

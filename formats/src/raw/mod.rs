@@ -1,0 +1,164 @@
+//! Raw images: a regular file or a block device holding the disk bytes as they are.
+
+#![forbid(unsafe_code)]
+
+#[cfg(test)]
+mod tests;
+
+use std::os::fd::BorrowedFd;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::engine::{self, Engine, EngineFile};
+use crate::error::Error;
+use crate::image::{
+    BlockImage, Completion, EngineKind, Features, Format, Geometry, ImageQueue, IoOp, OpenOptions,
+};
+
+/// A raw image. Its size is fixed at open time; ops beyond it fail, they never grow the file.
+#[derive(Debug)]
+pub struct RawImage {
+    file: Arc<EngineFile>,
+    geometry: Geometry,
+    engine: EngineKind,
+}
+
+impl RawImage {
+    /// Wraps an open file as a raw image with the sector size and engine of `opts`.
+    pub fn new(file: Arc<EngineFile>, opts: &OpenOptions) -> Result<RawImage, Error> {
+        let sector = opts.sector_size;
+        if !(sector.is_power_of_two() && (512..=4096).contains(&sector)) {
+            return Err(Error::InvalidArgument(format!(
+                "sector size {sector} is not 512..=4096 and a power of two"
+            )));
+        }
+        let geometry = Geometry {
+            size: file.size()?,
+            logical_sector_size: sector,
+            physical_sector_size: file.physical_block_size().max(sector),
+        };
+        let engine = engine::resolve(opts.engine)?;
+        tracing::debug!(path = %file.path().display(), size = geometry.size, ?engine, "raw image open");
+        Ok(RawImage {
+            file,
+            geometry,
+            engine,
+        })
+    }
+
+    /// The host file.
+    pub fn file(&self) -> &Arc<EngineFile> {
+        &self.file
+    }
+
+    /// The engine each queue uses.
+    pub fn engine_kind(&self) -> EngineKind {
+        self.engine
+    }
+}
+
+impl BlockImage for RawImage {
+    fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
+    fn features(&self) -> Features {
+        let read_only = self.file.read_only();
+        Features {
+            discard: !read_only,
+            write_zeroes: !read_only,
+            flush: true,
+            read_only,
+        }
+    }
+
+    fn open_queue(&self, depth: u32) -> Result<Box<dyn ImageQueue>, Error> {
+        let engine = Engine::new(self.file.clone(), self.engine, depth)?;
+        Ok(Box::new(RawQueue {
+            engine,
+            size: self.geometry.size,
+        }))
+    }
+
+    /// Raw images have no metadata: nothing to do.
+    fn sync_metadata(&self) -> Result<(), Error> {
+        Ok(())
+    }
+
+    fn format(&self) -> Format {
+        Format::Raw
+    }
+}
+
+/// A data-plane queue of a [`RawImage`]: the engine plus a bounds check.
+pub struct RawQueue {
+    engine: Engine,
+    size: u64,
+}
+
+impl RawQueue {
+    /// The error for `op` if it reaches beyond the image.
+    fn check_range(&self, op: &IoOp) -> Option<Error> {
+        let (offset, len) = op.range()?;
+        let Some(len) = len else {
+            return Some(Error::InvalidArgument("buffer length overflows".to_owned()));
+        };
+        let inside = offset.checked_add(len).is_some_and(|end| end <= self.size);
+        (!inside).then_some(Error::OutOfRange {
+            offset,
+            len,
+            size: self.size,
+        })
+    }
+}
+
+impl ImageQueue for RawQueue {
+    fn submit(&mut self, op: IoOp, tag: u64) -> Result<(), Error> {
+        match self.check_range(&op) {
+            Some(error) => self.engine.fail(tag, error),
+            None => self.engine.submit(op, tag),
+        }
+    }
+
+    fn commit(&mut self) -> Result<(), Error> {
+        self.engine.commit()
+    }
+
+    fn reap(&mut self, out: &mut Vec<Completion>) -> usize {
+        self.engine.reap(out)
+    }
+
+    fn wait(&mut self, timeout: Option<Duration>) -> Result<(), Error> {
+        self.engine.wait(timeout)
+    }
+
+    fn notifier(&self) -> BorrowedFd<'_> {
+        self.engine.notifier()
+    }
+
+    fn in_flight(&self) -> usize {
+        self.engine.in_flight()
+    }
+}
+
+/// Creates a sparse raw image of `size` bytes. Fails if `path` exists.
+pub fn create_raw(path: &Path, size: u64) -> Result<(), Error> {
+    let err = |source| Error::Open {
+        path: path.to_owned(),
+        source,
+    };
+    if i64::try_from(size).is_err() {
+        return Err(Error::InvalidArgument(format!(
+            "image size {size} too large"
+        )));
+    }
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(err)?;
+    file.set_len(size).map_err(err)?;
+    file.sync_all().map_err(err)?;
+    Ok(())
+}

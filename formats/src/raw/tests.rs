@@ -1,0 +1,406 @@
+//! Raw images on files and loop devices, through both engines, with and without O_DIRECT.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use crate::image::{BlockImage, EngineKind, Format, ImageQueue, IoOp, OpenOptions};
+use crate::suite::{self, DEPTH, MIN_SIZE, read_at, run, write_at};
+use crate::{Error, SharedBuf, create_raw, open_image};
+
+use super::RawImage;
+
+const ENGINES: [EngineKind; 2] = [EngineKind::IoUring, EngineKind::Sync];
+
+fn opts(engine: EngineKind, direct: bool) -> OpenOptions {
+    OpenOptions {
+        engine,
+        direct,
+        format: Some(Format::Raw),
+        ..OpenOptions::default()
+    }
+}
+
+fn new_image(dir: &tempfile::TempDir, size: u64) -> PathBuf {
+    let path = dir.path().join("disk.img");
+    create_raw(&path, size).expect("create");
+    path
+}
+
+fn allocated_bytes(path: &Path) -> u64 {
+    std::fs::metadata(path).expect("stat").blocks() * 512
+}
+
+fn suite_on_file(engine: EngineKind, direct: bool) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = new_image(&dir, MIN_SIZE);
+    let image = open_image(&path, &opts(engine, direct)).expect("open");
+    let mut q = image.open_queue(DEPTH).expect("queue");
+    suite::run_writable(&mut *q, MIN_SIZE);
+    assert_eq!(
+        std::fs::metadata(&path).expect("stat").len(),
+        MIN_SIZE,
+        "file size changed"
+    );
+}
+
+#[test]
+fn shared_suite_passes_on_io_uring_with_o_direct() {
+    suite_on_file(EngineKind::IoUring, true);
+}
+
+#[test]
+fn shared_suite_passes_on_io_uring_buffered() {
+    suite_on_file(EngineKind::IoUring, false);
+}
+
+#[test]
+fn shared_suite_passes_on_sync_engine_with_o_direct() {
+    suite_on_file(EngineKind::Sync, true);
+}
+
+#[test]
+fn shared_suite_passes_on_sync_engine_buffered() {
+    suite_on_file(EngineKind::Sync, false);
+}
+
+#[test]
+fn discard_gives_space_back_to_the_file_system() {
+    for engine in ENGINES {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = new_image(&dir, MIN_SIZE);
+        let image = open_image(&path, &opts(engine, true)).expect("open");
+        let mut q = image.open_queue(8).expect("queue");
+        write_at(&mut *q, 1 << 20, &suite::pattern(1, 4 << 20)).expect("write");
+        run(&mut *q, IoOp::Flush).expect("flush");
+        let before = allocated_bytes(&path);
+        assert!(
+            before >= 4 << 20,
+            "{engine:?}: write allocated only {before}"
+        );
+        run(
+            &mut *q,
+            IoOp::Discard {
+                offset: 1 << 20,
+                len: 4 << 20,
+            },
+        )
+        .expect("discard");
+        let after = allocated_bytes(&path);
+        assert!(
+            after + (4 << 20) <= before,
+            "{engine:?}: {before} -> {after}"
+        );
+    }
+}
+
+#[test]
+fn write_zeroes_keeps_the_file_size() {
+    for engine in ENGINES {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = new_image(&dir, MIN_SIZE);
+        let image = open_image(&path, &opts(engine, true)).expect("open");
+        let mut q = image.open_queue(8).expect("queue");
+        write_at(&mut *q, MIN_SIZE - 4096, &[7; 4096]).expect("write");
+        run(
+            &mut *q,
+            IoOp::WriteZeroes {
+                offset: MIN_SIZE - 8192,
+                len: 8192,
+            },
+        )
+        .expect("zeroes");
+        assert_eq!(
+            read_at(&mut *q, MIN_SIZE - 4096, 4096).expect("read"),
+            vec![0; 4096]
+        );
+        assert_eq!(std::fs::metadata(&path).expect("stat").len(), MIN_SIZE);
+    }
+}
+
+#[test]
+fn misaligned_memory_goes_through_a_bounce_buffer_under_o_direct() {
+    for engine in ENGINES {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = new_image(&dir, MIN_SIZE);
+        let image = RawImage::new(
+            Arc::new(crate::EngineFile::open(&path, false, true).expect("open")),
+            &opts(engine, true),
+        )
+        .expect("image");
+        assert!(
+            image.file().dio_align().is_some(),
+            "no O_DIRECT on this file system"
+        );
+        let mut q = image.open_queue(8).expect("queue");
+        write_at(&mut *q, 0, &[1; 4096]).expect("aligned write");
+        assert_eq!(
+            image.file().stats().bounced,
+            0,
+            "aligned memory was bounced"
+        );
+        suite::misaligned_memory_is_read_and_written_correctly(&mut *q);
+        assert_eq!(
+            image.file().stats().bounced,
+            2,
+            "{engine:?}: one write and one read bounced"
+        );
+        suite::misaligned_offsets_are_read_and_written_correctly(&mut *q);
+        assert!(image.file().stats().buffered_fallbacks >= 2);
+    }
+}
+
+#[test]
+fn read_only_image_refuses_modifying_ops_with_erofs() {
+    for engine in ENGINES {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = new_image(&dir, MIN_SIZE);
+        let ro = OpenOptions {
+            read_only: true,
+            ..opts(engine, true)
+        };
+        let image = open_image(&path, &ro).expect("open");
+        assert!(image.features().read_only);
+        assert!(!image.features().discard);
+        let mut q = image.open_queue(8).expect("queue");
+        suite::read_only_refuses_modifying_ops(&mut *q);
+    }
+}
+
+#[test]
+fn geometry_reports_size_and_sector_sizes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = new_image(&dir, 3 << 20);
+    let image = open_image(
+        &path,
+        &OpenOptions {
+            sector_size: 4096,
+            ..OpenOptions::default()
+        },
+    )
+    .expect("open");
+    let g = image.geometry();
+    assert_eq!(
+        (g.size, g.logical_sector_size, g.physical_sector_size),
+        (3 << 20, 4096, 4096)
+    );
+    assert_eq!(image.format(), Format::Raw);
+    image.sync_metadata().expect("sync");
+    let bad = open_image(
+        &path,
+        &OpenOptions {
+            sector_size: 1000,
+            ..OpenOptions::default()
+        },
+    );
+    assert!(matches!(bad, Err(Error::InvalidArgument(_))));
+}
+
+#[test]
+fn auto_engine_picks_io_uring_here() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = new_image(&dir, 1 << 20);
+    let image = RawImage::new(
+        Arc::new(crate::EngineFile::open(&path, false, true).expect("open")),
+        &OpenOptions::default(),
+    )
+    .expect("image");
+    assert_eq!(image.engine_kind(), EngineKind::IoUring);
+}
+
+#[test]
+fn open_queue_rejects_zero_depth() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = new_image(&dir, 1 << 20);
+    let image = open_image(&path, &OpenOptions::default()).expect("open");
+    assert!(matches!(
+        image.open_queue(0),
+        Err(Error::InvalidArgument(_))
+    ));
+}
+
+#[test]
+fn create_raw_makes_a_sparse_file_and_refuses_to_overwrite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = new_image(&dir, 1 << 30);
+    let meta = std::fs::metadata(&path).expect("stat");
+    assert_eq!(meta.len(), 1 << 30);
+    assert!(meta.blocks() * 512 < 1 << 20, "not sparse");
+    assert!(matches!(create_raw(&path, 4096), Err(Error::Open { .. })));
+    assert_eq!(std::fs::metadata(&path).expect("stat").len(), 1 << 30);
+}
+
+#[test]
+fn probing_refuses_a_qcow2_file_but_explicit_raw_opens_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("disk.qcow2");
+    let status = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&path)
+        .arg("16M")
+        .status();
+    assert!(status.expect("qemu-img is required").success());
+    let probed = open_image(&path, &OpenOptions::default());
+    assert!(
+        matches!(probed, Err(Error::UnsupportedFormat("qcow2"))),
+        "{:?}",
+        probed.err()
+    );
+    let forced = OpenOptions {
+        format: Some(Format::Raw),
+        ..OpenOptions::default()
+    };
+    assert!(open_image(&path, &forced).is_ok());
+}
+
+#[test]
+fn opening_a_directory_fails() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    assert!(matches!(
+        open_image(dir.path(), &OpenOptions::default()),
+        Err(Error::NotAnImage(_))
+    ));
+}
+
+#[test]
+fn io_uring_wait_times_out_while_a_completion_is_withheld() {
+    // A read of a FIFO blocks in the kernel until data arrives: a completion we control.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fifo = dir.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    let writer = std::thread::spawn({
+        let fifo = fifo.clone();
+        move || {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(fifo)
+                .expect("open fifo")
+        }
+    });
+    let file = std::fs::File::open(&fifo).expect("open fifo for reading");
+    let mut writer = writer.join().expect("writer");
+    let engine_file = crate::engine::tests_support::fifo_engine_file(file, &fifo);
+    let mut q = crate::Engine::new(Arc::new(engine_file), EngineKind::IoUring, 4).expect("engine");
+    let buf = SharedBuf::new(4);
+    q.submit(
+        IoOp::Read {
+            offset: 0,
+            bufs: Box::new(buf.clone()),
+        },
+        42,
+    )
+    .expect("submit");
+    q.commit().expect("commit");
+    let start = std::time::Instant::now();
+    q.wait(Some(std::time::Duration::from_millis(200)))
+        .expect("wait");
+    let waited = start.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_millis(150),
+        "wait returned after {waited:?}"
+    );
+    let mut out = Vec::new();
+    assert_eq!(q.reap(&mut out), 0, "completion without data");
+    std::io::Write::write_all(&mut writer, b"abcd").expect("feed fifo");
+    q.wait(Some(std::time::Duration::from_secs(5)))
+        .expect("wait");
+    assert_eq!(q.reap(&mut out), 1);
+    assert_eq!((out[0].tag, out[0].result.is_ok()), (42, true));
+    assert_eq!(buf.copy_out(), b"abcd");
+}
+
+/// A loop device bound to a file, detached on drop.
+struct Loop {
+    dev: PathBuf,
+}
+
+impl Loop {
+    fn attach(file: &Path, read_only: bool) -> Loop {
+        let mut cmd = Command::new("losetup");
+        if read_only {
+            cmd.arg("-r");
+        }
+        let out = cmd
+            .args(["-f", "--show"])
+            .arg(file)
+            .output()
+            .expect("losetup is required");
+        assert!(
+            out.status.success(),
+            "losetup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dev = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        Loop { dev }
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
+    }
+}
+
+#[test]
+fn raw_image_on_a_loop_device_passes_the_shared_suite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = new_image(&dir, MIN_SIZE);
+    let dev = Loop::attach(&path, false);
+    for engine in ENGINES {
+        let image = open_image(&dev.dev, &opts(engine, true)).expect("open loop device");
+        assert_eq!(image.geometry().size, MIN_SIZE);
+        assert!(!image.features().read_only);
+        let mut q = image.open_queue(DEPTH).expect("queue");
+        suite::run_writable(&mut *q, MIN_SIZE);
+    }
+    drop(dev);
+    let mut backing = std::fs::read(&path).expect("backing file");
+    assert_eq!(
+        backing.len() as u64,
+        MIN_SIZE,
+        "device grew its backing file"
+    );
+    // The loop device wrote through to the file: the suite's second pattern is at offset 16384.
+    backing.truncate(16384 + 8192);
+    suite::assert_bytes(&backing[16384..], &suite::pattern(1, 8192), "backing file");
+}
+
+#[test]
+fn read_only_loop_device_is_detected_and_refuses_writes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = new_image(&dir, MIN_SIZE);
+    let dev = Loop::attach(&path, true);
+    let image = open_image(&dev.dev, &OpenOptions::default()).expect("open read-only loop device");
+    assert!(image.features().read_only);
+    let mut q = image.open_queue(8).expect("queue");
+    suite::read_only_refuses_modifying_ops(&mut *q);
+}
+
+#[test]
+fn loop_device_discard_deallocates_the_backing_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = new_image(&dir, MIN_SIZE);
+    let dev = Loop::attach(&path, false);
+    let image = open_image(&dev.dev, &opts(EngineKind::IoUring, true)).expect("open");
+    let mut q: Box<dyn ImageQueue> = image.open_queue(8).expect("queue");
+    write_at(&mut *q, 0, &suite::pattern(3, 4 << 20)).expect("write");
+    run(&mut *q, IoOp::Flush).expect("flush");
+    let before = allocated_bytes(&path);
+    run(
+        &mut *q,
+        IoOp::Discard {
+            offset: 0,
+            len: 4 << 20,
+        },
+    )
+    .expect("BLKDISCARD");
+    assert!(
+        read_at(&mut *q, 0, 4 << 20)
+            .expect("read")
+            .iter()
+            .all(|&b| b == 0)
+    );
+    let after = allocated_bytes(&path);
+    assert!(after + (4 << 20) <= before, "{before} -> {after}");
+}

@@ -1,0 +1,22 @@
+//! The emulated platform: lets every test run without Xen.
+//!
+//! A guest (the emulated frontend) owns its RAM as a memfd and its grant table as a second
+//! memfd holding Xen v1 grant entries. It serves an endpoint socket `dom<ID>.sock` in a shared
+//! folder, standing in for the hypervisor: a backend connects, says which domain it is, and gets
+//! both memfds over SCM_RIGHTS. Mapping a grant checks the entry exactly as Xen does (in use,
+//! made out to the backend's domain, writable if write access is wanted, frame inside RAM) and
+//! maps just that frame of the RAM memfd, so I/O lands in guest memory with no copy, as with
+//! gntdev. Event channels are a pair of eventfds per port, handed over on bind.
+
+mod guest;
+mod platform;
+mod ram;
+pub mod table;
+mod wire;
+
+pub use guest::{DomainConfig, EmuDomain, GuestPort, endpoint_path};
+pub use platform::{EmuPlatform, MAX_MAP_PAGES};
+pub use ram::{GuestRam, RamView};
+
+#[cfg(test)]
+mod tests;

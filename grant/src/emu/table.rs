@@ -1,0 +1,70 @@
+//! The emulated grant table: an array of Xen's v1 grant entries in shared memory.
+//!
+//! Entry layout (`grant_entry_v1`): `flags: u16` at 0, `domid: u16` at 2, `frame: u32` at 4.
+
+use std::sync::atomic::Ordering;
+
+use crate::sys::Region;
+use crate::{Access, DomId, Error, GrantRef};
+
+/// Bytes per grant entry.
+pub const ENTRY_SIZE: usize = 8;
+/// The grant is in use: `domid` may map `frame`.
+pub const GTF_PERMIT_ACCESS: u16 = 1;
+/// The grantee may only read the frame.
+pub const GTF_READONLY: u16 = 1 << 2;
+
+/// A validated grant: the guest frame to map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Grant {
+    pub frame: u32,
+}
+
+/// Reads grant entries on behalf of the grantee, checking them as the hypervisor would.
+pub(crate) struct TableReader<'a> {
+    pub table: &'a Region,
+    pub entries: u32,
+    pub ram_pages: u32,
+    pub grantee: DomId,
+}
+
+impl TableReader<'_> {
+    /// Checks that `gref` is granted to us with `access`, and returns the frame.
+    pub fn check(&self, gref: GrantRef, access: Access) -> Result<Grant, Error> {
+        if gref.0 >= self.entries {
+            return Err(Error::GrantOutOfRange(gref));
+        }
+        let base = gref.0 as usize * ENTRY_SIZE;
+        let flags = self.table.atomic_u16(base)?.load(Ordering::Acquire);
+        if flags & GTF_PERMIT_ACCESS == 0 {
+            return Err(Error::GrantInvalid(gref));
+        }
+        let domid = DomId(self.table.atomic_u16(base + 2)?.load(Ordering::Relaxed));
+        if domid != self.grantee {
+            return Err(Error::GrantWrongDomain { gref, granted_to: domid });
+        }
+        if access == Access::ReadWrite && flags & GTF_READONLY != 0 {
+            return Err(Error::GrantReadOnly(gref));
+        }
+        let frame = self.table.atomic_u32(base + 4)?.load(Ordering::Relaxed);
+        if frame >= self.ram_pages {
+            return Err(Error::FrameOutOfRange { gref, frame });
+        }
+        Ok(Grant { frame })
+    }
+}
+
+/// Writes an entry the way a guest does: domid and frame first, then flags with release order.
+pub(crate) fn write_entry(table: &Region, gref: GrantRef, to: DomId, frame: u32, readonly: bool) -> Result<(), Error> {
+    let base = gref.0 as usize * ENTRY_SIZE;
+    table.store_u16(base, 0)?;
+    table.atomic_u16(base + 2)?.store(to.0, Ordering::Relaxed);
+    table.atomic_u32(base + 4)?.store(frame, Ordering::Relaxed);
+    let flags = GTF_PERMIT_ACCESS | if readonly { GTF_READONLY } else { 0 };
+    table.store_u16(base, flags)
+}
+
+/// Revokes an entry.
+pub(crate) fn clear_entry(table: &Region, gref: GrantRef) -> Result<(), Error> {
+    table.store_u16(gref.0 as usize * ENTRY_SIZE, 0)
+}

@@ -1,0 +1,128 @@
+use std::sync::Arc;
+
+use rustbk_formats::IoBuffers;
+use rustbk_ring::PAGE_SIZE;
+
+use super::*;
+use crate::{Access, Direction, DomId, Error, GrantRef, GuestBuf, GuestHandle, PageSpan, Platform, Port};
+
+const GUEST: DomId = DomId(7);
+const BACKEND: DomId = DomId(0);
+
+fn setup() -> (tempfile::TempDir, EmuDomain, Arc<dyn GuestHandle>) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = DomainConfig { domid: GUEST, ram_pages: 64, grant_entries: 128 };
+    let dom = EmuDomain::create(dir.path(), cfg).unwrap();
+    let guest = EmuPlatform::new(dir.path(), BACKEND).attach(GUEST).unwrap();
+    (dir, dom, guest)
+}
+
+#[test]
+fn mapped_grant_shows_guest_memory_both_ways() {
+    let (_d, dom, guest) = setup();
+    dom.ram().write(5 * PAGE_SIZE as u64 + 100, b"hello").unwrap();
+    let gref = dom.grant(BACKEND, 5, false).unwrap();
+    let map = guest.map_grants(&[gref], Access::ReadWrite).unwrap();
+    let mut got = [0u8; 5];
+    map.read(100, &mut got).unwrap();
+    assert_eq!(&got, b"hello");
+    map.write(200, b"world").unwrap();
+    let mut back = [0u8; 5];
+    dom.ram().read(5 * PAGE_SIZE as u64 + 200, &mut back).unwrap();
+    assert_eq!(&back, b"world");
+}
+
+#[test]
+fn multi_page_map_is_contiguous_in_grant_order() {
+    let (_d, dom, guest) = setup();
+    let frames = [9u32, 3, 30];
+    let refs: Vec<GrantRef> = frames.iter().map(|f| dom.grant(BACKEND, *f, true).unwrap()).collect();
+    for f in frames {
+        dom.ram().write(u64::from(f) * PAGE_SIZE as u64, &f.to_le_bytes()).unwrap();
+    }
+    let map = guest.map_grants(&refs, Access::ReadOnly).unwrap();
+    for (i, f) in frames.iter().enumerate() {
+        let mut b = [0u8; 4];
+        map.read(i * PAGE_SIZE, &mut b).unwrap();
+        assert_eq!(u32::from_le_bytes(b), *f);
+    }
+}
+
+#[test]
+fn invalid_foreign_and_readonly_grants_are_refused() {
+    let (_d, dom, guest) = setup();
+    assert!(matches!(guest.map_grants(&[GrantRef(20)], Access::ReadOnly), Err(Error::GrantInvalid(_))));
+    dom.grant_at(GrantRef(21), DomId(3), 1, false).unwrap();
+    assert!(matches!(
+        guest.map_grants(&[GrantRef(21)], Access::ReadOnly),
+        Err(Error::GrantWrongDomain { granted_to: DomId(3), .. })
+    ));
+    let ro = dom.grant(BACKEND, 2, true).unwrap();
+    assert!(matches!(guest.map_grants(&[ro], Access::ReadWrite), Err(Error::GrantReadOnly(_))));
+    assert!(guest.map_grants(&[ro], Access::ReadOnly).is_ok());
+    assert!(matches!(guest.map_grants(&[GrantRef(5000)], Access::ReadOnly), Err(Error::GrantOutOfRange(_))));
+    dom.grant_at(GrantRef(22), BACKEND, 64, false).unwrap();
+    assert!(matches!(guest.map_grants(&[GrantRef(22)], Access::ReadOnly), Err(Error::FrameOutOfRange { .. })));
+    assert!(matches!(guest.map_grants(&[], Access::ReadOnly), Err(Error::BadMapSize(0))));
+}
+
+#[test]
+fn revoked_grant_cannot_be_mapped() {
+    let (_d, dom, guest) = setup();
+    let gref = dom.grant(BACKEND, 4, false).unwrap();
+    dom.end_grant(gref).unwrap();
+    assert!(matches!(guest.map_grants(&[gref], Access::ReadOnly), Err(Error::GrantInvalid(_))));
+}
+
+#[test]
+fn event_channel_signals_both_ways() {
+    let (_d, dom, guest) = setup();
+    let gp = dom.alloc_unbound().unwrap();
+    let ch = guest.bind_event_channel(gp.port()).unwrap();
+    assert!(!ch.ack().unwrap());
+    gp.notify().unwrap();
+    assert!(ch.ack().unwrap());
+    assert!(!ch.ack().unwrap());
+    ch.notify().unwrap();
+    assert!(gp.ack().unwrap());
+    assert!(matches!(guest.bind_event_channel(Port(999)), Err(Error::UnknownPort(Port(999)))));
+}
+
+#[test]
+fn guest_buf_merges_adjacent_segments_and_checks_bounds() {
+    let (_d, dom, guest) = setup();
+    let refs: Vec<GrantRef> = (10..13).map(|f| dom.grant(BACKEND, f, false).unwrap()).collect();
+    let map = guest.map_grants(&refs, Access::ReadWrite).unwrap();
+    let spans = [
+        PageSpan { page: 0, offset: 3584, len: 512 },
+        PageSpan { page: 1, offset: 0, len: 4096 },
+        PageSpan { page: 2, offset: 512, len: 1024 },
+    ];
+    let buf = GuestBuf::new(map, &spans, Direction::ToGuest).unwrap();
+    assert_eq!(buf.iovecs().len(), 2);
+    assert_eq!(buf.len(), 512 + 4096 + 1024);
+    let map = guest.map_grants(&refs[..1], Access::ReadWrite).unwrap();
+    let bad = [PageSpan { page: 1, offset: 0, len: 512 }];
+    assert!(GuestBuf::new(map, &bad, Direction::FromGuest).is_err());
+    let ro = guest.map_grants(&refs[..1], Access::ReadOnly).unwrap();
+    let ok = [PageSpan { page: 0, offset: 0, len: 512 }];
+    assert!(GuestBuf::new(ro, &ok, Direction::ToGuest).is_err());
+}
+
+#[test]
+fn two_guests_do_not_share_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = EmuDomain::create(dir.path(), DomainConfig { domid: DomId(1), ram_pages: 8, grant_entries: 32 }).unwrap();
+    let b = EmuDomain::create(dir.path(), DomainConfig { domid: DomId(2), ram_pages: 8, grant_entries: 32 }).unwrap();
+    a.ram().write(0, b"AAAA").unwrap();
+    b.ram().write(0, b"BBBB").unwrap();
+    let ga = a.grant(BACKEND, 0, true).unwrap();
+    let platform = EmuPlatform::new(dir.path(), BACKEND);
+    let hb = platform.attach(DomId(2)).unwrap();
+    // Guest 1's reference means nothing in guest 2's table.
+    assert!(hb.map_grants(&[ga], Access::ReadOnly).is_err());
+    let ha = platform.attach(DomId(1)).unwrap();
+    let mut got = [0u8; 4];
+    ha.map_grants(&[ga], Access::ReadOnly).unwrap().read(0, &mut got).unwrap();
+    assert_eq!(&got, b"AAAA");
+}

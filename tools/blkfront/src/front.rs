@@ -1,0 +1,264 @@
+//! The blkfront-like frontend: xenbus handshake, ring, requests and responses.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use rustbk_grant::emu::{EmuDomain, GuestPort, RamView};
+use rustbk_ring::{Abi, DomId, FrontRing, GrantRef, PAGE_SIZE, Request, Response};
+use rustbk_xenstored::XsClient;
+
+use crate::wait::wait_for;
+use crate::{Error, FrameAlloc};
+
+/// How the frontend connects.
+#[derive(Clone, Debug)]
+pub struct FrontendConfig {
+    /// The guest's domain.
+    pub domid: DomId,
+    /// Virtual device number.
+    pub devid: u32,
+    /// Ring ABI.
+    pub abi: Abi,
+    /// Write the `protocol` key (a frontend that omits it is taken as x86_32).
+    pub write_protocol: bool,
+    /// Ring page order wanted (capped by the backend's `max-ring-page-order`).
+    pub ring_order: u32,
+    /// How long to wait for each backend state change.
+    pub timeout: Duration,
+}
+
+impl FrontendConfig {
+    /// A 64-bit frontend for `domid`/`devid` with a one-page ring.
+    pub fn new(domid: DomId, devid: u32) -> Self {
+        FrontendConfig { domid, devid, abi: Abi::X86_64, write_protocol: true, ring_order: 0, timeout: Duration::from_secs(20) }
+    }
+}
+
+/// What the backend published about the disk.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DiskInfo {
+    /// Size in 512-byte sectors.
+    pub sectors: u64,
+    /// Logical sector size.
+    pub sector_size: u32,
+    /// Physical sector size.
+    pub physical_sector_size: u32,
+    /// `info` bits (CDROM 1, REMOVABLE 2, READONLY 4).
+    pub info: u32,
+    /// `feature-flush-cache`.
+    pub flush: bool,
+    /// `feature-barrier`.
+    pub barrier: bool,
+    /// `feature-discard`.
+    pub discard: bool,
+    /// `feature-max-indirect-segments` (0: none).
+    pub max_indirect_segments: u32,
+    /// The ring page order in use.
+    pub ring_order: u32,
+}
+
+/// A connected emulated frontend.
+pub struct Frontend {
+    dom: Arc<EmuDomain>,
+    xs: XsClient,
+    cfg: FrontendConfig,
+    fe: String,
+    be: String,
+    backend_domid: DomId,
+    frames: FrameAlloc,
+    ring: FrontRing<RamView>,
+    ring_frames: (u32, u32),
+    ring_grefs: Vec<GrantRef>,
+    port: Arc<GuestPort>,
+    disk: DiskInfo,
+}
+
+/// What a closed frontend gives back, to connect again.
+pub struct Closed {
+    /// The guest domain.
+    pub dom: Arc<EmuDomain>,
+    /// The guest's xenstore connection.
+    pub xs: XsClient,
+    /// The frame allocator (ring frames freed).
+    pub frames: FrameAlloc,
+}
+
+fn num<T: std::str::FromStr + Default>(xs: &XsClient, path: &str) -> Result<T, Error> {
+    Ok(xs.try_read(path)?.and_then(|v| v.trim().parse().ok()).unwrap_or_default())
+}
+
+fn state_in(states: &'static [&'static str]) -> impl FnMut(Option<&str>) -> bool {
+    move |v| v.is_some_and(|v| states.contains(&v.trim()))
+}
+
+impl Frontend {
+    /// Performs the blkfront handshake for `cfg` and returns the connected frontend.
+    pub fn connect(dom: Arc<EmuDomain>, xs: XsClient, mut frames: FrameAlloc, cfg: FrontendConfig) -> Result<Frontend, Error> {
+        let fe = format!("/local/domain/{}/device/vbd/{}", cfg.domid.0, cfg.devid);
+        let be = xs.read(&format!("{fe}/backend"))?;
+        let backend_domid = DomId(num(&xs, &format!("{fe}/backend-id"))?);
+        xs.write(&format!("{fe}/state"), "1")?;
+        wait_for(&xs, &format!("{be}/state"), cfg.timeout, state_in(&["2"]))?;
+        let order = cfg.ring_order.min(num(&xs, &format!("{be}/max-ring-page-order"))?);
+        let pages = 1u32 << order;
+        let first = frames.alloc(pages)?;
+        dom.ram().write(u64::from(first) * PAGE_SIZE as u64, &vec![0u8; pages as usize * PAGE_SIZE])?;
+        let ring_grefs = (first..first + pages).map(|f| dom.grant(backend_domid, f, false)).collect::<Result<Vec<_>, _>>()?;
+        let ring = FrontRing::init(dom.ram().pages_view(first, pages)?, cfg.abi, order)?;
+        let port = dom.alloc_unbound()?;
+        publish_ring(&xs, &fe, &cfg, order, &ring_grefs, port.port().0)?;
+        let st = wait_for(&xs, &format!("{be}/state"), cfg.timeout, state_in(&["4", "5", "6"]))?;
+        if st.as_deref() != Some("4") {
+            return Err(Error::Protocol(format!("backend went to state {st:?} instead of Connected")));
+        }
+        let disk = read_disk(&xs, &be, order)?;
+        xs.write(&format!("{fe}/state"), "4")?;
+        Ok(Frontend { dom, xs, cfg, fe, be, backend_domid, frames, ring, ring_frames: (first, pages), ring_grefs, port, disk })
+    }
+
+    /// The disk as the backend described it.
+    pub fn disk(&self) -> &DiskInfo {
+        &self.disk
+    }
+
+    /// The guest domain.
+    pub fn domain(&self) -> &Arc<EmuDomain> {
+        &self.dom
+    }
+
+    /// The backend's domain.
+    pub fn backend_domid(&self) -> DomId {
+        self.backend_domid
+    }
+
+    /// The guest's frame allocator.
+    pub fn frames_mut(&mut self) -> &mut FrameAlloc {
+        &mut self.frames
+    }
+
+    /// The ring, for tests that write raw entries or indices.
+    pub fn ring_mut(&mut self) -> &mut FrontRing<RamView> {
+        &mut self.ring
+    }
+
+    /// The backend's directory.
+    pub fn backend_path(&self) -> &str {
+        &self.be
+    }
+
+    /// The xenstore connection.
+    pub fn xs(&self) -> &XsClient {
+        &self.xs
+    }
+
+    /// Queues a request on the ring (not yet visible to the backend).
+    pub fn push(&mut self, req: &Request) -> Result<(), Error> {
+        self.ring.push_request(req).map_err(Error::from)
+    }
+
+    /// Publishes queued requests and notifies the backend if it asked for it.
+    pub fn kick(&mut self) -> Result<(), Error> {
+        if self.ring.push_requests_and_check_notify() {
+            self.port.notify()?;
+        }
+        Ok(())
+    }
+
+    /// Free request slots on the ring.
+    pub fn free_slots(&self) -> u32 {
+        self.ring.free_slots()
+    }
+
+    /// Collects responses into `out`, waiting up to `timeout` for the first one.
+    pub fn poll_responses(&mut self, out: &mut Vec<Response>, timeout: Duration) -> Result<(), Error> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            while let Some(r) = self.ring.try_pop_response()? {
+                out.push(r);
+            }
+            if !out.is_empty() || self.ring.final_check_for_responses() {
+                if out.is_empty() {
+                    continue;
+                }
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Ok(());
+            }
+            self.sleep(left)?;
+        }
+    }
+
+    fn sleep(&self, left: Duration) -> Result<(), Error> {
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(self.port.fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(Error::Platform(rustbk_grant::Error::Sys { what: "poll", source: e })),
+        }
+        self.port.ack()?;
+        Ok(())
+    }
+
+    /// The backend's current state number (0 if unreadable).
+    pub fn backend_state(&self) -> Result<u8, Error> {
+        num(&self.xs, &format!("{}/state", self.be))
+    }
+
+    /// Closes the device as blkfront does (Closing, wait, Closed, wait) and frees the ring.
+    pub fn close(self) -> Result<Closed, Error> {
+        let state = format!("{}/state", self.be);
+        self.xs.write(&format!("{}/state", self.fe), "5")?;
+        wait_for(&self.xs, &state, self.cfg.timeout, state_in(&["5", "6"]))?;
+        self.xs.write(&format!("{}/state", self.fe), "6")?;
+        wait_for(&self.xs, &state, self.cfg.timeout, state_in(&["6"]))?;
+        Ok(self.release())
+    }
+
+    /// Frees the ring's grants, port and frames without any handshake.
+    pub fn release(mut self) -> Closed {
+        for g in &self.ring_grefs {
+            let _ = self.dom.end_grant(*g);
+        }
+        self.dom.close_port(self.port.port());
+        self.frames.free(self.ring_frames.0, self.ring_frames.1);
+        Closed { dom: self.dom, xs: self.xs, frames: self.frames }
+    }
+}
+
+fn publish_ring(xs: &XsClient, fe: &str, cfg: &FrontendConfig, order: u32, grefs: &[GrantRef], port: u32) -> Result<(), Error> {
+    xs.transaction(8, |tx| {
+        if order == 0 {
+            xs.write_tx(tx, &format!("{fe}/ring-ref"), &grefs[0].0.to_string())?;
+        } else {
+            xs.write_tx(tx, &format!("{fe}/ring-page-order"), &order.to_string())?;
+            for (i, g) in grefs.iter().enumerate() {
+                xs.write_tx(tx, &format!("{fe}/ring-ref{i}"), &g.0.to_string())?;
+            }
+        }
+        xs.write_tx(tx, &format!("{fe}/event-channel"), &port.to_string())?;
+        if cfg.write_protocol {
+            xs.write_tx(tx, &format!("{fe}/protocol"), cfg.abi.protocol_name())?;
+        }
+        xs.write_tx(tx, &format!("{fe}/state"), "3")
+    })?;
+    Ok(())
+}
+
+fn read_disk(xs: &XsClient, be: &str, ring_order: u32) -> Result<DiskInfo, Error> {
+    let k = |key: &str| format!("{be}/{key}");
+    let flag = |key: &str| -> Result<bool, Error> { Ok(num::<u32>(xs, &k(key))? == 1) };
+    Ok(DiskInfo {
+        sectors: num(xs, &k("sectors"))?,
+        sector_size: num(xs, &k("sector-size"))?,
+        physical_sector_size: num(xs, &k("physical-sector-size"))?,
+        info: num(xs, &k("info"))?,
+        flush: flag("feature-flush-cache")?,
+        barrier: flag("feature-barrier")?,
+        discard: flag("feature-discard")?,
+        max_indirect_segments: num(xs, &k("feature-max-indirect-segments"))?,
+        ring_order,
+    })
+}

@@ -1,0 +1,131 @@
+//! Pre-granted data buffers, one per request in flight.
+
+
+use rustbk_grant::emu::{EmuDomain, RamView};
+use rustbk_ring::{
+    DomId, GrantRef, IndirectRefs, PAGE_SIZE, Request, RwOp, SEGS_PER_INDIRECT_FRAME, Sector, Segment, Segments,
+    SharedMemory, encode_indirect_segments,
+};
+
+use crate::{Error, FrameAlloc};
+
+/// One request's buffer: contiguous guest frames granted to the backend, plus indirect pages.
+#[derive(Debug)]
+pub struct Slot {
+    /// First data frame.
+    pub first_frame: u32,
+    /// Data pages.
+    pub pages: u32,
+    /// Grants of the data pages, in order.
+    pub grefs: Vec<GrantRef>,
+    /// Grants of the indirect pages.
+    pub indirect_grefs: Vec<GrantRef>,
+    indirect_views: Vec<RamView>,
+}
+
+impl Slot {
+    /// Guest physical address of the buffer.
+    pub fn addr(&self) -> u64 {
+        u64::from(self.first_frame) * PAGE_SIZE as u64
+    }
+
+    /// Segments covering `len` bytes (a multiple of 512) from the start of the buffer.
+    pub fn segments(&self, len: usize) -> Vec<Segment> {
+        let mut out = Vec::new();
+        let mut left = len / 512;
+        for gref in &self.grefs {
+            if left == 0 {
+                break;
+            }
+            let n = left.min(8);
+            out.push(Segment { gref: *gref, first_sect: 0, last_sect: (n - 1) as u8 });
+            left -= n;
+        }
+        out
+    }
+
+    /// A READ or WRITE request for `len` bytes at `sector`: direct when it fits in 11
+    /// segments, indirect otherwise (the segments are written into this slot's indirect pages).
+    pub fn rw_request(&self, id: u64, op: RwOp, sector: u64, len: usize) -> Result<Request, Error> {
+        let segs = self.segments(len);
+        if let Some(segments) = Segments::from_slice(&segs) {
+            return Ok(Request::Rw { id, op, handle: 0, sector: Sector(sector), segments });
+        }
+        let pages: Vec<&dyn SharedMemory> = self.indirect_views.iter().map(|v| v as &dyn SharedMemory).collect();
+        encode_indirect_segments(&pages, &segs)?;
+        let needed = segs.len().div_ceil(SEGS_PER_INDIRECT_FRAME);
+        let indirect_grefs = IndirectRefs::from_slice(self.indirect_grefs.get(..needed).unwrap_or(&[]))
+            .ok_or_else(|| Error::Config(format!("{} segments need too many indirect pages", segs.len())))?;
+        let nr_segments = u16::try_from(segs.len()).map_err(|_| Error::Config("too many segments".into()))?;
+        Ok(Request::Indirect { id, op, handle: 0, sector: Sector(sector), nr_segments, indirect_grefs })
+    }
+}
+
+/// A fixed set of slots.
+#[derive(Debug)]
+pub struct SlotPool {
+    slots: Vec<Slot>,
+    free: Vec<usize>,
+}
+
+impl SlotPool {
+    /// Allocates and grants `count` slots of `bytes` each (whole pages).
+    pub fn new(dom: &EmuDomain, frames: &mut FrameAlloc, backend: DomId, count: u32, bytes: usize) -> Result<Self, Error> {
+        let pages = u32::try_from(bytes.div_ceil(PAGE_SIZE)).map_err(|_| Error::Config("slot too large".into()))?;
+        let indirect = pages.div_ceil(SEGS_PER_INDIRECT_FRAME as u32);
+        let mut slots = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            let first_frame = frames.alloc(pages)?;
+            let grefs = grant_run(dom, backend, first_frame, pages)?;
+            let (indirect_grefs, indirect_views) = if pages as usize > rustbk_ring::MAX_SEGMENTS_PER_REQUEST {
+                let first = frames.alloc(indirect)?;
+                let views = (0..indirect).map(|i| dom.ram().pages_view(first + i, 1)).collect::<Result<Vec<_>, _>>()?;
+                (grant_run(dom, backend, first, indirect)?, views)
+            } else {
+                (Vec::new(), Vec::new())
+            };
+            slots.push(Slot { first_frame, pages, grefs, indirect_grefs, indirect_views });
+        }
+        let free = (0..slots.len()).rev().collect();
+        Ok(SlotPool { slots, free })
+    }
+
+    /// Takes a free slot's index.
+    pub fn take(&mut self) -> Option<usize> {
+        self.free.pop()
+    }
+
+    /// Returns a slot.
+    pub fn give_back(&mut self, index: usize) {
+        self.free.push(index);
+    }
+
+    /// A slot by index.
+    pub fn get(&self, index: usize) -> Option<&Slot> {
+        self.slots.get(index)
+    }
+
+    /// Number of slots.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// True when the pool has no slots.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Revokes every grant.
+    pub fn revoke(&self, dom: &EmuDomain) {
+        for s in &self.slots {
+            for g in s.grefs.iter().chain(&s.indirect_grefs) {
+                let _ = dom.end_grant(*g);
+            }
+        }
+    }
+}
+
+fn grant_run(dom: &EmuDomain, backend: DomId, first: u32, count: u32) -> Result<Vec<GrantRef>, Error> {
+    (first..first + count).map(|f| dom.grant(backend, f, false).map_err(Error::from)).collect()
+}
+

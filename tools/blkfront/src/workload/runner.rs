@@ -1,0 +1,265 @@
+//! The workload loop: keep `queue_depth` requests in flight, verify, measure.
+
+use std::time::{Duration, Instant};
+
+use rustbk_ring::{Request, Response, RwOp, op, status};
+
+use super::pattern::{fill, matches};
+use super::report::{Latencies, Report};
+use super::{Pattern, Progress, Workload};
+use crate::{Error, Frontend, SlotPool};
+
+/// Generation of a block whose contents are unknown (a failed write): never verified.
+const UNKNOWN: u32 = u32::MAX;
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Read,
+    Write { generation: u32 },
+    Flush,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct InFlight {
+    block: u64,
+    kind: Kind,
+    start: Instant,
+}
+
+struct Runner<'a> {
+    w: &'a Workload,
+    blocks: u64,
+    gens: Vec<u32>,
+    busy: Vec<bool>,
+    inflight: Vec<Option<InFlight>>,
+    pool: SlotPool,
+    rng: u64,
+    next_seq: u64,
+    writes_since_flush: u64,
+    issued: u64,
+    report: Report,
+    lat: Latencies,
+    buf: Vec<u8>,
+    scratch: Vec<u8>,
+}
+
+/// Runs `w` on a connected frontend. `progress` is called about once a second.
+pub fn run(front: &mut Frontend, w: &Workload, progress: &mut dyn FnMut(&Progress)) -> Result<Report, Error> {
+    let mut r = Runner::new(front, w)?;
+    let start = Instant::now();
+    let deadline = start + w.duration;
+    let mut last_progress = start;
+    let mut responses = Vec::new();
+    loop {
+        let issuing = Instant::now() < deadline && w.max_ops.is_none_or(|m| r.issued < m);
+        if issuing {
+            r.fill_queue(front)?;
+        }
+        if r.in_flight() == 0 && !issuing {
+            break;
+        }
+        responses.clear();
+        front.poll_responses(&mut responses, Duration::from_secs(30))?;
+        if responses.is_empty() {
+            return Err(Error::Timeout(format!("responses ({} requests in flight)", r.in_flight())));
+        }
+        for rsp in &responses {
+            r.complete(front, rsp)?;
+        }
+        if last_progress.elapsed() >= Duration::from_secs(1) {
+            last_progress = Instant::now();
+            progress(&r.progress(start));
+        }
+    }
+    r.pool.revoke(front.domain());
+    let mut report = r.report;
+    report.finish(start.elapsed(), &mut r.lat);
+    Ok(report)
+}
+
+impl<'a> Runner<'a> {
+    fn new(front: &mut Frontend, w: &'a Workload) -> Result<Self, Error> {
+        let disk = front.disk().clone();
+        let sector = disk.sector_size.max(512) as usize;
+        if w.block_size == 0 || w.block_size % sector != 0 || w.queue_depth == 0 {
+            return Err(Error::Config(format!("block size {} / depth {} invalid for sector size {sector}", w.block_size, w.queue_depth)));
+        }
+        let disk_bytes = disk.sectors * 512;
+        let region = w.region.unwrap_or(disk_bytes).min(disk_bytes);
+        let blocks = region / w.block_size as u64;
+        if blocks < u64::from(w.queue_depth) {
+            return Err(Error::Config(format!("region of {region} bytes is too small for depth {}", w.queue_depth)));
+        }
+        let blocks_usize = usize::try_from(blocks).map_err(|_| Error::Config("too many blocks".into()))?;
+        let (dom, backend) = (std::sync::Arc::clone(front.domain()), front.backend_domid());
+        let depth = w.queue_depth.min(front.free_slots());
+        let pool = SlotPool::new(&dom, front.frames_mut(), backend, depth, w.block_size)?;
+        let first_gen = if w.fresh { 0 } else { UNKNOWN };
+        Ok(Runner {
+            w,
+            blocks,
+            gens: if w.verify { vec![first_gen; blocks_usize] } else { Vec::new() },
+            busy: vec![false; blocks_usize],
+            inflight: vec![None; pool.len()],
+            pool,
+            rng: w.seed | 1,
+            next_seq: 0,
+            writes_since_flush: 0,
+            issued: 0,
+            report: Report::default(),
+            lat: Latencies::default(),
+            buf: vec![0u8; w.block_size],
+            scratch: Vec::new(),
+        })
+    }
+
+    fn in_flight(&self) -> usize {
+        self.inflight.iter().filter(|s| s.is_some()).count()
+    }
+
+    fn random(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
+    fn pick_block(&mut self) -> Option<u64> {
+        for _ in 0..16 {
+            let b = match self.w.pattern {
+                Pattern::Random => self.random() % self.blocks,
+                Pattern::Sequential => {
+                    let b = self.next_seq % self.blocks;
+                    self.next_seq += 1;
+                    b
+                }
+            };
+            if !self.busy[b as usize] {
+                return Some(b);
+            }
+        }
+        None
+    }
+
+    fn fill_queue(&mut self, front: &mut Frontend) -> Result<(), Error> {
+        let mut pushed = false;
+        while front.free_slots() > 0 && self.w.max_ops.is_none_or(|m| self.issued < m) {
+            let Some(slot) = self.pool.take() else { break };
+            let wants_flush = self.w.flush_every.is_some_and(|n| self.writes_since_flush >= n);
+            let req = if wants_flush { Some(self.flush(slot)) } else { self.data_request(front, slot)? };
+            let Some(req) = req else {
+                self.pool.give_back(slot);
+                break;
+            };
+            front.push(&req)?;
+            self.issued += 1;
+            pushed = true;
+        }
+        if pushed {
+            front.kick()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, slot: usize) -> Request {
+        self.writes_since_flush = 0;
+        self.inflight[slot] = Some(InFlight { block: u64::MAX, kind: Kind::Flush, start: Instant::now() });
+        let segments = rustbk_ring::Segments::new();
+        Request::Rw { id: slot as u64, op: RwOp::Flush, handle: 0, sector: rustbk_ring::Sector(0), segments }
+    }
+
+    fn data_request(&mut self, front: &Frontend, slot: usize) -> Result<Option<Request>, Error> {
+        let Some(block) = self.pick_block() else { return Ok(None) };
+        let read = (self.random() % 100) < u64::from(self.w.read_percent);
+        let offset = block * self.w.block_size as u64;
+        let kind = if read { Kind::Read } else { Kind::Write { generation: self.next_generation(block) } };
+        let s = self.pool.get(slot).ok_or_else(|| Error::Config("bad slot".into()))?;
+        if let Kind::Write { generation } = kind {
+            fill(&mut self.buf, offset, generation);
+            front.domain().ram().write(s.addr(), &self.buf)?;
+            self.writes_since_flush += 1;
+        }
+        let rw = if read { RwOp::Read } else { RwOp::Write };
+        let req = s.rw_request(slot as u64, rw, offset / 512, self.w.block_size)?;
+        self.busy[block as usize] = true;
+        self.inflight[slot] = Some(InFlight { block, kind, start: Instant::now() });
+        Ok(Some(req))
+    }
+
+    fn next_generation(&self, block: u64) -> u32 {
+        match self.gens.get(block as usize) {
+            Some(&g) if g != UNKNOWN => g.wrapping_add(1).max(1),
+            _ => 1,
+        }
+    }
+
+    fn complete(&mut self, front: &Frontend, rsp: &Response) -> Result<(), Error> {
+        let slot = usize::try_from(rsp.id).ok().filter(|s| *s < self.inflight.len());
+        let Some(f) = slot.and_then(|s| self.inflight[s].take()) else {
+            return Err(Error::Protocol(format!("response for unknown id {}", rsp.id)));
+        };
+        let slot = slot.unwrap_or_default();
+        self.lat.record(f.start.elapsed());
+        let expected_op = match f.kind {
+            Kind::Read => op::READ,
+            Kind::Write { .. } => op::WRITE,
+            Kind::Flush => op::FLUSH_DISKCACHE,
+        };
+        if rsp.op != expected_op {
+            return Err(Error::Protocol(format!("response op {} for a request of op {expected_op}", rsp.op)));
+        }
+        let ok = rsp.status == status::OKAY;
+        if !ok {
+            self.report.errors += 1;
+        }
+        match f.kind {
+            Kind::Read => self.read_done(front, slot, f.block, ok)?,
+            Kind::Write { generation } => self.write_done(f.block, generation, ok),
+            Kind::Flush => self.report.flushes += u64::from(ok),
+        }
+        if f.block != u64::MAX {
+            self.busy[f.block as usize] = false;
+        }
+        self.pool.give_back(slot);
+        Ok(())
+    }
+
+    fn read_done(&mut self, front: &Frontend, slot: usize, block: u64, ok: bool) -> Result<(), Error> {
+        if !ok {
+            return Ok(());
+        }
+        self.report.reads += 1;
+        self.report.bytes_read += self.w.block_size as u64;
+        let Some(&generation) = self.gens.get(block as usize) else { return Ok(()) };
+        if generation == UNKNOWN {
+            return Ok(());
+        }
+        let s = self.pool.get(slot).ok_or_else(|| Error::Config("bad slot".into()))?;
+        front.domain().ram().read(s.addr(), &mut self.buf)?;
+        let offset = block * self.w.block_size as u64;
+        if !matches(&self.buf, offset, generation, &mut self.scratch) {
+            self.report.mismatches += 1;
+            tracing::error!(block, offset, generation, "verify mismatch");
+        }
+        Ok(())
+    }
+
+    fn write_done(&mut self, block: u64, generation: u32, ok: bool) {
+        if ok {
+            self.report.writes += 1;
+            self.report.bytes_written += self.w.block_size as u64;
+        }
+        if let Some(g) = self.gens.get_mut(block as usize) {
+            *g = if ok { generation } else { UNKNOWN };
+        }
+    }
+
+    fn progress(&self, start: Instant) -> Progress {
+        Progress {
+            elapsed: start.elapsed(),
+            ops: self.report.reads + self.report.writes + self.report.flushes,
+            mismatches: self.report.mismatches,
+            errors: self.report.errors,
+        }
+    }
+}

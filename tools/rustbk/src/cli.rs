@@ -1,0 +1,253 @@
+//! Command-line syntax (clap derive). Each command turns its arguments into a config.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// rustbk: a Xen block backend in Rust.
+#[derive(Debug, Parser)]
+#[command(name = "rustbk", version, about)]
+pub struct Cli {
+    /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve one guest disk: the backend process of one vbd.
+    Serve(ServeArgs),
+    /// Components of the ring emulator.
+    #[command(subcommand)]
+    Emu(EmuCommand),
+    /// Run a verifying workload on an emulated guest: xenstored, backend and guest processes.
+    Demo(DemoArgs),
+    /// Measure rustbk against fio (io_uring, O_DIRECT) on the same file in the same run.
+    Bench(BenchArgs),
+}
+
+/// Emulator components.
+#[derive(Debug, Subcommand)]
+pub enum EmuCommand {
+    /// A xenstore daemon speaking the real wire protocol on a unix socket.
+    Xenstored {
+        /// Socket path; introduced domain N gets `<PATH>.d<N>`.
+        #[arg(long)]
+        socket: PathBuf,
+    },
+    /// An emulated guest: a blkfront-like frontend running a workload.
+    Guest(GuestArgs),
+}
+
+/// I/O engine choice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum EngineArg {
+    /// io_uring if the kernel allows it, else synchronous.
+    Auto,
+    /// io_uring.
+    IoUring,
+    /// Synchronous system calls.
+    Sync,
+}
+
+/// `rustbk serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Folder of the emulated platform (guests' endpoint sockets). Xenstore is reached through
+    /// XENSTORED_PATH.
+    #[arg(long)]
+    pub emu_dir: PathBuf,
+    /// The guest's domain id.
+    #[arg(long)]
+    pub domid: u16,
+    /// The virtual device number (51712 = xvda).
+    #[arg(long, default_value_t = 51712)]
+    pub devid: u32,
+    /// The backend's own domain id.
+    #[arg(long, default_value_t = 0)]
+    pub backend_domid: u16,
+    /// The backend directory (default /local/domain/<backend>/backend/vbd/<domid>/<devid>).
+    #[arg(long)]
+    pub backend_path: Option<String>,
+    /// I/O engine.
+    #[arg(long, value_enum, default_value_t = EngineArg::Auto)]
+    pub engine: EngineArg,
+    /// Use the page cache instead of O_DIRECT.
+    #[arg(long)]
+    pub buffered: bool,
+    /// Largest ring page order offered.
+    #[arg(long, default_value_t = rustbk_ring::MAX_RING_PAGE_ORDER)]
+    pub max_ring_order: u32,
+    /// Indirect segments offered (0 disables indirect requests).
+    #[arg(long, default_value_t = rustbk_ring::DEFAULT_MAX_INDIRECT_SEGMENTS)]
+    pub max_indirect_segments: u32,
+}
+
+/// Access pattern, fio style.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RwArg {
+    /// Sequential reads.
+    Read,
+    /// Sequential writes.
+    Write,
+    /// Sequential mixed.
+    Rw,
+    /// Random reads.
+    Randread,
+    /// Random writes.
+    Randwrite,
+    /// Random mixed.
+    Randrw,
+}
+
+/// A workload, fio style.
+#[derive(Clone, Debug, Args)]
+pub struct WorkloadArgs {
+    /// Access pattern.
+    #[arg(long, value_enum, default_value_t = RwArg::Randrw)]
+    pub rw: RwArg,
+    /// Percentage of reads for mixed patterns.
+    #[arg(long, default_value_t = 50)]
+    pub rwmix_read: u8,
+    /// Block size (bytes; k/m suffixes allowed).
+    #[arg(long, default_value = "4k", value_parser = parse_size)]
+    pub bs: u64,
+    /// Requests in flight.
+    #[arg(long, default_value_t = 32)]
+    pub qd: u32,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 5.0)]
+    pub duration: f64,
+    /// Do not write patterns and check reads.
+    #[arg(long)]
+    pub no_verify: bool,
+    /// Send a flush after every N writes.
+    #[arg(long)]
+    pub flush_every: Option<u64>,
+    /// Seed of the random choices.
+    #[arg(long, default_value_t = 0x5eed)]
+    pub seed: u64,
+}
+
+/// Frontend ABI as it is announced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ProtocolArg {
+    /// `x86_64-abi`.
+    X86_64,
+    /// `x86_32-abi`.
+    X86_32,
+    /// No `protocol` key (the backend assumes x86_32).
+    None,
+}
+
+/// `rustbk emu guest`.
+#[derive(Debug, Args)]
+pub struct GuestArgs {
+    /// Folder of the emulated platform.
+    #[arg(long)]
+    pub emu_dir: PathBuf,
+    /// The guest's own xenstore socket (`<xenstored socket>.d<domid>`).
+    #[arg(long)]
+    pub xenstore: PathBuf,
+    /// The guest's domain id.
+    #[arg(long)]
+    pub domid: u16,
+    /// The virtual device number.
+    #[arg(long, default_value_t = 51712)]
+    pub devid: u32,
+    /// Ring page order wanted.
+    #[arg(long, default_value_t = 0)]
+    pub ring_order: u32,
+    /// Ring ABI.
+    #[arg(long, value_enum, default_value_t = ProtocolArg::X86_64)]
+    pub protocol: ProtocolArg,
+    /// The disk was all zeros before this run (unwritten blocks are checked to read zeros).
+    #[arg(long)]
+    pub fresh: bool,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// The workload.
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
+}
+
+/// `rustbk demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Image to serve (a new raw image in a temporary folder if not given).
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+    /// Size of the new image.
+    #[arg(long, default_value = "1g", value_parser = parse_size)]
+    pub size: u64,
+    /// Ring page order the guest asks for.
+    #[arg(long, default_value_t = 0)]
+    pub ring_order: u32,
+    /// Ring ABI of the guest.
+    #[arg(long, value_enum, default_value_t = ProtocolArg::X86_64)]
+    pub protocol: ProtocolArg,
+    /// Keep the work folder (logs, sockets, image) instead of deleting it.
+    #[arg(long)]
+    pub keep: bool,
+    /// The workload.
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
+}
+
+/// `rustbk bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Image to measure on (a new, fully written raw image if not given).
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+    /// Size of the new image.
+    #[arg(long, default_value = "1g", value_parser = parse_size)]
+    pub size: u64,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 10.0)]
+    pub runtime: f64,
+    /// Print the results as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parses `4096`, `4k`, `1M`, `2g` (powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m = match c.to_ascii_lowercase() {
+                'k' => 1u64 << 10,
+                'm' => 1 << 20,
+                'g' => 1 << 30,
+                't' => 1 << 40,
+                _ => return Err(format!("unknown size suffix in {s:?}")),
+            };
+            (&s[..i], m)
+        }
+        _ => (s, 1),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("not a size: {s:?}"))?;
+    n.checked_mul(mult).ok_or_else(|| format!("size too large: {s:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_accept_suffixes_and_reject_garbage() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("4k"), Ok(4096));
+        assert_eq!(parse_size("1M"), Ok(1 << 20));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert!(parse_size("12q").is_err());
+        assert!(parse_size("k").is_err());
+        assert!(parse_size("99999999999t").is_err());
+    }
+}

@@ -1,0 +1,166 @@
+//! An emulated Xen host made of real processes: the xenstore emulator, one backend process per
+//! disk, and guest processes. `rustbk demo`, `rustbk bench` and the integration tests use it.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use rustbk_blkfront::toolstack::{self, VbdSpec};
+use rustbk_xenstored::XsClient;
+
+/// How long a component may take to come up or go away.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A running emulated host. Dropping it kills every process it started.
+pub struct EmuCluster {
+    exe: PathBuf,
+    dir: PathBuf,
+    xs_socket: PathBuf,
+    xenstored: Child,
+    backends: Vec<(VbdSpec, Child)>,
+    introduced: Vec<u16>,
+}
+
+impl EmuCluster {
+    /// Starts the xenstore emulator (`exe emu xenstored`) with its socket and logs in `dir`.
+    pub fn start(exe: &Path, dir: &Path) -> anyhow::Result<EmuCluster> {
+        let xs_socket = dir.join("xenstored.sock");
+        let log = File::create(dir.join("xenstored.log"))?;
+        let xenstored = Command::new(exe)
+            .args(["emu", "xenstored", "--socket"])
+            .arg(&xs_socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("cannot start the xenstore emulator")?;
+        let cluster = EmuCluster {
+            exe: exe.to_owned(),
+            dir: dir.to_owned(),
+            xs_socket,
+            xenstored,
+            backends: Vec::new(),
+            introduced: Vec::new(),
+        };
+        wait_until(START_TIMEOUT, || XsClient::connect(&cluster.xs_socket).is_ok())
+            .context("the xenstore emulator did not come up")?;
+        Ok(cluster)
+    }
+
+    /// The work folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The xenstore emulator's dom0 socket.
+    pub fn xenstore_socket(&self) -> &Path {
+        &self.xs_socket
+    }
+
+    /// A new dom0 (toolstack) xenstore connection.
+    pub fn toolstack(&self) -> anyhow::Result<XsClient> {
+        XsClient::connect(&self.xs_socket).context("cannot reach the xenstore emulator")
+    }
+
+    /// The xenstore socket of guest `domid`.
+    pub fn guest_socket(&self, domid: u16) -> PathBuf {
+        let mut s = self.xs_socket.clone().into_os_string();
+        s.push(format!(".d{domid}"));
+        PathBuf::from(s)
+    }
+
+    /// Writes the vbd to xenstore as libxl does and starts its backend process
+    /// (`exe serve ... extra_args`), logging to `backend-<domid>-<devid>.log`.
+    pub fn add_disk(&mut self, spec: &VbdSpec, extra_args: &[&str]) -> anyhow::Result<()> {
+        let xs = self.toolstack()?;
+        if !self.introduced.contains(&spec.domid.0) {
+            toolstack::introduce_domain(&xs, spec.domid)?;
+            self.introduced.push(spec.domid.0);
+        }
+        toolstack::add_vbd(&xs, spec)?;
+        let log = File::create(self.dir.join(format!("backend-{}-{}.log", spec.domid.0, spec.devid)))?;
+        let child = Command::new(&self.exe)
+            .args(["serve", "--emu-dir"])
+            .arg(&self.dir)
+            .args(["--domid", &spec.domid.0.to_string(), "--devid", &spec.devid.to_string()])
+            .args(extra_args)
+            .env("XENSTORED_PATH", &self.xs_socket)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("cannot start the backend")?;
+        self.backends.push((spec.clone(), child));
+        Ok(())
+    }
+
+    /// A command running `exe emu guest` for `domid`/`devid`, ready for workload arguments.
+    pub fn guest_command(&self, domid: u16, devid: u32) -> Command {
+        let mut cmd = Command::new(&self.exe);
+        cmd.args(["emu", "guest", "--emu-dir"])
+            .arg(&self.dir)
+            .arg("--xenstore")
+            .arg(self.guest_socket(domid))
+            .args(["--domid", &domid.to_string(), "--devid", &devid.to_string()]);
+        cmd
+    }
+
+    /// Takes the disk away as libxl does and waits for its backend process to exit.
+    pub fn remove_disk(&mut self, spec: &VbdSpec) -> anyhow::Result<()> {
+        let xs = self.toolstack()?;
+        toolstack::remove_vbd(&xs, spec, START_TIMEOUT)?;
+        let Some(i) = self.backends.iter().position(|(s, _)| s == spec) else { return Ok(()) };
+        let (_, mut child) = self.backends.remove(i);
+        let mut status = None;
+        wait_until(START_TIMEOUT, || {
+            status = child.try_wait().ok().flatten();
+            status.is_some()
+        })
+        .context("the backend did not exit after the disk was removed")?;
+        match status {
+            Some(s) if s.success() => Ok(()),
+            other => bail!("the backend exited with {other:?}"),
+        }
+    }
+
+    /// The pid of the backend of `spec`, if it runs.
+    pub fn backend_pid(&self, spec: &VbdSpec) -> Option<u32> {
+        self.backends.iter().find(|(s, _)| s == spec).map(|(_, c)| c.id())
+    }
+
+    /// The pid of the xenstore emulator.
+    pub fn xenstored_pid(&self) -> u32 {
+        self.xenstored.id()
+    }
+
+    /// The log of the backend of `spec`.
+    pub fn backend_log(&self, spec: &VbdSpec) -> PathBuf {
+        self.dir.join(format!("backend-{}-{}.log", spec.domid.0, spec.devid))
+    }
+}
+
+impl Drop for EmuCluster {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.backends {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = self.xenstored.kill();
+        let _ = self.xenstored.wait();
+    }
+}
+
+/// Polls `ready` every 20 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !ready() {
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}

@@ -1,0 +1,168 @@
+//! `rustbk bench`: rustbk through the emulated guest against fio on the same file.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+
+use anyhow::{Context, bail, ensure};
+use rustbk_blkfront::toolstack::VbdSpec;
+use rustbk_blkfront::workload::Report;
+use rustbk_ring::DomId;
+use serde::Serialize;
+
+use crate::cli::BenchArgs;
+use crate::cluster::EmuCluster;
+
+const GUEST: u16 = 1;
+const XVDA: u32 = 51712;
+
+/// The measurements: 4 KiB random read and write at queue depth 1 and 32.
+const CASES: [(&str, u32); 4] = [("randread", 1), ("randread", 32), ("randwrite", 1), ("randwrite", 32)];
+
+/// One row of the table.
+#[derive(Clone, Debug, Serialize)]
+struct Row {
+    workload: String,
+    qd: u32,
+    rustbk_iops: f64,
+    fio_iops: f64,
+    ratio: f64,
+    rustbk_p99_us: f64,
+    fio_p99_us: f64,
+}
+
+/// Runs every case with rustbk and with fio, and prints the table.
+pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    ensure!(args.runtime.is_finite() && args.runtime >= 1.0, "--runtime must be at least 1 second");
+    let fio_version = fio_version()?;
+    let tmp = tempfile::Builder::new().prefix("rustbk-bench-").tempdir()?;
+    let image = match &args.image {
+        Some(p) => p.clone(),
+        None => write_image(&tmp.path().join("bench.img"), args.size)?,
+    };
+    let exe = std::env::current_exe()?;
+    let mut cluster = EmuCluster::start(&exe, tmp.path())?;
+    let spec = VbdSpec {
+        domid: DomId(GUEST),
+        devid: XVDA,
+        backend_domid: DomId(0),
+        params: image.display().to_string(),
+        read_only: false,
+        discard: true,
+    };
+    cluster.add_disk(&spec, &[])?;
+    eprintln!("rustbk bench: {} on {} ({} s per run)", fio_version, image.display(), args.runtime);
+    let mut rows = Vec::new();
+    for (rw, qd) in CASES {
+        let ours = rustbk_case(&cluster, rw, qd, args.runtime)?;
+        let theirs = fio_case(&image, rw, qd, args.runtime)?;
+        eprintln!("  {rw} qd{qd}: rustbk {:.0} IOPS, fio {:.0} IOPS", ours.iops, theirs.iops);
+        rows.push(Row {
+            workload: format!("{rw} 4k"),
+            qd,
+            rustbk_iops: ours.iops,
+            fio_iops: theirs.iops,
+            ratio: if theirs.iops > 0.0 { ours.iops / theirs.iops } else { 0.0 },
+            rustbk_p99_us: ours.latency.p99_us,
+            fio_p99_us: theirs.p99_us,
+        });
+    }
+    cluster.remove_disk(&spec)?;
+    print_rows(&rows, args.json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn fio_version() -> anyhow::Result<String> {
+    let out = Command::new("fio").arg("--version").output().context("fio is not installed (apt-get install fio)")?;
+    ensure!(out.status.success(), "fio --version failed");
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// A raw image written end to end, so reads hit real blocks, not holes.
+fn write_image(path: &Path, size: u64) -> anyhow::Result<PathBuf> {
+    let mut f = std::fs::File::create(path)?;
+    let chunk: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8 | 1).collect();
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        f.write_all(&chunk[..n])?;
+        left -= n as u64;
+    }
+    f.sync_all()?;
+    Ok(path.to_owned())
+}
+
+fn rustbk_case(cluster: &EmuCluster, rw: &str, qd: u32, runtime: f64) -> anyhow::Result<Report> {
+    let out = cluster
+        .guest_command(GUEST, XVDA)
+        .args(["--json", "--no-verify", "--rw", rw, "--bs", "4096", "--qd", &qd.to_string()])
+        .args(["--duration", &runtime.to_string()])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()?;
+    ensure!(out.status.success(), "the emulated guest failed running {rw} qd{qd}");
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// What fio measured.
+struct FioResult {
+    iops: f64,
+    p99_us: f64,
+}
+
+fn fio_case(image: &Path, rw: &str, qd: u32, runtime: f64) -> anyhow::Result<FioResult> {
+    let out = Command::new("fio")
+        .args(["--name=rustbk-peer", "--ioengine=io_uring", "--direct=1", "--bs=4k", "--time_based"])
+        .arg(format!("--filename={}", image.display()))
+        .arg(format!("--rw={rw}"))
+        .arg(format!("--iodepth={qd}"))
+        .arg(format!("--runtime={runtime}s"))
+        .arg("--output-format=json")
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run fio")?;
+    if !out.status.success() {
+        bail!("fio failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    parse_fio(&out.stdout, if rw.contains("read") { "read" } else { "write" })
+}
+
+fn parse_fio(json: &[u8], dir: &str) -> anyhow::Result<FioResult> {
+    let v: serde_json::Value = serde_json::from_slice(json).context("fio printed no JSON")?;
+    let job = &v["jobs"][0][dir];
+    let iops = job["iops"].as_f64().context("fio JSON has no iops")?;
+    let p99_ns = job["clat_ns"]["percentile"]["99.000000"].as_f64().unwrap_or(0.0);
+    Ok(FioResult { iops, p99_us: p99_ns / 1000.0 })
+}
+
+fn print_rows(rows: &[Row], json: bool) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, rows)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(out, "{:<14} {:>4} {:>12} {:>12} {:>12} {:>12} {:>12}", "workload", "qd", "rustbk IOPS", "fio IOPS", "rustbk/fio", "rustbk p99", "fio p99")?;
+    for r in rows {
+        writeln!(
+            out,
+            "{:<14} {:>4} {:>12.0} {:>12.0} {:>12.2} {:>10.0}us {:>10.0}us",
+            r.workload, r.qd, r.rustbk_iops, r.fio_iops, r.ratio, r.rustbk_p99_us, r.fio_p99_us
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_fio;
+
+    #[test]
+    fn fio_json_is_parsed_for_the_right_direction() {
+        let json = br#"{"jobs":[{"read":{"iops":1234.5,"clat_ns":{"percentile":{"99.000000":56000}}},"write":{"iops":0}}]}"#;
+        let r = parse_fio(json, "read").unwrap();
+        assert_eq!(r.iops, 1234.5);
+        assert_eq!(r.p99_us, 56.0);
+        assert!(parse_fio(b"not json", "read").is_err());
+    }
+}

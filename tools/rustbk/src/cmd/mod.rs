@@ -1,0 +1,27 @@
+//! One module per command.
+
+mod bench;
+mod demo;
+mod guest;
+mod serve;
+mod workload;
+
+use std::process::ExitCode;
+
+use crate::cli::{Command, EmuCommand};
+
+pub use workload::{describe, workload_from_args};
+
+/// Runs a parsed command.
+pub fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve(args) => serve::run(args),
+        Command::Emu(EmuCommand::Xenstored { socket }) => {
+            rustbk_xenstored::Server::bind(&socket)?.run()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Emu(EmuCommand::Guest(args)) => guest::run(args),
+        Command::Demo(args) => demo::run(args),
+        Command::Bench(args) => bench::run(args),
+    }
+}

@@ -1,0 +1,8 @@
+//! The `rustbk` command line: serve a guest's disk, run the emulator, demo and benchmarks.
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod cluster;
+pub mod cmd;
+pub mod logging;
