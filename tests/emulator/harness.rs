@@ -1,0 +1,207 @@
+//! Shared set-up: an emulated host with one disk, and a guest with helpers for single requests.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustbk::cluster::EmuCluster;
+use rustbk_blkfront::toolstack::VbdSpec;
+use rustbk_blkfront::{FrameAlloc, Frontend, FrontendConfig};
+use rustbk_grant::emu::{DomainConfig, EmuDomain};
+use rustbk_ring::{DomId, GrantRef, PAGE_SIZE, Request, Response, RwOp, Sector, Segment, Segments};
+use rustbk_xenstored::XsClient;
+
+pub const GUEST: DomId = DomId(1);
+pub const XVDA: u32 = 51712;
+pub const BACKEND: DomId = DomId(0);
+const RAM_PAGES: u32 = 4096;
+
+/// How to build the host.
+pub struct Setup {
+    pub size: u64,
+    pub read_only: bool,
+    pub discard: bool,
+    pub backend_args: Vec<&'static str>,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup { size: 64 << 20, read_only: false, discard: true, backend_args: Vec::new() }
+    }
+}
+
+/// An emulated host serving one raw image to guest 1.
+pub struct Host {
+    pub cluster: EmuCluster,
+    pub spec: VbdSpec,
+    pub image: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Host {
+    pub fn new(setup: Setup) -> Host {
+        let tmp = tempfile::tempdir().unwrap();
+        let image = tmp.path().join("disk.img");
+        rustbk_formats::create_raw(&image, setup.size).unwrap();
+        let exe = PathBuf::from(env!("CARGO_BIN_EXE_rustbk"));
+        let mut cluster = EmuCluster::start(&exe, tmp.path()).unwrap();
+        let spec = VbdSpec {
+            domid: GUEST,
+            devid: XVDA,
+            backend_domid: BACKEND,
+            params: image.display().to_string(),
+            read_only: setup.read_only,
+            discard: setup.discard,
+        };
+        cluster.add_disk(&spec, &setup.backend_args).unwrap();
+        Host { cluster, spec, image, _tmp: tmp }
+    }
+
+    /// A connected guest.
+    pub fn guest(&self) -> Guest {
+        self.guest_with(|_| {})
+    }
+
+    /// A connected guest with a customised frontend configuration.
+    pub fn guest_with(&self, f: impl FnOnce(&mut FrontendConfig)) -> Guest {
+        let mut cfg = FrontendConfig::new(GUEST, XVDA);
+        cfg.timeout = Duration::from_secs(15);
+        f(&mut cfg);
+        let dc = DomainConfig { domid: GUEST, ram_pages: RAM_PAGES, grant_entries: RAM_PAGES + 64 };
+        let dom = Arc::new(EmuDomain::create(self.cluster.dir(), dc).unwrap());
+        let xs = XsClient::connect(&self.cluster.guest_socket(GUEST.0)).unwrap();
+        let front = Frontend::connect(dom, xs, FrameAlloc::new(RAM_PAGES), cfg.clone())
+            .unwrap_or_else(|e| panic!("connect failed: {e:?}; backend log:\n{}", self.backend_log()));
+        Guest { front, cfg, next_id: 1, stash: Vec::new() }
+    }
+
+    pub fn backend_log(&self) -> String {
+        std::fs::read_to_string(self.cluster.backend_log(&self.spec)).unwrap_or_default()
+    }
+
+    /// A value the backend wrote, read with Debian's `xenstore-read`.
+    pub fn xenstore_read_cli(&self, key: &str) -> String {
+        let out = std::process::Command::new("xenstore-read")
+            .arg(format!("{}/{key}", self.spec.backend_path()))
+            .env("XENSTORED_PATH", self.cluster.xenstore_socket())
+            .output()
+            .expect("xenstore-read (package xenstore-utils) must be installed");
+        assert!(out.status.success(), "xenstore-read {key}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+}
+
+/// A connected in-process guest.
+pub struct Guest {
+    pub front: Frontend,
+    pub cfg: FrontendConfig,
+    next_id: u64,
+    stash: Vec<Response>,
+}
+
+impl Guest {
+    pub fn from_parts(front: Frontend, cfg: FrontendConfig) -> Guest {
+        Guest { front, cfg, next_id: 1, stash: Vec::new() }
+    }
+
+    pub fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    pub fn dom(&self) -> &Arc<EmuDomain> {
+        self.front.domain()
+    }
+
+    /// Allocates `n` contiguous pages and grants them to the backend.
+    pub fn pages(&mut self, n: u32, readonly: bool) -> (u32, Vec<GrantRef>) {
+        let first = self.front.frames_mut().alloc(n).unwrap();
+        let refs = (first..first + n).map(|f| self.dom().grant(BACKEND, f, readonly).unwrap()).collect();
+        (first, refs)
+    }
+
+    pub fn frame_addr(frame: u32) -> u64 {
+        u64::from(frame) * PAGE_SIZE as u64
+    }
+
+    /// Pushes `req` (already queued entries included), notifies, returns nothing.
+    pub fn send(&mut self, req: &Request) {
+        self.front.push(req).unwrap();
+        self.front.kick().unwrap();
+    }
+
+    /// Waits for the response with `id`, keeping others for later.
+    pub fn wait(&mut self, id: u64) -> Response {
+        if let Some(i) = self.stash.iter().position(|r| r.id == id) {
+            return self.stash.remove(i);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let mut got = Vec::new();
+            self.front.poll_responses(&mut got, Duration::from_millis(200)).unwrap();
+            self.stash.extend(got);
+            if let Some(i) = self.stash.iter().position(|r| r.id == id) {
+                return self.stash.remove(i);
+            }
+            assert!(std::time::Instant::now() < deadline, "no response for id {id}");
+        }
+    }
+
+    /// Collects `n` responses in arrival order.
+    pub fn collect(&mut self, n: usize) -> Vec<Response> {
+        let mut out = std::mem::take(&mut self.stash);
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while out.len() < n {
+            self.front.poll_responses(&mut out, Duration::from_millis(200)).unwrap();
+            assert!(std::time::Instant::now() < deadline, "only {} of {n} responses", out.len());
+        }
+        out
+    }
+
+    /// A direct READ/WRITE request over whole pages.
+    pub fn rw(&mut self, op: RwOp, sector: u64, refs: &[GrantRef]) -> Request {
+        let segs: Vec<Segment> = refs.iter().map(|g| Segment { gref: *g, first_sect: 0, last_sect: 7 }).collect();
+        Request::Rw { id: self.id(), op, handle: 0, sector: Sector(sector), segments: Segments::from_slice(&segs).unwrap() }
+    }
+
+    /// Writes `data` (whole pages) at `sector`; returns the status.
+    pub fn write(&mut self, sector: u64, data: &[u8]) -> i16 {
+        let n = u32::try_from(data.len().div_ceil(PAGE_SIZE)).unwrap();
+        let (first, refs) = self.pages(n, true);
+        self.dom().ram().write(Self::frame_addr(first), data).unwrap();
+        let req = self.rw(RwOp::Write, sector, &refs);
+        self.send(&req);
+        let st = self.wait(req.id()).status;
+        self.release(first, &refs);
+        st
+    }
+
+    /// Reads `pages` pages at `sector`; returns the status and the data.
+    pub fn read(&mut self, sector: u64, pages: u32) -> (i16, Vec<u8>) {
+        let (first, refs) = self.pages(pages, false);
+        let req = self.rw(RwOp::Read, sector, &refs);
+        self.send(&req);
+        let st = self.wait(req.id()).status;
+        let mut data = vec![0u8; pages as usize * PAGE_SIZE];
+        self.dom().ram().read(Self::frame_addr(first), &mut data).unwrap();
+        self.release(first, &refs);
+        (st, data)
+    }
+
+    pub fn release(&mut self, first: u32, refs: &[GrantRef]) {
+        for r in refs {
+            self.dom().end_grant(*r).unwrap();
+        }
+        self.front.frames_mut().free(first, u32::try_from(refs.len()).unwrap());
+    }
+
+    /// A single request with no data, e.g. a flush.
+    pub fn no_data(&mut self, op: RwOp) -> Request {
+        Request::Rw { id: self.id(), op, handle: 0, sector: Sector(0), segments: Segments::new() }
+    }
+}
+
+/// `len` bytes of a pattern depending on `seed`.
+pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 1).collect()
+}
