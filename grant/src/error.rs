@@ -21,6 +21,9 @@ pub enum Error {
     /// A read-only grant was asked for write access.
     #[error("Grant reference {0:?} is read-only")]
     GrantReadOnly(GrantRef),
+    /// The grant cannot be revoked while the grantee has it mapped.
+    #[error("Grant reference {0:?} is still mapped by the grantee")]
+    GrantInUse(GrantRef),
     /// The granted frame is outside the guest's memory.
     #[error("Grant reference {gref:?} names frame {frame} outside guest memory")]
     FrameOutOfRange {

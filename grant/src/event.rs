@@ -28,7 +28,10 @@ impl EventFd {
     pub fn signal(&self) -> Result<(), Error> {
         match nix::unistd::write(&self.0, &1u64.to_ne_bytes()) {
             Ok(_) | Err(Errno::EAGAIN) => Ok(()),
-            Err(e) => Err(Error::Sys { what: "eventfd write", source: e }),
+            Err(e) => Err(Error::Sys {
+                what: "eventfd write",
+                source: e,
+            }),
         }
     }
 
@@ -38,7 +41,10 @@ impl EventFd {
         match nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(&self.0), &mut buf) {
             Ok(_) => Ok(true),
             Err(Errno::EAGAIN) => Ok(false),
-            Err(e) => Err(Error::Sys { what: "eventfd read", source: e }),
+            Err(e) => Err(Error::Sys {
+                what: "eventfd read",
+                source: e,
+            }),
         }
     }
 

@@ -1,5 +1,7 @@
 //! Mapped guest pages: the ring, indirect pages and data buffers.
 
+use std::sync::Arc;
+
 use rustbk_formats::{IoBuffers, IoVec};
 use rustbk_ring::{PAGE_SIZE, SharedMemory};
 
@@ -27,8 +29,16 @@ impl std::fmt::Debug for GrantMapping {
 }
 
 impl GrantMapping {
-    pub(crate) fn new(region: Region, access: Access, release: Option<Box<dyn Send + Sync>>) -> Self {
-        GrantMapping { region, access, _release: release }
+    pub(crate) fn new(
+        region: Region,
+        access: Access,
+        release: Option<Box<dyn Send + Sync>>,
+    ) -> Self {
+        GrantMapping {
+            region,
+            access,
+            _release: release,
+        }
     }
 
     /// Number of mapped pages.
@@ -59,7 +69,11 @@ impl GrantMapping {
     /// Copies `data` into the guest pages at `offset`; the mapping must be writable.
     pub fn write(&self, offset: usize, data: &[u8]) -> Result<(), Error> {
         if self.access != Access::ReadWrite {
-            return Err(Error::OutOfBounds { offset, len: data.len(), size: 0 });
+            return Err(Error::OutOfBounds {
+                offset,
+                len: data.len(),
+                size: 0,
+            });
         }
         self.region.write(offset, data)
     }
@@ -110,25 +124,44 @@ pub enum Direction {
     FromGuest,
 }
 
-/// Guest memory handed to an image queue as I/O buffers; owns its mapping.
+/// Guest memory handed to an image queue as I/O buffers; keeps its mappings alive.
 #[derive(Debug)]
 pub struct GuestBuf {
     iovecs: Vec<IoVec>,
-    mapping: GrantMapping,
+    mappings: Vec<Arc<GrantMapping>>,
 }
 
 impl GuestBuf {
-    /// Builds iovecs for `spans` of `mapping`; adjacent spans become one iovec.
+    /// Builds iovecs for `spans` of one `mapping`; adjacent spans become one iovec.
     pub fn new(mapping: GrantMapping, spans: &[PageSpan], dir: Direction) -> Result<Self, Error> {
-        if dir == Direction::ToGuest && mapping.access() != Access::ReadWrite {
-            return Err(Error::BadMapSize(mapping.pages()));
+        let mapping = Arc::new(mapping);
+        Self::from_parts(spans.iter().map(|s| (&mapping, *s)), dir)
+    }
+
+    /// Builds iovecs for spans of several mappings (persistently mapped pages, say), in order.
+    pub fn from_parts<'a>(
+        parts: impl Iterator<Item = (&'a Arc<GrantMapping>, PageSpan)>,
+        dir: Direction,
+    ) -> Result<Self, Error> {
+        let mut buf = GuestBuf {
+            iovecs: Vec::new(),
+            mappings: Vec::new(),
+        };
+        for (mapping, span) in parts {
+            if dir == Direction::ToGuest && mapping.access() != Access::ReadWrite {
+                return Err(Error::GrantReadOnly(rustbk_ring::GrantRef(0)));
+            }
+            let start = checked_span_start(mapping, &span)?;
+            push_merged(
+                &mut buf.iovecs,
+                mapping.region.as_ptr().wrapping_add(start),
+                span.len,
+            );
+            if !buf.mappings.last().is_some_and(|m| Arc::ptr_eq(m, mapping)) {
+                buf.mappings.push(Arc::clone(mapping));
+            }
         }
-        let mut iovecs: Vec<IoVec> = Vec::with_capacity(spans.len());
-        for span in spans {
-            let start = checked_span_start(&mapping, span)?;
-            push_merged(&mut iovecs, mapping.region.as_ptr().wrapping_add(start), span.len);
-        }
-        Ok(GuestBuf { iovecs, mapping })
+        Ok(buf)
     }
 
     /// Total bytes covered by the iovecs.
@@ -140,15 +173,14 @@ impl GuestBuf {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-
-    /// The mapping behind the buffer.
-    pub fn mapping(&self) -> &GrantMapping {
-        &self.mapping
-    }
 }
 
 fn checked_span_start(mapping: &GrantMapping, span: &PageSpan) -> Result<usize, Error> {
-    let bad = || Error::OutOfBounds { offset: span.offset, len: span.len, size: PAGE_SIZE };
+    let bad = || Error::OutOfBounds {
+        offset: span.offset,
+        len: span.len,
+        size: PAGE_SIZE,
+    };
     let in_page = span.offset.checked_add(span.len).ok_or_else(bad)?;
     if in_page > PAGE_SIZE || span.len == 0 || span.page >= mapping.pages() {
         return Err(bad());
@@ -167,9 +199,9 @@ fn push_merged(iovecs: &mut Vec<IoVec>, base: *mut u8, len: usize) {
 }
 
 #[allow(unsafe_code)]
-// SAFETY: every iovec points inside `mapping` (checked in `new`), which this object owns, so the
-// memory stays mapped and in place until the GuestBuf is dropped; ToGuest buffers come only
-// from writable mappings (checked in `new`).
+// SAFETY: every iovec points inside one of `mappings` (checked in `from_parts`), which this
+// object keeps alive, so the memory stays mapped and in place until the GuestBuf is dropped;
+// ToGuest buffers come only from writable mappings (checked in `from_parts`).
 unsafe impl IoBuffers for GuestBuf {
     fn iovecs(&self) -> &[IoVec] {
         &self.iovecs

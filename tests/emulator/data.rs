@@ -43,11 +43,23 @@ fn verified_round_trips_direct_and_indirect() {
 }
 
 #[test]
+fn verified_round_trips_without_persistent_grants() {
+    let host = Host::new(Setup::default());
+    let mut g = host.guest_with(|c| c.persistent = false);
+    assert!(!g.front.disk().persistent);
+    verify_run(&mut g, 4096, Pattern::Random, 32, true);
+    verify_run(&mut g, 64 << 10, Pattern::Random, 8, false);
+}
+
+#[test]
 fn flush_is_answered_after_earlier_writes_and_barrier_orders_both_ways() {
     let host = Host::new(Setup::default());
     let mut g = host.guest();
     let (first, refs) = g.pages(8, true);
-    g.dom().ram().write(Guest::frame_addr(first), &pattern(8 * 4096, 9)).unwrap();
+    g.dom()
+        .ram()
+        .write(Guest::frame_addr(first), &pattern(8 * 4096, 9))
+        .unwrap();
     let mut before = Vec::new();
     for (i, r) in refs.iter().enumerate() {
         let req = g.rw(RwOp::Write, i as u64 * 8, std::slice::from_ref(r));
@@ -65,17 +77,37 @@ fn flush_is_answered_after_earlier_writes_and_barrier_orders_both_ways() {
         g.front.push(&req).unwrap();
     }
     g.front.kick().unwrap();
-    let order: Vec<(u64, i16, u8)> = g.collect(8 + 2 + 4).iter().map(|r| (r.id, r.status, r.op)).collect();
-    assert!(order.iter().all(|(_, st, _)| *st == status::OKAY), "{order:?}");
+    let order: Vec<(u64, i16, u8)> = g
+        .collect(8 + 2 + 4)
+        .iter()
+        .map(|r| (r.id, r.status, r.op))
+        .collect();
+    assert!(
+        order.iter().all(|(_, st, _)| *st == status::OKAY),
+        "{order:?}"
+    );
     let pos = |id: u64| order.iter().position(|(i, _, _)| *i == id).unwrap();
     let last_before = before.iter().map(|id| pos(*id)).max().unwrap();
-    assert!(pos(flush.id()) > last_before, "flush answered before an earlier write: {order:?}");
-    assert!(pos(barrier.id()) > last_before, "barrier answered before an earlier write: {order:?}");
-    assert!(after.iter().all(|id| pos(*id) > pos(barrier.id())), "a later write passed the barrier: {order:?}");
+    assert!(
+        pos(flush.id()) > last_before,
+        "flush answered before an earlier write: {order:?}"
+    );
+    assert!(
+        pos(barrier.id()) > last_before,
+        "barrier answered before an earlier write: {order:?}"
+    );
+    assert!(
+        after.iter().all(|id| pos(*id) > pos(barrier.id())),
+        "a later write passed the barrier: {order:?}"
+    );
     assert_eq!(order[pos(flush.id())].2, op::FLUSH_DISKCACHE);
     assert_eq!(order[pos(barrier.id())].2, op::WRITE_BARRIER);
     let (st, data) = g.read(1024, 2);
-    assert_eq!((st, data), (status::OKAY, pattern(8 * 4096, 9)[..8192].to_vec()), "barrier data");
+    assert_eq!(
+        (st, data),
+        (status::OKAY, pattern(8 * 4096, 9)[..8192].to_vec()),
+        "barrier data"
+    );
 }
 
 #[test]
@@ -88,37 +120,63 @@ fn discard_reads_back_zeros_and_frees_space() {
     }
     let blocks_before = std::fs::metadata(&host.image).unwrap().blocks();
     let id = g.id();
-    let discard = Request::Discard { id, secure: false, sector: Sector(0), nr_sectors: 24 * 88 };
+    let discard = Request::Discard {
+        id,
+        secure: false,
+        sector: Sector(0),
+        nr_sectors: 24 * 88,
+    };
     g.send(&discard);
     let rsp = g.wait(id);
     assert_eq!((rsp.status, rsp.op), (status::OKAY, op::DISCARD));
     let (st, back) = g.read(88, 11);
     assert_eq!(st, status::OKAY);
-    assert!(back.iter().all(|b| *b == 0), "discarded range must read zeros");
+    assert!(
+        back.iter().all(|b| *b == 0),
+        "discarded range must read zeros"
+    );
     let blocks_after = std::fs::metadata(&host.image).unwrap().blocks();
-    assert!(blocks_after + 1024 < blocks_before, "space not freed: {blocks_before} -> {blocks_after}");
+    assert!(
+        blocks_after + 1024 < blocks_before,
+        "space not freed: {blocks_before} -> {blocks_after}"
+    );
 }
 
 #[test]
 fn read_only_disk_refuses_writes_and_discards_but_serves_reads() {
-    let host = Host::new(Setup { read_only: true, ..Setup::default() });
+    let host = Host::new(Setup {
+        read_only: true,
+        ..Setup::default()
+    });
     let mut g = host.guest();
     assert_eq!(g.front.disk().info & 4, 4, "info must carry VDISK_READONLY");
     assert!(!g.front.disk().discard);
     assert_eq!(g.write(0, &pattern(4096, 1)), status::ERROR);
     let id = g.id();
-    g.send(&Request::Discard { id, secure: false, sector: Sector(0), nr_sectors: 8 });
+    g.send(&Request::Discard {
+        id,
+        secure: false,
+        sector: Sector(0),
+        nr_sectors: 8,
+    });
     assert_ne!(g.wait(id).status, status::OKAY);
     let barrier = g.rw(RwOp::WriteBarrier, 0, &[]);
     let (first, refs) = g.pages(1, true);
     let with_data = g.rw(RwOp::Flush, 0, &refs);
     g.send(&with_data);
-    assert_eq!(g.wait(with_data.id()).status, status::ERROR, "flush with data writes");
+    assert_eq!(
+        g.wait(with_data.id()).status,
+        status::ERROR,
+        "flush with data writes"
+    );
     g.release(first, &refs);
     g.send(&barrier);
-    assert_eq!(g.wait(barrier.id()).status, status::OKAY, "a barrier without data is harmless");
+    assert_eq!(
+        g.wait(barrier.id()).status,
+        status::OKAY,
+        "a barrier without data is harmless"
+    );
     let (st, data) = g.read(0, 1);
     assert_eq!(st, status::OKAY);
     assert!(data.iter().all(|b| *b == 0));
 }
-

@@ -22,7 +22,10 @@ fn real_xenstore_cli_reads_what_the_backend_wrote() {
     let host = Host::new(Setup::default());
     let _g = host.guest();
     assert_eq!(host.xenstore_read_cli("state"), "4");
-    assert_eq!(host.xenstore_read_cli("sectors"), ((64u64 << 20) / 512).to_string());
+    assert_eq!(
+        host.xenstore_read_cli("sectors"),
+        ((64u64 << 20) / 512).to_string()
+    );
     assert_eq!(host.xenstore_read_cli("feature-flush-cache"), "1");
     assert_eq!(host.xenstore_read_cli("max-ring-page-order"), "4");
     let out = std::process::Command::new("xenstore-ls")
@@ -31,8 +34,17 @@ fn real_xenstore_cli_reads_what_the_backend_wrote() {
         .output()
         .expect("xenstore-ls (package xenstore-utils) must be installed");
     let listing = String::from_utf8_lossy(&out.stdout);
-    for key in ["feature-discard", "feature-barrier", "feature-max-indirect-segments", "sector-size", "info"] {
-        assert!(listing.contains(key), "{key} missing from xenstore-ls output:\n{listing}");
+    for key in [
+        "feature-discard",
+        "feature-barrier",
+        "feature-max-indirect-segments",
+        "sector-size",
+        "info",
+    ] {
+        assert!(
+            listing.contains(key),
+            "{key} missing from xenstore-ls output:\n{listing}"
+        );
     }
 }
 
@@ -44,9 +56,16 @@ fn close_goes_through_closed_and_reconnect_serves_the_same_data() {
     assert_eq!(g.write(128, &data), status::OKAY);
     let cfg = g.cfg.clone();
     let closed = g.front.close().expect("close handshake");
-    assert_eq!(closed.xs.read(&format!("{}/state", host.spec.backend_path())).unwrap(), "6");
+    assert_eq!(
+        closed
+            .xs
+            .read(&format!("{}/state", host.spec.backend_path()))
+            .unwrap(),
+        "6"
+    );
     // The guest "reboots": same domain, new frontend instance.
-    let front = Frontend::connect(closed.dom, closed.xs, closed.frames, cfg.clone()).expect("reconnect");
+    let front =
+        Frontend::connect(closed.dom, closed.xs, closed.frames, cfg.clone()).expect("reconnect");
     let mut g = crate::harness::Guest::from_parts(front, cfg);
     let (st, back) = g.read(128, 2);
     assert_eq!(st, status::OKAY);
@@ -64,7 +83,11 @@ fn x86_32_frontend_with_and_without_protocol_key_works() {
         let data = pattern(4096, 3);
         assert_eq!(g.write(8, &data), status::OKAY);
         let (st, back) = g.read(8, 1);
-        assert_eq!((st, back), (status::OKAY, data), "protocol key written: {write_protocol}");
+        assert_eq!(
+            (st, back),
+            (status::OKAY, data),
+            "protocol key written: {write_protocol}"
+        );
     }
 }
 
@@ -86,7 +109,10 @@ fn multi_page_rings_of_every_order_work() {
     }
 }
 
-fn reconnect(parts: (rustbk_blkfront::Closed, rustbk_blkfront::FrontendConfig), order: u32) -> crate::harness::Guest {
+fn reconnect(
+    parts: (rustbk_blkfront::Closed, rustbk_blkfront::FrontendConfig),
+    order: u32,
+) -> crate::harness::Guest {
     let (closed, mut cfg) = parts;
     cfg.ring_order = order;
     let frames: FrameAlloc = closed.frames;
@@ -103,12 +129,17 @@ fn toolstack_removal_closes_the_device_and_ends_the_backend() {
         let be = format!("{}/state", g.front.backend_path());
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
         while g.front.xs().read(&be).unwrap_or_default() != "5" {
-            assert!(std::time::Instant::now() < deadline, "backend never went to Closing");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "backend never went to Closing"
+            );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         g.front.close().expect("close after backend Closing");
     });
     let spec = host.spec.clone();
-    host.cluster.remove_disk(&spec).expect("backend exits after removal");
+    host.cluster
+        .remove_disk(&spec)
+        .expect("backend exits after removal");
     closer.join().unwrap();
 }

@@ -26,7 +26,12 @@ pub struct Setup {
 
 impl Default for Setup {
     fn default() -> Self {
-        Setup { size: 64 << 20, read_only: false, discard: true, backend_args: Vec::new() }
+        Setup {
+            size: 64 << 20,
+            read_only: false,
+            discard: true,
+            backend_args: Vec::new(),
+        }
     }
 }
 
@@ -54,7 +59,12 @@ impl Host {
             discard: setup.discard,
         };
         cluster.add_disk(&spec, &setup.backend_args).unwrap();
-        Host { cluster, spec, image, _tmp: tmp }
+        Host {
+            cluster,
+            spec,
+            image,
+            _tmp: tmp,
+        }
     }
 
     /// A connected guest.
@@ -67,12 +77,26 @@ impl Host {
         let mut cfg = FrontendConfig::new(GUEST, XVDA);
         cfg.timeout = Duration::from_secs(15);
         f(&mut cfg);
-        let dc = DomainConfig { domid: GUEST, ram_pages: RAM_PAGES, grant_entries: RAM_PAGES + 64 };
+        let dc = DomainConfig {
+            domid: GUEST,
+            ram_pages: RAM_PAGES,
+            grant_entries: RAM_PAGES + 64,
+        };
         let dom = Arc::new(EmuDomain::create(self.cluster.dir(), dc).unwrap());
         let xs = XsClient::connect(&self.cluster.guest_socket(GUEST.0)).unwrap();
         let front = Frontend::connect(dom, xs, FrameAlloc::new(RAM_PAGES), cfg.clone())
-            .unwrap_or_else(|e| panic!("connect failed: {e:?}; backend log:\n{}", self.backend_log()));
-        Guest { front, cfg, next_id: 1, stash: Vec::new() }
+            .unwrap_or_else(|e| {
+                panic!(
+                    "connect failed: {e:?}; backend log:\n{}",
+                    self.backend_log()
+                )
+            });
+        Guest {
+            front,
+            cfg,
+            next_id: 1,
+            stash: Vec::new(),
+        }
     }
 
     pub fn backend_log(&self) -> String {
@@ -86,7 +110,11 @@ impl Host {
             .env("XENSTORED_PATH", self.cluster.xenstore_socket())
             .output()
             .expect("xenstore-read (package xenstore-utils) must be installed");
-        assert!(out.status.success(), "xenstore-read {key}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "xenstore-read {key}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     }
 }
@@ -101,7 +129,12 @@ pub struct Guest {
 
 impl Guest {
     pub fn from_parts(front: Frontend, cfg: FrontendConfig) -> Guest {
-        Guest { front, cfg, next_id: 1, stash: Vec::new() }
+        Guest {
+            front,
+            cfg,
+            next_id: 1,
+            stash: Vec::new(),
+        }
     }
 
     pub fn id(&mut self) -> u64 {
@@ -116,7 +149,9 @@ impl Guest {
     /// Allocates `n` contiguous pages and grants them to the backend.
     pub fn pages(&mut self, n: u32, readonly: bool) -> (u32, Vec<GrantRef>) {
         let first = self.front.frames_mut().alloc(n).unwrap();
-        let refs = (first..first + n).map(|f| self.dom().grant(BACKEND, f, readonly).unwrap()).collect();
+        let refs = (first..first + n)
+            .map(|f| self.dom().grant(BACKEND, f, readonly).unwrap())
+            .collect();
         (first, refs)
     }
 
@@ -138,12 +173,17 @@ impl Guest {
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
         loop {
             let mut got = Vec::new();
-            self.front.poll_responses(&mut got, Duration::from_millis(200)).unwrap();
+            self.front
+                .poll_responses(&mut got, Duration::from_millis(200))
+                .unwrap();
             self.stash.extend(got);
             if let Some(i) = self.stash.iter().position(|r| r.id == id) {
                 return self.stash.remove(i);
             }
-            assert!(std::time::Instant::now() < deadline, "no response for id {id}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no response for id {id}"
+            );
         }
     }
 
@@ -152,23 +192,45 @@ impl Guest {
         let mut out = std::mem::take(&mut self.stash);
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
         while out.len() < n {
-            self.front.poll_responses(&mut out, Duration::from_millis(200)).unwrap();
-            assert!(std::time::Instant::now() < deadline, "only {} of {n} responses", out.len());
+            self.front
+                .poll_responses(&mut out, Duration::from_millis(200))
+                .unwrap();
+            assert!(
+                std::time::Instant::now() < deadline,
+                "only {} of {n} responses",
+                out.len()
+            );
         }
         out
     }
 
     /// A direct READ/WRITE request over whole pages.
     pub fn rw(&mut self, op: RwOp, sector: u64, refs: &[GrantRef]) -> Request {
-        let segs: Vec<Segment> = refs.iter().map(|g| Segment { gref: *g, first_sect: 0, last_sect: 7 }).collect();
-        Request::Rw { id: self.id(), op, handle: 0, sector: Sector(sector), segments: Segments::from_slice(&segs).unwrap() }
+        let segs: Vec<Segment> = refs
+            .iter()
+            .map(|g| Segment {
+                gref: *g,
+                first_sect: 0,
+                last_sect: 7,
+            })
+            .collect();
+        Request::Rw {
+            id: self.id(),
+            op,
+            handle: 0,
+            sector: Sector(sector),
+            segments: Segments::from_slice(&segs).unwrap(),
+        }
     }
 
     /// Writes `data` (whole pages) at `sector`; returns the status.
     pub fn write(&mut self, sector: u64, data: &[u8]) -> i16 {
         let n = u32::try_from(data.len().div_ceil(PAGE_SIZE)).unwrap();
         let (first, refs) = self.pages(n, true);
-        self.dom().ram().write(Self::frame_addr(first), data).unwrap();
+        self.dom()
+            .ram()
+            .write(Self::frame_addr(first), data)
+            .unwrap();
         let req = self.rw(RwOp::Write, sector, &refs);
         self.send(&req);
         let st = self.wait(req.id()).status;
@@ -183,25 +245,43 @@ impl Guest {
         self.send(&req);
         let st = self.wait(req.id()).status;
         let mut data = vec![0u8; pages as usize * PAGE_SIZE];
-        self.dom().ram().read(Self::frame_addr(first), &mut data).unwrap();
+        self.dom()
+            .ram()
+            .read(Self::frame_addr(first), &mut data)
+            .unwrap();
         self.release(first, &refs);
         (st, data)
     }
 
+    /// Revokes the grants and frees the pages, unless the backend keeps them mapped as
+    /// persistent grants (then they stay granted, as blkfront keeps them).
     pub fn release(&mut self, first: u32, refs: &[GrantRef]) {
+        if refs.iter().any(|r| self.dom().grant_in_use(*r).unwrap()) {
+            return;
+        }
         for r in refs {
             self.dom().end_grant(*r).unwrap();
         }
-        self.front.frames_mut().free(first, u32::try_from(refs.len()).unwrap());
+        self.front
+            .frames_mut()
+            .free(first, u32::try_from(refs.len()).unwrap());
     }
 
     /// A single request with no data, e.g. a flush.
     pub fn no_data(&mut self, op: RwOp) -> Request {
-        Request::Rw { id: self.id(), op, handle: 0, sector: Sector(0), segments: Segments::new() }
+        Request::Rw {
+            id: self.id(),
+            op,
+            handle: 0,
+            sector: Sector(0),
+            segments: Segments::new(),
+        }
     }
 }
 
 /// `len` bytes of a pattern depending on `seed`.
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 1).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 1)
+        .collect()
 }

@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use rustbk_ring::{Abi, DomId, GrantRef, Request, RwOp, Sector, Segment, Segments, encode_request, status};
+use rustbk_ring::{
+    Abi, DomId, GrantRef, Request, RwOp, Sector, Segment, Segments, encode_request, status,
+};
 
 use crate::harness::{Guest, Host, Setup, pattern};
 
@@ -23,23 +25,49 @@ fn entry(req: &Request) -> Vec<u8> {
 
 fn one_seg(g: &mut Guest, op: RwOp, sector: u64, seg: Segment) -> Request {
     let id = g.id();
-    Request::Rw { id, op, handle: 0, sector: Sector(sector), segments: Segments::from_slice(&[seg]).unwrap() }
+    Request::Rw {
+        id,
+        op,
+        handle: 0,
+        sector: Sector(sector),
+        segments: Segments::from_slice(&[seg]).unwrap(),
+    }
 }
 
 fn cases(g: &mut Guest, disk_sectors: u64) -> Vec<Case> {
     let l = Abi::X86_64.layout();
     let (_, good) = g.pages(11, false);
-    let seg = |gref: GrantRef, first: u8, last: u8| Segment { gref, first_sect: first, last_sect: last };
+    let seg = |gref: GrantRef, first: u8, last: u8| Segment {
+        gref,
+        first_sect: first,
+        last_sect: last,
+    };
     let mut out = Vec::new();
     let mut push = |name, req: Request, patch: &dyn Fn(&mut Vec<u8>), want| {
         let mut e = entry(&req);
         patch(&mut e);
-        out.push(Case { name, entry: e, id: req.id(), want });
+        out.push(Case {
+            name,
+            entry: e,
+            id: req.id(),
+            want,
+        });
     };
-    let zero = Request::Rw { id: g.id(), op: RwOp::Read, handle: 0, sector: Sector(0), segments: Segments::new() };
+    let zero = Request::Rw {
+        id: g.id(),
+        op: RwOp::Read,
+        handle: 0,
+        sector: Sector(0),
+        segments: Segments::new(),
+    };
     push("0 segments", zero, &|_| {}, status::ERROR);
     let full = g.rw(RwOp::Read, 0, &good);
-    push("12 segments", full, &|e| e[l.rw_nr_segments] = 12, status::ERROR);
+    push(
+        "12 segments",
+        full,
+        &|e| e[l.rw_nr_segments] = 12,
+        status::ERROR,
+    );
     let inverted = one_seg(g, RwOp::Read, 0, seg(good[0], 5, 2));
     push("first_sect > last_sect", inverted, &|_| {}, status::ERROR);
     let eight = one_seg(g, RwOp::Write, 0, seg(good[0], 0, 8));
@@ -49,7 +77,12 @@ fn cases(g: &mut Guest, disk_sectors: u64) -> Vec<Case> {
     let wrap = one_seg(g, RwOp::Read, u64::MAX - 2, seg(good[0], 0, 7));
     push("sector overflow", wrap, &|_| {}, status::ERROR);
     let unknown = one_seg(g, RwOp::Read, 0, seg(good[0], 0, 7));
-    push("unknown op", unknown, &|e| e[l.req_operation] = 42, status::EOPNOTSUPP);
+    push(
+        "unknown op",
+        unknown,
+        &|e| e[l.req_operation] = 42,
+        status::EOPNOTSUPP,
+    );
     let invalid = one_seg(g, RwOp::Read, 0, seg(GrantRef(4000), 0, 7));
     push("invalid grant", invalid, &|_| {}, status::ERROR);
     let frame = g.front.frames_mut().alloc(1).unwrap();
@@ -58,17 +91,35 @@ fn cases(g: &mut Guest, disk_sectors: u64) -> Vec<Case> {
     push("grant for another domid", other, &|_| {}, status::ERROR);
     let ro = g.dom().grant(crate::harness::BACKEND, frame, true).unwrap();
     let ro_read = one_seg(g, RwOp::Read, 0, seg(ro, 0, 7));
-    push("read-only grant used for READ", ro_read, &|_| {}, status::ERROR);
+    push(
+        "read-only grant used for READ",
+        ro_read,
+        &|_| {},
+        status::ERROR,
+    );
     let past_grant_table = one_seg(g, RwOp::Write, 0, seg(GrantRef(u32::MAX), 0, 7));
-    push("grant beyond the table", past_grant_table, &|_| {}, status::ERROR);
+    push(
+        "grant beyond the table",
+        past_grant_table,
+        &|_| {},
+        status::ERROR,
+    );
     out
 }
 
 /// A good write and read back, proving the backend still serves.
 fn still_serves(g: &mut Guest, round: u64) {
     let data = pattern(4096, round as u8);
-    assert_eq!(g.write(4096 + round * 8, &data), status::OKAY, "write after bad request {round}");
-    assert_eq!(g.read(4096 + round * 8, 1), (status::OKAY, data), "read after bad request {round}");
+    assert_eq!(
+        g.write(4096 + round * 8, &data),
+        status::OKAY,
+        "write after bad request {round}"
+    );
+    assert_eq!(
+        g.read(4096 + round * 8, 1),
+        (status::OKAY, data),
+        "read after bad request {round}"
+    );
 }
 
 #[test]
@@ -93,10 +144,17 @@ fn bad_requests_mixed_into_a_batch_do_not_disturb_good_ones() {
     let sectors = g.front.disk().sectors;
     let bad: Vec<Case> = cases(&mut g, sectors).into_iter().take(6).collect();
     let (first, refs) = g.pages(6, true);
-    g.dom().ram().write(Guest::frame_addr(first), &pattern(6 * 4096, 77)).unwrap();
+    g.dom()
+        .ram()
+        .write(Guest::frame_addr(first), &pattern(6 * 4096, 77))
+        .unwrap();
     let mut good_ids = Vec::new();
     for (case, gref) in bad.iter().zip(&refs) {
-        let req = g.rw(RwOp::Write, 8192 + good_ids.len() as u64 * 8, std::slice::from_ref(gref));
+        let req = g.rw(
+            RwOp::Write,
+            8192 + good_ids.len() as u64 * 8,
+            std::slice::from_ref(gref),
+        );
         good_ids.push(req.id());
         g.front.push(&req).unwrap();
         g.front.ring_mut().push_raw(&case.entry).unwrap();
@@ -122,8 +180,15 @@ fn ring_overflow_disconnects_the_device() {
     g.front.notify().unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
     while g.front.backend_state().unwrap() != 5 {
-        assert!(Instant::now() < deadline, "backend did not disconnect; log:\n{}", host.backend_log());
+        assert!(
+            Instant::now() < deadline,
+            "backend did not disconnect; log:\n{}",
+            host.backend_log()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(host.backend_log().contains("overflowed the ring"), "the overflow must be logged");
+    assert!(
+        host.backend_log().contains("overflowed the ring"),
+        "the overflow must be logged"
+    );
 }

@@ -1,6 +1,9 @@
 //! Integration tests over the ring emulator: the real `rustbk` backend process, the xenstore
 //! emulator process, and an in-process emulated guest (frontend) talking to them.
 
+// Test patterns deliberately truncate numbers into bytes.
+#![allow(clippy::cast_possible_truncation)]
+
 mod data;
 mod handshake;
 mod harness;

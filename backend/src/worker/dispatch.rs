@@ -1,9 +1,9 @@
 //! Turning validated requests into image I/O, and completions into responses.
 
 use rustbk_formats::{Completion, IoOp};
-use rustbk_grant::{Access, Direction, GrantRef, GuestBuf, PageSpan};
+use rustbk_grant::{Access, Direction, GrantMapping, GrantRef, GuestBuf, PageSpan};
 use rustbk_ring::{
-    BadReason, BadRequest, HeapMemory, PAGE_SIZE, Request, RwOp, SECTOR_SIZE, Segment, SharedMemoryExt, op,
+    BadReason, BadRequest, HeapMemory, Request, RwOp, SECTOR_SIZE, Segment, SharedMemoryExt, op,
     status,
 };
 
@@ -37,10 +37,18 @@ impl RingWorker<'_> {
             return self.refuse(&bad);
         }
         match req {
-            Request::Rw { id, op: rw, sector, .. } | Request::Indirect { id, op: rw, sector, .. } => {
-                self.start_rw(id, rw, sector.0, &segments)
+            Request::Rw {
+                id, op: rw, sector, ..
             }
-            Request::Discard { id, sector, nr_sectors, .. } => self.start_discard(id, sector.0, nr_sectors),
+            | Request::Indirect {
+                id, op: rw, sector, ..
+            } => self.start_rw(id, rw, sector.0, &segments),
+            Request::Discard {
+                id,
+                sector,
+                nr_sectors,
+                ..
+            } => self.start_discard(id, sector.0, nr_sectors),
         }
     }
 
@@ -49,16 +57,33 @@ impl RingWorker<'_> {
         match req {
             Request::Rw { segments, .. } => Ok(segments.as_slice().to_vec()),
             Request::Discard { .. } => Ok(Vec::new()),
-            Request::Indirect { nr_segments, indirect_grefs, .. } => {
-                let bad = |reason| BadRequest { id: req.id(), op: req.response_op(), status: status::ERROR, reason };
+            Request::Indirect {
+                nr_segments,
+                indirect_grefs,
+                ..
+            } => {
+                let bad = |reason| BadRequest {
+                    id: req.id(),
+                    op: req.response_op(),
+                    status: status::ERROR,
+                    reason,
+                };
                 let max = self.cfg.limits.max_indirect_segments;
                 if u32::from(*nr_segments) > max {
-                    return Err(bad(BadReason::IndirectLimit { nr: *nr_segments, max }));
+                    return Err(bad(BadReason::IndirectLimit {
+                        nr: *nr_segments,
+                        max,
+                    }));
                 }
-                let copy = self.copy_indirect_pages(indirect_grefs.as_slice()).map_err(|e| {
-                    tracing::trace!(error = %e, "cannot map indirect pages");
-                    bad(BadReason::IndirectPages { pages: 0, needed: indirect_grefs.len() })
-                })?;
+                let copy = self
+                    .copy_indirect_pages(indirect_grefs.as_slice())
+                    .map_err(|e| {
+                        tracing::trace!(error = %e, "cannot map indirect pages");
+                        bad(BadReason::IndirectPages {
+                            pages: 0,
+                            needed: indirect_grefs.len(),
+                        })
+                    })?;
                 rustbk_ring::decode_indirect_segments(&[&copy], *nr_segments).map_err(bad)
             }
         }
@@ -70,7 +95,8 @@ impl RingWorker<'_> {
         let mut bytes = vec![0u8; pages.len()];
         pages.read(0, &mut bytes)?;
         let copy = HeapMemory::new(pages.pages());
-        copy.write_bytes(0, &bytes).map_err(|_| rustbk_grant::Error::BadMapSize(pages.pages()))?;
+        copy.write_bytes(0, &bytes)
+            .map_err(|_| rustbk_grant::Error::BadMapSize(pages.pages()))?;
         Ok(copy)
     }
 
@@ -83,26 +109,55 @@ impl RingWorker<'_> {
         if rw == RwOp::Flush {
             return self.order.queue_flush(id, code);
         }
-        let dir = if rw == RwOp::Read { Direction::ToGuest } else { Direction::FromGuest };
+        let dir = if rw == RwOp::Read {
+            Direction::ToGuest
+        } else {
+            Direction::FromGuest
+        };
         let buf = match self.guest_buf(segments, dir) {
             Ok(buf) => buf,
             Err(e) => return self.map_failed(id, code, &e),
         };
         let bytes = buf.len() as u64;
         let (io, kind) = match rw {
-            RwOp::Read => (IoOp::Read { offset, bufs: Box::new(buf) }, SlotKind::Read),
+            RwOp::Read => (
+                IoOp::Read {
+                    offset,
+                    bufs: Box::new(buf),
+                },
+                SlotKind::Read,
+            ),
             _ => {
                 let seq = self.order.write_started();
-                (IoOp::Write { offset, bufs: Box::new(buf) }, SlotKind::Write { seq })
+                (
+                    IoOp::Write {
+                        offset,
+                        bufs: Box::new(buf),
+                    },
+                    SlotKind::Write { seq },
+                )
             }
         };
-        self.submit(io, Slot { id, op: code, bytes, kind });
+        self.submit(
+            io,
+            Slot {
+                id,
+                op: code,
+                bytes,
+                kind,
+            },
+        );
     }
 
     fn start_discard(&mut self, id: u64, sector: u64, nr_sectors: u64) {
         let (offset, len) = (sector * SECTOR_SIZE, nr_sectors * SECTOR_SIZE);
         let seq = self.order.write_started();
-        let slot = Slot { id, op: op::DISCARD, bytes: len, kind: SlotKind::Discard { seq } };
+        let slot = Slot {
+            id,
+            op: op::DISCARD,
+            bytes: len,
+            kind: SlotKind::Discard { seq },
+        };
         self.submit(IoOp::Discard { offset, len }, slot);
     }
 
@@ -115,26 +170,58 @@ impl RingWorker<'_> {
                 Err(e) => return self.map_failed(id, code, &e),
             }
         };
-        self.order.exclusive = Some(Exclusive { id, op: code, stage: Stage::Drain, data });
+        self.order.exclusive = Some(Exclusive {
+            id,
+            op: code,
+            stage: Stage::Drain,
+            data,
+        });
     }
 
-    /// Maps the pages of `segments` and describes the bytes they cover.
-    fn guest_buf(&self, segments: &[Segment], dir: Direction) -> Result<GuestBuf, rustbk_grant::Error> {
+    /// Maps the pages of `segments` (persistently when the ring negotiated it) and describes
+    /// the bytes they cover.
+    fn guest_buf(
+        &mut self,
+        segments: &[Segment],
+        dir: Direction,
+    ) -> Result<GuestBuf, rustbk_grant::Error> {
+        if let Some(parts) = self.persistent_pages(segments) {
+            let spans = parts.iter().zip(segments).map(|(m, s)| {
+                (
+                    m,
+                    PageSpan {
+                        page: 0,
+                        ..span_of(s)
+                    },
+                )
+            });
+            return GuestBuf::from_parts(spans, dir);
+        }
         let refs: Vec<GrantRef> = segments.iter().map(|s| s.gref).collect();
-        let access = if dir == Direction::ToGuest { Access::ReadWrite } else { Access::ReadOnly };
+        let access = if dir == Direction::ToGuest {
+            Access::ReadWrite
+        } else {
+            Access::ReadOnly
+        };
         let mapping = self.guest.map_grants(&refs, access)?;
-        let sector = SECTOR_SIZE as usize;
         let spans: Vec<PageSpan> = segments
             .iter()
             .enumerate()
-            .map(|(page, s)| PageSpan {
-                page,
-                offset: usize::from(s.first_sect) * sector,
-                len: usize::from(s.last_sect - s.first_sect + 1) * sector,
-            })
+            .map(|(page, s)| PageSpan { page, ..span_of(s) })
             .collect();
-        debug_assert!(spans.iter().all(|s| s.offset + s.len <= PAGE_SIZE));
         GuestBuf::new(mapping, &spans, dir)
+    }
+
+    /// Every segment's page from the persistent cache, or `None` if any is not cached.
+    fn persistent_pages(
+        &mut self,
+        segments: &[Segment],
+    ) -> Option<Vec<std::sync::Arc<GrantMapping>>> {
+        let cache = self.persistent.as_mut()?;
+        segments
+            .iter()
+            .map(|s| cache.get(&*self.guest, s.gref))
+            .collect()
     }
 
     fn map_failed(&mut self, id: u64, code: u8, e: &rustbk_grant::Error) {
@@ -190,31 +277,59 @@ impl RingWorker<'_> {
     /// requests once the exclusive one is answered.
     pub(super) fn release_waiters(&mut self) {
         while let Some(f) = self.order.pop_ready_flush() {
-            self.submit(IoOp::Flush, Slot { id: f.id, op: f.op, bytes: 0, kind: SlotKind::Flush });
+            self.submit(
+                IoOp::Flush,
+                Slot {
+                    id: f.id,
+                    op: f.op,
+                    bytes: 0,
+                    kind: SlotKind::Flush,
+                },
+            );
         }
         let drained = self.slots.is_empty() && self.order.no_waiting_flushes();
         if let Some(ex) = self.order.exclusive.as_mut() {
             if ex.stage == Stage::Drain && drained {
                 ex.stage = Stage::PreFlush;
-                let slot = Slot { id: ex.id, op: ex.op, bytes: 0, kind: SlotKind::Exclusive };
+                let slot = Slot {
+                    id: ex.id,
+                    op: ex.op,
+                    bytes: 0,
+                    kind: SlotKind::Exclusive,
+                };
                 self.submit(IoOp::Flush, slot);
             }
         }
         while self.order.exclusive.is_none() {
-            let Some(req) = self.order.held.pop_front() else { break };
+            let Some(req) = self.order.held.pop_front() else {
+                break;
+            };
             self.start(req);
         }
     }
 
     fn advance_exclusive(&mut self, st: i16) {
-        let Some(ex) = self.order.exclusive.as_mut() else { return };
+        let Some(ex) = self.order.exclusive.as_mut() else {
+            return;
+        };
         let (id, code) = (ex.id, ex.op);
         if st == status::OKAY && ex.stage == Stage::PreFlush {
             if let Some(data) = ex.data.take() {
                 ex.stage = Stage::Write;
                 let bytes = data.buf.len() as u64;
-                let slot = Slot { id, op: code, bytes, kind: SlotKind::Exclusive };
-                return self.submit(IoOp::Write { offset: data.offset, bufs: Box::new(data.buf) }, slot);
+                let slot = Slot {
+                    id,
+                    op: code,
+                    bytes,
+                    kind: SlotKind::Exclusive,
+                };
+                return self.submit(
+                    IoOp::Write {
+                        offset: data.offset,
+                        bufs: Box::new(data.buf),
+                    },
+                    slot,
+                );
             }
         }
         self.order.exclusive = None;
@@ -222,6 +337,18 @@ impl RingWorker<'_> {
             Stats::add(&self.stats.flushes, 1);
         }
         self.respond(id, code, st);
+    }
+}
+
+/// The bytes of a (validated) segment inside its page.
+fn span_of(s: &Segment) -> PageSpan {
+    const SECTOR: usize = 512;
+    let sector = SECTOR;
+    let len = usize::from(s.last_sect.saturating_sub(s.first_sect)) + 1;
+    PageSpan {
+        page: 0,
+        offset: usize::from(s.first_sect) * sector,
+        len: len * sector,
     }
 }
 

@@ -7,6 +7,7 @@
 
 mod dispatch;
 mod order;
+mod persistent;
 mod ring_loop;
 mod slots;
 
@@ -40,6 +41,9 @@ pub struct WorkerConfig {
     pub devid: u32,
     /// What requests may do.
     pub limits: DiskLimits,
+    /// Keep up to this many grants mapped across requests (`feature-persistent` negotiated);
+    /// 0 maps every request's pages afresh.
+    pub persistent_grants: usize,
 }
 
 /// Why a worker thread ended.
@@ -78,7 +82,10 @@ impl Worker {
                 exit
             })
             .map_err(Error::Spawn)?;
-        Ok(Worker { stop, thread: Some(thread) })
+        Ok(Worker {
+            stop,
+            thread: Some(thread),
+        })
     }
 
     /// Asks the worker to stop taking requests, waits until every in-flight request is

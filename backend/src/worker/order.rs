@@ -82,7 +82,11 @@ impl Order {
     pub fn pop_ready_flush(&mut self) -> Option<WaitingFlush> {
         let front = self.flushes.front()?;
         let oldest_write = self.writes.first().copied().unwrap_or(u64::MAX);
-        if front.seq < oldest_write { self.flushes.pop_front() } else { None }
+        if front.seq < oldest_write {
+            self.flushes.pop_front()
+        } else {
+            None
+        }
     }
 
     /// True when no flush is waiting.

@@ -9,6 +9,7 @@ use rustbk_grant::{EventChannel, EventFd, GuestHandle, RingPages};
 use rustbk_ring::{BackRing, Response, status};
 
 use super::order::Order;
+use super::persistent::GrantCache;
 use super::slots::Slots;
 use super::{RingResources, WorkerConfig, WorkerExit};
 use crate::Stats;
@@ -32,6 +33,7 @@ pub(super) struct RingWorker<'a> {
     pub stats: Arc<Stats>,
     pub slots: Slots,
     pub order: Order,
+    pub persistent: Option<GrantCache>,
     completions: Vec<Completion>,
     responses_pending: bool,
     stopping: bool,
@@ -40,10 +42,20 @@ pub(super) struct RingWorker<'a> {
 }
 
 /// Runs a worker until it is stopped or the frontend breaks the ring.
-pub(super) fn run(cfg: WorkerConfig, res: RingResources, stats: Arc<Stats>, stop: &EventFd) -> WorkerExit {
+pub(super) fn run(
+    cfg: WorkerConfig,
+    res: RingResources,
+    stats: Arc<Stats>,
+    stop: &EventFd,
+) -> WorkerExit {
     let span = tracing::info_span!("ring", domid = cfg.domid.0, devid = cfg.devid);
     let _entered = span.enter();
-    tracing::info!(entries = res.ring.size(), "ring worker started");
+    tracing::info!(
+        entries = res.ring.size(),
+        persistent = cfg.persistent_grants > 0,
+        "ring worker started"
+    );
+    let persistent = (cfg.persistent_grants > 0).then(|| GrantCache::new(cfg.persistent_grants));
     let mut w = RingWorker {
         cfg,
         ring: res.ring,
@@ -53,6 +65,7 @@ pub(super) fn run(cfg: WorkerConfig, res: RingResources, stats: Arc<Stats>, stop
         stats,
         slots: Slots::default(),
         order: Order::default(),
+        persistent,
         completions: Vec::new(),
         responses_pending: false,
         stopping: false,
@@ -72,7 +85,8 @@ pub(super) fn run(cfg: WorkerConfig, res: RingResources, stats: Arc<Stats>, stop
             WorkerExit::Failed(msg)
         }
     };
-    tracing::info!(?exit, "ring worker ended");
+    let cached = w.persistent.as_ref().map_or(0, GrantCache::len);
+    tracing::info!(?exit, persistent_grants = cached, "ring worker ended");
     exit
 }
 
@@ -84,7 +98,9 @@ impl RingWorker<'_> {
                 busy |= self.pull_requests()?;
             }
             busy |= self.reap();
-            self.queue.commit().map_err(|e| Fatal::Local(format!("submit: {e}")))?;
+            self.queue
+                .commit()
+                .map_err(|e| Fatal::Local(format!("submit: {e}")))?;
             self.publish()?;
             if self.stopping && self.is_idle() {
                 return Ok(());
@@ -92,7 +108,12 @@ impl RingWorker<'_> {
             if busy {
                 continue;
             }
-            if !self.stopping && self.ring.final_check_for_requests().map_err(Fatal::Overflow)? {
+            if !self.stopping
+                && self
+                    .ring
+                    .final_check_for_requests()
+                    .map_err(Fatal::Overflow)?
+            {
                 continue;
             }
             self.sleep()?;
@@ -141,7 +162,9 @@ impl RingWorker<'_> {
             return Ok(());
         }
         if self.ring.push_responses_and_check_notify() {
-            self.evtchn.notify().map_err(|e| Fatal::Local(format!("notify: {e}")))?;
+            self.evtchn
+                .notify()
+                .map_err(|e| Fatal::Local(format!("notify: {e}")))?;
         }
         Ok(())
     }
@@ -161,7 +184,9 @@ impl RingWorker<'_> {
             (ready(&fds[0]), ready(&fds[2]))
         };
         if ev {
-            self.evtchn.ack().map_err(|e| Fatal::Local(format!("event channel: {e}")))?;
+            self.evtchn
+                .ack()
+                .map_err(|e| Fatal::Local(format!("event channel: {e}")))?;
         }
         if stop {
             self.stopping = true;

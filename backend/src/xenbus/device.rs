@@ -37,6 +37,8 @@ pub struct BackendOptions {
     pub engine: EngineKind,
     /// Open images with O_DIRECT.
     pub direct: bool,
+    /// Offer persistent grants (`feature-persistent`).
+    pub persistent: bool,
 }
 
 impl Default for BackendOptions {
@@ -46,6 +48,7 @@ impl Default for BackendOptions {
             max_indirect_segments: DEFAULT_MAX_INDIRECT_SEGMENTS,
             engine: EngineKind::Auto,
             direct: true,
+            persistent: true,
         }
     }
 }
@@ -74,7 +77,9 @@ pub async fn run_device(
     stats: Arc<Stats>,
 ) -> Result<(), Error> {
     let span = tracing::info_span!("vbd", domid = spec.domid.0, devid = spec.devid);
-    run_device_inner(store, platform, spec, opts, stats).instrument(span).await
+    run_device_inner(store, platform, spec, opts, stats)
+        .instrument(span)
+        .await
 }
 
 async fn run_device_inner(
@@ -89,10 +94,23 @@ async fn run_device_inner(
     let image = open(&info, &opts)?;
     let (exits, mut exit_rx) = mpsc::unbounded_channel();
     let mut dev = Device {
-        spec, store, platform, opts, info, image, state: XenbusState::Unknown, worker: None, stats, exits, online: true,
+        spec,
+        store,
+        platform,
+        opts,
+        info,
+        image,
+        state: XenbusState::Unknown,
+        worker: None,
+        stats,
+        exits,
+        online: true,
     };
-    dev.to_init_wait().await?;
-    let mut fe_watch = dev.store.watch(&format!("{}/state", dev.info.frontend)).await?;
+    dev.enter_init_wait().await?;
+    let mut fe_watch = dev
+        .store
+        .watch(&format!("{}/state", dev.info.frontend))
+        .await?;
     let mut online_watch = dev.store.watch(&format!("{be}/online")).await?;
     loop {
         tokio::select! {
@@ -138,13 +156,23 @@ impl Device {
         Ok(())
     }
 
-    async fn to_init_wait(&mut self) -> Result<(), Error> {
-        publish_features(&self.store, &self.spec.backend_path, &*self.image, &self.info, &self.opts).await?;
+    async fn enter_init_wait(&mut self) -> Result<(), Error> {
+        publish_features(
+            &self.store,
+            &self.spec.backend_path,
+            &*self.image,
+            &self.info,
+            &self.opts,
+        )
+        .await?;
         self.set_state(XenbusState::InitWait).await
     }
 
     async fn frontend_state(&self) -> Result<XenbusState, Error> {
-        let v = self.store.read(&format!("{}/state", self.info.frontend)).await?;
+        let v = self
+            .store
+            .read(&format!("{}/state", self.info.frontend))
+            .await?;
         Ok(XenbusState::parse(v.as_deref()))
     }
 
@@ -152,9 +180,15 @@ impl Device {
         let fe = self.frontend_state().await?;
         tracing::debug!(frontend = ?fe, backend = ?self.state, "frontend state changed");
         match fe {
-            XenbusState::Initialising if self.state == XenbusState::Closed => self.to_init_wait().await,
-            XenbusState::Initialised | XenbusState::Connected if self.worker.is_none() => self.connect_or_close().await,
-            XenbusState::Closing if self.state != XenbusState::Closed => self.set_state(XenbusState::Closing).await,
+            XenbusState::Initialising if self.state == XenbusState::Closed => {
+                self.enter_init_wait().await
+            }
+            XenbusState::Initialised | XenbusState::Connected if self.worker.is_none() => {
+                self.connect_or_close().await
+            }
+            XenbusState::Closing if self.state != XenbusState::Closed => {
+                self.set_state(XenbusState::Closing).await
+            }
             XenbusState::Closed | XenbusState::Unknown => {
                 self.disconnect().await;
                 if self.state != XenbusState::Closed {
@@ -168,7 +202,7 @@ impl Device {
 
     async fn connect_or_close(&mut self) -> Result<(), Error> {
         if self.state == XenbusState::Closed {
-            self.to_init_wait().await?;
+            self.enter_init_wait().await?;
         }
         if self.state != XenbusState::InitWait {
             return Ok(());
@@ -187,20 +221,45 @@ impl Device {
         let res = attach_ring(&*self.platform, self.spec.domid, &fr, &*self.image)?;
         let discard = discard_offered(&*self.image, &self.info);
         let limits = disk_limits(&*self.image, self.info.read_only, discard, &self.opts);
-        let cfg = WorkerConfig { domid: self.spec.domid, devid: self.spec.devid, limits };
+        let persistent_grants = if self.opts.persistent && fr.persistent {
+            persistent_budget(res.ring.size())
+        } else {
+            0
+        };
+        let cfg = WorkerConfig {
+            domid: self.spec.domid,
+            devid: self.spec.devid,
+            limits,
+            persistent_grants,
+        };
         let exits = self.exits.clone();
         let on_exit = move |exit: &WorkerExit| {
             let _ = exits.send(exit.clone());
         };
         self.worker = Some(Worker::spawn(cfg, res, Arc::clone(&self.stats), on_exit)?);
-        publish_disk(&self.store, &self.spec.backend_path, &*self.image, &self.info).await?;
-        tracing::info!(order = fr.order, abi = fr.abi.protocol_name(), port = fr.port.0, "ring connected");
+        publish_disk(
+            &self.store,
+            &self.spec.backend_path,
+            &*self.image,
+            &self.info,
+        )
+        .await?;
+        let abi = fr.abi.protocol_name();
+        tracing::info!(
+            order = fr.order,
+            abi,
+            port = fr.port.0,
+            persistent = persistent_grants > 0,
+            "ring connected"
+        );
         Ok(())
     }
 
     /// Stops the worker, waiting for in-flight I/O, and unmaps the ring.
     async fn disconnect(&mut self) {
-        let Some(worker) = self.worker.take() else { return };
+        let Some(worker) = self.worker.take() else {
+            return;
+        };
         match tokio::task::spawn_blocking(move || worker.stop()).await {
             Ok(exit) => tracing::info!(?exit, "ring disconnected"),
             Err(e) => tracing::error!(error = %e, "ring worker did not stop cleanly"),
@@ -208,12 +267,20 @@ impl Device {
     }
 
     async fn on_online_change(&mut self) -> Result<(), Error> {
-        let v = self.store.read(&format!("{}/online", self.spec.backend_path)).await?;
+        let v = self
+            .store
+            .read(&format!("{}/online", self.spec.backend_path))
+            .await?;
         self.online = v.as_deref().is_none_or(|v| v.trim() != "0");
         if !self.online && self.state == XenbusState::Connected {
             self.set_state(XenbusState::Closing).await?;
         }
-        if !self.online && matches!(self.frontend_state().await?, XenbusState::Closed | XenbusState::Unknown) {
+        if !self.online
+            && matches!(
+                self.frontend_state().await?,
+                XenbusState::Closed | XenbusState::Unknown
+            )
+        {
             self.disconnect().await;
             self.set_state(XenbusState::Closed).await?;
         }
@@ -228,6 +295,12 @@ impl Device {
         self.disconnect().await;
         self.set_state(XenbusState::Closing).await
     }
+}
+
+/// Pages a ring may keep mapped: Linux blkback's 1056, or enough for a full ring of direct
+/// requests on larger rings.
+fn persistent_budget(ring_size: u32) -> usize {
+    (ring_size as usize * rustbk_ring::MAX_SEGMENTS_PER_REQUEST).clamp(1056, 8192)
 }
 
 /// An error and its causes on one line.

@@ -35,11 +35,18 @@ pub(super) struct BackendInfo {
 }
 
 fn bad(path: &str, value: &str, why: &str) -> Error {
-    Error::BadNode { path: path.into(), value: value.into(), why: why.into() }
+    Error::BadNode {
+        path: path.into(),
+        value: value.into(),
+        why: why.into(),
+    }
 }
 
 async fn required(store: &Store, path: String) -> Result<String, Error> {
-    store.read(&path).await?.ok_or_else(|| bad(&path, "", "missing"))
+    store
+        .read(&path)
+        .await?
+        .ok_or_else(|| bad(&path, "", "missing"))
 }
 
 /// Reads the backend directory `be`.
@@ -47,8 +54,12 @@ pub(super) async fn read_backend(store: &Store, be: &str) -> Result<BackendInfo,
     let frontend = required(store, format!("{be}/frontend")).await?;
     let params_key = format!("{be}/params");
     let params = required(store, params_key.clone()).await?;
-    let (format, path) = parse_params(&params).ok_or_else(|| bad(&params_key, &params, "no image path"))?;
-    let mode = store.read(&format!("{be}/mode")).await?.unwrap_or_else(|| "w".into());
+    let (format, path) =
+        parse_params(&params).ok_or_else(|| bad(&params_key, &params, "no image path"))?;
+    let mode = store
+        .read(&format!("{be}/mode"))
+        .await?
+        .unwrap_or_else(|| "w".into());
     let opt = |k: &'static str| async move { store.read(&format!("{be}/{k}")).await };
     Ok(BackendInfo {
         frontend,
@@ -56,7 +67,9 @@ pub(super) async fn read_backend(store: &Store, be: &str) -> Result<BackendInfo,
         format,
         read_only: !mode.starts_with('w'),
         discard_enable: opt("discard-enable").await?.is_none_or(|v| v.trim() != "0"),
-        cdrom: opt("device-type").await?.is_some_and(|v| v.trim() == "cdrom"),
+        cdrom: opt("device-type")
+            .await?
+            .is_some_and(|v| v.trim() == "cdrom"),
         removable: opt("removable").await?.is_some_and(|v| v.trim() == "1"),
     })
 }
@@ -97,9 +110,12 @@ pub(super) async fn publish_features(
         ("discard-granularity", granularity),
         ("discard-alignment", "0".into()),
         ("discard-secure", "0".into()),
-        ("feature-max-indirect-segments", opts.max_indirect_segments.to_string()),
+        (
+            "feature-max-indirect-segments",
+            opts.max_indirect_segments.to_string(),
+        ),
         ("max-ring-page-order", opts.max_ring_order.to_string()),
-        ("feature-persistent", "0".into()),
+        ("feature-persistent", u8::from(opts.persistent).to_string()),
     ];
     for (k, v) in keys {
         store.write(&format!("{be}/{k}"), &v).await?;
@@ -123,7 +139,12 @@ pub(super) fn vdisk_info(image: &dyn BlockImage, info: &BackendInfo) -> u32 {
 }
 
 /// Publishes the disk's size and sector sizes (read by the frontend when we are Connected).
-pub(super) async fn publish_disk(store: &Store, be: &str, image: &dyn BlockImage, info: &BackendInfo) -> Result<(), Error> {
+pub(super) async fn publish_disk(
+    store: &Store,
+    be: &str,
+    image: &dyn BlockImage,
+    info: &BackendInfo,
+) -> Result<(), Error> {
     let g = image.geometry();
     let keys = [
         ("sectors", (g.size / 512).to_string()),
@@ -143,9 +164,18 @@ mod tests {
 
     #[test]
     fn params_accept_plain_paths_and_format_prefixes() {
-        assert_eq!(parse_params("/a/b.img"), Some((None, PathBuf::from("/a/b.img"))));
-        assert_eq!(parse_params("raw:/a"), Some((Some(Format::Raw), PathBuf::from("/a"))));
-        assert_eq!(parse_params("aio:/a"), Some((Some(Format::Raw), PathBuf::from("/a"))));
+        assert_eq!(
+            parse_params("/a/b.img"),
+            Some((None, PathBuf::from("/a/b.img")))
+        );
+        assert_eq!(
+            parse_params("raw:/a"),
+            Some((Some(Format::Raw), PathBuf::from("/a")))
+        );
+        assert_eq!(
+            parse_params("aio:/a"),
+            Some((Some(Format::Raw), PathBuf::from("/a")))
+        );
         assert_eq!(parse_params("  "), None);
         assert_eq!(parse_params("raw:"), None);
     }

@@ -26,7 +26,10 @@ impl Store {
     /// Connects to the socket named by `XENSTORED_PATH` (default `/run/xenstored/socket`), or
     /// to the xenbus device. Must run inside a tokio runtime.
     pub async fn connect() -> Result<Store, Error> {
-        XsTokio::new().await.map(Store).map_err(xs_err("connect", "xenstored"))
+        XsTokio::new()
+            .await
+            .map(Store)
+            .map_err(xs_err("connect", "xenstored"))
     }
 
     /// Reads a node; `None` if it does not exist.
@@ -40,7 +43,10 @@ impl Store {
 
     /// Writes a node.
     pub async fn write(&self, path: &str, value: &str) -> Result<(), Error> {
-        self.0.write(path, value).await.map_err(xs_err("write", path))
+        self.0
+            .write(path, value)
+            .await
+            .map_err(xs_err("write", path))
     }
 
     /// Removes a node and its children.

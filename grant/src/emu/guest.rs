@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use rustbk_ring::PAGE_SIZE;
 
 use super::ram::{GuestRam, new_memfd};
-use super::table::{ENTRY_SIZE, clear_entry, write_entry};
+use super::table::{ENTRY_SIZE, clear_entry, in_use, write_entry};
 use super::wire::{self, BIND, HELLO, Msg};
 use crate::sys::Region;
 use crate::{DomId, Error, EventFd, GrantRef, Port};
@@ -90,8 +90,12 @@ impl EmuDomain {
         let shared = Arc::new(new_shared(cfg)?);
         let path = endpoint_path(dir, cfg.domid);
         let _ = std::fs::remove_file(&path);
-        let listener = UnixListener::bind(&path).map_err(Error::io(format!("bind {}", path.display())))?;
-        let listener_fd = listener.as_fd().try_clone_to_owned().map_err(Error::io("dup listener"))?;
+        let listener =
+            UnixListener::bind(&path).map_err(Error::io(format!("bind {}", path.display())))?;
+        let listener_fd = listener
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(Error::io("dup listener"))?;
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name(format!("emu-dom{}", cfg.domid.0))
@@ -126,12 +130,26 @@ impl EmuDomain {
     }
 
     /// Writes grant entry `gref` directly (any entry, any frame: hostile tests use this).
-    pub fn grant_at(&self, gref: GrantRef, to: DomId, frame: u32, readonly: bool) -> Result<(), Error> {
+    pub fn grant_at(
+        &self,
+        gref: GrantRef,
+        to: DomId,
+        frame: u32,
+        readonly: bool,
+    ) -> Result<(), Error> {
         self.check_gref(gref)?;
         write_entry(&self.shared.table, gref, to, frame, readonly)
     }
 
-    /// Revokes a grant and returns its reference to the free list.
+    /// Whether the backend has `gref` mapped (its `GTF_reading`/`GTF_writing` bits).
+    pub fn grant_in_use(&self, gref: GrantRef) -> Result<bool, Error> {
+        self.check_gref(gref)?;
+        in_use(&self.shared.table, gref)
+    }
+
+    /// Revokes a grant and returns its reference to the free list. Fails with
+    /// [`Error::GrantInUse`] while the backend has it mapped, and with
+    /// [`Error::GrantInvalid`] if it was not granted.
     pub fn end_grant(&self, gref: GrantRef) -> Result<(), Error> {
         self.check_gref(gref)?;
         clear_entry(&self.shared.table, gref)?;
@@ -153,7 +171,11 @@ impl EmuDomain {
         let mut next = lock(&self.next_port);
         let port = Port(*next);
         *next += 1;
-        let gp = Arc::new(GuestPort { port, to_backend: EventFd::new()?, to_guest: EventFd::new()? });
+        let gp = Arc::new(GuestPort {
+            port,
+            to_backend: EventFd::new()?,
+            to_guest: EventFd::new()?,
+        });
         lock(&self.shared.ports).insert(port.0, Arc::clone(&gp));
         Ok(gp)
     }
@@ -166,7 +188,8 @@ impl EmuDomain {
 
 fn new_shared(cfg: DomainConfig) -> Result<Shared, Error> {
     let table_pages = (cfg.grant_entries as usize * ENTRY_SIZE).div_ceil(PAGE_SIZE);
-    let table_pages = u32::try_from(table_pages.max(1)).map_err(|_| Error::BadMapSize(table_pages))?;
+    let table_pages =
+        u32::try_from(table_pages.max(1)).map_err(|_| Error::BadMapSize(table_pages))?;
     let table_fd = new_memfd(c"rustbk-grant-table", table_pages)?;
     let table = Region::map_shared(&table_fd, 0, table_pages as usize * PAGE_SIZE, true)?;
     Ok(Shared {
@@ -182,7 +205,8 @@ fn new_shared(cfg: DomainConfig) -> Result<Shared, Error> {
 impl Drop for EmuDomain {
     fn drop(&mut self) {
         // Shutting a listening socket down makes the blocked accept() return with an error.
-        let _ = nix::sys::socket::shutdown(self.listener.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+        let _ =
+            nix::sys::socket::shutdown(self.listener.as_raw_fd(), nix::sys::socket::Shutdown::Both);
         let _ = std::fs::remove_file(&self.path);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -227,15 +251,24 @@ fn serve_backend(conn: &UnixStream, shared: &Shared) {
 fn answer(conn: &UnixStream, shared: &Shared, msg: &Msg) -> Result<(), Error> {
     match msg.kind {
         HELLO => {
-            let reply = Msg::new(HELLO, u64::from(shared.ram.pages()), u64::from(shared.entries));
+            let reply = Msg::new(
+                HELLO,
+                u64::from(shared.ram.pages()),
+                u64::from(shared.entries),
+            );
             let fds = [shared.ram.fd().as_raw_fd(), shared.table_fd.as_raw_fd()];
             wire::send(conn, &reply, &fds)
         }
         BIND => {
-            let port = u32::try_from(msg.a).ok().and_then(|p| lock(&shared.ports).get(&p).cloned());
+            let port = u32::try_from(msg.a)
+                .ok()
+                .and_then(|p| lock(&shared.ports).get(&p).cloned());
             match port {
                 Some(p) => {
-                    let fds = [p.to_backend.as_fd().as_raw_fd(), p.to_guest.as_fd().as_raw_fd()];
+                    let fds = [
+                        p.to_backend.as_fd().as_raw_fd(),
+                        p.to_guest.as_fd().as_raw_fd(),
+                    ];
                     wire::send(conn, &Msg::new(BIND, msg.a, 0), &fds)
                 }
                 None => wire::send(conn, &Msg::error(BIND, nix::errno::Errno::ENOENT), &[]),

@@ -9,6 +9,7 @@
 //! gntdev. Event channels are a pair of eventfds per port, handed over on bind.
 
 mod guest;
+mod in_use;
 mod platform;
 mod ram;
 pub mod table;

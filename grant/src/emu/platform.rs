@@ -8,10 +8,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use rustbk_ring::PAGE_SIZE;
 
 use super::guest::endpoint_path;
+use super::in_use::InUse;
 use super::table::{ENTRY_SIZE, TableReader};
 use super::wire::{self, BIND, HELLO, Msg, OK};
 use crate::sys::Region;
-use crate::{Access, DomId, Error, EventChannel, EventFd, GrantMapping, GrantRef, GuestHandle, Platform, Port};
+use crate::{
+    Access, DomId, Error, EventChannel, EventFd, GrantMapping, GrantRef, GuestHandle, Platform,
+    Port,
+};
 
 /// Most pages one map call may cover (a maximal indirect request).
 pub const MAX_MAP_PAGES: usize = 4096;
@@ -26,7 +30,10 @@ pub struct EmuPlatform {
 impl EmuPlatform {
     /// A platform for a backend running as domain `local`, finding guests in `dir`.
     pub fn new(dir: impl Into<PathBuf>, local: DomId) -> Self {
-        EmuPlatform { dir: dir.into(), local }
+        EmuPlatform {
+            dir: dir.into(),
+            local,
+        }
     }
 }
 
@@ -37,7 +44,8 @@ impl Platform for EmuPlatform {
 
     fn attach(&self, domid: DomId) -> Result<Arc<dyn GuestHandle>, Error> {
         let path = endpoint_path(&self.dir, domid);
-        let conn = UnixStream::connect(&path).map_err(Error::io(format!("connect {}", path.display())))?;
+        let conn =
+            UnixStream::connect(&path).map_err(Error::io(format!("connect {}", path.display())))?;
         wire::send(&conn, &Msg::new(HELLO, u64::from(self.local.0), 0), &[])?;
         let (reply, fds) = expect_reply(&conn, HELLO, 2)?;
         let mut fds = fds.into_iter();
@@ -45,38 +53,66 @@ impl Platform for EmuPlatform {
         let ram_pages = sized(&ram_fd, reply.a, PAGE_SIZE as u64)?;
         let entries = sized(&table_fd, reply.b, ENTRY_SIZE as u64)?;
         let table_len = (entries as usize * ENTRY_SIZE).div_ceil(PAGE_SIZE).max(1) * PAGE_SIZE;
-        let table = Region::map_shared(&table_fd, 0, table_len, false)?;
-        tracing::debug!(domid = domid.0, ram_pages, entries, "attached to emulated guest");
-        Ok(Arc::new(EmuGuest { domid, local: self.local, conn: Mutex::new(conn), ram_fd, table, entries, ram_pages }))
+        let table = Region::map_shared(&table_fd, 0, table_len, true)?;
+        tracing::debug!(
+            domid = domid.0,
+            ram_pages,
+            entries,
+            "attached to emulated guest"
+        );
+        Ok(Arc::new(EmuGuest {
+            domid,
+            local: self.local,
+            conn: Mutex::new(conn),
+            ram_fd,
+            in_use: InUse::new(table),
+            entries,
+            ram_pages,
+        }))
     }
 }
 
 fn next_fd(fds: &mut impl Iterator<Item = OwnedFd>) -> Result<OwnedFd, Error> {
-    fds.next().ok_or_else(|| Error::Protocol("missing descriptor".into()))
+    fds.next()
+        .ok_or_else(|| Error::Protocol("missing descriptor".into()))
 }
 
 /// Checks a count the guest claims against the real size of the memfd behind it.
 fn sized(fd: &OwnedFd, count: u64, unit: u64) -> Result<u32, Error> {
     let st = nix::sys::stat::fstat(fd.as_raw_fd()).map_err(Error::sys("fstat"))?;
     let real = u64::try_from(st.st_size).unwrap_or(0);
-    let claimed = count.checked_mul(unit).ok_or_else(|| Error::Protocol("size overflow".into()))?;
+    let claimed = count
+        .checked_mul(unit)
+        .ok_or_else(|| Error::Protocol("size overflow".into()))?;
     if claimed > real {
-        return Err(Error::Protocol(format!("guest claims {claimed} bytes, memfd has {real}")));
+        return Err(Error::Protocol(format!(
+            "guest claims {claimed} bytes, memfd has {real}"
+        )));
     }
     u32::try_from(count).map_err(|_| Error::Protocol("count too large".into()))
 }
 
 fn expect_reply(conn: &UnixStream, kind: u32, nfds: usize) -> Result<(Msg, Vec<OwnedFd>), Error> {
-    let (reply, fds) = wire::recv(conn)?.ok_or_else(|| Error::Protocol("endpoint closed".into()))?;
+    let (reply, fds) =
+        wire::recv(conn)?.ok_or_else(|| Error::Protocol("endpoint closed".into()))?;
     if reply.kind != kind {
-        return Err(Error::Protocol(format!("reply kind {} to request {kind}", reply.kind)));
+        return Err(Error::Protocol(format!(
+            "reply kind {} to request {kind}",
+            reply.kind
+        )));
     }
     if reply.status != OK {
         let errno = nix::errno::Errno::from_raw(i32::try_from(reply.status).unwrap_or(libc::EIO));
-        return Err(Error::Sys { what: "emulated hypercall", source: errno });
+        return Err(Error::Sys {
+            what: "emulated hypercall",
+            source: errno,
+        });
     }
     if fds.len() != nfds {
-        return Err(Error::Protocol(format!("{} descriptors, expected {nfds}", fds.len())));
+        return Err(Error::Protocol(format!(
+            "{} descriptors, expected {nfds}",
+            fds.len()
+        )));
     }
     Ok((reply, fds))
 }
@@ -87,7 +123,7 @@ struct EmuGuest {
     local: DomId,
     conn: Mutex<UnixStream>,
     ram_fd: OwnedFd,
-    table: Region,
+    in_use: Arc<InUse>,
     entries: u32,
     ram_pages: u32,
 }
@@ -101,28 +137,47 @@ impl GuestHandle for EmuGuest {
         if refs.is_empty() || refs.len() > MAX_MAP_PAGES {
             return Err(Error::BadMapSize(refs.len()));
         }
-        let reader = TableReader { table: &self.table, entries: self.entries, ram_pages: self.ram_pages, grantee: self.local };
+        let reader = TableReader {
+            table: self.in_use.table(),
+            entries: self.entries,
+            ram_pages: self.ram_pages,
+            grantee: self.local,
+        };
         let mut region = Region::reserve(refs.len() * PAGE_SIZE)?;
         let writable = access == Access::ReadWrite;
         for (i, gref) in refs.iter().enumerate() {
             let grant = reader.check(*gref, access)?;
             let file_offset = u64::from(grant.frame) * PAGE_SIZE as u64;
-            region.map_fixed(i * PAGE_SIZE, PAGE_SIZE, &self.ram_fd, file_offset, writable)?;
+            region.map_fixed(
+                i * PAGE_SIZE,
+                PAGE_SIZE,
+                &self.ram_fd,
+                file_offset,
+                writable,
+            )?;
         }
-        Ok(GrantMapping::new(region, access, None))
+        let guard = self.in_use.acquire(refs, access);
+        Ok(GrantMapping::new(region, access, Some(Box::new(guard))))
     }
 
     fn bind_event_channel(&self, remote: Port) -> Result<Box<dyn EventChannel>, Error> {
         let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
         wire::send(&conn, &Msg::new(BIND, u64::from(remote.0), 0), &[])?;
         let (_, fds) = expect_reply(&conn, BIND, 2).map_err(|e| match e {
-            Error::Sys { source: nix::errno::Errno::ENOENT, .. } => Error::UnknownPort(remote),
+            Error::Sys {
+                source: nix::errno::Errno::ENOENT,
+                ..
+            } => Error::UnknownPort(remote),
             other => other,
         })?;
         let mut fds = fds.into_iter();
         let incoming = EventFd::from_owned(next_fd(&mut fds)?);
         let outgoing = EventFd::from_owned(next_fd(&mut fds)?);
-        Ok(Box::new(EmuEventChannel { port: remote, incoming, outgoing }))
+        Ok(Box::new(EmuEventChannel {
+            port: remote,
+            incoming,
+            outgoing,
+        }))
     }
 }
 

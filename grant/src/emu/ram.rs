@@ -11,7 +11,8 @@ use crate::sys::Region;
 
 /// A memfd of `pages` pages, created with `name`, and its size set.
 pub(crate) fn new_memfd(name: &std::ffi::CStr, pages: u32) -> Result<OwnedFd, Error> {
-    let fd = memfd_create(name, MemFdCreateFlag::MFD_CLOEXEC).map_err(Error::sys("memfd_create"))?;
+    let fd =
+        memfd_create(name, MemFdCreateFlag::MFD_CLOEXEC).map_err(Error::sys("memfd_create"))?;
     let len = u64::from(pages) * PAGE_SIZE as u64;
     let len = libc::off_t::try_from(len).map_err(|_| Error::BadMapSize(pages as usize))?;
     nix::unistd::ftruncate(&fd, len).map_err(Error::sys("ftruncate memfd"))?;
@@ -53,7 +54,11 @@ impl GuestRam {
         let offset = frame as usize * PAGE_SIZE;
         let len = count as usize * PAGE_SIZE;
         self.region.check(offset, len)?;
-        Ok(RamView { ram: Arc::clone(self), offset, len })
+        Ok(RamView {
+            ram: Arc::clone(self),
+            offset,
+            len,
+        })
     }
 
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {

@@ -13,6 +13,11 @@ pub const ENTRY_SIZE: usize = 8;
 pub const GTF_PERMIT_ACCESS: u16 = 1;
 /// The grantee may only read the frame.
 pub const GTF_READONLY: u16 = 1 << 2;
+/// Set while the grantee has the frame mapped (Xen's hypervisor sets it; here the backend).
+pub const GTF_READING: u16 = 1 << 3;
+/// Set while the grantee has the frame mapped writable.
+pub const GTF_WRITING: u16 = 1 << 4;
+const IN_USE: u16 = GTF_READING | GTF_WRITING;
 
 /// A validated grant: the guest frame to map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,7 +46,10 @@ impl TableReader<'_> {
         }
         let domid = DomId(self.table.atomic_u16(base + 2)?.load(Ordering::Relaxed));
         if domid != self.grantee {
-            return Err(Error::GrantWrongDomain { gref, granted_to: domid });
+            return Err(Error::GrantWrongDomain {
+                gref,
+                granted_to: domid,
+            });
         }
         if access == Access::ReadWrite && flags & GTF_READONLY != 0 {
             return Err(Error::GrantReadOnly(gref));
@@ -55,7 +63,13 @@ impl TableReader<'_> {
 }
 
 /// Writes an entry the way a guest does: domid and frame first, then flags with release order.
-pub(crate) fn write_entry(table: &Region, gref: GrantRef, to: DomId, frame: u32, readonly: bool) -> Result<(), Error> {
+pub(crate) fn write_entry(
+    table: &Region,
+    gref: GrantRef,
+    to: DomId,
+    frame: u32,
+    readonly: bool,
+) -> Result<(), Error> {
     let base = gref.0 as usize * ENTRY_SIZE;
     table.store_u16(base, 0)?;
     table.atomic_u16(base + 2)?.store(to.0, Ordering::Relaxed);
@@ -64,7 +78,43 @@ pub(crate) fn write_entry(table: &Region, gref: GrantRef, to: DomId, frame: u32,
     table.store_u16(base, flags)
 }
 
-/// Revokes an entry.
+/// Revokes an entry, as `gnttab_end_foreign_access_ref` does: fails while the grantee still
+/// has the frame mapped.
 pub(crate) fn clear_entry(table: &Region, gref: GrantRef) -> Result<(), Error> {
-    table.store_u16(gref.0 as usize * ENTRY_SIZE, 0)
+    let flags = table.atomic_u16(gref.0 as usize * ENTRY_SIZE)?;
+    let mut cur = flags.load(Ordering::Acquire);
+    loop {
+        if cur & GTF_PERMIT_ACCESS == 0 {
+            return Err(Error::GrantInvalid(gref));
+        }
+        if cur & IN_USE != 0 {
+            return Err(Error::GrantInUse(gref));
+        }
+        match flags.compare_exchange(cur, 0, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return Ok(()),
+            Err(now) => cur = now,
+        }
+    }
+}
+
+/// Whether the grantee has `gref` mapped.
+pub(crate) fn in_use(table: &Region, gref: GrantRef) -> Result<bool, Error> {
+    let flags = table
+        .atomic_u16(gref.0 as usize * ENTRY_SIZE)?
+        .load(Ordering::Acquire);
+    Ok(flags & IN_USE != 0)
+}
+
+/// Sets or clears the in-use bits of `gref` (the grantee's side).
+pub(crate) fn set_in_use(
+    table: &Region,
+    gref: GrantRef,
+    reading: bool,
+    writing: bool,
+) -> Result<(), Error> {
+    let flags = table.atomic_u16(gref.0 as usize * ENTRY_SIZE)?;
+    let want = if reading { GTF_READING } else { 0 } | if writing { GTF_WRITING } else { 0 };
+    flags.fetch_and(!(IN_USE & !want), Ordering::AcqRel);
+    flags.fetch_or(want, Ordering::AcqRel);
+    Ok(())
 }

@@ -4,14 +4,20 @@ use rustbk_formats::IoBuffers;
 use rustbk_ring::PAGE_SIZE;
 
 use super::*;
-use crate::{Access, Direction, DomId, Error, GrantRef, GuestBuf, GuestHandle, PageSpan, Platform, Port};
+use crate::{
+    Access, Direction, DomId, Error, GrantRef, GuestBuf, GuestHandle, PageSpan, Platform, Port,
+};
 
 const GUEST: DomId = DomId(7);
 const BACKEND: DomId = DomId(0);
 
 fn setup() -> (tempfile::TempDir, EmuDomain, Arc<dyn GuestHandle>) {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = DomainConfig { domid: GUEST, ram_pages: 64, grant_entries: 128 };
+    let cfg = DomainConfig {
+        domid: GUEST,
+        ram_pages: 64,
+        grant_entries: 128,
+    };
     let dom = EmuDomain::create(dir.path(), cfg).unwrap();
     let guest = EmuPlatform::new(dir.path(), BACKEND).attach(GUEST).unwrap();
     (dir, dom, guest)
@@ -20,7 +26,9 @@ fn setup() -> (tempfile::TempDir, EmuDomain, Arc<dyn GuestHandle>) {
 #[test]
 fn mapped_grant_shows_guest_memory_both_ways() {
     let (_d, dom, guest) = setup();
-    dom.ram().write(5 * PAGE_SIZE as u64 + 100, b"hello").unwrap();
+    dom.ram()
+        .write(5 * PAGE_SIZE as u64 + 100, b"hello")
+        .unwrap();
     let gref = dom.grant(BACKEND, 5, false).unwrap();
     let map = guest.map_grants(&[gref], Access::ReadWrite).unwrap();
     let mut got = [0u8; 5];
@@ -28,7 +36,9 @@ fn mapped_grant_shows_guest_memory_both_ways() {
     assert_eq!(&got, b"hello");
     map.write(200, b"world").unwrap();
     let mut back = [0u8; 5];
-    dom.ram().read(5 * PAGE_SIZE as u64 + 200, &mut back).unwrap();
+    dom.ram()
+        .read(5 * PAGE_SIZE as u64 + 200, &mut back)
+        .unwrap();
     assert_eq!(&back, b"world");
 }
 
@@ -36,9 +46,14 @@ fn mapped_grant_shows_guest_memory_both_ways() {
 fn multi_page_map_is_contiguous_in_grant_order() {
     let (_d, dom, guest) = setup();
     let frames = [9u32, 3, 30];
-    let refs: Vec<GrantRef> = frames.iter().map(|f| dom.grant(BACKEND, *f, true).unwrap()).collect();
+    let refs: Vec<GrantRef> = frames
+        .iter()
+        .map(|f| dom.grant(BACKEND, *f, true).unwrap())
+        .collect();
     for f in frames {
-        dom.ram().write(u64::from(f) * PAGE_SIZE as u64, &f.to_le_bytes()).unwrap();
+        dom.ram()
+            .write(u64::from(f) * PAGE_SIZE as u64, &f.to_le_bytes())
+            .unwrap();
     }
     let map = guest.map_grants(&refs, Access::ReadOnly).unwrap();
     for (i, f) in frames.iter().enumerate() {
@@ -51,19 +66,37 @@ fn multi_page_map_is_contiguous_in_grant_order() {
 #[test]
 fn invalid_foreign_and_readonly_grants_are_refused() {
     let (_d, dom, guest) = setup();
-    assert!(matches!(guest.map_grants(&[GrantRef(20)], Access::ReadOnly), Err(Error::GrantInvalid(_))));
+    assert!(matches!(
+        guest.map_grants(&[GrantRef(20)], Access::ReadOnly),
+        Err(Error::GrantInvalid(_))
+    ));
     dom.grant_at(GrantRef(21), DomId(3), 1, false).unwrap();
     assert!(matches!(
         guest.map_grants(&[GrantRef(21)], Access::ReadOnly),
-        Err(Error::GrantWrongDomain { granted_to: DomId(3), .. })
+        Err(Error::GrantWrongDomain {
+            granted_to: DomId(3),
+            ..
+        })
     ));
     let ro = dom.grant(BACKEND, 2, true).unwrap();
-    assert!(matches!(guest.map_grants(&[ro], Access::ReadWrite), Err(Error::GrantReadOnly(_))));
+    assert!(matches!(
+        guest.map_grants(&[ro], Access::ReadWrite),
+        Err(Error::GrantReadOnly(_))
+    ));
     assert!(guest.map_grants(&[ro], Access::ReadOnly).is_ok());
-    assert!(matches!(guest.map_grants(&[GrantRef(5000)], Access::ReadOnly), Err(Error::GrantOutOfRange(_))));
+    assert!(matches!(
+        guest.map_grants(&[GrantRef(5000)], Access::ReadOnly),
+        Err(Error::GrantOutOfRange(_))
+    ));
     dom.grant_at(GrantRef(22), BACKEND, 64, false).unwrap();
-    assert!(matches!(guest.map_grants(&[GrantRef(22)], Access::ReadOnly), Err(Error::FrameOutOfRange { .. })));
-    assert!(matches!(guest.map_grants(&[], Access::ReadOnly), Err(Error::BadMapSize(0))));
+    assert!(matches!(
+        guest.map_grants(&[GrantRef(22)], Access::ReadOnly),
+        Err(Error::FrameOutOfRange { .. })
+    ));
+    assert!(matches!(
+        guest.map_grants(&[], Access::ReadOnly),
+        Err(Error::BadMapSize(0))
+    ));
 }
 
 #[test]
@@ -71,7 +104,10 @@ fn revoked_grant_cannot_be_mapped() {
     let (_d, dom, guest) = setup();
     let gref = dom.grant(BACKEND, 4, false).unwrap();
     dom.end_grant(gref).unwrap();
-    assert!(matches!(guest.map_grants(&[gref], Access::ReadOnly), Err(Error::GrantInvalid(_))));
+    assert!(matches!(
+        guest.map_grants(&[gref], Access::ReadOnly),
+        Err(Error::GrantInvalid(_))
+    ));
 }
 
 #[test]
@@ -85,35 +121,76 @@ fn event_channel_signals_both_ways() {
     assert!(!ch.ack().unwrap());
     ch.notify().unwrap();
     assert!(gp.ack().unwrap());
-    assert!(matches!(guest.bind_event_channel(Port(999)), Err(Error::UnknownPort(Port(999)))));
+    assert!(matches!(
+        guest.bind_event_channel(Port(999)),
+        Err(Error::UnknownPort(Port(999)))
+    ));
 }
 
 #[test]
 fn guest_buf_merges_adjacent_segments_and_checks_bounds() {
     let (_d, dom, guest) = setup();
-    let refs: Vec<GrantRef> = (10..13).map(|f| dom.grant(BACKEND, f, false).unwrap()).collect();
+    let refs: Vec<GrantRef> = (10..13)
+        .map(|f| dom.grant(BACKEND, f, false).unwrap())
+        .collect();
     let map = guest.map_grants(&refs, Access::ReadWrite).unwrap();
     let spans = [
-        PageSpan { page: 0, offset: 3584, len: 512 },
-        PageSpan { page: 1, offset: 0, len: 4096 },
-        PageSpan { page: 2, offset: 512, len: 1024 },
+        PageSpan {
+            page: 0,
+            offset: 3584,
+            len: 512,
+        },
+        PageSpan {
+            page: 1,
+            offset: 0,
+            len: 4096,
+        },
+        PageSpan {
+            page: 2,
+            offset: 512,
+            len: 1024,
+        },
     ];
     let buf = GuestBuf::new(map, &spans, Direction::ToGuest).unwrap();
     assert_eq!(buf.iovecs().len(), 2);
     assert_eq!(buf.len(), 512 + 4096 + 1024);
     let map = guest.map_grants(&refs[..1], Access::ReadWrite).unwrap();
-    let bad = [PageSpan { page: 1, offset: 0, len: 512 }];
+    let bad = [PageSpan {
+        page: 1,
+        offset: 0,
+        len: 512,
+    }];
     assert!(GuestBuf::new(map, &bad, Direction::FromGuest).is_err());
     let ro = guest.map_grants(&refs[..1], Access::ReadOnly).unwrap();
-    let ok = [PageSpan { page: 0, offset: 0, len: 512 }];
+    let ok = [PageSpan {
+        page: 0,
+        offset: 0,
+        len: 512,
+    }];
     assert!(GuestBuf::new(ro, &ok, Direction::ToGuest).is_err());
 }
 
 #[test]
 fn two_guests_do_not_share_memory() {
     let dir = tempfile::tempdir().unwrap();
-    let a = EmuDomain::create(dir.path(), DomainConfig { domid: DomId(1), ram_pages: 8, grant_entries: 32 }).unwrap();
-    let b = EmuDomain::create(dir.path(), DomainConfig { domid: DomId(2), ram_pages: 8, grant_entries: 32 }).unwrap();
+    let a = EmuDomain::create(
+        dir.path(),
+        DomainConfig {
+            domid: DomId(1),
+            ram_pages: 8,
+            grant_entries: 32,
+        },
+    )
+    .unwrap();
+    let b = EmuDomain::create(
+        dir.path(),
+        DomainConfig {
+            domid: DomId(2),
+            ram_pages: 8,
+            grant_entries: 32,
+        },
+    )
+    .unwrap();
     a.ram().write(0, b"AAAA").unwrap();
     b.ram().write(0, b"BBBB").unwrap();
     let ga = a.grant(BACKEND, 0, true).unwrap();
@@ -123,6 +200,26 @@ fn two_guests_do_not_share_memory() {
     assert!(hb.map_grants(&[ga], Access::ReadOnly).is_err());
     let ha = platform.attach(DomId(1)).unwrap();
     let mut got = [0u8; 4];
-    ha.map_grants(&[ga], Access::ReadOnly).unwrap().read(0, &mut got).unwrap();
+    ha.map_grants(&[ga], Access::ReadOnly)
+        .unwrap()
+        .read(0, &mut got)
+        .unwrap();
     assert_eq!(&got, b"AAAA");
+}
+
+#[test]
+fn mapped_grant_cannot_be_revoked_until_unmapped() {
+    let (_d, dom, guest) = setup();
+    let gref = dom.grant(BACKEND, 6, false).unwrap();
+    let a = guest.map_grants(&[gref], Access::ReadWrite).unwrap();
+    let b = guest.map_grants(&[gref], Access::ReadOnly).unwrap();
+    assert!(matches!(dom.end_grant(gref), Err(Error::GrantInUse(_))));
+    drop(a);
+    assert!(
+        matches!(dom.end_grant(gref), Err(Error::GrantInUse(_))),
+        "still mapped read-only"
+    );
+    drop(b);
+    dom.end_grant(gref).unwrap();
+    assert!(guest.map_grants(&[gref], Access::ReadOnly).is_err());
 }

@@ -31,11 +31,21 @@ pub(crate) struct Msg {
 
 impl Msg {
     pub(crate) fn new(kind: u32, a: u64, b: u64) -> Self {
-        Msg { kind, status: OK, a, b }
+        Msg {
+            kind,
+            status: OK,
+            a,
+            b,
+        }
     }
 
     pub(crate) fn error(kind: u32, errno: nix::errno::Errno) -> Self {
-        Msg { kind, status: errno as u32, a: 0, b: 0 }
+        Msg {
+            kind,
+            status: errno as u32,
+            a: 0,
+            b: 0,
+        }
     }
 
     fn encode(&self) -> [u8; MSG_LEN] {
@@ -50,7 +60,12 @@ impl Msg {
     fn decode(b: &[u8; MSG_LEN]) -> Self {
         let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
         let u64_at = |i: usize| u64::from(u32_at(i)) | (u64::from(u32_at(i + 4)) << 32);
-        Msg { kind: u32_at(0), status: u32_at(4), a: u64_at(8), b: u64_at(16) }
+        Msg {
+            kind: u32_at(0),
+            status: u32_at(4),
+            a: u64_at(8),
+            b: u64_at(16),
+        }
     }
 }
 
@@ -74,9 +89,17 @@ pub(crate) fn recv(sock: &UnixStream) -> Result<Option<(Msg, Vec<OwnedFd>)>, Err
     let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
     let (len, fds) = {
         let mut iov = [IoSliceMut::new(&mut bytes)];
-        let msg = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
-            .map_err(Error::sys("recvmsg"))?;
-        (msg.bytes, crate::sys::owned_fds(msg.cmsgs().map_err(Error::sys("cmsgs"))?))
+        let msg = recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .map_err(Error::sys("recvmsg"))?;
+        (
+            msg.bytes,
+            crate::sys::owned_fds(msg.cmsgs().map_err(Error::sys("cmsgs"))?),
+        )
     };
     if len == 0 {
         return Ok(None);

@@ -35,7 +35,10 @@ impl Region {
         // existing memory.
         let ptr = unsafe { mmap_anonymous(None, nonzero(len)?, ProtFlags::PROT_NONE, flags) }
             .map_err(Error::sys("mmap reserve"))?;
-        Ok(Region { ptr: ptr.cast(), len })
+        Ok(Region {
+            ptr: ptr.cast(),
+            len,
+        })
     }
 
     /// Maps `len` bytes of `fd` at `file_offset`, shared, at an address the kernel chooses.
@@ -48,9 +51,21 @@ impl Region {
         let off = libc::off_t::try_from(file_offset).map_err(|_| Error::BadMapSize(len))?;
         // SAFETY: a new shared mapping at an address the kernel chooses aliases no Rust object;
         // the result is owned by the returned Region and unmapped exactly once on drop.
-        let ptr = unsafe { mmap(None, nonzero(len)?, prot(writable), MapFlags::MAP_SHARED, fd, off) }
-            .map_err(Error::sys("mmap shared"))?;
-        Ok(Region { ptr: ptr.cast(), len })
+        let ptr = unsafe {
+            mmap(
+                None,
+                nonzero(len)?,
+                prot(writable),
+                MapFlags::MAP_SHARED,
+                fd,
+                off,
+            )
+        }
+        .map_err(Error::sys("mmap shared"))?;
+        Ok(Region {
+            ptr: ptr.cast(),
+            len,
+        })
     }
 
     /// Replaces the page-aligned part `[offset, offset + len)` of this region with a shared
@@ -65,7 +80,8 @@ impl Region {
     ) -> Result<(), Error> {
         self.check(offset, len)?;
         let off = libc::off_t::try_from(file_offset).map_err(|_| Error::BadMapSize(len))?;
-        let addr = NonZeroUsize::new(self.ptr.as_ptr() as usize + offset).ok_or(Error::BadMapSize(0))?;
+        let addr =
+            NonZeroUsize::new(self.ptr.as_ptr() as usize + offset).ok_or(Error::BadMapSize(0))?;
         let flags = MapFlags::MAP_SHARED | MapFlags::MAP_FIXED;
         // SAFETY: the target range lies inside this region (checked above), which this object
         // owns exclusively, so MAP_FIXED replaces only our own reservation.
@@ -86,7 +102,11 @@ impl Region {
     pub(crate) fn check(&self, offset: usize, len: usize) -> Result<(), Error> {
         match offset.checked_add(len) {
             Some(end) if end <= self.len => Ok(()),
-            _ => Err(Error::OutOfBounds { offset, len, size: self.len }),
+            _ => Err(Error::OutOfBounds {
+                offset,
+                len,
+                size: self.len,
+            }),
         }
     }
 
@@ -96,7 +116,9 @@ impl Region {
         // SAFETY: the source range is inside the mapping (checked), the destination is a
         // private buffer that cannot overlap it; the bytes may change under us, which only
         // means we copy whatever the other domain left there.
-        unsafe { std::ptr::copy_nonoverlapping(self.as_ptr().add(offset), out.as_mut_ptr(), out.len()) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.as_ptr().add(offset), out.as_mut_ptr(), out.len())
+        };
         Ok(())
     }
 
@@ -105,7 +127,9 @@ impl Region {
         self.check(offset, data.len())?;
         // SAFETY: the destination range is inside the mapping (checked) and the callers only
         // write regions they mapped writable; the source is private memory.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.as_ptr().add(offset), data.len()) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.as_ptr().add(offset), data.len())
+        };
         Ok(())
     }
 
@@ -128,7 +152,11 @@ impl Region {
     fn check_aligned(&self, offset: usize, size: usize) -> Result<(), Error> {
         self.check(offset, size)?;
         if (self.as_ptr() as usize + offset) % size != 0 {
-            return Err(Error::OutOfBounds { offset, len: size, size: self.len });
+            return Err(Error::OutOfBounds {
+                offset,
+                len: size,
+                size: self.len,
+            });
         }
         Ok(())
     }

@@ -11,7 +11,9 @@ pub struct FrameAlloc {
 impl FrameAlloc {
     /// An allocator over `pages` frames, all free.
     pub fn new(pages: u32) -> Self {
-        FrameAlloc { used: vec![false; pages as usize] }
+        FrameAlloc {
+            used: vec![false; pages as usize],
+        }
     }
 
     /// Allocates `count` contiguous frames; returns the first.
@@ -48,7 +50,10 @@ mod tests {
         assert_eq!(f.alloc(3).unwrap(), 0);
         assert_eq!(f.alloc(2).unwrap(), 3);
         f.free(0, 3);
-        assert_eq!(f.alloc(4).unwrap_err().to_string(), Error::OutOfFrames.to_string());
+        assert_eq!(
+            f.alloc(4).unwrap_err().to_string(),
+            Error::OutOfFrames.to_string()
+        );
         assert_eq!(f.alloc(3).unwrap(), 0);
         assert_eq!(f.alloc(3).unwrap(), 5);
     }

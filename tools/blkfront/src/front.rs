@@ -9,7 +9,7 @@ use rustbk_ring::{Abi, DomId, FrontRing, GrantRef, PAGE_SIZE, Request, Response}
 use rustbk_xenstored::XsClient;
 
 use crate::wait::wait_for;
-use crate::{Error, FrameAlloc};
+use crate::{Error, FrameAlloc, SlotPool};
 
 /// How the frontend connects.
 #[derive(Clone, Debug)]
@@ -26,12 +26,22 @@ pub struct FrontendConfig {
     pub ring_order: u32,
     /// How long to wait for each backend state change.
     pub timeout: Duration,
+    /// Ask for persistent grants (`feature-persistent`), as Linux blkfront does by default.
+    pub persistent: bool,
 }
 
 impl FrontendConfig {
     /// A 64-bit frontend for `domid`/`devid` with a one-page ring.
     pub fn new(domid: DomId, devid: u32) -> Self {
-        FrontendConfig { domid, devid, abi: Abi::X86_64, write_protocol: true, ring_order: 0, timeout: Duration::from_secs(20) }
+        FrontendConfig {
+            domid,
+            devid,
+            abi: Abi::X86_64,
+            write_protocol: true,
+            ring_order: 0,
+            timeout: Duration::from_secs(20),
+            persistent: true,
+        }
     }
 }
 
@@ -56,6 +66,8 @@ pub struct DiskInfo {
     pub max_indirect_segments: u32,
     /// The ring page order in use.
     pub ring_order: u32,
+    /// Both ends offered `feature-persistent`.
+    pub persistent: bool,
 }
 
 /// A connected emulated frontend.
@@ -72,6 +84,8 @@ pub struct Frontend {
     ring_grefs: Vec<GrantRef>,
     port: Arc<GuestPort>,
     disk: DiskInfo,
+    /// Buffer pools whose pages the backend still maps (persistent grants): revoked at close.
+    retired: Vec<SlotPool>,
 }
 
 /// What a closed frontend gives back, to connect again.
@@ -85,7 +99,10 @@ pub struct Closed {
 }
 
 fn num<T: std::str::FromStr + Default>(xs: &XsClient, path: &str) -> Result<T, Error> {
-    Ok(xs.try_read(path)?.and_then(|v| v.trim().parse().ok()).unwrap_or_default())
+    Ok(xs
+        .try_read(path)?
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_default())
 }
 
 fn state_in(states: &'static [&'static str]) -> impl FnMut(Option<&str>) -> bool {
@@ -94,27 +111,61 @@ fn state_in(states: &'static [&'static str]) -> impl FnMut(Option<&str>) -> bool
 
 impl Frontend {
     /// Performs the blkfront handshake for `cfg` and returns the connected frontend.
-    pub fn connect(dom: Arc<EmuDomain>, xs: XsClient, mut frames: FrameAlloc, cfg: FrontendConfig) -> Result<Frontend, Error> {
+    pub fn connect(
+        dom: Arc<EmuDomain>,
+        xs: XsClient,
+        mut frames: FrameAlloc,
+        cfg: FrontendConfig,
+    ) -> Result<Frontend, Error> {
         let fe = format!("/local/domain/{}/device/vbd/{}", cfg.domid.0, cfg.devid);
         let be = xs.read(&format!("{fe}/backend"))?;
         let backend_domid = DomId(num(&xs, &format!("{fe}/backend-id"))?);
         xs.write(&format!("{fe}/state"), "1")?;
         wait_for(&xs, &format!("{be}/state"), cfg.timeout, state_in(&["2"]))?;
-        let order = cfg.ring_order.min(num(&xs, &format!("{be}/max-ring-page-order"))?);
+        let order = cfg
+            .ring_order
+            .min(num(&xs, &format!("{be}/max-ring-page-order"))?);
         let pages = 1u32 << order;
         let first = frames.alloc(pages)?;
-        dom.ram().write(u64::from(first) * PAGE_SIZE as u64, &vec![0u8; pages as usize * PAGE_SIZE])?;
-        let ring_grefs = (first..first + pages).map(|f| dom.grant(backend_domid, f, false)).collect::<Result<Vec<_>, _>>()?;
+        dom.ram().write(
+            u64::from(first) * PAGE_SIZE as u64,
+            &vec![0u8; pages as usize * PAGE_SIZE],
+        )?;
+        let ring_grefs = (first..first + pages)
+            .map(|f| dom.grant(backend_domid, f, false))
+            .collect::<Result<Vec<_>, _>>()?;
         let ring = FrontRing::init(dom.ram().pages_view(first, pages)?, cfg.abi, order)?;
         let port = dom.alloc_unbound()?;
         publish_ring(&xs, &fe, &cfg, order, &ring_grefs, port.port().0)?;
-        let st = wait_for(&xs, &format!("{be}/state"), cfg.timeout, state_in(&["4", "5", "6"]))?;
+        let st = wait_for(
+            &xs,
+            &format!("{be}/state"),
+            cfg.timeout,
+            state_in(&["4", "5", "6"]),
+        )?;
         if st.as_deref() != Some("4") {
-            return Err(Error::Protocol(format!("backend went to state {st:?} instead of Connected")));
+            return Err(Error::Protocol(format!(
+                "backend went to state {st:?} instead of Connected"
+            )));
         }
-        let disk = read_disk(&xs, &be, order)?;
+        let mut disk = read_disk(&xs, &be, order)?;
+        disk.persistent = disk.persistent && cfg.persistent;
         xs.write(&format!("{fe}/state"), "4")?;
-        Ok(Frontend { dom, xs, cfg, fe, be, backend_domid, frames, ring, ring_frames: (first, pages), ring_grefs, port, disk })
+        Ok(Frontend {
+            dom,
+            xs,
+            cfg,
+            fe,
+            be,
+            backend_domid,
+            frames,
+            ring,
+            ring_frames: (first, pages),
+            ring_grefs,
+            port,
+            disk,
+            retired: Vec::new(),
+        })
     }
 
     /// The disk as the backend described it.
@@ -176,7 +227,11 @@ impl Frontend {
     }
 
     /// Collects responses into `out`, waiting up to `timeout` for the first one.
-    pub fn poll_responses(&mut self, out: &mut Vec<Response>, timeout: Duration) -> Result<(), Error> {
+    pub fn poll_responses(
+        &mut self,
+        out: &mut Vec<Response>,
+        timeout: Duration,
+    ) -> Result<(), Error> {
         let deadline = std::time::Instant::now() + timeout;
         loop {
             while let Some(r) = self.ring.try_pop_response()? {
@@ -201,7 +256,12 @@ impl Frontend {
         let mut fds = [PollFd::new(self.port.fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::from(ms)) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(Error::Platform(rustbk_grant::Error::Sys { what: "poll", source: e })),
+            Err(e) => {
+                return Err(Error::Platform(rustbk_grant::Error::Sys {
+                    what: "poll",
+                    source: e,
+                }));
+            }
         }
         self.port.ack()?;
         Ok(())
@@ -222,18 +282,41 @@ impl Frontend {
         Ok(self.release())
     }
 
+    /// Gives back a buffer pool: revoked now, or at close if the backend still maps its pages.
+    pub fn retire(&mut self, pool: SlotPool) {
+        if let Err(pool) = pool.release(&self.dom, &mut self.frames) {
+            self.retired.push(pool);
+        }
+    }
+
     /// Frees the ring's grants, port and frames without any handshake.
     pub fn release(mut self) -> Closed {
+        for pool in std::mem::take(&mut self.retired) {
+            if pool.release(&self.dom, &mut self.frames).is_err() {
+                tracing::warn!("buffer grants still mapped after close; leaking them");
+            }
+        }
         for g in &self.ring_grefs {
             let _ = self.dom.end_grant(*g);
         }
         self.dom.close_port(self.port.port());
         self.frames.free(self.ring_frames.0, self.ring_frames.1);
-        Closed { dom: self.dom, xs: self.xs, frames: self.frames }
+        Closed {
+            dom: self.dom,
+            xs: self.xs,
+            frames: self.frames,
+        }
     }
 }
 
-fn publish_ring(xs: &XsClient, fe: &str, cfg: &FrontendConfig, order: u32, grefs: &[GrantRef], port: u32) -> Result<(), Error> {
+fn publish_ring(
+    xs: &XsClient,
+    fe: &str,
+    cfg: &FrontendConfig,
+    order: u32,
+    grefs: &[GrantRef],
+    port: u32,
+) -> Result<(), Error> {
     xs.transaction(8, |tx| {
         if order == 0 {
             xs.write_tx(tx, &format!("{fe}/ring-ref"), &grefs[0].0.to_string())?;
@@ -244,6 +327,11 @@ fn publish_ring(xs: &XsClient, fe: &str, cfg: &FrontendConfig, order: u32, grefs
             }
         }
         xs.write_tx(tx, &format!("{fe}/event-channel"), &port.to_string())?;
+        xs.write_tx(
+            tx,
+            &format!("{fe}/feature-persistent"),
+            if cfg.persistent { "1" } else { "0" },
+        )?;
         if cfg.write_protocol {
             xs.write_tx(tx, &format!("{fe}/protocol"), cfg.abi.protocol_name())?;
         }
@@ -265,5 +353,6 @@ fn read_disk(xs: &XsClient, be: &str, ring_order: u32) -> Result<DiskInfo, Error
         discard: flag("feature-discard")?,
         max_indirect_segments: num(xs, &k("feature-max-indirect-segments"))?,
         ring_order,
+        persistent: flag("feature-persistent")?,
     })
 }

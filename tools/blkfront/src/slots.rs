@@ -1,10 +1,9 @@
 //! Pre-granted data buffers, one per request in flight.
 
-
 use rustbk_grant::emu::{EmuDomain, RamView};
 use rustbk_ring::{
-    DomId, GrantRef, IndirectRefs, PAGE_SIZE, Request, RwOp, SEGS_PER_INDIRECT_FRAME, Sector, Segment, Segments,
-    SharedMemory, encode_indirect_segments,
+    DomId, GrantRef, IndirectRefs, PAGE_SIZE, Request, RwOp, SEGS_PER_INDIRECT_FRAME, Sector,
+    Segment, Segments, SharedMemory, encode_indirect_segments,
 };
 
 use crate::{Error, FrameAlloc};
@@ -20,6 +19,7 @@ pub struct Slot {
     pub grefs: Vec<GrantRef>,
     /// Grants of the indirect pages.
     pub indirect_grefs: Vec<GrantRef>,
+    indirect_frame: Option<u32>,
     indirect_views: Vec<RamView>,
 }
 
@@ -38,7 +38,13 @@ impl Slot {
                 break;
             }
             let n = left.min(8);
-            out.push(Segment { gref: *gref, first_sect: 0, last_sect: (n - 1) as u8 });
+            // n is 1..=8, so the last sector index fits.
+            let last_sect = u8::try_from(n - 1).unwrap_or(7);
+            out.push(Segment {
+                gref: *gref,
+                first_sect: 0,
+                last_sect,
+            });
             left -= n;
         }
         out
@@ -49,15 +55,40 @@ impl Slot {
     pub fn rw_request(&self, id: u64, op: RwOp, sector: u64, len: usize) -> Result<Request, Error> {
         let segs = self.segments(len);
         if let Some(segments) = Segments::from_slice(&segs) {
-            return Ok(Request::Rw { id, op, handle: 0, sector: Sector(sector), segments });
+            return Ok(Request::Rw {
+                id,
+                op,
+                handle: 0,
+                sector: Sector(sector),
+                segments,
+            });
         }
-        let pages: Vec<&dyn SharedMemory> = self.indirect_views.iter().map(|v| v as &dyn SharedMemory).collect();
+        let pages: Vec<&dyn SharedMemory> = self
+            .indirect_views
+            .iter()
+            .map(|v| v as &dyn SharedMemory)
+            .collect();
         encode_indirect_segments(&pages, &segs)?;
         let needed = segs.len().div_ceil(SEGS_PER_INDIRECT_FRAME);
-        let indirect_grefs = IndirectRefs::from_slice(self.indirect_grefs.get(..needed).unwrap_or(&[]))
-            .ok_or_else(|| Error::Config(format!("{} segments need too many indirect pages", segs.len())))?;
-        let nr_segments = u16::try_from(segs.len()).map_err(|_| Error::Config("too many segments".into()))?;
-        Ok(Request::Indirect { id, op, handle: 0, sector: Sector(sector), nr_segments, indirect_grefs })
+        let indirect_grefs = IndirectRefs::from_slice(
+            self.indirect_grefs.get(..needed).unwrap_or(&[]),
+        )
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "{} segments need too many indirect pages",
+                segs.len()
+            ))
+        })?;
+        let nr_segments =
+            u16::try_from(segs.len()).map_err(|_| Error::Config("too many segments".into()))?;
+        Ok(Request::Indirect {
+            id,
+            op,
+            handle: 0,
+            sector: Sector(sector),
+            nr_segments,
+            indirect_grefs,
+        })
     }
 }
 
@@ -70,21 +101,37 @@ pub struct SlotPool {
 
 impl SlotPool {
     /// Allocates and grants `count` slots of `bytes` each (whole pages).
-    pub fn new(dom: &EmuDomain, frames: &mut FrameAlloc, backend: DomId, count: u32, bytes: usize) -> Result<Self, Error> {
-        let pages = u32::try_from(bytes.div_ceil(PAGE_SIZE)).map_err(|_| Error::Config("slot too large".into()))?;
-        let indirect = pages.div_ceil(SEGS_PER_INDIRECT_FRAME as u32);
+    pub fn new(
+        dom: &EmuDomain,
+        frames: &mut FrameAlloc,
+        backend: DomId,
+        count: u32,
+        bytes: usize,
+    ) -> Result<Self, Error> {
+        let pages = u32::try_from(bytes.div_ceil(PAGE_SIZE))
+            .map_err(|_| Error::Config("slot too large".into()))?;
+        let indirect = pages.div_ceil(512);
         let mut slots = Vec::with_capacity(count as usize);
         for _ in 0..count {
             let first_frame = frames.alloc(pages)?;
             let grefs = grant_run(dom, backend, first_frame, pages)?;
-            let (indirect_grefs, indirect_views) = if pages as usize > rustbk_ring::MAX_SEGMENTS_PER_REQUEST {
-                let first = frames.alloc(indirect)?;
-                let views = (0..indirect).map(|i| dom.ram().pages_view(first + i, 1)).collect::<Result<Vec<_>, _>>()?;
-                (grant_run(dom, backend, first, indirect)?, views)
-            } else {
-                (Vec::new(), Vec::new())
+            let mut slot = Slot {
+                first_frame,
+                pages,
+                grefs,
+                indirect_grefs: Vec::new(),
+                indirect_frame: None,
+                indirect_views: Vec::new(),
             };
-            slots.push(Slot { first_frame, pages, grefs, indirect_grefs, indirect_views });
+            if pages as usize > rustbk_ring::MAX_SEGMENTS_PER_REQUEST {
+                let first = frames.alloc(indirect)?;
+                slot.indirect_views = (0..indirect)
+                    .map(|i| dom.ram().pages_view(first + i, 1))
+                    .collect::<Result<Vec<_>, _>>()?;
+                slot.indirect_grefs = grant_run(dom, backend, first, indirect)?;
+                slot.indirect_frame = Some(first);
+            }
+            slots.push(slot);
         }
         let free = (0..slots.len()).rev().collect();
         Ok(SlotPool { slots, free })
@@ -115,17 +162,39 @@ impl SlotPool {
         self.slots.is_empty()
     }
 
-    /// Revokes every grant.
-    pub fn revoke(&self, dom: &EmuDomain) {
-        for s in &self.slots {
-            for g in s.grefs.iter().chain(&s.indirect_grefs) {
-                let _ = dom.end_grant(*g);
+    /// Revokes every grant and frees the frames. While the backend still has any of the pages
+    /// mapped (persistent grants), nothing is revoked and the pool comes back for a later try.
+    pub fn release(self, dom: &EmuDomain, frames: &mut FrameAlloc) -> Result<(), SlotPool> {
+        let grants = || {
+            self.slots
+                .iter()
+                .flat_map(|s| s.grefs.iter().chain(&s.indirect_grefs))
+        };
+        if grants().any(|g| dom.grant_in_use(*g).unwrap_or(true)) {
+            return Err(self);
+        }
+        for g in grants() {
+            if let Err(e) = dom.end_grant(*g) {
+                tracing::warn!(error = %e, "cannot revoke a buffer grant");
             }
         }
+        for s in &self.slots {
+            frames.free(s.first_frame, s.pages);
+            if let Some(first) = s.indirect_frame {
+                frames.free(first, u32::try_from(s.indirect_grefs.len()).unwrap_or(0));
+            }
+        }
+        Ok(())
     }
 }
 
-fn grant_run(dom: &EmuDomain, backend: DomId, first: u32, count: u32) -> Result<Vec<GrantRef>, Error> {
-    (first..first + count).map(|f| dom.grant(backend, f, false).map_err(Error::from)).collect()
+fn grant_run(
+    dom: &EmuDomain,
+    backend: DomId,
+    first: u32,
+    count: u32,
+) -> Result<Vec<GrantRef>, Error> {
+    (first..first + count)
+        .map(|f| dom.grant(backend, f, false).map_err(Error::from))
+        .collect()
 }
-

@@ -28,7 +28,10 @@ pub struct VbdSpec {
 impl VbdSpec {
     /// `/local/domain/<backend>/backend/vbd/<domid>/<devid>`.
     pub fn backend_path(&self) -> String {
-        format!("/local/domain/{}/backend/vbd/{}/{}", self.backend_domid.0, self.domid.0, self.devid)
+        format!(
+            "/local/domain/{}/backend/vbd/{}/{}",
+            self.backend_domid.0, self.domid.0, self.devid
+        )
     }
 
     /// `/local/domain/<domid>/device/vbd/<devid>`.
@@ -54,9 +57,23 @@ pub fn add_vbd(xs: &XsClient, spec: &VbdSpec) -> Result<(), Error> {
     let (guest, backend) = (spec.domid.0, spec.backend_domid.0);
     xs.transaction(8, |tx| {
         xs.mkdir_tx(tx, &fe)?;
-        xs.set_perms_tx(tx, &fe, &[Perm::new(Access::None, guest), Perm::new(Access::Read, backend)])?;
+        xs.set_perms_tx(
+            tx,
+            &fe,
+            &[
+                Perm::new(Access::None, guest),
+                Perm::new(Access::Read, backend),
+            ],
+        )?;
         xs.mkdir_tx(tx, &be)?;
-        xs.set_perms_tx(tx, &be, &[Perm::new(Access::None, backend), Perm::new(Access::Read, guest)])?;
+        xs.set_perms_tx(
+            tx,
+            &be,
+            &[
+                Perm::new(Access::None, backend),
+                Perm::new(Access::Read, guest),
+            ],
+        )?;
         for (k, v) in backend_keys(spec) {
             xs.write_tx(tx, &format!("{be}/{k}"), &v)?;
         }

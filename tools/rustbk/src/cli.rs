@@ -79,6 +79,9 @@ pub struct ServeArgs {
     /// Use the page cache instead of O_DIRECT.
     #[arg(long)]
     pub buffered: bool,
+    /// Do not offer persistent grants.
+    #[arg(long)]
+    pub no_persistent: bool,
     /// Largest ring page order offered.
     #[arg(long, default_value_t = rustbk_ring::MAX_RING_PAGE_ORDER)]
     pub max_ring_order: u32,
@@ -165,6 +168,9 @@ pub struct GuestArgs {
     /// Ring ABI.
     #[arg(long, value_enum, default_value_t = ProtocolArg::X86_64)]
     pub protocol: ProtocolArg,
+    /// Do not ask for persistent grants.
+    #[arg(long)]
+    pub no_persistent: bool,
     /// The disk was all zeros before this run (unwritten blocks are checked to read zeros).
     #[arg(long)]
     pub fresh: bool,
@@ -233,7 +239,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         _ => (s, 1),
     };
     let n: u64 = num.parse().map_err(|_| format!("not a size: {s:?}"))?;
-    n.checked_mul(mult).ok_or_else(|| format!("size too large: {s:?}"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size too large: {s:?}"))
 }
 
 #[cfg(test)]

@@ -44,8 +44,10 @@ impl EmuCluster {
             backends: Vec::new(),
             introduced: Vec::new(),
         };
-        wait_until(START_TIMEOUT, || XsClient::connect(&cluster.xs_socket).is_ok())
-            .context("the xenstore emulator did not come up")?;
+        wait_until(START_TIMEOUT, || {
+            XsClient::connect(&cluster.xs_socket).is_ok()
+        })
+        .context("the xenstore emulator did not come up")?;
         Ok(cluster)
     }
 
@@ -80,14 +82,25 @@ impl EmuCluster {
             self.introduced.push(spec.domid.0);
         }
         toolstack::add_vbd(&xs, spec)?;
-        let log = File::create(self.dir.join(format!("backend-{}-{}.log", spec.domid.0, spec.devid)))?;
+        let log = File::create(
+            self.dir
+                .join(format!("backend-{}-{}.log", spec.domid.0, spec.devid)),
+        )?;
         let child = Command::new(&self.exe)
             .args(["serve", "--emu-dir"])
             .arg(&self.dir)
-            .args(["--domid", &spec.domid.0.to_string(), "--devid", &spec.devid.to_string()])
+            .args([
+                "--domid",
+                &spec.domid.0.to_string(),
+                "--devid",
+                &spec.devid.to_string(),
+            ])
             .args(extra_args)
             .env("XENSTORED_PATH", &self.xs_socket)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -112,7 +125,9 @@ impl EmuCluster {
     pub fn remove_disk(&mut self, spec: &VbdSpec) -> anyhow::Result<()> {
         let xs = self.toolstack()?;
         toolstack::remove_vbd(&xs, spec, START_TIMEOUT)?;
-        let Some(i) = self.backends.iter().position(|(s, _)| s == spec) else { return Ok(()) };
+        let Some(i) = self.backends.iter().position(|(s, _)| s == spec) else {
+            return Ok(());
+        };
         let (_, mut child) = self.backends.remove(i);
         let mut status = None;
         wait_until(START_TIMEOUT, || {
@@ -128,7 +143,10 @@ impl EmuCluster {
 
     /// The pid of the backend of `spec`, if it runs.
     pub fn backend_pid(&self, spec: &VbdSpec) -> Option<u32> {
-        self.backends.iter().find(|(s, _)| s == spec).map(|(_, c)| c.id())
+        self.backends
+            .iter()
+            .find(|(s, _)| s == spec)
+            .map(|(_, c)| c.id())
     }
 
     /// The pid of the xenstore emulator.
@@ -138,7 +156,8 @@ impl EmuCluster {
 
     /// The log of the backend of `spec`.
     pub fn backend_log(&self, spec: &VbdSpec) -> PathBuf {
-        self.dir.join(format!("backend-{}-{}.log", spec.domid.0, spec.devid))
+        self.dir
+            .join(format!("backend-{}-{}.log", spec.domid.0, spec.devid))
     }
 }
 

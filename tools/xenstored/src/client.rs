@@ -9,7 +9,7 @@ use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -136,7 +136,8 @@ impl XsClient {
 
     /// Reads a node inside transaction `tx` (0: none).
     pub fn read_tx(&self, tx: u32, path: &str) -> Result<String, Error> {
-        String::from_utf8(self.read_bytes_tx(tx, path)?).map_err(|_| Error::Protocol(format!("Value of {path} is not UTF-8")))
+        String::from_utf8(self.read_bytes_tx(tx, path)?)
+            .map_err(|_| Error::Protocol(format!("Value of {path} is not UTF-8")))
     }
 
     /// Reads a node's raw value.
@@ -221,7 +222,9 @@ impl XsClient {
         let reply = self.request_path(MsgType::GetPerms, tx, path)?;
         nul_strings(&reply)
             .into_iter()
-            .map(|s| Perm::parse(s).ok_or_else(|| Error::Protocol("Bad permission in reply".to_owned())))
+            .map(|s| {
+                Perm::parse(s).ok_or_else(|| Error::Protocol("Bad permission in reply".to_owned()))
+            })
             .collect()
     }
 
@@ -234,7 +237,8 @@ impl XsClient {
     pub fn set_perms_tx(&self, tx: u32, path: &str, perms: &[Perm]) -> Result<(), Error> {
         let mut parts = vec![path.to_owned()];
         parts.extend(perms.iter().map(Perm::to_string));
-        self.request(MsgType::SetPerms, tx, join_nul(&parts)).map(drop)
+        self.request(MsgType::SetPerms, tx, join_nul(&parts))
+            .map(drop)
     }
 
     /// Starts a transaction and returns its id.
@@ -250,12 +254,17 @@ impl XsClient {
     /// with `Error::Xs(Errno::Eagain)`.
     pub fn transaction_end(&self, tx: u32, commit: bool) -> Result<(), Error> {
         let arg = if commit { "T" } else { "F" };
-        self.request(MsgType::TransactionEnd, tx, join_nul(&[arg])).map(drop)
+        self.request(MsgType::TransactionEnd, tx, join_nul(&[arg]))
+            .map(drop)
     }
 
     /// Runs `f` in a transaction, retrying on `EAGAIN` up to `attempts`
     /// times. An error from `f` aborts the transaction.
-    pub fn transaction<T>(&self, attempts: usize, mut f: impl FnMut(u32) -> Result<T, Error>) -> Result<T, Error> {
+    pub fn transaction<T>(
+        &self,
+        attempts: usize,
+        mut f: impl FnMut(u32) -> Result<T, Error>,
+    ) -> Result<T, Error> {
         let mut last = Error::Xs(Errno::Eagain);
         for _ in 0..attempts {
             let tx = self.transaction_start()?;
@@ -279,12 +288,14 @@ impl XsClient {
     /// domain's socket `<socket>.d<domid>`.
     pub fn introduce(&self, domid: u16, mfn: u64, port: u32) -> Result<(), Error> {
         let parts = [domid.to_string(), mfn.to_string(), port.to_string()];
-        self.request(MsgType::Introduce, 0, join_nul(&parts)).map(drop)
+        self.request(MsgType::Introduce, 0, join_nul(&parts))
+            .map(drop)
     }
 
     /// Releases an introduced domain (dom0 only).
     pub fn release(&self, domid: u16) -> Result<(), Error> {
-        self.request_path(MsgType::Release, 0, &domid.to_string()).map(drop)
+        self.request_path(MsgType::Release, 0, &domid.to_string())
+            .map(drop)
     }
 
     /// Whether a domain is introduced (dom0 only).
@@ -300,13 +311,17 @@ impl XsClient {
     }
 
     /// Registers a watch; an initial event for `path` follows at once.
+    /// Events queue up in the client until read with
+    /// [`XsClient::next_event`], so a watcher must keep consuming them.
     pub fn watch(&self, path: &str, token: &str) -> Result<(), Error> {
-        self.request(MsgType::Watch, 0, join_nul(&[path, token])).map(drop)
+        self.request(MsgType::Watch, 0, join_nul(&[path, token]))
+            .map(drop)
     }
 
     /// Removes a watch.
     pub fn unwatch(&self, path: &str, token: &str) -> Result<(), Error> {
-        self.request(MsgType::Unwatch, 0, join_nul(&[path, token])).map(drop)
+        self.request(MsgType::Unwatch, 0, join_nul(&[path, token]))
+            .map(drop)
     }
 
     /// Drops all watches and transactions of this connection.
@@ -327,10 +342,7 @@ impl XsClient {
 
     /// The next already-received watch event, if any.
     pub fn try_next_event(&self) -> Option<WatchEvent> {
-        match lock(&self.events).try_recv() {
-            Ok(ev) => Some(ev),
-            Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
-        }
+        lock(&self.events).try_recv().ok()
     }
 }
 
@@ -357,12 +369,20 @@ fn check_reply(ty: MsgType, reply: Message) -> Result<Vec<u8>, Error> {
         return Err(Errno::from_name(&name).map_or(Error::UnknownErrno(name), Error::Xs));
     }
     if reply.msg_type != ty.to_u32() {
-        return Err(Error::Protocol(format!("Reply type {} to request {ty:?}", reply.msg_type)));
+        return Err(Error::Protocol(format!(
+            "Reply type {} to request {ty:?}",
+            reply.msg_type
+        )));
     }
     Ok(reply.payload)
 }
 
-fn reader_loop(inner: &Inner, mut stream: UnixStream, events: &Sender<WatchEvent>, closed: &AtomicBool) {
+fn reader_loop(
+    inner: &Inner,
+    mut stream: UnixStream,
+    events: &Sender<WatchEvent>,
+    closed: &AtomicBool,
+) {
     while let Ok(msg) = Message::read_from(&mut stream) {
         if msg.kind() == Some(MsgType::WatchEvent) {
             let parts = strings(&msg.payload);

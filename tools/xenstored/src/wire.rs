@@ -200,7 +200,10 @@ impl Errno {
 
     /// Parses a wire name (without the trailing NUL).
     pub fn from_name(name: &str) -> Option<Errno> {
-        ERRNO_NAMES.iter().find(|(_, n)| *n == name).map(|(e, _)| *e)
+        ERRNO_NAMES
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map(|(e, _)| *e)
     }
 }
 

@@ -5,7 +5,7 @@ mod report;
 mod runner;
 
 pub use pattern::{fill as fill_pattern, matches as pattern_matches};
-pub use report::{LatencySummary, Latencies, Report};
+pub use report::{Latencies, LatencySummary, Report};
 pub use runner::run;
 
 use std::time::Duration;

@@ -11,7 +11,8 @@ pub struct Latencies {
 impl Latencies {
     /// Records one sample.
     pub fn record(&mut self, d: Duration) {
-        self.samples.push(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        self.samples
+            .push(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
     }
 
     /// Percentiles p50, p99, p99.9 and max, in microseconds.
@@ -21,10 +22,18 @@ impl Latencies {
             if self.samples.is_empty() {
                 return 0.0;
             }
-            let i = ((self.samples.len() - 1) as f64 * q).round() as usize;
-            self.samples[i.min(self.samples.len() - 1)] as f64 / 1000.0
+            let last = self.samples.len() - 1;
+            // Nearest rank: q in [0, 1], so the product is within 0..=last.
+            let rank = (last as f64 * q).round();
+            let i = (0..=last).find(|i| *i as f64 >= rank).unwrap_or(last);
+            self.samples[i] as f64 / 1000.0
         };
-        LatencySummary { p50_us: pick(0.5), p99_us: pick(0.99), p999_us: pick(0.999), max_us: pick(1.0) }
+        LatencySummary {
+            p50_us: pick(0.5),
+            p99_us: pick(0.99),
+            p999_us: pick(0.999),
+            max_us: pick(1.0),
+        }
     }
 }
 

@@ -21,20 +21,21 @@ enum Kind {
 
 #[derive(Clone, Copy, Debug)]
 struct InFlight {
-    block: u64,
+    /// The block, or `None` for a flush.
+    block: Option<usize>,
     kind: Kind,
     start: Instant,
 }
 
 struct Runner<'a> {
     w: &'a Workload,
-    blocks: u64,
+    blocks: usize,
     gens: Vec<u32>,
     busy: Vec<bool>,
     inflight: Vec<Option<InFlight>>,
     pool: SlotPool,
     rng: u64,
-    next_seq: u64,
+    next_seq: usize,
     writes_since_flush: u64,
     issued: u64,
     report: Report,
@@ -44,7 +45,11 @@ struct Runner<'a> {
 }
 
 /// Runs `w` on a connected frontend. `progress` is called about once a second.
-pub fn run(front: &mut Frontend, w: &Workload, progress: &mut dyn FnMut(&Progress)) -> Result<Report, Error> {
+pub fn run(
+    front: &mut Frontend,
+    w: &Workload,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<Report, Error> {
     let mut r = Runner::new(front, w)?;
     let start = Instant::now();
     let deadline = start + w.duration;
@@ -61,7 +66,10 @@ pub fn run(front: &mut Frontend, w: &Workload, progress: &mut dyn FnMut(&Progres
         responses.clear();
         front.poll_responses(&mut responses, Duration::from_secs(30))?;
         if responses.is_empty() {
-            return Err(Error::Timeout(format!("responses ({} requests in flight)", r.in_flight())));
+            return Err(Error::Timeout(format!(
+                "responses ({} requests in flight)",
+                r.in_flight()
+            )));
         }
         for rsp in &responses {
             r.complete(front, rsp)?;
@@ -71,9 +79,9 @@ pub fn run(front: &mut Frontend, w: &Workload, progress: &mut dyn FnMut(&Progres
             progress(&r.progress(start));
         }
     }
-    r.pool.revoke(front.domain());
-    let mut report = r.report;
+    let mut report = std::mem::take(&mut r.report);
     report.finish(start.elapsed(), &mut r.lat);
+    front.retire(r.pool);
     Ok(report)
 }
 
@@ -82,15 +90,21 @@ impl<'a> Runner<'a> {
         let disk = front.disk().clone();
         let sector = disk.sector_size.max(512) as usize;
         if w.block_size == 0 || w.block_size % sector != 0 || w.queue_depth == 0 {
-            return Err(Error::Config(format!("block size {} / depth {} invalid for sector size {sector}", w.block_size, w.queue_depth)));
+            return Err(Error::Config(format!(
+                "block size {} / depth {} invalid for sector size {sector}",
+                w.block_size, w.queue_depth
+            )));
         }
         let disk_bytes = disk.sectors * 512;
         let region = w.region.unwrap_or(disk_bytes).min(disk_bytes);
-        let blocks = region / w.block_size as u64;
-        if blocks < u64::from(w.queue_depth) {
-            return Err(Error::Config(format!("region of {region} bytes is too small for depth {}", w.queue_depth)));
+        let blocks = usize::try_from(region / w.block_size as u64)
+            .map_err(|_| Error::Config("too many blocks".into()))?;
+        if blocks < w.queue_depth as usize {
+            return Err(Error::Config(format!(
+                "region of {region} bytes is too small for depth {}",
+                w.queue_depth
+            )));
         }
-        let blocks_usize = usize::try_from(blocks).map_err(|_| Error::Config("too many blocks".into()))?;
         let (dom, backend) = (std::sync::Arc::clone(front.domain()), front.backend_domid());
         let depth = w.queue_depth.min(front.free_slots());
         let pool = SlotPool::new(&dom, front.frames_mut(), backend, depth, w.block_size)?;
@@ -98,8 +112,12 @@ impl<'a> Runner<'a> {
         Ok(Runner {
             w,
             blocks,
-            gens: if w.verify { vec![first_gen; blocks_usize] } else { Vec::new() },
-            busy: vec![false; blocks_usize],
+            gens: if w.verify {
+                vec![first_gen; blocks]
+            } else {
+                Vec::new()
+            },
+            busy: vec![false; blocks],
             inflight: vec![None; pool.len()],
             pool,
             rng: w.seed | 1,
@@ -124,17 +142,17 @@ impl<'a> Runner<'a> {
         self.rng
     }
 
-    fn pick_block(&mut self) -> Option<u64> {
+    fn pick_block(&mut self) -> Option<usize> {
         for _ in 0..16 {
             let b = match self.w.pattern {
-                Pattern::Random => self.random() % self.blocks,
+                Pattern::Random => usize::try_from(self.random() % self.blocks as u64).unwrap_or(0),
                 Pattern::Sequential => {
                     let b = self.next_seq % self.blocks;
                     self.next_seq += 1;
                     b
                 }
             };
-            if !self.busy[b as usize] {
+            if !self.busy[b] {
                 return Some(b);
             }
         }
@@ -145,8 +163,15 @@ impl<'a> Runner<'a> {
         let mut pushed = false;
         while front.free_slots() > 0 && self.w.max_ops.is_none_or(|m| self.issued < m) {
             let Some(slot) = self.pool.take() else { break };
-            let wants_flush = self.w.flush_every.is_some_and(|n| self.writes_since_flush >= n);
-            let req = if wants_flush { Some(self.flush(slot)) } else { self.data_request(front, slot)? };
+            let wants_flush = self
+                .w
+                .flush_every
+                .is_some_and(|n| self.writes_since_flush >= n);
+            let req = if wants_flush {
+                Some(self.flush(slot))
+            } else {
+                self.data_request(front, slot)?
+            };
             let Some(req) = req else {
                 self.pool.give_back(slot);
                 break;
@@ -163,40 +188,73 @@ impl<'a> Runner<'a> {
 
     fn flush(&mut self, slot: usize) -> Request {
         self.writes_since_flush = 0;
-        self.inflight[slot] = Some(InFlight { block: u64::MAX, kind: Kind::Flush, start: Instant::now() });
+        self.inflight[slot] = Some(InFlight {
+            block: None,
+            kind: Kind::Flush,
+            start: Instant::now(),
+        });
         let segments = rustbk_ring::Segments::new();
-        Request::Rw { id: slot as u64, op: RwOp::Flush, handle: 0, sector: rustbk_ring::Sector(0), segments }
+        Request::Rw {
+            id: slot as u64,
+            op: RwOp::Flush,
+            handle: 0,
+            sector: rustbk_ring::Sector(0),
+            segments,
+        }
     }
 
     fn data_request(&mut self, front: &Frontend, slot: usize) -> Result<Option<Request>, Error> {
-        let Some(block) = self.pick_block() else { return Ok(None) };
+        let Some(block) = self.pick_block() else {
+            return Ok(None);
+        };
         let read = (self.random() % 100) < u64::from(self.w.read_percent);
-        let offset = block * self.w.block_size as u64;
-        let kind = if read { Kind::Read } else { Kind::Write { generation: self.next_generation(block) } };
-        let s = self.pool.get(slot).ok_or_else(|| Error::Config("bad slot".into()))?;
+        let offset = block as u64 * self.w.block_size as u64;
+        let kind = if read {
+            Kind::Read
+        } else {
+            Kind::Write {
+                generation: self.next_generation(block),
+            }
+        };
+        let s = self
+            .pool
+            .get(slot)
+            .ok_or_else(|| Error::Config("bad slot".into()))?;
         if let Kind::Write { generation } = kind {
-            fill(&mut self.buf, offset, generation);
-            front.domain().ram().write(s.addr(), &self.buf)?;
+            // Without verify the buffer keeps whatever it holds: no work on the guest's side.
+            if self.w.verify {
+                fill(&mut self.buf, offset, generation);
+                front.domain().ram().write(s.addr(), &self.buf)?;
+            }
             self.writes_since_flush += 1;
         }
         let rw = if read { RwOp::Read } else { RwOp::Write };
         let req = s.rw_request(slot as u64, rw, offset / 512, self.w.block_size)?;
-        self.busy[block as usize] = true;
-        self.inflight[slot] = Some(InFlight { block, kind, start: Instant::now() });
+        self.busy[block] = true;
+        self.inflight[slot] = Some(InFlight {
+            block: Some(block),
+            kind,
+            start: Instant::now(),
+        });
         Ok(Some(req))
     }
 
-    fn next_generation(&self, block: u64) -> u32 {
-        match self.gens.get(block as usize) {
+    fn next_generation(&self, block: usize) -> u32 {
+        match self.gens.get(block) {
             Some(&g) if g != UNKNOWN => g.wrapping_add(1).max(1),
             _ => 1,
         }
     }
 
     fn complete(&mut self, front: &Frontend, rsp: &Response) -> Result<(), Error> {
-        let slot = usize::try_from(rsp.id).ok().filter(|s| *s < self.inflight.len());
+        let slot = usize::try_from(rsp.id)
+            .ok()
+            .filter(|s| *s < self.inflight.len());
         let Some(f) = slot.and_then(|s| self.inflight[s].take()) else {
-            return Err(Error::Protocol(format!("response for unknown id {}", rsp.id)));
+            return Err(Error::Protocol(format!(
+                "response for unknown id {}",
+                rsp.id
+            )));
         };
         let slot = slot.unwrap_or_default();
         self.lat.record(f.start.elapsed());
@@ -206,37 +264,53 @@ impl<'a> Runner<'a> {
             Kind::Flush => op::FLUSH_DISKCACHE,
         };
         if rsp.op != expected_op {
-            return Err(Error::Protocol(format!("response op {} for a request of op {expected_op}", rsp.op)));
+            return Err(Error::Protocol(format!(
+                "response op {} for a request of op {expected_op}",
+                rsp.op
+            )));
         }
         let ok = rsp.status == status::OKAY;
         if !ok {
             self.report.errors += 1;
         }
         match f.kind {
-            Kind::Read => self.read_done(front, slot, f.block, ok)?,
-            Kind::Write { generation } => self.write_done(f.block, generation, ok),
+            Kind::Read => self.read_done(front, slot, f.block.unwrap_or_default(), ok)?,
+            Kind::Write { generation } => {
+                self.write_done(f.block.unwrap_or_default(), generation, ok)
+            }
             Kind::Flush => self.report.flushes += u64::from(ok),
         }
-        if f.block != u64::MAX {
-            self.busy[f.block as usize] = false;
+        if let Some(b) = f.block {
+            self.busy[b] = false;
         }
         self.pool.give_back(slot);
         Ok(())
     }
 
-    fn read_done(&mut self, front: &Frontend, slot: usize, block: u64, ok: bool) -> Result<(), Error> {
+    fn read_done(
+        &mut self,
+        front: &Frontend,
+        slot: usize,
+        block: usize,
+        ok: bool,
+    ) -> Result<(), Error> {
         if !ok {
             return Ok(());
         }
         self.report.reads += 1;
         self.report.bytes_read += self.w.block_size as u64;
-        let Some(&generation) = self.gens.get(block as usize) else { return Ok(()) };
+        let Some(&generation) = self.gens.get(block) else {
+            return Ok(());
+        };
         if generation == UNKNOWN {
             return Ok(());
         }
-        let s = self.pool.get(slot).ok_or_else(|| Error::Config("bad slot".into()))?;
+        let s = self
+            .pool
+            .get(slot)
+            .ok_or_else(|| Error::Config("bad slot".into()))?;
         front.domain().ram().read(s.addr(), &mut self.buf)?;
-        let offset = block * self.w.block_size as u64;
+        let offset = block as u64 * self.w.block_size as u64;
         if !matches(&self.buf, offset, generation, &mut self.scratch) {
             self.report.mismatches += 1;
             tracing::error!(block, offset, generation, "verify mismatch");
@@ -244,12 +318,12 @@ impl<'a> Runner<'a> {
         Ok(())
     }
 
-    fn write_done(&mut self, block: u64, generation: u32, ok: bool) {
+    fn write_done(&mut self, block: usize, generation: u32, ok: bool) {
         if ok {
             self.report.writes += 1;
             self.report.bytes_written += self.w.block_size as u64;
         }
-        if let Some(g) = self.gens.get_mut(block as usize) {
+        if let Some(g) = self.gens.get_mut(block) {
             *g = if ok { generation } else { UNKNOWN };
         }
     }

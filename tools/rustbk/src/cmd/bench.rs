@@ -17,7 +17,12 @@ const GUEST: u16 = 1;
 const XVDA: u32 = 51712;
 
 /// The measurements: 4 KiB random read and write at queue depth 1 and 32.
-const CASES: [(&str, u32); 4] = [("randread", 1), ("randread", 32), ("randwrite", 1), ("randwrite", 32)];
+const CASES: [(&str, u32); 4] = [
+    ("randread", 1),
+    ("randread", 32),
+    ("randwrite", 1),
+    ("randwrite", 32),
+];
 
 /// One row of the table.
 #[derive(Clone, Debug, Serialize)]
@@ -33,7 +38,10 @@ struct Row {
 
 /// Runs every case with rustbk and with fio, and prints the table.
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    ensure!(args.runtime.is_finite() && args.runtime >= 1.0, "--runtime must be at least 1 second");
+    ensure!(
+        args.runtime.is_finite() && args.runtime >= 1.0,
+        "--runtime must be at least 1 second"
+    );
     let fio_version = fio_version()?;
     let tmp = tempfile::Builder::new().prefix("rustbk-bench-").tempdir()?;
     let image = match &args.image {
@@ -51,18 +59,30 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         discard: true,
     };
     cluster.add_disk(&spec, &[])?;
-    eprintln!("rustbk bench: {} on {} ({} s per run)", fio_version, image.display(), args.runtime);
+    eprintln!(
+        "rustbk bench: {} on {} ({} s per run)",
+        fio_version,
+        image.display(),
+        args.runtime
+    );
     let mut rows = Vec::new();
     for (rw, qd) in CASES {
         let ours = rustbk_case(&cluster, rw, qd, args.runtime)?;
         let theirs = fio_case(&image, rw, qd, args.runtime)?;
-        eprintln!("  {rw} qd{qd}: rustbk {:.0} IOPS, fio {:.0} IOPS", ours.iops, theirs.iops);
+        eprintln!(
+            "  {rw} qd{qd}: rustbk {:.0} IOPS, fio {:.0} IOPS",
+            ours.iops, theirs.iops
+        );
         rows.push(Row {
             workload: format!("{rw} 4k"),
             qd,
             rustbk_iops: ours.iops,
             fio_iops: theirs.iops,
-            ratio: if theirs.iops > 0.0 { ours.iops / theirs.iops } else { 0.0 },
+            ratio: if theirs.iops > 0.0 {
+                ours.iops / theirs.iops
+            } else {
+                0.0
+            },
             rustbk_p99_us: ours.latency.p99_us,
             fio_p99_us: theirs.p99_us,
         });
@@ -73,7 +93,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn fio_version() -> anyhow::Result<String> {
-    let out = Command::new("fio").arg("--version").output().context("fio is not installed (apt-get install fio)")?;
+    let out = Command::new("fio")
+        .arg("--version")
+        .output()
+        .context("fio is not installed (apt-get install fio)")?;
     ensure!(out.status.success(), "fio --version failed");
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
@@ -84,7 +107,7 @@ fn write_image(path: &Path, size: u64) -> anyhow::Result<PathBuf> {
     let chunk: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8 | 1).collect();
     let mut left = size;
     while left > 0 {
-        let n = left.min(chunk.len() as u64) as usize;
+        let n = usize::try_from(left).map_or(chunk.len(), |l| l.min(chunk.len()));
         f.write_all(&chunk[..n])?;
         left -= n as u64;
     }
@@ -95,12 +118,24 @@ fn write_image(path: &Path, size: u64) -> anyhow::Result<PathBuf> {
 fn rustbk_case(cluster: &EmuCluster, rw: &str, qd: u32, runtime: f64) -> anyhow::Result<Report> {
     let out = cluster
         .guest_command(GUEST, XVDA)
-        .args(["--json", "--no-verify", "--rw", rw, "--bs", "4096", "--qd", &qd.to_string()])
+        .args([
+            "--json",
+            "--no-verify",
+            "--rw",
+            rw,
+            "--bs",
+            "4096",
+            "--qd",
+            &qd.to_string(),
+        ])
         .args(["--duration", &runtime.to_string()])
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .output()?;
-    ensure!(out.status.success(), "the emulated guest failed running {rw} qd{qd}");
+    ensure!(
+        out.status.success(),
+        "the emulated guest failed running {rw} qd{qd}"
+    );
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 
@@ -112,7 +147,13 @@ struct FioResult {
 
 fn fio_case(image: &Path, rw: &str, qd: u32, runtime: f64) -> anyhow::Result<FioResult> {
     let out = Command::new("fio")
-        .args(["--name=rustbk-peer", "--ioengine=io_uring", "--direct=1", "--bs=4k", "--time_based"])
+        .args([
+            "--name=rustbk-peer",
+            "--ioengine=io_uring",
+            "--direct=1",
+            "--bs=4k",
+            "--time_based",
+        ])
         .arg(format!("--filename={}", image.display()))
         .arg(format!("--rw={rw}"))
         .arg(format!("--iodepth={qd}"))
@@ -124,15 +165,23 @@ fn fio_case(image: &Path, rw: &str, qd: u32, runtime: f64) -> anyhow::Result<Fio
     if !out.status.success() {
         bail!("fio failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    parse_fio(&out.stdout, if rw.contains("read") { "read" } else { "write" })
+    parse_fio(
+        &out.stdout,
+        if rw.contains("read") { "read" } else { "write" },
+    )
 }
 
 fn parse_fio(json: &[u8], dir: &str) -> anyhow::Result<FioResult> {
     let v: serde_json::Value = serde_json::from_slice(json).context("fio printed no JSON")?;
     let job = &v["jobs"][0][dir];
     let iops = job["iops"].as_f64().context("fio JSON has no iops")?;
-    let p99_ns = job["clat_ns"]["percentile"]["99.000000"].as_f64().unwrap_or(0.0);
-    Ok(FioResult { iops, p99_us: p99_ns / 1000.0 })
+    let p99_ns = job["clat_ns"]["percentile"]["99.000000"]
+        .as_f64()
+        .unwrap_or(0.0);
+    Ok(FioResult {
+        iops,
+        p99_us: p99_ns / 1000.0,
+    })
 }
 
 fn print_rows(rows: &[Row], json: bool) -> anyhow::Result<()> {
@@ -142,7 +191,11 @@ fn print_rows(rows: &[Row], json: bool) -> anyhow::Result<()> {
         writeln!(out)?;
         return Ok(());
     }
-    writeln!(out, "{:<14} {:>4} {:>12} {:>12} {:>12} {:>12} {:>12}", "workload", "qd", "rustbk IOPS", "fio IOPS", "rustbk/fio", "rustbk p99", "fio p99")?;
+    writeln!(
+        out,
+        "{:<14} {:>4} {:>12} {:>12} {:>12} {:>12} {:>12}",
+        "workload", "qd", "rustbk IOPS", "fio IOPS", "rustbk/fio", "rustbk p99", "fio p99"
+    )?;
     for r in rows {
         writeln!(
             out,

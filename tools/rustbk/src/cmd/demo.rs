@@ -31,7 +31,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         discard: true,
     };
     cluster.add_disk(&spec, &[])?;
-    println!("rustbk demo: {} on {}", describe(&args.workload), image.display());
+    println!(
+        "rustbk demo: {} on {}",
+        describe(&args.workload),
+        image.display()
+    );
     println!(
         "  processes: xenstored {}, backend {}, guest {GUEST} (logs in {})",
         cluster.xenstored_pid(),
@@ -39,14 +43,21 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         dir.display()
     );
     let report = run_guest(&cluster, &args, fresh).with_context(|| {
-        format!("the guest failed; backend log: {}", cluster.backend_log(&spec).display())
+        format!(
+            "the guest failed; backend log: {}",
+            cluster.backend_log(&spec).display()
+        )
     })?;
     cluster.remove_disk(&spec)?;
     print_summary(&report);
     if args.keep {
         println!("  work folder kept: {}", tmp.keep().display());
     }
-    Ok(if report.mismatches == 0 && report.errors == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if report.mismatches == 0 && report.errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn prepare_image(args: &DemoArgs, dir: &std::path::Path) -> anyhow::Result<(PathBuf, bool)> {
@@ -64,8 +75,20 @@ fn run_guest(cluster: &EmuCluster, args: &DemoArgs, fresh: bool) -> anyhow::Resu
     let w = &args.workload;
     cmd.args(["--json", "--ring-order", &args.ring_order.to_string()])
         .args(["--protocol", protocol_name(args.protocol)])
-        .args(["--rw", &format!("{:?}", w.rw).to_lowercase(), "--rwmix-read", &w.rwmix_read.to_string()])
-        .args(["--bs", &w.bs.to_string(), "--qd", &w.qd.to_string(), "--duration", &w.duration.to_string()])
+        .args([
+            "--rw",
+            &format!("{:?}", w.rw).to_lowercase(),
+            "--rwmix-read",
+            &w.rwmix_read.to_string(),
+        ])
+        .args([
+            "--bs",
+            &w.bs.to_string(),
+            "--qd",
+            &w.qd.to_string(),
+            "--duration",
+            &w.duration.to_string(),
+        ])
         .args(["--seed", &w.seed.to_string()]);
     if let Some(n) = w.flush_every {
         cmd.args(["--flush-every", &n.to_string()]);
@@ -78,7 +101,8 @@ fn run_guest(cluster: &EmuCluster, args: &DemoArgs, fresh: bool) -> anyhow::Resu
     }
     let out = cmd.stdin(Stdio::null()).stderr(Stdio::inherit()).output()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let report: Report = serde_json::from_str(text.trim()).with_context(|| format!("guest printed {text:?}"))?;
+    let report: Report =
+        serde_json::from_str(text.trim()).with_context(|| format!("guest printed {text:?}"))?;
     Ok(report)
 }
 
@@ -92,9 +116,18 @@ fn protocol_name(p: ProtocolArg) -> &'static str {
 
 fn print_summary(r: &Report) {
     let mib = |b: f64| b / (1024.0 * 1024.0);
-    println!("  IOPS        {:.0} ({} reads, {} writes, {} flushes in {:.1} s)", r.iops, r.reads, r.writes, r.flushes, r.seconds);
+    println!(
+        "  IOPS        {:.0} ({} reads, {} writes, {} flushes in {:.1} s)",
+        r.iops, r.reads, r.writes, r.flushes, r.seconds
+    );
     println!("  bandwidth   {:.1} MiB/s", mib(r.bandwidth));
     let l = &r.latency;
-    println!("  latency     p50 {:.0} us  p99 {:.0} us  p99.9 {:.0} us  max {:.0} us", l.p50_us, l.p99_us, l.p999_us, l.max_us);
-    println!("  verify      {} mismatches, {} errors", r.mismatches, r.errors);
+    println!(
+        "  latency     p50 {:.0} us  p99 {:.0} us  p99.9 {:.0} us  max {:.0} us",
+        l.p50_us, l.p99_us, l.p999_us, l.max_us
+    );
+    println!(
+        "  verify      {} mismatches, {} errors",
+        r.mismatches, r.errors
+    );
 }

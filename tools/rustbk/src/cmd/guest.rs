@@ -16,37 +16,60 @@ use crate::cli::{GuestArgs, ProtocolArg};
 
 /// Guest RAM for a workload: the ring, one buffer and its indirect pages per request, slack.
 fn ram_pages(w: &Workload) -> u32 {
-    let per_req = w.block_size.div_ceil(PAGE_SIZE) as u32;
+    let per_req = u32::try_from(w.block_size.div_ceil(PAGE_SIZE)).unwrap_or(u32::MAX);
     let indirect = per_req.div_ceil(512);
-    16 + w.queue_depth.saturating_mul(per_req + indirect) + 64
+    w.queue_depth
+        .saturating_mul(per_req.saturating_add(indirect))
+        .saturating_add(16 + 64)
 }
 
 /// Connects, runs the workload, closes, prints the report.
 pub fn run(args: GuestArgs) -> anyhow::Result<ExitCode> {
     let w = workload_from_args(&args.workload, args.fresh)?;
     let pages = ram_pages(&w);
-    let cfg = DomainConfig { domid: DomId(args.domid), ram_pages: pages, grant_entries: pages + 64 };
-    let dom = Arc::new(EmuDomain::create(&args.emu_dir, cfg).context("cannot create the emulated guest")?);
-    let xs = XsClient::connect(&args.xenstore).context("cannot reach the guest's xenstore socket")?;
+    let cfg = DomainConfig {
+        domid: DomId(args.domid),
+        ram_pages: pages,
+        grant_entries: pages + 64,
+    };
+    let dom = Arc::new(
+        EmuDomain::create(&args.emu_dir, cfg).context("cannot create the emulated guest")?,
+    );
+    let xs =
+        XsClient::connect(&args.xenstore).context("cannot reach the guest's xenstore socket")?;
     let mut fcfg = FrontendConfig::new(DomId(args.domid), args.devid);
     fcfg.ring_order = args.ring_order;
+    fcfg.persistent = !args.no_persistent;
     (fcfg.abi, fcfg.write_protocol) = match args.protocol {
         ProtocolArg::X86_64 => (Abi::X86_64, true),
         ProtocolArg::X86_32 => (Abi::X86_32, true),
         ProtocolArg::None => (Abi::X86_32, false),
     };
-    let mut front = Frontend::connect(dom, xs, FrameAlloc::new(pages), fcfg).context("handshake with the backend failed")?;
+    let mut front = Frontend::connect(dom, xs, FrameAlloc::new(pages), fcfg)
+        .context("handshake with the backend failed")?;
     let d = front.disk().clone();
     eprintln!(
-        "guest {}: connected, {} sectors of {} bytes, ring order {}, flush {}, discard {}, indirect {}",
-        args.domid, d.sectors, d.sector_size, d.ring_order, d.flush, d.discard, d.max_indirect_segments
+        "guest {}: connected, {} sectors of {} bytes, ring order {}, flush {}, discard {}, indirect {}, persistent {}",
+        args.domid,
+        d.sectors,
+        d.sector_size,
+        d.ring_order,
+        d.flush,
+        d.discard,
+        d.max_indirect_segments,
+        d.persistent
     );
     let mut printer = ProgressPrinter::new();
-    let report = workload::run(&mut front, &w, &mut |p| printer.show(p)).context("workload failed")?;
+    let report =
+        workload::run(&mut front, &w, &mut |p| printer.show(p)).context("workload failed")?;
     printer.done();
     front.close().context("closing the device failed")?;
     print_report(&report, args.json)?;
-    Ok(if report.mismatches == 0 && report.errors == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if report.mismatches == 0 && report.errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn print_report(report: &Report, json: bool) -> anyhow::Result<()> {
@@ -67,7 +90,9 @@ struct ProgressPrinter {
 
 impl ProgressPrinter {
     fn new() -> Self {
-        ProgressPrinter { tty: std::io::stderr().is_terminal() }
+        ProgressPrinter {
+            tty: std::io::stderr().is_terminal(),
+        }
     }
 
     fn show(&mut self, p: &Progress) {
@@ -93,4 +118,3 @@ impl ProgressPrinter {
         }
     }
 }
-

@@ -11,7 +11,10 @@ use crate::cli::{RwArg, WorkloadArgs};
 pub fn workload_from_args(a: &WorkloadArgs, fresh: bool) -> anyhow::Result<Workload> {
     ensure!(a.rwmix_read <= 100, "--rwmix-read must be 0..=100");
     ensure!(a.qd > 0, "--qd must be at least 1");
-    ensure!(a.duration.is_finite() && a.duration > 0.0, "--duration must be positive");
+    ensure!(
+        a.duration.is_finite() && a.duration > 0.0,
+        "--duration must be positive"
+    );
     let (pattern, read_percent) = match a.rw {
         RwArg::Read => (Pattern::Sequential, 100),
         RwArg::Write => (Pattern::Sequential, 0),
@@ -20,8 +23,13 @@ pub fn workload_from_args(a: &WorkloadArgs, fresh: bool) -> anyhow::Result<Workl
         RwArg::Randwrite => (Pattern::Random, 0),
         RwArg::Randrw => (Pattern::Random, a.rwmix_read),
     };
-    let Ok(block_size) = usize::try_from(a.bs) else { bail!("--bs too large") };
-    ensure!(block_size >= 512 && block_size % 512 == 0, "--bs must be a multiple of 512");
+    let Ok(block_size) = usize::try_from(a.bs) else {
+        bail!("--bs too large")
+    };
+    ensure!(
+        block_size >= 512 && block_size % 512 == 0,
+        "--bs must be a multiple of 512"
+    );
     ensure!(block_size <= 4 << 20, "--bs must be at most 4 MiB");
     Ok(Workload {
         pattern,

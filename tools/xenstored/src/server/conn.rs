@@ -153,7 +153,13 @@ fn read_loop(shared: &Arc<Shared>, id: u64, mut stream: &UnixStream, outbox: &Ou
                 return;
             }
         };
-        trace!(conn = id, ty = msg.msg_type, req = msg.req_id, tx = msg.tx_id, "request");
+        trace!(
+            conn = id,
+            ty = msg.msg_type,
+            req = msg.req_id,
+            tx = msg.tx_id,
+            "request"
+        );
         if !outbox.wait_for_room() {
             return;
         }

@@ -77,7 +77,13 @@ fn is_privileged_only(ty: MsgType) -> bool {
     )
 }
 
-fn handle(shared: &Arc<Shared>, st: &mut State, id: u64, msg: &Message, out: &mut Outcome) -> Reply {
+fn handle(
+    shared: &Arc<Shared>,
+    st: &mut State,
+    id: u64,
+    msg: &Message,
+    out: &mut Outcome,
+) -> Reply {
     let caller = st.caller(id).ok_or(Errno::Einval)?;
     let ty = match msg.kind() {
         Some(MsgType::WatchEvent | MsgType::Error) | None => return Err(Errno::Enosys),
@@ -93,13 +99,23 @@ fn handle(shared: &Arc<Shared>, st: &mut State, id: u64, msg: &Message, out: &mu
     }
     let p = msg.payload.as_slice();
     match ty {
-        MsgType::Read => node_op(st, id, tx, out, p, false, |v, c, path| ops::read(v, c, path)),
-        MsgType::Directory => node_op(st, id, tx, out, p, false, |v, c, path| ops::directory(v, c, path)),
-        MsgType::Mkdir => node_op(st, id, tx, out, p, false, |v, c, path| ops::mkdir(v, c, path).map(|()| OK.to_vec())),
-        MsgType::Rm => node_op(st, id, tx, out, p, false, |v, c, path| ops::rm(v, c, path).map(|()| OK.to_vec())),
+        MsgType::Read => node_op(st, id, tx, out, p, false, |v, c, path| {
+            ops::read(v, c, path)
+        }),
+        MsgType::Directory => node_op(st, id, tx, out, p, false, |v, c, path| {
+            ops::directory(v, c, path)
+        }),
+        MsgType::Mkdir => node_op(st, id, tx, out, p, false, |v, c, path| {
+            ops::mkdir(v, c, path).map(|()| OK.to_vec())
+        }),
+        MsgType::Rm => node_op(st, id, tx, out, p, false, |v, c, path| {
+            ops::rm(v, c, path).map(|()| OK.to_vec())
+        }),
         MsgType::GetPerms => node_op(st, id, tx, out, p, true, |v, c, path| {
             let perms = ops::get_perms(v, c, path)?;
-            Ok(join_nul(&perms.iter().map(Perm::to_string).collect::<Vec<_>>()))
+            Ok(join_nul(
+                &perms.iter().map(Perm::to_string).collect::<Vec<_>>(),
+            ))
         }),
         MsgType::Write => write(st, id, tx, out, p),
         MsgType::DirectoryPart => directory_part(st, id, tx, out, p),
@@ -182,7 +198,14 @@ fn directory_part(st: &mut State, id: u64, tx: u32, out: &mut Outcome, payload: 
     })
 }
 
-fn set_perms(st: &mut State, id: u64, tx: u32, out: &mut Outcome, caller: &Caller, payload: &[u8]) -> Reply {
+fn set_perms(
+    st: &mut State,
+    id: u64,
+    tx: u32,
+    out: &mut Outcome,
+    caller: &Caller,
+    payload: &[u8],
+) -> Reply {
     let strings = nul_strings(payload);
     let Some((raw, perm_strings)) = strings.split_first().filter(|(_, p)| !p.is_empty()) else {
         return Err(Errno::Einval);
@@ -212,7 +235,11 @@ fn watch(st: &mut State, id: u64, caller: &Caller, payload: &[u8], out: &mut Out
         st.store.limits().guest_watches
     };
     let conn = st.conns.get_mut(&id).ok_or(Errno::Einval)?;
-    if conn.watches.iter().any(|w| w.path == canon.path && w.token == *token) {
+    if conn
+        .watches
+        .iter()
+        .any(|w| w.path == canon.path && w.token == *token)
+    {
         return Err(Errno::Eexist);
     }
     if conn.watches.len() >= limit {

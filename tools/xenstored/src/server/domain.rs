@@ -29,7 +29,12 @@ fn guest_domid(raw: &[u8]) -> Result<u16, Errno> {
 /// `INTRODUCE <domid>|<mfn>|<port>|`: opens the domain's socket and fires
 /// `@introduceDomain`; a repeated introduce resets the domain's watches and
 /// transactions instead.
-pub(super) fn introduce(shared: &Arc<Shared>, st: &mut State, payload: &[u8], out: &mut Outcome) -> Reply {
+pub(super) fn introduce(
+    shared: &Arc<Shared>,
+    st: &mut State,
+    payload: &[u8],
+    out: &mut Outcome,
+) -> Reply {
     let strings = nul_strings(payload);
     let [raw_domid, _mfn, raw_port, ..] = strings.as_slice() else {
         return Err(Errno::Einval);
@@ -52,7 +57,8 @@ pub(super) fn introduce(shared: &Arc<Shared>, st: &mut State, payload: &[u8], ou
         warn!(domid, "cannot create domain socket: {e}");
         Errno::Eio
     })?;
-    let listener = Listener::start(shared, path, listener, Caller::guest(domid)).map_err(|_| Errno::Enomem)?;
+    let listener =
+        Listener::start(shared, path, listener, Caller::guest(domid)).map_err(|_| Errno::Enomem)?;
     debug!(domid, "domain introduced");
     st.domains.insert(domid, listener);
     out.specials.push("@introduceDomain");
@@ -106,7 +112,11 @@ pub(super) fn is_introduced(st: &State, payload: &[u8]) -> Reply {
     let known = u32::try_from(id).is_ok_and(|id| {
         id == 0 || id == DOMID_SELF || u16::try_from(id).is_ok_and(|d| st.domains.contains_key(&d))
     });
-    Ok(if known { b"T\0".to_vec() } else { b"F\0".to_vec() })
+    Ok(if known {
+        b"T\0".to_vec()
+    } else {
+        b"F\0".to_vec()
+    })
 }
 
 /// `GET_DOMAIN_PATH <domid>|` -> `/local/domain/<domid>`.

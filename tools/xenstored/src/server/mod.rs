@@ -85,7 +85,12 @@ pub(crate) struct Listener {
 
 impl Listener {
     /// Starts accepting on `listener`; every connection acts as `caller`.
-    fn start(shared: &Arc<Shared>, path: PathBuf, listener: UnixListener, caller: Caller) -> Result<Listener, Error> {
+    fn start(
+        shared: &Arc<Shared>,
+        path: PathBuf,
+        listener: UnixListener,
+        caller: Caller,
+    ) -> Result<Listener, Error> {
         let stop = Arc::new(AtomicBool::new(false));
         let (thread_shared, thread_stop) = (Arc::clone(shared), Arc::clone(&stop));
         let handle = std::thread::Builder::new()
@@ -257,7 +262,11 @@ impl ServerHandle {
         }
         loop {
             let batch: Vec<_> = {
-                let mut threads = self.shared.threads.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut threads = self
+                    .shared
+                    .threads
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
                 threads.drain(..).collect()
             };
             if batch.is_empty() {

@@ -139,7 +139,11 @@ impl State {
         if who.privileged {
             return true;
         }
-        if change.old_perms.as_deref().is_some_and(|p| rights(who, p).read) {
+        if change
+            .old_perms
+            .as_deref()
+            .is_some_and(|p| rights(who, p).read)
+        {
             return true;
         }
         let perms = match &change.perms {

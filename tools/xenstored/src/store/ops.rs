@@ -40,7 +40,12 @@ impl Need {
 /// `EACCES`; as in C, `EACCES` replaces the answer whenever the nearest
 /// existing ancestor does not grant the access either, so a guest learns
 /// nothing about nodes it may not see.
-pub fn check<V: View + ?Sized>(v: &mut V, who: &Caller, path: &str, need: Need) -> Result<(), Errno> {
+pub fn check<V: View + ?Sized>(
+    v: &mut V,
+    who: &Caller,
+    path: &str,
+    need: Need,
+) -> Result<(), Errno> {
     let err = match v.get(path)? {
         Some(node) if need.all_granted(rights(who, &node.perms)) => return Ok(()),
         Some(_) => Errno::Eacces,
@@ -86,7 +91,12 @@ pub fn read<V: View + ?Sized>(v: &mut V, who: &Caller, path: &str) -> Result<Vec
 }
 
 /// `WRITE`: sets the value, creating the node and missing parents.
-pub fn write<V: View + ?Sized>(v: &mut V, who: &Caller, path: &str, value: &[u8]) -> Result<(), Errno> {
+pub fn write<V: View + ?Sized>(
+    v: &mut V,
+    who: &Caller,
+    path: &str,
+    value: &[u8],
+) -> Result<(), Errno> {
     match check(v, who, path, Need::Write) {
         Ok(()) => {
             let mut n = node(v, path)?;
@@ -113,7 +123,12 @@ pub fn mkdir<V: View + ?Sized>(v: &mut V, who: &Caller, path: &str) -> Result<()
 
 /// Creates `path` and its missing ancestors. New nodes inherit their
 /// parent's permissions; a guest becomes the owner of what it creates.
-fn create<V: View + ?Sized>(v: &mut V, who: &Caller, path: &str, value: &[u8]) -> Result<(), Errno> {
+fn create<V: View + ?Sized>(
+    v: &mut V,
+    who: &Caller,
+    path: &str,
+    value: &[u8],
+) -> Result<(), Errno> {
     let mut missing = vec![path];
     let mut cur = parent(path);
     while v.get(cur)?.is_none() {
@@ -125,7 +140,10 @@ fn create<V: View + ?Sized>(v: &mut V, who: &Caller, path: &str, value: &[u8]) -
     }
     check_node_quota(v, who, missing.len())?;
     let plan = plan_create(v, who, cur, &missing, value)?;
-    let perms = plan.last().map(|(_, n)| n.perms.clone()).unwrap_or_default();
+    let perms = plan
+        .last()
+        .map(|(_, n)| n.perms.clone())
+        .unwrap_or_default();
     for (p, n) in plan {
         v.put(&p, n)?;
     }
@@ -252,14 +270,23 @@ pub fn directory_part<V: View + ?Sized>(
 }
 
 /// `GET_PERMS`: the permission list.
-pub fn get_perms<V: View + ?Sized>(v: &mut V, who: &Caller, path: &str) -> Result<Vec<Perm>, Errno> {
+pub fn get_perms<V: View + ?Sized>(
+    v: &mut V,
+    who: &Caller,
+    path: &str,
+) -> Result<Vec<Perm>, Errno> {
     check(v, who, path, Need::Read)?;
     Ok(node(v, path)?.perms)
 }
 
 /// `SET_PERMS`: replaces the permission list; owner or privileged only, and
 /// a guest may not give the node away (`EPERM`).
-pub fn set_perms<V: View + ?Sized>(v: &mut V, who: &Caller, path: &str, perms: &[Perm]) -> Result<(), Errno> {
+pub fn set_perms<V: View + ?Sized>(
+    v: &mut V,
+    who: &Caller,
+    path: &str,
+    perms: &[Perm],
+) -> Result<(), Errno> {
     let first = perms.first().ok_or(Errno::Einval)?;
     if !who.privileged && perms.len() > v.limits().guest_perms {
         return Err(Errno::Enospc);

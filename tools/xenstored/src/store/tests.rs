@@ -59,7 +59,11 @@ fn rm_fires_root_non_exact_and_descendants_exact_children_first() {
     ops::write(&mut g, &D0, "/a/b", b"").unwrap();
     g.take_changes();
     ops::rm(&mut g, &D0, "/a").unwrap();
-    let got: Vec<_> = g.take_changes().into_iter().map(|c| (c.path, c.exact)).collect();
+    let got: Vec<_> = g
+        .take_changes()
+        .into_iter()
+        .map(|c| (c.path, c.exact))
+        .collect();
     assert_eq!(got, vec![("/a/b".into(), true), ("/a".into(), false)]);
 }
 
@@ -75,8 +79,14 @@ fn guest_permissions_follow_acl_and_hide_existence() {
     ops::set_perms(&mut g, &D0, "/secret", &perms(&["n0", "r5"])).unwrap();
     assert_eq!(ops::read(&mut g, &g5, "/secret").unwrap(), b"x");
     assert_eq!(ops::write(&mut g, &g5, "/secret", b"y"), Err(Errno::Eacces));
-    assert_eq!(ops::read(&mut g, &g5, "/secret/missing"), Err(Errno::Enoent));
-    assert_eq!(ops::check(&mut g, &Caller::guest(6), "/secret", Need::Read), Err(Errno::Eacces));
+    assert_eq!(
+        ops::read(&mut g, &g5, "/secret/missing"),
+        Err(Errno::Enoent)
+    );
+    assert_eq!(
+        ops::check(&mut g, &Caller::guest(6), "/secret", Need::Read),
+        Err(Errno::Eacces)
+    );
 }
 
 #[test]
@@ -87,7 +97,10 @@ fn guest_owns_what_it_creates_and_cannot_give_it_away() {
     ops::mkdir(&mut g, &D0, "/local/domain/5").unwrap();
     ops::set_perms(&mut g, &D0, "/local/domain/5", &perms(&["n0", "b5"])).unwrap();
     ops::write(&mut g, &g5, "/local/domain/5/data/x", b"1").unwrap();
-    assert_eq!(ops::get_perms(&mut g, &g5, "/local/domain/5/data/x").unwrap(), perms(&["n5", "b5"]));
+    assert_eq!(
+        ops::get_perms(&mut g, &g5, "/local/domain/5/data/x").unwrap(),
+        perms(&["n5", "b5"])
+    );
     assert_eq!(
         ops::set_perms(&mut g, &g5, "/local/domain/5/data", &perms(&["n6"])),
         Err(Errno::Eperm)
@@ -114,9 +127,15 @@ fn guest_node_quota_is_enforced() {
     ops::mkdir(&mut g, &D0, "/local/domain/5").unwrap();
     ops::set_perms(&mut g, &D0, "/local/domain/5", &perms(&["n5"])).unwrap();
     ops::write(&mut g, &g5, "/local/domain/5/a/b", b"").unwrap();
-    assert_eq!(ops::write(&mut g, &g5, "/local/domain/5/c/d", b""), Err(Errno::Enospc));
+    assert_eq!(
+        ops::write(&mut g, &g5, "/local/domain/5/c/d", b""),
+        Err(Errno::Enospc)
+    );
     // Nothing half-created.
-    assert_eq!(ops::read(&mut g, &g5, "/local/domain/5/c"), Err(Errno::Enoent));
+    assert_eq!(
+        ops::read(&mut g, &g5, "/local/domain/5/c"),
+        Err(Errno::Enoent)
+    );
     ops::rm(&mut g, &g5, "/local/domain/5/a").unwrap();
     ops::write(&mut g, &g5, "/local/domain/5/c/d", b"").unwrap();
 }
@@ -126,7 +145,10 @@ fn transaction_sees_own_writes_and_commits() {
     let mut s = store();
     let mut t = Txn::new(100);
     ops::write(&mut s.txn_view(&mut t), &D0, "/t/x", b"1").unwrap();
-    assert_eq!(ops::read(&mut s.txn_view(&mut t), &D0, "/t/x").unwrap(), b"1");
+    assert_eq!(
+        ops::read(&mut s.txn_view(&mut t), &D0, "/t/x").unwrap(),
+        b"1"
+    );
     assert_eq!(ops::read(&mut s.global(), &D0, "/t/x"), Err(Errno::Enoent));
     let changes = s.commit(t).unwrap();
     assert!(changes.iter().any(|c| c.path == "/t/x" && !c.exact));
@@ -180,7 +202,10 @@ fn transaction_rm_applies_at_commit_and_node_limit_fails_it() {
     assert_eq!(s.get("/r").unwrap().children, Vec::<String>::new());
 
     let mut small = Txn::new(2);
-    assert_eq!(ops::write(&mut s.txn_view(&mut small), &D0, "/q/w/e", b""), Err(Errno::Enospc));
+    assert_eq!(
+        ops::write(&mut s.txn_view(&mut small), &D0, "/q/w/e", b""),
+        Err(Errno::Enospc)
+    );
     assert_eq!(s.commit(small).err(), Some(Errno::Enomem));
 }
 

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The whole rustbk test suite, from a fresh Debian machine: installs the system packages the
+# tests use (real peers: gcc/-m32 against Xen's headers, Debian's xenstore CLI, fio, qemu-img),
+# then checks formatting and lints and runs every test. A missing tool fails the run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(libxen-dev gcc gcc-multilib xenstore-utils fio qemu-utils util-linux)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "== installing ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== cargo test"
+cargo test --workspace 2>&1 | tee /tmp/rustbk-test.log
+grep -q "test result: FAILED" /tmp/rustbk-test.log && exit 1
+echo "== all tests passed"
