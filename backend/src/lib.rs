@@ -7,7 +7,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod daemon;
 mod error;
+pub mod lock;
 pub mod stats;
 pub mod worker;
 pub mod xenbus;

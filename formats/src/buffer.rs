@@ -227,6 +227,148 @@ impl std::fmt::Debug for SharedBuf {
     }
 }
 
+/// A caller's buffers shared by the pieces of one request split into several I/Os: every piece
+/// holds a clone, so the memory stays alive until the last piece is dropped.
+#[derive(Clone)]
+pub struct SharedBufs {
+    // The mutex is never locked: it only makes the `Send` buffers shareable between threads.
+    owner: std::sync::Arc<std::sync::Mutex<Box<dyn IoBuffers>>>,
+    iovs: std::sync::Arc<[IoVec]>,
+    len: usize,
+}
+
+impl SharedBufs {
+    /// Shares `bufs`; `None` if their total length overflows.
+    pub fn new(bufs: Box<dyn IoBuffers>) -> Option<SharedBufs> {
+        let len = total_len(bufs.iovecs())?;
+        let iovs = bufs.iovecs().into();
+        Some(SharedBufs {
+            owner: std::sync::Arc::new(std::sync::Mutex::new(bufs)),
+            iovs,
+            len,
+        })
+    }
+
+    /// Total length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True if the buffers hold no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl std::fmt::Debug for SharedBufs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedBufs")
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+/// Segments assembled from ranges of [`SharedBufs`] and from owned [`AlignedBuf`]s, in order:
+/// one I/O covering a caller's bytes plus bytes of our own (copy-on-write head and tail), or a
+/// piece of a caller's request.
+#[derive(Default)]
+pub struct Composite {
+    iovs: Vec<IoVec>,
+    len: usize,
+    shared: Vec<SharedBufs>,
+    owned: Vec<AlignedBuf>,
+}
+
+impl Composite {
+    /// No segments yet.
+    pub fn new() -> Composite {
+        Composite::default()
+    }
+
+    /// Appends bytes `[skip, skip + len)` of `src`; false (appending nothing) if out of range.
+    pub fn push_shared(&mut self, src: &SharedBufs, skip: usize, len: usize) -> bool {
+        if skip.checked_add(len).is_none_or(|end| end > src.len) {
+            return false;
+        }
+        let start = self.iovs.len();
+        for (iov, at, count) in pieces_of(&src.iovs, skip, len) {
+            self.iovs.push(IoVec {
+                base: iov.base.wrapping_add(at),
+                len: count,
+            });
+        }
+        if self.iovs.len() > start {
+            self.shared.push(src.clone());
+        }
+        self.len += len;
+        true
+    }
+
+    /// Appends all of `buf`, which this composite then owns.
+    pub fn push_owned(&mut self, buf: AlignedBuf) {
+        if buf.is_empty() {
+            return;
+        }
+        self.iovs.extend_from_slice(buf.iovecs());
+        self.len += buf.len();
+        self.owned.push(buf);
+    }
+
+    /// Appends every segment of `other`, taking over what keeps them alive.
+    pub fn append(&mut self, mut other: Composite) {
+        self.iovs.append(&mut other.iovs);
+        self.shared.append(&mut other.shared);
+        self.owned.append(&mut other.owned);
+        self.len += other.len;
+    }
+
+    /// Total length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True if the composite holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl std::fmt::Debug for Composite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Composite")
+            .field("len", &self.len)
+            .field("segments", &self.iovs.len())
+            .finish()
+    }
+}
+
+// SAFETY: every segment lies within a segment of a SharedBufs clone in `shared` (whose IoBuffers
+// contract keeps it valid while the owner lives, and the Arc keeps the owner alive as long as
+// self) or is the heap memory of an AlignedBuf in `owned` (which never moves when the AlignedBuf
+// is moved and lives as long as self). Segments are only ever appended, never changed.
+unsafe impl IoBuffers for Composite {
+    fn iovecs(&self) -> &[IoVec] {
+        &self.iovs
+    }
+}
+
+/// `(segment, start within segment, count)` for the bytes `[skip, skip + want)` of `iovs`.
+fn pieces_of(iovs: &[IoVec], skip: usize, want: usize) -> impl Iterator<Item = (IoVec, usize, usize)> + '_ {
+    let mut skip = skip;
+    let mut want = want;
+    iovs.iter().filter_map(move |iov| {
+        if skip >= iov.len {
+            skip -= iov.len;
+            return None;
+        }
+        let start = skip;
+        let count = (iov.len - start).min(want);
+        skip = 0;
+        want -= count;
+        (count > 0).then_some((*iov, start, count))
+    })
+}
+
 /// Total length of `iovs` in bytes, or `None` if it overflows.
 pub fn total_len(iovs: &[IoVec]) -> Option<usize> {
     iovs.iter()
@@ -239,20 +381,8 @@ fn pieces(
     bufs: &dyn IoBuffers,
     skip: usize,
     want: usize,
-) -> impl Iterator<Item = (IoVec, usize, usize)> {
-    let mut skip = skip;
-    let mut want = want;
-    bufs.iovecs().iter().filter_map(move |iov| {
-        if skip >= iov.len {
-            skip -= iov.len;
-            return None;
-        }
-        let start = skip;
-        let count = (iov.len - start).min(want);
-        skip = 0;
-        want -= count;
-        (count > 0).then_some((*iov, start, count))
-    })
+) -> impl Iterator<Item = (IoVec, usize, usize)> + '_ {
+    pieces_of(bufs.iovecs(), skip, want)
 }
 
 /// Copies the first `dst.len()` bytes of `src` into `dst` (fewer if `src` is shorter); returns

@@ -43,6 +43,18 @@ pub enum Error {
     /// io_uring was requested explicitly but the kernel refused it.
     #[error("io_uring is unavailable")]
     IoUringUnavailable(#[source] std::io::Error),
+    /// The image's metadata is malformed or inconsistent (hostile or damaged image).
+    #[error("Invalid image: {0}")]
+    InvalidImage(String),
+    /// The image uses a feature this implementation does not support.
+    #[error("Unsupported image feature: {0}")]
+    UnsupportedFeature(String),
+    /// The image must be repaired before it can be opened read-write.
+    #[error("Image needs repair: {0}")]
+    NeedsRepair(String),
+    /// The chain of backing files is broken, loops or is too deep.
+    #[error("Backing chain: {0}")]
+    BackingChain(String),
     /// A system call or an I/O operation failed.
     #[error("I/O operation failed")]
     Io(#[from] std::io::Error),
@@ -59,6 +71,10 @@ impl Error {
             Error::QueueFull(_) => libc::EBUSY,
             Error::OutOfRange { .. } => libc::EINVAL,
             Error::ReadOnly => libc::EROFS,
+            Error::InvalidImage(_) => libc::EIO,
+            Error::UnsupportedFeature(_) => libc::EOPNOTSUPP,
+            Error::NeedsRepair(_) => libc::EROFS,
+            Error::BackingChain(_) => libc::ELOOP,
             Error::IoUringUnavailable(e) | Error::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
         }
     }

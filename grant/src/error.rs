@@ -51,6 +51,22 @@ pub enum Error {
     /// The guest's emulated hypervisor endpoint answered something malformed.
     #[error("Malformed message from the emulated platform: {0}")]
     Protocol(String),
+    /// A Xen device node is missing (not dom0, or the driver is not loaded).
+    #[error("{path} is missing: is this dom0 (or a driver domain) with {driver} loaded?")]
+    DeviceMissing {
+        /// The device node.
+        path: String,
+        /// The kernel driver that provides it.
+        driver: &'static str,
+    },
+    /// Xen refused one segment of a grant copy.
+    #[error("Grant copy segment {index} failed with Xen status {status}")]
+    GrantCopy {
+        /// Index of the segment in the batch.
+        index: usize,
+        /// The `GNTST_*` code (negative).
+        status: i16,
+    },
     /// A system call failed.
     #[error("{what} failed")]
     Sys {

@@ -13,6 +13,7 @@ mod error;
 mod event;
 mod mapping;
 mod sys;
+pub mod xen;
 
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;

@@ -44,20 +44,10 @@ pub struct Host {
 }
 
 impl Host {
+    /// A host whose one disk is served by a `rustbk serve --devid` process.
     pub fn new(setup: Setup) -> Host {
-        let tmp = tempfile::tempdir().unwrap();
-        let image = tmp.path().join("disk.img");
-        rustbk_formats::create_raw(&image, setup.size).unwrap();
-        let exe = PathBuf::from(env!("CARGO_BIN_EXE_rustbk"));
-        let mut cluster = EmuCluster::start(&exe, tmp.path()).unwrap();
-        let spec = VbdSpec {
-            domid: GUEST,
-            devid: XVDA,
-            backend_domid: BACKEND,
-            params: image.display().to_string(),
-            read_only: setup.read_only,
-            discard: setup.discard,
-        };
+        let (tmp, image, mut cluster) = Self::base(&setup);
+        let spec = spec_for(&setup, GUEST, &image);
         cluster.add_disk(&spec, &setup.backend_args).unwrap();
         Host {
             cluster,
@@ -67,6 +57,36 @@ impl Host {
         }
     }
 
+    /// A host running `rustbk daemon`, with one claimed disk for guest 1.
+    pub fn with_daemon(setup: Setup) -> Host {
+        let (tmp, image, mut cluster) = Self::base(&setup);
+        cluster.start_daemon(&setup.backend_args).unwrap();
+        let spec = spec_for(&setup, GUEST, &image);
+        cluster.add_vbd(&spec).unwrap();
+        Host {
+            cluster,
+            spec,
+            image,
+            _tmp: tmp,
+        }
+    }
+
+    fn base(setup: &Setup) -> (tempfile::TempDir, PathBuf, EmuCluster) {
+        let tmp = tempfile::tempdir().unwrap();
+        let image = tmp.path().join("disk.img");
+        rustbk_formats::create_raw(&image, setup.size).unwrap();
+        let exe = PathBuf::from(env!("CARGO_BIN_EXE_rustbk"));
+        let cluster = EmuCluster::start(&exe, tmp.path()).unwrap();
+        (tmp, image, cluster)
+    }
+
+    /// A new raw image in the host's folder.
+    pub fn new_image(&self, name: &str, size: u64) -> PathBuf {
+        let p = self.cluster.dir().join(name);
+        rustbk_formats::create_raw(&p, size).unwrap();
+        p
+    }
+
     /// A connected guest.
     pub fn guest(&self) -> Guest {
         self.guest_with(|_| {})
@@ -74,21 +94,27 @@ impl Host {
 
     /// A connected guest with a customised frontend configuration.
     pub fn guest_with(&self, f: impl FnOnce(&mut FrontendConfig)) -> Guest {
-        let mut cfg = FrontendConfig::new(GUEST, XVDA);
+        self.guest_of(GUEST, XVDA, f)
+    }
+
+    /// A connected guest `domid` using its disk `devid`.
+    pub fn guest_of(&self, domid: DomId, devid: u32, f: impl FnOnce(&mut FrontendConfig)) -> Guest {
+        let mut cfg = FrontendConfig::new(domid, devid);
         cfg.timeout = Duration::from_secs(15);
         f(&mut cfg);
         let dc = DomainConfig {
-            domid: GUEST,
+            domid,
             ram_pages: RAM_PAGES,
             grant_entries: RAM_PAGES + 64,
         };
         let dom = Arc::new(EmuDomain::create(self.cluster.dir(), dc).unwrap());
-        let xs = XsClient::connect(&self.cluster.guest_socket(GUEST.0)).unwrap();
+        let xs = XsClient::connect(&self.cluster.guest_socket(domid.0)).unwrap();
         let front = Frontend::connect(dom, xs, FrameAlloc::new(RAM_PAGES), cfg.clone())
             .unwrap_or_else(|e| {
                 panic!(
-                    "connect failed: {e:?}; backend log:\n{}",
-                    self.backend_log()
+                    "connect failed: {e:?}; logs:\n{}{}",
+                    self.backend_log(),
+                    self.cluster.daemon_log()
                 )
             });
         Guest {
@@ -276,6 +302,15 @@ impl Guest {
             sector: Sector(0),
             segments: Segments::new(),
         }
+    }
+}
+
+/// The vbd of `domid` on `image` as the set-up describes it.
+pub fn spec_for(setup: &Setup, domid: DomId, image: &std::path::Path) -> VbdSpec {
+    VbdSpec {
+        read_only: setup.read_only,
+        discard: setup.discard,
+        ..VbdSpec::rustbk(domid, XVDA, image.display().to_string())
     }
 }
 

@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use rustbk_formats::BlockImage;
 use rustbk_grant::{Access, GrantRef, Platform, Port};
-use rustbk_ring::{Abi, BackRing, DiskLimits, DomId};
+use rustbk_ring::abi::SRING_RSP_PROD;
+use rustbk_ring::{Abi, BackRing, DiskLimits, DomId, SharedMemoryExt};
 
 use super::Store;
 use super::device::BackendOptions;
@@ -115,7 +116,10 @@ pub(super) fn attach_ring(
 ) -> Result<RingResources, Error> {
     let guest = platform.attach(domid)?;
     let pages = guest.map_grants(&fr.refs, Access::ReadWrite)?.into_ring()?;
-    let ring = BackRing::new(pages, fr.abi, fr.order)?;
+    // Start where the published responses end: 0 on a freshly initialised ring, and after a
+    // backend restart the requests that were never answered are served again.
+    let start = pages.load_u32(SRING_RSP_PROD)?;
+    let ring = BackRing::attach(pages, fr.abi, fr.order, start)?;
     let evtchn = guest.bind_event_channel(fr.port)?;
     let queue = image.open_queue(ring.size())?;
     Ok(RingResources {

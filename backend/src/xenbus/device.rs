@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use futures::StreamExt;
 use rustbk_formats::{BlockImage, EngineKind, OpenOptions, open_image};
 use rustbk_grant::Platform;
 use rustbk_ring::{DEFAULT_MAX_INDIRECT_SEGMENTS, DomId, MAX_RING_PAGE_ORDER};
@@ -90,6 +89,14 @@ async fn run_device_inner(
     stats: Arc<Stats>,
 ) -> Result<(), Error> {
     let be = spec.backend_path.clone();
+    if store
+        .read(&format!("{be}/online"))
+        .await?
+        .is_some_and(|v| v.trim() == "0")
+    {
+        tracing::info!("device is offline (being removed); not serving it");
+        return Ok(());
+    }
     let info = read_backend(&store, &be).await?;
     let image = open(&info, &opts)?;
     let (exits, mut exit_rx) = mpsc::unbounded_channel();
@@ -106,7 +113,15 @@ async fn run_device_inner(
         exits,
         online: true,
     };
-    dev.enter_init_wait().await?;
+    if dev.reattaching().await? {
+        // A restarted worker: the frontend is still connected to the ring, so publish the
+        // features and map the ring again without flapping the state through InitWait.
+        publish_features(&dev.store, &be, &*dev.image, &dev.info, &dev.opts).await?;
+        dev.state = XenbusState::InitWait;
+        tracing::info!("reattaching to a connected frontend");
+    } else {
+        dev.enter_init_wait().await?;
+    }
     let mut fe_watch = dev
         .store
         .watch(&format!("{}/state", dev.info.frontend))
@@ -166,6 +181,19 @@ impl Device {
         )
         .await?;
         self.set_state(XenbusState::InitWait).await
+    }
+
+    /// Whether a previous backend left this device Connected to a live frontend.
+    async fn reattaching(&self) -> Result<bool, Error> {
+        let ours = self
+            .store
+            .read(&format!("{}/state", self.spec.backend_path))
+            .await?;
+        let fe = self.frontend_state().await?;
+        Ok(
+            XenbusState::parse(ours.as_deref()) == XenbusState::Connected
+                && matches!(fe, XenbusState::Initialised | XenbusState::Connected),
+        )
     }
 
     async fn frontend_state(&self) -> Result<XenbusState, Error> {

@@ -8,10 +8,12 @@
 
 mod connect;
 mod device;
+mod guest;
 mod keys;
 mod state;
 mod store;
 
 pub use device::{BackendOptions, DeviceSpec, error_chain, run_device};
+pub use guest::{GuestSpec, backend_root, claimed, claimed_devices, serve_guest};
 pub use state::XenbusState;
-pub use store::Store;
+pub use store::{Store, Watch};

@@ -4,14 +4,57 @@ use std::io::ErrorKind;
 
 use std::pin::Pin;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
 use xenstore_rs::tokio::XsTokio;
 use xenstore_rs::{AsyncWatch, AsyncXs};
 
 use crate::Error;
 
-/// A stream of paths changed under a watched node.
-pub type Watch = Pin<Box<dyn Stream<Item = Box<str>> + Send>>;
+/// Changes under a watched node, coalesced.
+///
+/// `xenstore-rs` 0.8 hands watch events to a channel of 8 and its connection task waits when
+/// that channel is full, so a transaction touching many nodes stalls every reply on the
+/// connection until the watcher reads, which it cannot do while it waits for a reply. A
+/// forwarding task drains the events at once into an unbounded channel to break that cycle.
+pub struct Watch {
+    rx: mpsc::UnboundedReceiver<Box<str>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Watch {
+    fn forward(mut stream: Pin<Box<dyn Stream<Item = Box<str>> + Send>>) -> Watch {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            while let Some(path) = stream.next().await {
+                if tx.send(path).is_err() {
+                    break;
+                }
+            }
+        });
+        Watch { rx, task }
+    }
+
+    /// Waits for a change; returns one changed path and drops the others already queued (the
+    /// caller re-reads what it needs). `None` when the connection is gone.
+    pub async fn next(&mut self) -> Option<Box<str>> {
+        let first = self.rx.recv().await?;
+        while self.rx.try_recv().is_ok() {}
+        Some(first)
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Watch")
+    }
+}
 
 /// The xenstore connection of the backend (real xenstored or the emulator's).
 #[derive(Clone, Debug)]
@@ -66,6 +109,6 @@ impl Store {
     /// Watches a node and its children; the stream yields changed paths.
     pub async fn watch(&self, path: &str) -> Result<Watch, Error> {
         let stream = self.0.watch(path).await.map_err(xs_err("watch", path))?;
-        Ok(Box::pin(stream))
+        Ok(Watch::forward(Box::pin(stream)))
     }
 }

@@ -23,9 +23,28 @@ pub struct VbdSpec {
     pub read_only: bool,
     /// False writes `discard-enable=0`.
     pub discard: bool,
+    /// The hotplug script libxl records (`script`): `/etc/xen/scripts/rustbk` makes the disk
+    /// rustbk's; `None` leaves the key out (a disk for another backend).
+    pub script: Option<String>,
 }
 
+/// The script path xl records for `script=rustbk`.
+pub const RUSTBK_SCRIPT: &str = "/etc/xen/scripts/rustbk";
+
 impl VbdSpec {
+    /// A writable, discard-enabled rustbk disk of guest `domid` served by dom0.
+    pub fn rustbk(domid: DomId, devid: u32, params: impl Into<String>) -> Self {
+        VbdSpec {
+            domid,
+            devid,
+            backend_domid: DomId(0),
+            params: params.into(),
+            read_only: false,
+            discard: true,
+            script: Some(RUSTBK_SCRIPT.into()),
+        }
+    }
+
     /// `/local/domain/<backend>/backend/vbd/<domid>/<devid>`.
     pub fn backend_path(&self) -> String {
         format!(
@@ -100,6 +119,9 @@ fn backend_keys(spec: &VbdSpec) -> Vec<(&'static str, String)> {
     ];
     if !spec.discard {
         keys.push(("discard-enable", "0".into()));
+    }
+    if let Some(script) = &spec.script {
+        keys.push(("script", script.clone()));
     }
     keys
 }

@@ -19,8 +19,10 @@ pub struct Cli {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve one guest disk: the backend process of one vbd.
+    /// Serve one guest's disks (or one disk): the worker process the daemon starts.
     Serve(ServeArgs),
+    /// Watch xenstore and serve every disk rustbk claims, one worker process per guest.
+    Daemon(DaemonArgs),
     /// Components of the ring emulator.
     #[command(subcommand)]
     Emu(EmuCommand),
@@ -54,25 +56,21 @@ pub enum EngineArg {
     Sync,
 }
 
-/// `rustbk serve`.
-#[derive(Debug, Args)]
-pub struct ServeArgs {
-    /// Folder of the emulated platform (guests' endpoint sockets). Xenstore is reached through
-    /// XENSTORED_PATH.
+/// Where guests are reached.
+#[derive(Clone, Debug, Args)]
+pub struct PlatformArgs {
+    /// Serve emulated guests whose endpoints live in this folder (the ring emulator) instead of
+    /// real Xen guests through /dev/xen/gntdev and /dev/xen/evtchn.
     #[arg(long)]
-    pub emu_dir: PathBuf,
-    /// The guest's domain id.
-    #[arg(long)]
-    pub domid: u16,
-    /// The virtual device number (51712 = xvda).
-    #[arg(long, default_value_t = 51712)]
-    pub devid: u32,
+    pub emu_dir: Option<PathBuf>,
     /// The backend's own domain id.
     #[arg(long, default_value_t = 0)]
     pub backend_domid: u16,
-    /// The backend directory (default /local/domain/<backend>/backend/vbd/<domid>/<devid>).
-    #[arg(long)]
-    pub backend_path: Option<String>,
+}
+
+/// Tunables of the backend.
+#[derive(Clone, Debug, Args)]
+pub struct BackendArgs {
     /// I/O engine.
     #[arg(long, value_enum, default_value_t = EngineArg::Auto)]
     pub engine: EngineArg,
@@ -88,6 +86,50 @@ pub struct ServeArgs {
     /// Indirect segments offered (0 disables indirect requests).
     #[arg(long, default_value_t = rustbk_ring::DEFAULT_MAX_INDIRECT_SEGMENTS)]
     pub max_indirect_segments: u32,
+}
+
+/// `rustbk serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The guest's domain id.
+    #[arg(long)]
+    pub domid: u16,
+    /// Serve only this virtual device (51712 = xvda), whether claimed or not. Without it, every
+    /// disk of the guest that rustbk claims is served, including disks attached later.
+    #[arg(long)]
+    pub devid: Option<u32>,
+    /// The backend directory of `--devid` (default /local/domain/<backend>/backend/vbd/<domid>/<devid>).
+    #[arg(long, requires = "devid")]
+    pub backend_path: Option<String>,
+    /// Backend kind under backend/.
+    #[arg(long, default_value = "vbd")]
+    pub kind: String,
+    /// Folder of the per-guest lock files (default /run/rustbk, or the emulator folder).
+    #[arg(long)]
+    pub lock_dir: Option<PathBuf>,
+    /// Where guests are.
+    #[command(flatten)]
+    pub platform: PlatformArgs,
+    /// Backend tunables.
+    #[command(flatten)]
+    pub backend: BackendArgs,
+}
+
+/// `rustbk daemon`.
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// Backend kind under backend/ to watch.
+    #[arg(long, default_value = "vbd")]
+    pub kind: String,
+    /// Folder of the per-guest lock files (default /run/rustbk, or the emulator folder).
+    #[arg(long)]
+    pub lock_dir: Option<PathBuf>,
+    /// Where guests are.
+    #[command(flatten)]
+    pub platform: PlatformArgs,
+    /// Backend tunables, passed to every worker.
+    #[command(flatten)]
+    pub backend: BackendArgs,
 }
 
 /// Access pattern, fio style.

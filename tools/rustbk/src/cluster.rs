@@ -7,7 +7,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use rustbk_backend::lock::GuestLock;
 use rustbk_blkfront::toolstack::{self, VbdSpec};
+use rustbk_ring::DomId;
 use rustbk_xenstored::XsClient;
 
 /// How long a component may take to come up or go away.
@@ -20,6 +22,7 @@ pub struct EmuCluster {
     xs_socket: PathBuf,
     xenstored: Child,
     backends: Vec<(VbdSpec, Child)>,
+    daemon: Option<Child>,
     introduced: Vec<u16>,
 }
 
@@ -42,6 +45,7 @@ impl EmuCluster {
             xs_socket,
             xenstored,
             backends: Vec::new(),
+            daemon: None,
             introduced: Vec::new(),
         };
         wait_until(START_TIMEOUT, || {
@@ -73,20 +77,24 @@ impl EmuCluster {
         PathBuf::from(s)
     }
 
-    /// Writes the vbd to xenstore as libxl does and starts its backend process
-    /// (`exe serve ... extra_args`), logging to `backend-<domid>-<devid>.log`.
-    pub fn add_disk(&mut self, spec: &VbdSpec, extra_args: &[&str]) -> anyhow::Result<()> {
+    /// Writes the vbd to xenstore as libxl does (introducing the guest the first time).
+    pub fn add_vbd(&mut self, spec: &VbdSpec) -> anyhow::Result<()> {
         let xs = self.toolstack()?;
         if !self.introduced.contains(&spec.domid.0) {
             toolstack::introduce_domain(&xs, spec.domid)?;
             self.introduced.push(spec.domid.0);
         }
         toolstack::add_vbd(&xs, spec)?;
-        let log = File::create(
-            self.dir
-                .join(format!("backend-{}-{}.log", spec.domid.0, spec.devid)),
-        )?;
-        let child = Command::new(&self.exe)
+        Ok(())
+    }
+
+    /// Writes the vbd and starts a backend process for just that disk (`exe serve --devid ...
+    /// extra_args`), logging to `backend-<domid>-<devid>.log`.
+    pub fn add_disk(&mut self, spec: &VbdSpec, extra_args: &[&str]) -> anyhow::Result<()> {
+        self.add_vbd(spec)?;
+        let log = File::create(self.backend_log(spec))?;
+        let child = self
+            .rustbk(log)
             .args(["serve", "--emu-dir"])
             .arg(&self.dir)
             .args([
@@ -95,19 +103,44 @@ impl EmuCluster {
                 "--devid",
                 &spec.devid.to_string(),
             ])
+            .args(["--backend-domid", &spec.backend_domid.0.to_string()])
             .args(extra_args)
-            .env("XENSTORED_PATH", &self.xs_socket)
+            .spawn()
+            .context("cannot start the backend")?;
+        self.backends.push((spec.clone(), child));
+        Ok(())
+    }
+
+    /// Starts `exe daemon` on the emulated platform, logging to `daemon.log`.
+    pub fn start_daemon(&mut self, extra_args: &[&str]) -> anyhow::Result<()> {
+        let log = File::create(self.dir.join("daemon.log"))?;
+        let child = self
+            .rustbk(log)
+            .args(["daemon", "--emu-dir"])
+            .arg(&self.dir)
+            .args(extra_args)
+            .spawn()
+            .context("cannot start the daemon")?;
+        self.daemon = Some(child);
+        Ok(())
+    }
+
+    /// The daemon's log.
+    pub fn daemon_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+
+    fn rustbk(&self, log: File) -> Command {
+        let mut cmd = Command::new(&self.exe);
+        cmd.env("XENSTORED_PATH", &self.xs_socket)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("cannot start the backend")?;
-        self.backends.push((spec.clone(), child));
-        Ok(())
+            .stderr(log);
+        cmd
     }
 
     /// A command running `exe emu guest` for `domid`/`devid`, ready for workload arguments.
@@ -149,6 +182,11 @@ impl EmuCluster {
             .map(|(_, c)| c.id())
     }
 
+    /// The pid of the daemon's worker serving guest `domid`, from its lock file.
+    pub fn worker_pid(&self, domid: u16) -> Option<u32> {
+        GuestLock::holder(&self.dir, DomId(domid)).ok().flatten()
+    }
+
     /// The pid of the xenstore emulator.
     pub fn xenstored_pid(&self) -> u32 {
         self.xenstored.id()
@@ -163,9 +201,19 @@ impl EmuCluster {
 
 impl Drop for EmuCluster {
     fn drop(&mut self) {
-        for (_, child) in &mut self.backends {
+        let daemon = self.daemon.iter_mut();
+        for child in daemon.chain(self.backends.iter_mut().map(|(_, c)| c)) {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        // Daemon workers are the daemon's children: find them through their lock files.
+        for domid in &self.introduced {
+            if let Some(pid) = self.worker_pid(*domid).and_then(|p| i32::try_from(p).ok()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
         }
         let _ = self.xenstored.kill();
         let _ = self.xenstored.wait();

@@ -50,14 +50,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     };
     let exe = std::env::current_exe()?;
     let mut cluster = EmuCluster::start(&exe, tmp.path())?;
-    let spec = VbdSpec {
-        domid: DomId(GUEST),
-        devid: XVDA,
-        backend_domid: DomId(0),
-        params: image.display().to_string(),
-        read_only: false,
-        discard: true,
-    };
+    let spec = VbdSpec::rustbk(DomId(GUEST), XVDA, image.display().to_string());
     cluster.add_disk(&spec, &[])?;
     eprintln!(
         "rustbk bench: {} on {} ({} s per run)",

@@ -22,14 +22,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let (image, fresh) = prepare_image(&args, &dir)?;
     let exe = std::env::current_exe().context("cannot find the rustbk executable")?;
     let mut cluster = EmuCluster::start(&exe, &dir)?;
-    let spec = VbdSpec {
-        domid: DomId(GUEST),
-        devid: XVDA,
-        backend_domid: DomId(0),
-        params: image.display().to_string(),
-        read_only: false,
-        discard: true,
-    };
+    let spec = VbdSpec::rustbk(DomId(GUEST), XVDA, image.display().to_string());
     cluster.add_disk(&spec, &[])?;
     println!(
         "rustbk demo: {} on {}",

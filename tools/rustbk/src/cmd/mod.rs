@@ -1,8 +1,10 @@
 //! One module per command.
 
 mod bench;
+mod daemon;
 mod demo;
 mod guest;
+mod platform;
 mod serve;
 mod workload;
 
@@ -16,6 +18,7 @@ pub use workload::{describe, workload_from_args};
 pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve(args) => serve::run(args),
+        Command::Daemon(args) => daemon::run(args),
         Command::Emu(EmuCommand::Xenstored { socket }) => {
             rustbk_xenstored::Server::bind(&socket)?.run()?;
             Ok(ExitCode::SUCCESS)

@@ -1,19 +1,21 @@
-//! `rustbk serve`: the backend process of one vbd.
+//! `rustbk serve`: the worker process of one guest (or one disk).
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use rustbk_backend::Stats;
-use rustbk_backend::xenbus::{BackendOptions, DeviceSpec, Store, run_device};
-use rustbk_formats::EngineKind;
-use rustbk_grant::emu::EmuPlatform;
+use rustbk_backend::lock::GuestLock;
+use rustbk_backend::xenbus::{
+    DeviceSpec, GuestSpec, Store, backend_root, error_chain, run_device, serve_guest,
+};
 use rustbk_ring::DomId;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::cli::{EngineArg, ServeArgs};
+use super::platform::{lock_dir, options, platform};
+use crate::cli::ServeArgs;
 
-/// Serves the device until the toolstack removes it or the process is signalled.
+/// Serves until the toolstack removes the disks or the process is signalled.
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -22,46 +24,56 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `rustbk_ring::MAX_INDIRECT_SEGMENTS` (4096), as the u32 xenstore carries.
-const MAX_INDIRECT: u32 = 4096;
-
-fn options(args: &ServeArgs) -> BackendOptions {
-    BackendOptions {
-        max_ring_order: args.max_ring_order.min(rustbk_ring::MAX_RING_PAGE_ORDER),
-        max_indirect_segments: args.max_indirect_segments.min(MAX_INDIRECT),
-        engine: match args.engine {
-            EngineArg::Auto => EngineKind::Auto,
-            EngineArg::IoUring => EngineKind::IoUring,
-            EngineArg::Sync => EngineKind::Sync,
-        },
-        direct: !args.buffered,
-        persistent: !args.no_persistent,
-    }
-}
-
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let spec = DeviceSpec {
-        backend_path: args.backend_path.clone().unwrap_or_else(|| {
-            format!(
-                "/local/domain/{}/backend/vbd/{}/{}",
-                args.backend_domid, args.domid, args.devid
-            )
-        }),
-        domid: DomId(args.domid),
-        devid: args.devid,
-    };
+    let platform = platform(&args.platform)?;
     let store = Store::connect()
         .await
         .context("cannot reach xenstore (XENSTORED_PATH)")?;
-    let platform = Arc::new(EmuPlatform::new(&args.emu_dir, DomId(args.backend_domid)));
-    let stats = Arc::new(Stats::default());
+    let opts = options(&args.backend);
+    let backend = DomId(args.platform.backend_domid);
+    let domid = DomId(args.domid);
     let mut term = signal(SignalKind::terminate())?;
-    let device = run_device(store, platform, spec, options(&args), Arc::clone(&stats));
+    let work = async {
+        match args.devid {
+            Some(devid) => {
+                let root = backend_root(backend, &args.kind);
+                let backend_path = args
+                    .backend_path
+                    .clone()
+                    .unwrap_or_else(|| format!("{root}/{}/{devid}", domid.0));
+                let spec = DeviceSpec {
+                    backend_path,
+                    domid,
+                    devid,
+                };
+                let stats = Arc::new(Stats::default());
+                let r = run_device(store, platform, spec, opts, Arc::clone(&stats)).await;
+                tracing::info!(stats = ?stats.snapshot(), "backend exiting");
+                r.map_err(|e| anyhow::anyhow!(error_chain(&e)))
+            }
+            None => {
+                let dir = lock_dir(args.lock_dir.as_ref(), &args.platform);
+                let Some(_lock) = GuestLock::acquire(&dir, domid)? else {
+                    bail!(
+                        "guest {} is already served by another rustbk worker",
+                        domid.0
+                    );
+                };
+                let spec = GuestSpec {
+                    backend,
+                    domid,
+                    kind: args.kind.clone(),
+                };
+                serve_guest(store, platform, spec, opts)
+                    .await
+                    .map_err(|e| anyhow::anyhow!(error_chain(&e)))
+            }
+        }
+    };
     tokio::select! {
-        r = device => r.map_err(|e| anyhow::anyhow!(rustbk_backend::xenbus::error_chain(&e)))?,
+        r = work => r?,
         _ = term.recv() => tracing::info!("terminated"),
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
     }
-    tracing::info!(stats = ?stats.snapshot(), "backend exiting");
     Ok(())
 }

@@ -1,0 +1,115 @@
+//! Serving every rustbk disk of one guest in one process: the unit the daemon runs and restarts.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use rustbk_grant::Platform;
+use rustbk_ring::DomId;
+use tokio::task::JoinSet;
+
+use super::Store;
+use super::device::{BackendOptions, DeviceSpec, error_chain, run_device};
+use crate::{Error, Stats};
+
+/// `/local/domain/<backend>/backend/<kind>`.
+pub fn backend_root(backend: DomId, kind: &str) -> String {
+    format!("/local/domain/{}/backend/{kind}", backend.0)
+}
+
+/// Whether the vbd at `be` is rustbk's: xl's `script=rustbk` writes a `script` key ending in
+/// `/rustbk`; a libxl that knows `backendtype=rustbk` writes `type=rustbk`.
+pub async fn claimed(store: &Store, be: &str) -> Result<bool, Error> {
+    let script = store.read(&format!("{be}/script")).await?;
+    if script
+        .as_deref()
+        .is_some_and(|s| s.trim() == "rustbk" || s.trim().ends_with("/rustbk"))
+    {
+        return Ok(true);
+    }
+    Ok(store
+        .read(&format!("{be}/type"))
+        .await?
+        .is_some_and(|t| t.trim() == "rustbk"))
+}
+
+/// The claimed device numbers of guest `domid` under `root` that the toolstack has not taken
+/// offline (`online` 0 means the device is being removed).
+pub async fn claimed_devices(store: &Store, root: &str, domid: DomId) -> Result<Vec<u32>, Error> {
+    let dir = format!("{root}/{}", domid.0);
+    let mut out = Vec::new();
+    for name in store.directory(&dir).await? {
+        let Ok(devid) = name.parse::<u32>() else {
+            continue;
+        };
+        let be = format!("{dir}/{devid}");
+        let online = store.read(&format!("{be}/online")).await?;
+        if online.as_deref().is_none_or(|v| v.trim() != "0") && claimed(store, &be).await? {
+            out.push(devid);
+        }
+    }
+    Ok(out)
+}
+
+/// Where and what to serve.
+#[derive(Clone, Debug)]
+pub struct GuestSpec {
+    /// The backend's own domain.
+    pub backend: DomId,
+    /// The guest.
+    pub domid: DomId,
+    /// Backend kind under `backend/` (`vbd`).
+    pub kind: String,
+}
+
+/// Serves every claimed disk of the guest, picking up disks attached later, until the guest
+/// has no claimed disk left (after having had one).
+pub async fn serve_guest(
+    store: Store,
+    platform: Arc<dyn Platform>,
+    spec: GuestSpec,
+    opts: BackendOptions,
+) -> Result<(), Error> {
+    let root = backend_root(spec.backend, &spec.kind);
+    let dir = format!("{root}/{}", spec.domid.0);
+    let mut watch = store.watch(&dir).await?;
+    let mut tasks: JoinSet<(u32, Result<(), Error>)> = JoinSet::new();
+    let (mut running, mut finished) = (HashSet::new(), HashSet::new());
+    let mut served_any = false;
+    loop {
+        let present = claimed_devices(&store, &root, spec.domid).await?;
+        finished.retain(|d| present.contains(d));
+        let new: Vec<u32> = present
+            .iter()
+            .copied()
+            .filter(|d| !running.contains(d) && !finished.contains(d))
+            .collect();
+        for devid in new {
+            let dev = DeviceSpec {
+                backend_path: format!("{dir}/{devid}"),
+                domid: spec.domid,
+                devid,
+            };
+            let (store, platform, opts) = (store.clone(), Arc::clone(&platform), opts.clone());
+            let stats = Arc::new(Stats::default());
+            tasks
+                .spawn(async move { (devid, run_device(store, platform, dev, opts, stats).await) });
+            running.insert(devid);
+            served_any = true;
+        }
+        if served_any && tasks.is_empty() && present.is_empty() {
+            tracing::info!(domid = spec.domid.0, "no disks left; guest released");
+            return Ok(());
+        }
+        tokio::select! {
+            ev = watch.next() => if ev.is_none() { return Ok(()) },
+            Some(done) = tasks.join_next() => {
+                let (devid, result) = done.map_err(|e| Error::Spawn(std::io::Error::other(e)))?;
+                if let Err(e) = result {
+                    tracing::error!(domid = spec.domid.0, devid, error = %error_chain(&e), "device failed");
+                }
+                running.remove(&devid);
+                finished.insert(devid);
+            }
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! Choosing the platform and backend options from the command line.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rustbk_backend::xenbus::BackendOptions;
+use rustbk_formats::EngineKind;
+use rustbk_grant::Platform;
+use rustbk_grant::emu::EmuPlatform;
+use rustbk_ring::DomId;
+
+use crate::cli::{BackendArgs, EngineArg, PlatformArgs};
+
+/// `rustbk_ring::MAX_INDIRECT_SEGMENTS` (4096), as the u32 xenstore carries.
+const MAX_INDIRECT: u32 = 4096;
+
+/// The emulated platform if `--emu-dir` was given, else real Xen.
+pub fn platform(args: &PlatformArgs) -> anyhow::Result<Arc<dyn Platform>> {
+    let local = DomId(args.backend_domid);
+    Ok(match &args.emu_dir {
+        Some(dir) => Arc::new(EmuPlatform::new(dir, local)),
+        None => Arc::new(rustbk_grant::xen::XenPlatform::new(local)?),
+    })
+}
+
+/// Where per-guest lock files go.
+pub fn lock_dir(explicit: Option<&PathBuf>, platform: &PlatformArgs) -> PathBuf {
+    match (explicit, &platform.emu_dir) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(emu)) => emu.clone(),
+        (None, None) => PathBuf::from("/run/rustbk"),
+    }
+}
+
+/// Backend options from the flags.
+pub fn options(args: &BackendArgs) -> BackendOptions {
+    BackendOptions {
+        max_ring_order: args.max_ring_order.min(rustbk_ring::MAX_RING_PAGE_ORDER),
+        max_indirect_segments: args.max_indirect_segments.min(MAX_INDIRECT),
+        engine: match args.engine {
+            EngineArg::Auto => EngineKind::Auto,
+            EngineArg::IoUring => EngineKind::IoUring,
+            EngineArg::Sync => EngineKind::Sync,
+        },
+        direct: !args.buffered,
+        persistent: !args.no_persistent,
+    }
+}
+
+/// The same flags as arguments, to pass on to a worker process.
+pub fn to_args(platform: &PlatformArgs, backend: &BackendArgs) -> Vec<String> {
+    let mut out = vec!["--backend-domid".into(), platform.backend_domid.to_string()];
+    if let Some(dir) = &platform.emu_dir {
+        out.extend(["--emu-dir".into(), dir.display().to_string()]);
+    }
+    let engine = match backend.engine {
+        EngineArg::Auto => "auto",
+        EngineArg::IoUring => "io-uring",
+        EngineArg::Sync => "sync",
+    };
+    out.extend(["--engine".into(), engine.into()]);
+    out.extend([
+        "--max-ring-order".into(),
+        backend.max_ring_order.to_string(),
+    ]);
+    out.extend([
+        "--max-indirect-segments".into(),
+        backend.max_indirect_segments.to_string(),
+    ]);
+    if backend.buffered {
+        out.push("--buffered".into());
+    }
+    if backend.no_persistent {
+        out.push("--no-persistent".into());
+    }
+    out
+}
