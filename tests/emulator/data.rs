@@ -4,7 +4,7 @@ use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
 use rustbk_blkfront::workload::{self, Pattern, Workload};
-use rustbk_ring::{Request, RwOp, Sector, op, status};
+use rustbk_ring::{Request, RwOp, Sector, Segment, Segments, op, status};
 
 use crate::harness::{Guest, Host, Setup, pattern};
 
@@ -179,4 +179,43 @@ fn read_only_disk_refuses_writes_and_discards_but_serves_reads() {
     let (st, data) = g.read(0, 1);
     assert_eq!(st, status::OKAY);
     assert!(data.iter().all(|b| *b == 0));
+}
+
+#[test]
+fn sector_size_4096_disk_refuses_misaligned_requests() {
+    let host = Host::new(Setup {
+        backend_args: vec!["--sector-size", "4096"],
+        ..Setup::default()
+    });
+    let mut g = host.guest();
+    assert_eq!(g.front.disk().sector_size, 4096);
+    let data = pattern(8192, 11);
+    assert_eq!(g.write(16, &data), status::OKAY, "4 KiB aligned");
+    assert_eq!(g.read(16, 2), (status::OKAY, data));
+    assert_eq!(
+        g.write(12, &pattern(4096, 1)),
+        status::ERROR,
+        "start not 4 KiB aligned"
+    );
+    let (first, refs) = g.pages(1, true);
+    let half = Segment {
+        gref: refs[0],
+        first_sect: 0,
+        last_sect: 3,
+    };
+    let id = g.id();
+    let req = Request::Rw {
+        id,
+        op: RwOp::Write,
+        handle: 0,
+        sector: Sector(8),
+        segments: Segments::from_slice(&[half]).unwrap(),
+    };
+    g.send(&req);
+    assert_eq!(
+        g.wait(id).status,
+        status::ERROR,
+        "a 2 KiB segment on a 4 KiB disk"
+    );
+    g.release(first, &refs);
 }

@@ -44,6 +44,8 @@ pub struct WorkerConfig {
     /// Keep up to this many grants mapped across requests (`feature-persistent` negotiated);
     /// 0 maps every request's pages afresh.
     pub persistent_grants: usize,
+    /// Microseconds to busy-poll for work before sleeping (0: never poll).
+    pub poll_us: u32,
 }
 
 /// Why a worker thread ended.

@@ -108,6 +108,12 @@ impl RingWorker<'_> {
             if busy {
                 continue;
             }
+            if !self.stopping && self.poll_briefly()? {
+                continue;
+            }
+            if !self.stopping && self.poll_briefly()? {
+                continue;
+            }
             if !self.stopping
                 && self
                     .ring
@@ -169,19 +175,50 @@ impl RingWorker<'_> {
         Ok(())
     }
 
+    /// Busy-polls for new requests and completions for up to `poll_us` before sleeping, as
+    /// QEMU's adaptive polling does: a wake-up through the scheduler costs more than the wait
+    /// when the guest keeps the ring busy. True if work showed up.
+    fn poll_briefly(&mut self) -> Result<bool, Fatal> {
+        if self.cfg.poll_us == 0 {
+            return Ok(false);
+        }
+        let deadline =
+            std::time::Instant::now() + std::time::Duration::from_micros(self.cfg.poll_us.into());
+        loop {
+            if self
+                .ring
+                .final_check_for_requests()
+                .map_err(Fatal::Overflow)?
+                || self.wait_events(PollTimeout::ZERO)?
+            {
+                return Ok(true);
+            }
+            if std::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::hint::spin_loop();
+        }
+    }
+
     fn sleep(&mut self) -> Result<(), Fatal> {
-        let (ev, stop) = {
+        self.wait_events(PollTimeout::NONE).map(drop)
+    }
+
+    /// Waits up to `timeout` for the event channel, the queue or the stop doorbell; handles
+    /// them and tells whether any fired.
+    fn wait_events(&mut self, timeout: PollTimeout) -> Result<bool, Fatal> {
+        let (ev, done, stop) = {
             let mut fds = [
                 PollFd::new(self.evtchn.fd(), PollFlags::POLLIN),
                 PollFd::new(self.queue.notifier(), PollFlags::POLLIN),
                 PollFd::new(self.stop.as_fd(), PollFlags::POLLIN),
             ];
-            match poll(&mut fds, PollTimeout::NONE) {
+            match poll(&mut fds, timeout) {
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => return Err(Fatal::Local(format!("poll: {e}"))),
             }
             let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
-            (ready(&fds[0]), ready(&fds[2]))
+            (ready(&fds[0]), ready(&fds[1]), ready(&fds[2]))
         };
         if ev {
             self.evtchn
@@ -191,7 +228,7 @@ impl RingWorker<'_> {
         if stop {
             self.stopping = true;
         }
-        Ok(())
+        Ok(ev || done || stop)
     }
 
     /// After a fatal error: no new requests, but finish what the kernel still has in flight

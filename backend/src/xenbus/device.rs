@@ -14,6 +14,9 @@ use super::{Store, XenbusState};
 use crate::worker::{Worker, WorkerConfig, WorkerExit};
 use crate::{Error, Stats};
 
+/// Default busy-poll time of a ring worker.
+pub const DEFAULT_POLL_US: u32 = 0;
+
 /// Which device to serve.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceSpec {
@@ -38,6 +41,10 @@ pub struct BackendOptions {
     pub direct: bool,
     /// Offer persistent grants (`feature-persistent`).
     pub persistent: bool,
+    /// Logical sector size announced to the guest (`sector-size`): 512 or 4096.
+    pub sector_size: u32,
+    /// Microseconds a ring worker busy-polls for work before sleeping.
+    pub poll_us: u32,
 }
 
 impl Default for BackendOptions {
@@ -48,6 +55,8 @@ impl Default for BackendOptions {
             engine: EngineKind::Auto,
             direct: true,
             persistent: true,
+            sector_size: 512,
+            poll_us: DEFAULT_POLL_US,
         }
     }
 }
@@ -154,6 +163,7 @@ fn open(info: &BackendInfo, opts: &BackendOptions) -> Result<Arc<dyn BlockImage>
         direct: opts.direct,
         format: info.format,
         engine: opts.engine,
+        sector_size: opts.sector_size,
         ..OpenOptions::default()
     };
     let image = open_image(&info.path, &open_opts)?;
@@ -259,6 +269,7 @@ impl Device {
             devid: self.spec.devid,
             limits,
             persistent_grants,
+            poll_us: self.opts.poll_us,
         };
         let exits = self.exits.clone();
         let on_exit = move |exit: &WorkerExit| {

@@ -13,7 +13,7 @@ mod keys;
 mod state;
 mod store;
 
-pub use device::{BackendOptions, DeviceSpec, error_chain, run_device};
+pub use device::{BackendOptions, DEFAULT_POLL_US, DeviceSpec, error_chain, run_device};
 pub use guest::{GuestSpec, backend_root, claimed, claimed_devices, serve_guest};
 pub use state::XenbusState;
 pub use store::{Store, Watch};

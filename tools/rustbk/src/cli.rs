@@ -86,6 +86,12 @@ pub struct BackendArgs {
     /// Indirect segments offered (0 disables indirect requests).
     #[arg(long, default_value_t = rustbk_ring::DEFAULT_MAX_INDIRECT_SEGMENTS)]
     pub max_indirect_segments: u32,
+    /// Microseconds a ring worker busy-polls for work before sleeping (0 disables polling).
+    #[arg(long, default_value_t = rustbk_backend::xenbus::DEFAULT_POLL_US)]
+    pub poll_us: u32,
+    /// Logical sector size announced to guests.
+    #[arg(long, default_value_t = 512, value_parser = parse_sector_size)]
+    pub sector_size: u32,
 }
 
 /// `rustbk serve`.
@@ -242,6 +248,9 @@ pub struct DemoArgs {
     /// Keep the work folder (logs, sockets, image) instead of deleting it.
     #[arg(long)]
     pub keep: bool,
+    /// Backend tunables.
+    #[command(flatten)]
+    pub backend: BackendArgs,
     /// The workload.
     #[command(flatten)]
     pub workload: WorkloadArgs,
@@ -259,9 +268,24 @@ pub struct BenchArgs {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 10.0)]
     pub runtime: f64,
+    /// Measurements per case, alternating rustbk and fio; the table shows medians.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
     /// Print the results as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Backend tunables.
+    #[command(flatten)]
+    pub backend: BackendArgs,
+}
+
+/// Accepts the two logical sector sizes blkif knows: 512 and 4096.
+pub fn parse_sector_size(s: &str) -> Result<u32, String> {
+    match s.trim() {
+        "512" => Ok(512),
+        "4096" | "4k" => Ok(4096),
+        other => Err(format!("sector size must be 512 or 4096, not {other:?}")),
+    }
 }
 
 /// Parses `4096`, `4k`, `1M`, `2g` (powers of 1024).

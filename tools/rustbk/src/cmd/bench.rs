@@ -42,6 +42,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         args.runtime.is_finite() && args.runtime >= 1.0,
         "--runtime must be at least 1 second"
     );
+    ensure!(args.rounds >= 1, "--rounds must be at least 1");
     let fio_version = fio_version()?;
     let tmp = tempfile::Builder::new().prefix("rustbk-bench-").tempdir()?;
     let image = match &args.image {
@@ -51,38 +52,49 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe()?;
     let mut cluster = EmuCluster::start(&exe, tmp.path())?;
     let spec = VbdSpec::rustbk(DomId(GUEST), XVDA, image.display().to_string());
-    cluster.add_disk(&spec, &[])?;
+    let backend_args = super::platform::backend_args(&args.backend);
+    let backend_args: Vec<&str> = backend_args.iter().map(String::as_str).collect();
+    cluster.add_disk(&spec, &backend_args)?;
     eprintln!(
-        "rustbk bench: {} on {} ({} s per run)",
-        fio_version,
+        "rustbk bench: {fio_version} on {} ({} s per run, median of {} alternating rounds)",
         image.display(),
-        args.runtime
+        args.runtime,
+        args.rounds
     );
     let mut rows = Vec::new();
     for (rw, qd) in CASES {
-        let ours = rustbk_case(&cluster, rw, qd, args.runtime)?;
-        let theirs = fio_case(&image, rw, qd, args.runtime)?;
-        eprintln!(
-            "  {rw} qd{qd}: rustbk {:.0} IOPS, fio {:.0} IOPS",
-            ours.iops, theirs.iops
-        );
-        rows.push(Row {
-            workload: format!("{rw} 4k"),
-            qd,
-            rustbk_iops: ours.iops,
-            fio_iops: theirs.iops,
-            ratio: if theirs.iops > 0.0 {
-                ours.iops / theirs.iops
-            } else {
-                0.0
-            },
-            rustbk_p99_us: ours.latency.p99_us,
-            fio_p99_us: theirs.p99_us,
-        });
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        // Alternate the two so slow phases of a noisy machine hit both alike.
+        for round in 1..=args.rounds {
+            ours.push(rustbk_case(&cluster, rw, qd, args.runtime)?);
+            theirs.push(fio_case(&image, rw, qd, args.runtime)?);
+            eprintln!(
+                "  {rw} qd{qd} round {round}: rustbk {:.0} IOPS, fio {:.0} IOPS",
+                ours[ours.len() - 1].iops,
+                theirs[theirs.len() - 1].iops
+            );
+        }
+        rows.push(row(rw, qd, &mut ours, &mut theirs));
     }
     cluster.remove_disk(&spec)?;
     print_rows(&rows, args.json)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The row of one case: medians over the rounds.
+fn row(rw: &str, qd: u32, ours: &mut [Report], theirs: &mut [FioResult]) -> Row {
+    ours.sort_by(|a, b| a.iops.total_cmp(&b.iops));
+    theirs.sort_by(|a, b| a.iops.total_cmp(&b.iops));
+    let (o, t) = (&ours[ours.len() / 2], &theirs[theirs.len() / 2]);
+    Row {
+        workload: format!("{rw} 4k"),
+        qd,
+        rustbk_iops: o.iops,
+        fio_iops: t.iops,
+        ratio: if t.iops > 0.0 { o.iops / t.iops } else { 0.0 },
+        rustbk_p99_us: o.latency.p99_us,
+        fio_p99_us: t.p99_us,
+    }
 }
 
 fn fio_version() -> anyhow::Result<String> {

@@ -23,7 +23,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("cannot find the rustbk executable")?;
     let mut cluster = EmuCluster::start(&exe, &dir)?;
     let spec = VbdSpec::rustbk(DomId(GUEST), XVDA, image.display().to_string());
-    cluster.add_disk(&spec, &[])?;
+    let backend_args = super::platform::backend_args(&args.backend);
+    let backend_args: Vec<&str> = backend_args.iter().map(String::as_str).collect();
+    cluster.add_disk(&spec, &backend_args)?;
     println!(
         "rustbk demo: {} on {}",
         describe(&args.workload),

@@ -44,6 +44,8 @@ pub fn options(args: &BackendArgs) -> BackendOptions {
         },
         direct: !args.buffered,
         persistent: !args.no_persistent,
+        sector_size: args.sector_size,
+        poll_us: args.poll_us,
     }
 }
 
@@ -53,6 +55,13 @@ pub fn to_args(platform: &PlatformArgs, backend: &BackendArgs) -> Vec<String> {
     if let Some(dir) = &platform.emu_dir {
         out.extend(["--emu-dir".into(), dir.display().to_string()]);
     }
+    out.extend(backend_args(backend));
+    out
+}
+
+/// The backend tunables as arguments of `rustbk serve`.
+pub fn backend_args(backend: &BackendArgs) -> Vec<String> {
+    let mut out = Vec::new();
     let engine = match backend.engine {
         EngineArg::Auto => "auto",
         EngineArg::IoUring => "io-uring",
@@ -67,6 +76,8 @@ pub fn to_args(platform: &PlatformArgs, backend: &BackendArgs) -> Vec<String> {
         "--max-indirect-segments".into(),
         backend.max_indirect_segments.to_string(),
     ]);
+    out.extend(["--sector-size".into(), backend.sector_size.to_string()]);
+    out.extend(["--poll-us".into(), backend.poll_us.to_string()]);
     if backend.buffered {
         out.push("--buffered".into());
     }
