@@ -232,7 +232,7 @@ impl std::fmt::Debug for SharedBuf {
 #[derive(Clone)]
 pub struct SharedBufs {
     // The mutex is never locked: it only makes the `Send` buffers shareable between threads.
-    owner: std::sync::Arc<std::sync::Mutex<Box<dyn IoBuffers>>>,
+    _owner: std::sync::Arc<std::sync::Mutex<Box<dyn IoBuffers>>>,
     iovs: std::sync::Arc<[IoVec]>,
     len: usize,
 }
@@ -243,7 +243,7 @@ impl SharedBufs {
         let len = total_len(bufs.iovecs())?;
         let iovs = bufs.iovecs().into();
         Some(SharedBufs {
-            owner: std::sync::Arc::new(std::sync::Mutex::new(bufs)),
+            _owner: std::sync::Arc::new(std::sync::Mutex::new(bufs)),
             iovs,
             len,
         })
@@ -353,7 +353,11 @@ unsafe impl IoBuffers for Composite {
 }
 
 /// `(segment, start within segment, count)` for the bytes `[skip, skip + want)` of `iovs`.
-fn pieces_of(iovs: &[IoVec], skip: usize, want: usize) -> impl Iterator<Item = (IoVec, usize, usize)> + '_ {
+fn pieces_of(
+    iovs: &[IoVec],
+    skip: usize,
+    want: usize,
+) -> impl Iterator<Item = (IoVec, usize, usize)> + '_ {
     let mut skip = skip;
     let mut want = want;
     iovs.iter().filter_map(move |iov| {

@@ -140,6 +140,8 @@ pub struct Features {
 pub enum Format {
     /// A regular file or block device holding the disk bytes as they are.
     Raw,
+    /// QEMU's qcow2 (versions 2 and 3).
+    Qcow2,
 }
 
 /// Which I/O engine a queue uses.
@@ -167,6 +169,8 @@ pub struct OpenOptions {
     pub engine: EngineKind,
     /// Logical sector size presented to the guest: 512 or 4096.
     pub sector_size: u32,
+    /// qcow2 options (metadata cache sizes).
+    pub qcow2: crate::qcow2::Qcow2Options,
 }
 
 impl Default for OpenOptions {
@@ -177,6 +181,7 @@ impl Default for OpenOptions {
             format: None,
             engine: EngineKind::Auto,
             sector_size: 512,
+            qcow2: crate::qcow2::Qcow2Options::default(),
         }
     }
 }

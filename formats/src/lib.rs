@@ -4,6 +4,7 @@
 //! * [`engine`]: positioned vectored read/write, flush, punch-hole and zero-range over io_uring,
 //!   with a synchronous fallback of identical semantics. Every format builds on it.
 //! * [`raw`]: raw images (regular files and block devices).
+//! * [`qcow2`]: qcow2 images (versions 2 and 3) with backing chains.
 //!
 //! `unsafe` lives only in [`buffer`] (the aligned buffer and copies to or from raw I/O memory),
 //! `engine::uring` (raw buffers in SQEs) and `engine::sys` (raw-buffer syscalls and ioctls).
@@ -14,49 +15,63 @@ pub mod buffer;
 pub mod engine;
 mod error;
 mod image;
+pub mod qcow2;
 pub mod raw;
 
 #[cfg(test)]
 mod suite;
 
-pub use buffer::{AlignedBuf, IoBuffers, IoVec, SharedBuf};
+pub use buffer::{AlignedBuf, Composite, IoBuffers, IoVec, SharedBuf, SharedBufs};
 pub use engine::{Engine, EngineFile};
 pub use error::Error;
 pub use image::{
     BlockImage, Completion, EngineKind, Features, Format, Geometry, ImageQueue, IoOp, OpenOptions,
 };
+pub use qcow2::{Qcow2Image, Qcow2Options};
 pub use raw::{RawImage, create_raw};
 
 use std::path::Path;
 use std::sync::Arc;
 
-/// Opens an image, probing its format unless `opts.format` names one.
+/// Opens an image, probing its format unless `opts.format` names one, and follows backing
+/// files (relative to the image's folder, opened read-only, at most
+/// [`qcow2::MAX_CHAIN_DEPTH`] deep, loops refused).
 ///
-/// Only raw images exist so far. When no format is given and the file starts with the magic of
-/// a format this crate cannot open yet (qcow2, vmdk, vhd), the open fails rather than exposing
-/// the container's metadata to the guest as raw data.
+/// When no format is given and the file starts with the magic of a format this crate cannot
+/// open yet (vmdk, vhd), the open fails rather than exposing the container's metadata to the
+/// guest as raw data.
 pub fn open_image(path: &Path, opts: &OpenOptions) -> Result<Arc<dyn BlockImage>, Error> {
-    let file = EngineFile::open(path, opts.read_only, opts.direct)?;
+    open_chain(path, opts, &mut qcow2::Chain::default())
+}
+
+/// Opens one image of a backing chain; `chain` holds the images above it.
+pub(crate) fn open_chain(
+    path: &Path,
+    opts: &OpenOptions,
+    chain: &mut qcow2::Chain,
+) -> Result<Arc<dyn BlockImage>, Error> {
+    chain.enter(path)?;
+    let file = Arc::new(EngineFile::open(path, opts.read_only, opts.direct)?);
     let format = match opts.format {
         Some(format) => format,
         None => probe(&file)?,
     };
     match format {
-        Format::Raw => Ok(Arc::new(RawImage::new(Arc::new(file), opts)?)),
+        Format::Raw => Ok(Arc::new(RawImage::new(file, opts)?)),
+        Format::Qcow2 => Ok(Arc::new(Qcow2Image::open(file, opts, chain)?)),
     }
 }
 
 /// Magic numbers at offset 0 of the formats this crate does not open yet.
-const FOREIGN_MAGICS: [(&[u8], &str); 3] = [
-    (b"QFI\xfb", "qcow2"),
-    (b"KDMV", "vmdk"),
-    (b"conectix", "vhd"),
-];
+const FOREIGN_MAGICS: [(&[u8], &str); 2] = [(b"KDMV", "vmdk"), (b"conectix", "vhd")];
 
 fn probe(file: &EngineFile) -> Result<Format, Error> {
     let mut head = [0u8; 8];
     let got = file.read_head(&mut head)?;
     let head = head.get(..got).unwrap_or_default();
+    if head.starts_with(&qcow2::header::MAGIC) {
+        return Ok(Format::Qcow2);
+    }
     for (magic, name) in FOREIGN_MAGICS {
         if head.starts_with(magic) {
             return Err(Error::UnsupportedFormat(name));

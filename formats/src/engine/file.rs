@@ -191,6 +191,32 @@ impl EngineFile {
         Ok(got)
     }
 
+    /// Reads up to `buf.len()` bytes at `offset` through the page cache (format metadata);
+    /// returns how many bytes were read (fewer only at end of file).
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize, Error> {
+        let mut got = 0;
+        while let Some(rest) = buf.get_mut(got..).filter(|r| !r.is_empty()) {
+            let at = offset
+                .checked_add(got as u64)
+                .ok_or_else(|| Error::from_errno(libc::EINVAL))?;
+            match self.buffered.read_at(rest, at) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(got)
+    }
+
+    /// Writes all of `data` at `offset` through the page cache (format metadata).
+    pub fn write_all_at(&self, data: &[u8], offset: u64) -> Result<(), Error> {
+        if self.read_only {
+            return Err(Error::ReadOnly);
+        }
+        Ok(self.buffered.write_all_at(data, offset)?)
+    }
+
     /// fdatasync on the file.
     pub fn datasync(&self) -> Result<(), Error> {
         Ok(self.buffered.sync_data()?)

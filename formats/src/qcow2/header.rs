@@ -9,6 +9,8 @@ use std::path::PathBuf;
 
 use crate::error::Error;
 
+use super::layout::small;
+
 /// "QFI\xfb".
 pub const MAGIC: [u8; 4] = *b"QFI\xfb";
 /// Length of a version 2 header.
@@ -152,7 +154,9 @@ pub fn peek_cluster_bits(head: &[u8]) -> Result<u32, Error> {
     }
     let version = be32(head, 4);
     if version != 2 && version != 3 {
-        return Err(Error::UnsupportedFeature(format!("qcow2 version {version}")));
+        return Err(Error::UnsupportedFeature(format!(
+            "qcow2 version {version}"
+        )));
     }
     let bits = be32(head, 20);
     if !CLUSTER_BITS.contains(&bits) {
@@ -174,9 +178,9 @@ impl Header {
     pub fn parse(first: &[u8], file_size: u64) -> Result<Header, Error> {
         let cluster_bits = peek_cluster_bits(first)?;
         let mut h = Header::fixed_fields(first, cluster_bits)?;
+        h.parse_extensions(first)?;
         h.check_features()?;
         h.check_layout(file_size)?;
-        h.parse_extensions(first)?;
         h.parse_backing_name(first)?;
         Ok(h)
     }
@@ -235,8 +239,8 @@ impl Header {
         let unknown = self.incompatible & !incompat::KNOWN;
         if unknown != 0 {
             return Err(Error::UnsupportedFeature(format!(
-                "unknown incompatible feature bits {}",
-                bit_list(unknown)
+                "unknown incompatible feature bits: {}",
+                self.describe_incompatible(unknown)
             )));
         }
         if self.incompatible & incompat::DATA_FILE != 0 {
@@ -297,7 +301,9 @@ impl Header {
         let header = 0..cs;
         let l1_clusters = l1.start..l1.end.div_ceil(cs) * cs;
         if l1_bytes > 0 && (overlaps(&header, &l1_clusters) || overlaps(&l1_clusters, &rt)) {
-            return Err(invalid("L1 table overlaps the header or the refcount table"));
+            return Err(invalid(
+                "L1 table overlaps the header or the refcount table",
+            ));
         }
         if overlaps(&header, &rt) {
             return Err(invalid("refcount table overlaps the header"));
@@ -312,10 +318,7 @@ impl Header {
     }
 
     fn parse_extensions(&mut self, b: &[u8]) -> Result<(), Error> {
-        if self.version == 2 {
-            // Version 2 images may carry extensions too, right after the 72-byte header.
-        }
-        let limit = b.len().min(self.cluster_size() as usize);
+        let limit = b.len().min(small(self.cluster_size()));
         let mut at = self.header_length as usize;
         loop {
             if at + 8 > limit {
@@ -328,7 +331,9 @@ impl Header {
             let data_end = data_start
                 .checked_add(len)
                 .filter(|&e| e <= limit)
-                .ok_or_else(|| invalid(format!("header extension {kind:#x} overruns the cluster")))?;
+                .ok_or_else(|| {
+                    invalid(format!("header extension {kind:#x} overruns the cluster"))
+                })?;
             let data = &b[data_start..data_end];
             match kind {
                 EXT_END => return Ok(()),
@@ -382,20 +387,14 @@ fn compression_type(b: &[u8], h: &Header) -> Result<Compression, Error> {
     match (flagged, value) {
         (false, 0) => Ok(Compression::Deflate),
         (true, 1) => Ok(Compression::Zstd),
-        (true, 0) => Err(invalid("compression type bit set without a compression type")),
+        (true, 0) => Err(invalid(
+            "compression type bit set without a compression type",
+        )),
         (false, v) => Err(invalid(format!(
             "compression type {v} without the compression type bit"
         ))),
         (true, v) => Err(Error::UnsupportedFeature(format!("compression type {v}"))),
     }
-}
-
-fn bit_list(bits: u64) -> String {
-    let list: Vec<String> = (0..64)
-        .filter(|b| bits & (1u64 << b) != 0)
-        .map(|b| b.to_string())
-        .collect();
-    list.join(", ")
 }
 
 /// Checks a table's alignment and bounds; returns its byte range.
@@ -410,12 +409,18 @@ fn table_range(
         return Ok(offset..offset);
     }
     if offset == 0 || offset % cluster_size != 0 {
-        return Err(invalid(format!("{what} offset {offset:#x} not cluster-aligned")));
+        return Err(invalid(format!(
+            "{what} offset {offset:#x} not cluster-aligned"
+        )));
     }
     let end = offset
         .checked_add(len)
         .filter(|&e| e <= file_size)
-        .ok_or_else(|| invalid(format!("{what} at {offset:#x} runs past the end of the file")))?;
+        .ok_or_else(|| {
+            invalid(format!(
+                "{what} at {offset:#x} runs past the end of the file"
+            ))
+        })?;
     Ok(offset..end)
 }
 
@@ -494,7 +499,7 @@ pub fn serialize(h: &NewHeader<'_>) -> Result<Vec<u8>, Error> {
         }
         b[at..end].copy_from_slice(name);
         put64(&mut b, 8, at as u64);
-        put32(&mut b, 16, name.len() as u32);
+        put32(&mut b, 16, u32::try_from(name.len()).unwrap_or(0));
     } else {
         put_extension(&mut b, at, EXT_END, &[])?;
     }
@@ -504,10 +509,12 @@ pub fn serialize(h: &NewHeader<'_>) -> Result<Vec<u8>, Error> {
 fn put_extension(b: &mut [u8], at: usize, kind: u32, data: &[u8]) -> Result<usize, Error> {
     let next = at + 8 + data.len().div_ceil(8) * 8;
     if next > b.len() {
-        return Err(Error::InvalidArgument("header extensions do not fit".to_owned()));
+        return Err(Error::InvalidArgument(
+            "header extensions do not fit".to_owned(),
+        ));
     }
     put32(b, at, kind);
-    put32(b, at + 4, data.len() as u32);
+    put32(b, at + 4, u32::try_from(data.len()).unwrap_or(0));
     b[at + 8..at + 8 + data.len()].copy_from_slice(data);
     Ok(next)
 }
@@ -534,3 +541,88 @@ pub const REFTABLE_FIELDS_OFFSET: u64 = 48;
 pub const SIZE_OFFSET: u64 = 24;
 /// Offset of the L1 size (4 bytes) followed by the L1 table offset (8 bytes).
 pub const L1_FIELDS_OFFSET: u64 = 36;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_header(version: u32, backing: Option<(&'static [u8], Option<&'static str>)>) -> Vec<u8> {
+        let mut b = serialize(&NewHeader {
+            version,
+            cluster_bits: 16,
+            size: 1 << 30,
+            l1: (2, 3 << 16),
+            reftable: (1 << 16, 1),
+            refcount_order: 4,
+            backing,
+        })
+        .expect("serialize");
+        b.resize(4 << 16, 0);
+        b
+    }
+
+    #[test]
+    fn serialized_headers_parse_back_with_their_backing_file_and_format() {
+        for version in [2, 3] {
+            let b = new_header(version, Some((b"../base.img", Some("raw"))));
+            let h = Header::parse(&b, b.len() as u64).expect("parse");
+            assert_eq!(
+                (h.version, h.cluster_bits, h.size, h.l1_size),
+                (version, 16, 1 << 30, 2)
+            );
+            assert_eq!(h.backing_file, Some(PathBuf::from("../base.img")));
+            assert_eq!(h.backing_format.as_deref(), Some("raw"));
+            assert_eq!(h.refcount_order, 4);
+            assert_eq!(h.compression, Compression::Deflate);
+        }
+    }
+
+    #[test]
+    fn feature_names_describe_incompatible_bits() {
+        let mut b = new_header(3, None);
+        let mut entry = vec![0u8, 9];
+        entry.extend_from_slice(b"shiny feature");
+        entry.resize(FEATURE_ENTRY_LEN, 0);
+        let at =
+            put_extension(&mut b, V3_HEADER_LEN as usize, EXT_FEATURE_TABLE, &entry).expect("ext");
+        put_extension(&mut b, at, EXT_END, &[]).expect("end");
+        let h = Header::parse(&b, b.len() as u64).expect("parse");
+        assert_eq!(
+            h.describe_incompatible(1 << 9 | 1 << 12),
+            "bit 9 (shiny feature), bit 12"
+        );
+    }
+
+    #[test]
+    fn extension_overrunning_the_cluster_and_a_short_l1_table_are_refused() {
+        let mut b = new_header(3, None);
+        put32(&mut b, V3_HEADER_LEN as usize, EXT_BACKING_FORMAT);
+        put32(&mut b, V3_HEADER_LEN as usize + 4, 1 << 20);
+        assert!(matches!(
+            Header::parse(&b, b.len() as u64),
+            Err(Error::InvalidImage(_))
+        ));
+        let mut b = new_header(3, None);
+        put32(&mut b, 36, 1);
+        let e = Header::parse(&b, b.len() as u64).expect_err("L1 too small");
+        assert!(e.to_string().contains("too small"), "{e}");
+    }
+
+    #[test]
+    fn compression_type_must_match_its_feature_bit() {
+        let mut b = new_header(3, None);
+        b[104] = 1;
+        assert!(matches!(
+            Header::parse(&b, b.len() as u64),
+            Err(Error::InvalidImage(_))
+        ));
+        put64(&mut b, 72, incompat::COMPRESSION);
+        let h = Header::parse(&b, b.len() as u64).expect("zstd");
+        assert_eq!(h.compression, Compression::Zstd);
+        b[104] = 7;
+        assert!(matches!(
+            Header::parse(&b, b.len() as u64),
+            Err(Error::UnsupportedFeature(_))
+        ));
+    }
+}

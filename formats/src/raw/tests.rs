@@ -232,7 +232,7 @@ fn create_raw_makes_a_sparse_file_and_refuses_to_overwrite() {
 }
 
 #[test]
-fn probing_refuses_a_qcow2_file_but_explicit_raw_opens_it() {
+fn probing_opens_a_qcow2_file_as_qcow2_and_explicit_raw_opens_it_raw() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("disk.qcow2");
     let status = Command::new("qemu-img")
@@ -241,17 +241,33 @@ fn probing_refuses_a_qcow2_file_but_explicit_raw_opens_it() {
         .arg("16M")
         .status();
     assert!(status.expect("qemu-img is required").success());
-    let probed = open_image(&path, &OpenOptions::default());
-    assert!(
-        matches!(probed, Err(Error::UnsupportedFormat("qcow2"))),
-        "{:?}",
-        probed.err()
-    );
+    let probed = open_image(&path, &OpenOptions::default()).expect("probe");
+    assert_eq!(probed.format(), Format::Qcow2);
+    assert_eq!(probed.geometry().size, 16 << 20);
     let forced = OpenOptions {
         format: Some(Format::Raw),
         ..OpenOptions::default()
     };
-    assert!(open_image(&path, &forced).is_ok());
+    let raw = open_image(&path, &forced).expect("raw");
+    assert_eq!(raw.format(), Format::Raw);
+    assert!(raw.geometry().size < 1 << 20, "the container, not the disk");
+}
+
+#[test]
+fn probing_refuses_vmdk_and_vhd_magics() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, magic) in [("a.vmdk", &b"KDMV"[..]), ("a.vhd", &b"conectix"[..])] {
+        let path = dir.path().join(name);
+        let mut data = magic.to_vec();
+        data.resize(4096, 0);
+        std::fs::write(&path, &data).expect("write");
+        let probed = open_image(&path, &OpenOptions::default());
+        assert!(
+            matches!(probed, Err(Error::UnsupportedFormat(_))),
+            "{:?}",
+            probed.err()
+        );
+    }
 }
 
 #[test]

@@ -1,0 +1,313 @@
+//! The shared metadata state of an open image: L1 table, refcount table, the L2 and refcount
+//! block caches, and the bookkeeping of allocations in flight. One per image, behind a mutex
+//! shared by every queue.
+//!
+//! L2 entries and L1 entries are written through (never dirty in the cache), at the moment
+//! the crash-safe order allows. Refcount blocks may be dirty: a refcount increment reaching
+//! the disk early only leaks a cluster on a crash, and decrements are only made after the
+//! entries that referenced the cluster are durably gone.
+
+use std::collections::{HashMap, HashSet};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use crate::error::Error;
+
+use super::layout::small;
+
+use super::cache::TableCache;
+use super::header::Header;
+use super::layout::{self, Layout, Mapping};
+use super::metaio::{MetaIo, MetaKind};
+
+/// Which table cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Table {
+    /// L2 tables.
+    L2,
+    /// Refcount blocks.
+    Refblock,
+}
+
+/// Sizes of the metadata caches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheSizes {
+    /// Bytes of L2 tables kept in memory.
+    pub l2_bytes: usize,
+    /// Bytes of refcount blocks kept in memory.
+    pub refcount_bytes: usize,
+}
+
+/// The metadata of one open image.
+pub(crate) struct Meta {
+    pub(super) layout: Layout,
+    pub(super) io: Arc<dyn MetaIo>,
+    pub(super) l1: Vec<u64>,
+    pub(super) l1_offset: u64,
+    pub(super) reftable: Vec<u64>,
+    pub(super) reftable_offset: u64,
+    l2_cache: TableCache,
+    rc_cache: TableCache,
+    /// New L2 tables not yet linked into the L1 table: L1 index -> table offset.
+    pub(super) pending_l2: HashMap<u64, u64>,
+    /// Guest clusters with an allocation (or discard) in flight.
+    pub(super) busy: HashSet<u64>,
+    /// Notifiers of queues waiting for busy clusters.
+    pub(super) waiters: Vec<Arc<OwnedFd>>,
+    /// Where the search for a free cluster starts (cluster index).
+    pub(super) free_hint: u64,
+    /// Size of the image file, including clusters allocated this session.
+    pub(super) file_size: u64,
+    /// Byte ranges never to be allocated (header cluster, L1 table, refcount table).
+    pub(super) reserved: Vec<std::ops::Range<u64>>,
+    pub(super) has_backing: bool,
+}
+
+impl Meta {
+    /// Loads the L1 and refcount tables of a validated header.
+    pub(super) fn load(
+        header: &Header,
+        io: Arc<dyn MetaIo>,
+        caches: CacheSizes,
+        has_backing: bool,
+    ) -> Result<Meta, Error> {
+        let layout = Layout {
+            cluster_bits: header.cluster_bits,
+            size: header.size,
+            version: header.version,
+            refcount_order: header.refcount_order,
+        };
+        let l1 = read_table(
+            &*io,
+            MetaKind::L1,
+            header.l1_table_offset,
+            header.l1_size as usize,
+        )?;
+        let rt_entries = (header.refcount_table_clusters as usize) << (header.cluster_bits - 3);
+        let reftable = read_table(
+            &*io,
+            MetaKind::Reftable,
+            header.refcount_table_offset,
+            rt_entries,
+        )?;
+        let file_size = io.size()?;
+        let mut meta = Meta {
+            layout,
+            io,
+            l1,
+            l1_offset: header.l1_table_offset,
+            reftable,
+            reftable_offset: header.refcount_table_offset,
+            l2_cache: TableCache::new(caches.l2_bytes),
+            rc_cache: TableCache::new(caches.refcount_bytes),
+            pending_l2: HashMap::new(),
+            busy: HashSet::new(),
+            waiters: Vec::new(),
+            free_hint: 0,
+            file_size,
+            reserved: Vec::new(),
+            has_backing,
+        };
+        meta.set_reserved(header.l1_size);
+        Ok(meta)
+    }
+
+    pub(super) fn set_reserved(&mut self, l1_size: u32) {
+        let cs = self.layout.cluster_size();
+        let l1_end = self.l1_offset + (u64::from(l1_size) * 8).div_ceil(cs) * cs;
+        let rt_end = self.reftable_offset + (self.reftable.len() as u64 * 8).div_ceil(cs) * cs;
+        self.reserved = vec![0..cs, self.l1_offset..l1_end, self.reftable_offset..rt_end];
+    }
+
+    /// The layout.
+    pub(super) fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Offset of the L2 table of guest cluster `gc` (0: none).
+    pub(super) fn l2_table(&self, gc: u64) -> Result<u64, Error> {
+        let index = self.layout.l1_index(gc);
+        let entry = usize::try_from(index)
+            .ok()
+            .and_then(|i| self.l1.get(i))
+            .ok_or_else(|| {
+                Error::InvalidImage(format!("guest cluster {gc} beyond the L1 table"))
+            })?;
+        layout::decode_l1(*entry, &self.layout)
+    }
+
+    /// What guest cluster `gc` maps to.
+    pub(super) fn mapping(&mut self, gc: u64) -> Result<Mapping, Error> {
+        let table = self.l2_table(gc)?;
+        if table == 0 {
+            return Ok(Mapping::Unallocated);
+        }
+        let entry = self.l2_entry(table, self.layout.l2_index(gc))?;
+        layout::decode_l2(entry, &self.layout)
+    }
+
+    /// Raw L2 entry `index` of the table at `table`.
+    pub(super) fn l2_entry(&mut self, table: u64, index: u64) -> Result<u64, Error> {
+        let data = self.table(Table::L2, table)?;
+        Ok(get64(data, small(index) * 8))
+    }
+
+    /// Sets L2 entry `index` of the table at `table` and writes it to the file.
+    pub(super) fn write_l2_entry(
+        &mut self,
+        table: u64,
+        index: u64,
+        entry: u64,
+    ) -> Result<(), Error> {
+        let at = small(index) * 8;
+        let data = self.table(Table::L2, table)?;
+        put64(data, at, entry);
+        self.io
+            .write(MetaKind::L2, table + at as u64, &entry.to_be_bytes())
+    }
+
+    /// Sets L1 entry `index` and writes it to the file.
+    pub(super) fn write_l1_entry(&mut self, index: u64, entry: u64) -> Result<(), Error> {
+        let slot = usize::try_from(index)
+            .ok()
+            .and_then(|i| self.l1.get_mut(i))
+            .ok_or_else(|| Error::InvalidImage(format!("L1 index {index} out of range")))?;
+        *slot = entry;
+        self.io.write(
+            MetaKind::L1,
+            self.l1_offset + index * 8,
+            &entry.to_be_bytes(),
+        )
+    }
+
+    /// The table at `offset`, read into the cache if needed. Evicted dirty tables are written.
+    pub(super) fn table(&mut self, which: Table, offset: u64) -> Result<&mut Vec<u8>, Error> {
+        let present = self.cache(which).contains(offset);
+        if !present {
+            let data = self.read_cluster(which, offset)?;
+            let evicted = self.cache(which).insert(offset, data);
+            let kind = kind_of(which);
+            for e in evicted {
+                let slice = e.data.get(e.range.0..e.range.1).unwrap_or_default();
+                self.io.write(kind, e.offset + e.range.0 as u64, slice)?;
+            }
+        }
+        self.cache(which)
+            .get(offset)
+            .ok_or_else(|| Error::InvalidImage("table cache lost a table".to_owned()))
+    }
+
+    /// Puts a freshly written table (e.g. a new, zeroed one) into the cache.
+    pub(super) fn cache_new_table(
+        &mut self,
+        which: Table,
+        offset: u64,
+        data: Vec<u8>,
+    ) -> Result<(), Error> {
+        let evicted = self.cache(which).insert(offset, data);
+        for e in evicted {
+            let slice = e.data.get(e.range.0..e.range.1).unwrap_or_default();
+            self.io
+                .write(kind_of(which), e.offset + e.range.0 as u64, slice)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn mark_dirty(&mut self, which: Table, offset: u64, start: usize, end: usize) {
+        self.cache(which).mark_dirty(offset, start, end);
+    }
+
+    fn cache(&mut self, which: Table) -> &mut TableCache {
+        match which {
+            Table::L2 => &mut self.l2_cache,
+            Table::Refblock => &mut self.rc_cache,
+        }
+    }
+
+    fn read_cluster(&self, which: Table, offset: u64) -> Result<Vec<u8>, Error> {
+        let cs = self.layout.cluster_size();
+        let inside = offset
+            .checked_add(cs)
+            .is_some_and(|end| end <= self.file_size.div_ceil(cs) * cs);
+        if offset < cs || !inside {
+            return Err(Error::InvalidImage(format!(
+                "{which:?} table at {offset:#x} lies outside the file"
+            )));
+        }
+        let mut data = vec![0u8; self.layout.cluster_usize()];
+        let got = self.io.read(kind_of(which), offset, &mut data)?;
+        // A table in the file's last, partly written cluster reads zeros past the end.
+        data[got..].fill(0);
+        Ok(data)
+    }
+
+    /// Writes every dirty refcount block.
+    pub(super) fn flush_refcounts(&mut self) -> Result<(), Error> {
+        for (offset, bytes) in self.rc_cache.take_dirty() {
+            self.io.write(MetaKind::Refblock, offset, &bytes)?;
+        }
+        Ok(())
+    }
+
+    /// True if refcount blocks have unwritten changes.
+    pub(super) fn refcounts_dirty(&self) -> bool {
+        self.rc_cache.has_dirty()
+    }
+
+    /// Marks guest clusters no longer busy and wakes the queues waiting for them.
+    pub(super) fn release(&mut self, clusters: impl IntoIterator<Item = u64>) {
+        for gc in clusters {
+            self.busy.remove(&gc);
+        }
+        for fd in self.waiters.drain(..) {
+            wake(&fd);
+        }
+    }
+
+    /// Forgets a cached table (its cluster is being reused for something else).
+    pub(super) fn forget_table(&mut self, which: Table, offset: u64) {
+        self.cache(which).forget(offset);
+    }
+}
+
+/// Makes an eventfd readable.
+pub(super) fn wake(fd: &OwnedFd) {
+    let one = 1u64.to_ne_bytes();
+    if let Err(e) = nix::unistd::write(fd, &one) {
+        tracing::warn!(error = %e, "cannot wake a queue");
+    }
+}
+
+fn kind_of(which: Table) -> MetaKind {
+    match which {
+        Table::L2 => MetaKind::L2,
+        Table::Refblock => MetaKind::Refblock,
+    }
+}
+
+fn read_table(
+    io: &dyn MetaIo,
+    kind: MetaKind,
+    offset: u64,
+    entries: usize,
+) -> Result<Vec<u64>, Error> {
+    let mut bytes = vec![0u8; entries * 8];
+    io.read_exact(kind, offset, &mut bytes)?;
+    Ok(bytes.chunks_exact(8).map(|c| get64(c, 0)).collect())
+}
+
+/// Big-endian u64 at byte `at` (0 if out of range).
+pub(super) fn get64(data: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    if let Some(src) = data.get(at..at + 8) {
+        b.copy_from_slice(src);
+    }
+    u64::from_be_bytes(b)
+}
+
+/// Stores a big-endian u64 at byte `at` (nothing if out of range).
+pub(super) fn put64(data: &mut [u8], at: usize, value: u64) {
+    if let Some(dst) = data.get_mut(at..at + 8) {
+        dst.copy_from_slice(&value.to_be_bytes());
+    }
+}

@@ -1,0 +1,431 @@
+//! The data-plane queue of a qcow2 image.
+//!
+//! Each guest op becomes a plan: engine I/O on the image file (children, tagged internally),
+//! work already done synchronously (zeros, backing and compressed reads), and metadata to
+//! commit once the children finished. The guest op completes when all of that is done. Ops
+//! touching a guest cluster whose allocation is in flight (on any queue) wait in `deferred`
+//! until that allocation commits; the committing queue wakes the others through their
+//! notifiers. Children beyond the engine's depth wait in `backlog`.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+use crate::buffer::SharedBufs;
+use crate::engine::Engine;
+use crate::error::Error;
+use crate::image::{Completion, ImageQueue, IoOp};
+
+use super::discard;
+use super::meta::{Meta, wake};
+use super::read::{self, Alloc, Plan, Sources, lock};
+use super::write::{self, WriteSrc};
+
+enum Child {
+    Io(IoOp),
+    Now(Result<(), Error>),
+}
+
+struct Parent {
+    tag: u64,
+    pending: usize,
+    error: Option<Error>,
+    allocs: Vec<Alloc>,
+    wrote: bool,
+}
+
+/// A queue of a [`Qcow2Image`](super::Qcow2Image).
+pub struct Qcow2Queue {
+    engine: Engine,
+    meta: Arc<Mutex<Meta>>,
+    srcs: Sources,
+    size: u64,
+    read_only: bool,
+    depth: usize,
+    outstanding: usize,
+    next_id: u64,
+    parents: HashMap<u64, Parent>,
+    children: HashMap<u64, u64>,
+    backlog: VecDeque<(u64, Child)>,
+    deferred: VecDeque<(IoOp, u64)>,
+    ready: Vec<Completion>,
+    wake: Arc<OwnedFd>,
+}
+
+impl Qcow2Queue {
+    pub(super) fn new(
+        engine: Engine,
+        meta: Arc<Mutex<Meta>>,
+        srcs: Sources,
+        size: u64,
+        read_only: bool,
+        depth: u32,
+    ) -> Result<Qcow2Queue, Error> {
+        let wake = Arc::new(engine.notifier().try_clone_to_owned()?);
+        Ok(Qcow2Queue {
+            engine,
+            meta,
+            srcs,
+            size,
+            read_only,
+            depth: depth as usize,
+            outstanding: 0,
+            next_id: 1,
+            parents: HashMap::new(),
+            children: HashMap::new(),
+            backlog: VecDeque::new(),
+            deferred: VecDeque::new(),
+            ready: Vec::new(),
+            wake,
+        })
+    }
+
+    fn check_range(&self, op: &IoOp) -> Option<Error> {
+        let (offset, len) = op.range()?;
+        let Some(len) = len else {
+            return Some(Error::InvalidArgument("buffer length overflows".to_owned()));
+        };
+        let inside = offset.checked_add(len).is_some_and(|end| end <= self.size);
+        (!inside).then_some(Error::OutOfRange {
+            offset,
+            len,
+            size: self.size,
+        })
+    }
+
+    /// Plans and launches `op` (or defers it, or completes it with an error).
+    fn start(&mut self, op: IoOp, tag: u64) {
+        if let Some(error) = self.check_range(&op) {
+            return self.finish_now(tag, Err(error));
+        }
+        if op.is_modifying() && self.read_only {
+            return self.finish_now(tag, Err(Error::ReadOnly));
+        }
+        let planned = match op {
+            IoOp::Read { offset, bufs } => self.plan_read(offset, bufs),
+            IoOp::Flush => self.plan_flush(),
+            op => match self.plan_modify(op, tag) {
+                Some(planned) => planned,
+                None => return,
+            },
+        };
+        match planned {
+            Ok(plan) => self.launch(tag, plan),
+            Err(error) => self.finish_now(tag, Err(error)),
+        }
+    }
+
+    fn plan_read(&mut self, offset: u64, bufs: Box<dyn crate::IoBuffers>) -> Result<Plan, Error> {
+        let bufs = SharedBufs::new(bufs)
+            .ok_or_else(|| Error::InvalidArgument("buffer length overflows".to_owned()))?;
+        read::plan_read(&self.meta, &mut self.srcs, offset, &bufs)
+    }
+
+    fn plan_flush(&mut self) -> Result<Plan, Error> {
+        lock(&self.meta)?.flush_refcounts()?;
+        Ok(Plan {
+            flush: true,
+            ..Plan::default()
+        })
+    }
+
+    /// Plans a write, discard or write-zeroes under the metadata lock; `None` if deferred.
+    fn plan_modify(&mut self, op: IoOp, tag: u64) -> Option<Result<Plan, Error>> {
+        let meta = self.meta.clone();
+        let mut meta = match lock(&meta) {
+            Ok(m) => m,
+            Err(e) => return Some(Err(e)),
+        };
+        let (offset, len) = match op.range() {
+            Some((offset, Some(len))) => (offset, len),
+            _ => return Some(Ok(Plan::default())),
+        };
+        let bits = meta.layout().cluster_bits;
+        let last = offset.saturating_add(len.max(1) - 1) >> bits;
+        if (offset >> bits..=last).any(|gc| meta.busy.contains(&gc)) {
+            if !meta.waiters.iter().any(|w| Arc::ptr_eq(w, &self.wake)) {
+                meta.waiters.push(self.wake.clone());
+            }
+            self.deferred.push_back((op, tag));
+            return None;
+        }
+        let mut plan = Plan::default();
+        let result = match op {
+            IoOp::Write { bufs, .. } => match SharedBufs::new(bufs) {
+                Some(shared) => {
+                    let src = WriteSrc::Guest(&shared);
+                    write::plan_write(&mut meta, &mut self.srcs, offset, len, src, &mut plan)
+                }
+                None => Err(Error::InvalidArgument("buffer length overflows".to_owned())),
+            },
+            _ => discard::plan_discard(&mut meta, &mut self.srcs, offset, len, &mut plan),
+        };
+        if let Err(e) = result {
+            meta.release(plan.allocs.iter().map(|a| a.gc));
+            return Some(Err(e));
+        }
+        Some(Ok(plan))
+    }
+
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn launch(&mut self, tag: u64, plan: Plan) {
+        let wrote = plan.io.iter().any(|io| io.write);
+        let mut kids: Vec<Child> = plan
+            .io
+            .into_iter()
+            .map(|io| {
+                let bufs = Box::new(io.bufs);
+                Child::Io(match io.write {
+                    true => IoOp::Write {
+                        offset: io.host,
+                        bufs,
+                    },
+                    false => IoOp::Read {
+                        offset: io.host,
+                        bufs,
+                    },
+                })
+            })
+            .collect();
+        if plan.flush {
+            kids.push(Child::Io(IoOp::Flush));
+        }
+        if kids.is_empty() {
+            kids.push(Child::Now(Ok(())));
+        }
+        self.spawn(tag, kids, plan.allocs, wrote);
+    }
+
+    fn finish_now(&mut self, tag: u64, result: Result<(), Error>) {
+        self.spawn(tag, vec![Child::Now(result)], Vec::new(), false);
+    }
+
+    fn spawn(&mut self, tag: u64, kids: Vec<Child>, allocs: Vec<Alloc>, wrote: bool) {
+        let id = self.id();
+        let parent = Parent {
+            tag,
+            pending: kids.len(),
+            error: None,
+            allocs,
+            wrote,
+        };
+        self.parents.insert(id, parent);
+        for kid in kids {
+            let child = self.id();
+            self.children.insert(child, id);
+            self.backlog.push_back((child, kid));
+        }
+        self.feed();
+    }
+
+    /// Moves backlog children into the engine while it has room; true if any moved.
+    fn feed(&mut self) -> bool {
+        let mut moved = false;
+        while self.engine.in_flight() < self.engine.depth() {
+            let Some((tag, child)) = self.backlog.pop_front() else {
+                break;
+            };
+            let result = match child {
+                Child::Io(op) => self.engine.submit(op, tag),
+                Child::Now(result) => self.engine.complete_now(tag, result),
+            };
+            if let Err(e) = result {
+                tracing::error!(error = %e, "engine refused a child op");
+            }
+            moved = true;
+        }
+        moved
+    }
+
+    /// Collects child completions, finishes parents, retries deferred ops, feeds the backlog.
+    fn pump(&mut self) {
+        let mut done = Vec::new();
+        self.engine.reap(&mut done);
+        let mut finished = Vec::new();
+        for c in done {
+            let Some(id) = self.children.remove(&c.tag) else {
+                continue;
+            };
+            let Some(parent) = self.parents.get_mut(&id) else {
+                continue;
+            };
+            parent.pending -= 1;
+            if let Err(e) = c.result {
+                parent.error.get_or_insert(e);
+            }
+            if parent.pending == 0 {
+                finished.push(id);
+            }
+        }
+        if !finished.is_empty() {
+            self.finish_parents(finished);
+            self.retry_deferred();
+        }
+        if self.feed() {
+            if let Err(e) = self.engine.commit() {
+                tracing::warn!(error = %e, "engine commit failed in pump");
+            }
+        }
+    }
+
+    fn finish_parents(&mut self, ids: Vec<u64>) {
+        let parents: Vec<Parent> = ids
+            .iter()
+            .filter_map(|id| self.parents.remove(id))
+            .collect();
+        let (commit, rest): (Vec<Parent>, Vec<Parent>) = parents
+            .into_iter()
+            .partition(|p| p.error.is_none() && !p.allocs.is_empty());
+        if !commit.is_empty() {
+            let allocs: Vec<Alloc> = commit.iter().flat_map(|p| p.allocs.clone()).collect();
+            let wrote = commit.iter().any(|p| p.wrote);
+            let result = self.commit_allocs(&allocs, wrote);
+            for p in commit {
+                let r = match &result {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(Error::from_errno(e.errno())),
+                };
+                self.ready.push(Completion {
+                    tag: p.tag,
+                    result: r,
+                });
+            }
+            if let Err(e) = result {
+                tracing::error!(error = %e, "qcow2 metadata commit failed");
+            }
+        }
+        for p in rest {
+            if !p.allocs.is_empty() {
+                // The op failed: its allocations leak (repairable with `qemu-img check -r leaks`).
+                if let Ok(mut meta) = lock(&self.meta) {
+                    meta.release(p.allocs.iter().map(|a| a.gc));
+                }
+            }
+            let result = p.error.map_or(Ok(()), Err);
+            self.ready.push(Completion { tag: p.tag, result });
+        }
+    }
+
+    fn commit_allocs(&mut self, allocs: &[Alloc], wrote: bool) -> Result<(), Error> {
+        let mut meta = lock(&self.meta)?;
+        let result = write::commit(&mut meta, allocs, wrote);
+        meta.release(allocs.iter().map(|a| a.gc));
+        result
+    }
+
+    fn retry_deferred(&mut self) {
+        for _ in 0..self.deferred.len() {
+            let Some((op, tag)) = self.deferred.pop_front() else {
+                break;
+            };
+            self.start(op, tag);
+        }
+    }
+
+    fn wait_for_wake(&mut self, left: Option<Duration>) -> Result<(), Error> {
+        let slice = left.map_or(Duration::from_millis(100), |l| {
+            l.min(Duration::from_millis(100))
+        });
+        let ms = u16::try_from(slice.as_millis()).unwrap_or(100);
+        let mut fds = [PollFd::new(self.engine.notifier(), PollFlags::POLLIN)];
+        poll(&mut fds, PollTimeout::from(ms)).map_err(std::io::Error::from)?;
+        if !self.deferred.is_empty() {
+            self.retry_deferred();
+        }
+        Ok(())
+    }
+}
+
+impl ImageQueue for Qcow2Queue {
+    fn submit(&mut self, op: IoOp, tag: u64) -> Result<(), Error> {
+        if self.outstanding >= self.depth {
+            return Err(Error::QueueFull(
+                u32::try_from(self.depth).unwrap_or(u32::MAX),
+            ));
+        }
+        self.outstanding += 1;
+        self.start(op, tag);
+        Ok(())
+    }
+
+    fn commit(&mut self) -> Result<(), Error> {
+        self.feed();
+        self.engine.commit()
+    }
+
+    fn reap(&mut self, out: &mut Vec<Completion>) -> usize {
+        self.pump();
+        let n = self.ready.len();
+        out.append(&mut self.ready);
+        self.outstanding = self.outstanding.saturating_sub(n);
+        n
+    }
+
+    fn wait(&mut self, timeout: Option<Duration>) -> Result<(), Error> {
+        self.commit()?;
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        loop {
+            self.pump();
+            if !self.ready.is_empty() {
+                wake(&self.wake);
+                return Ok(());
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left.is_some_and(|l| l.is_zero()) {
+                return Ok(());
+            }
+            if self.engine.in_flight() == 0 && self.backlog.is_empty() {
+                if self.deferred.is_empty() {
+                    return Ok(());
+                }
+                self.wait_for_wake(left)?;
+                continue;
+            }
+            self.engine.wait(left)?;
+        }
+    }
+
+    fn notifier(&self) -> BorrowedFd<'_> {
+        self.wake.as_fd()
+    }
+
+    fn in_flight(&self) -> usize {
+        self.outstanding
+    }
+}
+
+/// How long dropping a queue waits for its ops (their allocations block other queues).
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+
+impl Drop for Qcow2Queue {
+    fn drop(&mut self) {
+        let start = Instant::now();
+        let mut done = Vec::new();
+        while self.outstanding > 0 && start.elapsed() < DRAIN_LIMIT {
+            if let Err(e) = self.wait(Some(Duration::from_millis(100))) {
+                tracing::warn!(error = %e, "draining a qcow2 queue");
+                break;
+            }
+            self.reap(&mut done);
+        }
+        if let Ok(mut meta) = lock(&self.meta) {
+            let stuck = self
+                .parents
+                .values()
+                .flat_map(|p| p.allocs.iter().map(|a| a.gc));
+            let stuck: Vec<u64> = stuck.collect();
+            meta.release(stuck);
+            if let Err(e) = meta.flush_refcounts() {
+                tracing::error!(error = %e, "cannot write back qcow2 refcounts");
+            }
+            meta.waiters.retain(|w| !Arc::ptr_eq(w, &self.wake));
+        }
+    }
+}

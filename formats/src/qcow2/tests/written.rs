@@ -1,0 +1,359 @@
+//! Images written by our driver: the shared suite, random ops against an in-memory reference,
+//! writes through backing chains; `qemu-img check` must find no error and no leak, and
+//! `qemu-img convert` must see what we wrote.
+
+use std::path::Path;
+
+use crate::image::{EngineKind, ImageQueue, IoOp};
+use crate::open_image;
+use crate::qcow2::layout::small;
+use crate::qcow2::{Compat, CreateOptions, create, resize};
+use crate::suite::{self, DEPTH, MIN_SIZE, assert_bytes, pattern, read_at, run, write_at};
+
+use super::{check_clean, opts, qemu_img, qemu_io, qemu_raw, read_all, s, temp};
+
+fn suite_on(path: &Path, engine: EngineKind) {
+    let image = open_image(path, &opts(false, engine)).expect("open");
+    let mut q = image.open_queue(DEPTH).expect("queue");
+    suite::run_writable(&mut *q, MIN_SIZE);
+    drop(q);
+    drop(image);
+    check_clean(path);
+}
+
+#[test]
+fn shared_suite_passes_on_a_created_qcow2_with_io_uring() {
+    let (_dir, path) = temp("suite.qcow2");
+    create(&path, MIN_SIZE, &CreateOptions::default()).expect("create");
+    suite_on(&path, EngineKind::IoUring);
+}
+
+#[test]
+fn shared_suite_passes_on_a_qemu_made_v2_qcow2_with_the_sync_engine() {
+    let (_dir, path) = temp("suite.qcow2");
+    let size = MIN_SIZE.to_string();
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "compat=0.10",
+        s(&path),
+        &size,
+    ]);
+    suite_on(&path, EngineKind::Sync);
+}
+
+#[test]
+fn read_only_qcow2_refuses_modifying_ops() {
+    let (_dir, path) = temp("ro.qcow2");
+    create(&path, 1 << 20, &CreateOptions::default()).expect("create");
+    let image = open_image(&path, &opts(true, EngineKind::Auto)).expect("open");
+    assert!(image.features().read_only);
+    let mut q = image.open_queue(4).expect("queue");
+    suite::read_only_refuses_modifying_ops(&mut *q);
+}
+
+/// A small deterministic generator (xorshift).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Random writes (partial clusters, overwrites), discards and write-zeroes, mirrored in `model`.
+fn random_ops(q: &mut dyn ImageQueue, model: &mut [u8], seed: u64, count: usize) {
+    let size = model.len() as u64;
+    let mut rng = Rng(seed);
+    for i in 0..count {
+        let offset = rng.below(size / 512) * 512;
+        let len = ((rng.below(64) + 1) * 512 + rng.below(2) * 65536).min(size - offset);
+        let (start, end) = (small(offset), small(offset + len));
+        match rng.below(10) {
+            0 => {
+                run(q, IoOp::Discard { offset, len }).expect("discard");
+                model[start..end].fill(0);
+            }
+            1 => {
+                run(q, IoOp::WriteZeroes { offset, len }).expect("write zeroes");
+                model[start..end].fill(0);
+            }
+            _ => {
+                let data = pattern(seed + i as u64, small(len));
+                write_at(q, offset, &data).expect("write");
+                model[start..end].copy_from_slice(&data);
+            }
+        }
+    }
+    run(q, IoOp::Flush).expect("flush");
+}
+
+/// Runs random ops on the image at `path` whose current contents are `model`, then checks the
+/// result with our reads, `qemu-img check` and `qemu-img convert`.
+fn random_ops_verified(path: &Path, model: &mut [u8], seed: u64) {
+    let image = open_image(path, &opts(false, EngineKind::Auto)).expect("open");
+    let mut q = image.open_queue(16).expect("queue");
+    random_ops(&mut *q, model, seed, 120);
+    let got = read_all(&mut *q, model.len() as u64, 1 << 20);
+    assert_bytes(&got, model, "our reads after random ops");
+    drop(q);
+    drop(image);
+    check_clean(path);
+    assert_bytes(&qemu_raw(path), model, "qemu-img convert after random ops");
+}
+
+fn created(cluster_size: u32, compat: Compat, refcount_bits: u32, size: u64, seed: u64) {
+    created_at(cluster_size, compat, refcount_bits, size, seed);
+}
+
+/// Creates an image, runs the verified random ops; returns the header before and after.
+fn created_at(
+    cluster_size: u32,
+    compat: Compat,
+    refcount_bits: u32,
+    size: u64,
+    seed: u64,
+) -> (Vec<u8>, Vec<u8>) {
+    let (_dir, path) = temp("w.qcow2");
+    let o = CreateOptions {
+        cluster_size,
+        compat,
+        refcount_bits,
+        ..CreateOptions::default()
+    };
+    create(&path, size, &o).expect("create");
+    check_clean(&path);
+    let before = std::fs::read(&path).expect("read")[..104].to_vec();
+    let mut model = vec![0u8; small(size)];
+    random_ops_verified(&path, &mut model, seed);
+    (before, std::fs::read(&path).expect("read")[..104].to_vec())
+}
+
+#[test]
+fn random_ops_on_a_v3_64k_image_pass_qemu_check() {
+    created(65536, Compat::V1_1, 16, 8 << 20, 1);
+}
+
+#[test]
+fn random_ops_on_a_v2_image_pass_qemu_check() {
+    created(65536, Compat::V0_10, 16, 8 << 20, 2);
+}
+
+#[test]
+fn random_ops_with_512_byte_clusters_and_64_bit_refcounts_grow_the_refcount_table() {
+    // 64 refcounts per block and 64 blocks per table cluster: 4 MiB of data forces new refcount
+    // blocks and a larger refcount table.
+    let (before, after) = created_at(512, Compat::V1_1, 64, 6 << 20, 3);
+    assert_ne!(
+        before[48..60],
+        after[48..60],
+        "refcount table moved and grew"
+    );
+}
+
+#[test]
+fn random_ops_with_one_bit_refcounts_pass_qemu_check() {
+    created(4096, Compat::V1_1, 1, 4 << 20, 4);
+}
+
+#[test]
+fn random_ops_with_2m_clusters_pass_qemu_check() {
+    created(2 << 20, Compat::V1_1, 16, 12 << 20, 5);
+}
+
+#[test]
+fn writes_through_a_backing_chain_copy_on_write_and_pass_qemu_check() {
+    let (dir, base) = temp("base.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", s(&base), "3M"]);
+    qemu_io(&base, "qcow2", &["write -P 0x61 0 3M"]);
+    let mid = dir.path().join("mid.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "base.qcow2",
+        "-F",
+        "qcow2",
+        s(&mid),
+        "4M",
+    ]);
+    qemu_io(&mid, "qcow2", &["write -P 0x62 1M 100k"]);
+    for (name, compat) in [("top3.qcow2", Compat::V1_1), ("top2.qcow2", Compat::V0_10)] {
+        let top = dir.path().join(name);
+        let o = CreateOptions {
+            compat,
+            backing_file: Some("mid.qcow2".into()),
+            backing_format: Some(crate::Format::Qcow2),
+            ..CreateOptions::default()
+        };
+        create(&top, 5 << 20, &o).expect("create");
+        let mut model = qemu_raw(&top);
+        assert_eq!(model.len(), 5 << 20);
+        random_ops_verified(&top, &mut model, 6);
+    }
+    check_clean(&base);
+}
+
+#[test]
+fn images_created_here_match_the_requested_options() {
+    let (dir, _) = temp("x");
+    for (i, (cs, compat, bits, size)) in [
+        (512u32, Compat::V0_10, 16u32, 1u64 << 30),
+        (65536, Compat::V1_1, 1, 100 << 30),
+        (2 << 20, Compat::V1_1, 64, 1 << 40),
+        (4096, Compat::V1_1, 8, 0x1000_0200),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let path = dir.path().join(format!("{i}.qcow2"));
+        let o = CreateOptions {
+            cluster_size: cs,
+            compat,
+            refcount_bits: bits,
+            ..CreateOptions::default()
+        };
+        create(&path, size, &o).expect("create");
+        check_clean(&path);
+        let info = qemu_img(&["info", "--output=json", s(&path)]);
+        let compat_name = if compat == Compat::V0_10 {
+            "0.10"
+        } else {
+            "1.1"
+        };
+        for want in [
+            format!("\"cluster-size\": {cs}"),
+            format!("\"virtual-size\": {size}"),
+            format!("\"compat\": \"{compat_name}\""),
+        ] {
+            assert!(info.contains(&want), "{want} missing in {info}");
+        }
+        if compat == Compat::V1_1 {
+            assert!(
+                info.contains(&format!("\"refcount-bits\": {bits}")),
+                "{info}"
+            );
+        }
+    }
+}
+
+#[test]
+fn creating_over_an_existing_file_or_with_bad_options_fails() {
+    let (_dir, path) = temp("e.qcow2");
+    create(&path, 1 << 20, &CreateOptions::default()).expect("create");
+    assert!(create(&path, 1 << 20, &CreateOptions::default()).is_err());
+    let other = path.with_extension("2");
+    for o in [
+        CreateOptions {
+            cluster_size: 1000,
+            ..CreateOptions::default()
+        },
+        CreateOptions {
+            cluster_size: 4 << 20,
+            ..CreateOptions::default()
+        },
+        CreateOptions {
+            refcount_bits: 3,
+            ..CreateOptions::default()
+        },
+        CreateOptions {
+            compat: Compat::V0_10,
+            refcount_bits: 8,
+            ..CreateOptions::default()
+        },
+    ] {
+        assert!(
+            matches!(
+                create(&other, 1 << 20, &o),
+                Err(crate::Error::InvalidArgument(_))
+            ),
+            "{o:?}"
+        );
+    }
+    assert!(create(&other, 1000, &CreateOptions::default()).is_err());
+}
+
+#[test]
+fn resize_grows_the_image_and_the_l1_table_keeping_data() {
+    let (_dir, path) = temp("r.qcow2");
+    let o = CreateOptions {
+        cluster_size: 4096,
+        ..CreateOptions::default()
+    };
+    // 4 KiB clusters: one L1 entry maps 2 MiB, so growing 3 MiB -> 40 MiB needs a larger L1.
+    create(&path, 3 << 20, &o).expect("create");
+    {
+        let image = open_image(&path, &opts(false, EngineKind::Auto)).expect("open");
+        let mut q = image.open_queue(4).expect("queue");
+        write_at(&mut *q, (3 << 20) - 8192, &pattern(7, 8192)).expect("write");
+    }
+    resize(&path, 40 << 20).expect("resize");
+    check_clean(&path);
+    let image = open_image(&path, &opts(false, EngineKind::Auto)).expect("open");
+    assert_eq!(image.geometry().size, 40 << 20);
+    let mut q = image.open_queue(4).expect("queue");
+    assert_bytes(
+        &read_at(&mut *q, (3 << 20) - 8192, 8192).expect("read"),
+        &pattern(7, 8192),
+        "kept",
+    );
+    write_at(&mut *q, (40 << 20) - 4096, &pattern(8, 4096)).expect("write at new end");
+    drop(q);
+    drop(image);
+    check_clean(&path);
+    let raw = qemu_raw(&path);
+    assert_bytes(&raw[(40 << 20) - 4096..], &pattern(8, 4096), "new end");
+    assert!(resize(&path, 1 << 20).is_err(), "shrinking refused");
+}
+
+#[test]
+fn two_queues_writing_the_same_new_cluster_both_land() {
+    let (_dir, path) = temp("mq.qcow2");
+    create(&path, 4 << 20, &CreateOptions::default()).expect("create");
+    let image = open_image(&path, &opts(false, EngineKind::Auto)).expect("open");
+    let mut a = image.open_queue(8).expect("queue a");
+    let mut b = image.open_queue(8).expect("queue b");
+    let (da, db) = (pattern(1, 4096), pattern(2, 4096));
+    for (q, offset, data, tag) in [(&mut a, 0u64, &da, 1u64), (&mut b, 8192, &db, 2)] {
+        let buf = crate::SharedBuf::new(4096);
+        assert!(buf.copy_in(0, data));
+        q.submit(
+            IoOp::Write {
+                offset,
+                bufs: Box::new(buf),
+            },
+            tag,
+        )
+        .expect("submit");
+        q.commit().expect("commit");
+    }
+    // Queue b's write waits for queue a's allocation of the same cluster (one thread per
+    // queue in the backend; here a is driven first).
+    assert!(suite::reap_n(&mut *a, 1)[0].result.is_ok());
+    assert!(suite::reap_n(&mut *b, 1)[0].result.is_ok());
+    assert_bytes(
+        &read_at(&mut *a, 0, 4096).expect("read"),
+        &da,
+        "queue a's data",
+    );
+    assert_bytes(
+        &read_at(&mut *b, 8192, 4096).expect("read"),
+        &db,
+        "queue b's data",
+    );
+    drop((a, b));
+    drop(image);
+    check_clean(&path);
+}
