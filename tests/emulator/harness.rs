@@ -57,6 +57,23 @@ impl Host {
         }
     }
 
+    /// A host serving the image `make` creates in the host's folder.
+    pub fn serving(setup: Setup, make: impl FnOnce(&std::path::Path) -> PathBuf) -> Host {
+        let (tmp, _, mut cluster) = Self::base(&Setup {
+            size: 4096,
+            ..Setup::default()
+        });
+        let image = make(tmp.path());
+        let spec = spec_for(&setup, GUEST, &image);
+        cluster.add_disk(&spec, &setup.backend_args).unwrap();
+        Host {
+            cluster,
+            spec,
+            image,
+            _tmp: tmp,
+        }
+    }
+
     /// A host running `rustbk daemon`, with one claimed disk for guest 1.
     pub fn with_daemon(setup: Setup) -> Host {
         let (tmp, image, mut cluster) = Self::base(&setup);

@@ -9,3 +9,4 @@ mod data;
 mod handshake;
 mod harness;
 mod hostile;
+mod qcow2;
