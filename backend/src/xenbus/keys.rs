@@ -76,11 +76,13 @@ pub(super) async fn read_backend(store: &Store, be: &str) -> Result<BackendInfo,
 
 /// Splits `params` into an optional format prefix and the image path.
 ///
-/// Accepts `/path`, `raw:/path` and tapdisk's `aio:/path`.
+/// Accepts `/path` (format probed from the header), `raw:/path`, tapdisk's `aio:/path`, and
+/// `qcow2:/path`.
 pub(super) fn parse_params(params: &str) -> Option<(Option<Format>, PathBuf)> {
     let params = params.trim();
     let (format, path) = match params.split_once(':') {
         Some(("raw" | "aio", rest)) => (Some(Format::Raw), rest),
+        Some(("qcow2", rest)) => (Some(Format::Qcow2), rest),
         _ => (None, params),
     };
     (!path.is_empty()).then(|| (format, PathBuf::from(path)))
@@ -176,6 +178,7 @@ mod tests {
             parse_params("aio:/a"),
             Some((Some(Format::Raw), PathBuf::from("/a")))
         );
+        assert_eq!(parse_params("qcow2:/b"), Some((Some(Format::Qcow2), PathBuf::from("/b"))));
         assert_eq!(parse_params("  "), None);
         assert_eq!(parse_params("raw:"), None);
     }
