@@ -66,6 +66,12 @@ pub struct PlatformArgs {
     /// The backend's own domain id.
     #[arg(long, default_value_t = 0)]
     pub backend_domid: u16,
+    /// Backend kind under backend/.
+    #[arg(long, default_value = "vbd")]
+    pub kind: String,
+    /// Folder of the per-guest lock files (default /run/rustbk, or the emulator folder).
+    #[arg(long)]
+    pub lock_dir: Option<PathBuf>,
 }
 
 /// Tunables of the backend.
@@ -107,12 +113,6 @@ pub struct ServeArgs {
     /// The backend directory of `--devid` (default /local/domain/<backend>/backend/vbd/<domid>/<devid>).
     #[arg(long, requires = "devid")]
     pub backend_path: Option<String>,
-    /// Backend kind under backend/.
-    #[arg(long, default_value = "vbd")]
-    pub kind: String,
-    /// Folder of the per-guest lock files (default /run/rustbk, or the emulator folder).
-    #[arg(long)]
-    pub lock_dir: Option<PathBuf>,
     /// Where guests are.
     #[command(flatten)]
     pub platform: PlatformArgs,
@@ -124,12 +124,6 @@ pub struct ServeArgs {
 /// `rustbk daemon`.
 #[derive(Debug, Args)]
 pub struct DaemonArgs {
-    /// Backend kind under backend/ to watch.
-    #[arg(long, default_value = "vbd")]
-    pub kind: String,
-    /// Folder of the per-guest lock files (default /run/rustbk, or the emulator folder).
-    #[arg(long)]
-    pub lock_dir: Option<PathBuf>,
     /// Where guests are.
     #[command(flatten)]
     pub platform: PlatformArgs,

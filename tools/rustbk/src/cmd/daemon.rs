@@ -27,14 +27,8 @@ async fn daemon(args: DaemonArgs) -> anyhow::Result<()> {
         .await
         .context("cannot reach xenstore (XENSTORED_PATH)")?;
     let exe = std::env::current_exe().context("cannot find the rustbk executable")?;
-    let lock_dir = lock_dir(args.lock_dir.as_ref(), &args.platform);
-    let mut worker_args = to_args(&args.platform, &args.backend);
-    worker_args.extend([
-        "--kind".into(),
-        args.kind.clone(),
-        "--lock-dir".into(),
-        lock_dir.display().to_string(),
-    ]);
+    let lock_dir = lock_dir(&args.platform);
+    let worker_args = to_args(&args.platform, &args.backend);
     let worker = Arc::new(move |domid: DomId| {
         let mut cmd = tokio::process::Command::new(&exe);
         cmd.args(["serve", "--domid", &domid.0.to_string()])
@@ -43,7 +37,7 @@ async fn daemon(args: DaemonArgs) -> anyhow::Result<()> {
     });
     let cfg = DaemonConfig {
         backend: DomId(args.platform.backend_domid),
-        kind: args.kind,
+        kind: args.platform.kind.clone(),
         lock_dir,
         worker,
     };

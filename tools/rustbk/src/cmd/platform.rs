@@ -24,8 +24,8 @@ pub fn platform(args: &PlatformArgs) -> anyhow::Result<Arc<dyn Platform>> {
 }
 
 /// Where per-guest lock files go.
-pub fn lock_dir(explicit: Option<&PathBuf>, platform: &PlatformArgs) -> PathBuf {
-    match (explicit, &platform.emu_dir) {
+pub fn lock_dir(platform: &PlatformArgs) -> PathBuf {
+    match (&platform.lock_dir, &platform.emu_dir) {
         (Some(dir), _) => dir.clone(),
         (None, Some(emu)) => emu.clone(),
         (None, None) => PathBuf::from("/run/rustbk"),
@@ -55,6 +55,11 @@ pub fn to_args(platform: &PlatformArgs, backend: &BackendArgs) -> Vec<String> {
     if let Some(dir) = &platform.emu_dir {
         out.extend(["--emu-dir".into(), dir.display().to_string()]);
     }
+    out.extend(["--kind".into(), platform.kind.clone()]);
+    out.extend([
+        "--lock-dir".into(),
+        lock_dir(platform).display().to_string(),
+    ]);
     out.extend(backend_args(backend));
     out
 }

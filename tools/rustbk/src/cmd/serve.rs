@@ -36,7 +36,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let work = async {
         match args.devid {
             Some(devid) => {
-                let root = backend_root(backend, &args.kind);
+                let root = backend_root(backend, &args.platform.kind);
                 let backend_path = args
                     .backend_path
                     .clone()
@@ -52,7 +52,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 r.map_err(|e| anyhow::anyhow!(error_chain(&e)))
             }
             None => {
-                let dir = lock_dir(args.lock_dir.as_ref(), &args.platform);
+                let dir = lock_dir(&args.platform);
                 let Some(_lock) = GuestLock::acquire(&dir, domid)? else {
                     bail!(
                         "guest {} is already served by another rustbk worker",
@@ -62,7 +62,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 let spec = GuestSpec {
                     backend,
                     domid,
-                    kind: args.kind.clone(),
+                    kind: args.platform.kind.clone(),
                 };
                 serve_guest(store, platform, spec, opts)
                     .await
