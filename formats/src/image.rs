@@ -171,6 +171,9 @@ pub struct OpenOptions {
     pub sector_size: u32,
     /// qcow2 options (metadata cache sizes).
     pub qcow2: crate::qcow2::Qcow2Options,
+    /// Test hook: told every write, zeroing and flush that reaches the image's file (writable
+    /// opens only; backing files are not recorded). See [`WriteRecorder`](crate::WriteRecorder).
+    pub recorder: Option<std::sync::Arc<dyn crate::WriteRecorder>>,
 }
 
 impl Default for OpenOptions {
@@ -182,6 +185,7 @@ impl Default for OpenOptions {
             engine: EngineKind::Auto,
             sector_size: 512,
             qcow2: crate::qcow2::Qcow2Options::default(),
+            recorder: None,
         }
     }
 }

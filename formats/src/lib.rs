@@ -22,7 +22,7 @@ pub mod raw;
 mod suite;
 
 pub use buffer::{AlignedBuf, Composite, IoBuffers, IoVec, SharedBuf, SharedBufs};
-pub use engine::{Engine, EngineFile};
+pub use engine::{Engine, EngineFile, WriteRecorder};
 pub use error::Error;
 pub use image::{
     BlockImage, Completion, EngineKind, Features, Format, Geometry, ImageQueue, IoOp, OpenOptions,
@@ -51,16 +51,38 @@ pub(crate) fn open_chain(
     chain: &mut qcow2::Chain,
 ) -> Result<Arc<dyn BlockImage>, Error> {
     chain.enter(path)?;
-    let file = Arc::new(EngineFile::open(path, opts.read_only, opts.direct)?);
+    let mut file = EngineFile::open(path, opts.read_only, opts.direct)?;
+    if let Some(recorder) = opts.recorder.as_ref().filter(|_| !file.read_only()) {
+        file.set_recorder(recorder.clone());
+    }
     let format = match opts.format {
         Some(format) => format,
         None => probe(&file)?,
     };
+    if format == Format::Qcow2 && file.dio_align().is_some() && sub_page_clusters(&file)? {
+        // Metadata goes through the page cache; with clusters smaller than a page, data and
+        // metadata share pages, and mixing O_DIRECT with dirty cached pages of the same page
+        // loses writes. Such images use the page cache for everything.
+        tracing::info!(path = %path.display(), "qcow2 clusters below the page size: not using O_DIRECT");
+        file.disable_direct();
+    }
+    let file = Arc::new(file);
     match format {
         Format::Raw => Ok(Arc::new(RawImage::new(file, opts)?)),
         Format::Qcow2 => Ok(Arc::new(Qcow2Image::open(file, opts, chain)?)),
     }
 }
+
+/// Whether a qcow2 image's clusters are smaller than a page.
+fn sub_page_clusters(file: &EngineFile) -> Result<bool, Error> {
+    let mut head = [0u8; qcow2::header::V2_HEADER_LEN as usize];
+    let got = file.read_head(&mut head)?;
+    let bits = qcow2::header::peek_cluster_bits(&head[..got])?;
+    Ok(bits < PAGE_SHIFT)
+}
+
+/// log2 of the page size, the unit the page cache works in.
+const PAGE_SHIFT: u32 = 12;
 
 /// Magic numbers at offset 0 of the formats this crate does not open yet.
 const FOREIGN_MAGICS: [(&[u8], &str); 2] = [(b"KDMV", "vmdk"), (b"conectix", "vhd")];

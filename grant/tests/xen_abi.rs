@@ -84,8 +84,8 @@ fn every_ioctl_the_platform_issues_is_covered() {
 }
 
 #[test]
-fn a_wrong_value_is_detected() {
-    // The comparison itself must be able to fail: a deliberately wrong fact differs from C.
+fn the_c_side_reports_values_from_the_headers_not_from_rust() {
+    // The value given on the Rust side is ignored by the C program: a wrong one would differ.
     let c = run_c(&c_program(&[("sizeof(struct ioctl_evtchn_notify)", 0)]));
     assert_eq!(c["sizeof(struct ioctl_evtchn_notify)"], 4);
 }

@@ -178,7 +178,10 @@ mod tests {
             parse_params("aio:/a"),
             Some((Some(Format::Raw), PathBuf::from("/a")))
         );
-        assert_eq!(parse_params("qcow2:/b"), Some((Some(Format::Qcow2), PathBuf::from("/b"))));
+        assert_eq!(
+            parse_params("qcow2:/b"),
+            Some((Some(Format::Qcow2), PathBuf::from("/b")))
+        );
         assert_eq!(parse_params("  "), None);
         assert_eq!(parse_params("raw:"), None);
     }

@@ -5,12 +5,14 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::buffer::{BUF_ALIGN, IoVec};
 use crate::error::Error;
 
 use super::prep::Which;
+use super::record::WriteRecorder;
 use super::sys;
 
 /// What kind of host file backs an image.
@@ -52,6 +54,7 @@ pub struct EngineFile {
     physical_block: u32,
     bounced: AtomicU64,
     fallbacks: AtomicU64,
+    recorder: Option<Arc<dyn WriteRecorder>>,
 }
 
 impl EngineFile {
@@ -95,6 +98,7 @@ impl EngineFile {
             physical_block,
             bounced: AtomicU64::new(0),
             fallbacks: AtomicU64::new(0),
+            recorder: None,
         };
         if direct {
             file.direct = file.open_direct(&meta).map_err(err)?;
@@ -137,6 +141,11 @@ impl EngineFile {
         }
         tracing::debug!(path = %self.path.display(), ?align, "O_DIRECT enabled");
         Ok(Some((direct, align)))
+    }
+
+    /// Drops the O_DIRECT descriptor: every op goes through the page cache from now on.
+    pub fn disable_direct(&mut self) {
+        self.direct = None;
     }
 
     /// The path the file was opened with.
@@ -214,12 +223,32 @@ impl EngineFile {
         if self.read_only {
             return Err(Error::ReadOnly);
         }
-        Ok(self.buffered.write_all_at(data, offset)?)
+        self.buffered.write_all_at(data, offset)?;
+        if let Some(recorder) = &self.recorder {
+            recorder.written(offset, data);
+        }
+        Ok(())
     }
 
     /// fdatasync on the file.
     pub fn datasync(&self) -> Result<(), Error> {
-        Ok(self.buffered.sync_data()?)
+        let mark = self.recorder.as_ref().map(|r| r.sync_begin());
+        self.buffered.sync_data()?;
+        if let (Some(recorder), Some(mark)) = (&self.recorder, mark) {
+            recorder.synced(mark);
+        }
+        Ok(())
+    }
+
+    /// Installs a test hook that is told every completed write, zeroing and fdatasync on this
+    /// file (see [`WriteRecorder`]). Install it before the file is shared.
+    pub fn set_recorder(&mut self, recorder: Arc<dyn WriteRecorder>) {
+        self.recorder = Some(recorder);
+    }
+
+    /// The installed recorder, if any.
+    pub(crate) fn recorder(&self) -> Option<&dyn WriteRecorder> {
+        self.recorder.as_deref()
     }
 
     /// How ops were adapted for O_DIRECT so far.
@@ -298,6 +327,7 @@ impl EngineFile {
             physical_block: 512,
             bounced: AtomicU64::new(0),
             fallbacks: AtomicU64::new(0),
+            recorder: None,
         }
     }
 }

@@ -13,12 +13,14 @@
 
 mod file;
 mod prep;
+mod record;
 #[allow(unsafe_code)]
 mod sys;
 #[allow(unsafe_code)]
 mod uring;
 
 pub use file::{DioAlign, EngineFile, FileKind, FileStats};
+pub use record::WriteRecorder;
 
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -156,7 +158,8 @@ impl Engine {
     }
 
     /// Starts a committed op: on the ring, or synchronously (Sync engine, BLKDISCARD).
-    fn start(&mut self, op: Prepared) {
+    fn start(&mut self, mut op: Prepared) {
+        record::mark_sync(&self.file, &mut op);
         let op = match &mut self.ring {
             Some(ring) if !op.is_blocking_ioctl() => match ring.push(op) {
                 None => return,
@@ -175,6 +178,9 @@ impl Engine {
         loop {
             let res = sys::execute(&self.file, &op.request());
             if let Step::Done(result) = op.on_result(res) {
+                if result.is_ok() {
+                    record::report_op(&self.file, &op);
+                }
                 return self.complete(op.tag(), result);
             }
         }
@@ -187,10 +193,15 @@ impl Engine {
         while let Some((mut op, res)) = ring.pop() {
             match op.on_result(res) {
                 Step::Again => restarted.push(op),
-                Step::Done(result) => self.ready.push_back(Completion {
-                    tag: op.tag(),
-                    result,
-                }),
+                Step::Done(result) => {
+                    if result.is_ok() {
+                        record::report_op(&self.file, &op);
+                    }
+                    self.ready.push_back(Completion {
+                        tag: op.tag(),
+                        result,
+                    });
+                }
             }
         }
         if restarted.is_empty() {

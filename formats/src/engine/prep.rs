@@ -10,6 +10,7 @@ use crate::error::Error;
 use crate::image::IoOp;
 
 use super::file::{EngineFile, FileKind};
+use super::record::WriteRecorder;
 
 /// Most iovecs one readv/writev accepts (IOV_MAX); longer lists go through a bounce buffer.
 const IOV_MAX: usize = 1024;
@@ -98,6 +99,8 @@ pub(crate) struct Prepared {
     bounce: Option<AlignedBuf>,
     retries: u8,
     punch_fallback: bool,
+    /// The recorder's mark of a flush (see `record.rs`).
+    sync_mark: u64,
 }
 
 /// Checks `op` against the file and builds its state, bouncing misaligned direct I/O.
@@ -208,12 +211,45 @@ impl Prepared {
             bounce: None,
             retries: 0,
             punch_fallback: false,
+            sync_mark: 0,
         }
     }
 
     /// The caller's tag.
     pub(crate) fn tag(&self) -> u64 {
         self.tag
+    }
+
+    /// Takes the recorder's mark for a flush about to be issued (other ops: nothing).
+    pub(crate) fn mark_sync(&mut self, recorder: &dyn WriteRecorder) {
+        if matches!(self.action, Action::Sync) {
+            self.sync_mark = recorder.sync_begin();
+        }
+    }
+
+    /// Tells `recorder` what this successfully finished op did to the file.
+    pub(crate) fn report(&self, recorder: &dyn WriteRecorder) {
+        match self.action {
+            Action::Read => {}
+            Action::Write => {
+                // `offset` advanced by `total` bytes on the way to completion.
+                let start = self.offset.saturating_sub(self.total as u64);
+                match (&self.bounce, &self.guest) {
+                    (Some(bounce), _) => recorder.written(start, bounce.as_slice()),
+                    (None, Some(guest)) => {
+                        let mut data = vec![0u8; self.total];
+                        let got = gather(&**guest, &mut data);
+                        data.truncate(got);
+                        recorder.written(start, &data);
+                    }
+                    (None, None) => {}
+                }
+            }
+            Action::Sync => recorder.synced(self.sync_mark),
+            Action::Fallocate { len, .. } | Action::BlkDiscard { len } => {
+                recorder.zeroed(self.offset, len);
+            }
+        }
     }
 
     /// True if the op has no io_uring form and must run synchronously.

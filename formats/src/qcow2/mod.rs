@@ -26,11 +26,13 @@
 
 mod backing;
 mod cache;
+pub mod check;
 mod compress;
 mod create;
 mod discard;
 pub mod header;
 mod layout;
+pub mod map;
 mod meta;
 mod metaio;
 mod queue;
@@ -42,6 +44,7 @@ mod write;
 mod tests;
 
 pub use backing::MAX_CHAIN_DEPTH;
+pub use check::{CheckReport, Repair, check};
 pub use create::{Compat, CreateOptions, create, resize};
 pub use meta::CacheSizes;
 pub use queue::Qcow2Queue;

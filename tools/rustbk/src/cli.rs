@@ -30,6 +30,8 @@ pub enum Command {
     Demo(DemoArgs),
     /// Measure rustbk against fio (io_uring, O_DIRECT) on the same file in the same run.
     Bench(BenchArgs),
+    /// Image tools with qemu-img's conventions: create, info, check, convert, compare, map, resize.
+    Img(crate::img::ImgArgs),
 }
 
 /// Emulator components.

@@ -5,4 +5,5 @@
 pub mod cli;
 pub mod cluster;
 pub mod cmd;
+pub mod img;
 pub mod logging;

@@ -26,5 +26,6 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Emu(EmuCommand::Guest(args)) => guest::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Img(args) => crate::img::run(args),
     }
 }

@@ -1,0 +1,194 @@
+#!/bin/busybox sh
+# PID 1 of the e2e dom0. Output goes to hvc0 -> Xen console -> com1 -> the QEMU serial log, where
+# run.sh collects E2E-PASS / E2E-FAIL / E2E-INFO / E2E-FIO lines and the E2E-DONE marker.
+# Phases: rustbk (create, data, features, hot attach/detach, reboot, fio, shutdown, image check),
+# then the peers (kernel xen-blkback and QEMU qdisk) running the same fio job.
+/bin/busybox --install -s /bin
+set -u
+export PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin:/usr/lib/xen-4.17/bin
+export LD_LIBRARY_PATH=/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu
+. /etc/e2e/lib.sh
+
+boot_dom0() {
+  mount -t proc proc /proc
+  mount -t sysfs sysfs /sys
+  mount -t devtmpfs devtmpfs /dev 2>/dev/null
+  exec >/dev/console 2>&1
+  # Xen's hotplug scripts stat /dev/stdin and use /dev/fd.
+  ln -sf /proc/self/fd /dev/fd; ln -sf /proc/self/fd/0 /dev/stdin
+  ln -sf /proc/self/fd/1 /dev/stdout; ln -sf /proc/self/fd/2 /dev/stderr
+  mkdir -p /dev/pts /dev/shm && mount -t devpts devpts /dev/pts && mount -t tmpfs tmpfs /dev/shm
+  mkdir -p /run /tmp /var/lib/xen /var/lib/xenstored /var/log/xen/console /var/lock /data
+  rm -rf /var/run && ln -s /run /var/run && mkdir -p /run/xen /run/xenstored
+  mount -t tmpfs tmpfs /data
+  pass "dom0 reached userspace (uptime $(up)s)"
+}
+
+start_xen_tools() {
+  for m in xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xenfs loop; do modprobe $m || fail "modprobe $m"; done
+  mount -t xenfs xenfs /proc/xen
+  /usr/lib/xen-4.17/bin/xenstored --pid-file /run/xenstored.pid
+  local i=0
+  while ! xenstore-read /local >/dev/null 2>&1 && [ $i -lt 30 ]; do sleep 1; i=$((i+1)); done
+  xenstore-ls / >/dev/null 2>&1 && pass "xenstored running" || fail "xenstored not answering"
+  /usr/lib/xen-4.17/bin/xen-init-dom0 >/dev/null 2>&1 && pass "xen-init-dom0" || fail "xen-init-dom0"
+  /usr/lib/xen-4.17/bin/xenconsoled --pid-file=/run/xenconsoled.pid --log=guest --log-dir=/var/log/xen/console
+  grep -q xen_blkback /proc/modules && fail "xen-blkback is loaded before the rustbk phase"
+}
+
+start_rustbk() {
+  if ! rustbk daemon --help >/dev/null 2>&1; then
+    fail "this rustbk has no 'daemon' command"; return
+  fi
+  XENSTORED_PATH=/run/xenstored/socket RUST_LOG=$RUSTBK_LOG rustbk daemon > /var/log/rustbk.log 2>&1 &
+  RUSTBK_PID=$!
+  sleep 2
+  kill -0 $RUSTBK_PID 2>/dev/null && pass "rustbk daemon running (pid $RUSTBK_PID)" \
+    || { fail "rustbk daemon exited at start"; cat /var/log/rustbk.log; }
+}
+
+stop_rustbk() {
+  info "rustbk log: $(wc -l < /var/log/rustbk.log) lines, $(grep -c WARN /var/log/rustbk.log) WARN, $(grep -c ERROR /var/log/rustbk.log) ERROR"
+  grep -E 'WARN|ERROR' /var/log/rustbk.log | head -n 10
+  kill $RUSTBK_PID 2>/dev/null
+  local i=0
+  while kill -0 $RUSTBK_PID 2>/dev/null && [ $i -lt 10 ]; do sleep 1; i=$((i+1)); done
+  if pidof rustbk >/dev/null; then
+    fail "rustbk processes still running after the daemon was stopped: $(pidof rustbk)"
+    kill -9 $(pidof rustbk) 2>/dev/null
+  else
+    pass "rustbk daemon and workers stopped"
+  fi
+}
+
+# make_image FILE SIZE_MB MAGIC: a zero-filled image (allocated) with MAGIC in sector 0.
+make_image() {
+  dd if=/dev/zero of=$1 bs=1M count=$2 2>/dev/null
+  printf "%s" "$3" | dd of=$1 conv=notrunc 2>/dev/null
+}
+
+# guest_cfg NAME DISK...: a PV guest config running domU-init.sh with these disks.
+guest_cfg() {
+  local name=$1 disks="" d
+  shift
+  for d in "$@"; do disks="$disks'$d', "; done
+  cat > /etc/xen/$name.cfg <<EOF
+name = "$name"
+type = "pv"
+kernel = "/boot/domU-vmlinuz"
+ramdisk = "/boot/domU.cpio.gz"
+extra = "console=hvc0 loglevel=4 e2e_fio_runtime=$FIO_RUNTIME e2e_ring_order=$RING_ORDER"
+memory = 768
+vcpus = 1
+on_crash = "preserve"
+disk = [ $disks ]
+EOF
+}
+
+rustbk_disk() { echo "format=raw, vdev=$1, access=rw, backendtype=phy, script=rustbk, target=$2"; }
+
+phase_create() {
+  make_image /data/disk.img 64 RUSTBK-E2E-DATA
+  guest_cfg g1 "$(rustbk_disk xvda /data/disk.img)"
+  guest_use g1
+  local t0=$(up)
+  if xl create /etc/xen/g1.cfg > /tmp/create.out 2>&1; then
+    pass "xl create g1 with a rustbk disk"; info "xl create returned after $(since $t0)s"
+  else
+    fail "xl create g1 with a rustbk disk"; cat /tmp/create.out; return 1; fi
+  if wait_guest "G-EVENT first-io xvda magic=RUSTBK-E2E-DATA" 300; then
+    info "boot-to-guest-I/O: $(since $t0)s from xl create to the guest's first read of xvda (rustbk)"
+    pass "guest read the pattern of its rustbk disk"
+  else
+    fail "guest never read its rustbk disk"; return 1
+  fi
+  wait_guest "G-EVENT data-done xvda" 300 || fail "guest data test did not finish"
+  show_features $(xl domid g1) 51712
+}
+
+phase_hotplug() {
+  make_image /data/hot.img 16 RUSTBK-E2E-HOT
+  guest_mark
+  if timeout 90 xl block-attach g1 "$(rustbk_disk xvdb /data/hot.img)" > /tmp/attach.out 2>&1; then
+    pass "xl block-attach of a second rustbk disk"
+  else fail "xl block-attach of a second rustbk disk"; cat /tmp/attach.out; return 1; fi
+  wait_guest "G-EVENT hot-written xvdb" 120 || { fail "guest did not use the hot-plugged disk"; return 1; }
+  guest_mark
+  if timeout 90 xl block-detach g1 xvdb > /tmp/detach.out 2>&1; then pass "xl block-detach"; else
+    fail "xl block-detach"; cat /tmp/detach.out; fi
+  wait_guest "G-EVENT gone xvdb" 60 && pass "guest saw xvdb go away" || fail "xvdb still in the guest"
+  xl block-list g1 2>&1 | grep -q 51728 && fail "xvdb still listed by xl block-list"
+  check_sector /data/hot.img 8 GUEST-WROTE-HOT "guest write to the hot-plugged disk landed in hot.img"
+}
+
+phase_reboot() {
+  local old=$(xl domid g1)
+  guest_mark
+  xl reboot g1 > /tmp/reboot.out 2>&1 || { fail "xl reboot g1"; cat /tmp/reboot.out; return 1; }
+  wait_guest "G-EVENT verify-done xvda" 300 || { fail "guest did not verify its data after reboot"; return 1; }
+  pass "guest rebooted (domain $old -> $(xl domid g1)) and reconnected to rustbk"
+}
+
+# fio on a rustbk disk hot-plugged into g1.
+phase_fio_rustbk() {
+  make_image /data/fio-rustbk.img $FIO_SIZE_MB RUSTBK-E2E-FIO-rustbk
+  guest_mark
+  timeout 90 xl block-attach g1 "$(rustbk_disk xvdc /data/fio-rustbk.img)" > /tmp/attach.out 2>&1 \
+    || { fail "block-attach of the rustbk fio disk"; cat /tmp/attach.out; return 1; }
+  wait_guest "G-FIO rustbk" $((FIO_RUNTIME * 2 + 300)) || fail "no fio result for rustbk"
+  report_fio rustbk
+  timeout 90 xl block-detach g1 xvdc > /dev/null 2>&1 || fail "block-detach of the rustbk fio disk"
+  rm -f /data/fio-rustbk.img
+}
+
+phase_shutdown_check() {
+  timeout 120 xl shutdown -w g1 > /tmp/shutdown.out 2>&1 && pass "xl shutdown g1" \
+    || { fail "xl shutdown g1"; cat /tmp/shutdown.out; xl destroy g1; }
+  sleep 2
+  xenstore-ls /local/domain/0/backend/vbd 2>/dev/null | grep -q . \
+    && fail "backend/vbd nodes left after shutdown: $(xenstore-ls /local/domain/0/backend/vbd | head -5)"
+  check_image_files /data/disk.img
+}
+
+# Peers: kernel xen-blkback (phy on a loop device) and QEMU qdisk, in one fresh guest.
+phase_peers() {
+  [ $RUSTBK_PID -ne 0 ] && stop_rustbk
+  modprobe xen-blkback && pass "modprobe xen-blkback (after rustbk stopped)" || { fail "modprobe xen-blkback"; return 1; }
+  make_image /data/fio-blkback.img $FIO_SIZE_MB RUSTBK-E2E-FIO-blkback
+  make_image /data/fio-qdisk.img $FIO_SIZE_MB RUSTBK-E2E-FIO-qdisk
+  guest_cfg g2 "format=raw, vdev=xvda, access=rw, backendtype=phy, target=/data/fio-blkback.img" \
+               "format=raw, vdev=xvdb, access=rw, backendtype=qdisk, target=/data/fio-qdisk.img"
+  guest_use g2
+  xl create /etc/xen/g2.cfg > /tmp/create.out 2>&1 || { fail "xl create g2 (peers)"; cat /tmp/create.out; return 1; }
+  wait_guest "G-FIO blkback" $((FIO_RUNTIME * 2 + 400)) || fail "no fio result for blkback"
+  report_fio blkback
+  wait_guest "G-FIO qdisk" $((FIO_RUNTIME * 2 + 300)) || fail "no fio result for qdisk"
+  report_fio qdisk
+  xl destroy g2
+}
+
+phases_rustbk() {
+  start_rustbk
+  if phase_create; then
+    phase_hotplug
+    phase_reboot
+    phase_fio_rustbk
+  fi
+  xl domid g1 >/dev/null 2>&1 && phase_shutdown_check
+}
+
+main() {
+  boot_dom0
+  FIO_RUNTIME=$(sed -n 's/.*e2e_fio_runtime=\([0-9]*\).*/\1/p' /proc/cmdline); FIO_RUNTIME=${FIO_RUNTIME:-30}
+  RUSTBK_LOG=$(sed -n 's/.*e2e_rustbk_log=\([^ ]*\).*/\1/p' /proc/cmdline); RUSTBK_LOG=${RUSTBK_LOG:-info}
+  RING_ORDER=$(sed -n 's/.*e2e_ring_order=\([0-9]*\).*/\1/p' /proc/cmdline); RING_ORDER=${RING_ORDER:-2}
+  FIO_SIZE_MB=256
+  PHASES=$(sed -n 's/.*e2e_phases=\([^ ]*\).*/\1/p' /proc/cmdline); PHASES=${PHASES:-rustbk,peers}
+  RUSTBK_PID=0
+  start_xen_tools
+  case ",$PHASES," in *,rustbk,*) phases_rustbk ;; esac
+  case ",$PHASES," in *,peers,*) phase_peers ;; esac
+  finish
+}
+
+main

@@ -1,0 +1,206 @@
+#!/bin/bash
+# rustbk end-to-end test under real Xen: boots Debian's Xen 4.17 + a Linux dom0 running
+# `rustbk daemon` + a Linux PV guest under qemu-system-x86_64 -accel tcg, and checks the guest's
+# disk I/O through rustbk (data, ext4, hot attach/detach, reboot), then runs the same fio job on
+# rustbk, kernel xen-blkback and QEMU qdisk. Usage, from the repository root:
+#     bash tests/xen-e2e/run.sh
+# Environment: W (work folder, default target/xen-e2e, reused between runs), FIO_RUNTIME (seconds
+# per fio job, default 30), XEN_TIMEOUT (seconds for the whole boot, default 1800), RUSTBK_LOG
+# (RUST_LOG of the daemon, default info), E2E_PHASES (default rustbk,peers), DOM0_VCPUS (1), RING_ORDER
+# (guest blkfront max_ring_page_order, default 2), KVER (guest/dom0 kernel, default Debian's current).
+# Exits non-zero on any E2E-FAIL line or when the E2E-DONE marker is missing. Never skips.
+set -u
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
+SRC=$REPO/tests/xen-e2e
+W=${W:-$REPO/target/xen-e2e}
+FIO_RUNTIME=${FIO_RUNTIME:-30}
+XEN_TIMEOUT=${XEN_TIMEOUT:-1800}
+RUSTBK_LOG=${RUSTBK_LOG:-info}
+KVER=${KVER:-}
+E2E_PHASES=${E2E_PHASES:-rustbk,peers}
+# One dom0 vCPU: with two, under multi-threaded TCG, dom0 processes segfault while kernel
+# blkback or qdisk serve I/O (seen without rustbk ever running).
+DOM0_VCPUS=${DOM0_VCPUS:-1}
+RING_ORDER=${RING_ORDER:-2}   # the guests' blkfront max_ring_page_order (multi-page rings)
+R=$W/root
+T_START=$(date +%s)
+
+log() { echo "[xen-e2e +$(( $(date +%s) - T_START ))s] $*"; }
+die() { echo "E2E-FAIL: $*"; echo "OVERALL FAIL"; exit 1; }
+
+# Host tools, installed with apt-get when missing (CI machines start fresh).
+ensure_host_tools() {
+  local want="qemu-system-x86_64:qemu-system-x86 depmod:kmod fio:fio mkfs.ext4:e2fsprogs debugfs:e2fsprogs cpio:cpio"
+  local missing="" pair
+  for pair in $want; do
+    command -v "${pair%%:*}" >/dev/null || missing="$missing ${pair#*:}"
+  done
+  [ -z "$missing" ] && return 0
+  log "installing host packages:$missing"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing \
+    || die "apt-get install$missing failed"
+}
+
+build_rustbk() {
+  log "cargo build --release -p rustbk"
+  (cd "$REPO" && cargo build --release -p rustbk) || die "cargo build --release -p rustbk failed"
+  RUSTBK_BIN=$REPO/target/release/rustbk
+  [ -x "$RUSTBK_BIN" ] || die "no $RUSTBK_BIN"
+}
+
+# Debian packages for dom0 (Xen, its tools, QEMU for qdisk) and the kernel, unpacked into $R.
+fetch_packages() {
+  [ -n "$KVER" ] || KVER=$(apt-cache depends linux-image-amd64 | sed -n 's/.*Depends: linux-image-\(.*\)$/\1/p' | head -1)
+  [ -n "$KVER" ] || die "cannot find the kernel version of linux-image-amd64"
+  local pkgs="xen-hypervisor-4.17-amd64 xen-utils-4.17 xen-utils-common libxenmisc4.17 libxenstore4
+    libxengnttab1 libxenevtchn1 libxentoollog1 libxencall1 libxenforeignmemory1 libxendevicemodel1
+    libxentoolcore1 libxenhypfs1 xenstore-utils libyajl2 busybox-static qemu-system-xen
+    qemu-system-data linux-image-$KVER"
+  local stamp="$KVER $(echo $pkgs | md5sum | cut -c1-8)"
+  if [ "$(cat "$R/.done" 2>/dev/null)" != "$stamp" ]; then
+    log "fetching Debian packages into $W/debs"
+    rm -rf "$R" && mkdir -p "$W/debs" "$R" && chmod 777 "$W/debs"
+    (cd "$W/debs" && apt-get download $pkgs) > "$W/download.log" 2>&1 || { cat "$W/download.log"; die "apt-get download failed"; }
+    local d
+    for d in "$W"/debs/*.deb; do dpkg -x "$d" "$R" || die "dpkg -x $d"; done
+    depmod -b "$R" "$KVER" || die "depmod"
+    echo "$stamp" > "$R/.done"
+  fi
+  VMLINUZ=$R/boot/vmlinuz-$KVER
+  MODDIR=$R/lib/modules/$KVER
+  [ -f "$VMLINUZ" ] && [ -f "$R/boot/xen-4.17-amd64.gz" ] || die "kernel or Xen missing from the packages"
+  zcat "$R/boot/xen-4.17-amd64.gz" > "$W/xen.elf"
+}
+
+# copy_bin IR PATH...: a binary (from $R if it is there, else from the host) and its libraries.
+copy_bin() {
+  local ir=$1 f src lib lp
+  shift
+  for f in "$@"; do
+    if [ -e "$R$f" ]; then src=$R$f; lp=$R/usr/lib/x86_64-linux-gnu; else src=$f; lp=; fi
+    [ -e "$src" ] || die "copy_bin: $f not found"
+    mkdir -p "$ir$(dirname "$f")" && cp -L "$src" "$ir$f"
+    LD_LIBRARY_PATH=$lp ldd "$src" 2>/dev/null | awk '/=>/ {print $3} /^[ \t]*\/lib64\// {print $1}' |
+    while read -r lib; do
+      [ -n "$lib" ] && [ -e "$lib" ] || continue
+      case "$lib" in
+        /lib64/*) mkdir -p "$ir/lib64" && cp -L "$lib" "$ir/lib64/" ;;
+        *) mkdir -p "$ir/lib/x86_64-linux-gnu" && cp -L "$lib" "$ir/lib/x86_64-linux-gnu/" ;;
+      esac
+    done
+  done
+}
+
+# copy_mods IR MODULE.ko...: kernel modules (paths under kernel/) with their dependencies.
+copy_mods() {
+  local ir=$1 m f deps dst=$1/lib/modules/$KVER
+  shift
+  mkdir -p "$dst" && cp "$MODDIR"/modules.* "$dst/"
+  for m in "$@"; do
+    deps=$(grep "^kernel/.*/$m:" "$MODDIR/modules.dep" | tr -d ':')
+    [ -n "$deps" ] || die "module $m not found"
+    for f in $deps; do mkdir -p "$dst/$(dirname "$f")" && cp "$MODDIR/$f" "$dst/$f"; done
+  done
+}
+
+build_guest_ir() {
+  local ir=$W/domU-ir
+  rm -rf "$ir" && mkdir -p "$ir"/{bin,sbin,proc,sys,dev,mnt,tmp}
+  cp "$R/bin/busybox" "$ir/bin/" && cp "$SRC/domU-init.sh" "$ir/init" && chmod +x "$ir/init"
+  copy_bin "$ir" /usr/bin/fio /usr/sbin/mkfs.ext4 /usr/sbin/e2fsck
+  copy_mods "$ir" xen-blkfront.ko ext4.ko crc32c_generic.ko
+  (cd "$ir" && find . | cpio -o -H newc 2>/dev/null | gzip -1 > "$W/domU.cpio.gz") || die "guest initramfs"
+}
+
+build_dom0_ir() {
+  local ir=$W/dom0-ir t x=/usr/lib/xen-4.17/bin
+  rm -rf "$ir" && mkdir -p "$ir"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,etc/e2e,boot,root,lib64}
+  cp "$R/bin/busybox" "$ir/bin/" && cp "$SRC/dom0-init.sh" "$ir/init" && chmod +x "$ir/init"
+  cp "$SRC/dom0-lib.sh" "$ir/etc/e2e/lib.sh"
+  copy_bin "$ir" /bin/bash $x/xl $x/xenstored $x/xenconsoled $x/xen-init-dom0 $x/libxl-save-helper \
+    $x/xenconsole /usr/bin/xenstore /usr/libexec/xen-qemu-system-i386 /usr/bin/flock \
+    /usr/sbin/debugfs /usr/sbin/e2fsck
+  mkdir -p "$ir/usr/local/bin" && copy_bin "$ir" "$RUSTBK_BIN" && mv "$ir$RUSTBK_BIN" "$ir/usr/local/bin/rustbk"
+  for t in chmod exists list ls read rm watch write; do ln -sf xenstore "$ir/usr/bin/xenstore-$t"; done
+  ln -sf $x/xl "$ir/usr/sbin/xl"
+  mkdir -p "$ir/etc/xen" "$ir/usr/share/qemu"
+  cp -a "$R/etc/xen/scripts" "$R/etc/xen/xl.conf" "$ir/etc/xen/"
+  install -m 0755 "$REPO/tools/hotplug/rustbk" "$ir/etc/xen/scripts/rustbk"
+  cp -a "$R/usr/share/qemu/keymaps" "$ir/usr/share/qemu/"
+  echo "root:x:0:0:root:/root:/bin/sh" > "$ir/etc/passwd"
+  copy_mods "$ir" xen-evtchn.ko xen-gntdev.ko xen-gntalloc.ko xen-privcmd.ko xenfs.ko loop.ko xen-blkback.ko
+  cp "$VMLINUZ" "$ir/boot/domU-vmlinuz" && cp "$W/domU.cpio.gz" "$ir/boot/domU.cpio.gz"
+  (cd "$ir" && find . | cpio -o -H newc 2>/dev/null > "$W/dom0.cpio") || die "dom0 initramfs"
+  log "dom0 initramfs $(du -h "$W/dom0.cpio" | cut -f1), guest initramfs $(du -h "$W/domU.cpio.gz" | cut -f1)"
+}
+
+# Boots Xen + dom0 under TCG; streams the E2E lines; stops at E2E-DONE, a panic or the timeout.
+boot_xen() {
+  SERIAL=$W/serial.log
+  rm -f "$SERIAL"
+  local xen_cmd="console=com1 com1=115200,8n1 dom0_mem=1536M,max:1536M dom0_max_vcpus=$DOM0_VCPUS loglvl=all guest_loglvl=all noreboot smap=0 smep=0"
+  local dom0_cmd="console=hvc0 earlyprintk=xen rdinit=/init loglevel=5 e2e_fio_runtime=$FIO_RUNTIME e2e_rustbk_log=$RUSTBK_LOG e2e_phases=$E2E_PHASES e2e_ring_order=$RING_ORDER"
+  dom0_cmd=${dom0_cmd//,/,,}   # QEMU separates multiboot modules with commas
+  log "booting Xen under qemu -accel tcg (timeout ${XEN_TIMEOUT}s, fio runtime ${FIO_RUNTIME}s)"
+  timeout "$XEN_TIMEOUT" qemu-system-x86_64 -accel tcg,thread=multi -cpu max -smp 2 -m 4096 \
+    -nographic -no-reboot -serial "file:$SERIAL" -monitor none -net none \
+    -kernel "$W/xen.elf" -append "$xen_cmd" \
+    -initrd "$VMLINUZ $dom0_cmd,$W/dom0.cpio" > "$W/qemu-stdout.log" 2>&1 &
+  local qpid=$! shown=0 n
+  while kill -0 $qpid 2>/dev/null; do
+    n=$(grep -ac -E 'E2E-|guest: G-' "$SERIAL" 2>/dev/null); n=${n:-0}
+    if [ "$n" -gt "$shown" ]; then
+      grep -a -E 'E2E-|guest: G-' "$SERIAL" | sed -n "$((shown+1)),${n}p" | tr -d '\r' | sed 's/^/  | /'
+      shown=$n
+    fi
+    grep -qa "E2E-DONE" "$SERIAL" 2>/dev/null && { sleep 3; kill $qpid 2>/dev/null; break; }
+    grep -qaE "Panic on CPU|Kernel panic|Hardware Dom0 crashed" "$SERIAL" 2>/dev/null && { sleep 3; kill $qpid 2>/dev/null; break; }
+    sleep 2
+  done
+  wait $qpid 2>/dev/null
+  log "qemu finished"
+}
+
+fio_table() {
+  grep -a '^E2E-FIO:' "$SERIAL" | tr -d '\r' | awk '
+    { b = $2; sub("backend=", "", b); r[b] = $3; w[b] = $4; sub("randread=", "", r[b]); sub("randwrite=", "", w[b]) }
+    function ratio(x, y) { return (x != "" && y > 0) ? sprintf("%.2f", x / y) : "-" }
+    END {
+      printf "%-22s %15s %15s\n", "backend", "randread IOPS", "randwrite IOPS"
+      for (i = 1; i <= 3; i++) { n = (i == 1) ? "rustbk" : (i == 2) ? "blkback" : "qdisk"
+        printf "%-22s %15s %15s\n", n, (n in r) ? r[n] : "-", (n in w) ? w[n] : "-" }
+      printf "%-22s %15s %15s\n", "rustbk/blkback", ratio(r["rustbk"], r["blkback"]), ratio(w["rustbk"], w["blkback"])
+      printf "%-22s %15s %15s\n", "rustbk/qdisk", ratio(r["rustbk"], r["qdisk"]), ratio(w["rustbk"], w["qdisk"])
+    }'
+}
+
+report() {
+  echo "================ xen-e2e results ($SERIAL) ================"
+  grep -a -E '^E2E-(PASS|FAIL)' "$SERIAL" | tr -d '\r'
+  echo "---------------- info ----------------"
+  grep -a '^E2E-INFO' "$SERIAL" | tr -d '\r'
+  echo "---------------- fio: 4 KiB, iodepth 32, direct, libaio, ${FIO_RUNTIME}s per job ----------------"
+  fio_table
+  local npass nfail
+  npass=$(grep -ac '^E2E-PASS' "$SERIAL"); nfail=$(grep -ac '^E2E-FAIL' "$SERIAL")
+  grep -qa E2E-DONE "$SERIAL" || { echo "E2E-FAIL: the E2E-DONE marker was not reached"; nfail=$((nfail+1)); tail -n 40 "$SERIAL" | tr -d '\r'; }
+  echo "SUMMARY: $npass pass, $nfail fail, wall $(( $(date +%s) - T_START ))s"
+  echo "xen-e2e: $npass passed, $nfail failed"
+  if [ "$nfail" -eq 0 ] && [ "$npass" -gt 0 ]; then echo "OVERALL PASS"; return 0; fi
+  echo "OVERALL FAIL"
+  return 1
+}
+
+main() {
+  mkdir -p "$W" || die "cannot create $W"
+  ensure_host_tools
+  build_rustbk
+  fetch_packages
+  log "kernel $KVER; building initramfs images"
+  build_guest_ir
+  build_dom0_ir
+  boot_xen
+  report
+}
+
+main

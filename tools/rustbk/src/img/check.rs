@@ -1,0 +1,179 @@
+//! `rustbk img check`: exit 0 clean, 1 check not completed, 2 corruptions, 3 leaks only,
+//! 63 for formats without checks (raw), like qemu-img.
+
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, ValueEnum};
+use rustbk_formats::qcow2::check::{CheckReport, Repair, check_with_progress};
+use rustbk_formats::qcow2::header::MAGIC;
+use serde_json::json;
+
+use super::progress::Progress;
+use super::{FormatArg, OutputArg};
+
+/// What `-r` repairs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RepairArg {
+    /// Leaked clusters only.
+    Leaks,
+    /// Leaks and corruptions.
+    All,
+}
+
+/// `rustbk img check [-f FMT] [-r leaks|all] [--output=human|json] [-p] FILE`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Format of FILE (probed when not given).
+    #[arg(short = 'f', value_enum)]
+    pub format: Option<FormatArg>,
+    /// Repair leaks, or everything that can be repaired safely.
+    #[arg(short = 'r', value_enum)]
+    pub repair: Option<RepairArg>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputArg::Human)]
+    pub output: OutputArg,
+    /// Show progress on stderr (also shown when stderr is a terminal).
+    #[arg(short = 'p')]
+    pub progress: bool,
+    /// The image.
+    pub file: PathBuf,
+}
+
+/// Checks the image.
+pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    if !is_qcow2(&args)? {
+        eprintln!("rustbk: This image format does not support checks");
+        return Ok(ExitCode::from(63));
+    }
+    let repair = match args.repair {
+        None => Repair::None,
+        Some(RepairArg::Leaks) => Repair::Leaks,
+        Some(RepairArg::All) => Repair::All,
+    };
+    let mut progress = Progress::new(args.progress, args.output == OutputArg::Human);
+    let result = check_with_progress(&args.file, repair, &mut |d, t| progress.update(d, t));
+    progress.finish();
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("rustbk: Check of '{}' failed: {e}", args.file.display());
+            return Ok(ExitCode::from(1));
+        }
+    };
+    for m in &report.messages {
+        eprintln!("{m}");
+    }
+    if report.messages_dropped > 0 {
+        eprintln!("... and {} more messages", report.messages_dropped);
+    }
+    match args.output {
+        OutputArg::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&to_json(&args, &report))?
+        ),
+        OutputArg::Human => print!("{}", human(&report)),
+    }
+    Ok(ExitCode::from(exit_code(&report)))
+}
+
+fn is_qcow2(args: &CheckArgs) -> anyhow::Result<bool> {
+    match args.format {
+        Some(f) => Ok(f == FormatArg::Qcow2),
+        None => {
+            let file = std::fs::File::open(&args.file)
+                .map_err(|e| anyhow::anyhow!("Could not open '{}': {e}", args.file.display()))?;
+            let mut head = [0u8; 4];
+            let got = file.read_at(&mut head, 0)?;
+            Ok(head[..got] == MAGIC)
+        }
+    }
+}
+
+/// qemu-img's exit status for a finished check.
+pub fn exit_code(r: &CheckReport) -> u8 {
+    if r.check_errors > 0 {
+        1
+    } else if r.corruptions > 0 {
+        2
+    } else if r.leaks > 0 {
+        3
+    } else {
+        0
+    }
+}
+
+fn to_json(args: &CheckArgs, r: &CheckReport) -> serde_json::Value {
+    let mut v = json!({
+        "filename": args.file.display().to_string(),
+        "format": "qcow2",
+        "check-errors": r.check_errors,
+    });
+    let optional = [
+        ("corruptions", r.corruptions),
+        ("leaks", r.leaks),
+        ("corruptions-fixed", r.corruptions_fixed),
+        ("leaks-fixed", r.leaks_fixed),
+        ("image-end-offset", r.image_end_offset),
+        ("total-clusters", r.total_clusters),
+        ("allocated-clusters", r.allocated_clusters),
+        ("fragmented-clusters", r.fragmented_clusters),
+        ("compressed-clusters", r.compressed_clusters),
+    ];
+    for (key, value) in optional {
+        if value != 0 {
+            v[key] = json!(value);
+        }
+    }
+    v
+}
+
+fn human(r: &CheckReport) -> String {
+    let mut s = String::new();
+    if r.leaks_fixed > 0 || r.corruptions_fixed > 0 {
+        s += &format!(
+            "The following inconsistencies were found and repaired:\n\n    {} leaked clusters\n    \
+             {} corruptions\n\nDouble checking the fixed image now...\n",
+            r.leaks_fixed, r.corruptions_fixed
+        );
+    }
+    if r.is_clean() {
+        s += "No errors were found on the image.\n";
+    }
+    if r.corruptions > 0 {
+        s += &format!(
+            "\n{} errors were found on the image.\nData may be corrupted, or further writes to \
+             the image may corrupt it.\n",
+            r.corruptions
+        );
+    }
+    if r.leaks > 0 {
+        s += &format!(
+            "\n{} leaked clusters were found on the image.\nThis means waste of disk space, but \
+             no harm to data.\n",
+            r.leaks
+        );
+    }
+    if r.check_errors > 0 {
+        s += &format!(
+            "\n{} internal errors have occurred during the check.\n",
+            r.check_errors
+        );
+    }
+    if r.total_clusters > 0 && r.allocated_clusters > 0 {
+        let pct = |n: u64, of: u64| n as f64 * 100.0 / of as f64;
+        s += &format!(
+            "{}/{} = {:.2}% allocated, {:.2}% fragmented, {:.2}% compressed clusters\n",
+            r.allocated_clusters,
+            r.total_clusters,
+            pct(r.allocated_clusters, r.total_clusters),
+            pct(r.fragmented_clusters, r.allocated_clusters),
+            pct(r.compressed_clusters, r.allocated_clusters)
+        );
+    }
+    if r.image_end_offset > 0 {
+        s += &format!("Image end offset: {}\n", r.image_end_offset);
+    }
+    s
+}

@@ -1,0 +1,123 @@
+//! `rustbk img create`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use rustbk_formats::qcow2::{self, Compat, CreateOptions};
+
+use super::{FormatArg, parse_options};
+use crate::cli::parse_size;
+
+/// `rustbk img create [-f FMT] [-b BACKING [-F FMT]] [-o OPTIONS] FILE [SIZE]`.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Format of the new image.
+    #[arg(short = 'f', value_enum, default_value_t = FormatArg::Raw)]
+    pub format: FormatArg,
+    /// Backing file (qcow2 only); relative names are relative to FILE's folder.
+    #[arg(short = 'b')]
+    pub backing: Option<PathBuf>,
+    /// Format of the backing file (probed when not given).
+    #[arg(short = 'F', value_enum)]
+    pub backing_format: Option<FormatArg>,
+    /// Format options: cluster_size=SIZE, compat=0.10|1.1, refcount_bits=N,
+    /// backing_file=NAME, backing_fmt=FMT.
+    #[arg(short = 'o')]
+    pub options: Vec<String>,
+    /// The new image (must not exist).
+    pub file: PathBuf,
+    /// Virtual size (k, M, G, T suffixes); may be left out with a backing file.
+    #[arg(value_parser = parse_size)]
+    pub size: Option<u64>,
+}
+
+/// Creates the image.
+pub fn run(args: CreateArgs) -> anyhow::Result<ExitCode> {
+    let size = args.size.unwrap_or(0);
+    match args.format {
+        FormatArg::Raw => {
+            if args.backing.is_some() || !args.options.is_empty() {
+                bail!("raw images take no backing file and no options");
+            }
+            if args.size.is_none() {
+                bail!("Image creation needs a size parameter");
+            }
+            rustbk_formats::create_raw(&args.file, size)
+                .with_context(|| format!("Could not create '{}'", args.file.display()))?;
+            println!("Formatting '{}', fmt=raw size={size}", args.file.display());
+        }
+        FormatArg::Qcow2 => {
+            let opts = qcow2_options(&args)?;
+            if args.size.is_none() && opts.backing_file.is_none() {
+                bail!("Image creation needs a size parameter");
+            }
+            qcow2::create(&args.file, size, &opts)
+                .with_context(|| format!("Could not create '{}'", args.file.display()))?;
+            println!(
+                "Formatting '{}', fmt=qcow2 cluster_size={} compat={} refcount_bits={} size={size}",
+                args.file.display(),
+                opts.cluster_size,
+                compat_name(opts.compat),
+                opts.refcount_bits
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The qcow2 creation options of `-b`, `-F` and `-o`.
+pub fn qcow2_options(args: &CreateArgs) -> anyhow::Result<CreateOptions> {
+    let mut opts = options_from(&args.options)?;
+    if let Some(b) = &args.backing {
+        opts.backing_file = Some(b.clone());
+    }
+    if let Some(f) = args.backing_format {
+        opts.backing_format = Some(f.into());
+    }
+    Ok(opts)
+}
+
+/// qcow2 creation options from `-o` strings.
+pub fn options_from(options: &[String]) -> anyhow::Result<CreateOptions> {
+    let mut opts = CreateOptions::default();
+    for (key, value) in parse_options(options)? {
+        match key.as_str() {
+            "cluster_size" => {
+                let cs = parse_size(&value).map_err(anyhow::Error::msg)?;
+                opts.cluster_size =
+                    u32::try_from(cs).with_context(|| format!("cluster_size {value}"))?;
+            }
+            "compat" => {
+                opts.compat = match value.as_str() {
+                    "0.10" | "v2" => Compat::V0_10,
+                    "1.1" | "v3" => Compat::V1_1,
+                    other => bail!("Invalid compat version '{other}' (0.10 or 1.1)"),
+                }
+            }
+            "refcount_bits" => {
+                opts.refcount_bits = value
+                    .parse()
+                    .with_context(|| format!("refcount_bits {value}"))?;
+            }
+            "backing_file" => opts.backing_file = Some(PathBuf::from(value)),
+            "backing_fmt" => {
+                opts.backing_format = Some(match value.as_str() {
+                    "raw" => rustbk_formats::Format::Raw,
+                    "qcow2" => rustbk_formats::Format::Qcow2,
+                    other => bail!("Unsupported backing format '{other}'"),
+                })
+            }
+            other => bail!("Invalid parameter '{other}' for qcow2"),
+        }
+    }
+    Ok(opts)
+}
+
+fn compat_name(c: Compat) -> &'static str {
+    match c {
+        Compat::V0_10 => "0.10",
+        Compat::V1_1 => "1.1",
+    }
+}

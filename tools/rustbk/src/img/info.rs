@@ -1,0 +1,227 @@
+//! `rustbk img info`.
+
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use rustbk_formats::qcow2::header::{self, Compression, Header, incompat};
+use serde_json::{Value, json};
+
+use super::{FormatArg, OutputArg};
+
+/// `rustbk img info [-f FMT] [--output=human|json] [--backing-chain] FILE`.
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// Format of FILE (probed when not given).
+    #[arg(short = 'f', value_enum)]
+    pub format: Option<FormatArg>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputArg::Human)]
+    pub output: OutputArg,
+    /// Describe every image of the backing chain.
+    #[arg(long)]
+    pub backing_chain: bool,
+    /// The image.
+    pub file: PathBuf,
+}
+
+/// What `info` shows about one image.
+#[derive(Debug)]
+pub struct ImageInfo {
+    /// The path as given.
+    pub filename: PathBuf,
+    /// qcow2 header, `None` for raw images.
+    pub header: Option<Header>,
+    /// Virtual size in bytes.
+    pub virtual_size: u64,
+    /// Bytes allocated on the host.
+    pub actual_size: u64,
+}
+
+impl ImageInfo {
+    /// Reads the information of the image at `path` (its backing file is not opened).
+    pub fn read(path: &Path, format: Option<FormatArg>) -> anyhow::Result<ImageInfo> {
+        let file = std::fs::File::open(path)
+            .with_context(|| format!("Could not open '{}'", path.display()))?;
+        let meta = file.metadata()?;
+        let mut head = [0u8; 8];
+        let got = file.read_at(&mut head, 0)?;
+        let is_qcow2 = head[..got].starts_with(&header::MAGIC);
+        let header = match format {
+            Some(FormatArg::Raw) => None,
+            Some(FormatArg::Qcow2) | None if is_qcow2 => Some(read_header(&file, meta.len())?),
+            Some(FormatArg::Qcow2) => bail!("'{}' is not a qcow2 image", path.display()),
+            None => None,
+        };
+        let virtual_size = header.as_ref().map_or(meta.len(), |h| h.size);
+        Ok(ImageInfo {
+            filename: path.to_owned(),
+            header,
+            virtual_size,
+            actual_size: meta.blocks() * 512,
+        })
+    }
+
+    /// The backing file as stored and as resolved, and its format.
+    pub fn backing(&self) -> Option<(PathBuf, PathBuf, Option<String>)> {
+        let h = self.header.as_ref()?;
+        let name = h.backing_file.clone()?;
+        let full = match (name.is_absolute(), self.filename.parent()) {
+            (false, Some(dir)) => dir.join(&name),
+            _ => name.clone(),
+        };
+        Some((name, full, h.backing_format.clone()))
+    }
+
+    /// The JSON object `qemu-img info --output=json` prints.
+    pub fn to_json(&self) -> Value {
+        let mut v = json!({
+            "filename": self.filename.display().to_string(),
+            "format": if self.header.is_some() { "qcow2" } else { "raw" },
+            "virtual-size": self.virtual_size,
+            "actual-size": self.actual_size,
+            "dirty-flag": self.header.as_ref().is_some_and(|h| h.incompatible & incompat::DIRTY != 0),
+        });
+        if let Some(h) = &self.header {
+            v["cluster-size"] = json!(h.cluster_size());
+            v["format-specific"] = json!({ "type": "qcow2", "data": specific(h) });
+        }
+        if let Some((name, full, format)) = self.backing() {
+            v["backing-filename"] = json!(name.display().to_string());
+            v["full-backing-filename"] = json!(full.display().to_string());
+            if let Some(f) = format {
+                v["backing-filename-format"] = json!(f);
+            }
+        }
+        v
+    }
+
+    /// The text `qemu-img info` prints.
+    pub fn to_human(&self) -> String {
+        let mut s = format!(
+            "image: {}\nfile format: {}\nvirtual size: {} ({} bytes)\ndisk size: {}\n",
+            self.filename.display(),
+            if self.header.is_some() {
+                "qcow2"
+            } else {
+                "raw"
+            },
+            human_size(self.virtual_size),
+            self.virtual_size,
+            human_size(self.actual_size)
+        );
+        let Some(h) = &self.header else {
+            return s;
+        };
+        s += &format!("cluster_size: {}\n", h.cluster_size());
+        if let Some((name, full, format)) = self.backing() {
+            s += &format!("backing file: {}", name.display());
+            if full != name {
+                s += &format!(" (actual path: {})", full.display());
+            }
+            s += "\n";
+            if let Some(f) = format {
+                s += &format!("backing file format: {f}\n");
+            }
+        }
+        s += "Format specific information:\n";
+        if let Value::Object(map) = specific(h) {
+            for (k, v) in map {
+                let v = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+                s += &format!("    {}: {v}\n", k.replace('-', " "));
+            }
+        }
+        s
+    }
+}
+
+fn read_header(file: &std::fs::File, file_size: u64) -> anyhow::Result<Header> {
+    let mut head = [0u8; 128];
+    let got = file.read_at(&mut head, 0)?;
+    let bits = header::peek_cluster_bits(&head[..got])?;
+    let len = usize::try_from(file_size.min(1 << bits)).unwrap_or(1 << bits);
+    let mut first = vec![0u8; len];
+    let got = file.read_at(&mut first, 0)?;
+    first.truncate(got);
+    Ok(Header::parse(&first, file_size)?)
+}
+
+/// The `format-specific` data of a qcow2 header.
+fn specific(h: &Header) -> Value {
+    let compression = match h.compression {
+        Compression::Deflate => "zlib",
+        Compression::Zstd => "zstd",
+    };
+    let mut v = json!({
+        "compat": if h.version >= 3 { "1.1" } else { "0.10" },
+        "compression-type": compression,
+        "refcount-bits": 1u32 << h.refcount_order,
+    });
+    if h.version >= 3 {
+        v["lazy-refcounts"] = json!(h.compatible & 1 != 0);
+        v["corrupt"] = json!(h.incompatible & incompat::CORRUPT != 0);
+        v["extended-l2"] = json!(h.incompatible & incompat::EXTENDED_L2 != 0);
+    }
+    v
+}
+
+/// A size the way qemu-img prints it: `4 MiB`, `1.5 GiB`, `328 KiB`.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    let text = if value >= 100.0 || value.fract() == 0.0 {
+        format!("{value:.0}")
+    } else if value >= 10.0 {
+        format!("{value:.1}")
+    } else {
+        format!("{value:.2}")
+    };
+    let text = match text.contains('.') {
+        true => text.trim_end_matches('0').trim_end_matches('.').to_owned(),
+        false => text,
+    };
+    format!("{text} {}", UNITS[unit])
+}
+
+/// Shows the information.
+pub fn run(args: InfoArgs) -> anyhow::Result<ExitCode> {
+    let mut chain = vec![ImageInfo::read(&args.file, args.format)?];
+    while let Some(last) = chain.last().filter(|_| args.backing_chain) {
+        let Some((_, full, format)) = last.backing() else {
+            break;
+        };
+        if chain.len() > rustbk_formats::qcow2::MAX_CHAIN_DEPTH {
+            bail!(
+                "Backing chain deeper than {}",
+                rustbk_formats::qcow2::MAX_CHAIN_DEPTH
+            );
+        }
+        let format = match format.as_deref() {
+            Some("raw") => Some(FormatArg::Raw),
+            Some("qcow2") => Some(FormatArg::Qcow2),
+            _ => None,
+        };
+        chain.push(ImageInfo::read(&full, format)?);
+    }
+    match (args.output, args.backing_chain) {
+        (OutputArg::Json, true) => {
+            let all: Vec<Value> = chain.iter().map(ImageInfo::to_json).collect();
+            println!("{}", serde_json::to_string_pretty(&all)?);
+        }
+        (OutputArg::Json, false) => {
+            println!("{}", serde_json::to_string_pretty(&chain[0].to_json())?);
+        }
+        (OutputArg::Human, _) => {
+            let texts: Vec<String> = chain.iter().map(ImageInfo::to_human).collect();
+            print!("{}", texts.join("\n"));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
