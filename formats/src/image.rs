@@ -3,6 +3,8 @@
 use std::os::fd::BorrowedFd;
 use std::time::Duration;
 
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
 use crate::buffer::IoBuffers;
 use crate::error::Error;
 
@@ -108,6 +110,18 @@ pub trait ImageQueue: Send {
     fn notifier(&self) -> BorrowedFd<'_>;
     /// Ops submitted and not yet reaped.
     fn in_flight(&self) -> usize;
+    /// Blocks until a completion is ready to reap, one of `fds` is readable, or `timeout`
+    /// passes; tells which of `fds` are readable. Queued ops are committed first. This is how a
+    /// ring worker sleeps: the io_uring engine waits for its completions and the event channel
+    /// in one `io_uring_enter`. The default polls `fds` and [`ImageQueue::notifier`].
+    fn wait_any(
+        &mut self,
+        fds: &[BorrowedFd<'_>],
+        timeout: Option<Duration>,
+    ) -> Result<Vec<bool>, Error> {
+        self.commit()?;
+        poll_any(self.notifier(), fds, timeout)
+    }
 }
 
 /// Size and sector sizes of an image.
@@ -202,4 +216,27 @@ pub trait BlockImage: Send + Sync {
     fn sync_metadata(&self) -> Result<(), Error>;
     /// The image's format.
     fn format(&self) -> Format;
+}
+
+/// `poll(2)` on `fds` plus `notifier`; which of `fds` are readable.
+pub(crate) fn poll_any(
+    notifier: BorrowedFd<'_>,
+    fds: &[BorrowedFd<'_>],
+    timeout: Option<Duration>,
+) -> Result<Vec<bool>, Error> {
+    let mut pfds: Vec<PollFd<'_>> = fds
+        .iter()
+        .map(|fd| PollFd::new(*fd, PollFlags::POLLIN))
+        .collect();
+    pfds.push(PollFd::new(notifier, PollFlags::POLLIN));
+    let timeout = match timeout {
+        None => PollTimeout::NONE,
+        Some(t) => PollTimeout::try_from(t).unwrap_or(PollTimeout::MAX),
+    };
+    match poll(&mut pfds, timeout) {
+        Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+        Err(e) => return Err(Error::from_errno(e as i32)),
+    }
+    let ready = |p: &PollFd<'_>| p.revents().is_some_and(|r| !r.is_empty());
+    Ok(pfds[..fds.len()].iter().map(ready).collect())
 }

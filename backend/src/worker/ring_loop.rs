@@ -200,8 +200,23 @@ impl RingWorker<'_> {
         }
     }
 
+    /// Sleeps until the frontend notifies, an I/O completes, or we are asked to stop: one
+    /// `io_uring_enter` with the io_uring engine.
     fn sleep(&mut self) -> Result<(), Fatal> {
-        self.wait_events(PollTimeout::NONE).map(drop)
+        let fds = [self.evtchn.fd(), self.stop.as_fd()];
+        let fired = self
+            .queue
+            .wait_any(&fds, None)
+            .map_err(|e| Fatal::Local(format!("wait: {e}")))?;
+        if fired.first().copied().unwrap_or(false) {
+            self.evtchn
+                .ack()
+                .map_err(|e| Fatal::Local(format!("event channel: {e}")))?;
+        }
+        if fired.get(1).copied().unwrap_or(false) {
+            self.stopping = true;
+        }
+        Ok(())
     }
 
     /// Waits up to `timeout` for the event channel, the queue or the stop doorbell; handles

@@ -281,6 +281,31 @@ impl ImageQueue for Engine {
     fn in_flight(&self) -> usize {
         self.outstanding
     }
+
+    fn wait_any(
+        &mut self,
+        fds: &[BorrowedFd<'_>],
+        timeout: Option<Duration>,
+    ) -> Result<Vec<bool>, Error> {
+        if self.ring.is_none() {
+            self.commit()?;
+            return crate::image::poll_any(self.events.as_fd(), fds, timeout);
+        }
+        self.commit()?;
+        if let Some(ring) = &mut self.ring {
+            ring.watch(fds)?;
+        }
+        self.poll_ring();
+        let Some(ring) = &mut self.ring else {
+            return Ok(vec![false; fds.len()]);
+        };
+        if self.ready.is_empty() && !ring.any_fired() {
+            // One io_uring_enter submits the polls and sleeps until a CQE of either kind.
+            ring.wait(timeout)?;
+            self.poll_ring();
+        }
+        Ok(self.ring.as_mut().map(Ring::take_fired).unwrap_or_default())
+    }
 }
 
 #[cfg(test)]

@@ -20,6 +20,17 @@ pub(crate) fn available() -> io::Result<()> {
     IoUring::new(2).map(drop)
 }
 
+/// user_data bit of a watch's poll (ops use their slot index, far below it).
+const WATCH_BIT: u64 = 1 << 63;
+
+/// A descriptor the ring polls for the caller (one-shot `POLL_ADD`, re-armed on each wait).
+#[derive(Clone, Copy, Debug)]
+struct Watch {
+    fd: RawFd,
+    armed: bool,
+    fired: bool,
+}
+
 /// An io_uring with room for `depth` ops in flight.
 pub(crate) struct Ring {
     ring: IoUring,
@@ -27,6 +38,9 @@ pub(crate) struct Ring {
     fixed: bool,
     slots: Vec<Option<Prepared>>,
     free: Vec<usize>,
+    watches: Vec<Watch>,
+    /// Bumped when the watched set changes, so stale polls' CQEs are ignored.
+    watch_gen: u64,
 }
 
 impl Ring {
@@ -55,6 +69,8 @@ impl Ring {
             fixed,
             slots,
             free,
+            watches: Vec::new(),
+            watch_gen: 0,
         })
     }
 
@@ -170,6 +186,10 @@ impl Ring {
     pub(crate) fn pop(&mut self) -> Option<(Prepared, i64)> {
         loop {
             let cqe = self.ring.completion().next()?;
+            if cqe.user_data() & WATCH_BIT != 0 {
+                self.watch_fired(cqe.user_data());
+                continue;
+            }
             let Ok(slot) = usize::try_from(cqe.user_data()) else {
                 continue;
             };
@@ -180,6 +200,79 @@ impl Ring {
             self.free.push(slot);
             return Some((op, i64::from(cqe.result())));
         }
+    }
+}
+
+impl Ring {
+    /// Makes the ring poll `fds` (for readability) until the next [`Ring::take_fired`]; polls
+    /// already armed for the same descriptors are kept.
+    pub(crate) fn watch(&mut self, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        let same = self.watches.len() == fds.len()
+            && self
+                .watches
+                .iter()
+                .zip(fds)
+                .all(|(w, fd)| w.fd == fd.as_raw_fd());
+        if !same {
+            self.watch_gen = (self.watch_gen + 1) & 0x7fff_ffff;
+            self.watches = fds
+                .iter()
+                .map(|fd| Watch {
+                    fd: fd.as_raw_fd(),
+                    armed: false,
+                    fired: false,
+                })
+                .collect();
+        }
+        for i in 0..self.watches.len() {
+            if !self.watches[i].armed && !self.watches[i].fired {
+                self.arm(i)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn arm(&mut self, index: usize) -> io::Result<()> {
+        let fd = self.watches[index].fd;
+        let ud = WATCH_BIT | (self.watch_gen << 32) | index as u64;
+        let entry = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
+            .build()
+            .user_data(ud);
+        // SAFETY: a poll SQE references no memory of ours; the caller keeps the descriptor open
+        // while it waits on it, and a poll of a closed descriptor only fails.
+        if unsafe { self.ring.submission().push(&entry) }.is_err() {
+            self.submit()?;
+            // SAFETY: as above; the queue was just emptied by the submit.
+            unsafe { self.ring.submission().push(&entry) }
+                .map_err(|_| io::Error::from_raw_os_error(libc::EBUSY))?;
+        }
+        self.watches[index].armed = true;
+        Ok(())
+    }
+
+    fn watch_fired(&mut self, ud: u64) {
+        let generation = (ud >> 32) & 0x7fff_ffff;
+        let index = usize::try_from(ud & 0xffff_ffff).unwrap_or(usize::MAX);
+        if generation != self.watch_gen {
+            return;
+        }
+        if let Some(w) = self.watches.get_mut(index) {
+            w.armed = false;
+            w.fired = true;
+        }
+    }
+
+    /// Which watched descriptors fired since the last call (and clears that).
+    pub(crate) fn take_fired(&mut self) -> Vec<bool> {
+        self.watches
+            .iter_mut()
+            .map(|w| std::mem::take(&mut w.fired))
+            .collect()
+    }
+
+    /// Whether a watched descriptor fired and was not taken yet.
+    pub(crate) fn any_fired(&self) -> bool {
+        self.watches.iter().any(|w| w.fired)
     }
 }
 

@@ -420,3 +420,63 @@ fn loop_device_discard_deallocates_the_backing_file() {
     let after = allocated_bytes(&path);
     assert!(after + (4 << 20) <= before, "{before} -> {after}");
 }
+
+/// `wait_any` wakes for a readable descriptor, for a completion, and after a timeout, on both
+/// engines, and re-arms its watch on every call.
+#[test]
+fn wait_any_wakes_for_descriptors_completions_and_timeouts() {
+    use std::os::fd::AsFd;
+    use std::time::{Duration, Instant};
+
+    use nix::sys::eventfd::{EfdFlags, EventFd};
+
+    for engine in ENGINES {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = new_image(&dir, MIN_SIZE);
+        let image = open_image(&path, &opts(engine, false)).expect("open");
+        let mut q = image.open_queue(4).expect("queue");
+        let ev = EventFd::from_flags(EfdFlags::EFD_NONBLOCK).expect("eventfd");
+        let start = Instant::now();
+        let fired = q
+            .wait_any(&[ev.as_fd()], Some(Duration::from_millis(100)))
+            .expect("wait");
+        assert_eq!(fired, vec![false], "{engine:?}: nothing happened");
+        assert!(
+            start.elapsed() >= Duration::from_millis(90),
+            "{engine:?}: timeout honoured"
+        );
+        for round in 0..3 {
+            ev.write(1).expect("signal");
+            let fired = q
+                .wait_any(&[ev.as_fd()], Some(Duration::from_secs(5)))
+                .expect("wait");
+            assert_eq!(
+                fired,
+                vec![true],
+                "{engine:?} round {round}: descriptor fired"
+            );
+            ev.read().expect("drain");
+        }
+        let buf = SharedBuf::new(4096);
+        q.submit(
+            IoOp::Read {
+                offset: 0,
+                bufs: Box::new(buf.clone()),
+            },
+            9,
+        )
+        .expect("submit");
+        let start = Instant::now();
+        let mut done = Vec::new();
+        while done.is_empty() {
+            q.wait_any(&[ev.as_fd()], Some(Duration::from_secs(5)))
+                .expect("wait");
+            q.reap(&mut done);
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "{engine:?}: completion never woke us"
+            );
+        }
+        assert_eq!(done[0].tag, 9);
+    }
+}

@@ -140,8 +140,11 @@ fn frontend_keys(spec: &VbdSpec) -> Vec<(&'static str, String)> {
 /// then removes both directories.
 pub fn remove_vbd(xs: &XsClient, spec: &VbdSpec, timeout: Duration) -> Result<(), Error> {
     let be = spec.backend_path();
-    xs.write(&format!("{be}/online"), "0")?;
-    xs.write(&format!("{be}/state"), "5")?;
+    // One transaction, as libxl does: the backend must never see one without the other.
+    xs.transaction(8, |tx| {
+        xs.write_tx(tx, &format!("{be}/online"), "0")?;
+        xs.write_tx(tx, &format!("{be}/state"), "5")
+    })?;
     let closed = wait_for(xs, &format!("{be}/state"), timeout, |v| v == Some("6"));
     xs.rm(&be)?;
     xs.rm(&spec.frontend_path())?;
