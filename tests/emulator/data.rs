@@ -21,7 +21,7 @@ fn verify_run(g: &mut Guest, block_size: usize, pattern: Pattern, qd: u32, fresh
         verify: true,
         fresh,
         region: Some(16 << 20),
-        flush_every: Some(64),
+        flush_every: Some(8),
         seed: block_size as u64,
     };
     let r = workload::run(&mut g.front, &w, &mut |_| {}).expect("workload");
