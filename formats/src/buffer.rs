@@ -342,10 +342,9 @@ impl std::fmt::Debug for Composite {
     }
 }
 
-// SAFETY: every segment lies within a segment of a SharedBufs clone in `shared` (whose IoBuffers
-// contract keeps it valid while the owner lives, and the Arc keeps the owner alive as long as
-// self) or is the heap memory of an AlignedBuf in `owned` (which never moves when the AlignedBuf
-// is moved and lives as long as self). Segments are only ever appended, never changed.
+// Every segment lies in a SharedBufs clone in `shared` (valid while its owner lives; the Arc
+// keeps the owner alive) or in an AlignedBuf in `owned` (heap memory that never moves).
+// SAFETY: so each segment stays valid and in place while self lives; segments are only appended.
 unsafe impl IoBuffers for Composite {
     fn iovecs(&self) -> &[IoVec] {
         &self.iovs

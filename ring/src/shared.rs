@@ -233,11 +233,9 @@ impl std::fmt::Debug for HeapMemory {
     }
 }
 
-// SAFETY: the pages are heap-allocated by the `Arc`, which keeps them alive
-// and in place while any clone lives; `len` never exceeds the pages' total
-// size and never changes; `Page` is 4096-aligned; the pointer is
-// derived from the `UnsafeCell`s so writes through it are permitted, and no
-// reference to the bytes is ever formed.
+// The `Arc` keeps the 4096-aligned pages alive and in place while any clone lives; `len` is
+// fixed and within them; the pointer comes from the `UnsafeCell`s and no reference is formed.
+// SAFETY: so the SharedMemory contract holds.
 unsafe impl SharedMemory for HeapMemory {
     fn as_ptr(&self) -> *mut u8 {
         UnsafeCell::raw_get(self.pages.as_ptr().cast::<UnsafeCell<[u8; PAGE_SIZE]>>()).cast::<u8>()

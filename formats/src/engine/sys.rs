@@ -81,10 +81,9 @@ fn preadv(fd: BorrowedFd<'_>, iovs: LiveIovecs<'_>, offset: u64) -> i64 {
         return -i64::from(libc::EINVAL);
     };
     let ptr = iovs.as_slice().as_ptr().cast::<libc::iovec>();
-    // SAFETY: IoVec has the layout of libc::iovec (asserted above). LiveIovecs only exist for
-    // iovecs naming memory kept alive (and writable, this being a read) by their Prepared op,
-    // which the caller borrows for the duration of this call. The kernel writes the memory; no
-    // Rust reference to it exists.
+    // IoVec has libc::iovec's layout (asserted above); LiveIovecs name memory kept alive and
+    // writable by their Prepared op, which the caller borrows for this call.
+    // SAFETY: so the kernel writes only live memory that no Rust reference covers.
     let n = unsafe { libc::preadv(fd.as_raw_fd(), ptr, count, offset) };
     syscall_result(n)
 }

@@ -90,10 +90,9 @@ impl Ring {
             return Some(op);
         };
         *place = Some(op);
-        // SAFETY: every address in `entry` points into memory owned by the op just stored in
-        // `self.slots[slot]` (its iovec array and its buffers, see prep.rs), and that op stays
-        // there, unmoved in its heap allocations, until the CQE carrying `slot` is popped; Drop
-        // waits for all CQEs. The fds stay open because `self.file` is held.
+        // Every address in `entry` points into the op just stored in `self.slots[slot]`, which
+        // stays there, unmoved, until its CQE is popped (Drop waits for all); `self.file` keeps the fds.
+        // SAFETY: so the kernel only touches live memory and open descriptors.
         let pushed = unsafe { self.ring.submission().push(&entry) };
         if pushed.is_err() {
             self.free.push(slot);

@@ -7,12 +7,11 @@ pub(crate) fn owned_fds(cmsgs: impl Iterator<Item = ControlMessageOwned>) -> Vec
     let mut out = Vec::new();
     for c in cmsgs {
         if let ControlMessageOwned::ScmRights(fds) = c {
-            // SAFETY: SCM_RIGHTS descriptors were just installed in this process by the kernel
-            // and belong to nobody else; each is wrapped exactly once.
-            out.extend(
-                fds.into_iter()
-                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-            );
+            for fd in fds {
+                // SAFETY: SCM_RIGHTS descriptors were just installed in this process by the
+                // kernel and belong to nobody else; each is wrapped exactly once.
+                out.push(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
         }
     }
     out
