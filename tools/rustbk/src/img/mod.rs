@@ -1,7 +1,8 @@
 //! `rustbk img`: image tools following qemu-img's conventions (`create`, `info`, `check`,
-//! `convert`, `compare`, `map`, `resize`), one module per subcommand, all on the formats
+//! `convert`, `compare`, `map`, `resize`, `bench`), one module per subcommand, all on the formats
 //! crate and its shared I/O engine.
 
+mod bench;
 mod check;
 mod compare;
 mod convert;
@@ -20,6 +21,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use rustbk_formats::{BlockImage, Format, OpenOptions};
 
+pub use bench::BenchArgs;
 pub use check::CheckArgs;
 pub use compare::CompareArgs;
 pub use convert::ConvertArgs;
@@ -53,6 +55,8 @@ pub enum ImgCommand {
     Map(MapArgs),
     /// Grow an image.
     Resize(ResizeArgs),
+    /// Measure the I/O engine on an image like qemu-img bench (no guest, no ring).
+    Bench(BenchArgs),
 }
 
 /// Runs an image subcommand; the exit code follows qemu-img's for each subcommand.
@@ -65,6 +69,7 @@ pub fn run(args: ImgArgs) -> anyhow::Result<ExitCode> {
         ImgCommand::Compare(a) => compare::run(a),
         ImgCommand::Map(a) => map::run(a),
         ImgCommand::Resize(a) => resize::run(a),
+        ImgCommand::Bench(a) => bench::run(a),
     }
 }
 

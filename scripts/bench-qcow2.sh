@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# qcow2 performance: `qemu-img bench` against `rustbk img bench` (the same flags, engine only)
+# and against `rustbk demo` (the whole emulated guest path), on the same machine, in the same
+# run, on the same image files. QD32, 4 KiB, cache=none (O_DIRECT), io_uring.
+#
+# Cases: read and overwrite on a fully allocated 1 GiB qcow2; allocating (sequential) writes on
+# a fresh 1 GiB qcow2 per run. The tools alternate (the one going first alternates too) for
+# ROUNDS rounds and the table shows medians. Afterwards one allocating run of each tool under
+# perf stat counts its flushes (fdatasync/fsync calls and io_uring FSYNC ops).
+#
+# Environment: ROUNDS (3), COUNT (200000 requests), DEPTH (32), DEMO_SECONDS (10),
+# DEMO_FRESH_SIZE (8G: the emulated guest runs for a time, not a count, so its fresh image is
+# larger than 1 GiB to keep every write allocating), WORK (a folder for the images; default a
+# new folder under /var/tmp, removed at the end), NO_DEMO=1 skips the emulated-guest column,
+# NO_SYNCCOUNT=1 skips the flush counts.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-3}
+COUNT=${COUNT:-200000}
+DEPTH=${DEPTH:-32}
+DEMO_SECONDS=${DEMO_SECONDS:-10}
+SIZE=1G
+DEMO_FRESH_SIZE=${DEMO_FRESH_SIZE:-8G}
+
+for tool in qemu-img qemu-io; do
+  command -v "$tool" >/dev/null || { echo "$tool is required (Debian package qemu-utils)" >&2; exit 1; }
+done
+if [ -z "${NO_SYNCCOUNT:-}" ]; then
+  command -v perf >/dev/null || { echo "perf is required (or set NO_SYNCCOUNT=1)" >&2; exit 1; }
+fi
+
+echo "== cargo build --release -p rustbk"
+cargo build --release -q -p rustbk
+RUSTBK=$PWD/target/release/rustbk
+
+if [ -z "${WORK:-}" ]; then
+  WORK=$(mktemp -d /var/tmp/rustbk-bench-qcow2.XXXXXX)
+  trap 'rm -rf "$WORK"' EXIT
+fi
+mkdir -p "$WORK"
+FULL=$WORK/full.qcow2
+FRESH=$WORK/fresh.qcow2
+FLAGS=(-f qcow2 -t none -i io_uring -d "$DEPTH" -c "$COUNT" -s 4k)
+
+echo "== images in $WORK"
+rm -f "$FULL"
+qemu-img create -q -f qcow2 "$FULL" "$SIZE"
+qemu-io -f qcow2 -t none -c "write -P 1 0 $SIZE" "$FULL" >/dev/null
+
+fresh() {
+  rm -f "$FRESH"
+  qemu-img create -q -f qcow2 "$FRESH" "${1:-$SIZE}"
+}
+
+# IOPS from qemu-img bench's "Run completed in T seconds." line.
+qemu_iops() {
+  local out secs
+  out=$(qemu-img bench "${FLAGS[@]}" "$@")
+  secs=$(sed -n 's/^Run completed in \([0-9.]*\) seconds\.$/\1/p' <<<"$out")
+  [ -n "$secs" ] || { echo "qemu-img bench printed: $out" >&2; return 1; }
+  awk -v c="$COUNT" -v s="$secs" 'BEGIN { printf "%.0f\n", (s > 0 ? c / s : 0) }'
+}
+
+# IOPS from rustbk img bench --output=json.
+rustbk_iops() {
+  "$RUSTBK" img bench --output=json "${FLAGS[@]}" "$@" |
+    sed -n 's/^ *"iops": \([0-9.eE+-]*\),\{0,1\}$/\1/p' | awk '{ printf "%.0f\n", $1 }'
+}
+
+# IOPS of the emulated guest (`rustbk demo`) on an image.
+demo_iops() {
+  local image=$1 rw=$2 out
+  out=$("$RUSTBK" demo --image "$image" --no-verify --rw "$rw" --bs 4k --qd "$DEPTH" \
+    --duration "$DEMO_SECONDS" 2>/dev/null)
+  sed -n 's/^ *IOPS *\([0-9]*\) .*/\1/p' <<<"$out"
+}
+
+median() {
+  tr ' ' '\n' | grep -v '^$' | sort -n | awk '{ v[NR] = $1 } END {
+    if (NR == 0) { print 0 } else if (NR % 2) { print v[(NR + 1) / 2] }
+    else { printf "%.0f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 } }'
+}
+
+declare -A Q R D
+
+# One measurement of one tool for one case; appends the IOPS to Q/R.
+measure() {
+  local tool=$1 case=$2 args=() iops
+  case $case in
+    read) args=("$FULL") ;;
+    overwrite) args=(-w "$FULL") ;;
+    allocating) fresh; args=(-w "$FRESH") ;;
+  esac
+  if [ "$tool" = qemu ]; then
+    iops=$(qemu_iops "${args[@]}")
+    Q[$case]="${Q[$case]:-} $iops"
+  else
+    iops=$(rustbk_iops "${args[@]}")
+    R[$case]="${R[$case]:-} $iops"
+  fi
+  printf '   %-10s %-7s %8s IOPS\n' "$case" "$tool" "$iops"
+}
+
+CASES=(read overwrite allocating)
+for round in $(seq 1 "$ROUNDS"); do
+  echo "== round $round/$ROUNDS (qemu-img bench vs rustbk img bench, ${FLAGS[*]})"
+  for case in "${CASES[@]}"; do
+    if [ $((round % 2)) -eq 1 ]; then order=(qemu rustbk); else order=(rustbk qemu); fi
+    for tool in "${order[@]}"; do measure "$tool" "$case"; done
+  done
+done
+
+if [ -z "${NO_DEMO:-}" ]; then
+  for round in $(seq 1 "$ROUNDS"); do
+    echo "== round $round/$ROUNDS: rustbk demo (emulated guest), ${DEMO_SECONDS}s each"
+    D[read]="${D[read]:-} $(demo_iops "$FULL" read)"
+    D[overwrite]="${D[overwrite]:-} $(demo_iops "$FULL" write)"
+    # Large enough that DEMO_SECONDS of sequential writes never wrap onto allocated clusters.
+    fresh "$DEMO_FRESH_SIZE"
+    D[allocating]="${D[allocating]:-} $(demo_iops "$FRESH" write)"
+    echo "   read/overwrite/allocating:${D[read]##* } ${D[overwrite]##* } ${D[allocating]##* }"
+  done
+fi
+
+echo
+echo "qcow2, 1 GiB, 4 KiB, QD$DEPTH, cache=none, io_uring, $COUNT requests; medians of $ROUNDS"
+printf '%-12s | %14s | %18s | %6s | %26s\n' case "qemu-img IOPS" "rustbk engine IOPS" ratio \
+  "rustbk via emulated guest"
+printf '%s\n' "-------------+----------------+--------------------+--------+---------------------------"
+for case in "${CASES[@]}"; do
+  q=$(median <<<"${Q[$case]}")
+  r=$(median <<<"${R[$case]}")
+  d=$( [ -n "${D[$case]:-}" ] && median <<<"${D[$case]}" || echo "-")
+  ratio=$(awk -v q="$q" -v r="$r" 'BEGIN { printf "%.2fx", (q > 0 ? r / q : 0) }')
+  printf '%-12s | %14s | %18s | %6s | %26s\n' "$case" "$q" "$r" "$ratio" "$d"
+done
+echo "(all samples: qemu-img read:${Q[read]} overwrite:${Q[overwrite]} allocating:${Q[allocating]};"
+echo " rustbk read:${R[read]} overwrite:${R[overwrite]} allocating:${R[allocating]})"
+
+if [ -z "${NO_SYNCCOUNT:-}" ]; then
+  echo
+  echo "== flushes in one allocating run ($COUNT writes, fresh image each): fdatasync/fsync"
+  echo "   system calls plus IORING_OP_FSYNC submissions (strace cannot see the latter)"
+  for tool in qemu-img rustbk; do
+    fresh
+    if [ "$tool" = qemu-img ]; then
+      cmd=(qemu-img bench "${FLAGS[@]}" -w "$FRESH")
+    else
+      cmd=("$RUSTBK" img bench "${FLAGS[@]}" -w "$FRESH")
+    fi
+    perf stat -x, -o "$WORK/sync.$tool" \
+      -e syscalls:sys_enter_fdatasync -e syscalls:sys_enter_fsync \
+      -e io_uring:io_uring_submit_req --filter 'opcode == 3' -- "${cmd[@]}" >"$WORK/out.$tool"
+    secs=$(sed -n 's/^Run completed in \([0-9.]*\) seconds\.$/\1/p' "$WORK/out.$tool")
+    counts=$(awk -F, '/syscalls:|io_uring:/ { sub(/.*:sys_enter_/, "", $3); sub(/io_uring:io_uring_submit_req/, "uring-fsync", $3); printf "%s %s  ", $3, $1 }' "$WORK/sync.$tool")
+    printf '   %-9s %s(run %s s)\n' "$tool" "$counts" "$secs"
+  done
+fi
