@@ -6,7 +6,7 @@ use std::time::Duration;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use rustbk_grant::emu::{EmuDomain, GuestPort, RamView};
 use rustbk_ring::{Abi, DomId, FrontRing, GrantRef, PAGE_SIZE, Request, Response};
-use rustbk_xenstored::XsClient;
+use rustbk_xenstored::{Errno, XsClient};
 
 use crate::wait::wait_for;
 use crate::{Error, FrameAlloc, SlotPool};
@@ -273,12 +273,25 @@ impl Frontend {
     }
 
     /// Closes the device as blkfront does (Closing, wait, Closed, wait) and frees the ring.
+    ///
+    /// The toolstack may remove both directories as soon as the backend is Closed (a device
+    /// being unplugged): a directory that is gone counts as closed.
     pub fn close(self) -> Result<Closed, Error> {
         let state = format!("{}/state", self.be);
-        self.xs.write(&format!("{}/state", self.fe), "5")?;
-        wait_for(&self.xs, &state, self.cfg.timeout, state_in(&["5", "6"]))?;
-        self.xs.write(&format!("{}/state", self.fe), "6")?;
-        wait_for(&self.xs, &state, self.cfg.timeout, state_in(&["6"]))?;
+        let closing = |v: Option<&str>| v.is_none_or(|v| matches!(v.trim(), "5" | "6"));
+        let closed = |v: Option<&str>| v.is_none_or(|v| v.trim() == "6");
+        gone_is_ok(
+            self.xs
+                .write(&format!("{}/state", self.fe), "5")
+                .map_err(Error::from),
+        )?;
+        gone_is_ok(wait_for(&self.xs, &state, self.cfg.timeout, closing).map(drop))?;
+        gone_is_ok(
+            self.xs
+                .write(&format!("{}/state", self.fe), "6")
+                .map_err(Error::from),
+        )?;
+        gone_is_ok(wait_for(&self.xs, &state, self.cfg.timeout, closed).map(drop))?;
         Ok(self.release())
     }
 
@@ -306,6 +319,17 @@ impl Frontend {
             xs: self.xs,
             frames: self.frames,
         }
+    }
+}
+
+/// Treats "the node is gone" (ENOENT, or EACCES once the parent a guest could see is removed)
+/// as success.
+fn gone_is_ok(r: Result<(), Error>) -> Result<(), Error> {
+    match r {
+        Err(Error::Xenstore(e)) if matches!(e.errno(), Some(Errno::Enoent | Errno::Eacces)) => {
+            Ok(())
+        }
+        other => other,
     }
 }
 
