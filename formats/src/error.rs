@@ -55,6 +55,9 @@ pub enum Error {
     /// The chain of backing files is broken, loops or is too deep.
     #[error("Backing chain: {0}")]
     BackingChain(String),
+    /// Writing back cached metadata failed earlier; the image takes no more changes.
+    #[error("Metadata write-back failed earlier ({0}); the image takes no more changes")]
+    WriteBackFailed(String),
     /// A system call or an I/O operation failed.
     #[error("I/O operation failed")]
     Io(#[from] std::io::Error),
@@ -75,6 +78,7 @@ impl Error {
             Error::UnsupportedFeature(_) => libc::EOPNOTSUPP,
             Error::NeedsRepair(_) => libc::EROFS,
             Error::BackingChain(_) => libc::ELOOP,
+            Error::WriteBackFailed(_) => libc::EIO,
             Error::IoUringUnavailable(e) | Error::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
         }
     }

@@ -1,6 +1,7 @@
 //! A least-recently-used cache of one-cluster metadata tables (L2 tables, refcount blocks),
 //! bounded in bytes. Entries may carry a dirty byte range that must be written back before
-//! they are dropped; the cache hands evicted dirty entries back to its owner for that.
+//! they are dropped; the cache hands evicted dirty entries back to its owner for that, and
+//! tells it beforehand when an insertion would evict one (so it can write back in order).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -108,11 +109,36 @@ impl TableCache {
         }
     }
 
+    /// True if adding a table of `len` bytes would evict one with unwritten changes.
+    pub fn would_evict_dirty(&self, len: usize) -> bool {
+        let mut used = self.used + len;
+        for offset in self.order.values() {
+            if used <= self.capacity {
+                return false;
+            }
+            let Some(slot) = self.slots.get(offset) else {
+                continue;
+            };
+            if slot.dirty.is_some() {
+                return true;
+            }
+            used -= slot.data.len();
+        }
+        false
+    }
+
     /// Takes every dirty range (marking them clean), in file offset order.
     pub fn take_dirty(&mut self) -> Vec<(u64, Vec<u8>)> {
+        self.take_dirty_if(|_| true)
+    }
+
+    /// Takes the dirty ranges of the tables whose offset passes `pick` (marking them clean),
+    /// in file offset order.
+    pub fn take_dirty_if(&mut self, pick: impl Fn(u64) -> bool) -> Vec<(u64, Vec<u8>)> {
         let mut out: Vec<(u64, Vec<u8>)> = self
             .slots
             .iter_mut()
+            .filter(|(offset, _)| pick(**offset))
             .filter_map(|(&offset, slot)| {
                 let (s, e) = slot.dirty.take()?;
                 Some((offset + s as u64, slot.data.get(s..e)?.to_vec()))
@@ -155,6 +181,21 @@ mod tests {
         let evicted = c.insert(4096, vec![3; 1024]);
         assert_eq!(evicted.len(), 1);
         assert_eq!((evicted[0].offset, evicted[0].range), (0, (8, 16)));
+    }
+
+    #[test]
+    fn would_evict_dirty_looks_only_at_the_tables_that_would_go() {
+        let mut c = TableCache::new(2048);
+        c.insert(0, vec![0; 1024]);
+        c.insert(1024, vec![0; 1024]);
+        assert!(!c.would_evict_dirty(0));
+        c.mark_dirty(1024, 0, 8);
+        assert!(!c.would_evict_dirty(1024), "table 0 (clean) goes first");
+        assert!(c.would_evict_dirty(2048), "both would go");
+        c.mark_dirty(0, 0, 8);
+        assert!(c.would_evict_dirty(1));
+        assert_eq!(c.take_dirty_if(|o| o == 1024), vec![(1024, vec![0; 8])]);
+        assert!(c.has_dirty());
     }
 
     #[test]

@@ -207,6 +207,7 @@ pub fn resize(path: &Path, new_size: u64) -> Result<(), Error> {
         )));
     }
     let mut meta = super::read::lock(&image.meta)?;
+    meta.write_back()?;
     let cs = meta.layout().cluster_size();
     let needed = new_size.div_ceil(cs * (cs / 8));
     if needed > meta.l1.len() as u64 {

@@ -2,12 +2,14 @@
 //! block caches, and the bookkeeping of allocations in flight. One per image, behind a mutex
 //! shared by every queue.
 //!
-//! L2 entries and L1 entries are written through (never dirty in the cache), at the moment
-//! the crash-safe order allows. Refcount blocks may be dirty: a refcount increment reaching
-//! the disk early only leaks a cluster on a crash, and decrements are only made after the
-//! entries that referenced the cluster are durably gone.
+//! Metadata is write-back: allocating writes and discards change L2 and L1 entries and
+//! refcounts in memory only, and [`Meta::write_back`] (a guest flush, closing, or a dirty L2
+//! table about to leave the cache) writes them in the crash-safe order. Refcount blocks may
+//! also be written whenever they leave the cache: an increment reaching the disk early only
+//! leaks a cluster on a crash, and decrements are only made after the entries that referenced
+//! the cluster are durably gone.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
@@ -46,8 +48,20 @@ pub(crate) struct Meta {
     pub(super) l1_offset: u64,
     pub(super) reftable: Vec<u64>,
     pub(super) reftable_offset: u64,
-    l2_cache: TableCache,
+    pub(super) l2_cache: TableCache,
     rc_cache: TableCache,
+    /// L1 entries changed in memory and not yet written.
+    pub(super) dirty_l1: BTreeSet<u64>,
+    /// L2 tables created this session and never written (no L1 entry on disk points at them).
+    pub(super) new_l2: HashSet<u64>,
+    /// Host cluster runs `(first, count)` losing a reference once the entries that referenced
+    /// them are durably gone.
+    pub(super) pending_free: Vec<(u64, u64)>,
+    /// First host cluster that was never written, as far as this session knows (clusters from
+    /// here on read as zeros).
+    pub(super) fresh_from: u64,
+    /// Why an earlier write-back failed (the image then takes no more changes).
+    pub(super) failed: Option<String>,
     /// New L2 tables not yet linked into the L1 table: L1 index -> table offset.
     pub(super) pending_l2: HashMap<u64, u64>,
     /// Guest clusters with an allocation (or discard) in flight.
@@ -100,6 +114,11 @@ impl Meta {
             reftable_offset: header.refcount_table_offset,
             l2_cache: TableCache::new(caches.l2_bytes),
             rc_cache: TableCache::new(caches.refcount_bytes),
+            dirty_l1: BTreeSet::new(),
+            new_l2: HashSet::new(),
+            pending_free: Vec::new(),
+            fresh_from: file_size.div_ceil(1 << header.cluster_bits),
+            failed: None,
             pending_l2: HashMap::new(),
             busy: HashSet::new(),
             waiters: Vec::new(),
@@ -152,32 +171,24 @@ impl Meta {
         Ok(get64(data, small(index) * 8))
     }
 
-    /// Sets L2 entry `index` of the table at `table` and writes it to the file.
-    pub(super) fn write_l2_entry(
-        &mut self,
-        table: u64,
-        index: u64,
-        entry: u64,
-    ) -> Result<(), Error> {
+    /// Sets L2 entry `index` of the table at `table` (in memory; written back later).
+    pub(super) fn set_l2_entry(&mut self, table: u64, index: u64, entry: u64) -> Result<(), Error> {
         let at = small(index) * 8;
         let data = self.table(Table::L2, table)?;
         put64(data, at, entry);
-        self.io
-            .write(MetaKind::L2, table + at as u64, &entry.to_be_bytes())
+        self.mark_dirty(Table::L2, table, at, at + 8);
+        Ok(())
     }
 
-    /// Sets L1 entry `index` and writes it to the file.
-    pub(super) fn write_l1_entry(&mut self, index: u64, entry: u64) -> Result<(), Error> {
+    /// Sets L1 entry `index` (in memory; written back later).
+    pub(super) fn set_l1_entry(&mut self, index: u64, entry: u64) -> Result<(), Error> {
         let slot = usize::try_from(index)
             .ok()
             .and_then(|i| self.l1.get_mut(i))
             .ok_or_else(|| Error::InvalidImage(format!("L1 index {index} out of range")))?;
         *slot = entry;
-        self.io.write(
-            MetaKind::L1,
-            self.l1_offset + index * 8,
-            &entry.to_be_bytes(),
-        )
+        self.dirty_l1.insert(index);
+        Ok(())
     }
 
     /// The table at `offset`, read into the cache if needed. Evicted dirty tables are written.
@@ -185,31 +196,40 @@ impl Meta {
         let present = self.cache(which).contains(offset);
         if !present {
             let data = self.read_cluster(which, offset)?;
-            let evicted = self.cache(which).insert(offset, data);
-            let kind = kind_of(which);
-            for e in evicted {
-                let slice = e.data.get(e.range.0..e.range.1).unwrap_or_default();
-                self.io.write(kind, e.offset + e.range.0 as u64, slice)?;
-            }
+            self.cache_table(which, offset, data)?;
         }
         self.cache(which)
             .get(offset)
             .ok_or_else(|| Error::InvalidImage("table cache lost a table".to_owned()))
     }
 
-    /// Puts a freshly written table (e.g. a new, zeroed one) into the cache.
-    pub(super) fn cache_new_table(
+    /// Puts a table into the cache. A dirty L2 table about to be evicted first makes the whole
+    /// cache write back (L2 entries must wait for their data and refcounts); evicted refcount
+    /// blocks are written at once.
+    pub(super) fn cache_table(
         &mut self,
         which: Table,
         offset: u64,
         data: Vec<u8>,
     ) -> Result<(), Error> {
+        if which == Table::L2 && self.l2_cache.would_evict_dirty(data.len()) {
+            self.write_back()?;
+        }
         let evicted = self.cache(which).insert(offset, data);
         for e in evicted {
             let slice = e.data.get(e.range.0..e.range.1).unwrap_or_default();
             self.io
                 .write(kind_of(which), e.offset + e.range.0 as u64, slice)?;
         }
+        Ok(())
+    }
+
+    /// A new, empty L2 table at `offset` (in memory; written back, whole, later).
+    pub(super) fn new_l2_table(&mut self, offset: u64) -> Result<(), Error> {
+        let cs = self.layout.cluster_usize();
+        self.cache_table(Table::L2, offset, vec![0u8; cs])?;
+        self.mark_dirty(Table::L2, offset, 0, cs);
+        self.new_l2.insert(offset);
         Ok(())
     }
 
@@ -278,7 +298,7 @@ pub(super) fn wake(fd: &OwnedFd) {
     }
 }
 
-fn kind_of(which: Table) -> MetaKind {
+pub(super) fn kind_of(which: Table) -> MetaKind {
     match which {
         Table::L2 => MetaKind::L2,
         Table::Refblock => MetaKind::Refblock,

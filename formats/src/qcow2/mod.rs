@@ -6,9 +6,12 @@
 //!   compressed clusters (deflate or zstd).
 //! * Writes: in place when the cluster's refcount is one; otherwise a new cluster is allocated
 //!   and written in one engine write holding the guest data plus the copy-on-write head and
-//!   tail. Metadata is then committed in a crash-safe order (see [`write`]): data and new
-//!   tables → flush → refcounts → flush → L2/L1 entries. A crash may leak clusters
-//!   (`qemu-img check -r leaks` repairs that), never corrupt the image.
+//!   tail (just the guest data when the new cluster was never written and the old contents
+//!   are zeros). Metadata is write-back: entries and refcounts change in memory and reach
+//!   the disk at a guest flush (or when a dirty L2 table leaves the cache) in a crash-safe
+//!   order (see [`writeback`]): refcounts and new tables → flush → L2/L1 entries → flush. A
+//!   crash may leak clusters (`qemu-img check -r leaks` repairs that), never corrupt the
+//!   image, and loses no write acknowledged before the last completed flush.
 //! * Discard / write-zeroes: whole clusters get the zero flag (version 3 with a backing file)
 //!   or become unallocated, and their clusters are freed after the entry is durable; partial
 //!   clusters are written with zeros.
@@ -19,8 +22,8 @@
 //! engine and never waits for unrelated metadata. Refused: encryption, external data files,
 //! extended L2 entries; read-write opens of dirty or corrupt images and of images with
 //! internal snapshots. Autoclear feature bits are cleared when an image is opened read-write.
-//! Clusters freed by a discard may be reused by a later allocation while a read of the
-//! discarded range (which the guest raced with the discard) is still in flight.
+//! Clusters freed by a discard are reused only after a flush made the discard durable, possibly
+//! while a read of the discarded range (which the guest raced with the discard) is in flight.
 
 #![forbid(unsafe_code)]
 
@@ -39,6 +42,7 @@ mod queue;
 mod read;
 mod refcount;
 mod write;
+mod writeback;
 
 #[cfg(test)]
 mod tests;
@@ -279,7 +283,9 @@ impl BlockImage for Qcow2Image {
         if self.read_only {
             return Ok(());
         }
-        read::lock(&self.meta)?.flush_refcounts()?;
+        if read::lock(&self.meta)?.write_back()? {
+            return Ok(());
+        }
         self.io.sync()
     }
 

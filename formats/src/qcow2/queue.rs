@@ -34,7 +34,6 @@ struct Parent {
     pending: usize,
     error: Option<Error>,
     allocs: Vec<Alloc>,
-    wrote: bool,
 }
 
 /// A queue of a [`Qcow2Image`](super::Qcow2Image).
@@ -124,10 +123,12 @@ impl Qcow2Queue {
         read::plan_read(&self.meta, &mut self.srcs, offset, &bufs)
     }
 
+    /// A flush writes back the metadata cache (whose last step is an fdatasync), or, with
+    /// nothing dirty, is one engine fdatasync.
     fn plan_flush(&mut self) -> Result<Plan, Error> {
-        lock(&self.meta)?.flush_refcounts()?;
+        let synced = lock(&self.meta)?.write_back()?;
         Ok(Plan {
-            flush: true,
+            flush: !synced,
             ..Plan::default()
         })
     }
@@ -143,6 +144,9 @@ impl Qcow2Queue {
             Some((offset, Some(len))) => (offset, len),
             _ => return Some(Ok(Plan::default())),
         };
+        if let Err(e) = meta.check_usable() {
+            return Some(Err(e));
+        }
         let bits = meta.layout().cluster_bits;
         let last = offset.saturating_add(len.max(1) - 1) >> bits;
         if (offset >> bits..=last).any(|gc| meta.busy.contains(&gc)) {
@@ -176,7 +180,6 @@ impl Qcow2Queue {
     }
 
     fn launch(&mut self, tag: u64, plan: Plan) {
-        let wrote = plan.io.iter().any(|io| io.write);
         let mut kids: Vec<Child> = plan
             .io
             .into_iter()
@@ -200,21 +203,20 @@ impl Qcow2Queue {
         if kids.is_empty() {
             kids.push(Child::Now(Ok(())));
         }
-        self.spawn(tag, kids, plan.allocs, wrote);
+        self.spawn(tag, kids, plan.allocs);
     }
 
     fn finish_now(&mut self, tag: u64, result: Result<(), Error>) {
-        self.spawn(tag, vec![Child::Now(result)], Vec::new(), false);
+        self.spawn(tag, vec![Child::Now(result)], Vec::new());
     }
 
-    fn spawn(&mut self, tag: u64, kids: Vec<Child>, allocs: Vec<Alloc>, wrote: bool) {
+    fn spawn(&mut self, tag: u64, kids: Vec<Child>, allocs: Vec<Alloc>) {
         let id = self.id();
         let parent = Parent {
             tag,
             pending: kids.len(),
             error: None,
             allocs,
-            wrote,
         };
         self.parents.insert(id, parent);
         for kid in kids {
@@ -285,8 +287,7 @@ impl Qcow2Queue {
             .partition(|p| p.error.is_none() && !p.allocs.is_empty());
         if !commit.is_empty() {
             let allocs: Vec<Alloc> = commit.iter().flat_map(|p| p.allocs.clone()).collect();
-            let wrote = commit.iter().any(|p| p.wrote);
-            let result = self.commit_allocs(&allocs, wrote);
+            let result = self.commit_allocs(&allocs);
             for p in commit {
                 let r = match &result {
                     Ok(()) => Ok(()),
@@ -313,9 +314,9 @@ impl Qcow2Queue {
         }
     }
 
-    fn commit_allocs(&mut self, allocs: &[Alloc], wrote: bool) -> Result<(), Error> {
+    fn commit_allocs(&mut self, allocs: &[Alloc]) -> Result<(), Error> {
         let mut meta = lock(&self.meta)?;
-        let result = write::commit(&mut meta, allocs, wrote);
+        let result = write::commit(&mut meta, allocs);
         meta.release(allocs.iter().map(|a| a.gc));
         result
     }
@@ -422,8 +423,8 @@ impl Drop for Qcow2Queue {
                 .flat_map(|p| p.allocs.iter().map(|a| a.gc));
             let stuck: Vec<u64> = stuck.collect();
             meta.release(stuck);
-            if let Err(e) = meta.flush_refcounts() {
-                tracing::error!(error = %e, "cannot write back qcow2 refcounts");
+            if let Err(e) = meta.write_back() {
+                tracing::error!(error = %e, "cannot write back qcow2 metadata");
             }
             meta.waiters.retain(|w| !Arc::ptr_eq(w, &self.wake));
         }

@@ -109,6 +109,9 @@ impl Meta {
                 )));
             }
             self.set_refcount(cluster, rc - 1)?;
+            if rc == 1 {
+                self.free_hint = self.free_hint.min(cluster);
+            }
         }
         Ok(())
     }
@@ -120,6 +123,12 @@ impl Meta {
 
     /// Allocates one free host cluster (refcount 1, in memory); returns its offset.
     pub(super) fn alloc_cluster(&mut self) -> Result<u64, Error> {
+        self.alloc_fresh_cluster().map(|(offset, _)| offset)
+    }
+
+    /// Allocates one free host cluster; returns its offset and whether it was never written
+    /// (reads as zeros, so a write into it needs no zero fill around the data).
+    pub(super) fn alloc_fresh_cluster(&mut self) -> Result<(u64, bool), Error> {
         let per = self.layout.refblock_entries();
         let bits = self.layout.cluster_bits;
         let eof_cluster = self.file_size.div_ceil(1 << bits);
@@ -142,7 +151,9 @@ impl Meta {
                 self.free_hint = cluster + 1;
                 let end = (cluster + 1) << bits;
                 self.file_size = self.file_size.max(end);
-                return Ok(cluster << bits);
+                let fresh = cluster >= self.fresh_from;
+                self.fresh_from = self.fresh_from.max(cluster + 1);
+                return Ok((cluster << bits, fresh));
             }
             cluster += 1;
         }
@@ -176,7 +187,7 @@ impl Meta {
         self.set_reftable_entry(index, offset)?;
         self.file_size = self.file_size.max(offset + self.layout.cluster_size());
         self.forget_table(Table::L2, offset);
-        self.cache_new_table(Table::Refblock, offset, block)?;
+        self.cache_table(Table::Refblock, offset, block)?;
         Ok(cluster)
     }
 
@@ -231,7 +242,7 @@ impl Meta {
         self.io.sync()?;
         self.switch_reftable(table_offset, &table, clusters)?;
         self.file_size = self.file_size.max(table_offset + clusters * cs);
-        self.cache_new_table(Table::Refblock, block_offset, block)?;
+        self.cache_table(Table::Refblock, block_offset, block)?;
         Ok(())
     }
 

@@ -1,15 +1,9 @@
-//! The write path: in-place writes to clusters this image owns alone, allocating writes with
-//! copy-on-write of the untouched parts, and the crash-safe commit of the metadata afterwards.
+//! The write path: in-place writes to clusters this image owns alone, and allocating writes
+//! with copy-on-write of the untouched parts (no zero fill into a never-written cluster).
 //!
-//! Commit order (one batch of finished allocating ops):
-//! 1. entries in new L2 tables (not yet reachable from the L1 table) are written;
-//! 2. fdatasync: the guest data and every new metadata block are durable;
-//! 3. dirty refcount blocks are written; 4. fdatasync;
-//! 5. entries in reachable L2 tables, then L1 entries of new L2 tables, are written;
-//! 6. if old clusters lose a reference: fdatasync, then their refcounts are decremented.
-//!
-//! A crash anywhere leaks clusters at worst; no reachable entry ever points at a cluster whose
-//! refcount on disk is zero.
+//! An allocation takes its host cluster (refcount 1 in memory) when the write is planned; once
+//! the data is written, [`commit`] puts the new entry into the cached L2 table. Both reach the
+//! disk at the next write-back, in the crash-safe order of the `writeback` module.
 
 use crate::buffer::{AlignedBuf, Composite, SharedBufs};
 use crate::error::Error;
@@ -18,8 +12,7 @@ use super::layout::small;
 
 use super::backing;
 use super::layout::{self, COPIED, Mapping};
-use super::meta::{Meta, Table};
-use super::metaio::MetaKind;
+use super::meta::Meta;
 use super::read::{Alloc, Plan, Sources, check_host};
 
 /// Where the bytes of a write come from.
@@ -94,15 +87,17 @@ fn allocate(
 ) -> Result<(), Error> {
     let cs = meta.layout().cluster_size();
     let (table, l1_index) = l2_for_write(meta, gc)?;
-    let end = inner + piece.len() as u64;
-    let head = srcs.old_data(gc, old, 0, small(inner))?;
-    let tail = srcs.old_data(gc, old, end, small(cs - end))?;
-    let host = meta.alloc_cluster()?;
-    let mut bufs = Composite::new();
-    bufs.push_owned(head);
-    bufs.append(piece);
-    bufs.push_owned(tail);
-    plan.push(true, host, bufs);
+    let (host, fresh) = meta.alloc_fresh_cluster()?;
+    if fresh && reads_zeros(meta, old) {
+        plan.push(true, host + inner, piece);
+    } else {
+        let end = inner + piece.len() as u64;
+        let mut bufs = Composite::new();
+        bufs.push_owned(srcs.old_data(gc, old, 0, small(inner))?);
+        bufs.append(piece);
+        bufs.push_owned(srcs.old_data(gc, old, end, small(cs - end))?);
+        plan.push(true, host, bufs);
+    }
     meta.busy.insert(gc);
     plan.allocs.push(Alloc {
         gc,
@@ -112,6 +107,15 @@ fn allocate(
         old,
     });
     Ok(())
+}
+
+/// True if the guest cluster with mapping `old` reads as zeros.
+fn reads_zeros(meta: &Meta, old: Mapping) -> bool {
+    match old {
+        Mapping::Unallocated => !meta.has_backing,
+        Mapping::Zero { .. } => true,
+        _ => false,
+    }
 }
 
 /// The L2 table that will hold guest cluster `gc`'s entry: the linked one, a pending new one,
@@ -126,55 +130,25 @@ pub(crate) fn l2_for_write(meta: &mut Meta, gc: u64) -> Result<(u64, u64), Error
         return Ok((pending, l1_index));
     }
     let table = meta.alloc_cluster()?;
-    let zeros = vec![0u8; meta.layout().cluster_usize()];
-    meta.io.write(MetaKind::L2, table, &zeros)?;
-    meta.cache_new_table(Table::L2, table, zeros)?;
+    meta.new_l2_table(table)?;
     meta.pending_l2.insert(l1_index, table);
     Ok((table, l1_index))
 }
 
-/// Commits the metadata of finished ops in the crash-safe order (see the module docs).
-/// `data_written`: some of these ops wrote guest data that must be durable first.
-pub(crate) fn commit(meta: &mut Meta, allocs: &[Alloc], data_written: bool) -> Result<(), Error> {
-    let mut linked = Vec::with_capacity(allocs.len());
-    for a in allocs {
-        linked.push(meta.l2_table(a.gc)? == a.table);
-    }
+/// Applies the metadata of finished ops in memory: each new entry goes into its L2 table (a
+/// new table is linked into the L1 table first), and the host clusters of the replaced
+/// mapping are queued to lose their reference once the change is durable.
+pub(crate) fn commit(meta: &mut Meta, allocs: &[Alloc]) -> Result<(), Error> {
     let layout = *meta.layout();
-    for (a, _) in allocs.iter().zip(&linked).filter(|(_, l)| !**l) {
-        meta.write_l2_entry(a.table, layout.l2_index(a.gc), a.entry)?;
-    }
-    let new_tables = linked.iter().any(|l| !l);
-    if data_written || new_tables || meta.refcounts_dirty() {
-        meta.io.sync()?;
-        meta.flush_refcounts()?;
-        meta.io.sync()?;
-    }
-    for (a, _) in allocs.iter().zip(&linked).filter(|(_, l)| **l) {
-        meta.write_l2_entry(a.table, layout.l2_index(a.gc), a.entry)?;
-    }
-    for (a, _) in allocs.iter().zip(&linked).filter(|(_, l)| !**l) {
+    for a in allocs {
         if meta.l2_table(a.gc)? != a.table {
-            meta.write_l1_entry(a.l1_index, a.table | COPIED)?;
+            meta.set_l1_entry(a.l1_index, a.table | COPIED)?;
             meta.pending_l2.remove(&a.l1_index);
         }
-    }
-    release_old(meta, allocs)
-}
-
-/// Drops the references the replaced mappings held, once the new entries are durable.
-fn release_old(meta: &mut Meta, allocs: &[Alloc]) -> Result<(), Error> {
-    let layout = *meta.layout();
-    let released: Vec<(u64, u64)> = allocs
-        .iter()
-        .filter_map(|a| a.old.host_clusters(&layout))
-        .collect();
-    if released.is_empty() {
-        return Ok(());
-    }
-    meta.io.sync()?;
-    for (first, count) in released {
-        meta.decrement(first, count)?;
+        meta.set_l2_entry(a.table, layout.l2_index(a.gc), a.entry)?;
+        if let Some(run) = a.old.host_clusters(&layout) {
+            meta.pending_free.push(run);
+        }
     }
     Ok(())
 }
