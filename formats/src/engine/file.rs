@@ -2,7 +2,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -228,6 +228,29 @@ impl EngineFile {
             recorder.written(offset, data);
         }
         Ok(())
+    }
+
+    /// Makes `[offset, offset + len)` read as zeros with the file system's zero-range
+    /// fallocate, growing the file if the range ends past it (the blocks are reserved, so
+    /// later writes into them neither extend the file nor allocate). Returns false if the
+    /// file system cannot do that (the caller writes zeros instead).
+    pub fn allocate_zeroed(&self, offset: u64, len: u64) -> Result<bool, Error> {
+        if self.read_only {
+            return Err(Error::ReadOnly);
+        }
+        let (Ok(start), Ok(count)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return Err(Error::InvalidArgument(format!("zero range {offset}+{len}")));
+        };
+        let mode = nix::fcntl::FallocateFlags::FALLOC_FL_ZERO_RANGE;
+        match nix::fcntl::fallocate(self.buffered.as_raw_fd(), mode, start, count) {
+            Ok(()) => {}
+            Err(nix::errno::Errno::EOPNOTSUPP) => return Ok(false),
+            Err(e) => return Err(io::Error::from(e).into()),
+        }
+        if let Some(recorder) = &self.recorder {
+            recorder.zeroed(offset, len);
+        }
+        Ok(true)
     }
 
     /// fdatasync on the file.

@@ -49,6 +49,7 @@ pub(crate) fn plan_discard(
             table,
             l1_index,
             old,
+            joinable: None,
         });
     }
     Ok(())

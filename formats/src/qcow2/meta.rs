@@ -60,6 +60,8 @@ pub(crate) struct Meta {
     /// First host cluster that was never written, as far as this session knows (clusters from
     /// here on read as zeros).
     pub(super) fresh_from: u64,
+    /// The file system refused zero-range fallocate once; zeros are written instead.
+    pub(super) no_zero_range: bool,
     /// Why an earlier write-back failed (the image then takes no more changes).
     pub(super) failed: Option<String>,
     /// New L2 tables not yet linked into the L1 table: L1 index -> table offset.
@@ -118,6 +120,7 @@ impl Meta {
             new_l2: HashSet::new(),
             pending_free: Vec::new(),
             fresh_from: file_size.div_ceil(1 << header.cluster_bits),
+            no_zero_range: false,
             failed: None,
             pending_l2: HashMap::new(),
             busy: HashSet::new(),
@@ -178,6 +181,19 @@ impl Meta {
         put64(data, at, entry);
         self.mark_dirty(Table::L2, table, at, at + 8);
         Ok(())
+    }
+
+    /// Makes the host cluster at `offset` read as zeros with its blocks reserved; false if
+    /// the file system cannot (then the caller writes what the cluster must hold).
+    pub(super) fn zero_cluster(&mut self, offset: u64) -> Result<bool, Error> {
+        if self.no_zero_range {
+            return Ok(false);
+        }
+        let done = self
+            .io
+            .allocate_zeroed(offset, self.layout.cluster_size())?;
+        self.no_zero_range = !done;
+        Ok(done)
     }
 
     /// Sets L1 entry `index` (in memory; written back later).

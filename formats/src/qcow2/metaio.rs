@@ -32,6 +32,9 @@ pub(crate) trait MetaIo: Send + Sync {
     fn read(&self, kind: MetaKind, offset: u64, buf: &mut [u8]) -> Result<usize, Error>;
     /// Writes all of `data` at `offset`.
     fn write(&self, kind: MetaKind, offset: u64, data: &[u8]) -> Result<(), Error>;
+    /// Makes a range read as zeros with blocks reserved (growing the file if needed); false
+    /// if the file system cannot.
+    fn allocate_zeroed(&self, offset: u64, len: u64) -> Result<bool, Error>;
     /// fdatasync.
     fn sync(&self) -> Result<(), Error>;
     /// Current file size.
@@ -61,6 +64,11 @@ impl MetaIo for FileIo {
     fn write(&self, kind: MetaKind, offset: u64, data: &[u8]) -> Result<(), Error> {
         tracing::trace!(?kind, offset, len = data.len(), "metadata write");
         self.0.write_all_at(data, offset)
+    }
+
+    fn allocate_zeroed(&self, offset: u64, len: u64) -> Result<bool, Error> {
+        tracing::trace!(offset, len, "zero range");
+        self.0.allocate_zeroed(offset, len)
     }
 
     fn sync(&self) -> Result<(), Error> {

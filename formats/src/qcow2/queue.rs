@@ -5,7 +5,10 @@
 //! commit once the children finished. The guest op completes when all of that is done. Ops
 //! touching a guest cluster whose allocation is in flight (on any queue) wait in `deferred`
 //! until that allocation commits; the committing queue wakes the others through their
-//! notifiers. Children beyond the engine's depth wait in `backlog`.
+//! notifiers. A write inside a guest cluster whose allocation this queue has in flight, into
+//! a new cluster the file system zeroed, instead joins that allocation: its data goes straight
+//! to the new cluster and it completes together with the allocating op (with its result).
+//! Children beyond the engine's depth wait in `backlog`.
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -34,6 +37,8 @@ struct Parent {
     pending: usize,
     error: Option<Error>,
     allocs: Vec<Alloc>,
+    /// Tags of writes that joined this op's allocations.
+    joined: Vec<u64>,
 }
 
 /// A queue of a [`Qcow2Image`](super::Qcow2Image).
@@ -50,6 +55,8 @@ pub struct Qcow2Queue {
     children: HashMap<u64, u64>,
     backlog: VecDeque<(u64, Child)>,
     deferred: VecDeque<(IoOp, u64)>,
+    /// Joinable allocations in flight on this queue: guest cluster -> (parent id, host).
+    open_allocs: HashMap<u64, (u64, u64)>,
     ready: Vec<Completion>,
     wake: Arc<OwnedFd>,
 }
@@ -77,6 +84,7 @@ impl Qcow2Queue {
             children: HashMap::new(),
             backlog: VecDeque::new(),
             deferred: VecDeque::new(),
+            open_allocs: HashMap::new(),
             ready: Vec::new(),
             wake,
         })
@@ -149,6 +157,10 @@ impl Qcow2Queue {
         }
         let bits = meta.layout().cluster_bits;
         let last = offset.saturating_add(len.max(1) - 1) >> bits;
+        let op = match self.try_join(op, tag, offset, last, bits) {
+            Ok(()) => return None,
+            Err(op) => op,
+        };
         if (offset >> bits..=last).any(|gc| meta.busy.contains(&gc)) {
             if !meta.waiters.iter().any(|w| Arc::ptr_eq(w, &self.wake)) {
                 meta.waiters.push(self.wake.clone());
@@ -172,6 +184,40 @@ impl Qcow2Queue {
             return Some(Err(e));
         }
         Some(Ok(plan))
+    }
+
+    /// Attaches a write inside one guest cluster to this queue's joinable allocation of that
+    /// cluster; gives the op back if there is none.
+    fn try_join(
+        &mut self,
+        op: IoOp,
+        tag: u64,
+        offset: u64,
+        last: u64,
+        bits: u32,
+    ) -> Result<(), IoOp> {
+        let gc = offset >> bits;
+        let Some(&(id, host)) = self.open_allocs.get(&gc).filter(|_| last == gc) else {
+            return Err(op);
+        };
+        let IoOp::Write { bufs, .. } = op else {
+            return Err(op);
+        };
+        let child = self.id();
+        let Some(parent) = self.parents.get_mut(&id) else {
+            return Err(IoOp::Write { offset, bufs });
+        };
+        parent.pending += 1;
+        parent.joined.push(tag);
+        let inner = offset & ((1 << bits) - 1);
+        self.children.insert(child, id);
+        let write = IoOp::Write {
+            offset: host + inner,
+            bufs,
+        };
+        self.backlog.push_back((child, Child::Io(write)));
+        self.feed();
+        Ok(())
     }
 
     fn id(&mut self) -> u64 {
@@ -212,11 +258,17 @@ impl Qcow2Queue {
 
     fn spawn(&mut self, tag: u64, kids: Vec<Child>, allocs: Vec<Alloc>) {
         let id = self.id();
+        for a in &allocs {
+            if let Some(host) = a.joinable {
+                self.open_allocs.insert(a.gc, (id, host));
+            }
+        }
         let parent = Parent {
             tag,
             pending: kids.len(),
             error: None,
             allocs,
+            joined: Vec::new(),
         };
         self.parents.insert(id, parent);
         for kid in kids {
@@ -282,6 +334,9 @@ impl Qcow2Queue {
             .iter()
             .filter_map(|id| self.parents.remove(id))
             .collect();
+        for a in parents.iter().flat_map(|p| &p.allocs) {
+            self.open_allocs.remove(&a.gc);
+        }
         let (commit, rest): (Vec<Parent>, Vec<Parent>) = parents
             .into_iter()
             .partition(|p| p.error.is_none() && !p.allocs.is_empty());
@@ -289,14 +344,8 @@ impl Qcow2Queue {
             let allocs: Vec<Alloc> = commit.iter().flat_map(|p| p.allocs.clone()).collect();
             let result = self.commit_allocs(&allocs);
             for p in commit {
-                let r = match &result {
-                    Ok(()) => Ok(()),
-                    Err(e) => Err(Error::from_errno(e.errno())),
-                };
-                self.ready.push(Completion {
-                    tag: p.tag,
-                    result: r,
-                });
+                let errno = result.as_ref().err().map(Error::errno);
+                self.complete(&p, || errno.map_or(Ok(()), |e| Err(Error::from_errno(e))));
             }
             if let Err(e) = result {
                 tracing::error!(error = %e, "qcow2 metadata commit failed");
@@ -309,8 +358,23 @@ impl Qcow2Queue {
                     meta.release(p.allocs.iter().map(|a| a.gc));
                 }
             }
+            let errno = p.error.as_ref().map(Error::errno);
+            if !p.joined.is_empty() {
+                self.complete(&p, || errno.map_or(Ok(()), |e| Err(Error::from_errno(e))));
+                continue;
+            }
             let result = p.error.map_or(Ok(()), Err);
             self.ready.push(Completion { tag: p.tag, result });
+        }
+    }
+
+    /// Completes a parent's op and the writes that joined it, each with `result()`.
+    fn complete(&mut self, p: &Parent, result: impl Fn() -> Result<(), Error>) {
+        for &tag in std::iter::once(&p.tag).chain(&p.joined) {
+            self.ready.push(Completion {
+                tag,
+                result: result(),
+            });
         }
     }
 

@@ -40,6 +40,10 @@ pub(crate) struct Alloc {
     pub l1_index: u64,
     /// Previous mapping, whose host clusters lose a reference afterwards.
     pub old: Mapping,
+    /// The new host cluster, if the file system zeroed it and only the guest data is being
+    /// written: later writes into the same guest cluster may then go straight to it and
+    /// complete with this allocation.
+    pub joinable: Option<u64>,
 }
 
 /// What one guest op turns into.

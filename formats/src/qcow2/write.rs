@@ -1,5 +1,7 @@
 //! The write path: in-place writes to clusters this image owns alone, and allocating writes
-//! with copy-on-write of the untouched parts (no zero fill into a never-written cluster).
+//! with copy-on-write of the untouched parts. A new cluster whose old contents are zeros is
+//! zeroed by the file system (zero-range fallocate, as QEMU does: reserved blocks, so the
+//! guest's writes into it are plain overwrites) and only the guest data is written.
 //!
 //! An allocation takes its host cluster (refcount 1 in memory) when the write is planned; once
 //! the data is written, [`commit`] puts the new entry into the cached L2 table. Both reach the
@@ -88,7 +90,8 @@ fn allocate(
     let cs = meta.layout().cluster_size();
     let (table, l1_index) = l2_for_write(meta, gc)?;
     let (host, fresh) = meta.alloc_fresh_cluster()?;
-    if fresh && reads_zeros(meta, old) {
+    let zeroed = reads_zeros(meta, old) && (meta.zero_cluster(host)? || fresh);
+    if zeroed {
         plan.push(true, host + inner, piece);
     } else {
         let end = inner + piece.len() as u64;
@@ -105,6 +108,7 @@ fn allocate(
         table,
         l1_index,
         old,
+        joinable: zeroed.then_some(host),
     });
     Ok(())
 }

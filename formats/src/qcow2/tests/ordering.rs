@@ -51,6 +51,10 @@ impl MetaIo for Recorder {
         self.inner.write(kind, offset, data)
     }
 
+    fn allocate_zeroed(&self, offset: u64, len: u64) -> Result<bool, Error> {
+        self.inner.allocate_zeroed(offset, len)
+    }
+
     fn sync(&self) -> Result<(), Error> {
         let mut found = vec![0u8; self.expect.len()];
         let at = *self.expect_at.lock().expect("at");
@@ -142,7 +146,11 @@ fn first_write_waits_in_memory_then_flush_orders_refcounts_and_table_before_l1()
     drop(r.image);
     check_clean(&r.path);
     let len = std::fs::metadata(&r.path).expect("stat").len();
-    assert_eq!(len, 5 * CS + 4096, "no zero fill written into the fresh cluster");
+    assert_eq!(
+        len,
+        6 * CS,
+        "the data cluster was zero-range allocated, not zero-filled"
+    );
 }
 
 #[test]
@@ -213,7 +221,7 @@ fn discard_is_durable_before_its_cluster_is_freed_and_reused() {
             },
         ]
     );
-    // Now cluster 5 is free and reused (written whole: it is not fresh).
+    // Now cluster 5 is free and reused (zeroed by the file system around the new data).
     *r.expect_at.lock().expect("at") = 5 * CS;
     write_at(&mut *q, 3 * CS, &pattern(6, 4096)).expect("write");
     run(&mut *q, IoOp::Flush).expect("flush");
@@ -248,7 +256,10 @@ fn a_dirty_l2_table_leaving_the_cache_writes_back_in_order_first() {
         .iter()
         .position(|e| matches!(e, Event::Write(MetaKind::L2, _, n) if *n == small(CS)))
         .expect("the first table was written");
-    assert!(table < syncs[0] && syncs[0] < l1 && l1 < syncs[1], "{events:?}");
+    assert!(
+        table < syncs[0] && syncs[0] < l1 && l1 < syncs[1],
+        "{events:?}"
+    );
     run(&mut *q, IoOp::Flush).expect("flush");
     drop(q);
     drop(r.image);
@@ -275,7 +286,10 @@ fn a_failed_write_back_fails_the_flush_and_every_later_change() {
     assert_eq!(err.errno(), libc::EIO);
     let err = write_at(&mut *q, CS, &pattern(9, 4096)).expect_err("no more changes");
     assert_eq!(err.errno(), libc::EIO);
-    assert_eq!(read_at(&mut *q, 0, 4096).expect("reads still work"), pattern(9, 4096));
+    assert_eq!(
+        read_at(&mut *q, 0, 4096).expect("reads still work"),
+        pattern(9, 4096)
+    );
 }
 
 fn read_file(path: &std::path::Path, at: u64, len: usize) -> Vec<u8> {

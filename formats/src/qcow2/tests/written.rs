@@ -357,3 +357,74 @@ fn two_queues_writing_the_same_new_cluster_both_land() {
     drop(image);
     check_clean(&path);
 }
+
+/// Writes `blocks` 4 KiB blocks at `offsets` with up to `depth` in flight; block `i` holds
+/// `pattern(seed + i)`. Returns how many completions came back.
+fn write_in_flight(q: &mut dyn ImageQueue, offsets: &[u64], seed: u64, depth: usize) -> usize {
+    let mut next = 0;
+    let mut in_flight = 0;
+    let mut done = Vec::new();
+    while next < offsets.len() || in_flight > 0 {
+        while next < offsets.len() && in_flight < depth {
+            let buf = crate::SharedBuf::new(4096);
+            assert!(buf.copy_in(0, &pattern(seed + next as u64, 4096)));
+            let op = IoOp::Write {
+                offset: offsets[next],
+                bufs: Box::new(buf),
+            };
+            q.submit(op, next as u64).expect("submit");
+            next += 1;
+            in_flight += 1;
+        }
+        q.commit().expect("commit");
+        q.wait(None).expect("wait");
+        let before = done.len();
+        q.reap(&mut done);
+        in_flight -= done.len() - before;
+    }
+    for c in &done {
+        assert!(c.result.is_ok(), "write {} failed: {:?}", c.tag, c.result);
+    }
+    done.len()
+}
+
+#[test]
+fn writes_racing_into_clusters_being_allocated_all_land() {
+    for cluster_size in [4096u32, 65536] {
+        let (_dir, path) = temp("race.qcow2");
+        let size = 8u64 << 20;
+        let o = CreateOptions {
+            cluster_size,
+            ..CreateOptions::default()
+        };
+        create(&path, size, &o).expect("create");
+        let image = open_image(&path, &opts(false, EngineKind::IoUring)).expect("open");
+        let mut q = image.open_queue(32).expect("queue");
+        // Sequential blocks (many join an allocation in flight), then a shuffled pass over
+        // other blocks, then overwrites of some of the first ones.
+        let mut offsets: Vec<u64> = (0..512u64).map(|b| b * 4096).collect();
+        let mut rng = Rng(7);
+        let mut shuffled: Vec<u64> = (512..1536u64).map(|b| b * 4096).collect();
+        for i in (1..shuffled.len()).rev() {
+            shuffled.swap(i, small(rng.below(i as u64 + 1)));
+        }
+        offsets.extend(shuffled);
+        offsets.extend((0..256u64).map(|b| b * 8192));
+        assert_eq!(write_in_flight(&mut *q, &offsets, 100, 32), offsets.len());
+        run(&mut *q, IoOp::Flush).expect("flush");
+        let mut model = vec![0u8; small(size)];
+        for (i, &at) in offsets.iter().enumerate() {
+            model[small(at)..small(at) + 4096].copy_from_slice(&pattern(100 + i as u64, 4096));
+        }
+        let got = read_all(&mut *q, size, 1 << 20);
+        assert_bytes(&got, &model, "our reads after racing writes");
+        drop(q);
+        drop(image);
+        check_clean(&path);
+        assert_bytes(
+            &qemu_raw(&path),
+            &model,
+            "qemu-img convert after racing writes",
+        );
+    }
+}
