@@ -6,13 +6,14 @@
 # Cases: read and overwrite on a fully allocated 1 GiB qcow2; allocating (sequential) writes on
 # a fresh 1 GiB qcow2 per run. The tools alternate (the one going first alternates too) for
 # ROUNDS rounds and the table shows medians. Afterwards one allocating run of each tool under
-# perf stat counts its flushes (fdatasync/fsync calls and io_uring FSYNC ops).
+# perf stat counts its flushes (fdatasync/fsync calls and io_uring FSYNC ops). Then
+# `rustbk img convert` against `qemu-img convert` on a 4 GiB half-allocated image.
 #
 # Environment: ROUNDS (3), COUNT (200000 requests), DEPTH (32), DEMO_SECONDS (10),
 # DEMO_FRESH_SIZE (8G: the emulated guest runs for a time, not a count, so its fresh image is
 # larger than 1 GiB to keep every write allocating), WORK (a folder for the images; default a
 # new folder under /var/tmp, removed at the end), NO_DEMO=1 skips the emulated-guest column,
-# NO_SYNCCOUNT=1 skips the flush counts.
+# NO_CONVERT=1 skips the convert timings, NO_SYNCCOUNT=1 skips the flush counts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -137,6 +138,56 @@ for case in "${CASES[@]}"; do
 done
 echo "(all samples: qemu-img read:${Q[read]} overwrite:${Q[overwrite]} allocating:${Q[allocating]};"
 echo " rustbk read:${R[read]} overwrite:${R[overwrite]} allocating:${R[allocating]})"
+
+if [ -z "${NO_CONVERT:-}" ]; then
+  # A 4 GiB raw image with every other 64 MiB region random (half allocated), then its qcow2
+  # conversion; both tools convert raw -> qcow2 and qcow2 -> raw, cache=none on both sides.
+  echo
+  echo "== convert: 4 GiB half-allocated image, -t none -T none, $ROUNDS rounds"
+  SRC_RAW=$WORK/half.raw
+  SRC_QCOW2=$WORK/half.qcow2
+  rm -f "$SRC_RAW"
+  truncate -s 4G "$SRC_RAW"
+  for i in $(seq 0 2 63); do
+    head -c 64M /dev/urandom | dd of="$SRC_RAW" bs=1M seek=$((i * 64)) conv=notrunc status=none
+  done
+  qemu-img convert -f raw -O qcow2 "$SRC_RAW" "$SRC_QCOW2"
+  declare -A CQ CR
+  convert_secs() {
+    local tool=$1 from=$2 to=$3 src dst start end
+    if [ "$from" = raw ]; then src=$SRC_RAW; else src=$SRC_QCOW2; fi
+    dst=$WORK/out.$to
+    rm -f "$dst"
+    start=$(date +%s.%N)
+    if [ "$tool" = qemu ]; then
+      qemu-img convert -t none -T none -f "$from" -O "$to" "$src" "$dst"
+    else
+      "$RUSTBK" img convert -t none -T none -f "$from" -O "$to" "$src" "$dst"
+    fi
+    end=$(date +%s.%N)
+    qemu-img compare -q "$SRC_RAW" "$dst" || { echo "$tool $from->$to: output differs" >&2; exit 1; }
+    rm -f "$dst"
+    awk -v s="$start" -v e="$end" 'BEGIN { printf "%.2f\n", e - s }'
+  }
+  for round in $(seq 1 "$ROUNDS"); do
+    for dir in raw:qcow2 qcow2:raw; do
+      if [ $((round % 2)) -eq 1 ]; then order=(qemu rustbk); else order=(rustbk qemu); fi
+      for tool in "${order[@]}"; do
+        secs=$(convert_secs "$tool" "${dir%%:*}" "${dir##*:}")
+        if [ "$tool" = qemu ]; then CQ[$dir]="${CQ[$dir]:-} $secs"; else CR[$dir]="${CR[$dir]:-} $secs"; fi
+        printf '   %-12s %-7s %6s s\n' "${dir/:/->}" "$tool" "$secs"
+      done
+    done
+  done
+  printf '%-12s | %16s | %14s | %16s\n' convert "qemu-img convert" "rustbk img" "speed-up"
+  for dir in raw:qcow2 qcow2:raw; do
+    q=$(tr ' ' '\n' <<<"${CQ[$dir]}" | grep -v '^$' | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
+    r=$(tr ' ' '\n' <<<"${CR[$dir]}" | grep -v '^$' | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
+    printf '%-12s | %14s s | %12s s | %15s\n' "${dir/:/->}" "$q" "$r" \
+      "$(awk -v q="$q" -v r="$r" 'BEGIN { printf "%.2fx", (r > 0 ? q / r : 0) }')"
+  done
+  rm -f "$SRC_RAW" "$SRC_QCOW2"
+fi
 
 if [ -z "${NO_SYNCCOUNT:-}" ]; then
   echo

@@ -50,27 +50,35 @@ fn raw_to_qcow2_of_a_half_empty_image_allocates_only_the_data() {
         "raw",
         &["write -P 9 0 8M", "write -P 8 32M 8M", "write -z 48M 1M"],
     );
-    let out = at(&dir, "half.qcow2");
-    rustbk_ok(&[
-        &"convert",
-        &"-O",
-        &"qcow2",
-        &"-o",
-        &"cluster_size=64k",
-        &raw,
-        &out,
-    ]);
-    qemu_ok(&[&"compare", &"-f", &"raw", &"-F", &"qcow2", &raw, &out]);
-    let check = json(&qemu_ok(&[&"check", &"--output=json", &out]));
-    assert_eq!(
-        check["allocated-clusters"], 256,
-        "16 MiB of data in 64 KiB clusters: {check}"
-    );
-    let size = std::fs::metadata(&out).expect("stat").len();
-    assert!(
-        size < 17 << 20,
-        "qcow2 output of {size} bytes is not sparse"
-    );
+    // Page cache on both sides (the default), then O_DIRECT on both sides.
+    for caches in [["-t", "unsafe", "-T", "writeback"], ["-t", "none", "-T", "none"]] {
+        let out = at(&dir, "half.qcow2");
+        let [t, tv, s, sv] = &caches;
+        rustbk_ok(&[
+            &"convert",
+            t,
+            tv,
+            s,
+            sv,
+            &"-O",
+            &"qcow2",
+            &"-o",
+            &"cluster_size=64k",
+            &raw,
+            &out,
+        ]);
+        qemu_ok(&[&"compare", &"-f", &"raw", &"-F", &"qcow2", &raw, &out]);
+        let check = json(&qemu_ok(&[&"check", &"--output=json", &out]));
+        assert_eq!(
+            check["allocated-clusters"], 256,
+            "16 MiB of data in 64 KiB clusters ({caches:?}): {check}"
+        );
+        let size = std::fs::metadata(&out).expect("stat").len();
+        assert!(
+            size < 17 << 20,
+            "qcow2 output of {size} bytes is not sparse ({caches:?})"
+        );
+    }
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! The write path: in-place writes to clusters this image owns alone, and allocating writes
-//! with copy-on-write of the untouched parts. A new cluster whose old contents are zeros is
-//! zeroed by the file system (zero-range fallocate, as QEMU does: reserved blocks, so the
+//! with copy-on-write of the untouched parts. A write covering a whole new cluster is written
+//! as it is; a new cluster whose old contents are zeros is zeroed by the file system (zero-range fallocate, as QEMU does: reserved blocks, so the
 //! guest's writes into it are plain overwrites) and only the guest data is written.
 //!
 //! An allocation takes its host cluster (refcount 1 in memory) when the write is planned; once
@@ -90,8 +90,9 @@ fn allocate(
     let cs = meta.layout().cluster_size();
     let (table, l1_index) = l2_for_write(meta, gc)?;
     let (host, fresh) = meta.alloc_fresh_cluster()?;
-    let zeroed = reads_zeros(meta, old) && (meta.zero_cluster(host)? || fresh);
-    if zeroed {
+    let whole = inner == 0 && piece.len() as u64 == cs;
+    let zeroed = !whole && reads_zeros(meta, old) && (meta.zero_cluster(host)? || fresh);
+    if whole || zeroed {
         plan.push(true, host + inner, piece);
     } else {
         let end = inner + piece.len() as u64;

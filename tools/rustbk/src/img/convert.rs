@@ -17,7 +17,7 @@ use super::pipe::{self, CHUNK, DEPTH};
 /// Bytes of a granule looked at before copying all of it for the zero test.
 const PROBE: usize = 256;
 use super::progress::Progress;
-use super::{FormatArg, open};
+use super::{FormatArg, open_direct};
 
 /// Cache modes of the destination.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -26,6 +26,17 @@ pub enum CacheArg {
     Unsafe,
     /// Flushed data and metadata before the command returns.
     Writeback,
+    /// O_DIRECT (bypassing the page cache), flushed before the command returns.
+    None,
+}
+
+/// Cache modes of the source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SrcCacheArg {
+    /// Through the page cache.
+    Writeback,
+    /// O_DIRECT (bypassing the page cache).
+    None,
 }
 
 /// `rustbk img convert [-p] [-t CACHE] [-f FMT] -O FMT [-o OPTIONS] SRC DST`.
@@ -40,10 +51,13 @@ pub struct ConvertArgs {
     /// Format of DST.
     #[arg(short = 'O', value_enum, default_value_t = FormatArg::Raw)]
     pub output_format: FormatArg,
-    /// Cache mode of DST: `unsafe` (qemu-img's default for convert: no flush at the end) or
-    /// `writeback` (flushed before the command returns).
+    /// Cache mode of DST: `unsafe` (qemu-img's default for convert: no flush at the end),
+    /// `writeback` (flushed before the command returns) or `none` (O_DIRECT, flushed).
     #[arg(short = 't', value_enum, default_value_t = CacheArg::Unsafe)]
     pub cache: CacheArg,
+    /// Cache mode of SRC: `writeback` (page cache) or `none` (O_DIRECT).
+    #[arg(short = 'T', value_enum, default_value_t = SrcCacheArg::Writeback)]
+    pub src_cache: SrcCacheArg,
     /// qcow2 options for DST: cluster_size=SIZE, compat=0.10|1.1, refcount_bits=N.
     #[arg(short = 'o')]
     pub options: Vec<String>,
@@ -55,10 +69,12 @@ pub struct ConvertArgs {
 
 /// Converts.
 pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
-    let src = open(&args.src, args.format.map(Into::into), true)?;
+    let src_direct = args.src_cache == SrcCacheArg::None;
+    let src = open_direct(&args.src, args.format.map(Into::into), true, src_direct)?;
     let size = src.geometry().size;
     let granularity = create_dst(&args, size)?;
-    let dst = open(&args.dst, Some(args.output_format.into()), false)?;
+    let dst_direct = args.cache == CacheArg::None;
+    let dst = open_direct(&args.dst, Some(args.output_format.into()), false, dst_direct)?;
     let ranges = data_ranges(&args.src, args.format.map(Into::into), size)?;
     let total: u64 = ranges.iter().map(|r| r.1).sum();
     let mut copy = Copy::new(
@@ -68,7 +84,7 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
         Progress::new(args.progress, false),
     )?;
     copy.run(&ranges, total)?;
-    if args.cache == CacheArg::Writeback {
+    if args.cache != CacheArg::Unsafe {
         pipe::flush(&mut *copy.dst)?;
     }
     copy.progress.finish();

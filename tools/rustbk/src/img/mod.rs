@@ -115,9 +115,19 @@ pub fn open(
     format: Option<Format>,
     read_only: bool,
 ) -> anyhow::Result<Arc<dyn BlockImage>> {
+    open_direct(path, format, read_only, false)
+}
+
+/// Opens an image through the page cache, or with O_DIRECT if `direct`.
+pub fn open_direct(
+    path: &Path,
+    format: Option<Format>,
+    read_only: bool,
+    direct: bool,
+) -> anyhow::Result<Arc<dyn BlockImage>> {
     let opts = OpenOptions {
         read_only,
-        direct: false,
+        direct,
         format,
         ..OpenOptions::default()
     };
