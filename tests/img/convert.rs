@@ -51,7 +51,10 @@ fn raw_to_qcow2_of_a_half_empty_image_allocates_only_the_data() {
         &["write -P 9 0 8M", "write -P 8 32M 8M", "write -z 48M 1M"],
     );
     // Page cache on both sides (the default), then O_DIRECT on both sides.
-    for caches in [["-t", "unsafe", "-T", "writeback"], ["-t", "none", "-T", "none"]] {
+    for caches in [
+        ["-t", "unsafe", "-T", "writeback"],
+        ["-t", "none", "-T", "none"],
+    ] {
         let out = at(&dir, "half.qcow2");
         let [t, tv, s, sv] = &caches;
         rustbk_ok(&[

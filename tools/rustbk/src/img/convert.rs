@@ -74,7 +74,12 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
     let size = src.geometry().size;
     let granularity = create_dst(&args, size)?;
     let dst_direct = args.cache == CacheArg::None;
-    let dst = open_direct(&args.dst, Some(args.output_format.into()), false, dst_direct)?;
+    let dst = open_direct(
+        &args.dst,
+        Some(args.output_format.into()),
+        false,
+        dst_direct,
+    )?;
     let ranges = data_ranges(&args.src, args.format.map(Into::into), size)?;
     let total: u64 = ranges.iter().map(|r| r.1).sum();
     let mut copy = Copy::new(
