@@ -448,91 +448,6 @@ fn feature_table(data: &[u8]) -> Vec<FeatureName> {
         .collect()
 }
 
-/// What [`serialize`] writes into a new image's first cluster.
-#[derive(Clone, Debug)]
-pub struct NewHeader<'a> {
-    /// 2 or 3.
-    pub version: u32,
-    /// log2 of the cluster size.
-    pub cluster_bits: u32,
-    /// Virtual size.
-    pub size: u64,
-    /// L1 entries and offset.
-    pub l1: (u32, u64),
-    /// Refcount table offset and clusters.
-    pub reftable: (u64, u32),
-    /// log2 of the refcount width (4 for version 2).
-    pub refcount_order: u32,
-    /// Backing file name and optional format.
-    pub backing: Option<(&'a [u8], Option<&'a str>)>,
-}
-
-/// The first cluster of a new image: header, extensions, backing file name.
-pub fn serialize(h: &NewHeader<'_>) -> Result<Vec<u8>, Error> {
-    let cs = 1usize << h.cluster_bits;
-    let mut b = vec![0u8; cs];
-    b[..4].copy_from_slice(&MAGIC);
-    put32(&mut b, 4, h.version);
-    put32(&mut b, 20, h.cluster_bits);
-    put64(&mut b, 24, h.size);
-    put32(&mut b, 36, h.l1.0);
-    put64(&mut b, 40, h.l1.1);
-    put64(&mut b, 48, h.reftable.0);
-    put32(&mut b, 56, h.reftable.1);
-    let mut at = V2_HEADER_LEN as usize;
-    if h.version == 3 {
-        put32(&mut b, 96, h.refcount_order);
-        put32(&mut b, 100, V3_HEADER_LEN);
-        at = V3_HEADER_LEN as usize;
-    }
-    if let Some((name, format)) = h.backing {
-        if let Some(format) = format {
-            at = put_extension(&mut b, at, EXT_BACKING_FORMAT, format.as_bytes())?;
-        }
-        at = put_extension(&mut b, at, EXT_END, &[])?;
-        let end = at + name.len();
-        if name.is_empty() || name.len() > 1023 || end > cs {
-            return Err(Error::InvalidArgument(format!(
-                "backing file name of {} bytes does not fit",
-                name.len()
-            )));
-        }
-        b[at..end].copy_from_slice(name);
-        put64(&mut b, 8, at as u64);
-        put32(&mut b, 16, u32::try_from(name.len()).unwrap_or(0));
-    } else {
-        put_extension(&mut b, at, EXT_END, &[])?;
-    }
-    Ok(b)
-}
-
-fn put_extension(b: &mut [u8], at: usize, kind: u32, data: &[u8]) -> Result<usize, Error> {
-    let next = at + 8 + data.len().div_ceil(8) * 8;
-    if next > b.len() {
-        return Err(Error::InvalidArgument(
-            "header extensions do not fit".to_owned(),
-        ));
-    }
-    put32(b, at, kind);
-    put32(b, at + 4, u32::try_from(data.len()).unwrap_or(0));
-    b[at + 8..at + 8 + data.len()].copy_from_slice(data);
-    Ok(next)
-}
-
-/// Big-endian u32 at `at` (the caller guarantees `at + 4 <= b.len()`).
-pub(crate) fn put32(b: &mut [u8], at: usize, v: u32) {
-    if let Some(d) = b.get_mut(at..at + 4) {
-        d.copy_from_slice(&v.to_be_bytes());
-    }
-}
-
-/// Big-endian u64 at `at` (the caller guarantees `at + 8 <= b.len()`).
-pub(crate) fn put64(b: &mut [u8], at: usize, v: u64) {
-    if let Some(d) = b.get_mut(at..at + 8) {
-        d.copy_from_slice(&v.to_be_bytes());
-    }
-}
-
 /// Offset of the autoclear field in a version 3 header.
 pub const AUTOCLEAR_OFFSET: u64 = 88;
 /// Offset of the refcount table offset (8 bytes) followed by its cluster count (4 bytes).
@@ -542,87 +457,11 @@ pub const SIZE_OFFSET: u64 = 24;
 /// Offset of the L1 size (4 bytes) followed by the L1 table offset (8 bytes).
 pub const L1_FIELDS_OFFSET: u64 = 36;
 
+mod serialize;
 #[cfg(test)]
-mod tests {
-    use super::*;
+mod tests;
 
-    fn new_header(version: u32, backing: Option<(&'static [u8], Option<&'static str>)>) -> Vec<u8> {
-        let mut b = serialize(&NewHeader {
-            version,
-            cluster_bits: 16,
-            size: 1 << 30,
-            l1: (2, 3 << 16),
-            reftable: (1 << 16, 1),
-            refcount_order: 4,
-            backing,
-        })
-        .expect("serialize");
-        b.resize(4 << 16, 0);
-        b
-    }
-
-    #[test]
-    fn serialized_headers_parse_back_with_their_backing_file_and_format() {
-        for version in [2, 3] {
-            let b = new_header(version, Some((b"../base.img", Some("raw"))));
-            let h = Header::parse(&b, b.len() as u64).expect("parse");
-            assert_eq!(
-                (h.version, h.cluster_bits, h.size, h.l1_size),
-                (version, 16, 1 << 30, 2)
-            );
-            assert_eq!(h.backing_file, Some(PathBuf::from("../base.img")));
-            assert_eq!(h.backing_format.as_deref(), Some("raw"));
-            assert_eq!(h.refcount_order, 4);
-            assert_eq!(h.compression, Compression::Deflate);
-        }
-    }
-
-    #[test]
-    fn feature_names_describe_incompatible_bits() {
-        let mut b = new_header(3, None);
-        let mut entry = vec![0u8, 9];
-        entry.extend_from_slice(b"shiny feature");
-        entry.resize(FEATURE_ENTRY_LEN, 0);
-        let at =
-            put_extension(&mut b, V3_HEADER_LEN as usize, EXT_FEATURE_TABLE, &entry).expect("ext");
-        put_extension(&mut b, at, EXT_END, &[]).expect("end");
-        let h = Header::parse(&b, b.len() as u64).expect("parse");
-        assert_eq!(
-            h.describe_incompatible(1 << 9 | 1 << 12),
-            "bit 9 (shiny feature), bit 12"
-        );
-    }
-
-    #[test]
-    fn extension_overrunning_the_cluster_and_a_short_l1_table_are_refused() {
-        let mut b = new_header(3, None);
-        put32(&mut b, V3_HEADER_LEN as usize, EXT_BACKING_FORMAT);
-        put32(&mut b, V3_HEADER_LEN as usize + 4, 1 << 20);
-        assert!(matches!(
-            Header::parse(&b, b.len() as u64),
-            Err(Error::InvalidImage(_))
-        ));
-        let mut b = new_header(3, None);
-        put32(&mut b, 36, 1);
-        let e = Header::parse(&b, b.len() as u64).expect_err("L1 too small");
-        assert!(e.to_string().contains("too small"), "{e}");
-    }
-
-    #[test]
-    fn compression_type_must_match_its_feature_bit() {
-        let mut b = new_header(3, None);
-        b[104] = 1;
-        assert!(matches!(
-            Header::parse(&b, b.len() as u64),
-            Err(Error::InvalidImage(_))
-        ));
-        put64(&mut b, 72, incompat::COMPRESSION);
-        let h = Header::parse(&b, b.len() as u64).expect("zstd");
-        assert_eq!(h.compression, Compression::Zstd);
-        b[104] = 7;
-        assert!(matches!(
-            Header::parse(&b, b.len() as u64),
-            Err(Error::UnsupportedFeature(_))
-        ));
-    }
-}
+pub(crate) use serialize::put64;
+pub use serialize::{NewHeader, serialize};
+#[cfg(test)]
+use serialize::{put_extension, put32};
