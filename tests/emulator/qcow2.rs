@@ -104,3 +104,33 @@ fn qcow2_over_a_raw_backing_file_shows_the_base_until_written() {
     let image = host.image.display().to_string();
     qemu_img(&["check", &image]);
 }
+
+#[test]
+fn sigterm_writes_back_qcow2_metadata_of_writes_never_flushed() {
+    let host = Host::serving(Setup::default(), |dir| {
+        qcow2(dir, "disk.qcow2", "cluster_size=65536", None)
+    });
+    let mut g = host.guest();
+    // Allocating writes in three L2 ranges' worth of clusters; no flush from the guest.
+    let sectors = [0u64, 8 + 128, 40_000, 131_000 - 8];
+    for (i, &sector) in sectors.iter().enumerate() {
+        assert_eq!(g.write(sector, &pattern(4096, i as u8 + 1)), status::OKAY);
+    }
+    let mut cluster = host.cluster;
+    cluster
+        .terminate_disk(&host.spec)
+        .expect("backend stops on SIGTERM");
+    let image = host.image.display().to_string();
+    qemu_img(&["check", &image]);
+    let raw = host.image.with_extension("raw");
+    qemu_img(&["convert", "-O", "raw", &image, &raw.display().to_string()]);
+    let data = std::fs::read(&raw).unwrap();
+    for (i, &sector) in sectors.iter().enumerate() {
+        let at = (sector * 512) as usize;
+        assert_eq!(
+            data[at..at + 4096],
+            pattern(4096, i as u8 + 1)[..],
+            "write {i} at sector {sector} lost"
+        );
+    }
+}

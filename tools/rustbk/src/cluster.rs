@@ -174,6 +174,27 @@ impl EmuCluster {
         }
     }
 
+    /// Sends SIGTERM to the backend process of `spec` (as an administrator stopping it would)
+    /// and waits for it to exit successfully.
+    pub fn terminate_disk(&mut self, spec: &VbdSpec) -> anyhow::Result<()> {
+        let Some(i) = self.backends.iter().position(|(s, _)| s == spec) else {
+            bail!("no backend process serves that disk");
+        };
+        let (_, mut child) = self.backends.remove(i);
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        let mut status = None;
+        wait_until(START_TIMEOUT, || {
+            status = child.try_wait().ok().flatten();
+            status.is_some()
+        })
+        .context("the backend did not exit after SIGTERM")?;
+        match status {
+            Some(s) if s.success() => Ok(()),
+            other => bail!("the backend exited with {other:?} after SIGTERM"),
+        }
+    }
+
     /// The pid of the backend of `spec`, if it runs.
     pub fn backend_pid(&self, spec: &VbdSpec) -> Option<u32> {
         self.backends
