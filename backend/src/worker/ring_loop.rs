@@ -96,11 +96,12 @@ impl RingWorker<'_> {
             let mut busy = false;
             if !self.stopping {
                 busy |= self.pull_requests()?;
+                // New requests reach the kernel before anything else is done.
+                self.commit()?;
             }
             busy |= self.reap();
-            self.queue
-                .commit()
-                .map_err(|e| Fatal::Local(format!("submit: {e}")))?;
+            // Whatever the completions released (flushes, barrier steps); free when empty.
+            self.commit()?;
             self.publish()?;
             if self.stopping && self.is_idle() {
                 return Ok(());
@@ -148,6 +149,12 @@ impl RingWorker<'_> {
         // Also after new requests alone: a flush may be ready without any completion.
         self.release_waiters();
         any
+    }
+
+    fn commit(&mut self) -> Result<(), Fatal> {
+        self.queue
+            .commit()
+            .map_err(|e| Fatal::Local(format!("submit: {e}")))
     }
 
     fn is_idle(&self) -> bool {
