@@ -34,6 +34,8 @@ pub(super) struct RingWorker<'a> {
     pub slots: Slots,
     pub order: Order,
     pub persistent: Option<GrantCache>,
+    /// The persistent mappings of the request being started (reused, so no allocation).
+    pub page_scratch: Vec<Arc<rustbk_grant::GrantMapping>>,
     completions: Vec<Completion>,
     responses_pending: bool,
     stopping: bool,
@@ -66,6 +68,7 @@ pub(super) fn run(
         slots: Slots::default(),
         order: Order::default(),
         persistent,
+        page_scratch: Vec::new(),
         completions: Vec::new(),
         responses_pending: false,
         stopping: false,
