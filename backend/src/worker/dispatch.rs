@@ -1,7 +1,9 @@
 //! Turning validated requests into image I/O, and completions into responses.
 
+use std::borrow::Cow;
+
 use rustbk_formats::{Completion, IoOp};
-use rustbk_grant::{Access, Direction, GrantMapping, GrantRef, GuestBuf, PageSpan};
+use rustbk_grant::{Access, Direction, GrantRef, GuestBuf, PageSpan};
 use rustbk_ring::{
     BadReason, BadRequest, HeapMemory, Request, RwOp, SECTOR_SIZE, Segment, SharedMemoryExt, op,
     status,
@@ -53,10 +55,10 @@ impl RingWorker<'_> {
     }
 
     /// The data segments of a request: inline, or copied once out of its indirect pages.
-    fn segments_of(&self, req: &Request) -> Result<Vec<Segment>, BadRequest> {
+    fn segments_of<'r>(&self, req: &'r Request) -> Result<Cow<'r, [Segment]>, BadRequest> {
         match req {
-            Request::Rw { segments, .. } => Ok(segments.as_slice().to_vec()),
-            Request::Discard { .. } => Ok(Vec::new()),
+            Request::Rw { segments, .. } => Ok(Cow::Borrowed(segments.as_slice())),
+            Request::Discard { .. } => Ok(Cow::Borrowed(&[])),
             Request::Indirect {
                 nr_segments,
                 indirect_grefs,
@@ -84,7 +86,9 @@ impl RingWorker<'_> {
                             needed: indirect_grefs.len(),
                         })
                     })?;
-                rustbk_ring::decode_indirect_segments(&[&copy], *nr_segments).map_err(bad)
+                rustbk_ring::decode_indirect_segments(&[&copy], *nr_segments)
+                    .map(Cow::Owned)
+                    .map_err(bad)
             }
         }
     }
@@ -185,8 +189,8 @@ impl RingWorker<'_> {
         segments: &[Segment],
         dir: Direction,
     ) -> Result<GuestBuf, rustbk_grant::Error> {
-        if let Some(parts) = self.persistent_pages(segments) {
-            let spans = parts.iter().zip(segments).map(|(m, s)| {
+        if self.persistent_pages(segments) {
+            let spans = self.page_scratch.iter().zip(segments).map(|(m, s)| {
                 (
                     m,
                     PageSpan {
@@ -195,7 +199,9 @@ impl RingWorker<'_> {
                     },
                 )
             });
-            return GuestBuf::from_parts(spans, dir);
+            let buf = GuestBuf::from_parts(spans, dir);
+            self.page_scratch.clear();
+            return buf;
         }
         let refs: Vec<GrantRef> = segments.iter().map(|s| s.gref).collect();
         let access = if dir == Direction::ToGuest {
@@ -212,16 +218,23 @@ impl RingWorker<'_> {
         GuestBuf::new(mapping, &spans, dir)
     }
 
-    /// Every segment's page from the persistent cache, or `None` if any is not cached.
-    fn persistent_pages(
-        &mut self,
-        segments: &[Segment],
-    ) -> Option<Vec<std::sync::Arc<GrantMapping>>> {
-        let cache = self.persistent.as_mut()?;
-        segments
-            .iter()
-            .map(|s| cache.get(&*self.guest, s.gref))
-            .collect()
+    /// Puts every segment's page from the persistent cache in `page_scratch` (no allocation
+    /// once it has grown); false, with the scratch empty, if any page is not cached.
+    fn persistent_pages(&mut self, segments: &[Segment]) -> bool {
+        self.page_scratch.clear();
+        let Some(cache) = self.persistent.as_mut() else {
+            return false;
+        };
+        for s in segments {
+            match cache.get(&*self.guest, s.gref) {
+                Some(m) => self.page_scratch.push(m),
+                None => {
+                    self.page_scratch.clear();
+                    return false;
+                }
+            }
+        }
+        true
     }
 
     fn map_failed(&mut self, id: u64, code: u8, e: &rustbk_grant::Error) {

@@ -34,6 +34,8 @@ pub(super) struct RingWorker<'a> {
     pub slots: Slots,
     pub order: Order,
     pub persistent: Option<GrantCache>,
+    /// The persistent mappings of the request being started (reused, so no allocation).
+    pub page_scratch: Vec<Arc<rustbk_grant::GrantMapping>>,
     completions: Vec<Completion>,
     responses_pending: bool,
     stopping: bool,
@@ -66,6 +68,7 @@ pub(super) fn run(
         slots: Slots::default(),
         order: Order::default(),
         persistent,
+        page_scratch: Vec::new(),
         completions: Vec::new(),
         responses_pending: false,
         stopping: false,
@@ -96,11 +99,12 @@ impl RingWorker<'_> {
             let mut busy = false;
             if !self.stopping {
                 busy |= self.pull_requests()?;
+                // New requests reach the kernel before anything else is done.
+                self.commit()?;
             }
             busy |= self.reap();
-            self.queue
-                .commit()
-                .map_err(|e| Fatal::Local(format!("submit: {e}")))?;
+            // Whatever the completions released (flushes, barrier steps); free when empty.
+            self.commit()?;
             self.publish()?;
             if self.stopping && self.is_idle() {
                 return Ok(());
@@ -148,6 +152,12 @@ impl RingWorker<'_> {
         // Also after new requests alone: a flush may be ready without any completion.
         self.release_waiters();
         any
+    }
+
+    fn commit(&mut self) -> Result<(), Fatal> {
+        self.queue
+            .commit()
+            .map_err(|e| Fatal::Local(format!("submit: {e}")))
     }
 
     fn is_idle(&self) -> bool {

@@ -52,9 +52,7 @@ impl Ring {
         eventfd: BorrowedFd<'_>,
     ) -> io::Result<Ring> {
         let entries = depth.next_power_of_two();
-        let ring = IoUring::builder()
-            .setup_cqsize(entries.saturating_mul(2))
-            .build(entries)?;
+        let ring = build(entries)?;
         ring.submitter().register_eventfd(eventfd.as_raw_fd())?;
         let fds = [
             file.fd(Which::Buffered).as_raw_fd(),
@@ -120,6 +118,14 @@ impl Ring {
                 offset,
                 iovs,
             } => {
+                if let [one] = iovs.as_slice() {
+                    // One segment (the common 4 KiB request): no iovec array for the kernel
+                    // to copy in.
+                    let len = single_len(one);
+                    return on_fd!(which, |fd| opcode::Read::new(fd, one.base, len)
+                        .offset(offset)
+                        .build());
+                }
                 let (ptr, count) = (
                     iovs.as_slice().as_ptr().cast::<libc::iovec>(),
                     iov_count(iovs.as_slice()),
@@ -133,6 +139,13 @@ impl Ring {
                 offset,
                 iovs,
             } => {
+                if let [one] = iovs.as_slice() {
+                    let len = single_len(one);
+                    let base = one.base.cast_const();
+                    return on_fd!(which, |fd| opcode::Write::new(fd, base, len)
+                        .offset(offset)
+                        .build());
+                }
                 let (ptr, count) = (
                     iovs.as_slice().as_ptr().cast::<libc::iovec>(),
                     iov_count(iovs.as_slice()),
@@ -159,8 +172,16 @@ impl Ring {
         self.file.fd(which).as_raw_fd()
     }
 
-    /// Hands the submission queue to the kernel without waiting.
+    /// Hands the submission queue to the kernel without waiting. No system call when there
+    /// is nothing to submit and no completion work is pending in the kernel.
     pub(crate) fn submit(&mut self) -> io::Result<()> {
+        let idle = {
+            let sq = self.ring.submission();
+            sq.is_empty() && !sq.taskrun() && !sq.cq_overflow()
+        };
+        if idle {
+            return Ok(());
+        }
         retry(|| self.ring.submit())
     }
 
@@ -183,6 +204,12 @@ impl Ring {
 
     /// Takes the next finished op and its result (bytes or negative errno), if any.
     pub(crate) fn pop(&mut self) -> Option<(Prepared, i64)> {
+        if self.ring.completion().is_empty() && self.ring.submission().taskrun() {
+            // Completions wait as deferred kernel work (COOP_TASKRUN): let the kernel post them.
+            if let Err(e) = self.ring.submitter().submit_and_wait(0) {
+                tracing::debug!(error = %e, "cannot flush io_uring completion work");
+            }
+        }
         loop {
             let cqe = self.ring.completion().next()?;
             if cqe.user_data() & WATCH_BIT != 0 {
@@ -273,6 +300,33 @@ impl Ring {
     pub(crate) fn any_fired(&self) -> bool {
         self.watches.iter().any(|w| w.fired)
     }
+}
+
+/// A ring for `entries` SQEs and twice as many CQEs. Asks for cooperative task running (no
+/// interrupt of the thread for every completion: it is handled at the thread's next system
+/// call, and the SQ flag tells when some is pending) and falls back to a plain ring on kernels
+/// older than 5.19.
+fn build(entries: u32) -> io::Result<IoUring> {
+    let cq = entries.saturating_mul(2);
+    let coop = IoUring::builder()
+        .setup_cqsize(cq)
+        .setup_coop_taskrun()
+        .setup_taskrun_flag()
+        .build(entries);
+    match coop {
+        Ok(ring) => Ok(ring),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            tracing::debug!("io_uring without COOP_TASKRUN");
+            IoUring::builder().setup_cqsize(cq).build(entries)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The length of a one-segment transfer; a segment above 4 GiB is capped, which the op's state
+/// machine handles like any short transfer (the rest is resubmitted).
+fn single_len(iov: &crate::buffer::IoVec) -> u32 {
+    u32::try_from(iov.len).unwrap_or(u32::MAX)
 }
 
 fn iov_count(iovs: &[crate::buffer::IoVec]) -> u32 {

@@ -140,6 +140,14 @@ impl ImageQueue for RawQueue {
     fn in_flight(&self) -> usize {
         self.engine.in_flight()
     }
+
+    fn wait_any(
+        &mut self,
+        fds: &[BorrowedFd<'_>],
+        timeout: Option<Duration>,
+    ) -> Result<Vec<bool>, Error> {
+        self.engine.wait_any(fds, timeout)
+    }
 }
 
 /// Creates a sparse raw image of `size` bytes. Fails if `path` exists.
