@@ -36,6 +36,7 @@ fn opts() -> OpenOptions {
                 l2_bytes: 1 << 20,
                 refcount_bytes: 1 << 20,
             },
+            ..Qcow2Options::default()
         },
         ..OpenOptions::default()
     }

@@ -3,8 +3,9 @@
 //! shared by every queue.
 //!
 //! Metadata is write-back: allocating writes and discards change L2 and L1 entries and
-//! refcounts in memory only, and [`Meta::write_back`] (a guest flush, closing, or a dirty L2
-//! table about to leave the cache) writes them in the crash-safe order. Refcount blocks may
+//! refcounts in memory only, and [`Meta::write_back`] (a guest flush, closing, a dirty L2
+//! table about to leave the cache, or changes older than the write-back age) writes them in
+//! the crash-safe order. Refcount blocks may
 //! also be written whenever they leave the cache: an increment reaching the disk early only
 //! leaks a cluster on a crash, and decrements are only made after the entries that referenced
 //! the cluster are durably gone.
@@ -62,6 +63,10 @@ pub(crate) struct Meta {
     pub(super) fresh_from: u64,
     /// The file system refused zero-range fallocate once; zeros are written instead.
     pub(super) no_zero_range: bool,
+    /// When metadata first changed after the last write-back.
+    pub(super) dirty_since: Option<std::time::Instant>,
+    /// Age after which changed metadata is written back without waiting for a flush.
+    pub(super) writeback_age: std::time::Duration,
     /// Why an earlier write-back failed (the image then takes no more changes).
     pub(super) failed: Option<String>,
     /// New L2 tables not yet linked into the L1 table: L1 index -> table offset.
@@ -84,9 +89,10 @@ impl Meta {
     pub(super) fn load(
         header: &Header,
         io: Arc<dyn MetaIo>,
-        caches: CacheSizes,
+        opts: &super::Qcow2Options,
         has_backing: bool,
     ) -> Result<Meta, Error> {
+        let caches = opts.cache;
         let layout = Layout {
             cluster_bits: header.cluster_bits,
             size: header.size,
@@ -121,6 +127,8 @@ impl Meta {
             pending_free: Vec::new(),
             fresh_from: file_size.div_ceil(1 << header.cluster_bits),
             no_zero_range: false,
+            dirty_since: None,
+            writeback_age: opts.writeback_age,
             failed: None,
             pending_l2: HashMap::new(),
             busy: HashSet::new(),

@@ -6,12 +6,14 @@
 //!   compressed clusters (deflate or zstd).
 //! * Writes: in place when the cluster's refcount is one; otherwise a new cluster is allocated
 //!   and written in one engine write holding the guest data plus the copy-on-write head and
-//!   tail (just the guest data when the new cluster was never written and the old contents
-//!   are zeros). Metadata is write-back: entries and refcounts change in memory and reach
-//!   the disk at a guest flush (or when a dirty L2 table leaves the cache) in a crash-safe
-//!   order (see [`writeback`]): refcounts and new tables → flush → L2/L1 entries → flush. A
-//!   crash may leak clusters (`qemu-img check -r leaks` repairs that), never corrupt the
-//!   image, and loses no write acknowledged before the last completed flush.
+//!   tail (just the guest data when the file system zeroed the new cluster, or when the write
+//!   covers all of it). Metadata is write-back: entries and refcounts change in memory and
+//!   reach the disk at a guest flush (or when a dirty L2 table leaves the cache, or at the
+//!   first allocation once changes are older than [`Qcow2Options::writeback_age`]) in a
+//!   crash-safe order (see the `writeback` module): refcounts and new tables → flush → L2/L1
+//!   entries → flush. A crash may leak clusters (`qemu-img check -r leaks` repairs that),
+//!   never corrupts the image, and loses no write acknowledged before the last completed
+//!   flush.
 //! * Discard / write-zeroes: whole clusters get the zero flag (version 3 with a backing file)
 //!   or become unallocated, and their clusters are freed after the entry is durable; partial
 //!   clusters are written with zeros.
@@ -72,6 +74,9 @@ use read::Sources;
 pub struct Qcow2Options {
     /// Metadata cache sizes.
     pub cache: CacheSizes,
+    /// Metadata changed longer ago than this is written back at the next allocation even
+    /// without a guest flush (bounds what a crash of a guest that never flushes can lose).
+    pub writeback_age: std::time::Duration,
 }
 
 impl Default for Qcow2Options {
@@ -81,6 +86,7 @@ impl Default for Qcow2Options {
                 l2_bytes: 8 << 20,
                 refcount_bytes: 1 << 20,
             },
+            writeback_age: std::time::Duration::from_secs(5),
         }
     }
 }
@@ -135,7 +141,7 @@ impl Qcow2Image {
         let read_only = file.read_only();
         check_writable(&header, read_only)?;
         let backing = open_backing(file.path(), &header, opts, chain)?;
-        let meta = Meta::load(&header, io.clone(), opts.qcow2.cache, backing.is_some())?;
+        let meta = Meta::load(&header, io.clone(), &opts.qcow2, backing.is_some())?;
         if !read_only && header.autoclear != 0 {
             clear_autoclear(&*io)?;
         }

@@ -381,6 +381,9 @@ impl Qcow2Queue {
     fn commit_allocs(&mut self, allocs: &[Alloc]) -> Result<(), Error> {
         let mut meta = lock(&self.meta)?;
         let result = write::commit(&mut meta, allocs);
+        if result.is_ok() {
+            meta.write_back_if_old();
+        }
         meta.release(allocs.iter().map(|a| a.gc));
         result
     }

@@ -22,11 +22,25 @@ impl Meta {
     pub(super) fn write_back(&mut self) -> Result<bool, Error> {
         self.check_usable()?;
         let result = self.write_back_in_order();
+        if result.is_ok() {
+            self.dirty_since = None;
+        }
         if let Err(e) = &result {
             tracing::error!(error = %e, "qcow2 metadata write-back failed");
             self.failed = Some(e.to_string());
         }
         result
+    }
+
+    /// Writes back if metadata changed longer ago than the configured age. A failure is
+    /// logged and marks the image failed (the next flush reports it).
+    pub(super) fn write_back_if_old(&mut self) {
+        let now = std::time::Instant::now();
+        let since = *self.dirty_since.get_or_insert(now);
+        if now.saturating_duration_since(since) >= self.writeback_age {
+            // A failure is recorded in `failed` and logged by `write_back`.
+            let _ = self.write_back();
+        }
     }
 
     /// Fails if an earlier write-back failed.
