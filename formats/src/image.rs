@@ -66,6 +66,17 @@ impl IoOp {
             IoOp::Flush => None,
         }
     }
+
+    /// The error for this op on an image of `size` bytes if its range overflows or reaches
+    /// beyond the end.
+    pub fn range_error(&self, size: u64) -> Option<Error> {
+        let (offset, len) = self.range()?;
+        let Some(len) = len else {
+            return Some(Error::InvalidArgument("buffer length overflows".to_owned()));
+        };
+        let inside = offset.checked_add(len).is_some_and(|end| end <= size);
+        (!inside).then_some(Error::OutOfRange { offset, len, size })
+    }
 }
 
 impl std::fmt::Debug for IoOp {

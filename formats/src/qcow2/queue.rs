@@ -90,22 +90,9 @@ impl Qcow2Queue {
         })
     }
 
-    fn check_range(&self, op: &IoOp) -> Option<Error> {
-        let (offset, len) = op.range()?;
-        let Some(len) = len else {
-            return Some(Error::InvalidArgument("buffer length overflows".to_owned()));
-        };
-        let inside = offset.checked_add(len).is_some_and(|end| end <= self.size);
-        (!inside).then_some(Error::OutOfRange {
-            offset,
-            len,
-            size: self.size,
-        })
-    }
-
     /// Plans and launches `op` (or defers it, or completes it with an error).
     fn start(&mut self, op: IoOp, tag: u64) {
-        if let Some(error) = self.check_range(&op) {
+        if let Some(error) = op.range_error(self.size) {
             return self.finish_now(tag, Err(error));
         }
         if op.is_modifying() && self.read_only {

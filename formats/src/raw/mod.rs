@@ -97,25 +97,11 @@ pub struct RawQueue {
     size: u64,
 }
 
-impl RawQueue {
-    /// The error for `op` if it reaches beyond the image.
-    fn check_range(&self, op: &IoOp) -> Option<Error> {
-        let (offset, len) = op.range()?;
-        let Some(len) = len else {
-            return Some(Error::InvalidArgument("buffer length overflows".to_owned()));
-        };
-        let inside = offset.checked_add(len).is_some_and(|end| end <= self.size);
-        (!inside).then_some(Error::OutOfRange {
-            offset,
-            len,
-            size: self.size,
-        })
-    }
-}
+impl RawQueue {}
 
 impl ImageQueue for RawQueue {
     fn submit(&mut self, op: IoOp, tag: u64) -> Result<(), Error> {
-        match self.check_range(&op) {
+        match op.range_error(self.size) {
             Some(error) => self.engine.fail(tag, error),
             None => self.engine.submit(op, tag),
         }
