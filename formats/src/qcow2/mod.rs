@@ -16,7 +16,8 @@
 //!   flush.
 //! * Discard / write-zeroes: whole clusters get the zero flag (version 3 with a backing file)
 //!   or become unallocated, and their clusters are freed after the entry is durable; partial
-//!   clusters are written with zeros.
+//!   clusters are written with zeros by write-zeroes, and by a discard only where they hold
+//!   data (a discard never allocates).
 //!
 //! First-increment limits: metadata I/O (tables, copy-on-write sources, compressed clusters)
 //! and backing-file reads are synchronous on the queue's thread, under the image's metadata
