@@ -69,8 +69,14 @@ impl Demo {
             let Some(rest) = line.strip_prefix("  processes: ") else {
                 continue;
             };
-            let backend = rest.split("backend ").nth(1).and_then(|r| r.split(',').next());
-            let dir = rest.split("(logs in ").nth(1).map(|r| r.trim_end_matches(')'));
+            let backend = rest
+                .split("backend ")
+                .nth(1)
+                .and_then(|r| r.split(',').next());
+            let dir = rest
+                .split("(logs in ")
+                .nth(1)
+                .map(|r| r.trim_end_matches(')'));
             let (Some(backend), Some(dir)) = (backend, dir) else {
                 panic!("cannot parse {line:?}");
             };
@@ -172,15 +178,20 @@ fn demo_reports_a_dead_backend_at_once_with_its_log_and_keeps_the_folder() {
     let (dir, backend) = demo.started();
     // The guest is connected once its progress shows; then the backend dies.
     std::thread::sleep(Duration::from_millis(1500));
-    kill(Pid::from_raw(i32::try_from(backend).unwrap()), Signal::SIGKILL).unwrap();
+    kill(
+        Pid::from_raw(i32::try_from(backend).unwrap()),
+        Signal::SIGKILL,
+    )
+    .unwrap();
     let killed = Instant::now();
     let (exit, err) = demo.finish(Duration::from_secs(30));
     let took = killed.elapsed();
     assert_eq!(exit, Some(1), "{err}");
     assert!(took < Duration::from_secs(5), "noticed after {took:?}");
     assert!(
-        err.contains(&format!("serve (backend of guest 1, disk 51712) (pid {backend})"))
-            && err.contains("SIGKILL")
+        err.contains(&format!(
+            "serve (backend of guest 1, disk 51712) (pid {backend})"
+        )) && err.contains("SIGKILL")
             && err.contains("backend state"),
         "{err}"
     );

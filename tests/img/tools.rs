@@ -153,7 +153,10 @@ fn argument_errors_exit_like_qemu_img() {
         assert_eq!(theirs.code, 1, "qemu-img {theirs:?}");
         assert_eq!(ours.code, theirs.code, "rustbk img: {ours:?}");
     }
-    for args in [&[&"--help" as &dyn AsRef<std::ffi::OsStr>][..], &[&"create", &"--help"]] {
+    for args in [
+        &[&"--help" as &dyn AsRef<std::ffi::OsStr>][..],
+        &[&"create", &"--help"],
+    ] {
         assert_eq!((rustbk(args).code, qemu_img(args).code), (0, 0));
     }
 }

@@ -60,7 +60,10 @@ impl std::fmt::Debug for Watch {
 fn socket_path(from_env: Option<String>) -> (String, &'static str) {
     match from_env {
         Some(path) => (path, "set by XENSTORED_PATH"),
-        None => (DEFAULT_SOCKET.to_owned(), "the default; XENSTORED_PATH is unset"),
+        None => (
+            DEFAULT_SOCKET.to_owned(),
+            "the default; XENSTORED_PATH is unset",
+        ),
     }
 }
 

@@ -80,9 +80,7 @@ impl EmuCluster {
         if grouped {
             cmd.process_group(0);
         }
-        let xenstored = cmd
-            .spawn()
-            .context("cannot start the xenstore emulator")?;
+        let xenstored = cmd.spawn().context("cannot start the xenstore emulator")?;
         let group = grouped.then(|| i32::try_from(xenstored.id())).transpose()?;
         if grouped {
             crate::supervise::adopt_group(xenstored.id());

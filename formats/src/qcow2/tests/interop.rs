@@ -193,7 +193,17 @@ fn qcow2_disk_of_zero_or_partial_sector_size_is_refused_but_any_backing_size_is_
     std::fs::write(&base, vec![0x5a; 1000]).expect("base");
     let top = dir.path().join("top.qcow2");
     let b = format!("-b{}", s(&base));
-    qemu_img(&["create", "-q", "-f", "qcow2", &b, "-F", "raw", s(&top), "1M"]);
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        &b,
+        "-F",
+        "raw",
+        s(&top),
+        "1M",
+    ]);
     let image = crate::open_image(&top, &disk).expect("open with odd backing");
     assert_eq!(image.geometry().size, 1 << 20);
 }

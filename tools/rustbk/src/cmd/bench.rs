@@ -135,8 +135,7 @@ fn fio_version() -> anyhow::Result<String> {
 
 /// A raw image written end to end, so reads hit real blocks, not holes.
 fn write_image(path: &Path, size: u64) -> anyhow::Result<PathBuf> {
-    let mut f =
-        File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut f = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     let chunk: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8 | 1).collect();
     let mut left = size;
     while left > 0 {

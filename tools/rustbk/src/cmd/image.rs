@@ -91,7 +91,10 @@ mod tests {
         );
         assert_eq!(user_image(&empty, false).unwrap(), UserImage::Empty(empty));
         let err = user_image(&full, false).unwrap_err().to_string();
-        assert!(err.contains("--overwrite") && err.contains("8 bytes"), "{err}");
+        assert!(
+            err.contains("--overwrite") && err.contains("8 bytes"),
+            "{err}"
+        );
         assert_eq!(
             user_image(&full, true).unwrap(),
             UserImage::Existing(full.clone())
