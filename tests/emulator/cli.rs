@@ -311,3 +311,24 @@ fn unreachable_xenstore_is_named_with_the_errno_of_its_socket() {
         assert!(err.contains(&want) && err.contains(errno), "{err}");
     }
 }
+
+#[test]
+fn backend_refuses_an_empty_image_and_one_ending_in_a_partial_sector() {
+    use crate::harness::{Host, Setup};
+    for (name, size, why) in [
+        ("empty.img", 0, "is empty (0 bytes)"),
+        ("odd.img", 1000, "is 1000 bytes, not a whole number of 512-byte sectors"),
+    ] {
+        let host = Host::serving(Setup::default(), |dir| {
+            let p = dir.join(name);
+            std::fs::write(&p, vec![0u8; size]).unwrap();
+            p
+        });
+        assert!(
+            eventually(Duration::from_secs(20), || host.backend_log().contains(why)),
+            "{name}: {}",
+            host.backend_log()
+        );
+        assert!(!host.backend_log().contains("image opened"), "{name}");
+    }
+}
