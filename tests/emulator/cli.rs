@@ -317,7 +317,11 @@ fn backend_refuses_an_empty_image_and_one_ending_in_a_partial_sector() {
     use crate::harness::{Host, Setup};
     for (name, size, why) in [
         ("empty.img", 0, "is empty (0 bytes)"),
-        ("odd.img", 1000, "is 1000 bytes, not a whole number of 512-byte sectors"),
+        (
+            "odd.img",
+            1000,
+            "is 1000 bytes, not a whole number of 512-byte sectors",
+        ),
     ] {
         let host = Host::serving(Setup::default(), |dir| {
             let p = dir.join(name);

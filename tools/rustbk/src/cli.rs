@@ -378,7 +378,26 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{
+        parse_block_size, parse_image_size, parse_ring_order, parse_runtime, parse_seconds,
+        parse_size,
+    };
+
+    #[test]
+    fn workload_values_out_of_range_are_refused() {
+        assert_eq!(parse_seconds("2.5"), Ok(2.5));
+        for bad in ["-1", "0", "nan", "inf", "86401", "x"] {
+            assert!(parse_seconds(bad).is_err(), "{bad}");
+        }
+        assert!(parse_runtime("0.5").is_err());
+        assert_eq!(parse_block_size("4k"), Ok(4096));
+        for bad in ["0", "1000", "8m"] {
+            assert!(parse_block_size(bad).is_err(), "{bad}");
+        }
+        assert!(parse_image_size("0").is_err() && parse_image_size("1000").is_err());
+        assert_eq!(parse_ring_order("4"), Ok(4));
+        assert!(parse_ring_order("5").is_err());
+    }
 
     #[test]
     fn sizes_accept_suffixes_and_reject_garbage() {
