@@ -162,3 +162,28 @@ fn resize_grows_like_qemu_img_resize() {
         "shrinking must be refused"
     );
 }
+
+#[test]
+fn argument_errors_exit_like_qemu_img() {
+    let dir = tmp();
+    let x = dir.path().join("x.img");
+    let cases: [&[&dyn AsRef<std::ffi::OsStr>]; 6] = [
+        &[&"create"],
+        &[&"info", &"--bogus", &x],
+        &[&"check", &"--bogus", &x],
+        &[&"compare", &x],
+        &[&"convert", &"-O", &"bogus", &x, &x],
+        &[&"map"],
+    ];
+    for args in cases {
+        let (ours, theirs) = (rustbk(args), qemu_img(args));
+        assert_eq!(theirs.code, 1, "qemu-img {theirs:?}");
+        assert_eq!(ours.code, theirs.code, "rustbk img: {ours:?}");
+    }
+    for args in [
+        &[&"--help" as &dyn AsRef<std::ffi::OsStr>][..],
+        &[&"create", &"--help"],
+    ] {
+        assert_eq!((rustbk(args).code, qemu_img(args).code), (0, 0));
+    }
+}

@@ -175,6 +175,7 @@ fn open_levels(path: &Path, format: Option<Format>) -> Result<Vec<ChainLevel>, E
             let opts = OpenOptions {
                 read_only: true,
                 direct: false,
+                require_whole_sectors: false,
                 ..OpenOptions::default()
             };
             let image = Qcow2Image::open(file, &opts, &mut Chain::default())?;

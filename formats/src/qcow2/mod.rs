@@ -139,6 +139,7 @@ impl Qcow2Image {
             )));
         }
         let header = read_header(&*io)?;
+        opts.check_disk_size(file.path(), header.size)?;
         let read_only = file.read_only();
         check_writable(&header, read_only)?;
         let backing = open_backing(file.path(), &header, opts, chain)?;
@@ -254,6 +255,8 @@ fn open_backing(
     let backing_opts = OpenOptions {
         read_only: true,
         format: backing::format_named(h.backing_format.as_deref())?,
+        // The guest sees the top image's size; a backing file may be any size.
+        require_whole_sectors: false,
         ..opts.clone()
     };
     crate::open_chain(&backing_path, &backing_opts, chain).map(Some)
