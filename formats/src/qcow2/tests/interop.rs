@@ -1,7 +1,7 @@
 //! Images made by `qemu-img` and `qemu-io`, read through our driver and compared byte for byte
 //! with `qemu-img convert -O raw`.
 
-use super::{assert_reads_like_qemu, qemu_img, qemu_io, s, temp};
+use super::{assert_opened_reads_like_qemu, assert_reads_like_qemu, qemu_img, qemu_io, s, temp};
 
 /// Data, zero and partially written clusters, spread so that several L2 tables are used.
 const QEMU_IO_WRITES: [&str; 6] = [
@@ -152,7 +152,7 @@ fn backing_chain_of_depth_three_reads_like_qemu() {
 }
 
 #[test]
-fn backing_file_without_format_is_probed() {
+fn backing_file_without_format_is_probed_by_the_image_tool_only() {
     let (dir, base) = temp("base.qcow2");
     qemu_img(&["create", "-q", "-f", "qcow2", s(&base), "1M"]);
     qemu_io(&base, "qcow2", &["write -P 0x77 0 1M"]);
@@ -166,5 +166,19 @@ fn backing_file_without_format_is_probed() {
     let info = qemu_img(&["info", s(&top)]);
     assert!(!info.contains("backing file format"), "{info}");
     qemu_io(&top, "qcow2", &["write -P 0x78 4k 4k"]);
-    assert_reads_like_qemu(&top);
+    let tool = crate::OpenOptions {
+        read_only: true,
+        backing: crate::BackingPolicy::Follow,
+        ..crate::OpenOptions::default()
+    };
+    let image = crate::open_image(&top, crate::Format::Qcow2, &tool).expect("image tool open");
+    assert_opened_reads_like_qemu(&*image, &top);
+    let serving = super::opts(true, crate::EngineKind::Auto);
+    let Err(e) = crate::open_image(&top, crate::Format::Qcow2, &serving) else {
+        panic!("a backing file without a format was probed when serving");
+    };
+    assert!(
+        matches!(&e, crate::Error::BackingRefused { why, .. } if why.contains("no backing format")),
+        "{e}"
+    );
 }

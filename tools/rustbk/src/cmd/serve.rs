@@ -29,7 +29,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let store = Store::connect()
         .await
         .context("cannot reach xenstore (XENSTORED_PATH)")?;
-    let opts = options(&args.backend);
+    let opts = options(&args.backend)?;
     let backend = DomId(args.platform.backend_domid);
     let domid = DomId(args.domid);
     let mut term = signal(SignalKind::terminate())?;
