@@ -21,7 +21,8 @@ use crate::image::Format;
 pub enum BackingPolicy {
     /// Serving a guest: a backing file must be a regular file inside one of these directories
     /// (or below them) once symlinks are resolved, and its format must be named by the image
-    /// that names it. An empty list allows the top image's own folder and below.
+    /// that names it. An empty list allows the top image's own folder (symlinks resolved) and
+    /// below.
     Confined(Vec<PathBuf>),
     /// The image tool run by the administrator: backing files are followed wherever they are,
     /// and probed when no format is named, as qemu-img does.
