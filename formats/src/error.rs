@@ -55,6 +55,18 @@ pub enum Error {
     /// The chain of backing files is broken, loops or is too deep.
     #[error("Backing chain: {0}")]
     BackingChain(String),
+    /// A backing file named inside an image is not allowed (see [`BackingPolicy`]).
+    ///
+    /// [`BackingPolicy`]: crate::BackingPolicy
+    #[error("Backing file {name:?} of {} refused: {why}", image.display())]
+    BackingRefused {
+        /// The image naming the backing file.
+        image: PathBuf,
+        /// The backing file name as stored in the image.
+        name: PathBuf,
+        /// Why it is refused.
+        why: String,
+    },
     /// Writing back cached metadata failed earlier; the image takes no more changes.
     #[error("Metadata write-back failed earlier ({0}); the image takes no more changes")]
     WriteBackFailed(String),
@@ -78,6 +90,7 @@ impl Error {
             Error::UnsupportedFeature(_) => libc::EOPNOTSUPP,
             Error::NeedsRepair(_) => libc::EROFS,
             Error::BackingChain(_) => libc::ELOOP,
+            Error::BackingRefused { .. } => libc::EACCES,
             Error::WriteBackFailed(_) => libc::EIO,
             Error::IoUringUnavailable(e) | Error::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
         }

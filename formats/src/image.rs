@@ -189,8 +189,8 @@ pub struct OpenOptions {
     pub read_only: bool,
     /// Use O_DIRECT (bypass the page cache) where the file system allows it.
     pub direct: bool,
-    /// The format, or `None` to probe.
-    pub format: Option<Format>,
+    /// Which backing files the image may name (default: confined to the top image's folder).
+    pub backing: crate::BackingPolicy,
     /// The I/O engine.
     pub engine: EngineKind,
     /// Logical sector size presented to the guest: 512 or 4096.
@@ -211,7 +211,7 @@ impl Default for OpenOptions {
         OpenOptions {
             read_only: false,
             direct: true,
-            format: None,
+            backing: crate::BackingPolicy::default(),
             engine: EngineKind::Auto,
             sector_size: 512,
             qcow2: crate::qcow2::Qcow2Options::default(),

@@ -4,7 +4,8 @@
 //! * [`engine`]: positioned vectored read/write, flush, punch-hole and zero-range over io_uring,
 //!   with a synchronous fallback of identical semantics. Every format builds on it.
 //! * [`raw`]: raw images (regular files and block devices).
-//! * [`qcow2`]: qcow2 images (versions 2 and 3) with backing chains.
+//! * [`qcow2`]: qcow2 images (versions 2 and 3) with backing chains, confined by a
+//!   [`BackingPolicy`].
 //!
 //! `unsafe` lives only in [`buffer`] (the aligned buffer and copies to or from raw I/O memory),
 //! `engine::uring` (raw buffers in SQEs) and `engine::sys` (raw-buffer syscalls and ioctls).
@@ -12,6 +13,7 @@
 
 #[allow(unsafe_code)]
 pub mod buffer;
+mod confine;
 pub mod engine;
 mod error;
 mod image;
@@ -22,6 +24,7 @@ pub mod raw;
 mod suite;
 
 pub use buffer::{AlignedBuf, Composite, IoBuffers, IoVec, SharedBuf, SharedBufs};
+pub use confine::{BackingPolicy, protocol_of};
 pub use engine::{Engine, EngineFile, WriteRecorder};
 pub use error::Error;
 pub use image::{
@@ -33,37 +36,52 @@ pub use raw::{RawImage, create_raw};
 use std::path::Path;
 use std::sync::Arc;
 
-/// Opens an image, probing its format unless `opts.format` names one, and follows backing
-/// files (relative to the image's folder, opened read-only, at most
-/// [`qcow2::MAX_CHAIN_DEPTH`] deep, loops refused).
+/// Opens the image at `path` as `format` and follows its backing files (opened read-only, at
+/// most [`qcow2::MAX_CHAIN_DEPTH`] deep, loops refused) as `opts.backing` allows.
 ///
-/// When no format is given and the file starts with the magic of a format this crate cannot
-/// open yet (vmdk, vhd), the open fails rather than exposing the container's metadata to the
-/// guest as raw data.
-pub fn open_image(path: &Path, opts: &OpenOptions) -> Result<Arc<dyn BlockImage>, Error> {
-    open_chain(path, opts, &mut qcow2::Chain::default())
+/// The format is always named by the caller: a guest can write any header into a raw disk, so
+/// a backend that probed would let it pick a format and a backing file (QEMU's CVE-2008-2004).
+/// Only the image tool probes, with [`probe_format`].
+pub fn open_image(
+    path: &Path,
+    format: Format,
+    opts: &OpenOptions,
+) -> Result<Arc<dyn BlockImage>, Error> {
+    let mut chain = qcow2::Chain::default();
+    chain.enter(path)?;
+    let file = open_file(path, opts)?;
+    open_as(file, format, opts, &mut chain)
 }
 
-/// Opens one image of a backing chain; `chain` holds the images above it.
-pub(crate) fn open_chain(
-    path: &Path,
-    opts: &OpenOptions,
-    chain: &mut qcow2::Chain,
-) -> Result<Arc<dyn BlockImage>, Error> {
-    chain.enter(path)?;
+/// The format of the image at `path`, from its first bytes: qcow2 if it starts with qcow2's
+/// magic, else raw. For the image tool only (see [`open_image`]). Files starting with the
+/// magic of a format this crate cannot open yet (vmdk, vhd) are refused rather than shown as
+/// raw data.
+pub fn probe_format(path: &Path) -> Result<Format, Error> {
+    probe(&EngineFile::open(path, true, false)?)
+}
+
+/// Opens the file of one image of a chain.
+pub(crate) fn open_file(path: &Path, opts: &OpenOptions) -> Result<EngineFile, Error> {
     let mut file = EngineFile::open(path, opts.read_only, opts.direct)?;
     if let Some(recorder) = opts.recorder.as_ref().filter(|_| !file.read_only()) {
         file.set_recorder(recorder.clone());
     }
-    let format = match opts.format {
-        Some(format) => format,
-        None => probe(&file)?,
-    };
+    Ok(file)
+}
+
+/// Opens one image of a backing chain from its file; `chain` holds the images above it.
+pub(crate) fn open_as(
+    mut file: EngineFile,
+    format: Format,
+    opts: &OpenOptions,
+    chain: &mut qcow2::Chain,
+) -> Result<Arc<dyn BlockImage>, Error> {
     if format == Format::Qcow2 && file.dio_align().is_some() && sub_page_clusters(&file)? {
         // Metadata goes through the page cache; with clusters smaller than a page, data and
         // metadata share pages, and mixing O_DIRECT with dirty cached pages of the same page
         // loses writes. Such images use the page cache for everything.
-        tracing::info!(path = %path.display(), "qcow2 clusters below the page size: not using O_DIRECT");
+        tracing::info!(path = %file.path().display(), "qcow2 clusters below the page size: not using O_DIRECT");
         file.disable_direct();
     }
     let file = Arc::new(file);
@@ -87,7 +105,7 @@ const PAGE_SHIFT: u32 = 12;
 /// Magic numbers at offset 0 of the formats this crate does not open yet.
 const FOREIGN_MAGICS: [(&[u8], &str); 2] = [(b"KDMV", "vmdk"), (b"conectix", "vhd")];
 
-fn probe(file: &EngineFile) -> Result<Format, Error> {
+pub(crate) fn probe(file: &EngineFile) -> Result<Format, Error> {
     let mut head = [0u8; 8];
     let got = file.read_head(&mut head)?;
     let head = head.get(..got).unwrap_or_default();

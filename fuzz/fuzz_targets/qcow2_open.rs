@@ -1,5 +1,5 @@
 //! Fuzzes opening a hostile image file: the input becomes a file that is opened read-only with
-//! the format probed (qcow2 headers, L1/L2 tables, refcounts, backing names, compressed
+//! the format probed as the image tool does (qcow2 headers, L1/L2 tables, refcounts, backing names, compressed
 //! clusters), then read at offsets the input chooses. Nothing may panic, and memory stays
 //! bounded by the caches and the caps of the header parser.
 
@@ -88,7 +88,10 @@ fuzz_target!(|data: &[u8]| {
     if std::fs::write(path, data).is_err() {
         return;
     }
-    let Ok(image) = open_image(path, &opts()) else {
+    let Ok(format) = rustbk_formats::probe_format(path) else {
+        return;
+    };
+    let Ok(image) = open_image(path, format, &opts()) else {
         return;
     };
     let size = image.geometry().size;

@@ -72,10 +72,16 @@ fn setup(cycle: usize, rng: &mut Rng, bases: &Bases) -> CycleSetup {
 
 /// Backing files shared by every cycle: raw, and qcow2, both with the same known content.
 struct Bases {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     raw: PathBuf,
     qcow2: PathBuf,
     content: Vec<u8>,
+}
+
+impl Bases {
+    fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
 }
 
 fn bases() -> Bases {
@@ -99,7 +105,7 @@ fn bases() -> Bases {
         &q,
     ]);
     Bases {
-        _dir: dir,
+        dir,
         raw,
         qcow2,
         content,
@@ -151,8 +157,12 @@ fn run_cycle(cycle: usize, s: &CycleSetup, rng: &mut Rng, bases: &Bases) -> Stat
     let emu_dir = tempfile::tempdir().expect("tempdir");
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_rustbk"));
     let mut cluster = EmuCluster::start(&exe, emu_dir.path()).expect("xenstored");
-    let spec = VbdSpec::rustbk(GUEST, XVDA, image.display().to_string());
-    cluster.add_disk(&spec, &s.backend_args).expect("backend");
+    let spec = VbdSpec::rustbk(GUEST, XVDA, format!("qcow2:{}", image.display()));
+    // The backing files lie in a folder of their own, which the backend must be told about.
+    let bases_dir = bases.dir().display().to_string();
+    let mut args = s.backend_args.clone();
+    args.extend(["--backing-dir", &bases_dir]);
+    cluster.add_disk(&spec, &args).expect("backend");
     let mut front = connect(&cluster, &spec);
     let pid = cluster.backend_pid(&spec).expect("backend pid");
     let mut model = Model::new(REGION / BLOCK, false);

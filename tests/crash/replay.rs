@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustbk_blkfront::workload::fill_pattern;
-use rustbk_formats::{EngineKind, ImageQueue, IoOp, OpenOptions, SharedBuf, open_image};
+use rustbk_formats::{EngineKind, Format, ImageQueue, IoOp, OpenOptions, SharedBuf, open_image};
 
 use crate::model::{BLOCK, Change, Model};
 use crate::qemu::{self, Spec};
@@ -153,7 +153,7 @@ fn record(image: &Path, engine: EngineKind, backing: bool, seed: u64) -> Recordi
         recorder: Some(recorder.clone()),
         ..OpenOptions::default()
     };
-    let img = open_image(image, &opts).expect("open with recorder");
+    let img = open_image(image, Format::Qcow2, &opts).expect("open with recorder");
     let mut q = img.open_queue(8).expect("queue");
     let mut w = Workload {
         rng: Rng::new(seed),

@@ -184,7 +184,7 @@ fn read_only_disk_refuses_writes_and_discards_but_serves_reads() {
 #[test]
 fn sector_size_4096_disk_refuses_misaligned_requests() {
     let host = Host::new(Setup {
-        backend_args: vec!["--sector-size", "4096"],
+        backend_args: vec!["--sector-size".into(), "4096".into()],
         ..Setup::default()
     });
     let mut g = host.guest();

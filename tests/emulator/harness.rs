@@ -21,7 +21,9 @@ pub struct Setup {
     pub size: u64,
     pub read_only: bool,
     pub discard: bool,
-    pub backend_args: Vec<&'static str>,
+    /// The format prefix of `params` (`qcow2`), none for raw.
+    pub format: Option<&'static str>,
+    pub backend_args: Vec<String>,
 }
 
 impl Default for Setup {
@@ -30,6 +32,7 @@ impl Default for Setup {
             size: 64 << 20,
             read_only: false,
             discard: true,
+            format: None,
             backend_args: Vec::new(),
         }
     }
@@ -48,7 +51,7 @@ impl Host {
     pub fn new(setup: Setup) -> Host {
         let (tmp, image, mut cluster) = Self::base(&setup);
         let spec = spec_for(&setup, GUEST, &image);
-        cluster.add_disk(&spec, &setup.backend_args).unwrap();
+        cluster.add_disk(&spec, &args(&setup)).unwrap();
         Host {
             cluster,
             spec,
@@ -59,13 +62,28 @@ impl Host {
 
     /// A host serving the image `make` creates in the host's folder.
     pub fn serving(setup: Setup, make: impl FnOnce(&std::path::Path) -> PathBuf) -> Host {
+        Self::made(setup, make, false)
+    }
+
+    /// A host running `rustbk daemon`, with one claimed disk for guest 1: the image `make`
+    /// creates in the host's folder.
+    pub fn daemon_serving(setup: Setup, make: impl FnOnce(&std::path::Path) -> PathBuf) -> Host {
+        Self::made(setup, make, true)
+    }
+
+    fn made(setup: Setup, make: impl FnOnce(&std::path::Path) -> PathBuf, daemon: bool) -> Host {
         let (tmp, _, mut cluster) = Self::base(&Setup {
             size: 4096,
             ..Setup::default()
         });
         let image = make(tmp.path());
         let spec = spec_for(&setup, GUEST, &image);
-        cluster.add_disk(&spec, &setup.backend_args).unwrap();
+        if daemon {
+            cluster.start_daemon(&args(&setup)).unwrap();
+            cluster.add_vbd(&spec).unwrap();
+        } else {
+            cluster.add_disk(&spec, &args(&setup)).unwrap();
+        }
         Host {
             cluster,
             spec,
@@ -77,7 +95,7 @@ impl Host {
     /// A host running `rustbk daemon`, with one claimed disk for guest 1.
     pub fn with_daemon(setup: Setup) -> Host {
         let (tmp, image, mut cluster) = Self::base(&setup);
-        cluster.start_daemon(&setup.backend_args).unwrap();
+        cluster.start_daemon(&args(&setup)).unwrap();
         let spec = spec_for(&setup, GUEST, &image);
         cluster.add_vbd(&spec).unwrap();
         Host {
@@ -322,12 +340,20 @@ impl Guest {
     }
 }
 
+fn args(setup: &Setup) -> Vec<&str> {
+    setup.backend_args.iter().map(String::as_str).collect()
+}
+
 /// The vbd of `domid` on `image` as the set-up describes it.
 pub fn spec_for(setup: &Setup, domid: DomId, image: &std::path::Path) -> VbdSpec {
+    let params = match setup.format {
+        Some(format) => format!("{format}:{}", image.display()),
+        None => image.display().to_string(),
+    };
     VbdSpec {
         read_only: setup.read_only,
         discard: setup.discard,
-        ..VbdSpec::rustbk(domid, XVDA, image.display().to_string())
+        ..VbdSpec::rustbk(domid, XVDA, params)
     }
 }
 

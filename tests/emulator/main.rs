@@ -5,6 +5,7 @@
 #![allow(clippy::cast_possible_truncation)]
 
 mod cli;
+mod confine;
 mod daemon;
 mod data;
 mod handshake;

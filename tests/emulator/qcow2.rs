@@ -10,7 +10,7 @@ use rustbk_ring::status;
 
 use crate::harness::{Host, Setup, pattern};
 
-fn qemu_img(args: &[&str]) -> std::process::Output {
+pub fn qemu_img(args: &[&str]) -> std::process::Output {
     let out = Command::new("qemu-img")
         .args(args)
         .output()
@@ -23,7 +23,7 @@ fn qemu_img(args: &[&str]) -> std::process::Output {
     out
 }
 
-fn qcow2(dir: &Path, name: &str, opts: &str, backing: Option<&Path>) -> PathBuf {
+pub fn qcow2(dir: &Path, name: &str, opts: &str, backing: Option<&Path>) -> PathBuf {
     let p = dir.join(name);
     let mut args = vec!["create", "-q", "-f", "qcow2", "-o", opts];
     let b;
@@ -36,6 +36,14 @@ fn qcow2(dir: &Path, name: &str, opts: &str, backing: Option<&Path>) -> PathBuf 
     args.push("64M");
     qemu_img(&args);
     p
+}
+
+/// A disk served as `qcow2:PATH`.
+fn qcow2_setup() -> Setup {
+    Setup {
+        format: Some("qcow2"),
+        ..Setup::default()
+    }
 }
 
 fn workload(fresh: bool) -> Workload {
@@ -60,7 +68,7 @@ fn qcow2_made_by_qemu_img_is_served_and_stays_clean() {
         "cluster_size=65536,compat=1.1",
         "cluster_size=4096,compat=0.10,refcount_bits=16",
     ] {
-        let host = Host::serving(Setup::default(), |dir| qcow2(dir, "disk.qcow2", opts, None));
+        let host = Host::serving(qcow2_setup(), |dir| qcow2(dir, "disk.qcow2", opts, None));
         let mut g = host.guest();
         assert_eq!(g.front.disk().sectors, (64 << 20) / 512);
         let r = workload::run(&mut g.front, &workload(true), &mut |_| {}).expect("workload");
@@ -73,7 +81,7 @@ fn qcow2_made_by_qemu_img_is_served_and_stays_clean() {
 
 #[test]
 fn qcow2_over_a_raw_backing_file_shows_the_base_until_written() {
-    let host = Host::serving(Setup::default(), |dir| {
+    let host = Host::serving(qcow2_setup(), |dir| {
         let base = dir.join("base.raw");
         std::fs::write(&base, pattern(64 << 20, 42)).unwrap();
         qcow2(dir, "top.qcow2", "cluster_size=65536", Some(&base))
@@ -107,7 +115,7 @@ fn qcow2_over_a_raw_backing_file_shows_the_base_until_written() {
 
 #[test]
 fn sigterm_writes_back_qcow2_metadata_of_writes_never_flushed() {
-    let host = Host::serving(Setup::default(), |dir| {
+    let host = Host::serving(qcow2_setup(), |dir| {
         qcow2(dir, "disk.qcow2", "cluster_size=65536", None)
     });
     let mut g = host.guest();

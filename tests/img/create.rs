@@ -1,6 +1,8 @@
 //! `rustbk img create` and `info` against qemu-img.
 
-use crate::common::{at, json, qemu_ok, qemu_qcow2, rustbk_ok, tmp};
+use std::ffi::OsStr;
+
+use crate::common::{Ran, at, json, qemu_img, qemu_ok, qemu_qcow2, rustbk, rustbk_ok, tmp};
 
 #[test]
 fn qemu_img_accepts_every_image_create_makes() {
@@ -144,4 +146,40 @@ fn info_json_matches_qemu_img_on_the_common_fields() {
             .collect()
     };
     assert_eq!(names(&ours), names(&theirs));
+}
+
+#[test]
+fn create_refuses_a_backing_file_it_cannot_open_unless_told_not_to_open_it_like_qemu_img() {
+    let dir = tmp();
+    std::fs::write(at(&dir, "base.raw"), [0u8; 4096]).expect("write base");
+    let missing = format!("Could not open '{}'", at(&dir, "missing").display());
+    type Tool = fn(&[&dyn AsRef<OsStr>]) -> Ran;
+    let tools: [(&str, Tool); 2] = [("qemu-img", qemu_img), ("rustbk", rustbk)];
+    for (tool, run) in tools {
+        let new = at(&dir, &format!("{tool}.qcow2"));
+        let create = |more: &[&str]| {
+            let mut args: Vec<&dyn AsRef<OsStr>> = vec![&"create", &"-f", &"qcow2"];
+            args.extend(more.iter().map(|a| a as &dyn AsRef<OsStr>));
+            args.extend([&new as &dyn AsRef<OsStr>, &"1M"]);
+            run(&args)
+        };
+        let r = create(&["-b", "missing", "-F", "raw"]);
+        assert_eq!(r.code, 1, "{tool}: {r:?}");
+        for words in [missing.as_str(), "Could not open backing image"] {
+            assert!(r.stderr.contains(words), "{tool}: {r:?}");
+        }
+        assert!(!new.exists(), "{tool} left {}", new.display());
+        let r = create(&["-b", "base.raw"]);
+        assert_eq!(r.code, 1, "{tool}: {r:?}");
+        for words in [
+            "Backing file specified without backing format",
+            "Detected format of raw.",
+        ] {
+            assert!(r.stderr.contains(words), "{tool}: {r:?}");
+        }
+        let r = create(&["-u", "-b", "missing", "-F", "raw"]);
+        assert_eq!(r.code, 0, "{tool} -u: {r:?}");
+        let info = json(&qemu_ok(&[&"info", &"--output=json", &new]));
+        assert_eq!(info["backing-filename"], "missing", "{tool}");
+    }
 }

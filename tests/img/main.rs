@@ -5,6 +5,7 @@
 // Test patterns deliberately truncate numbers into bytes.
 #![allow(clippy::cast_possible_truncation)]
 
+mod backing;
 mod bench;
 mod check;
 mod common;

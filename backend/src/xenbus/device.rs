@@ -1,8 +1,9 @@
 //! One device's state machine, driven by xenstore watches and worker exits.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use rustbk_formats::{BlockImage, EngineKind, OpenOptions, open_image};
+use rustbk_formats::{BackingPolicy, BlockImage, EngineKind, OpenOptions, open_image};
 use rustbk_grant::Platform;
 use rustbk_ring::{DEFAULT_MAX_INDIRECT_SEGMENTS, DomId, MAX_RING_PAGE_ORDER};
 use tokio::sync::mpsc;
@@ -45,6 +46,9 @@ pub struct BackendOptions {
     pub sector_size: u32,
     /// Microseconds a ring worker busy-polls for work before sleeping.
     pub poll_us: u32,
+    /// Folders where backing files named inside images may lie (and below); empty: each top
+    /// image's own folder.
+    pub backing_dirs: Vec<PathBuf>,
 }
 
 impl Default for BackendOptions {
@@ -57,6 +61,7 @@ impl Default for BackendOptions {
             persistent: true,
             sector_size: 512,
             poll_us: DEFAULT_POLL_US,
+            backing_dirs: Vec::new(),
         }
     }
 }
@@ -161,14 +166,14 @@ fn open(info: &BackendInfo, opts: &BackendOptions) -> Result<Arc<dyn BlockImage>
     let open_opts = OpenOptions {
         read_only: info.read_only,
         direct: opts.direct,
-        format: info.format,
         engine: opts.engine,
         sector_size: opts.sector_size,
+        backing: BackingPolicy::Confined(opts.backing_dirs.clone()),
         ..OpenOptions::default()
     };
-    let image = open_image(&info.path, &open_opts)?;
+    let image = open_image(&info.path, info.format, &open_opts)?;
     let g = image.geometry();
-    tracing::info!(path = %info.path.display(), size = g.size, read_only = info.read_only, "image opened");
+    tracing::info!(path = %info.path.display(), format = ?info.format, size = g.size, read_only = info.read_only, "image opened");
     Ok(image)
 }
 

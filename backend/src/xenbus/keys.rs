@@ -22,8 +22,8 @@ pub(super) struct BackendInfo {
     pub frontend: String,
     /// The image path.
     pub path: PathBuf,
-    /// The image format, if `params` named one (`raw:/path`).
-    pub format: Option<Format>,
+    /// The image format: raw unless `params` names another (`qcow2:/path`).
+    pub format: Format,
     /// `mode` is `r`.
     pub read_only: bool,
     /// `discard-enable` is not `0`.
@@ -54,8 +54,7 @@ pub(super) async fn read_backend(store: &Store, be: &str) -> Result<BackendInfo,
     let frontend = required(store, format!("{be}/frontend")).await?;
     let params_key = format!("{be}/params");
     let params = required(store, params_key.clone()).await?;
-    let (format, path) =
-        parse_params(&params).ok_or_else(|| bad(&params_key, &params, "no image path"))?;
+    let (format, path) = parse_params(&params).map_err(|why| bad(&params_key, &params, &why))?;
     let mode = store
         .read(&format!("{be}/mode"))
         .await?
@@ -74,18 +73,29 @@ pub(super) async fn read_backend(store: &Store, be: &str) -> Result<BackendInfo,
     })
 }
 
-/// Splits `params` into an optional format prefix and the image path.
+/// Splits `params` into the image format and path.
 ///
-/// Accepts `/path` (format probed from the header), `raw:/path`, tapdisk's `aio:/path`, and
-/// `qcow2:/path`.
-pub(super) fn parse_params(params: &str) -> Option<(Option<Format>, PathBuf)> {
+/// A plain path is raw, as xl's `phy` means: the format is never probed, because a guest can
+/// write any header into a raw disk (QEMU's CVE-2008-2004). Another format is served only when
+/// the toolstack names it with a prefix: `qcow2:/path`; `raw:/path` and tapdisk's `aio:/path`
+/// are raw. An unknown prefix (text before a `:` that comes before any `/`) is refused.
+pub(super) fn parse_params(params: &str) -> Result<(Format, PathBuf), String> {
     let params = params.trim();
-    let (format, path) = match params.split_once(':') {
-        Some(("raw" | "aio", rest)) => (Some(Format::Raw), rest),
-        Some(("qcow2", rest)) => (Some(Format::Qcow2), rest),
-        _ => (None, params),
+    let (format, path) = match rustbk_formats::protocol_of(std::path::Path::new(params)) {
+        None => (Format::Raw, params),
+        Some(prefix) => {
+            let rest = &params[prefix.len() + 1..];
+            match prefix.as_str() {
+                "raw" | "aio" => (Format::Raw, rest),
+                "qcow2" => (Format::Qcow2, rest),
+                other => return Err(format!("unknown format prefix {other:?}")),
+            }
+        }
     };
-    (!path.is_empty()).then(|| (format, PathBuf::from(path)))
+    if path.is_empty() {
+        return Err("no image path".to_owned());
+    }
+    Ok((format, PathBuf::from(path)))
 }
 
 /// Whether discard is offered to the frontend.
@@ -165,24 +175,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn params_accept_plain_paths_and_format_prefixes() {
-        assert_eq!(
-            parse_params("/a/b.img"),
-            Some((None, PathBuf::from("/a/b.img")))
-        );
-        assert_eq!(
-            parse_params("raw:/a"),
-            Some((Some(Format::Raw), PathBuf::from("/a")))
-        );
-        assert_eq!(
-            parse_params("aio:/a"),
-            Some((Some(Format::Raw), PathBuf::from("/a")))
-        );
-        assert_eq!(
-            parse_params("qcow2:/b"),
-            Some((Some(Format::Qcow2), PathBuf::from("/b")))
-        );
-        assert_eq!(parse_params("  "), None);
-        assert_eq!(parse_params("raw:"), None);
+    fn plain_params_are_raw_and_other_formats_need_a_prefix() {
+        let ok = |f, p: &str| Ok((f, PathBuf::from(p)));
+        assert_eq!(parse_params("/a/b.img"), ok(Format::Raw, "/a/b.img"));
+        assert_eq!(parse_params("/a/b.qcow2"), ok(Format::Raw, "/a/b.qcow2"));
+        assert_eq!(parse_params("/a:b/c.img"), ok(Format::Raw, "/a:b/c.img"));
+        assert_eq!(parse_params("raw:/a"), ok(Format::Raw, "/a"));
+        assert_eq!(parse_params("aio:/a"), ok(Format::Raw, "/a"));
+        assert_eq!(parse_params("qcow2:/b"), ok(Format::Qcow2, "/b"));
+        assert_eq!(parse_params("qcow2:/b:c"), ok(Format::Qcow2, "/b:c"));
+        assert!(parse_params("vhd:/a").is_err());
+        assert!(parse_params("json:{}").is_err());
+        assert!(parse_params("  ").is_err());
+        assert!(parse_params("raw:").is_err());
     }
 }

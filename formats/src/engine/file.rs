@@ -153,6 +153,13 @@ impl EngineFile {
         &self.path
     }
 
+    /// Where the open file lives, as the kernel reports it for the descriptor (symlinks
+    /// resolved, whatever happened to the path it was opened by).
+    pub(crate) fn real_path(&self) -> Result<PathBuf, Error> {
+        let link = PathBuf::from(format!("/proc/self/fd/{}", self.buffered.as_raw_fd()));
+        std::fs::read_link(&link).map_err(|source| Error::Open { path: link, source })
+    }
+
     /// Regular file or block device.
     pub fn kind(&self) -> FileKind {
         self.kind

@@ -115,7 +115,7 @@ mod tests {
                 recorder: Some(log.clone()),
                 ..OpenOptions::default()
             };
-            let image = open_image(&path, &opts).expect("open");
+            let image = open_image(&path, crate::Format::Raw, &opts).expect("open");
             let mut q = image.open_queue(4).expect("queue");
             let buf = SharedBuf::new(4096);
             assert!(buf.copy_in(0, &[0xab; 4096]));
@@ -168,7 +168,7 @@ mod tests {
             recorder: Some(log.clone()),
             ..OpenOptions::default()
         };
-        let image = open_image(&path, &opts).expect("open read-only");
+        let image = open_image(&path, crate::Format::Raw, &opts).expect("open read-only");
         let mut q = image.open_queue(2).expect("queue");
         run_one(&mut *q, IoOp::Flush);
         assert!(log.0.lock().expect("log").is_empty());

@@ -52,21 +52,14 @@ impl Chain {
         self.seen.push((id, shown));
         Ok(())
     }
-}
 
-/// Where a backing file named `name` in the image at `image` lives: `name` itself if
-/// absolute, else relative to the image's folder.
-pub(crate) fn resolve(image: &Path, name: &Path) -> PathBuf {
-    if name.is_absolute() {
-        return name.to_owned();
-    }
-    match image.parent() {
-        Some(dir) => dir.join(name),
-        None => name.to_owned(),
+    /// The top image of the chain (canonical path), once entered.
+    pub fn top(&self) -> Option<&Path> {
+        self.seen.first().map(|(_, p)| p.as_path())
     }
 }
 
-/// The format named by a backing format extension (`None`: probe).
+/// The format named by a backing format extension (`None`: none named).
 pub(crate) fn format_named(name: Option<&str>) -> Result<Option<Format>, Error> {
     match name {
         None => Ok(None),

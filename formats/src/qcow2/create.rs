@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use crate::error::Error;
 
 use super::layout::small;
+use crate::BackingPolicy;
+use crate::confine::{Confinement, Named};
 use crate::image::{Format, OpenOptions};
 
 use super::header::{self, MAX_L1_BYTES, MAX_REFTABLE_BYTES, NewHeader};
@@ -123,7 +125,8 @@ fn check_options(size: u64, opts: &CreateOptions) -> Result<(u32, u32), Error> {
     Ok((bits, rb.trailing_zeros()))
 }
 
-/// The backing image's size (for `size == 0`), opened relative to the new image's folder.
+/// The backing image's size (for `size == 0`), opened relative to the new image's folder as
+/// the image tool opens backing files ([`BackingPolicy::Follow`]).
 fn backing_size(path: &Path, opts: &CreateOptions) -> Result<u64, Error> {
     let Some(name) = &opts.backing_file else {
         return Err(arg("size 0 without a backing file".to_owned()));
@@ -131,11 +134,17 @@ fn backing_size(path: &Path, opts: &CreateOptions) -> Result<u64, Error> {
     let backing_opts = OpenOptions {
         read_only: true,
         direct: false,
-        format: opts.backing_format,
+        backing: BackingPolicy::Follow,
         require_whole_sectors: false,
         ..OpenOptions::default()
     };
-    let image = crate::open_image(&super::backing::resolve(path, name), &backing_opts)?;
+    let follow = Confinement::new(&BackingPolicy::Follow, path)?;
+    let named = Named { image: path, name };
+    let located = follow.locate(&named)?;
+    let format = follow.format(&named, opts.backing_format, || {
+        crate::probe_format(&located)
+    })?;
+    let image = crate::open_image(&located, format, &backing_opts)?;
     Ok(image.geometry().size.div_ceil(512) * 512)
 }
 
@@ -196,7 +205,7 @@ pub fn create(path: &Path, size: u64, opts: &CreateOptions) -> Result<(), Error>
 pub fn resize(path: &Path, new_size: u64) -> Result<(), Error> {
     let opts = OpenOptions {
         direct: false,
-        format: Some(Format::Qcow2),
+        backing: BackingPolicy::Follow,
         require_whole_sectors: false,
         ..OpenOptions::default()
     };

@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use nix::unistd::{Whence, lseek};
 
+use crate::BackingPolicy;
+use crate::confine::{Confinement, Named};
 use crate::engine::EngineFile;
 use crate::error::Error;
 use crate::image::{BlockImage, Format, OpenOptions};
@@ -147,8 +149,10 @@ struct ChainLevel {
     size: u64,
 }
 
-/// The map of the image at `path` (format probed unless given) and of its backing chain.
-pub fn map_chain(path: &Path, format: Option<Format>) -> Result<Vec<MapEntry>, Error> {
+/// The map of the image at `path` and of its backing chain, for the image tool: backing files
+/// are followed wherever they are and probed when their format is not named
+/// ([`BackingPolicy::Follow`](crate::BackingPolicy::Follow)).
+pub fn map_chain(path: &Path, format: Format) -> Result<Vec<MapEntry>, Error> {
     let levels = open_levels(path, format)?;
     let size = levels.first().map_or(0, |l| l.size);
     let mut out = Vec::new();
@@ -156,7 +160,15 @@ pub fn map_chain(path: &Path, format: Option<Format>) -> Result<Vec<MapEntry>, E
     Ok(out)
 }
 
-fn open_levels(path: &Path, format: Option<Format>) -> Result<Vec<ChainLevel>, Error> {
+fn open_levels(path: &Path, format: Format) -> Result<Vec<ChainLevel>, Error> {
+    let opts = OpenOptions {
+        read_only: true,
+        direct: false,
+        backing: BackingPolicy::Follow,
+        require_whole_sectors: false,
+        ..OpenOptions::default()
+    };
+    let follow = Confinement::new(&BackingPolicy::Follow, path)?;
     let mut levels = Vec::new();
     let mut next = Some((path.to_owned(), format));
     while let Some((path, format)) = next.take() {
@@ -167,22 +179,15 @@ fn open_levels(path: &Path, format: Option<Format>) -> Result<Vec<ChainLevel>, E
             )));
         }
         let file = Arc::new(EngineFile::open(&path, true, false)?);
-        let format = match format {
-            Some(f) => f,
-            None => crate::probe(&file)?,
-        };
         let level = if format == Format::Qcow2 {
-            let opts = OpenOptions {
-                read_only: true,
-                direct: false,
-                require_whole_sectors: false,
-                ..OpenOptions::default()
-            };
             let image = Qcow2Image::open(file, &opts, &mut Chain::default())?;
             let h = image.header();
             if let Some(name) = &h.backing_file {
+                let named = Named { image: &path, name };
+                let below = follow.locate(&named)?;
                 let fmt = backing::format_named(h.backing_format.as_deref())?;
-                next = Some((backing::resolve(&path, name), fmt));
+                let fmt = follow.format(&named, fmt, || crate::probe_format(&below))?;
+                next = Some((below, fmt));
             }
             Level::Qcow2(Box::new(image))
         } else {

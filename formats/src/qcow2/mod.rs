@@ -61,6 +61,7 @@ pub(crate) use backing::Chain;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use crate::confine::{Confinement, Named};
 use crate::engine::{self, Engine, EngineFile, MAX_DEPTH};
 use crate::error::Error;
 use crate::image::{BlockImage, EngineKind, Features, Format, Geometry, ImageQueue, OpenOptions};
@@ -251,15 +252,21 @@ fn open_backing(
     let Some(name) = &h.backing_file else {
         return Ok(None);
     };
-    let backing_path = backing::resolve(path, name);
+    let named = Named { image: path, name };
+    let confinement = Confinement::new(&opts.backing, chain.top().unwrap_or(path))?;
+    let format = backing::format_named(h.backing_format.as_deref())?;
+    let located = confinement.locate(&named)?;
+    chain.enter(&located)?;
     let backing_opts = OpenOptions {
         read_only: true,
-        format: backing::format_named(h.backing_format.as_deref())?,
         // The guest sees the top image's size; a backing file may be any size.
         require_whole_sectors: false,
         ..opts.clone()
     };
-    crate::open_chain(&backing_path, &backing_opts, chain).map(Some)
+    let file = crate::open_file(&located, &backing_opts)?;
+    confinement.check_opened(&named, &file)?;
+    let format = confinement.format(&named, format, || crate::probe(&file))?;
+    crate::open_as(file, format, &backing_opts, chain).map(Some)
 }
 
 fn clear_autoclear(io: &dyn MetaIo) -> Result<(), Error> {

@@ -17,7 +17,6 @@ fn opts(engine: EngineKind, direct: bool) -> OpenOptions {
     OpenOptions {
         engine,
         direct,
-        format: Some(Format::Raw),
         ..OpenOptions::default()
     }
 }
@@ -35,7 +34,7 @@ fn allocated_bytes(path: &Path) -> u64 {
 fn suite_on_file(engine: EngineKind, direct: bool) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = new_image(&dir, MIN_SIZE);
-    let image = open_image(&path, &opts(engine, direct)).expect("open");
+    let image = open_image(&path, Format::Raw, &opts(engine, direct)).expect("open");
     let mut q = image.open_queue(DEPTH).expect("queue");
     suite::run_writable(&mut *q, MIN_SIZE);
     assert_eq!(
@@ -70,7 +69,7 @@ fn discard_gives_space_back_to_the_file_system() {
     for engine in ENGINES {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = new_image(&dir, MIN_SIZE);
-        let image = open_image(&path, &opts(engine, true)).expect("open");
+        let image = open_image(&path, Format::Raw, &opts(engine, true)).expect("open");
         let mut q = image.open_queue(8).expect("queue");
         write_at(&mut *q, 1 << 20, &suite::pattern(1, 4 << 20)).expect("write");
         run(&mut *q, IoOp::Flush).expect("flush");
@@ -100,7 +99,7 @@ fn write_zeroes_keeps_the_file_size() {
     for engine in ENGINES {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = new_image(&dir, MIN_SIZE);
-        let image = open_image(&path, &opts(engine, true)).expect("open");
+        let image = open_image(&path, Format::Raw, &opts(engine, true)).expect("open");
         let mut q = image.open_queue(8).expect("queue");
         write_at(&mut *q, MIN_SIZE - 4096, &[7; 4096]).expect("write");
         run(
@@ -160,7 +159,7 @@ fn read_only_image_refuses_modifying_ops_with_erofs() {
             read_only: true,
             ..opts(engine, true)
         };
-        let image = open_image(&path, &ro).expect("open");
+        let image = open_image(&path, Format::Raw, &ro).expect("open");
         assert!(image.features().read_only);
         assert!(!image.features().discard);
         let mut q = image.open_queue(8).expect("queue");
@@ -174,6 +173,7 @@ fn geometry_reports_size_and_sector_sizes() {
     let path = new_image(&dir, 3 << 20);
     let image = open_image(
         &path,
+        Format::Raw,
         &OpenOptions {
             sector_size: 4096,
             ..OpenOptions::default()
@@ -189,6 +189,7 @@ fn geometry_reports_size_and_sector_sizes() {
     image.sync_metadata().expect("sync");
     let bad = open_image(
         &path,
+        Format::Raw,
         &OpenOptions {
             sector_size: 1000,
             ..OpenOptions::default()
@@ -208,7 +209,7 @@ fn empty_or_partial_sector_images_are_refused_as_disks_but_open_for_tools() {
             require_whole_sectors,
             ..OpenOptions::default()
         };
-        open_image(&path, &o).map(|image| image.geometry().size)
+        open_image(&path, Format::Raw, &o).map(|image| image.geometry().size)
     };
     for (size, sector) in [(0, 512), (1000, 512), (1 << 20 | 512, 4096)] {
         let err = open(size, sector, true).expect_err("refused as a disk");
@@ -239,7 +240,7 @@ fn auto_engine_picks_io_uring_here() {
 fn open_queue_rejects_zero_depth() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = new_image(&dir, 1 << 20);
-    let image = open_image(&path, &OpenOptions::default()).expect("open");
+    let image = open_image(&path, Format::Raw, &OpenOptions::default()).expect("open");
     assert!(matches!(
         image.open_queue(0),
         Err(Error::InvalidArgument(_))
@@ -258,7 +259,7 @@ fn create_raw_makes_a_sparse_file_and_refuses_to_overwrite() {
 }
 
 #[test]
-fn probing_opens_a_qcow2_file_as_qcow2_and_explicit_raw_opens_it_raw() {
+fn a_qcow2_file_is_probed_as_qcow2_but_opened_as_the_format_named() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("disk.qcow2");
     let status = Command::new("qemu-img")
@@ -267,18 +268,17 @@ fn probing_opens_a_qcow2_file_as_qcow2_and_explicit_raw_opens_it_raw() {
         .arg("16M")
         .status();
     assert!(status.expect("qemu-img is required").success());
-    let probed = open_image(&path, &OpenOptions::default()).expect("probe");
-    assert_eq!(probed.format(), Format::Qcow2);
-    assert_eq!(probed.geometry().size, 16 << 20);
+    assert_eq!(crate::probe_format(&path).expect("probe"), Format::Qcow2);
     let forced = OpenOptions {
-        format: Some(Format::Raw),
         // The container's length (196624 bytes) is no whole number of sectors.
         require_whole_sectors: false,
         ..OpenOptions::default()
     };
-    let raw = open_image(&path, &forced).expect("raw");
+    let raw = open_image(&path, Format::Raw, &forced).expect("raw");
     assert_eq!(raw.format(), Format::Raw);
     assert!(raw.geometry().size < 1 << 20, "the container, not the disk");
+    let qcow2 = open_image(&path, Format::Qcow2, &OpenOptions::default()).expect("qcow2");
+    assert_eq!(qcow2.geometry().size, 16 << 20);
 }
 
 #[test]
@@ -289,11 +289,10 @@ fn probing_refuses_vmdk_and_vhd_magics() {
         let mut data = magic.to_vec();
         data.resize(4096, 0);
         std::fs::write(&path, &data).expect("write");
-        let probed = open_image(&path, &OpenOptions::default());
+        let probed = crate::probe_format(&path);
         assert!(
             matches!(probed, Err(Error::UnsupportedFormat(_))),
-            "{:?}",
-            probed.err()
+            "{probed:?}"
         );
     }
 }
@@ -302,7 +301,7 @@ fn probing_refuses_vmdk_and_vhd_magics() {
 fn opening_a_directory_fails() {
     let dir = tempfile::tempdir().expect("tempdir");
     assert!(matches!(
-        open_image(dir.path(), &OpenOptions::default()),
+        open_image(dir.path(), Format::Raw, &OpenOptions::default()),
         Err(Error::NotAnImage(_))
     ));
 }
@@ -392,7 +391,8 @@ fn raw_image_on_a_loop_device_passes_the_shared_suite() {
     let path = new_image(&dir, MIN_SIZE);
     let dev = Loop::attach(&path, false);
     for engine in ENGINES {
-        let image = open_image(&dev.dev, &opts(engine, true)).expect("open loop device");
+        let image =
+            open_image(&dev.dev, Format::Raw, &opts(engine, true)).expect("open loop device");
         assert_eq!(image.geometry().size, MIN_SIZE);
         assert!(!image.features().read_only);
         let mut q = image.open_queue(DEPTH).expect("queue");
@@ -415,7 +415,8 @@ fn read_only_loop_device_is_detected_and_refuses_writes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = new_image(&dir, MIN_SIZE);
     let dev = Loop::attach(&path, true);
-    let image = open_image(&dev.dev, &OpenOptions::default()).expect("open read-only loop device");
+    let image = open_image(&dev.dev, Format::Raw, &OpenOptions::default())
+        .expect("open read-only loop device");
     assert!(image.features().read_only);
     let mut q = image.open_queue(8).expect("queue");
     suite::read_only_refuses_modifying_ops(&mut *q);
@@ -426,7 +427,7 @@ fn loop_device_discard_deallocates_the_backing_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = new_image(&dir, MIN_SIZE);
     let dev = Loop::attach(&path, false);
-    let image = open_image(&dev.dev, &opts(EngineKind::IoUring, true)).expect("open");
+    let image = open_image(&dev.dev, Format::Raw, &opts(EngineKind::IoUring, true)).expect("open");
     let mut q: Box<dyn ImageQueue> = image.open_queue(8).expect("queue");
     write_at(&mut *q, 0, &suite::pattern(3, 4 << 20)).expect("write");
     run(&mut *q, IoOp::Flush).expect("flush");
@@ -461,7 +462,7 @@ fn wait_any_wakes_for_descriptors_completions_and_timeouts() {
     for engine in ENGINES {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = new_image(&dir, MIN_SIZE);
-        let image = open_image(&path, &opts(engine, false)).expect("open");
+        let image = open_image(&path, Format::Raw, &opts(engine, false)).expect("open");
         let mut q = image.open_queue(4).expect("queue");
         let ev = EventFd::from_flags(EfdFlags::EFD_NONBLOCK).expect("eventfd");
         let start = Instant::now();

@@ -101,6 +101,12 @@ pub struct BackendArgs {
     /// Logical sector size announced to guests.
     #[arg(long, default_value_t = 512, value_parser = parse_sector_size)]
     pub sector_size: u32,
+    /// A folder where backing files named inside qcow2 images may lie, it and below
+    /// (repeatable). Without it, only each image's own folder and below. Symlinks are resolved
+    /// before the check; device nodes and protocol names (`nbd:`, `json:`) are always refused,
+    /// and a backing file's format must be named in the image (it is never probed).
+    #[arg(long = "backing-dir", value_name = "DIR")]
+    pub backing_dirs: Vec<PathBuf>,
 }
 
 /// `rustbk serve`.

@@ -17,7 +17,8 @@ const CSZ: usize = 64 << 10;
 
 /// Runs `ops` on the image at `path`, flushes, and returns the guest bytes `[0, len)`.
 fn apply(path: &Path, ops: Vec<IoOp>, len: usize) -> Vec<u8> {
-    let image = open_image(path, &opts(false, EngineKind::Auto)).expect("open");
+    let image =
+        open_image(path, crate::Format::Qcow2, &opts(false, EngineKind::Auto)).expect("open");
     let mut q = image.open_queue(4).expect("queue");
     for op in ops {
         run(&mut *q, op).expect("op");
@@ -102,7 +103,8 @@ fn partial_discard_of_an_allocated_cluster_zeroes_it_in_place() {
     apply(&path, vec![], 0);
     let data = pattern(7, CSZ);
     {
-        let image = open_image(&path, &opts(false, EngineKind::Auto)).expect("open");
+        let image =
+            open_image(&path, crate::Format::Qcow2, &opts(false, EngineKind::Auto)).expect("open");
         let mut q = image.open_queue(4).expect("queue");
         write_at(&mut *q, CS, &data).expect("write");
         run(&mut *q, IoOp::Flush).expect("flush");

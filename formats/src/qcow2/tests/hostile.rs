@@ -4,7 +4,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use crate::Error;
-use crate::image::{EngineKind, OpenOptions};
+use crate::image::{EngineKind, Format, OpenOptions};
 use crate::open_image;
 use crate::suite::read_at;
 
@@ -34,7 +34,7 @@ fn image(dir: &tempfile::TempDir) -> std::path::PathBuf {
 }
 
 fn open_err(path: &Path, read_only: bool) -> Error {
-    match open_image(path, &opts(read_only, EngineKind::Auto)) {
+    match open_image(path, Format::Qcow2, &opts(read_only, EngineKind::Auto)) {
         Ok(_) => panic!("{} opened", path.display()),
         Err(e) => e,
     }
@@ -157,7 +157,8 @@ fn dirty_and_corrupt_images_open_read_only_only() {
             matches!(&e, Error::NeedsRepair(m) if m.contains(word) && m.contains("qemu-img check")),
             "{e}"
         );
-        let image = open_image(&path, &opts(true, EngineKind::Auto)).expect("read-only open");
+        let image = open_image(&path, Format::Qcow2, &opts(true, EngineKind::Auto))
+            .expect("read-only open");
         let mut q = image.open_queue(2).expect("queue");
         assert_eq!(read_at(&mut *q, 0, 4096).expect("read"), vec![0x5c; 4096]);
     }
@@ -168,13 +169,13 @@ fn autoclear_bits_are_cleared_by_a_read_write_open() {
     let (dir, _) = temp("x");
     let path = image(&dir);
     patch(&path, 88, &(1u64 << 7).to_be_bytes());
-    drop(open_image(&path, &opts(true, EngineKind::Auto)).expect("open ro"));
+    drop(open_image(&path, Format::Qcow2, &opts(true, EngineKind::Auto)).expect("open ro"));
     assert_eq!(
         read_u64(&path, 88),
         1 << 7,
         "read-only open leaves the header alone"
     );
-    drop(open_image(&path, &opts(false, EngineKind::Auto)).expect("open rw"));
+    drop(open_image(&path, Format::Qcow2, &opts(false, EngineKind::Auto)).expect("open rw"));
     assert_eq!(read_u64(&path, 88), 0);
 }
 
@@ -185,7 +186,7 @@ fn l2_entry_past_the_end_of_the_file_fails_that_read_only() {
     let l1 = read_u64(&path, 40);
     let l2 = read_u64(&path, l1) & 0x00ff_ffff_ffff_fe00;
     patch(&path, l2, &((1u64 << 40) | (1 << 63)).to_be_bytes());
-    let image = open_image(&path, &opts(true, EngineKind::Auto)).expect("open");
+    let image = open_image(&path, Format::Qcow2, &opts(true, EngineKind::Auto)).expect("open");
     let mut q = image.open_queue(2).expect("queue");
     let e = read_at(&mut *q, 0, 4096).expect_err("read of the bad cluster");
     assert_eq!(e.errno(), libc::EIO);
@@ -208,7 +209,7 @@ fn garbage_l1_and_l2_entries_give_error_completions() {
     // A compressed entry whose data is garbage, and a standard entry with reserved bits.
     patch(&path, l2, &((1u64 << 62) | 4096).to_be_bytes());
     patch(&path, l2 + 8, &(l2 | 0x2).to_be_bytes());
-    let image = open_image(&path, &opts(false, EngineKind::Auto)).expect("open");
+    let image = open_image(&path, Format::Qcow2, &opts(false, EngineKind::Auto)).expect("open");
     let mut q = image.open_queue(2).expect("queue");
     assert_eq!(
         read_at(&mut *q, 0, 512)
@@ -227,7 +228,7 @@ fn garbage_l1_and_l2_entries_give_error_completions() {
     drop(q);
     drop(image);
     patch(&path, l1, &(1u64 << 50 | 0x1ff).to_be_bytes());
-    let image = open_image(&path, &opts(true, EngineKind::Auto)).expect("open");
+    let image = open_image(&path, Format::Qcow2, &opts(true, EngineKind::Auto)).expect("open");
     let mut q = image.open_queue(2).expect("queue");
     assert_eq!(
         read_at(&mut *q, 0, 512).expect_err("bad L1 entry").errno(),
@@ -320,6 +321,7 @@ fn backing_chain_deeper_than_the_limit_is_refused() {
     assert!(
         open_image(
             &ok,
+            Format::Qcow2,
             &OpenOptions {
                 read_only: true,
                 ..OpenOptions::default()
@@ -384,7 +386,7 @@ fn cluster_cut_short_by_the_end_of_the_file_reads_zeros_past_the_end() {
         .expect("open");
     // The last data cluster keeps only its first 4 KiB.
     f.set_len(len - 65536 + 4096).expect("truncate");
-    let image = open_image(&path, &opts(true, EngineKind::Auto)).expect("open");
+    let image = open_image(&path, Format::Qcow2, &opts(true, EngineKind::Auto)).expect("open");
     let mut q = image.open_queue(2).expect("queue");
     let got = read_at(&mut *q, 65536, 8192).expect("read");
     assert_eq!(got[..4096], [0x5c; 4096]);

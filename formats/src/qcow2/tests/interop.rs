@@ -1,7 +1,7 @@
 //! Images made by `qemu-img` and `qemu-io`, read through our driver and compared byte for byte
 //! with `qemu-img convert -O raw`.
 
-use super::{assert_reads_like_qemu, qemu_img, qemu_io, s, temp};
+use super::{assert_opened_reads_like_qemu, assert_reads_like_qemu, qemu_img, qemu_io, s, temp};
 
 /// Data, zero and partially written clusters, spread so that several L2 tables are used.
 const QEMU_IO_WRITES: [&str; 6] = [
@@ -152,7 +152,7 @@ fn backing_chain_of_depth_three_reads_like_qemu() {
 }
 
 #[test]
-fn backing_file_without_format_is_probed() {
+fn backing_file_without_format_is_probed_by_the_image_tool_only() {
     let (dir, base) = temp("base.qcow2");
     qemu_img(&["create", "-q", "-f", "qcow2", s(&base), "1M"]);
     qemu_io(&base, "qcow2", &["write -P 0x77 0 1M"]);
@@ -166,7 +166,21 @@ fn backing_file_without_format_is_probed() {
     let info = qemu_img(&["info", s(&top)]);
     assert!(!info.contains("backing file format"), "{info}");
     qemu_io(&top, "qcow2", &["write -P 0x78 4k 4k"]);
-    assert_reads_like_qemu(&top);
+    let tool = crate::OpenOptions {
+        read_only: true,
+        backing: crate::BackingPolicy::Follow,
+        ..crate::OpenOptions::default()
+    };
+    let image = crate::open_image(&top, crate::Format::Qcow2, &tool).expect("image tool open");
+    assert_opened_reads_like_qemu(&*image, &top);
+    let serving = super::opts(true, crate::EngineKind::Auto);
+    let Err(e) = crate::open_image(&top, crate::Format::Qcow2, &serving) else {
+        panic!("a backing file without a format was probed when serving");
+    };
+    assert!(
+        matches!(&e, crate::Error::BackingRefused { why, .. } if why.contains("no backing format")),
+        "{e}"
+    );
 }
 
 #[test]
@@ -174,7 +188,7 @@ fn qcow2_disk_of_zero_or_partial_sector_size_is_refused_but_any_backing_size_is_
     let (dir, empty) = temp("empty.qcow2");
     qemu_img(&["create", "-q", "-f", "qcow2", s(&empty), "0"]);
     let disk = super::opts(false, crate::EngineKind::Auto);
-    let Err(err) = crate::open_image(&empty, &disk) else {
+    let Err(err) = crate::open_image(&empty, crate::Format::Qcow2, &disk) else {
         panic!("an empty qcow2 opened as a disk");
     };
     assert!(err.to_string().contains("empty"), "{err}");
@@ -184,7 +198,7 @@ fn qcow2_disk_of_zero_or_partial_sector_size_is_refused_but_any_backing_size_is_
     let mut bytes = std::fs::read(&odd).expect("read");
     bytes[24..32].copy_from_slice(&1000u64.to_be_bytes());
     std::fs::write(&odd, &bytes).expect("write");
-    let Err(err) = crate::open_image(&odd, &disk) else {
+    let Err(err) = crate::open_image(&odd, crate::Format::Qcow2, &disk) else {
         panic!("a qcow2 of 1000 bytes opened as a disk");
     };
     assert!(err.to_string().contains("1000 bytes"), "{err}");
@@ -204,6 +218,7 @@ fn qcow2_disk_of_zero_or_partial_sector_size_is_refused_but_any_backing_size_is_
         s(&top),
         "1M",
     ]);
-    let image = crate::open_image(&top, &disk).expect("open with odd backing");
+    let image =
+        crate::open_image(&top, crate::Format::Qcow2, &disk).expect("open with odd backing");
     assert_eq!(image.geometry().size, 1 << 20);
 }

@@ -2,6 +2,7 @@
 //! driver checked by `qemu-img check` and `convert`, hostile images, write ordering.
 //! The QEMU tools are required: a missing tool fails these tests.
 
+mod confined;
 mod discard;
 mod hostile;
 mod interop;
@@ -95,9 +96,9 @@ pub(super) fn opts(read_only: bool, engine: EngineKind) -> OpenOptions {
     }
 }
 
-/// Opens an image (probing) and checks it is qcow2.
+/// Opens a qcow2 image and checks it is one.
 pub(super) fn open(path: &Path, read_only: bool) -> Arc<dyn BlockImage> {
-    let image = open_image(path, &opts(read_only, EngineKind::Auto)).expect("open");
+    let image = open_image(path, Format::Qcow2, &opts(read_only, EngineKind::Auto)).expect("open");
     assert_eq!(image.format(), Format::Qcow2);
     image
 }
@@ -116,8 +117,12 @@ pub(super) fn read_all(q: &mut dyn ImageQueue, size: u64, chunk: usize) -> Vec<u
 
 /// Asserts that our reading of `path` equals `qemu-img convert`'s, with two chunkings.
 pub(super) fn assert_reads_like_qemu(path: &Path) {
+    assert_opened_reads_like_qemu(&*open(path, true), path);
+}
+
+/// Like [`assert_reads_like_qemu`], on `image` opened from `path`.
+pub(super) fn assert_opened_reads_like_qemu(image: &dyn BlockImage, path: &Path) {
     let expected = qemu_raw(path);
-    let image = open(path, true);
     assert_eq!(image.geometry().size, expected.len() as u64);
     let mut q = image.open_queue(8).expect("queue");
     for chunk in [1 << 20, 37_042] {

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use crate::image::{EngineKind, ImageQueue, IoOp};
+use crate::image::{EngineKind, Format, ImageQueue, IoOp};
 use crate::open_image;
 use crate::qcow2::layout::small;
 use crate::qcow2::{Compat, CreateOptions, create, resize};
@@ -14,7 +14,7 @@ use super::model::Model;
 use super::{check_clean, opts, qemu_img, qemu_io, qemu_raw, read_all, s, temp};
 
 fn suite_on(path: &Path, engine: EngineKind) {
-    let image = open_image(path, &opts(false, engine)).expect("open");
+    let image = open_image(path, Format::Qcow2, &opts(false, engine)).expect("open");
     let mut q = image.open_queue(DEPTH).expect("queue");
     suite::run_writable(&mut *q, MIN_SIZE);
     drop(q);
@@ -50,7 +50,7 @@ fn shared_suite_passes_on_a_qemu_made_v2_qcow2_with_the_sync_engine() {
 fn read_only_qcow2_refuses_modifying_ops() {
     let (_dir, path) = temp("ro.qcow2");
     create(&path, 1 << 20, &CreateOptions::default()).expect("create");
-    let image = open_image(&path, &opts(true, EngineKind::Auto)).expect("open");
+    let image = open_image(&path, Format::Qcow2, &opts(true, EngineKind::Auto)).expect("open");
     assert!(image.features().read_only);
     let mut q = image.open_queue(4).expect("queue");
     suite::read_only_refuses_modifying_ops(&mut *q);
@@ -101,7 +101,7 @@ fn random_ops(q: &mut dyn ImageQueue, model: &mut Model, seed: u64, count: usize
 /// Runs random ops on the image at `path` whose current contents are `model`, then checks the
 /// result with our reads, `qemu-img check` and `qemu-img convert`.
 fn random_ops_verified(path: &Path, model: &mut Model, seed: u64) {
-    let image = open_image(path, &opts(false, EngineKind::Auto)).expect("open");
+    let image = open_image(path, Format::Qcow2, &opts(false, EngineKind::Auto)).expect("open");
     let mut q = image.open_queue(16).expect("queue");
     random_ops(&mut *q, model, seed, 120);
     let got = read_all(&mut *q, model.size(), 1 << 20);
@@ -301,13 +301,13 @@ fn resize_grows_the_image_and_the_l1_table_keeping_data() {
     // 4 KiB clusters: one L1 entry maps 2 MiB, so growing 3 MiB -> 40 MiB needs a larger L1.
     create(&path, 3 << 20, &o).expect("create");
     {
-        let image = open_image(&path, &opts(false, EngineKind::Auto)).expect("open");
+        let image = open_image(&path, Format::Qcow2, &opts(false, EngineKind::Auto)).expect("open");
         let mut q = image.open_queue(4).expect("queue");
         write_at(&mut *q, (3 << 20) - 8192, &pattern(7, 8192)).expect("write");
     }
     resize(&path, 40 << 20).expect("resize");
     check_clean(&path);
-    let image = open_image(&path, &opts(false, EngineKind::Auto)).expect("open");
+    let image = open_image(&path, Format::Qcow2, &opts(false, EngineKind::Auto)).expect("open");
     assert_eq!(image.geometry().size, 40 << 20);
     let mut q = image.open_queue(4).expect("queue");
     assert_bytes(
@@ -328,7 +328,7 @@ fn resize_grows_the_image_and_the_l1_table_keeping_data() {
 fn two_queues_writing_the_same_new_cluster_both_land() {
     let (_dir, path) = temp("mq.qcow2");
     create(&path, 4 << 20, &CreateOptions::default()).expect("create");
-    let image = open_image(&path, &opts(false, EngineKind::Auto)).expect("open");
+    let image = open_image(&path, Format::Qcow2, &opts(false, EngineKind::Auto)).expect("open");
     let mut a = image.open_queue(8).expect("queue a");
     let mut b = image.open_queue(8).expect("queue b");
     let (da, db) = (pattern(1, 4096), pattern(2, 4096));
@@ -404,7 +404,8 @@ fn writes_racing_into_clusters_being_allocated_all_land() {
             ..CreateOptions::default()
         };
         create(&path, size, &o).expect("create");
-        let image = open_image(&path, &opts(false, EngineKind::IoUring)).expect("open");
+        let image =
+            open_image(&path, Format::Qcow2, &opts(false, EngineKind::IoUring)).expect("open");
         let mut q = image.open_queue(32).expect("queue");
         // Sequential blocks (many join an allocation in flight), then a shuffled pass over
         // other blocks, then overwrites of some of the first ones.

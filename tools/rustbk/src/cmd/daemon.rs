@@ -9,7 +9,7 @@ use rustbk_backend::xenbus::Store;
 use rustbk_ring::DomId;
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::platform::{lock_dir, to_args};
+use super::platform::{backing_dirs, lock_dir, to_args};
 use crate::cli::DaemonArgs;
 
 /// Runs the watcher until xenstore goes away or the process is signalled. Workers keep
@@ -23,6 +23,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn daemon(args: DaemonArgs) -> anyhow::Result<()> {
+    backing_dirs(&args.backend)?;
     let store = Store::connect().await.context("cannot reach xenstore")?;
     let exe = std::env::current_exe().context("cannot find the rustbk executable")?;
     let lock_dir = lock_dir(&args.platform);

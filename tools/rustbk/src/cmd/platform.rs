@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use anyhow::Context;
+
 use rustbk_backend::xenbus::BackendOptions;
 use rustbk_formats::EngineKind;
 use rustbk_grant::Platform;
@@ -33,8 +35,8 @@ pub fn lock_dir(platform: &PlatformArgs) -> PathBuf {
 }
 
 /// Backend options from the flags.
-pub fn options(args: &BackendArgs) -> BackendOptions {
-    BackendOptions {
+pub fn options(args: &BackendArgs) -> anyhow::Result<BackendOptions> {
+    Ok(BackendOptions {
         max_ring_order: args.max_ring_order.min(rustbk_ring::MAX_RING_PAGE_ORDER),
         max_indirect_segments: args.max_indirect_segments.min(MAX_INDIRECT),
         engine: match args.engine {
@@ -46,7 +48,25 @@ pub fn options(args: &BackendArgs) -> BackendOptions {
         persistent: !args.no_persistent,
         sector_size: args.sector_size,
         poll_us: args.poll_us,
-    }
+        backing_dirs: backing_dirs(args)?,
+    })
+}
+
+/// The `--backing-dir` folders, symlinks resolved; each must exist.
+pub fn backing_dirs(args: &BackendArgs) -> anyhow::Result<Vec<PathBuf>> {
+    let canonical = |dir: &PathBuf| {
+        std::fs::canonicalize(dir)
+            .with_context(|| format!("--backing-dir {}", dir.display()))
+            .and_then(|real| {
+                anyhow::ensure!(
+                    real.is_dir(),
+                    "--backing-dir {}: not a folder",
+                    dir.display()
+                );
+                Ok(real)
+            })
+    };
+    args.backing_dirs.iter().map(canonical).collect()
 }
 
 /// The same flags as arguments, to pass on to a worker process.
@@ -88,6 +108,9 @@ pub fn backend_args(backend: &BackendArgs) -> Vec<String> {
     }
     if backend.no_persistent {
         out.push("--no-persistent".into());
+    }
+    for dir in &backend.backing_dirs {
+        out.extend(["--backing-dir".into(), dir.display().to_string()]);
     }
     out
 }

@@ -176,12 +176,8 @@ impl BenchConfig {
     /// How the image is opened: read-only unless writing.
     pub fn open_options(&self) -> OpenOptions {
         OpenOptions {
-            read_only: !self.write,
-            direct: self.direct,
-            format: self.format,
             engine: self.engine,
-            require_whole_sectors: false,
-            ..OpenOptions::default()
+            ..super::tool_options(!self.write, self.direct)
         }
     }
 
@@ -240,7 +236,8 @@ pub struct BenchResult {
 /// Runs `rustbk img bench`.
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let cfg = BenchConfig::try_from(&args)?;
-    let image = rustbk_formats::open_image(&args.file, &cfg.open_options())
+    let format = super::format_of(&args.file, cfg.format)?;
+    let image = rustbk_formats::open_image(&args.file, format, &cfg.open_options())
         .with_context(|| format!("Could not open '{}'", args.file.display()))?;
     let human = args.output == OutputArg::Human && !args.quiet;
     if human {
@@ -495,7 +492,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("disk.raw");
         rustbk_formats::create_raw(&path, 2 << 30).unwrap();
-        let image = rustbk_formats::open_image(&path, &OpenOptions::default()).unwrap();
+        let image =
+            rustbk_formats::open_image(&path, Format::Raw, &OpenOptions::default()).unwrap();
         let past = config(&["-o", "2047m", "-s", "2m", "f"]).unwrap();
         let err = bench(image.as_ref(), &past).map(|_| ()).unwrap_err();
         assert!(err.to_string().contains("beyond the image end"), "{err}");
@@ -550,7 +548,7 @@ mod tests {
             "x",
         ])
         .unwrap();
-        let image = rustbk_formats::open_image(&path, &cfg.open_options()).unwrap();
+        let image = rustbk_formats::open_image(&path, Format::Raw, &cfg.open_options()).unwrap();
         let r = bench(image.as_ref(), &cfg).unwrap();
         assert_eq!(r.requests, 8);
         drop(image);

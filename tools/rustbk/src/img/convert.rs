@@ -139,7 +139,7 @@ fn data_ranges(path: &Path, format: Option<Format>, size: u64) -> anyhow::Result
         _ => out.push((start, len)),
     };
     if probed == Format::Qcow2 {
-        for e in map_chain(path, Some(Format::Qcow2))? {
+        for e in map_chain(path, Format::Qcow2)? {
             if e.data || !e.zero {
                 add(e.start, e.length);
             }

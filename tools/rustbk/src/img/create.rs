@@ -1,16 +1,17 @@
 //! `rustbk img create`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use rustbk_formats::Format;
 use rustbk_formats::qcow2::{self, Compat, CreateOptions};
 
 use super::{FormatArg, parse_options};
 use crate::cli::parse_size;
 
-/// `rustbk img create [-f FMT] [-b BACKING [-F FMT]] [-o OPTIONS] FILE [SIZE]`.
+/// `rustbk img create [-f FMT] [-b BACKING -F FMT [-u]] [-o OPTIONS] FILE [SIZE]`.
 #[derive(Debug, Args)]
 pub struct CreateArgs {
     /// Format of the new image.
@@ -19,9 +20,12 @@ pub struct CreateArgs {
     /// Backing file (qcow2 only); relative names are relative to FILE's folder.
     #[arg(short = 'b')]
     pub backing: Option<PathBuf>,
-    /// Format of the backing file (probed when not given).
+    /// Format of the backing file (required with a backing file, as qemu-img requires it).
     #[arg(short = 'F', value_enum)]
     pub backing_format: Option<FormatArg>,
+    /// Do not open the backing file to check it (the size must then be given).
+    #[arg(short = 'u')]
+    pub unsafe_backing: bool,
     /// Format options: cluster_size=SIZE, compat=0.10|1.1, refcount_bits=N,
     /// backing_file=NAME, backing_fmt=FMT.
     #[arg(short = 'o')]
@@ -48,23 +52,70 @@ pub fn run(args: CreateArgs) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("Could not create '{}'", args.file.display()))?;
             println!("Formatting '{}', fmt=raw size={size}", args.file.display());
         }
-        FormatArg::Qcow2 => {
-            let opts = qcow2_options(&args)?;
-            if args.size.is_none() && opts.backing_file.is_none() {
-                bail!("Image creation needs a size parameter");
-            }
-            qcow2::create(&args.file, size, &opts)
-                .with_context(|| format!("Could not create '{}'", args.file.display()))?;
-            println!(
-                "Formatting '{}', fmt=qcow2 cluster_size={} compat={} refcount_bits={} size={size}",
-                args.file.display(),
-                opts.cluster_size,
-                compat_name(opts.compat),
-                opts.refcount_bits
-            );
-        }
+        FormatArg::Qcow2 => create_qcow2(&args)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn create_qcow2(args: &CreateArgs) -> anyhow::Result<()> {
+    let opts = qcow2_options(args)?;
+    let backing_size = match &opts.backing_file {
+        Some(name) => check_backing(args, name, opts.backing_format)?,
+        None => None,
+    };
+    let Some(size) = args.size.or(backing_size) else {
+        bail!("Image creation needs a size parameter");
+    };
+    qcow2::create(&args.file, size, &opts)
+        .with_context(|| format!("Could not create '{}'", args.file.display()))?;
+    println!(
+        "Formatting '{}', fmt=qcow2 cluster_size={} compat={} refcount_bits={} size={size}",
+        args.file.display(),
+        opts.cluster_size,
+        compat_name(opts.compat),
+        opts.refcount_bits
+    );
+    Ok(())
+}
+
+/// Refuses a backing file without a format, with a protocol name, or (unless `-u`) that cannot
+/// be opened, before anything is created; the messages are qemu-img's. Returns the backing
+/// image's size (rounded up to 512 bytes) when it was opened.
+fn check_backing(
+    args: &CreateArgs,
+    name: &Path,
+    format: Option<Format>,
+) -> anyhow::Result<Option<u64>> {
+    let file = args.file.display();
+    let no_format = "Backing file specified without backing format";
+    if let Some(protocol) = rustbk_formats::protocol_of(name) {
+        bail!(
+            "{file}: Could not open '{}': protocol '{protocol}' is not supported",
+            name.display()
+        );
+    }
+    if args.unsafe_backing {
+        return match format {
+            Some(_) => Ok(None),
+            None => bail!("{file}: {no_format}"),
+        };
+    }
+    let path = match args.file.parent() {
+        Some(dir) if name.is_relative() => dir.join(name),
+        _ => name.to_owned(),
+    };
+    let image = super::open(&path, format, true).map_err(|e| {
+        anyhow::anyhow!(
+            "{file}: Could not open '{}': {}\nCould not open backing image.",
+            path.display(),
+            e.root_cause()
+        )
+    })?;
+    if format.is_none() {
+        let detected = super::format_name(image.format());
+        bail!("{file}: {no_format}\nDetected format of {detected}.");
+    }
+    Ok(Some(image.geometry().size.div_ceil(512) * 512))
 }
 
 /// The qcow2 creation options of `-b`, `-F` and `-o`.
@@ -104,8 +155,8 @@ pub fn options_from(options: &[String]) -> anyhow::Result<CreateOptions> {
             "backing_file" => opts.backing_file = Some(PathBuf::from(value)),
             "backing_fmt" => {
                 opts.backing_format = Some(match value.as_str() {
-                    "raw" => rustbk_formats::Format::Raw,
-                    "qcow2" => rustbk_formats::Format::Qcow2,
+                    "raw" => Format::Raw,
+                    "qcow2" => Format::Qcow2,
                     other => bail!("Unsupported backing format '{other}'"),
                 })
             }

@@ -194,9 +194,16 @@ pub fn human_size(bytes: u64) -> String {
 pub fn run(args: InfoArgs) -> anyhow::Result<ExitCode> {
     let mut chain = vec![ImageInfo::read(&args.file, args.format)?];
     while let Some(last) = chain.last().filter(|_| args.backing_chain) {
-        let Some((_, full, format)) = last.backing() else {
+        let Some((name, full, format)) = last.backing() else {
             break;
         };
+        if let Some(protocol) = rustbk_formats::protocol_of(&name) {
+            bail!(
+                "Backing file {name:?} of {} refused: `{protocol}:` is a protocol name; only \
+                 files are opened",
+                last.filename.display()
+            );
+        }
         if chain.len() > rustbk_formats::qcow2::MAX_CHAIN_DEPTH {
             bail!(
                 "Backing chain deeper than {}",

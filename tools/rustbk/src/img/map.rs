@@ -23,7 +23,8 @@ pub struct MapArgs {
 
 /// Prints the map.
 pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
-    let entries = map_chain(&args.file, args.format.map(Into::into))?;
+    let format = super::format_of(&args.file, args.format.map(Into::into))?;
+    let entries = map_chain(&args.file, format)?;
     match args.output {
         OutputArg::Json => print!("{}", json(&entries)),
         OutputArg::Human => print!("{}", human(&entries)),

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
-use rustbk_formats::{BlockImage, Format, OpenOptions};
+use rustbk_formats::{BackingPolicy, BlockImage, Format, OpenOptions};
 
 pub use bench::BenchArgs;
 pub use check::CheckArgs;
@@ -109,6 +109,29 @@ pub fn format_name(f: Format) -> &'static str {
     }
 }
 
+/// The format of the image at `path`: `format` if given, else probed from its first bytes
+/// (only the image tool probes; the backend is always told the format).
+pub fn format_of(path: &Path, format: Option<Format>) -> anyhow::Result<Format> {
+    match format {
+        Some(format) => Ok(format),
+        None => rustbk_formats::probe_format(path)
+            .with_context(|| format!("Could not open '{}'", path.display())),
+    }
+}
+
+/// How the image tool opens images: backing files are followed wherever they are and probed
+/// when their format is not named, as qemu-img does (the administrator runs it).
+pub fn tool_options(read_only: bool, direct: bool) -> OpenOptions {
+    OpenOptions {
+        read_only,
+        direct,
+        backing: BackingPolicy::Follow,
+        // Like qemu-img, the image tools read files of any size.
+        require_whole_sectors: false,
+        ..OpenOptions::default()
+    }
+}
+
 /// Opens an image (format probed unless given) through the shared engine, page cache on.
 pub fn open(
     path: &Path,
@@ -125,15 +148,8 @@ pub fn open_direct(
     read_only: bool,
     direct: bool,
 ) -> anyhow::Result<Arc<dyn BlockImage>> {
-    let opts = OpenOptions {
-        read_only,
-        direct,
-        format,
-        // Like qemu-img, the image tools read files of any size.
-        require_whole_sectors: false,
-        ..OpenOptions::default()
-    };
-    rustbk_formats::open_image(path, &opts)
+    let format = format_of(path, format)?;
+    rustbk_formats::open_image(path, format, &tool_options(read_only, direct))
         .with_context(|| format!("Could not open '{}'", path.display()))
 }
 
