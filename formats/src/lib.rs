@@ -35,7 +35,9 @@ use std::sync::Arc;
 
 /// Opens an image, probing its format unless `opts.format` names one, and follows backing
 /// files (relative to the image's folder, opened read-only, at most
-/// [`qcow2::MAX_CHAIN_DEPTH`] deep, loops refused).
+/// [`qcow2::MAX_CHAIN_DEPTH`] deep, loops refused). Every file is locked as QEMU locks it
+/// (see [`engine::lock`]); an image another process uses in a conflicting way is refused with
+/// [`Error::Locked`].
 ///
 /// When no format is given and the file starts with the magic of a format this crate cannot
 /// open yet (vmdk, vhd), the open fails rather than exposing the container's metadata to the
@@ -51,7 +53,8 @@ pub(crate) fn open_chain(
     chain: &mut qcow2::Chain,
 ) -> Result<Arc<dyn BlockImage>, Error> {
     chain.enter(path)?;
-    let mut file = EngineFile::open(path, opts.read_only, opts.direct)?;
+    let access = engine::Access::new(opts.read_only, opts.force_share);
+    let mut file = EngineFile::open(path, access, opts.direct)?;
     if let Some(recorder) = opts.recorder.as_ref().filter(|_| !file.read_only()) {
         file.set_recorder(recorder.clone());
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use nix::unistd::{Whence, lseek};
 
-use crate::engine::EngineFile;
+use crate::engine::{Access, EngineFile};
 use crate::error::Error;
 use crate::image::{BlockImage, Format, OpenOptions};
 
@@ -146,15 +146,24 @@ struct ChainLevel {
 }
 
 /// The map of the image at `path` (format probed unless given) and of its backing chain.
-pub fn map_chain(path: &Path, format: Option<Format>) -> Result<Vec<MapEntry>, Error> {
-    let levels = open_levels(path, format)?;
+/// `force_share` opens the files sharing them with writers (qemu-img's `-U`).
+pub fn map_chain(
+    path: &Path,
+    format: Option<Format>,
+    force_share: bool,
+) -> Result<Vec<MapEntry>, Error> {
+    let levels = open_levels(path, format, Access::new(true, force_share))?;
     let size = levels.first().map_or(0, |l| l.size);
     let mut out = Vec::new();
     map_level(&levels, 0, 0, size, &mut out)?;
     Ok(out)
 }
 
-fn open_levels(path: &Path, format: Option<Format>) -> Result<Vec<ChainLevel>, Error> {
+fn open_levels(
+    path: &Path,
+    format: Option<Format>,
+    access: Access,
+) -> Result<Vec<ChainLevel>, Error> {
     let mut levels = Vec::new();
     let mut next = Some((path.to_owned(), format));
     while let Some((path, format)) = next.take() {
@@ -164,7 +173,7 @@ fn open_levels(path: &Path, format: Option<Format>) -> Result<Vec<ChainLevel>, E
                 backing::MAX_CHAIN_DEPTH
             )));
         }
-        let file = Arc::new(EngineFile::open(&path, true, false)?);
+        let file = Arc::new(EngineFile::open(&path, access, false)?);
         let format = match format {
             Some(f) => f,
             None => crate::probe(&file)?,

@@ -125,7 +125,10 @@ fn misaligned_memory_goes_through_a_bounce_buffer_under_o_direct() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = new_image(&dir, MIN_SIZE);
         let image = RawImage::new(
-            Arc::new(crate::EngineFile::open(&path, false, true).expect("open")),
+            Arc::new(
+                crate::EngineFile::open(&path, crate::engine::Access::ReadWrite, true)
+                    .expect("open"),
+            ),
             &opts(engine, true),
         )
         .expect("image");
@@ -187,6 +190,7 @@ fn geometry_reports_size_and_sector_sizes() {
     );
     assert_eq!(image.format(), Format::Raw);
     image.sync_metadata().expect("sync");
+    drop(image);
     let bad = open_image(
         &path,
         &OpenOptions {
@@ -202,7 +206,9 @@ fn auto_engine_picks_io_uring_here() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = new_image(&dir, 1 << 20);
     let image = RawImage::new(
-        Arc::new(crate::EngineFile::open(&path, false, true).expect("open")),
+        Arc::new(
+            crate::EngineFile::open(&path, crate::engine::Access::ReadWrite, true).expect("open"),
+        ),
         &OpenOptions::default(),
     )
     .expect("image");
@@ -244,6 +250,7 @@ fn probing_opens_a_qcow2_file_as_qcow2_and_explicit_raw_opens_it_raw() {
     let probed = open_image(&path, &OpenOptions::default()).expect("probe");
     assert_eq!(probed.format(), Format::Qcow2);
     assert_eq!(probed.geometry().size, 16 << 20);
+    drop(probed);
     let forced = OpenOptions {
         format: Some(Format::Raw),
         ..OpenOptions::default()

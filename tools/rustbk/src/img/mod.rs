@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
+use rustbk_formats::engine::Access;
 use rustbk_formats::{BlockImage, Format, OpenOptions};
 
 pub use bench::BenchArgs;
@@ -113,26 +114,32 @@ pub fn format_name(f: Format) -> &'static str {
 pub fn open(
     path: &Path,
     format: Option<Format>,
-    read_only: bool,
+    access: Access,
 ) -> anyhow::Result<Arc<dyn BlockImage>> {
-    open_direct(path, format, read_only, false)
+    open_direct(path, format, access, false)
 }
 
 /// Opens an image through the page cache, or with O_DIRECT if `direct`.
 pub fn open_direct(
     path: &Path,
     format: Option<Format>,
-    read_only: bool,
+    access: Access,
     direct: bool,
 ) -> anyhow::Result<Arc<dyn BlockImage>> {
     let opts = OpenOptions {
-        read_only,
+        read_only: access.read_only(),
+        force_share: access == Access::ForceShare,
         direct,
         format,
         ..OpenOptions::default()
     };
     rustbk_formats::open_image(path, &opts)
         .with_context(|| format!("Could not open '{}'", path.display()))
+}
+
+/// The access of a read-only command: `-U` shares the image with writers, as in qemu-img.
+pub fn read_access(force_share: bool) -> Access {
+    Access::new(true, force_share)
 }
 
 /// Parses qemu-img's `-o key=value,key=value` options (several `-o` accumulate).
