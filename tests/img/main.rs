@@ -11,4 +11,6 @@ mod common;
 mod convert;
 mod create;
 mod damage;
+mod holder;
+mod locks;
 mod tools;

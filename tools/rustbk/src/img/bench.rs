@@ -60,8 +60,9 @@ pub struct BenchArgs {
     /// Print nothing (human output only).
     #[arg(short = 'q')]
     pub quiet: bool,
-    /// Accepted for qemu-img compatibility (rustbk takes no image locks here).
-    #[arg(short = 'U')]
+    /// Read the image even if another process writes it, as qemu-img's `-U` (read runs only;
+    /// a write run always refuses an image in use).
+    #[arg(short = 'U', long = "force-share")]
     pub force_share: bool,
     /// Output format; JSON adds the time, IOPS and bandwidth.
     #[arg(long, value_enum, default_value_t = OutputArg::Human)]
@@ -120,6 +121,8 @@ pub struct BenchConfig {
     pub engine: EngineKind,
     /// Format, `None` to probe.
     pub format: Option<Format>,
+    /// Share the image with writers (read runs only).
+    pub force_share: bool,
 }
 
 /// qemu-img's limit on buffer and step sizes (`INT_MAX`).
@@ -168,6 +171,7 @@ impl TryFrom<&BenchArgs> for BenchConfig {
                 Some(AioArg::Native | AioArg::IoUring) => EngineKind::IoUring,
             },
             format: a.format.map(Format::from),
+            force_share: a.force_share,
         })
     }
 }
@@ -177,6 +181,7 @@ impl BenchConfig {
     pub fn open_options(&self) -> OpenOptions {
         OpenOptions {
             read_only: !self.write,
+            force_share: self.force_share,
             direct: self.direct,
             format: self.format,
             engine: self.engine,
