@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -193,6 +193,22 @@ impl EmuCluster {
             Some(s) if s.success() => Ok(()),
             other => bail!("the backend exited with {other:?} after SIGTERM"),
         }
+    }
+
+    /// Waits for the backend process of `spec` to exit by itself (a backend that refused its
+    /// disk) and returns its exit status.
+    pub fn wait_backend_exit(&mut self, spec: &VbdSpec) -> anyhow::Result<ExitStatus> {
+        let Some(i) = self.backends.iter().position(|(s, _)| s == spec) else {
+            bail!("no backend process serves that disk");
+        };
+        let mut status = None;
+        wait_until(START_TIMEOUT, || {
+            status = self.backends[i].1.try_wait().ok().flatten();
+            status.is_some()
+        })
+        .context("the backend did not exit")?;
+        self.backends.remove(i);
+        status.context("no exit status")
     }
 
     /// The pid of the backend of `spec`, if it runs.
