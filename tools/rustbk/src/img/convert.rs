@@ -15,13 +15,13 @@ use rustbk_formats::engine::lock::{LockMode, lock};
 use rustbk_formats::qcow2::map::{Allocation, map_chain, raw_status};
 use rustbk_formats::{Composite, Format, ImageQueue, SharedBuf, SharedBufs, qcow2};
 
+use super::info::{ImageInfo, read_chain};
 use super::pipe::{self, CHUNK, DEPTH};
+use super::progress::Progress;
+use super::{FormatArg, open_direct, read_access};
 
 /// Bytes of a granule looked at before copying all of it for the zero test.
 const PROBE: usize = 256;
-use super::info::{ImageInfo, read_chain};
-use super::progress::Progress;
-use super::{FormatArg, open_direct, read_access};
 
 /// Cache modes of the destination.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
