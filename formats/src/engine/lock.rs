@@ -9,6 +9,13 @@
 //! conflicting users racing for an image at least one sees the other. OFD locks belong to the
 //! open file description: two opens conflict even in one process, and the locks go away when
 //! the file is closed, also when the process dies.
+//!
+//! The modes follow what QEMU 10 takes (seen in `/proc/locks`): `qemu-io` writing a qcow2
+//! image holds 100, 101, 103 and 201, 203, as [`LockMode::Writer`] does for every format;
+//! a qcow2 reader (a backing file, `qemu-img info`) holds 100 and 201, 203, as
+//! [`LockMode::Reader`]; `-U` holds 100 only, as [`LockMode::SharedReader`]. QEMU is more
+//! lenient with raw images: its raw readers share writing, and a raw writer in `qemu-io`
+//! (not a guest) shares it too. Here every reader refuses writers unless it shares (`-U`).
 
 use std::fs::File;
 use std::io;
