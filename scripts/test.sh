@@ -1,24 +1,13 @@
 #!/usr/bin/env bash
 # The whole rustbk test suite, from a fresh Debian machine: installs the system packages the
-# tests use (real peers: gcc/-m32 against Xen's headers, Debian's xenstore CLI, fio, qemu-img),
-# checks formatting and lints, runs every cargo test, then boots real Xen with a Linux guest
+# tests use (scripts/setup.sh: gcc/-m32 against Xen's headers, Debian's xenstore CLI, fio, one
+# consistent QEMU set chosen by RUSTBK_QEMU), checks formatting and lints, runs every cargo
+# test, then boots real Xen with a Linux guest
 # under QEMU and runs the end-to-end test (tests/xen-e2e). A missing tool fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(libxen-dev gcc gcc-multilib xenstore-utils fio qemu-utils util-linux)
-
-missing=()
-for p in "${PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  echo "== installing ${missing[*]}"
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+bash scripts/setup.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

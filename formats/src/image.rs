@@ -1,6 +1,7 @@
 //! The traits and types the backend uses to drive any image.
 
 use std::os::fd::BorrowedFd;
+use std::path::Path;
 use std::time::Duration;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -199,6 +200,10 @@ pub struct OpenOptions {
     pub sector_size: u32,
     /// qcow2 options (metadata cache sizes).
     pub qcow2: crate::qcow2::Qcow2Options,
+    /// Refuse an image that could not be a guest's whole disk: empty, or not a whole number of
+    /// `sector_size` sectors (a guest would never see its tail). On by default, as the backend
+    /// needs it; image tools that must read any file, and backing files, turn it off.
+    pub require_whole_sectors: bool,
     /// Test hook: told every write, zeroing and flush that reaches the image's file (writable
     /// opens only; backing files are not recorded). See [`WriteRecorder`](crate::WriteRecorder).
     pub recorder: Option<std::sync::Arc<dyn crate::WriteRecorder>>,
@@ -214,8 +219,35 @@ impl Default for OpenOptions {
             engine: EngineKind::Auto,
             sector_size: 512,
             qcow2: crate::qcow2::Qcow2Options::default(),
+            require_whole_sectors: true,
             recorder: None,
         }
+    }
+}
+
+impl OpenOptions {
+    /// With [`require_whole_sectors`](Self::require_whole_sectors), refuses a disk of `size`
+    /// bytes at `path` that is empty or ends in a partial sector.
+    pub(crate) fn check_disk_size(&self, path: &Path, size: u64) -> Result<(), Error> {
+        if !self.require_whole_sectors {
+            return Ok(());
+        }
+        let sector = u64::from(self.sector_size.max(1));
+        if size == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "{} is empty (0 bytes): a disk needs at least one sector",
+                path.display()
+            )));
+        }
+        if size % sector != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "{} is {size} bytes, not a whole number of {sector}-byte sectors: the guest \
+                 could not reach its last {} bytes (resize it to a multiple of {sector})",
+                path.display(),
+                size % sector
+            )));
+        }
+        Ok(())
     }
 }
 

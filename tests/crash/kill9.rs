@@ -15,7 +15,7 @@ use rustbk_grant::emu::{DomainConfig, EmuDomain};
 use rustbk_ring::{DomId, Request, RwOp, Segments, status};
 use rustbk_xenstored::XsClient;
 
-use crate::model::{BLOCK, Model};
+use crate::model::{BLOCK, Change, Model};
 use crate::qemu::{self, Spec};
 use crate::rng::{self, Rng};
 
@@ -155,7 +155,7 @@ fn run_cycle(cycle: usize, s: &CycleSetup, rng: &mut Rng, bases: &Bases) -> Stat
     cluster.add_disk(&spec, &s.backend_args).expect("backend");
     let mut front = connect(&cluster, &spec);
     let pid = cluster.backend_pid(&spec).expect("backend pid");
-    let mut model = Model::new(REGION / BLOCK);
+    let mut model = Model::new(REGION / BLOCK, false);
     let mut stats = Stats::default();
     let killed = killer(pid, s.kill_after);
     let seed = rng.next_u64();
@@ -358,7 +358,7 @@ impl GuestRun {
         })?;
         self.busy[first..first + count].fill(true);
         self.until_flush -= 1;
-        let generation = model.submit(first, count, false);
+        let generation = model.submit(first, count, Change::Data);
         let len = count * BLOCK;
         let data = &mut self.buf[..len];
         fill_pattern(data, (first * BLOCK) as u64, generation);

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use rustbk_blkfront::workload::fill_pattern;
 use rustbk_formats::{EngineKind, ImageQueue, IoOp, OpenOptions, SharedBuf, open_image};
 
-use crate::model::{BLOCK, Model};
+use crate::model::{BLOCK, Change, Model};
 use crate::qemu::{self, Spec};
 use crate::recorder::{self, Event, Recorder};
 use crate::rng::{self, Rng};
@@ -98,7 +98,7 @@ fn qcow2_survives_power_failure_at_200_random_points_of_a_recorded_workload() {
             backing: backing.clone().map(|(p, _)| (p, "raw")),
         };
         let image = qemu::create(&dir.path().join("rec.qcow2"), &spec);
-        let rec = record(&image, c.engine, rng.next_u64());
+        let rec = record(&image, c.engine, c.backing, rng.next_u64());
         if c.refcount_bits == 64 {
             let after = std::fs::read(&image).expect("read image");
             assert_ne!(
@@ -142,8 +142,9 @@ fn base(dir: &Path) -> (PathBuf, Vec<u8>) {
     (path, content)
 }
 
-/// Runs the random workload on `image` with a recorder installed.
-fn record(image: &Path, engine: EngineKind, seed: u64) -> Recording {
+/// Runs the random workload on `image` (which has a backing file if `backing`) with a recorder
+/// installed.
+fn record(image: &Path, engine: EngineKind, backing: bool, seed: u64) -> Recording {
     let initial = std::fs::read(image).expect("read initial image");
     let recorder = Arc::new(Recorder::default());
     let opts = OpenOptions {
@@ -156,7 +157,7 @@ fn record(image: &Path, engine: EngineKind, seed: u64) -> Recording {
     let mut q = img.open_queue(8).expect("queue");
     let mut w = Workload {
         rng: Rng::new(seed),
-        model: Model::new(DISK as usize / BLOCK),
+        model: Model::new(DISK as usize / BLOCK, backing),
         busy: vec![false; DISK as usize / BLOCK],
         inflight: Vec::new(),
         flushes: Vec::new(),
@@ -245,7 +246,12 @@ impl Workload {
         self.busy[first..first + count].fill(true);
         let (offset, len) = ((first * BLOCK) as u64, (count * BLOCK) as u64);
         let kind = self.rng.range(0, 9);
-        let generation = self.model.submit(first, count, kind >= 8);
+        let change = match kind {
+            0..=7 => Change::Data,
+            8 => Change::Discard,
+            _ => Change::Zeros,
+        };
+        let generation = self.model.submit(first, count, change);
         let io = match kind {
             0..=7 => {
                 let mut data = vec![0u8; count * BLOCK];

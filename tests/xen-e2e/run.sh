@@ -28,17 +28,9 @@ T_START=$(date +%s)
 log() { echo "[xen-e2e +$(( $(date +%s) - T_START ))s] $*"; }
 die() { echo "E2E-FAIL: $*"; echo "OVERALL FAIL"; exit 1; }
 
-# Host tools, installed with apt-get when missing (CI machines start fresh).
+# Host tools: scripts/setup.sh installs them (one consistent QEMU set) or fails clearly.
 ensure_host_tools() {
-  local want="qemu-system-x86_64:qemu-system-x86 depmod:kmod fio:fio mkfs.ext4:e2fsprogs debugfs:e2fsprogs cpio:cpio"
-  local missing="" pair
-  for pair in $want; do
-    command -v "${pair%%:*}" >/dev/null || missing="$missing ${pair#*:}"
-  done
-  [ -z "$missing" ] && return 0
-  log "installing host packages:$missing"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing \
-    || die "apt-get install$missing failed"
+  bash "$REPO/scripts/setup.sh" || die "scripts/setup.sh failed"
 }
 
 build_rustbk() {
@@ -60,7 +52,10 @@ fetch_packages() {
   if [ "$(cat "$R/.done" 2>/dev/null)" != "$stamp" ]; then
     log "fetching Debian packages into $W/debs"
     rm -rf "$R" && mkdir -p "$W/debs" "$R" && chmod 777 "$W/debs"
-    (cd "$W/debs" && apt-get download $pkgs) > "$W/download.log" 2>&1 || { cat "$W/download.log"; die "apt-get download failed"; }
+    # The host's own installed versions are ignored (an empty dpkg status): dom0 gets bookworm's
+    # packages even where the host runs QEMU from bookworm-backports.
+    : > "$W/empty-status"
+    (cd "$W/debs" && apt-get -o Dir::State::status="$W/empty-status" download $pkgs) > "$W/download.log" 2>&1 || { cat "$W/download.log"; die "apt-get download failed"; }
     local d
     for d in "$W"/debs/*.deb; do dpkg -x "$d" "$R" || die "dpkg -x $d"; done
     depmod -b "$R" "$KVER" || die "depmod"

@@ -56,6 +56,35 @@ impl std::fmt::Debug for Watch {
     }
 }
 
+/// The xenstore daemon's socket and where that path came from.
+fn socket_path(from_env: Option<String>) -> (String, &'static str) {
+    match from_env {
+        Some(path) => (path, "set by XENSTORED_PATH"),
+        None => (
+            DEFAULT_SOCKET.to_owned(),
+            "the default; XENSTORED_PATH is unset",
+        ),
+    }
+}
+
+const DEFAULT_SOCKET: &str = "/run/xenstored/socket";
+const XENBUS_DEVICE: &str = "/dev/xen/xenbus";
+
+/// The error of a failed connect. `xenstore-rs` tries the socket, then the xenbus device, and
+/// reports only the device's error; the socket is tried again here for its own. The device's
+/// error is the one reported only where there is no socket at all but a device that failed.
+async fn unreachable(device: std::io::Error) -> Error {
+    let (path, origin) = socket_path(std::env::var("XENSTORED_PATH").ok());
+    let socket = match tokio::net::UnixStream::connect(&path).await {
+        Ok(_) => std::io::Error::other("the socket accepted a second attempt"),
+        Err(e) => e,
+    };
+    if socket.kind() == ErrorKind::NotFound && device.kind() != ErrorKind::NotFound {
+        return xs_err("connect", XENBUS_DEVICE)(device);
+    }
+    xs_err("connect", &format!("{path} ({origin})"))(socket)
+}
+
 /// The xenstore connection of the backend (real xenstored or the emulator's).
 #[derive(Clone, Debug)]
 pub struct Store(XsTokio);
@@ -69,10 +98,10 @@ impl Store {
     /// Connects to the socket named by `XENSTORED_PATH` (default `/run/xenstored/socket`), or
     /// to the xenbus device. Must run inside a tokio runtime.
     pub async fn connect() -> Result<Store, Error> {
-        XsTokio::new()
-            .await
-            .map(Store)
-            .map_err(xs_err("connect", "xenstored"))
+        match XsTokio::new().await {
+            Ok(xs) => Ok(Store(xs)),
+            Err(device) => Err(unreachable(device).await),
+        }
     }
 
     /// Reads a node; `None` if it does not exist.

@@ -132,6 +132,7 @@ fn backing_size(path: &Path, opts: &CreateOptions) -> Result<u64, Error> {
         read_only: true,
         direct: false,
         format: opts.backing_format,
+        require_whole_sectors: false,
         ..OpenOptions::default()
     };
     let image = crate::open_image(&super::backing::resolve(path, name), &backing_opts)?;
@@ -192,6 +193,7 @@ pub fn resize(path: &Path, new_size: u64) -> Result<(), Error> {
     let opts = OpenOptions {
         direct: false,
         format: Some(Format::Qcow2),
+        require_whole_sectors: false,
         ..OpenOptions::default()
     };
     let file = std::sync::Arc::new(crate::EngineFile::open(

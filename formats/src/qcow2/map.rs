@@ -127,6 +127,8 @@ pub struct MapEntry {
     pub zero: bool,
     /// The range holds data.
     pub data: bool,
+    /// The range is stored in compressed clusters.
+    pub compressed: bool,
     /// Offset in `file` where the range is stored, when it is stored plainly.
     pub offset: Option<u64>,
     /// The image file answering for the range.
@@ -182,6 +184,7 @@ fn open_levels(
             let opts = OpenOptions {
                 read_only: true,
                 direct: false,
+                require_whole_sectors: false,
                 ..OpenOptions::default()
             };
             let image = Qcow2Image::open(file, &opts, &mut Chain::default())?;
@@ -230,6 +233,7 @@ fn map_level(
             present,
             zero,
             data,
+            compressed: false,
             offset,
             file: level.path.clone(),
         };
@@ -247,7 +251,13 @@ fn map_level(
             Allocation::Unallocated => merge_entry(out, entry(false, true, false, None)),
             Allocation::Zero { host } => merge_entry(out, entry(true, true, false, host)),
             Allocation::Data { host } => merge_entry(out, entry(true, false, true, Some(host))),
-            Allocation::Compressed => merge_entry(out, entry(true, false, true, None)),
+            Allocation::Compressed => {
+                let compressed = MapEntry {
+                    compressed: true,
+                    ..entry(true, false, true, None)
+                };
+                merge_entry(out, compressed);
+            }
         }
     }
     Ok(())
@@ -256,8 +266,14 @@ fn map_level(
 /// Appends `e`, merging it into the last entry when all fields agree and offsets continue.
 fn merge_entry(out: &mut Vec<MapEntry>, e: MapEntry) {
     if let Some(last) = out.last_mut() {
-        let same = (last.depth, last.present, last.zero, last.data, &last.file)
-            == (e.depth, e.present, e.zero, e.data, &e.file);
+        let same = (
+            last.depth,
+            last.present,
+            last.zero,
+            last.data,
+            last.compressed,
+        ) == (e.depth, e.present, e.zero, e.data, e.compressed)
+            && last.file == e.file;
         let offsets = match (last.offset, e.offset) {
             (None, None) => true,
             (Some(a), Some(b)) => a.checked_add(last.length) == Some(b),

@@ -16,7 +16,8 @@
 //!   flush.
 //! * Discard / write-zeroes: whole clusters get the zero flag (version 3 with a backing file)
 //!   or become unallocated, and their clusters are freed after the entry is durable; partial
-//!   clusters are written with zeros.
+//!   clusters are written with zeros by write-zeroes, and by a discard only where they hold
+//!   data (a discard never allocates).
 //!
 //! First-increment limits: metadata I/O (tables, copy-on-write sources, compressed clusters)
 //! and backing-file reads are synchronous on the queue's thread, under the image's metadata
@@ -138,6 +139,7 @@ impl Qcow2Image {
             )));
         }
         let header = read_header(&*io)?;
+        opts.check_disk_size(file.path(), header.size)?;
         let read_only = file.read_only();
         check_writable(&header, read_only)?;
         let backing = open_backing(file.path(), &header, opts, chain)?;
@@ -253,6 +255,8 @@ fn open_backing(
     let backing_opts = OpenOptions {
         read_only: true,
         format: backing::format_named(h.backing_format.as_deref())?,
+        // The guest sees the top image's size; a backing file may be any size.
+        require_whole_sectors: false,
         ..opts.clone()
     };
     crate::open_chain(&backing_path, &backing_opts, chain).map(Some)

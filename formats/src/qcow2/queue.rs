@@ -22,7 +22,7 @@ use crate::engine::Engine;
 use crate::error::Error;
 use crate::image::{Completion, ImageQueue, IoOp};
 
-use super::discard;
+use super::discard::{self, Zeroing};
 use super::meta::{Meta, wake};
 use super::read::{self, Alloc, Plan, Sources, lock};
 use super::write::{self, WriteSrc};
@@ -164,7 +164,14 @@ impl Qcow2Queue {
                 }
                 None => Err(Error::InvalidArgument("buffer length overflows".to_owned())),
             },
-            _ => discard::plan_discard(&mut meta, &mut self.srcs, offset, len, &mut plan),
+            IoOp::Discard { .. } => {
+                let hint = Zeroing::Hint;
+                discard::plan_discard(&mut meta, &mut self.srcs, (offset, len), hint, &mut plan)
+            }
+            _ => {
+                let zeros = Zeroing::Required;
+                discard::plan_discard(&mut meta, &mut self.srcs, (offset, len), zeros, &mut plan)
+            }
         };
         if let Err(e) = result {
             meta.release(plan.allocs.iter().map(|a| a.gc));

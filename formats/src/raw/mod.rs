@@ -33,8 +33,10 @@ impl RawImage {
                 "sector size {sector} is not 512..=4096 and a power of two"
             )));
         }
+        let size = file.size()?;
+        opts.check_disk_size(file.path(), size)?;
         let geometry = Geometry {
-            size: file.size()?,
+            size,
             logical_sector_size: sector,
             physical_sector_size: file.physical_block_size().max(sector),
         };

@@ -202,6 +202,32 @@ fn geometry_reports_size_and_sector_sizes() {
 }
 
 #[test]
+fn empty_or_partial_sector_images_are_refused_as_disks_but_open_for_tools() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let open = |size: u64, sector_size: u32, require_whole_sectors: bool| {
+        let path = dir.path().join(format!("{size}-{sector_size}.img"));
+        create_raw(&path, size).expect("create");
+        let o = OpenOptions {
+            sector_size,
+            require_whole_sectors,
+            ..OpenOptions::default()
+        };
+        open_image(&path, &o).map(|image| image.geometry().size)
+    };
+    for (size, sector) in [(0, 512), (1000, 512), (1 << 20 | 512, 4096)] {
+        let err = open(size, sector, true).expect_err("refused as a disk");
+        assert!(
+            matches!(&err, Error::InvalidArgument(m) if m.contains(&format!("{size}-{sector}.img"))),
+            "{err}"
+        );
+        let tool = dir.path().join(format!("{size}-{sector}.img"));
+        std::fs::remove_file(&tool).expect("rm");
+        assert_eq!(open(size, sector, false).expect("open for tools"), size);
+    }
+    assert_eq!(open(1 << 20, 4096, true).expect("whole sectors"), 1 << 20);
+}
+
+#[test]
 fn auto_engine_picks_io_uring_here() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = new_image(&dir, 1 << 20);
@@ -253,6 +279,8 @@ fn probing_opens_a_qcow2_file_as_qcow2_and_explicit_raw_opens_it_raw() {
     drop(probed);
     let forced = OpenOptions {
         format: Some(Format::Raw),
+        // The container's length (196624 bytes) is no whole number of sectors.
+        require_whole_sectors: false,
         ..OpenOptions::default()
     };
     let raw = open_image(&path, &forced).expect("raw");

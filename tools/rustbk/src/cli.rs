@@ -88,11 +88,12 @@ pub struct BackendArgs {
     /// Do not offer persistent grants.
     #[arg(long)]
     pub no_persistent: bool,
-    /// Largest ring page order offered.
-    #[arg(long, default_value_t = rustbk_ring::MAX_RING_PAGE_ORDER)]
+    /// Largest ring page order offered (0..=4).
+    #[arg(long, default_value_t = rustbk_ring::MAX_RING_PAGE_ORDER, value_parser = parse_ring_order)]
     pub max_ring_order: u32,
-    /// Indirect segments offered (0 disables indirect requests).
-    #[arg(long, default_value_t = rustbk_ring::DEFAULT_MAX_INDIRECT_SEGMENTS)]
+    /// Indirect segments offered (0 disables indirect requests; at most 4096).
+    #[arg(long, default_value_t = rustbk_ring::DEFAULT_MAX_INDIRECT_SEGMENTS,
+          value_parser = clap::value_parser!(u32).range(0..=4096))]
     pub max_indirect_segments: u32,
     /// Microseconds a ring worker busy-polls for work before sleeping (0 disables polling).
     #[arg(long, default_value_t = rustbk_backend::xenbus::DEFAULT_POLL_US)]
@@ -157,23 +158,23 @@ pub struct WorkloadArgs {
     /// Access pattern.
     #[arg(long, value_enum, default_value_t = RwArg::Randrw)]
     pub rw: RwArg,
-    /// Percentage of reads for mixed patterns.
-    #[arg(long, default_value_t = 50)]
+    /// Percentage of reads for mixed patterns (0..=100).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u8).range(0..=100))]
     pub rwmix_read: u8,
-    /// Block size (bytes; k/m suffixes allowed).
-    #[arg(long, default_value = "4k", value_parser = parse_size)]
+    /// Block size: a multiple of 512 (and of the sector size) up to 4 MiB; k/m suffixes allowed.
+    #[arg(long, default_value = "4k", value_parser = parse_block_size)]
     pub bs: u64,
-    /// Requests in flight.
-    #[arg(long, default_value_t = 32)]
+    /// Requests in flight (1..=512; a ring of order 4 holds 512).
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=512))]
     pub qd: u32,
-    /// Seconds to run.
-    #[arg(long, default_value_t = 5.0)]
+    /// Seconds to run (more than 0, at most a day).
+    #[arg(long, default_value_t = 5.0, value_parser = parse_seconds)]
     pub duration: f64,
     /// Do not write patterns and check reads.
     #[arg(long)]
     pub no_verify: bool,
-    /// Send a flush after every N writes.
-    #[arg(long)]
+    /// Send a flush after every N writes (N >= 1).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub flush_every: Option<u64>,
     /// Seed of the random choices.
     #[arg(long, default_value_t = 0x5eed)]
@@ -206,8 +207,8 @@ pub struct GuestArgs {
     /// The virtual device number.
     #[arg(long, default_value_t = 51712)]
     pub devid: u32,
-    /// Ring page order wanted.
-    #[arg(long, default_value_t = 0)]
+    /// Ring page order wanted (0..=4).
+    #[arg(long, default_value_t = 0, value_parser = parse_ring_order)]
     pub ring_order: u32,
     /// Ring ABI.
     #[arg(long, value_enum, default_value_t = ProtocolArg::X86_64)]
@@ -229,14 +230,19 @@ pub struct GuestArgs {
 /// `rustbk demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Image to serve (a new raw image in a temporary folder if not given).
+    /// Image to serve and write to. A missing or empty file becomes a new raw image of
+    /// `--size`; an existing non-empty file (or a block device) is refused unless `--overwrite`
+    /// is given. Without `--image`, a new raw image in the work folder.
     #[arg(long)]
     pub image: Option<PathBuf>,
-    /// Size of the new image.
-    #[arg(long, default_value = "1g", value_parser = parse_size)]
+    /// Let the workload write over the existing contents of `--image`.
+    #[arg(long, requires = "image")]
+    pub overwrite: bool,
+    /// Size of a new image (a multiple of the sector size).
+    #[arg(long, default_value = "1g", value_parser = parse_image_size)]
     pub size: u64,
-    /// Ring page order the guest asks for.
-    #[arg(long, default_value_t = 0)]
+    /// Ring page order the guest asks for (0..=4).
+    #[arg(long, default_value_t = 0, value_parser = parse_ring_order)]
     pub ring_order: u32,
     /// Ring ABI of the guest.
     #[arg(long, value_enum, default_value_t = ProtocolArg::X86_64)]
@@ -255,18 +261,26 @@ pub struct DemoArgs {
 /// `rustbk bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Image to measure on (a new, fully written raw image if not given).
+    /// Image to measure on; rustbk and fio write to it. A missing or empty file becomes a new,
+    /// fully written raw image of `--size`; an existing non-empty file (or a block device) is
+    /// refused unless `--overwrite` is given. Without `--image`, a new image in the work folder.
     #[arg(long)]
     pub image: Option<PathBuf>,
-    /// Size of the new image.
-    #[arg(long, default_value = "1g", value_parser = parse_size)]
+    /// Let the benchmark write over the existing contents of `--image`.
+    #[arg(long, requires = "image")]
+    pub overwrite: bool,
+    /// Size of a new image (a multiple of the sector size).
+    #[arg(long, default_value = "1g", value_parser = parse_image_size)]
     pub size: u64,
-    /// Seconds per measurement.
-    #[arg(long, default_value_t = 10.0)]
+    /// Seconds per measurement (at least 1, at most a day).
+    #[arg(long, default_value_t = 10.0, value_parser = parse_runtime)]
     pub runtime: f64,
-    /// Measurements per case, alternating rustbk and fio; the table shows medians.
-    #[arg(long, default_value_t = 3)]
+    /// Measurements per case, alternating rustbk and fio; the table shows medians (1..=100).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub rounds: u32,
+    /// Keep the work folder (logs, sockets, image) instead of deleting it.
+    #[arg(long)]
+    pub keep: bool,
     /// Print the results as JSON.
     #[arg(long)]
     pub json: bool,
@@ -281,6 +295,63 @@ pub fn parse_sector_size(s: &str) -> Result<u32, String> {
         "512" => Ok(512),
         "4096" | "4k" => Ok(4096),
         other => Err(format!("sector size must be 512 or 4096, not {other:?}")),
+    }
+}
+
+/// A ring page order: 0..=4.
+pub fn parse_ring_order(s: &str) -> Result<u32, String> {
+    let max = rustbk_ring::MAX_RING_PAGE_ORDER;
+    match s.trim().parse::<u32>() {
+        Ok(n) if n <= max => Ok(n),
+        _ => Err(format!("ring order must be 0..={max}, not {s:?}")),
+    }
+}
+
+/// Largest request a workload sends.
+pub const MAX_BLOCK_SIZE: u64 = 4 << 20;
+
+/// A workload block size: a multiple of 512 up to 4 MiB.
+pub fn parse_block_size(s: &str) -> Result<u64, String> {
+    let n = parse_size(s)?;
+    if n == 0 || n % 512 != 0 || n > MAX_BLOCK_SIZE {
+        return Err(format!(
+            "block size must be a multiple of 512 up to 4m, not {s:?}"
+        ));
+    }
+    Ok(n)
+}
+
+/// The size of a new image: at least 512 bytes, a multiple of 512.
+pub fn parse_image_size(s: &str) -> Result<u64, String> {
+    let n = parse_size(s)?;
+    if n == 0 || n % 512 != 0 || i64::try_from(n).is_err() {
+        return Err(format!(
+            "image size must be a non-zero multiple of 512, not {s:?}"
+        ));
+    }
+    Ok(n)
+}
+
+/// Longest run accepted: a day.
+const MAX_SECONDS: f64 = 86_400.0;
+
+/// A duration in seconds: more than 0, at most a day.
+pub fn parse_seconds(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(x) if x > 0.0 && x <= MAX_SECONDS => Ok(x),
+        _ => Err(format!(
+            "must be a number of seconds above 0 and at most {MAX_SECONDS}, not {s:?}"
+        )),
+    }
+}
+
+/// A measurement time in seconds: at least 1, at most a day.
+pub fn parse_runtime(s: &str) -> Result<f64, String> {
+    match parse_seconds(s) {
+        Ok(x) if x >= 1.0 => Ok(x),
+        _ => Err(format!(
+            "must be a number of seconds from 1 to {MAX_SECONDS}, not {s:?}"
+        )),
     }
 }
 
@@ -307,7 +378,26 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{
+        parse_block_size, parse_image_size, parse_ring_order, parse_runtime, parse_seconds,
+        parse_size,
+    };
+
+    #[test]
+    fn workload_values_out_of_range_are_refused() {
+        assert_eq!(parse_seconds("2.5"), Ok(2.5));
+        for bad in ["-1", "0", "nan", "inf", "86401", "x"] {
+            assert!(parse_seconds(bad).is_err(), "{bad}");
+        }
+        assert!(parse_runtime("0.5").is_err());
+        assert_eq!(parse_block_size("4k"), Ok(4096));
+        for bad in ["0", "1000", "8m"] {
+            assert!(parse_block_size(bad).is_err(), "{bad}");
+        }
+        assert!(parse_image_size("0").is_err() && parse_image_size("1000").is_err());
+        assert_eq!(parse_ring_order("4"), Ok(4));
+        assert!(parse_ring_order("5").is_err());
+    }
 
     #[test]
     fn sizes_accept_suffixes_and_reject_garbage() {

@@ -2,6 +2,7 @@
 //! disk, and guest processes. `rustbk demo`, `rustbk bench` and the integration tests use it.
 
 use std::fs::File;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -24,22 +25,67 @@ pub struct EmuCluster {
     backends: Vec<(VbdSpec, Child)>,
     daemon: Option<Child>,
     introduced: Vec<u16>,
+    /// The process group every process joins (the xenstore emulator's pid), if grouped.
+    group: Option<i32>,
+}
+
+/// A process of the cluster that exited while it should have been running.
+#[derive(Debug)]
+pub struct Exited {
+    /// What it was (`xenstored`, `serve (backend of guest 1, disk 51712)`, `daemon`).
+    pub name: String,
+    /// Its pid.
+    pub pid: u32,
+    /// How it ended.
+    pub status: ExitStatus,
+    /// Its log.
+    pub log: PathBuf,
+}
+
+impl std::fmt::Display for Exited {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (pid {}) exited unexpectedly ({}); last lines of {}:\n{}",
+            self.name,
+            self.pid,
+            self.status,
+            self.log.display(),
+            crate::supervise::log_tail(&self.log, crate::supervise::TAIL_LINES)
+        )
+    }
 }
 
 impl EmuCluster {
     /// Starts the xenstore emulator (`exe emu xenstored`) with its socket and logs in `dir`.
     pub fn start(exe: &Path, dir: &Path) -> anyhow::Result<EmuCluster> {
+        Self::start_in(exe, dir, false)
+    }
+
+    /// Like [`start`](Self::start), with every process in a new process group led by the
+    /// xenstore emulator (see [`crate::supervise`]), away from the terminal's signals.
+    pub fn start_grouped(exe: &Path, dir: &Path) -> anyhow::Result<EmuCluster> {
+        Self::start_in(exe, dir, true)
+    }
+
+    fn start_in(exe: &Path, dir: &Path, grouped: bool) -> anyhow::Result<EmuCluster> {
         let xs_socket = dir.join("xenstored.sock");
         let log = File::create(dir.join("xenstored.log"))?;
-        let xenstored = Command::new(exe)
-            .args(["emu", "xenstored", "--socket"])
+        let mut cmd = Command::new(exe);
+        cmd.args(["emu", "xenstored", "--socket"])
             .arg(&xs_socket)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("cannot start the xenstore emulator")?;
-        let cluster = EmuCluster {
+            .stderr(log);
+        if grouped {
+            cmd.process_group(0);
+        }
+        let xenstored = cmd.spawn().context("cannot start the xenstore emulator")?;
+        let group = grouped.then(|| i32::try_from(xenstored.id())).transpose()?;
+        if grouped {
+            crate::supervise::adopt_group(xenstored.id());
+        }
+        let mut cluster = EmuCluster {
             exe: exe.to_owned(),
             dir: dir.to_owned(),
             xs_socket,
@@ -47,12 +93,62 @@ impl EmuCluster {
             backends: Vec::new(),
             daemon: None,
             introduced: Vec::new(),
+            group,
         };
+        let mut gone = None;
         wait_until(START_TIMEOUT, || {
-            XsClient::connect(&cluster.xs_socket).is_ok()
+            gone = cluster.exited();
+            gone.is_some() || XsClient::connect(&cluster.xs_socket).is_ok()
         })
         .context("the xenstore emulator did not come up")?;
+        if let Some(gone) = gone {
+            bail!("{gone}");
+        }
         Ok(cluster)
+    }
+
+    /// A command that runs in the cluster's process group, if it has one.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new(program);
+        if let Some(group) = self.group {
+            cmd.process_group(group);
+        }
+        cmd
+    }
+
+    /// The first process of the cluster (xenstore emulator, backend, daemon) found to have
+    /// exited, reaped; `None` while all run.
+    pub fn exited(&mut self) -> Option<Exited> {
+        let dir = self.dir.clone();
+        let xs = [(
+            "xenstored".to_owned(),
+            &mut self.xenstored,
+            dir.join("xenstored.log"),
+        )];
+        let backends = self.backends.iter_mut().map(|(spec, child)| {
+            let name = format!(
+                "serve (backend of guest {}, disk {})",
+                spec.domid.0, spec.devid
+            );
+            let log = dir.join(backend_log_name(spec));
+            (name, child, log)
+        });
+        let daemon = self
+            .daemon
+            .iter_mut()
+            .map(|c| ("daemon".to_owned(), c, dir.join("daemon.log")));
+        for (name, child, log) in xs.into_iter().chain(backends).chain(daemon) {
+            if let Ok(Some(status)) = child.try_wait() {
+                let pid = child.id();
+                return Some(Exited {
+                    name,
+                    pid,
+                    status,
+                    log,
+                });
+            }
+        }
+        None
     }
 
     /// The work folder.
@@ -67,7 +163,12 @@ impl EmuCluster {
 
     /// A new dom0 (toolstack) xenstore connection.
     pub fn toolstack(&self) -> anyhow::Result<XsClient> {
-        XsClient::connect(&self.xs_socket).context("cannot reach the xenstore emulator")
+        XsClient::connect(&self.xs_socket).with_context(|| {
+            format!(
+                "cannot reach the xenstore emulator at {}",
+                self.xs_socket.display()
+            )
+        })
     }
 
     /// The xenstore socket of guest `domid`.
@@ -131,7 +232,7 @@ impl EmuCluster {
     }
 
     fn rustbk(&self, log: File) -> Command {
-        let mut cmd = Command::new(&self.exe);
+        let mut cmd = self.command(&self.exe);
         cmd.env("XENSTORED_PATH", &self.xs_socket)
             .env(
                 "RUST_LOG",
@@ -145,7 +246,7 @@ impl EmuCluster {
 
     /// A command running `exe emu guest` for `domid`/`devid`, ready for workload arguments.
     pub fn guest_command(&self, domid: u16, devid: u32) -> Command {
-        let mut cmd = Command::new(&self.exe);
+        let mut cmd = self.command(&self.exe);
         cmd.args(["emu", "guest", "--emu-dir"])
             .arg(&self.dir)
             .arg("--xenstore")
@@ -231,13 +332,20 @@ impl EmuCluster {
 
     /// The log of the backend of `spec`.
     pub fn backend_log(&self, spec: &VbdSpec) -> PathBuf {
-        self.dir
-            .join(format!("backend-{}-{}.log", spec.domid.0, spec.devid))
+        self.dir.join(backend_log_name(spec))
     }
+}
+
+fn backend_log_name(spec: &VbdSpec) -> String {
+    format!("backend-{}-{}.log", spec.domid.0, spec.devid)
 }
 
 impl Drop for EmuCluster {
     fn drop(&mut self) {
+        if crate::supervise::stopping() {
+            // The signal thread stops and reaps the whole group.
+            return;
+        }
         let daemon = self.daemon.iter_mut();
         for child in daemon.chain(self.backends.iter_mut().map(|(_, c)| c)) {
             let _ = child.kill();

@@ -7,3 +7,4 @@ pub mod cluster;
 pub mod cmd;
 pub mod img;
 pub mod logging;
+pub mod supervise;

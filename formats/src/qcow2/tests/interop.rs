@@ -168,3 +168,42 @@ fn backing_file_without_format_is_probed() {
     qemu_io(&top, "qcow2", &["write -P 0x78 4k 4k"]);
     assert_reads_like_qemu(&top);
 }
+
+#[test]
+fn qcow2_disk_of_zero_or_partial_sector_size_is_refused_but_any_backing_size_is_served() {
+    let (dir, empty) = temp("empty.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", s(&empty), "0"]);
+    let disk = super::opts(false, crate::EngineKind::Auto);
+    let Err(err) = crate::open_image(&empty, &disk) else {
+        panic!("an empty qcow2 opened as a disk");
+    };
+    assert!(err.to_string().contains("empty"), "{err}");
+    // qemu-img rounds sizes up to 512; a header saying 1000 bytes is hand-made (or hostile).
+    let odd = dir.path().join("odd.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", s(&odd), "1k"]);
+    let mut bytes = std::fs::read(&odd).expect("read");
+    bytes[24..32].copy_from_slice(&1000u64.to_be_bytes());
+    std::fs::write(&odd, &bytes).expect("write");
+    let Err(err) = crate::open_image(&odd, &disk) else {
+        panic!("a qcow2 of 1000 bytes opened as a disk");
+    };
+    assert!(err.to_string().contains("1000 bytes"), "{err}");
+    // A raw backing file of 1000 bytes under a 1 MiB qcow2: the guest sees the qcow2's size.
+    let base = dir.path().join("base.raw");
+    std::fs::write(&base, vec![0x5a; 1000]).expect("base");
+    let top = dir.path().join("top.qcow2");
+    let b = format!("-b{}", s(&base));
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        &b,
+        "-F",
+        "raw",
+        s(&top),
+        "1M",
+    ]);
+    let image = crate::open_image(&top, &disk).expect("open with odd backing");
+    assert_eq!(image.geometry().size, 1 << 20);
+}

@@ -2,8 +2,10 @@
 //! driver checked by `qemu-img check` and `convert`, hostile images, write ordering.
 //! The QEMU tools are required: a missing tool fails these tests.
 
+mod discard;
 mod hostile;
 mod interop;
+mod model;
 mod ordering;
 mod written;
 

@@ -10,6 +10,7 @@ use crate::qcow2::layout::small;
 use crate::qcow2::{Compat, CreateOptions, create, resize};
 use crate::suite::{self, DEPTH, MIN_SIZE, assert_bytes, pattern, read_at, run, write_at};
 
+use super::model::Model;
 use super::{check_clean, opts, qemu_img, qemu_io, qemu_raw, read_all, s, temp};
 
 fn suite_on(path: &Path, engine: EngineKind) {
@@ -72,26 +73,25 @@ impl Rng {
 }
 
 /// Random writes (partial clusters, overwrites), discards and write-zeroes, mirrored in `model`.
-fn random_ops(q: &mut dyn ImageQueue, model: &mut [u8], seed: u64, count: usize) {
-    let size = model.len() as u64;
+fn random_ops(q: &mut dyn ImageQueue, model: &mut Model, seed: u64, count: usize) {
+    let size = model.size();
     let mut rng = Rng(seed);
     for i in 0..count {
         let offset = rng.below(size / 512) * 512;
         let len = ((rng.below(64) + 1) * 512 + rng.below(2) * 65536).min(size - offset);
-        let (start, end) = (small(offset), small(offset + len));
         match rng.below(10) {
             0 => {
                 run(q, IoOp::Discard { offset, len }).expect("discard");
-                model[start..end].fill(0);
+                model.discard(offset, len);
             }
             1 => {
                 run(q, IoOp::WriteZeroes { offset, len }).expect("write zeroes");
-                model[start..end].fill(0);
+                model.write_zeroes(offset, len);
             }
             _ => {
                 let data = pattern(seed + i as u64, small(len));
                 write_at(q, offset, &data).expect("write");
-                model[start..end].copy_from_slice(&data);
+                model.write(offset, &data);
             }
         }
     }
@@ -100,16 +100,20 @@ fn random_ops(q: &mut dyn ImageQueue, model: &mut [u8], seed: u64, count: usize)
 
 /// Runs random ops on the image at `path` whose current contents are `model`, then checks the
 /// result with our reads, `qemu-img check` and `qemu-img convert`.
-fn random_ops_verified(path: &Path, model: &mut [u8], seed: u64) {
+fn random_ops_verified(path: &Path, model: &mut Model, seed: u64) {
     let image = open_image(path, &opts(false, EngineKind::Auto)).expect("open");
     let mut q = image.open_queue(16).expect("queue");
     random_ops(&mut *q, model, seed, 120);
-    let got = read_all(&mut *q, model.len() as u64, 1 << 20);
-    assert_bytes(&got, model, "our reads after random ops");
+    let got = read_all(&mut *q, model.size(), 1 << 20);
+    assert_bytes(&got, &model.bytes, "our reads after random ops");
     drop(q);
     drop(image);
     check_clean(path);
-    assert_bytes(&qemu_raw(path), model, "qemu-img convert after random ops");
+    assert_bytes(
+        &qemu_raw(path),
+        &model.bytes,
+        "qemu-img convert after random ops",
+    );
 }
 
 fn created(cluster_size: u32, compat: Compat, refcount_bits: u32, size: u64, seed: u64) {
@@ -134,7 +138,8 @@ fn created_at(
     create(&path, size, &o).expect("create");
     check_clean(&path);
     let before = std::fs::read(&path).expect("read")[..104].to_vec();
-    let mut model = vec![0u8; small(size)];
+    let v2 = compat == Compat::V0_10;
+    let mut model = Model::new(vec![0u8; small(size)], u64::from(cluster_size), v2, false);
     random_ops_verified(&path, &mut model, seed);
     (before, std::fs::read(&path).expect("read")[..104].to_vec())
 }
@@ -199,8 +204,9 @@ fn writes_through_a_backing_chain_copy_on_write_and_pass_qemu_check() {
             ..CreateOptions::default()
         };
         create(&top, 5 << 20, &o).expect("create");
-        let mut model = qemu_raw(&top);
-        assert_eq!(model.len(), 5 << 20);
+        let below = qemu_raw(&top);
+        assert_eq!(below.len(), 5 << 20);
+        let mut model = Model::new(below, 65536, compat == Compat::V0_10, true);
         random_ops_verified(&top, &mut model, 6);
     }
     check_clean(&base);

@@ -1,5 +1,6 @@
 //! `rustbk bench`: rustbk through the emulated guest against fio on the same file.
 
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -10,8 +11,10 @@ use rustbk_blkfront::workload::Report;
 use rustbk_ring::DomId;
 use serde::Serialize;
 
+use super::image::{UserImage, user_image};
 use crate::cli::BenchArgs;
 use crate::cluster::EmuCluster;
+use crate::supervise::{self, WorkDir};
 
 const GUEST: u16 = 1;
 const XVDA: u32 = 51712;
@@ -36,21 +39,46 @@ struct Row {
     fio_p99_us: f64,
 }
 
-/// Runs every case with rustbk and with fio, and prints the table.
+/// Runs every case with rustbk and with fio, and prints the table. Every argument is checked
+/// before any process starts; the work folder is kept (and named) when something fails.
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let sector = u64::from(args.backend.sector_size);
     ensure!(
-        args.runtime.is_finite() && args.runtime >= 1.0,
-        "--runtime must be at least 1 second"
+        args.size % sector == 0,
+        "--size {} is not a multiple of --sector-size {sector}",
+        args.size
     );
-    ensure!(args.rounds >= 1, "--rounds must be at least 1");
+    let user = match &args.image {
+        Some(p) => Some(user_image(p, args.overwrite)?),
+        None => None,
+    };
     let fio_version = fio_version()?;
-    let tmp = tempfile::Builder::new().prefix("rustbk-bench-").tempdir()?;
-    let image = match &args.image {
-        Some(p) => p.clone(),
-        None => write_image(&tmp.path().join("bench.img"), args.size)?,
+    supervise::handle_signals("bench")?;
+    let work = WorkDir::create("rustbk-bench-", args.keep)?;
+    let result = run_in(&args, user, work.path(), &fio_version);
+    let kept = work.finish(result.is_ok());
+    match (&kept, result) {
+        (Some(kept), Ok(())) => eprintln!("rustbk bench: work folder kept: {}", kept.display()),
+        (Some(kept), Err(e)) => {
+            return Err(e.context(format!("bench failed (logs kept in {})", kept.display())));
+        }
+        (None, result) => result?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_in(
+    args: &BenchArgs,
+    user: Option<UserImage>,
+    dir: &Path,
+    fio_version: &str,
+) -> anyhow::Result<()> {
+    let image = match user.unwrap_or_else(|| UserImage::Missing(dir.join("bench.img"))) {
+        UserImage::Existing(p) => p,
+        UserImage::Missing(p) | UserImage::Empty(p) => write_image(&p, args.size)?,
     };
     let exe = std::env::current_exe()?;
-    let mut cluster = EmuCluster::start(&exe, tmp.path())?;
+    let mut cluster = EmuCluster::start_grouped(&exe, dir)?;
     let spec = VbdSpec::rustbk(DomId(GUEST), XVDA, image.display().to_string());
     let backend_args = super::platform::backend_args(&args.backend);
     let backend_args: Vec<&str> = backend_args.iter().map(String::as_str).collect();
@@ -66,8 +94,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         // Alternate the two so slow phases of a noisy machine hit both alike.
         for round in 1..=args.rounds {
-            ours.push(rustbk_case(&cluster, rw, qd, args.runtime)?);
-            theirs.push(fio_case(&image, rw, qd, args.runtime)?);
+            ours.push(rustbk_case(&mut cluster, rw, qd, args.runtime)?);
+            theirs.push(fio_case(&mut cluster, &image, rw, qd, args.runtime)?);
             eprintln!(
                 "  {rw} qd{qd} round {round}: rustbk {:.0} IOPS, fio {:.0} IOPS",
                 ours[ours.len() - 1].iops,
@@ -77,8 +105,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         rows.push(row(rw, qd, &mut ours, &mut theirs));
     }
     cluster.remove_disk(&spec)?;
-    print_rows(&rows, args.json)?;
-    Ok(ExitCode::SUCCESS)
+    print_rows(&rows, args.json)
 }
 
 /// The row of one case: medians over the rounds.
@@ -108,7 +135,7 @@ fn fio_version() -> anyhow::Result<String> {
 
 /// A raw image written end to end, so reads hit real blocks, not holes.
 fn write_image(path: &Path, size: u64) -> anyhow::Result<PathBuf> {
-    let mut f = std::fs::File::create(path)?;
+    let mut f = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     let chunk: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8 | 1).collect();
     let mut left = size;
     while left > 0 {
@@ -120,28 +147,53 @@ fn write_image(path: &Path, size: u64) -> anyhow::Result<PathBuf> {
     Ok(path.to_owned())
 }
 
-fn rustbk_case(cluster: &EmuCluster, rw: &str, qd: u32, runtime: f64) -> anyhow::Result<Report> {
-    let out = cluster
-        .guest_command(GUEST, XVDA)
-        .args([
-            "--json",
-            "--no-verify",
-            "--rw",
-            rw,
-            "--bs",
-            "4096",
-            "--qd",
-            &qd.to_string(),
-        ])
-        .args(["--duration", &runtime.to_string()])
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()?;
+fn rustbk_case(
+    cluster: &mut EmuCluster,
+    rw: &str,
+    qd: u32,
+    runtime: f64,
+) -> anyhow::Result<Report> {
+    let mut cmd = cluster.guest_command(GUEST, XVDA);
+    cmd.args(["--json", "--no-verify", "--bs=4096"])
+        .arg(format!("--rw={rw}"))
+        .arg(format!("--qd={qd}"))
+        .arg(format!("--duration={runtime}"));
+    let (out, log) = run_logged(cluster, cmd, "guest")?;
     ensure!(
         out.status.success(),
-        "the emulated guest failed running {rw} qd{qd}"
+        "the emulated guest failed running {rw} qd{qd} ({}); last lines of {}:\n{}",
+        out.status,
+        log.display(),
+        supervise::log_tail(&log, supervise::TAIL_LINES)
     );
     Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// Runs `cmd` with its stdout and stderr in `<name>.out` and `<name>.log` of the work folder,
+/// watching the cluster meanwhile; its status and stdout, and the path of its log.
+fn run_logged(
+    cluster: &mut EmuCluster,
+    mut cmd: Command,
+    name: &str,
+) -> anyhow::Result<(std::process::Output, PathBuf)> {
+    let (out_path, log_path) = (
+        cluster.dir().join(format!("{name}.out")),
+        cluster.dir().join(format!("{name}.log")),
+    );
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(File::create(&out_path)?)
+        .stderr(File::create(&log_path)?)
+        .spawn()
+        .with_context(|| format!("cannot start {name}"))?;
+    let status = supervise::wait_child(cluster, &mut child)?;
+    let stdout = std::fs::read(&out_path)?;
+    let output = std::process::Output {
+        status,
+        stdout,
+        stderr: Vec::new(),
+    };
+    Ok((output, log_path))
 }
 
 /// What fio measured.
@@ -150,25 +202,34 @@ struct FioResult {
     p99_us: f64,
 }
 
-fn fio_case(image: &Path, rw: &str, qd: u32, runtime: f64) -> anyhow::Result<FioResult> {
-    let out = Command::new("fio")
-        .args([
-            "--name=rustbk-peer",
-            "--ioengine=io_uring",
-            "--direct=1",
-            "--bs=4k",
-            "--time_based",
-        ])
-        .arg(format!("--filename={}", image.display()))
-        .arg(format!("--rw={rw}"))
-        .arg(format!("--iodepth={qd}"))
-        .arg(format!("--runtime={runtime}s"))
-        .arg("--output-format=json")
-        .stdin(Stdio::null())
-        .output()
-        .context("cannot run fio")?;
+fn fio_case(
+    cluster: &mut EmuCluster,
+    image: &Path,
+    rw: &str,
+    qd: u32,
+    runtime: f64,
+) -> anyhow::Result<FioResult> {
+    let mut cmd = cluster.command("fio");
+    cmd.args([
+        "--name=rustbk-peer",
+        "--ioengine=io_uring",
+        "--direct=1",
+        "--bs=4k",
+        "--time_based",
+    ])
+    .arg(format!("--filename={}", image.display()))
+    .arg(format!("--rw={rw}"))
+    .arg(format!("--iodepth={qd}"))
+    .arg(format!("--runtime={runtime}s"))
+    .arg("--output-format=json");
+    let (out, log) = run_logged(cluster, cmd, "fio")?;
     if !out.status.success() {
-        bail!("fio failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "fio failed ({}); last lines of {}:\n{}",
+            out.status,
+            log.display(),
+            supervise::log_tail(&log, supervise::TAIL_LINES)
+        );
     }
     parse_fio(
         &out.stdout,

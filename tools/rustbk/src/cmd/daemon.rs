@@ -23,9 +23,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn daemon(args: DaemonArgs) -> anyhow::Result<()> {
-    let store = Store::connect()
-        .await
-        .context("cannot reach xenstore (XENSTORED_PATH)")?;
+    let store = Store::connect().await.context("cannot reach xenstore")?;
     let exe = std::env::current_exe().context("cannot find the rustbk executable")?;
     let lock_dir = lock_dir(&args.platform);
     let worker_args = to_args(&args.platform, &args.backend);

@@ -1,27 +1,78 @@
 //! `rustbk demo`: the whole emulated path on a fresh machine.
 
-use std::path::PathBuf;
+use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 
-use anyhow::{Context, ensure};
+use anyhow::{Context, bail, ensure};
 use rustbk_blkfront::toolstack::VbdSpec;
 use rustbk_blkfront::workload::Report;
 use rustbk_ring::DomId;
 
 use super::describe;
+use super::image::{UserImage, user_image};
 use crate::cli::{DemoArgs, ProtocolArg};
 use crate::cluster::EmuCluster;
+use crate::supervise::{self, WorkDir};
 
 const GUEST: u16 = 1;
 const XVDA: u32 = 51712;
 
-/// Runs the demo and prints its results.
+/// Runs the demo and prints its results. Every argument is checked before any process starts;
+/// the work folder is kept (and named) when something fails.
 pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
-    let tmp = tempfile::Builder::new().prefix("rustbk-demo-").tempdir()?;
-    let dir = tmp.path().to_owned();
-    let (image, fresh) = prepare_image(&args, &dir)?;
+    validate(&args)?;
+    let image = match &args.image {
+        Some(p) => Some(user_image(p, args.overwrite)?),
+        None => None,
+    };
+    supervise::handle_signals("demo")?;
+    let work = WorkDir::create("rustbk-demo-", args.keep)?;
+    let result = run_in(&args, image, work.path());
+    let success = matches!(result, Ok(true));
+    let kept = work.finish(success);
+    if let (Some(kept), Ok(_)) = (&kept, &result) {
+        println!("  work folder kept: {}", kept.display());
+    }
+    let ok = result.with_context(|| match &kept {
+        Some(kept) => format!("demo failed (logs kept in {})", kept.display()),
+        None => "demo failed".to_owned(),
+    })?;
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The checks that need more than one argument (each one alone is checked by clap).
+fn validate(args: &DemoArgs) -> anyhow::Result<()> {
+    let (w, sector) = (&args.workload, u64::from(args.backend.sector_size));
+    ensure!(
+        w.bs % sector == 0,
+        "--bs {} is not a multiple of --sector-size {sector}",
+        w.bs
+    );
+    ensure!(
+        args.size % sector == 0,
+        "--size {} is not a multiple of --sector-size {sector}",
+        args.size
+    );
+    ensure!(
+        args.size / w.bs >= u64::from(w.qd),
+        "--size {} holds fewer than --qd {} blocks of --bs {}",
+        args.size,
+        w.qd,
+        w.bs
+    );
+    Ok(())
+}
+
+/// Starts the processes, runs the guest; whether the workload found no mismatch or error.
+fn run_in(args: &DemoArgs, user: Option<UserImage>, dir: &Path) -> anyhow::Result<bool> {
+    let (image, fresh) = prepare_image(args, user, dir)?;
     let exe = std::env::current_exe().context("cannot find the rustbk executable")?;
-    let mut cluster = EmuCluster::start(&exe, &dir)?;
+    let mut cluster = EmuCluster::start_grouped(&exe, dir)?;
     let spec = VbdSpec::rustbk(DomId(GUEST), XVDA, image.display().to_string());
     let backend_args = super::platform::backend_args(&args.backend);
     let backend_args: Vec<&str> = backend_args.iter().map(String::as_str).collect();
@@ -37,56 +88,37 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         cluster.backend_pid(&spec).unwrap_or(0),
         dir.display()
     );
-    let report = run_guest(&cluster, &args, fresh).with_context(|| {
-        format!(
-            "the guest failed; backend log: {}",
-            cluster.backend_log(&spec).display()
-        )
-    })?;
+    let report = run_guest(&mut cluster, args, fresh)?;
     cluster.remove_disk(&spec)?;
     print_summary(&report);
-    if args.keep {
-        println!("  work folder kept: {}", tmp.keep().display());
-    }
-    Ok(if report.mismatches == 0 && report.errors == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(report.mismatches == 0 && report.errors == 0)
 }
 
-fn prepare_image(args: &DemoArgs, dir: &std::path::Path) -> anyhow::Result<(PathBuf, bool)> {
-    if let Some(p) = &args.image {
-        ensure!(p.exists(), "image {} does not exist", p.display());
-        return Ok((p.clone(), false));
-    }
-    let p = dir.join("disk.img");
-    rustbk_formats::create_raw(&p, args.size)?;
-    Ok((p, true))
+/// The image to serve and whether it is all zeros.
+fn prepare_image(
+    args: &DemoArgs,
+    user: Option<UserImage>,
+    dir: &Path,
+) -> anyhow::Result<(PathBuf, bool)> {
+    let user = user.unwrap_or_else(|| UserImage::Missing(dir.join("disk.img")));
+    user.prepare_sparse(args.size)
 }
 
-fn run_guest(cluster: &EmuCluster, args: &DemoArgs, fresh: bool) -> anyhow::Result<Report> {
+fn run_guest(cluster: &mut EmuCluster, args: &DemoArgs, fresh: bool) -> anyhow::Result<Report> {
     let mut cmd = cluster.guest_command(GUEST, XVDA);
     let w = &args.workload;
-    cmd.args(["--json", "--ring-order", &args.ring_order.to_string()])
-        .args(["--protocol", protocol_name(args.protocol)])
-        .args([
-            "--rw",
-            &format!("{:?}", w.rw).to_lowercase(),
-            "--rwmix-read",
-            &w.rwmix_read.to_string(),
-        ])
-        .args([
-            "--bs",
-            &w.bs.to_string(),
-            "--qd",
-            &w.qd.to_string(),
-            "--duration",
-            &w.duration.to_string(),
-        ])
-        .args(["--seed", &w.seed.to_string()]);
+    let rw = format!("{:?}", w.rw).to_lowercase();
+    cmd.arg("--json")
+        .arg(format!("--ring-order={}", args.ring_order))
+        .arg(format!("--protocol={}", protocol_name(args.protocol)))
+        .arg(format!("--rw={rw}"))
+        .arg(format!("--rwmix-read={}", w.rwmix_read))
+        .arg(format!("--bs={}", w.bs))
+        .arg(format!("--qd={}", w.qd))
+        .arg(format!("--duration={}", w.duration))
+        .arg(format!("--seed={}", w.seed));
     if let Some(n) = w.flush_every {
-        cmd.args(["--flush-every", &n.to_string()]);
+        cmd.arg(format!("--flush-every={n}"));
     }
     if w.no_verify {
         cmd.arg("--no-verify");
@@ -94,11 +126,27 @@ fn run_guest(cluster: &EmuCluster, args: &DemoArgs, fresh: bool) -> anyhow::Resu
     if fresh {
         cmd.arg("--fresh");
     }
-    let out = cmd.stdin(Stdio::null()).stderr(Stdio::inherit()).output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let report: Report =
-        serde_json::from_str(text.trim()).with_context(|| format!("guest printed {text:?}"))?;
-    Ok(report)
+    let out_path = cluster.dir().join(format!("guest-{GUEST}.json"));
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(File::create(&out_path)?)
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("cannot start the emulated guest")?;
+    let status = supervise::wait_child(cluster, &mut child)?;
+    let text = std::fs::read_to_string(&out_path).unwrap_or_default();
+    if let Ok(report) = serde_json::from_str::<Report>(text.trim()) {
+        return Ok(report);
+    }
+    let spec = VbdSpec::rustbk(DomId(GUEST), XVDA, String::new());
+    let log = cluster.backend_log(&spec);
+    bail!(
+        "the emulated guest (pid {}) failed ({status}); its messages are above; last lines of \
+         the backend's log {}:\n{}",
+        child.id(),
+        log.display(),
+        supervise::log_tail(&log, supervise::TAIL_LINES)
+    )
 }
 
 fn protocol_name(p: ProtocolArg) -> &'static str {

@@ -35,8 +35,12 @@ pub fn run(args: GuestArgs) -> anyhow::Result<ExitCode> {
     let dom = Arc::new(
         EmuDomain::create(&args.emu_dir, cfg).context("cannot create the emulated guest")?,
     );
-    let xs =
-        XsClient::connect(&args.xenstore).context("cannot reach the guest's xenstore socket")?;
+    let xs = XsClient::connect(&args.xenstore).with_context(|| {
+        format!(
+            "cannot reach the guest's xenstore socket {}",
+            args.xenstore.display()
+        )
+    })?;
     let mut fcfg = FrontendConfig::new(DomId(args.domid), args.devid);
     fcfg.ring_order = args.ring_order;
     fcfg.persistent = !args.no_persistent;
@@ -49,9 +53,9 @@ pub fn run(args: GuestArgs) -> anyhow::Result<ExitCode> {
         .context("handshake with the backend failed")?;
     let d = front.disk().clone();
     eprintln!(
-        "guest {}: connected, {} sectors of {} bytes, ring order {}, flush {}, discard {}, indirect {}, persistent {}",
+        "guest {}: connected, {} bytes in {}-byte sectors, ring order {}, flush {}, discard {}, indirect {}, persistent {}",
         args.domid,
-        d.sectors,
+        d.sectors.saturating_mul(512),
         d.sector_size,
         d.ring_order,
         d.flush,

@@ -4,6 +4,7 @@ mod bench;
 mod daemon;
 mod demo;
 mod guest;
+mod image;
 mod platform;
 mod serve;
 mod workload;
@@ -24,8 +25,15 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Emu(EmuCommand::Guest(args)) => guest::run(args),
-        Command::Demo(args) => demo::run(args),
-        Command::Bench(args) => bench::run(args),
+        Command::Demo(args) => supervised(demo::run(args)),
+        Command::Bench(args) => supervised(bench::run(args)),
         Command::Img(args) => crate::img::run(args),
     }
+}
+
+/// The result of `demo` or `bench`, unless a signal is being handled: then the signal thread
+/// reports and exits, and this thread waits for it.
+fn supervised(result: anyhow::Result<ExitCode>) -> anyhow::Result<ExitCode> {
+    crate::supervise::park_if_stopping();
+    result
 }

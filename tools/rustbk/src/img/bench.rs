@@ -185,6 +185,7 @@ impl BenchConfig {
             direct: self.direct,
             format: self.format,
             engine: self.engine,
+            require_whole_sectors: false,
             ..OpenOptions::default()
         }
     }

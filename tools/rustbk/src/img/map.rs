@@ -35,15 +35,16 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// qemu-img's JSON layout: one object per line inside one array.
+/// qemu-img's JSON layout: one object per line inside one array, with the fields of qemu-img 8.2
+/// and later (`compressed` included).
 fn json(entries: &[MapEntry]) -> String {
     let lines: Vec<String> = entries
         .iter()
         .map(|e| {
             let offset = e.offset.map_or(String::new(), |o| format!(", \"offset\": {o}"));
             format!(
-                "{{ \"start\": {}, \"length\": {}, \"depth\": {}, \"present\": {}, \"zero\": {}, \"data\": {}{offset}}}",
-                e.start, e.length, e.depth, e.present, e.zero, e.data
+                "{{ \"start\": {}, \"length\": {}, \"depth\": {}, \"present\": {}, \"zero\": {}, \"data\": {}, \"compressed\": {}{offset}}}",
+                e.start, e.length, e.depth, e.present, e.zero, e.data, e.compressed
             )
         })
         .collect();

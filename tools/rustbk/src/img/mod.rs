@@ -131,6 +131,8 @@ pub fn open_direct(
         force_share: access == Access::ForceShare,
         direct,
         format,
+        // Like qemu-img, the image tools read files of any size.
+        require_whole_sectors: false,
         ..OpenOptions::default()
     };
     rustbk_formats::open_image(path, &opts)
