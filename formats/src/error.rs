@@ -18,6 +18,25 @@ pub enum Error {
     /// The path is neither a regular file nor a block device.
     #[error("{} is neither a regular file nor a block device", .0.display())]
     NotAnImage(PathBuf),
+    /// Another process (or another open of the file) uses the image in a way this open
+    /// cannot share: QEMU's image locking, bytes and messages included.
+    #[error(
+        "Failed to get {}\"{perm}\" lock on {}: another process {} \"{perm}\" (lock byte {byte} is held)",
+        if *shared { "shared " } else { "" },
+        path.display(),
+        if *shared { "has the image open with" } else { "uses the image and does not share" }
+    )]
+    Locked {
+        /// The image path.
+        path: PathBuf,
+        /// QEMU's name of the permission in conflict ("write", "resize", ...).
+        perm: &'static str,
+        /// True if the conflict is about refusing to share `perm` with a holder of it; false
+        /// if about taking `perm` while someone refuses to share it.
+        shared: bool,
+        /// The byte offset of the conflicting lock.
+        byte: i64,
+    },
     /// The file carries the magic of a format that cannot be opened yet.
     #[error("Image format {0} is not supported yet")]
     UnsupportedFormat(&'static str),
@@ -81,6 +100,7 @@ impl Error {
         match self {
             Error::Open { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
             Error::NotAnImage(_) => libc::ENODEV,
+            Error::Locked { .. } => libc::EBUSY,
             Error::UnsupportedFormat(_) => libc::EOPNOTSUPP,
             Error::InvalidArgument(_) => libc::EINVAL,
             Error::QueueFull(_) => libc::EBUSY,

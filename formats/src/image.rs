@@ -187,6 +187,9 @@ pub enum EngineKind {
 pub struct OpenOptions {
     /// Open read-only; modifying ops complete with EROFS.
     pub read_only: bool,
+    /// With `read_only`: share the image with writers instead of refusing them (qemu-img's
+    /// `-U`, `--force-share`). Ignored for read-write opens.
+    pub force_share: bool,
     /// Use O_DIRECT (bypass the page cache) where the file system allows it.
     pub direct: bool,
     /// Which backing files the image may name (default: confined to the top image's folder).
@@ -210,6 +213,7 @@ impl Default for OpenOptions {
     fn default() -> Self {
         OpenOptions {
             read_only: false,
+            force_share: false,
             direct: true,
             backing: crate::BackingPolicy::default(),
             engine: EngineKind::Auto,

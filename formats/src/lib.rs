@@ -37,7 +37,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// Opens the image at `path` as `format` and follows its backing files (opened read-only, at
-/// most [`qcow2::MAX_CHAIN_DEPTH`] deep, loops refused) as `opts.backing` allows.
+/// most [`qcow2::MAX_CHAIN_DEPTH`] deep, loops refused) as `opts.backing` allows. Every file
+/// is locked as QEMU locks it (see [`engine::lock`]); an image another process uses in a
+/// conflicting way is refused with [`Error::Locked`].
 ///
 /// The format is always named by the caller: a guest can write any header into a raw disk, so
 /// a backend that probed would let it pick a format and a backing file (QEMU's CVE-2008-2004).
@@ -58,12 +60,13 @@ pub fn open_image(
 /// magic of a format this crate cannot open yet (vmdk, vhd) are refused rather than shown as
 /// raw data.
 pub fn probe_format(path: &Path) -> Result<Format, Error> {
-    probe(&EngineFile::open(path, true, false)?)
+    probe(&EngineFile::open(path, engine::Access::ForceShare, false)?)
 }
 
 /// Opens the file of one image of a chain.
 pub(crate) fn open_file(path: &Path, opts: &OpenOptions) -> Result<EngineFile, Error> {
-    let mut file = EngineFile::open(path, opts.read_only, opts.direct)?;
+    let access = engine::Access::new(opts.read_only, opts.force_share);
+    let mut file = EngineFile::open(path, access, opts.direct)?;
     if let Some(recorder) = opts.recorder.as_ref().filter(|_| !file.read_only()) {
         file.set_recorder(recorder.clone());
     }

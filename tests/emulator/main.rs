@@ -10,5 +10,8 @@ mod daemon;
 mod data;
 mod handshake;
 mod harness;
+#[path = "../img/holder.rs"]
+mod holder;
 mod hostile;
+mod locks;
 mod qcow2;

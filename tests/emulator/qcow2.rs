@@ -75,7 +75,8 @@ fn qcow2_made_by_qemu_img_is_served_and_stays_clean() {
         assert_eq!((r.mismatches, r.errors), (0, 0), "{opts}: {r:?}");
         g.front.close().unwrap();
         let image = host.image.display().to_string();
-        qemu_img(&["check", &image]);
+        // The backend still has the image open (locked as a running QEMU would): -U.
+        qemu_img(&["check", "-U", &image]);
     }
 }
 
@@ -110,7 +111,8 @@ fn qcow2_over_a_raw_backing_file_shows_the_base_until_written() {
     assert_eq!((r.mismatches, r.errors), (0, 0), "{r:?}");
     g.front.close().unwrap();
     let image = host.image.display().to_string();
-    qemu_img(&["check", &image]);
+    // The backend still has the image open (locked as a running QEMU would): -U.
+    qemu_img(&["check", "-U", &image]);
 }
 
 #[test]

@@ -12,4 +12,6 @@ mod common;
 mod convert;
 mod create;
 mod damage;
+mod holder;
+mod locks;
 mod tools;

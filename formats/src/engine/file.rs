@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::buffer::{BUF_ALIGN, IoVec};
 use crate::error::Error;
 
+use super::lock::{self, LockMode};
 use super::prep::Which;
 use super::record::WriteRecorder;
 use super::sys;
@@ -42,6 +43,35 @@ pub struct FileStats {
     pub buffered_fallbacks: u64,
 }
 
+/// How an image file is opened, and so which of QEMU's lock bytes it takes
+/// (see [`lock`](super::lock)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Read and write; nobody else may write or resize the file meanwhile.
+    ReadWrite,
+    /// Read only; nobody else may write or resize the file meanwhile.
+    ReadOnly,
+    /// Read only, sharing the file with writers (qemu-img's `-U`, `--force-share`).
+    ForceShare,
+}
+
+impl Access {
+    /// The access of a read-only or read-write open; `force_share` only applies to read-only
+    /// ones (a writer never shares writing).
+    pub fn new(read_only: bool, force_share: bool) -> Access {
+        match (read_only, force_share) {
+            (false, _) => Access::ReadWrite,
+            (true, false) => Access::ReadOnly,
+            (true, true) => Access::ForceShare,
+        }
+    }
+
+    /// True unless read-write.
+    pub fn read_only(self) -> bool {
+        self != Access::ReadWrite
+    }
+}
+
 /// An open host file: a page-cached descriptor, optionally an O_DIRECT one on the same inode.
 #[derive(Debug)]
 pub struct EngineFile {
@@ -55,17 +85,23 @@ pub struct EngineFile {
     bounced: AtomicU64,
     fallbacks: AtomicU64,
     recorder: Option<Arc<dyn WriteRecorder>>,
+    /// A descriptor of its own holding the lock bytes: the others may be registered with an
+    /// io_uring, which closes them asynchronously after the ring is dropped, and the locks
+    /// must go away as soon as the file is dropped.
+    _lock: Option<File>,
 }
 
 impl EngineFile {
-    /// Opens `path`. A read-write open of a read-only file system or a read-only block device
-    /// yields a read-only file. `direct` adds an O_DIRECT descriptor when the file system has one.
-    pub fn open(path: &Path, read_only: bool, direct: bool) -> Result<EngineFile, Error> {
+    /// Opens `path` and takes QEMU's lock bytes for `access`, failing with
+    /// [`Error::Locked`] if another open of the file conflicts. A read-write open of a
+    /// read-only file system or a read-only block device yields a read-only file. `direct` adds
+    /// an O_DIRECT descriptor when the file system has one.
+    pub fn open(path: &Path, access: Access, direct: bool) -> Result<EngineFile, Error> {
         let err = |source| Error::Open {
             path: path.to_owned(),
             source,
         };
-        let (buffered, mut read_only) = match open_buffered(path, read_only) {
+        let (buffered, mut read_only) = match open_buffered(path, access.read_only()) {
             Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {
                 return Err(Error::NotAnImage(path.to_owned()));
             }
@@ -88,6 +124,13 @@ impl EngineFile {
             }
             FileKind::Regular => (512, 512),
         };
+        let mode = match access {
+            Access::ForceShare => LockMode::SharedReader,
+            _ if read_only => LockMode::Reader,
+            _ => LockMode::Writer,
+        };
+        let lock_fd = open_lock(path, &meta).map_err(err)?;
+        lock::lock(&lock_fd, path, mode)?;
         let mut file = EngineFile {
             path: path.to_owned(),
             buffered,
@@ -99,6 +142,7 @@ impl EngineFile {
             bounced: AtomicU64::new(0),
             fallbacks: AtomicU64::new(0),
             recorder: None,
+            _lock: Some(lock_fd),
         };
         if direct {
             file.direct = file.open_direct(&meta).map_err(err)?;
@@ -331,6 +375,35 @@ impl EngineFile {
     }
 }
 
+/// A read-only descriptor of the file `meta` describes, for its lock bytes.
+fn open_lock(path: &Path, meta: &std::fs::Metadata) -> io::Result<File> {
+    let file = File::open(path)?;
+    let again = file.metadata()?;
+    if (again.dev(), again.ino()) != (meta.dev(), meta.ino()) {
+        return Err(io::Error::other("file replaced while opening"));
+    }
+    Ok(file)
+}
+
+/// Creates `path` for writing; it must not exist. A directory in the way is reported as
+/// such (EISDIR) rather than as an existing file.
+pub(crate) fn create_new(path: &Path) -> Result<File, Error> {
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path);
+    created.map_err(|source| {
+        let source = match source.raw_os_error() {
+            Some(libc::EEXIST) if path.is_dir() => io::Error::from_raw_os_error(libc::EISDIR),
+            _ => source,
+        };
+        Error::Open {
+            path: path.to_owned(),
+            source,
+        }
+    })
+}
+
 fn open_buffered(path: &Path, read_only: bool) -> io::Result<(File, bool)> {
     let open = |ro: bool| std::fs::OpenOptions::new().read(true).write(!ro).open(path);
     match open(read_only) {
@@ -358,6 +431,7 @@ impl EngineFile {
             bounced: AtomicU64::new(0),
             fallbacks: AtomicU64::new(0),
             recorder: None,
+            _lock: None,
         }
     }
 }

@@ -12,6 +12,7 @@
 //! and ECANCELED are retried a few times. The engine does not bound offsets (formats do).
 
 mod file;
+pub mod lock;
 mod prep;
 mod record;
 #[allow(unsafe_code)]
@@ -19,7 +20,8 @@ mod sys;
 #[allow(unsafe_code)]
 mod uring;
 
-pub use file::{DioAlign, EngineFile, FileKind, FileStats};
+pub(crate) use file::create_new;
+pub use file::{Access, DioAlign, EngineFile, FileKind, FileStats};
 pub use record::WriteRecorder;
 
 use std::collections::VecDeque;

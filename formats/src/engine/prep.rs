@@ -384,7 +384,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("f.img");
         crate::create_raw(&path, 1 << 20).expect("create");
-        let file = EngineFile::open(&path, false, direct).expect("open");
+        let file = EngineFile::open(&path, crate::engine::Access::ReadWrite, direct).expect("open");
         (dir, file)
     }
 
@@ -535,7 +535,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("f.img");
         crate::create_raw(&path, 4096).expect("create");
-        let f = EngineFile::open(&path, true, false).expect("open");
+        let f = EngineFile::open(&path, crate::engine::Access::ReadOnly, false).expect("open");
         let refused = prepare(
             IoOp::Discard {
                 offset: 0,

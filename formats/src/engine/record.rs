@@ -150,7 +150,8 @@ mod tests {
         let path = dir.path().join("r.img");
         create_raw(&path, 1 << 20).expect("create");
         let log = Arc::new(Log::default());
-        let mut file = crate::EngineFile::open(&path, false, false).expect("open");
+        let mut file =
+            crate::EngineFile::open(&path, crate::engine::Access::ReadWrite, false).expect("open");
         file.set_recorder(log.clone());
         file.write_all_at(b"meta", 100).expect("write");
         file.datasync().expect("sync");
@@ -163,6 +164,7 @@ mod tests {
                 Event::Synced(1),
             ]
         );
+        drop(file);
         let opts = OpenOptions {
             read_only: true,
             recorder: Some(log.clone()),

@@ -187,11 +187,7 @@ pub fn create(path: &Path, size: u64, opts: &CreateOptions) -> Result<(), Error>
         path: path.to_owned(),
         source,
     };
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(err)?;
+    let mut file = crate::engine::create_new(path)?;
     file.write_all(&head).map_err(err)?;
     file.write_all_at(&reftable, rt_offset).map_err(err)?;
     file.write_all_at(&blocks, rb_offset).map_err(err)?;
@@ -209,7 +205,11 @@ pub fn resize(path: &Path, new_size: u64) -> Result<(), Error> {
         require_whole_sectors: false,
         ..OpenOptions::default()
     };
-    let file = std::sync::Arc::new(crate::EngineFile::open(path, false, false)?);
+    let file = std::sync::Arc::new(crate::EngineFile::open(
+        path,
+        crate::engine::Access::ReadWrite,
+        false,
+    )?);
     let image = super::Qcow2Image::open(file, &opts, &mut super::Chain::default())?;
     let old = image.geometry.size;
     if new_size < old || new_size % 512 != 0 || new_size > header::MAX_SIZE {

@@ -10,7 +10,7 @@ use nix::unistd::{Whence, lseek};
 
 use crate::BackingPolicy;
 use crate::confine::{Confinement, Named};
-use crate::engine::EngineFile;
+use crate::engine::{Access, EngineFile};
 use crate::error::Error;
 use crate::image::{BlockImage, Format, OpenOptions};
 
@@ -151,18 +151,20 @@ struct ChainLevel {
 
 /// The map of the image at `path` and of its backing chain, for the image tool: backing files
 /// are followed wherever they are and probed when their format is not named
-/// ([`BackingPolicy::Follow`](crate::BackingPolicy::Follow)).
-pub fn map_chain(path: &Path, format: Format) -> Result<Vec<MapEntry>, Error> {
-    let levels = open_levels(path, format)?;
+/// ([`BackingPolicy::Follow`](crate::BackingPolicy::Follow)). `force_share` opens the files
+/// sharing them with writers (qemu-img's `-U`).
+pub fn map_chain(path: &Path, format: Format, force_share: bool) -> Result<Vec<MapEntry>, Error> {
+    let levels = open_levels(path, format, Access::new(true, force_share))?;
     let size = levels.first().map_or(0, |l| l.size);
     let mut out = Vec::new();
     map_level(&levels, 0, 0, size, &mut out)?;
     Ok(out)
 }
 
-fn open_levels(path: &Path, format: Format) -> Result<Vec<ChainLevel>, Error> {
+fn open_levels(path: &Path, format: Format, access: Access) -> Result<Vec<ChainLevel>, Error> {
     let opts = OpenOptions {
         read_only: true,
+        force_share: access == Access::ForceShare,
         direct: false,
         backing: BackingPolicy::Follow,
         require_whole_sectors: false,
@@ -178,7 +180,7 @@ fn open_levels(path: &Path, format: Format) -> Result<Vec<ChainLevel>, Error> {
                 backing::MAX_CHAIN_DEPTH
             )));
         }
-        let file = Arc::new(EngineFile::open(&path, true, false)?);
+        let file = Arc::new(EngineFile::open(&path, access, false)?);
         let level = if format == Format::Qcow2 {
             let image = Qcow2Image::open(file, &opts, &mut Chain::default())?;
             let h = image.header();

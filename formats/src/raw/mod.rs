@@ -149,11 +149,7 @@ pub fn create_raw(path: &Path, size: u64) -> Result<(), Error> {
             "image size {size} too large"
         )));
     }
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(err)?;
+    let file = crate::engine::create_new(path)?;
     file.set_len(size).map_err(err)?;
     file.sync_all().map_err(err)?;
     Ok(())

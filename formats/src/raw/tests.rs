@@ -124,7 +124,10 @@ fn misaligned_memory_goes_through_a_bounce_buffer_under_o_direct() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = new_image(&dir, MIN_SIZE);
         let image = RawImage::new(
-            Arc::new(crate::EngineFile::open(&path, false, true).expect("open")),
+            Arc::new(
+                crate::EngineFile::open(&path, crate::engine::Access::ReadWrite, true)
+                    .expect("open"),
+            ),
             &opts(engine, true),
         )
         .expect("image");
@@ -187,6 +190,7 @@ fn geometry_reports_size_and_sector_sizes() {
     );
     assert_eq!(image.format(), Format::Raw);
     image.sync_metadata().expect("sync");
+    drop(image);
     let bad = open_image(
         &path,
         Format::Raw,
@@ -229,7 +233,9 @@ fn auto_engine_picks_io_uring_here() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = new_image(&dir, 1 << 20);
     let image = RawImage::new(
-        Arc::new(crate::EngineFile::open(&path, false, true).expect("open")),
+        Arc::new(
+            crate::EngineFile::open(&path, crate::engine::Access::ReadWrite, true).expect("open"),
+        ),
         &OpenOptions::default(),
     )
     .expect("image");
@@ -277,6 +283,7 @@ fn a_qcow2_file_is_probed_as_qcow2_but_opened_as_the_format_named() {
     let raw = open_image(&path, Format::Raw, &forced).expect("raw");
     assert_eq!(raw.format(), Format::Raw);
     assert!(raw.geometry().size < 1 << 20, "the container, not the disk");
+    drop(raw);
     let qcow2 = open_image(&path, Format::Qcow2, &OpenOptions::default()).expect("qcow2");
     assert_eq!(qcow2.geometry().size, 16 << 20);
 }

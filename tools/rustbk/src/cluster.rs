@@ -296,6 +296,22 @@ impl EmuCluster {
         }
     }
 
+    /// Waits for the backend process of `spec` to exit by itself (a backend that refused its
+    /// disk) and returns its exit status.
+    pub fn wait_backend_exit(&mut self, spec: &VbdSpec) -> anyhow::Result<ExitStatus> {
+        let Some(i) = self.backends.iter().position(|(s, _)| s == spec) else {
+            bail!("no backend process serves that disk");
+        };
+        let mut status = None;
+        wait_until(START_TIMEOUT, || {
+            status = self.backends[i].1.try_wait().ok().flatten();
+            status.is_some()
+        })
+        .context("the backend did not exit")?;
+        self.backends.remove(i);
+        status.context("no exit status")
+    }
+
     /// The pid of the backend of `spec`, if it runs.
     pub fn backend_pid(&self, spec: &VbdSpec) -> Option<u32> {
         self.backends

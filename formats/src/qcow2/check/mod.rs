@@ -32,7 +32,7 @@ mod tests;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::engine::EngineFile;
+use crate::engine::{Access, EngineFile};
 use crate::error::Error;
 
 use super::header::Header;
@@ -110,16 +110,19 @@ pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
 
 /// Checks the qcow2 image at `path` and repairs what `repair` allows.
 pub fn check(path: &Path, repair: Repair) -> Result<CheckReport, Error> {
-    check_with_progress(path, repair, &mut |_, _| {})
+    check_with_progress(path, repair, false, &mut |_, _| {})
 }
 
-/// [`check`] reporting its progress.
+/// [`check`] reporting its progress; `force_share` (qemu-img's `-U`, only without repair)
+/// checks an image other processes may be writing.
 pub fn check_with_progress(
     path: &Path,
     repair: Repair,
+    force_share: bool,
     progress: Progress<'_>,
 ) -> Result<CheckReport, Error> {
-    let file = Arc::new(EngineFile::open(path, repair == Repair::None, false)?);
+    let access = Access::new(repair == Repair::None, force_share);
+    let file = Arc::new(EngineFile::open(path, access, false)?);
     let io: Arc<dyn MetaIo> = Arc::new(FileIo(file));
     let header = super::read_header(&*io)?;
     let first = pass::run(&*io, &header, progress)?;

@@ -158,7 +158,12 @@ fn opened_file_outside_the_allowed_folders_is_refused_whatever_path_led_to_it() 
     // A path swapped for a symlink after it was checked: what counts is the file opened.
     let t = tree();
     std::os::unix::fs::symlink(&t.secret, t.vm.join("swapped.raw")).expect("symlink");
-    let opened = crate::EngineFile::open(&t.vm.join("swapped.raw"), true, false).expect("open");
+    let opened = crate::EngineFile::open(
+        &t.vm.join("swapped.raw"),
+        crate::engine::Access::ReadOnly,
+        false,
+    )
+    .expect("open");
     let policy = BackingPolicy::Confined(Vec::new());
     let confinement =
         crate::confine::Confinement::new(&policy, &t.vm.join("top.qcow2")).expect("rules");

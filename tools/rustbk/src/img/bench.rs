@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use clap::{Args, ValueEnum};
+use rustbk_formats::engine::Access;
 use rustbk_formats::{
     BlockImage, Completion, EngineKind, Format, ImageQueue, IoOp, OpenOptions, SharedBuf,
 };
@@ -60,8 +61,9 @@ pub struct BenchArgs {
     /// Print nothing (human output only).
     #[arg(short = 'q')]
     pub quiet: bool,
-    /// Accepted for qemu-img compatibility (rustbk takes no image locks here).
-    #[arg(short = 'U')]
+    /// Read the image even if another process writes it, as qemu-img's `-U` (read runs only;
+    /// a write run always refuses an image in use).
+    #[arg(short = 'U', long = "force-share")]
     pub force_share: bool,
     /// Output format; JSON adds the time, IOPS and bandwidth.
     #[arg(long, value_enum, default_value_t = OutputArg::Human)]
@@ -120,6 +122,8 @@ pub struct BenchConfig {
     pub engine: EngineKind,
     /// Format, `None` to probe.
     pub format: Option<Format>,
+    /// Share the image with writers (read runs only).
+    pub force_share: bool,
 }
 
 /// qemu-img's limit on buffer and step sizes (`INT_MAX`).
@@ -168,16 +172,25 @@ impl TryFrom<&BenchArgs> for BenchConfig {
                 Some(AioArg::Native | AioArg::IoUring) => EngineKind::IoUring,
             },
             format: a.format.map(Format::from),
+            force_share: a.force_share,
         })
     }
 }
 
 impl BenchConfig {
+    /// The access of the image: read-only unless writing, shared with writers with `-U`.
+    fn access(&self) -> Access {
+        match (self.write, self.force_share) {
+            (true, _) => Access::ReadWrite,
+            (false, share) => super::read_access(share),
+        }
+    }
+
     /// How the image is opened: read-only unless writing.
     pub fn open_options(&self) -> OpenOptions {
         OpenOptions {
             engine: self.engine,
-            ..super::tool_options(!self.write, self.direct)
+            ..super::tool_options(self.access(), self.direct)
         }
     }
 

@@ -22,7 +22,7 @@ pub enum RepairArg {
     All,
 }
 
-/// `rustbk img check [-f FMT] [-r leaks|all] [--output=human|json] [-p] FILE`.
+/// `rustbk img check [-f FMT] [-r leaks|all] [--output=human|json] [-p] [-U] FILE`.
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     /// Format of FILE (probed when not given).
@@ -37,6 +37,9 @@ pub struct CheckArgs {
     /// Show progress on stderr (also shown when stderr is a terminal).
     #[arg(short = 'p')]
     pub progress: bool,
+    /// Check the image even if another process writes it (not with `-r`), as qemu-img's `-U`.
+    #[arg(short = 'U', long = "force-share", conflicts_with = "repair")]
+    pub force_share: bool,
     /// The image.
     pub file: PathBuf,
 }
@@ -53,7 +56,9 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         Some(RepairArg::All) => Repair::All,
     };
     let mut progress = Progress::new(args.progress, args.output == OutputArg::Human);
-    let result = check_with_progress(&args.file, repair, &mut |d, t| progress.update(d, t));
+    let result = check_with_progress(&args.file, repair, args.force_share, &mut |d, t| {
+        progress.update(d, t)
+    });
     progress.finish();
     let report = match result {
         Ok(r) => r,

@@ -10,9 +10,9 @@ use rustbk_formats::buffer::gather;
 
 use super::pipe::{self, CHUNK, DEPTH};
 use super::progress::Progress;
-use super::{FormatArg, open};
+use super::{FormatArg, open, read_access};
 
-/// `rustbk img compare [-f FMT] [-F FMT] [-p] A B`.
+/// `rustbk img compare [-f FMT] [-F FMT] [-p] [-U] A B`.
 #[derive(Debug, Args)]
 pub struct CompareArgs {
     /// Format of A (probed when not given).
@@ -24,6 +24,10 @@ pub struct CompareArgs {
     /// Show progress on stderr.
     #[arg(short = 'p')]
     pub progress: bool,
+    /// Open the image even if another process writes it (what is read may be inconsistent),
+    /// as qemu-img's `-U`.
+    #[arg(short = 'U', long = "force-share")]
+    pub force_share: bool,
     /// First image.
     pub a: PathBuf,
     /// Second image.
@@ -50,8 +54,9 @@ pub fn run(args: CompareArgs) -> anyhow::Result<ExitCode> {
 
 /// The first differing offset (rounded down to its 512-byte sector), if any.
 fn compare(args: &CompareArgs) -> anyhow::Result<Option<u64>> {
-    let a = open(&args.a, args.format_a.map(Into::into), true)?;
-    let b = open(&args.b, args.format_b.map(Into::into), true)?;
+    let access = read_access(args.force_share);
+    let a = open(&args.a, args.format_a.map(Into::into), access)?;
+    let b = open(&args.b, args.format_b.map(Into::into), access)?;
     let (size_a, size_b) = (a.geometry().size, b.geometry().size);
     if size_a != size_b {
         println!("Warning: Image size mismatch!");

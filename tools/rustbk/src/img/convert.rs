@@ -3,21 +3,25 @@
 //! zeros (per destination cluster, or 4 KiB for raw) are never written: the output is sparse.
 
 use std::collections::{HashMap, VecDeque};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use rustbk_formats::buffer::gather;
+use rustbk_formats::engine::Access;
+use rustbk_formats::engine::lock::{LockMode, lock};
 use rustbk_formats::qcow2::map::{Allocation, map_chain, raw_status};
 use rustbk_formats::{Composite, Format, ImageQueue, SharedBuf, SharedBufs, qcow2};
 
+use super::info::{ImageInfo, read_chain};
 use super::pipe::{self, CHUNK, DEPTH};
+use super::progress::Progress;
+use super::{FormatArg, open_direct, read_access};
 
 /// Bytes of a granule looked at before copying all of it for the zero test.
 const PROBE: usize = 256;
-use super::progress::Progress;
-use super::{FormatArg, open_direct};
 
 /// Cache modes of the destination.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -39,7 +43,7 @@ pub enum SrcCacheArg {
     None,
 }
 
-/// `rustbk img convert [-p] [-t CACHE] [-f FMT] -O FMT [-o OPTIONS] SRC DST`.
+/// `rustbk img convert [-p] [-t CACHE] [-T CACHE] [-f FMT] -O FMT [-o OPTIONS] [-U] SRC DST`.
 #[derive(Debug, Args)]
 pub struct ConvertArgs {
     /// Show progress on stderr.
@@ -61,26 +65,33 @@ pub struct ConvertArgs {
     /// qcow2 options for DST: cluster_size=SIZE, compat=0.10|1.1, refcount_bits=N.
     #[arg(short = 'o')]
     pub options: Vec<String>,
+    /// Read SRC even if another process writes it (the copy may be inconsistent), as
+    /// qemu-img's `-U`.
+    #[arg(short = 'U', long = "force-share")]
+    pub force_share: bool,
     /// The source image.
     pub src: PathBuf,
-    /// The new image (replaced if it exists).
+    /// The new image (replaced if it exists, unless it is SRC, a file of SRC's backing
+    /// chain, or in use by another process).
     pub dst: PathBuf,
 }
 
 /// Converts.
 pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
     let src_direct = args.src_cache == SrcCacheArg::None;
-    let src = open_direct(&args.src, args.format.map(Into::into), true, src_direct)?;
+    let access = read_access(args.force_share);
+    let src = open_direct(&args.src, args.format.map(Into::into), access, src_direct)?;
+    refuse_source_as_dst(&args)?;
     let size = src.geometry().size;
     let granularity = create_dst(&args, size)?;
     let dst_direct = args.cache == CacheArg::None;
     let dst = open_direct(
         &args.dst,
         Some(args.output_format.into()),
-        false,
+        Access::ReadWrite,
         dst_direct,
     )?;
-    let ranges = data_ranges(&args.src, args.format.map(Into::into), size)?;
+    let ranges = data_ranges(&args, size)?;
     let total: u64 = ranges.iter().map(|r| r.1).sum();
     let mut copy = Copy::new(
         src.open_queue(pipe::QUEUE_DEPTH)?,
@@ -98,11 +109,54 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Creates the destination; returns the zero-detection granularity.
+/// Refuses a destination that is a directory, the source or a file of the source's backing
+/// chain: replacing it would destroy what is being copied. Files are compared by device and
+/// inode (block devices by device number), so no other name of the same file slips through
+/// (`./X`, a symbolic or a hard link).
+fn refuse_source_as_dst(args: &ConvertArgs) -> anyhow::Result<()> {
+    let dst = match std::fs::metadata(&args.dst) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("Cannot stat '{}'", args.dst.display())),
+    };
+    if dst.is_dir() {
+        bail!("Could not create '{}': Is a directory", args.dst.display());
+    }
+    let chain = read_chain(&args.src, args.format, args.force_share)?;
+    for (level, info) in chain.iter().enumerate() {
+        let meta = std::fs::metadata(&info.filename)
+            .with_context(|| format!("Cannot stat '{}'", info.filename.display()))?;
+        if same_file(&meta, &dst) {
+            let role = if level == 0 {
+                "the source image"
+            } else {
+                "a backing file of the source image"
+            };
+            bail!(
+                "Could not create '{}': it is {role} ('{}'); converting onto it would destroy it",
+                args.dst.display(),
+                info.filename.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Whether two stats name one file: the same inode, or the same block device.
+fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    let block = |m: &std::fs::Metadata| m.file_type().is_block_device().then(|| m.rdev());
+    (a.dev(), a.ino()) == (b.dev(), b.ino()) || block(a).is_some_and(|r| block(b) == Some(r))
+}
+
+/// Creates the destination; returns the zero-detection granularity. An existing destination
+/// file is replaced only if no other process uses it: it is locked as a writer while it is
+/// removed.
 fn create_dst(args: &ConvertArgs, size: u64) -> anyhow::Result<u64> {
     if std::fs::symlink_metadata(&args.dst).is_ok_and(|m| m.is_file()) {
-        std::fs::remove_file(&args.dst)
-            .with_context(|| format!("Cannot replace '{}'", args.dst.display()))?;
+        let replace = || format!("Cannot replace '{}'", args.dst.display());
+        let old = std::fs::File::open(&args.dst).with_context(replace)?;
+        lock(&old, &args.dst, LockMode::Writer).with_context(replace)?;
+        std::fs::remove_file(&args.dst).with_context(replace)?;
     }
     let fail = || format!("Could not create '{}'", args.dst.display());
     match args.output_format {
@@ -125,9 +179,13 @@ fn create_dst(args: &ConvertArgs, size: u64) -> anyhow::Result<u64> {
 }
 
 /// The source ranges that may hold non-zero data (the rest reads as zeros).
-fn data_ranges(path: &Path, format: Option<Format>, size: u64) -> anyhow::Result<Vec<(u64, u64)>> {
-    let probed = format.unwrap_or(
-        if super::info::ImageInfo::read(path, None)?.header.is_some() {
+fn data_ranges(args: &ConvertArgs, size: u64) -> anyhow::Result<Vec<(u64, u64)>> {
+    let path = &args.src;
+    let probed = args.format.map(Format::from).unwrap_or(
+        if ImageInfo::read(path, None, args.force_share)?
+            .header
+            .is_some()
+        {
             Format::Qcow2
         } else {
             Format::Raw
@@ -139,7 +197,7 @@ fn data_ranges(path: &Path, format: Option<Format>, size: u64) -> anyhow::Result
         _ => out.push((start, len)),
     };
     if probed == Format::Qcow2 {
-        for e in map_chain(path, Format::Qcow2)? {
+        for e in map_chain(path, Format::Qcow2, args.force_share)? {
             if e.data || !e.zero {
                 add(e.start, e.length);
             }

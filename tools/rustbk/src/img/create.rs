@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::Args;
 use rustbk_formats::Format;
+use rustbk_formats::engine::Access;
 use rustbk_formats::qcow2::{self, Compat, CreateOptions};
 
 use super::{FormatArg, parse_options};
@@ -104,7 +105,7 @@ fn check_backing(
         Some(dir) if name.is_relative() => dir.join(name),
         _ => name.to_owned(),
     };
-    let image = super::open(&path, format, true).map_err(|e| {
+    let image = super::open(&path, format, Access::ReadOnly).map_err(|e| {
         anyhow::anyhow!(
             "{file}: Could not open '{}': {}\nCould not open backing image.",
             path.display(),

@@ -6,12 +6,13 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use rustbk_formats::engine::lock::{LockMode, lock};
 use rustbk_formats::qcow2::header::{self, Compression, Header, incompat};
 use serde_json::{Value, json};
 
 use super::{FormatArg, OutputArg};
 
-/// `rustbk img info [-f FMT] [--output=human|json] [--backing-chain] FILE`.
+/// `rustbk img info [-f FMT] [--output=human|json] [--backing-chain] [-U] FILE`.
 #[derive(Debug, Args)]
 pub struct InfoArgs {
     /// Format of FILE (probed when not given).
@@ -23,6 +24,10 @@ pub struct InfoArgs {
     /// Describe every image of the backing chain.
     #[arg(long)]
     pub backing_chain: bool,
+    /// Read the image even if another process writes it (what is read may be inconsistent),
+    /// as qemu-img's `-U`.
+    #[arg(short = 'U', long = "force-share")]
+    pub force_share: bool,
     /// The image.
     pub file: PathBuf,
 }
@@ -41,10 +46,20 @@ pub struct ImageInfo {
 }
 
 impl ImageInfo {
-    /// Reads the information of the image at `path` (its backing file is not opened).
-    pub fn read(path: &Path, format: Option<FormatArg>) -> anyhow::Result<ImageInfo> {
+    /// Reads the information of the image at `path` (its backing file is not opened), locked
+    /// against writers as qemu-img locks it unless `force_share`.
+    pub fn read(
+        path: &Path,
+        format: Option<FormatArg>,
+        force_share: bool,
+    ) -> anyhow::Result<ImageInfo> {
         let file = std::fs::File::open(path)
             .with_context(|| format!("Could not open '{}'", path.display()))?;
+        let mode = match force_share {
+            true => LockMode::SharedReader,
+            false => LockMode::Reader,
+        };
+        lock(&file, path, mode).with_context(|| format!("Could not open '{}'", path.display()))?;
         let meta = file.metadata()?;
         let mut head = [0u8; 8];
         let got = file.read_at(&mut head, 0)?;
@@ -190,10 +205,14 @@ pub fn human_size(bytes: u64) -> String {
     format!("{text} {}", UNITS[unit])
 }
 
-/// Shows the information.
-pub fn run(args: InfoArgs) -> anyhow::Result<ExitCode> {
-    let mut chain = vec![ImageInfo::read(&args.file, args.format)?];
-    while let Some(last) = chain.last().filter(|_| args.backing_chain) {
+/// The information of the image at `path` and of every backing file below it, top first.
+pub fn read_chain(
+    path: &Path,
+    format: Option<FormatArg>,
+    force_share: bool,
+) -> anyhow::Result<Vec<ImageInfo>> {
+    let mut chain = vec![ImageInfo::read(path, format, force_share)?];
+    while let Some(last) = chain.last() {
         let Some((name, full, format)) = last.backing() else {
             break;
         };
@@ -215,8 +234,17 @@ pub fn run(args: InfoArgs) -> anyhow::Result<ExitCode> {
             Some("qcow2") => Some(FormatArg::Qcow2),
             _ => None,
         };
-        chain.push(ImageInfo::read(&full, format)?);
+        chain.push(ImageInfo::read(&full, format, force_share)?);
     }
+    Ok(chain)
+}
+
+/// Shows the information.
+pub fn run(args: InfoArgs) -> anyhow::Result<ExitCode> {
+    let chain = match args.backing_chain {
+        true => read_chain(&args.file, args.format, args.force_share)?,
+        false => vec![ImageInfo::read(&args.file, args.format, args.force_share)?],
+    };
     match (args.output, args.backing_chain) {
         (OutputArg::Json, true) => {
             let all: Vec<Value> = chain.iter().map(ImageInfo::to_json).collect();

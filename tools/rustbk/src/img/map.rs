@@ -8,7 +8,7 @@ use rustbk_formats::qcow2::map::{MapEntry, map_chain};
 
 use super::{FormatArg, OutputArg};
 
-/// `rustbk img map [-f FMT] [--output=human|json] FILE`.
+/// `rustbk img map [-f FMT] [--output=human|json] [-U] FILE`.
 #[derive(Debug, Args)]
 pub struct MapArgs {
     /// Format of FILE (probed when not given).
@@ -17,6 +17,10 @@ pub struct MapArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = OutputArg::Human)]
     pub output: OutputArg,
+    /// Open the image even if another process writes it (what is read may be inconsistent),
+    /// as qemu-img's `-U`.
+    #[arg(short = 'U', long = "force-share")]
+    pub force_share: bool,
     /// The image.
     pub file: PathBuf,
 }
@@ -24,7 +28,7 @@ pub struct MapArgs {
 /// Prints the map.
 pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
     let format = super::format_of(&args.file, args.format.map(Into::into))?;
-    let entries = map_chain(&args.file, format)?;
+    let entries = map_chain(&args.file, format, args.force_share)?;
     match args.output {
         OutputArg::Json => print!("{}", json(&entries)),
         OutputArg::Human => print!("{}", human(&entries)),

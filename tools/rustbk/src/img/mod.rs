@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
+use rustbk_formats::engine::Access;
 use rustbk_formats::{BackingPolicy, BlockImage, Format, OpenOptions};
 
 pub use bench::BenchArgs;
@@ -121,9 +122,10 @@ pub fn format_of(path: &Path, format: Option<Format>) -> anyhow::Result<Format> 
 
 /// How the image tool opens images: backing files are followed wherever they are and probed
 /// when their format is not named, as qemu-img does (the administrator runs it).
-pub fn tool_options(read_only: bool, direct: bool) -> OpenOptions {
+pub fn tool_options(access: Access, direct: bool) -> OpenOptions {
     OpenOptions {
-        read_only,
+        read_only: access.read_only(),
+        force_share: access == Access::ForceShare,
         direct,
         backing: BackingPolicy::Follow,
         // Like qemu-img, the image tools read files of any size.
@@ -136,21 +138,26 @@ pub fn tool_options(read_only: bool, direct: bool) -> OpenOptions {
 pub fn open(
     path: &Path,
     format: Option<Format>,
-    read_only: bool,
+    access: Access,
 ) -> anyhow::Result<Arc<dyn BlockImage>> {
-    open_direct(path, format, read_only, false)
+    open_direct(path, format, access, false)
 }
 
 /// Opens an image through the page cache, or with O_DIRECT if `direct`.
 pub fn open_direct(
     path: &Path,
     format: Option<Format>,
-    read_only: bool,
+    access: Access,
     direct: bool,
 ) -> anyhow::Result<Arc<dyn BlockImage>> {
     let format = format_of(path, format)?;
-    rustbk_formats::open_image(path, format, &tool_options(read_only, direct))
+    rustbk_formats::open_image(path, format, &tool_options(access, direct))
         .with_context(|| format!("Could not open '{}'", path.display()))
+}
+
+/// The access of a read-only command: `-U` shares the image with writers, as in qemu-img.
+pub fn read_access(force_share: bool) -> Access {
+    Access::new(true, force_share)
 }
 
 /// Parses qemu-img's `-o key=value,key=value` options (several `-o` accumulate).

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use rustbk_formats::engine::lock::{LockMode, lock};
 
 use super::FormatArg;
 use super::info::ImageInfo;
@@ -25,7 +26,7 @@ pub struct ResizeArgs {
 
 /// Grows the image.
 pub fn run(args: ResizeArgs) -> anyhow::Result<ExitCode> {
-    let info = ImageInfo::read(&args.file, args.format)?;
+    let info = ImageInfo::read(&args.file, args.format, false)?;
     let old = info.virtual_size;
     let new = match args.size.strip_prefix('+') {
         Some(delta) => old
@@ -41,10 +42,13 @@ pub fn run(args: ResizeArgs) -> anyhow::Result<ExitCode> {
         rustbk_formats::qcow2::resize(&args.file, new)
             .with_context(|| format!("Cannot resize '{}'", args.file.display()))?;
     } else {
+        let opened = || format!("Could not open '{}'", args.file.display());
         let file = std::fs::OpenOptions::new()
+            .read(true)
             .write(true)
             .open(&args.file)
-            .with_context(|| format!("Could not open '{}'", args.file.display()))?;
+            .with_context(opened)?;
+        lock(&file, &args.file, LockMode::Writer).with_context(opened)?;
         file.set_len(new)?;
         file.sync_all()?;
     }
