@@ -22,6 +22,8 @@ pub struct Setup {
     pub read_only: bool,
     pub discard: bool,
     pub backend_args: Vec<&'static str>,
+    /// Environment of the backend processes.
+    pub backend_env: Vec<(&'static str, String)>,
 }
 
 impl Default for Setup {
@@ -31,6 +33,7 @@ impl Default for Setup {
             read_only: false,
             discard: true,
             backend_args: Vec::new(),
+            backend_env: Vec::new(),
         }
     }
 }
@@ -93,7 +96,10 @@ impl Host {
         let image = tmp.path().join("disk.img");
         rustbk_formats::create_raw(&image, setup.size).unwrap();
         let exe = PathBuf::from(env!("CARGO_BIN_EXE_rustbk"));
-        let cluster = EmuCluster::start(&exe, tmp.path()).unwrap();
+        let mut cluster = EmuCluster::start(&exe, tmp.path()).unwrap();
+        for (k, v) in &setup.backend_env {
+            cluster.set_backend_env(k, v);
+        }
         (tmp, image, cluster)
     }
 

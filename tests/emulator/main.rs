@@ -6,6 +6,7 @@
 
 mod daemon;
 mod data;
+mod failure;
 mod handshake;
 mod harness;
 mod hostile;

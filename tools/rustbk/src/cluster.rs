@@ -24,6 +24,7 @@ pub struct EmuCluster {
     backends: Vec<(VbdSpec, Child)>,
     daemon: Option<Child>,
     introduced: Vec<u16>,
+    backend_env: Vec<(String, String)>,
 }
 
 impl EmuCluster {
@@ -47,6 +48,7 @@ impl EmuCluster {
             backends: Vec::new(),
             daemon: None,
             introduced: Vec::new(),
+            backend_env: Vec::new(),
         };
         wait_until(START_TIMEOUT, || {
             XsClient::connect(&cluster.xs_socket).is_ok()
@@ -130,8 +132,15 @@ impl EmuCluster {
         std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
     }
 
+    /// Sets an environment variable for the backend processes started from now on (tests use
+    /// it for the debug builds' fault injection).
+    pub fn set_backend_env(&mut self, key: &str, value: &str) {
+        self.backend_env.push((key.to_owned(), value.to_owned()));
+    }
+
     fn rustbk(&self, log: File) -> Command {
         let mut cmd = Command::new(&self.exe);
+        cmd.envs(self.backend_env.iter().map(|(k, v)| (k, v)));
         cmd.env("XENSTORED_PATH", &self.xs_socket)
             .env(
                 "RUST_LOG",
