@@ -64,10 +64,14 @@ pub async fn fail_unserved(store: &Store, be: &str, error: &Error) -> Result<(),
     set_state(store, be, XenbusState::Closed).await
 }
 
+/// Writes the state unless the toolstack removed the node (as Linux's `xenbus_switch_state`
+/// does): writing would recreate a directory the toolstack has just cleaned up.
 async fn set_state(store: &Store, be: &str, state: XenbusState) -> Result<(), Error> {
-    store
-        .write(&format!("{be}/state"), &state.number().to_string())
-        .await?;
+    let path = format!("{be}/state");
+    if store.read(&path).await?.is_none() {
+        return Ok(());
+    }
+    store.write(&path, &state.number().to_string()).await?;
     tracing::info!(?state, "backend state");
     Ok(())
 }
