@@ -36,3 +36,17 @@ pub enum Error {
     #[error("Cannot start the ring worker")]
     Spawn(#[source] std::io::Error),
 }
+
+impl Error {
+    /// The errno that best describes this error, for the toolstack's `error` node.
+    pub fn errno(&self) -> i32 {
+        match self {
+            Error::Xenstore { source, .. } | Error::Spawn(source) => {
+                source.raw_os_error().unwrap_or(nix::libc::EIO)
+            }
+            Error::BadNode { .. } => nix::libc::EINVAL,
+            Error::Image(e) => e.errno(),
+            Error::Platform(_) | Error::Ring(_) => nix::libc::EIO,
+        }
+    }
+}

@@ -4,7 +4,10 @@ use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
 use rustbk_blkfront::workload::{self, Pattern, Workload};
-use rustbk_ring::{Request, RwOp, Sector, Segment, Segments, op, status};
+use rustbk_ring::{
+    GrantRef, IndirectRefs, Request, RwOp, SEGS_PER_INDIRECT_FRAME, Sector, Segment, Segments,
+    SharedMemory, encode_indirect_segments, op, status,
+};
 
 use crate::harness::{Guest, Host, Setup, pattern};
 
@@ -218,4 +221,73 @@ fn sector_size_4096_disk_refuses_misaligned_requests() {
         "a 2 KiB segment on a 4 KiB disk"
     );
     g.release(first, &refs);
+}
+
+/// Sends an indirect request of `nr` one-sector segments (segment `i` is sector `i % 8` of data
+/// page `i / 8`, so the data is contiguous in the guest's pages) and returns its status.
+fn many_segments(g: &mut Guest, rw: RwOp, sector: u64, nr: usize, data: &[GrantRef]) -> i16 {
+    let segs: Vec<Segment> = (0..nr)
+        .map(|i| Segment {
+            gref: data[i / 8],
+            first_sect: (i % 8) as u8,
+            last_sect: (i % 8) as u8,
+        })
+        .collect();
+    let needed = nr.div_ceil(SEGS_PER_INDIRECT_FRAME) as u32;
+    let (first, indirect) = g.pages(needed, true);
+    let views: Vec<_> = (0..needed)
+        .map(|i| g.dom().ram().pages_view(first + i, 1).unwrap())
+        .collect();
+    let pages: Vec<&dyn SharedMemory> = views.iter().map(|v| v as &dyn SharedMemory).collect();
+    encode_indirect_segments(&pages, &segs).unwrap();
+    let req = Request::Indirect {
+        id: g.id(),
+        op: rw,
+        handle: 0,
+        sector: Sector(sector),
+        nr_segments: nr as u16,
+        indirect_grefs: IndirectRefs::from_slice(&indirect).unwrap(),
+    };
+    g.send(&req);
+    let st = g.wait(req.id()).status;
+    g.release(first, &indirect);
+    st
+}
+
+#[test]
+fn indirect_requests_of_257_to_4096_segments_over_1_to_8_pages_round_trip() {
+    let host = Host::new(Setup {
+        backend_args: vec!["--max-indirect-segments".into(), "4096".into()],
+        ..Setup::default()
+    });
+    // Without persistent grants every page goes back to the guest after each request.
+    let mut g = host.guest_with(|c| c.persistent = false);
+    assert_eq!(g.front.disk().max_indirect_segments, 4096);
+    for (round, nr) in [257usize, 512, 513, 1024, 1537, 2048, 3584, 4095, 4096]
+        .into_iter()
+        .enumerate()
+    {
+        let sector = round as u64 * 8192;
+        let bytes = nr * 512;
+        let want = pattern(bytes, round as u8 + 1);
+        let pages = nr.div_ceil(8) as u32;
+        let (src, src_refs) = g.pages(pages, true);
+        g.dom().ram().write(Guest::frame_addr(src), &want).unwrap();
+        let st = many_segments(&mut g, RwOp::Write, sector, nr, &src_refs);
+        assert_eq!(st, status::OKAY, "write of {nr} segments");
+        g.release(src, &src_refs);
+        let (dst, dst_refs) = g.pages(pages, false);
+        let st = many_segments(&mut g, RwOp::Read, sector, nr, &dst_refs);
+        assert_eq!(st, status::OKAY, "read of {nr} segments");
+        let mut got = vec![0u8; bytes];
+        g.dom()
+            .ram()
+            .read(Guest::frame_addr(dst), &mut got)
+            .unwrap();
+        g.release(dst, &dst_refs);
+        assert!(got == want, "{nr} segments: data read back differs");
+        let file = std::fs::read(&host.image).unwrap();
+        let at = sector as usize * 512;
+        assert!(file[at..at + bytes] == want, "{nr} segments: image differs");
+    }
 }

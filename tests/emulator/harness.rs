@@ -24,6 +24,8 @@ pub struct Setup {
     /// The format prefix of `params` (`qcow2`), none for raw.
     pub format: Option<&'static str>,
     pub backend_args: Vec<String>,
+    /// Environment of the backend processes.
+    pub backend_env: Vec<(&'static str, String)>,
 }
 
 impl Default for Setup {
@@ -34,6 +36,7 @@ impl Default for Setup {
             discard: true,
             format: None,
             backend_args: Vec::new(),
+            backend_env: Vec::new(),
         }
     }
 }
@@ -111,7 +114,10 @@ impl Host {
         let image = tmp.path().join("disk.img");
         rustbk_formats::create_raw(&image, setup.size).unwrap();
         let exe = PathBuf::from(env!("CARGO_BIN_EXE_rustbk"));
-        let cluster = EmuCluster::start(&exe, tmp.path()).unwrap();
+        let mut cluster = EmuCluster::start(&exe, tmp.path()).unwrap();
+        for (k, v) in &setup.backend_env {
+            cluster.set_backend_env(k, v);
+        }
         (tmp, image, cluster)
     }
 

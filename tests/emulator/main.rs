@@ -8,6 +8,7 @@ mod cli;
 mod confine;
 mod daemon;
 mod data;
+mod failure;
 mod handshake;
 mod harness;
 #[path = "../img/holder.rs"]

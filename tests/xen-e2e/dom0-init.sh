@@ -1,7 +1,7 @@
 #!/bin/busybox sh
 # PID 1 of the e2e dom0. Output goes to hvc0 -> Xen console -> com1 -> the QEMU serial log, where
 # run.sh collects E2E-PASS / E2E-FAIL / E2E-INFO / E2E-FIO lines and the E2E-DONE marker.
-# Phases: rustbk (create, data, features, hot attach/detach, reboot, fio, shutdown, image check),
+# Phases: rustbk (a missing disk fails xl create fast, create, data, features, hot attach/detach, reboot, fio, shutdown, image check),
 # then the peers (kernel xen-blkback and QEMU qdisk) running the same fio job.
 /bin/busybox --install -s /bin
 set -u
@@ -106,6 +106,45 @@ phase_create() {
   show_features $(xl domid g1) 51712
 }
 
+# A guest whose rustbk disk does not exist: rustbk writes its reason to the backend's `error`
+# node before InitWait, the hotplug script relays it, and xl fails at once (libxl would otherwise
+# wait 10 s for InitWait) and prints it. Linux's error/backend/... copy outlives the device.
+phase_missing_disk() {
+  guest_cfg gmiss "$(rustbk_disk xvda /data/missing.img)"
+  local t0=$(up) rc=0 took attach
+  rm -f /tmp/missing.t1
+  # Under TCG building the domain takes most of xl create's time (about 30 s): time the part
+  # from libxl writing the disk's backend node to xl's exit.
+  ( i=0; while [ $i -lt 1200 ]; do
+      xenstore-ls /local/domain/0/backend/vbd 2>/dev/null | grep -q state && { up > /tmp/missing.t1; break; }
+      sleep 0.05; i=$((i+1)); done ) &
+  timeout 120 xl create /etc/xen/gmiss.cfg > /tmp/missing.out 2>&1 || rc=$?
+  took=$(since $t0)
+  attach=$(since "$(cat /tmp/missing.t1 2>/dev/null || echo $t0)")
+  info "xl create with a missing rustbk disk: exit $rc after ${took}s, ${attach}s after the disk's backend node appeared"
+  grep 'libxl: error' /tmp/missing.out | head -n 4 | while read -r l; do info "xl: $l"; done
+  if [ $rc -ne 0 ]; then pass "xl create of a guest whose rustbk disk is missing fails"
+  else fail "xl create of a guest whose rustbk disk is missing succeeded"; fi
+  awk "BEGIN{exit !($attach < 10)}" \
+    && pass "it failed ${attach}s after the disk was added, before libxl's 10 s InitWait timeout" \
+    || fail "xl create took ${attach}s after the disk was added to fail"
+  grep -q -- '- rc -9' /tmp/missing.out && fail "xl waited for a timeout (rc -9)"
+  if grep -q "rustbk: 2 .*Cannot open /data/missing.img" /tmp/missing.out; then
+    pass "xl printed rustbk's reason: $(grep -m1 'Cannot open' /tmp/missing.out | sed 's/.*script: //')"
+  else
+    fail "rustbk's reason is not in xl's output"; cat /tmp/missing.out
+  fi
+  xenstore-ls -f /local/domain/0/error 2>/dev/null | grep -m1 "missing.img" > /tmp/missing.node
+  [ -s /tmp/missing.node ] && pass "rustbk's error node is in xenstore: $(cat /tmp/missing.node)" \
+    || fail "no rustbk error node under /local/domain/0/error"
+  xl domid gmiss >/dev/null 2>&1 && { fail "domain gmiss left behind"; xl destroy gmiss; }
+  xenstore-rm /local/domain/0/error 2>/dev/null
+  sleep 1
+  xenstore-ls /local/domain/0/backend/vbd 2>/dev/null | grep -q . \
+    && fail "backend/vbd nodes left after the failed create: $(xenstore-ls /local/domain/0/backend/vbd | head -5)"
+  return 0
+}
+
 phase_hotplug() {
   make_image /data/hot.img 16 RUSTBK-E2E-HOT
   guest_mark
@@ -169,6 +208,7 @@ phase_peers() {
 
 phases_rustbk() {
   start_rustbk
+  phase_missing_disk
   if phase_create; then
     phase_hotplug
     phase_reboot

@@ -5,8 +5,8 @@ use std::borrow::Cow;
 use rustbk_formats::{Completion, IoOp};
 use rustbk_grant::{Access, Direction, GrantRef, GuestBuf, PageSpan};
 use rustbk_ring::{
-    BadReason, BadRequest, HeapMemory, Request, RwOp, SECTOR_SIZE, Segment, SharedMemoryExt, op,
-    status,
+    BadReason, BadRequest, HeapMemory, PAGE_SIZE, Request, RwOp, SECTOR_SIZE, Segment,
+    SharedMemory, SharedMemoryExt, op, status,
 };
 
 use super::order::{Exclusive, Stage, WriteData};
@@ -31,6 +31,7 @@ impl RingWorker<'_> {
 
     /// Starts a request: validates it against the disk and submits its first operation.
     fn start(&mut self, req: Request) {
+        self.faults.check(&req);
         let segments = match self.segments_of(&req) {
             Ok(segs) => segs,
             Err(bad) => return self.refuse(&bad),
@@ -77,7 +78,7 @@ impl RingWorker<'_> {
                         max,
                     }));
                 }
-                let copy = self
+                let copies = self
                     .copy_indirect_pages(indirect_grefs.as_slice())
                     .map_err(|e| {
                         tracing::trace!(error = %e, "cannot map indirect pages");
@@ -86,32 +87,55 @@ impl RingWorker<'_> {
                             needed: indirect_grefs.len(),
                         })
                     })?;
-                rustbk_ring::decode_indirect_segments(&[&copy], *nr_segments)
+                let pages: Vec<&dyn SharedMemory> =
+                    copies.iter().map(|p| p as &dyn SharedMemory).collect();
+                rustbk_ring::decode_indirect_segments(&pages, *nr_segments)
                     .map(Cow::Owned)
                     .map_err(bad)
             }
         }
     }
 
-    /// Copies the indirect pages into private memory (mapped read-only, unmapped at once).
-    fn copy_indirect_pages(&self, refs: &[GrantRef]) -> Result<HeapMemory, rustbk_grant::Error> {
-        let pages = self.guest.map_grants(refs, Access::ReadOnly)?;
-        let mut bytes = vec![0u8; pages.len()];
-        pages.read(0, &mut bytes)?;
-        let copy = HeapMemory::new(pages.pages());
-        copy.write_bytes(0, &bytes)
-            .map_err(|_| rustbk_grant::Error::BadMapSize(pages.pages()))?;
-        Ok(copy)
+    /// Copies the indirect pages into private memory, one copy per page as the decoder reads
+    /// them (mapped read-only, unmapped at once).
+    fn copy_indirect_pages(
+        &self,
+        refs: &[GrantRef],
+    ) -> Result<Vec<HeapMemory>, rustbk_grant::Error> {
+        let mapping = self.guest.map_grants(refs, Access::ReadOnly)?;
+        let mut bytes = [0u8; PAGE_SIZE];
+        let mut copies = Vec::with_capacity(mapping.pages());
+        for page in 0..mapping.pages() {
+            mapping.read(page * PAGE_SIZE, &mut bytes)?;
+            let copy = HeapMemory::new(1);
+            copy.write_bytes(0, &bytes)
+                .map_err(|_| rustbk_grant::Error::BadMapSize(mapping.pages()))?;
+            copies.push(copy);
+        }
+        Ok(copies)
     }
 
     fn start_rw(&mut self, id: u64, rw: RwOp, sector: u64, segments: &[Segment]) {
-        let offset = sector * SECTOR_SIZE;
         let code = rw.code();
-        if matches!(rw, RwOp::WriteBarrier) || (rw == RwOp::Flush && !segments.is_empty()) {
-            return self.start_exclusive(id, code, offset, segments);
+        if segments.is_empty() && matches!(rw, RwOp::Flush | RwOp::WriteBarrier) {
+            // No data: the guest's sector was never range-checked and is never used.
+            return if rw == RwOp::Flush {
+                self.order.queue_flush(id, code)
+            } else {
+                self.start_exclusive(id, code, 0, segments)
+            };
         }
-        if rw == RwOp::Flush {
-            return self.order.queue_flush(id, code);
+        let Some(offset) = byte_offset(sector) else {
+            // Validated requests with data cannot get here; refuse rather than wrap.
+            self.note_refused(&BadReason::OutOfRange {
+                sector,
+                len: 0,
+                disk: self.cfg.limits.sectors,
+            });
+            return self.respond(id, code, status::ERROR);
+        };
+        if matches!(rw, RwOp::WriteBarrier | RwOp::Flush) {
+            return self.start_exclusive(id, code, offset, segments);
         }
         let dir = if rw == RwOp::Read {
             Direction::ToGuest
@@ -154,7 +178,14 @@ impl RingWorker<'_> {
     }
 
     fn start_discard(&mut self, id: u64, sector: u64, nr_sectors: u64) {
-        let (offset, len) = (sector * SECTOR_SIZE, nr_sectors * SECTOR_SIZE);
+        let (Some(offset), Some(len)) = (byte_offset(sector), byte_offset(nr_sectors)) else {
+            self.note_refused(&BadReason::OutOfRange {
+                sector,
+                len: nr_sectors,
+                disk: self.cfg.limits.sectors,
+            });
+            return self.respond(id, op::DISCARD, status::ERROR);
+        };
         let seq = self.order.write_started();
         let slot = Slot {
             id,
@@ -351,6 +382,11 @@ impl RingWorker<'_> {
         }
         self.respond(id, code, st);
     }
+}
+
+/// A guest's sector number (or count) in bytes; `None` if it does not fit in 64 bits.
+fn byte_offset(sectors: u64) -> Option<u64> {
+    sectors.checked_mul(SECTOR_SIZE)
 }
 
 /// The bytes of a (validated) segment inside its page.

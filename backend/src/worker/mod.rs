@@ -6,17 +6,21 @@
 //! completions, publishes responses and notifies the frontend only when it asked for it.
 
 mod dispatch;
+mod fault;
 mod order;
 mod persistent;
 mod ring_loop;
 mod slots;
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use rustbk_formats::ImageQueue;
 use rustbk_grant::{EventChannel, EventFd, GuestHandle, RingPages};
 use rustbk_ring::{BackRing, DiskLimits, DomId};
+
+pub use fault::PANIC_AT_SECTOR_ENV;
 
 use crate::{Error, Stats};
 
@@ -79,7 +83,14 @@ impl Worker {
         let thread = std::thread::Builder::new()
             .name(name)
             .spawn(move || {
-                let exit = ring_loop::run(cfg, res, stats, &thread_stop);
+                // `run` catches a panic of the loop itself; this catches one during set-up or
+                // clean-up, so `on_exit` runs whatever happens.
+                let run = AssertUnwindSafe(|| ring_loop::run(cfg, res, stats, &thread_stop));
+                let exit = std::panic::catch_unwind(run).unwrap_or_else(|panic| {
+                    let msg = panic_message(&*panic);
+                    tracing::error!(panic = %msg, "ring worker panicked");
+                    WorkerExit::Failed(format!("panicked: {msg}"))
+                });
                 on_exit(&exit);
                 exit
             })
@@ -113,5 +124,16 @@ impl Drop for Worker {
         if self.thread.is_some() {
             self.join();
         }
+    }
+}
+
+/// The text of a panic payload (`panic!` with a literal or a formatted message).
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic payload".to_owned()
     }
 }

@@ -1,6 +1,7 @@
 //! The worker thread's loop: pull requests, submit, reap, answer, sleep.
 
 use std::os::fd::AsFd;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -8,6 +9,7 @@ use rustbk_formats::{Completion, ImageQueue};
 use rustbk_grant::{EventChannel, EventFd, GuestHandle, RingPages};
 use rustbk_ring::{BackRing, Response, status};
 
+use super::fault::Faults;
 use super::order::Order;
 use super::persistent::GrantCache;
 use super::slots::Slots;
@@ -41,6 +43,8 @@ pub(super) struct RingWorker<'a> {
     stopping: bool,
     stop: &'a EventFd,
     warn_budget: u32,
+    /// Test-only fault injection (inert in release builds).
+    pub faults: Faults,
 }
 
 /// Runs a worker until it is stopped or the frontend breaks the ring.
@@ -74,15 +78,24 @@ pub(super) fn run(
         stopping: false,
         stop,
         warn_budget: WARN_BUDGET,
+        faults: Faults::from_env(),
     };
-    let exit = match w.run_loop() {
-        Ok(()) => WorkerExit::Stopped,
-        Err(Fatal::Overflow(e)) => {
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| w.run_loop()));
+    let exit = match outcome {
+        Err(panic) => {
+            let msg = super::panic_message(&*panic);
+            tracing::error!(panic = %msg, "ring worker panicked; disconnecting");
+            // The kernel may still write into guest pages: wait before they are unmapped.
+            w.drain_after_fatal();
+            WorkerExit::Failed(format!("panicked: {msg}"))
+        }
+        Ok(Ok(())) => WorkerExit::Stopped,
+        Ok(Err(Fatal::Overflow(e))) => {
             tracing::error!(error = %e, "frontend overflowed the ring; disconnecting");
             w.drain_after_fatal();
             WorkerExit::RingOverflow
         }
-        Err(Fatal::Local(msg)) => {
+        Ok(Err(Fatal::Local(msg))) => {
             tracing::error!(error = %msg, "ring worker failed");
             w.drain_after_fatal();
             WorkerExit::Failed(msg)

@@ -11,7 +11,7 @@ use tracing::Instrument;
 
 use super::connect::{attach_ring, disk_limits, read_frontend_ring};
 use super::keys::{BackendInfo, discard_offered, publish_disk, publish_features, read_backend};
-use super::{Store, XenbusState};
+use super::{Store, XenbusState, fatal};
 use crate::worker::{Worker, WorkerConfig, WorkerExit};
 use crate::{Error, Stats};
 
@@ -111,8 +111,13 @@ async fn run_device_inner(
         tracing::info!("device is offline (being removed); not serving it");
         return Ok(());
     }
-    let info = read_backend(&store, &be).await?;
-    let image = open(&info, &opts)?;
+    let (info, image) = match read_and_open(&store, &be, &opts).await {
+        Ok(opened) => opened,
+        Err(e) => {
+            fatal::fail_unserved(&store, &be, &e).await?;
+            return Err(e);
+        }
+    };
     let (exits, mut exit_rx) = mpsc::unbounded_channel();
     let mut dev = Device {
         spec,
@@ -160,6 +165,17 @@ async fn run_device_inner(
     dev.disconnect().await;
     tracing::info!("device released");
     Ok(())
+}
+
+/// What the toolstack asked for, and the image opened accordingly.
+async fn read_and_open(
+    store: &Store,
+    be: &str,
+    opts: &BackendOptions,
+) -> Result<(BackendInfo, Arc<dyn BlockImage>), Error> {
+    let info = read_backend(store, be).await?;
+    let image = open(&info, opts)?;
+    Ok((info, image))
 }
 
 fn open(info: &BackendInfo, opts: &BackendOptions) -> Result<Arc<dyn BlockImage>, Error> {
@@ -251,7 +267,10 @@ impl Device {
             return Ok(());
         }
         match self.connect().await {
-            Ok(()) => self.set_state(XenbusState::Connected).await,
+            Ok(()) => {
+                fatal::clear_error(&self.store, &self.spec.backend_path).await?;
+                self.set_state(XenbusState::Connected).await
+            }
             Err(e) => {
                 tracing::error!(error = %error_chain(&e), "cannot connect to the frontend");
                 self.set_state(XenbusState::Closing).await
@@ -332,10 +351,13 @@ impl Device {
     }
 
     async fn on_worker_exit(&mut self, exit: WorkerExit) -> Result<(), Error> {
-        if exit == WorkerExit::Stopped {
-            return Ok(());
-        }
+        let (errno, why) = match &exit {
+            WorkerExit::Stopped => return Ok(()),
+            WorkerExit::RingOverflow => (nix::libc::EPROTO, "frontend overflowed the ring".into()),
+            WorkerExit::Failed(msg) => (nix::libc::EIO, format!("ring worker failed: {msg}")),
+        };
         tracing::error!(?exit, "ring worker ended; closing the device");
+        fatal::write_error(&self.store, &self.spec.backend_path, errno, &why).await;
         self.disconnect().await;
         self.set_state(XenbusState::Closing).await
     }

@@ -8,6 +8,7 @@
 
 mod connect;
 mod device;
+mod fatal;
 mod guest;
 mod keys;
 mod state;

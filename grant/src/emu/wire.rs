@@ -75,8 +75,13 @@ pub(crate) fn send(sock: &UnixStream, msg: &Msg, fds: &[RawFd]) -> Result<(), Er
     let iov = [IoSlice::new(&bytes)];
     let cmsg = [ControlMessage::ScmRights(fds)];
     let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
-    let n = sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None)
-        .map_err(Error::sys("sendmsg"))?;
+    let n = loop {
+        match sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            other => break other,
+        }
+    }
+    .map_err(Error::sys("sendmsg"))?;
     if n != MSG_LEN {
         return Err(Error::Protocol(format!("short send of {n} bytes")));
     }
@@ -89,12 +94,18 @@ pub(crate) fn recv(sock: &UnixStream) -> Result<Option<(Msg, Vec<OwnedFd>)>, Err
     let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
     let (len, fds) = {
         let mut iov = [IoSliceMut::new(&mut bytes)];
-        let msg = recvmsg::<()>(
-            sock.as_raw_fd(),
-            &mut iov,
-            Some(&mut space),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        )
+        // A signal (a timer, a profiler, libFuzzer's watchdog) must not fail the exchange.
+        let msg = loop {
+            match recvmsg::<()>(
+                sock.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                other => break other,
+            }
+        }
         .map_err(Error::sys("recvmsg"))?;
         (
             msg.bytes,

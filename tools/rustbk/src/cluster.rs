@@ -27,6 +27,7 @@ pub struct EmuCluster {
     introduced: Vec<u16>,
     /// The process group every process joins (the xenstore emulator's pid), if grouped.
     group: Option<i32>,
+    backend_env: Vec<(String, String)>,
 }
 
 /// A process of the cluster that exited while it should have been running.
@@ -94,6 +95,7 @@ impl EmuCluster {
             daemon: None,
             introduced: Vec::new(),
             group,
+            backend_env: Vec::new(),
         };
         let mut gone = None;
         wait_until(START_TIMEOUT, || {
@@ -231,8 +233,15 @@ impl EmuCluster {
         std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
     }
 
+    /// Sets an environment variable for the backend processes started from now on (tests use
+    /// it for the debug builds' fault injection).
+    pub fn set_backend_env(&mut self, key: &str, value: &str) {
+        self.backend_env.push((key.to_owned(), value.to_owned()));
+    }
+
     fn rustbk(&self, log: File) -> Command {
         let mut cmd = self.command(&self.exe);
+        cmd.envs(self.backend_env.iter().map(|(k, v)| (k, v)));
         cmd.env("XENSTORED_PATH", &self.xs_socket)
             .env(
                 "RUST_LOG",
