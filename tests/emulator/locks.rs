@@ -50,9 +50,18 @@ fn make_qcow2(path: &Path) {
     assert!(ok, "qemu-img create: {err}");
 }
 
+/// `params` for an image of `format`: a qcow2 image is named with its prefix.
+fn params(format: &str, image: &Path) -> String {
+    match format {
+        "qcow2" => format!("qcow2:{}", image.display()),
+        _ => image.display().to_string(),
+    }
+}
+
 fn qcow2_host(read_only: bool) -> Host {
     let setup = Setup {
         read_only,
+        format: Some("qcow2"),
         ..Setup::default()
     };
     Host::serving(setup, |dir| {
@@ -109,7 +118,7 @@ fn serve_refuses_an_image_qemu_io_holds_for_writing() {
             _ => make_qcow2(&image),
         }
         let qemu = QemuWriter::hold(&image, format);
-        let spec = VbdSpec::rustbk(DomId(domid), XVDA, image.display().to_string());
+        let spec = VbdSpec::rustbk(DomId(domid), XVDA, params(format, &image));
         let log = refused_backend(&mut host, &spec);
         // qemu-io shares writing a raw image, not a qcow2 one: either way serving is refused.
         assert!(log.contains("\"write\" lock on"), "{format}: {log}");
@@ -118,7 +127,7 @@ fn serve_refuses_an_image_qemu_io_holds_for_writing() {
             "{format}: {log}"
         );
         drop(qemu);
-        let guest = VbdSpec::rustbk(DomId(domid + 2), XVDA, image.display().to_string());
+        let guest = VbdSpec::rustbk(DomId(domid + 2), XVDA, params(format, &image));
         host.cluster.add_disk(&guest, &[]).unwrap();
         let mut g = host.guest_of(guest.domid, XVDA, |_| {});
         assert_eq!(
@@ -161,16 +170,17 @@ fn read_only_backends_share_one_image_but_exclude_a_writer() {
             true => qcow2_host(true),
         };
         let image = host.image.display().to_string();
+        let served = params(if qcow2 { "qcow2" } else { "raw" }, &host.image);
         let mut g1 = host.guest();
         let second = VbdSpec {
             read_only: true,
-            ..VbdSpec::rustbk(DomId(2), XVDA, image.clone())
+            ..VbdSpec::rustbk(DomId(2), XVDA, served.clone())
         };
         host.cluster.add_disk(&second, &[]).unwrap();
         let mut g2 = host.guest_of(DomId(2), XVDA, |_| {});
         assert_eq!(g1.read(0, 1).0, status::OKAY);
         assert_eq!(g2.read(0, 1).0, status::OKAY);
-        let writer = VbdSpec::rustbk(DomId(3), XVDA, image.clone());
+        let writer = VbdSpec::rustbk(DomId(3), XVDA, served.clone());
         let log = refused_backend(&mut host, &writer);
         assert!(log.contains("Failed to get \"write\" lock"), "{log}");
     }
