@@ -169,7 +169,6 @@ fn read_only_backends_share_one_image_but_exclude_a_writer() {
             }),
             true => qcow2_host(true),
         };
-        let image = host.image.display().to_string();
         let served = params(if qcow2 { "qcow2" } else { "raw" }, &host.image);
         let mut g1 = host.guest();
         let second = VbdSpec {
