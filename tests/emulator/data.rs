@@ -23,6 +23,7 @@ fn verify_run(g: &mut Guest, block_size: usize, pattern: Pattern, qd: u32, fresh
         region: Some(16 << 20),
         flush_every: Some(8),
         seed: block_size as u64,
+        rate: None,
     };
     let r = workload::run(&mut g.front, &w, &mut |_| {}).expect("workload");
     assert_eq!(r.mismatches, 0, "{r:?}");

@@ -6,6 +6,7 @@ mod demo;
 mod guest;
 mod platform;
 mod serve;
+mod soak;
 mod workload;
 
 use std::process::ExitCode;
@@ -26,6 +27,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Emu(EmuCommand::Guest(args)) => guest::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Soak(args) => soak::run(args),
         Command::Img(args) => crate::img::run(args),
     }
 }
