@@ -56,9 +56,11 @@ impl Load {
 /// What a guest (or a hot-attached disk) did.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Tally {
-    /// Completed reads, writes and flushes.
+    /// Completed reads.
     pub reads: u64,
+    /// Completed writes.
     pub writes: u64,
+    /// Completed flushes.
     pub flushes: u64,
     /// Requests answered with an error.
     pub errors: u64,
@@ -151,9 +153,8 @@ fn guest_loop(
     frames.alloc(HALF)?;
     let mut xs = XsClient::connect(&g.socket).context("cannot reach xenstore")?;
     let mut model: Option<DiskModel> = None;
-    let mut stops = reboots.iter().map(|t| start + *t).chain([end]);
-    for run in 0u64.. {
-        let Some(stop) = stops.next() else { break };
+    let stops = reboots.iter().map(|t| start + *t).chain([end]);
+    for (run, stop) in (0u64..).zip(stops) {
         let cfg = g.frontend_config(g.xvda.devid);
         let mut front = Frontend::connect(Arc::clone(&g.dom), xs, frames, cfg)
             .with_context(|| format!("connect (after {} reboots)", tally.reboots))?;
