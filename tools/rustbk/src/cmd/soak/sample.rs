@@ -40,6 +40,19 @@ impl Usage {
         })
     }
 
+    /// Number of series in [`Usage::series`].
+    pub const SERIES: usize = 4;
+
+    /// Each series' name and value, always in the same order.
+    pub fn series(&self) -> [(&'static str, u64); Self::SERIES] {
+        [
+            ("fds", self.fds),
+            ("threads", self.threads),
+            ("rss_kib", self.rss_kib),
+            ("grant_pages", self.grant_pages),
+        ]
+    }
+
     fn add(&mut self, o: &Usage) {
         self.fds += o.fds;
         self.threads += o.threads;

@@ -61,13 +61,9 @@ pub fn check(samples: &[Sample], b: &Bounds) -> Vec<Check> {
         .filter(|s| s.t >= b.reference_end_s)
         .collect();
     let mut out = Vec::new();
-    let fields: [(&str, fn(&Usage) -> u64); 4] = [
-        ("fds", |u| u.fds),
-        ("threads", |u| u.threads),
-        ("rss_kib", |u| u.rss_kib),
-        ("grant_pages", |u| u.grant_pages),
-    ];
-    for (name, get) in fields {
+    for i in 0..Usage::SERIES {
+        let get = |u: &Usage| u.series()[i].1;
+        let name = b.daemon.series()[i].0;
         let d = series(&reference, &after, |s| get(&s.daemon));
         out.push(d.check(format!("daemon {name}"), get(&b.daemon)));
         let w = series(&reference, &after, |s| get(&s.workers));
