@@ -287,7 +287,7 @@ pub struct SoakArgs {
     /// How long to run: seconds, or a number with an s, m or h suffix.
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub duration: std::time::Duration,
-    /// The CI setting: 90 seconds with faults twice as often.
+    /// The CI setting: 90 seconds with faults more often.
     #[arg(long, conflicts_with = "duration")]
     pub short: bool,
     /// Seed of the workloads and the fault schedule (default: from the clock; always printed).

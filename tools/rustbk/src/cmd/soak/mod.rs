@@ -34,7 +34,7 @@ const XVDB: u32 = XVDA + 16;
 /// Size of each hot-attached disk.
 const XVDB_SIZE: u64 = 16 << 20;
 /// Hot-attached disks at most at once over all guests; a planned attach beyond is skipped.
-const MAX_HOT: usize = 4;
+const MAX_HOT: usize = 2;
 
 /// The fault rates of a profile, in seconds.
 struct Profile {
@@ -57,11 +57,11 @@ const LONG: Profile = Profile {
     sample_every: 5.0,
 };
 
-/// CI: 90 s with faults about twice as often.
+/// CI: 90 s with faults about three times as often.
 const SHORT: Profile = Profile {
     duration: 90.0,
     kill_every: 5.0,
-    reboot_every: 30.0,
+    reboot_every: 20.0,
     hotplug_every: 3.0,
     hotplug_hold: 4.0,
     sample_every: 2.0,

@@ -27,11 +27,10 @@ pub struct Bounds {
 
 impl Bounds {
     /// The windows for a run of `duration`: a minute of warm-up and a minute of reference,
-    /// shortened to a third of the run each for short runs.
+    /// shortened to a quarter of the run each for short runs (half the run is checked).
     pub fn windows(duration: Duration) -> (f64, f64) {
-        let third = duration.as_secs_f64() / 3.0;
-        let warmup = third.min(60.0);
-        (warmup, warmup + third.min(60.0))
+        let quarter = (duration.as_secs_f64() / 4.0).min(60.0);
+        (quarter, 2.0 * quarter)
     }
 }
 
