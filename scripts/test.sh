@@ -2,8 +2,8 @@
 # The whole rustbk test suite, from a fresh Debian machine: installs the system packages the
 # tests use (scripts/setup.sh: gcc/-m32 against Xen's headers, Debian's xenstore CLI, fio, one
 # consistent QEMU set chosen by RUSTBK_QEMU), checks formatting and lints, runs every cargo
-# test, then boots real Xen with a Linux guest
-# under QEMU and runs the end-to-end test (tests/xen-e2e). A missing tool fails the run.
+# test and the short soak (scripts/soak.sh), then boots real Xen with a Linux guest under QEMU
+# and runs the end-to-end test (tests/xen-e2e). A missing tool fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +16,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --workspace 2>&1 | tee /tmp/rustbk-test.log
 grep -q "test result: FAILED" /tmp/rustbk-test.log && exit 1
+echo "== soak, short setting (32 emulated guests under the daemon for 90 s with faults)"
+bash scripts/soak.sh --short
 echo "== real Xen end to end (Xen 4.17 + Linux dom0 + Linux PV guest under QEMU TCG)"
 bash tests/xen-e2e/run.sh
 echo "== all tests passed"

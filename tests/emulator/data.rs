@@ -3,7 +3,8 @@
 use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
-use rustbk_blkfront::workload::{self, Pattern, Workload};
+use rustbk_blkfront::Frontend;
+use rustbk_blkfront::workload::{self, DiskModel, Pattern, Workload};
 use rustbk_ring::{
     GrantRef, IndirectRefs, Request, RwOp, SEGS_PER_INDIRECT_FRAME, Sector, Segment, Segments,
     SharedMemory, encode_indirect_segments, op, status,
@@ -26,11 +27,61 @@ fn verify_run(g: &mut Guest, block_size: usize, pattern: Pattern, qd: u32, fresh
         region: Some(16 << 20),
         flush_every: Some(8),
         seed: block_size as u64,
+        rate: None,
     };
     let r = workload::run(&mut g.front, &w, &mut |_| {}).expect("workload");
     assert_eq!(r.mismatches, 0, "{r:?}");
     assert_eq!(r.errors, 0, "{r:?}");
     assert!(r.reads > 0 && r.writes > 0 && r.flushes > 0, "{r:?}");
+}
+
+#[test]
+fn disk_model_keeps_verifying_across_a_reconnect() {
+    let host = Host::new(Setup::default());
+    let mut g = host.guest();
+    let writes = Workload {
+        read_percent: 0,
+        queue_depth: 4,
+        duration: Duration::from_secs(20),
+        max_ops: Some(1500),
+        region: Some(1 << 20),
+        flush_every: Some(8),
+        seed: 11,
+        ..Workload::default()
+    };
+    let mut model = DiskModel::for_workload(&g.front, &writes).unwrap();
+    let r = workload::run_with_model(&mut g.front, &writes, &mut model, &mut |_| {}).unwrap();
+    assert_eq!(
+        (r.errors, r.mismatches, r.writes + r.flushes),
+        (0, 0, 1500),
+        "{r:?}"
+    );
+    let reads = Workload {
+        read_percent: 100,
+        max_ops: Some(300),
+        ..writes.clone()
+    };
+    let reconnect = |g: Guest| {
+        let closed = g.front.close().unwrap();
+        let front = Frontend::connect(closed.dom, closed.xs, closed.frames, g.cfg.clone());
+        Guest::from_parts(front.expect("reconnect"), g.cfg)
+    };
+
+    // After a reboot the guest still knows what it wrote, and the disk still holds it.
+    let mut g = reconnect(g);
+    let r = workload::run_with_model(&mut g.front, &reads, &mut model, &mut |_| {}).unwrap();
+    assert_eq!((r.errors, r.mismatches, r.reads), (0, 0, 300), "{r:?}");
+
+    // Data changed behind the guest's back: every read after the next reboot is caught.
+    let mut image = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&host.image)
+        .unwrap();
+    std::io::Write::write_all(&mut image, &vec![0xa5u8; 1 << 20]).unwrap();
+    image.sync_all().unwrap();
+    let mut g = reconnect(g);
+    let r = workload::run_with_model(&mut g.front, &reads, &mut model, &mut |_| {}).unwrap();
+    assert_eq!((r.errors, r.mismatches, r.reads), (0, 300, 300), "{r:?}");
 }
 
 #[test]

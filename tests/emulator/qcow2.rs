@@ -59,6 +59,7 @@ fn workload(fresh: bool) -> Workload {
         region: Some(32 << 20),
         flush_every: Some(32),
         seed: 77,
+        rate: None,
     }
 }
 

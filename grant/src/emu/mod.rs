@@ -17,7 +17,7 @@ mod wire;
 
 pub use guest::{DomainConfig, EmuDomain, GuestPort, endpoint_path};
 pub use platform::{EmuPlatform, MAX_MAP_PAGES};
-pub use ram::{GuestRam, RamView};
+pub use ram::{GUEST_RAM_MEMFD, GuestRam, RamView};
 
 #[cfg(test)]
 mod tests;

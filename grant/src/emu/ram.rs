@@ -9,6 +9,10 @@ use rustbk_ring::{PAGE_SIZE, SharedMemory};
 use crate::Error;
 use crate::sys::Region;
 
+/// The name of every guest RAM memfd: a backend's grant mappings are the mappings of this file
+/// in its `/proc/PID/maps` (`/memfd:rustbk-guest-ram (deleted)`), one page per mapped grant.
+pub const GUEST_RAM_MEMFD: &std::ffi::CStr = c"rustbk-guest-ram";
+
 /// A memfd of `pages` pages, created with `name`, and its size set.
 pub(crate) fn new_memfd(name: &std::ffi::CStr, pages: u32) -> Result<OwnedFd, Error> {
     let fd =
@@ -29,7 +33,7 @@ pub struct GuestRam {
 
 impl GuestRam {
     pub(crate) fn create(pages: u32) -> Result<GuestRam, Error> {
-        let fd = new_memfd(c"rustbk-guest-ram", pages)?;
+        let fd = new_memfd(GUEST_RAM_MEMFD, pages)?;
         let region = Region::map_shared(&fd, 0, pages as usize * PAGE_SIZE, true)?;
         Ok(GuestRam { fd, region, pages })
     }

@@ -30,6 +30,9 @@ pub enum Command {
     Demo(DemoArgs),
     /// Measure rustbk against fio (io_uring, O_DIRECT) on the same file in the same run.
     Bench(BenchArgs),
+    /// Soak test: the daemon serving many emulated guests with verifying workloads while
+    /// workers are killed, guests reboot and disks come and go; checks that nothing leaks.
+    Soak(SoakArgs),
     /// Image tools with qemu-img's conventions: create, info, check, convert, compare, map, resize.
     Img(crate::img::ImgArgs),
 }
@@ -295,6 +298,76 @@ pub struct BenchArgs {
     pub backend: BackendArgs,
 }
 
+/// `rustbk soak`. Event intervals left unset take the profile's values (`--short` or not).
+#[derive(Debug, Args)]
+pub struct SoakArgs {
+    /// Emulated guests, each with its own disk and its own worker process.
+    #[arg(long, default_value_t = 32)]
+    pub guests: u16,
+    /// How long to run: seconds, or a number with an s, m or h suffix.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub duration: std::time::Duration,
+    /// The CI setting: 90 seconds with faults more often.
+    #[arg(long, conflicts_with = "duration")]
+    pub short: bool,
+    /// Seed of the workloads and the fault schedule (default: from the clock; always printed).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Size of each guest's disk.
+    #[arg(long, default_value = "64m", value_parser = parse_size)]
+    pub size: u64,
+    /// Requests in flight per disk.
+    #[arg(long, default_value_t = 4)]
+    pub qd: u32,
+    /// Requests per second per disk.
+    #[arg(long, default_value_t = 50)]
+    pub rate: u32,
+    /// A flush after every N writes.
+    #[arg(long, default_value_t = 16)]
+    pub flush_every: u64,
+    /// Mean seconds between two worker kills (over all guests).
+    #[arg(long)]
+    pub kill_every: Option<f64>,
+    /// Mean seconds between two reboots of one guest.
+    #[arg(long)]
+    pub reboot_every: Option<f64>,
+    /// Mean seconds between two hot attaches (over all guests).
+    #[arg(long)]
+    pub hotplug_every: Option<f64>,
+    /// Mean seconds a hot-attached disk stays.
+    #[arg(long)]
+    pub hotplug_hold: Option<f64>,
+    /// Seconds between two resource samples.
+    #[arg(long)]
+    pub sample_every: Option<f64>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = crate::img::OutputArg::Human)]
+    pub output: crate::img::OutputArg,
+    /// Keep the work folder (logs, images) instead of deleting it.
+    #[arg(long)]
+    pub keep: bool,
+    /// Backend tunables, passed to the daemon's workers.
+    #[command(flatten)]
+    pub backend: BackendArgs,
+}
+
+/// Parses `90`, `90s`, `10m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&s[..i], c.to_ascii_lowercase()),
+        _ => (s, 's'),
+    };
+    let mult = match unit {
+        's' => 1.0,
+        'm' => 60.0,
+        'h' => 3600.0,
+        _ => return Err(format!("unknown time unit in {s:?}")),
+    };
+    let n: f64 = num.parse().map_err(|_| format!("not a duration: {s:?}"))?;
+    std::time::Duration::try_from_secs_f64(n * mult).map_err(|_| format!("bad duration: {s:?}"))
+}
+
 /// Accepts the two logical sector sizes blkif knows: 512 and 4096.
 pub fn parse_sector_size(s: &str) -> Result<u32, String> {
     match s.trim() {
@@ -385,9 +458,10 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::{
-        parse_block_size, parse_image_size, parse_ring_order, parse_runtime, parse_seconds,
-        parse_size,
+        parse_block_size, parse_duration, parse_image_size, parse_ring_order, parse_runtime,
+        parse_seconds, parse_size,
     };
+    use std::time::Duration;
 
     #[test]
     fn workload_values_out_of_range_are_refused() {
@@ -403,6 +477,17 @@ mod tests {
         assert!(parse_image_size("0").is_err() && parse_image_size("1000").is_err());
         assert_eq!(parse_ring_order("4"), Ok(4));
         assert!(parse_ring_order("5").is_err());
+    }
+
+    #[test]
+    fn durations_accept_units_and_reject_garbage() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        assert!(parse_duration("10d").is_err());
+        assert!(parse_duration("-5").is_err());
+        assert!(parse_duration("m").is_err());
     }
 
     #[test]

@@ -334,6 +334,11 @@ impl EmuCluster {
         GuestLock::holder(&self.dir, DomId(domid)).ok().flatten()
     }
 
+    /// The pid of the daemon, if one was started.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(Child::id)
+    }
+
     /// The pid of the xenstore emulator.
     pub fn xenstored_pid(&self) -> u32 {
         self.xenstored.id()

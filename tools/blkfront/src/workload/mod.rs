@@ -1,12 +1,15 @@
 //! Workloads run by the emulated guest: what `rustbk demo` and `rustbk bench` drive.
 
+mod model;
+mod pace;
 mod pattern;
 mod report;
 mod runner;
 
+pub use model::DiskModel;
 pub use pattern::{fill as fill_pattern, matches as pattern_matches};
 pub use report::{Latencies, LatencySummary, Report};
-pub use runner::run;
+pub use runner::{run, run_with_model};
 
 use std::time::Duration;
 
@@ -44,6 +47,8 @@ pub struct Workload {
     pub flush_every: Option<u64>,
     /// Seed of the random offsets and read/write choice.
     pub seed: u64,
+    /// Issue at most this many requests per second (no limit if unset).
+    pub rate: Option<u32>,
 }
 
 impl Default for Workload {
@@ -60,6 +65,7 @@ impl Default for Workload {
             region: None,
             flush_every: None,
             seed: 0x5eed,
+            rate: None,
         }
     }
 }

@@ -4,13 +4,16 @@ use std::time::{Duration, Instant};
 
 use rustbk_ring::{Request, Response, RwOp, op, status};
 
+use super::model::{DiskModel, UNKNOWN, region_blocks};
+use super::pace::Pacer;
 use super::pattern::{fill, matches};
 use super::report::{Latencies, Report};
 use super::{Pattern, Progress, Workload};
 use crate::{Error, Frontend, SlotPool};
 
-/// Generation of a block whose contents are unknown (a failed write): never verified.
-const UNKNOWN: u32 = u32::MAX;
+/// How long requests may stay unanswered before the run fails (a restarted backend must answer
+/// within this).
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Copy, Debug)]
 enum Kind {
@@ -30,7 +33,7 @@ struct InFlight {
 struct Runner<'a> {
     w: &'a Workload,
     blocks: usize,
-    gens: Vec<u32>,
+    gens: &'a mut Vec<u32>,
     busy: Vec<bool>,
     inflight: Vec<Option<InFlight>>,
     pool: SlotPool,
@@ -38,6 +41,9 @@ struct Runner<'a> {
     next_seq: usize,
     writes_since_flush: u64,
     issued: u64,
+    pacer: Pacer,
+    /// The last response, or the first request after an idle spell.
+    last_activity: Instant,
     report: Report,
     lat: Latencies,
     buf: Vec<u8>,
@@ -50,7 +56,19 @@ pub fn run(
     w: &Workload,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<Report, Error> {
-    let mut r = Runner::new(front, w)?;
+    let mut model = DiskModel::for_workload(front, w)?;
+    run_with_model(front, w, &mut model, progress)
+}
+
+/// Runs `w` on a connected frontend, verifying reads against `model` and recording writes in
+/// it, so a later run (after a reconnect) goes on verifying the same data.
+pub fn run_with_model(
+    front: &mut Frontend,
+    w: &Workload,
+    model: &mut DiskModel,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<Report, Error> {
+    let mut r = Runner::new(front, w, model)?;
     let start = Instant::now();
     let deadline = start + w.duration;
     let mut last_progress = start;
@@ -64,13 +82,8 @@ pub fn run(
             break;
         }
         responses.clear();
-        front.poll_responses(&mut responses, Duration::from_secs(30))?;
-        if responses.is_empty() {
-            return Err(Error::Timeout(format!(
-                "responses ({} requests in flight)",
-                r.in_flight()
-            )));
-        }
+        front.poll_responses(&mut responses, r.poll_timeout(issuing))?;
+        r.check_stall()?;
         for rsp in &responses {
             r.complete(front, rsp)?;
         }
@@ -86,37 +99,35 @@ pub fn run(
 }
 
 impl<'a> Runner<'a> {
-    fn new(front: &mut Frontend, w: &'a Workload) -> Result<Self, Error> {
-        let disk = front.disk().clone();
-        let sector = disk.sector_size.max(512) as usize;
+    fn new(front: &mut Frontend, w: &'a Workload, model: &'a mut DiskModel) -> Result<Self, Error> {
+        let sector = front.disk().sector_size.max(512) as usize;
         if w.block_size == 0 || w.block_size % sector != 0 || w.queue_depth == 0 {
             return Err(Error::Config(format!(
                 "block size {} / depth {} invalid for sector size {sector}",
                 w.block_size, w.queue_depth
             )));
         }
-        let disk_bytes = disk.sectors * 512;
-        let region = w.region.unwrap_or(disk_bytes).min(disk_bytes);
-        let blocks = usize::try_from(region / w.block_size as u64)
-            .map_err(|_| Error::Config("too many blocks".into()))?;
+        let blocks = region_blocks(front, w)?;
         if blocks < w.queue_depth as usize {
             return Err(Error::Config(format!(
-                "region of {region} bytes is too small for depth {}",
+                "region of {blocks} blocks is too small for depth {}",
                 w.queue_depth
+            )));
+        }
+        if w.verify && model.blocks() != blocks {
+            return Err(Error::Config(format!(
+                "the disk model has {} blocks, the region {blocks}",
+                model.blocks()
             )));
         }
         let (dom, backend) = (std::sync::Arc::clone(front.domain()), front.backend_domid());
         let depth = w.queue_depth.min(front.free_slots());
         let pool = SlotPool::new(&dom, front.frames_mut(), backend, depth, w.block_size)?;
-        let first_gen = if w.fresh { 0 } else { UNKNOWN };
+        let now = Instant::now();
         Ok(Runner {
             w,
             blocks,
-            gens: if w.verify {
-                vec![first_gen; blocks]
-            } else {
-                Vec::new()
-            },
+            gens: &mut model.gens,
             busy: vec![false; blocks],
             inflight: vec![None; pool.len()],
             pool,
@@ -124,11 +135,34 @@ impl<'a> Runner<'a> {
             next_seq: 0,
             writes_since_flush: 0,
             issued: 0,
+            pacer: Pacer::new(w.rate, now),
+            last_activity: now,
             report: Report::default(),
             lat: Latencies::default(),
             buf: vec![0u8; w.block_size],
             scratch: Vec::new(),
         })
+    }
+
+    /// How long to wait for responses: until the next paced request is due, if there is one.
+    fn poll_timeout(&self, issuing: bool) -> Duration {
+        let pace = self.pacer.wait(Instant::now());
+        if issuing && pace > Duration::ZERO {
+            pace.min(RESPONSE_TIMEOUT)
+        } else {
+            RESPONSE_TIMEOUT
+        }
+    }
+
+    /// Fails when requests have waited [`RESPONSE_TIMEOUT`] without any response.
+    fn check_stall(&self) -> Result<(), Error> {
+        if self.in_flight() > 0 && self.last_activity.elapsed() >= RESPONSE_TIMEOUT {
+            return Err(Error::Timeout(format!(
+                "responses ({} requests in flight)",
+                self.in_flight()
+            )));
+        }
+        Ok(())
     }
 
     fn in_flight(&self) -> usize {
@@ -160,9 +194,16 @@ impl<'a> Runner<'a> {
     }
 
     fn fill_queue(&mut self, front: &mut Frontend) -> Result<(), Error> {
+        if self.in_flight() == 0 {
+            self.last_activity = Instant::now();
+        }
         let mut pushed = false;
         while front.free_slots() > 0 && self.w.max_ops.is_none_or(|m| self.issued < m) {
             let Some(slot) = self.pool.take() else { break };
+            if !self.pacer.try_take(Instant::now()) {
+                self.pool.give_back(slot);
+                break;
+            }
             let wants_flush = self
                 .w
                 .flush_every
@@ -257,6 +298,7 @@ impl<'a> Runner<'a> {
             )));
         };
         let slot = slot.unwrap_or_default();
+        self.last_activity = Instant::now();
         self.lat.record(f.start.elapsed());
         let expected_op = match f.kind {
             Kind::Read => op::READ,

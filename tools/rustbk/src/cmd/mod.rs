@@ -7,6 +7,7 @@ mod guest;
 mod image;
 mod platform;
 mod serve;
+mod soak;
 mod workload;
 
 use std::process::ExitCode;
@@ -27,6 +28,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Emu(EmuCommand::Guest(args)) => guest::run(args),
         Command::Demo(args) => supervised(demo::run(args)),
         Command::Bench(args) => supervised(bench::run(args)),
+        Command::Soak(args) => soak::run(args),
         Command::Img(args) => crate::img::run(args),
     }
 }

@@ -43,6 +43,7 @@ pub fn workload_from_args(a: &WorkloadArgs, fresh: bool) -> anyhow::Result<Workl
         region: None,
         flush_every: a.flush_every,
         seed: a.seed,
+        rate: None,
     })
 }
 
