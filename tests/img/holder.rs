@@ -41,7 +41,7 @@ impl QemuWriter {
     /// Whether some process holds the image with the write permission (lock byte 101).
     fn writing(&self) -> bool {
         let file = std::fs::File::open(&self.image).expect("open image");
-        lock(&file, &self.image, LockMode::Reader).is_err()
+        lock(file, &self.image, LockMode::Reader).is_err()
     }
 }
 

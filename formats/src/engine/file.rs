@@ -88,7 +88,7 @@ pub struct EngineFile {
     /// A descriptor of its own holding the lock bytes: the others may be registered with an
     /// io_uring, which closes them asynchronously after the ring is dropped, and the locks
     /// must go away as soon as the file is dropped.
-    _lock: Option<File>,
+    _lock: Option<lock::Held>,
 }
 
 impl EngineFile {
@@ -129,8 +129,7 @@ impl EngineFile {
             _ if read_only => LockMode::Reader,
             _ => LockMode::Writer,
         };
-        let lock_fd = open_lock(path, &meta).map_err(err)?;
-        lock::lock(&lock_fd, path, mode)?;
+        let held = lock::lock(open_lock(path, &meta).map_err(err)?, path, mode)?;
         let mut file = EngineFile {
             path: path.to_owned(),
             buffered,
@@ -142,7 +141,7 @@ impl EngineFile {
             bounced: AtomicU64::new(0),
             fallbacks: AtomicU64::new(0),
             recorder: None,
-            _lock: Some(lock_fd),
+            _lock: Some(held),
         };
         if direct {
             file.direct = file.open_direct(&meta).map_err(err)?;

@@ -110,24 +110,52 @@ impl LockMode {
     }
 }
 
+/// The lock bytes of one open file, released when dropped.
+///
+/// The bytes are released explicitly (`F_UNLCK` on the open file description) before the
+/// descriptor is closed: a child forked by another thread holds a copy of the descriptor until
+/// it execs, and with a plain close the locks would live on in it for that moment.
+#[derive(Debug)]
+pub struct Held(File);
+
+impl Held {
+    /// The locked file.
+    pub fn file(&self) -> &File {
+        &self.0
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let all = libc::flock {
+            l_len: SHARED_BASE + 100 - PERM_BASE,
+            ..byte_lock(UNLOCK, PERM_BASE)
+        };
+        if let Err(e) = fcntl(self.0.as_raw_fd(), FcntlArg::F_OFD_SETLK(&all)) {
+            tracing::warn!(error = %e, "cannot release the image's lock bytes");
+        }
+    }
+}
+
 /// Takes the lock bytes of `mode` on `file` (opened from `path`), then checks that no other
-/// open file holds a conflicting byte. On a conflict the bytes stay taken until `file` is
-/// closed; callers drop the file with the error.
-pub fn lock(file: &File, path: &Path, mode: LockMode) -> Result<(), Error> {
+/// open file holds a conflicting byte. The bytes are held until the returned [`Held`] is
+/// dropped; on a conflict they are released at once.
+pub fn lock(file: File, path: &Path, mode: LockMode) -> Result<Held, Error> {
+    let held = Held(file);
     let io_err = |source: io::Error| Error::Open {
         path: path.to_owned(),
         source,
     };
     for perm in Perm::ALL {
         if mode.held() & perm.bit() != 0 {
-            take(file, perm.held_byte()).map_err(io_err)?;
+            take(&held.0, perm.held_byte()).map_err(io_err)?;
         }
         if mode.unshared() & perm.bit() != 0 {
-            take(file, perm.unshared_byte()).map_err(io_err)?;
+            take(&held.0, perm.unshared_byte()).map_err(io_err)?;
         }
     }
-    match conflict(file, mode).map_err(io_err)? {
-        None => Ok(()),
+    match conflict(&held.0, mode).map_err(io_err)? {
+        None => Ok(held),
         Some((perm, shared)) => Err(Error::Locked {
             path: path.to_owned(),
             perm: perm.name(),
@@ -163,8 +191,11 @@ const READ_LOCK: libc::c_short = libc::F_RDLCK as libc::c_short;
 #[allow(clippy::cast_possible_truncation)]
 const WRITE_LOCK: libc::c_short = libc::F_WRLCK as libc::c_short;
 #[allow(clippy::cast_possible_truncation)]
+const UNLOCK: libc::c_short = libc::F_UNLCK as libc::c_short;
+#[allow(clippy::cast_possible_truncation)]
 const FROM_START: libc::c_short = libc::SEEK_SET as libc::c_short;
 const _: () = assert!(READ_LOCK as i32 == libc::F_RDLCK && WRITE_LOCK as i32 == libc::F_WRLCK);
+const _: () = assert!(UNLOCK as i32 == libc::F_UNLCK);
 const _: () = assert!(FROM_START as i32 == libc::SEEK_SET);
 
 fn byte_lock(kind: libc::c_short, byte: i64) -> libc::flock {
@@ -196,13 +227,12 @@ fn held_elsewhere(file: &File, byte: i64) -> io::Result<bool> {
 mod tests {
     use super::*;
 
-    fn locked(path: &Path, mode: LockMode) -> Result<File, Error> {
+    fn locked(path: &Path, mode: LockMode) -> Result<Held, Error> {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(mode == LockMode::Writer)
             .open(path)?;
-        lock(&file, path, mode)?;
-        Ok(file)
+        lock(file, path, mode)
     }
 
     fn image() -> (tempfile::TempDir, std::path::PathBuf) {
@@ -255,6 +285,17 @@ mod tests {
             refused(&path, LockMode::Reader),
             (Perm::Write.held_byte(), true)
         );
+    }
+
+    #[test]
+    fn a_copy_of_the_descriptor_does_not_keep_the_locks_of_a_dropped_image() {
+        // What a child forked by another thread holds until it execs.
+        let (_dir, path) = image();
+        let first = locked(&path, LockMode::Writer).expect("first writer");
+        let copy = first.file().try_clone().expect("dup");
+        drop(first);
+        locked(&path, LockMode::Writer).expect("writer while a copy of the first is open");
+        drop(copy);
     }
 
     #[test]

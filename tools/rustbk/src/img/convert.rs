@@ -155,7 +155,7 @@ fn create_dst(args: &ConvertArgs, size: u64) -> anyhow::Result<u64> {
     if std::fs::symlink_metadata(&args.dst).is_ok_and(|m| m.is_file()) {
         let replace = || format!("Cannot replace '{}'", args.dst.display());
         let old = std::fs::File::open(&args.dst).with_context(replace)?;
-        lock(&old, &args.dst, LockMode::Writer).with_context(replace)?;
+        let _held = lock(old, &args.dst, LockMode::Writer).with_context(replace)?;
         std::fs::remove_file(&args.dst).with_context(replace)?;
     }
     let fail = || format!("Could not create '{}'", args.dst.display());

@@ -59,14 +59,16 @@ impl ImageInfo {
             true => LockMode::SharedReader,
             false => LockMode::Reader,
         };
-        lock(&file, path, mode).with_context(|| format!("Could not open '{}'", path.display()))?;
+        let held = lock(file, path, mode)
+            .with_context(|| format!("Could not open '{}'", path.display()))?;
+        let file = held.file();
         let meta = file.metadata()?;
         let mut head = [0u8; 8];
         let got = file.read_at(&mut head, 0)?;
         let is_qcow2 = head[..got].starts_with(&header::MAGIC);
         let header = match format {
             Some(FormatArg::Raw) => None,
-            Some(FormatArg::Qcow2) | None if is_qcow2 => Some(read_header(&file, meta.len())?),
+            Some(FormatArg::Qcow2) | None if is_qcow2 => Some(read_header(file, meta.len())?),
             Some(FormatArg::Qcow2) => bail!("'{}' is not a qcow2 image", path.display()),
             None => None,
         };

@@ -48,7 +48,8 @@ pub fn run(args: ResizeArgs) -> anyhow::Result<ExitCode> {
             .write(true)
             .open(&args.file)
             .with_context(opened)?;
-        lock(&file, &args.file, LockMode::Writer).with_context(opened)?;
+        let held = lock(file, &args.file, LockMode::Writer).with_context(opened)?;
+        let file = held.file();
         file.set_len(new)?;
         file.sync_all()?;
     }
