@@ -3,6 +3,7 @@
 //! * [`toolstack`]: writes a vbd's backend and frontend directories the way libxl does.
 //! * [`Frontend`]: plays Linux blkfront: the xenbus handshake over xenstore, a granted ring and
 //!   data pages in emulated guest RAM, requests and responses, close and reconnect.
+//! * [`rng`]: the seeded generator of workloads and test schedules.
 //! * [`workload`]: sequential/random, read/write/mixed workloads with a verify mode, latency
 //!   percentiles and throughput.
 
@@ -11,6 +12,7 @@
 mod error;
 mod frames;
 mod front;
+pub mod rng;
 mod slots;
 pub mod toolstack;
 mod wait;

@@ -3,35 +3,12 @@
 
 use std::time::Duration;
 
-/// A small seeded generator (splitmix64): the same seed gives the same schedule.
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
+use rustbk_blkfront::rng::Rng;
 
-impl Rng {
-    /// A generator seeded with `seed`.
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `0..n` (0 if `n` is 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next_u64() % n }
-    }
-
-    /// `mean` scaled by a factor drawn uniformly from 0.5..1.5.
-    pub fn around(&mut self, mean: Duration) -> Duration {
-        let permille = 500 + self.below(1001);
-        mean.mul_f64(permille as f64 / 1000.0)
-    }
+/// `mean` scaled by a factor drawn uniformly from 0.5..1.5.
+fn around(rng: &mut Rng, mean: Duration) -> Duration {
+    let permille = 500 + rng.below(1001);
+    mean.mul_f64(permille as f64 / 1000.0)
 }
 
 /// What the schedule does and how often (all means; the actual gaps vary ±50 %).
@@ -87,7 +64,7 @@ impl Schedule {
         let mut faults = kills(&mut rng, rates, end);
         for t in times(&mut rng, rates.hotplug_every, end) {
             let guest = pick(&mut rng, rates.guests);
-            let hold = rng.around(rates.hotplug_hold);
+            let hold = around(&mut rng, rates.hotplug_hold);
             faults.push((t, Fault::HotAttach { guest, hold }));
         }
         faults.sort_by_key(|(t, _)| *t);
@@ -117,10 +94,10 @@ fn times(rng: &mut Rng, mean: Duration, end: Duration) -> Vec<Duration> {
     if mean.is_zero() {
         return out;
     }
-    let mut t = rng.around(mean);
+    let mut t = around(rng, mean);
     while t < end {
         out.push(t);
-        t += rng.around(mean);
+        t += around(rng, mean);
     }
     out
 }
