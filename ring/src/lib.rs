@@ -16,6 +16,7 @@ mod error;
 pub mod front;
 pub mod indirect;
 mod inline;
+pub mod journal;
 pub mod request;
 pub mod response;
 #[allow(unsafe_code)]
@@ -35,6 +36,7 @@ pub use indirect::{
     decode_indirect_segments, decode_indirect_segments_into, encode_indirect_segments,
 };
 pub use inline::InlineVec;
+pub use journal::journal_bytes;
 pub use request::{
     BadReason, BadRequest, IndirectRefs, Request, RwOp, Segment, Segments, decode_request,
     encode_request, indirect_pages,
