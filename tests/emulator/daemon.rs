@@ -30,6 +30,11 @@ fn round_trip(g: &mut Guest, sector: u64, seed: u8) {
     assert_eq!(g.read(sector, 2), (status::OKAY, data));
 }
 
+/// The request journal of guest `domid`'s first disk, in the daemon's lock folder.
+fn journal_file(host: &Host, domid: u16) -> std::path::PathBuf {
+    host.cluster.dir().join(format!("journal-{domid}-{XVDA}-0"))
+}
+
 fn kill(pid: u32) {
     let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
@@ -45,6 +50,8 @@ fn daemon_claims_only_rustbk_disks_with_one_worker_per_guest() {
     host.cluster.add_vbd(&spec2).unwrap();
     let mut g2 = host.guest_of(DomId(2), XVDA, |_| {});
     round_trip(&mut g2, 64, 2);
+    let journal2 = journal_file(&host, 2);
+    assert!(journal2.is_file(), "each ring has a request journal");
     let (p1, p2) = (
         host.cluster.worker_pid(1).unwrap(),
         host.cluster.worker_pid(2).unwrap(),
@@ -72,6 +79,7 @@ fn daemon_claims_only_rustbk_disks_with_one_worker_per_guest() {
     wait_for("guest 2's worker to exit", &host, || {
         host.cluster.worker_pid(2).is_none()
     });
+    assert!(!journal2.exists(), "a removed disk leaves no journal");
     round_trip(&mut g1, 128, 3);
     assert_eq!(host.cluster.worker_pid(1), Some(p1));
 }
