@@ -1,6 +1,8 @@
 //! The Xen blkif protocol: the ABI of ring entries for each guest layout,
 //! request decoding and validation, indirect segment pages, and both ends of
-//! the shared ring with ring.h's index arithmetic, barriers and notify rules.
+//! the shared ring with ring.h's index arithmetic, barriers and notify rules,
+//! and the request journal that lets a restarted backend serve again what it
+//! had consumed ([`journal`]).
 //!
 //! No syscalls. The only `unsafe` code lives in [`shared`], which does the
 //! volatile and atomic accesses to memory shared with the other end; every

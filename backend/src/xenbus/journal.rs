@@ -1,5 +1,11 @@
 //! Where each ring's request journal lives: a file in the daemon's lock folder, so that a worker
 //! restarted after SIGKILL finds what the killed one consumed (see `rustbk_ring::journal`).
+//!
+//! Every connect that follows InitWait starts a fresh journal, and only a worker that finds the
+//! device Connected with a live frontend keeps it. A frontend publishes a new ring only after it
+//! saw InitWait, so a kept journal belongs to the ring being reattached. A frontend that breaks
+//! that rule can only have its own earlier requests, on its own disk and grants, served again:
+//! nothing a guest could not ask for anyway.
 
 use std::path::{Path, PathBuf};
 
