@@ -57,7 +57,8 @@ impl FileMemory {
         };
         let meta = file.metadata().map_err(io_error("stat", path))?;
         if !meta.is_file() || u64::try_from(len).ok() != Some(meta.len()) {
-            tracing::warn!(path = %path.display(), len = meta.len(), want = len, "unexpected file replaced");
+            let found = meta.len();
+            tracing::warn!(path = %path.display(), found, len, "file of another length replaced");
             return Self::create(path, len);
         }
         Self::map(&file, len)
