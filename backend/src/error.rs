@@ -32,6 +32,15 @@ pub enum Error {
     /// The ring could not be set up.
     #[error("Ring error")]
     Ring(#[from] rustbk_ring::Error),
+    /// The folder of the request journals cannot be made.
+    #[error("Cannot make the request journal folder {path}")]
+    Journal {
+        /// The folder.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// Starting the worker thread failed.
     #[error("Cannot start the ring worker")]
     Spawn(#[source] std::io::Error),
@@ -41,9 +50,9 @@ impl Error {
     /// The errno that best describes this error, for the toolstack's `error` node.
     pub fn errno(&self) -> i32 {
         match self {
-            Error::Xenstore { source, .. } | Error::Spawn(source) => {
-                source.raw_os_error().unwrap_or(nix::libc::EIO)
-            }
+            Error::Xenstore { source, .. }
+            | Error::Spawn(source)
+            | Error::Journal { source, .. } => source.raw_os_error().unwrap_or(nix::libc::EIO),
             Error::BadNode { .. } => nix::libc::EINVAL,
             Error::Image(e) => e.errno(),
             Error::Platform(_) | Error::Ring(_) => nix::libc::EIO,

@@ -11,6 +11,7 @@
 pub mod emu;
 mod error;
 mod event;
+pub mod file;
 mod mapping;
 mod sys;
 pub mod xen;
@@ -20,6 +21,7 @@ use std::sync::Arc;
 
 pub use error::Error;
 pub use event::EventFd;
+pub use file::FileMemory;
 pub use mapping::{Direction, GrantMapping, GuestBuf, PageSpan, RingPages};
 pub use rustbk_ring::{DomId, GrantRef, Port};
 

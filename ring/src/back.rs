@@ -7,6 +7,7 @@ use crate::abi::{
     SRING_RSP_PROD,
 };
 use crate::error::Error;
+use crate::journal::Journal;
 use crate::request::{BadRequest, Request, decode_request};
 use crate::response::{Response, encode_response};
 use crate::shared::SharedMemory;
@@ -18,6 +19,13 @@ pub struct BackRing<M: SharedMemory> {
     req_cons: u32,
     rsp_prod_pvt: u32,
     rsp_published: u32,
+    /// Where consumed entries are recorded, to survive a restart of the backend.
+    journal: Option<Journal>,
+    /// Entries still come from the journal (see [`crate::journal`]): true after attaching
+    /// with a journal, until the first index the journal does not hold.
+    replaying: bool,
+    /// Entries taken from the journal since attaching.
+    replayed: u32,
 }
 
 impl<M: SharedMemory> std::fmt::Debug for BackRing<M> {
@@ -27,6 +35,7 @@ impl<M: SharedMemory> std::fmt::Debug for BackRing<M> {
             .field("size", &self.ring.size())
             .field("req_cons", &self.req_cons)
             .field("rsp_prod_pvt", &self.rsp_prod_pvt)
+            .field("journal", &self.journal.is_some())
             .finish()
     }
 }
@@ -45,7 +54,27 @@ impl<M: SharedMemory> BackRing<M> {
             req_cons: index,
             rsp_prod_pvt: index,
             rsp_published: index,
+            journal: None,
+            replaying: false,
+            replayed: 0,
         })
+    }
+
+    /// Attaches at `index` like [`BackRing::attach`], with a request journal in `journal`
+    /// (at least [`crate::journal_bytes`] long, zeroed for a fresh ring): every entry consumed
+    /// is recorded there first, and entries an earlier backend of this ring recorded from
+    /// `index` on are taken from the journal rather than the ring (see [`crate::journal`]).
+    pub fn attach_journaled(
+        mem: M,
+        abi: Abi,
+        order: u32,
+        index: u32,
+        journal: Box<dyn SharedMemory>,
+    ) -> Result<Self, Error> {
+        let mut ring = Self::attach(mem, abi, order, index)?;
+        ring.journal = Some(Journal::new(journal, ring.size())?);
+        ring.replaying = true;
+        Ok(ring)
     }
 
     /// Number of ring entries.
@@ -123,9 +152,37 @@ impl<M: SharedMemory> BackRing<M> {
         }
         let mut buf = [0u8; MAX_REQUEST_SIZE];
         let entry = &mut buf[..self.abi().request_size()];
-        self.ring.read_entry(self.req_cons, entry);
+        self.copy_entry(entry);
         self.req_cons = self.req_cons.wrapping_add(1);
         Ok(Some(decode_request(self.abi(), entry)))
+    }
+
+    /// Copies entry `req_cons` into `entry`: from the journal while replaying what an earlier
+    /// backend consumed, else from the ring, recording it in the journal before it is used.
+    fn copy_entry(&mut self, entry: &mut [u8]) {
+        let idx = self.req_cons;
+        if self.replaying {
+            if self.journal.as_ref().is_some_and(|j| j.recall(idx, entry)) {
+                self.replayed = self.replayed.wrapping_add(1);
+                return;
+            }
+            self.replaying = false;
+            if self.replayed > 0 {
+                tracing::info!(
+                    replayed = self.replayed,
+                    "requests of the previous backend taken from the journal"
+                );
+            }
+        }
+        self.ring.read_entry(idx, entry);
+        if let Some(j) = &self.journal {
+            j.record(idx, entry);
+        }
+    }
+
+    /// Entries taken from the journal rather than the ring since attaching.
+    pub fn replayed(&self) -> u32 {
+        self.replayed
     }
 
     /// Writes `rsp` at `rsp_prod_pvt` (not yet visible to the frontend).

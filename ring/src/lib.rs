@@ -1,6 +1,8 @@
 //! The Xen blkif protocol: the ABI of ring entries for each guest layout,
 //! request decoding and validation, indirect segment pages, and both ends of
-//! the shared ring with ring.h's index arithmetic, barriers and notify rules.
+//! the shared ring with ring.h's index arithmetic, barriers and notify rules,
+//! and the request journal that lets a restarted backend serve again what it
+//! had consumed ([`journal`]).
 //!
 //! No syscalls. The only `unsafe` code lives in [`shared`], which does the
 //! volatile and atomic accesses to memory shared with the other end; every
@@ -16,6 +18,7 @@ mod error;
 pub mod front;
 pub mod indirect;
 mod inline;
+pub mod journal;
 pub mod request;
 pub mod response;
 #[allow(unsafe_code)]
@@ -35,6 +38,7 @@ pub use indirect::{
     decode_indirect_segments, decode_indirect_segments_into, encode_indirect_segments,
 };
 pub use inline::InlineVec;
+pub use journal::journal_bytes;
 pub use request::{
     BadReason, BadRequest, IndirectRefs, Request, RwOp, Segment, Segments, decode_request,
     encode_request, indirect_pages,

@@ -9,7 +9,7 @@
 use std::cell::UnsafeCell;
 use std::ptr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::error::Error;
 use crate::types::PAGE_SIZE;
@@ -70,6 +70,10 @@ pub trait SharedMemoryExt: SharedMemory {
     fn load_u32(&self, offset: usize) -> Result<u32, Error>;
     /// Relaxed atomic store of the 4-byte-aligned `u32` at `offset`.
     fn store_u32(&self, offset: usize, value: u32) -> Result<(), Error>;
+    /// Relaxed atomic load of the 8-byte-aligned `u64` at `offset`.
+    fn load_u64(&self, offset: usize) -> Result<u64, Error>;
+    /// Relaxed atomic store of the 8-byte-aligned `u64` at `offset`: one store, never torn.
+    fn store_u64(&self, offset: usize, value: u64) -> Result<(), Error>;
 }
 
 /// Pointer to `offset..offset + len` inside `mem`, or an error if it leaves the region.
@@ -87,11 +91,25 @@ fn range_ptr<M: SharedMemory + ?Sized>(
 
 /// Pointer to the aligned `u32` at `offset`, checked for bounds and alignment.
 fn atomic_ptr<M: SharedMemory + ?Sized>(mem: &M, offset: usize) -> Result<*mut u32, Error> {
-    let p = range_ptr(mem, offset, 4)?;
-    if p.addr() % 4 != 0 {
+    aligned_ptr(mem, offset, 4).map(|p| p.cast::<u32>())
+}
+
+/// Pointer to the aligned `u64` at `offset`, checked for bounds and alignment.
+fn atomic64_ptr<M: SharedMemory + ?Sized>(mem: &M, offset: usize) -> Result<*mut u64, Error> {
+    aligned_ptr(mem, offset, 8).map(|p| p.cast::<u64>())
+}
+
+/// Pointer to `size` bytes at `offset`, checked for bounds and `size`-alignment.
+fn aligned_ptr<M: SharedMemory + ?Sized>(
+    mem: &M,
+    offset: usize,
+    size: usize,
+) -> Result<*mut u8, Error> {
+    let p = range_ptr(mem, offset, size)?;
+    if p.addr() % size != 0 {
         return Err(Error::UnalignedAtomic { offset });
     }
-    Ok(p.cast::<u32>())
+    Ok(p)
 }
 
 impl<T: SharedMemory + ?Sized> SharedMemoryExt for T {
@@ -133,6 +151,22 @@ impl<T: SharedMemory + ?Sized> SharedMemoryExt for T {
         let p = atomic_ptr(self, offset)?;
         // SAFETY: as in `load_u32`: aligned, in bounds, mapped and writable.
         let a = unsafe { AtomicU32::from_ptr(p) };
+        a.store(value, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn load_u64(&self, offset: usize) -> Result<u64, Error> {
+        let p = atomic64_ptr(self, offset)?;
+        // SAFETY: `p` is 8-byte aligned and inside the region, which stays
+        // mapped while `self` is borrowed; the atomic lives only for this call.
+        let a = unsafe { AtomicU64::from_ptr(p) };
+        Ok(a.load(Ordering::Relaxed))
+    }
+
+    fn store_u64(&self, offset: usize, value: u64) -> Result<(), Error> {
+        let p = atomic64_ptr(self, offset)?;
+        // SAFETY: as in `load_u64`: aligned, in bounds, mapped and writable.
+        let a = unsafe { AtomicU64::from_ptr(p) };
         a.store(value, Ordering::Relaxed);
         Ok(())
     }
@@ -292,6 +326,25 @@ mod tests {
         let mut b = [0u8; 4];
         m.read_bytes(12, &mut b).unwrap();
         assert_eq!(u32::from_le_bytes(b), 7);
+    }
+
+    #[test]
+    fn u64_atomics_need_eight_byte_alignment() {
+        let m = HeapMemory::new(1);
+        m.store_u64(16, 0x0123_4567_89ab_cdef).unwrap();
+        assert_eq!(m.load_u64(16), Ok(0x0123_4567_89ab_cdef));
+        let mut b = [0u8; 8];
+        m.read_bytes(16, &mut b).unwrap();
+        assert_eq!(u64::from_ne_bytes(b), 0x0123_4567_89ab_cdef);
+        assert_eq!(m.load_u64(12), Err(Error::UnalignedAtomic { offset: 12 }));
+        assert_eq!(
+            m.store_u64(4092, 1),
+            Err(Error::OutOfBounds {
+                offset: 4092,
+                len: 8,
+                size: 4096
+            })
+        );
     }
 
     #[test]

@@ -30,6 +30,18 @@ fn round_trip(g: &mut Guest, sector: u64, seed: u8) {
     assert_eq!(g.read(sector, 2), (status::OKAY, data));
 }
 
+/// The request journal of guest `domid`'s first disk, in the daemon's lock folder.
+fn journal_file(host: &Host, domid: u16) -> std::path::PathBuf {
+    host.cluster.dir().join(format!("journal-{domid}-{XVDA}-0"))
+}
+
+/// The tag of journal slot `slot` of guest `domid`'s first disk.
+fn journal_tag(host: &Host, domid: u16, slot: usize) -> u64 {
+    let bytes = std::fs::read(journal_file(host, domid)).unwrap();
+    let at = slot * rustbk_ring::journal::SLOT_BYTES;
+    u64::from_ne_bytes(bytes[at..at + 8].try_into().unwrap())
+}
+
 fn kill(pid: u32) {
     let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
@@ -45,6 +57,8 @@ fn daemon_claims_only_rustbk_disks_with_one_worker_per_guest() {
     host.cluster.add_vbd(&spec2).unwrap();
     let mut g2 = host.guest_of(DomId(2), XVDA, |_| {});
     round_trip(&mut g2, 64, 2);
+    let journal2 = journal_file(&host, 2);
+    assert!(journal2.is_file(), "each ring has a request journal");
     let (p1, p2) = (
         host.cluster.worker_pid(1).unwrap(),
         host.cluster.worker_pid(2).unwrap(),
@@ -72,6 +86,7 @@ fn daemon_claims_only_rustbk_disks_with_one_worker_per_guest() {
     wait_for("guest 2's worker to exit", &host, || {
         host.cluster.worker_pid(2).is_none()
     });
+    assert!(!journal2.exists(), "a removed disk leaves no journal");
     round_trip(&mut g1, 128, 3);
     assert_eq!(host.cluster.worker_pid(1), Some(p1));
 }
@@ -85,6 +100,12 @@ fn crashed_worker_is_restarted_and_the_guest_keeps_its_disk() {
     let spec2 = VbdSpec::rustbk(DomId(2), XVDA, image2.display().to_string());
     host.cluster.add_vbd(&spec2).unwrap();
     let mut g2 = host.guest_of(DomId(2), XVDA, |_| {});
+    let first_tag = u64::from(rustbk_ring::journal::TAG_MAGIC) << 32; // index 0
+    assert_eq!(
+        journal_tag(&host, 1, 0),
+        first_tag,
+        "request 0 was journaled"
+    );
     let old = host.cluster.worker_pid(1).unwrap();
     kill(old);
     // The other guest never notices.
@@ -92,8 +113,9 @@ fn crashed_worker_is_restarted_and_the_guest_keeps_its_disk() {
     wait_for("a new worker for guest 1", &host, || {
         host.cluster.worker_pid(1).is_some_and(|p| p != old)
     });
-    // Same frontend, same ring: the restarted worker reattached to it.
+    // Same frontend, same ring: the restarted worker reattached to it, and to its journal.
     round_trip(&mut g1, 256, 6);
+    assert_eq!(journal_tag(&host, 1, 0), first_tag, "the journal was kept");
     let (st, data) = g1.read(0, 2);
     assert_eq!(
         (st, data),

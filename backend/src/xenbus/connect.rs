@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use rustbk_formats::BlockImage;
-use rustbk_grant::{Access, GrantRef, Platform, Port};
+use rustbk_grant::{Access, FileMemory, GrantRef, Platform, Port};
 use rustbk_ring::abi::SRING_RSP_PROD;
 use rustbk_ring::{Abi, BackRing, DiskLimits, DomId, SharedMemoryExt};
 
@@ -107,19 +107,22 @@ pub(super) async fn read_frontend_ring(
     })
 }
 
-/// Maps the ring, binds the event channel and opens an image queue for it.
+/// Maps the ring, binds the event channel and opens an image queue for it; the ring records
+/// what it consumes in `journal`.
 pub(super) fn attach_ring(
     platform: &dyn Platform,
     domid: DomId,
     fr: &FrontendRing,
     image: &dyn BlockImage,
+    journal: FileMemory,
 ) -> Result<RingResources, Error> {
     let guest = platform.attach(domid)?;
     let pages = guest.map_grants(&fr.refs, Access::ReadWrite)?.into_ring()?;
     // Start where the published responses end: 0 on a freshly initialised ring, and after a
-    // backend restart the requests that were never answered are served again.
+    // backend restart the requests that were never answered are served again, those the killed
+    // backend had consumed from the journal (their ring slots may hold unpublished responses).
     let start = pages.load_u32(SRING_RSP_PROD)?;
-    let ring = BackRing::attach(pages, fr.abi, fr.order, start)?;
+    let ring = BackRing::attach_journaled(pages, fr.abi, fr.order, start, Box::new(journal))?;
     let evtchn = guest.bind_event_channel(fr.port)?;
     let queue = image.open_queue(ring.size())?;
     Ok(RingResources {

@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::connect::{attach_ring, disk_limits, read_frontend_ring};
+use super::journal::{open_journal, remove_journal};
 use super::keys::{BackendInfo, discard_offered, publish_disk, publish_features, read_backend};
 use super::{Store, XenbusState, fatal};
 use crate::worker::{Worker, WorkerConfig, WorkerExit};
@@ -49,6 +50,9 @@ pub struct BackendOptions {
     /// Folders where backing files named inside images may lie (and below); empty: each top
     /// image's own folder.
     pub backing_dirs: Vec<PathBuf>,
+    /// Folder of the rings' request journals, which outlive a killed worker (the daemon's
+    /// lock folder).
+    pub journal_dir: PathBuf,
 }
 
 impl Default for BackendOptions {
@@ -62,6 +66,7 @@ impl Default for BackendOptions {
             sector_size: 512,
             poll_us: DEFAULT_POLL_US,
             backing_dirs: Vec::new(),
+            journal_dir: PathBuf::from("/run/rustbk"),
         }
     }
 }
@@ -78,6 +83,8 @@ struct Device {
     stats: Arc<Stats>,
     exits: mpsc::UnboundedSender<WorkerExit>,
     online: bool,
+    /// The next connect takes over a ring a previous worker served (and its journal).
+    reattach: bool,
 }
 
 /// Serves one device until the toolstack takes it away (`online` 0 and the frontend closed)
@@ -131,12 +138,14 @@ async fn run_device_inner(
         stats,
         exits,
         online: true,
+        reattach: false,
     };
     if dev.reattaching().await? {
         // A restarted worker: the frontend is still connected to the ring, so publish the
         // features and map the ring again without flapping the state through InitWait.
         publish_features(&dev.store, &be, &*dev.image, &dev.info, &dev.opts).await?;
         dev.state = XenbusState::InitWait;
+        dev.reattach = true;
         tracing::info!("reattaching to a connected frontend");
     } else {
         dev.enter_init_wait().await?;
@@ -203,6 +212,7 @@ impl Device {
     }
 
     async fn enter_init_wait(&mut self) -> Result<(), Error> {
+        self.reattach = false;
         publish_features(
             &self.store,
             &self.spec.backend_path,
@@ -279,8 +289,11 @@ impl Device {
     }
 
     async fn connect(&mut self) -> Result<(), Error> {
+        // Only the first connect after a restart takes over the old ring, whatever happens.
+        let reattach = std::mem::take(&mut self.reattach);
         let fr = read_frontend_ring(&self.store, &self.info.frontend, &self.opts).await?;
-        let res = attach_ring(&*self.platform, self.spec.domid, &fr, &*self.image)?;
+        let journal = open_journal(&self.opts.journal_dir, &self.spec, &fr, reattach)?;
+        let res = attach_ring(&*self.platform, self.spec.domid, &fr, &*self.image, journal)?;
         let discard = discard_offered(&*self.image, &self.info);
         let limits = disk_limits(&*self.image, self.info.read_only, discard, &self.opts);
         let persistent_grants = if self.opts.persistent && fr.persistent {
@@ -318,15 +331,16 @@ impl Device {
         Ok(())
     }
 
-    /// Stops the worker, waiting for in-flight I/O, and unmaps the ring.
+    /// Stops the worker, waiting for in-flight I/O, unmaps the ring and removes its journal
+    /// (every request it consumed is answered now; a new connection starts a new journal).
     async fn disconnect(&mut self) {
-        let Some(worker) = self.worker.take() else {
-            return;
-        };
-        match tokio::task::spawn_blocking(move || worker.stop()).await {
-            Ok(exit) => tracing::info!(?exit, "ring disconnected"),
-            Err(e) => tracing::error!(error = %e, "ring worker did not stop cleanly"),
+        if let Some(worker) = self.worker.take() {
+            match tokio::task::spawn_blocking(move || worker.stop()).await {
+                Ok(exit) => tracing::info!(?exit, "ring disconnected"),
+                Err(e) => tracing::error!(error = %e, "ring worker did not stop cleanly"),
+            }
         }
+        remove_journal(&self.opts.journal_dir, &self.spec);
     }
 
     async fn on_online_change(&mut self) -> Result<(), Error> {

@@ -10,6 +10,7 @@ mod connect;
 mod device;
 mod fatal;
 mod guest;
+mod journal;
 mod keys;
 mod state;
 mod store;

@@ -74,7 +74,8 @@ pub struct PlatformArgs {
     /// Backend kind under backend/.
     #[arg(long, default_value = "vbd")]
     pub kind: String,
-    /// Folder of the per-guest lock files (default /run/rustbk, or the emulator folder).
+    /// Folder of the per-guest lock files and the rings' request journals (default /run/rustbk,
+    /// or the emulator folder).
     #[arg(long)]
     pub lock_dir: Option<PathBuf>,
 }

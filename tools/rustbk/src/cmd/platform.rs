@@ -34,8 +34,8 @@ pub fn lock_dir(platform: &PlatformArgs) -> PathBuf {
     }
 }
 
-/// Backend options from the flags.
-pub fn options(args: &BackendArgs) -> anyhow::Result<BackendOptions> {
+/// Backend options from the flags; the request journals go to the lock folder.
+pub fn options(args: &BackendArgs, platform: &PlatformArgs) -> anyhow::Result<BackendOptions> {
     Ok(BackendOptions {
         max_ring_order: args.max_ring_order.min(rustbk_ring::MAX_RING_PAGE_ORDER),
         max_indirect_segments: args.max_indirect_segments.min(MAX_INDIRECT),
@@ -49,6 +49,7 @@ pub fn options(args: &BackendArgs) -> anyhow::Result<BackendOptions> {
         sector_size: args.sector_size,
         poll_us: args.poll_us,
         backing_dirs: backing_dirs(args)?,
+        journal_dir: lock_dir(platform),
     })
 }
 

@@ -27,7 +27,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let platform = platform(&args.platform)?;
     let store = Store::connect().await.context("cannot reach xenstore")?;
-    let opts = options(&args.backend)?;
+    let opts = options(&args.backend, &args.platform)?;
     let backend = DomId(args.platform.backend_domid);
     let domid = DomId(args.domid);
     let mut term = signal(SignalKind::terminate())?;
