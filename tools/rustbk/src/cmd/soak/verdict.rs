@@ -21,7 +21,8 @@ pub struct Bounds {
     /// Share of the workers' reference RSS added to `workers.rss_kib`, in percent.
     pub workers_rss_percent: u64,
     /// Guest pages the workers may map at most at any time (persistent grants and rings of
-    /// every disk that can be attached at once): a ceiling, not a growth.
+    /// every disk that can be attached at once): a ceiling, not a growth. It is also the limit
+    /// of the workers' grant pages after the reference window, whose caches refill with load.
     pub grant_ceiling: u64,
 }
 
@@ -69,6 +70,10 @@ pub fn check(samples: &[Sample], b: &Bounds) -> Vec<Check> {
         let mut allow = get(&b.workers);
         if name == "rss_kib" {
             allow += w.0.unwrap_or(0) * b.workers_rss_percent / 100;
+        }
+        if name == "grant_pages" {
+            // Held to the exact ceiling instead (see `Bounds::grant_ceiling`).
+            allow = b.grant_ceiling.saturating_sub(w.0.unwrap_or(0));
         }
         out.push(w.check(format!("workers {name}"), allow));
     }
@@ -179,6 +184,22 @@ mod tests {
     fn a_run_without_samples_after_the_reference_window_fails() {
         let samples = [sample(12.0, 50, 9000)];
         assert!(check(&samples, &bounds()).iter().take(8).all(|c| !c.ok));
+    }
+
+    #[test]
+    fn workers_grant_pages_may_refill_up_to_the_ceiling_after_the_reference_window() {
+        let with_pages = |t, pages| {
+            let mut s = sample(t, 1, 1);
+            s.workers.grant_pages = pages;
+            s
+        };
+        let refill = [with_pages(12.0, 4), with_pages(25.0, 10)];
+        assert_eq!(failed(&check(&refill, &bounds())), Vec::<&str>::new());
+        let leak = [with_pages(12.0, 4), with_pages(25.0, 11)];
+        assert_eq!(
+            failed(&check(&leak, &bounds())),
+            ["workers grant_pages", "workers grant_pages (any time)"]
+        );
     }
 
     #[test]
