@@ -93,6 +93,23 @@ pub fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("bad JSON ({e}): {text}"))
 }
 
+/// A qcow2 overlay made by qemu-img over `backing` (named as the image will store it) of format
+/// `backing_format`; its size is the backing file's unless `size` is given.
+pub fn qemu_overlay(top: &Path, backing: &str, backing_format: &str, size: Option<&str>) {
+    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"create", &"-q", &"-f", &"qcow2"];
+    args.extend([
+        &"-b" as &dyn AsRef<std::ffi::OsStr>,
+        &backing,
+        &"-F",
+        &backing_format,
+        &top,
+    ]);
+    if let Some(size) = &size {
+        args.push(size);
+    }
+    qemu_ok(&args);
+}
+
 /// A qcow2 image (64 KiB clusters) of `size` made by qemu-img, with qemu-io commands run on it.
 pub fn qemu_qcow2(path: &Path, size: &str, cmds: &[&str]) {
     qemu_ok(&[&"create", &"-q", &"-f", &"qcow2", &path, &size]);

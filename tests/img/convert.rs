@@ -1,6 +1,6 @@
 //! `rustbk img convert`: contents equal per `qemu-img compare`, outputs sparse.
 
-use crate::common::{at, json, qemu_ok, qemu_qcow2, rustbk_ok, tmp};
+use crate::common::{at, json, qemu_ok, qemu_overlay, qemu_qcow2, rustbk_ok, tmp};
 
 #[test]
 fn qcow2_with_data_zeros_compressed_clusters_and_backing_converts_to_raw() {
@@ -8,17 +8,7 @@ fn qcow2_with_data_zeros_compressed_clusters_and_backing_converts_to_raw() {
     let base = at(&dir, "base.qcow2");
     qemu_qcow2(&base, "8M", &["write -P 1 0 1M", "write -P 2 4M 64k"]);
     let top = at(&dir, "top.qcow2");
-    qemu_ok(&[
-        &"create",
-        &"-q",
-        &"-f",
-        &"qcow2",
-        &"-b",
-        &"base.qcow2",
-        &"-F",
-        &"qcow2",
-        &top,
-    ]);
+    qemu_overlay(&top, "base.qcow2", "qcow2", None);
     crate::common::qemu_io(
         &top,
         "qcow2",

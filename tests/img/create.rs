@@ -2,7 +2,9 @@
 
 use std::ffi::OsStr;
 
-use crate::common::{Ran, at, json, qemu_img, qemu_ok, qemu_qcow2, rustbk, rustbk_ok, tmp};
+use crate::common::{
+    Ran, at, json, qemu_img, qemu_ok, qemu_overlay, qemu_qcow2, rustbk, rustbk_ok, tmp,
+};
 
 #[test]
 fn qemu_img_accepts_every_image_create_makes() {
@@ -77,17 +79,7 @@ fn info_json_matches_qemu_img_on_the_common_fields() {
     let base = at(&dir, "base.raw");
     qemu_ok(&[&"create", &"-q", &"-f", &"raw", &base, &"4M"]);
     let mid = at(&dir, "mid.qcow2");
-    qemu_ok(&[
-        &"create",
-        &"-q",
-        &"-f",
-        &"qcow2",
-        &"-b",
-        &"base.raw",
-        &"-F",
-        &"raw",
-        &mid,
-    ]);
+    qemu_overlay(&mid, "base.raw", "raw", None);
     let top = at(&dir, "top.qcow2");
     qemu_ok(&[
         &"create",

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use crate::common::{Ran, at, qemu_io, qemu_ok, qemu_qcow2, rustbk, rustbk_ok, tmp};
+use crate::common::{Ran, at, qemu_io, qemu_ok, qemu_overlay, qemu_qcow2, rustbk, rustbk_ok, tmp};
 use crate::holder::QemuWriter;
 
 /// A 1 MiB raw image with data in it; returns its bytes.
@@ -46,29 +46,9 @@ fn convert_onto_a_backing_file_of_its_source_is_refused_and_leaves_it_intact() {
     let base = at(&dir, "base.raw");
     let bytes = raw_with_data(&base);
     let mid = at(&dir, "mid.qcow2");
-    qemu_ok(&[
-        &"create",
-        &"-q",
-        &"-f",
-        &"qcow2",
-        &"-b",
-        &"base.raw",
-        &"-F",
-        &"raw",
-        &mid,
-    ]);
+    qemu_overlay(&mid, "base.raw", "raw", None);
     let top = at(&dir, "top.qcow2");
-    qemu_ok(&[
-        &"create",
-        &"-q",
-        &"-f",
-        &"qcow2",
-        &"-b",
-        &"mid.qcow2",
-        &"-F",
-        &"qcow2",
-        &top,
-    ]);
+    qemu_overlay(&top, "mid.qcow2", "qcow2", None);
     let mid_bytes = std::fs::read(&mid).expect("read mid");
     for dst in [base.clone(), dir.path().join("./base.raw"), mid.clone()] {
         let r = rustbk(&[&"convert", &"-O", &"raw", &top, &dst]);

@@ -2,7 +2,9 @@
 
 use std::path::Path;
 
-use crate::common::{at, json, qemu_img, qemu_io, qemu_ok, qemu_qcow2, rustbk, rustbk_ok, tmp};
+use crate::common::{
+    at, json, qemu_img, qemu_io, qemu_ok, qemu_overlay, qemu_qcow2, rustbk, rustbk_ok, tmp,
+};
 
 fn compare_both(a: &Path, b: &Path) -> ((i32, String), (i32, String)) {
     let ours = rustbk(&[&"compare", &a, &b]);
@@ -55,18 +57,7 @@ fn map_json_equals_qemu_img_map_on_chains_and_raw_images() {
     qemu_ok(&[&"create", &"-q", &"-f", &"raw", &raw, &"4M"]);
     qemu_io(&raw, "raw", &["write -P 1 1M 64k"]);
     let mid = at(&dir, "mid.qcow2");
-    qemu_ok(&[
-        &"create",
-        &"-q",
-        &"-f",
-        &"qcow2",
-        &"-b",
-        &"base.raw",
-        &"-F",
-        &"raw",
-        &mid,
-        &"6M",
-    ]);
+    qemu_overlay(&mid, "base.raw", "raw", Some("6M"));
     qemu_io(
         &mid,
         "qcow2",
@@ -77,17 +68,7 @@ fn map_json_equals_qemu_img_map_on_chains_and_raw_images() {
         ],
     );
     let top = at(&dir, "top.qcow2");
-    qemu_ok(&[
-        &"create",
-        &"-q",
-        &"-f",
-        &"qcow2",
-        &"-b",
-        &"mid.qcow2",
-        &"-F",
-        &"qcow2",
-        &top,
-    ]);
+    qemu_overlay(&top, "mid.qcow2", "qcow2", None);
     qemu_io(
         &top,
         "qcow2",
