@@ -51,6 +51,7 @@ use std::sync::atomic::{Ordering, fence};
 use crate::abi::{Abi, MAX_REQUEST_SIZE, ring_entries};
 use crate::error::Error;
 use crate::shared::{SharedMemory, SharedMemoryExt};
+use crate::sring::check_memory;
 
 /// Bytes per journal slot: the tag, then room for the largest request entry.
 pub const SLOT_BYTES: usize = TAG_BYTES + MAX_REQUEST_SIZE;
@@ -81,17 +82,7 @@ impl Journal {
     /// A journal of `slots` slots (the ring's entry count, a power of two) in `mem`, which
     /// holds the records of an earlier backend of the same ring, or zeroes.
     pub(crate) fn new(mem: Box<dyn SharedMemory>, slots: u32) -> Result<Journal, Error> {
-        let need = (slots as usize).saturating_mul(SLOT_BYTES);
-        if mem.len() < need {
-            return Err(Error::MemoryTooSmall {
-                len: mem.len(),
-                need,
-            });
-        }
-        let addr = mem.as_ptr().addr();
-        if addr % 8 != 0 {
-            return Err(Error::MemoryMisaligned { addr });
-        }
+        check_memory(&*mem, (slots as usize).saturating_mul(SLOT_BYTES))?;
         Ok(Journal { mem, slots })
     }
 

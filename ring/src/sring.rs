@@ -33,16 +33,7 @@ impl<M: SharedMemory> Sring<M> {
             order,
             max: MAX_RING_PAGE_ORDER,
         })?;
-        if mem.len() < need {
-            return Err(Error::MemoryTooSmall {
-                len: mem.len(),
-                need,
-            });
-        }
-        let addr = mem.as_ptr().addr();
-        if addr % 8 != 0 {
-            return Err(Error::MemoryMisaligned { addr });
-        }
+        check_memory(&mem, need)?;
         let size = ring_entries(abi, order);
         Ok(Sring { mem, abi, size })
     }
@@ -107,6 +98,22 @@ impl<M: SharedMemory> Sring<M> {
             impossible(&e);
         }
     }
+}
+
+/// Checks that `mem` holds at least `need` bytes and is 8-byte aligned (for its 64-bit
+/// atomics), as a ring or a journal needs.
+pub(crate) fn check_memory(mem: &dyn SharedMemory, need: usize) -> Result<(), Error> {
+    if mem.len() < need {
+        return Err(Error::MemoryTooSmall {
+            len: mem.len(),
+            need,
+        });
+    }
+    let addr = mem.as_ptr().addr();
+    if addr % 8 != 0 {
+        return Err(Error::MemoryMisaligned { addr });
+    }
+    Ok(())
 }
 
 /// Whether a producer moving from `old` to `new` passed the other side's
