@@ -80,10 +80,8 @@ pub fn remove(path: &Path) -> Result<(), Error> {
 }
 
 #[allow(unsafe_code)]
-// SAFETY: the region is a page-aligned MAP_SHARED read-write mapping of `len` bytes owned by
-// this object, at a fixed address until drop. The file had exactly `len` bytes when mapped and
-// rustbk never shrinks a file that exists (a fresh one replaces it under a new inode), so every
-// byte of the mapping stays backed by the file.
+// SAFETY: an owned, page-aligned, read-write MAP_SHARED mapping of `len` bytes, fixed until
+// drop; the file is never shrunk while it exists (a fresh one gets a new inode): all stays backed.
 unsafe impl SharedMemory for FileMemory {
     fn as_ptr(&self) -> *mut u8 {
         self.region.as_ptr()
