@@ -2,25 +2,13 @@ use super::*;
 use crate::abi::{SRING_RSP_PROD, status};
 use crate::back::BackRing;
 use crate::front::FrontRing;
-use crate::request::{BadRequest, Request, RwOp, Segment, Segments, encode_request};
+use crate::request::{BadRequest, Request, RwOp, encode_request};
 use crate::shared::HeapMemory;
-use crate::types::{GrantRef, Sector};
 
 const ABI: Abi = Abi::X86_64;
 
 fn write(id: u64) -> Request {
-    let seg = Segment {
-        gref: GrantRef(u32::try_from(id % 1000).unwrap()),
-        first_sect: 0,
-        last_sect: 7,
-    };
-    Request::Rw {
-        id,
-        op: RwOp::Write,
-        handle: 0,
-        sector: Sector(id * 8),
-        segments: Segments::from_slice(&[seg]).unwrap(),
-    }
+    crate::request::one_page_request(id, RwOp::Write, 0)
 }
 
 /// A ring of 32 entries whose indices start at `start`, and an empty journal for it.

@@ -461,6 +461,24 @@ pub fn encode_request(abi: Abi, req: &Request, entry: &mut [u8]) {
     }
 }
 
+/// A one-page request of the ring tests: `id` selects the grant (`id % 1000`) and the sector
+/// (`id * 8`).
+#[cfg(test)]
+pub(crate) fn one_page_request(id: u64, op: RwOp, handle: u16) -> Request {
+    let seg = Segment {
+        gref: crate::types::GrantRef(u32::try_from(id % 1000).unwrap_or(0)),
+        first_sect: 0,
+        last_sect: 7,
+    };
+    Request::Rw {
+        id,
+        op,
+        handle,
+        sector: Sector(id * 8),
+        segments: Segments::from_slice(&[seg]).unwrap_or_default(),
+    }
+}
+
 #[cfg(test)]
 #[path = "request_tests.rs"]
 mod tests;

@@ -1,26 +1,14 @@
 use super::*;
 use crate::abi::{SRING_REQ_EVENT, SRING_REQ_PROD, SRING_RSP_EVENT, SRING_RSP_PROD, op, status};
 use crate::front::FrontRing;
-use crate::request::{BadReason, RwOp, Segment, Segments};
+use crate::request::{BadReason, RwOp};
 use crate::shared::{HeapMemory, SharedMemoryExt};
-use crate::types::{GrantRef, Sector};
 use proptest::prelude::*;
 use std::sync::mpsc;
 use std::time::Duration;
 
 fn read(id: u64) -> Request {
-    let seg = Segment {
-        gref: GrantRef(u32::try_from(id % 1000).unwrap()),
-        first_sect: 0,
-        last_sect: 7,
-    };
-    Request::Rw {
-        id,
-        op: RwOp::Read,
-        handle: 1,
-        sector: Sector(id * 8),
-        segments: Segments::from_slice(&[seg]).unwrap(),
-    }
+    crate::request::one_page_request(id, RwOp::Read, 1)
 }
 
 fn pair(abi: Abi, order: u32, start: u32) -> (FrontRing<HeapMemory>, BackRing<HeapMemory>) {
