@@ -1,1 +1,7 @@
-//! rustbk thin crate.
+//! rustbk's thin pools: dm-thin's on-disk metadata, read and written in userspace.
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod pdata;
+
+pub use error::{Error, Result};

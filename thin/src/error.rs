@@ -1,0 +1,49 @@
+//! The crate's error type.
+
+/// Everything that can go wrong with a thin pool.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Reading or writing the metadata or data device failed.
+    #[error("I/O on the pool failed")]
+    Io(#[from] rustbk_formats::Error),
+    /// A metadata block fails its checksum, names another location, or has the wrong type.
+    #[error("Metadata block {block}: {why}")]
+    BadBlock {
+        /// The block's location on the metadata device.
+        block: u64,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The metadata is structurally inconsistent (hostile or damaged pool).
+    #[error("Invalid pool metadata: {0}")]
+    Corrupt(String),
+    /// The metadata uses a version or feature this implementation does not know.
+    #[error("Unsupported pool metadata: {0}")]
+    Unsupported(String),
+    /// The metadata device has no free block left.
+    #[error("Metadata space exhausted ({0} blocks)")]
+    MetadataFull(u64),
+    /// The data device has no free block left.
+    #[error("Data space exhausted ({0} blocks)")]
+    DataFull(u64),
+    /// No thin device has this id.
+    #[error("Thin device {0} does not exist")]
+    NoSuchDevice(u64),
+    /// A thin device with this id exists already.
+    #[error("Thin device {0} already exists")]
+    DeviceExists(u64),
+    /// An argument (size, block size, id) is not acceptable.
+    #[error("Invalid argument: {0}")]
+    InvalidArgument(String),
+}
+
+impl Error {
+    /// A [`Error::Corrupt`] from anything printable.
+    pub(crate) fn corrupt(why: impl Into<String>) -> Error {
+        Error::Corrupt(why.into())
+    }
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

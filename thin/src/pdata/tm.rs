@@ -1,0 +1,164 @@
+//! The transaction manager: copy-on-write of metadata blocks between commits.
+//!
+//! A block the last commit references is never written in place. Changing it means *shadowing*
+//! it: copying it to a block allocated in this transaction, which is then written freely until
+//! the commit. A block shared by several parents (its count is above one) is shadowed even if
+//! it was allocated in this transaction, and the copy's children gain a reference each.
+//! New contents live in memory until [`Tm::write_dirty`]; the superblock, written last by the
+//! caller, switches from the old tree to the new one in one block write.
+
+use std::collections::{HashMap, HashSet};
+
+use super::block::{Block, Kind};
+use super::dev::MetaDev;
+use super::refs::RefCounts;
+use crate::error::{Error, Result};
+
+/// Clean blocks kept in memory before the cache is emptied.
+const CACHE_BLOCKS: usize = 1 << 16;
+
+/// The transaction manager of one pool's metadata device.
+pub struct Tm {
+    dev: MetaDev,
+    /// The metadata space map's counts.
+    pub refs: RefCounts,
+    clean: HashMap<u64, Block>,
+    dirty: HashMap<u64, (Kind, Block)>,
+    shadows: HashSet<u64>,
+}
+
+impl Tm {
+    /// A manager for `dev` whose blocks are counted by `refs`.
+    pub fn new(dev: MetaDev, refs: RefCounts) -> Tm {
+        Tm {
+            dev,
+            refs,
+            clean: HashMap::new(),
+            dirty: HashMap::new(),
+            shadows: HashSet::new(),
+        }
+    }
+
+    /// The metadata device.
+    pub fn dev(&self) -> &MetaDev {
+        &self.dev
+    }
+
+    /// The metadata device, to grow it.
+    pub fn dev_mut(&mut self) -> &mut MetaDev {
+        &mut self.dev
+    }
+
+    /// The contents of block `b`, checked as a `kind` block.
+    pub fn read(&mut self, b: u64, kind: Kind) -> Result<&[u8; super::BLOCK_SIZE]> {
+        if self.dirty.contains_key(&b) {
+            let (k, block) = &self.dirty[&b];
+            return match *k == kind {
+                true => Ok(&**block),
+                false => Err(Error::BadBlock {
+                    block: b,
+                    why: format!("read as {kind:?}, written as {k:?}"),
+                }),
+            };
+        }
+        if !self.clean.contains_key(&b) {
+            let block = self.dev.read(b, kind)?;
+            if self.clean.len() >= CACHE_BLOCKS {
+                self.clean.clear();
+            }
+            self.clean.insert(b, block);
+        }
+        Ok(&*self.clean[&b])
+    }
+
+    /// Allocates a block for this transaction; its contents must be given with [`Tm::write`].
+    pub fn new_block(&mut self) -> Result<u64> {
+        let b = self
+            .refs
+            .alloc()
+            .ok_or(Error::MetadataFull(self.refs.nr_blocks()))?;
+        self.shadows.insert(b);
+        Ok(b)
+    }
+
+    /// Makes block `b` writable in this transaction. Returns where its writable copy is (`b`
+    /// itself if it already is one), and whether the copy's children must each gain a
+    /// reference because `b` was shared.
+    pub fn shadow(&mut self, b: u64, kind: Kind) -> Result<(u64, bool)> {
+        let count = self.refs.get(b)?;
+        if count == 0 {
+            return Err(Error::corrupt(format!(
+                "metadata block {b} is used but free"
+            )));
+        }
+        if count == 1 && self.shadows.contains(&b) {
+            return Ok((b, false));
+        }
+        let copy = self.read(b, kind)?.to_owned();
+        let new = self.new_block()?;
+        self.dirty.insert(new, (kind, Box::new(copy)));
+        self.dec(b)?;
+        Ok((new, count > 1))
+    }
+
+    /// Sets the contents of `b`, a block allocated or shadowed in this transaction.
+    pub fn write(&mut self, b: u64, kind: Kind, block: Block) -> Result<()> {
+        if !self.shadows.contains(&b) {
+            return Err(Error::corrupt(format!(
+                "metadata block {b} written without being shadowed"
+            )));
+        }
+        self.dirty.insert(b, (kind, block));
+        Ok(())
+    }
+
+    /// Adds a reference to `b`.
+    pub fn inc(&mut self, b: u64) -> Result<()> {
+        self.refs.inc(b).map(drop)
+    }
+
+    /// Drops a reference to `b`; returns the count left.
+    pub fn dec(&mut self, b: u64) -> Result<u32> {
+        let left = self.refs.dec(b)?;
+        if left == 0 {
+            self.dirty.remove(&b);
+            self.clean.remove(&b);
+        }
+        Ok(left)
+    }
+
+    /// The reference count of `b`.
+    pub fn count(&self, b: u64) -> Result<u32> {
+        self.refs.get(b)
+    }
+
+    /// Whether anything changed since the last commit.
+    pub fn is_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// Writes every block changed in this transaction (not the superblock) and syncs them.
+    pub fn write_dirty(&mut self) -> Result<()> {
+        let mut blocks: Vec<_> = self.dirty.drain().collect();
+        blocks.sort_unstable_by_key(|(b, _)| *b);
+        for (b, (kind, mut block)) in blocks {
+            self.dev.write(b, kind, &mut block)?;
+            if self.clean.len() < CACHE_BLOCKS {
+                self.clean.insert(b, block);
+            }
+        }
+        self.dev.sync()
+    }
+
+    /// Writes the superblock at block 0, durably: the commit point.
+    pub fn write_superblock(&mut self, mut block: Block) -> Result<()> {
+        self.dev.write(0, Kind::Superblock, &mut block)?;
+        self.dev.sync()
+    }
+
+    /// Ends the transaction after the superblock is written.
+    pub fn committed(&mut self) {
+        self.shadows.clear();
+        self.refs.committed();
+    }
+}
