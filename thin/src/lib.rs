@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod error;
+pub mod meta;
 pub mod pdata;
 
 pub use error::{Error, Result};

@@ -6,6 +6,7 @@ pub mod block;
 pub mod btree;
 pub mod dev;
 pub mod refs;
+pub mod sm;
 
 pub mod tm;
 
