@@ -4,5 +4,6 @@
 pub mod error;
 pub mod meta;
 pub mod pdata;
+pub mod port;
 
 pub use error::{Error, Result};

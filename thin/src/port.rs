@@ -1,0 +1,72 @@
+//! The contract between a thin volume's data path (in a guest's worker process) and the pool
+//! that owns the metadata (the pool service, or the pool opened in the same process).
+//!
+//! The data path never touches metadata blocks. It keeps its volume's mappings in a cache,
+//! asks the pool for data blocks in batches, writes guest data into them itself, and then
+//! tells the pool to map them. A flush asks the pool to commit. See `thin/DESIGN.md`.
+
+use std::ops::Range;
+
+use crate::error::Result;
+use crate::meta::Mapping;
+
+/// What a volume's data path needs to know about its volume and pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeInfo {
+    /// The thin device id.
+    pub id: u64,
+    /// Data block size in bytes.
+    pub block_size: u64,
+    /// Volume size in bytes.
+    pub size: u64,
+    /// Mappings older than this pool time may be shared with a snapshot: a write to one copies
+    /// the block first.
+    pub snapshotted_time: u32,
+    /// The pool time new mappings get.
+    pub time: u32,
+    /// The data device (file or block device) the blocks live on.
+    pub data_path: std::path::PathBuf,
+    /// The external origin's path and format name, if the volume has one.
+    pub origin: Option<(std::path::PathBuf, String)>,
+}
+
+/// One new mapping for [`PoolPort::map`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NewMapping {
+    /// The virtual block.
+    pub vblock: u64,
+    /// The data block, from [`PoolPort::provision`], now holding the block's whole contents.
+    pub block: u64,
+}
+
+/// A connection to the pool, for one volume.
+pub trait PoolPort: Send {
+    /// The volume this port serves. Also tells whether a snapshot changed the volume's
+    /// `snapshotted_time` since the last call.
+    fn info(&mut self) -> Result<VolumeInfo>;
+    /// The volume's mappings of the virtual blocks in `vblocks`, in order.
+    fn lookup(&mut self, vblocks: Range<u64>) -> Result<Vec<(u64, Mapping)>>;
+    /// Hands out `count` free data blocks. A block handed out and never mapped goes back to
+    /// the pool with [`PoolPort::release`], or when the port closes (the worker died).
+    fn provision(&mut self, count: usize) -> Result<Vec<u64>>;
+    /// Maps blocks whose contents are written; the block each replaces loses a reference.
+    fn map(&mut self, mappings: &[NewMapping]) -> Result<()>;
+    /// Unmaps the virtual blocks in `vblocks`; returns the data blocks of the volume's
+    /// mappings that no longer have any holder (free after the next commit), so the caller
+    /// may discard them on the data device.
+    fn unmap(&mut self, vblocks: Range<u64>) -> Result<Vec<u64>>;
+    /// Gives back provisioned blocks that were never mapped.
+    fn release(&mut self, blocks: &[u64]) -> Result<()>;
+    /// Makes every mapping sent so far durable. The caller made the data durable first.
+    fn commit(&mut self) -> Result<()>;
+    /// Whether the pool asks the volume to pause (to snapshot it). The data path then starts
+    /// no new write, lets the writes in flight finish, and calls [`PoolPort::paused`].
+    fn pause_requested(&self) -> bool;
+    /// Tells the pool the volume is quiet, and blocks until the pool resumes it. The info
+    /// returned carries the new `snapshotted_time`: every cached mapping older than it is now
+    /// shared.
+    fn paused(&mut self) -> Result<VolumeInfo>;
+    /// Called by the port when a pause request arrives, so a sleeping data path wakes up (it
+    /// writes the data path's notifier eventfd).
+    fn set_waker(&mut self, waker: Box<dyn Fn() + Send + Sync>);
+}
