@@ -1,1 +1,3 @@
 //! rustbk thin crate.
+
+pub mod xml;
