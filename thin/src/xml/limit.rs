@@ -65,6 +65,9 @@ impl<R: BufRead> BufRead for Limited<R> {
     }
 
     fn consume(&mut self, amt: usize) {
+        if amt == 0 {
+            return;
+        }
         // The bytes being consumed are still in the inner buffer: fill_buf only returns them.
         if let Ok(buffered) = self.inner.fill_buf() {
             let taken = &buffered[..amt.min(buffered.len())];

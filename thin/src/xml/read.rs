@@ -103,11 +103,18 @@ impl Parser {
             | Event::GeneralRef(_)
             | Event::Comment(_)
             | Event::Decl(_) => Ok(()),
-            Event::PI(_) | Event::DocType(_) | Event::Eof => Err(Error::MisplacedElement {
+            Event::PI(_) => Err(Error::MisplacedElement {
                 line,
-                element: "?/!".to_owned(),
-                place: "in a thin_dump document (processing instruction or DOCTYPE)",
+                element: "?processing-instruction".to_owned(),
+                place: "in a thin_dump document",
             }),
+            Event::DocType(_) => Err(Error::MisplacedElement {
+                line,
+                element: "!DOCTYPE".to_owned(),
+                place: "in a thin_dump document",
+            }),
+            // parse_with ends at Eof before handing events here.
+            Event::Eof => Ok(()),
         }
     }
 

@@ -291,51 +291,54 @@ fn unknown_element_is_named() {
 
 #[test]
 fn elements_out_of_place_are_refused() {
+    let mapping = r#"<single_mapping origin_block="1" data_block="2" time="0"/>"#;
+    let device =
+        r#"<device dev_id="2" mapped_blocks="0" transaction="0" creation_time="0" snap_time="0"/>"#;
+    let nested_superblock = r#"<superblock uuid="" time="1" transaction="2" version="2" data_block_size="128" nr_data_blocks="1"/>"#;
     let cases = [
         (
-            r#"<single_mapping origin_block="1" data_block="2" time="0"/>"#.to_owned(),
+            in_superblock(mapping),
+            "mapping",
             "directly inside <superblock>",
         ),
+        (device.to_owned(), "device", "outside <superblock>"),
+        (in_device(device), "device", "inside <device>"),
         (
-            in_superblock("").trim_end().to_owned() + "<device/>",
-            "after </superblock>",
+            in_superblock(nested_superblock),
+            "superblock",
+            "directly inside <superblock>",
         ),
+        (in_superblock("") + device, "device", "after </superblock>"),
         (
             in_superblock(r#"<def name="a"><ref name="a"/></def>"#),
+            "ref",
             "inside <def>",
         ),
-        (
-            in_superblock(r#"<superblock uuid="" time="1" transaction="2" version="2" data_block_size="128" nr_data_blocks="1"/>"#),
-            "directly inside <superblock>",
-        ),
-        (
-            in_device(r#"<device dev_id="2" mapped_blocks="0" transaction="0" creation_time="0" snap_time="0"/>"#),
-            "inside <device>",
-        ),
-        (
-            r#"<device dev_id="2" mapped_blocks="0" transaction="0" creation_time="0" snap_time="0"/>"#.to_owned(),
-            "outside <superblock>",
-        ),
     ];
-    for (xml, expected) in cases {
-        let xml = if expected == "directly inside <superblock>" && !xml.starts_with("<superblock") {
-            in_superblock(&xml)
-        } else {
-            xml
-        };
+    for (xml, element, expected) in cases {
         match parse_str(&xml) {
-            Err(Error::MisplacedElement { place, .. }) => assert_eq!(place, expected, "{xml}"),
+            Err(Error::MisplacedElement {
+                place, element: e, ..
+            }) => {
+                assert_eq!(place, expected, "{xml}");
+                assert!(e.contains(element), "{e} in {xml}");
+            }
             other => panic!("{xml}: {other:?}"),
         }
     }
 }
 
 #[test]
-fn doctype_is_refused() {
+fn doctype_and_processing_instructions_are_refused() {
     let xml = format!("<!DOCTYPE x [<!ENTITY a \"b\">]>\n{}", in_superblock(""));
     assert!(matches!(
         parse_str(&xml),
-        Err(Error::MisplacedElement { line: 1, .. })
+        Err(Error::MisplacedElement { line: 1, ref element, .. }) if element == "!DOCTYPE"
+    ));
+    let xml = in_device("<?php echo ?>");
+    assert!(matches!(
+        parse_str(&xml),
+        Err(Error::MisplacedElement { line: 3, .. })
     ));
 }
 
