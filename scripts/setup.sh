@@ -135,8 +135,9 @@ check_qemu_tools() {
 #   $CACHE/thin-tools/<debian version>/bin    thin_check, thin_dump, thin_restore, thin_ls,
 #                                             thin_delta, thin_repair: symlinks to pdata_tools
 #   $CACHE/thin-tools/current                 a symlink to that bin directory; the tests use it
-# trixie is reached through a source list, package lists, cache and an EMPTY dpkg status of
-# rustbk's own under $CACHE/apt/trixie: the system's sources, lists and packages are untouched.
+# trixie is reached through a source list (the system's bookworm mirror, suite trixie), package
+# lists, cache and an EMPTY dpkg status of rustbk's own under $CACHE/apt/trixie: the system's
+# sources, lists and packages are untouched.
 # What was found (December 2026): trixie ships 1.1.0-4+b1; its pdata_tools needs GLIBC_2.34 at
 # most (objdump -T) and links only libc, libm, libgcc_s and libudev, all in bookworm (glibc 2.36),
 # so the Debian binary runs here as it is and no source build is needed. Should a later trixie
@@ -170,9 +171,14 @@ trixie_apt() {
 }
 
 fetch_thin_tools_11() {
-  local d=$CACHE/apt/trixie version dir deb tmp t
+  local d=$CACHE/apt/trixie mirror version dir deb tmp t
   $SUDO mkdir -p "$d/lists/partial" "$d/cache/archives/partial" "$d/debs"
-  echo "deb http://deb.debian.org/debian trixie main" | $SUDO tee "$d/sources.list" >/dev/null
+  # trixie from the mirror this machine's own sources use for bookworm.
+  # shellcheck disable=SC2016 # $(REPO_URI) is apt's field, not a command.
+  mirror=$(apt-get indextargets --format '$(REPO_URI)' 'Identifier: Packages' 'Release: bookworm' |
+    head -n 1)
+  [ -n "$mirror" ] || die "no Debian mirror for bookworm in this machine's apt sources to take trixie from"
+  echo "deb $mirror trixie main" | $SUDO tee "$d/sources.list" >/dev/null
   [ -f "$d/status" ] || $SUDO touch "$d/status"
   trixie_apt apt-get update -qq >/dev/null || die "apt-get update with rustbk's trixie list failed"
   version=$(trixie_apt apt-cache policy thin-provisioning-tools | sed -n 's/^ *Candidate: //p')
