@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::peers::{Peer, restore_str, thin_check, thin_dump};
+use std::path::Path;
+
+use common::peers::{self, Peer, restore_str, thin_check, thin_dump};
 use rustbk_thin::xml::{self, DeviceDump, Dump, MappingRun, SuperblockInfo};
 
 fn run(origin_begin: u64, data_begin: u64, length: u64, time: u32) -> MappingRun {
@@ -155,4 +157,74 @@ fn thin_check_1_1_rejects_a_device_whose_mapped_blocks_is_wrong_and_0_9_does_not
     let recounted = restore_str(Peer::V0_9, dir.path(), "recounted", &to_xml(&model)).unwrap();
     let dumped = parse(&thin_dump(Peer::V1_1, &recounted).unwrap());
     assert_eq!(dumped.devices[0].mapped_blocks, 8);
+}
+
+/// Two devices sharing the leaves of one long run of 500 blocks; device 1 continues the run
+/// with 10 blocks of its own.
+fn shared_run_xml() -> &'static str {
+    r#"<superblock uuid="" time="1" transaction="3" version="2" data_block_size="128" nr_data_blocks="4096">
+<def name="run"><range_mapping origin_begin="0" data_begin="0" length="500" time="0"/></def>
+<device dev_id="1" mapped_blocks="510" transaction="0" creation_time="0" snap_time="1">
+<ref name="run"/><range_mapping origin_begin="500" data_begin="500" length="10" time="0"/>
+</device>
+<device dev_id="2" mapped_blocks="500" transaction="1" creation_time="1" snap_time="1"><ref name="run"/></device>
+</superblock>
+"#
+}
+
+#[test]
+fn a_run_that_1_1_splits_at_a_ref_parses_like_0_9_s_single_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let metadata = restore_str(Peer::V1_1, dir.path(), "split", shared_run_xml()).unwrap();
+    let old = thin_dump(Peer::V0_9, &metadata).unwrap();
+    let new = thin_dump(Peer::V1_1, &metadata).unwrap();
+    // 0.9 prints one range per device; 1.1 prints the shared leaves as a def and starts a new
+    // range_mapping after each ref.
+    assert_eq!(old.matches("<range_mapping").count(), 2, "{old}");
+    assert!(new.contains("<ref "), "{new}");
+    assert!(new.matches("<range_mapping").count() > 2, "{new}");
+    let model = parse(&new);
+    assert_eq!(model, parse(&old));
+    assert_eq!(model.devices[0].mappings, vec![run(0, 0, 510, 0)]);
+    assert_eq!(model.devices[1].mappings, vec![run(0, 0, 500, 0)]);
+}
+
+fn stdout_of(peer: Peer, tool: &str, args: &[&str]) -> String {
+    let args: Vec<&Path> = args.iter().map(Path::new).collect();
+    let output = peers::run(peer, tool, &args);
+    assert!(output.status.success(), "{tool} of {peer:?}: {output:?}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn thin_ls_thin_delta_and_thin_repair_of_both_peers_agree_on_a_restored_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = origin_and_snapshot();
+    let metadata = restore_str(Peer::V1_1, dir.path(), "pool", &to_xml(&model)).unwrap();
+    let meta = metadata.to_str().unwrap();
+    let [ls_old, ls_new] = Peer::ALL.map(|peer| stdout_of(peer, "thin_ls", &[meta]));
+    assert_eq!(ls_old, ls_new);
+    // 8 and 6 blocks of 64 KiB (128 sectors).
+    assert!(
+        ls_old.contains("  1 512KiB") && ls_old.contains("  2 384KiB"),
+        "{ls_old}"
+    );
+    let delta = ["--snap1", "1", "--snap2", "2", meta];
+    let [delta_old, delta_new] = Peer::ALL.map(|peer| stdout_of(peer, "thin_delta", &delta));
+    assert_eq!(delta_old.trim_end(), delta_new.trim_end());
+    assert!(
+        delta_old.contains(r#"<same begin="0" length="4"/>"#),
+        "{delta_old}"
+    );
+    for peer in Peer::ALL {
+        let repaired = dir.path().join(format!("repaired-{peer:?}"));
+        peers::new_metadata_file(&repaired, peers::DEFAULT_METADATA_BYTES);
+        stdout_of(
+            peer,
+            "thin_repair",
+            &["-i", meta, "-o", repaired.to_str().unwrap()],
+        );
+        thin_check(peer, &repaired).unwrap();
+        assert_eq!(parse(&thin_dump(peer, &repaired).unwrap()), model);
+    }
 }
