@@ -16,7 +16,8 @@ use super::{DeviceDump, Dump, Error, MappingRun, SuperblockInfo};
 pub const MAX_EVENT_BYTES: usize = 64 * 1024;
 
 /// The most mapping runs a dump may hold in all, counted before merging and after expanding
-/// every `ref`: a few `ref`s to a large `def` must not turn a small document into a huge model.
+/// every `ref` (at 32 bytes a run, a model of at most 512 MiB): a few `ref`s to a large `def`
+/// must not turn a small document into a huge model.
 pub const MAX_RUNS: usize = 1 << 24;
 
 /// Reads a whole thin_dump XML document.

@@ -53,18 +53,7 @@ pub(super) fn normalise(
     owner: &dyn Fn() -> String,
 ) -> Result<(), Error> {
     runs.sort_unstable_by_key(|run| run.origin_begin);
-    for pair in runs.windows(2) {
-        if pair[0]
-            .origin_end()
-            .is_none_or(|end| pair[1].origin_begin < end)
-        {
-            return Err(Error::OverlappingMappings {
-                owner: owner(),
-                first: pair[0].origin_begin,
-                second: pair[1].origin_begin,
-            });
-        }
-    }
+    check_order(runs, owner)?;
     let merged = coalesce(runs).collect();
     *runs = merged;
     Ok(())
