@@ -2,8 +2,10 @@
 #![forbid(unsafe_code)]
 
 pub mod error;
+pub mod interchange;
 pub mod meta;
 pub mod pdata;
 pub mod port;
+pub mod xml;
 
 pub use error::{Error, Result};

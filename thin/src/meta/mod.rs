@@ -5,6 +5,7 @@ mod details;
 mod devices;
 mod mappings;
 mod refs;
+mod restore;
 mod superblock;
 
 pub use details::{DeviceDetails, MAX_DATA_BLOCKS, Mapping};
