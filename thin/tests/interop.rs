@@ -26,6 +26,11 @@ impl Rng {
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
     }
+
+    fn pick(&mut self, items: &[u64]) -> u64 {
+        let i = self.below(items.len() as u64);
+        items[usize::try_from(i).unwrap()]
+    }
 }
 
 fn open_file(path: &Path, bytes: u64) -> Arc<EngineFile> {
@@ -53,7 +58,7 @@ fn random_workload(md: &mut Metadata, seed: u64) {
     for round in 0..12 {
         let devices = md.devices();
         for _ in 0..600 {
-            let id = devices[rng.below(devices.len() as u64) as usize];
+            let id = rng.pick(&devices);
             let vblock = rng.below(5000);
             if rng.below(4) == 0 {
                 md.remove(id, vblock).unwrap();
@@ -64,13 +69,12 @@ fn random_workload(md: &mut Metadata, seed: u64) {
         }
         match if round < 3 { 0 } else { rng.below(3) } {
             0 => {
-                let origin = devices[rng.below(devices.len() as u64) as usize];
+                let origin = rng.pick(&devices);
                 md.create_snapshot(next_id, origin).unwrap();
                 next_id += 1;
             }
             1 if devices.len() > 2 && round > 3 => {
-                md.delete_thin(devices[rng.below(devices.len() as u64) as usize])
-                    .unwrap();
+                md.delete_thin(rng.pick(&devices)).unwrap();
             }
             _ => {}
         }
