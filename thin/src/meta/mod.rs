@@ -7,6 +7,8 @@ mod mappings;
 mod refs;
 mod restore;
 mod superblock;
+#[cfg(test)]
+mod tests;
 
 pub use details::{DeviceDetails, MAX_DATA_BLOCKS, Mapping};
 pub use superblock::{Superblock, check_data_block_size};
