@@ -4,6 +4,11 @@
 pub mod error;
 pub mod meta;
 pub mod pdata;
+pub mod pool;
 pub mod port;
+pub mod volume;
+
+#[cfg(test)]
+mod testing;
 
 pub use error::{Error, Result};

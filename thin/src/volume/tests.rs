@@ -1,0 +1,158 @@
+use rustbk_formats::suite::{self, DEPTH, MIN_SIZE, pattern};
+use rustbk_formats::{BlockImage, IoOp};
+
+use crate::pool::{PoolOptions, VolumeSpec};
+use crate::testing::{flush, get, new_pool, put, queue, thin_check};
+
+const MIB: u64 = 1 << 20;
+
+fn shared_suite_passes_with_blocks_of(block_size: u64) {
+    let t = new_pool(block_size, 64 * MIB / block_size, PoolOptions::default());
+    let size = 2 * MIN_SIZE;
+    let vol = t.volume(1, size);
+    let mut q = vol.open_queue(DEPTH).expect("queue");
+    suite::run_writable(&mut *q, size);
+    drop(q);
+    drop(vol);
+    t.pool.commit().expect("commit");
+    thin_check(&t.meta);
+}
+
+#[test]
+fn shared_suite_passes_with_64k_blocks() {
+    shared_suite_passes_with_blocks_of(64 << 10);
+}
+
+#[test]
+fn shared_suite_passes_with_256k_blocks() {
+    shared_suite_passes_with_blocks_of(256 << 10);
+}
+
+#[test]
+fn partial_write_into_an_unprovisioned_block_reads_zeros_around_it() {
+    let t = new_pool(64 << 10, 64, PoolOptions::default());
+    let vol = t.volume(1, 4 * MIB);
+    let mut q = queue(&vol);
+    // A recycled data block full of old bytes must not show through.
+    std::fs::write(&t.data, vec![0xee; 4 << 20]).expect("dirty data device");
+    put(&mut *q, 65536 + 1000, &[7; 3000]);
+    let got = get(&mut *q, 65536, 65536);
+    let mut expected = vec![0; 65536];
+    expected[1000..4000].fill(7);
+    suite::assert_bytes(&got, &expected, "block around a partial write");
+}
+
+#[test]
+fn two_writes_into_one_new_block_provision_it_once() {
+    let t = new_pool(64 << 10, 64, PoolOptions::default());
+    let vol = t.volume(1, 4 * MIB);
+    let mut q = queue(&vol);
+    let bufs: Vec<_> = (0..8)
+        .map(|i| {
+            let b = rustbk_formats::SharedBuf::new(4096);
+            assert!(b.copy_in(0, &pattern(i, 4096)));
+            b
+        })
+        .collect();
+    for (i, b) in bufs.iter().enumerate() {
+        let op = IoOp::Write {
+            offset: i as u64 * 4096,
+            bufs: Box::new(b.clone()),
+        };
+        q.submit(op, i as u64).expect("submit");
+    }
+    q.commit().expect("commit");
+    let done = suite::reap_n(&mut *q, 8);
+    assert!(done.iter().all(|c| c.result.is_ok()), "{done:?}");
+    let expected: Vec<u8> = (0..8).flat_map(|i| pattern(i, 4096)).collect();
+    suite::assert_bytes(&get(&mut *q, 0, 32768), &expected, "eight writes");
+    let mapped = t.pool.volumes().expect("list")[0].mapped_blocks;
+    assert_eq!(mapped, 1);
+}
+
+#[test]
+fn ops_past_the_end_or_overflowing_get_errors() {
+    let t = new_pool(64 << 10, 64, PoolOptions::default());
+    let vol = t.volume(1, MIB);
+    let mut q = queue(&vol);
+    assert!(suite::read_at(&mut *q, u64::MAX - 10, 512).is_err());
+    assert!(suite::write_at(&mut *q, MIB, &[1; 512]).is_err());
+    let discard = IoOp::Discard {
+        offset: u64::MAX,
+        len: u64::MAX,
+    };
+    assert!(suite::run(&mut *q, discard).is_err());
+}
+
+#[test]
+fn data_written_and_flushed_reads_back_after_reopen() {
+    let t = new_pool(64 << 10, 256, PoolOptions::default());
+    let vol = t.volume(1, 8 * MIB);
+    let mut q = queue(&vol);
+    put(&mut *q, 3 * MIB + 512, &pattern(3, 200_000));
+    flush(&mut *q);
+    drop(q);
+    drop(vol);
+    let t = t.reopen(PoolOptions::default());
+    let vol = t.open(1);
+    let mut q = queue(&vol);
+    suite::assert_bytes(
+        &get(&mut *q, 3 * MIB + 512, 200_000),
+        &pattern(3, 200_000),
+        "after reopen",
+    );
+    thin_check(&t.meta);
+}
+
+#[test]
+fn discard_unmaps_whole_blocks_and_zeroes_partial_exclusive_ones() {
+    let bs = 64 << 10;
+    let t = new_pool(bs, 64, PoolOptions::default());
+    let vol = t.volume(1, MIB);
+    let mut q = queue(&vol);
+    put(&mut *q, 0, &pattern(1, 4 * bs as usize));
+    let discard = IoOp::Discard {
+        offset: bs / 2,
+        len: 2 * bs,
+    };
+    suite::run(&mut *q, discard).expect("discard");
+    let mut expected = pattern(1, 4 * bs as usize);
+    expected[(bs / 2) as usize..(5 * bs / 2) as usize].fill(0);
+    suite::assert_bytes(&get(&mut *q, 0, 4 * bs as usize), &expected, "discard");
+    assert_eq!(t.pool.volumes().expect("list")[0].mapped_blocks, 3);
+}
+
+#[test]
+fn a_volume_over_a_raw_origin_reads_it_and_fills_partial_writes_from_it() {
+    let t = new_pool(64 << 10, 64, PoolOptions::default());
+    let origin = t.dir.path().join("origin.raw");
+    std::fs::write(&origin, pattern(42, MIB as usize)).expect("origin");
+    let spec = VolumeSpec {
+        size: 2 * MIB,
+        name: "over origin".into(),
+        origin: Some(crate::pool::Origin {
+            path: origin,
+            format: "raw".into(),
+        }),
+    };
+    t.pool.create_volume(1, spec).expect("create");
+    let vol = t.open(1);
+    let mut q = queue(&vol);
+    let mut expected = pattern(42, MIB as usize);
+    expected.resize(2 * MIB as usize, 0);
+    suite::assert_bytes(&get(&mut *q, 0, 2 * MIB as usize), &expected, "origin");
+    put(&mut *q, 70_000, &[9; 100]);
+    put(&mut *q, MIB - 50, &[8; 100]);
+    expected[70_000..70_100].fill(9);
+    expected[(MIB - 50) as usize..(MIB + 50) as usize].fill(8);
+    let zeroes = IoOp::WriteZeroes {
+        offset: 200_000,
+        len: 300_000,
+    };
+    suite::run(&mut *q, zeroes).expect("write zeroes");
+    expected[200_000..500_000].fill(0);
+    suite::assert_bytes(&get(&mut *q, 0, 2 * MIB as usize), &expected, "after writes");
+    drop(q);
+    drop(vol);
+    thin_check(&t.meta);
+}
