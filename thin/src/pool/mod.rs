@@ -297,6 +297,17 @@ impl State {
         }
     }
 
+    /// Runs a metadata change that may need new metadata blocks: refused with
+    /// [`Error::MetadataFull`], before anything changes, when the metadata device would not
+    /// have room for it and the commit after it.
+    pub(crate) fn change_with_room<T>(
+        &mut self,
+        f: impl FnOnce(&mut Metadata) -> Result<T>,
+    ) -> Result<T> {
+        space::check_metadata_room(&self.md)?;
+        self.change(f)
+    }
+
     /// Throws the running transaction away: the metadata as of the last commit is read back
     /// and the pool takes no more changes.
     fn abort(&mut self, why: &Error) {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use rustbk_formats::EngineFile;
 
-use super::{PortEntry, Shared, space};
+use super::{PortEntry, Shared};
 use crate::error::{Error, Result};
 use crate::meta::Mapping;
 use crate::port::{NewMapping, PoolPort, VolumeInfo};
@@ -205,10 +205,7 @@ impl PoolPort for LocalPort {
                     m.vblock, m.block
                 )));
             }
-            st.change(|md| {
-                space::check_metadata_room(md)?;
-                md.insert(volume, m.vblock, m.block)
-            })?;
+            st.change_with_room(|md| md.insert(volume, m.vblock, m.block))?;
             if let Some(p) = st.ports.get_mut(&port) {
                 p.provisioned.remove(&m.block);
             }
@@ -228,10 +225,7 @@ impl PoolPort for LocalPort {
         let mapped = st.md.lookup_range(volume, vblocks)?;
         let mut freed = Vec::new();
         for (vblock, mapping) in mapped {
-            st.change(|md| {
-                space::check_metadata_room(md)?;
-                md.remove(volume, vblock)
-            })?;
+            st.change_with_room(|md| md.remove(volume, vblock))?;
             if st.md.data_count(mapping.block)? == 0 {
                 freed.push(mapping.block);
             }

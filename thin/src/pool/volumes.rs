@@ -8,7 +8,7 @@ use rustbk_formats::{Format, OpenOptions};
 
 use super::port::PortControl;
 use super::sidecar::{self, Origin, VolumeRecord};
-use super::{Pool, State, space};
+use super::{Pool, State};
 use crate::error::{Error, Result};
 use crate::meta::Metadata;
 
@@ -106,10 +106,7 @@ impl Pool {
         {
             let mut st = self.shared.lock()?;
             check_size(spec.size, st.block_size)?;
-            st.change(|md| {
-                space::check_metadata_room(md)?;
-                md.create_thin(id)
-            })?;
+            st.change_with_room(|md| md.create_thin(id))?;
             let record = VolumeRecord {
                 size: spec.size,
                 name: spec.name,
@@ -127,10 +124,7 @@ impl Pool {
         {
             let mut st = self.shared.lock()?;
             refuse_open_ports(&st, id)?;
-            st.change(|md| {
-                space::check_metadata_room(md)?;
-                md.delete_thin(id)
-            })?;
+            st.change_with_room(|md| md.delete_thin(id))?;
             st.volumes.remove(&id);
         }
         self.commit()?;
@@ -151,10 +145,7 @@ impl Pool {
                 let keep = size.div_ceil(st.block_size);
                 let mapped = st.md.lookup_range(id, keep..u64::MAX)?;
                 for (vblock, _) in mapped {
-                    st.change(|md| {
-                        space::check_metadata_room(md)?;
-                        md.remove(id, vblock)
-                    })?;
+                    st.change_with_room(|md| md.remove(id, vblock))?;
                 }
             }
             if let Some(record) = st.volumes.get_mut(&id) {
@@ -214,10 +205,7 @@ impl Pool {
                 .get(&origin)
                 .cloned()
                 .ok_or(Error::NoSuchDevice(origin))?;
-            st.change(|md| {
-                space::check_metadata_room(md)?;
-                md.create_snapshot(id, origin)
-            })?;
+            st.change_with_room(|md| md.create_snapshot(id, origin))?;
             record.name = name.to_owned();
             st.volumes.insert(id, record);
         }
