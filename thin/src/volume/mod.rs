@@ -11,6 +11,8 @@ mod plan;
 mod queue;
 
 #[cfg(test)]
+mod model_tests;
+#[cfg(test)]
 mod tests;
 
 pub use queue::ThinQueue;
