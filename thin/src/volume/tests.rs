@@ -156,3 +156,84 @@ fn a_volume_over_a_raw_origin_reads_it_and_fills_partial_writes_from_it() {
     drop(vol);
     thin_check(&t.meta);
 }
+
+#[test]
+fn a_partial_write_into_a_shared_block_copies_the_rest_of_it() {
+    let bs = 256 << 10;
+    let t = new_pool(bs, 64, PoolOptions::default());
+    let vol = t.volume(1, 4 * MIB);
+    let mut q = queue(&vol);
+    put(&mut *q, 0, &pattern(1, 2 * bs as usize));
+    drop(q);
+    drop(vol);
+    t.pool.snapshot(1, 2, "").expect("snapshot");
+    let vol = t.open(1);
+    let mut q = queue(&vol);
+    put(&mut *q, bs - 100, &[4; 200]);
+    let mut expected = pattern(1, 2 * bs as usize);
+    expected[(bs - 100) as usize..(bs + 100) as usize].fill(4);
+    suite::assert_bytes(&get(&mut *q, 0, 2 * bs as usize), &expected, "origin");
+    let snap = t.open(2);
+    let mut sq = queue(&snap);
+    let before = pattern(1, 2 * bs as usize);
+    suite::assert_bytes(&get(&mut *sq, 0, 2 * bs as usize), &before, "snapshot");
+    assert_eq!(t.pool.volumes().expect("list")[0].mapped_blocks, 2);
+}
+
+#[test]
+fn passdown_punches_the_freed_blocks_out_of_the_data_file() {
+    use std::os::unix::fs::MetadataExt;
+    let opts = PoolOptions {
+        passdown: true,
+        ..PoolOptions::default()
+    };
+    let t = new_pool(64 << 10, 64, opts);
+    let vol = t.volume(1, 4 * MIB);
+    let mut q = queue(&vol);
+    put(&mut *q, 0, &pattern(1, 2 * MIB as usize));
+    flush(&mut *q);
+    let used = |p: &std::path::Path| std::fs::metadata(p).expect("stat").blocks() * 512;
+    let before = used(&t.data);
+    let discard = IoOp::Discard {
+        offset: 0,
+        len: 2 * MIB,
+    };
+    suite::run(&mut *q, discard).expect("discard");
+    let after = used(&t.data);
+    assert!(before - after >= 2 * MIB - (64 << 10), "{before} -> {after} bytes");
+}
+
+#[test]
+fn a_volume_over_a_qcow2_origin_made_by_qemu_img_reads_its_data() {
+    let t = new_pool(64 << 10, 64, PoolOptions::default());
+    let origin = t.dir.path().join("base.qcow2");
+    let ok = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&origin)
+        .arg("1M")
+        .status()
+        .expect("qemu-img must be installed");
+    assert!(ok.success());
+    let ok = std::process::Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0x5a 4096 8192"])
+        .arg(&origin)
+        .output()
+        .expect("qemu-io must be installed");
+    assert!(ok.status.success(), "{ok:?}");
+    let spec = VolumeSpec {
+        size: MIB,
+        name: String::new(),
+        origin: Some(crate::pool::Origin {
+            path: origin,
+            format: "qcow2".into(),
+        }),
+    };
+    t.pool.create_volume(1, spec).expect("create");
+    let vol = t.open(1);
+    let mut q = queue(&vol);
+    put(&mut *q, 8192, &[1; 512]);
+    let mut expected = vec![0; 16384];
+    expected[4096..12288].fill(0x5a);
+    expected[8192..8704].fill(1);
+    suite::assert_bytes(&get(&mut *q, 0, 16384), &expected, "qcow2 origin");
+}
