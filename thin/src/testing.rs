@@ -119,3 +119,8 @@ pub(crate) fn get(q: &mut dyn ImageQueue, offset: u64, len: usize) -> Vec<u8> {
 pub(crate) fn flush(q: &mut dyn ImageQueue) {
     run(q, IoOp::Flush).expect("flush");
 }
+
+/// A byte count as a `usize` (tests run on 64-bit hosts).
+pub(crate) fn us(n: u64) -> usize {
+    usize::try_from(n).expect("fits in usize")
+}

@@ -104,7 +104,11 @@ mod tests {
         for w in waiters {
             w.join().unwrap().unwrap();
         }
-        assert_eq!(runs.load(Ordering::SeqCst), 2, "one commit for the six waiters");
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            2,
+            "one commit for the six waiters"
+        );
         assert_eq!(gate.finished(), 2);
     }
 

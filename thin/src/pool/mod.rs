@@ -25,8 +25,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use rustbk_formats::engine::Access;
 use rustbk_formats::EngineFile;
+use rustbk_formats::engine::Access;
 
 use crate::error::{Error, Result};
 use crate::meta::{Geometry, Metadata};
@@ -152,7 +152,15 @@ impl Pool {
         };
         let md = Metadata::create(meta_file.clone(), geometry)?;
         sidecar::store(&sidecar::path_for(metadata), &BTreeMap::new())?;
-        Ok(Pool::assemble(md, meta_file, data_file, BTreeMap::new(), opts, metadata, data))
+        Ok(Pool::assemble(
+            md,
+            meta_file,
+            data_file,
+            BTreeMap::new(),
+            opts,
+            metadata,
+            data,
+        ))
     }
 
     /// Opens a pool. Its data device may have grown since: the pool then uses all of it. A
@@ -170,7 +178,9 @@ impl Pool {
         }
         let records = sidecar::load(&sidecar::path_for(metadata))?;
         let volumes = volumes::reconcile(&mut md, records)?;
-        Ok(Pool::assemble(md, meta_file, data_file, volumes, opts, metadata, data))
+        Ok(Pool::assemble(
+            md, meta_file, data_file, volumes, opts, metadata, data,
+        ))
     }
 
     fn assemble(
@@ -331,4 +341,3 @@ fn open_data(path: &Path, opts: &PoolOptions) -> Result<Arc<EngineFile>> {
     }
     Ok(Arc::new(file))
 }
-

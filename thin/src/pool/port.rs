@@ -198,7 +198,10 @@ impl PoolPort for LocalPort {
         let port = self.port;
         let volume = self.volume;
         for m in mappings {
-            let ours = st.ports.get(&port).is_some_and(|p| p.provisioned.contains(&m.block));
+            let ours = st
+                .ports
+                .get(&port)
+                .is_some_and(|p| p.provisioned.contains(&m.block));
             if !ours || m.vblock >= end {
                 return Err(Error::InvalidArgument(format!(
                     "mapping {} -> {}: not a block of this port or past the volume end",

@@ -125,7 +125,9 @@ impl Shared {
                 Ok(mut child) => {
                     std::thread::spawn(move || child.wait());
                 }
-                Err(e) => tracing::warn!(hook = %hook.display(), error = %e, "low-water hook failed to start"),
+                Err(e) => {
+                    tracing::warn!(hook = %hook.display(), error = %e, "low-water hook failed to start")
+                }
             }
         }
     }

@@ -1,15 +1,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustbk_formats::suite::{self, pattern};
 use rustbk_formats::ImageQueue;
+use rustbk_formats::suite::{self, pattern};
 
 use super::{OnFull, PoolOptions, VolumeSpec};
 use crate::error::Error;
 use crate::port::{NewMapping, PoolPort};
-use crate::testing::{
-    flush, get, new_pool, new_pool_with_meta, put, queue, thin_check,
-};
+use crate::testing::{flush, get, new_pool, new_pool_with_meta, put, queue, thin_check, us};
 
 const MIB: u64 = 1 << 20;
 const BS: u64 = 64 << 10;
@@ -54,7 +52,10 @@ fn a_port_cannot_map_blocks_it_was_not_given_or_past_the_volume_end() {
         vblock: 0,
         block: mine + 1,
     };
-    assert!(matches!(port.map(&[foreign]), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        port.map(&[foreign]),
+        Err(Error::InvalidArgument(_))
+    ));
     let past = NewMapping {
         vblock: MIB / BS,
         block: mine,
@@ -78,7 +79,11 @@ fn commits_requested_together_are_grouped() {
                 let mut port = pool.open_port(id).unwrap();
                 for round in 0..5 {
                     let b = port.provision(1).unwrap()[0];
-                    port.map(&[NewMapping { vblock: round, block: b }]).unwrap();
+                    port.map(&[NewMapping {
+                        vblock: round,
+                        block: b,
+                    }])
+                    .unwrap();
                     port.commit().unwrap();
                 }
             });
@@ -125,7 +130,10 @@ fn a_queueing_pool_holds_writes_until_the_data_device_grows() {
         });
         let start = Instant::now();
         put(&mut *q, 2 * BS, &pattern(7, 4096));
-        assert!(start.elapsed() >= Duration::from_millis(250), "the write did not wait");
+        assert!(
+            start.elapsed() >= Duration::from_millis(250),
+            "the write did not wait"
+        );
         assert_eq!(grower.join().unwrap(), 8);
     });
     assert_eq!(get(&mut *q, 2 * BS, 4096), pattern(7, 4096));
@@ -184,7 +192,10 @@ fn running_out_of_metadata_fails_writes_and_keeps_the_pool_consistent() {
     let t = t.reopen(PoolOptions::default());
     thin_check(&t.meta);
     let mapped = t.pool.volumes().unwrap()[0].mapped_blocks;
-    assert!(mapped >= written / 64 * 64, "{mapped} mapped, {written} written");
+    assert!(
+        mapped >= written / 64 * 64,
+        "{mapped} mapped, {written} written"
+    );
 }
 
 #[test]
@@ -197,7 +208,10 @@ fn the_low_water_hook_runs_once_when_crossed() {
         marker.display()
     );
     std::fs::write(&hook, script).unwrap();
-    let chmod = std::process::Command::new("chmod").arg("+x").arg(&hook).status();
+    let chmod = std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&hook)
+        .status();
     assert!(chmod.unwrap().success());
     let opts = PoolOptions {
         low_water_blocks: 5,
@@ -233,7 +247,10 @@ fn volumes_survive_a_reopen_with_their_records() {
         .iter()
         .map(|v| (v.id, v.record.size, v.record.name.clone()))
         .collect();
-    assert_eq!(sizes, vec![(2, 3 * MIB, String::new()), (3, MIB, "snap".into())]);
+    assert_eq!(
+        sizes,
+        vec![(2, 3 * MIB, String::new()), (3, MIB, "snap".into())]
+    );
     thin_check(&t.meta);
 }
 
@@ -257,7 +274,7 @@ fn shrinking_a_volume_unmaps_the_blocks_past_its_end() {
     let t = new_pool(BS, 100, PoolOptions::default());
     let vol = t.volume(1, MIB);
     let mut q = queue(&vol);
-    put(&mut *q, 0, &pattern(1, MIB as usize));
+    put(&mut *q, 0, &pattern(1, us(MIB)));
     flush(&mut *q);
     assert!(matches!(t.pool.resize_volume(1, BS), Err(Error::Busy(_))));
     drop(q);
@@ -328,7 +345,7 @@ fn a_live_snapshot_holds_exactly_the_writes_before_its_pause() {
     let vol = t.volume(1, 4 * MIB);
     let mut q = queue(&vol);
     // Every block is mapped before, so the snapshot shares blocks the writer then splits.
-    put(&mut *q, 0, &vec![0; 4 * MIB as usize]);
+    put(&mut *q, 0, &vec![0; us(4 * MIB)]);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let pool = &t.pool;
@@ -351,7 +368,10 @@ fn a_live_snapshot_holds_exactly_the_writes_before_its_pause() {
     let snap = crate::testing::TestPool::open(&t, 2);
     let mut sq = queue(&snap);
     let k = written_prefix(&mut *sq);
-    assert!((32..total).contains(&k), "the snapshot holds {k} of {total} writes");
+    assert!(
+        (32..total).contains(&k),
+        "the snapshot holds {k} of {total} writes"
+    );
     let mut expected = Vec::new();
     for i in 0..total {
         expected.extend(pattern(i + 1, 16 << 10));
@@ -382,7 +402,7 @@ fn deleting_a_snapshot_frees_only_its_own_blocks() {
     let t = new_pool(BS, 100, PoolOptions::default());
     let vol = t.volume(1, MIB);
     let mut q = queue(&vol);
-    put(&mut *q, 0, &pattern(1, 4 * BS as usize));
+    put(&mut *q, 0, &pattern(1, us(4 * BS)));
     flush(&mut *q);
     drop(q);
     drop(vol);
@@ -398,6 +418,10 @@ fn deleting_a_snapshot_frees_only_its_own_blocks() {
     assert_eq!(t.pool.usage().unwrap().data_free, free + 1);
     let vol = crate::testing::TestPool::open(&t, 1);
     let mut q = queue(&vol);
-    suite::assert_bytes(&get(&mut *q, 0, 4 * BS as usize), &pattern(1, 4 * BS as usize), "origin");
+    suite::assert_bytes(
+        &get(&mut *q, 0, us(4 * BS)),
+        &pattern(1, us(4 * BS)),
+        "origin",
+    );
     thin_check(&t.meta);
 }

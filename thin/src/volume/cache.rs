@@ -9,7 +9,8 @@ use crate::meta::{MAX_DATA_BLOCKS, Mapping};
 use crate::port::PoolPort;
 
 /// Virtual blocks looked up at a time.
-pub const CHUNK: u64 = 256;
+pub const CHUNK: u64 = CHUNK_LEN as u64;
+const CHUNK_LEN: usize = 256;
 /// Chunks kept before the cache starts over (128 MiB of entries).
 const MAX_CHUNKS: usize = 1 << 16;
 /// An unmapped entry. Mapped entries hold `block << 24 | time` with `block < 2^40 - 1`.
@@ -50,7 +51,7 @@ impl MapCache {
     fn load(&self, port: &mut dyn PoolPort, index: u64) -> Result<Box<[u64]>> {
         let start = index * CHUNK;
         let end = start.saturating_add(CHUNK).min(self.nr_blocks);
-        let mut chunk = vec![UNMAPPED; CHUNK as usize].into_boxed_slice();
+        let mut chunk = vec![UNMAPPED; CHUNK_LEN].into_boxed_slice();
         for (vblock, mapping) in port.lookup(start..end)? {
             let slot = vblock
                 .checked_sub(start)

@@ -14,17 +14,23 @@ pub struct Claims {
 impl Claims {
     /// Whether no block of `range` is owned.
     pub fn can_share(&self, range: &Range<u64>) -> bool {
-        !any_in(range, self.owned.len(), |v| self.owned.contains(&v), || {
-            self.owned.iter().copied()
-        })
+        !any_in(
+            range,
+            self.owned.len(),
+            |v| self.owned.contains(&v),
+            || self.owned.iter().copied(),
+        )
     }
 
     /// Whether no block of `range` is shared or owned.
     pub fn can_own(&self, range: &Range<u64>) -> bool {
         self.can_share(range)
-            && !any_in(range, self.shared.len(), |v| self.shared.contains_key(&v), || {
-                self.shared.keys().copied()
-            })
+            && !any_in(
+                range,
+                self.shared.len(),
+                |v| self.shared.contains_key(&v),
+                || self.shared.keys().copied(),
+            )
     }
 
     /// Shares every block of `range`.

@@ -175,7 +175,11 @@ impl OriginSrc {
         let inside = self.size.saturating_sub(offset).min(len);
         let zero_from = usize::try_from(inside).unwrap_or(usize::MAX);
         if inside < len {
-            fill::zero(&*bufs, zero_from, usize::try_from(len - inside).unwrap_or(0));
+            fill::zero(
+                &*bufs,
+                zero_from,
+                usize::try_from(len - inside).unwrap_or(0),
+            );
         }
         if inside == 0 {
             return Ok(());
@@ -211,9 +215,7 @@ impl Core {
             return Ok(b);
         }
         let mut got = self.port.provision(PROVISION_BATCH)?;
-        let first = got
-            .pop()
-            .ok_or_else(|| Error::DataFull(0))?;
+        let first = got.pop().ok_or(Error::DataFull(0))?;
         self.reserve = got;
         Ok(first)
     }

@@ -9,7 +9,7 @@ use rustbk_formats::suite::{self, assert_bytes, pattern};
 use rustbk_formats::{BlockImage, ImageQueue, IoOp, SharedBuf};
 
 use crate::pool::PoolOptions;
-use crate::testing::{TestPool, new_pool, thin_check};
+use crate::testing::{TestPool, new_pool, thin_check, us};
 use crate::volume::ThinVolume;
 
 const VOLUME_SIZE: u64 = 4 << 20;
@@ -70,12 +70,12 @@ impl Workload {
         self.served.insert(id, Served { _vol: vol, q });
         self.model
             .entry(id)
-            .or_insert_with(|| vec![0; VOLUME_SIZE as usize]);
+            .or_insert_with(|| vec![0; us(VOLUME_SIZE)]);
     }
 
     fn pick(&mut self) -> u64 {
         let ids: Vec<u64> = self.model.keys().copied().collect();
-        ids[self.rng.below(ids.len() as u64) as usize]
+        ids[us(self.rng.below(ids.len() as u64))]
     }
 
     /// A sector-aligned range of up to three blocks (sometimes byte-granular).
@@ -106,10 +106,9 @@ impl Workload {
 
     fn write(&mut self, id: u64, i: u64) {
         let (offset, len) = self.range();
-        let data = pattern(self.seed ^ i, len as usize);
+        let data = pattern(self.seed ^ i, us(len));
         suite::write_at(self.q(id), offset, &data).expect("write");
-        self.model.get_mut(&id).expect("model")[offset as usize..][..len as usize]
-            .copy_from_slice(&data);
+        self.model.get_mut(&id).expect("model")[us(offset)..][..us(len)].copy_from_slice(&data);
     }
 
     /// Up to six writes in flight at once into disjoint slots of a three-block window.
@@ -123,8 +122,8 @@ impl Workload {
             }
             let len = (1 + self.rng.below(slot / 512)) * 512;
             let offset = base + s * slot;
-            let data = pattern(self.seed ^ i ^ (s << 32), len as usize);
-            let buf = SharedBuf::new(len as usize);
+            let data = pattern(self.seed ^ i ^ (s << 32), us(len));
+            let buf = SharedBuf::new(us(len));
             assert!(buf.copy_in(0, &data));
             let op = IoOp::Write {
                 offset,
@@ -138,14 +137,14 @@ impl Workload {
         assert!(done.iter().all(|c| c.result.is_ok()), "{done:?}");
         let model = self.model.get_mut(&id).expect("model");
         for (offset, data) in bufs {
-            model[offset as usize..][..data.len()].copy_from_slice(&data);
+            model[us(offset)..][..data.len()].copy_from_slice(&data);
         }
     }
 
     fn read(&mut self, id: u64) {
         let (offset, len) = self.range();
-        let got = suite::read_at(self.q(id), offset, len as usize).expect("read");
-        let expected = &self.model[&id][offset as usize..][..len as usize];
+        let got = suite::read_at(self.q(id), offset, us(len)).expect("read");
+        let expected = &self.model[&id][us(offset)..][..us(len)];
         assert_bytes(&got, expected, &format!("volume {id} at {offset}+{len}"));
     }
 
@@ -156,13 +155,13 @@ impl Workload {
         let count = 1 + self.rng.below(4.min(blocks - first));
         let (offset, len) = (first * self.bs, count * self.bs);
         suite::run(self.q(id), IoOp::Discard { offset, len }).expect("discard");
-        self.model.get_mut(&id).expect("model")[offset as usize..][..len as usize].fill(0);
+        self.model.get_mut(&id).expect("model")[us(offset)..][..us(len)].fill(0);
     }
 
     fn write_zeroes(&mut self, id: u64) {
         let (offset, len) = self.range();
         suite::run(self.q(id), IoOp::WriteZeroes { offset, len }).expect("write zeroes");
-        self.model.get_mut(&id).expect("model")[offset as usize..][..len as usize].fill(0);
+        self.model.get_mut(&id).expect("model")[us(offset)..][..us(len)].fill(0);
     }
 
     fn flush(&mut self, id: u64) {
@@ -215,10 +214,16 @@ impl Workload {
         for (id, expected) in &self.model {
             let vol = t.open(*id);
             let mut q = vol.open_queue(4).expect("queue");
-            let got = suite::read_at(&mut *q, 0, VOLUME_SIZE as usize).expect("read");
+            let got = suite::read_at(&mut *q, 0, us(VOLUME_SIZE)).expect("read");
             assert_bytes(&got, expected, &format!("volume {id} after reopen"));
         }
-        let listed: Vec<u64> = t.pool.volumes().expect("list").iter().map(|v| v.id).collect();
+        let listed: Vec<u64> = t
+            .pool
+            .volumes()
+            .expect("list")
+            .iter()
+            .map(|v| v.id)
+            .collect();
         assert_eq!(listed, self.model.keys().copied().collect::<Vec<_>>());
         thin_check(&t.meta);
     }

@@ -163,7 +163,11 @@ impl Core {
                 }
                 None => {
                     let from = part.vblock * bs + part.at;
-                    kids.push(Child::Now(self.read_unmapped(from, Box::new(piece), part.len)));
+                    kids.push(Child::Now(self.read_unmapped(
+                        from,
+                        Box::new(piece),
+                        part.len,
+                    )));
                 }
             }
         }
@@ -243,7 +247,9 @@ impl Core {
     ) -> Result<Outcome> {
         let bs = self.info.block_size;
         if range.end - range.start == 1 {
-            let m = self.mapping(range.start)?.ok_or_else(|| Error::corrupt("lost mapping"))?;
+            let m = self
+                .mapping(range.start)?
+                .ok_or_else(|| Error::corrupt("lost mapping"))?;
             let at = self.phys(m.block)? + offset % bs;
             kids.push(Child::Io(IoOp::Write { offset: at, bufs }));
         } else {

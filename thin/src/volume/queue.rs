@@ -62,7 +62,9 @@ impl ThinQueue {
         depth: u32,
     ) -> Result<ThinQueue> {
         if depth == 0 || depth > MAX_DEPTH {
-            return Err(crate::Error::InvalidArgument(format!("queue depth {depth}")));
+            return Err(crate::Error::InvalidArgument(format!(
+                "queue depth {depth}"
+            )));
         }
         let read_only = data.read_only();
         let engine_depth = depth.saturating_mul(4).min(MAX_DEPTH);

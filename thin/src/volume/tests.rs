@@ -2,7 +2,7 @@ use rustbk_formats::suite::{self, DEPTH, MIN_SIZE, pattern};
 use rustbk_formats::{BlockImage, IoOp};
 
 use crate::pool::{PoolOptions, VolumeSpec};
-use crate::testing::{flush, get, new_pool, put, queue, thin_check};
+use crate::testing::{flush, get, new_pool, put, queue, thin_check, us};
 
 const MIB: u64 = 1 << 20;
 
@@ -110,15 +110,15 @@ fn discard_unmaps_whole_blocks_and_zeroes_partial_exclusive_ones() {
     let t = new_pool(bs, 64, PoolOptions::default());
     let vol = t.volume(1, MIB);
     let mut q = queue(&vol);
-    put(&mut *q, 0, &pattern(1, 4 * bs as usize));
+    put(&mut *q, 0, &pattern(1, us(4 * bs)));
     let discard = IoOp::Discard {
         offset: bs / 2,
         len: 2 * bs,
     };
     suite::run(&mut *q, discard).expect("discard");
-    let mut expected = pattern(1, 4 * bs as usize);
-    expected[(bs / 2) as usize..(5 * bs / 2) as usize].fill(0);
-    suite::assert_bytes(&get(&mut *q, 0, 4 * bs as usize), &expected, "discard");
+    let mut expected = pattern(1, us(4 * bs));
+    expected[us(bs / 2)..us(5 * bs / 2)].fill(0);
+    suite::assert_bytes(&get(&mut *q, 0, us(4 * bs)), &expected, "discard");
     assert_eq!(t.pool.volumes().expect("list")[0].mapped_blocks, 3);
 }
 
@@ -126,7 +126,7 @@ fn discard_unmaps_whole_blocks_and_zeroes_partial_exclusive_ones() {
 fn a_volume_over_a_raw_origin_reads_it_and_fills_partial_writes_from_it() {
     let t = new_pool(64 << 10, 64, PoolOptions::default());
     let origin = t.dir.path().join("origin.raw");
-    std::fs::write(&origin, pattern(42, MIB as usize)).expect("origin");
+    std::fs::write(&origin, pattern(42, us(MIB))).expect("origin");
     let spec = VolumeSpec {
         size: 2 * MIB,
         name: "over origin".into(),
@@ -138,20 +138,20 @@ fn a_volume_over_a_raw_origin_reads_it_and_fills_partial_writes_from_it() {
     t.pool.create_volume(1, spec).expect("create");
     let vol = t.open(1);
     let mut q = queue(&vol);
-    let mut expected = pattern(42, MIB as usize);
-    expected.resize(2 * MIB as usize, 0);
-    suite::assert_bytes(&get(&mut *q, 0, 2 * MIB as usize), &expected, "origin");
+    let mut expected = pattern(42, us(MIB));
+    expected.resize(us(2 * MIB), 0);
+    suite::assert_bytes(&get(&mut *q, 0, us(2 * MIB)), &expected, "origin");
     put(&mut *q, 70_000, &[9; 100]);
     put(&mut *q, MIB - 50, &[8; 100]);
     expected[70_000..70_100].fill(9);
-    expected[(MIB - 50) as usize..(MIB + 50) as usize].fill(8);
+    expected[us(MIB - 50)..us(MIB + 50)].fill(8);
     let zeroes = IoOp::WriteZeroes {
         offset: 200_000,
         len: 300_000,
     };
     suite::run(&mut *q, zeroes).expect("write zeroes");
     expected[200_000..500_000].fill(0);
-    suite::assert_bytes(&get(&mut *q, 0, 2 * MIB as usize), &expected, "after writes");
+    suite::assert_bytes(&get(&mut *q, 0, us(2 * MIB)), &expected, "after writes");
     drop(q);
     drop(vol);
     thin_check(&t.meta);
@@ -163,20 +163,20 @@ fn a_partial_write_into_a_shared_block_copies_the_rest_of_it() {
     let t = new_pool(bs, 64, PoolOptions::default());
     let vol = t.volume(1, 4 * MIB);
     let mut q = queue(&vol);
-    put(&mut *q, 0, &pattern(1, 2 * bs as usize));
+    put(&mut *q, 0, &pattern(1, us(2 * bs)));
     drop(q);
     drop(vol);
     t.pool.snapshot(1, 2, "").expect("snapshot");
     let vol = t.open(1);
     let mut q = queue(&vol);
     put(&mut *q, bs - 100, &[4; 200]);
-    let mut expected = pattern(1, 2 * bs as usize);
-    expected[(bs - 100) as usize..(bs + 100) as usize].fill(4);
-    suite::assert_bytes(&get(&mut *q, 0, 2 * bs as usize), &expected, "origin");
+    let mut expected = pattern(1, us(2 * bs));
+    expected[us(bs - 100)..us(bs + 100)].fill(4);
+    suite::assert_bytes(&get(&mut *q, 0, us(2 * bs)), &expected, "origin");
     let snap = t.open(2);
     let mut sq = queue(&snap);
-    let before = pattern(1, 2 * bs as usize);
-    suite::assert_bytes(&get(&mut *sq, 0, 2 * bs as usize), &before, "snapshot");
+    let before = pattern(1, us(2 * bs));
+    suite::assert_bytes(&get(&mut *sq, 0, us(2 * bs)), &before, "snapshot");
     assert_eq!(t.pool.volumes().expect("list")[0].mapped_blocks, 2);
 }
 
@@ -190,7 +190,7 @@ fn passdown_punches_the_freed_blocks_out_of_the_data_file() {
     let t = new_pool(64 << 10, 64, opts);
     let vol = t.volume(1, 4 * MIB);
     let mut q = queue(&vol);
-    put(&mut *q, 0, &pattern(1, 2 * MIB as usize));
+    put(&mut *q, 0, &pattern(1, us(2 * MIB)));
     flush(&mut *q);
     let used = |p: &std::path::Path| std::fs::metadata(p).expect("stat").blocks() * 512;
     let before = used(&t.data);
@@ -200,7 +200,10 @@ fn passdown_punches_the_freed_blocks_out_of_the_data_file() {
     };
     suite::run(&mut *q, discard).expect("discard");
     let after = used(&t.data);
-    assert!(before - after >= 2 * MIB - (64 << 10), "{before} -> {after} bytes");
+    assert!(
+        before - after >= 2 * MIB - (64 << 10),
+        "{before} -> {after} bytes"
+    );
 }
 
 #[test]

@@ -189,9 +189,7 @@ impl RefCounts {
     /// block given back with [`RefCounts::unalloc`]).
     pub fn claim(&mut self, block: u64) -> Result<()> {
         if self.get(block)? != 0 || self.freed.contains(&block) {
-            return Err(Error::InvalidArgument(format!(
-                "block {block} is not free"
-            )));
+            return Err(Error::InvalidArgument(format!("block {block} is not free")));
         }
         self.set(block, 1)
     }
