@@ -152,15 +152,13 @@ impl Pool {
         };
         let md = Metadata::create(meta_file.clone(), geometry)?;
         sidecar::store(&sidecar::path_for(metadata), &BTreeMap::new())?;
-        Ok(Pool::assemble(
-            md,
+        let files = Files {
             meta_file,
             data_file,
-            BTreeMap::new(),
-            opts,
-            metadata,
-            data,
-        ))
+            meta_path: metadata,
+            data_path: data,
+        };
+        Ok(Pool::assemble(md, files, BTreeMap::new(), opts))
     }
 
     /// Opens a pool. Its data device may have grown since: the pool then uses all of it. A
@@ -178,24 +176,25 @@ impl Pool {
         }
         let records = sidecar::load(&sidecar::path_for(metadata))?;
         let volumes = volumes::reconcile(&mut md, records)?;
-        Ok(Pool::assemble(
-            md, meta_file, data_file, volumes, opts, metadata, data,
-        ))
+        let files = Files {
+            meta_file,
+            data_file,
+            meta_path: metadata,
+            data_path: data,
+        };
+        Ok(Pool::assemble(md, files, volumes, opts))
     }
 
     fn assemble(
         md: Metadata,
-        meta_file: Arc<EngineFile>,
-        data: Arc<EngineFile>,
+        files: Files<'_>,
         volumes: BTreeMap<u64, VolumeRecord>,
         opts: PoolOptions,
-        meta_path: &Path,
-        data_path: &Path,
     ) -> Pool {
         let block_size = u64::from(md.data_block_size()) * 512;
         let state = State {
             md,
-            meta_file,
+            meta_file: files.meta_file,
             volumes,
             ports: HashMap::new(),
             next_port: 1,
@@ -210,9 +209,9 @@ impl Pool {
                 gate: CommitGate::default(),
                 admin: Mutex::new(()),
                 opts,
-                data,
-                meta_path: meta_path.to_owned(),
-                data_path: data_path.to_owned(),
+                data: files.data_file,
+                meta_path: files.meta_path.to_owned(),
+                data_path: files.data_path.to_owned(),
             }),
         }
     }
@@ -329,6 +328,14 @@ impl State {
         }
         self.failed = Some(why.to_string());
     }
+}
+
+/// The open files of a pool and their paths.
+struct Files<'a> {
+    meta_file: Arc<EngineFile>,
+    data_file: Arc<EngineFile>,
+    meta_path: &'a Path,
+    data_path: &'a Path,
 }
 
 fn open_data(path: &Path, opts: &PoolOptions) -> Result<Arc<EngineFile>> {
