@@ -73,6 +73,8 @@ pub(crate) struct Core {
     pub(crate) reserve: Vec<u64>,
     /// Modifying ops started and not finished, on every queue.
     pub(crate) writes: usize,
+    /// Some queue holds ops back until claims are released or a pause ends.
+    pub(crate) waiting: bool,
     pub(crate) origin: Option<OriginSrc>,
     pub(crate) data: Arc<EngineFile>,
 }
@@ -109,6 +111,7 @@ impl ThinVolume {
             claims: Claims::default(),
             reserve: Vec::new(),
             writes: 0,
+            waiting: false,
             origin,
             data: data.clone(),
         };

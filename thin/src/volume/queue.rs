@@ -106,6 +106,7 @@ impl ThinQueue {
             Err(e) => return self.finish_now(tag, Err(to_formats(e))),
         };
         if op.is_modifying() && core.port.pause_requested() {
+            core.waiting = true;
             self.deferred.push_back((op, tag));
             return;
         }
@@ -129,7 +130,10 @@ impl ThinQueue {
                 drop(core);
                 self.launch(tag, plan);
             }
-            Ok(Outcome::Defer(op)) => self.deferred.push_back((op, tag)),
+            Ok(Outcome::Defer(op)) => {
+                core.waiting = true;
+                self.deferred.push_back((op, tag));
+            }
             Err(e) => {
                 self.kids.clear();
                 drop(core);
@@ -229,16 +233,11 @@ impl ThinQueue {
                 };
                 core.writes -= usize::from(plan.write);
                 match plan.claim {
-                    Claim::None => false,
-                    Claim::Shared(range) => {
-                        core.claims.unshare(range);
-                        false
-                    }
-                    Claim::Owned(vblocks) => {
-                        core.claims.disown(&vblocks);
-                        true
-                    }
+                    Claim::None => return self.ready.push(Completion { tag, result }),
+                    Claim::Shared(range) => core.claims.unshare(range),
+                    Claim::Owned(vblocks) => core.claims.disown(&vblocks),
                 }
+                std::mem::take(&mut core.waiting)
             }
             Err(e) => {
                 result = Err(to_formats(e));
@@ -251,7 +250,7 @@ impl ThinQueue {
         self.ready.push(Completion { tag, result });
     }
 
-    /// Wakes the volume's other queues (an op that owned blocks finished).
+    /// Wakes the volume's other queues (blocks an op waits for are free, or a pause ended).
     fn ring_others(&self) {
         let Ok(bells) = self.bells.lock() else { return };
         for bell in bells.iter().filter(|b| !Arc::ptr_eq(b, &self.wake)) {
@@ -294,6 +293,7 @@ impl ThinQueue {
         let mut fds = [PollFd::new(self.engine.notifier(), PollFlags::POLLIN)];
         poll(&mut fds, PollTimeout::from(ms)).map_err(std::io::Error::from)?;
         self.pump();
+        self.retry_deferred();
         Ok(())
     }
 }

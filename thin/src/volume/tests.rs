@@ -240,3 +240,30 @@ fn a_volume_over_a_qcow2_origin_made_by_qemu_img_reads_its_data() {
     expected[8192..8704].fill(1);
     suite::assert_bytes(&get(&mut *q, 0, 16384), &expected, "qcow2 origin");
 }
+
+#[test]
+fn a_write_waiting_on_another_queues_new_block_goes_on_when_it_is_mapped() {
+    let t = new_pool(64 << 10, 64, PoolOptions::default());
+    let vol = t.volume(1, MIB);
+    let mut a = queue(&vol);
+    let mut b = queue(&vol);
+    let first = rustbk_formats::SharedBuf::new(4096);
+    assert!(first.copy_in(0, &pattern(1, 4096)));
+    let second = rustbk_formats::SharedBuf::new(4096);
+    assert!(second.copy_in(0, &pattern(2, 4096)));
+    let write = |offset, buf: &rustbk_formats::SharedBuf| IoOp::Write {
+        offset,
+        bufs: Box::new(buf.clone()),
+    };
+    a.submit(write(0, &first), 1).expect("submit a");
+    a.commit().expect("commit a");
+    b.submit(write(8192, &second), 2).expect("submit b");
+    b.commit().expect("commit b");
+    assert!(suite::reap_n(&mut *a, 1)[0].result.is_ok());
+    assert!(suite::reap_n(&mut *b, 1)[0].result.is_ok());
+    let mut expected = pattern(1, 4096);
+    expected.extend(vec![0; 4096]);
+    expected.extend(pattern(2, 4096));
+    suite::assert_bytes(&get(&mut *a, 0, 12288), &expected, "both writes");
+    assert_eq!(t.pool.volumes().expect("list")[0].mapped_blocks, 1);
+}
