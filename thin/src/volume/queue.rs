@@ -6,7 +6,7 @@
 //! modifying ops while a pause is requested, wait in `deferred`; a finishing op rings the
 //! other queues of the volume so that they retry theirs.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -49,6 +49,7 @@ pub struct ThinQueue {
     ready: Vec<Completion>,
     kids: Vec<Child>,
     reaped: Vec<Completion>,
+    done: Vec<Parent>,
     wake: Arc<OwnedFd>,
 }
 
@@ -88,6 +89,7 @@ impl ThinQueue {
             ready: Vec::new(),
             kids: Vec::new(),
             reaped: Vec::new(),
+            done: Vec::new(),
             wake,
         })
     }
@@ -186,7 +188,6 @@ impl ThinQueue {
     fn pump(&mut self) {
         let mut reaped = std::mem::take(&mut self.reaped);
         self.engine.reap(&mut reaped);
-        let mut finished = false;
         for c in reaped.drain(..) {
             let Some(parent) = self.parents.get_mut(&c.tag) else {
                 continue;
@@ -197,12 +198,13 @@ impl ThinQueue {
             }
             if parent.pending == 0 {
                 if let Some(parent) = self.parents.remove(&c.tag) {
-                    self.finish(parent);
-                    finished = true;
+                    self.done.push(parent);
                 }
             }
         }
         self.reaped = reaped;
+        let finished = !self.done.is_empty();
+        self.finish_all();
         let resumed = self.check_pause();
         if finished || resumed {
             self.retry_deferred();
@@ -214,40 +216,74 @@ impl ThinQueue {
         }
     }
 
-    /// Ends an op whose children are done: maps or commits, releases its claims.
-    fn finish(&mut self, parent: Parent) {
+    /// Ends the ops whose children are done: one `map` for all their new blocks, then the
+    /// commits, then their claims are released.
+    fn finish_all(&mut self) {
+        let mut done = std::mem::take(&mut self.done);
+        if done.is_empty() {
+            self.done = done;
+            return;
+        }
+        let core = self.core.clone();
+        let mut ring = false;
+        match lock(&core) {
+            Ok(mut core) => {
+                let batch: Vec<NewMapping> = done
+                    .iter()
+                    .filter(|p| p.error.is_none())
+                    .flat_map(|p| match &p.plan.after {
+                        After::Map(maps) => maps.as_slice(),
+                        _ => &[],
+                    })
+                    .copied()
+                    .collect();
+                let failure = map(&mut core, &batch);
+                for parent in done.drain(..) {
+                    ring |= self.settle(&mut core, parent, failure.as_ref());
+                }
+            }
+            Err(e) => {
+                let errno = to_formats(e).errno();
+                for p in done.drain(..) {
+                    let result = Err(Error::from_errno(errno));
+                    self.ready.push(Completion { tag: p.tag, result });
+                }
+            }
+        }
+        self.done = done;
+        if ring {
+            self.ring_others();
+        }
+    }
+
+    /// Completes one finished op; true if a queue waits for blocks it released.
+    fn settle(&mut self, core: &mut Core, parent: Parent, failure: Option<&MapFailure>) -> bool {
         let Parent {
             tag, error, plan, ..
         } = parent;
         let mut result = error.map_or(Ok(()), Err);
-        let ring = match lock(&self.core) {
-            Ok(mut core) => {
-                result = match (plan.after, result) {
-                    (After::Map(maps), Ok(())) => map(&mut core, &maps).map_err(to_formats),
-                    (After::Map(maps), Err(e)) => {
-                        core.reserve.extend(maps.iter().map(|m| m.block));
-                        Err(e)
-                    }
-                    (After::Commit, Ok(())) => core.port.commit().map_err(to_formats),
-                    (_, result) => result,
-                };
-                core.writes -= usize::from(plan.write);
-                match plan.claim {
-                    Claim::None => return self.ready.push(Completion { tag, result }),
-                    Claim::Shared(range) => core.claims.unshare(range),
-                    Claim::Owned(vblocks) => core.claims.disown(&vblocks),
+        result = match (plan.after, result) {
+            (After::Map(maps), Ok(())) => match failure {
+                Some(f) if maps.iter().any(|m| f.vblocks.contains(&m.vblock)) => {
+                    Err(Error::from_errno(f.errno))
                 }
-                std::mem::take(&mut core.waiting)
+                _ => Ok(()),
+            },
+            (After::Map(maps), Err(e)) => {
+                core.reserve.extend(maps.iter().map(|m| m.block));
+                Err(e)
             }
-            Err(e) => {
-                result = Err(to_formats(e));
-                false
-            }
+            (After::Commit, Ok(())) => core.port.commit().map_err(to_formats),
+            (_, result) => result,
         };
-        if ring {
-            self.ring_others();
-        }
         self.ready.push(Completion { tag, result });
+        core.writes -= usize::from(plan.write);
+        match plan.claim {
+            Claim::None => return false,
+            Claim::Shared(range) => core.claims.unshare(range),
+            Claim::Owned(vblocks) => core.claims.disown(&vblocks),
+        }
+        std::mem::take(&mut core.waiting)
     }
 
     /// Wakes the volume's other queues (blocks an op waits for are free, or a pause ended).
@@ -298,29 +334,43 @@ impl ThinQueue {
     }
 }
 
-/// Maps the new blocks of a finished op and records them in the cache. If the pool refused
-/// part of the batch, asks it what got mapped: the rest of the blocks go back to the reserve.
-fn map(core: &mut Core, maps: &[NewMapping]) -> Result<()> {
+/// The virtual blocks a `map` batch left unmapped, and why.
+struct MapFailure {
+    errno: i32,
+    vblocks: HashSet<u64>,
+}
+
+/// Maps the new blocks of finished ops and records them in the cache. If the pool refused
+/// part of the batch, asks it what got mapped: the other blocks go back to the reserve.
+fn map(core: &mut Core, maps: &[NewMapping]) -> Option<MapFailure> {
+    if maps.is_empty() {
+        return None;
+    }
     let time = core.info.time;
-    let result = core.port.map(maps);
+    let error = core.port.map(maps).err();
+    let mut failed = HashSet::new();
     for m in maps {
-        let mapped = match &result {
-            Ok(()) => Some(Mapping {
+        let mapped = match &error {
+            None => Some(Mapping {
                 block: m.block,
                 time,
             }),
-            Err(_) => core
+            Some(_) => core
                 .port
                 .lookup(m.vblock..m.vblock + 1)
                 .ok()
                 .and_then(|found| found.first().map(|(_, mapping)| *mapping)),
         };
-        if result.is_err() && mapped.is_none_or(|x| x.block != m.block) {
+        if error.is_some() && mapped.is_none_or(|x| x.block != m.block) {
             core.reserve.push(m.block);
+            failed.insert(m.vblock);
         }
         core.cache.set(m.vblock, mapped);
     }
-    result
+    error.map(|e| MapFailure {
+        errno: e.errno(),
+        vblocks: failed,
+    })
 }
 
 /// Makes a queue's notifier readable.
