@@ -267,3 +267,67 @@ fn a_write_waiting_on_another_queues_new_block_goes_on_when_it_is_mapped() {
     suite::assert_bytes(&get(&mut *a, 0, 12288), &expected, "both writes");
     assert_eq!(t.pool.volumes().expect("list")[0].mapped_blocks, 1);
 }
+
+/// A pool that answers lookups with mappings outside the range asked.
+struct LyingPort(crate::port::VolumeInfo);
+
+impl crate::port::PoolPort for LyingPort {
+    fn info(&mut self) -> crate::Result<crate::port::VolumeInfo> {
+        Ok(self.0.clone())
+    }
+    fn lookup(
+        &mut self,
+        vblocks: std::ops::Range<u64>,
+    ) -> crate::Result<Vec<(u64, crate::meta::Mapping)>> {
+        let liar = crate::meta::Mapping { block: 1, time: 0 };
+        Ok(vec![(vblocks.start + 1_000_000, liar)])
+    }
+    fn provision(&mut self, _: usize) -> crate::Result<Vec<u64>> {
+        Err(crate::Error::DataFull(0))
+    }
+    fn map(&mut self, _: &[crate::port::NewMapping]) -> crate::Result<()> {
+        Ok(())
+    }
+    fn unmap(&mut self, _: std::ops::Range<u64>) -> crate::Result<Vec<u64>> {
+        Ok(Vec::new())
+    }
+    fn release(&mut self, _: &[u64]) -> crate::Result<()> {
+        Ok(())
+    }
+    fn commit(&mut self) -> crate::Result<()> {
+        Ok(())
+    }
+    fn pause_requested(&self) -> bool {
+        false
+    }
+    fn paused(&mut self) -> crate::Result<crate::port::VolumeInfo> {
+        Ok(self.0.clone())
+    }
+    fn set_waker(&mut self, _: Box<dyn Fn() + Send + Sync>) {}
+}
+
+#[test]
+fn a_pool_answering_lookups_outside_the_range_gets_errors_not_panics() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    crate::testing::sized_file(&data, MIB);
+    let access = rustbk_formats::engine::Access::ReadWrite;
+    let file = rustbk_formats::EngineFile::open(&data, access, false).expect("data");
+    let info = crate::port::VolumeInfo {
+        id: 1,
+        block_size: 64 << 10,
+        size: MIB,
+        snapshotted_time: 0,
+        time: 0,
+        data_path: data.clone(),
+        origin: None,
+    };
+    let port = Box::new(LyingPort(info));
+    let opts = crate::volume::VolumeOptions::default();
+    let vol = crate::volume::ThinVolume::new(port, std::sync::Arc::new(file), opts).expect("vol");
+    let mut q = queue(&vol);
+    let read = suite::read_at(&mut *q, 0, 4096);
+    assert_eq!(read.expect_err("lying pool").errno(), libc::EIO);
+    let write = suite::write_at(&mut *q, 4096, &[1; 512]);
+    assert_eq!(write.expect_err("lying pool").errno(), libc::EIO);
+}
