@@ -269,11 +269,6 @@ impl Pool {
     pub fn open_port(&self, id: u64) -> Result<LocalPort> {
         LocalPort::open(self.shared.clone(), id)
     }
-
-    /// The pool's metadata, for inspection (tests and tools): locked while the guard lives.
-    pub fn with_metadata<T>(&self, f: impl FnOnce(&mut Metadata) -> T) -> Result<T> {
-        Ok(f(&mut self.shared.lock()?.md))
-    }
 }
 
 impl Shared {

@@ -136,12 +136,6 @@ impl LocalPort {
         self.shared.data.clone()
     }
 
-    /// Blocks handed out to this port and not mapped yet.
-    pub fn provisioned(&self) -> Result<usize> {
-        let st = self.shared.lock()?;
-        Ok(st.ports.get(&self.port).map_or(0, |p| p.provisioned.len()))
-    }
-
     fn volume_blocks(&self, st: &super::State) -> Result<u64> {
         let record = st
             .volumes
