@@ -203,10 +203,11 @@ impl ThinQueue {
             }
         }
         self.reaped = reaped;
-        let finished = !self.done.is_empty();
         self.finish_all();
-        let resumed = self.check_pause();
-        if finished || resumed {
+        self.check_pause();
+        // Ops held back are tried again on every pump: the wake that got this queue reaped
+        // may be another queue's release of the blocks they wait for.
+        if !self.deferred.is_empty() {
             self.retry_deferred();
         }
         if self.feed() {
@@ -294,14 +295,13 @@ impl ThinQueue {
         }
     }
 
-    /// Pauses the volume here if the pool asks and no write is in flight on any queue;
-    /// true if it paused (and so resumed).
-    fn check_pause(&mut self) -> bool {
+    /// Pauses the volume here if the pool asks and no write is in flight on any queue.
+    fn check_pause(&mut self) {
         let Ok(mut core) = lock(&self.core) else {
-            return false;
+            return;
         };
         if core.writes > 0 || !core.port.pause_requested() {
-            return false;
+            return;
         }
         match core.port.paused() {
             Ok(info) => core.info.snapshotted_time = info.snapshotted_time,
@@ -309,7 +309,6 @@ impl ThinQueue {
         }
         drop(core);
         self.ring_others();
-        true
     }
 
     fn retry_deferred(&mut self) {
@@ -329,7 +328,6 @@ impl ThinQueue {
         let mut fds = [PollFd::new(self.engine.notifier(), PollFlags::POLLIN)];
         poll(&mut fds, PollTimeout::from(ms)).map_err(std::io::Error::from)?;
         self.pump();
-        self.retry_deferred();
         Ok(())
     }
 }
