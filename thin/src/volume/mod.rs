@@ -19,7 +19,7 @@ pub use queue::ThinQueue;
 
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustbk_formats::{
     BlockImage, EngineFile, EngineKind, Features, Format, Geometry, ImageQueue, IoBuffers, IoOp,
@@ -36,6 +36,8 @@ use claims::Claims;
 const PROVISION_BATCH: usize = 8;
 /// Depth of the queue on the external origin (its reads are synchronous).
 const ORIGIN_DEPTH: u32 = 4;
+/// How long a read of the external origin may take.
+const ORIGIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How to serve a volume.
 #[derive(Clone, Debug)]
@@ -203,7 +205,11 @@ impl OriginSrc {
         self.queue.submit(op, 0)?;
         self.queue.commit()?;
         let mut done = Vec::with_capacity(1);
+        let deadline = Instant::now() + ORIGIN_TIMEOUT;
         while done.is_empty() {
+            if Instant::now() > deadline {
+                return Err(Error::Busy("the origin image does not answer".into()));
+            }
             self.queue.wait(Some(Duration::from_secs(1)))?;
             self.queue.reap(&mut done);
         }
