@@ -473,3 +473,33 @@ fn a_pool_made_by_thin_restore_is_served_with_the_data_its_xml_maps() {
     flush(&mut *q);
     thin_check(&meta);
 }
+
+#[test]
+fn after_a_live_snapshot_a_block_is_copied_once_then_overwritten_in_place() {
+    let t = new_pool(BS, 100, PoolOptions::default());
+    let vol = t.volume(1, MIB);
+    let mut q = queue(&vol);
+    put(&mut *q, 0, &[1; 4096]);
+    let pool = &t.pool;
+    std::thread::scope(|s| {
+        let snap = s.spawn(move || pool.snapshot(1, 2, ""));
+        let mut out = Vec::new();
+        while !snap.is_finished() {
+            q.wait(Some(Duration::from_millis(5))).unwrap();
+            q.reap(&mut out);
+        }
+        snap.join().unwrap().unwrap();
+    });
+    let mut port = t.pool.open_port(1).unwrap();
+    let mut block_of_0 = || port.lookup(0..1).unwrap()[0].1.block;
+    let shared = block_of_0();
+    put(&mut *q, 100, &[2; 100]);
+    let copied = block_of_0();
+    assert_ne!(copied, shared, "the first write copies the shared block");
+    put(&mut *q, 300, &[3; 100]);
+    assert_eq!(
+        block_of_0(),
+        copied,
+        "the copy is the volume's own: overwritten in place"
+    );
+}

@@ -304,7 +304,11 @@ impl ThinQueue {
             return;
         }
         match core.port.paused() {
-            Ok(info) => core.info.snapshotted_time = info.snapshotted_time,
+            Ok(info) => {
+                // Mappings made from now on carry the new time: they are exclusive.
+                core.info.snapshotted_time = info.snapshotted_time;
+                core.info.time = info.time;
+            }
             Err(e) => tracing::error!(error = %e, "pause handshake failed"),
         }
         drop(core);
