@@ -271,6 +271,16 @@ impl Pool {
     }
 }
 
+/// A pool closed cleanly (its last handle and port gone) commits what is left, as dm-thin
+/// does when a pool is suspended or removed.
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if let Err(e) = self.commit() {
+            tracing::warn!(pool = %self.meta_path.display(), error = %e, "final commit failed");
+        }
+    }
+}
+
 impl Shared {
     pub(crate) fn lock(&self) -> Result<MutexGuard<'_, State>> {
         self.state

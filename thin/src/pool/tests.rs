@@ -503,3 +503,16 @@ fn after_a_live_snapshot_a_block_is_copied_once_then_overwritten_in_place() {
         "the copy is the volume's own: overwritten in place"
     );
 }
+
+#[test]
+fn a_pool_closed_cleanly_commits_its_last_mappings() {
+    let t = new_pool(BS, 100, PoolOptions::default());
+    let vol = t.volume(1, MIB);
+    let mut q = queue(&vol);
+    put(&mut *q, 0, &pattern(5, 4096));
+    drop(q);
+    drop(vol);
+    let t = t.reopen(PoolOptions::default());
+    assert_eq!(t.pool.volumes().unwrap()[0].mapped_blocks, 1);
+    thin_check(&t.meta);
+}
