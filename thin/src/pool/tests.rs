@@ -516,3 +516,35 @@ fn a_pool_closed_cleanly_commits_its_last_mappings() {
     assert_eq!(t.pool.volumes().unwrap()[0].mapped_blocks, 1);
     thin_check(&t.meta);
 }
+
+#[test]
+fn a_change_failing_half_way_stops_the_pool_and_writes_nothing() {
+    let t = new_pool(BS, 100, PoolOptions::default());
+    t.pool.create_volume(1, spec(MIB)).unwrap();
+    let t = t.reopen(PoolOptions::default());
+    // The metadata device loses everything but its superblock: the mapping tree cannot be
+    // read any more, and a change that needs it fails half-way.
+    let meta = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&t.meta)
+        .unwrap();
+    meta.set_len(4096).unwrap();
+    let mut port = t.pool.open_port(1).unwrap();
+    let b = port.provision(1).unwrap()[0];
+    let failed = port.map(&[NewMapping {
+        vblock: 0,
+        block: b,
+    }]);
+    assert!(failed.is_err());
+    assert!(t.pool.failed().unwrap().is_some());
+    assert!(matches!(port.provision(1), Err(Error::PoolFailed(_))));
+    assert!(matches!(t.pool.commit(), Err(Error::PoolFailed(_))));
+    drop(port);
+    let crate::testing::TestPool { pool, meta, .. } = t;
+    drop(pool);
+    assert_eq!(
+        std::fs::metadata(&meta).unwrap().len(),
+        4096,
+        "nothing was written"
+    );
+}
