@@ -57,7 +57,8 @@ pub struct PoolOptions {
     /// A command run (without arguments, with `RUSTBK_POOL_METADATA` and
     /// `RUSTBK_POOL_FREE_BLOCKS` in its environment) when the low-water mark is crossed.
     pub low_water_hook: Option<PathBuf>,
-    /// Punch a hole in the data device for every data block a discard frees.
+    /// Punch a hole in the data device for every data block a discard frees, once the commit
+    /// that frees it is durable.
     pub passdown: bool,
     /// How long a snapshot waits for the volume's ports to pause.
     pub pause_timeout: Duration,
@@ -121,6 +122,10 @@ pub(crate) struct State {
     low_water_fired: bool,
     failed: Option<String>,
     block_size: u64,
+    /// Data blocks freed in this transaction, to be punched out of the data device once the
+    /// commit no longer references them (before the commit, a crash falls back to metadata
+    /// that may still map them, even in a volume deleted since).
+    pass_down: Vec<u64>,
 }
 
 pub(crate) struct PortEntry {
@@ -201,6 +206,7 @@ impl Pool {
             low_water_fired: false,
             failed: None,
             block_size,
+            pass_down: Vec::new(),
         };
         Pool {
             shared: Arc::new(Shared {

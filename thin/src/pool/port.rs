@@ -227,8 +227,9 @@ impl PoolPort for LocalPort {
                 freed.push(mapping.block);
             }
         }
-        let block_size = st.block_size;
-        self.shared.pass_down(block_size, &freed)?;
+        if self.shared.opts.passdown {
+            st.pass_down.extend(freed.iter().copied());
+        }
         Ok(freed)
     }
 

@@ -59,6 +59,11 @@ impl Shared {
             md.commit()?;
             held.iter().try_for_each(|&b| md.claim_data(b))
         });
+        if result.is_ok() {
+            // The lock is still held: no freed block is handed out before it is punched.
+            let freed = std::mem::take(&mut st.pass_down);
+            self.pass_down(st.block_size, &freed)?;
+        }
         self.space_changed(&mut st);
         result
     }
@@ -132,9 +137,9 @@ impl Shared {
         }
     }
 
-    /// Punches holes in the data device over `blocks` (the pool's lock is held, so none of
-    /// them can be handed out again meanwhile).
-    pub(crate) fn pass_down(&self, block_size: u64, blocks: &[u64]) -> Result<()> {
+    /// Punches holes in the data device over `blocks`, freed by the commit just made (the
+    /// pool's lock is held, so none of them can be handed out again meanwhile).
+    fn pass_down(&self, block_size: u64, blocks: &[u64]) -> Result<()> {
         if !self.opts.passdown || blocks.is_empty() {
             return Ok(());
         }

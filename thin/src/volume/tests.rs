@@ -182,7 +182,7 @@ fn a_partial_write_into_a_shared_block_copies_the_rest_of_it() {
 }
 
 #[test]
-fn passdown_punches_the_freed_blocks_out_of_the_data_file() {
+fn passdown_punches_the_freed_blocks_out_of_the_data_file_after_the_commit() {
     use std::os::unix::fs::MetadataExt;
     let opts = PoolOptions {
         passdown: true,
@@ -200,6 +200,12 @@ fn passdown_punches_the_freed_blocks_out_of_the_data_file() {
         len: 2 * MIB,
     };
     suite::run(&mut *q, discard).expect("discard");
+    assert_eq!(
+        used(&t.data),
+        before,
+        "blocks punched before the commit that frees them (a crash would find them mapped)"
+    );
+    flush(&mut *q);
     let after = used(&t.data);
     assert!(
         before - after >= 2 * MIB - (64 << 10),
