@@ -46,6 +46,8 @@ pub struct VolumeOptions {
     pub engine: EngineKind,
     /// Logical sector size presented: 512 or 4096.
     pub sector_size: u32,
+    /// Refuse modifying ops (EROFS), as for a disk attached read-only.
+    pub read_only: bool,
 }
 
 impl Default for VolumeOptions {
@@ -53,6 +55,7 @@ impl Default for VolumeOptions {
         VolumeOptions {
             engine: EngineKind::Auto,
             sector_size: 512,
+            read_only: false,
         }
     }
 }
@@ -242,6 +245,12 @@ pub(crate) fn lock(core: &Mutex<Core>) -> Result<MutexGuard<'_, Core>> {
         .map_err(|_| Error::PoolFailed("a volume operation panicked".into()))
 }
 
+impl ThinVolume {
+    fn read_only(&self) -> bool {
+        self.opts.read_only || self.data.read_only()
+    }
+}
+
 impl BlockImage for ThinVolume {
     fn geometry(&self) -> Geometry {
         self.geometry
@@ -252,7 +261,7 @@ impl BlockImage for ThinVolume {
             discard: true,
             write_zeroes: true,
             flush: true,
-            read_only: self.data.read_only(),
+            read_only: self.read_only(),
         }
     }
 
@@ -262,7 +271,7 @@ impl BlockImage for ThinVolume {
             self.bells.clone(),
             self.data.clone(),
             self.opts.engine,
-            self.geometry.size,
+            (self.geometry.size, self.read_only()),
             depth,
         )
         .map_err(to_formats)?;

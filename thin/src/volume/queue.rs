@@ -59,7 +59,7 @@ impl ThinQueue {
         bells: Arc<Mutex<Vec<Arc<OwnedFd>>>>,
         data: Arc<EngineFile>,
         engine: EngineKind,
-        size: u64,
+        (size, read_only): (u64, bool),
         depth: u32,
     ) -> Result<ThinQueue> {
         if depth == 0 || depth > MAX_DEPTH {
@@ -67,7 +67,6 @@ impl ThinQueue {
                 "queue depth {depth}"
             )));
         }
-        let read_only = data.read_only();
         let engine_depth = depth.saturating_mul(4).min(MAX_DEPTH);
         let engine = Engine::new(data, rustbk_formats::engine::resolve(engine)?, engine_depth)?;
         let wake = Arc::new(engine.notifier().try_clone_to_owned().map_err(Error::Io)?);

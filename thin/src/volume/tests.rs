@@ -348,3 +348,22 @@ fn a_pool_answering_lookups_outside_the_range_gets_errors_not_panics() {
     let write = suite::write_at(&mut *q, 4096, &[1; 512]);
     assert_eq!(write.expect_err("lying pool").errno(), libc::EIO);
 }
+
+#[test]
+fn a_volume_served_read_only_refuses_modifying_ops() {
+    let t = new_pool(64 << 10, 64, PoolOptions::default());
+    let spec = VolumeSpec {
+        size: 2 * MIB,
+        ..VolumeSpec::default()
+    };
+    t.pool.create_volume(1, spec).expect("create");
+    let opts = crate::volume::VolumeOptions {
+        read_only: true,
+        ..crate::volume::VolumeOptions::default()
+    };
+    let vol = crate::volume::ThinVolume::open_local(&t.pool, 1, opts).expect("open");
+    assert!(vol.features().read_only);
+    let mut q = queue(&vol);
+    suite::read_only_refuses_modifying_ops(&mut *q);
+    assert_eq!(t.pool.usage().unwrap().data_free, 64, "nothing provisioned");
+}
