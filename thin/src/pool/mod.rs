@@ -271,6 +271,13 @@ impl Pool {
         Ok(st.md.data_refs().nr_blocks())
     }
 
+    /// Uses all of the metadata device after it grew (up to what the format can address);
+    /// returns the pool's metadata blocks.
+    pub fn grow_metadata(&self) -> Result<u64> {
+        let mut st = self.shared.lock()?;
+        st.change(Metadata::grow_metadata)
+    }
+
     /// Opens a port on volume `id` for a data path in this process.
     pub fn open_port(&self, id: u64) -> Result<LocalPort> {
         LocalPort::open(self.shared.clone(), id)

@@ -548,3 +548,35 @@ fn a_change_failing_half_way_stops_the_pool_and_writes_nothing() {
         "nothing was written"
     );
 }
+
+#[test]
+fn pool_grown_online_uses_its_larger_devices_and_passes_thin_check() {
+    let t = crate::testing::new_pool_with_meta(BS, 16, 1 << 20, PoolOptions::default());
+    t.pool.create_volume(1, spec(4 * MIB)).unwrap();
+    let vol = t.open(1);
+    let mut q = queue(&vol);
+    put(&mut *q, 0, &pattern(1, us(MIB)));
+    let full = Error::DataFull(16).errno();
+    let err = suite::write_at(&mut *q, 2 * MIB, &pattern(2, us(MIB))).unwrap_err();
+    assert_eq!(err.errno(), full, "16 blocks of 64 KiB hold 1 MiB");
+    let grow = |path: &std::path::Path, len: u64| {
+        let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        f.set_len(len).unwrap();
+    };
+    grow(&t.data, 64 * BS);
+    grow(&t.meta, 8 << 20);
+    assert_eq!(t.pool.grow_data().unwrap(), 64);
+    assert_eq!(t.pool.grow_metadata().unwrap(), 2048);
+    put(&mut *q, 2 * MIB, &pattern(2, us(MIB)));
+    flush(&mut *q);
+    suite::assert_bytes(&get(&mut *q, 0, us(MIB)), &pattern(1, us(MIB)), "first MiB");
+    suite::assert_bytes(
+        &get(&mut *q, 2 * MIB, us(MIB)),
+        &pattern(2, us(MIB)),
+        "grown",
+    );
+    assert_eq!(t.pool.usage().unwrap().metadata_blocks, 2048);
+    drop(q);
+    drop(vol);
+    thin_check(&t.meta);
+}
