@@ -94,7 +94,12 @@ fn run_in(
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         // Alternate the two so slow phases of a noisy machine hit both alike.
         for round in 1..=args.rounds {
-            ours.push(rustbk_case(&mut cluster, rw, qd, args.runtime)?);
+            ours.push(rustbk_case(
+                &mut cluster,
+                (GUEST, XVDA),
+                (rw, qd),
+                args.runtime,
+            )?);
             theirs.push(fio_case(&mut cluster, &image, rw, qd, args.runtime)?);
             eprintln!(
                 "  {rw} qd{qd} round {round}: rustbk {:.0} IOPS, fio {:.0} IOPS",
@@ -134,7 +139,7 @@ fn fio_version() -> anyhow::Result<String> {
 }
 
 /// A raw image written end to end, so reads hit real blocks, not holes.
-fn write_image(path: &Path, size: u64) -> anyhow::Result<PathBuf> {
+pub(crate) fn write_image(path: &Path, size: u64) -> anyhow::Result<PathBuf> {
     let mut f = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     let chunk: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8 | 1).collect();
     let mut left = size;
@@ -144,16 +149,20 @@ fn write_image(path: &Path, size: u64) -> anyhow::Result<PathBuf> {
         left -= n as u64;
     }
     f.sync_all()?;
+    // Out of the page cache: O_DIRECT on cached pages costs extra and would skew the baseline.
+    let advice = nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED;
+    nix::fcntl::posix_fadvise(std::os::fd::AsRawFd::as_raw_fd(&f), 0, 0, advice)?;
     Ok(path.to_owned())
 }
 
-fn rustbk_case(
+/// One 4 KiB run of the emulated guest `(domid, devid)` with pattern `rw` at depth `qd`.
+pub(crate) fn rustbk_case(
     cluster: &mut EmuCluster,
-    rw: &str,
-    qd: u32,
+    (domid, devid): (u16, u32),
+    (rw, qd): (&str, u32),
     runtime: f64,
 ) -> anyhow::Result<Report> {
-    let mut cmd = cluster.guest_command(GUEST, XVDA);
+    let mut cmd = cluster.guest_command(domid, devid);
     cmd.args(["--json", "--no-verify", "--bs=4096"])
         .arg(format!("--rw={rw}"))
         .arg(format!("--qd={qd}"))
@@ -171,7 +180,7 @@ fn rustbk_case(
 
 /// Runs `cmd` with its stdout and stderr in `<name>.out` and `<name>.log` of the work folder,
 /// watching the cluster meanwhile; its status and stdout, and the path of its log.
-fn run_logged(
+pub(crate) fn run_logged(
     cluster: &mut EmuCluster,
     mut cmd: Command,
     name: &str,

@@ -1,6 +1,6 @@
 //! One module per command.
 
-mod bench;
+pub(crate) mod bench;
 mod daemon;
 mod demo;
 mod guest;

@@ -2,6 +2,8 @@
 //! `restore`) follow thin-provisioning-tools' conventions and work on a metadata file or
 //! device, like `thin_check`, `thin_dump` and `thin_restore`.
 
+mod bench;
+mod bench_meta;
 mod dump;
 mod list;
 mod pool;
@@ -17,6 +19,7 @@ use clap::{Args, Subcommand};
 use rustbk_formats::EngineFile;
 use rustbk_formats::engine::Access;
 
+pub use bench::BenchArgs;
 pub use dump::DumpArgs;
 pub use list::ListArgs;
 pub use pool::{CreatePoolArgs, GrowArgs};
@@ -50,6 +53,9 @@ pub enum ThinCommand {
     List(ListArgs),
     /// Print a pool's metadata as thin_dump's XML.
     Dump(DumpArgs),
+    /// Measure thin volumes against a raw file, rustbk's qcow2 and qemu-img bench, and the
+    /// metadata's snapshot time, size and check time.
+    Bench(BenchArgs),
     /// Write pool metadata from thin_dump's XML, as thin_restore does.
     Restore(RestoreArgs),
 }
@@ -65,6 +71,7 @@ pub fn run(args: ThinArgs) -> anyhow::Result<ExitCode> {
         ThinCommand::Resize(a) => volume::resize(a),
         ThinCommand::List(a) => list::run(a),
         ThinCommand::Dump(a) => dump::run(a),
+        ThinCommand::Bench(a) => bench::run(a),
         ThinCommand::Restore(a) => restore::run(a),
     }
 }

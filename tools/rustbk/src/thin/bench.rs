@@ -1,0 +1,335 @@
+//! `rustbk thin bench`: a thin volume against a raw file on the same file system, through the
+//! emulated guest (4 KiB random, queue depth 32), and its allocating writes against rustbk's
+//! qcow2 and `qemu-img bench`. Every round of every case is printed, with the medians.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, ensure};
+use clap::Args;
+use rustbk_blkfront::toolstack::VbdSpec;
+use rustbk_ring::DomId;
+use rustbk_thin::dir::{Devices, PoolDir};
+use rustbk_thin::pool::{PoolOptions, VolumeSpec};
+use serde::Serialize;
+
+use super::bench_meta;
+use crate::cli::{parse_image_size, parse_runtime};
+use crate::cluster::EmuCluster;
+use crate::cmd::bench::{rustbk_case, write_image};
+use crate::img::OutputArg;
+use crate::supervise::{self, WorkDir};
+
+const XVDA: u32 = 51712;
+const QD: u32 = 32;
+/// Size of the volumes and images that allocating writes go to: large enough that a run's
+/// writes almost never land twice in one 64 KiB block.
+const ALLOC_SIZE: u64 = 64 << 30;
+const BLOCK: u64 = 64 << 10;
+
+/// `rustbk thin bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Size of the raw file and of the provisioned thin volume read and overwritten.
+    #[arg(long, default_value = "1g", value_parser = parse_image_size)]
+    pub size: u64,
+    /// Seconds per run.
+    #[arg(long, default_value_t = 10.0, value_parser = parse_runtime)]
+    pub runtime: f64,
+    /// Rounds; every case runs once per round, alternating with its peer.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub rounds: u32,
+    /// Keep the work folder.
+    #[arg(long)]
+    pub keep: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputArg::Human)]
+    pub output: OutputArg,
+}
+
+/// One case: rustbk's thin volume and its peer, every round.
+#[derive(Debug, Serialize)]
+pub struct Case {
+    /// What is measured.
+    pub case: String,
+    /// The peer.
+    pub peer: String,
+    /// Thin volume IOPS, each round.
+    pub thin_iops: Vec<f64>,
+    /// Peer IOPS, each round.
+    pub peer_iops: Vec<f64>,
+    /// Median thin IOPS over median peer IOPS.
+    pub ratio: f64,
+}
+
+/// Everything measured.
+#[derive(Debug, Serialize)]
+pub struct Results {
+    /// The guest I/O cases.
+    pub io: Vec<Case>,
+    /// Snapshot times, metadata space and check times.
+    pub metadata: bench_meta::MetaResults,
+}
+
+/// Runs `rustbk thin bench`.
+pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    supervise::handle_signals("thin bench")?;
+    let work = WorkDir::create("rustbk-thin-bench-", args.keep)?;
+    let result = measure(&args, work.path());
+    let kept = work.finish(result.is_ok());
+    let results = result.with_context(|| match &kept {
+        Some(k) => format!("thin bench failed (logs kept in {})", k.display()),
+        None => "thin bench failed".into(),
+    })?;
+    match args.output {
+        OutputArg::Json => println!("{}", serde_json::to_string_pretty(&results)?),
+        OutputArg::Human => print_human(&results),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn measure(args: &BenchArgs, dir: &Path) -> anyhow::Result<Results> {
+    let io = io_cases(args, dir)?;
+    let metadata = bench_meta::measure(&dir.join("meta"))?;
+    Ok(Results { io, metadata })
+}
+
+/// The disks of the I/O cases.
+struct Disks {
+    raw: VbdSpec,
+    provisioned: VbdSpec,
+}
+
+fn disk(domid: u16, params: String) -> VbdSpec {
+    VbdSpec::rustbk(DomId(domid), XVDA, params)
+}
+
+fn io_cases(args: &BenchArgs, dir: &Path) -> anyhow::Result<Vec<Case>> {
+    let exe = std::env::current_exe()?;
+    let mut cluster = EmuCluster::start_grouped(&exe, dir)?;
+    let raw = write_image(&dir.join("raw.img"), args.size)?;
+    let provisioned = provisioned_volume(&dir.join("pool-a"), args.size)?;
+    let disks = Disks {
+        raw: disk(1, raw.display().to_string()),
+        provisioned: disk(2, provisioned),
+    };
+    cluster.add_disk(&disks.raw, &[])?;
+    cluster.add_disk(&disks.provisioned, &[])?;
+    let fresh_pool = PoolDir::new(dir.join("pool-b"));
+    let devices = Devices::Files {
+        metadata: 256 << 20,
+        data: ALLOC_SIZE,
+    };
+    drop(fresh_pool.create(&devices, BLOCK, PoolOptions::default())?);
+    let mut cases = new_cases();
+    for round in 0..args.rounds {
+        one_round(&mut cluster, &disks, (&fresh_pool, round), args, &mut cases)?;
+    }
+    for case in &mut cases {
+        case.ratio = median(&case.thin_iops) / median(&case.peer_iops).max(f64::MIN_POSITIVE);
+    }
+    Ok(cases)
+}
+
+fn new_cases() -> Vec<Case> {
+    let case = |case: &str, peer: &str| Case {
+        case: case.into(),
+        peer: peer.into(),
+        thin_iops: Vec::new(),
+        peer_iops: Vec::new(),
+        ratio: 0.0,
+    };
+    vec![
+        case("randread 4k qd32, provisioned blocks", "raw file"),
+        case("randwrite 4k qd32, overwrites", "raw file"),
+        case("randwrite 4k qd32, first writes", "raw file"),
+        case(
+            "randwrite 4k qd32, allocating",
+            "rustbk qcow2 (64 KiB clusters)",
+        ),
+        case("allocating 4k writes qd32", "qemu-img bench on qcow2"),
+    ]
+}
+
+fn one_round(
+    cluster: &mut EmuCluster,
+    disks: &Disks,
+    (fresh_pool, round): (&PoolDir, u32),
+    args: &BenchArgs,
+    cases: &mut [Case],
+) -> anyhow::Result<()> {
+    let t = args.runtime;
+    let run = |c: &mut EmuCluster, spec: &VbdSpec, rw: &str| -> anyhow::Result<f64> {
+        Ok(rustbk_case(c, (spec.domid.0, XVDA), (rw, QD), t)?.iops)
+    };
+    cases[0]
+        .thin_iops
+        .push(run(cluster, &disks.provisioned, "randread")?);
+    cases[0]
+        .peer_iops
+        .push(run(cluster, &disks.raw, "randread")?);
+    cases[1]
+        .thin_iops
+        .push(run(cluster, &disks.provisioned, "randwrite")?);
+    cases[1]
+        .peer_iops
+        .push(run(cluster, &disks.raw, "randwrite")?);
+    let first = fresh_thin_writes(cluster, fresh_pool, round, t)?;
+    cases[2].thin_iops.push(first);
+    cases[2]
+        .peer_iops
+        .push(run(cluster, &disks.raw, "randwrite")?);
+    cases[3].thin_iops.push(first);
+    cases[3]
+        .peer_iops
+        .push(fresh_qcow2_writes(cluster, round, t)?);
+    cases[4].thin_iops.push(first);
+    cases[4]
+        .peer_iops
+        .push(qemu_img_bench(cluster.dir(), round, t)?);
+    eprintln!(
+        "  round {}: read {:.0}/{:.0}, overwrite {:.0}/{:.0}, first {:.0}/{:.0}, qcow2 {:.0}, qemu-img {:.0}",
+        round + 1,
+        cases[0].thin_iops[round as usize],
+        cases[0].peer_iops[round as usize],
+        cases[1].thin_iops[round as usize],
+        cases[1].peer_iops[round as usize],
+        first,
+        cases[2].peer_iops[round as usize],
+        cases[3].peer_iops[round as usize],
+        cases[4].peer_iops[round as usize],
+    );
+    Ok(())
+}
+
+/// A pool whose volume 0 of `size` is written end to end (every block provisioned).
+fn provisioned_volume(path: &Path, size: u64) -> anyhow::Result<String> {
+    let dir = PoolDir::new(path);
+    let devices = Devices::Files {
+        metadata: 64 << 20,
+        data: size,
+    };
+    let pool = dir.create(&devices, BLOCK, PoolOptions::default())?;
+    let spec = VolumeSpec {
+        size,
+        ..VolumeSpec::default()
+    };
+    pool.create_volume(0, spec)?;
+    bench_meta::fill_volume(&pool, 0, size)?;
+    Ok(format!("thin:{}:0", path.display()))
+}
+
+/// Random writes to a new, unprovisioned volume of the fresh pool.
+fn fresh_thin_writes(
+    cluster: &mut EmuCluster,
+    pool: &PoolDir,
+    round: u32,
+    runtime: f64,
+) -> anyhow::Result<f64> {
+    let id = u64::from(round);
+    {
+        let opened = pool.open(PoolOptions::default())?;
+        let spec = VolumeSpec {
+            size: ALLOC_SIZE,
+            ..VolumeSpec::default()
+        };
+        opened.create_volume(id, spec)?;
+    }
+    let spec = disk(3, format!("thin:{}:{id}", pool.path.display()));
+    fresh_disk_run(cluster, &spec, runtime)
+}
+
+/// Random writes to a new, empty qcow2 image.
+fn fresh_qcow2_writes(cluster: &mut EmuCluster, round: u32, runtime: f64) -> anyhow::Result<f64> {
+    let path = cluster.dir().join(format!("alloc-{round}.qcow2"));
+    let opts = rustbk_formats::qcow2::CreateOptions::default();
+    rustbk_formats::qcow2::create(&path, ALLOC_SIZE, &opts)?;
+    let spec = disk(4, format!("qcow2:{}", path.display()));
+    let iops = fresh_disk_run(cluster, &spec, runtime)?;
+    std::fs::remove_file(&path)?;
+    Ok(iops)
+}
+
+fn fresh_disk_run(cluster: &mut EmuCluster, spec: &VbdSpec, runtime: f64) -> anyhow::Result<f64> {
+    cluster.add_disk(spec, &[])?;
+    let report = rustbk_case(cluster, (spec.domid.0, XVDA), ("randwrite", QD), runtime)?;
+    cluster.remove_disk(spec)?;
+    Ok(report.iops)
+}
+
+/// `qemu-img bench` writing 4 KiB into a new 64 KiB cluster each time, at depth 32, with
+/// O_DIRECT and Linux AIO, for about `runtime` seconds.
+fn qemu_img_bench(dir: &Path, round: u32, runtime: f64) -> anyhow::Result<f64> {
+    let path: PathBuf = dir.join(format!("qemu-{round}.qcow2"));
+    let created = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&path)
+        .arg(ALLOC_SIZE.to_string())
+        .status()
+        .context("qemu-img is not installed (scripts/setup.sh installs it)")?;
+    ensure!(created.success(), "qemu-img create failed");
+    // About four writes a millisecond: qemu-img bench runs by count, not by time.
+    let millis = std::time::Duration::from_secs_f64(runtime).as_millis();
+    let count = u64::try_from(millis.saturating_mul(4))
+        .unwrap_or(u64::MAX)
+        .max(1000);
+    let start = std::time::Instant::now();
+    let out = Command::new("qemu-img")
+        .args([
+            "bench", "-f", "qcow2", "-w", "-t", "none", "-i", "native", "-s", "4096",
+        ])
+        .args([
+            "-S",
+            &BLOCK.to_string(),
+            "-d",
+            &QD.to_string(),
+            "-c",
+            &count.to_string(),
+        ])
+        .arg(&path)
+        .output()?;
+    let seconds = start.elapsed().as_secs_f64();
+    ensure!(
+        out.status.success(),
+        "qemu-img bench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_file(&path)?;
+    let reported = parse_qemu_seconds(&String::from_utf8_lossy(&out.stdout)).unwrap_or(seconds);
+    Ok(count as f64 / reported)
+}
+
+/// The seconds in qemu-img bench's "Run completed in N seconds." line.
+fn parse_qemu_seconds(out: &str) -> Option<f64> {
+    let line = out.lines().find(|l| l.starts_with("Run completed in"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s.get(s.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn print_human(r: &Results) {
+    println!(
+        "{:<40} {:<32} {:>8}  rounds (thin / peer IOPS)",
+        "case", "peer", "ratio"
+    );
+    for c in &r.io {
+        let rounds: Vec<String> = c
+            .thin_iops
+            .iter()
+            .zip(&c.peer_iops)
+            .map(|(t, p)| format!("{t:.0}/{p:.0}"))
+            .collect();
+        println!(
+            "{:<40} {:<32} {:>7.2}x  {}",
+            c.case,
+            c.peer,
+            c.ratio,
+            rounds.join("  ")
+        );
+    }
+    bench_meta::print_human(&r.metadata);
+}
