@@ -16,3 +16,4 @@ mod holder;
 mod hostile;
 mod locks;
 mod qcow2;
+mod thin;
