@@ -115,15 +115,9 @@ fn io_cases(args: &BenchArgs, dir: &Path) -> anyhow::Result<Vec<Case>> {
     };
     cluster.add_disk(&disks.raw, &[])?;
     cluster.add_disk(&disks.provisioned, &[])?;
-    let fresh_pool = PoolDir::new(dir.join("pool-b"));
-    let devices = Devices::Files {
-        metadata: 256 << 20,
-        data: ALLOC_SIZE,
-    };
-    drop(fresh_pool.create(&devices, BLOCK, PoolOptions::default())?);
     let mut cases = new_cases();
     for round in 0..args.rounds {
-        one_round(&mut cluster, &disks, (&fresh_pool, round), args, &mut cases)?;
+        one_round(&mut cluster, &disks, round, args, &mut cases)?;
     }
     for case in &mut cases {
         case.ratio = median(&case.thin_iops) / median(&case.peer_iops).max(f64::MIN_POSITIVE);
@@ -154,7 +148,7 @@ fn new_cases() -> Vec<Case> {
 fn one_round(
     cluster: &mut EmuCluster,
     disks: &Disks,
-    (fresh_pool, round): (&PoolDir, u32),
+    round: u32,
     args: &BenchArgs,
     cases: &mut [Case],
 ) -> anyhow::Result<()> {
@@ -174,7 +168,7 @@ fn one_round(
     cases[1]
         .peer_iops
         .push(run(cluster, &disks.raw, "randwrite")?);
-    let first = fresh_thin_writes(cluster, fresh_pool, round, t)?;
+    let first = fresh_thin_writes(cluster, round, t)?;
     cases[2].thin_iops.push(first);
     cases[2]
         .peer_iops
@@ -219,24 +213,24 @@ fn provisioned_volume(path: &Path, size: u64) -> anyhow::Result<String> {
     Ok(format!("thin:{}:0", path.display()))
 }
 
-/// Random writes to a new, unprovisioned volume of the fresh pool.
-fn fresh_thin_writes(
-    cluster: &mut EmuCluster,
-    pool: &PoolDir,
-    round: u32,
-    runtime: f64,
-) -> anyhow::Result<f64> {
-    let id = u64::from(round);
-    {
-        let opened = pool.open(PoolOptions::default())?;
-        let spec = VolumeSpec {
-            size: ALLOC_SIZE,
-            ..VolumeSpec::default()
-        };
-        opened.create_volume(id, spec)?;
-    }
-    let spec = disk(3, format!("thin:{}:{id}", pool.path.display()));
-    fresh_disk_run(cluster, &spec, runtime)
+/// Random writes to a new, unprovisioned volume of a new pool, removed afterwards (every
+/// first write takes a whole block of the file system).
+fn fresh_thin_writes(cluster: &mut EmuCluster, round: u32, runtime: f64) -> anyhow::Result<f64> {
+    let pool = PoolDir::new(cluster.dir().join(format!("pool-b{round}")));
+    let devices = Devices::Files {
+        metadata: 256 << 20,
+        data: ALLOC_SIZE,
+    };
+    let spec = VolumeSpec {
+        size: ALLOC_SIZE,
+        ..VolumeSpec::default()
+    };
+    pool.create(&devices, BLOCK, PoolOptions::default())?
+        .create_volume(0, spec)?;
+    let spec = disk(3, format!("thin:{}:0", pool.path.display()));
+    let iops = fresh_disk_run(cluster, &spec, runtime)?;
+    std::fs::remove_dir_all(&pool.path)?;
+    Ok(iops)
 }
 
 /// Random writes to a new, empty qcow2 image.
