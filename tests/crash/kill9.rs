@@ -20,11 +20,11 @@ use crate::qemu::{self, Spec};
 use crate::rng::{self, Rng};
 
 const CYCLES: usize = 50;
-const GUEST: DomId = DomId(1);
-const XVDA: u32 = 51712;
-const DISK: u64 = 64 << 20;
+pub(crate) const GUEST: DomId = DomId(1);
+pub(crate) const XVDA: u32 = 51712;
+pub(crate) const DISK: u64 = 64 << 20;
 /// The workload writes the first half of the disk; the rest must keep its initial content.
-const REGION: usize = 32 << 20;
+pub(crate) const REGION: usize = 32 << 20;
 const MAX_WRITE_BLOCKS: usize = 16;
 const RAM_PAGES: u32 = 2048;
 
@@ -145,10 +145,10 @@ fn qcow2_survives_sigkill_of_the_backend_during_writes_and_flushes() {
 }
 
 #[derive(Default)]
-struct Stats {
-    writes: u64,
-    flushes: u64,
-    leaks: u64,
+pub(crate) struct Stats {
+    pub(crate) writes: u64,
+    pub(crate) flushes: u64,
+    pub(crate) leaks: u64,
 }
 
 fn run_cycle(cycle: usize, s: &CycleSetup, rng: &mut Rng, bases: &Bases) -> Stats {
@@ -196,7 +196,7 @@ fn verify(image: &Path, model: &Model, initial: Option<&[u8]>, work: &Path, cont
 }
 
 /// Kills `pid` with SIGKILL after `delay`; the flag is set once the signal was sent.
-fn killer(pid: u32, delay: Duration) -> Arc<AtomicBool> {
+pub(crate) fn killer(pid: u32, delay: Duration) -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
     let f = flag.clone();
     std::thread::spawn(move || {
@@ -208,7 +208,7 @@ fn killer(pid: u32, delay: Duration) -> Arc<AtomicBool> {
     flag
 }
 
-fn connect(cluster: &EmuCluster, spec: &VbdSpec) -> Frontend {
+pub(crate) fn connect(cluster: &EmuCluster, spec: &VbdSpec) -> Frontend {
     let mut cfg = FrontendConfig::new(GUEST, XVDA);
     cfg.timeout = Duration::from_secs(15);
     let dc = DomainConfig {
@@ -240,16 +240,21 @@ enum InFlight {
 /// Random writes of 4–64 KiB and a flush every few writes, up to `qd` in flight, until the
 /// backend is killed. Updates `model` with what was acknowledged.
 /// How the guest drives the disk.
-struct Drive<'a> {
-    qd: u32,
-    seed: u64,
+pub(crate) struct Drive<'a> {
+    pub(crate) qd: u32,
+    pub(crate) seed: u64,
     /// Set once the backend was sent SIGKILL.
-    killed: &'a AtomicBool,
+    pub(crate) killed: &'a AtomicBool,
     /// Shown when a request fails before the kill.
-    backend_log: &'a Path,
+    pub(crate) backend_log: &'a Path,
 }
 
-fn guest_workload(front: &mut Frontend, d: &Drive<'_>, model: &mut Model, stats: &mut Stats) {
+pub(crate) fn guest_workload(
+    front: &mut Frontend,
+    d: &Drive<'_>,
+    model: &mut Model,
+    stats: &mut Stats,
+) {
     let (qd, seed, killed) = (d.qd, d.seed, d.killed);
     let dom = front.domain().clone();
     let backend = front.backend_domid();

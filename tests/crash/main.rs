@@ -19,3 +19,4 @@ mod qemu;
 mod recorder;
 mod replay;
 mod rng;
+mod thin;
