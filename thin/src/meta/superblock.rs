@@ -55,9 +55,16 @@ impl Superblock {
         if get_u64(b, 32) != MAGIC {
             return Err(Error::corrupt("not a thin pool: bad superblock magic"));
         }
+        let sb = Superblock::parse(b);
+        sb.validate(metadata_block_size(b))?;
+        Ok(sb)
+    }
+
+    /// The fields of superblock `b`, checked for nothing (not even the magic).
+    pub fn parse(b: &[u8; block::BLOCK_SIZE]) -> Superblock {
         let mut uuid = [0; 16];
         uuid.copy_from_slice(&b[16..32]);
-        let sb = Superblock {
+        Superblock {
             flags: get_u32(b, 4),
             uuid,
             version: get_u32(b, 40),
@@ -73,9 +80,7 @@ impl Superblock {
             compat_flags: get_u32(b, 352),
             compat_ro_flags: get_u32(b, 356),
             incompat_flags: get_u32(b, 360),
-        };
-        sb.validate(get_u32(b, 340))?;
-        Ok(sb)
+        }
     }
 
     fn validate(&self, metadata_block_size: u32) -> Result<()> {
@@ -122,6 +127,11 @@ impl Superblock {
         put_u32(&mut b[..], 360, self.incompat_flags);
         b
     }
+}
+
+/// The metadata block size superblock `b` records, in sectors (always [`BLOCK_SECTORS`]).
+pub fn metadata_block_size(b: &[u8; block::BLOCK_SIZE]) -> u32 {
+    get_u32(b, 340)
 }
 
 /// Smallest data block: 64 KiB in sectors.
