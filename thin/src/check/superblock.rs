@@ -6,7 +6,8 @@ use rustbk_formats::EngineFile;
 
 use super::{Area, Problem, Report, describe};
 use crate::meta::{
-    self, MAGIC, MAX_METADATA_BLOCKS, NEEDS_CHECK, Superblock, VERSION, check_data_block_size,
+    self, MAGIC, MAX_METADATA_BLOCKS, NEEDS_CHECK, Superblock, TIME_MASK, VERSION,
+    check_data_block_size,
 };
 use crate::pdata::block::{self, BLOCK_SECTORS, Kind, get_u64};
 use crate::pdata::dev::MetaDev;
@@ -51,9 +52,7 @@ pub(super) fn check(
     }
     let usable = sb
         .metadata_nr_blocks
-        .min(whole)
-        .min(MAX_METADATA_BLOCKS)
-        .max(1);
+        .clamp(1, whole.min(MAX_METADATA_BLOCKS).max(1));
     Some((sb, usable))
 }
 
@@ -74,6 +73,12 @@ fn field_problems(sb: &Superblock, metadata_block_size: u32, whole: u64) -> Vec<
     }
     if sb.flags & !NEEDS_CHECK != 0 {
         out.push(format!("unknown flags {:#x}", sb.flags & !NEEDS_CHECK));
+    }
+    if sb.time > TIME_MASK {
+        out.push(format!(
+            "pool time {} does not fit the 24 bits of a mapping",
+            sb.time
+        ));
     }
     if metadata_block_size != BLOCK_SECTORS {
         out.push(format!(

@@ -1,5 +1,6 @@
 //! The pool superblock at metadata block 0, laid out as dm-thin's `thin_disk_superblock`.
 
+use super::details::TIME_MASK;
 use crate::error::{Error, Result};
 use crate::pdata::block::{self, BLOCK_SECTORS, Block, get_u32, get_u64, put_u32, put_u64};
 use crate::pdata::sm::{ROOT_SIZE, SmRoot};
@@ -94,6 +95,12 @@ impl Superblock {
             return Err(Error::Unsupported(format!(
                 "incompatible feature flags {:#x}",
                 self.incompat_flags
+            )));
+        }
+        if self.time > TIME_MASK {
+            return Err(Error::corrupt(format!(
+                "pool time {} does not fit the 24 bits of a mapping",
+                self.time
             )));
         }
         if metadata_block_size != BLOCK_SECTORS {
