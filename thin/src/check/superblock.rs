@@ -52,7 +52,7 @@ pub(super) fn check(
     }
     let usable = sb
         .metadata_nr_blocks
-        .clamp(1, whole.min(MAX_METADATA_BLOCKS).max(1));
+        .clamp(1, whole.clamp(1, MAX_METADATA_BLOCKS));
     Some((sb, usable))
 }
 
