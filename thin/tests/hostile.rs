@@ -3,7 +3,7 @@
 //! `Metadata::open` or the first operation that reaches the damage fails without panicking.
 
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use rustbk_formats::EngineFile;
@@ -156,6 +156,9 @@ fn assert_reports(report: &Report, area: Area, words: &str) {
     assert!(found, "no {area:?} problem with {words:?} in:\n{report}");
 }
 
+/// One operation on an opened pool.
+type Step = dyn Fn(&mut Metadata) -> rustbk_thin::Result<()>;
+
 /// Opens the pool and reads every mapping of both devices, then changes and commits: some
 /// step must fail (and none may panic). Returns the first error.
 fn first_failure(pool: &Pool) -> String {
@@ -163,7 +166,7 @@ fn first_failure(pool: &Pool) -> String {
         Ok(md) => md,
         Err(e) => return format!("open: {e}"),
     };
-    let steps: [&dyn Fn(&mut Metadata) -> rustbk_thin::Result<()>; 4] = [
+    let steps: [&Step; 4] = [
         &|md| md.lookup_range(1, 0..u64::MAX).map(drop),
         &|md| md.lookup_range(2, 0..u64::MAX).map(drop),
         &|md| {
