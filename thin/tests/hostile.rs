@@ -474,3 +474,86 @@ fn snapshot_at_the_last_pool_time_is_refused_rather_than_wrapping() {
     assert!(md.create_snapshot(3, 1).is_err());
     assert_eq!(md.superblock().time, TIME_MASK);
 }
+
+/// The metadata space map's index entry of bitmap 0.
+fn metadata_bitmap0(pool: &Pool) -> IndexEntry {
+    let index = pool.read(pool.superblock().metadata_sm.bitmap_root);
+    IndexEntry::decode(&index[16..32])
+}
+
+#[test]
+fn unreferenced_metadata_block_counted_as_used_is_reported_as_a_leak() {
+    let pool = Pool::new();
+    let entry = metadata_bitmap0(&pool);
+    let mut b = pool.read(entry.blocknr);
+    // Block 2000 (free): count 1, the high bit of its entry.
+    b[16 + 2000 / 4] |= 0b10 << ((2000 % 4) * 2);
+    pool.write(entry.blocknr, b, Some(Kind::Bitmap));
+    let report = pool.check();
+    assert_reports(&report, Area::MetadataLeak, "block 2000 has a count of 1");
+    assert_eq!(report.totals.metadata_blocks_leaked, 1);
+    assert!(
+        report.in_area(Area::MetadataCount).next().is_none(),
+        "{report}"
+    );
+    assert_thin_check(&pool, ThinCheck::Refuses);
+}
+
+#[test]
+fn metadata_count_above_the_references_is_reported_as_a_wrong_count() {
+    let pool = Pool::new();
+    let entry = metadata_bitmap0(&pool);
+    let leaf = pool.first_leaf();
+    let mut b = pool.read(entry.blocknr);
+    let (byte, shift) = (16 + leaf as usize / 4, (leaf % 4) * 2);
+    // Count 2: only the low bit of the entry.
+    b[byte] = (b[byte] & !(0b11 << shift)) | (0b01 << shift);
+    pool.write(entry.blocknr, b, Some(Kind::Bitmap));
+    let report = pool.check();
+    let words = format!("block {leaf} has a count of 2 but is referenced 1 times");
+    assert_reports(&report, Area::MetadataCount, &words);
+    assert!(
+        report.in_area(Area::MetadataLeak).next().is_none(),
+        "{report}"
+    );
+    assert_thin_check(&pool, ThinCheck::Refuses);
+}
+
+#[test]
+fn lost_block_tree_leaks_its_data_blocks_and_the_report_stops_at_its_limit() {
+    let pool = Pool::new();
+    // Device 2's tree replaced by device 1's: device 2's own leaf and data blocks are lost.
+    let top_at = pool.superblock().mapping_root;
+    let mut top = pool.node(top_at, 8);
+    let root1 = pool.device_root(1);
+    top.set_value(1, &root1.to_le_bytes());
+    pool.write_node(top_at, &top);
+    let report = pool.check();
+    assert_eq!(report.totals.data_blocks_leaked, 10, "{report}");
+    assert_reports(&report, Area::DataLeak, "nothing references it");
+    assert_reports(&report, Area::MetadataLeak, "nothing references it");
+    assert!(
+        !report.only_leaks(),
+        "the shared root's count is wrong too:\n{report}"
+    );
+    let limited = check::check_path(&pool.path, &CheckOptions { max_problems: 3 }).unwrap();
+    assert_eq!(limited.problems.len(), 3);
+    assert!(limited.truncated);
+    assert_thin_check(&pool, ThinCheck::Refuses);
+}
+
+#[test]
+fn report_serialises_for_json_output() {
+    let pool = Pool::new();
+    let leaf = pool.first_leaf();
+    let mut b = pool.read(leaf);
+    b[100] ^= 1;
+    pool.write(leaf, b, None);
+    let json = serde_json::to_value(pool.check()).unwrap();
+    let first = &json["problems"][0];
+    assert_eq!(first["area"], "btree");
+    assert_eq!(first["block"], leaf);
+    assert!(first["message"].as_str().unwrap().contains("checksum"));
+    assert_eq!(json["totals"]["devices"], 2);
+    assert_eq!(json["truncated"], false);
+}
