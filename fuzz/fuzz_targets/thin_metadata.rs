@@ -16,8 +16,8 @@ use std::sync::{Arc, OnceLock};
 use libfuzzer_sys::fuzz_target;
 use rustbk_formats::EngineFile;
 use rustbk_formats::engine::Access;
-use rustbk_thin::check::{self, CheckOptions};
 use rustbk_thin::Error;
+use rustbk_thin::check::{self, CheckOptions};
 use rustbk_thin::meta::{Metadata, Superblock};
 use rustbk_thin::pdata::block::{self, BLOCK_SIZE, Kind, get_u32, get_u64};
 
@@ -45,7 +45,10 @@ fn image(flags: u8, data: &[u8]) -> Vec<u8> {
         true => get_u64(&image, 344).min(MAX_BLOCKS),
         false => 0,
     };
-    let blocks = (image.len() as u64).div_ceil(BLOCK_SIZE as u64).max(claimed).max(1);
+    let blocks = (image.len() as u64)
+        .div_ceil(BLOCK_SIZE as u64)
+        .max(claimed)
+        .max(1);
     image.resize(blocks as usize * BLOCK_SIZE, 0);
     if flags & 1 != 0 {
         reseal(&mut image);
@@ -131,7 +134,10 @@ fuzz_target!(|data: &[u8]| {
         if let Err(e @ (Error::Corrupt(_) | Error::BadBlock { .. })) = changed {
             panic!("a pool that checks clean is corrupt after changes: {e}");
         }
-        assert!(run_check(&file), "a clean pool no longer checks clean after a commit");
+        assert!(
+            run_check(&file),
+            "a clean pool no longer checks clean after a commit"
+        );
     }
 });
 
