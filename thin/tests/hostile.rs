@@ -486,11 +486,12 @@ fn unreferenced_metadata_block_counted_as_used_is_reported_as_a_leak() {
     let pool = Pool::new();
     let entry = metadata_bitmap0(&pool);
     let mut b = pool.read(entry.blocknr);
-    // Block 2000 (free): count 1, the high bit of its entry.
-    b[16 + 2000 / 4] |= 0b10 << ((2000 % 4) * 2);
+    // Block 2001 (free): count 1, the high bit of its entry.
+    let free = 2001;
+    b[16 + free / 4] |= 0b10 << ((free % 4) * 2);
     pool.write(entry.blocknr, b, Some(Kind::Bitmap));
     let report = pool.check();
-    assert_reports(&report, Area::MetadataLeak, "block 2000 has a count of 1");
+    assert_reports(&report, Area::MetadataLeak, "block 2001 has a count of 1");
     assert_eq!(report.totals.metadata_blocks_leaked, 1);
     assert!(
         report.in_area(Area::MetadataCount).next().is_none(),
@@ -505,7 +506,8 @@ fn metadata_count_above_the_references_is_reported_as_a_wrong_count() {
     let entry = metadata_bitmap0(&pool);
     let leaf = pool.first_leaf();
     let mut b = pool.read(entry.blocknr);
-    let (byte, shift) = (16 + leaf as usize / 4, (leaf % 4) * 2);
+    let at = usize::try_from(leaf).unwrap();
+    let (byte, shift) = (16 + at / 4, (at % 4) * 2);
     // Count 2: only the low bit of the entry.
     b[byte] = (b[byte] & !(0b11 << shift)) | (0b01 << shift);
     pool.write(entry.blocknr, b, Some(Kind::Bitmap));
