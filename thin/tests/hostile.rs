@@ -559,3 +559,27 @@ fn report_serialises_for_json_output() {
     assert_eq!(json["totals"]["devices"], 2);
     assert_eq!(json["truncated"], false);
 }
+
+#[test]
+fn shared_node_outside_its_second_parents_range_is_reported() {
+    let pool = Pool::new();
+    // Device 2's root shares its last leaf with device 1's root, which is walked first.
+    let root2 = pool.device_root(2);
+    let mut node = pool.node(root2, 8);
+    let last = node.len() - 1;
+    assert_eq!(
+        node.child(last),
+        pool.node(pool.device_root(1), 8).child(last)
+    );
+    node.keys[last] += 1 << 52;
+    pool.write_node(root2, &node);
+    let report = pool.check();
+    assert_reports(&report, Area::Btree, "outside the parent's range");
+    assert!(
+        report.problems.iter().any(|p| p.device == Some(2)),
+        "{report}"
+    );
+    assert_thin_check(&pool, ThinCheck::Refuses);
+    let mut md = pool.open().unwrap();
+    assert!(md.lookup_range(2, 0..u64::MAX).is_err());
+}

@@ -69,8 +69,26 @@ impl Tree {
 pub(super) enum Seen {
     /// Being walked: met again below itself, it is a cycle.
     Walking,
-    /// Walked: the tree family it belongs to and the entries of its subtree.
-    Done { family: Tree, entries: u64 },
+    /// Walked: the tree family it belongs to, and its subtree.
+    Done { family: Tree, subtree: Subtree },
+}
+
+/// A walked subtree: its entries, and its lowest and highest keys (none if it is empty or
+/// could not be read), so a second parent can check them against its own range.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Subtree {
+    entries: u64,
+    keys: Option<(u64, u64)>,
+}
+
+impl Subtree {
+    fn add(&mut self, other: Subtree) {
+        self.entries = self.entries.saturating_add(other.entries);
+        self.keys = match (self.keys, other.keys) {
+            (Some((a, b)), Some((c, d))) => Some((a.min(c), b.max(d))),
+            (one, other) => one.or(other),
+        };
+    }
 }
 
 /// Where a node sits: its depth and the key range its parent allows (end open, `None` for the
@@ -91,62 +109,67 @@ impl Checker {
             start: 0,
             end: None,
         };
-        self.walk_node(tree, root, place)
+        self.walk_node(tree, root, place).entries
     }
 
-    fn walk_node(&mut self, tree: Tree, location: u64, place: Place) -> u64 {
+    fn walk_node(&mut self, tree: Tree, location: u64, place: Place) -> Subtree {
         if !self.reference(location, &tree.name()) || self.report.full() {
-            return 0;
+            return Subtree::default();
         }
         match self.nodes.get(&location) {
             Some(Seen::Walking) => {
                 let message = format!("{} loops back to node {location} (a cycle)", tree.name());
                 self.node_problem(tree, location, message);
-                return 0;
+                return Subtree::default();
             }
-            Some(&Seen::Done { family, entries }) => {
+            Some(&Seen::Done { family, subtree }) => {
                 if family != tree.family() {
                     let message = format!("node of {} is also in {}", family.name(), tree.name());
                     self.node_problem(tree, location, message);
                 }
-                return entries;
+                if let Some(keys) = subtree.keys {
+                    self.check_range(tree, location, keys, &place);
+                }
+                return subtree;
             }
             None => {}
         }
         if place.depth >= MAX_DEPTH {
             let message = format!("{} is deeper than {MAX_DEPTH} levels", tree.name());
             self.node_problem(tree, location, message);
-            return 0;
+            return Subtree::default();
         }
         self.nodes.insert(location, Seen::Walking);
-        let entries = match self.read_node(tree, location) {
+        let subtree = match self.read_node(tree, location) {
             Some(node) => {
                 self.check_shape(tree, location, &node, &place);
                 self.walk_entries(tree, location, &node, &place)
             }
-            None => 0,
+            None => Subtree::default(),
         };
         let family = tree.family();
-        self.nodes.insert(location, Seen::Done { family, entries });
-        entries
+        self.nodes.insert(location, Seen::Done { family, subtree });
+        subtree
     }
 
-    fn walk_entries(&mut self, tree: Tree, location: u64, node: &Node, place: &Place) -> u64 {
+    fn walk_entries(&mut self, tree: Tree, location: u64, node: &Node, place: &Place) -> Subtree {
         if node.leaf {
             self.leaf(tree, location, node);
-            return node.len() as u64;
+            return Subtree {
+                entries: node.len() as u64,
+                keys: node.keys.first().copied().zip(node.keys.last().copied()),
+            };
         }
-        let mut entries = 0u64;
+        let mut subtree = Subtree::default();
         for i in 0..node.len() {
             let child = Place {
                 depth: place.depth + 1,
                 start: node.keys[i],
                 end: node.keys.get(i + 1).copied().or(place.end),
             };
-            let found = self.walk_node(tree, node.child(i), child);
-            entries = entries.saturating_add(found);
+            subtree.add(self.walk_node(tree, node.child(i), child));
         }
-        entries
+        subtree
     }
 
     fn node_problem(&mut self, tree: Tree, location: u64, message: String) {
@@ -178,14 +201,19 @@ impl Checker {
             );
             self.node_problem(tree, location, message);
         }
-        let (Some(&first), Some(&last)) = (node.keys.first(), node.keys.last()) else {
-            return;
-        };
+        if let (Some(&first), Some(&last)) = (node.keys.first(), node.keys.last()) {
+            self.check_range(tree, location, (first, last), place);
+        }
+    }
+
+    /// Checks that the keys `first..=last` lie inside the range the parent gives.
+    fn check_range(&mut self, tree: Tree, location: u64, (first, last): (u64, u64), place: &Place) {
         let after_end = place.end.is_some_and(|end| last >= end);
         if first < place.start || after_end {
             let end = place.end.map_or("the end".into(), |e| e.to_string());
             let message = format!(
-                "{name}: keys {first}..={last} lie outside the parent's range {}..{end}",
+                "{}: keys {first}..={last} lie outside the parent's range {}..{end}",
+                tree.name(),
                 place.start
             );
             self.node_problem(tree, location, message);
