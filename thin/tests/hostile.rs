@@ -583,3 +583,18 @@ fn shared_node_outside_its_second_parents_range_is_reported() {
     let mut md = pool.open().unwrap();
     assert!(md.lookup_range(2, 0..u64::MAX).is_err());
 }
+
+#[test]
+fn bitmap_block_used_by_two_index_entries_is_reported_and_refused() {
+    let pool = Pool::new();
+    let (leaf, entry) = pool.data_bitmap0();
+    let mut node = pool.node(leaf, 16);
+    node.set_value(1, &entry.encode());
+    pool.write_node(leaf, &node);
+    let report = pool.check();
+    let words = format!("block {} is referenced again", entry.blocknr);
+    assert_reports(&report, Area::DataSpaceMap, &words);
+    assert_thin_check(&pool, ThinCheck::Refuses);
+    let failure = first_failure(&pool);
+    assert!(failure.starts_with("open"), "{failure}");
+}

@@ -151,6 +151,15 @@ impl Checker {
         }
     }
 
+    /// References found so far to metadata block `block`.
+    fn refs_of(&self, block: u64) -> u32 {
+        usize::try_from(block)
+            .ok()
+            .and_then(|i| self.refs.get(i))
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Compares the device details with the top-level mapping tree, device by device.
     fn check_devices(&mut self) {
         let roots: Vec<(u64, u64)> = self.top.iter().map(|(&id, &root)| (id, root)).collect();

@@ -179,6 +179,13 @@ impl Checker {
         if !self.reference(location, &what) {
             return None;
         }
+        if self.refs_of(location) > 1 {
+            // A bitmap has one holder; reading it again for another entry would also let a
+            // small metadata device make the check decode the same block millions of times.
+            let message = format!("{what}: block {location} is referenced again");
+            self.problem(which.area, Some(location), None, message);
+            return None;
+        }
         let raw = self.dev.read_raw(location).and_then(|b| {
             block::verify(&b, Kind::Bitmap, location)?;
             Ok(b)

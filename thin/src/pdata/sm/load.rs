@@ -2,7 +2,7 @@
 //! is checksummed, every overflowed entry must have its count in the overflow tree and every
 //! count there must belong to an overflowed entry.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use super::disk::{IndexEntry, SmRoot, decode_bitmap, decode_index};
 use super::{COUNT_SIZE, DataSm, INDEX_SIZE, MetaSm, SmLayout};
@@ -74,7 +74,14 @@ pub fn load_data(tm: &mut Tm, root: SmRoot, max_blocks: u64) -> Result<DataSm> {
 
 fn fill(tm: &mut Tm, refs: &mut RefCounts, bitmaps: &[IndexEntry], root: SmRoot) -> Result<()> {
     let mut overflowed = Vec::new();
+    let mut locations = HashSet::new();
     for (i, entry) in bitmaps.iter().enumerate() {
+        if !locations.insert(entry.blocknr) {
+            return Err(Error::corrupt(format!(
+                "space map bitmaps {i} and another are both at block {}",
+                entry.blocknr
+            )));
+        }
         let first = i as u64 * ENTRIES_PER_BITMAP;
         let len = usize::try_from((root.nr_blocks - first).min(ENTRIES_PER_BITMAP))
             .map_err(|_| Error::corrupt("bitmap length"))?;
