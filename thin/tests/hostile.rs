@@ -11,8 +11,11 @@ use rustbk_formats::engine::Access;
 use rustbk_thin::check::{self, Area, CheckOptions, Report};
 use rustbk_thin::meta::{Geometry, Mapping, Metadata, Superblock, TIME_MASK};
 use rustbk_thin::pdata::block::{self, BLOCK_SIZE, Kind, get_u64, put_u32};
-use rustbk_thin::pdata::btree::Node;
+use rustbk_thin::pdata::btree::{self, NoRefs, Node};
+use rustbk_thin::pdata::dev::MetaDev;
+use rustbk_thin::pdata::refs::ENTRIES_PER_BITMAP;
 use rustbk_thin::pdata::sm::IndexEntry;
+use rustbk_thin::pdata::tm::Tm;
 
 const NR_DATA: u64 = 100_000;
 /// Mappings of device 1: enough for a root with three leaves.
@@ -597,4 +600,43 @@ fn bitmap_block_used_by_two_index_entries_is_reported_and_refused() {
     assert_thin_check(&pool, ThinCheck::Refuses);
     let failure = first_failure(&pool);
     assert!(failure.starts_with("open"), "{failure}");
+}
+
+/// The most memory the process has held, in KiB.
+fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn data_index_naming_one_bitmap_many_times_is_refused_before_allocating_its_counts() {
+    const BITMAPS: u64 = 70_000;
+    let pool = Pool::new();
+    let (_, entry) = pool.data_bitmap0();
+    let md = pool.open().unwrap();
+    let refs = md.metadata_refs().clone();
+    drop(md);
+    // A new index tree, in free metadata blocks: 70000 entries, every one naming bitmap 0,
+    // for a data space map of 70000 bitmaps (1.1 billion blocks, a byte each in memory).
+    let file = EngineFile::open(&pool.path, Access::ReadWrite, false).unwrap();
+    let mut tm = Tm::new(MetaDev::new(Arc::new(file), 2048).unwrap(), refs);
+    let mut root = btree::empty(&mut tm, 16).unwrap();
+    for i in 0..BITMAPS {
+        root = btree::insert(&mut tm, root, i, &entry.encode(), &mut NoRefs)
+            .unwrap()
+            .0;
+    }
+    tm.write_dirty().unwrap();
+    drop(tm);
+    let mut sb = pool.superblock();
+    sb.data_sm.bitmap_root = root;
+    sb.data_sm.nr_blocks = BITMAPS * ENTRIES_PER_BITMAP;
+    pool.write_superblock(&sb);
+    let report = pool.check();
+    assert_reports(&report, Area::DataSpaceMap, "is referenced again");
+    let before = peak_rss_kib();
+    assert!(open_with_any_data_size(&pool).is_err());
+    let grown = peak_rss_kib() - before;
+    assert!(grown < 256 << 10, "opening took {grown} KiB more");
 }
