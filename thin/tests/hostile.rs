@@ -635,6 +635,7 @@ fn data_index_naming_one_bitmap_many_times_is_refused_before_allocating_its_coun
     pool.write_superblock(&sb);
     let report = pool.check();
     assert_reports(&report, Area::DataSpaceMap, "is referenced again");
+    assert_thin_check(&pool, ThinCheck::Refuses);
     let before = peak_rss_kib();
     assert!(open_with_any_data_size(&pool).is_err());
     let grown = peak_rss_kib() - before;
