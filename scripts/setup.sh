@@ -13,8 +13,10 @@ set -euo pipefail
 RUSTBK_QEMU=${RUSTBK_QEMU:-backports}
 CACHE=${RUSTBK_CACHE:-/var/cache/rustbk}
 # Peers and build tools: gcc/-m32 against Xen's headers, Debian's xenstore CLI, fio, loop devices,
-# and the host side of tests/xen-e2e (kmod's depmod, mkfs.ext4, cpio).
-PACKAGES=(libxen-dev gcc gcc-multilib xenstore-utils fio util-linux kmod e2fsprogs cpio)
+# the host side of tests/xen-e2e (kmod's depmod, mkfs.ext4, cpio), and thin-provisioning-tools
+# 0.9 (C++, /usr/sbin/thin_check ...) for the thin pool's interop tests.
+PACKAGES=(libxen-dev gcc gcc-multilib xenstore-utils fio util-linux kmod e2fsprogs cpio
+  thin-provisioning-tools)
 QEMU_PACKAGES=(qemu-utils qemu-system-x86 qemu-system-common qemu-system-data)
 
 say() { echo "== setup: $*"; }
@@ -127,6 +129,91 @@ check_qemu_tools() {
   say "QEMU $img ($RUSTBK_QEMU)"
 }
 
+# thin-provisioning-tools 1.1 (the Rust rewrite) is trixie's; it is unpacked next to bookworm's
+# 0.9 rather than installed, so both peers are there for the thin pool's tests:
+#   $CACHE/thin-tools/<debian version>/root   the package's files (dpkg -x)
+#   $CACHE/thin-tools/<debian version>/bin    thin_check, thin_dump, thin_restore, thin_ls,
+#                                             thin_delta, thin_repair: symlinks to pdata_tools
+#   $CACHE/thin-tools/current                 a symlink to that bin directory; the tests use it
+# trixie is reached through a source list (the system's bookworm mirror, suite trixie), package
+# lists, cache and an EMPTY dpkg status of rustbk's own under $CACHE/apt/trixie: the system's
+# sources, lists and packages are untouched.
+# What was found (December 2026): trixie ships 1.1.0-4+b1; its pdata_tools needs GLIBC_2.34 at
+# most (objdump -T) and links only libc, libm, libgcc_s and libudev, all in bookworm (glibc 2.36),
+# so the Debian binary runs here as it is and no source build is needed. Should a later trixie
+# build need a newer glibc, `thin_check -V` fails below and so does the set-up, saying so.
+THIN_TOOLS=(thin_check thin_dump thin_restore thin_ls thin_delta thin_repair)
+
+check_thin_tools_09() {
+  local v
+  v=$(/usr/sbin/thin_check -V 2>/dev/null) || die "/usr/sbin/thin_check (thin-provisioning-tools) does not run"
+  case "$v" in
+    0.9.*) say "thin-provisioning-tools $v (bookworm) in /usr/sbin" ;;
+    *) die "/usr/sbin/thin_check is version '$v', not bookworm's 0.9" ;;
+  esac
+}
+
+# Whether $1 holds all THIN_TOOLS and its thin_check reports 1.1.
+thin_tools_11_ready() {
+  local t v
+  for t in "${THIN_TOOLS[@]}"; do [ -x "$1/$t" ] || return 1; done
+  v=$("$1/thin_check" -V 2>/dev/null) || return 1
+  case "$v" in 1.1.*) return 0 ;; *) return 1 ;; esac
+}
+
+# Runs apt-get or apt-cache ($1) on rustbk's trixie list only.
+trixie_apt() {
+  local tool=$1 d=$CACHE/apt/trixie
+  shift
+  $SUDO "$tool" -o Dir::Etc::SourceList="$d/sources.list" \
+    -o Dir::Etc::SourceParts="$CACHE/apt/none" -o Dir::State::Lists="$d/lists" \
+    -o Dir::Cache="$d/cache" -o Dir::State::status="$d/status" -o APT::Sandbox::User=root "$@"
+}
+
+fetch_thin_tools_11() {
+  local d=$CACHE/apt/trixie mirror version dir deb tmp t
+  $SUDO mkdir -p "$d/lists/partial" "$d/cache/archives/partial" "$d/debs"
+  # trixie from the mirror this machine's own sources use for bookworm.
+  # shellcheck disable=SC2016 # $(REPO_URI) is apt's field, not a command.
+  mirror=$(apt-get indextargets --format '$(REPO_URI)' 'Identifier: Packages' 'Release: bookworm' |
+    head -n 1)
+  [ -n "$mirror" ] || die "no Debian mirror for bookworm in this machine's apt sources to take trixie from"
+  echo "deb $mirror trixie main" | $SUDO tee "$d/sources.list" >/dev/null
+  [ -f "$d/status" ] || $SUDO touch "$d/status"
+  trixie_apt apt-get update -qq >/dev/null || die "apt-get update with rustbk's trixie list failed"
+  version=$(trixie_apt apt-cache policy thin-provisioning-tools | sed -n 's/^ *Candidate: //p')
+  case "$version" in
+    1.1.*) ;;
+    *) die "trixie offers thin-provisioning-tools '${version:-nothing}', not 1.1" ;;
+  esac
+  dir=$CACHE/thin-tools/$version
+  if ! thin_tools_11_ready "$dir/bin"; then
+    say "unpacking thin-provisioning-tools $version from trixie into $dir"
+    deb=$d/debs/thin-provisioning-tools_${version/:/%3a}_$(dpkg --print-architecture).deb
+    [ -f "$deb" ] || (cd "$d/debs" && trixie_apt apt-get -q download "thin-provisioning-tools=$version" >/dev/null) ||
+      die "apt-get download thin-provisioning-tools=$version from trixie failed"
+    tmp=$($SUDO mktemp -d "$CACHE/thin-tools/.unpack.XXXXXX")
+    $SUDO chmod 755 "$tmp"
+    $SUDO dpkg -x "$deb" "$tmp/root" ||
+      die "dpkg -x of thin-provisioning-tools $version failed"
+    $SUDO mkdir "$tmp/bin"
+    for t in "${THIN_TOOLS[@]}"; do $SUDO ln -s ../root/usr/sbin/pdata_tools "$tmp/bin/$t"; done
+    $SUDO rm -rf "$dir"
+    $SUDO mv "$tmp" "$dir"
+  fi
+  thin_tools_11_ready "$dir/bin" ||
+    die "thin-provisioning-tools $version from trixie does not run here: $("$dir/bin/thin_check" -V 2>&1 | head -n 3)"
+  $SUDO ln -sfn "$version/bin" "$CACHE/thin-tools/current"
+}
+
+install_thin_tools_11() {
+  $SUDO mkdir -p "$CACHE/thin-tools"
+  thin_tools_11_ready "$CACHE/thin-tools/current" || fetch_thin_tools_11
+  say "thin-provisioning-tools $("$CACHE/thin-tools/current/thin_check" -V) (trixie) in $(readlink -f "$CACHE/thin-tools/current")"
+}
+
 install_packages
 install_qemu
 check_qemu_tools
+check_thin_tools_09
+install_thin_tools_11

@@ -3,8 +3,10 @@
 
 pub mod check;
 pub mod error;
+pub mod interchange;
 pub mod meta;
 pub mod pdata;
 pub mod port;
+pub mod xml;
 
 pub use error::{Error, Result};

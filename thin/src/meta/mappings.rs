@@ -90,7 +90,7 @@ impl Metadata {
             None => details.mapped_blocks += 1,
         }
         self.set_details(id, details);
-        self.replace_root(id, root, new_root)
+        self.replace_root_of(id, root, new_root)
     }
 
     /// Unmaps `vblock` of device `id`; returns the mapping removed.
@@ -105,7 +105,7 @@ impl Metadata {
         self.data.refs.dec(old.block)?;
         details.mapped_blocks = details.mapped_blocks.saturating_sub(1);
         self.set_details(id, details);
-        self.replace_root(id, root, new_root)?;
+        self.replace_root_of(id, root, new_root)?;
         Ok(Some(old))
     }
 
@@ -124,7 +124,7 @@ impl Metadata {
         self.data.refs.get(block)
     }
 
-    fn replace_root(&mut self, id: u64, old: u64, new: u64) -> Result<()> {
+    pub(super) fn replace_root_of(&mut self, id: u64, old: u64, new: u64) -> Result<()> {
         match old == new {
             true => Ok(()),
             false => self.set_device_root(id, new),

@@ -5,7 +5,10 @@ mod details;
 mod devices;
 mod mappings;
 mod refs;
+mod restore;
 mod superblock;
+#[cfg(test)]
+mod tests;
 
 pub use details::{DETAILS_SIZE, DeviceDetails, MAPPING_SIZE, MAX_DATA_BLOCKS, Mapping, TIME_MASK};
 pub use superblock::{

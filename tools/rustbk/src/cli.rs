@@ -35,6 +35,9 @@ pub enum Command {
     Soak(SoakArgs),
     /// Image tools with qemu-img's conventions: create, info, check, convert, compare, map, resize.
     Img(crate::img::ImgArgs),
+    /// Thin pools in dm-thin's metadata format: pools, volumes, snapshots, and the metadata
+    /// tools of thin-provisioning-tools (check, dump, restore).
+    Thin(crate::thin::ThinArgs),
 }
 
 /// Emulator components.

@@ -8,3 +8,4 @@ pub mod cmd;
 pub mod img;
 pub mod logging;
 pub mod supervise;
+pub mod thin;

@@ -30,6 +30,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => supervised(bench::run(args)),
         Command::Soak(args) => soak::run(args),
         Command::Img(args) => crate::img::run(args),
+        Command::Thin(args) => crate::thin::run(args),
     }
 }
 
