@@ -28,23 +28,19 @@ pub(super) fn count_distinct(refs: &[u64]) -> u64 {
 }
 
 impl Checker {
-    /// Compares the stored counts of blocks `first..` with their recount; returns how many
-    /// blocks the stored counts hold as allocated.
+    /// Compares the stored counts of blocks `first..` with their recount.
     pub(super) fn compare_counts(
         &mut self,
         which: Which,
         first: u64,
         stored: &[u32],
-        recount: &[u32],
-    ) -> u64 {
-        let mut allocated = 0;
-        for (block, (&s, &r)) in (first..).zip(stored.iter().zip(recount)) {
-            allocated += u64::from(s > 0);
+        found: &[u32],
+    ) {
+        for (block, (&s, &r)) in (first..).zip(stored.iter().zip(found)) {
             if s != r {
                 self.count_problem(which, block, s, r);
             }
         }
-        allocated
     }
 
     fn count_problem(&mut self, which: Which, block: u64, stored: u32, found: u32) {

@@ -74,18 +74,16 @@ impl Checker {
         self.walk(Tree::Overflow(DATA.slot), root.ref_count_root);
         let entries = self.index_entries(root);
         self.data_refs.sort_unstable();
-        let mut allocated = 0u64;
         for (i, entry) in entries {
             let at = BitmapAt::new(DATA, root.nr_blocks, i, entry);
             let Some(counts) = self.bitmap_counts(&at) else {
                 continue;
             };
             let recount = recount(&self.data_refs, at.first, at.len);
-            allocated += self.compare_counts(DATA, at.first, &counts, &recount);
+            self.compare_counts(DATA, at.first, &counts, &recount);
         }
         self.report.totals.data_blocks_used = count_distinct(&self.data_refs);
         self.check_overflow_used(DATA, root);
-        self.check_allocated(DATA, root, allocated);
     }
 
     /// The data space map's index entries, checked to be exactly the bitmaps `0..n`.
@@ -129,11 +127,9 @@ impl Checker {
         let n = nr_blocks.div_ceil(ENTRIES_PER_BITMAP);
         self.walk(Tree::Overflow(METADATA.slot), root.ref_count_root);
         let mut stored = Vec::new();
-        let mut allocated = 0u64;
         for (i, entry) in self.metadata_index(root.bitmap_root, n) {
             let at = BitmapAt::new(METADATA, nr_blocks, i, entry);
             if let Some(counts) = self.bitmap_counts(&at) {
-                allocated += counts.iter().filter(|&&c| c > 0).count() as u64;
                 let first = usize::try_from(at.first).unwrap_or(usize::MAX);
                 let end = first.saturating_add(counts.len());
                 if stored.len() < end {
@@ -143,7 +139,6 @@ impl Checker {
             }
         }
         self.check_overflow_used(METADATA, root);
-        self.check_allocated(METADATA, root, allocated);
         stored
     }
 
@@ -171,8 +166,10 @@ impl Checker {
         }
     }
 
-    /// The counts bitmap `at` stores (overflow counts looked up), after checking the block
-    /// and its index entry.
+    /// The counts bitmap `at` stores (overflow counts looked up), after checking the block.
+    /// The index entry's `nr_free` and the root's `nr_allocated` are hints that the loaders
+    /// recompute and neither thin_check looks at (thin_restore 0.9 writes them one ahead for
+    /// the metadata and without the tail past the end for the data): not checked.
     fn bitmap_counts(&mut self, at: &BitmapAt) -> Option<Vec<u32>> {
         let (which, location) = (at.which, at.entry.blocknr);
         let what = format!("bitmap {} of the {} space map", at.i, which.name);
@@ -199,7 +196,6 @@ impl Checker {
             }
         };
         let small = decode_bitmap(&raw, at.len);
-        self.check_nr_free(at, &what, &small);
         let mut counts = Vec::with_capacity(small.len());
         for (block, value) in (at.first..).zip(small) {
             counts.push(match value {
@@ -208,18 +204,6 @@ impl Checker {
             });
         }
         Some(counts)
-    }
-
-    fn check_nr_free(&mut self, at: &BitmapAt, what: &str, small: &[u8]) {
-        let used = small.iter().filter(|&&v| v != 0).count() as u64;
-        let free = ENTRIES_PER_BITMAP - used;
-        if u64::from(at.entry.nr_free) != free {
-            let message = format!(
-                "{what}: index entry records {} free entries, the bitmap has {free}",
-                at.entry.nr_free
-            );
-            self.problem(at.which.area, Some(at.entry.blocknr), None, message);
-        }
     }
 
     /// The overflow count of `block`, whose entry in bitmap `location` is overflowed.
@@ -246,7 +230,7 @@ impl Checker {
         }
     }
 
-    /// Reports the overflow counts no overflowed bitmap entry used, and those below 3.
+    /// Reports the overflow counts that no overflowed bitmap entry used.
     fn check_overflow_used(&mut self, which: Which, root: SmRoot) {
         let left = std::mem::take(&mut self.overflow[which.slot]);
         for (block, count) in left {
@@ -256,16 +240,6 @@ impl Checker {
                 which.name, root.nr_blocks
             );
             self.problem(which.area, None, None, message);
-        }
-    }
-
-    fn check_allocated(&mut self, which: Which, root: SmRoot, allocated: u64) {
-        if root.nr_allocated != allocated {
-            let message = format!(
-                "root records {} allocated blocks, the bitmaps hold {allocated}",
-                root.nr_allocated
-            );
-            self.problem(which.area, Some(0), None, message);
         }
     }
 }
