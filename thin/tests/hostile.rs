@@ -2,10 +2,13 @@
 //! damage, `check` names the problem, Debian's `thin_check` refuses the pool too, and
 //! `Metadata::open` or the first operation that reaches the damage fails without panicking.
 
+mod common;
+
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use common::peers::{self, Peer};
 use rustbk_formats::EngineFile;
 use rustbk_formats::engine::Access;
 use rustbk_thin::check::{self, Area, CheckOptions, Report};
@@ -127,30 +130,25 @@ fn map(md: &mut Metadata, id: u64, vblocks: std::ops::Range<u64>) {
     }
 }
 
-/// Debian's `thin_check` 0.9 (which must be installed) on a damaged pool: it refuses it, or
-/// it does not look at what was damaged (the reason says what it misses).
+/// A peer `thin_check` on a damaged pool: it refuses it, or it does not look at what was
+/// damaged (the reason says what it misses).
 #[derive(Debug, PartialEq, Eq)]
 enum ThinCheck {
     Refuses,
     Misses(&'static str),
 }
 
-/// Runs `thin_check` on the pool and compares its verdict with `expected`.
-fn assert_thin_check(pool: &Pool, expected: ThinCheck) {
-    let out = std::process::Command::new("/usr/sbin/thin_check")
-        .arg(&pool.path)
-        .output()
-        .expect("thin_check (thin-provisioning-tools) must be installed");
-    let passed = out.status.success();
-    let expected_pass = matches!(expected, ThinCheck::Misses(_));
-    assert_eq!(
-        passed,
-        expected_pass,
-        "thin_check {} the pool, expected {expected:?}:\n{}{}",
-        if passed { "passed" } else { "refused" },
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// Runs `thin_check` 0.9 and 1.1 on the pool and compares their verdicts with `old` and `new`.
+fn assert_thin_check(pool: &Pool, old: ThinCheck, new: ThinCheck) {
+    for (peer, expected) in [(Peer::V0_9, old), (Peer::V1_1, new)] {
+        let verdict = peers::thin_check(peer, &pool.path);
+        let expected_pass = matches!(expected, ThinCheck::Misses(_));
+        assert_eq!(
+            verdict.is_ok(),
+            expected_pass,
+            "thin_check {peer:?}, expected {expected:?}: {verdict:?}"
+        );
+    }
 }
 
 /// Asserts that `check` found a problem of `area` whose message contains `words`.
@@ -194,7 +192,11 @@ fn undamaged_pool_checks_clean_and_passes_thin_check() {
     let pool = Pool::new();
     let report = pool.check();
     assert!(report.is_clean(), "{report}");
-    assert_thin_check(&pool, ThinCheck::Misses("nothing: the pool is sound"));
+    assert_thin_check(
+        &pool,
+        ThinCheck::Misses("nothing: the pool is sound"),
+        ThinCheck::Misses("nothing: the pool is sound"),
+    );
     let mut md = pool.open().unwrap();
     assert_eq!(
         md.lookup_range(1, 0..u64::MAX).unwrap().len() as u64,
@@ -212,7 +214,7 @@ fn node_with_a_bad_checksum_is_reported_and_refused() {
     let report = pool.check();
     assert_reports(&report, Area::Btree, "bad checksum");
     assert!(report.in_area(Area::Btree).any(|p| p.block == Some(leaf)));
-    assert_thin_check(&pool, ThinCheck::Refuses);
+    assert_thin_check(&pool, ThinCheck::Refuses, ThinCheck::Refuses);
     let failure = first_failure(&pool);
     assert!(failure.contains("checksum"), "{failure}");
 }
@@ -227,7 +229,7 @@ fn cycle_in_a_block_tree_is_reported_and_refused() {
     pool.write_node(root, &node);
     let report = pool.check();
     assert_reports(&report, Area::Btree, "cycle");
-    assert_thin_check(&pool, ThinCheck::Refuses);
+    assert_thin_check(&pool, ThinCheck::Refuses, ThinCheck::Refuses);
     first_failure(&pool);
 }
 
@@ -240,7 +242,7 @@ fn child_pointer_past_the_end_is_reported_and_refused() {
     pool.write_node(root, &node);
     let report = pool.check();
     assert_reports(&report, Area::Btree, "past the end of the metadata");
-    assert_thin_check(&pool, ThinCheck::Refuses);
+    assert_thin_check(&pool, ThinCheck::Refuses, ThinCheck::Refuses);
     let failure = first_failure(&pool);
     assert!(failure.contains("past the end"), "{failure}");
 }
@@ -261,6 +263,7 @@ fn data_block_past_the_end_is_reported_and_never_handed_out() {
     assert_thin_check(
         &pool,
         ThinCheck::Misses("mappings against the data space map size"),
+        ThinCheck::Refuses,
     );
     let mut md = pool.open().unwrap();
     let vblock = node.keys[3];
@@ -279,7 +282,11 @@ fn mapping_from_the_future_is_reported_and_never_handed_out() {
     pool.write_node(leaf, &node);
     let report = pool.check();
     assert_reports(&report, Area::Mappings, "after the pool's time");
-    assert_thin_check(&pool, ThinCheck::Misses("mapping times"));
+    assert_thin_check(
+        &pool,
+        ThinCheck::Misses("mapping times"),
+        ThinCheck::Misses("mapping times"),
+    );
     let mut md = pool.open().unwrap();
     assert!(md.lookup(1, node.keys[5]).is_err());
 }
@@ -298,7 +305,7 @@ fn bitmap_location_past_the_end_is_reported_and_refused() {
         Area::Btree,
         "bitmap 0 of the data space map points at block",
     );
-    assert_thin_check(&pool, ThinCheck::Refuses);
+    assert_thin_check(&pool, ThinCheck::Refuses, ThinCheck::Refuses);
     let failure = first_failure(&pool);
     assert!(failure.starts_with("open"), "{failure}");
 }
@@ -311,7 +318,11 @@ fn superblock_from_a_future_version_is_reported_and_refused() {
     pool.write_superblock(&sb);
     let report = pool.check();
     assert_reports(&report, Area::Superblock, "unknown metadata version 3");
-    assert_thin_check(&pool, ThinCheck::Misses("the superblock version"));
+    assert_thin_check(
+        &pool,
+        ThinCheck::Misses("the superblock version"),
+        ThinCheck::Misses("the superblock version"),
+    );
     let failure = first_failure(&pool);
     assert!(failure.contains("version 3"), "{failure}");
 }
@@ -324,7 +335,11 @@ fn superblock_with_unknown_incompatible_features_is_reported_and_refused() {
     pool.write_superblock(&sb);
     let report = pool.check();
     assert_reports(&report, Area::Superblock, "incompatible feature flags 0x10");
-    assert_thin_check(&pool, ThinCheck::Misses("the feature flags"));
+    assert_thin_check(
+        &pool,
+        ThinCheck::Misses("the feature flags"),
+        ThinCheck::Misses("the feature flags"),
+    );
     let failure = first_failure(&pool);
     assert!(failure.contains("0x10"), "{failure}");
 }
@@ -343,7 +358,11 @@ fn overflowed_bitmap_entry_without_an_overflow_count_is_reported_and_refused() {
         Area::DataSpaceMap,
         "data block 0 is marked overflowed",
     );
-    assert_thin_check(&pool, ThinCheck::Misses("the data space map"));
+    assert_thin_check(
+        &pool,
+        ThinCheck::Misses("the data space map's overflow tree"),
+        ThinCheck::Refuses,
+    );
     let failure = first_failure(&pool);
     assert!(failure.starts_with("open"), "{failure}");
 }
@@ -366,7 +385,11 @@ fn count_of_u32_max_is_reported_and_never_incremented_past() {
         Area::DataCount,
         "data block 0 has a count of 4294967295 but is referenced 1 times",
     );
-    assert_thin_check(&pool, ThinCheck::Misses("the data space map"));
+    assert_thin_check(
+        &pool,
+        ThinCheck::Misses("the data space map's counts"),
+        ThinCheck::Refuses,
+    );
     // Snapshot device 1 again, then write to the leaf holding data block 0: the shared leaf
     // is copied and every block in it gains a reference.
     let mut md = pool.open().unwrap();
@@ -386,7 +409,7 @@ fn node_whose_entries_would_overflow_the_block_is_reported_and_refused() {
     pool.write(leaf, b, Some(Kind::Node));
     let report = pool.check();
     assert_reports(&report, Area::Btree, "of 1000 entries");
-    assert_thin_check(&pool, ThinCheck::Refuses);
+    assert_thin_check(&pool, ThinCheck::Refuses, ThinCheck::Refuses);
     first_failure(&pool);
 }
 
@@ -421,6 +444,7 @@ fn huge_data_space_map_size_is_refused_without_allocating() {
     assert_thin_check(
         &pool,
         ThinCheck::Misses("the data space map's size against its index"),
+        ThinCheck::Refuses,
     );
     assert!(open_with_any_data_size(&pool).is_err());
 }
@@ -434,7 +458,11 @@ fn huge_metadata_space_map_size_is_refused_without_allocating() {
         Area::MetadataSpaceMap,
         "covers 9223372036854775807 blocks",
     );
-    assert_thin_check(&pool, ThinCheck::Refuses);
+    assert_thin_check(
+        &pool,
+        ThinCheck::Refuses,
+        ThinCheck::Misses("the metadata space map's size"),
+    );
     assert!(open_with_any_data_size(&pool).is_err());
 }
 
@@ -449,6 +477,7 @@ fn superblock_claiming_more_blocks_than_the_device_is_reported_and_refused() {
     assert_thin_check(
         &pool,
         ThinCheck::Misses("the metadata size against the device"),
+        ThinCheck::Misses("the metadata size against the device"),
     );
     let failure = first_failure(&pool);
     assert!(failure.starts_with("open"), "{failure}");
@@ -462,7 +491,11 @@ fn pool_time_past_24_bits_is_reported_and_refused() {
     pool.write_superblock(&sb);
     let report = pool.check();
     assert_reports(&report, Area::Superblock, "time 4294967295");
-    assert_thin_check(&pool, ThinCheck::Misses("the pool time"));
+    assert_thin_check(
+        &pool,
+        ThinCheck::Misses("the pool time"),
+        ThinCheck::Misses("the pool time"),
+    );
     let failure = first_failure(&pool);
     assert!(failure.starts_with("open"), "{failure}");
 }
@@ -500,7 +533,7 @@ fn unreferenced_metadata_block_counted_as_used_is_reported_as_a_leak() {
         report.in_area(Area::MetadataCount).next().is_none(),
         "{report}"
     );
-    assert_thin_check(&pool, ThinCheck::Refuses);
+    assert_thin_check(&pool, ThinCheck::Refuses, ThinCheck::Refuses);
 }
 
 #[test]
@@ -521,7 +554,7 @@ fn metadata_count_above_the_references_is_reported_as_a_wrong_count() {
         report.in_area(Area::MetadataLeak).next().is_none(),
         "{report}"
     );
-    assert_thin_check(&pool, ThinCheck::Refuses);
+    assert_thin_check(&pool, ThinCheck::Refuses, ThinCheck::Refuses);
 }
 
 #[test]
@@ -544,7 +577,7 @@ fn lost_block_tree_leaks_its_data_blocks_and_the_report_stops_at_its_limit() {
     let limited = check::check_path(&pool.path, &CheckOptions { max_problems: 3 }).unwrap();
     assert_eq!(limited.problems.len(), 3);
     assert!(limited.truncated);
-    assert_thin_check(&pool, ThinCheck::Refuses);
+    assert_thin_check(&pool, ThinCheck::Refuses, ThinCheck::Refuses);
 }
 
 #[test]
@@ -582,7 +615,7 @@ fn shared_node_outside_its_second_parents_range_is_reported() {
         report.problems.iter().any(|p| p.device == Some(2)),
         "{report}"
     );
-    assert_thin_check(&pool, ThinCheck::Refuses);
+    assert_thin_check(&pool, ThinCheck::Refuses, ThinCheck::Refuses);
     let mut md = pool.open().unwrap();
     assert!(md.lookup_range(2, 0..u64::MAX).is_err());
 }
@@ -597,7 +630,7 @@ fn bitmap_block_used_by_two_index_entries_is_reported_and_refused() {
     let report = pool.check();
     let words = format!("block {} is referenced again", entry.blocknr);
     assert_reports(&report, Area::DataSpaceMap, &words);
-    assert_thin_check(&pool, ThinCheck::Refuses);
+    assert_thin_check(&pool, ThinCheck::Refuses, ThinCheck::Refuses);
     let failure = first_failure(&pool);
     assert!(failure.starts_with("open"), "{failure}");
 }
@@ -635,7 +668,7 @@ fn data_index_naming_one_bitmap_many_times_is_refused_before_allocating_its_coun
     pool.write_superblock(&sb);
     let report = pool.check();
     assert_reports(&report, Area::DataSpaceMap, "is referenced again");
-    assert_thin_check(&pool, ThinCheck::Refuses);
+    assert_thin_check(&pool, ThinCheck::Refuses, ThinCheck::Refuses);
     let before = peak_rss_kib();
     assert!(open_with_any_data_size(&pool).is_err());
     let grown = peak_rss_kib() - before;
