@@ -28,7 +28,7 @@ fn bitmap_location_past_the_end_is_reported_and_refused() {
     let report = pool.check();
     assert_reports(
         &report,
-        Area::Btree,
+        Area::DataSpaceMap,
         "bitmap 0 of the data space map points at block",
     );
     assert_thin_check(&pool, ThinCheck::Refuses, ThinCheck::Refuses);

@@ -103,7 +103,7 @@ impl Checker {
     }
 
     fn run(&mut self) {
-        self.reference(0, "the superblock");
+        self.reference(0, "the superblock", Area::Superblock);
         self.walk(trees::Tree::Details, self.sb.details_root);
         self.walk(trees::Tree::Top, self.sb.mapping_root);
         self.check_devices();
@@ -129,9 +129,9 @@ impl Checker {
         });
     }
 
-    /// Counts one reference to metadata block `block` from `what`; false (and a problem) if
-    /// the block is past the end of the metadata.
-    fn reference(&mut self, block: u64, what: &str) -> bool {
+    /// Counts one reference to metadata block `block` from `what`; false (and a problem of
+    /// `area`) if the block is past the end of the metadata.
+    fn reference(&mut self, block: u64, what: &str, area: Area) -> bool {
         let slot = usize::try_from(block)
             .ok()
             .and_then(|i| self.refs.get_mut(i));
@@ -145,7 +145,7 @@ impl Checker {
                     "{what} points at block {block}, past the end of the metadata ({} blocks)",
                     self.dev.nr_blocks()
                 );
-                self.problem(Area::Btree, None, None, message);
+                self.problem(area, None, None, message);
                 false
             }
         }

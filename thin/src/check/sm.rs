@@ -144,7 +144,7 @@ impl Checker {
 
     /// The metadata space map's index block and its first `n` entries.
     fn metadata_index(&mut self, location: u64, n: u64) -> Vec<(u64, IndexEntry)> {
-        if !self.reference(location, "the metadata space map") {
+        if !self.reference(location, "the metadata space map", METADATA.area) {
             return Vec::new();
         }
         let n = usize::try_from(n).unwrap_or(usize::MAX);
@@ -173,7 +173,7 @@ impl Checker {
     fn bitmap_counts(&mut self, at: &BitmapAt) -> Option<Vec<u32>> {
         let (which, location) = (at.which, at.entry.blocknr);
         let what = format!("bitmap {} of the {} space map", at.i, which.name);
-        if !self.reference(location, &what) {
+        if !self.reference(location, &what, which.area) {
             return None;
         }
         if self.refs_of(location) > 1 {

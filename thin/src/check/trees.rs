@@ -113,7 +113,7 @@ impl Checker {
     }
 
     fn walk_node(&mut self, tree: Tree, location: u64, place: Place) -> Subtree {
-        if !self.reference(location, &tree.name()) || self.report.full() {
+        if !self.reference(location, &tree.name(), Area::Btree) || self.report.full() {
             return Subtree::default();
         }
         match self.nodes.get(&location) {
