@@ -5,7 +5,7 @@ mod common;
 
 use common::damage::*;
 use rustbk_thin::check::Area;
-use rustbk_thin::meta::{Mapping, TIME_MASK};
+use rustbk_thin::meta::{DeviceDetails, Mapping, TIME_MASK};
 use rustbk_thin::pdata::block::{Kind, put_u32};
 
 #[test]
@@ -243,4 +243,38 @@ fn shared_node_outside_its_second_parents_range_is_reported() {
     assert_thin_check(&pool, ThinCheck::Refuses, ThinCheck::Refuses);
     let mut md = pool.open().unwrap();
     assert!(md.lookup_range(2, 0..u64::MAX).is_err());
+}
+
+#[test]
+fn device_missing_from_the_mapping_tree_is_reported_and_refused() {
+    let pool = Pool::new();
+    let top_at = pool.superblock().mapping_root;
+    let mut top = pool.node(top_at, 8);
+    top.remove_at(1);
+    pool.write_node(top_at, &top);
+    let report = pool.check();
+    assert_reports(&report, Area::Devices, "has details but no mapping tree");
+    assert!(report.in_area(Area::Devices).all(|p| p.device == Some(2)));
+    assert_thin_check(&pool, ThinCheck::Refuses, ThinCheck::Refuses);
+    let mut md = pool.open().unwrap();
+    assert!(md.lookup(2, 0).is_err());
+}
+
+#[test]
+fn wrong_mapped_block_count_is_reported() {
+    let pool = Pool::new();
+    let details_at = pool.superblock().details_root;
+    let mut details = pool.node(details_at, 24);
+    let mut d = DeviceDetails::decode(details.value(0));
+    d.mapped_blocks += 1;
+    details.set_value(0, &d.encode());
+    pool.write_node(details_at, &details);
+    let report = pool.check();
+    let words = format!(
+        "details record {} mapped blocks, its tree holds {MAPPED}",
+        MAPPED + 1
+    );
+    assert_reports(&report, Area::Devices, &words);
+    let why = ThinCheck::Misses("mapped_blocks");
+    assert_thin_check(&pool, why, ThinCheck::Refuses);
 }
