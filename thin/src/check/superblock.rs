@@ -28,12 +28,12 @@ pub(super) fn check(
             message,
         })
     };
-    let raw = match MetaDev::new(file.clone(), whole.min(1)).and_then(|d| d.read_raw(0)) {
-        Ok(raw) if whole > 0 => raw,
-        Ok(_) => {
-            add("the metadata device holds no whole block".into());
-            return None;
-        }
+    if whole == 0 {
+        add("the metadata device holds no whole block".into());
+        return None;
+    }
+    let raw = match MetaDev::new(file.clone(), 1).and_then(|d| d.read_raw(0)) {
+        Ok(raw) => raw,
         Err(e) => {
             add(format!("cannot be read: {}", describe(e)));
             return None;

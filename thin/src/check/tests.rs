@@ -184,3 +184,24 @@ fn million_mappings_and_their_snapshots_check_in_seconds() {
     // takes well under a second in release.
     assert!(took < std::time::Duration::from_secs(60), "{took:?}");
 }
+
+#[test]
+fn short_file_and_foreign_data_are_reported_as_not_a_pool() {
+    let (_dir, path) = meta_file(0);
+    std::fs::write(&path, [0u8; 100]).unwrap();
+    let report = check_file(&path);
+    assert_eq!(report.problems.len(), 1, "{report}");
+    assert!(report.problems[0].message.contains("no whole block"));
+    std::fs::write(&path, vec![0x5au8; 8192]).unwrap();
+    let report = check_file(&path);
+    assert!(
+        report
+            .in_area(Area::Superblock)
+            .any(|p| p.message.contains("bad magic"))
+    );
+    assert!(
+        report
+            .in_area(Area::Superblock)
+            .any(|p| p.message.contains("checksum"))
+    );
+}
