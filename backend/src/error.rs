@@ -26,6 +26,9 @@ pub enum Error {
     /// The image could not be opened or used.
     #[error("Image error")]
     Image(#[from] rustbk_formats::Error),
+    /// The thin pool or volume could not be opened or used.
+    #[error("Thin pool error")]
+    Thin(#[from] rustbk_thin::Error),
     /// Mapping the ring or binding the event channel failed.
     #[error("Platform error")]
     Platform(#[from] rustbk_grant::Error),
@@ -55,6 +58,7 @@ impl Error {
             | Error::Journal { source, .. } => source.raw_os_error().unwrap_or(nix::libc::EIO),
             Error::BadNode { .. } => nix::libc::EINVAL,
             Error::Image(e) => e.errno(),
+            Error::Thin(e) => e.errno(),
             Error::Platform(_) | Error::Ring(_) => nix::libc::EIO,
         }
     }

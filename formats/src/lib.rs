@@ -20,8 +20,8 @@ mod image;
 pub mod qcow2;
 pub mod raw;
 
-#[cfg(test)]
-mod suite;
+#[cfg(any(test, feature = "suite"))]
+pub mod suite;
 
 pub use buffer::{AlignedBuf, Composite, IoBuffers, IoVec, SharedBuf, SharedBufs};
 pub use confine::{BackingPolicy, protocol_of};

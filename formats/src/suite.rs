@@ -1,6 +1,7 @@
 //! The shared test suite: behaviour every [`ImageQueue`] must show, whatever the format and
 //! engine. Each check takes a queue opened with depth [`DEPTH`] on a writable image of at least
-//! [`MIN_SIZE`] bytes (unless it says otherwise) and panics on a violation.
+//! [`MIN_SIZE`] bytes (unless it says otherwise) and panics on a violation. Built for this
+//! crate's tests and, with the `suite` feature, for the tests of other crates' images.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -12,13 +13,13 @@ use crate::error::Error;
 use crate::image::{Completion, ImageQueue, IoOp};
 
 /// Queue depth the checks expect.
-pub(crate) const DEPTH: u32 = 64;
+pub const DEPTH: u32 = 64;
 /// Smallest image the checks work on.
-pub(crate) const MIN_SIZE: u64 = 16 << 20;
+pub const MIN_SIZE: u64 = 16 << 20;
 const LONG: Duration = Duration::from_secs(10);
 
 /// Deterministic, position-dependent bytes.
-pub(crate) fn pattern(seed: u64, len: usize) -> Vec<u8> {
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
     (0..len as u64)
         .map(|i| (i.wrapping_mul(31).wrapping_add(seed.wrapping_mul(7919)) % 251) as u8)
         .collect()
@@ -26,7 +27,7 @@ pub(crate) fn pattern(seed: u64, len: usize) -> Vec<u8> {
 
 /// Asserts two byte strings are equal, reporting the first difference (not megabytes of bytes).
 #[track_caller]
-pub(crate) fn assert_bytes(got: &[u8], expected: &[u8], what: &str) {
+pub fn assert_bytes(got: &[u8], expected: &[u8], what: &str) {
     if let Some(i) = got.iter().zip(expected).position(|(a, b)| a != b) {
         panic!(
             "{what}: first difference at byte {i}: got {} expected {}",
@@ -37,7 +38,7 @@ pub(crate) fn assert_bytes(got: &[u8], expected: &[u8], what: &str) {
 }
 
 /// Waits until `count` completions have been reaped (panics after a generous timeout).
-pub(crate) fn reap_n(q: &mut dyn ImageQueue, count: usize) -> Vec<Completion> {
+pub fn reap_n(q: &mut dyn ImageQueue, count: usize) -> Vec<Completion> {
     let start = Instant::now();
     let mut out = Vec::new();
     while out.len() < count {
@@ -54,7 +55,7 @@ pub(crate) fn reap_n(q: &mut dyn ImageQueue, count: usize) -> Vec<Completion> {
 }
 
 /// Submits one op, commits and returns its result.
-pub(crate) fn run(q: &mut dyn ImageQueue, op: IoOp) -> Result<(), Error> {
+pub fn run(q: &mut dyn ImageQueue, op: IoOp) -> Result<(), Error> {
     q.submit(op, 0xfeed).expect("submit");
     q.commit().expect("commit");
     let mut done = reap_n(q, 1);
@@ -64,7 +65,7 @@ pub(crate) fn run(q: &mut dyn ImageQueue, op: IoOp) -> Result<(), Error> {
 }
 
 /// Writes `data` at `offset` through one aligned segment.
-pub(crate) fn write_at(q: &mut dyn ImageQueue, offset: u64, data: &[u8]) -> Result<(), Error> {
+pub fn write_at(q: &mut dyn ImageQueue, offset: u64, data: &[u8]) -> Result<(), Error> {
     let buf = SharedBuf::new(data.len());
     assert!(buf.copy_in(0, data));
     run(
@@ -77,7 +78,7 @@ pub(crate) fn write_at(q: &mut dyn ImageQueue, offset: u64, data: &[u8]) -> Resu
 }
 
 /// Reads `len` bytes at `offset` through one aligned segment.
-pub(crate) fn read_at(q: &mut dyn ImageQueue, offset: u64, len: usize) -> Result<Vec<u8>, Error> {
+pub fn read_at(q: &mut dyn ImageQueue, offset: u64, len: usize) -> Result<Vec<u8>, Error> {
     let buf = SharedBuf::new(len);
     run(
         q,
@@ -90,7 +91,7 @@ pub(crate) fn read_at(q: &mut dyn ImageQueue, offset: u64, len: usize) -> Result
 }
 
 /// Runs every check that needs a writable image.
-pub(crate) fn run_writable(q: &mut dyn ImageQueue, size: u64) {
+pub fn run_writable(q: &mut dyn ImageQueue, size: u64) {
     written_patterns_read_back_at_many_offsets(q, size);
     vectored_ops_use_every_segment_in_order(q);
     sixty_four_ops_in_flight_all_complete_with_their_tags(q);
@@ -106,7 +107,7 @@ pub(crate) fn run_writable(q: &mut dyn ImageQueue, size: u64) {
     wait_with_timeout_returns_when_idle_or_done(q);
 }
 
-pub(crate) fn written_patterns_read_back_at_many_offsets(q: &mut dyn ImageQueue, size: u64) {
+pub fn written_patterns_read_back_at_many_offsets(q: &mut dyn ImageQueue, size: u64) {
     let offsets = [0, 16384, 65536, 1 << 20, 3 << 20, size - 8192];
     for (i, &off) in offsets.iter().enumerate() {
         write_at(q, off, &pattern(i as u64, 8192)).expect("write");
@@ -120,7 +121,7 @@ pub(crate) fn written_patterns_read_back_at_many_offsets(q: &mut dyn ImageQueue,
     }
 }
 
-pub(crate) fn vectored_ops_use_every_segment_in_order(q: &mut dyn ImageQueue) {
+pub fn vectored_ops_use_every_segment_in_order(q: &mut dyn ImageQueue) {
     let segments = [(8192, 512), (0, 4096), (4096, 1024), (12288, 3584)];
     let total: usize = segments.iter().map(|s| s.1).sum();
     let data = pattern(99, 16384);
@@ -158,7 +159,7 @@ pub(crate) fn vectored_ops_use_every_segment_in_order(q: &mut dyn ImageQueue) {
     }
 }
 
-pub(crate) fn sixty_four_ops_in_flight_all_complete_with_their_tags(q: &mut dyn ImageQueue) {
+pub fn sixty_four_ops_in_flight_all_complete_with_their_tags(q: &mut dyn ImageQueue) {
     let base = 4u64 << 20;
     for i in 0..u64::from(DEPTH) {
         let buf = SharedBuf::new(4096);
@@ -200,7 +201,7 @@ pub(crate) fn sixty_four_ops_in_flight_all_complete_with_their_tags(q: &mut dyn 
     }
 }
 
-pub(crate) fn submit_past_depth_fails_with_queue_full(q: &mut dyn ImageQueue) {
+pub fn submit_past_depth_fails_with_queue_full(q: &mut dyn ImageQueue) {
     for tag in 0..u64::from(DEPTH) {
         q.submit(IoOp::Flush, tag).expect("within depth");
     }
@@ -212,7 +213,7 @@ pub(crate) fn submit_past_depth_fails_with_queue_full(q: &mut dyn ImageQueue) {
     run(q, IoOp::Flush).expect("room again after reaping");
 }
 
-pub(crate) fn flush_succeeds_after_writes(q: &mut dyn ImageQueue) {
+pub fn flush_succeeds_after_writes(q: &mut dyn ImageQueue) {
     write_at(q, 0, &pattern(5, 4096)).expect("write");
     run(q, IoOp::Flush).expect("flush");
     assert_bytes(
@@ -222,7 +223,7 @@ pub(crate) fn flush_succeeds_after_writes(q: &mut dyn ImageQueue) {
     );
 }
 
-pub(crate) fn discarded_range_reads_as_zeros(q: &mut dyn ImageQueue) {
+pub fn discarded_range_reads_as_zeros(q: &mut dyn ImageQueue) {
     let off = 6u64 << 20;
     write_at(q, off, &pattern(6, 1 << 20)).expect("write");
     run(
@@ -241,7 +242,7 @@ pub(crate) fn discarded_range_reads_as_zeros(q: &mut dyn ImageQueue) {
     );
 }
 
-pub(crate) fn write_zeroes_range_reads_as_zeros(q: &mut dyn ImageQueue) {
+pub fn write_zeroes_range_reads_as_zeros(q: &mut dyn ImageQueue) {
     let off = 8u64 << 20;
     write_at(q, off, &pattern(8, 65536)).expect("write");
     run(
@@ -258,7 +259,7 @@ pub(crate) fn write_zeroes_range_reads_as_zeros(q: &mut dyn ImageQueue) {
     assert_bytes(&got, &expected, "write zeroes");
 }
 
-pub(crate) fn misaligned_memory_is_read_and_written_correctly(q: &mut dyn ImageQueue) {
+pub fn misaligned_memory_is_read_and_written_correctly(q: &mut dyn ImageQueue) {
     let off = 9u64 << 20;
     let data = pattern(9, 8192);
     let out = SharedBuf::with_segments(8193, &[(1, 4096), (4097, 4096)]).expect("segments");
@@ -290,7 +291,7 @@ pub(crate) fn misaligned_memory_is_read_and_written_correctly(q: &mut dyn ImageQ
     assert_eq!(&got[..3], &[0, 0, 0], "bytes outside the segment untouched");
 }
 
-pub(crate) fn misaligned_offsets_are_read_and_written_correctly(q: &mut dyn ImageQueue) {
+pub fn misaligned_offsets_are_read_and_written_correctly(q: &mut dyn ImageQueue) {
     let off = 10u64 << 20;
     write_at(q, off, &pattern(10, 8192)).expect("write");
     write_at(q, off + 100, &[0xAB; 333]).expect("misaligned write");
@@ -308,7 +309,7 @@ pub(crate) fn misaligned_offsets_are_read_and_written_correctly(q: &mut dyn Imag
     );
 }
 
-pub(crate) fn ops_beyond_the_end_complete_with_an_error(q: &mut dyn ImageQueue, size: u64) {
+pub fn ops_beyond_the_end_complete_with_an_error(q: &mut dyn ImageQueue, size: u64) {
     let past = write_at(q, size - 512, &[1; 1024]);
     assert_eq!(
         past.expect_err("write across the end").errno(),
@@ -339,7 +340,7 @@ pub(crate) fn ops_beyond_the_end_complete_with_an_error(q: &mut dyn ImageQueue, 
     assert_eq!(q.in_flight(), 0);
 }
 
-pub(crate) fn empty_ops_complete_successfully(q: &mut dyn ImageQueue) {
+pub fn empty_ops_complete_successfully(q: &mut dyn ImageQueue) {
     run(
         q,
         IoOp::Read {
@@ -356,7 +357,7 @@ fn readable(q: &dyn ImageQueue, timeout_ms: u16) -> bool {
     poll(&mut fds, PollTimeout::from(timeout_ms)).expect("poll") == 1
 }
 
-pub(crate) fn notifier_is_readable_until_reap(q: &mut dyn ImageQueue) {
+pub fn notifier_is_readable_until_reap(q: &mut dyn ImageQueue) {
     let mut out = Vec::new();
     q.reap(&mut out);
     assert!(!readable(q, 0), "idle queue signals");
@@ -368,7 +369,7 @@ pub(crate) fn notifier_is_readable_until_reap(q: &mut dyn ImageQueue) {
     assert!(!readable(q, 0), "reap left the notifier readable");
 }
 
-pub(crate) fn wait_with_timeout_returns_when_idle_or_done(q: &mut dyn ImageQueue) {
+pub fn wait_with_timeout_returns_when_idle_or_done(q: &mut dyn ImageQueue) {
     let start = Instant::now();
     q.wait(Some(Duration::from_secs(5))).expect("idle wait");
     assert!(
@@ -392,7 +393,7 @@ pub(crate) fn wait_with_timeout_returns_when_idle_or_done(q: &mut dyn ImageQueue
 }
 
 /// Checks for a queue on a read-only image holding at least one MiB.
-pub(crate) fn read_only_refuses_modifying_ops(q: &mut dyn ImageQueue) {
+pub fn read_only_refuses_modifying_ops(q: &mut dyn ImageQueue) {
     let write = write_at(q, 0, &[1; 512]);
     assert_eq!(write.expect_err("write").errno(), libc::EROFS);
     let discard = run(

@@ -36,12 +36,34 @@ pub enum Error {
     /// An argument (size, block size, id) is not acceptable.
     #[error("Invalid argument: {0}")]
     InvalidArgument(String),
+    /// A metadata change failed half-way; the pool went back to its last commit and takes no
+    /// more changes until it is reopened.
+    #[error("The pool takes no more changes: {0}")]
+    PoolFailed(String),
+    /// A volume did not answer a pause request in time, or is busy otherwise.
+    #[error("Busy: {0}")]
+    Busy(String),
 }
 
 impl Error {
     /// A [`Error::Corrupt`] from anything printable.
     pub(crate) fn corrupt(why: impl Into<String>) -> Error {
         Error::Corrupt(why.into())
+    }
+}
+
+impl Error {
+    /// The errno a guest sees for this error.
+    pub fn errno(&self) -> i32 {
+        match self {
+            Error::Io(e) => e.errno(),
+            Error::MetadataFull(_) | Error::DataFull(_) => libc::ENOSPC,
+            Error::InvalidArgument(_) => libc::EINVAL,
+            Error::NoSuchDevice(_) => libc::ENODEV,
+            Error::DeviceExists(_) => libc::EEXIST,
+            Error::Busy(_) => libc::EBUSY,
+            _ => libc::EIO,
+        }
     }
 }
 

@@ -2,11 +2,17 @@
 #![forbid(unsafe_code)]
 
 pub mod check;
+pub mod dir;
 pub mod error;
 pub mod interchange;
 pub mod meta;
 pub mod pdata;
+pub mod pool;
 pub mod port;
+pub mod volume;
 pub mod xml;
+
+#[cfg(test)]
+mod testing;
 
 pub use error::{Error, Result};

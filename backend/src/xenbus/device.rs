@@ -11,7 +11,9 @@ use tracing::Instrument;
 
 use super::connect::{attach_ring, disk_limits, read_frontend_ring};
 use super::journal::{open_journal, remove_journal};
-use super::keys::{BackendInfo, discard_offered, publish_disk, publish_features, read_backend};
+use super::keys::{
+    BackendInfo, Disk, discard_offered, publish_disk, publish_features, read_backend,
+};
 use super::{Store, XenbusState, fatal};
 use crate::worker::{Worker, WorkerConfig, WorkerExit};
 use crate::{Error, Stats};
@@ -188,6 +190,10 @@ async fn read_and_open(
 }
 
 fn open(info: &BackendInfo, opts: &BackendOptions) -> Result<Arc<dyn BlockImage>, Error> {
+    let (format, path) = match &info.disk {
+        Disk::Image { format, path } => (*format, path),
+        Disk::Thin { pool, volume } => return super::thin::open(pool, volume, info, opts),
+    };
     let open_opts = OpenOptions {
         read_only: info.read_only,
         direct: opts.direct,
@@ -196,9 +202,9 @@ fn open(info: &BackendInfo, opts: &BackendOptions) -> Result<Arc<dyn BlockImage>
         backing: BackingPolicy::Confined(opts.backing_dirs.clone()),
         ..OpenOptions::default()
     };
-    let image = open_image(&info.path, info.format, &open_opts)?;
+    let image = open_image(path, format, &open_opts)?;
     let g = image.geometry();
-    tracing::info!(path = %info.path.display(), format = ?info.format, size = g.size, read_only = info.read_only, "image opened");
+    tracing::info!(path = %path.display(), ?format, size = g.size, read_only = info.read_only, "image opened");
     Ok(image)
 }
 

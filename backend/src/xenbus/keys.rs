@@ -15,15 +15,32 @@ pub const VDISK_REMOVABLE: u32 = 2;
 /// `info` bit: the disk is read-only.
 pub const VDISK_READONLY: u32 = 4;
 
+/// What a disk's `params` names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Disk {
+    /// An image file or block device in a format: raw unless `params` names another.
+    Image {
+        /// The format.
+        format: Format,
+        /// The path.
+        path: PathBuf,
+    },
+    /// A volume of a thin pool: `thin:/path/to/pool:VOLUME` (an id or a name).
+    Thin {
+        /// The pool directory.
+        pool: PathBuf,
+        /// The volume's id or name.
+        volume: String,
+    },
+}
+
 /// What the toolstack wrote in the backend directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct BackendInfo {
     /// The frontend's directory.
     pub frontend: String,
-    /// The image path.
-    pub path: PathBuf,
-    /// The image format: raw unless `params` names another (`qcow2:/path`).
-    pub format: Format,
+    /// What to serve, from `params`.
+    pub disk: Disk,
     /// `mode` is `r`.
     pub read_only: bool,
     /// `discard-enable` is not `0`.
@@ -54,7 +71,7 @@ pub(super) async fn read_backend(store: &Store, be: &str) -> Result<BackendInfo,
     let frontend = required(store, format!("{be}/frontend")).await?;
     let params_key = format!("{be}/params");
     let params = required(store, params_key.clone()).await?;
-    let (format, path) = parse_params(&params).map_err(|why| bad(&params_key, &params, &why))?;
+    let disk = parse_params(&params).map_err(|why| bad(&params_key, &params, &why))?;
     let mode = store
         .read(&format!("{be}/mode"))
         .await?
@@ -62,8 +79,7 @@ pub(super) async fn read_backend(store: &Store, be: &str) -> Result<BackendInfo,
     let opt = |k: &'static str| async move { store.read(&format!("{be}/{k}")).await };
     Ok(BackendInfo {
         frontend,
-        path,
-        format,
+        disk,
         read_only: !mode.starts_with('w'),
         discard_enable: opt("discard-enable").await?.is_none_or(|v| v.trim() != "0"),
         cdrom: opt("device-type")
@@ -73,13 +89,14 @@ pub(super) async fn read_backend(store: &Store, be: &str) -> Result<BackendInfo,
     })
 }
 
-/// Splits `params` into the image format and path.
+/// What `params` names.
 ///
 /// A plain path is raw, as xl's `phy` means: the format is never probed, because a guest can
 /// write any header into a raw disk (QEMU's CVE-2008-2004). Another format is served only when
 /// the toolstack names it with a prefix: `qcow2:/path`; `raw:/path` and tapdisk's `aio:/path`
-/// are raw. An unknown prefix (text before a `:` that comes before any `/`) is refused.
-pub(super) fn parse_params(params: &str) -> Result<(Format, PathBuf), String> {
+/// are raw; `thin:/path/to/pool:VOLUME` is a thin volume. An unknown prefix (text before a
+/// `:` that comes before any `/`) is refused.
+pub(super) fn parse_params(params: &str) -> Result<Disk, String> {
     let params = params.trim();
     let (format, path) = match rustbk_formats::protocol_of(std::path::Path::new(params)) {
         None => (Format::Raw, params),
@@ -88,6 +105,7 @@ pub(super) fn parse_params(params: &str) -> Result<(Format, PathBuf), String> {
             match prefix.as_str() {
                 "raw" | "aio" => (Format::Raw, rest),
                 "qcow2" => (Format::Qcow2, rest),
+                "thin" => return parse_thin(rest),
                 other => return Err(format!("unknown format prefix {other:?}")),
             }
         }
@@ -95,7 +113,16 @@ pub(super) fn parse_params(params: &str) -> Result<(Format, PathBuf), String> {
     if path.is_empty() {
         return Err("no image path".to_owned());
     }
-    Ok((format, PathBuf::from(path)))
+    let path = PathBuf::from(path);
+    Ok(Disk::Image { format, path })
+}
+
+fn parse_thin(target: &str) -> Result<Disk, String> {
+    let (pool, volume) = rustbk_thin::dir::parse_target(target).map_err(|e| e.to_string())?;
+    Ok(Disk::Thin {
+        pool: pool.path,
+        volume,
+    })
 }
 
 /// Whether discard is offered to the frontend.
@@ -176,7 +203,10 @@ mod tests {
 
     #[test]
     fn plain_params_are_raw_and_other_formats_need_a_prefix() {
-        let ok = |f, p: &str| Ok((f, PathBuf::from(p)));
+        let ok = |format, p: &str| {
+            let path = PathBuf::from(p);
+            Ok(Disk::Image { format, path })
+        };
         assert_eq!(parse_params("/a/b.img"), ok(Format::Raw, "/a/b.img"));
         assert_eq!(parse_params("/a/b.qcow2"), ok(Format::Raw, "/a/b.qcow2"));
         assert_eq!(parse_params("/a:b/c.img"), ok(Format::Raw, "/a:b/c.img"));
@@ -188,5 +218,17 @@ mod tests {
         assert!(parse_params("json:{}").is_err());
         assert!(parse_params("  ").is_err());
         assert!(parse_params("raw:").is_err());
+    }
+
+    #[test]
+    fn thin_params_name_a_pool_directory_and_a_volume() {
+        let thin = |pool: &str, volume: &str| {
+            let (pool, volume) = (PathBuf::from(pool), volume.to_owned());
+            Ok(Disk::Thin { pool, volume })
+        };
+        assert_eq!(parse_params("thin:/srv/pool:7"), thin("/srv/pool", "7"));
+        assert_eq!(parse_params("thin:/a:b/pool:vm1"), thin("/a:b/pool", "vm1"));
+        assert!(parse_params("thin:/srv/pool").is_err());
+        assert!(parse_params("thin:/srv/pool:").is_err());
     }
 }

@@ -14,6 +14,7 @@ mod journal;
 mod keys;
 mod state;
 mod store;
+mod thin;
 
 pub use device::{BackendOptions, DEFAULT_POLL_US, DeviceSpec, error_chain, run_device};
 pub use guest::{GuestSpec, backend_root, claimed, claimed_devices, serve_guest};

@@ -63,9 +63,17 @@ impl Metadata {
             .ok_or(Error::DataFull(self.data.refs.nr_blocks()))
     }
 
-    /// Returns a block from [`Metadata::alloc_data`] that was never mapped.
+    /// Returns a block from [`Metadata::alloc_data`] that was never mapped; it is free again
+    /// at once. The caller makes sure no commit recorded the block as mapped (a commit while
+    /// the block was handed out only recorded its count, which this clears).
     pub fn release_data(&mut self, block: u64) -> Result<()> {
-        self.data.refs.dec(block).map(drop)
+        self.data.refs.unalloc(block)
+    }
+
+    /// Takes back a block given back with [`Metadata::release_data`] (the pool gives its
+    /// handed-out blocks back around a commit so that the commit records them free).
+    pub fn claim_data(&mut self, block: u64) -> Result<()> {
+        self.data.refs.claim(block)
     }
 
     /// Maps `vblock` of device `id` to data block `block` (from [`Metadata::alloc_data`]),

@@ -251,6 +251,10 @@ pub struct DemoArgs {
     /// Let the workload write over the existing contents of `--image`.
     #[arg(long, requires = "image")]
     pub overwrite: bool,
+    /// Serve a volume of a new thin pool in the work folder instead of a raw image (the pool
+    /// holds `--size` of data; the volume is `--size` large and starts unprovisioned).
+    #[arg(long, conflicts_with = "image")]
+    pub thin: bool,
     /// Size of a new image (a multiple of the sector size).
     #[arg(long, default_value = "1g", value_parser = parse_image_size)]
     pub size: u64,

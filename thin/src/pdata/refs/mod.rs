@@ -171,6 +171,29 @@ impl RefCounts {
         Some(block)
     }
 
+    /// Drops the single reference of a block that was handed out and never referenced by any
+    /// metadata, committed or not: it may be handed out again at once instead of after the
+    /// commit.
+    pub fn unalloc(&mut self, block: u64) -> Result<()> {
+        if self.get(block)? != 1 {
+            return Err(Error::corrupt(format!(
+                "block {block} given back while not held exactly once"
+            )));
+        }
+        self.set(block, 0)?;
+        self.freed.remove(&block);
+        Ok(())
+    }
+
+    /// Gives a free block that is not held back until the commit a count of one (takes back a
+    /// block given back with [`RefCounts::unalloc`]).
+    pub fn claim(&mut self, block: u64) -> Result<()> {
+        if self.get(block)? != 0 || self.freed.contains(&block) {
+            return Err(Error::InvalidArgument(format!("block {block} is not free")));
+        }
+        self.set(block, 1)
+    }
+
     fn find_free(&self, start: usize, end: usize) -> Option<usize> {
         let usable = |i: &usize| self.small[*i] == 0 && !self.freed.contains(&(*i as u64));
         (start..end)

@@ -120,3 +120,25 @@ proptest! {
         prop_assert_eq!(counts.overflow_entries(), overflow);
     }
 }
+
+#[test]
+fn a_block_given_back_unused_is_free_at_once() {
+    let mut counts = RefCounts::new(4).unwrap();
+    let b = counts.alloc().unwrap();
+    let free = counts.nr_free();
+    counts.unalloc(b).unwrap();
+    assert_eq!(counts.nr_free(), free + 1);
+    assert_eq!(counts.alloc(), Some(b + 1));
+    counts.claim(b).unwrap();
+    assert_eq!(counts.get(b).unwrap(), 1);
+}
+
+#[test]
+fn a_block_freed_in_the_transaction_cannot_be_claimed() {
+    let mut counts = RefCounts::new(4).unwrap();
+    let b = counts.alloc().unwrap();
+    counts.committed();
+    counts.dec(b).unwrap();
+    assert!(counts.claim(b).is_err());
+    assert!(counts.unalloc(b).is_err(), "count is zero already");
+}

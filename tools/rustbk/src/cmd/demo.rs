@@ -70,18 +70,20 @@ fn validate(args: &DemoArgs) -> anyhow::Result<()> {
 
 /// Starts the processes, runs the guest; whether the workload found no mismatch or error.
 fn run_in(args: &DemoArgs, user: Option<UserImage>, dir: &Path) -> anyhow::Result<bool> {
-    let (image, fresh) = prepare_image(args, user, dir)?;
+    let (params, fresh) = match args.thin {
+        true => (thin_volume(args, dir)?, true),
+        false => {
+            let (image, fresh) = prepare_image(args, user, dir)?;
+            (image.display().to_string(), fresh)
+        }
+    };
     let exe = std::env::current_exe().context("cannot find the rustbk executable")?;
     let mut cluster = EmuCluster::start_grouped(&exe, dir)?;
-    let spec = VbdSpec::rustbk(DomId(GUEST), XVDA, image.display().to_string());
+    let spec = VbdSpec::rustbk(DomId(GUEST), XVDA, params.clone());
     let backend_args = super::platform::backend_args(&args.backend);
     let backend_args: Vec<&str> = backend_args.iter().map(String::as_str).collect();
     cluster.add_disk(&spec, &backend_args)?;
-    println!(
-        "rustbk demo: {} on {}",
-        describe(&args.workload),
-        image.display()
-    );
+    println!("rustbk demo: {} on {params}", describe(&args.workload));
     println!(
         "  processes: xenstored {}, backend {}, guest {GUEST} (logs in {})",
         cluster.xenstored_pid(),
@@ -92,6 +94,25 @@ fn run_in(args: &DemoArgs, user: Option<UserImage>, dir: &Path) -> anyhow::Resul
     cluster.remove_disk(&spec)?;
     print_summary(&report);
     Ok(report.mismatches == 0 && report.errors == 0)
+}
+
+/// A new thin pool in the work folder holding `--size` of data, with an empty volume of
+/// `--size`; returns the disk's `params`.
+fn thin_volume(args: &DemoArgs, dir: &Path) -> anyhow::Result<String> {
+    let pool_dir = rustbk_thin::dir::PoolDir::new(dir.join("pool"));
+    let devices = rustbk_thin::dir::Devices::Files {
+        metadata: 64 << 20,
+        data: args.size,
+    };
+    let opts = rustbk_thin::pool::PoolOptions::default();
+    let pool = pool_dir.create(&devices, 64 << 10, opts)?;
+    let spec = rustbk_thin::pool::VolumeSpec {
+        size: args.size,
+        name: "demo".into(),
+        origin: None,
+    };
+    pool.create_volume(0, spec)?;
+    Ok(format!("thin:{}:0", pool_dir.path.display()))
 }
 
 /// The image to serve and whether it is all zeros.

@@ -3,7 +3,10 @@
 //! device, like `thin_check`, `thin_dump` and `thin_restore`.
 
 mod dump;
+mod list;
+mod pool;
 mod restore;
+mod volume;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -15,7 +18,10 @@ use rustbk_formats::EngineFile;
 use rustbk_formats::engine::Access;
 
 pub use dump::DumpArgs;
+pub use list::ListArgs;
+pub use pool::{CreatePoolArgs, GrowArgs};
 pub use restore::RestoreArgs;
+pub use volume::{CreateArgs, DeleteArgs, ResizeArgs, SnapshotArgs};
 
 /// `rustbk thin`.
 #[derive(Debug, Args)]
@@ -28,6 +34,20 @@ pub struct ThinArgs {
 /// The thin subcommands.
 #[derive(Debug, Subcommand)]
 pub enum ThinCommand {
+    /// Make a pool: a directory holding a metadata and a data file (or links to devices).
+    CreatePool(CreatePoolArgs),
+    /// Take in a pool's grown data and metadata devices.
+    Grow(GrowArgs),
+    /// Create a volume (allocated on first write).
+    Create(CreateArgs),
+    /// Snapshot a volume (O(1), the volume may be in use).
+    Snapshot(SnapshotArgs),
+    /// Delete a volume; the blocks no other volume shares are freed.
+    Delete(DeleteArgs),
+    /// Change the size of a volume.
+    Resize(ResizeArgs),
+    /// Show a pool's space and its volumes.
+    List(ListArgs),
     /// Print a pool's metadata as thin_dump's XML.
     Dump(DumpArgs),
     /// Write pool metadata from thin_dump's XML, as thin_restore does.
@@ -37,6 +57,13 @@ pub enum ThinCommand {
 /// Runs a thin subcommand.
 pub fn run(args: ThinArgs) -> anyhow::Result<ExitCode> {
     match args.command {
+        ThinCommand::CreatePool(a) => pool::create(a),
+        ThinCommand::Grow(a) => pool::grow(a),
+        ThinCommand::Create(a) => volume::create(a),
+        ThinCommand::Snapshot(a) => volume::snapshot(a),
+        ThinCommand::Delete(a) => volume::delete(a),
+        ThinCommand::Resize(a) => volume::resize(a),
+        ThinCommand::List(a) => list::run(a),
         ThinCommand::Dump(a) => dump::run(a),
         ThinCommand::Restore(a) => restore::run(a),
     }

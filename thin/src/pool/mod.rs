@@ -1,0 +1,368 @@
+//! The pool core: a pool's metadata, its volumes' records and the ports of the volumes being
+//! served, in one process. A later service puts a socket in front of it; the `rustbk thin`
+//! tools and the tests use it directly.
+//!
+//! Everything that changes the metadata runs under one lock ([`State`]). A metadata change
+//! that fails half-way (the metadata device is full, an I/O error) throws the transaction
+//! away: the pool goes back to its last commit and takes no more changes until it is opened
+//! again, so a failure never reaches the disk.
+
+mod gate;
+mod port;
+pub mod sidecar;
+mod space;
+mod volumes;
+
+#[cfg(test)]
+mod tests;
+
+pub use port::LocalPort;
+pub use sidecar::{Origin, VolumeRecord};
+pub use volumes::{VolumeSpec, VolumeUsage, format_of};
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rustbk_formats::EngineFile;
+use rustbk_formats::engine::Access;
+
+use crate::error::{Error, Result};
+use crate::meta::{Geometry, Metadata};
+use gate::CommitGate;
+use port::PortControl;
+
+/// What the pool does with a write that needs a block when the data device is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum OnFull {
+    /// Fail it at once with ENOSPC.
+    #[default]
+    Fail,
+    /// Hold it until space is added (or freed by a commit), for at most
+    /// [`PoolOptions::full_timeout`]; then fail it with ENOSPC.
+    Queue,
+}
+
+/// How a pool behaves.
+#[derive(Clone, Debug)]
+pub struct PoolOptions {
+    /// Data device full: fail or queue.
+    pub on_full: OnFull,
+    /// How long a queued write waits for space.
+    pub full_timeout: Duration,
+    /// When the free data blocks fall below this, the pool logs a warning and runs
+    /// `low_water_hook` once (again only after the free count rose above it).
+    pub low_water_blocks: u64,
+    /// A command run (without arguments, with `RUSTBK_POOL_METADATA` and
+    /// `RUSTBK_POOL_FREE_BLOCKS` in its environment) when the low-water mark is crossed.
+    pub low_water_hook: Option<PathBuf>,
+    /// Punch a hole in the data device for every data block a discard frees, once the commit
+    /// that frees it is durable.
+    pub passdown: bool,
+    /// How long a snapshot waits for the volume's ports to pause.
+    pub pause_timeout: Duration,
+    /// Open the data device with O_DIRECT where the file system allows it.
+    pub direct: bool,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        PoolOptions {
+            on_full: OnFull::Fail,
+            full_timeout: Duration::from_secs(60),
+            low_water_blocks: 0,
+            low_water_hook: None,
+            passdown: false,
+            pause_timeout: Duration::from_secs(10),
+            direct: true,
+        }
+    }
+}
+
+/// Space figures of a pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolUsage {
+    /// Data block size in bytes.
+    pub block_size: u64,
+    /// Data blocks the pool holds.
+    pub data_blocks: u64,
+    /// Data blocks free now.
+    pub data_free: u64,
+    /// Metadata blocks (4 KiB) the pool holds.
+    pub metadata_blocks: u64,
+    /// Metadata blocks free now.
+    pub metadata_free: u64,
+}
+
+/// An open thin pool.
+pub struct Pool {
+    shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    /// Signalled when data blocks become free (commit, grow, release).
+    space: Condvar,
+    gate: CommitGate,
+    /// Serialises volume operations (and so the sidecar's writers).
+    admin: Mutex<()>,
+    opts: PoolOptions,
+    data: Arc<EngineFile>,
+    meta_path: PathBuf,
+    data_path: PathBuf,
+}
+
+pub(crate) struct State {
+    md: Metadata,
+    meta_file: Arc<EngineFile>,
+    volumes: BTreeMap<u64, VolumeRecord>,
+    ports: HashMap<u64, PortEntry>,
+    next_port: u64,
+    low_water_fired: bool,
+    failed: Option<String>,
+    block_size: u64,
+    /// Data blocks freed in this transaction, to be punched out of the data device once the
+    /// commit no longer references them (before the commit, a crash falls back to metadata
+    /// that may still map them, even in a volume deleted since).
+    pass_down: Vec<u64>,
+}
+
+pub(crate) struct PortEntry {
+    volume: u64,
+    provisioned: HashSet<u64>,
+    control: Arc<PortControl>,
+}
+
+impl Pool {
+    /// Formats a new pool on the metadata and data files or devices, which exist and have
+    /// their sizes: the data device's size decides how many blocks of `block_size` bytes the
+    /// pool holds. Writes an empty volume list next to the metadata.
+    pub fn create(
+        metadata: &Path,
+        data: &Path,
+        block_size: u64,
+        opts: PoolOptions,
+    ) -> Result<Pool> {
+        let sectors = u32::try_from(block_size / 512)
+            .ok()
+            .filter(|_| block_size % 512 == 0)
+            .ok_or_else(|| Error::InvalidArgument(format!("block size {block_size}")))?;
+        let meta_file = Arc::new(EngineFile::open(metadata, Access::ReadWrite, false)?);
+        let data_file = open_data(data, &opts)?;
+        let nr_data_blocks = data_file.size()? / block_size;
+        let geometry = Geometry {
+            data_block_size: sectors,
+            nr_data_blocks,
+        };
+        let md = Metadata::create(meta_file.clone(), geometry)?;
+        sidecar::store(&sidecar::path_for(metadata), &BTreeMap::new())?;
+        let files = Files {
+            meta_file,
+            data_file,
+            meta_path: metadata,
+            data_path: data,
+        };
+        Ok(Pool::assemble(md, files, BTreeMap::new(), opts))
+    }
+
+    /// Opens a pool. Its data device may have grown since: the pool then uses all of it. A
+    /// pool with no volume list (made by thin_restore or LVM) sizes each volume by its
+    /// highest mapped block; [`Pool::resize_volume`] records a size.
+    pub fn open(metadata: &Path, data: &Path, opts: PoolOptions) -> Result<Pool> {
+        let meta_file = Arc::new(EngineFile::open(metadata, Access::ReadWrite, false)?);
+        let data_file = open_data(data, &opts)?;
+        let data_size = data_file.size()?;
+        let capacity = |sectors: u32| data_size / (u64::from(sectors) * 512).max(1);
+        let mut md = Metadata::open(meta_file.clone(), capacity)?;
+        let capacity = capacity(md.data_block_size());
+        if capacity > md.data_refs().nr_blocks() {
+            md.grow_data(capacity)?;
+        }
+        let records = sidecar::load(&sidecar::path_for(metadata))?;
+        let volumes = volumes::reconcile(&mut md, records)?;
+        let files = Files {
+            meta_file,
+            data_file,
+            meta_path: metadata,
+            data_path: data,
+        };
+        Ok(Pool::assemble(md, files, volumes, opts))
+    }
+
+    fn assemble(
+        md: Metadata,
+        files: Files<'_>,
+        volumes: BTreeMap<u64, VolumeRecord>,
+        opts: PoolOptions,
+    ) -> Pool {
+        let block_size = u64::from(md.data_block_size()) * 512;
+        let state = State {
+            md,
+            meta_file: files.meta_file,
+            volumes,
+            ports: HashMap::new(),
+            next_port: 1,
+            low_water_fired: false,
+            failed: None,
+            block_size,
+            pass_down: Vec::new(),
+        };
+        Pool {
+            shared: Arc::new(Shared {
+                state: Mutex::new(state),
+                space: Condvar::new(),
+                gate: CommitGate::default(),
+                admin: Mutex::new(()),
+                opts,
+                data: files.data_file,
+                meta_path: files.meta_path.to_owned(),
+                data_path: files.data_path.to_owned(),
+            }),
+        }
+    }
+
+    /// Data block size in bytes.
+    pub fn block_size(&self) -> Result<u64> {
+        Ok(self.shared.lock()?.block_size)
+    }
+
+    /// The data device, shared with the volumes served in this process.
+    pub fn data_file(&self) -> Arc<EngineFile> {
+        self.shared.data.clone()
+    }
+
+    /// Space figures.
+    pub fn usage(&self) -> Result<PoolUsage> {
+        let st = self.shared.lock()?;
+        Ok(PoolUsage {
+            block_size: st.block_size,
+            data_blocks: st.md.data_refs().nr_blocks(),
+            data_free: st.md.data_refs().nr_free(),
+            metadata_blocks: st.md.metadata_refs().nr_blocks(),
+            metadata_free: st.md.metadata_refs().nr_free(),
+        })
+    }
+
+    /// Makes every mapping made so far durable (one commit for every caller waiting).
+    pub fn commit(&self) -> Result<()> {
+        self.shared.commit()
+    }
+
+    /// Commits finished since the pool was opened.
+    pub fn commits(&self) -> u64 {
+        self.shared.gate.finished()
+    }
+
+    /// Why the pool takes no more changes, if it does not.
+    pub fn failed(&self) -> Result<Option<String>> {
+        Ok(self.shared.lock()?.failed.clone())
+    }
+
+    /// Uses all of the data device after it grew; returns the pool's data blocks. Writes
+    /// queued for space go on.
+    pub fn grow_data(&self) -> Result<u64> {
+        let mut st = self.shared.lock()?;
+        let blocks = self.shared.data.size()? / st.block_size;
+        if blocks > st.md.data_refs().nr_blocks() {
+            st.change(|md| md.grow_data(blocks))?;
+            self.shared.space_changed(&mut st);
+        }
+        Ok(st.md.data_refs().nr_blocks())
+    }
+
+    /// Uses all of the metadata device after it grew (up to what the format can address);
+    /// returns the pool's metadata blocks.
+    pub fn grow_metadata(&self) -> Result<u64> {
+        let mut st = self.shared.lock()?;
+        st.change(Metadata::grow_metadata)
+    }
+
+    /// Opens a port on volume `id` for a data path in this process.
+    pub fn open_port(&self, id: u64) -> Result<LocalPort> {
+        LocalPort::open(self.shared.clone(), id)
+    }
+}
+
+/// A pool closed cleanly (its last handle and port gone) commits what is left, as dm-thin
+/// does when a pool is suspended or removed.
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if let Err(e) = self.commit() {
+            tracing::warn!(pool = %self.meta_path.display(), error = %e, "final commit failed");
+        }
+    }
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> Result<MutexGuard<'_, State>> {
+        self.state
+            .lock()
+            .map_err(|_| Error::PoolFailed("a pool operation panicked".into()))
+    }
+}
+
+impl State {
+    /// Runs a metadata change. Errors found before anything changed come back as they are;
+    /// any other error throws the transaction away and fails the pool.
+    pub(crate) fn change<T>(&mut self, f: impl FnOnce(&mut Metadata) -> Result<T>) -> Result<T> {
+        if let Some(why) = &self.failed {
+            return Err(Error::PoolFailed(why.clone()));
+        }
+        match f(&mut self.md) {
+            Ok(v) => Ok(v),
+            Err(
+                e @ (Error::InvalidArgument(_)
+                | Error::NoSuchDevice(_)
+                | Error::DeviceExists(_)
+                | Error::DataFull(_)),
+            ) => Err(e),
+            Err(e) => {
+                self.abort(&e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs a metadata change that may need new metadata blocks: refused with
+    /// [`Error::MetadataFull`], before anything changes, when the metadata device would not
+    /// have room for it and the commit after it.
+    pub(crate) fn change_with_room<T>(
+        &mut self,
+        f: impl FnOnce(&mut Metadata) -> Result<T>,
+    ) -> Result<T> {
+        space::check_metadata_room(&self.md)?;
+        self.change(f)
+    }
+
+    /// Throws the running transaction away: the metadata as of the last commit is read back
+    /// and the pool takes no more changes.
+    fn abort(&mut self, why: &Error) {
+        tracing::error!(error = %why, "pool metadata change failed: back to the last commit, no more changes");
+        let capacity = self.md.data_refs().nr_blocks();
+        match Metadata::open(self.meta_file.clone(), |_| capacity) {
+            Ok(md) => self.md = md,
+            Err(e) => tracing::error!(error = %e, "cannot read the last commit back"),
+        }
+        self.failed = Some(why.to_string());
+    }
+}
+
+/// The open files of a pool and their paths.
+struct Files<'a> {
+    meta_file: Arc<EngineFile>,
+    data_file: Arc<EngineFile>,
+    meta_path: &'a Path,
+    data_path: &'a Path,
+}
+
+fn open_data(path: &Path, opts: &PoolOptions) -> Result<Arc<EngineFile>> {
+    let file = EngineFile::open(path, Access::ReadWrite, opts.direct)?;
+    if file.read_only() {
+        return Err(Error::InvalidArgument(format!(
+            "data device {} is read-only",
+            path.display()
+        )));
+    }
+    Ok(Arc::new(file))
+}

@@ -1,0 +1,189 @@
+//! Space: handing out data blocks (fail or queue when full), the low-water mark, the room
+//! a metadata change needs, and the commit.
+
+use std::time::Instant;
+
+use rustbk_formats::{Engine, EngineKind, ImageQueue, IoOp};
+
+use super::{OnFull, Shared, State};
+use crate::error::{Error, Result};
+use crate::meta::Metadata;
+
+/// Metadata blocks kept free for a commit whatever the transaction changed.
+const COMMIT_RESERVE: u64 = 32;
+/// Metadata blocks one mapping change may need (a shadowed path and its splits, twice:
+/// block tree and top-level tree).
+const CHANGE_RESERVE: u64 = 24;
+
+/// Fails with [`Error::MetadataFull`], before anything changes, when the metadata device
+/// would not have room for one more change and the commit after it. The commit rewrites
+/// every bitmap the transaction touched, so the room grows with them.
+pub(crate) fn check_metadata_room(md: &Metadata) -> Result<()> {
+    let data_bitmaps = md.data_refs().dirty_bitmaps().len() as u64;
+    let meta_bitmaps = md.metadata_refs().dirty_bitmaps().len() as u64;
+    let need = COMMIT_RESERVE + CHANGE_RESERVE + 3 * data_bitmaps + 2 * meta_bitmaps;
+    let free = md.metadata_refs().nr_free();
+    if free < need {
+        return Err(Error::MetadataFull(md.metadata_refs().nr_blocks()));
+    }
+    Ok(())
+}
+
+impl Shared {
+    /// Runs (or joins) a group commit.
+    pub(crate) fn commit(&self) -> Result<()> {
+        self.gate.commit(|| self.commit_now())
+    }
+
+    /// One commit: the data device is synced first (every block the new mappings point at
+    /// was written before it was mapped), then the metadata. Blocks handed out and not
+    /// mapped are given back for the commit, so it records them free, and taken again.
+    fn commit_now(&self) -> Result<()> {
+        let mut st = self.lock()?;
+        if let Some(why) = &st.failed {
+            return Err(Error::PoolFailed(why.clone()));
+        }
+        if !st.md.is_dirty() {
+            return Ok(());
+        }
+        self.data.datasync()?;
+        let held: Vec<u64> = st
+            .ports
+            .values()
+            .flat_map(|p| p.provisioned.iter().copied())
+            .collect();
+        let result = st.change(|md| {
+            for &b in &held {
+                md.release_data(b)?;
+            }
+            md.commit()?;
+            held.iter().try_for_each(|&b| md.claim_data(b))
+        });
+        if result.is_ok() {
+            // The lock is still held: no freed block is handed out before it is punched.
+            let freed = std::mem::take(&mut st.pass_down);
+            self.pass_down(st.block_size, &freed)?;
+        }
+        self.space_changed(&mut st);
+        result
+    }
+
+    /// Hands out up to `count` data blocks (at least one), waiting for space if the pool
+    /// queues writes when full.
+    pub(crate) fn provision(&self, port: u64, count: usize) -> Result<Vec<u64>> {
+        let deadline = Instant::now().checked_add(self.opts.full_timeout);
+        let mut st = self.lock()?;
+        loop {
+            let got = take_blocks(&mut st, count)?;
+            if !got.is_empty() {
+                let entry = st
+                    .ports
+                    .get_mut(&port)
+                    .ok_or_else(|| Error::InvalidArgument("closed port".into()))?;
+                entry.provisioned.extend(got.iter().copied());
+                self.low_water(&mut st);
+                return Ok(got);
+            }
+            let full = Error::DataFull(st.md.data_refs().nr_blocks());
+            let left = match (self.opts.on_full, deadline) {
+                (OnFull::Queue, Some(d)) => d.saturating_duration_since(Instant::now()),
+                _ => return Err(full),
+            };
+            if left.is_zero() {
+                return Err(full);
+            }
+            st = self
+                .space
+                .wait_timeout(st, left)
+                .map_err(|_| Error::PoolFailed("a pool operation panicked".into()))?
+                .0;
+        }
+    }
+
+    /// Wakes queued writes and re-arms the low-water mark after data blocks became free.
+    pub(crate) fn space_changed(&self, st: &mut State) {
+        if st.md.data_refs().nr_free() >= self.opts.low_water_blocks {
+            st.low_water_fired = false;
+        }
+        self.space.notify_all();
+    }
+
+    fn low_water(&self, st: &mut State) {
+        let free = st.md.data_refs().nr_free();
+        if st.low_water_fired || free >= self.opts.low_water_blocks {
+            return;
+        }
+        st.low_water_fired = true;
+        tracing::warn!(
+            pool = %self.meta_path.display(),
+            free_blocks = free,
+            low_water = self.opts.low_water_blocks,
+            "thin pool data space below its low-water mark"
+        );
+        if let Some(hook) = &self.opts.low_water_hook {
+            let child = std::process::Command::new(hook)
+                .env("RUSTBK_POOL_METADATA", &self.meta_path)
+                .env("RUSTBK_POOL_FREE_BLOCKS", free.to_string())
+                .stdin(std::process::Stdio::null())
+                .spawn();
+            match child {
+                Ok(mut child) => {
+                    std::thread::spawn(move || child.wait());
+                }
+                Err(e) => {
+                    tracing::warn!(hook = %hook.display(), error = %e, "low-water hook failed to start")
+                }
+            }
+        }
+    }
+
+    /// Punches holes in the data device over `blocks`, freed by the commit just made (the
+    /// pool's lock is held, so none of them can be handed out again meanwhile).
+    fn pass_down(&self, block_size: u64, blocks: &[u64]) -> Result<()> {
+        if !self.opts.passdown || blocks.is_empty() {
+            return Ok(());
+        }
+        let depth = u32::try_from(blocks.len().min(256)).unwrap_or(256);
+        let mut engine = Engine::new(self.data.clone(), EngineKind::Sync, depth)?;
+        for chunk in blocks.chunks(depth as usize) {
+            for &b in chunk {
+                let offset = b
+                    .checked_mul(block_size)
+                    .ok_or_else(|| Error::corrupt(format!("data block {b}")))?;
+                engine.submit(
+                    IoOp::Discard {
+                        offset,
+                        len: block_size,
+                    },
+                    b,
+                )?;
+            }
+            engine.commit()?;
+            let mut done = Vec::with_capacity(chunk.len());
+            engine.reap(&mut done);
+            for c in done {
+                if let Err(e) = c.result {
+                    tracing::debug!(block = c.tag, error = %e, "passdown discard failed");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn take_blocks(st: &mut State, count: usize) -> Result<Vec<u64>> {
+    let mut got = Vec::with_capacity(count);
+    while got.len() < count {
+        match st.change(Metadata::alloc_data) {
+            Ok(b) => got.push(b),
+            Err(Error::DataFull(_)) => break,
+            Err(e) => {
+                for b in got {
+                    st.md.release_data(b)?;
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(got)
+}

@@ -1,0 +1,253 @@
+//! Volume operations: create, delete, resize, snapshot, list.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rustbk_formats::{Format, OpenOptions};
+
+use super::port::PortControl;
+use super::sidecar::{self, Origin, VolumeRecord};
+use super::{Pool, State};
+use crate::error::{Error, Result};
+use crate::meta::Metadata;
+
+/// What a new volume looks like.
+#[derive(Clone, Debug, Default)]
+pub struct VolumeSpec {
+    /// Size in bytes: a whole number of 512-byte sectors.
+    pub size: u64,
+    /// A name for people.
+    pub name: String,
+    /// A read-only image unprovisioned blocks read from.
+    pub origin: Option<Origin>,
+}
+
+/// A volume and the space it uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeUsage {
+    /// The thin device id.
+    pub id: u64,
+    /// rustbk's record of it.
+    pub record: VolumeRecord,
+    /// Blocks mapped (shared ones included).
+    pub mapped_blocks: u64,
+    /// Ports open on it.
+    pub ports: usize,
+}
+
+/// The records of the pool's devices: those of the sidecar for devices that exist, and for
+/// devices it does not know (or with no sidecar at all) a size from the highest mapped block.
+pub(super) fn reconcile(
+    md: &mut Metadata,
+    records: Option<BTreeMap<u64, VolumeRecord>>,
+) -> Result<BTreeMap<u64, VolumeRecord>> {
+    let mut records = records.unwrap_or_default();
+    let devices = md.devices();
+    records.retain(|id, _| devices.contains(id));
+    let block_size = u64::from(md.data_block_size()) * 512;
+    for id in devices {
+        if records.contains_key(&id) {
+            continue;
+        }
+        let last = md.lookup_range(id, 0..u64::MAX)?.last().map(|(v, _)| *v);
+        let size = last.map_or(0, |v| v.saturating_add(1).saturating_mul(block_size));
+        let record = VolumeRecord {
+            size,
+            name: String::new(),
+            origin: None,
+        };
+        records.insert(id, record);
+    }
+    Ok(records)
+}
+
+fn check_size(size: u64, block_size: u64) -> Result<()> {
+    let blocks = size.div_ceil(block_size);
+    if size == 0 || size % 512 != 0 || blocks > crate::meta::MAX_DATA_BLOCKS << 8 {
+        return Err(Error::InvalidArgument(format!(
+            "volume size {size}: a positive whole number of sectors, at most 2^48 blocks"
+        )));
+    }
+    Ok(())
+}
+
+/// Opens the origin once, read-only, to refuse a missing or unreadable one at creation.
+fn check_origin(origin: &Origin) -> Result<()> {
+    let format = format_of(&origin.format)?;
+    let opts = OpenOptions {
+        read_only: true,
+        force_share: true,
+        require_whole_sectors: false,
+        ..OpenOptions::default()
+    };
+    rustbk_formats::open_image(&origin.path, format, &opts)?;
+    Ok(())
+}
+
+/// The format an origin record names.
+pub fn format_of(name: &str) -> Result<Format> {
+    match name {
+        "raw" => Ok(Format::Raw),
+        "qcow2" => Ok(Format::Qcow2),
+        other => Err(Error::InvalidArgument(format!(
+            "origin format {other:?}: raw or qcow2"
+        ))),
+    }
+}
+
+impl Pool {
+    /// Creates volume `id`, empty (reading zeros or its origin).
+    pub fn create_volume(&self, id: u64, spec: VolumeSpec) -> Result<()> {
+        let _admin = self.admin()?;
+        if let Some(origin) = &spec.origin {
+            check_origin(origin)?;
+        }
+        {
+            let mut st = self.shared.lock()?;
+            check_size(spec.size, st.block_size)?;
+            st.change_with_room(|md| md.create_thin(id))?;
+            let record = VolumeRecord {
+                size: spec.size,
+                name: spec.name,
+                origin: spec.origin,
+            };
+            st.volumes.insert(id, record);
+        }
+        self.commit()?;
+        self.store_records()
+    }
+
+    /// Deletes volume `id`; the blocks no other volume shares are free after the commit.
+    pub fn delete_volume(&self, id: u64) -> Result<()> {
+        let _admin = self.admin()?;
+        {
+            let mut st = self.shared.lock()?;
+            refuse_open_ports(&st, id)?;
+            st.change_with_room(|md| md.delete_thin(id))?;
+            st.volumes.remove(&id);
+        }
+        self.commit()?;
+        self.store_records()
+    }
+
+    /// Sets the size of volume `id`. Shrinking unmaps the blocks past the new end and is
+    /// refused while the volume is served; a served volume sees a larger size when it is
+    /// opened again.
+    pub fn resize_volume(&self, id: u64, size: u64) -> Result<()> {
+        let _admin = self.admin()?;
+        {
+            let mut st = self.shared.lock()?;
+            check_size(size, st.block_size)?;
+            let old = st.volumes.get(&id).ok_or(Error::NoSuchDevice(id))?.size;
+            if size < old {
+                refuse_open_ports(&st, id)?;
+                let keep = size.div_ceil(st.block_size);
+                let mapped = st.md.lookup_range(id, keep..u64::MAX)?;
+                for (vblock, _) in mapped {
+                    st.change_with_room(|md| md.remove(id, vblock))?;
+                }
+            }
+            if let Some(record) = st.volumes.get_mut(&id) {
+                record.size = size;
+            }
+        }
+        self.commit()?;
+        self.store_records()
+    }
+
+    /// Snapshots volume `origin` as volume `id`, live: the origin's ports pause (their
+    /// writes in flight finish), the snapshot is taken and committed, and they resume
+    /// knowing that their mapped blocks are now shared.
+    pub fn snapshot(&self, origin: u64, id: u64, name: &str) -> Result<()> {
+        let _admin = self.admin()?;
+        let controls = self.pause_volume(origin)?;
+        let result = self.snapshot_paused(origin, id, name);
+        for control in &controls {
+            control.resume();
+        }
+        result?;
+        self.store_records()
+    }
+
+    fn pause_volume(&self, origin: u64) -> Result<Vec<Arc<PortControl>>> {
+        let controls: Vec<Arc<PortControl>> = {
+            let st = self.shared.lock()?;
+            if !st.volumes.contains_key(&origin) {
+                return Err(Error::NoSuchDevice(origin));
+            }
+            let ports = st.ports.values().filter(|p| p.volume == origin);
+            ports.map(|p| p.control.clone()).collect()
+        };
+        for control in &controls {
+            control.request_pause();
+        }
+        let deadline = Instant::now()
+            .checked_add(self.shared.opts.pause_timeout)
+            .unwrap_or_else(Instant::now);
+        if controls.iter().all(|c| c.wait_paused(deadline)) {
+            return Ok(controls);
+        }
+        for control in &controls {
+            control.resume();
+        }
+        Err(Error::Busy(format!(
+            "volume {origin} did not pause within {:?}",
+            self.shared.opts.pause_timeout
+        )))
+    }
+
+    fn snapshot_paused(&self, origin: u64, id: u64, name: &str) -> Result<()> {
+        {
+            let mut st = self.shared.lock()?;
+            let mut record = st
+                .volumes
+                .get(&origin)
+                .cloned()
+                .ok_or(Error::NoSuchDevice(origin))?;
+            st.change_with_room(|md| md.create_snapshot(id, origin))?;
+            record.name = name.to_owned();
+            st.volumes.insert(id, record);
+        }
+        self.commit()
+    }
+
+    /// Every volume with its usage.
+    pub fn volumes(&self) -> Result<Vec<VolumeUsage>> {
+        let st = self.shared.lock()?;
+        let mut out = Vec::with_capacity(st.volumes.len());
+        for (&id, record) in &st.volumes {
+            let details = st.md.details(id)?;
+            out.push(VolumeUsage {
+                id,
+                record: record.clone(),
+                mapped_blocks: details.mapped_blocks,
+                ports: st.ports.values().filter(|p| p.volume == id).count(),
+            });
+        }
+        Ok(out)
+    }
+
+    fn admin(&self) -> Result<std::sync::MutexGuard<'_, ()>> {
+        self.shared
+            .admin
+            .lock()
+            .map_err(|_| Error::PoolFailed("a volume operation panicked".into()))
+    }
+
+    fn store_records(&self) -> Result<()> {
+        let records = self.shared.lock()?.volumes.clone();
+        sidecar::store(&sidecar::path_for(&self.shared.meta_path), &records)
+    }
+}
+
+fn refuse_open_ports(st: &State, id: u64) -> Result<()> {
+    if !st.volumes.contains_key(&id) {
+        return Err(Error::NoSuchDevice(id));
+    }
+    let open = st.ports.values().filter(|p| p.volume == id).count();
+    if open > 0 {
+        return Err(Error::Busy(format!("volume {id} has {open} open ports")));
+    }
+    Ok(())
+}

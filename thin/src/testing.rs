@@ -1,0 +1,126 @@
+//! Helpers of the pool and volume tests.
+
+use std::path::{Path, PathBuf};
+
+use rustbk_formats::suite::{read_at, run, write_at};
+use rustbk_formats::{BlockImage, ImageQueue, IoOp};
+
+use crate::pool::{Pool, PoolOptions, VolumeSpec};
+use crate::volume::{ThinVolume, VolumeOptions};
+
+/// A pool in a temporary folder.
+pub(crate) struct TestPool {
+    pub dir: tempfile::TempDir,
+    pub meta: PathBuf,
+    pub data: PathBuf,
+    pub pool: Pool,
+}
+
+/// Metadata big enough for every test but the metadata-full ones.
+pub(crate) const META_BYTES: u64 = 8 << 20;
+
+/// A new pool of `data_blocks` blocks of `block_size` bytes.
+pub(crate) fn new_pool(block_size: u64, data_blocks: u64, opts: PoolOptions) -> TestPool {
+    new_pool_with_meta(block_size, data_blocks, META_BYTES, opts)
+}
+
+/// A new pool with `meta_bytes` of metadata.
+pub(crate) fn new_pool_with_meta(
+    block_size: u64,
+    data_blocks: u64,
+    meta_bytes: u64,
+    opts: PoolOptions,
+) -> TestPool {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let meta = dir.path().join("meta");
+    let data = dir.path().join("data");
+    sized_file(&meta, meta_bytes);
+    sized_file(&data, block_size * data_blocks);
+    let pool = Pool::create(&meta, &data, block_size, opts).expect("create pool");
+    TestPool {
+        dir,
+        meta,
+        data,
+        pool,
+    }
+}
+
+impl TestPool {
+    /// Closes the pool (its volumes must be closed) and opens it again.
+    pub(crate) fn reopen(self, opts: PoolOptions) -> TestPool {
+        let TestPool {
+            dir,
+            meta,
+            data,
+            pool,
+        } = self;
+        drop(pool);
+        let pool = Pool::open(&meta, &data, opts).expect("reopen pool");
+        TestPool {
+            dir,
+            meta,
+            data,
+            pool,
+        }
+    }
+
+    /// A volume of `size` bytes.
+    pub(crate) fn volume(&self, id: u64, size: u64) -> ThinVolume {
+        let spec = VolumeSpec {
+            size,
+            ..VolumeSpec::default()
+        };
+        self.pool.create_volume(id, spec).expect("create volume");
+        self.open(id)
+    }
+
+    /// Serves volume `id`.
+    pub(crate) fn open(&self, id: u64) -> ThinVolume {
+        ThinVolume::open_local(&self.pool, id, VolumeOptions::default()).expect("open volume")
+    }
+}
+
+/// Creates `path` with `len` bytes.
+pub(crate) fn sized_file(path: &Path, len: u64) {
+    let f = std::fs::File::create(path).expect("create file");
+    f.set_len(len).expect("set_len");
+}
+
+/// Runs thin-provisioning-tools' `thin_check` on the metadata; panics unless it passes.
+pub(crate) fn thin_check(meta: &Path) {
+    let out = std::process::Command::new("/usr/sbin/thin_check")
+        .arg(meta)
+        .output()
+        .expect("thin_check (thin-provisioning-tools) must be installed");
+    assert!(
+        out.status.success(),
+        "thin_check failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A queue on `vol`.
+pub(crate) fn queue(vol: &ThinVolume) -> Box<dyn ImageQueue> {
+    vol.open_queue(64).expect("queue")
+}
+
+/// Writes, expecting success.
+pub(crate) fn put(q: &mut dyn ImageQueue, offset: u64, data: &[u8]) {
+    write_at(q, offset, data).expect("write");
+}
+
+/// Reads, expecting success.
+pub(crate) fn get(q: &mut dyn ImageQueue, offset: u64, len: usize) -> Vec<u8> {
+    read_at(q, offset, len).expect("read")
+}
+
+/// Flushes, expecting success.
+pub(crate) fn flush(q: &mut dyn ImageQueue) {
+    run(q, IoOp::Flush).expect("flush");
+}
+
+/// A byte count as a `usize` (tests run on 64-bit hosts).
+pub(crate) fn us(n: u64) -> usize {
+    usize::try_from(n).expect("fits in usize")
+}

@@ -1,0 +1,313 @@
+//! [`ThinVolume`]: a thin volume served like a raw image, over any [`PoolPort`].
+//!
+//! Mapped exclusive blocks are read and overwritten on the data device through the shared
+//! engine with the guest's own buffers; the pool is asked only to provision, map, unmap and
+//! commit. See `thin/DESIGN.md` ("The data path").
+
+mod cache;
+mod claims;
+mod fill;
+mod plan;
+mod queue;
+
+#[cfg(test)]
+mod model_tests;
+#[cfg(test)]
+mod tests;
+
+pub use queue::ThinQueue;
+
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rustbk_formats::{
+    BlockImage, EngineFile, EngineKind, Features, Format, Geometry, ImageQueue, IoBuffers, IoOp,
+    OpenOptions,
+};
+
+use crate::error::{Error, Result};
+use crate::pool::{LocalPort, Pool};
+use crate::port::{PoolPort, VolumeInfo};
+use cache::MapCache;
+use claims::Claims;
+
+/// Blocks asked of the pool at a time, and kept in reserve.
+const PROVISION_BATCH: usize = 8;
+/// Depth of the queue on the external origin (its reads are synchronous).
+const ORIGIN_DEPTH: u32 = 4;
+/// How long a read of the external origin may take.
+const ORIGIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How to serve a volume.
+#[derive(Clone, Debug)]
+pub struct VolumeOptions {
+    /// The engine of each queue.
+    pub engine: EngineKind,
+    /// Logical sector size presented: 512 or 4096.
+    pub sector_size: u32,
+    /// Refuse modifying ops (EROFS), as for a disk attached read-only.
+    pub read_only: bool,
+}
+
+impl Default for VolumeOptions {
+    fn default() -> Self {
+        VolumeOptions {
+            engine: EngineKind::Auto,
+            sector_size: 512,
+            read_only: false,
+        }
+    }
+}
+
+/// A thin volume as a block image.
+pub struct ThinVolume {
+    core: Arc<Mutex<Core>>,
+    bells: Arc<Mutex<Vec<Arc<OwnedFd>>>>,
+    data: Arc<EngineFile>,
+    geometry: Geometry,
+    opts: VolumeOptions,
+}
+
+/// What the queues of one volume share.
+pub(crate) struct Core {
+    pub(crate) port: Box<dyn PoolPort>,
+    pub(crate) info: VolumeInfo,
+    pub(crate) cache: MapCache,
+    pub(crate) claims: Claims,
+    pub(crate) reserve: Vec<u64>,
+    /// Modifying ops started and not finished, on every queue.
+    pub(crate) writes: usize,
+    /// Some queue holds ops back until claims are released or a pause ends.
+    pub(crate) waiting: bool,
+    pub(crate) origin: Option<OriginSrc>,
+    pub(crate) data: Arc<EngineFile>,
+}
+
+/// The external origin: a read-only image read synchronously.
+pub(crate) struct OriginSrc {
+    queue: Box<dyn ImageQueue>,
+    size: u64,
+    _image: Arc<dyn BlockImage>,
+}
+
+impl ThinVolume {
+    /// Serves the volume behind `port`, whose blocks live on `data`.
+    pub fn new(
+        mut port: Box<dyn PoolPort>,
+        data: Arc<EngineFile>,
+        opts: VolumeOptions,
+    ) -> Result<ThinVolume> {
+        let info = port.info()?;
+        check_info(&info, &opts)?;
+        let origin = info.origin.as_ref().map(open_origin).transpose()?;
+        let bells: Arc<Mutex<Vec<Arc<OwnedFd>>>> = Arc::default();
+        let ring = bells.clone();
+        port.set_waker(Box::new(move || ring_all(&ring)));
+        let geometry = Geometry {
+            size: info.size,
+            logical_sector_size: opts.sector_size,
+            physical_sector_size: opts.sector_size.max(4096),
+        };
+        let core = Core {
+            cache: MapCache::new(info.size.div_ceil(info.block_size)),
+            port,
+            info,
+            claims: Claims::default(),
+            reserve: Vec::new(),
+            writes: 0,
+            waiting: false,
+            origin,
+            data: data.clone(),
+        };
+        Ok(ThinVolume {
+            core: Arc::new(Mutex::new(core)),
+            bells,
+            data,
+            geometry,
+            opts,
+        })
+    }
+
+    /// Serves volume `id` of `pool` through a port in this process.
+    pub fn open_local(pool: &Pool, id: u64, opts: VolumeOptions) -> Result<ThinVolume> {
+        let port: LocalPort = pool.open_port(id)?;
+        let data = port.data_file();
+        ThinVolume::new(Box::new(port), data, opts)
+    }
+}
+
+fn check_info(info: &VolumeInfo, opts: &VolumeOptions) -> Result<()> {
+    let sector = opts.sector_size;
+    if !(sector == 512 || sector == 4096) {
+        return Err(Error::InvalidArgument(format!("sector size {sector}")));
+    }
+    let bs = info.block_size;
+    if bs < 4096 || bs % 4096 != 0 || bs > 1 << 30 || info.size % u64::from(sector) != 0 {
+        return Err(Error::InvalidArgument(format!(
+            "volume of {} bytes in blocks of {bs}",
+            info.size
+        )));
+    }
+    Ok(())
+}
+
+fn open_origin((path, format): &(std::path::PathBuf, String)) -> Result<OriginSrc> {
+    let format = crate::pool::format_of(format)?;
+    let opts = OpenOptions {
+        read_only: true,
+        force_share: true,
+        require_whole_sectors: false,
+        ..OpenOptions::default()
+    };
+    let image = rustbk_formats::open_image(path, format, &opts)?;
+    let queue = image.open_queue(ORIGIN_DEPTH)?;
+    Ok(OriginSrc {
+        queue,
+        size: image.geometry().size,
+        _image: image,
+    })
+}
+
+/// Wakes every queue of a volume (a pause request arrived).
+fn ring_all(bells: &Mutex<Vec<Arc<OwnedFd>>>) {
+    let Ok(bells) = bells.lock() else { return };
+    for bell in bells.iter() {
+        queue::wake(bell);
+    }
+}
+
+impl OriginSrc {
+    /// Reads the origin's bytes at `offset` into `bufs` (of `len` bytes), zeros past its end.
+    pub(crate) fn read(&mut self, offset: u64, bufs: Box<dyn IoBuffers>, len: u64) -> Result<()> {
+        let inside = self.size.saturating_sub(offset).min(len);
+        let zero_from = usize::try_from(inside).unwrap_or(usize::MAX);
+        if inside < len {
+            fill::zero(
+                &*bufs,
+                zero_from,
+                usize::try_from(len - inside).unwrap_or(0),
+            );
+        }
+        if inside == 0 {
+            return Ok(());
+        }
+        let op = match inside == len {
+            true => IoOp::Read { offset, bufs },
+            false => {
+                let shared = rustbk_formats::SharedBufs::new(bufs)
+                    .ok_or_else(|| Error::InvalidArgument("buffer length overflows".into()))?;
+                let mut part = rustbk_formats::Composite::new();
+                part.push_shared(&shared, 0, zero_from);
+                IoOp::Read {
+                    offset,
+                    bufs: Box::new(part),
+                }
+            }
+        };
+        self.queue.submit(op, 0)?;
+        self.queue.commit()?;
+        let mut done = Vec::with_capacity(1);
+        let deadline = Instant::now() + ORIGIN_TIMEOUT;
+        while done.is_empty() {
+            if Instant::now() > deadline {
+                return Err(Error::Busy("the origin image does not answer".into()));
+            }
+            self.queue.wait(Some(Duration::from_secs(1)))?;
+            self.queue.reap(&mut done);
+        }
+        Ok(done.remove(0).result?)
+    }
+}
+
+impl Core {
+    /// A data block for a new mapping, from the reserve or the pool.
+    pub(crate) fn take_block(&mut self) -> Result<u64> {
+        if let Some(b) = self.reserve.pop() {
+            return Ok(b);
+        }
+        let mut got = self.port.provision(PROVISION_BATCH)?;
+        let first = got.pop().ok_or(Error::DataFull(0))?;
+        self.reserve = got;
+        Ok(first)
+    }
+
+    /// Byte offset of data block `block` on the data device.
+    pub(crate) fn phys(&self, block: u64) -> Result<u64> {
+        block
+            .checked_mul(self.info.block_size)
+            .ok_or_else(|| Error::corrupt(format!("data block {block} is past any device")))
+    }
+}
+
+pub(crate) fn lock(core: &Mutex<Core>) -> Result<MutexGuard<'_, Core>> {
+    core.lock()
+        .map_err(|_| Error::PoolFailed("a volume operation panicked".into()))
+}
+
+impl ThinVolume {
+    fn read_only(&self) -> bool {
+        self.opts.read_only || self.data.read_only()
+    }
+}
+
+impl BlockImage for ThinVolume {
+    fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
+    fn features(&self) -> Features {
+        Features {
+            discard: true,
+            write_zeroes: true,
+            flush: true,
+            read_only: self.read_only(),
+        }
+    }
+
+    fn open_queue(&self, depth: u32) -> Result<Box<dyn ImageQueue>, rustbk_formats::Error> {
+        let queue = ThinQueue::new(
+            self.core.clone(),
+            self.bells.clone(),
+            self.data.clone(),
+            self.opts.engine,
+            (self.geometry.size, self.read_only()),
+            depth,
+        )
+        .map_err(to_formats)?;
+        Ok(Box::new(queue))
+    }
+
+    /// Commits the pool (every mapping made so far becomes durable).
+    fn sync_metadata(&self) -> Result<(), rustbk_formats::Error> {
+        let mut core = lock(&self.core).map_err(to_formats)?;
+        core.port.commit().map_err(to_formats)
+    }
+
+    fn format(&self) -> Format {
+        Format::Raw
+    }
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        let reserve = std::mem::take(&mut self.reserve);
+        if !reserve.is_empty() {
+            if let Err(e) = self.port.release(&reserve) {
+                tracing::warn!(error = %e, "cannot give back reserved blocks");
+            }
+        }
+    }
+}
+
+/// A pool error as the image error a completion carries (its errno is kept).
+pub(crate) fn to_formats(e: Error) -> rustbk_formats::Error {
+    match e {
+        Error::Io(e) => e,
+        Error::InvalidArgument(why) => rustbk_formats::Error::InvalidArgument(why),
+        other => {
+            tracing::debug!(error = %other, "thin volume op failed");
+            rustbk_formats::Error::from_errno(other.errno())
+        }
+    }
+}

@@ -1,0 +1,458 @@
+//! The data-plane queue of a thin volume.
+//!
+//! Each guest op is planned under the volume's lock into children (engine ops on the data
+//! device, or work done at once); when they are all done the op maps its new blocks or
+//! commits, releases its claims and completes. Ops that touch blocks other ops own, and
+//! modifying ops while a pause is requested, wait in `deferred`; a finishing op rings the
+//! other queues of the volume so that they retry theirs.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use rustbk_formats::engine::MAX_DEPTH;
+use rustbk_formats::{Completion, Engine, EngineFile, EngineKind, ImageQueue, IoOp};
+
+use super::plan::{After, Child, Claim, Outcome, Plan};
+use super::{Core, lock, to_formats};
+use crate::error::Result;
+use crate::meta::Mapping;
+use crate::port::NewMapping;
+
+type Error = rustbk_formats::Error;
+
+/// How long dropping a queue waits for its ops.
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+
+struct Parent {
+    tag: u64,
+    pending: usize,
+    error: Option<Error>,
+    plan: Plan,
+}
+
+/// A queue of a [`ThinVolume`](super::ThinVolume).
+pub struct ThinQueue {
+    engine: Engine,
+    core: Arc<Mutex<Core>>,
+    bells: Arc<Mutex<Vec<Arc<OwnedFd>>>>,
+    size: u64,
+    read_only: bool,
+    depth: usize,
+    outstanding: usize,
+    next_id: u64,
+    parents: HashMap<u64, Parent>,
+    backlog: VecDeque<(u64, Child)>,
+    deferred: VecDeque<(IoOp, u64)>,
+    ready: Vec<Completion>,
+    kids: Vec<Child>,
+    reaped: Vec<Completion>,
+    done: Vec<Parent>,
+    wake: Arc<OwnedFd>,
+}
+
+impl ThinQueue {
+    pub(super) fn new(
+        core: Arc<Mutex<Core>>,
+        bells: Arc<Mutex<Vec<Arc<OwnedFd>>>>,
+        data: Arc<EngineFile>,
+        engine: EngineKind,
+        (size, read_only): (u64, bool),
+        depth: u32,
+    ) -> Result<ThinQueue> {
+        if depth == 0 || depth > MAX_DEPTH {
+            return Err(crate::Error::InvalidArgument(format!(
+                "queue depth {depth}"
+            )));
+        }
+        let engine_depth = depth.saturating_mul(4).min(MAX_DEPTH);
+        let engine = Engine::new(data, rustbk_formats::engine::resolve(engine)?, engine_depth)?;
+        let wake = Arc::new(engine.notifier().try_clone_to_owned().map_err(Error::Io)?);
+        if let Ok(mut bells) = bells.lock() {
+            bells.push(wake.clone());
+        }
+        Ok(ThinQueue {
+            engine,
+            core,
+            bells,
+            size,
+            read_only,
+            depth: depth as usize,
+            outstanding: 0,
+            next_id: 0,
+            parents: HashMap::new(),
+            backlog: VecDeque::new(),
+            deferred: VecDeque::new(),
+            ready: Vec::new(),
+            kids: Vec::new(),
+            reaped: Vec::new(),
+            done: Vec::new(),
+            wake,
+        })
+    }
+
+    /// Plans and launches `op`, defers it, or completes it with an error.
+    fn start(&mut self, op: IoOp, tag: u64) {
+        if let Some(error) = op.range_error(self.size) {
+            return self.finish_now(tag, Err(error));
+        }
+        if op.is_modifying() && self.read_only {
+            return self.finish_now(tag, Err(Error::ReadOnly));
+        }
+        let core = self.core.clone();
+        let mut core = match lock(&core) {
+            Ok(c) => c,
+            Err(e) => return self.finish_now(tag, Err(to_formats(e))),
+        };
+        if op.is_modifying() && core.port.pause_requested() {
+            core.waiting = true;
+            self.deferred.push_back((op, tag));
+            return;
+        }
+        let kids = &mut self.kids;
+        let outcome = match op {
+            IoOp::Read { offset, bufs } => core.plan_read(offset, bufs, kids),
+            IoOp::Write { offset, bufs } => core.plan_write(offset, bufs, kids),
+            IoOp::Discard { offset, len } => core.plan_zero(offset, len, true, kids),
+            IoOp::WriteZeroes { offset, len } => core.plan_zero(offset, len, false, kids),
+            IoOp::Flush => {
+                kids.push(Child::Io(IoOp::Flush));
+                Ok(Outcome::Go(Plan {
+                    after: After::Commit,
+                    ..Plan::simple()
+                }))
+            }
+        };
+        match outcome {
+            Ok(Outcome::Go(plan)) => {
+                core.writes += usize::from(plan.write);
+                drop(core);
+                self.launch(tag, plan);
+            }
+            Ok(Outcome::Defer(op)) => {
+                core.waiting = true;
+                self.deferred.push_back((op, tag));
+            }
+            Err(e) => {
+                self.kids.clear();
+                drop(core);
+                self.finish_now(tag, Err(to_formats(e)));
+            }
+        }
+    }
+
+    fn finish_now(&mut self, tag: u64, result: Result<(), Error>) {
+        self.kids.push(Child::Now(result));
+        self.launch(tag, Plan::simple());
+    }
+
+    fn launch(&mut self, tag: u64, plan: Plan) {
+        self.next_id = self.next_id.wrapping_add(1);
+        let id = self.next_id;
+        let parent = Parent {
+            tag,
+            pending: self.kids.len(),
+            error: None,
+            plan,
+        };
+        self.parents.insert(id, parent);
+        for kid in self.kids.drain(..) {
+            self.backlog.push_back((id, kid));
+        }
+        self.feed();
+    }
+
+    /// Moves backlog children into the engine while it has room; true if any moved.
+    fn feed(&mut self) -> bool {
+        let mut moved = false;
+        while self.engine.in_flight() < self.engine.depth() {
+            let Some((id, child)) = self.backlog.pop_front() else {
+                break;
+            };
+            let result = match child {
+                Child::Io(op) => self.engine.submit(op, id),
+                Child::Now(result) => self.engine.complete_now(id, result),
+            };
+            if let Err(e) = result {
+                tracing::error!(error = %e, "engine refused a child op");
+            }
+            moved = true;
+        }
+        moved
+    }
+
+    /// Collects child completions, finishes ops, handles a pause, retries deferred ops.
+    fn pump(&mut self) {
+        let mut reaped = std::mem::take(&mut self.reaped);
+        self.engine.reap(&mut reaped);
+        for c in reaped.drain(..) {
+            let Some(parent) = self.parents.get_mut(&c.tag) else {
+                continue;
+            };
+            parent.pending = parent.pending.saturating_sub(1);
+            if let Err(e) = c.result {
+                parent.error.get_or_insert(e);
+            }
+            if parent.pending == 0 {
+                if let Some(parent) = self.parents.remove(&c.tag) {
+                    self.done.push(parent);
+                }
+            }
+        }
+        self.reaped = reaped;
+        self.finish_all();
+        self.check_pause();
+        // Ops held back are tried again on every pump: the wake that got this queue reaped
+        // may be another queue's release of the blocks they wait for.
+        if !self.deferred.is_empty() {
+            self.retry_deferred();
+        }
+        if self.feed() {
+            if let Err(e) = self.engine.commit() {
+                tracing::warn!(error = %e, "engine commit failed in pump");
+            }
+        }
+    }
+
+    /// Ends the ops whose children are done: one `map` for all their new blocks, then the
+    /// commits, then their claims are released.
+    fn finish_all(&mut self) {
+        let mut done = std::mem::take(&mut self.done);
+        if done.is_empty() {
+            self.done = done;
+            return;
+        }
+        let core = self.core.clone();
+        let mut ring = false;
+        match lock(&core) {
+            Ok(mut core) => {
+                let batch: Vec<NewMapping> = done
+                    .iter()
+                    .filter(|p| p.error.is_none())
+                    .flat_map(|p| match &p.plan.after {
+                        After::Map(maps) => maps.as_slice(),
+                        _ => &[],
+                    })
+                    .copied()
+                    .collect();
+                let failure = map(&mut core, &batch);
+                for parent in done.drain(..) {
+                    ring |= self.settle(&mut core, parent, failure.as_ref());
+                }
+            }
+            Err(e) => {
+                let errno = to_formats(e).errno();
+                for p in done.drain(..) {
+                    let result = Err(Error::from_errno(errno));
+                    self.ready.push(Completion { tag: p.tag, result });
+                }
+            }
+        }
+        self.done = done;
+        if ring {
+            self.ring_others();
+        }
+    }
+
+    /// Completes one finished op; true if a queue waits for blocks it released.
+    fn settle(&mut self, core: &mut Core, parent: Parent, failure: Option<&MapFailure>) -> bool {
+        let Parent {
+            tag, error, plan, ..
+        } = parent;
+        let mut result = error.map_or(Ok(()), Err);
+        result = match (plan.after, result) {
+            (After::Map(maps), Ok(())) => match failure {
+                Some(f) if maps.iter().any(|m| f.vblocks.contains(&m.vblock)) => {
+                    Err(Error::from_errno(f.errno))
+                }
+                _ => Ok(()),
+            },
+            (After::Map(maps), Err(e)) => {
+                core.reserve.extend(maps.iter().map(|m| m.block));
+                Err(e)
+            }
+            (After::Commit, Ok(())) => core.port.commit().map_err(to_formats),
+            (_, result) => result,
+        };
+        self.ready.push(Completion { tag, result });
+        core.writes -= usize::from(plan.write);
+        match plan.claim {
+            Claim::None => return false,
+            Claim::Shared(range) => core.claims.unshare(range),
+            Claim::Owned(vblocks) => core.claims.disown(&vblocks),
+        }
+        std::mem::take(&mut core.waiting)
+    }
+
+    /// Wakes the volume's other queues (blocks an op waits for are free, or a pause ended).
+    fn ring_others(&self) {
+        let Ok(bells) = self.bells.lock() else { return };
+        for bell in bells.iter().filter(|b| !Arc::ptr_eq(b, &self.wake)) {
+            wake(bell);
+        }
+    }
+
+    /// Pauses the volume here if the pool asks and no write is in flight on any queue.
+    fn check_pause(&mut self) {
+        let Ok(mut core) = lock(&self.core) else {
+            return;
+        };
+        if core.writes > 0 || !core.port.pause_requested() {
+            return;
+        }
+        match core.port.paused() {
+            Ok(info) => {
+                // Mappings made from now on carry the new time: they are exclusive.
+                core.info.snapshotted_time = info.snapshotted_time;
+                core.info.time = info.time;
+            }
+            Err(e) => tracing::error!(error = %e, "pause handshake failed"),
+        }
+        drop(core);
+        self.ring_others();
+    }
+
+    fn retry_deferred(&mut self) {
+        for _ in 0..self.deferred.len() {
+            let Some((op, tag)) = self.deferred.pop_front() else {
+                break;
+            };
+            self.start(op, tag);
+        }
+    }
+
+    fn wait_for_wake(&mut self, left: Option<Duration>) -> Result<(), Error> {
+        let slice = left.map_or(Duration::from_millis(100), |l| {
+            l.min(Duration::from_millis(100))
+        });
+        let ms = u16::try_from(slice.as_millis()).unwrap_or(100);
+        let mut fds = [PollFd::new(self.engine.notifier(), PollFlags::POLLIN)];
+        poll(&mut fds, PollTimeout::from(ms)).map_err(std::io::Error::from)?;
+        self.pump();
+        Ok(())
+    }
+}
+
+/// The virtual blocks a `map` batch left unmapped, and why.
+struct MapFailure {
+    errno: i32,
+    vblocks: HashSet<u64>,
+}
+
+/// Maps the new blocks of finished ops and records them in the cache. If the pool refused
+/// part of the batch, asks it what got mapped: the other blocks go back to the reserve.
+fn map(core: &mut Core, maps: &[NewMapping]) -> Option<MapFailure> {
+    if maps.is_empty() {
+        return None;
+    }
+    let time = core.info.time;
+    let error = core.port.map(maps).err();
+    let mut failed = HashSet::new();
+    for m in maps {
+        let mapped = match &error {
+            None => Some(Mapping {
+                block: m.block,
+                time,
+            }),
+            Some(_) => core
+                .port
+                .lookup(m.vblock..m.vblock + 1)
+                .ok()
+                .and_then(|found| found.first().map(|(_, mapping)| *mapping)),
+        };
+        if error.is_some() && mapped.is_none_or(|x| x.block != m.block) {
+            core.reserve.push(m.block);
+            failed.insert(m.vblock);
+        }
+        core.cache.set(m.vblock, mapped);
+    }
+    error.map(|e| MapFailure {
+        errno: e.errno(),
+        vblocks: failed,
+    })
+}
+
+/// Makes a queue's notifier readable.
+pub(super) fn wake(fd: &OwnedFd) {
+    let one = 1u64.to_ne_bytes();
+    if let Err(e) = nix::unistd::write(fd, &one) {
+        tracing::warn!(error = %e, "cannot wake a queue");
+    }
+}
+
+impl ImageQueue for ThinQueue {
+    fn submit(&mut self, op: IoOp, tag: u64) -> Result<(), Error> {
+        if self.outstanding >= self.depth {
+            return Err(Error::QueueFull(
+                u32::try_from(self.depth).unwrap_or(u32::MAX),
+            ));
+        }
+        self.outstanding += 1;
+        self.start(op, tag);
+        Ok(())
+    }
+
+    fn commit(&mut self) -> Result<(), Error> {
+        self.feed();
+        self.engine.commit()
+    }
+
+    fn reap(&mut self, out: &mut Vec<Completion>) -> usize {
+        self.pump();
+        let n = self.ready.len();
+        out.append(&mut self.ready);
+        self.outstanding = self.outstanding.saturating_sub(n);
+        n
+    }
+
+    fn wait(&mut self, timeout: Option<Duration>) -> Result<(), Error> {
+        self.commit()?;
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        loop {
+            self.pump();
+            if !self.ready.is_empty() {
+                wake(&self.wake);
+                return Ok(());
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left.is_some_and(|l| l.is_zero()) {
+                return Ok(());
+            }
+            if self.engine.in_flight() == 0 && self.backlog.is_empty() {
+                if self.deferred.is_empty() {
+                    return Ok(());
+                }
+                self.wait_for_wake(left)?;
+                continue;
+            }
+            self.engine.wait(left)?;
+        }
+    }
+
+    fn notifier(&self) -> BorrowedFd<'_> {
+        self.wake.as_fd()
+    }
+
+    fn in_flight(&self) -> usize {
+        self.outstanding
+    }
+}
+
+impl Drop for ThinQueue {
+    fn drop(&mut self) {
+        let start = Instant::now();
+        let mut done = Vec::new();
+        while self.outstanding > 0 && start.elapsed() < DRAIN_LIMIT {
+            if let Err(e) = self.wait(Some(Duration::from_millis(100))) {
+                tracing::warn!(error = %e, "draining a thin volume queue");
+                break;
+            }
+            self.reap(&mut done);
+        }
+        if let Ok(mut bells) = self.bells.lock() {
+            bells.retain(|b| !Arc::ptr_eq(b, &self.wake));
+        }
+    }
+}

@@ -1,0 +1,369 @@
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use rustbk_formats::suite::{self, DEPTH, MIN_SIZE, pattern};
+use rustbk_formats::{BlockImage, IoOp};
+
+use crate::pool::{PoolOptions, VolumeSpec};
+use crate::testing::{flush, get, new_pool, put, queue, thin_check, us};
+
+const MIB: u64 = 1 << 20;
+
+fn shared_suite_passes_with_blocks_of(block_size: u64) {
+    let t = new_pool(block_size, 64 * MIB / block_size, PoolOptions::default());
+    let size = 2 * MIN_SIZE;
+    let vol = t.volume(1, size);
+    let mut q = vol.open_queue(DEPTH).expect("queue");
+    suite::run_writable(&mut *q, size);
+    drop(q);
+    drop(vol);
+    t.pool.commit().expect("commit");
+    thin_check(&t.meta);
+}
+
+#[test]
+fn shared_suite_passes_with_64k_blocks() {
+    shared_suite_passes_with_blocks_of(64 << 10);
+}
+
+#[test]
+fn shared_suite_passes_with_256k_blocks() {
+    shared_suite_passes_with_blocks_of(256 << 10);
+}
+
+#[test]
+fn partial_write_into_an_unprovisioned_block_reads_zeros_around_it() {
+    let t = new_pool(64 << 10, 64, PoolOptions::default());
+    let vol = t.volume(1, 4 * MIB);
+    let mut q = queue(&vol);
+    // A recycled data block full of old bytes must not show through.
+    std::fs::write(&t.data, vec![0xee; 4 << 20]).expect("dirty data device");
+    put(&mut *q, 65536 + 1000, &[7; 3000]);
+    let got = get(&mut *q, 65536, 65536);
+    let mut expected = vec![0; 65536];
+    expected[1000..4000].fill(7);
+    suite::assert_bytes(&got, &expected, "block around a partial write");
+}
+
+#[test]
+fn two_writes_into_one_new_block_provision_it_once() {
+    let t = new_pool(64 << 10, 64, PoolOptions::default());
+    let vol = t.volume(1, 4 * MIB);
+    let mut q = queue(&vol);
+    let bufs: Vec<_> = (0..8)
+        .map(|i| {
+            let b = rustbk_formats::SharedBuf::new(4096);
+            assert!(b.copy_in(0, &pattern(i, 4096)));
+            b
+        })
+        .collect();
+    for (i, b) in bufs.iter().enumerate() {
+        let op = IoOp::Write {
+            offset: i as u64 * 4096,
+            bufs: Box::new(b.clone()),
+        };
+        q.submit(op, i as u64).expect("submit");
+    }
+    q.commit().expect("commit");
+    let done = suite::reap_n(&mut *q, 8);
+    assert!(done.iter().all(|c| c.result.is_ok()), "{done:?}");
+    let expected: Vec<u8> = (0..8).flat_map(|i| pattern(i, 4096)).collect();
+    suite::assert_bytes(&get(&mut *q, 0, 32768), &expected, "eight writes");
+    let mapped = t.pool.volumes().expect("list")[0].mapped_blocks;
+    assert_eq!(mapped, 1);
+}
+
+#[test]
+fn ops_past_the_end_or_overflowing_get_errors() {
+    let t = new_pool(64 << 10, 64, PoolOptions::default());
+    let vol = t.volume(1, MIB);
+    let mut q = queue(&vol);
+    assert!(suite::read_at(&mut *q, u64::MAX - 10, 512).is_err());
+    assert!(suite::write_at(&mut *q, MIB, &[1; 512]).is_err());
+    let discard = IoOp::Discard {
+        offset: u64::MAX,
+        len: u64::MAX,
+    };
+    assert!(suite::run(&mut *q, discard).is_err());
+}
+
+#[test]
+fn data_written_and_flushed_reads_back_after_reopen() {
+    let t = new_pool(64 << 10, 256, PoolOptions::default());
+    let vol = t.volume(1, 8 * MIB);
+    let mut q = queue(&vol);
+    put(&mut *q, 3 * MIB + 512, &pattern(3, 200_000));
+    flush(&mut *q);
+    drop(q);
+    drop(vol);
+    let t = t.reopen(PoolOptions::default());
+    let vol = t.open(1);
+    let mut q = queue(&vol);
+    suite::assert_bytes(
+        &get(&mut *q, 3 * MIB + 512, 200_000),
+        &pattern(3, 200_000),
+        "after reopen",
+    );
+    thin_check(&t.meta);
+}
+
+#[test]
+fn discard_unmaps_whole_blocks_and_zeroes_partial_exclusive_ones() {
+    let bs = 64 << 10;
+    let t = new_pool(bs, 64, PoolOptions::default());
+    let vol = t.volume(1, MIB);
+    let mut q = queue(&vol);
+    put(&mut *q, 0, &pattern(1, us(4 * bs)));
+    let discard = IoOp::Discard {
+        offset: bs / 2,
+        len: 2 * bs,
+    };
+    suite::run(&mut *q, discard).expect("discard");
+    let mut expected = pattern(1, us(4 * bs));
+    expected[us(bs / 2)..us(5 * bs / 2)].fill(0);
+    suite::assert_bytes(&get(&mut *q, 0, us(4 * bs)), &expected, "discard");
+    assert_eq!(t.pool.volumes().expect("list")[0].mapped_blocks, 3);
+}
+
+#[test]
+fn a_volume_over_a_raw_origin_reads_it_and_fills_partial_writes_from_it() {
+    let t = new_pool(64 << 10, 64, PoolOptions::default());
+    let origin = t.dir.path().join("origin.raw");
+    std::fs::write(&origin, pattern(42, us(MIB))).expect("origin");
+    let spec = VolumeSpec {
+        size: 2 * MIB,
+        name: "over origin".into(),
+        origin: Some(crate::pool::Origin {
+            path: origin,
+            format: "raw".into(),
+        }),
+    };
+    t.pool.create_volume(1, spec).expect("create");
+    let vol = t.open(1);
+    let mut q = queue(&vol);
+    let mut expected = pattern(42, us(MIB));
+    expected.resize(us(2 * MIB), 0);
+    suite::assert_bytes(&get(&mut *q, 0, us(2 * MIB)), &expected, "origin");
+    put(&mut *q, 70_000, &[9; 100]);
+    put(&mut *q, MIB - 50, &[8; 100]);
+    expected[70_000..70_100].fill(9);
+    expected[us(MIB - 50)..us(MIB + 50)].fill(8);
+    let zeroes = IoOp::WriteZeroes {
+        offset: 200_000,
+        len: 300_000,
+    };
+    suite::run(&mut *q, zeroes).expect("write zeroes");
+    expected[200_000..500_000].fill(0);
+    suite::assert_bytes(&get(&mut *q, 0, us(2 * MIB)), &expected, "after writes");
+    drop(q);
+    drop(vol);
+    thin_check(&t.meta);
+}
+
+#[test]
+fn a_partial_write_into_a_shared_block_copies_the_rest_of_it() {
+    let bs = 256 << 10;
+    let t = new_pool(bs, 64, PoolOptions::default());
+    let vol = t.volume(1, 4 * MIB);
+    let mut q = queue(&vol);
+    put(&mut *q, 0, &pattern(1, us(2 * bs)));
+    drop(q);
+    drop(vol);
+    t.pool.snapshot(1, 2, "").expect("snapshot");
+    let vol = t.open(1);
+    let mut q = queue(&vol);
+    put(&mut *q, bs - 100, &[4; 200]);
+    let mut expected = pattern(1, us(2 * bs));
+    expected[us(bs - 100)..us(bs + 100)].fill(4);
+    suite::assert_bytes(&get(&mut *q, 0, us(2 * bs)), &expected, "origin");
+    let snap = t.open(2);
+    let mut sq = queue(&snap);
+    let before = pattern(1, us(2 * bs));
+    suite::assert_bytes(&get(&mut *sq, 0, us(2 * bs)), &before, "snapshot");
+    assert_eq!(t.pool.volumes().expect("list")[0].mapped_blocks, 2);
+}
+
+#[test]
+fn passdown_punches_the_freed_blocks_out_of_the_data_file_after_the_commit() {
+    use std::os::unix::fs::MetadataExt;
+    let opts = PoolOptions {
+        passdown: true,
+        ..PoolOptions::default()
+    };
+    let t = new_pool(64 << 10, 64, opts);
+    let vol = t.volume(1, 4 * MIB);
+    let mut q = queue(&vol);
+    put(&mut *q, 0, &pattern(1, us(2 * MIB)));
+    flush(&mut *q);
+    let used = |p: &std::path::Path| std::fs::metadata(p).expect("stat").blocks() * 512;
+    let before = used(&t.data);
+    let discard = IoOp::Discard {
+        offset: 0,
+        len: 2 * MIB,
+    };
+    suite::run(&mut *q, discard).expect("discard");
+    assert_eq!(
+        used(&t.data),
+        before,
+        "blocks punched before the commit that frees them (a crash would find them mapped)"
+    );
+    flush(&mut *q);
+    let after = used(&t.data);
+    assert!(
+        before - after >= 2 * MIB - (64 << 10),
+        "{before} -> {after} bytes"
+    );
+}
+
+#[test]
+fn a_volume_over_a_qcow2_origin_made_by_qemu_img_reads_its_data() {
+    let t = new_pool(64 << 10, 64, PoolOptions::default());
+    let origin = t.dir.path().join("base.qcow2");
+    let ok = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&origin)
+        .arg("1M")
+        .status()
+        .expect("qemu-img must be installed");
+    assert!(ok.success());
+    let ok = std::process::Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0x5a 4096 8192"])
+        .arg(&origin)
+        .output()
+        .expect("qemu-io must be installed");
+    assert!(ok.status.success(), "{ok:?}");
+    let spec = VolumeSpec {
+        size: MIB,
+        name: String::new(),
+        origin: Some(crate::pool::Origin {
+            path: origin,
+            format: "qcow2".into(),
+        }),
+    };
+    t.pool.create_volume(1, spec).expect("create");
+    let vol = t.open(1);
+    let mut q = queue(&vol);
+    put(&mut *q, 8192, &[1; 512]);
+    let mut expected = vec![0; 16384];
+    expected[4096..12288].fill(0x5a);
+    expected[8192..8704].fill(1);
+    suite::assert_bytes(&get(&mut *q, 0, 16384), &expected, "qcow2 origin");
+}
+
+#[test]
+fn a_write_waiting_on_another_queues_new_block_goes_on_when_it_is_mapped() {
+    let t = new_pool(64 << 10, 64, PoolOptions::default());
+    let vol = t.volume(1, MIB);
+    let mut a = queue(&vol);
+    let mut b = queue(&vol);
+    let first = rustbk_formats::SharedBuf::new(4096);
+    assert!(first.copy_in(0, &pattern(1, 4096)));
+    let second = rustbk_formats::SharedBuf::new(4096);
+    assert!(second.copy_in(0, &pattern(2, 4096)));
+    let write = |offset, buf: &rustbk_formats::SharedBuf| IoOp::Write {
+        offset,
+        bufs: Box::new(buf.clone()),
+    };
+    a.submit(write(0, &first), 1).expect("submit a");
+    a.commit().expect("commit a");
+    b.submit(write(8192, &second), 2).expect("submit b");
+    b.commit().expect("commit b");
+    assert!(suite::reap_n(&mut *a, 1)[0].result.is_ok());
+    // Driven as a ring worker drives it: reap when the notifier is readable, never wait().
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while got.is_empty() && std::time::Instant::now() < deadline {
+        let mut fds = [PollFd::new(b.notifier(), PollFlags::POLLIN)];
+        poll(&mut fds, PollTimeout::from(100u16)).expect("poll");
+        b.reap(&mut got);
+        b.commit().expect("commit b");
+    }
+    assert_eq!(got.len(), 1, "the waiting write never completed");
+    assert!(got[0].result.is_ok());
+    let mut expected = pattern(1, 4096);
+    expected.extend(vec![0; 4096]);
+    expected.extend(pattern(2, 4096));
+    suite::assert_bytes(&get(&mut *a, 0, 12288), &expected, "both writes");
+    assert_eq!(t.pool.volumes().expect("list")[0].mapped_blocks, 1);
+}
+
+/// A pool that answers lookups with mappings outside the range asked.
+struct LyingPort(crate::port::VolumeInfo);
+
+impl crate::port::PoolPort for LyingPort {
+    fn info(&mut self) -> crate::Result<crate::port::VolumeInfo> {
+        Ok(self.0.clone())
+    }
+    fn lookup(
+        &mut self,
+        vblocks: std::ops::Range<u64>,
+    ) -> crate::Result<Vec<(u64, crate::meta::Mapping)>> {
+        let liar = crate::meta::Mapping { block: 1, time: 0 };
+        Ok(vec![(vblocks.start + 1_000_000, liar)])
+    }
+    fn provision(&mut self, _: usize) -> crate::Result<Vec<u64>> {
+        Err(crate::Error::DataFull(0))
+    }
+    fn map(&mut self, _: &[crate::port::NewMapping]) -> crate::Result<()> {
+        Ok(())
+    }
+    fn unmap(&mut self, _: std::ops::Range<u64>) -> crate::Result<Vec<u64>> {
+        Ok(Vec::new())
+    }
+    fn release(&mut self, _: &[u64]) -> crate::Result<()> {
+        Ok(())
+    }
+    fn commit(&mut self) -> crate::Result<()> {
+        Ok(())
+    }
+    fn pause_requested(&self) -> bool {
+        false
+    }
+    fn paused(&mut self) -> crate::Result<crate::port::VolumeInfo> {
+        Ok(self.0.clone())
+    }
+    fn set_waker(&mut self, _: Box<dyn Fn() + Send + Sync>) {}
+}
+
+#[test]
+fn a_pool_answering_lookups_outside_the_range_gets_errors_not_panics() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    crate::testing::sized_file(&data, MIB);
+    let access = rustbk_formats::engine::Access::ReadWrite;
+    let file = rustbk_formats::EngineFile::open(&data, access, false).expect("data");
+    let info = crate::port::VolumeInfo {
+        id: 1,
+        block_size: 64 << 10,
+        size: MIB,
+        snapshotted_time: 0,
+        time: 0,
+        data_path: data.clone(),
+        origin: None,
+    };
+    let port = Box::new(LyingPort(info));
+    let opts = crate::volume::VolumeOptions::default();
+    let vol = crate::volume::ThinVolume::new(port, std::sync::Arc::new(file), opts).expect("vol");
+    let mut q = queue(&vol);
+    let read = suite::read_at(&mut *q, 0, 4096);
+    assert_eq!(read.expect_err("lying pool").errno(), libc::EIO);
+    let write = suite::write_at(&mut *q, 4096, &[1; 512]);
+    assert_eq!(write.expect_err("lying pool").errno(), libc::EIO);
+}
+
+#[test]
+fn a_volume_served_read_only_refuses_modifying_ops() {
+    let t = new_pool(64 << 10, 64, PoolOptions::default());
+    let spec = VolumeSpec {
+        size: 2 * MIB,
+        ..VolumeSpec::default()
+    };
+    t.pool.create_volume(1, spec).expect("create");
+    let opts = crate::volume::VolumeOptions {
+        read_only: true,
+        ..crate::volume::VolumeOptions::default()
+    };
+    let vol = crate::volume::ThinVolume::open_local(&t.pool, 1, opts).expect("open");
+    assert!(vol.features().read_only);
+    let mut q = queue(&vol);
+    suite::read_only_refuses_modifying_ops(&mut *q);
+    assert_eq!(t.pool.usage().unwrap().data_free, 64, "nothing provisioned");
+}

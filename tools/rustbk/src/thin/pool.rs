@@ -1,0 +1,127 @@
+//! `rustbk thin create-pool` and `grow`: pools as directories of a metadata and a data device.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, ensure};
+use clap::Args;
+use rustbk_thin::dir::{Devices, PoolDir};
+use rustbk_thin::pool::PoolOptions;
+
+use crate::cli::parse_size;
+
+/// Metadata bytes per data block a new metadata file gets (dm-thin needs about 48, and
+/// snapshots unshare tree nodes), plus a fixed part, within what the format can use.
+const META_PER_BLOCK: u64 = 128;
+const META_BASE: u64 = 4 << 20;
+const META_MAX: u64 = 255 * 16320 * 4096;
+
+/// `rustbk thin create-pool`.
+#[derive(Debug, Args)]
+pub struct CreatePoolArgs {
+    /// The pool directory to make (missing or empty).
+    pub pool: PathBuf,
+    /// Size of a new data file (sparse), e.g. 100G.
+    #[arg(long, value_parser = parse_size, required_unless_present = "data_dev")]
+    pub size: Option<u64>,
+    /// Data block size: a multiple of 64 KiB from 64 KiB to 1 GiB.
+    #[arg(long, default_value = "64k", value_parser = parse_size)]
+    pub block_size: u64,
+    /// Size of a new metadata file (default: from the data size).
+    #[arg(long, value_parser = parse_size, conflicts_with = "metadata_dev")]
+    pub metadata_size: Option<u64>,
+    /// An existing device or file for the metadata, linked from the pool directory.
+    #[arg(long, requires = "data_dev")]
+    pub metadata_dev: Option<PathBuf>,
+    /// An existing device or file for the data, linked from the pool directory.
+    #[arg(long, requires = "metadata_dev", conflicts_with = "size")]
+    pub data_dev: Option<PathBuf>,
+}
+
+/// Runs `rustbk thin create-pool`.
+pub fn create(args: CreatePoolArgs) -> anyhow::Result<ExitCode> {
+    let devices = match (&args.metadata_dev, &args.data_dev, args.size) {
+        (Some(metadata), Some(data), _) => Devices::Existing {
+            metadata: metadata.clone(),
+            data: data.clone(),
+        },
+        (_, _, Some(data)) => {
+            let blocks = data / args.block_size.max(1);
+            let default = META_BASE.saturating_add(blocks.saturating_mul(META_PER_BLOCK));
+            let metadata = args.metadata_size.unwrap_or(default.min(META_MAX));
+            Devices::Files { metadata, data }
+        }
+        _ => anyhow::bail!("give --size, or --metadata-dev and --data-dev"),
+    };
+    let dir = PoolDir::new(&args.pool);
+    let pool = dir
+        .create(&devices, args.block_size, PoolOptions::default())
+        .with_context(|| format!("Cannot create the pool {}", args.pool.display()))?;
+    let usage = pool.usage()?;
+    println!(
+        "Created pool {}: {} data blocks of {} bytes, {} metadata blocks",
+        args.pool.display(),
+        usage.data_blocks,
+        usage.block_size,
+        usage.metadata_blocks
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `rustbk thin grow`.
+#[derive(Debug, Args)]
+pub struct GrowArgs {
+    /// The pool directory.
+    pub pool: PathBuf,
+    /// Grow the data file to this size first (a data device is grown by its own tools).
+    #[arg(long, value_parser = parse_size)]
+    pub size: Option<u64>,
+    /// Grow the metadata file to this size first.
+    #[arg(long, value_parser = parse_size)]
+    pub metadata_size: Option<u64>,
+}
+
+/// Runs `rustbk thin grow`: the pool takes in all of its (grown) devices.
+pub fn grow(args: GrowArgs) -> anyhow::Result<ExitCode> {
+    let dir = PoolDir::new(&args.pool);
+    for (path, size) in [
+        (dir.data(), args.size),
+        (dir.metadata(), args.metadata_size),
+    ] {
+        if let Some(size) = size {
+            grow_file(&path, size)?;
+        }
+    }
+    let pool = dir
+        .open(PoolOptions::default())
+        .with_context(|| format!("Cannot open the pool {}", args.pool.display()))?;
+    let data = pool.grow_data()?;
+    let metadata = pool.grow_metadata()?;
+    pool.commit()?;
+    println!(
+        "Pool {}: {data} data blocks, {metadata} metadata blocks",
+        args.pool.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn grow_file(path: &std::path::Path, size: u64) -> anyhow::Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .with_context(|| format!("Cannot open {}", path.display()))?;
+    let meta = file.metadata()?;
+    ensure!(
+        meta.is_file(),
+        "{} is not a file: grow the device with its own tools",
+        path.display()
+    );
+    ensure!(
+        size >= meta.len(),
+        "{} is {} bytes: a pool never shrinks",
+        path.display(),
+        meta.len()
+    );
+    file.set_len(size)?;
+    Ok(())
+}
