@@ -1,6 +1,7 @@
 //! rustbk's thin pools: dm-thin's on-disk metadata, read and written in userspace.
 #![forbid(unsafe_code)]
 
+pub mod check;
 pub mod dir;
 pub mod error;
 pub mod interchange;

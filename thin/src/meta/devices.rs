@@ -48,10 +48,17 @@ impl Metadata {
             return Err(Error::DeviceExists(id));
         }
         let origin_details = self.details(origin)?;
+        if self.sb.time >= TIME_MASK {
+            // Wrapping to 0 would make every shared mapping look newer than the snapshot.
+            return Err(Error::InvalidArgument(format!(
+                "pool time {} is at its 24-bit limit: no more snapshots",
+                self.sb.time
+            )));
+        }
         let root = self.device_root(origin)?;
         self.tm.inc(root)?;
         self.set_device_root(id, root)?;
-        self.sb.time = (self.sb.time + 1) & TIME_MASK;
+        self.sb.time += 1;
         let time = self.sb.time;
         self.set_details(
             origin,

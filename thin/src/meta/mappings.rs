@@ -14,7 +14,9 @@ impl Metadata {
         self.details(id)?;
         let root = self.device_root(id)?;
         let found = btree::lookup(&mut self.tm, root, MAPPING_SIZE, vblock)?;
-        Ok(found.map(|v| Mapping::decode(&v)))
+        found
+            .map(|v| self.valid(id, vblock, Mapping::decode(&v)))
+            .transpose()
     }
 
     /// The mappings of the virtual blocks in `vblocks`, in order.
@@ -22,10 +24,29 @@ impl Metadata {
         self.details(id)?;
         let root = self.device_root(id)?;
         let found = btree::range(&mut self.tm, root, MAPPING_SIZE, vblocks)?;
-        Ok(found
+        found
             .into_iter()
-            .map(|(k, v)| (k, Mapping::decode(&v)))
-            .collect())
+            .map(|(k, v)| Ok((k, self.valid(id, k, Mapping::decode(&v))?)))
+            .collect()
+    }
+
+    /// `m`, the mapping of `vblock` of device `id`, if it is one the pool can have made: a
+    /// data block inside the data space map, a time not after the pool's.
+    fn valid(&self, id: u64, vblock: u64, m: Mapping) -> Result<Mapping> {
+        let nr_data = self.data.refs.nr_blocks();
+        if m.block >= nr_data {
+            return Err(Error::corrupt(format!(
+                "device {id} maps block {vblock} to data block {}, past the end ({nr_data} blocks)",
+                m.block
+            )));
+        }
+        if m.time > self.sb.time {
+            return Err(Error::corrupt(format!(
+                "device {id} maps block {vblock} at time {}, after the pool's time {}",
+                m.time, self.sb.time
+            )));
+        }
+        Ok(m)
     }
 
     /// Whether `mapping` of device `id` may be shared with a snapshot (it predates the

@@ -10,8 +10,10 @@ mod superblock;
 #[cfg(test)]
 mod tests;
 
-pub use details::{DeviceDetails, MAX_DATA_BLOCKS, Mapping};
-pub use superblock::{Superblock, check_data_block_size};
+pub use details::{DETAILS_SIZE, DeviceDetails, MAPPING_SIZE, MAX_DATA_BLOCKS, Mapping, TIME_MASK};
+pub use superblock::{
+    MAGIC, NEEDS_CHECK, Superblock, VERSION, check_data_block_size, metadata_block_size,
+};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -25,7 +27,6 @@ use crate::pdata::dev::MetaDev;
 use crate::pdata::refs::{ENTRIES_PER_BITMAP, RefCounts};
 use crate::pdata::sm::{self, DataSm, MetaSm};
 use crate::pdata::tm::Tm;
-use details::{DETAILS_SIZE, MAPPING_SIZE};
 
 /// Most metadata blocks a pool can use: what 255 space map bitmaps cover (about 16 GiB).
 pub const MAX_METADATA_BLOCKS: u64 = 255 * ENTRIES_PER_BITMAP;

@@ -1,5 +1,6 @@
 //! The pool superblock at metadata block 0, laid out as dm-thin's `thin_disk_superblock`.
 
+use super::details::TIME_MASK;
 use crate::error::{Error, Result};
 use crate::pdata::block::{self, BLOCK_SECTORS, Block, get_u32, get_u64, put_u32, put_u64};
 use crate::pdata::sm::{ROOT_SIZE, SmRoot};
@@ -55,9 +56,16 @@ impl Superblock {
         if get_u64(b, 32) != MAGIC {
             return Err(Error::corrupt("not a thin pool: bad superblock magic"));
         }
+        let sb = Superblock::parse(b);
+        sb.validate(metadata_block_size(b))?;
+        Ok(sb)
+    }
+
+    /// The fields of superblock `b`, checked for nothing (not even the magic).
+    pub fn parse(b: &[u8; block::BLOCK_SIZE]) -> Superblock {
         let mut uuid = [0; 16];
         uuid.copy_from_slice(&b[16..32]);
-        let sb = Superblock {
+        Superblock {
             flags: get_u32(b, 4),
             uuid,
             version: get_u32(b, 40),
@@ -73,9 +81,7 @@ impl Superblock {
             compat_flags: get_u32(b, 352),
             compat_ro_flags: get_u32(b, 356),
             incompat_flags: get_u32(b, 360),
-        };
-        sb.validate(get_u32(b, 340))?;
-        Ok(sb)
+        }
     }
 
     fn validate(&self, metadata_block_size: u32) -> Result<()> {
@@ -89,6 +95,12 @@ impl Superblock {
             return Err(Error::Unsupported(format!(
                 "incompatible feature flags {:#x}",
                 self.incompat_flags
+            )));
+        }
+        if self.time > TIME_MASK {
+            return Err(Error::corrupt(format!(
+                "pool time {} does not fit the 24 bits of a mapping",
+                self.time
             )));
         }
         if metadata_block_size != BLOCK_SECTORS {
@@ -122,6 +134,11 @@ impl Superblock {
         put_u32(&mut b[..], 360, self.incompat_flags);
         b
     }
+}
+
+/// The metadata block size superblock `b` records, in sectors (always [`BLOCK_SECTORS`]).
+pub fn metadata_block_size(b: &[u8; block::BLOCK_SIZE]) -> u32 {
+    get_u32(b, 340)
 }
 
 /// Smallest data block: 64 KiB in sectors.

@@ -22,7 +22,8 @@ pub struct Tm {
     dev: MetaDev,
     /// The metadata space map's counts.
     pub refs: RefCounts,
-    clean: HashMap<u64, Block>,
+    /// Blocks read or written back, with the type they were checked or written as.
+    clean: HashMap<u64, (Kind, Block)>,
     dirty: HashMap<u64, (Kind, Block)>,
     shadows: HashSet<u64>,
     /// Fault injection for the crash tests: commit without syncing the new blocks before the
@@ -57,24 +58,24 @@ impl Tm {
 
     /// The contents of block `b`, checked as a `kind` block.
     pub fn read(&mut self, b: u64, kind: Kind) -> Result<&[u8; super::BLOCK_SIZE]> {
-        if self.dirty.contains_key(&b) {
-            let (k, block) = &self.dirty[&b];
-            return match *k == kind {
-                true => Ok(&**block),
-                false => Err(Error::BadBlock {
-                    block: b,
-                    why: format!("read as {kind:?}, written as {k:?}"),
-                }),
-            };
-        }
-        if !self.clean.contains_key(&b) {
+        if !self.dirty.contains_key(&b) && !self.clean.contains_key(&b) {
             let block = self.dev.read(b, kind)?;
             if self.clean.len() >= CACHE_BLOCKS {
                 self.clean.clear();
             }
-            self.clean.insert(b, block);
+            self.clean.insert(b, (kind, block));
         }
-        Ok(&*self.clean[&b])
+        let (k, block) = match self.dirty.get(&b) {
+            Some(entry) => entry,
+            None => &self.clean[&b],
+        };
+        match *k == kind {
+            true => Ok(&**block),
+            false => Err(Error::BadBlock {
+                block: b,
+                why: format!("read as {kind:?}, but it is a {k:?}"),
+            }),
+        }
     }
 
     /// Allocates a block for this transaction; its contents must be given with [`Tm::write`].
@@ -150,7 +151,7 @@ impl Tm {
         for (b, (kind, mut block)) in blocks {
             self.dev.write(b, kind, &mut block)?;
             if self.clean.len() < CACHE_BLOCKS {
-                self.clean.insert(b, block);
+                self.clean.insert(b, (kind, block));
             }
         }
         #[cfg(test)]
@@ -170,5 +171,28 @@ impl Tm {
     pub fn committed(&mut self) {
         self.shadows.clear();
         self.refs.committed();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pdata::block;
+    use crate::pdata::btree::tests::test_tm;
+
+    #[test]
+    fn cached_block_read_as_another_kind_is_refused() {
+        let (_dir, mut tm) = test_tm(16);
+        let b = tm.new_block().unwrap();
+        tm.write(b, Kind::Node, block::zeroed()).unwrap();
+        tm.write_dirty().unwrap();
+        tm.committed();
+        // Read once as what it is (now cached clean), then as a bitmap.
+        tm.read(b, Kind::Node).unwrap();
+        let read = tm.read(b, Kind::Bitmap).map(drop);
+        assert!(
+            matches!(read, Err(Error::BadBlock { block, .. }) if block == b),
+            "{read:?}"
+        );
     }
 }

@@ -1,3 +1,4 @@
 //! Support shared by the integration tests of rustbk-thin.
 
+pub mod damage;
 pub mod peers;

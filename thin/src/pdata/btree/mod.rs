@@ -9,7 +9,7 @@ mod insert;
 pub mod node;
 mod remove;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod walk;
 
 pub use insert::insert;

@@ -141,6 +141,10 @@ impl Node {
         if max != max_entries(size) || nr > max {
             return Err(bad(&format!("node holds {nr} of {max} entries")));
         }
+        if !leaf && nr == 0 {
+            // Only a leaf may be empty (the root of an empty tree).
+            return Err(bad("internal B-tree node has no entries"));
+        }
         let keys: Vec<u64> = (0..nr).map(|i| get_u64(b, HEADER + i * 8)).collect();
         if keys.windows(2).any(|w| w[0] >= w[1]) {
             return Err(bad("node keys are out of order"));

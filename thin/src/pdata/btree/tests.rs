@@ -284,3 +284,16 @@ fn cycle_is_refused_as_too_deep() {
     assert!(err.to_string().contains("deeper than"), "{err}");
     assert!(for_each(&mut tm, root, 8, &mut |_, _| Ok(())).is_err());
 }
+
+#[test]
+fn internal_node_without_entries_is_refused_by_insert() {
+    let (_dir, mut tm) = test_tm(64);
+    let root = tm.new_block().unwrap();
+    write_node(&mut tm, root, &Node::new(false, 8)).unwrap();
+    commit(&mut tm);
+    let inserted = insert(&mut tm, root, 5, &5u64.to_le_bytes(), &mut NoRefs);
+    assert!(
+        matches!(&inserted, Err(Error::BadBlock { why, .. }) if why.contains("no entries")),
+        "{inserted:?}"
+    );
+}

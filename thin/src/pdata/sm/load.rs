@@ -2,7 +2,7 @@
 //! is checksummed, every overflowed entry must have its count in the overflow tree and every
 //! count there must belong to an overflowed entry.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use super::disk::{IndexEntry, SmRoot, decode_bitmap, decode_index};
 use super::{COUNT_SIZE, DataSm, INDEX_SIZE, MetaSm, SmLayout};
@@ -27,6 +27,7 @@ pub fn load_metadata(dev: &MetaDev, root: SmRoot) -> Result<(RefCounts, MetaSm)>
         .map_err(|_| Error::corrupt("metadata space map size"))?;
     let index = tm.read(root.bitmap_root, Kind::Index)?;
     let bitmaps = decode_index(index, n)?;
+    check_locations(&bitmaps, dev.nr_blocks())?;
     let mut refs = RefCounts::new(root.nr_blocks)?;
     fill(&mut tm, &mut refs, &bitmaps, root)?;
     let layout = SmLayout {
@@ -62,6 +63,7 @@ pub fn load_data(tm: &mut Tm, root: SmRoot, max_blocks: u64) -> Result<DataSm> {
             bitmaps.len()
         )));
     }
+    check_locations(&bitmaps, tm.dev().nr_blocks())?;
     let mut refs = RefCounts::new(root.nr_blocks)?;
     fill(tm, &mut refs, &bitmaps, root)?;
     let layout = SmLayout {
@@ -70,6 +72,22 @@ pub fn load_data(tm: &mut Tm, root: SmRoot, max_blocks: u64) -> Result<DataSm> {
         bitmaps,
     };
     Ok(DataSm { refs, layout })
+}
+
+/// Checks that every bitmap has a block of its own on the metadata device of `nr_blocks`
+/// blocks, before the counts they cover are allocated: a hostile index naming one block many
+/// times would otherwise make a small metadata device claim counts for billions of blocks.
+fn check_locations(bitmaps: &[IndexEntry], nr_blocks: u64) -> Result<()> {
+    let mut seen = HashSet::new();
+    for (i, entry) in bitmaps.iter().enumerate() {
+        if entry.blocknr >= nr_blocks || !seen.insert(entry.blocknr) {
+            return Err(Error::corrupt(format!(
+                "space map bitmap {i} is at block {}, past the end or shared with another",
+                entry.blocknr
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn fill(tm: &mut Tm, refs: &mut RefCounts, bitmaps: &[IndexEntry], root: SmRoot) -> Result<()> {

@@ -10,7 +10,7 @@
 mod disk;
 mod load;
 
-pub use disk::{IndexEntry, ROOT_SIZE, SmRoot};
+pub use disk::{IndexEntry, MAX_METADATA_BITMAPS, ROOT_SIZE, SmRoot, decode_bitmap, decode_index};
 pub use load::{load_data, load_metadata};
 
 use std::collections::BTreeSet;
