@@ -1,6 +1,6 @@
 //! SIGKILL of a real backend process serving a thin volume in the middle of a write + flush
-//! workload: the pool passes thin_check 0.9 (and 1.1 every tenth cycle), and every block of
-//! the volume reads back a generation the guest may see after a crash.
+//! workload: the pool passes rustbk's check and thin_check 0.9 (1.1 every tenth cycle), and
+//! every block of the volume reads back a generation the guest may see after a crash.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -111,6 +111,9 @@ fn run_cycle(
     drop(front);
     drop(cluster);
     let context = format!("cycle {cycle} (block {block_size}, workload seed {seed})");
+    let report = rustbk_thin::check::check_path(&pool.metadata(), &Default::default())
+        .unwrap_or_else(|e| panic!("{context}: rustbk thin check: {e}"));
+    assert!(report.is_clean(), "{context}: rustbk thin check: {report}");
     thin_check(&pool.metadata(), cycle % 10 == 0, &context);
     let disk = read_volume(&pool, &context);
     let initial = origin.map(|_| content);

@@ -3,8 +3,8 @@
 //! writes before the last completed sync all land, each later write lands or not. Metadata
 //! blocks are 4 KiB writes at 4 KiB offsets, assumed atomic as dm-thin assumes them.
 //! Whatever the cut, the pool opens, holds exactly the state of the commit whose superblock
-//! landed last, and passes thin_check 0.9 and 1.1. With the commit's sync before the
-//! superblock left out, some cut must fail: the test notices a broken order.
+//! landed last, and passes rustbk's check and thin_check 0.9 and 1.1. With the commit's sync
+//! before the superblock left out, some cut must fail: the test notices a broken order.
 
 use std::path::Path;
 use std::process::Command;
@@ -167,6 +167,16 @@ fn thin_checks(path: &Path, both: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// rustbk's own check, then thin_check.
+fn ours_and_thin_checks(path: &Path, both: bool) -> Result<(), String> {
+    let report = crate::check::check_path(path, &crate::check::CheckOptions::default())
+        .map_err(|e| e.to_string())?;
+    if !report.is_clean() {
+        return Err(format!("rustbk thin check: {report}"));
+    }
+    thin_checks(path, both)
+}
+
 /// Replays `CUTS` crashes; returns the first cut whose pool is wrong, and why.
 fn crash_at_random_cuts(seed: u64, unordered: bool) -> Option<String> {
     let dir = tempfile::tempdir().unwrap();
@@ -191,7 +201,7 @@ fn crash_at_random_cuts(seed: u64, unordered: bool) -> Option<String> {
             Ok(dump) if dump != recording.states[commit] => {
                 format!("cut {cut}: the pool is not the state of commit {commit}")
             }
-            Ok(_) => match thin_checks(&crashed, round % 10 == 0) {
+            Ok(_) => match ours_and_thin_checks(&crashed, round % 10 == 0) {
                 Ok(()) => continue,
                 Err(e) => format!("cut {cut}: {e}"),
             },

@@ -4,6 +4,7 @@
 
 mod bench;
 mod bench_meta;
+mod check;
 mod dump;
 mod list;
 mod pool;
@@ -20,6 +21,7 @@ use rustbk_formats::EngineFile;
 use rustbk_formats::engine::Access;
 
 pub use bench::BenchArgs;
+pub use check::CheckArgs;
 pub use dump::DumpArgs;
 pub use list::ListArgs;
 pub use pool::{CreatePoolArgs, GrowArgs};
@@ -51,6 +53,8 @@ pub enum ThinCommand {
     Resize(ResizeArgs),
     /// Show a pool's space and its volumes.
     List(ListArgs),
+    /// Check a pool's metadata: structure, checksums and reference counts (as thin_check).
+    Check(CheckArgs),
     /// Print a pool's metadata as thin_dump's XML.
     Dump(DumpArgs),
     /// Measure thin volumes against a raw file, rustbk's qcow2 and qemu-img bench, and the
@@ -70,6 +74,7 @@ pub fn run(args: ThinArgs) -> anyhow::Result<ExitCode> {
         ThinCommand::Delete(a) => volume::delete(a),
         ThinCommand::Resize(a) => volume::resize(a),
         ThinCommand::List(a) => list::run(a),
+        ThinCommand::Check(a) => check::run(a),
         ThinCommand::Dump(a) => dump::run(a),
         ThinCommand::Bench(a) => bench::run(a),
         ThinCommand::Restore(a) => restore::run(a),
