@@ -3,7 +3,6 @@
 //! every block of the volume reads back a generation the guest may see after a crash.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use std::time::{Duration, Instant};
 
@@ -12,6 +11,7 @@ use rustbk_blkfront::toolstack::VbdSpec;
 use rustbk_blkfront::workload::fill_pattern;
 use rustbk_formats::{BlockImage, IoOp, SharedBuf};
 use rustbk_thin::dir::{Devices, PoolDir};
+use rustbk_thin::peers::{self, Peer};
 use rustbk_thin::pool::{Origin, PoolOptions, VolumeSpec};
 use rustbk_thin::volume::{ThinVolume, VolumeOptions};
 
@@ -124,18 +124,15 @@ fn run_cycle(
 }
 
 fn thin_check(metadata: &Path, both: bool, context: &str) {
-    let cache = std::env::var("RUSTBK_CACHE").unwrap_or_else(|_| "/var/cache/rustbk".into());
-    let mut tools = vec!["/usr/sbin/thin_check".to_owned()];
-    if both {
-        tools.push(format!("{cache}/thin-tools/current/thin_check"));
-    }
-    for tool in tools {
-        let out = Command::new(&tool)
-            .arg(metadata)
-            .output()
-            .unwrap_or_else(|e| panic!("{tool} must be installed (scripts/setup.sh): {e}"));
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{context}: {tool}: {stderr}");
+    let peers = if both {
+        &Peer::ALL[..]
+    } else {
+        &Peer::ALL[..1]
+    };
+    for &peer in peers {
+        if let Err(e) = peers::thin_check(peer, metadata) {
+            panic!("{context}: {e}");
+        }
     }
 }
 

@@ -3,12 +3,12 @@
 //! and 1.1 afterwards.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use rustbk_blkfront::workload::{self, Pattern, Workload};
 use rustbk_ring::{DomId, status};
 use rustbk_thin::dir::{Devices, PoolDir};
+use rustbk_thin::peers::{self, Peer};
 use rustbk_thin::pool::{PoolOptions, VolumeSpec};
 
 use crate::harness::{Host, Setup, XVDA, pattern, spec_for};
@@ -48,17 +48,8 @@ fn metadata_of(target: &Path) -> PathBuf {
 }
 
 fn thin_checks(metadata: &Path) {
-    let cache = std::env::var("RUSTBK_CACHE").unwrap_or_else(|_| "/var/cache/rustbk".into());
-    for tool in [
-        "/usr/sbin/thin_check".to_owned(),
-        format!("{cache}/thin-tools/current/thin_check"),
-    ] {
-        let out = Command::new(&tool)
-            .arg(metadata)
-            .output()
-            .unwrap_or_else(|e| panic!("{tool} must be installed (scripts/setup.sh): {e}"));
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{tool}: {stderr}");
+    for peer in Peer::ALL {
+        peers::thin_check(peer, metadata).unwrap_or_else(|e| panic!("{e}"));
     }
 }
 

@@ -7,6 +7,8 @@ pub mod error;
 pub mod interchange;
 pub mod meta;
 pub mod pdata;
+#[cfg(any(test, feature = "peers"))]
+pub mod peers;
 pub mod pool;
 pub mod port;
 pub mod volume;

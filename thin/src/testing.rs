@@ -88,16 +88,8 @@ pub(crate) fn sized_file(path: &Path, len: u64) {
 
 /// Runs thin-provisioning-tools' `thin_check` on the metadata; panics unless it passes.
 pub(crate) fn thin_check(meta: &Path) {
-    let out = std::process::Command::new("/usr/sbin/thin_check")
-        .arg(meta)
-        .output()
-        .expect("thin_check (thin-provisioning-tools) must be installed");
-    assert!(
-        out.status.success(),
-        "thin_check failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let peer = crate::peers::Peer::V0_9;
+    crate::peers::thin_check(peer, meta).unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// A queue on `vol`.

@@ -7,7 +7,6 @@
 //! before the superblock left out, some cut must fail: the test notices a broken order.
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use rustbk_formats::engine::Access;
@@ -15,6 +14,7 @@ use rustbk_formats::{EngineFile, WriteRecorder};
 
 use crate::interchange;
 use crate::meta::{Geometry, Metadata};
+use crate::peers::{Peer, thin_check};
 use crate::xml::Dump;
 
 const META_BYTES: u64 = 4 << 20;
@@ -150,21 +150,14 @@ fn replay(events: &[Event], cut: usize, rng: &mut Rng) -> (Vec<u8>, usize) {
 
 /// thin_check 0.9 on every crashed pool; 1.1 (half a second a run) on every tenth.
 fn thin_checks(path: &Path, both: bool) -> Result<(), String> {
-    let cache = std::env::var("RUSTBK_CACHE").unwrap_or_else(|_| "/var/cache/rustbk".into());
-    let mut tools = vec!["/usr/sbin/thin_check".to_owned()];
-    if both {
-        tools.push(format!("{cache}/thin-tools/current/thin_check"));
-    }
-    for tool in tools {
-        let out = Command::new(&tool)
-            .arg(path)
-            .output()
-            .unwrap_or_else(|e| panic!("{tool} does not run ({e}): run scripts/setup.sh"));
-        if !out.status.success() {
-            return Err(format!("{tool}: {}", String::from_utf8_lossy(&out.stderr)));
-        }
-    }
-    Ok(())
+    let peers = if both {
+        &Peer::ALL[..]
+    } else {
+        &Peer::ALL[..1]
+    };
+    peers
+        .iter()
+        .try_for_each(|&peer| thin_check(peer, path).map(drop))
 }
 
 /// rustbk's own check, then thin_check.

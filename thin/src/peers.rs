@@ -3,7 +3,8 @@
 //! `${RUSTBK_CACHE:-/var/cache/rustbk}/thin-tools/current`).
 //!
 //! A missing or wrong tool fails the test that asked for it, with a message that says to run
-//! scripts/setup.sh: interop tests never skip.
+//! scripts/setup.sh: interop tests never skip. Test support: built for this crate's tests and,
+//! with the `peers` feature, for the tests of other crates.
 
 #![allow(dead_code)] // Each test binary uses its own part of this module.
 
