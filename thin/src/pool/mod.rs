@@ -349,8 +349,11 @@ struct Files<'a> {
     data_path: &'a Path,
 }
 
+/// Opens the data device as a shared writer: the workers serving the pool's volumes in other
+/// processes write it too (the metadata's exclusive lock keeps a second pool away, and the
+/// pool hands every block to one writer at a time); QEMU and other exclusive users are refused.
 fn open_data(path: &Path, opts: &PoolOptions) -> Result<Arc<EngineFile>> {
-    let file = EngineFile::open(path, Access::ReadWrite, opts.direct)?;
+    let file = EngineFile::open(path, Access::SharedWrite, opts.direct)?;
     if file.read_only() {
         return Err(Error::InvalidArgument(format!(
             "data device {} is read-only",
