@@ -7,6 +7,7 @@ pub mod meta;
 pub mod pdata;
 pub mod pool;
 pub mod port;
+pub mod service;
 pub mod volume;
 pub mod xml;
 
