@@ -1,6 +1,6 @@
 //! The pool core: a pool's metadata, its volumes' records and the ports of the volumes being
-//! served, in one process. A later service puts a socket in front of it; the `rustbk thin`
-//! tools and the tests use it directly.
+//! served, in one process. The pool service ([`crate::service`]) puts a socket in front of it;
+//! the `rustbk thin` tools and the tests use it directly.
 //!
 //! Everything that changes the metadata runs under one lock ([`State`]). A metadata change
 //! that fails half-way (the metadata device is full, an I/O error) throws the transaction

@@ -23,7 +23,7 @@ pub(super) const UNIT: u64 = 4096;
 
 /// A child process and the `CHILD` lines it printed.
 pub(super) struct Worker {
-    pub child: Child,
+    child: Child,
     lines: Receiver<String>,
 }
 
@@ -91,6 +91,21 @@ impl Worker {
     pub(super) fn kill(mut self) {
         self.signal(nix::sys::signal::Signal::SIGKILL);
         let _ = self.child.wait();
+    }
+
+    /// Waits for the child to exit; true if it succeeded.
+    pub(super) fn exited_ok(&mut self) -> bool {
+        self.child.wait().expect("wait for the child").success()
+    }
+}
+
+/// A test that fails leaves no child behind (it would hold the test's output open).
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
