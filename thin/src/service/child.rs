@@ -87,6 +87,26 @@ impl Worker {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).expect("kill");
     }
 
+    /// Stops the child (SIGSTOP) and waits until the kernel has stopped it.
+    pub(super) fn stop(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+        let stat = format!("/proc/{}/stat", self.child.id());
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = std::fs::read_to_string(&stat).expect("the child's /proc stat");
+            // The state follows the command name in parentheses.
+            let state = text
+                .rsplit(") ")
+                .next()
+                .and_then(|rest| rest.chars().next());
+            if state == Some('T') {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "child not stopped");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Kills the child and reaps it.
     pub(super) fn kill(mut self) {
         self.signal(nix::sys::signal::Signal::SIGKILL);

@@ -85,17 +85,15 @@ fn a_live_snapshot_of_a_volume_in_another_process_holds_its_data_as_of_the_pause
     let round: u64 = worker.wait_for("round", LONG).parse().unwrap();
     assert!(round >= 1);
     s.service.pool().snapshot(1, 2, "snap").unwrap();
-    let mut later: u64 = worker.wait_for("round", LONG).parse().unwrap();
-    while later < round + 3 {
-        later = worker.wait_for("round", LONG).parse().unwrap();
-    }
-    worker.kill();
-    wait_closed(s.service.pool(), 1);
-
     let snap_rounds = unit_rounds(&local(&s, 2));
     let newest = *snap_rounds.iter().max().unwrap();
     let oldest = *snap_rounds.iter().min().unwrap();
     assert!(oldest >= 1 && newest - oldest <= 1, "{oldest}..={newest}");
+    // Let the worker finish two more rounds over every unit, then kill it mid-round.
+    while worker.wait_for("round", LONG).parse::<u64>().unwrap() < newest + 2 {}
+    worker.kill();
+    wait_closed(s.service.pool(), 1);
+
     // Each writer thread writes its units in order, one at a time: the snapshot holds the
     // newer round on a prefix of its units and the older one on the rest.
     for t in 0..ROUND_THREADS {
@@ -203,7 +201,7 @@ fn a_stopped_service_fails_a_call_within_the_timeout() {
     let timeout = Duration::from_secs(1);
     let mut port = SocketPort::connect_with_timeout(&socket, 1, timeout).unwrap();
     port.commit().unwrap();
-    service.signal(Signal::SIGSTOP);
+    service.stop();
     let start = Instant::now();
     let e = port.commit().unwrap_err();
     let took = start.elapsed();
