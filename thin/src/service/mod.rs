@@ -34,6 +34,9 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use crate::error::{Error, Result};
 use crate::pool::{Pool, PoolOptions};
 
+/// How long a reply or a pause request may wait for a worker to read: a worker that stops
+/// reading loses its connection (and so cannot hold up a snapshot of its volume for ever).
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the accept loop and [`run_until`] look at their stop flags.
 const POLL: Duration = Duration::from_millis(50);
 
@@ -149,7 +152,10 @@ impl Inner {
             return;
         };
         conns.threads.retain(|t| !t.is_finished());
-        let (Ok(()), Ok(handle)) = (stream.set_nonblocking(false), stream.try_clone()) else {
+        let ready = stream
+            .set_nonblocking(false)
+            .and_then(|()| stream.set_write_timeout(Some(SEND_TIMEOUT)));
+        let (Ok(()), Ok(handle)) = (ready, stream.try_clone()) else {
             tracing::warn!("cannot set up a new connection");
             return;
         };

@@ -268,3 +268,31 @@ fn a_call_to_a_service_that_does_not_answer_fails_within_its_timeout() {
     );
     mute.join().unwrap();
 }
+
+#[test]
+fn a_worker_that_stops_reading_loses_its_connection_and_does_not_hold_up_a_snapshot() {
+    let s = served(64, &[1], MIB);
+    let mut stream = UnixStream::connect(&s.socket).unwrap();
+    stream
+        .write_all(&frame(&Request::Open { volume: 1 }))
+        .unwrap();
+    let opened = wire::read_frame::<Reply>(&mut stream).unwrap();
+    assert!(matches!(opened, Some(Reply::Info { .. })), "{opened:?}");
+    // Ask and never read the answers, until the service's replies fill the socket.
+    stream.set_nonblocking(true).unwrap();
+    let info = frame(&Request::Info);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if stream.write_all(&info).is_err() {
+            break;
+        }
+    }
+    let start = Instant::now();
+    s.service.pool().snapshot(1, 2, "snap").unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        start.elapsed()
+    );
+    wait_closed(s.service.pool(), 1);
+}
