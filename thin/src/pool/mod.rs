@@ -81,7 +81,7 @@ impl Default for PoolOptions {
 }
 
 /// Space figures of a pool.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PoolUsage {
     /// Data block size in bytes.
     pub block_size: u64,

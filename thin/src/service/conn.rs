@@ -14,42 +14,42 @@ use crate::port::PoolPort;
 type Sender = Arc<Mutex<UnixStream>>;
 
 /// Serves one connection until the worker closes it, breaks the protocol or the service
-/// shuts it down.
-pub(super) fn serve_connection(pool: &Pool, stream: UnixStream) {
-    let sender: Sender = match stream.try_clone() {
+/// shuts it down. The first frame says what it is: a volume's port (`open`) or `admin`.
+pub(super) fn serve_connection(pool: &Pool, mut stream: UnixStream) {
+    match wire::read_frame::<Request>(&mut stream) {
+        Ok(Some(Request::Open { volume })) => serve_volume(pool, volume, &mut stream),
+        Ok(Some(Request::Admin)) => super::admin::serve_admin(pool, &mut stream),
+        Ok(None) => {}
+        Ok(Some(other)) => {
+            tracing::warn!(request = ?other, "a connection must start with open or admin");
+        }
+        Err(e) => tracing::warn!(error = %e, "bad first frame; closing the connection"),
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+}
+
+fn serve_volume(pool: &Pool, volume: u64, reader: &mut UnixStream) {
+    let sender: Sender = match reader.try_clone() {
         Ok(s) => Arc::new(Mutex::new(s)),
         Err(e) => {
             tracing::warn!(error = %e, "cannot use a new connection");
             return;
         }
     };
-    let mut reader = stream;
-    if let Some(mut port) = open(pool, &mut reader, &sender) {
-        let waker_sender = sender.clone();
-        port.set_waker(Box::new(move || {
-            if send(&waker_sender, &Reply::PauseRequest).is_err() {
-                tracing::warn!("cannot send a pause request to a worker");
-            }
-        }));
-        run(&mut port, &mut reader, &sender);
-    }
-    let _ = reader.shutdown(std::net::Shutdown::Both);
+    let Some(mut port) = open(pool, volume, &sender) else {
+        return;
+    };
+    let waker_sender = sender.clone();
+    port.set_waker(Box::new(move || {
+        if send(&waker_sender, &Reply::PauseRequest).is_err() {
+            tracing::warn!("cannot send a pause request to a worker");
+        }
+    }));
+    run(&mut port, reader, &sender);
 }
 
-/// Reads the `Open` frame and opens the port it names.
-fn open(pool: &Pool, reader: &mut UnixStream, sender: &Sender) -> Option<LocalPort> {
-    let volume = match wire::read_frame::<Request>(reader) {
-        Ok(Some(Request::Open { volume })) => volume,
-        Ok(None) => return None,
-        Ok(Some(other)) => {
-            tracing::warn!(request = ?other, "a connection must start with open");
-            return None;
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "bad first frame; closing the connection");
-            return None;
-        }
-    };
+/// Opens the port on `volume` and answers with its info.
+fn open(pool: &Pool, volume: u64, sender: &Sender) -> Option<LocalPort> {
     let opened = pool.open_port(volume).and_then(|mut port| {
         let info = port.info()?;
         Ok((port, info))
@@ -95,7 +95,7 @@ fn run(port: &mut LocalPort, reader: &mut UnixStream, sender: &Sender) {
 /// Runs one request on the port.
 fn handle(port: &mut LocalPort, request: Request) -> crate::Result<Reply> {
     Ok(match request {
-        Request::Open { .. } => {
+        Request::Open { .. } | Request::Admin => {
             return Err(Error::InvalidArgument("the volume is open already".into()));
         }
         Request::Info => Reply::Info {

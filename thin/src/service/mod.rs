@@ -6,6 +6,7 @@
 //! blocks when the connection ends, also when the worker was killed. See `thin/DESIGN.md`
 //! ("The pool service").
 
+mod admin;
 mod client;
 mod conn;
 mod listen;
@@ -18,6 +19,7 @@ mod tests;
 #[cfg(test)]
 mod tests_proc;
 
+pub use admin::AdminClient;
 pub use client::{DEFAULT_CALL_TIMEOUT, SocketPort, open_volume};
 
 use std::collections::HashMap;

@@ -239,3 +239,61 @@ fn a_terminated_service_closes_its_connections_and_commits() {
     let mut port = pool.open_port(1).unwrap();
     assert_eq!(port.lookup(3..4).unwrap().len(), 1);
 }
+
+#[test]
+fn an_admin_connection_snapshots_and_manages_volumes_of_a_served_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let (meta, data) = pool_on_disk(&dir);
+    let socket = dir.path().join("pool.sock");
+    let service = service_process(&meta, &data, &socket);
+    let vol = open_volume(&socket, 1, VolumeOptions::default()).unwrap();
+    let mut q = queue(&vol);
+    put(q.as_mut(), 0, &[1u8; 8192]);
+    let mut admin = super::AdminClient::connect(&socket, LONG).unwrap();
+    // The worker's queue is driven (as a worker's event loop does) while the snapshot waits
+    // for it to pause.
+    let snap = std::thread::spawn(move || admin.snapshot(1, 2, "before").map(|()| admin));
+    let mut out = Vec::new();
+    while !snap.is_finished() {
+        q.wait(Some(Duration::from_millis(5))).unwrap();
+        q.reap(&mut out);
+    }
+    let mut admin = snap.join().unwrap().unwrap();
+    put(q.as_mut(), 4096, &[2u8; 4096]);
+    flush(q.as_mut());
+    let snap = open_volume(&socket, 2, VolumeOptions::default()).unwrap();
+    assert_eq!(get(queue(&snap).as_mut(), 0, 8192), vec![1u8; 8192]);
+    let mut expected = vec![1u8; 4096];
+    expected.extend([2u8; 4096]);
+    assert_eq!(get(q.as_mut(), 0, 8192), expected);
+
+    let e = admin.delete_volume(1).unwrap_err();
+    assert!(matches!(e, crate::Error::Busy(_)), "{e:?}");
+    let spec = VolumeSpec {
+        size: MIB,
+        name: "three".into(),
+        origin: None,
+    };
+    admin.create_volume(3, spec).unwrap();
+    let names: Vec<(u64, String, usize)> = admin
+        .volumes()
+        .unwrap()
+        .into_iter()
+        .map(|v| (v.id, v.record.name, v.ports))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            (1, String::new(), 1),
+            (2, "before".into(), 1),
+            (3, "three".into(), 0)
+        ]
+    );
+    admin.delete_volume(3).unwrap();
+    let usage = admin.usage().unwrap();
+    assert_eq!(usage.data_blocks, 128);
+    admin.commit().unwrap();
+    drop((q, vol, snap));
+    service.kill();
+    thin_check(&meta);
+}

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::meta::Mapping;
+use crate::pool::{Origin, PoolUsage, VolumeUsage};
 use crate::port::{NewMapping, VolumeInfo};
 
 /// Largest frame body either side sends or accepts.
@@ -23,6 +24,7 @@ pub(crate) const MAX_BATCH: usize = 4096;
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub(crate) enum Request {
     Open { volume: u64 },
+    Admin,
     Info,
     Lookup { start: u64, end: u64 },
     Provision { count: usize },
@@ -45,6 +47,35 @@ pub(crate) enum Reply {
     Resumed { info: WireInfo },
     Failed { error: WireError },
     PauseRequest,
+    Usage { usage: PoolUsage },
+    Volumes { volumes: Vec<VolumeUsage> },
+}
+
+/// What an admin connection (first frame `admin`) asks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub(crate) enum AdminRequest {
+    CreateVolume {
+        id: u64,
+        size: u64,
+        name: String,
+        origin: Option<Origin>,
+    },
+    DeleteVolume {
+        id: u64,
+    },
+    ResizeVolume {
+        id: u64,
+        size: u64,
+    },
+    Snapshot {
+        origin: u64,
+        id: u64,
+        name: String,
+    },
+    Usage,
+    Volumes,
+    Commit,
 }
 
 /// [`VolumeInfo`] on the wire.
