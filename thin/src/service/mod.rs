@@ -39,6 +39,8 @@ use crate::pool::{Pool, PoolOptions};
 /// How long a reply or a pause request may wait for a worker to read: a worker that stops
 /// reading loses its connection (and so cannot hold up a snapshot of its volume for ever).
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most connections open at once (one thread each).
+const MAX_CONNECTIONS: usize = 1024;
 /// How often the accept loop and [`run_until`] look at their stop flags.
 const POLL: Duration = Duration::from_millis(50);
 
@@ -154,6 +156,10 @@ impl Inner {
             return;
         };
         conns.threads.retain(|t| !t.is_finished());
+        if conns.open.len() >= MAX_CONNECTIONS {
+            tracing::warn!("{MAX_CONNECTIONS} connections open; refusing another");
+            return;
+        }
         let ready = stream
             .set_nonblocking(false)
             .and_then(|()| stream.set_write_timeout(Some(SEND_TIMEOUT)));
