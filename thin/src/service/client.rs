@@ -239,14 +239,17 @@ impl PoolPort for SocketPort {
     }
 
     fn unmap(&mut self, vblocks: Range<u64>) -> Result<Vec<u64>> {
-        let request = Request::Unmap {
-            start: vblocks.start,
-            end: vblocks.end,
-        };
-        match self.call(&request)? {
-            Reply::Blocks { blocks } => Ok(blocks),
-            other => Err(self.unexpected(&other)),
+        let mut freed = Vec::new();
+        let mut start = vblocks.start;
+        while start < vblocks.end {
+            let end = vblocks.end.min(start.saturating_add(MAX_LOOKUP));
+            match self.call(&Request::Unmap { start, end })? {
+                Reply::Blocks { blocks } => freed.extend(blocks),
+                other => return Err(self.unexpected(&other)),
+            }
+            start = end;
         }
+        Ok(freed)
     }
 
     fn release(&mut self, blocks: &[u64]) -> Result<()> {

@@ -102,11 +102,7 @@ fn handle(port: &mut LocalPort, request: Request) -> crate::Result<Reply> {
             info: port.info()?.into(),
         },
         Request::Lookup { start, end } => {
-            if end.saturating_sub(start) > MAX_LOOKUP {
-                return Err(Error::InvalidArgument(format!(
-                    "lookup of {start}..{end}: at most {MAX_LOOKUP} blocks a frame"
-                )));
-            }
+            check_range(start, end)?;
             let found = port.lookup(start..end)?;
             Reply::Mappings {
                 mappings: wire::mappings_to(found),
@@ -120,9 +116,12 @@ fn handle(port: &mut LocalPort, request: Request) -> crate::Result<Reply> {
             port.map(&wire::new_mappings(&mappings))?;
             Reply::Done
         }
-        Request::Unmap { start, end } => Reply::Blocks {
-            blocks: port.unmap(start..end)?,
-        },
+        Request::Unmap { start, end } => {
+            check_range(start, end)?;
+            Reply::Blocks {
+                blocks: port.unmap(start..end)?,
+            }
+        }
         Request::Release { blocks } => {
             check_batch(blocks.len())?;
             port.release(&blocks)?;
@@ -136,6 +135,16 @@ fn handle(port: &mut LocalPort, request: Request) -> crate::Result<Reply> {
             info: port.paused()?.into(),
         },
     })
+}
+
+/// A lookup or unmap covers at most [`MAX_LOOKUP`] blocks, so its reply fits in a frame.
+fn check_range(start: u64, end: u64) -> crate::Result<()> {
+    if end.saturating_sub(start) > MAX_LOOKUP {
+        return Err(Error::InvalidArgument(format!(
+            "{start}..{end}: at most {MAX_LOOKUP} blocks a frame"
+        )));
+    }
+    Ok(())
 }
 
 fn check_batch(len: usize) -> crate::Result<()> {

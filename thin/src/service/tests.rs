@@ -296,3 +296,25 @@ fn a_worker_that_stops_reading_loses_its_connection_and_does_not_hold_up_a_snaps
     );
     wait_closed(s.service.pool(), 1);
 }
+
+#[test]
+fn a_discard_of_more_blocks_than_a_frame_holds_frees_every_one() {
+    let s = served(6000, &[1], 8192 * BS);
+    let mut port = SocketPort::connect(&s.socket, 1).unwrap();
+    let mut mapped = 0u64;
+    while mapped < 5000 {
+        let blocks = port.provision(1000).unwrap();
+        let batch: Vec<NewMapping> = (mapped..)
+            .zip(blocks)
+            .map(|(vblock, block)| NewMapping { vblock, block })
+            .collect();
+        mapped += batch.len() as u64;
+        port.map(&batch).unwrap();
+    }
+    let free = s.service.pool().usage().unwrap().data_free;
+    let freed = port.unmap(0..8192).unwrap();
+    assert_eq!(freed.len(), 5000);
+    assert!(port.lookup(0..8192).unwrap().is_empty());
+    port.commit().unwrap();
+    assert_eq!(s.service.pool().usage().unwrap().data_free, free + 5000);
+}

@@ -14,7 +14,8 @@ use crate::port::{NewMapping, VolumeInfo};
 
 /// Largest frame body either side sends or accepts.
 pub(crate) const MAX_FRAME: usize = 1 << 20;
-/// Most virtual blocks one `lookup` frame asks for (the client splits larger ranges).
+/// Most virtual blocks one `lookup` or `unmap` frame covers (the client splits larger
+/// ranges), so the reply fits in a frame.
 pub(crate) const MAX_LOOKUP: u64 = 4096;
 /// Most entries of one `map` or `release` frame (the client splits larger batches).
 pub(crate) const MAX_BATCH: usize = 4096;
