@@ -297,3 +297,40 @@ fn an_admin_connection_snapshots_and_manages_volumes_of_a_served_pool() {
     service.kill();
     thin_check(&meta);
 }
+
+#[test]
+fn a_worker_goes_on_with_a_restarted_service_from_its_last_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (meta, data) = pool_on_disk(&dir);
+    let socket = dir.path().join("pool.sock");
+    let service = service_process(&meta, &data, &socket);
+    let vol = open_volume(&socket, 1, VolumeOptions::default()).unwrap();
+    let mut q = queue(&vol);
+    put(q.as_mut(), 0, &[1u8; 4096]);
+    flush(q.as_mut());
+    put(q.as_mut(), 5 * BS, &[2u8; 4096]);
+    service.kill();
+    assert!(rustbk_formats::suite::run(q.as_mut(), rustbk_formats::IoOp::Flush).is_err());
+
+    let service = service_process(&meta, &data, &socket);
+    let port = SocketPort::connect(&socket, 1).unwrap();
+    vol.replace_port(Box::new(port)).unwrap();
+    assert_eq!(get(q.as_mut(), 0, 4096), vec![1u8; 4096]);
+    // Mapped after the last commit: gone with the old service.
+    assert_eq!(get(q.as_mut(), 5 * BS, 4096), vec![0u8; 4096]);
+    put(q.as_mut(), 5 * BS, &[3u8; 4096]);
+    put(q.as_mut(), 7 * BS + 512, &[4u8; 512]);
+    flush(q.as_mut());
+    assert_eq!(get(q.as_mut(), 5 * BS, 4096), vec![3u8; 4096]);
+    drop(q);
+    drop(vol);
+    let mut admin = super::AdminClient::connect(&socket, LONG).unwrap();
+    let usage = admin.usage().unwrap();
+    let volumes = admin.volumes().unwrap();
+    assert_eq!(volumes[0].mapped_blocks, 3);
+    // Only the mapped blocks are in use: the old reserve is free in the new service.
+    assert_eq!(usage.data_free, usage.data_blocks - 3);
+    drop(admin);
+    service.kill();
+    thin_check(&meta);
+}
