@@ -43,6 +43,10 @@ pub enum Error {
     /// A volume did not answer a pause request in time, or is busy otherwise.
     #[error("Busy: {0}")]
     Busy(String),
+    /// The pool service failed the request, broke the protocol, did not answer in time or
+    /// went away.
+    #[error("Pool service: {0}")]
+    Service(String),
 }
 
 impl Error {

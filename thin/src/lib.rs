@@ -11,6 +11,7 @@ pub mod pdata;
 pub mod peers;
 pub mod pool;
 pub mod port;
+pub mod service;
 pub mod volume;
 pub mod xml;
 

@@ -53,6 +53,11 @@ pub enum Access {
     ReadOnly,
     /// Read only, sharing the file with writers (qemu-img's `-U`, `--force-share`).
     ForceShare,
+    /// Read and write, sharing writing with other shared writers and nobody else: the data
+    /// device of a thin pool, written by every worker serving one of its volumes. Their
+    /// writes never overlap because one owner (the pool service) hands out the blocks; an
+    /// exclusive writer or a reader that needs the contents to stay put is refused.
+    SharedWrite,
 }
 
 impl Access {
@@ -66,9 +71,9 @@ impl Access {
         }
     }
 
-    /// True unless read-write.
+    /// True unless the file is opened for writing.
     pub fn read_only(self) -> bool {
-        self != Access::ReadWrite
+        matches!(self, Access::ReadOnly | Access::ForceShare)
     }
 }
 
@@ -126,6 +131,7 @@ impl EngineFile {
         };
         let mode = match access {
             Access::ForceShare => LockMode::SharedReader,
+            Access::SharedWrite if !read_only => LockMode::SharedWriter,
             _ if read_only => LockMode::Reader,
             _ => LockMode::Writer,
         };

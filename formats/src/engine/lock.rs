@@ -90,6 +90,10 @@ pub enum LockMode {
     /// A reader that tolerates changes (`-U`/`--force-share`): holds consistent read and
     /// shares everything.
     SharedReader,
+    /// One of several writers that share writing and nothing else (the data device of a thin
+    /// pool, whose blocks one owner hands out): holds consistent read and write; nobody may
+    /// resize, an exclusive writer or a reader that needs stable contents is refused.
+    SharedWriter,
 }
 
 impl LockMode {
@@ -97,6 +101,7 @@ impl LockMode {
     fn held(self) -> u8 {
         match self {
             LockMode::Writer => Perm::ConsistentRead.bit() | Perm::Write.bit() | Perm::Resize.bit(),
+            LockMode::SharedWriter => Perm::ConsistentRead.bit() | Perm::Write.bit(),
             LockMode::Reader | LockMode::SharedReader => Perm::ConsistentRead.bit(),
         }
     }
@@ -105,6 +110,7 @@ impl LockMode {
     fn unshared(self) -> u8 {
         match self {
             LockMode::Writer | LockMode::Reader => Perm::Write.bit() | Perm::Resize.bit(),
+            LockMode::SharedWriter => Perm::Resize.bit(),
             LockMode::SharedReader => 0,
         }
     }
@@ -230,7 +236,7 @@ mod tests {
     fn locked(path: &Path, mode: LockMode) -> Result<Held, Error> {
         let file = std::fs::OpenOptions::new()
             .read(true)
-            .write(mode == LockMode::Writer)
+            .write(matches!(mode, LockMode::Writer | LockMode::SharedWriter))
             .open(path)?;
         lock(file, path, mode)
     }
@@ -303,6 +309,29 @@ mod tests {
         let (_dir, path) = image();
         let _w = locked(&path, LockMode::Writer).expect("writer");
         let _r = locked(&path, LockMode::SharedReader).expect("force-share reader");
+    }
+
+    #[test]
+    fn shared_writers_coexist_and_refuse_an_exclusive_writer_and_a_reader() {
+        let (_dir, path) = image();
+        let a = locked(&path, LockMode::SharedWriter).expect("shared writer a");
+        let b = locked(&path, LockMode::SharedWriter).expect("shared writer b");
+        assert_eq!(
+            refused(&path, LockMode::Writer),
+            (Perm::Resize.unshared_byte(), false)
+        );
+        assert_eq!(
+            refused(&path, LockMode::Reader),
+            (Perm::Write.held_byte(), true)
+        );
+        let _r = locked(&path, LockMode::SharedReader).expect("force-share reader");
+        drop(a);
+        drop(b);
+        let _w = locked(&path, LockMode::Writer).expect("writer once the shared ones closed");
+        assert_eq!(
+            refused(&path, LockMode::SharedWriter),
+            (Perm::Write.unshared_byte(), false)
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The pool core: a pool's metadata, its volumes' records and the ports of the volumes being
-//! served, in one process. A later service puts a socket in front of it; the `rustbk thin`
-//! tools and the tests use it directly.
+//! served, in one process. The pool service ([`crate::service`]) puts a socket in front of it;
+//! the `rustbk thin` tools and the tests use it directly.
 //!
 //! Everything that changes the metadata runs under one lock ([`State`]). A metadata change
 //! that fails half-way (the metadata device is full, an I/O error) throws the transaction
@@ -81,7 +81,7 @@ impl Default for PoolOptions {
 }
 
 /// Space figures of a pool.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PoolUsage {
     /// Data block size in bytes.
     pub block_size: u64,
@@ -356,8 +356,11 @@ struct Files<'a> {
     data_path: &'a Path,
 }
 
+/// Opens the data device as a shared writer: the workers serving the pool's volumes in other
+/// processes write it too (the metadata's exclusive lock keeps a second pool away, and the
+/// pool hands every block to one writer at a time); QEMU and other exclusive users are refused.
 fn open_data(path: &Path, opts: &PoolOptions) -> Result<Arc<EngineFile>> {
-    let file = EngineFile::open(path, Access::ReadWrite, opts.direct)?;
+    let file = EngineFile::open(path, Access::SharedWrite, opts.direct)?;
     if file.read_only() {
         return Err(Error::InvalidArgument(format!(
             "data device {} is read-only",

@@ -24,7 +24,7 @@ pub struct VolumeSpec {
 }
 
 /// A volume and the space it uses.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VolumeUsage {
     /// The thin device id.
     pub id: u64,

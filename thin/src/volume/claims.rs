@@ -12,6 +12,11 @@ pub struct Claims {
 }
 
 impl Claims {
+    /// Whether no op is in flight.
+    pub fn is_empty(&self) -> bool {
+        self.shared.is_empty() && self.owned.is_empty()
+    }
+
     /// Whether no block of `range` is owned.
     pub fn can_share(&self, range: &Range<u64>) -> bool {
         !any_in(

@@ -137,6 +137,36 @@ impl ThinVolume {
     }
 }
 
+impl ThinVolume {
+    /// Goes on with a new port to the same volume, after the old one failed (the pool
+    /// service restarted; see `thin/DESIGN.md`). The volume must be quiet: no op in flight.
+    /// The new pool went back to its last commit, so the cached mappings are dropped, and so
+    /// is the reserve (those blocks are free in the new pool).
+    pub fn replace_port(&self, mut port: Box<dyn PoolPort>) -> Result<()> {
+        let info = port.info()?;
+        let mut core = lock(&self.core)?;
+        if core.writes > 0 || !core.claims.is_empty() {
+            return Err(Error::Busy("ops in flight on the volume".into()));
+        }
+        let old = &core.info;
+        if info.id != old.id || info.block_size != old.block_size || info.size != old.size {
+            return Err(Error::InvalidArgument(format!(
+                "the new port serves volume {} of {} bytes in blocks of {}",
+                info.id, info.size, info.block_size
+            )));
+        }
+        let ring = self.bells.clone();
+        port.set_waker(Box::new(move || ring_all(&ring)));
+        core.cache = MapCache::new(info.size.div_ceil(info.block_size));
+        core.reserve.clear();
+        core.info = info;
+        core.port = port;
+        drop(core);
+        ring_all(&self.bells);
+        Ok(())
+    }
+}
+
 fn check_info(info: &VolumeInfo, opts: &VolumeOptions) -> Result<()> {
     let sector = opts.sector_size;
     if !(sector == 512 || sector == 4096) {

@@ -1,0 +1,21 @@
+//! A pool service on its own: `thin_service METADATA DATA SOCKET` serves the pool until
+//! SIGTERM or SIGINT (what `rustbk thin serve` does; the service tests run it).
+
+use std::path::Path;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, meta, data, socket] = args.as_slice() else {
+        eprintln!("usage: thin_service METADATA DATA SOCKET");
+        std::process::exit(2);
+    };
+    let opts = rustbk_thin::pool::PoolOptions::default();
+    println!("CHILD serving");
+    match rustbk_thin::service::run(Path::new(meta), Path::new(data), Path::new(socket), opts) {
+        Ok(()) => println!("CHILD stopped"),
+        Err(e) => {
+            eprintln!("thin_service: {e}");
+            std::process::exit(1);
+        }
+    }
+}

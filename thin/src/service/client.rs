@@ -1,0 +1,298 @@
+//! [`SocketPort`]: a volume's port to a pool service in another process.
+//!
+//! A reader thread receives every frame of the service: replies go to the caller, a pause
+//! request sets the pause flag and calls the waker. A call that gets no reply within its
+//! timeout, or whose connection broke, fails (EIO to the guest) and so does every later call:
+//! the worker must drain and reconnect (see `thin/DESIGN.md`).
+
+use std::ops::Range;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rustbk_formats::EngineFile;
+use rustbk_formats::engine::Access;
+
+use super::wire::{self, MAX_BATCH, MAX_LOOKUP, Reply, Request};
+use crate::error::{Error, Result};
+use crate::meta::Mapping;
+use crate::port::{NewMapping, PoolPort, VolumeInfo};
+use crate::volume::{ThinVolume, VolumeOptions};
+
+/// How long a call waits for its reply by default: longer than a provision queued on a full
+/// pool may wait (60 s by default).
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(90);
+
+type Waker = Box<dyn Fn() + Send + Sync>;
+
+/// A port on one volume of a pool served by a pool service.
+pub struct SocketPort {
+    stream: UnixStream,
+    replies: Receiver<Reply>,
+    pause: Arc<AtomicBool>,
+    waker: Arc<Mutex<Option<Waker>>>,
+    timeout: Duration,
+    /// Set when a call failed in a way that leaves the replies out of step.
+    broken: Option<String>,
+    reader: Option<JoinHandle<()>>,
+    /// The pool's data device, as the service named it when the volume was opened.
+    data_path: PathBuf,
+}
+
+impl SocketPort {
+    /// Connects to the service at `socket` and opens `volume`.
+    pub fn connect(socket: &Path, volume: u64) -> Result<SocketPort> {
+        SocketPort::connect_with_timeout(socket, volume, DEFAULT_CALL_TIMEOUT)
+    }
+
+    /// [`SocketPort::connect`] with the time a call waits for its reply.
+    pub fn connect_with_timeout(
+        socket: &Path,
+        volume: u64,
+        timeout: Duration,
+    ) -> Result<SocketPort> {
+        let stream = UnixStream::connect(socket)
+            .map_err(|e| Error::Service(format!("cannot connect to {}: {e}", socket.display())))?;
+        stream
+            .set_write_timeout(Some(timeout))
+            .map_err(|e| Error::Service(format!("socket: {e}")))?;
+        let read_half = stream
+            .try_clone()
+            .map_err(|e| Error::Service(format!("socket: {e}")))?;
+        let (tx, replies) = mpsc::channel();
+        let pause = Arc::new(AtomicBool::new(false));
+        let waker: Arc<Mutex<Option<Waker>>> = Arc::default();
+        let (flag, wake) = (pause.clone(), waker.clone());
+        let reader = std::thread::Builder::new()
+            .name("thin-port-reader".into())
+            .spawn(move || read_loop(read_half, &tx, &flag, &wake))
+            .map_err(|e| Error::Service(format!("cannot start the reader thread: {e}")))?;
+        let mut port = SocketPort {
+            stream,
+            replies,
+            pause,
+            waker,
+            timeout,
+            broken: None,
+            reader: Some(reader),
+            data_path: PathBuf::new(),
+        };
+        port.data_path = match port.call(&Request::Open { volume })? {
+            Reply::Info { info } => VolumeInfo::from(info).data_path,
+            other => return Err(port.unexpected(&other)),
+        };
+        Ok(port)
+    }
+
+    /// Opens the pool's data device for this volume's writes, sharing it with the service
+    /// and the other workers (never with an exclusive writer such as QEMU).
+    pub fn open_data(&self, direct: bool) -> Result<Arc<EngineFile>> {
+        let file = EngineFile::open(&self.data_path, Access::SharedWrite, direct)?;
+        if file.read_only() {
+            return Err(Error::InvalidArgument(format!(
+                "data device {} is read-only",
+                self.data_path.display()
+            )));
+        }
+        Ok(Arc::new(file))
+    }
+
+    fn call(&mut self, request: &Request) -> Result<Reply> {
+        if let Some(why) = &self.broken {
+            return Err(Error::Service(why.clone()));
+        }
+        if let Err(e) = wire::write_frame(&mut self.stream, request) {
+            return Err(self.fail(format!("cannot send to the pool service: {e}")));
+        }
+        match self.replies.recv_timeout(self.timeout) {
+            Ok(Reply::Failed { error }) => Err(error.into()),
+            Ok(reply) => Ok(reply),
+            Err(RecvTimeoutError::Timeout) => Err(self.fail(format!(
+                "no answer from the pool service within {:?}",
+                self.timeout
+            ))),
+            Err(RecvTimeoutError::Disconnected) => {
+                Err(self.fail("the pool service closed the connection".into()))
+            }
+        }
+    }
+
+    /// Marks the port unusable (replies may be out of step) and closes the connection.
+    fn fail(&mut self, why: String) -> Error {
+        tracing::error!(%why, "pool service connection lost");
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        self.broken = Some(why.clone());
+        Error::Service(why)
+    }
+
+    fn unexpected(&mut self, reply: &Reply) -> Error {
+        self.fail(format!("unexpected reply {reply:?}"))
+    }
+}
+
+/// Serves volume `volume` of the pool whose service listens on `socket`, from this process.
+pub fn open_volume(socket: &Path, volume: u64, opts: VolumeOptions) -> Result<ThinVolume> {
+    let port = SocketPort::connect(socket, volume)?;
+    let data = port.open_data(true)?;
+    ThinVolume::new(Box::new(port), data, opts)
+}
+
+/// The reader thread: replies go to the caller (in order, one outstanding at a time), a pause
+/// request raises the flag and wakes the data path, `Resumed` lowers it before the caller
+/// sees it (so a pause request that follows it is never lost). When the connection ends the
+/// flag is lowered and the data path woken: a volume waiting to pause goes on, and its calls
+/// fail.
+fn read_loop(
+    mut stream: UnixStream,
+    replies: &Sender<Reply>,
+    pause: &AtomicBool,
+    waker: &Mutex<Option<Waker>>,
+) {
+    read_replies(&mut stream, replies, pause, waker);
+    pause.store(false, Ordering::SeqCst);
+    wake(waker);
+}
+
+fn wake(waker: &Mutex<Option<Waker>>) {
+    if let Ok(waker) = waker.lock() {
+        if let Some(wake) = waker.as_ref() {
+            wake();
+        }
+    }
+}
+
+fn read_replies(
+    stream: &mut UnixStream,
+    replies: &Sender<Reply>,
+    pause: &AtomicBool,
+    waker: &Mutex<Option<Waker>>,
+) {
+    loop {
+        let reply = match wire::read_frame::<Reply>(stream) {
+            Ok(Some(reply)) => reply,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "bad frame from the pool service");
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+        };
+        match reply {
+            Reply::PauseRequest => {
+                pause.store(true, Ordering::SeqCst);
+                wake(waker);
+            }
+            reply => {
+                if matches!(reply, Reply::Resumed { .. }) {
+                    pause.store(false, Ordering::SeqCst);
+                }
+                if replies.send(reply).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl PoolPort for SocketPort {
+    fn info(&mut self) -> Result<VolumeInfo> {
+        match self.call(&Request::Info)? {
+            Reply::Info { info } => Ok(info.into()),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    fn lookup(&mut self, vblocks: Range<u64>) -> Result<Vec<(u64, Mapping)>> {
+        let mut found = Vec::new();
+        let mut start = vblocks.start;
+        while start < vblocks.end {
+            let end = vblocks.end.min(start.saturating_add(MAX_LOOKUP));
+            match self.call(&Request::Lookup { start, end })? {
+                Reply::Mappings { mappings } => found.extend(wire::mappings_from(mappings)),
+                other => return Err(self.unexpected(&other)),
+            }
+            start = end;
+        }
+        Ok(found)
+    }
+
+    fn provision(&mut self, count: usize) -> Result<Vec<u64>> {
+        match self.call(&Request::Provision { count })? {
+            Reply::Blocks { blocks } if blocks.len() <= count => Ok(blocks),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    fn map(&mut self, mappings: &[NewMapping]) -> Result<()> {
+        for chunk in mappings.chunks(MAX_BATCH) {
+            let mappings = chunk.iter().map(|m| (m.vblock, m.block)).collect();
+            match self.call(&Request::Map { mappings })? {
+                Reply::Done => {}
+                other => return Err(self.unexpected(&other)),
+            }
+        }
+        Ok(())
+    }
+
+    fn unmap(&mut self, vblocks: Range<u64>) -> Result<Vec<u64>> {
+        let mut freed = Vec::new();
+        let mut start = vblocks.start;
+        while start < vblocks.end {
+            let end = vblocks.end.min(start.saturating_add(MAX_LOOKUP));
+            match self.call(&Request::Unmap { start, end })? {
+                Reply::Blocks { blocks } => freed.extend(blocks),
+                other => return Err(self.unexpected(&other)),
+            }
+            start = end;
+        }
+        Ok(freed)
+    }
+
+    fn release(&mut self, blocks: &[u64]) -> Result<()> {
+        for chunk in blocks.chunks(MAX_BATCH) {
+            let blocks = chunk.to_vec();
+            match self.call(&Request::Release { blocks })? {
+                Reply::Done => {}
+                other => return Err(self.unexpected(&other)),
+            }
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self) -> Result<()> {
+        match self.call(&Request::Commit)? {
+            Reply::Done => Ok(()),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    fn pause_requested(&self) -> bool {
+        self.broken.is_none() && self.pause.load(Ordering::SeqCst)
+    }
+
+    fn paused(&mut self) -> Result<VolumeInfo> {
+        match self.call(&Request::Paused)? {
+            Reply::Resumed { info } => Ok(info.into()),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    fn set_waker(&mut self, waker: Box<dyn Fn() + Send + Sync>) {
+        if let Ok(mut slot) = self.waker.lock() {
+            *slot = Some(waker);
+        }
+    }
+}
+
+impl Drop for SocketPort {
+    fn drop(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+}

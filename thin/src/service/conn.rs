@@ -1,0 +1,170 @@
+//! One worker's connection to the pool service: a [`LocalPort`] of the pool driven by the
+//! frames the worker sends. The port does every check; when the connection ends, however it
+//! ends, the port is dropped and gives back the blocks it was handed and did not map.
+
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
+
+use super::wire::{self, FrameError, MAX_BATCH, MAX_LOOKUP, Reply, Request, WireError};
+use crate::error::Error;
+use crate::pool::{LocalPort, Pool};
+use crate::port::PoolPort;
+
+/// The sending half of a connection: replies and pause requests are whole frames.
+type Sender = Arc<Mutex<UnixStream>>;
+
+/// Serves one connection until the worker closes it, breaks the protocol or the service
+/// shuts it down. The first frame says what it is: a volume's port (`open`) or `admin`.
+pub(super) fn serve_connection(pool: &Pool, mut stream: UnixStream) {
+    match wire::read_frame::<Request>(&mut stream) {
+        Ok(Some(Request::Open { volume })) => serve_volume(pool, volume, &mut stream),
+        Ok(Some(Request::Admin)) => super::admin::serve_admin(pool, &mut stream),
+        Ok(None) => {}
+        Ok(Some(other)) => {
+            tracing::warn!(request = ?other, "a connection must start with open or admin");
+        }
+        Err(e) => tracing::warn!(error = %e, "bad first frame; closing the connection"),
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+}
+
+fn serve_volume(pool: &Pool, volume: u64, reader: &mut UnixStream) {
+    let sender: Sender = match reader.try_clone() {
+        Ok(s) => Arc::new(Mutex::new(s)),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot use a new connection");
+            return;
+        }
+    };
+    let Some(mut port) = open(pool, volume, &sender) else {
+        return;
+    };
+    let waker_sender = sender.clone();
+    port.set_waker(Box::new(move || {
+        if send(&waker_sender, &Reply::PauseRequest).is_err() {
+            tracing::warn!("cannot send a pause request to a worker");
+        }
+    }));
+    run(&mut port, reader, &sender);
+}
+
+/// Opens the port on `volume` and answers with its info.
+fn open(pool: &Pool, volume: u64, sender: &Sender) -> Option<LocalPort> {
+    let opened = pool.open_port(volume).and_then(|mut port| {
+        let info = port.info()?;
+        Ok((port, info))
+    });
+    match opened {
+        Ok((port, info)) => {
+            let reply = Reply::Info { info: info.into() };
+            send(sender, &reply).ok().map(|()| port)
+        }
+        Err(e) => {
+            let _ = send(sender, &failed(&e));
+            None
+        }
+    }
+}
+
+fn run(port: &mut LocalPort, reader: &mut UnixStream, sender: &Sender) {
+    loop {
+        let request = match wire::read_frame::<Request>(reader) {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "bad frame from a worker; closing its connection");
+                return;
+            }
+        };
+        let (reply, cut) = match handle(port, request) {
+            Ok(reply) => (reply, false),
+            Err(e) => {
+                let cut = matches!(e, Error::InvalidArgument(_));
+                if cut {
+                    tracing::warn!(error = %e, "a worker broke the port's contract; closing its connection");
+                }
+                (failed(&e), cut)
+            }
+        };
+        if send(sender, &reply).is_err() || cut {
+            return;
+        }
+    }
+}
+
+/// Runs one request on the port.
+fn handle(port: &mut LocalPort, request: Request) -> crate::Result<Reply> {
+    Ok(match request {
+        Request::Open { .. } | Request::Admin => {
+            return Err(Error::InvalidArgument("the volume is open already".into()));
+        }
+        Request::Info => Reply::Info {
+            info: port.info()?.into(),
+        },
+        Request::Lookup { start, end } => {
+            check_range(start, end)?;
+            let found = port.lookup(start..end)?;
+            Reply::Mappings {
+                mappings: wire::mappings_to(found),
+            }
+        }
+        Request::Provision { count } => Reply::Blocks {
+            blocks: port.provision(count)?,
+        },
+        Request::Map { mappings } => {
+            check_batch(mappings.len())?;
+            port.map(&wire::new_mappings(&mappings))?;
+            Reply::Done
+        }
+        Request::Unmap { start, end } => {
+            check_range(start, end)?;
+            Reply::Blocks {
+                blocks: port.unmap(start..end)?,
+            }
+        }
+        Request::Release { blocks } => {
+            check_batch(blocks.len())?;
+            port.release(&blocks)?;
+            Reply::Done
+        }
+        Request::Commit => {
+            port.commit()?;
+            Reply::Done
+        }
+        Request::Paused => Reply::Resumed {
+            info: port.paused()?.into(),
+        },
+    })
+}
+
+/// A lookup or unmap covers at most [`MAX_LOOKUP`] blocks, so its reply fits in a frame.
+fn check_range(start: u64, end: u64) -> crate::Result<()> {
+    if end.saturating_sub(start) > MAX_LOOKUP {
+        return Err(Error::InvalidArgument(format!(
+            "{start}..{end}: at most {MAX_LOOKUP} blocks a frame"
+        )));
+    }
+    Ok(())
+}
+
+fn check_batch(len: usize) -> crate::Result<()> {
+    if len > MAX_BATCH {
+        return Err(Error::InvalidArgument(format!(
+            "{len} entries in a frame: at most {MAX_BATCH}"
+        )));
+    }
+    Ok(())
+}
+
+fn failed(e: &Error) -> Reply {
+    Reply::Failed {
+        error: WireError::from(e),
+    }
+}
+
+fn send(sender: &Sender, reply: &Reply) -> Result<(), FrameError> {
+    let mut stream = sender
+        .lock()
+        .map_err(|_| FrameError::Io(std::io::Error::other("sender poisoned")))?;
+    wire::write_frame(&mut *stream, reply)
+}

@@ -1,0 +1,320 @@
+//! Service tests in this process: ports over the socket from threads, hostile frames, the
+//! socket's rules. The tests with other processes are in `tests_proc.rs`.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use super::child::{self, verify_workload};
+use super::wire::{self, Reply, Request};
+use super::{Service, SocketPort, open_volume};
+use crate::error::Error;
+use crate::pool::{Pool, PoolOptions, VolumeSpec};
+use crate::port::{NewMapping, PoolPort};
+use crate::testing::{META_BYTES, queue, sized_file, thin_check};
+use crate::volume::{ThinVolume, VolumeOptions};
+
+pub(super) const MIB: u64 = 1 << 20;
+pub(super) const BS: u64 = 64 << 10;
+
+/// A pool served on a socket in a temporary folder.
+pub(super) struct Served {
+    pub dir: tempfile::TempDir,
+    pub meta: PathBuf,
+    pub data: PathBuf,
+    pub socket: PathBuf,
+    pub service: Service,
+}
+
+/// A new pool of `blocks` blocks of 64 KiB with volumes `ids` of `size` bytes, served.
+pub(super) fn served(blocks: u64, ids: &[u64], size: u64) -> Served {
+    let dir = tempfile::tempdir().unwrap();
+    let (meta, data) = pool_files(&dir, blocks);
+    let pool = Pool::create(&meta, &data, BS, PoolOptions::default()).unwrap();
+    for &id in ids {
+        let spec = VolumeSpec {
+            size,
+            ..VolumeSpec::default()
+        };
+        pool.create_volume(id, spec).unwrap();
+    }
+    let socket = dir.path().join("pool.sock");
+    let service = Service::start(pool, &socket).unwrap();
+    Served {
+        dir,
+        meta,
+        data,
+        socket,
+        service,
+    }
+}
+
+/// Metadata and data files of a pool of `blocks` blocks.
+pub(super) fn pool_files(dir: &tempfile::TempDir, blocks: u64) -> (PathBuf, PathBuf) {
+    let meta = dir.path().join("meta");
+    let data = dir.path().join("data");
+    sized_file(&meta, META_BYTES);
+    sized_file(&data, BS * blocks);
+    (meta, data)
+}
+
+/// Serves `id` of the service's pool in this process (to read what a worker wrote).
+pub(super) fn local(s: &Served, id: u64) -> ThinVolume {
+    ThinVolume::open_local(s.service.pool(), id, VolumeOptions::default()).unwrap()
+}
+
+/// Waits until volume `id` has no port open.
+pub(super) fn wait_closed(pool: &Pool, id: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pool
+        .volumes()
+        .unwrap()
+        .iter()
+        .any(|v| v.id == id && v.ports > 0)
+    {
+        assert!(Instant::now() < deadline, "volume {id} still has a port");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs the test binary's child role named by the environment (see `child.rs`); does
+/// nothing in a normal test run, where it is ignored.
+#[test]
+#[ignore = "the service tests run it in a child process"]
+fn child_entry() {
+    if let Ok(role) = std::env::var(child::CHILD_ENV) {
+        child::run_role(&role);
+    }
+}
+
+#[test]
+fn two_socket_ports_in_two_threads_serve_two_volumes_of_one_pool() {
+    let s = served(256, &[1, 2], 4 * MIB);
+    let threads: Vec<_> = [1u64, 2]
+        .into_iter()
+        .map(|id| {
+            let socket = s.socket.clone();
+            std::thread::spawn(move || {
+                let vol = open_volume(&socket, id, VolumeOptions::default()).unwrap();
+                verify_workload(&vol, id * 1000, 100);
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    wait_closed(s.service.pool(), 1);
+    wait_closed(s.service.pool(), 2);
+    for id in [1u64, 2] {
+        let vol = local(&s, id);
+        child::check_units(queue(&vol).as_mut(), id * 1000, 100);
+    }
+    let Served {
+        dir,
+        meta,
+        data,
+        service,
+        ..
+    } = s;
+    service.stop().unwrap();
+    thin_check(&meta);
+    let pool = Pool::open(&meta, &data, PoolOptions::default()).unwrap();
+    let vol = ThinVolume::open_local(&pool, 2, VolumeOptions::default()).unwrap();
+    child::check_units(queue(&vol).as_mut(), 2000, 100);
+    drop(dir);
+}
+
+#[test]
+fn a_second_service_on_a_live_socket_is_refused_and_a_stale_socket_is_replaced() {
+    let s = served(16, &[1], MIB);
+    let mode = std::fs::metadata(&s.socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let dir2 = tempfile::tempdir().unwrap();
+    let (meta2, data2) = pool_files(&dir2, 16);
+    let pool2 = Pool::create(&meta2, &data2, BS, PoolOptions::default()).unwrap();
+    let refused = Service::start(pool2, &s.socket);
+    assert!(
+        matches!(refused, Err(Error::Busy(_))),
+        "{:?}",
+        refused.err()
+    );
+    // A socket nobody listens on (its service was killed) is stale.
+    let stale = dir2.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    let pool3 = Pool::create(&meta2, &data2, BS, PoolOptions::default()).unwrap();
+    let again = Service::start(pool3, &stale).unwrap();
+    SocketPort::connect(&stale, 0).err().unwrap();
+    again.stop().unwrap();
+    assert!(
+        !stale.exists(),
+        "the socket is removed when the service stops"
+    );
+}
+
+/// Sends raw bytes as a connection would, and reads what comes back until the service closes
+/// the connection; panics if it stays open.
+fn until_closed(socket: &std::path::Path, bytes: &[u8]) -> Vec<u8> {
+    let mut stream = UnixStream::connect(socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stream.write_all(bytes).unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        // A connection closed with frames it did not read is reset after what it sent.
+        match stream.read(&mut chunk) {
+            Ok(0) => return got,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return got,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => panic!("the service does not close the connection: {e}"),
+        }
+    }
+}
+
+fn frame(request: &Request) -> Vec<u8> {
+    let mut buf = Vec::new();
+    wire::write_frame(&mut buf, request).unwrap();
+    buf
+}
+
+fn replies(bytes: &[u8]) -> Vec<Reply> {
+    let mut rest = bytes;
+    let mut out = Vec::new();
+    while let Some(reply) = wire::read_frame::<Reply>(&mut rest).unwrap() {
+        out.push(reply);
+    }
+    out
+}
+
+#[test]
+fn hostile_frames_close_only_their_own_connection() {
+    let s = served(256, &[1, 2], 4 * MIB);
+    let good = open_volume(&s.socket, 1, VolumeOptions::default()).unwrap();
+    verify_workload(&good, 11, 50);
+    let free = s.service.pool().usage().unwrap().data_free;
+
+    // A length far past the bound, before any body.
+    let mut huge = u32::MAX.to_le_bytes().to_vec();
+    huge.extend_from_slice(b"{}");
+    assert!(until_closed(&s.socket, &huge).is_empty());
+    // Garbage in a frame of a sane length.
+    let mut garbage = 5u32.to_le_bytes().to_vec();
+    garbage.extend_from_slice(b"hello");
+    assert!(until_closed(&s.socket, &garbage).is_empty());
+    // Not opening a volume first.
+    assert!(until_closed(&s.socket, &frame(&Request::Commit)).is_empty());
+    // Provisioned blocks, then a map of a block never handed to this connection, then a
+    // frame the service must not get to.
+    let mut bytes = frame(&Request::Open { volume: 2 });
+    bytes.extend(frame(&Request::Provision { count: 5 }));
+    bytes.extend(frame(&Request::Map {
+        mappings: vec![(0, 3)],
+    }));
+    bytes.extend(frame(&Request::Commit));
+    let got = replies(&until_closed(&s.socket, &bytes));
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(matches!(got[1], Reply::Blocks { ref blocks } if blocks.len() == 5));
+    assert!(matches!(got[2], Reply::Failed { .. }), "{:?}", got[2]);
+
+    wait_closed(s.service.pool(), 2);
+    assert_eq!(s.service.pool().usage().unwrap().data_free, free);
+    verify_workload(&good, 12, 50);
+    let mut q = queue(&good);
+    child::check_units(q.as_mut(), 12, 50);
+}
+
+#[test]
+fn a_port_maps_only_blocks_it_was_given_through_the_socket() {
+    let s = served(64, &[1, 2], MIB);
+    let mut a = SocketPort::connect(&s.socket, 1).unwrap();
+    let mut b = SocketPort::connect(&s.socket, 2).unwrap();
+    let blocks = a.provision(2).unwrap();
+    let theirs = NewMapping {
+        vblock: 0,
+        block: blocks[0],
+    };
+    let e = b.map(&[theirs]).unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
+    // b's connection is cut; a's goes on.
+    assert!(b.commit().is_err());
+    a.map(&[theirs]).unwrap();
+    a.commit().unwrap();
+    assert_eq!(a.lookup(0..1).unwrap()[0].1.block, blocks[0]);
+    a.release(&blocks[1..]).unwrap();
+}
+
+#[test]
+fn a_call_to_a_service_that_does_not_answer_fails_within_its_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("mute.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let mute = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut sink = [0u8; 256];
+        while stream.read(&mut sink).is_ok_and(|n| n > 0) {}
+    });
+    let start = Instant::now();
+    let timeout = Duration::from_millis(500);
+    let e = SocketPort::connect_with_timeout(&socket, 1, timeout).err();
+    let took = start.elapsed();
+    assert!(matches!(e, Some(Error::Service(_))), "{e:?}");
+    assert!(
+        took >= timeout && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+    mute.join().unwrap();
+}
+
+#[test]
+fn a_worker_that_stops_reading_loses_its_connection_and_does_not_hold_up_a_snapshot() {
+    let s = served(64, &[1], MIB);
+    let mut stream = UnixStream::connect(&s.socket).unwrap();
+    stream
+        .write_all(&frame(&Request::Open { volume: 1 }))
+        .unwrap();
+    let opened = wire::read_frame::<Reply>(&mut stream).unwrap();
+    assert!(matches!(opened, Some(Reply::Info { .. })), "{opened:?}");
+    // Ask and never read the answers, until the service's replies fill the socket.
+    stream.set_nonblocking(true).unwrap();
+    let info = frame(&Request::Info);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if stream.write_all(&info).is_err() {
+            break;
+        }
+    }
+    let start = Instant::now();
+    s.service.pool().snapshot(1, 2, "snap").unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        start.elapsed()
+    );
+    wait_closed(s.service.pool(), 1);
+}
+
+#[test]
+fn a_discard_of_more_blocks_than_a_frame_holds_frees_every_one() {
+    let s = served(6000, &[1], 8192 * BS);
+    let mut port = SocketPort::connect(&s.socket, 1).unwrap();
+    let mut mapped = 0u64;
+    while mapped < 5000 {
+        let blocks = port.provision(1000).unwrap();
+        let batch: Vec<NewMapping> = (mapped..)
+            .zip(blocks)
+            .map(|(vblock, block)| NewMapping { vblock, block })
+            .collect();
+        mapped += batch.len() as u64;
+        port.map(&batch).unwrap();
+    }
+    let free = s.service.pool().usage().unwrap().data_free;
+    let freed = port.unmap(0..8192).unwrap();
+    assert_eq!(freed.len(), 5000);
+    assert!(port.lookup(0..8192).unwrap().is_empty());
+    port.commit().unwrap();
+    assert_eq!(s.service.pool().usage().unwrap().data_free, free + 5000);
+}
