@@ -3,8 +3,10 @@
 //! and 1.1 afterwards.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
+use rustbk_blkfront::toolstack::VbdSpec;
 use rustbk_blkfront::workload::{self, Pattern, Workload};
 use rustbk_ring::{DomId, status};
 use rustbk_thin::dir::{Devices, PoolDir};
@@ -142,4 +144,95 @@ fn snapshot_taken_between_attachments_keeps_the_data_the_origin_overwrites_later
     s.front.close().unwrap();
     host.cluster.remove_disk(&snap).unwrap();
     thin_checks(&metadata);
+}
+
+/// `rustbk thin serve` of the pool in `pool`, until dropped (SIGTERM, then waited for).
+struct Service(std::process::Child);
+
+impl Service {
+    fn start(pool: &Path) -> Service {
+        let child = Command::new(env!("CARGO_BIN_EXE_rustbk"))
+            .args(["thin", "serve"])
+            .arg(pool)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("rustbk thin serve");
+        let dir = PoolDir::new(pool);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !dir.served() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the pool service never answered"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Service(child)
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.0.id()).unwrap());
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn one_guest_keeps_its_data_while_the_worker_of_another_on_the_same_pool_is_killed_again_and_again()
+{
+    let mut service = None;
+    let mut host = Host::serving(thin_setup(), |dir| {
+        let target = pool_with_volume(dir);
+        let pool = dir.join("pool");
+        let opened = PoolDir::new(&pool).open(PoolOptions::default()).unwrap();
+        let spec = VolumeSpec {
+            size: SIZE,
+            name: "victim".into(),
+            origin: None,
+        };
+        opened.create_volume(1, spec).unwrap();
+        drop(opened);
+        service = Some(Service::start(&pool));
+        target
+    });
+    let pool = PoolDir::new(metadata_of(&host.image).parent().unwrap());
+    let mut g = host.guest();
+    for round in 0..5u32 {
+        let devid = XVDA + 16 * (round + 1);
+        let victim = VbdSpec {
+            devid,
+            ..spec_for(
+                &thin_setup(),
+                DomId(2),
+                &PathBuf::from(format!("{}:victim", pool.path.display())),
+            )
+        };
+        host.cluster.add_disk(&victim, &[]).unwrap();
+        let mut v = host.guest_of(DomId(2), devid, |_| {});
+        for i in 0..8u64 {
+            assert_eq!(v.write(i * 1024, &pattern(4096, 7)), status::OKAY);
+        }
+        let pid = host.cluster.backend_pid(&victim).unwrap();
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100 + 150 * u64::from(round)));
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap());
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+        });
+        let r = workload::run(
+            &mut g.front,
+            &workload(round == 0, u64::from(round)),
+            &mut |_| {},
+        )
+        .expect("workload");
+        assert_eq!((r.mismatches, r.errors), (0, 0), "round {round}: {r:?}");
+        killer.join().unwrap();
+        std::mem::forget(v);
+    }
+    g.front.close().unwrap();
+    host.cluster.remove_disk(&host.spec).unwrap();
+    drop(service);
+    let report = rustbk_thin::check::check_path(&pool.metadata(), &Default::default()).unwrap();
+    assert!(report.is_clean(), "{report}");
+    thin_checks(&pool.metadata());
 }

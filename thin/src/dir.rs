@@ -5,12 +5,17 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::pool::{Pool, PoolOptions, VolumeUsage};
+use crate::pool::{Pool, PoolOptions, PoolUsage, VolumeSpec, VolumeUsage};
+use crate::service::AdminClient;
 
 /// File (or symlink to a device) of the metadata inside a pool directory.
 pub const METADATA: &str = "metadata";
 /// File (or symlink to a device) of the data inside a pool directory.
 pub const DATA: &str = "data";
+/// The pool service's socket inside a pool directory.
+pub const SOCKET: &str = "service.sock";
+/// How long the tools wait for the pool service to answer.
+const ADMIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Where a pool directory's devices are.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,6 +59,28 @@ impl PoolDir {
         self.path.join(DATA)
     }
 
+    /// The pool service's socket.
+    pub fn socket(&self) -> PathBuf {
+        self.path.join(SOCKET)
+    }
+
+    /// Whether a pool service serves this pool (its socket accepts a connection).
+    pub fn served(&self) -> bool {
+        std::os::unix::net::UnixStream::connect(self.socket()).is_ok()
+    }
+
+    /// The pool for volume operations: through its service if one serves it, else opened in
+    /// this process.
+    pub fn handle(&self, opts: PoolOptions) -> Result<PoolHandle> {
+        match self.served() {
+            true => Ok(PoolHandle::Service(AdminClient::connect(
+                &self.socket(),
+                ADMIN_TIMEOUT,
+            )?)),
+            false => Ok(PoolHandle::Local(self.open(opts)?)),
+        }
+    }
+
     /// Makes a new pool: the directory (which must not exist or be empty), its devices and
     /// formatted metadata.
     pub fn create(&self, devices: &Devices, block_size: u64, opts: PoolOptions) -> Result<Pool> {
@@ -86,6 +113,64 @@ impl PoolDir {
             )));
         }
         Pool::open(&self.metadata(), &self.data(), opts)
+    }
+}
+
+/// A pool opened in this process, or reached through its service.
+pub enum PoolHandle {
+    /// Opened here (no service runs).
+    Local(Pool),
+    /// Through the pool service's admin channel.
+    Service(AdminClient),
+}
+
+impl PoolHandle {
+    /// Creates volume `id`.
+    pub fn create_volume(&mut self, id: u64, spec: VolumeSpec) -> Result<()> {
+        match self {
+            PoolHandle::Local(p) => p.create_volume(id, spec),
+            PoolHandle::Service(a) => a.create_volume(id, spec),
+        }
+    }
+
+    /// Deletes volume `id`.
+    pub fn delete_volume(&mut self, id: u64) -> Result<()> {
+        match self {
+            PoolHandle::Local(p) => p.delete_volume(id),
+            PoolHandle::Service(a) => a.delete_volume(id),
+        }
+    }
+
+    /// Resizes volume `id`.
+    pub fn resize_volume(&mut self, id: u64, size: u64) -> Result<()> {
+        match self {
+            PoolHandle::Local(p) => p.resize_volume(id, size),
+            PoolHandle::Service(a) => a.resize_volume(id, size),
+        }
+    }
+
+    /// Snapshots volume `origin` as `id` (live, if it is served).
+    pub fn snapshot(&mut self, origin: u64, id: u64, name: &str) -> Result<()> {
+        match self {
+            PoolHandle::Local(p) => p.snapshot(origin, id, name),
+            PoolHandle::Service(a) => a.snapshot(origin, id, name),
+        }
+    }
+
+    /// Every volume with its usage.
+    pub fn volumes(&mut self) -> Result<Vec<VolumeUsage>> {
+        match self {
+            PoolHandle::Local(p) => p.volumes(),
+            PoolHandle::Service(a) => a.volumes(),
+        }
+    }
+
+    /// Space figures.
+    pub fn usage(&mut self) -> Result<PoolUsage> {
+        match self {
+            PoolHandle::Local(p) => p.usage(),
+            PoolHandle::Service(a) => a.usage(),
+        }
     }
 }
 

@@ -1,13 +1,14 @@
 //! Serving a volume of a thin pool (`params` = `thin:/path/to/pool:VOLUME`).
 //!
-//! The worker opens the pool in its own process: one served volume per pool at a time, since
-//! the metadata is locked by its opener. (Several guests on one pool need the pool service.)
+//! When the pool service (`rustbk thin serve`) serves the pool, the worker connects to it, so
+//! any number of guests' workers serve volumes of one pool. Without it, the worker opens the
+//! pool itself, which locks it: one served volume at a time.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use rustbk_formats::BlockImage;
-use rustbk_thin::dir::{PoolDir, resolve_volume};
+use rustbk_thin::dir::{PoolDir, PoolHandle, resolve_volume};
 use rustbk_thin::pool::PoolOptions;
 use rustbk_thin::volume::{ThinVolume, VolumeOptions};
 
@@ -26,15 +27,24 @@ pub(super) fn open(
         direct: opts.direct,
         ..PoolOptions::default()
     };
-    let opened = PoolDir::new(pool).open(pool_opts)?;
-    let id = resolve_volume(&opened.volumes()?, volume)?;
+    let dir = PoolDir::new(pool);
     let volume_opts = VolumeOptions {
         engine: opts.engine,
         sector_size: opts.sector_size,
         read_only: info.read_only,
     };
-    let image = ThinVolume::open_local(&opened, id, volume_opts)?;
+    let image = match dir.handle(pool_opts)? {
+        PoolHandle::Service(mut admin) => {
+            let id = resolve_volume(&admin.volumes()?, volume)?;
+            tracing::info!(volume = id, "thin volume served through the pool service");
+            rustbk_thin::service::open_volume(&dir.socket(), id, volume_opts)?
+        }
+        PoolHandle::Local(opened) => {
+            let id = resolve_volume(&opened.volumes()?, volume)?;
+            ThinVolume::open_local(&opened, id, volume_opts)?
+        }
+    };
     let size = image.geometry().size;
-    tracing::info!(pool = %pool.display(), volume = id, size, read_only = info.read_only, "thin volume opened");
+    tracing::info!(pool = %pool.display(), volume, size, read_only = info.read_only, "thin volume opened");
     Ok(Arc::new(image))
 }

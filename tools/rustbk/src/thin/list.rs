@@ -43,8 +43,8 @@ struct Volume {
 
 /// Runs `rustbk thin list`.
 pub fn run(args: ListArgs) -> anyhow::Result<ExitCode> {
-    let pool = PoolDir::new(&args.pool)
-        .open(PoolOptions::default())
+    let mut pool = PoolDir::new(&args.pool)
+        .handle(PoolOptions::default())
         .with_context(|| format!("Cannot open the pool {}", args.pool.display()))?;
     let usage = pool.usage()?;
     let volumes = pool.volumes()?.into_iter().map(|v| Volume {

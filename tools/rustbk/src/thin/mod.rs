@@ -9,6 +9,7 @@ mod dump;
 mod list;
 mod pool;
 mod restore;
+mod serve;
 mod volume;
 
 use std::path::Path;
@@ -26,6 +27,7 @@ pub use dump::DumpArgs;
 pub use list::ListArgs;
 pub use pool::{CreatePoolArgs, GrowArgs};
 pub use restore::RestoreArgs;
+pub use serve::ServeArgs;
 pub use volume::{CreateArgs, DeleteArgs, ResizeArgs, SnapshotArgs};
 
 /// `rustbk thin`.
@@ -41,6 +43,8 @@ pub struct ThinArgs {
 pub enum ThinCommand {
     /// Make a pool: a directory holding a metadata and a data file (or links to devices).
     CreatePool(CreatePoolArgs),
+    /// Run the pool service: one process per pool, serving every worker of its volumes.
+    Serve(ServeArgs),
     /// Take in a pool's grown data and metadata devices.
     Grow(GrowArgs),
     /// Create a volume (allocated on first write).
@@ -68,6 +72,7 @@ pub enum ThinCommand {
 pub fn run(args: ThinArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         ThinCommand::CreatePool(a) => pool::create(a),
+        ThinCommand::Serve(a) => serve::run(a),
         ThinCommand::Grow(a) => pool::grow(a),
         ThinCommand::Create(a) => volume::create(a),
         ThinCommand::Snapshot(a) => volume::snapshot(a),

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use rustbk_thin::dir::{PoolDir, free_id, resolve_volume};
-use rustbk_thin::pool::{Origin, Pool, PoolOptions, VolumeSpec};
+use rustbk_thin::dir::{PoolDir, PoolHandle, free_id, resolve_volume};
+use rustbk_thin::pool::{Origin, PoolOptions, VolumeSpec};
 
 use crate::cli::parse_image_size;
 
@@ -77,15 +77,17 @@ pub struct ResizeArgs {
     pub size: u64,
 }
 
-fn open(pool: &PathBuf) -> anyhow::Result<Pool> {
+/// The pool: through its service when one serves it (the only way while it does), else
+/// opened here.
+fn open(pool: &PathBuf) -> anyhow::Result<PoolHandle> {
     PoolDir::new(pool)
-        .open(PoolOptions::default())
+        .handle(PoolOptions::default())
         .with_context(|| format!("Cannot open the pool {}", pool.display()))
 }
 
 /// Runs `rustbk thin create`; prints the new volume's id.
 pub fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
-    let pool = open(&args.pool)?;
+    let mut pool = open(&args.pool)?;
     let id = args.id.unwrap_or(free_id(&pool.volumes()?));
     let origin = match (args.origin, args.origin_format) {
         (Some(path), Some(format)) => Some(Origin {
@@ -107,7 +109,7 @@ pub fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
 
 /// Runs `rustbk thin snapshot`; prints the snapshot's id.
 pub fn snapshot(args: SnapshotArgs) -> anyhow::Result<ExitCode> {
-    let pool = open(&args.pool)?;
+    let mut pool = open(&args.pool)?;
     let volumes = pool.volumes()?;
     let origin = resolve_volume(&volumes, &args.origin)?;
     let id = args.id.unwrap_or(free_id(&volumes));
@@ -119,7 +121,7 @@ pub fn snapshot(args: SnapshotArgs) -> anyhow::Result<ExitCode> {
 
 /// Runs `rustbk thin delete`.
 pub fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
-    let pool = open(&args.pool)?;
+    let mut pool = open(&args.pool)?;
     let id = resolve_volume(&pool.volumes()?, &args.volume)?;
     pool.delete_volume(id)
         .with_context(|| format!("Cannot delete volume {id}"))?;
@@ -128,7 +130,7 @@ pub fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
 
 /// Runs `rustbk thin resize`.
 pub fn resize(args: ResizeArgs) -> anyhow::Result<ExitCode> {
-    let pool = open(&args.pool)?;
+    let mut pool = open(&args.pool)?;
     let id = resolve_volume(&pool.volumes()?, &args.volume)?;
     pool.resize_volume(id, args.size)
         .with_context(|| format!("Cannot resize volume {id}"))?;
