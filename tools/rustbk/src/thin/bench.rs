@@ -13,7 +13,7 @@ use rustbk_thin::dir::{Devices, PoolDir};
 use rustbk_thin::pool::{PoolOptions, VolumeSpec};
 use serde::Serialize;
 
-use super::bench_meta;
+use super::{bench_meta, bench_snap};
 use crate::cli::{parse_image_size, parse_runtime};
 use crate::cluster::EmuCluster;
 use crate::cmd::bench::{rustbk_case, write_image};
@@ -67,6 +67,11 @@ pub struct Case {
 pub struct Results {
     /// The guest I/O cases.
     pub io: Vec<Case>,
+    /// Milliseconds of each live snapshot of a 1 GiB volume taken through the pool service
+    /// while the emulated guest writes into it.
+    pub guest_snapshot_ms_1g: Vec<f64>,
+    /// The same for a 1 TiB (sparse) volume.
+    pub guest_snapshot_ms_1t: Vec<f64>,
     /// Snapshot times, metadata space and check times.
     pub metadata: bench_meta::MetaResults,
 }
@@ -89,9 +94,18 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn measure(args: &BenchArgs, dir: &Path) -> anyhow::Result<Results> {
-    let io = io_cases(args, dir)?;
+    let exe = std::env::current_exe()?;
+    let mut cluster = EmuCluster::start_grouped(&exe, dir)?;
+    let io = io_cases(&mut cluster, args, dir)?;
+    let guest_snapshot_ms_1g = bench_snap::through_guest(&mut cluster, 6, 1 << 30)?;
+    let guest_snapshot_ms_1t = bench_snap::through_guest(&mut cluster, 7, 1 << 40)?;
     let metadata = bench_meta::measure(&dir.join("meta"))?;
-    Ok(Results { io, metadata })
+    Ok(Results {
+        io,
+        guest_snapshot_ms_1g,
+        guest_snapshot_ms_1t,
+        metadata,
+    })
 }
 
 /// The disks of the I/O cases.
@@ -104,9 +118,7 @@ fn disk(domid: u16, params: String) -> VbdSpec {
     VbdSpec::rustbk(DomId(domid), XVDA, params)
 }
 
-fn io_cases(args: &BenchArgs, dir: &Path) -> anyhow::Result<Vec<Case>> {
-    let exe = std::env::current_exe()?;
-    let mut cluster = EmuCluster::start_grouped(&exe, dir)?;
+fn io_cases(cluster: &mut EmuCluster, args: &BenchArgs, dir: &Path) -> anyhow::Result<Vec<Case>> {
     let raw = write_image(&dir.join("raw.img"), args.size)?;
     let provisioned = provisioned_volume(&dir.join("pool-a"), args.size)?;
     let disks = Disks {
@@ -117,7 +129,7 @@ fn io_cases(args: &BenchArgs, dir: &Path) -> anyhow::Result<Vec<Case>> {
     cluster.add_disk(&disks.provisioned, &[])?;
     let mut cases = new_cases();
     for round in 0..args.rounds {
-        one_round(&mut cluster, &disks, round, args, &mut cases)?;
+        one_round(cluster, &disks, round, args, &mut cases)?;
     }
     for case in &mut cases {
         case.ratio = median(&case.thin_iops) / median(&case.peer_iops).max(f64::MIN_POSITIVE);
@@ -325,5 +337,19 @@ fn print_human(r: &Results) {
             rounds.join("  ")
         );
     }
+    let list = |v: &[f64]| {
+        v.iter()
+            .map(|t| format!("{t:.1}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!(
+        "live snapshot through the pool service, guest writing, 1 GiB volume (ms): {}",
+        list(&r.guest_snapshot_ms_1g)
+    );
+    println!(
+        "live snapshot through the pool service, guest writing, 1 TiB volume (ms): {}",
+        list(&r.guest_snapshot_ms_1t)
+    );
     bench_meta::print_human(&r.metadata);
 }

@@ -4,6 +4,7 @@
 
 mod bench;
 mod bench_meta;
+mod bench_snap;
 mod check;
 mod dump;
 mod list;
