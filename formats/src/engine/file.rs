@@ -309,6 +309,26 @@ impl EngineFile {
         Ok(true)
     }
 
+    /// Whether `[offset, offset + len)` is a hole of a regular file (it reads as zeros and
+    /// holds no data), from `lseek(SEEK_DATA)`. False whenever that cannot be told: block
+    /// devices, file systems without SEEK_DATA, errors.
+    pub fn is_hole(&self, offset: u64, len: u64) -> bool {
+        let (Ok(start), Some(end)) = (i64::try_from(offset), offset.checked_add(len)) else {
+            return false;
+        };
+        if self.kind != FileKind::Regular {
+            return false;
+        }
+        let whence = nix::unistd::Whence::SeekData;
+        match nix::unistd::lseek(self.buffered.as_raw_fd(), start, whence) {
+            // The next data starts at or past the end of the range.
+            Ok(next) => u64::try_from(next).is_ok_and(|next| next >= end),
+            // No data at or after `offset`: the rest of the file is a hole (or past its end).
+            Err(nix::errno::Errno::ENXIO) => true,
+            Err(_) => false,
+        }
+    }
+
     /// fdatasync on the file.
     pub fn datasync(&self) -> Result<(), Error> {
         let mark = self.recorder.as_ref().map(|r| r.sync_begin());
@@ -418,6 +438,28 @@ fn open_buffered(path: &Path, read_only: bool) -> io::Result<(File, bool)> {
             Ok((open(true)?, true))
         }
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod hole_tests {
+    use super::*;
+
+    #[test]
+    fn a_hole_is_told_from_written_data() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sparse");
+        std::fs::File::create(&path)
+            .expect("create")
+            .set_len(4 << 20)
+            .expect("size");
+        let file = EngineFile::open(&path, Access::ReadWrite, false).expect("open");
+        assert!(file.is_hole(1 << 20, 1 << 20));
+        file.write_all_at(&[1; 4096], (1 << 20) + 8192)
+            .expect("write");
+        assert!(!file.is_hole(1 << 20, 1 << 20), "written data in the range");
+        assert!(file.is_hole(2 << 20, 1 << 20), "the range after it");
+        assert!(!file.is_hole(u64::MAX, 1), "an offset past any file");
     }
 }
 

@@ -93,8 +93,13 @@ pub(crate) fn build(
     Ok(())
 }
 
-/// Zeros the block with the file system's zero-range; false if it cannot.
+/// Makes the block read as zeros: nothing to do if it is a hole of the data file (a block
+/// never written since the file was made sparse, or punched out), else the file system's
+/// zero-range; false if neither works (the caller writes zeros).
 fn zero_in_place(core: &Core, phys: u64, bs: u64) -> bool {
+    if core.data.is_hole(phys, bs) {
+        return true;
+    }
     match core.data.allocate_zeroed(phys, bs) {
         Ok(done) => done,
         Err(e) => {

@@ -44,6 +44,27 @@ fn partial_write_into_an_unprovisioned_block_reads_zeros_around_it() {
 }
 
 #[test]
+fn partial_write_into_a_never_written_block_leaves_the_rest_a_hole_that_reads_zeros() {
+    use std::os::unix::fs::MetadataExt;
+    let t = new_pool(1 << 20, 16, PoolOptions::default());
+    let vol = t.volume(1, 4 * MIB);
+    let mut q = queue(&vol);
+    let used = |p: &std::path::Path| std::fs::metadata(p).expect("stat").blocks() * 512;
+    let before = used(&t.data);
+    put(&mut *q, 5000, &[7; 3000]);
+    flush(&mut *q);
+    let grown = used(&t.data) - before;
+    assert!(
+        grown < 1 << 20,
+        "the 1 MiB block was zero-filled: {grown} bytes allocated"
+    );
+    let got = get(&mut *q, 0, us(MIB));
+    let mut expected = vec![0; us(MIB)];
+    expected[5000..8000].fill(7);
+    suite::assert_bytes(&got, &expected, "block around a partial write into a hole");
+}
+
+#[test]
 fn two_writes_into_one_new_block_provision_it_once() {
     let t = new_pool(64 << 10, 64, PoolOptions::default());
     let vol = t.volume(1, 4 * MIB);
