@@ -442,6 +442,26 @@ fn open_buffered(path: &Path, read_only: bool) -> io::Result<(File, bool)> {
 }
 
 #[cfg(test)]
+impl EngineFile {
+    /// Wraps any open file (e.g. a FIFO, to withhold completions) as a buffered regular file.
+    pub(crate) fn wrap_for_test(buffered: File, path: &Path) -> EngineFile {
+        EngineFile {
+            path: path.to_owned(),
+            buffered,
+            direct: None,
+            kind: FileKind::Regular,
+            read_only: false,
+            logical_block: 512,
+            physical_block: 512,
+            bounced: AtomicU64::new(0),
+            fallbacks: AtomicU64::new(0),
+            recorder: None,
+            _lock: None,
+        }
+    }
+}
+
+#[cfg(test)]
 mod hole_tests {
     use super::*;
 
@@ -460,25 +480,5 @@ mod hole_tests {
         assert!(!file.is_hole(1 << 20, 1 << 20), "written data in the range");
         assert!(file.is_hole(2 << 20, 1 << 20), "the range after it");
         assert!(!file.is_hole(u64::MAX, 1), "an offset past any file");
-    }
-}
-
-#[cfg(test)]
-impl EngineFile {
-    /// Wraps any open file (e.g. a FIFO, to withhold completions) as a buffered regular file.
-    pub(crate) fn wrap_for_test(buffered: File, path: &Path) -> EngineFile {
-        EngineFile {
-            path: path.to_owned(),
-            buffered,
-            direct: None,
-            kind: FileKind::Regular,
-            read_only: false,
-            logical_block: 512,
-            physical_block: 512,
-            bounced: AtomicU64::new(0),
-            fallbacks: AtomicU64::new(0),
-            recorder: None,
-            _lock: None,
-        }
     }
 }
