@@ -41,8 +41,19 @@ fn serve_volume(pool: &Pool, volume: u64, reader: &mut UnixStream) {
     };
     let waker_sender = sender.clone();
     port.set_waker(Box::new(move || {
-        if send(&waker_sender, &Reply::PauseRequest).is_err() {
-            tracing::warn!("cannot send a pause request to a worker");
+        // From a thread of its own: the snapshot asking for the pause must not wait behind a
+        // reply stuck on a worker that stopped reading (its send times out, the connection
+        // closes, and the closed port counts as paused).
+        let sender = waker_sender.clone();
+        let sent = std::thread::Builder::new()
+            .name("thin-pause".into())
+            .spawn(move || {
+                if send(&sender, &Reply::PauseRequest).is_err() {
+                    tracing::warn!("cannot send a pause request to a worker");
+                }
+            });
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, "cannot start a thread to ask a worker to pause");
         }
     }));
     run(&mut port, reader, &sender);
