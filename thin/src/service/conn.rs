@@ -40,16 +40,22 @@ fn serve_volume(pool: &Pool, volume: u64, reader: &mut UnixStream) {
         return;
     };
     let waker_sender = sender.clone();
+    let Ok(closer) = reader.try_clone().map(Arc::new) else {
+        tracing::warn!("cannot use a new connection");
+        return;
+    };
     port.set_waker(Box::new(move || {
         // From a thread of its own: the snapshot asking for the pause must not wait behind a
-        // reply stuck on a worker that stopped reading (its send times out, the connection
-        // closes, and the closed port counts as paused).
-        let sender = waker_sender.clone();
+        // reply stuck on a worker that stopped reading. If the request cannot be sent either,
+        // the connection is shut down at once (not after a second send timeout), and the
+        // closed port counts as paused.
+        let (sender, closer) = (waker_sender.clone(), closer.clone());
         let sent = std::thread::Builder::new()
             .name("thin-pause".into())
             .spawn(move || {
                 if send(&sender, &Reply::PauseRequest).is_err() {
-                    tracing::warn!("cannot send a pause request to a worker");
+                    tracing::warn!("cannot send a pause request to a worker; closing it");
+                    let _ = closer.shutdown(std::net::Shutdown::Both);
                 }
             });
         if let Err(e) = sent {
