@@ -337,19 +337,13 @@ fn print_human(r: &Results) {
             rounds.join("  ")
         );
     }
-    let list = |v: &[f64]| {
-        v.iter()
-            .map(|t| format!("{t:.1}"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
     println!(
         "live snapshot through the pool service, guest writing, 1 GiB volume (ms): {}",
-        list(&r.guest_snapshot_ms_1g)
+        bench_meta::ms_list(&r.guest_snapshot_ms_1g)
     );
     println!(
         "live snapshot through the pool service, guest writing, 1 TiB volume (ms): {}",
-        list(&r.guest_snapshot_ms_1t)
+        bench_meta::ms_list(&r.guest_snapshot_ms_1t)
     );
     bench_meta::print_human(&r.metadata);
 }

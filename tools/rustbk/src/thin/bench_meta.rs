@@ -261,21 +261,21 @@ fn timed_check(tool: &Path, meta: &Path) -> anyhow::Result<f64> {
     Ok(start.elapsed().as_secs_f64())
 }
 
+/// Milliseconds for people: one decimal, spaces between.
+pub fn ms_list(times: &[f64]) -> String {
+    let each: Vec<String> = times.iter().map(|t| format!("{t:.1}")).collect();
+    each.join(" ")
+}
+
 /// Prints the results for people.
 pub fn print_human(r: &MetaResults) {
-    let list = |v: &[f64]| {
-        v.iter()
-            .map(|t| format!("{t:.1}"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
     println!(
         "live snapshot, 1 GiB volume (ms): {}",
-        list(&r.snapshot_ms_1g)
+        ms_list(&r.snapshot_ms_1g)
     );
     println!(
         "live snapshot, 1 TiB volume (ms): {}",
-        list(&r.snapshot_ms_1t)
+        ms_list(&r.snapshot_ms_1t)
     );
     println!(
         "metadata per TiB mapped: {} MiB",
