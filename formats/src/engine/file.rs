@@ -309,6 +309,31 @@ impl EngineFile {
         Ok(true)
     }
 
+    /// Reserves the file system's blocks under `[offset, offset + len)` of a regular file
+    /// without changing what it reads or its size (fallocate with KEEP_SIZE: holes become
+    /// unwritten extents, which read as zeros). Later writes there then need no block
+    /// allocation on the write path. Returns false where that does not apply: block devices,
+    /// file systems without fallocate.
+    pub fn preallocate(&self, offset: u64, len: u64) -> Result<bool, Error> {
+        if self.read_only {
+            return Err(Error::ReadOnly);
+        }
+        if self.kind != FileKind::Regular || len == 0 {
+            return Ok(false);
+        }
+        let (Ok(start), Ok(count)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return Err(Error::InvalidArgument(format!(
+                "preallocate {offset}+{len}"
+            )));
+        };
+        let mode = nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE;
+        match nix::fcntl::fallocate(self.buffered.as_raw_fd(), mode, start, count) {
+            Ok(()) => Ok(true),
+            Err(nix::errno::Errno::EOPNOTSUPP) => Ok(false),
+            Err(e) => Err(io::Error::from(e).into()),
+        }
+    }
+
     /// Whether `[offset, offset + len)` is a hole of a regular file (it reads as zeros and
     /// holds no data), from `lseek(SEEK_DATA)`. False whenever that cannot be told: block
     /// devices, file systems without SEEK_DATA, errors.

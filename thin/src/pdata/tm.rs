@@ -119,6 +119,23 @@ impl Tm {
         Ok(())
     }
 
+    /// The contents of `b`, a block allocated or shadowed in this transaction, to change in
+    /// place (as [`Tm::write`] would replace them).
+    pub fn block_mut(&mut self, b: u64, kind: Kind) -> Result<&mut [u8; super::BLOCK_SIZE]> {
+        let not_ours = || {
+            Error::corrupt(format!(
+                "metadata block {b} changed in place but not shadowed"
+            ))
+        };
+        if !self.shadows.contains(&b) {
+            return Err(not_ours());
+        }
+        match self.dirty.get_mut(&b) {
+            Some((k, block)) if *k == kind => Ok(&mut **block),
+            _ => Err(not_ours()),
+        }
+    }
+
     /// Adds a reference to `b`.
     pub fn inc(&mut self, b: u64) -> Result<()> {
         self.refs.inc(b).map(drop)

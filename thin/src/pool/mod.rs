@@ -9,6 +9,7 @@
 
 mod gate;
 mod port;
+mod prealloc;
 pub mod sidecar;
 mod space;
 mod volumes;
@@ -126,6 +127,7 @@ pub(crate) struct State {
     /// commit no longer references them (before the commit, a crash falls back to metadata
     /// that may still map them, even in a volume deleted since).
     pass_down: Vec<u64>,
+    prealloc: prealloc::Prealloc,
 }
 
 pub(crate) struct PortEntry {
@@ -207,6 +209,7 @@ impl Pool {
             failed: None,
             block_size,
             pass_down: Vec::new(),
+            prealloc: prealloc::Prealloc::default(),
         };
         Pool {
             shared: Arc::new(Shared {

@@ -81,7 +81,12 @@ impl Shared {
                     .get_mut(&port)
                     .ok_or_else(|| Error::InvalidArgument("closed port".into()))?;
                 entry.provisioned.extend(got.iter().copied());
-                self.low_water(&mut st);
+                let st = &mut *st;
+                let blocks = st.md.data_refs().nr_blocks();
+                let punched = self.opts.passdown;
+                st.prealloc
+                    .reserve(&self.data, st.block_size, blocks, &got, punched);
+                self.low_water(st);
                 return Ok(got);
             }
             let full = Error::DataFull(st.md.data_refs().nr_blocks());

@@ -1,8 +1,14 @@
 //! Insertion: shadow the path from the root down, splitting every full node before entering
 //! it, so a split never has to climb back up.
+//!
+//! Nodes are read and changed in place in their blocks ([`View`]); only a split decodes the
+//! nodes it rearranges. Inside a transaction the path is already shadowed, so most inserts
+//! change the leaf alone.
 
-use super::{Node, ValueRefs, new_node, shadow_node, write_node};
+use super::view::View;
+use super::{MAX_DEPTH, Node, ValueRefs, new_node, read_node, shadow_at, too_deep, write_node};
 use crate::error::Result;
+use crate::pdata::block::Kind;
 use crate::pdata::tm::Tm;
 
 /// Stores `value` under `key`. Returns the tree's new root and the value replaced, if any;
@@ -15,32 +21,38 @@ pub fn insert(
     refs: &mut dyn ValueRefs,
 ) -> Result<(u64, Option<Vec<u8>>)> {
     let value_size = value.len();
-    let (root, mut node) = shadow_node(tm, root, value_size, refs)?;
-    if node.len() >= node.capacity() {
-        node = split_beneath(tm, root, node)?;
+    let root = shadow_at(tm, root, value_size, refs)?;
+    if view_of(tm, root, value_size)?.full() {
+        let node = read_node(tm, root, value_size)?;
+        split_beneath(tm, root, node)?;
     }
     let mut at = root;
-    loop {
-        if node.leaf {
-            let old = insert_into_leaf(&mut node, key, value);
-            write_node(tm, at, &node)?;
-            return Ok((root, old));
+    for _ in 0..MAX_DEPTH {
+        let b = tm.read(at, Kind::Node)?;
+        let mut view = View::parse(b, at, value_size)?;
+        if view.leaf {
+            let b = tm.block_mut(at, Kind::Node)?;
+            return Ok((root, view.leaf_insert(b, key, value)?));
         }
-        let next = step_down(tm, &mut node, key, value_size, refs)?;
-        write_node(tm, at, &node)?;
-        (at, node) = next;
+        let (i, lowered) = match view.lower_bound(b, key) {
+            Some(i) => (i, false),
+            None => (0, true),
+        };
+        let step = Step {
+            parent: at,
+            view,
+            i,
+            lowered,
+            child: view.child(b, i),
+        };
+        at = step_down(tm, step, key, value_size, refs)?;
     }
+    Err(too_deep(root))
 }
 
-fn insert_into_leaf(node: &mut Node, key: u64, value: &[u8]) -> Option<Vec<u8>> {
-    let pos = node.keys.partition_point(|&k| k < key);
-    if node.keys.get(pos) == Some(&key) {
-        let old = node.value(pos).to_vec();
-        node.set_value(pos, value);
-        return Some(old);
-    }
-    node.insert_at(pos, key, value);
-    None
+fn view_of(tm: &mut Tm, location: u64, value_size: usize) -> Result<View> {
+    let b = tm.read(location, Kind::Node)?;
+    View::parse(b, location, value_size)
 }
 
 /// Moves the full root's entries into two new children, keeping the root where it is.
@@ -55,34 +67,53 @@ fn split_beneath(tm: &mut Tm, root: u64, mut node: Node) -> Result<Node> {
     Ok(parent)
 }
 
-/// Shadows the child of `parent` that `key` belongs in, splits it if it is full, and returns
-/// it (with its location) for the descent.
+/// The descent from an internal node: entry `i` leads to `child`; `lowered` if `key` is
+/// below every key of the node (its first key becomes `key`).
+struct Step {
+    parent: u64,
+    view: View,
+    i: usize,
+    lowered: bool,
+    child: u64,
+}
+
+/// Shadows the child `key` belongs in, splits it if it is full, and returns where the
+/// descent goes on. The parent is not full, so it takes the split's new entry.
 fn step_down(
     tm: &mut Tm,
-    parent: &mut Node,
+    step: Step,
     key: u64,
     value_size: usize,
     refs: &mut dyn ValueRefs,
-) -> Result<(u64, Node)> {
-    let i = match parent.lower_bound(key) {
-        Some(i) => i,
-        None => {
-            parent.keys[0] = key;
-            0
+) -> Result<u64> {
+    let Step {
+        parent,
+        view,
+        i,
+        lowered,
+        child,
+    } = step;
+    let at = shadow_at(tm, child, value_size, refs)?;
+    if lowered || at != child {
+        let b = tm.block_mut(parent, Kind::Node)?;
+        if lowered {
+            view.set_key(b, 0, key);
         }
-    };
-    let (at, mut child) = shadow_node(tm, parent.child(i), value_size, refs)?;
-    parent.set_child(i, at);
-    if child.len() < child.capacity() {
-        return Ok((at, child));
+        view.set_child(b, i, at);
     }
-    let right = child.split_off(child.len() / 2);
+    if !view_of(tm, at, value_size)?.full() {
+        return Ok(at);
+    }
+    let mut node = read_node(tm, at, value_size)?;
+    let right = node.split_off(node.len() / 2);
     let right_key = right.keys[0];
-    write_node(tm, at, &child)?;
+    write_node(tm, at, &node)?;
     let right_at = new_node(tm, &right)?;
-    parent.insert_at(i + 1, right_key, &right_at.to_le_bytes());
+    let mut up = read_node(tm, parent, value_size)?;
+    up.insert_at(i + 1, right_key, &right_at.to_le_bytes());
+    write_node(tm, parent, &up)?;
     Ok(match key >= right_key {
-        true => (right_at, right),
-        false => (at, child),
+        true => right_at,
+        false => at,
     })
 }

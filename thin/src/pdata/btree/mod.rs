@@ -10,6 +10,7 @@ pub mod node;
 mod remove;
 #[cfg(test)]
 pub(crate) mod tests;
+mod view;
 mod walk;
 
 pub use insert::insert;
@@ -85,6 +86,22 @@ pub fn shadow_node(
     Ok((new, node))
 }
 
+/// Makes the node at `location` writable and returns its new location, as [`shadow_node`]
+/// does, without decoding it unless it was shared.
+pub fn shadow_at(
+    tm: &mut Tm,
+    location: u64,
+    value_size: usize,
+    refs: &mut dyn ValueRefs,
+) -> Result<u64> {
+    let (new, shared) = tm.shadow(location, Kind::Node)?;
+    if shared {
+        let node = read_node(tm, new, value_size)?;
+        inc_children(tm, &node, refs)?;
+    }
+    Ok(new)
+}
+
 fn inc_children(tm: &mut Tm, node: &Node, refs: &mut dyn ValueRefs) -> Result<()> {
     for i in 0..node.len() {
         match node.leaf {
@@ -99,14 +116,15 @@ fn inc_children(tm: &mut Tm, node: &Node, refs: &mut dyn ValueRefs) -> Result<()
 pub fn lookup(tm: &mut Tm, root: u64, value_size: usize, key: u64) -> Result<Option<Vec<u8>>> {
     let mut location = root;
     for _ in 0..MAX_DEPTH {
-        let node = read_node(tm, location, value_size)?;
-        let Some(i) = node.lower_bound(key) else {
+        let b = tm.read(location, Kind::Node)?;
+        let view = view::View::parse(b, location, value_size)?;
+        let Some(i) = view.lower_bound(b, key) else {
             return Ok(None);
         };
-        if node.leaf {
-            return Ok((node.keys[i] == key).then(|| node.value(i).to_vec()));
+        if view.leaf {
+            return Ok((view.key(b, i) == key).then(|| view.value(b, i).to_vec()));
         }
-        location = node.child(i);
+        location = view.child(b, i);
     }
     Err(too_deep(root))
 }

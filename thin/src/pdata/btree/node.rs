@@ -8,9 +8,9 @@
 use crate::error::{Error, Result};
 use crate::pdata::block::{self, BLOCK_SIZE, Block, get_u32, get_u64, put_u32, put_u64};
 
-const HEADER: usize = 32;
-const INTERNAL: u32 = 1;
-const LEAF: u32 = 2;
+pub(super) const HEADER: usize = 32;
+pub(super) const INTERNAL: u32 = 1;
+pub(super) const LEAF: u32 = 2;
 
 /// The largest multiple of three entries with `value_size`-byte values that fits a block.
 pub fn max_entries(value_size: usize) -> usize {

@@ -297,3 +297,49 @@ fn internal_node_without_entries_is_refused_by_insert() {
         "{inserted:?}"
     );
 }
+
+/// Three levels of nodes, shared between two roots half-way: every split and shadow of the
+/// in-place insertion runs at each depth.
+#[test]
+fn a_three_level_tree_shared_half_way_keeps_both_versions() {
+    let (_dir, mut tm) = test_tm(16384);
+    let mut vals = Counted::default();
+    let mut root = empty(&mut tm, 8).unwrap();
+    let mut model = BTreeMap::new();
+    let mut key = 12345u64;
+    let mut frozen = None;
+    for n in 0..60_000u64 {
+        key = key
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let k = key >> 44;
+        root = apply(&mut tm, root, &Op::Insert(k, n), &mut model, &mut vals);
+        if n % 7000 == 6999 {
+            root = apply(&mut tm, root, &Op::Commit, &mut model, &mut vals);
+        }
+        if n == 30_000 {
+            tm.inc(root).unwrap();
+            frozen = Some((root, model.clone()));
+        }
+    }
+    let (origin, frozen) = frozen.unwrap();
+    assert!(
+        depth(&mut tm, root) >= 3,
+        "the tree must reach three levels"
+    );
+    assert_eq!(contents(&mut tm, root), model);
+    assert_eq!(contents(&mut tm, origin), frozen);
+    check_counts(&mut tm, &[origin, root], &vals);
+}
+
+fn depth(tm: &mut Tm, root: u64) -> usize {
+    let mut at = root;
+    for d in 1..MAX_DEPTH {
+        let node = read_node(tm, at, 8).unwrap();
+        if node.leaf {
+            return d;
+        }
+        at = node.child(0);
+    }
+    MAX_DEPTH
+}

@@ -39,12 +39,26 @@ pub struct BenchArgs {
     /// Rounds; every case runs once per round, alternating with its peer.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub rounds: u32,
+    /// Measure only this part (default: all of them).
+    #[arg(long, value_enum)]
+    pub only: Option<Part>,
     /// Keep the work folder.
     #[arg(long)]
     pub keep: bool,
     /// Output format.
     #[arg(long, value_enum, default_value_t = OutputArg::Human)]
     pub output: OutputArg,
+}
+
+/// A part of the benchmark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// The guest I/O cases.
+    Io,
+    /// Live snapshots through the pool service while the guest writes.
+    Snapshots,
+    /// Snapshot times, metadata space and check times without a guest.
+    Metadata,
 }
 
 /// One case: rustbk's thin volume and its peer, every round.
@@ -66,14 +80,18 @@ pub struct Case {
 #[derive(Debug, Serialize)]
 pub struct Results {
     /// The guest I/O cases.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub io: Vec<Case>,
     /// Milliseconds of each live snapshot of a 1 GiB volume taken through the pool service
     /// while the emulated guest writes into it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub guest_snapshot_ms_1g: Vec<f64>,
     /// The same for a 1 TiB (sparse) volume.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub guest_snapshot_ms_1t: Vec<f64>,
     /// Snapshot times, metadata space and check times.
-    pub metadata: bench_meta::MetaResults,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<bench_meta::MetaResults>,
 }
 
 /// Runs `rustbk thin bench`.
@@ -96,16 +114,24 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 fn measure(args: &BenchArgs, dir: &Path) -> anyhow::Result<Results> {
     let exe = std::env::current_exe()?;
     let mut cluster = EmuCluster::start_grouped(&exe, dir)?;
-    let io = io_cases(&mut cluster, args, dir)?;
-    let guest_snapshot_ms_1g = bench_snap::through_guest(&mut cluster, 6, 1 << 30)?;
-    let guest_snapshot_ms_1t = bench_snap::through_guest(&mut cluster, 7, 1 << 40)?;
-    let metadata = bench_meta::measure(&dir.join("meta"))?;
-    Ok(Results {
-        io,
-        guest_snapshot_ms_1g,
-        guest_snapshot_ms_1t,
-        metadata,
-    })
+    let wants = |part: Part| args.only.is_none_or(|only| only == part);
+    let mut results = Results {
+        io: Vec::new(),
+        guest_snapshot_ms_1g: Vec::new(),
+        guest_snapshot_ms_1t: Vec::new(),
+        metadata: None,
+    };
+    if wants(Part::Io) {
+        results.io = io_cases(&mut cluster, args, dir)?;
+    }
+    if wants(Part::Snapshots) {
+        results.guest_snapshot_ms_1g = bench_snap::through_guest(&mut cluster, 6, 1 << 30)?;
+        results.guest_snapshot_ms_1t = bench_snap::through_guest(&mut cluster, 7, 1 << 40)?;
+    }
+    if wants(Part::Metadata) {
+        results.metadata = Some(bench_meta::measure(&dir.join("meta"))?);
+    }
+    Ok(results)
 }
 
 /// The disks of the I/O cases.
@@ -318,11 +344,30 @@ fn median(v: &[f64]) -> f64 {
 }
 
 fn print_human(r: &Results) {
+    if !r.io.is_empty() {
+        print_io(&r.io);
+    }
+    if !r.guest_snapshot_ms_1g.is_empty() {
+        println!(
+            "live snapshot through the pool service, guest writing, 1 GiB volume (ms): {}",
+            bench_meta::ms_list(&r.guest_snapshot_ms_1g)
+        );
+        println!(
+            "live snapshot through the pool service, guest writing, 1 TiB volume (ms): {}",
+            bench_meta::ms_list(&r.guest_snapshot_ms_1t)
+        );
+    }
+    if let Some(metadata) = &r.metadata {
+        bench_meta::print_human(metadata);
+    }
+}
+
+fn print_io(io: &[Case]) {
     println!(
         "{:<40} {:<32} {:>8}  rounds (thin / peer IOPS)",
         "case", "peer", "ratio"
     );
-    for c in &r.io {
+    for c in io {
         let rounds: Vec<String> = c
             .thin_iops
             .iter()
@@ -337,13 +382,4 @@ fn print_human(r: &Results) {
             rounds.join("  ")
         );
     }
-    println!(
-        "live snapshot through the pool service, guest writing, 1 GiB volume (ms): {}",
-        bench_meta::ms_list(&r.guest_snapshot_ms_1g)
-    );
-    println!(
-        "live snapshot through the pool service, guest writing, 1 TiB volume (ms): {}",
-        bench_meta::ms_list(&r.guest_snapshot_ms_1t)
-    );
-    bench_meta::print_human(&r.metadata);
 }
