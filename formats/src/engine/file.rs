@@ -338,19 +338,26 @@ impl EngineFile {
     /// holds no data), from `lseek(SEEK_DATA)`. False whenever that cannot be told: block
     /// devices, file systems without SEEK_DATA, errors.
     pub fn is_hole(&self, offset: u64, len: u64) -> bool {
-        let (Ok(start), Some(end)) = (i64::try_from(offset), offset.checked_add(len)) else {
+        let Some(end) = offset.checked_add(len) else {
             return false;
         };
+        self.next_data(offset).is_some_and(|next| next >= end)
+    }
+
+    /// Where the first byte of data at or after `offset` is, from `lseek(SEEK_DATA)`:
+    /// everything before it reads as zeros. `u64::MAX` if there is none; `None` whenever
+    /// that cannot be told (block devices, file systems without SEEK_DATA, errors).
+    pub fn next_data(&self, offset: u64) -> Option<u64> {
+        let start = i64::try_from(offset).ok()?;
         if self.kind != FileKind::Regular {
-            return false;
+            return None;
         }
         let whence = nix::unistd::Whence::SeekData;
         match nix::unistd::lseek(self.buffered.as_raw_fd(), start, whence) {
-            // The next data starts at or past the end of the range.
-            Ok(next) => u64::try_from(next).is_ok_and(|next| next >= end),
+            Ok(next) => u64::try_from(next).ok(),
             // No data at or after `offset`: the rest of the file is a hole (or past its end).
-            Err(nix::errno::Errno::ENXIO) => true,
-            Err(_) => false,
+            Err(nix::errno::Errno::ENXIO) => Some(u64::MAX),
+            Err(_) => None,
         }
     }
 

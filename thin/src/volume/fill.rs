@@ -53,6 +53,8 @@ pub(crate) struct Span {
     pub at: u64,
     /// Bytes written.
     pub len: u64,
+    /// The new block is known to be a hole of the data file.
+    pub hole: bool,
 }
 
 /// Pushes the ops that give the new block at `span.phys` its whole contents.
@@ -71,7 +73,7 @@ pub(crate) fn build(
         return Ok(());
     }
     if let Fill::Zeros = fill {
-        if zero_in_place(core, span.phys, bs) {
+        if span.hole || zero_in_place(core, span.phys, bs) {
             let op = match piece {
                 Piece::Zeros => Child::Now(Ok(())),
                 piece => piece_op(span.phys + span.at, span.len, piece)?,

@@ -17,6 +17,7 @@ mod tests;
 
 pub use queue::ThinQueue;
 
+use std::collections::HashSet;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -33,7 +34,7 @@ use cache::MapCache;
 use claims::Claims;
 
 /// Blocks asked of the pool at a time, and kept in reserve.
-const PROVISION_BATCH: usize = 8;
+const PROVISION_BATCH: usize = 16;
 /// Depth of the queue on the external origin (its reads are synchronous).
 const ORIGIN_DEPTH: u32 = 4;
 /// How long a read of the external origin may take.
@@ -76,6 +77,9 @@ pub(crate) struct Core {
     pub(crate) cache: MapCache,
     pub(crate) claims: Claims,
     pub(crate) reserve: Vec<u64>,
+    /// Blocks of the reserve known to be holes of the data file (they read as zeros) since
+    /// they were handed out: no one writes a block handed out to this volume but it.
+    pub(crate) holes: HashSet<u64>,
     /// Modifying ops started and not finished, on every queue.
     pub(crate) writes: usize,
     /// Some queue holds ops back until claims are released or a pause ends.
@@ -115,6 +119,7 @@ impl ThinVolume {
             info,
             claims: Claims::default(),
             reserve: Vec::new(),
+            holes: HashSet::new(),
             writes: 0,
             waiting: false,
             origin,
@@ -159,6 +164,7 @@ impl ThinVolume {
         port.set_waker(Box::new(move || ring_all(&ring)));
         core.cache = MapCache::new(info.size.div_ceil(info.block_size));
         core.reserve.clear();
+        core.holes.clear();
         core.info = info;
         core.port = port;
         drop(core);
@@ -251,15 +257,38 @@ impl OriginSrc {
 }
 
 impl Core {
-    /// A data block for a new mapping, from the reserve or the pool.
-    pub(crate) fn take_block(&mut self) -> Result<u64> {
-        if let Some(b) = self.reserve.pop() {
-            return Ok(b);
+    /// A data block for a new mapping, from the reserve or the pool, and whether it is known
+    /// to be a hole of the data file.
+    pub(crate) fn take_block(&mut self) -> Result<(u64, bool)> {
+        if self.reserve.is_empty() {
+            let got = self.port.provision(PROVISION_BATCH)?;
+            self.note_holes(&got);
+            self.reserve = got;
         }
-        let mut got = self.port.provision(PROVISION_BATCH)?;
-        let first = got.pop().ok_or(Error::DataFull(0))?;
-        self.reserve = got;
-        Ok(first)
+        let block = self.reserve.pop().ok_or(Error::DataFull(0))?;
+        Ok((block, self.holes.remove(&block)))
+    }
+
+    /// Records which of the blocks just handed out are holes of the data file, with one
+    /// `lseek` per run of consecutive blocks (they are handed out in runs).
+    fn note_holes(&mut self, got: &[u64]) {
+        let mut sorted = got.to_vec();
+        sorted.sort_unstable();
+        let mut next_data = None;
+        for &block in &sorted {
+            let Some(start) = block.checked_mul(self.info.block_size) else {
+                continue;
+            };
+            let Some(end) = start.checked_add(self.info.block_size) else {
+                continue;
+            };
+            if next_data.is_none_or(|next| next < end) {
+                next_data = self.data.next_data(start);
+            }
+            if next_data.is_some_and(|next| next >= end) {
+                self.holes.insert(block);
+            }
+        }
     }
 
     /// Byte offset of data block `block` on the data device.

@@ -311,7 +311,7 @@ impl Core {
             (None, true) => Fill::Origin(part.vblock * bs),
             (None, false) => Fill::Zeros,
         };
-        let block = self.take_block()?;
+        let (block, hole) = self.take_block()?;
         maps.push(NewMapping {
             vblock: part.vblock,
             block,
@@ -320,6 +320,7 @@ impl Core {
             phys: self.phys(block)?,
             at: part.at,
             len: part.len,
+            hole,
         };
         fill::build(self, span, piece, fill, kids)
     }

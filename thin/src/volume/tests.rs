@@ -402,3 +402,24 @@ fn a_volume_served_read_only_refuses_modifying_ops() {
     suite::read_only_refuses_modifying_ops(&mut *q);
     assert_eq!(t.pool.usage().unwrap().data_free, 64, "nothing provisioned");
 }
+
+#[test]
+fn a_recycled_block_is_zeroed_around_a_partial_write() {
+    let t = new_pool(64 << 10, 1, PoolOptions::default());
+    let vol = t.volume(1, 4 * MIB);
+    let mut q = queue(&vol);
+    put(&mut *q, 0, &[0xaa; 65536]);
+    flush(&mut *q);
+    let discard = IoOp::Discard {
+        offset: 0,
+        len: 65536,
+    };
+    suite::run(&mut *q, discard).expect("discard");
+    flush(&mut *q);
+    // The pool's only block comes back with the old bytes in it (no passdown).
+    put(&mut *q, 3 * 65536 + 512, &[7; 512]);
+    let got = get(&mut *q, 3 * 65536, 65536);
+    let mut expected = vec![0; 65536];
+    expected[512..1024].fill(7);
+    suite::assert_bytes(&got, &expected, "recycled block around a partial write");
+}

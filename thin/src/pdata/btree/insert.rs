@@ -21,15 +21,16 @@ pub fn insert(
     refs: &mut dyn ValueRefs,
 ) -> Result<(u64, Option<Vec<u8>>)> {
     let value_size = value.len();
-    let root = shadow_at(tm, root, value_size, refs)?;
-    if view_of(tm, root, value_size)?.full() {
+    let (root, copied) = shadow_at(tm, root, value_size, refs)?;
+    if view_of(tm, root, value_size, copied)?.full() {
         let node = read_node(tm, root, value_size)?;
         split_beneath(tm, root, node)?;
     }
     let mut at = root;
     for _ in 0..MAX_DEPTH {
         let b = tm.read(at, Kind::Node)?;
-        let mut view = View::parse(b, at, value_size)?;
+        // Every node of the path was checked when this transaction copied it.
+        let mut view = View::header(b, at, value_size)?;
         if view.leaf {
             let b = tm.block_mut(at, Kind::Node)?;
             return Ok((root, view.leaf_insert(b, key, value)?));
@@ -50,9 +51,14 @@ pub fn insert(
     Err(too_deep(root))
 }
 
-fn view_of(tm: &mut Tm, location: u64, value_size: usize) -> Result<View> {
+/// The node at `location`; its keys are checked too if it was just `copied` from a
+/// committed block.
+fn view_of(tm: &mut Tm, location: u64, value_size: usize, copied: bool) -> Result<View> {
     let b = tm.read(location, Kind::Node)?;
-    View::parse(b, location, value_size)
+    match copied {
+        true => View::parse(b, location, value_size),
+        false => View::header(b, location, value_size),
+    }
 }
 
 /// Moves the full root's entries into two new children, keeping the root where it is.
@@ -93,7 +99,7 @@ fn step_down(
         lowered,
         child,
     } = step;
-    let at = shadow_at(tm, child, value_size, refs)?;
+    let (at, copied) = shadow_at(tm, child, value_size, refs)?;
     if lowered || at != child {
         let b = tm.block_mut(parent, Kind::Node)?;
         if lowered {
@@ -101,7 +107,7 @@ fn step_down(
         }
         view.set_child(b, i, at);
     }
-    if !view_of(tm, at, value_size)?.full() {
+    if !view_of(tm, at, value_size, copied)?.full() {
         return Ok(at);
     }
     let mut node = read_node(tm, at, value_size)?;

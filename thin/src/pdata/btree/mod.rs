@@ -86,20 +86,21 @@ pub fn shadow_node(
     Ok((new, node))
 }
 
-/// Makes the node at `location` writable and returns its new location, as [`shadow_node`]
-/// does, without decoding it unless it was shared.
+/// Makes the node at `location` writable, as [`shadow_node`] does, without decoding it
+/// unless it was shared. Returns its new location and whether it was copied there from a
+/// committed block (the caller then checks it in full).
 pub fn shadow_at(
     tm: &mut Tm,
     location: u64,
     value_size: usize,
     refs: &mut dyn ValueRefs,
-) -> Result<u64> {
+) -> Result<(u64, bool)> {
     let (new, shared) = tm.shadow(location, Kind::Node)?;
     if shared {
         let node = read_node(tm, new, value_size)?;
         inc_children(tm, &node, refs)?;
     }
-    Ok(new)
+    Ok((new, new != location))
 }
 
 fn inc_children(tm: &mut Tm, node: &Node, refs: &mut dyn ValueRefs) -> Result<()> {

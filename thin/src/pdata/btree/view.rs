@@ -20,6 +20,23 @@ impl View {
     /// Checks the node at `location` (its checksum already checked); leaves must carry
     /// `value_size`-byte values.
     pub fn parse(b: &[u8; BLOCK_SIZE], location: u64, value_size: usize) -> Result<View> {
+        let view = View::header(b, location, value_size)?;
+        let mut keys = b[HEADER..HEADER + view.len * 8]
+            .chunks_exact(8)
+            .map(|k| u64::from_le_bytes([k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7]]));
+        let mut last = None;
+        if keys.any(|k| last.replace(k).is_some_and(|l| l >= k)) {
+            return Err(Error::BadBlock {
+                block: location,
+                why: "node keys are out of order".into(),
+            });
+        }
+        Ok(view)
+    }
+
+    /// Checks the header alone: for a node this transaction made or already checked with
+    /// [`View::parse`] when it copied it, whose keys it keeps in order.
+    pub fn header(b: &[u8; BLOCK_SIZE], location: u64, value_size: usize) -> Result<View> {
         let bad = |why: String| Error::BadBlock {
             block: location,
             why,
@@ -44,20 +61,12 @@ impl View {
         if !leaf && len == 0 {
             return Err(bad("internal B-tree node has no entries".into()));
         }
-        let view = View {
+        Ok(View {
             leaf,
             len,
             max,
             value_size: size,
-        };
-        let mut keys = b[HEADER..HEADER + len * 8]
-            .chunks_exact(8)
-            .map(|k| u64::from_le_bytes([k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7]]));
-        let mut last = None;
-        if keys.any(|k| last.replace(k).is_some_and(|l| l >= k)) {
-            return Err(bad("node keys are out of order".into()));
-        }
-        Ok(view)
+        })
     }
 
     /// Whether the node has no room for another entry.
