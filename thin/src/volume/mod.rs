@@ -167,6 +167,14 @@ impl ThinVolume {
     }
 }
 
+#[cfg(test)]
+impl ThinVolume {
+    /// Blocks the pool handed to the volume that no mapping uses yet.
+    pub(crate) fn reserved(&self) -> usize {
+        lock(&self.core).map_or(0, |core| core.reserve.len())
+    }
+}
+
 fn check_info(info: &VolumeInfo, opts: &VolumeOptions) -> Result<()> {
     let sector = opts.sector_size;
     if !(sector == 512 || sector == 4096) {
