@@ -230,7 +230,8 @@ fn describe(got: &[u8], unit: usize) -> String {
         return "zeros".into();
     }
     let first = u64::from_le_bytes(got[..8].try_into().unwrap()) ^ 0x9e37_79b9_7f4a_7c15;
-    let (generation, of) = ((first >> 32) as u32, first & 0xffff_ffff);
+    let generation = u32::try_from(first >> 32).unwrap();
+    let of = first & 0xffff_ffff;
     let mut expect = vec![0u8; UNIT];
     pattern(generation, unit, &mut expect);
     if of == unit as u64 && got == expect.as_slice() {

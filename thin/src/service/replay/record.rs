@@ -2,7 +2,7 @@
 //! the socket, two live snapshots through the admin channel, and (per scenario) a worker or
 //! the service killed on the way.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,14 +18,14 @@ use crate::testing::sized_file;
 
 /// Data block size.
 pub(super) const BS: u64 = 64 << 10;
-/// Data blocks of the pool.
-const DATA_BLOCKS: u64 = 320;
+/// Data device size: 320 blocks.
+const DATA_BYTES: usize = 320 << 16;
 /// Metadata device size.
-const META_BYTES: u64 = 4 << 20;
-/// Size of every volume.
-const VOLUME_BYTES: u64 = 2 << 20;
+const META_BYTES: usize = 4 << 20;
+/// Units of every volume (2 MiB).
+const VOLUME_UNITS: usize = 512;
 /// The external origin covers the first three quarters of volume 2 (zeros after).
-const ORIGIN_UNITS: usize = (VOLUME_BYTES as usize / UNIT) * 3 / 4;
+const ORIGIN_UNITS: usize = VOLUME_UNITS * 3 / 4;
 /// The volumes served, each by a worker; volume 2 has an external origin.
 const VOLUMES: [u64; 3] = [1, 2, 3];
 /// Snapshots taken while their origin is served: (origin, snapshot).
@@ -79,7 +79,7 @@ pub(super) struct Recording {
 impl Recording {
     /// Sizes of the metadata and data devices.
     pub fn sizes(&self) -> (usize, usize) {
-        (META_BYTES as usize, (DATA_BLOCKS * BS) as usize)
+        (META_BYTES, DATA_BYTES)
     }
 }
 
@@ -93,8 +93,8 @@ struct Running {
 pub(super) fn record(opts: Options) -> Recording {
     let dir = tempfile::tempdir().unwrap();
     let (meta, data) = (dir.path().join("meta"), dir.path().join("data"));
-    sized_file(&meta, META_BYTES);
-    sized_file(&data, DATA_BLOCKS * BS);
+    sized_file(&meta, META_BYTES as u64);
+    sized_file(&data, DATA_BYTES as u64);
     let origin = dir.path().join("origin.raw");
     std::fs::write(&origin, origin_bytes(ORIGIN_UNITS)).unwrap();
     let log = Arc::new(Log::default());
@@ -186,7 +186,7 @@ fn create_volumes(pool: &Pool, origin: &Path) {
             format: "raw".into(),
         });
         let spec = VolumeSpec {
-            size: VOLUME_BYTES,
+            size: (VOLUME_UNITS * UNIT) as u64,
             name: format!("volume {id}"),
             origin,
         };
@@ -201,7 +201,6 @@ fn start_workers(
     gens: &Arc<Gens>,
     opts: &Options,
 ) -> Running {
-    let units = VOLUME_BYTES as usize / UNIT;
     let mut running = Running {
         handles: Vec::new(),
         models: Vec::new(),
@@ -209,7 +208,7 @@ fn start_workers(
     };
     for (i, &volume) in VOLUMES.iter().enumerate() {
         let origin_units = if volume == 2 { ORIGIN_UNITS } else { 0 };
-        let model = Arc::new(Mutex::new(VolModel::new(units, origin_units)));
+        let model = Arc::new(Mutex::new(VolModel::new(VOLUME_UNITS, origin_units)));
         let ctl = Arc::new(Ctl::default());
         let setup = workload::Setup {
             socket: socket.to_owned(),
@@ -244,12 +243,7 @@ fn wait_for(ctl: &Ctl, ops: usize) {
 }
 
 /// Snapshots `origin` as `id` through the admin channel while its worker runs.
-fn snapshot(
-    socket: &PathBuf,
-    log: &Log,
-    model: &Mutex<VolModel>,
-    (origin, id): (u64, u64),
-) -> Volume {
+fn snapshot(socket: &Path, log: &Log, model: &Mutex<VolModel>, (origin, id): (u64, u64)) -> Volume {
     let mut admin = AdminClient::connect(socket, Duration::from_secs(60)).unwrap();
     let lo = model.lock().unwrap().acked();
     admin
