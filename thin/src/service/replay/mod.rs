@@ -80,7 +80,7 @@ fn options(scenario: Scenario, engine: EngineKind, passdown: bool, seed: u64) ->
         scenario,
         engine,
         passdown,
-        broken: true,
+        broken: false,
         ops: OPS,
         seed,
     }
