@@ -17,18 +17,33 @@ use crate::volume::{ThinVolume, VolumeOptions};
 /// Bytes read from a volume at a time.
 const READ_BYTES: usize = 256 << 10;
 
-/// Checks the pool after `crash`; with `both`, thin_check 1.1 too. Returns how many events
-/// after the durable ones were left out or torn.
+/// What the crashes checked so far covered.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Totals {
+    /// Crashes checked.
+    pub crashes: usize,
+    /// Events after the last sync of their device left out or torn.
+    pub lost_events: usize,
+    /// Volumes read back and compared with the model (snapshots included).
+    pub volumes: usize,
+    /// Of them, snapshots.
+    pub snapshots: usize,
+    /// Units that had to show a generation written and flushed (or snapshotted).
+    pub required_units: usize,
+}
+
+/// Checks the pool after `crash`; with `both`, thin_check 1.1 too.
 pub(super) fn check_crash(
     rec: &Recording,
     crash: Crash,
     rng: &mut Rng,
-    both: bool,
-) -> Result<usize, String> {
+    (both, totals): (bool, &mut Totals),
+) -> Result<(), String> {
     let dir = rec.dir.path().join("crashed");
     std::fs::create_dir_all(&dir).unwrap();
     let (meta, data) = (dir.join("meta"), dir.join("data"));
-    let ([meta_image, data_image], dropped) = crash_images(&rec.events, rec.sizes(), crash, rng);
+    let ([meta_image, data_image], lost) = crash_images(&rec.events, rec.sizes(), crash, rng);
+    totals.lost_events += lost;
     std::fs::write(&meta, meta_image).unwrap();
     write_sparse(&data, &data_image);
     std::fs::write(crate::pool::sidecar::path_for(&meta), &rec.sidecar).unwrap();
@@ -56,10 +71,13 @@ pub(super) fn check_crash(
                 expect
                     .verify(&disk)
                     .map_err(|e| format!("volume {id}: {e}"))?;
+                totals.volumes += 1;
+                totals.snapshots += usize::from(matches!(volume, Volume::Snapshot { .. }));
+                totals.required_units += expect.required_units();
             }
         }
     }
-    Ok(dropped)
+    Ok(())
 }
 
 /// rustbk's check (whose recount finds leaked blocks), then thin_check 0.9 and maybe 1.1.

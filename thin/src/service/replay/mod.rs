@@ -25,6 +25,7 @@ use std::time::Instant;
 
 use rustbk_formats::EngineKind;
 
+use check::Totals;
 use log::{Crash, commit_points};
 use record::{Options, Recording, Scenario, record};
 use rng::Rng;
@@ -56,7 +57,7 @@ fn pick_crash(rec: &Recording, points: &[usize], rng: &mut Rng) -> Crash {
 }
 
 /// Replays `cuts` crashes of `rec`; the first that fails, and why.
-fn replay(rec: &Recording, cuts: usize, rng: &mut Rng, checked: &mut usize) -> Option<String> {
+fn replay(rec: &Recording, cuts: usize, rng: &mut Rng, totals: &mut Totals) -> Option<String> {
     let points = commit_points(&rec.events, rec.start);
     for i in 0..cuts {
         // The first is no crash at all: every event landed.
@@ -67,10 +68,11 @@ fn replay(rec: &Recording, cuts: usize, rng: &mut Rng, checked: &mut usize) -> O
             },
             _ => pick_crash(rec, &points, rng),
         };
-        *checked += 1;
-        if let Err(why) = check::check_crash(rec, crash, rng, *checked % 10 == 1) {
+        let both = totals.crashes % 10 == 0;
+        if let Err(why) = check::check_crash(rec, crash, rng, (both, totals)) {
             return Some(format!("{crash:?} of {} events: {why}", rec.events.len()));
         }
+        totals.crashes += 1;
     }
     None
 }
@@ -118,7 +120,7 @@ fn served_pool_survives_power_cuts_and_kills_of_workers_and_service_at_200_point
             rng.next_u64(),
         ),
     ];
-    let mut checked = 0;
+    let mut totals = Totals::default();
     for (i, opts) in runs.iter().enumerate() {
         let started = Instant::now();
         let rec = record(*opts);
@@ -127,7 +129,7 @@ fn served_pool_survives_power_cuts_and_kills_of_workers_and_service_at_200_point
         let killed = opts.scenario == Scenario::KillService;
         assert_eq!(failed, killed, "ops failed or not: {}", describe(&rec));
         let cuts = CUTS * (i + 1) / runs.len() - CUTS * i / runs.len();
-        if let Some(why) = replay(&rec, cuts, &mut rng, &mut checked) {
+        if let Some(why) = replay(&rec, cuts, &mut rng, &mut totals) {
             panic!("{:?}: {why}", opts.scenario);
         }
         println!(
@@ -137,7 +139,8 @@ fn served_pool_survives_power_cuts_and_kills_of_workers_and_service_at_200_point
             started.elapsed() - recorded
         );
     }
-    assert_eq!(checked, CUTS);
+    println!("{totals:?}");
+    assert_eq!(totals.crashes, CUTS);
 }
 
 #[test]
@@ -149,7 +152,7 @@ fn replay_notices_commits_that_do_not_sync_the_data_device_first() {
         ..options(Scenario::PowerCut, EngineKind::Sync, false, rng.next_u64())
     };
     let rec = record(opts);
-    let found = replay(&rec, CUTS, &mut rng, &mut 0);
+    let found = replay(&rec, CUTS, &mut rng, &mut Totals::default());
     println!("broken order ({}): {found:?}", describe(&rec));
     assert!(
         found.is_some(),

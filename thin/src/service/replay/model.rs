@@ -200,6 +200,11 @@ impl Expect {
         Ok(())
     }
 
+    /// Units that must show something written (their floor is past the initial contents).
+    pub fn required_units(&self) -> usize {
+        self.lo.iter().filter(|lo| **lo > 0).count()
+    }
+
     fn fill(&self, content: Content, unit: usize, out: &mut [u8]) {
         match content {
             Content::Initial if unit < self.origin_units => pattern(ORIGIN_GEN, unit, out),

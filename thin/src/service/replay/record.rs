@@ -38,7 +38,7 @@ pub(super) enum Scenario {
     PowerCut,
     /// Volume 3's worker is killed at about 60% of its ops.
     KillWorker,
-    /// The pool service is killed at about 70% of volume 1's ops; the workers go on.
+    /// The pool service is killed at about 60% of volume 3's ops; the workers go on.
     KillService,
 }
 
@@ -119,7 +119,7 @@ pub(super) fn record(opts: Options) -> Recording {
             running.ctls[2].kill.store(true, Ordering::SeqCst);
         }
         Scenario::KillService => {
-            wait_for(&running.ctls[0], opts.ops * 7 / 10);
+            wait_for(&running.ctls[2], opts.ops * 3 / 5);
             let mut dying = service.take().unwrap();
             dying.close_connections();
             service_dead_at = Some(log.len());

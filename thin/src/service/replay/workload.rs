@@ -119,21 +119,12 @@ struct Worker {
 
 impl Worker {
     /// The op loop; true if the worker was killed (its connection cut, its ops abandoned).
-    /// It dies once it holds blocks the pool handed it and has ops in flight.
+    /// Once told to, it dies with ops started (their data may be written, not yet mapped)
+    /// and blocks the pool handed it in reserve.
     fn run(&mut self, q: &mut dyn ImageQueue, vol: &ThinVolume, cut: &UnixStream) -> bool {
         let deadline = Instant::now() + Duration::from_secs(120);
         let mut issued = 0;
         while issued < self.setup.ops || !self.inflight.is_empty() {
-            let held = vol.reserved();
-            if self.setup.ctl.kill.load(Ordering::SeqCst) && held > 0 && !self.inflight.is_empty() {
-                self.outcome.killed = Some(Killed {
-                    at: self.setup.log.len(),
-                    held,
-                    in_flight: self.inflight.len(),
-                });
-                let _ = cut.shutdown(std::net::Shutdown::Both);
-                return true;
-            }
             while issued < self.setup.ops && self.inflight.len() < DEPTH {
                 let Some((op, io)) = self.next_op() else {
                     break;
@@ -148,6 +139,9 @@ impl Worker {
                 }
             }
             q.commit().expect("commit");
+            if self.die_now(vol, cut) {
+                return true;
+            }
             q.wait(Some(Duration::from_millis(100))).expect("wait");
             let mut done = Vec::new();
             q.reap(&mut done);
@@ -159,10 +153,26 @@ impl Worker {
         false
     }
 
+    /// Cuts the connection if told to die and the time is right.
+    fn die_now(&mut self, vol: &ThinVolume, cut: &UnixStream) -> bool {
+        let held = vol.reserved();
+        let ready = held > 0 && !self.inflight.is_empty();
+        if !ready || !self.setup.ctl.kill.load(Ordering::SeqCst) {
+            return false;
+        }
+        self.outcome.killed = Some(Killed {
+            at: self.setup.log.len(),
+            held,
+            in_flight: self.inflight.len(),
+        });
+        let _ = cut.shutdown(std::net::Shutdown::Both);
+        true
+    }
+
     /// The next op on free units, or a flush.
     fn next_op(&mut self) -> Option<(Op, IoOp)> {
         if self.until_flush == 0 {
-            self.until_flush = 1 + self.rng.below(6);
+            self.until_flush = 1 + self.rng.below(10);
             let snap = self.setup.model.lock().unwrap().acked();
             return Some((Op::Flush { snap }, IoOp::Flush));
         }
