@@ -11,6 +11,8 @@ mod plan;
 mod queue;
 
 #[cfg(test)]
+mod lost_reply_tests;
+#[cfg(test)]
 mod model_tests;
 #[cfg(test)]
 mod tests;

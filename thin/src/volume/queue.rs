@@ -342,34 +342,41 @@ struct MapFailure {
 }
 
 /// Maps the new blocks of finished ops and records them in the cache. If the pool refused
-/// part of the batch, asks it what got mapped: the other blocks go back to the reserve.
+/// part of the batch, asks it what got mapped: the other blocks go back to the reserve. If
+/// it cannot tell (the connection to the pool service is lost), the pool may have made the
+/// mapping, and even committed it: the block is not written again, the cache forgets the
+/// virtual block, and the op fails.
 fn map(core: &mut Core, maps: &[NewMapping]) -> Option<MapFailure> {
     if maps.is_empty() {
         return None;
     }
     let time = core.info.time;
-    let error = core.port.map(maps).err();
+    let Err(error) = core.port.map(maps) else {
+        for m in maps {
+            let block = m.block;
+            core.cache.set(m.vblock, Some(Mapping { block, time }));
+        }
+        return None;
+    };
     let mut failed = HashSet::new();
     for m in maps {
-        let mapped = match &error {
-            None => Some(Mapping {
-                block: m.block,
-                time,
-            }),
-            Some(_) => core
-                .port
-                .lookup(m.vblock..m.vblock + 1)
-                .ok()
-                .and_then(|found| found.first().map(|(_, mapping)| *mapping)),
-        };
-        if error.is_some() && mapped.is_none_or(|x| x.block != m.block) {
-            core.reserve.push(m.block);
-            failed.insert(m.vblock);
+        match core.port.lookup(m.vblock..m.vblock + 1) {
+            Ok(found) => {
+                let mapped = found.first().map(|(_, mapping)| *mapping);
+                if mapped.is_none_or(|x| x.block != m.block) {
+                    core.reserve.push(m.block);
+                    failed.insert(m.vblock);
+                }
+                core.cache.set(m.vblock, mapped);
+            }
+            Err(_) => {
+                core.cache.forget(m.vblock);
+                failed.insert(m.vblock);
+            }
         }
-        core.cache.set(m.vblock, mapped);
     }
-    error.map(|e| MapFailure {
-        errno: e.errno(),
+    Some(MapFailure {
+        errno: error.errno(),
         vblocks: failed,
     })
 }
