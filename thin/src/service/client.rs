@@ -294,6 +294,10 @@ impl PoolPort for SocketPort {
             *slot = Some(waker);
         }
     }
+
+    fn failed(&self) -> bool {
+        self.broken.is_some()
+    }
 }
 
 impl Drop for SocketPort {

@@ -1,5 +1,6 @@
 //! A `map` whose answer is lost: the pool may have made (and committed) the mapping, so the
-//! block is no longer the volume's to write anything else into.
+//! block is no longer the volume's to write anything else into; nor are the blocks in its
+//! reserve, which the pool takes back when the connection closes.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -16,6 +17,8 @@ use crate::testing::{flush, get, new_pool, put, queue};
 use crate::volume::{ThinVolume, VolumeOptions};
 
 const BS: u64 = 64 << 10;
+/// A block whose mapping lives in another chunk of the cache than blocks 0 to 2.
+const FAR: u64 = 300 * BS;
 
 /// A port whose connection breaks once `lose` is set, right after the pool made the next
 /// mappings it was sent (as when the pool service dies before it answers).
@@ -77,13 +80,16 @@ impl PoolPort for LostReply {
     fn set_waker(&mut self, waker: Box<dyn Fn() + Send + Sync>) {
         self.inner.set_waker(waker);
     }
+    fn failed(&self) -> bool {
+        self.broken
+    }
 }
 
 #[test]
 fn a_block_whose_map_answer_was_lost_is_not_written_again() {
     let t = new_pool(BS, 64, PoolOptions::default());
     let spec = VolumeSpec {
-        size: 1 << 20,
+        size: 32 << 20,
         ..VolumeSpec::default()
     };
     t.pool.create_volume(1, spec).expect("create");
@@ -99,14 +105,23 @@ fn a_block_whose_map_answer_was_lost_is_not_written_again() {
     let mut q = queue(&vol);
     put(&mut *q, 0, &pattern(1, 4096));
     flush(&mut *q);
+    // Block 300's mapping (none) is cached from here on.
+    assert_eq!(get(&mut *q, FAR, 4096), vec![0; 4096]);
     // Block 1's mapping is made, but the answer never comes: the write fails.
     lose.store(true, Ordering::SeqCst);
     let lost = suite::write_at(&mut *q, BS, &pattern(2, 4096));
     assert_eq!(lost.expect_err("answer lost").errno(), libc::EIO);
     // Another worker's flush commits it.
     t.pool.commit().expect("commit");
-    // Block 2 is new: it must not take the block that may now hold block 1.
-    let _ = suite::write_at(&mut *q, 2 * BS, &pattern(3, 4096));
+    // Blocks 2 and 300 are new: they must not take the block that may now hold block 1, nor
+    // any other block the volume was handed (they went back to the pool with the
+    // connection). Block 2's mapping is asked again (and cannot be); block 300's is cached.
+    assert!(vol.reserved() > 0, "the volume held blocks in reserve");
+    for offset in [2 * BS, FAR] {
+        let refused = suite::write_at(&mut *q, offset, &pattern(3, 4096));
+        assert_eq!(refused.expect_err("port failed").errno(), libc::EIO);
+    }
+    assert_eq!(vol.reserved(), 0, "the reserve is dropped");
     drop(q);
     drop(vol);
     let vol = ThinVolume::open_local(&t.pool, 1, VolumeOptions::default()).expect("reopen");
