@@ -60,7 +60,7 @@ fn pick_crash(rec: &Recording, points: &[usize], rng: &mut Rng) -> Crash {
 fn replay(rec: &Recording, cuts: usize, rng: &mut Rng, totals: &mut Totals) -> Option<String> {
     let points = commit_points(&rec.events, rec.start);
     for i in 0..cuts {
-        // The first is no crash at all: every event landed.
+        // The first is at the very end: everything synced landed.
         let crash = match i {
             0 => Crash {
                 cut: rec.events.len(),

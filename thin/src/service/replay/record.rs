@@ -111,22 +111,7 @@ pub(super) fn record(opts: Options) -> Recording {
         let model = &running.models[i];
         volumes.push((id, snapshot(&socket, &log, model, (origin, id))));
     }
-    let mut service_dead_at = None;
-    match opts.scenario {
-        Scenario::PowerCut => {}
-        Scenario::KillWorker => {
-            wait_for(&running.ctls[2], opts.ops * 3 / 5);
-            running.ctls[2].kill.store(true, Ordering::SeqCst);
-        }
-        Scenario::KillService => {
-            wait_for(&running.ctls[2], opts.ops * 3 / 5);
-            let mut dying = service.take().unwrap();
-            dying.close_connections();
-            service_dead_at = Some(log.len());
-            // The pool's last commit is recorded, and left out of every crash after this.
-            drop(dying);
-        }
-    }
+    let service_dead_at = kill(opts, &running.ctls[2], &mut service, &log);
     let (remains, outcomes): (Vec<_>, Vec<_>) = running
         .handles
         .into_iter()
@@ -160,6 +145,25 @@ pub(super) fn record(opts: Options) -> Recording {
         sidecar,
         outcomes,
     }
+}
+
+/// Kills volume 3's worker or the service at 60% of that worker's ops, as the scenario
+/// says; returns how many events had completed when the service died.
+fn kill(opts: Options, ctl: &Ctl, service: &mut Option<Service>, log: &Log) -> Option<usize> {
+    if opts.scenario == Scenario::PowerCut {
+        return None;
+    }
+    wait_for(ctl, opts.ops * 3 / 5);
+    if opts.scenario == Scenario::KillWorker {
+        ctl.kill.store(true, Ordering::SeqCst);
+        return None;
+    }
+    let mut dying = service.take()?;
+    dying.close_connections();
+    let dead_at = log.len();
+    // The pool's last commit is recorded, and left out of every crash after this.
+    drop(dying);
+    Some(dead_at)
 }
 
 fn create_pool(meta: &Path, data: &Path, log: &Arc<Log>, opts: &Options) -> Pool {
