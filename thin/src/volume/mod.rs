@@ -261,13 +261,8 @@ impl OriginSrc {
 }
 
 impl Core {
-    /// A data block for a new mapping, from the reserve or the pool. Once the port failed,
-    /// the reserve is dropped: those blocks went back to the pool with the connection.
+    /// A data block for a new mapping, from the reserve or the pool.
     pub(crate) fn take_block(&mut self) -> Result<u64> {
-        if self.port.failed() {
-            self.reserve.clear();
-            return Err(Error::Service("the port to the pool failed".into()));
-        }
         if let Some(b) = self.reserve.pop() {
             return Ok(b);
         }

@@ -106,6 +106,14 @@ impl ThinQueue {
             Ok(c) => c,
             Err(e) => return self.finish_now(tag, Err(to_formats(e))),
         };
+        if core.port.failed() {
+            // The cached mappings may be gone with the service (mapped after its last
+            // commit), and their blocks handed to another volume by the next one: nothing is
+            // read or written through them until the volume has a new port.
+            drop(core);
+            let lost = crate::Error::Service("the port to the pool failed".into());
+            return self.finish_now(tag, Err(to_formats(lost)));
+        }
         if op.is_modifying() && core.port.pause_requested() {
             core.waiting = true;
             self.deferred.push_back((op, tag));
