@@ -69,4 +69,10 @@ pub trait PoolPort: Send {
     /// Called by the port when a pause request arrives, so a sleeping data path wakes up (it
     /// writes the data path's notifier eventfd).
     fn set_waker(&mut self, waker: Box<dyn Fn() + Send + Sync>);
+    /// Whether the port is lost for good (its connection to the pool service broke). The
+    /// blocks it was handed are then no longer the volume's: the service gives them back to
+    /// the pool when the connection closes, and may hand them to another volume at once.
+    fn failed(&self) -> bool {
+        false
+    }
 }

@@ -26,8 +26,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use rustbk_formats::EngineFile;
 use rustbk_formats::engine::Access;
+use rustbk_formats::{EngineFile, WriteRecorder};
 
 use crate::error::{Error, Result};
 use crate::meta::{Geometry, Metadata};
@@ -112,6 +112,10 @@ pub(crate) struct Shared {
     data: Arc<EngineFile>,
     meta_path: PathBuf,
     data_path: PathBuf,
+    /// Fault injection for the crash tests: commit without syncing the data device first, so
+    /// a crash can leave committed mappings pointing at blocks whose data never landed.
+    #[cfg(test)]
+    pub(crate) skip_data_sync: std::sync::atomic::AtomicBool,
 }
 
 pub(crate) struct State {
@@ -146,12 +150,27 @@ impl Pool {
         block_size: u64,
         opts: PoolOptions,
     ) -> Result<Pool> {
+        Pool::create_recorded(metadata, data, block_size, opts, Recorders::default())
+    }
+
+    /// [`Pool::create`] with test recorders on the metadata and data files.
+    pub(crate) fn create_recorded(
+        metadata: &Path,
+        data: &Path,
+        block_size: u64,
+        opts: PoolOptions,
+        recorders: Recorders,
+    ) -> Result<Pool> {
         let sectors = u32::try_from(block_size / 512)
             .ok()
             .filter(|_| block_size % 512 == 0)
             .ok_or_else(|| Error::InvalidArgument(format!("block size {block_size}")))?;
-        let meta_file = Arc::new(EngineFile::open(metadata, Access::ReadWrite, false)?);
-        let data_file = open_data(data, &opts)?;
+        let mut meta_file = EngineFile::open(metadata, Access::ReadWrite, false)?;
+        if let Some(recorder) = recorders.metadata {
+            meta_file.set_recorder(recorder);
+        }
+        let meta_file = Arc::new(meta_file);
+        let data_file = open_data(data, &opts, recorders.data)?;
         let nr_data_blocks = data_file.size()? / block_size;
         let geometry = Geometry {
             data_block_size: sectors,
@@ -173,7 +192,7 @@ impl Pool {
     /// highest mapped block; [`Pool::resize_volume`] records a size.
     pub fn open(metadata: &Path, data: &Path, opts: PoolOptions) -> Result<Pool> {
         let meta_file = Arc::new(EngineFile::open(metadata, Access::ReadWrite, false)?);
-        let data_file = open_data(data, &opts)?;
+        let data_file = open_data(data, &opts, None)?;
         let data_size = data_file.size()?;
         let capacity = |sectors: u32| data_size / (u64::from(sectors) * 512).max(1);
         let mut md = Metadata::open(meta_file.clone(), capacity)?;
@@ -221,6 +240,8 @@ impl Pool {
                 data: files.data_file,
                 meta_path: files.meta_path.to_owned(),
                 data_path: files.data_path.to_owned(),
+                #[cfg(test)]
+                skip_data_sync: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -279,6 +300,14 @@ impl Pool {
     pub fn grow_metadata(&self) -> Result<u64> {
         let mut st = self.shared.lock()?;
         st.change(Metadata::grow_metadata)
+    }
+
+    /// Breaks the commit order on purpose (crash tests): commits no longer sync the data
+    /// device before the metadata.
+    #[cfg(test)]
+    pub(crate) fn skip_data_sync_before_commit(&self) {
+        use std::sync::atomic::Ordering;
+        self.shared.skip_data_sync.store(true, Ordering::SeqCst);
     }
 
     /// Opens a port on volume `id` for a data path in this process.
@@ -351,6 +380,13 @@ impl State {
     }
 }
 
+/// Test hooks told every write and sync of the pool's own files (crash tests).
+#[derive(Default)]
+pub(crate) struct Recorders {
+    pub metadata: Option<Arc<dyn WriteRecorder>>,
+    pub data: Option<Arc<dyn WriteRecorder>>,
+}
+
 /// The open files of a pool and their paths.
 struct Files<'a> {
     meta_file: Arc<EngineFile>,
@@ -362,8 +398,15 @@ struct Files<'a> {
 /// Opens the data device as a shared writer: the workers serving the pool's volumes in other
 /// processes write it too (the metadata's exclusive lock keeps a second pool away, and the
 /// pool hands every block to one writer at a time); QEMU and other exclusive users are refused.
-fn open_data(path: &Path, opts: &PoolOptions) -> Result<Arc<EngineFile>> {
-    let file = EngineFile::open(path, Access::SharedWrite, opts.direct)?;
+fn open_data(
+    path: &Path,
+    opts: &PoolOptions,
+    recorder: Option<Arc<dyn WriteRecorder>>,
+) -> Result<Arc<EngineFile>> {
+    let mut file = EngineFile::open(path, Access::SharedWrite, opts.direct)?;
+    if let Some(recorder) = recorder {
+        file.set_recorder(recorder);
+    }
     if file.read_only() {
         return Err(Error::InvalidArgument(format!(
             "data device {} is read-only",

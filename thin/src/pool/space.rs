@@ -46,7 +46,7 @@ impl Shared {
         if !st.md.is_dirty() {
             return Ok(());
         }
-        self.data.datasync()?;
+        self.sync_data()?;
         let held: Vec<u64> = st
             .ports
             .values()
@@ -66,6 +66,18 @@ impl Shared {
         }
         self.space_changed(&mut st);
         result
+    }
+
+    /// Makes every write on the data device durable before a commit.
+    fn sync_data(&self) -> Result<()> {
+        #[cfg(test)]
+        if self
+            .skip_data_sync
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Ok(());
+        }
+        Ok(self.data.datasync()?)
     }
 
     /// Hands out up to `count` data blocks (at least one), waiting for space if the pool

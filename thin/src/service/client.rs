@@ -134,6 +134,14 @@ impl SocketPort {
     }
 }
 
+#[cfg(test)]
+impl SocketPort {
+    /// A second handle on the connection, to cut it as a killed worker's would be cut.
+    pub(super) fn connection(&self) -> std::io::Result<UnixStream> {
+        self.stream.try_clone()
+    }
+}
+
 /// Serves volume `volume` of the pool whose service listens on `socket`, from this process.
 pub fn open_volume(socket: &Path, volume: u64, opts: VolumeOptions) -> Result<ThinVolume> {
     let port = SocketPort::connect(socket, volume)?;
@@ -285,6 +293,10 @@ impl PoolPort for SocketPort {
         if let Ok(mut slot) = self.waker.lock() {
             *slot = Some(waker);
         }
+    }
+
+    fn failed(&self) -> bool {
+        self.broken.is_some()
     }
 }
 

@@ -15,6 +15,8 @@ mod wire;
 #[cfg(test)]
 mod child;
 #[cfg(test)]
+mod replay;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_proc;
@@ -101,6 +103,13 @@ impl Service {
     pub fn stop(mut self) -> Result<()> {
         self.shutdown();
         self.shared.pool.commit()
+    }
+
+    /// Closes every connection at once and stops accepting, as the service's death would,
+    /// without the final commit (crash tests; dropping the service then drops the pool).
+    #[cfg(test)]
+    pub(crate) fn close_connections(&mut self) {
+        self.shutdown();
     }
 
     fn shutdown(&mut self) {

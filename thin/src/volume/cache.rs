@@ -78,6 +78,11 @@ impl MapCache {
         }
     }
 
+    /// Forgets what the pool maps `vblock` to: the next access looks it up again.
+    pub fn forget(&mut self, vblock: u64) {
+        self.chunks.remove(&(vblock / CHUNK));
+    }
+
     /// Forgets the mappings of `vblocks` (after an unmap).
     pub fn unmap(&mut self, first: u64, end: u64) {
         if end.saturating_sub(first) / CHUNK > self.chunks.len() as u64 {

@@ -11,6 +11,8 @@ mod plan;
 mod queue;
 
 #[cfg(test)]
+mod lost_reply_tests;
+#[cfg(test)]
 mod model_tests;
 #[cfg(test)]
 mod tests;
@@ -170,6 +172,14 @@ impl ThinVolume {
         drop(core);
         ring_all(&self.bells);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+impl ThinVolume {
+    /// Blocks the pool handed to the volume that no mapping uses yet.
+    pub(crate) fn reserved(&self) -> usize {
+        lock(&self.core).map_or(0, |core| core.reserve.len())
     }
 }
 

@@ -106,6 +106,14 @@ impl ThinQueue {
             Ok(c) => c,
             Err(e) => return self.finish_now(tag, Err(to_formats(e))),
         };
+        if core.port.failed() {
+            // The cached mappings may be gone with the service (mapped after its last
+            // commit), and their blocks handed to another volume by the next one: nothing is
+            // read or written through them until the volume has a new port.
+            drop(core);
+            let lost = crate::Error::Service("the port to the pool failed".into());
+            return self.finish_now(tag, Err(to_formats(lost)));
+        }
         if op.is_modifying() && core.port.pause_requested() {
             core.waiting = true;
             self.deferred.push_back((op, tag));
@@ -342,34 +350,41 @@ struct MapFailure {
 }
 
 /// Maps the new blocks of finished ops and records them in the cache. If the pool refused
-/// part of the batch, asks it what got mapped: the other blocks go back to the reserve.
+/// part of the batch, asks it what got mapped: the other blocks go back to the reserve. If
+/// it cannot tell (the connection to the pool service is lost), the pool may have made the
+/// mapping, and even committed it: the block is not written again, the cache forgets the
+/// virtual block, and the op fails.
 fn map(core: &mut Core, maps: &[NewMapping]) -> Option<MapFailure> {
     if maps.is_empty() {
         return None;
     }
     let time = core.info.time;
-    let error = core.port.map(maps).err();
+    let Err(error) = core.port.map(maps) else {
+        for m in maps {
+            let block = m.block;
+            core.cache.set(m.vblock, Some(Mapping { block, time }));
+        }
+        return None;
+    };
     let mut failed = HashSet::new();
     for m in maps {
-        let mapped = match &error {
-            None => Some(Mapping {
-                block: m.block,
-                time,
-            }),
-            Some(_) => core
-                .port
-                .lookup(m.vblock..m.vblock + 1)
-                .ok()
-                .and_then(|found| found.first().map(|(_, mapping)| *mapping)),
-        };
-        if error.is_some() && mapped.is_none_or(|x| x.block != m.block) {
-            core.reserve.push(m.block);
-            failed.insert(m.vblock);
+        match core.port.lookup(m.vblock..m.vblock + 1) {
+            Ok(found) => {
+                let mapped = found.first().map(|(_, mapping)| *mapping);
+                if mapped.is_none_or(|x| x.block != m.block) {
+                    core.reserve.push(m.block);
+                    failed.insert(m.vblock);
+                }
+                core.cache.set(m.vblock, mapped);
+            }
+            Err(_) => {
+                core.cache.forget(m.vblock);
+                failed.insert(m.vblock);
+            }
         }
-        core.cache.set(m.vblock, mapped);
     }
-    error.map(|e| MapFailure {
-        errno: e.errno(),
+    Some(MapFailure {
+        errno: error.errno(),
         vblocks: failed,
     })
 }

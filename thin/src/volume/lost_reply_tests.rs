@@ -1,0 +1,159 @@
+//! A `map` whose answer is lost: the pool may have made (and committed) the mapping, so the
+//! block is no longer the volume's to write anything else into; nor are the blocks in its
+//! reserve, which the pool takes back when the connection closes, nor (until a new port)
+//! the blocks its cache maps.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rustbk_formats::BlockImage;
+use rustbk_formats::suite::{self, pattern};
+
+use crate::error::{Error, Result};
+use crate::meta::Mapping;
+use crate::pool::{LocalPort, PoolOptions, VolumeSpec};
+use crate::port::{NewMapping, PoolPort, VolumeInfo};
+use crate::testing::{flush, get, new_pool, put, queue};
+use crate::volume::{ThinVolume, VolumeOptions};
+
+const BS: u64 = 64 << 10;
+/// A block whose mapping lives in another chunk of the cache than blocks 0 to 2.
+const FAR: u64 = 300 * BS;
+
+/// A port whose connection breaks once `lose` is set, right after the pool made the next
+/// mappings it was sent (as when the pool service dies before it answers).
+struct LostReply {
+    inner: LocalPort,
+    lose: Arc<AtomicBool>,
+    broken: bool,
+}
+
+impl LostReply {
+    fn check(&self) -> Result<()> {
+        match self.broken {
+            true => Err(Error::Service(
+                "the pool service closed the connection".into(),
+            )),
+            false => Ok(()),
+        }
+    }
+}
+
+impl PoolPort for LostReply {
+    fn info(&mut self) -> Result<VolumeInfo> {
+        self.check()?;
+        self.inner.info()
+    }
+    fn lookup(&mut self, vblocks: Range<u64>) -> Result<Vec<(u64, Mapping)>> {
+        self.check()?;
+        self.inner.lookup(vblocks)
+    }
+    fn provision(&mut self, count: usize) -> Result<Vec<u64>> {
+        self.check()?;
+        self.inner.provision(count)
+    }
+    fn map(&mut self, mappings: &[NewMapping]) -> Result<()> {
+        self.check()?;
+        self.inner.map(mappings)?;
+        self.broken = self.lose.load(Ordering::SeqCst);
+        self.check()
+    }
+    fn unmap(&mut self, vblocks: Range<u64>) -> Result<Vec<u64>> {
+        self.check()?;
+        self.inner.unmap(vblocks)
+    }
+    fn release(&mut self, blocks: &[u64]) -> Result<()> {
+        self.check()?;
+        self.inner.release(blocks)
+    }
+    fn commit(&mut self) -> Result<()> {
+        self.check()?;
+        self.inner.commit()
+    }
+    fn pause_requested(&self) -> bool {
+        false
+    }
+    fn paused(&mut self) -> Result<VolumeInfo> {
+        self.check()?;
+        self.inner.paused()
+    }
+    fn set_waker(&mut self, waker: Box<dyn Fn() + Send + Sync>) {
+        self.inner.set_waker(waker);
+    }
+    fn failed(&self) -> bool {
+        self.broken
+    }
+}
+
+#[test]
+fn after_a_lost_map_answer_nothing_goes_through_the_failed_port() {
+    let t = new_pool(BS, 64, PoolOptions::default());
+    let spec = VolumeSpec {
+        size: 32 << 20,
+        ..VolumeSpec::default()
+    };
+    t.pool.create_volume(1, spec).expect("create");
+    let inner = t.pool.open_port(1).expect("port");
+    let data = inner.data_file();
+    let lose = Arc::new(AtomicBool::new(false));
+    let port = LostReply {
+        inner,
+        lose: lose.clone(),
+        broken: false,
+    };
+    let vol = ThinVolume::new(Box::new(port), data, VolumeOptions::default()).expect("volume");
+    let mut q = queue(&vol);
+    put(&mut *q, 0, &pattern(1, 4096));
+    put(&mut *q, FAR, &pattern(5, 4096));
+    // Block 301 is known to be unmapped: its mapping is cached, as block 300's.
+    assert_eq!(get(&mut *q, FAR + BS, 4096), vec![0; 4096]);
+    flush(&mut *q);
+    // Block 1's mapping is made, but the answer never comes: the write fails.
+    lose.store(true, Ordering::SeqCst);
+    let lost = suite::write_at(&mut *q, BS, &pattern(2, 4096));
+    assert_eq!(lost.expect_err("answer lost").errno(), libc::EIO);
+    // Another worker's flush commits it.
+    t.pool.commit().expect("commit");
+    assert!(vol.reserved() > 0, "the volume holds blocks in reserve");
+    // No overwrite in place (block 300), no new block (blocks 2 and 301): a restarted
+    // service may have handed the blocks mapped after its last commit to another volume,
+    // and the block that may hold block 1 and the reserve went back to the pool.
+    for offset in [FAR, 2 * BS, FAR + BS] {
+        let refused = suite::write_at(&mut *q, offset, &pattern(3, 4096));
+        assert_eq!(refused.expect_err("port failed").errno(), libc::EIO);
+    }
+    drop(q);
+    drop(vol);
+    let vol = ThinVolume::open_local(&t.pool, 1, VolumeOptions::default()).expect("reopen");
+    let mut q = vol.open_queue(4).expect("queue");
+    let mut expected = pattern(2, 4096);
+    expected.extend(vec![0; 4096]);
+    let got = get(&mut *q, BS, 8192);
+    suite::assert_bytes(&got, &expected, "block 1 as its lost write made it");
+    suite::assert_bytes(&get(&mut *q, 0, 4096), &pattern(1, 4096), "block 0");
+    suite::assert_bytes(&get(&mut *q, FAR, 4096), &pattern(5, 4096), "block 300");
+    drop(q);
+    drop(vol);
+    unmapped_blocks_were_never_written(&t);
+}
+
+/// Every data block volume 1 does not map still reads zeros on the data device.
+fn unmapped_blocks_were_never_written(t: &crate::testing::TestPool) {
+    let mut port = t.pool.open_port(1).expect("port");
+    let mapped: Vec<u64> = port
+        .lookup(0..512)
+        .expect("lookup")
+        .iter()
+        .map(|(_, m)| m.block)
+        .collect();
+    let device = std::fs::read(&t.data).expect("data device");
+    let bs = usize::try_from(BS).expect("block size");
+    for (b, block) in device.chunks(bs).enumerate() {
+        let written = block.iter().any(|x| *x != 0);
+        assert!(
+            !written || mapped.contains(&(b as u64)),
+            "unmapped data block {b} was written"
+        );
+    }
+}
