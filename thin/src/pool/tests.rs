@@ -260,6 +260,30 @@ fn volumes_survive_a_reopen_with_their_records() {
 }
 
 #[test]
+fn the_record_of_a_new_volume_is_durable_before_the_volume_and_never_replaces_another() {
+    let t = new_pool(BS, 100, PoolOptions::default());
+    t.pool.create_volume(1, spec(MIB)).unwrap();
+    let sidecar = crate::pool::sidecar::path_for(&t.meta);
+    let taken = t.pool.create_volume(1, spec(2 * MIB));
+    assert!(matches!(taken, Err(Error::DeviceExists(1))), "{taken:?}");
+    let taken = t.pool.snapshot(1, 1, "again");
+    assert!(matches!(taken, Err(Error::DeviceExists(1))), "{taken:?}");
+    let on_disk = crate::pool::sidecar::load(&sidecar).unwrap().unwrap();
+    assert_eq!(on_disk[&1].size, MIB);
+    // A crash after the record was written and before the commit: the record of a device
+    // that does not exist is dropped when the pool opens.
+    let mut ahead = on_disk.clone();
+    ahead.insert(7, on_disk[&1].clone());
+    crate::pool::sidecar::store(&sidecar, &ahead).unwrap();
+    let t = t.reopen(PoolOptions::default());
+    let ids: Vec<u64> = t.pool.volumes().unwrap().iter().map(|v| v.id).collect();
+    assert_eq!(ids, vec![1]);
+    t.pool.snapshot(1, 7, "snap").unwrap();
+    let on_disk = crate::pool::sidecar::load(&sidecar).unwrap().unwrap();
+    assert_eq!(on_disk[&7].name, "snap");
+}
+
+#[test]
 fn a_pool_without_a_volume_list_sizes_volumes_by_their_last_mapped_block() {
     let t = new_pool(BS, 100, PoolOptions::default());
     t.pool.create_volume(1, spec(MIB)).unwrap();

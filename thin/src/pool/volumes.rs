@@ -103,19 +103,23 @@ impl Pool {
         if let Some(origin) = &spec.origin {
             check_origin(origin)?;
         }
-        {
-            let mut st = self.shared.lock()?;
-            check_size(spec.size, st.block_size)?;
+        check_size(spec.size, self.block_size()?)?;
+        let record = VolumeRecord {
+            size: spec.size,
+            name: spec.name,
+            origin: spec.origin,
+        };
+        self.record_ahead(id, &record)?;
+        let made = self.shared.lock().and_then(|mut st| {
             st.change_with_room(|md| md.create_thin(id))?;
-            let record = VolumeRecord {
-                size: spec.size,
-                name: spec.name,
-                origin: spec.origin,
-            };
             st.volumes.insert(id, record);
+            Ok(())
+        });
+        if let Err(e) = made {
+            self.drop_ahead();
+            return Err(e);
         }
-        self.commit()?;
-        self.store_records()
+        self.commit()
     }
 
     /// Deletes volume `id`; the blocks no other volume shares are free after the commit.
@@ -161,13 +165,57 @@ impl Pool {
     /// knowing that their mapped blocks are now shared.
     pub fn snapshot(&self, origin: u64, id: u64, name: &str) -> Result<()> {
         let _admin = self.admin()?;
-        let controls = self.pause_volume(origin)?;
-        let result = self.snapshot_paused(origin, id, name);
+        let start = Instant::now();
+        let mut record = self.shared.lock()?.volumes.get(&origin).cloned();
+        let record = record.as_mut().ok_or(Error::NoSuchDevice(origin))?;
+        record.name = name.to_owned();
+        self.record_ahead(id, record)?;
+        let recorded = start.elapsed();
+        let controls = match self.pause_volume(origin) {
+            Ok(controls) => controls,
+            Err(e) => {
+                self.drop_ahead();
+                return Err(e);
+            }
+        };
+        let paused = start.elapsed();
+        let result = self.snapshot_paused(origin, id, record.clone());
         for control in &controls {
             control.resume();
         }
+        if result.is_err() {
+            self.drop_ahead();
+        }
         result?;
-        self.store_records()
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        tracing::info!(
+            origin,
+            snapshot = id,
+            record_ms = ms(recorded),
+            pause_ms = ms(paused - recorded),
+            paused_ms = ms(start.elapsed() - paused),
+            "live snapshot taken"
+        );
+        Ok(())
+    }
+
+    /// Writes the volume records with `id`'s new record in them before the device exists
+    /// in the metadata: a crash between the two leaves a record with no device, which the
+    /// next open drops (the other way round, a device would lose its size and name).
+    fn record_ahead(&self, id: u64, record: &VolumeRecord) -> Result<()> {
+        let mut records = self.shared.lock()?.volumes.clone();
+        if records.contains_key(&id) {
+            return Err(Error::DeviceExists(id));
+        }
+        records.insert(id, record.clone());
+        sidecar::store(&sidecar::path_for(&self.shared.meta_path), &records)
+    }
+
+    /// Takes back a record written ahead for a device that was not made.
+    fn drop_ahead(&self) {
+        if let Err(e) = self.store_records() {
+            tracing::warn!(error = %e, "cannot take back a volume record written ahead");
+        }
     }
 
     fn pause_volume(&self, origin: u64) -> Result<Vec<Arc<PortControl>>> {
@@ -197,16 +245,10 @@ impl Pool {
         )))
     }
 
-    fn snapshot_paused(&self, origin: u64, id: u64, name: &str) -> Result<()> {
+    fn snapshot_paused(&self, origin: u64, id: u64, record: VolumeRecord) -> Result<()> {
         {
             let mut st = self.shared.lock()?;
-            let mut record = st
-                .volumes
-                .get(&origin)
-                .cloned()
-                .ok_or(Error::NoSuchDevice(origin))?;
             st.change_with_room(|md| md.create_snapshot(id, origin))?;
-            record.name = name.to_owned();
             st.volumes.insert(id, record);
         }
         self.commit()

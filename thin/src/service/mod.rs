@@ -25,6 +25,7 @@ pub use admin::AdminClient;
 pub use client::{DEFAULT_CALL_TIMEOUT, SocketPort, open_volume};
 
 use std::collections::HashMap;
+use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,6 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
@@ -142,11 +144,13 @@ impl Drop for Service {
 }
 
 impl Inner {
+    /// Accepts connections as soon as they arrive; looks at the stop flag at least every
+    /// [`POLL`].
     fn accept_loop(self: &Arc<Inner>, listener: &UnixListener) {
         while !self.stop.load(Ordering::SeqCst) {
             match listener.accept() {
                 Ok((stream, _)) => self.admit(stream),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(POLL),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => wait_readable(listener),
                 Err(e) => {
                     tracing::warn!(error = %e, "accept on the pool socket failed");
                     std::thread::sleep(POLL);
@@ -194,6 +198,18 @@ impl Inner {
                 tracing::warn!(error = %e, "cannot start a connection thread");
                 conns.open.remove(&id);
             }
+        }
+    }
+}
+
+/// Waits until a connection is pending on `listener`, or [`POLL`] passed.
+fn wait_readable(listener: &UnixListener) {
+    let ms = u16::try_from(POLL.as_millis()).unwrap_or(u16::MAX);
+    let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+    if let Err(e) = poll(&mut fds, PollTimeout::from(ms)) {
+        if e != nix::errno::Errno::EINTR {
+            tracing::warn!(error = %e, "poll on the pool socket failed");
+            std::thread::sleep(POLL);
         }
     }
 }
