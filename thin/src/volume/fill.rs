@@ -2,6 +2,7 @@
 //! partial write the fill (zeros, the external origin's data, or the old block's data for a
 //! copy-on-write).
 
+use rustbk_formats::engine::FileKind;
 use rustbk_formats::{AlignedBuf, Composite, IoBuffers, IoOp, SharedBuf, SharedBufs};
 
 use super::Core;
@@ -97,8 +98,13 @@ pub(crate) fn build(
 
 /// Makes the block read as zeros: nothing to do if it is a hole of the data file (a block
 /// never written since the file was made sparse, or punched out), else the file system's
-/// zero-range; false if neither works (the caller writes zeros).
+/// zero-range; false if neither works (the caller writes zeros). On a block device the
+/// zero-range would write the zeros synchronously on the ring's thread: the caller writes
+/// them instead, with the guest's part, in one queued write.
 fn zero_in_place(core: &Core, phys: u64, bs: u64) -> bool {
+    if core.data.kind() != FileKind::Regular {
+        return false;
+    }
     if core.data.is_hole(phys, bs) {
         return true;
     }
