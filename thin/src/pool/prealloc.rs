@@ -27,55 +27,52 @@ pub(crate) struct Prealloc {
     off: bool,
 }
 
+/// Blocks just handed out, and what to reserve them in.
+pub(crate) struct Handout<'a> {
+    /// The data device.
+    pub data: &'a EngineFile,
+    pub block_size: u64,
+    /// Data blocks of the pool.
+    pub blocks: u64,
+    /// The blocks handed out.
+    pub got: &'a [u64],
+    /// Passdown may have punched holes below the window.
+    pub punched: bool,
+}
+
 impl Prealloc {
-    /// Reserves the file system's blocks under the data blocks `got`, just handed out, and
-    /// a window past them. `blocks` is the number of data blocks of the pool; `punched`
-    /// says whether passdown may have made holes below the window. A failure only costs
-    /// speed: it is logged, never returned.
-    pub(crate) fn reserve(
-        &mut self,
-        data: &EngineFile,
-        block_size: u64,
-        blocks: u64,
-        got: &[u64],
-        punched: bool,
-    ) {
-        if self.off || got.is_empty() {
+    /// Reserves the file system's blocks under the blocks just handed out, and a window past
+    /// them. A failure only costs speed: it is logged, never returned.
+    pub(crate) fn reserve(&mut self, h: &Handout<'_>) {
+        if self.off || h.got.is_empty() {
             return;
         }
-        if let Err(e) = self.try_reserve(data, block_size, blocks, got, punched) {
+        if let Err(e) = self.try_reserve(h) {
             tracing::warn!(error = %e, "data file preallocation stopped");
             self.off = true;
         }
     }
 
-    fn try_reserve(
-        &mut self,
-        data: &EngineFile,
-        block_size: u64,
-        blocks: u64,
-        got: &[u64],
-        punched: bool,
-    ) -> Result<()> {
-        let limit = bytes(blocks, block_size)?;
-        for (first, count) in runs(got) {
-            let start = bytes(first, block_size)?;
-            let end = bytes(first.saturating_add(count), block_size)?.min(limit);
+    fn try_reserve(&mut self, h: &Handout<'_>) -> Result<()> {
+        let limit = bytes(h.blocks, h.block_size)?;
+        for (first, count) in runs(h.got) {
+            let start = bytes(first, h.block_size)?;
+            let end = bytes(first.saturating_add(count), h.block_size)?.min(limit);
             if end <= start {
                 continue;
             }
             if end <= self.end {
-                if punched && !self.fallocate(data, start, end - start)? {
+                if h.punched && !self.fallocate(h.data, start, end - start)? {
                     return Ok(());
                 }
                 continue;
             }
-            let from = match punched {
+            let from = match h.punched {
                 true => start,
                 false => start.max(self.end),
             };
             let to = end.max(end.saturating_add(WINDOW).min(limit));
-            if !self.fallocate(data, from, to - from)? {
+            if !self.fallocate(h.data, from, to - from)? {
                 return Ok(());
             }
             self.end = self.end.max(to);

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use rustbk_formats::{Engine, EngineKind, ImageQueue, IoOp};
 
-use super::{OnFull, Shared, State};
+use super::{OnFull, Shared, State, prealloc};
 use crate::error::{Error, Result};
 use crate::meta::Metadata;
 
@@ -94,10 +94,13 @@ impl Shared {
                     .ok_or_else(|| Error::InvalidArgument("closed port".into()))?;
                 entry.provisioned.extend(got.iter().copied());
                 let st = &mut *st;
-                let blocks = st.md.data_refs().nr_blocks();
-                let punched = self.opts.passdown;
-                st.prealloc
-                    .reserve(&self.data, st.block_size, blocks, &got, punched);
+                st.prealloc.reserve(&prealloc::Handout {
+                    data: &self.data,
+                    block_size: st.block_size,
+                    blocks: st.md.data_refs().nr_blocks(),
+                    got: &got,
+                    punched: self.opts.passdown,
+                });
                 self.low_water(st);
                 return Ok(got);
             }
