@@ -38,6 +38,8 @@ pub struct SocketPort {
     timeout: Duration,
     /// Set when a call failed in a way that leaves the replies out of step.
     broken: Option<String>,
+    /// Set by the reader thread when the connection ended (the service died or closed it).
+    closed: Arc<AtomicBool>,
     reader: Option<JoinHandle<()>>,
     /// The pool's data device, as the service named it when the volume was opened.
     data_path: PathBuf,
@@ -66,10 +68,11 @@ impl SocketPort {
         let (tx, replies) = mpsc::channel();
         let pause = Arc::new(AtomicBool::new(false));
         let waker: Arc<Mutex<Option<Waker>>> = Arc::default();
-        let (flag, wake) = (pause.clone(), waker.clone());
+        let closed = Arc::new(AtomicBool::new(false));
+        let (flag, wake, ended) = (pause.clone(), waker.clone(), closed.clone());
         let reader = std::thread::Builder::new()
             .name("thin-port-reader".into())
-            .spawn(move || read_loop(read_half, &tx, &flag, &wake))
+            .spawn(move || read_loop(read_half, &tx, (&flag, &ended), &wake))
             .map_err(|e| Error::Service(format!("cannot start the reader thread: {e}")))?;
         let mut port = SocketPort {
             stream,
@@ -78,6 +81,7 @@ impl SocketPort {
             waker,
             timeout,
             broken: None,
+            closed,
             reader: Some(reader),
             data_path: PathBuf::new(),
         };
@@ -143,24 +147,32 @@ impl SocketPort {
 }
 
 /// Serves volume `volume` of the pool whose service listens on `socket`, from this process.
+/// Once the service restarts, the volume reconnects by itself (it fails ops meanwhile).
 pub fn open_volume(socket: &Path, volume: u64, opts: VolumeOptions) -> Result<ThinVolume> {
     let port = SocketPort::connect(socket, volume)?;
     let data = port.open_data(true)?;
-    ThinVolume::new(Box::new(port), data, opts)
+    let vol = ThinVolume::new(Box::new(port), data, opts)?;
+    let socket = socket.to_owned();
+    vol.set_reconnect(Box::new(move || {
+        let port = SocketPort::connect(&socket, volume)?;
+        Ok(Box::new(port) as Box<dyn PoolPort>)
+    }))?;
+    Ok(vol)
 }
 
 /// The reader thread: replies go to the caller (in order, one outstanding at a time), a pause
 /// request raises the flag and wakes the data path, `Resumed` lowers it before the caller
 /// sees it (so a pause request that follows it is never lost). When the connection ends the
-/// flag is lowered and the data path woken: a volume waiting to pause goes on, and its calls
-/// fail.
+/// port counts as failed, the flag is lowered and the data path woken: a volume waiting to
+/// pause goes on, and its calls fail.
 fn read_loop(
     mut stream: UnixStream,
     replies: &Sender<Reply>,
-    pause: &AtomicBool,
+    (pause, closed): (&AtomicBool, &AtomicBool),
     waker: &Mutex<Option<Waker>>,
 ) {
     read_replies(&mut stream, replies, pause, waker);
+    closed.store(true, Ordering::SeqCst);
     pause.store(false, Ordering::SeqCst);
     wake(waker);
 }
@@ -296,7 +308,7 @@ impl PoolPort for SocketPort {
     }
 
     fn failed(&self) -> bool {
-        self.broken.is_some()
+        self.broken.is_some() || self.closed.load(Ordering::SeqCst)
     }
 }
 

@@ -299,6 +299,45 @@ fn an_admin_connection_snapshots_and_manages_volumes_of_a_served_pool() {
 }
 
 #[test]
+fn a_volume_reconnects_by_itself_to_a_restarted_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let (meta, data) = pool_on_disk(&dir);
+    let socket = dir.path().join("pool.sock");
+    let service = service_process(&meta, &data, &socket);
+    let vol = open_volume(&socket, 1, VolumeOptions::default()).unwrap();
+    let mut q = queue(&vol);
+    put(q.as_mut(), 0, &[1u8; 4096]);
+    flush(q.as_mut());
+    service.kill();
+    let read = |q: &mut dyn rustbk_formats::ImageQueue| {
+        let buf = rustbk_formats::SharedBuf::new(4096);
+        let op = rustbk_formats::IoOp::Read {
+            offset: 0,
+            bufs: Box::new(buf.clone()),
+        };
+        rustbk_formats::suite::run(q, op).map(|()| buf.copy_out())
+    };
+    assert!(read(q.as_mut()).is_err(), "no pool: the read must fail");
+    let service = service_process(&meta, &data, &socket);
+    let deadline = std::time::Instant::now() + LONG;
+    let back = loop {
+        match read(q.as_mut()) {
+            Ok(bytes) => break bytes,
+            Err(e) => assert!(std::time::Instant::now() < deadline, "never back: {e}"),
+        }
+        std::thread::sleep(crate::volume::RECONNECT_EVERY / 4);
+    };
+    assert_eq!(back, vec![1u8; 4096]);
+    put(q.as_mut(), 3 * BS, &[2u8; 4096]);
+    flush(q.as_mut());
+    assert_eq!(get(q.as_mut(), 3 * BS, 4096), vec![2u8; 4096]);
+    drop(q);
+    drop(vol);
+    service.kill();
+    thin_check(&meta);
+}
+
+#[test]
 fn a_worker_goes_on_with_a_restarted_service_from_its_last_commit() {
     let dir = tempfile::tempdir().unwrap();
     let (meta, data) = pool_on_disk(&dir);

@@ -39,6 +39,8 @@ use claims::Claims;
 const PROVISION_BATCH: usize = 16;
 /// Depth of the queue on the external origin (its reads are synchronous).
 const ORIGIN_DEPTH: u32 = 4;
+/// How often a volume whose port failed tries to open a new one.
+pub const RECONNECT_EVERY: Duration = Duration::from_secs(1);
 /// How long a read of the external origin may take.
 const ORIGIN_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -82,6 +84,9 @@ pub(crate) struct Core {
     /// Blocks of the reserve known to be holes of the data file (they read as zeros) since
     /// they were handed out: no one writes a block handed out to this volume but it.
     pub(crate) holes: HashSet<u64>,
+    /// Opens a new port once this one failed, and when to try next.
+    reconnect: Option<Reconnect>,
+    next_reconnect: Option<Instant>,
     /// Modifying ops started and not finished, on every queue.
     pub(crate) writes: usize,
     /// Some queue holds ops back until claims are released or a pause ends.
@@ -122,6 +127,8 @@ impl ThinVolume {
             claims: Claims::default(),
             reserve: Vec::new(),
             holes: HashSet::new(),
+            reconnect: None,
+            next_reconnect: None,
             writes: 0,
             waiting: false,
             origin,
@@ -144,34 +151,79 @@ impl ThinVolume {
     }
 }
 
+/// Opens a new port to the same volume, after the old one failed.
+pub type Reconnect = Box<dyn FnMut() -> Result<Box<dyn PoolPort>> + Send>;
+
 impl ThinVolume {
     /// Goes on with a new port to the same volume, after the old one failed (the pool
     /// service restarted; see `thin/DESIGN.md`). The volume must be quiet: no op in flight.
     /// The new pool went back to its last commit, so the cached mappings are dropped, and so
     /// is the reserve (those blocks are free in the new pool).
-    pub fn replace_port(&self, mut port: Box<dyn PoolPort>) -> Result<()> {
+    pub fn replace_port(&self, port: Box<dyn PoolPort>) -> Result<()> {
+        lock(&self.core)?.install_port(port, &self.bells)
+    }
+
+    /// Lets the volume open a new port by itself once its port failed: when an op arrives
+    /// and no op is in flight, at most once every [`RECONNECT_EVERY`]. Ops fail (EIO) until
+    /// then.
+    pub fn set_reconnect(&self, reconnect: Reconnect) -> Result<()> {
+        lock(&self.core)?.reconnect = Some(reconnect);
+        Ok(())
+    }
+}
+
+impl Core {
+    fn install_port(
+        &mut self,
+        mut port: Box<dyn PoolPort>,
+        bells: &Arc<Mutex<Vec<Arc<OwnedFd>>>>,
+    ) -> Result<()> {
         let info = port.info()?;
-        let mut core = lock(&self.core)?;
-        if core.writes > 0 || !core.claims.is_empty() {
+        if self.writes > 0 || !self.claims.is_empty() {
             return Err(Error::Busy("ops in flight on the volume".into()));
         }
-        let old = &core.info;
+        let old = &self.info;
         if info.id != old.id || info.block_size != old.block_size || info.size != old.size {
             return Err(Error::InvalidArgument(format!(
                 "the new port serves volume {} of {} bytes in blocks of {}",
                 info.id, info.size, info.block_size
             )));
         }
-        let ring = self.bells.clone();
+        let ring = bells.clone();
         port.set_waker(Box::new(move || ring_all(&ring)));
-        core.cache = MapCache::new(info.size.div_ceil(info.block_size));
-        core.reserve.clear();
-        core.holes.clear();
-        core.info = info;
-        core.port = port;
-        drop(core);
-        ring_all(&self.bells);
+        self.cache = MapCache::new(info.size.div_ceil(info.block_size));
+        self.reserve.clear();
+        self.holes.clear();
+        self.info = info;
+        self.port = port;
+        ring_all(bells);
         Ok(())
+    }
+
+    /// Opens a new port if the volume may reconnect and is quiet (see
+    /// [`ThinVolume::set_reconnect`]); true if it has a working port again.
+    pub(crate) fn try_reconnect(&mut self, bells: &Arc<Mutex<Vec<Arc<OwnedFd>>>>) -> bool {
+        let now = Instant::now();
+        let quiet = self.writes == 0 && self.claims.is_empty();
+        if !quiet || self.next_reconnect.is_some_and(|at| now < at) {
+            return false;
+        }
+        let Some(mut reconnect) = self.reconnect.take() else {
+            return false;
+        };
+        self.next_reconnect = now.checked_add(RECONNECT_EVERY);
+        let installed = reconnect().and_then(|port| self.install_port(port, bells));
+        self.reconnect = Some(reconnect);
+        match installed {
+            Ok(()) => {
+                tracing::info!(volume = self.info.id, "thin volume reconnected to its pool");
+                true
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "thin volume cannot reconnect yet");
+                false
+            }
+        }
     }
 }
 

@@ -106,7 +106,7 @@ impl ThinQueue {
             Ok(c) => c,
             Err(e) => return self.finish_now(tag, Err(to_formats(e))),
         };
-        if core.port.failed() {
+        if core.port.failed() && !core.try_reconnect(&self.bells) {
             // The cached mappings may be gone with the service (mapped after its last
             // commit), and their blocks handed to another volume by the next one: nothing is
             // read or written through them until the volume has a new port.
