@@ -47,7 +47,8 @@ fetch_packages() {
   local pkgs="xen-hypervisor-4.17-amd64 xen-utils-4.17 xen-utils-common libxenmisc4.17 libxenstore4
     libxengnttab1 libxenevtchn1 libxentoollog1 libxencall1 libxenforeignmemory1 libxendevicemodel1
     libxentoolcore1 libxenhypfs1 xenstore-utils libyajl2 busybox-static qemu-system-xen
-    qemu-system-data linux-image-$KVER"
+    qemu-system-data libspice-server1 libopus0 libgstreamer1.0-0 libgstreamer-plugins-base1.0-0
+    liborc-0.4-0 linux-image-$KVER"
   local stamp="$KVER $(echo $pkgs | md5sum | cut -c1-8)"
   if [ "$(cat "$R/.done" 2>/dev/null)" != "$stamp" ]; then
     log "fetching Debian packages into $W/debs"
@@ -69,12 +70,16 @@ fetch_packages() {
 
 # copy_bin IR PATH...: a binary (from $R if it is there, else from the host) and its libraries.
 copy_bin() {
-  local ir=$1 f src lib lp
+  local ir=$1 f src lib lp missing
   shift
   for f in "$@"; do
     if [ -e "$R$f" ]; then src=$R$f; lp=$R/usr/lib/x86_64-linux-gnu; else src=$f; lp=; fi
     [ -e "$src" ] || die "copy_bin: $f not found"
     mkdir -p "$ir$(dirname "$f")" && cp -L "$src" "$ir$f"
+    # A library found nowhere would make the binary fail in dom0 only (QEMU's device model
+    # "spawn failed"): stop here and name it.
+    missing=$(LD_LIBRARY_PATH=$lp ldd "$src" 2>/dev/null | awk '/not found/ {print $1}' | tr '\n' ' ')
+    [ -z "$missing" ] || die "copy_bin: $f needs $missing, found neither in the fetched packages nor on this machine"
     LD_LIBRARY_PATH=$lp ldd "$src" 2>/dev/null | awk '/=>/ {print $3} /^[ \t]*\/lib64\// {print $1}' |
     while read -r lib; do
       [ -n "$lib" ] && [ -e "$lib" ] || continue
