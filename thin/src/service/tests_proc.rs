@@ -134,15 +134,23 @@ fn unit_rounds(vol: &crate::volume::ThinVolume) -> Vec<u64> {
 }
 
 /// A pool with volume 1, not served.
-fn pool_on_disk(dir: &tempfile::TempDir) -> (std::path::PathBuf, std::path::PathBuf) {
-    let (meta, data) = pool_files(dir, 128);
+/// A pool with volume 1 in a new folder: the folder, metadata, data and the socket path.
+fn pool_on_disk() -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    std::path::PathBuf,
+    std::path::PathBuf,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("pool.sock");
+    let (meta, data) = pool_files(&dir, 128);
     let pool = Pool::create(&meta, &data, BS, PoolOptions::default()).unwrap();
     let spec = VolumeSpec {
         size: 2 * MIB,
         ..VolumeSpec::default()
     };
     pool.create_volume(1, spec).unwrap();
-    (meta, data)
+    (dir, meta, data, socket)
 }
 
 /// Starts `rustbk_thin::service::run` in a child process and waits for its socket.
@@ -163,9 +171,7 @@ fn service_process(
 
 #[test]
 fn a_killed_service_fails_the_workers_calls_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let (meta, data) = pool_on_disk(&dir);
-    let socket = dir.path().join("pool.sock");
+    let (_dir, meta, data, socket) = pool_on_disk();
     let service = service_process(&meta, &data, &socket);
     let vol = open_volume(&socket, 1, VolumeOptions::default()).unwrap();
     let mut q = queue(&vol);
@@ -194,9 +200,7 @@ fn a_killed_service_fails_the_workers_calls_at_once() {
 
 #[test]
 fn a_stopped_service_fails_a_call_within_the_timeout() {
-    let dir = tempfile::tempdir().unwrap();
-    let (meta, data) = pool_on_disk(&dir);
-    let socket = dir.path().join("pool.sock");
+    let (_dir, meta, data, socket) = pool_on_disk();
     let service = service_process(&meta, &data, &socket);
     let timeout = Duration::from_secs(1);
     let mut port = SocketPort::connect_with_timeout(&socket, 1, timeout).unwrap();
@@ -220,9 +224,7 @@ fn a_stopped_service_fails_a_call_within_the_timeout() {
 
 #[test]
 fn a_terminated_service_closes_its_connections_and_commits() {
-    let dir = tempfile::tempdir().unwrap();
-    let (meta, data) = pool_on_disk(&dir);
-    let socket = dir.path().join("pool.sock");
+    let (_dir, meta, data, socket) = pool_on_disk();
     let mut service = service_process(&meta, &data, &socket);
     let vol = open_volume(&socket, 1, VolumeOptions::default()).unwrap();
     let mut q = queue(&vol);
@@ -242,9 +244,7 @@ fn a_terminated_service_closes_its_connections_and_commits() {
 
 #[test]
 fn an_admin_connection_snapshots_and_manages_volumes_of_a_served_pool() {
-    let dir = tempfile::tempdir().unwrap();
-    let (meta, data) = pool_on_disk(&dir);
-    let socket = dir.path().join("pool.sock");
+    let (_dir, meta, data, socket) = pool_on_disk();
     let service = service_process(&meta, &data, &socket);
     let vol = open_volume(&socket, 1, VolumeOptions::default()).unwrap();
     let mut q = queue(&vol);
@@ -300,9 +300,7 @@ fn an_admin_connection_snapshots_and_manages_volumes_of_a_served_pool() {
 
 #[test]
 fn a_volume_reconnects_by_itself_to_a_restarted_service() {
-    let dir = tempfile::tempdir().unwrap();
-    let (meta, data) = pool_on_disk(&dir);
-    let socket = dir.path().join("pool.sock");
+    let (_dir, meta, data, socket) = pool_on_disk();
     let service = service_process(&meta, &data, &socket);
     let vol = open_volume(&socket, 1, VolumeOptions::default()).unwrap();
     let mut q = queue(&vol);
@@ -339,9 +337,7 @@ fn a_volume_reconnects_by_itself_to_a_restarted_service() {
 
 #[test]
 fn a_worker_goes_on_with_a_restarted_service_from_its_last_commit() {
-    let dir = tempfile::tempdir().unwrap();
-    let (meta, data) = pool_on_disk(&dir);
-    let socket = dir.path().join("pool.sock");
+    let (_dir, meta, data, socket) = pool_on_disk();
     let service = service_process(&meta, &data, &socket);
     let vol = open_volume(&socket, 1, VolumeOptions::default()).unwrap();
     let mut q = queue(&vol);
