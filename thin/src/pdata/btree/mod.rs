@@ -78,12 +78,8 @@ pub fn shadow_node(
     value_size: usize,
     refs: &mut dyn ValueRefs,
 ) -> Result<(u64, Node)> {
-    let (new, shared) = tm.shadow(location, Kind::Node)?;
-    let node = read_node(tm, new, value_size)?;
-    if shared {
-        inc_children(tm, &node, refs)?;
-    }
-    Ok((new, node))
+    let (new, _) = shadow_at(tm, location, value_size, refs)?;
+    Ok((new, read_node(tm, new, value_size)?))
 }
 
 /// Makes the node at `location` writable, as [`shadow_node`] does, without decoding it
