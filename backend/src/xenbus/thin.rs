@@ -32,6 +32,7 @@ pub(super) fn open(
         engine: opts.engine,
         sector_size: opts.sector_size,
         read_only: info.read_only,
+        ..VolumeOptions::default()
     };
     let image = match dir.handle(pool_opts)? {
         PoolHandle::Service(mut admin) => {

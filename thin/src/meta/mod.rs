@@ -173,10 +173,18 @@ impl Metadata {
     /// space map are written to new blocks and synced, then the superblock. The caller has
     /// made the data these mappings point at durable first.
     pub fn commit(&mut self) -> Result<()> {
+        self.commit_after(|| Ok(()))
+    }
+
+    /// [`Metadata::commit`], calling `ready` after the new blocks are durable and before
+    /// the superblock is written: the superblock waits for whatever `ready` waits for (the
+    /// data device's sync, run meanwhile), and is not written if `ready` fails.
+    pub fn commit_after(&mut self, ready: impl FnOnce() -> Result<()>) -> Result<()> {
         self.write_details()?;
         self.sb.data_sm = self.data.commit(&mut self.tm)?;
         self.sb.metadata_sm = self.meta_sm.commit(&mut self.tm)?;
         self.tm.write_dirty()?;
+        ready()?;
         self.tm.write_superblock(self.sb.encode())?;
         self.tm.committed();
         self.data.committed();

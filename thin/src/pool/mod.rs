@@ -7,6 +7,7 @@
 //! away: the pool goes back to its last commit and takes no more changes until it is opened
 //! again, so a failure never reaches the disk.
 
+mod ahead;
 mod gate;
 mod port;
 mod prealloc;
@@ -132,6 +133,8 @@ pub(crate) struct State {
     /// that may still map them, even in a volume deleted since).
     pass_down: Vec<u64>,
     prealloc: prealloc::Prealloc,
+    /// Writes the next superblock waits for (volume records written ahead).
+    ahead: Vec<ahead::Ahead>,
 }
 
 pub(crate) struct PortEntry {
@@ -229,6 +232,7 @@ impl Pool {
             block_size,
             pass_down: Vec::new(),
             prealloc: prealloc::Prealloc::default(),
+            ahead: Vec::new(),
         };
         Pool {
             shared: Arc::new(Shared {

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use rustbk_formats::{Engine, EngineKind, ImageQueue, IoOp};
 
-use super::{OnFull, Shared, State, prealloc};
+use super::{OnFull, Shared, State, ahead, prealloc};
 use crate::error::{Error, Result};
 use crate::meta::Metadata;
 
@@ -35,29 +35,42 @@ impl Shared {
         self.gate.commit(|| self.commit_now())
     }
 
-    /// One commit: the data device is synced first (every block the new mappings point at
-    /// was written before it was mapped), then the metadata. Blocks handed out and not
-    /// mapped are given back for the commit, so it records them free, and taken again.
+    /// One commit: the data device's sync (which is a guest flush's data sync too) runs while the new metadata blocks are written
+    /// and synced, and the superblock waits for both (every block the new mappings point at
+    /// was written before it was mapped) and for the volume records written ahead. Blocks
+    /// handed out and not mapped are given back for the commit, so it records them free,
+    /// and taken again.
     fn commit_now(&self) -> Result<()> {
         let mut st = self.lock()?;
         if let Some(why) = &st.failed {
             return Err(Error::PoolFailed(why.clone()));
         }
+        let ahead = std::mem::take(&mut st.ahead);
         if !st.md.is_dirty() {
-            return Ok(());
+            // Nothing to commit, but a flush still counts on the data being durable.
+            let synced = self.sync_data();
+            return synced.and(ahead::wait_all(ahead));
         }
-        self.sync_data()?;
         let held: Vec<u64> = st
             .ports
             .values()
             .flat_map(|p| p.provisioned.iter().copied())
             .collect();
-        let result = st.change(|md| {
-            for &b in &held {
-                md.release_data(b)?;
-            }
-            md.commit()?;
-            held.iter().try_for_each(|&b| md.claim_data(b))
+        let result = std::thread::scope(|scope| {
+            let data = scope.spawn(|| self.sync_data());
+            st.change(|md| {
+                for &b in &held {
+                    md.release_data(b)?;
+                }
+                md.commit_after(|| {
+                    let synced = data.join().unwrap_or_else(|_| {
+                        Err(Error::PoolFailed("the data sync panicked".into()))
+                    });
+                    let recorded = ahead::wait_all(ahead);
+                    synced.and(recorded)
+                })?;
+                held.iter().try_for_each(|&b| md.claim_data(b))
+            })
         });
         if result.is_ok() {
             // The lock is still held: no freed block is handed out before it is punched.

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use rustbk_formats::{Format, OpenOptions};
 
+use super::ahead::Ahead;
 use super::port::PortControl;
 use super::sidecar::{self, Origin, VolumeRecord};
 use super::{Pool, State};
@@ -109,16 +110,12 @@ impl Pool {
             name: spec.name,
             origin: spec.origin,
         };
-        self.record_ahead(id, &record)?;
-        let made = self.shared.lock().and_then(|mut st| {
+        let ahead = self.record_ahead(id, &record)?;
+        self.publish(ahead, |st| {
             st.change_with_room(|md| md.create_thin(id))?;
             st.volumes.insert(id, record);
             Ok(())
-        });
-        if let Err(e) = made {
-            self.drop_ahead();
-            return Err(e);
-        }
+        })?;
         self.commit()
     }
 
@@ -169,51 +166,68 @@ impl Pool {
         let mut record = self.shared.lock()?.volumes.get(&origin).cloned();
         let record = record.as_mut().ok_or(Error::NoSuchDevice(origin))?;
         record.name = name.to_owned();
-        self.record_ahead(id, record)?;
-        let recorded = start.elapsed();
+        let ahead = self.record_ahead(id, record)?;
         let controls = match self.pause_volume(origin) {
             Ok(controls) => controls,
             Err(e) => {
-                self.drop_ahead();
+                self.take_back(ahead);
                 return Err(e);
             }
         };
         let paused = start.elapsed();
-        let result = self.snapshot_paused(origin, id, record.clone());
+        let result = self.snapshot_paused(ahead, origin, id, record.clone());
         for control in &controls {
             control.resume();
-        }
-        if result.is_err() {
-            self.drop_ahead();
         }
         result?;
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
         tracing::info!(
             origin,
             snapshot = id,
-            record_ms = ms(recorded),
-            pause_ms = ms(paused - recorded),
+            pause_ms = ms(paused),
             paused_ms = ms(start.elapsed() - paused),
             "live snapshot taken"
         );
         Ok(())
     }
 
-    /// Writes the volume records with `id`'s new record in them before the device exists
-    /// in the metadata: a crash between the two leaves a record with no device, which the
-    /// next open drops (the other way round, a device would lose its size and name).
-    fn record_ahead(&self, id: u64, record: &VolumeRecord) -> Result<()> {
+    /// Starts writing the volume records with `id`'s new record in them, to be durable
+    /// before the device exists in a commit: a crash between the two leaves a record with no
+    /// device, which the next open drops (the other way round, a device would lose its size
+    /// and name). The write runs while the caller pauses the volume and the commit writes
+    /// the new metadata blocks; hand it to [`Pool::publish`] or [`Pool::take_back`].
+    fn record_ahead(&self, id: u64, record: &VolumeRecord) -> Result<Ahead> {
         let mut records = self.shared.lock()?.volumes.clone();
         if records.contains_key(&id) {
             return Err(Error::DeviceExists(id));
         }
         records.insert(id, record.clone());
-        sidecar::store(&sidecar::path_for(&self.shared.meta_path), &records)
+        let path = sidecar::path_for(&self.shared.meta_path);
+        Ahead::spawn("a volume record", move || sidecar::store(&path, &records))
     }
 
-    /// Takes back a record written ahead for a device that was not made.
-    fn drop_ahead(&self) {
-        if let Err(e) = self.store_records() {
+    /// Makes the metadata change that needs the record written `ahead`, under the pool's
+    /// lock; the next superblock waits for the record. A change that fails takes the
+    /// record back.
+    fn publish(&self, ahead: Ahead, change: impl FnOnce(&mut State) -> Result<()>) -> Result<()> {
+        let mut st = self.shared.lock()?;
+        match change(&mut st) {
+            Ok(()) => {
+                st.ahead.push(ahead);
+                Ok(())
+            }
+            Err(e) => {
+                drop(st);
+                self.take_back(ahead);
+                Err(e)
+            }
+        }
+    }
+
+    /// Takes back a record written ahead for a device that was not made, once its write
+    /// ended.
+    fn take_back(&self, ahead: Ahead) {
+        if let Err(e) = ahead.wait().and_then(|()| self.store_records()) {
             tracing::warn!(error = %e, "cannot take back a volume record written ahead");
         }
     }
@@ -245,12 +259,18 @@ impl Pool {
         )))
     }
 
-    fn snapshot_paused(&self, origin: u64, id: u64, record: VolumeRecord) -> Result<()> {
-        {
-            let mut st = self.shared.lock()?;
+    fn snapshot_paused(
+        &self,
+        ahead: Ahead,
+        origin: u64,
+        id: u64,
+        record: VolumeRecord,
+    ) -> Result<()> {
+        self.publish(ahead, |st| {
             st.change_with_room(|md| md.create_snapshot(id, origin))?;
             st.volumes.insert(id, record);
-        }
+            Ok(())
+        })?;
         self.commit()
     }
 

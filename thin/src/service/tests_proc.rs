@@ -173,7 +173,11 @@ fn service_process(
 fn a_killed_service_fails_the_workers_calls_at_once() {
     let (_dir, meta, data, socket) = pool_on_disk();
     let service = service_process(&meta, &data, &socket);
-    let vol = open_volume(&socket, 1, VolumeOptions::default()).unwrap();
+    let opts = VolumeOptions {
+        hold: Duration::from_secs(1),
+        ..VolumeOptions::default()
+    };
+    let vol = open_volume(&socket, 1, opts).unwrap();
     let mut q = queue(&vol);
     put(q.as_mut(), 0, &[1u8; 8192]);
     flush(q.as_mut());
@@ -298,34 +302,43 @@ fn an_admin_connection_snapshots_and_manages_volumes_of_a_served_pool() {
     thin_check(&meta);
 }
 
+/// Kills `service` and waits until `vol` has seen it go.
+fn kill_and_notice(service: Worker, vol: &crate::volume::ThinVolume) {
+    service.kill();
+    let deadline = Instant::now() + LONG;
+    while !vol.port_failed() {
+        assert!(
+            Instant::now() < deadline,
+            "the volume never saw the service go"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 #[test]
-fn a_volume_reconnects_by_itself_to_a_restarted_service() {
+fn ops_wait_for_a_restarted_service_and_the_volume_reconnects_by_itself() {
     let (_dir, meta, data, socket) = pool_on_disk();
     let service = service_process(&meta, &data, &socket);
     let vol = open_volume(&socket, 1, VolumeOptions::default()).unwrap();
     let mut q = queue(&vol);
     put(q.as_mut(), 0, &[1u8; 4096]);
     flush(q.as_mut());
-    service.kill();
-    let read = |q: &mut dyn rustbk_formats::ImageQueue| {
-        let buf = rustbk_formats::SharedBuf::new(4096);
-        let op = rustbk_formats::IoOp::Read {
-            offset: 0,
-            bufs: Box::new(buf.clone()),
-        };
-        rustbk_formats::suite::run(q, op).map(|()| buf.copy_out())
+    kill_and_notice(service, &vol);
+    let restart = {
+        let (meta, data, socket) = (meta.clone(), data.clone(), socket.clone());
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(1500));
+            service_process(&meta, &data, &socket)
+        })
     };
-    assert!(read(q.as_mut()).is_err(), "no pool: the read must fail");
-    let service = service_process(&meta, &data, &socket);
-    let deadline = std::time::Instant::now() + LONG;
-    let back = loop {
-        match read(q.as_mut()) {
-            Ok(bytes) => break bytes,
-            Err(e) => assert!(std::time::Instant::now() < deadline, "never back: {e}"),
-        }
-        std::thread::sleep(crate::volume::RECONNECT_EVERY / 4);
-    };
-    assert_eq!(back, vec![1u8; 4096]);
+    let start = Instant::now();
+    assert_eq!(get(q.as_mut(), 0, 4096), vec![1u8; 4096]);
+    assert!(
+        start.elapsed() >= Duration::from_millis(1500),
+        "the read went on without the service: {:?}",
+        start.elapsed()
+    );
+    let service = restart.join().unwrap();
     put(q.as_mut(), 3 * BS, &[2u8; 4096]);
     flush(q.as_mut());
     assert_eq!(get(q.as_mut(), 3 * BS, 4096), vec![2u8; 4096]);
@@ -336,10 +349,62 @@ fn a_volume_reconnects_by_itself_to_a_restarted_service() {
 }
 
 #[test]
-fn a_worker_goes_on_with_a_restarted_service_from_its_last_commit() {
+fn an_op_fails_once_the_service_stayed_away_longer_than_the_hold() {
+    let (_dir, meta, data, socket) = pool_on_disk();
+    let service = service_process(&meta, &data, &socket);
+    let opts = VolumeOptions {
+        hold: Duration::from_millis(1200),
+        ..VolumeOptions::default()
+    };
+    let vol = open_volume(&socket, 1, opts).unwrap();
+    let mut q = queue(&vol);
+    put(q.as_mut(), 0, &[1u8; 4096]);
+    flush(q.as_mut());
+    kill_and_notice(service, &vol);
+    let start = Instant::now();
+    let write = rustbk_formats::suite::write_at(q.as_mut(), BS, &[2u8; 4096]);
+    assert!(write.is_err(), "no service: the write must fail");
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1200) && waited < Duration::from_secs(20),
+        "{waited:?}"
+    );
+}
+
+#[test]
+fn writes_lost_with_the_service_fail_the_next_flush_once() {
     let (_dir, meta, data, socket) = pool_on_disk();
     let service = service_process(&meta, &data, &socket);
     let vol = open_volume(&socket, 1, VolumeOptions::default()).unwrap();
+    let mut q = queue(&vol);
+    put(q.as_mut(), 0, &[1u8; 4096]);
+    flush(q.as_mut());
+    // Mapped, complete, never flushed: the service takes the mapping with it.
+    put(q.as_mut(), 5 * BS, &[2u8; 4096]);
+    kill_and_notice(service, &vol);
+    let service = service_process(&meta, &data, &socket);
+    put(q.as_mut(), 7 * BS, &[3u8; 4096]);
+    let flushed = rustbk_formats::suite::run(q.as_mut(), rustbk_formats::IoOp::Flush);
+    assert!(flushed.is_err(), "a write was lost: the flush must say so");
+    flush(q.as_mut());
+    assert_eq!(get(q.as_mut(), 0, 4096), vec![1u8; 4096]);
+    assert_eq!(get(q.as_mut(), 5 * BS, 4096), vec![0u8; 4096]);
+    assert_eq!(get(q.as_mut(), 7 * BS, 4096), vec![3u8; 4096]);
+    drop(q);
+    drop(vol);
+    service.kill();
+    thin_check(&meta);
+}
+
+#[test]
+fn a_worker_goes_on_with_a_restarted_service_from_its_last_commit() {
+    let (_dir, meta, data, socket) = pool_on_disk();
+    let service = service_process(&meta, &data, &socket);
+    let opts = VolumeOptions {
+        hold: Duration::from_secs(1),
+        ..VolumeOptions::default()
+    };
+    let vol = open_volume(&socket, 1, opts).unwrap();
     let mut q = queue(&vol);
     put(q.as_mut(), 0, &[1u8; 4096]);
     flush(q.as_mut());

@@ -7,6 +7,7 @@
 mod cache;
 mod claims;
 mod fill;
+mod outage;
 mod plan;
 mod queue;
 
@@ -53,7 +54,14 @@ pub struct VolumeOptions {
     pub sector_size: u32,
     /// Refuse modifying ops (EROFS), as for a disk attached read-only.
     pub read_only: bool,
+    /// How long a new op waits for a lost pool service to come back (the volume reconnects
+    /// by itself, see [`ThinVolume::set_reconnect`]) before it fails with EIO.
+    pub hold: Duration,
 }
+
+/// How long ops wait for a lost pool service by default: long enough for a service
+/// manager to restart it.
+pub const DEFAULT_HOLD: Duration = Duration::from_secs(30);
 
 impl Default for VolumeOptions {
     fn default() -> Self {
@@ -61,6 +69,7 @@ impl Default for VolumeOptions {
             engine: EngineKind::Auto,
             sector_size: 512,
             read_only: false,
+            hold: DEFAULT_HOLD,
         }
     }
 }
@@ -91,6 +100,10 @@ pub(crate) struct Core {
     pub(crate) writes: usize,
     /// Some queue holds ops back until claims are released or a pause ends.
     pub(crate) waiting: bool,
+    /// Mapping changes sent and made durable, for a service that goes away.
+    pub(crate) changes: outage::Changes,
+    /// How long a new op waits for a lost service.
+    pub(crate) hold: Duration,
     pub(crate) origin: Option<OriginSrc>,
     pub(crate) data: Arc<EngineFile>,
 }
@@ -131,6 +144,8 @@ impl ThinVolume {
             next_reconnect: None,
             writes: 0,
             waiting: false,
+            changes: outage::Changes::default(),
+            hold: opts.hold,
             origin,
             data: data.clone(),
         };
@@ -164,8 +179,8 @@ impl ThinVolume {
     }
 
     /// Lets the volume open a new port by itself once its port failed: when an op arrives
-    /// and no op is in flight, at most once every [`RECONNECT_EVERY`]. Ops fail (EIO) until
-    /// then.
+    /// and no op is in flight, at most once every [`RECONNECT_EVERY`]. New ops wait for it
+    /// ([`VolumeOptions::hold`]); the first flush after it fails if mappings were lost.
     pub fn set_reconnect(&self, reconnect: Reconnect) -> Result<()> {
         lock(&self.core)?.reconnect = Some(reconnect);
         Ok(())
@@ -191,6 +206,7 @@ impl Core {
         }
         let ring = bells.clone();
         port.set_waker(Box::new(move || ring_all(&ring)));
+        self.changes.new_port(info.id);
         self.cache = MapCache::new(info.size.div_ceil(info.block_size));
         self.reserve.clear();
         self.holes.clear();
@@ -198,6 +214,11 @@ impl Core {
         self.port = port;
         ring_all(bells);
         Ok(())
+    }
+
+    /// Whether the volume opens a new port by itself once its port failed.
+    pub(crate) fn may_reconnect(&self) -> bool {
+        self.reconnect.is_some()
     }
 
     /// Opens a new port if the volume may reconnect and is quiet (see
@@ -229,6 +250,11 @@ impl Core {
 
 #[cfg(test)]
 impl ThinVolume {
+    /// Whether the volume's port failed (the pool service went away).
+    pub(crate) fn port_failed(&self) -> bool {
+        lock(&self.core).is_ok_and(|core| core.port.failed())
+    }
+
     /// Blocks the pool handed to the volume that no mapping uses yet.
     pub(crate) fn reserved(&self) -> usize {
         lock(&self.core).map_or(0, |core| core.reserve.len())
@@ -402,7 +428,9 @@ impl BlockImage for ThinVolume {
     /// Commits the pool (every mapping made so far becomes durable).
     fn sync_metadata(&self) -> Result<(), rustbk_formats::Error> {
         let mut core = lock(&self.core).map_err(to_formats)?;
-        core.port.commit().map_err(to_formats)
+        let mark = core.changes.mark();
+        let result = core.port.commit();
+        core.changes.committed(mark, result).map_err(to_formats)
     }
 
     fn format(&self) -> Format {

@@ -25,8 +25,8 @@ pub(crate) enum After {
     Nothing,
     /// Map the new blocks (their data is written).
     Map(Vec<NewMapping>),
-    /// Commit the pool (the data device is synced).
-    Commit,
+    /// Commit the pool (the data device is synced); the mark of the changes it covers.
+    Commit(u64),
 }
 
 /// The virtual blocks an op holds while in flight.
@@ -376,6 +376,7 @@ impl Core {
         let whole = offset.div_ceil(bs)..(offset + len) / bs;
         let unmap_whole = discard || self.origin.is_none();
         if unmap_whole && whole.start < whole.end {
+            self.changes.made();
             self.port.unmap(whole.clone())?;
             self.cache.unmap(whole.start, whole.end);
         }

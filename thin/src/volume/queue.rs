@@ -16,7 +16,7 @@ use rustbk_formats::engine::MAX_DEPTH;
 use rustbk_formats::{Completion, Engine, EngineFile, EngineKind, ImageQueue, IoOp};
 
 use super::plan::{After, Child, Claim, Outcome, Plan};
-use super::{Core, lock, to_formats};
+use super::{Core, lock, outage, to_formats};
 use crate::error::Result;
 use crate::meta::Mapping;
 use crate::port::NewMapping;
@@ -25,6 +25,13 @@ type Error = rustbk_formats::Error;
 
 /// How long dropping a queue waits for its ops.
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+
+/// An op held back, and since when if it waits for a lost pool service.
+struct Deferred {
+    op: IoOp,
+    tag: u64,
+    held_since: Option<Instant>,
+}
 
 struct Parent {
     tag: u64,
@@ -45,7 +52,7 @@ pub struct ThinQueue {
     next_id: u64,
     parents: HashMap<u64, Parent>,
     backlog: VecDeque<(u64, Child)>,
-    deferred: VecDeque<(IoOp, u64)>,
+    deferred: VecDeque<Deferred>,
     ready: Vec<Completion>,
     kids: Vec<Child>,
     reaped: Vec<Completion>,
@@ -95,6 +102,12 @@ impl ThinQueue {
 
     /// Plans and launches `op`, defers it, or completes it with an error.
     fn start(&mut self, op: IoOp, tag: u64) {
+        self.start_held(op, tag, None);
+    }
+
+    /// [`ThinQueue::start`] for an op that has waited for the pool service since
+    /// `held_since`.
+    fn start_held(&mut self, op: IoOp, tag: u64, held_since: Option<Instant>) {
         if let Some(error) = op.range_error(self.size) {
             return self.finish_now(tag, Err(error));
         }
@@ -110,13 +123,26 @@ impl ThinQueue {
             // The cached mappings may be gone with the service (mapped after its last
             // commit), and their blocks handed to another volume by the next one: nothing is
             // read or written through them until the volume has a new port.
+            let since = held_since.unwrap_or_else(Instant::now);
+            if core.may_reconnect() && since.elapsed() < core.hold {
+                outage::start_ticker(&mut core, Arc::downgrade(&self.core), self.bells.clone());
+                self.deferred.push_back(Deferred {
+                    op,
+                    tag,
+                    held_since: Some(since),
+                });
+                return;
+            }
+            if matches!(op, IoOp::Flush) {
+                core.changes.flush_failed();
+            }
             drop(core);
             let lost = crate::Error::Service("the port to the pool failed".into());
             return self.finish_now(tag, Err(to_formats(lost)));
         }
         if op.is_modifying() && core.port.pause_requested() {
             core.waiting = true;
-            self.deferred.push_back((op, tag));
+            self.defer(op, tag);
             return;
         }
         let kids = &mut self.kids;
@@ -126,9 +152,10 @@ impl ThinQueue {
             IoOp::Discard { offset, len } => core.plan_zero(offset, len, true, kids),
             IoOp::WriteZeroes { offset, len } => core.plan_zero(offset, len, false, kids),
             IoOp::Flush => {
-                kids.push(Child::Io(IoOp::Flush));
+                // The pool's commit syncs the data device, after this op started.
+                kids.push(Child::Now(Ok(())));
                 Ok(Outcome::Go(Plan {
-                    after: After::Commit,
+                    after: After::Commit(core.changes.mark()),
                     ..Plan::simple()
                 }))
             }
@@ -141,7 +168,7 @@ impl ThinQueue {
             }
             Ok(Outcome::Defer(op)) => {
                 core.waiting = true;
-                self.deferred.push_back((op, tag));
+                self.defer(op, tag);
             }
             Err(e) => {
                 self.kids.clear();
@@ -149,6 +176,15 @@ impl ThinQueue {
                 self.finish_now(tag, Err(to_formats(e)));
             }
         }
+    }
+
+    fn defer(&mut self, op: IoOp, tag: u64) {
+        let held_since = None;
+        self.deferred.push_back(Deferred {
+            op,
+            tag,
+            held_since,
+        });
     }
 
     fn finish_now(&mut self, tag: u64, result: Result<(), Error>) {
@@ -281,7 +317,10 @@ impl ThinQueue {
                 core.reserve.extend(maps.iter().map(|m| m.block));
                 Err(e)
             }
-            (After::Commit, Ok(())) => core.port.commit().map_err(to_formats),
+            (After::Commit(mark), Ok(())) => {
+                let committed = core.port.commit();
+                core.changes.committed(mark, committed).map_err(to_formats)
+            }
             (_, result) => result,
         };
         self.ready.push(Completion { tag, result });
@@ -324,10 +363,10 @@ impl ThinQueue {
 
     fn retry_deferred(&mut self) {
         for _ in 0..self.deferred.len() {
-            let Some((op, tag)) = self.deferred.pop_front() else {
+            let Some(d) = self.deferred.pop_front() else {
                 break;
             };
-            self.start(op, tag);
+            self.start_held(d.op, d.tag, d.held_since);
         }
     }
 
@@ -359,6 +398,7 @@ fn map(core: &mut Core, maps: &[NewMapping]) -> Option<MapFailure> {
         return None;
     }
     let time = core.info.time;
+    core.changes.made();
     let Err(error) = core.port.map(maps) else {
         for m in maps {
             let block = m.block;
