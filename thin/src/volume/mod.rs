@@ -25,8 +25,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rustbk_formats::{
-    BlockImage, EngineFile, EngineKind, Features, Format, Geometry, ImageQueue, IoBuffers, IoOp,
-    OpenOptions,
+    BlockImage, CacheMode, EngineFile, EngineKind, Features, Format, Geometry, ImageQueue,
+    IoBuffers, IoOp, OpenOptions,
 };
 
 use crate::error::{Error, Result};
@@ -53,6 +53,12 @@ pub struct VolumeOptions {
     pub sector_size: u32,
     /// Refuse modifying ops (EROFS), as for a disk attached read-only.
     pub read_only: bool,
+    /// The cache mode of the volume's writes (see [`CacheMode`]). In `writethrough` and
+    /// `directsync` the pool commits before a modifying op completes, so the new mappings
+    /// are durable with the data; in `unsafe` a flush completes at once (no sync, no
+    /// commit: the pool's own commits still sync the data device first, so the pool stays
+    /// consistent, but the volume's recent writes may be lost in a crash).
+    pub cache: CacheMode,
 }
 
 impl Default for VolumeOptions {
@@ -61,6 +67,7 @@ impl Default for VolumeOptions {
             engine: EngineKind::Auto,
             sector_size: 512,
             read_only: false,
+            cache: CacheMode::None,
         }
     }
 }
@@ -391,7 +398,7 @@ impl BlockImage for ThinVolume {
             self.core.clone(),
             self.bells.clone(),
             self.data.clone(),
-            self.opts.engine,
+            &self.opts,
             (self.geometry.size, self.read_only()),
             depth,
         )

@@ -364,7 +364,9 @@ fn a_pool_answering_lookups_outside_the_range_gets_errors_not_panics() {
     let data = dir.path().join("data");
     crate::testing::sized_file(&data, MIB);
     let access = rustbk_formats::engine::Access::ReadWrite;
-    let file = rustbk_formats::EngineFile::open(&data, access, false).expect("data");
+    let file =
+        rustbk_formats::EngineFile::open(&data, access, rustbk_formats::CacheMode::Writeback)
+            .expect("data");
     let info = crate::port::VolumeInfo {
         id: 1,
         block_size: 64 << 10,

@@ -44,7 +44,7 @@ pub fn options(args: &BackendArgs, platform: &PlatformArgs) -> anyhow::Result<Ba
             EngineArg::IoUring => EngineKind::IoUring,
             EngineArg::Sync => EngineKind::Sync,
         },
-        direct: !args.buffered,
+        cache: args.cache_mode(),
         persistent: !args.no_persistent,
         sector_size: args.sector_size,
         poll_us: args.poll_us,
@@ -104,9 +104,7 @@ pub fn backend_args(backend: &BackendArgs) -> Vec<String> {
     ]);
     out.extend(["--sector-size".into(), backend.sector_size.to_string()]);
     out.extend(["--poll-us".into(), backend.poll_us.to_string()]);
-    if backend.buffered {
-        out.push("--buffered".into());
-    }
+    out.extend(["--cache".into(), backend.cache_mode().to_string()]);
     if backend.no_persistent {
         out.push("--no-persistent".into());
     }
