@@ -13,8 +13,14 @@ use rustbk_ring::{RwOp, status};
 use crate::harness::{GUEST, Host, Setup, XVDA, pattern};
 use crate::qcow2::qcow2;
 
+/// `(O_DIRECT, O_DSYNC)` of each writable descriptor of a file.
+pub type Flags = BTreeSet<(bool, bool)>;
+
+/// Data written at a sector.
+type Written = Vec<(u64, Vec<u8>)>;
+
 /// `(O_DIRECT, O_DSYNC)` of every writable descriptor process `pid` holds on `image`.
-pub fn open_flags(pid: u32, image: &Path) -> BTreeSet<(bool, bool)> {
+pub fn open_flags(pid: u32, image: &Path) -> Flags {
     let image = image.canonicalize().expect("image path");
     let mut found = BTreeSet::new();
     for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).expect("/proc fd") {
@@ -39,7 +45,7 @@ pub fn open_flags(pid: u32, image: &Path) -> BTreeSet<(bool, bool)> {
 
 /// The writable descriptors a backend in `mode` holds on an image of this ext4 host: the
 /// page-cached one, and an O_DIRECT one where the mode asks for it.
-pub fn expected_flags(mode: CacheMode) -> BTreeSet<(bool, bool)> {
+pub fn expected_flags(mode: CacheMode) -> Flags {
     let mut fds = BTreeSet::from([(false, mode.dsync())]);
     if mode.direct() {
         fds.insert((true, mode.dsync()));
@@ -65,17 +71,17 @@ fn host(setup: Setup) -> Host {
     }
 }
 
-fn backend_flags(host: &Host) -> BTreeSet<(bool, bool)> {
+fn backend_flags(host: &Host) -> Flags {
     let pid = host.cluster.backend_pid(&host.spec).expect("backend pid");
     open_flags(pid, &host.image)
 }
 
 /// Connects a guest, which writes at three places, flushes and reads back. Returns the
 /// flags of the backend's descriptors once the guest connected, and what was written where.
-fn guest_io(host: &Host, seed: u8) -> (BTreeSet<(bool, bool)>, Vec<(u64, Vec<u8>)>) {
+fn guest_io(host: &Host, seed: u8) -> (Flags, Written) {
     let mut g = host.guest();
     let flags = backend_flags(host);
-    let writes: Vec<(u64, Vec<u8>)> = [8u64, 2048, 65536]
+    let writes: Written = [8u64, 2048, 65536]
         .iter()
         .enumerate()
         .map(|(i, &sector)| (sector, pattern(16 << 10, seed.wrapping_add(i as u8))))
