@@ -155,7 +155,8 @@ pub struct Features {
     pub discard: bool,
     /// WriteZeroes is supported.
     pub write_zeroes: bool,
-    /// Flush makes completed writes durable.
+    /// Flush is accepted: it makes completed writes durable (in every cache mode but
+    /// `unsafe`, where it completes at once).
     pub flush: bool,
     /// Modifying ops fail with EROFS.
     pub read_only: bool,
