@@ -25,7 +25,8 @@ pub enum IoOp {
         /// Where the data comes from.
         bufs: Box<dyn IoBuffers>,
     },
-    /// fdatasync semantics: every write COMPLETED before this op was submitted is durable.
+    /// fdatasync semantics: every write COMPLETED before this op was submitted is durable
+    /// (except in [`CacheMode::Unsafe`](crate::CacheMode::Unsafe), where it completes at once).
     Flush,
     /// Deallocate the range (punch hole on files, BLKDISCARD on block devices).
     Discard {
@@ -154,7 +155,8 @@ pub struct Features {
     pub discard: bool,
     /// WriteZeroes is supported.
     pub write_zeroes: bool,
-    /// Flush makes completed writes durable.
+    /// Flush is accepted: it makes completed writes durable (in every cache mode but
+    /// `unsafe`, where it completes at once).
     pub flush: bool,
     /// Modifying ops fail with EROFS.
     pub read_only: bool,
@@ -190,8 +192,10 @@ pub struct OpenOptions {
     /// With `read_only`: share the image with writers instead of refusing them (qemu-img's
     /// `-U`, `--force-share`). Ignored for read-write opens.
     pub force_share: bool,
-    /// Use O_DIRECT (bypass the page cache) where the file system allows it.
-    pub direct: bool,
+    /// How writes reach stable storage: O_DIRECT, O_DSYNC, what a flush does (QEMU's
+    /// `cache=` modes, see [`CacheMode`](crate::CacheMode)). Backing files are only read, so
+    /// only their O_DIRECT choice matters.
+    pub cache: crate::CacheMode,
     /// Which backing files the image may name (default: confined to the top image's folder).
     pub backing: crate::BackingPolicy,
     /// The I/O engine.
@@ -214,7 +218,7 @@ impl Default for OpenOptions {
         OpenOptions {
             read_only: false,
             force_share: false,
-            direct: true,
+            cache: crate::CacheMode::None,
             backing: crate::BackingPolicy::default(),
             engine: EngineKind::Auto,
             sector_size: 512,

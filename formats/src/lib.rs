@@ -13,6 +13,9 @@
 
 #[allow(unsafe_code)]
 pub mod buffer;
+mod cache;
+#[cfg(test)]
+mod cache_tests;
 mod confine;
 pub mod engine;
 mod error;
@@ -24,6 +27,7 @@ pub mod raw;
 pub mod suite;
 
 pub use buffer::{AlignedBuf, Composite, IoBuffers, IoVec, SharedBuf, SharedBufs};
+pub use cache::{CacheMode, UnknownCacheMode};
 pub use confine::{BackingPolicy, protocol_of};
 pub use engine::{Engine, EngineFile, WriteRecorder};
 pub use error::Error;
@@ -60,13 +64,17 @@ pub fn open_image(
 /// magic of a format this crate cannot open yet (vmdk, vhd) are refused rather than shown as
 /// raw data.
 pub fn probe_format(path: &Path) -> Result<Format, Error> {
-    probe(&EngineFile::open(path, engine::Access::ForceShare, false)?)
+    probe(&EngineFile::open(
+        path,
+        engine::Access::ForceShare,
+        CacheMode::Writeback,
+    )?)
 }
 
 /// Opens the file of one image of a chain.
 pub(crate) fn open_file(path: &Path, opts: &OpenOptions) -> Result<EngineFile, Error> {
     let access = engine::Access::new(opts.read_only, opts.force_share);
-    let mut file = EngineFile::open(path, access, opts.direct)?;
+    let mut file = EngineFile::open(path, access, opts.cache)?;
     if let Some(recorder) = opts.recorder.as_ref().filter(|_| !file.read_only()) {
         file.set_recorder(recorder.clone());
     }

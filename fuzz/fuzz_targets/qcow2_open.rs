@@ -29,7 +29,7 @@ fn image_path() -> &'static PathBuf {
 fn opts() -> OpenOptions {
     OpenOptions {
         read_only: true,
-        direct: false,
+        cache: rustbk_formats::CacheMode::Writeback,
         engine: EngineKind::Sync,
         // Any header size: the checks after the size check are what is fuzzed.
         require_whole_sectors: false,

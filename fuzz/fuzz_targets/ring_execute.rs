@@ -66,7 +66,7 @@ fn make_world() -> World {
     let path = dir.join("disk.img");
     create_raw(&path, DISK_SECTORS * 512).expect("image");
     let opts = OpenOptions {
-        direct: false,
+        cache: rustbk_formats::CacheMode::Writeback,
         engine: EngineKind::Auto,
         ..OpenOptions::default()
     };

@@ -74,7 +74,7 @@ fn reseal(image: &mut [u8]) {
 }
 
 fn open_file() -> Option<Arc<EngineFile>> {
-    EngineFile::open(image_path(), Access::ReadWrite, false)
+    EngineFile::open(image_path(), Access::ReadWrite, rustbk_formats::CacheMode::Writeback)
         .ok()
         .map(Arc::new)
 }

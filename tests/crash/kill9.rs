@@ -1,4 +1,7 @@
-//! SIGKILL of a real backend process in the middle of a write + flush workload on qcow2.
+//! SIGKILL of a real backend process in the middle of a write + flush workload on qcow2, in
+//! every cache mode that promises durability (none, writeback, writethrough, directsync).
+//! A SIGKILL does not lose the page cache, so the page-cache modes are also checked for the
+//! fdatasync their flushes must issue, with the engine's recorder (`formats/src/cache_tests.rs`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,6 +14,7 @@ use rustbk::cluster::EmuCluster;
 use rustbk_blkfront::toolstack::VbdSpec;
 use rustbk_blkfront::workload::fill_pattern;
 use rustbk_blkfront::{FrameAlloc, Frontend, FrontendConfig, SlotPool};
+use rustbk_formats::CacheMode;
 use rustbk_grant::emu::{DomainConfig, EmuDomain};
 use rustbk_ring::{DomId, Request, RwOp, Segments, status};
 use rustbk_xenstored::XsClient;
@@ -19,7 +23,9 @@ use crate::model::{BLOCK, Change, Model};
 use crate::qemu::{self, Spec};
 use crate::rng::{self, Rng};
 
-const CYCLES: usize = 50;
+/// Cycles per cache mode: 12 covers every cluster size with and without a backing file
+/// (cycle % 3, cycle % 4) and the synchronous engine twice (cycle % 5 == 2).
+const CYCLES_PER_MODE: usize = 12;
 pub(crate) const GUEST: DomId = DomId(1);
 pub(crate) const XVDA: u32 = 51712;
 pub(crate) const DISK: u64 = 64 << 20;
@@ -32,11 +38,12 @@ const RAM_PAGES: u32 = 2048;
 struct CycleSetup {
     spec: Spec,
     backend_args: Vec<&'static str>,
+    cache: CacheMode,
     qd: u32,
     kill_after: Duration,
 }
 
-fn setup(cycle: usize, rng: &mut Rng, bases: &Bases) -> CycleSetup {
+fn setup(cycle: usize, rng: &mut Rng, bases: &Bases, cache: CacheMode) -> CycleSetup {
     let cluster_size = [65536, 512, 2 << 20][cycle % 3];
     let compat = ["1.1", "0.10"][(cycle / 3) % 2];
     // Some version 3 images with 512-byte clusters get 64-bit refcounts: small refcount
@@ -51,11 +58,10 @@ fn setup(cycle: usize, rng: &mut Rng, bases: &Bases) -> CycleSetup {
         3 => Some((bases.qcow2.clone(), "qcow2")),
         _ => None,
     };
-    let backend_args = match cycle % 5 {
-        2 => vec!["--engine", "sync"],
-        4 => vec!["--buffered"],
-        _ => Vec::new(),
-    };
+    let mut backend_args = vec!["--cache", cache.name()];
+    if cycle % 5 == 2 {
+        backend_args.extend(["--engine", "sync"]);
+    }
     CycleSetup {
         spec: Spec {
             cluster_size,
@@ -65,6 +71,7 @@ fn setup(cycle: usize, rng: &mut Rng, bases: &Bases) -> CycleSetup {
             backing,
         },
         backend_args,
+        cache,
         qd: rng.range(1, 16) as u32,
         kill_after: Duration::from_millis(rng.range(30, 1200)),
     }
@@ -113,14 +120,33 @@ fn bases() -> Bases {
 }
 
 #[test]
-fn qcow2_survives_sigkill_of_the_backend_during_writes_and_flushes() {
-    let seed = rng::seed("kill9");
+fn qcow2_survives_sigkill_of_the_backend_during_writes_and_flushes_in_cache_mode_none() {
+    sigkill_cycles(CacheMode::None);
+}
+
+#[test]
+fn qcow2_survives_sigkill_of_the_backend_during_writes_and_flushes_in_cache_mode_writeback() {
+    sigkill_cycles(CacheMode::Writeback);
+}
+
+#[test]
+fn qcow2_survives_sigkill_of_the_backend_during_writes_and_flushes_in_cache_mode_writethrough() {
+    sigkill_cycles(CacheMode::Writethrough);
+}
+
+#[test]
+fn qcow2_survives_sigkill_of_the_backend_during_writes_and_flushes_in_cache_mode_directsync() {
+    sigkill_cycles(CacheMode::DirectSync);
+}
+
+fn sigkill_cycles(cache: CacheMode) {
+    let seed = rng::seed(&format!("kill9 {cache}"));
     let mut rng = Rng::new(seed);
     let bases = bases();
     let start = Instant::now();
     let mut leaks = 0;
-    for cycle in 0..CYCLES {
-        let s = setup(cycle, &mut rng, &bases);
+    for cycle in 0..CYCLES_PER_MODE {
+        let s = setup(cycle, &mut rng, &bases, cache);
         let stats = run_cycle(cycle, &s, &mut rng, &bases);
         leaks += stats.leaks;
         println!(
@@ -139,7 +165,7 @@ fn qcow2_survives_sigkill_of_the_backend_during_writes_and_flushes() {
         );
     }
     println!(
-        "kill9: {CYCLES} cycles, 0 corruptions, {leaks} leaked clusters repaired, {:?}",
+        "kill9 {cache}: {CYCLES_PER_MODE} cycles, 0 corruptions, {leaks} leaked clusters repaired, {:?}",
         start.elapsed()
     );
 }
@@ -183,14 +209,27 @@ fn run_cycle(cycle: usize, s: &CycleSetup, rng: &mut Rng, bases: &Bases) -> Stat
     let context = format!("cycle {cycle} ({:?}, workload seed {seed})", s.spec);
     stats.leaks = qemu::check_crash_safe(&image, &context);
     let initial = s.spec.backing.as_ref().map(|_| bases.content.as_slice());
-    verify(&image, &model, initial, work.path(), &context);
+    // In the O_DSYNC modes every acknowledged write is durable, mapping included (the killed
+    // process's metadata cache is gone): flushed or not, it must read back.
+    let floor = match s.cache.dsync() {
+        true => model.acked(),
+        false => model.durable().to_vec(),
+    };
+    verify(&image, &model, &floor, initial, work.path(), &context);
     stats
 }
 
-fn verify(image: &Path, model: &Model, initial: Option<&[u8]>, work: &Path, context: &str) {
+fn verify(
+    image: &Path,
+    model: &Model,
+    floor: &[u32],
+    initial: Option<&[u8]>,
+    work: &Path,
+    context: &str,
+) {
     let disk = qemu::read_raw(image, &work.join("disk.raw"));
     assert_eq!(disk.len() as u64, DISK, "{context}: converted size");
-    if let Err(e) = model.verify(model.durable(), &disk, initial) {
+    if let Err(e) = model.verify(floor, &disk, initial) {
         panic!("{context}: {e}");
     }
 }

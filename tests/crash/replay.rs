@@ -149,7 +149,10 @@ fn record(image: &Path, engine: EngineKind, backing: bool, seed: u64) -> Recordi
     let recorder = Arc::new(Recorder::default());
     let opts = OpenOptions {
         engine,
-        direct: engine == EngineKind::IoUring,
+        cache: match engine {
+            EngineKind::IoUring => rustbk_formats::CacheMode::None,
+            _ => rustbk_formats::CacheMode::Writeback,
+        },
         recorder: Some(recorder.clone()),
         ..OpenOptions::default()
     };

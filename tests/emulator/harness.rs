@@ -24,6 +24,8 @@ pub struct Setup {
     /// The format prefix of `params` (`qcow2`), none for raw.
     pub format: Option<&'static str>,
     pub backend_args: Vec<String>,
+    /// The `cache-mode` key of the backend directory, if any.
+    pub cache_mode: Option<String>,
     /// Environment of the backend processes.
     pub backend_env: Vec<(&'static str, String)>,
 }
@@ -36,6 +38,7 @@ impl Default for Setup {
             discard: true,
             format: None,
             backend_args: Vec::new(),
+            cache_mode: None,
             backend_env: Vec::new(),
         }
     }
@@ -359,6 +362,7 @@ pub fn spec_for(setup: &Setup, domid: DomId, image: &std::path::Path) -> VbdSpec
     VbdSpec {
         read_only: setup.read_only,
         discard: setup.discard,
+        cache_mode: setup.cache_mode.clone(),
         ..VbdSpec::rustbk(domid, XVDA, params)
     }
 }

@@ -4,6 +4,7 @@
 // Test patterns deliberately truncate numbers into bytes.
 #![allow(clippy::cast_possible_truncation)]
 
+mod cache;
 mod cli;
 mod confine;
 mod daemon;

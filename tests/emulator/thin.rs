@@ -236,3 +236,51 @@ fn one_guest_keeps_its_data_while_the_worker_of_another_on_the_same_pool_is_kill
     assert!(report.is_clean(), "{report}");
     thin_checks(&pool.metadata());
 }
+
+#[test]
+fn a_thin_volume_is_served_in_every_cache_mode_and_its_pool_stays_clean() {
+    for mode in rustbk_formats::CacheMode::ALL {
+        let setup = Setup {
+            cache_mode: Some(mode.to_string()),
+            ..thin_setup()
+        };
+        let mut host = Host::serving(setup, pool_with_volume);
+        let data = pattern(64 << 10, 3);
+        let mut g = host.guest();
+        // The worker opened the pool itself: its data device, `unsafe` as `writeback`.
+        let pool = PoolDir::new(metadata_of(&host.image).parent().unwrap());
+        let pid = host.cluster.backend_pid(&host.spec).unwrap();
+        let flags = crate::cache::open_flags(pid, &pool.data());
+        let expected = crate::cache::expected_flags(mode.always_syncing());
+        assert_eq!(flags, expected, "{mode}");
+        for (i, half) in data.chunks(32 << 10).enumerate() {
+            let sector = 128 + 64 * i as u64;
+            assert_eq!(g.write(sector, half), status::OKAY, "{mode}");
+        }
+        let flush = g.no_data(rustbk_ring::RwOp::Flush);
+        g.send(&flush);
+        assert_eq!(g.wait(flush.id()).status, status::OKAY, "{mode}");
+        g.front.close().unwrap();
+        host.cluster.remove_disk(&host.spec).unwrap();
+        thin_checks(&metadata_of(&host.image));
+        // Served again (default mode): the data is there.
+        let again = VbdSpec {
+            cache_mode: None,
+            ..host.spec.clone()
+        };
+        host.cluster.add_disk(&again, &[]).unwrap();
+        let mut g = host.guest();
+        assert_eq!(
+            g.read(128, 8),
+            (status::OKAY, data[..32 << 10].to_vec()),
+            "{mode}"
+        );
+        assert_eq!(
+            g.read(192, 8),
+            (status::OKAY, data[32 << 10..].to_vec()),
+            "{mode}"
+        );
+        g.front.close().unwrap();
+        host.cluster.remove_disk(&again).unwrap();
+    }
+}

@@ -106,7 +106,12 @@ fn huge_space_map(data: bool) -> Pool {
 /// Opens `pool` with a data device that claims to hold anything: only the metadata itself
 /// bounds the counts allocated.
 fn open_with_any_data_size(pool: &Pool) -> rustbk_thin::Result<Metadata> {
-    let file = EngineFile::open(&pool.path, Access::ReadWrite, false).unwrap();
+    let file = EngineFile::open(
+        &pool.path,
+        Access::ReadWrite,
+        rustbk_formats::CacheMode::Writeback,
+    )
+    .unwrap();
     Metadata::open(Arc::new(file), |_| u64::MAX)
 }
 
@@ -245,7 +250,12 @@ fn data_index_naming_one_bitmap_many_times_is_refused_before_allocating_its_coun
     drop(md);
     // A new index tree, in free metadata blocks: 70000 entries, every one naming bitmap 0,
     // for a data space map of 70000 bitmaps (1.1 billion blocks, a byte each in memory).
-    let file = EngineFile::open(&pool.path, Access::ReadWrite, false).unwrap();
+    let file = EngineFile::open(
+        &pool.path,
+        Access::ReadWrite,
+        rustbk_formats::CacheMode::Writeback,
+    )
+    .unwrap();
     let mut tm = Tm::new(MetaDev::new(Arc::new(file), 2048).unwrap(), refs);
     let mut root = btree::empty(&mut tm, 16).unwrap();
     for i in 0..BITMAPS {

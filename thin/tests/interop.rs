@@ -41,11 +41,25 @@ fn open_file(path: &Path, bytes: u64) -> Arc<EngineFile> {
         .open(path)
         .unwrap();
     f.set_len(bytes).unwrap();
-    Arc::new(EngineFile::open(path, Access::ReadWrite, false).unwrap())
+    Arc::new(
+        EngineFile::open(
+            path,
+            Access::ReadWrite,
+            rustbk_formats::CacheMode::Writeback,
+        )
+        .unwrap(),
+    )
 }
 
 fn reopen(path: &Path) -> Metadata {
-    let file = Arc::new(EngineFile::open(path, Access::ReadWrite, false).unwrap());
+    let file = Arc::new(
+        EngineFile::open(
+            path,
+            Access::ReadWrite,
+            rustbk_formats::CacheMode::Writeback,
+        )
+        .unwrap(),
+    );
     Metadata::open(file, |_| DATA_BLOCKS).unwrap()
 }
 

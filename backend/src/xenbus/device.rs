@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use rustbk_formats::{BackingPolicy, BlockImage, EngineKind, OpenOptions, open_image};
+use rustbk_formats::{BackingPolicy, BlockImage, CacheMode, EngineKind, OpenOptions, open_image};
 use rustbk_grant::Platform;
 use rustbk_ring::{DEFAULT_MAX_INDIRECT_SEGMENTS, DomId, MAX_RING_PAGE_ORDER};
 use tokio::sync::mpsc;
@@ -41,8 +41,8 @@ pub struct BackendOptions {
     pub max_indirect_segments: u32,
     /// I/O engine.
     pub engine: EngineKind,
-    /// Open images with O_DIRECT.
-    pub direct: bool,
+    /// The cache mode of disks whose backend directory has no `cache-mode` key.
+    pub cache: CacheMode,
     /// Offer persistent grants (`feature-persistent`).
     pub persistent: bool,
     /// Logical sector size announced to the guest (`sector-size`): 512 or 4096.
@@ -63,7 +63,7 @@ impl Default for BackendOptions {
             max_ring_order: MAX_RING_PAGE_ORDER,
             max_indirect_segments: DEFAULT_MAX_INDIRECT_SEGMENTS,
             engine: EngineKind::Auto,
-            direct: true,
+            cache: CacheMode::None,
             persistent: true,
             sector_size: 512,
             poll_us: DEFAULT_POLL_US,
@@ -194,9 +194,10 @@ fn open(info: &BackendInfo, opts: &BackendOptions) -> Result<Arc<dyn BlockImage>
         Disk::Image { format, path } => (*format, path),
         Disk::Thin { pool, volume } => return super::thin::open(pool, volume, info, opts),
     };
+    let cache = info.cache.unwrap_or(opts.cache);
     let open_opts = OpenOptions {
         read_only: info.read_only,
-        direct: opts.direct,
+        cache,
         engine: opts.engine,
         sector_size: opts.sector_size,
         backing: BackingPolicy::Confined(opts.backing_dirs.clone()),
@@ -204,7 +205,7 @@ fn open(info: &BackendInfo, opts: &BackendOptions) -> Result<Arc<dyn BlockImage>
     };
     let image = open_image(path, format, &open_opts)?;
     let g = image.geometry();
-    tracing::info!(path = %path.display(), ?format, size = g.size, read_only = info.read_only, "image opened");
+    tracing::info!(path = %path.display(), ?format, size = g.size, read_only = info.read_only, %cache, "image opened");
     Ok(image)
 }
 

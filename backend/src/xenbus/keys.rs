@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use rustbk_formats::{BlockImage, Format};
+use rustbk_formats::{BlockImage, CacheMode, Format};
 
 use super::Store;
 use super::device::BackendOptions;
@@ -49,6 +49,8 @@ pub(super) struct BackendInfo {
     pub cdrom: bool,
     /// `removable` is `1`.
     pub removable: bool,
+    /// `cache-mode`, if the toolstack wrote one (else the daemon's `--cache` applies).
+    pub cache: Option<CacheMode>,
 }
 
 fn bad(path: &str, value: &str, why: &str) -> Error {
@@ -86,6 +88,18 @@ pub(super) async fn read_backend(store: &Store, be: &str) -> Result<BackendInfo,
             .await?
             .is_some_and(|v| v.trim() == "cdrom"),
         removable: opt("removable").await?.is_some_and(|v| v.trim() == "1"),
+        cache: opt("cache-mode")
+            .await?
+            .map(|v| parse_cache_mode(&format!("{be}/cache-mode"), &v))
+            .transpose()?,
+    })
+}
+
+/// The `cache-mode` key: one of QEMU's cache mode names.
+fn parse_cache_mode(path: &str, value: &str) -> Result<CacheMode, Error> {
+    value.parse().map_err(|_| {
+        let why = "not a cache mode (none, writeback, writethrough, directsync or unsafe)";
+        bad(path, value, why)
     })
 }
 
@@ -218,6 +232,21 @@ mod tests {
         assert!(parse_params("json:{}").is_err());
         assert!(parse_params("  ").is_err());
         assert!(parse_params("raw:").is_err());
+    }
+
+    #[test]
+    fn cache_mode_takes_qemus_names_and_refuses_anything_else() {
+        let key = "/be/cache-mode";
+        assert_eq!(parse_cache_mode(key, "none").ok(), Some(CacheMode::None));
+        assert_eq!(
+            parse_cache_mode(key, "directsync\n").ok(),
+            Some(CacheMode::DirectSync)
+        );
+        let err = parse_cache_mode(key, "fast").expect_err("fast is no mode");
+        let text = err.to_string();
+        assert!(text.contains(key) && text.contains("\"fast\""), "{text}");
+        assert!(text.contains("writethrough"), "{text}");
+        assert_eq!(err.errno(), nix::libc::EINVAL);
     }
 
     #[test]

@@ -23,8 +23,9 @@ pub(super) fn open(
     info: &BackendInfo,
     opts: &BackendOptions,
 ) -> Result<Arc<dyn BlockImage>, Error> {
+    let cache = info.cache.unwrap_or(opts.cache);
     let pool_opts = PoolOptions {
-        direct: opts.direct,
+        cache,
         ..PoolOptions::default()
     };
     let dir = PoolDir::new(pool);
@@ -32,6 +33,7 @@ pub(super) fn open(
         engine: opts.engine,
         sector_size: opts.sector_size,
         read_only: info.read_only,
+        cache,
         ..VolumeOptions::default()
     };
     let image = match dir.handle(pool_opts)? {
@@ -46,6 +48,6 @@ pub(super) fn open(
         }
     };
     let size = image.geometry().size;
-    tracing::info!(pool = %pool.display(), volume, size, read_only = info.read_only, "thin volume opened");
+    tracing::info!(pool = %pool.display(), volume, size, read_only = info.read_only, %cache, "thin volume opened");
     Ok(Arc::new(image))
 }

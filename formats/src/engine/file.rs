@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::buffer::{BUF_ALIGN, IoVec};
+use crate::cache::CacheMode;
 use crate::error::Error;
 
 use super::lock::{self, LockMode};
@@ -77,10 +78,12 @@ impl Access {
     }
 }
 
-/// An open host file: a page-cached descriptor, optionally an O_DIRECT one on the same inode.
+/// An open host file: a page-cached descriptor, optionally an O_DIRECT one on the same inode,
+/// both opened with O_DSYNC in the cache modes that ask for it.
 #[derive(Debug)]
 pub struct EngineFile {
     path: PathBuf,
+    cache: CacheMode,
     buffered: File,
     direct: Option<(File, DioAlign)>,
     kind: FileKind,
@@ -99,14 +102,17 @@ pub struct EngineFile {
 impl EngineFile {
     /// Opens `path` and takes QEMU's lock bytes for `access`, failing with
     /// [`Error::Locked`] if another open of the file conflicts. A read-write open of a
-    /// read-only file system or a read-only block device yields a read-only file. `direct` adds
-    /// an O_DIRECT descriptor when the file system has one.
-    pub fn open(path: &Path, access: Access, direct: bool) -> Result<EngineFile, Error> {
+    /// read-only file system or a read-only block device yields a read-only file. `cache`
+    /// chooses the descriptors: an O_DIRECT one is added when the mode asks for it and the
+    /// file system has one; writable descriptors get O_DSYNC in `writethrough` and
+    /// `directsync`; in `unsafe`, [`datasync`](Self::datasync) does nothing.
+    pub fn open(path: &Path, access: Access, cache: CacheMode) -> Result<EngineFile, Error> {
         let err = |source| Error::Open {
             path: path.to_owned(),
             source,
         };
-        let (buffered, mut read_only) = match open_buffered(path, access.read_only()) {
+        let (buffered, mut read_only) = match open_buffered(path, access.read_only(), cache.dsync())
+        {
             Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {
                 return Err(Error::NotAnImage(path.to_owned()));
             }
@@ -138,6 +144,7 @@ impl EngineFile {
         let held = lock::lock(open_lock(path, &meta).map_err(err)?, path, mode)?;
         let mut file = EngineFile {
             path: path.to_owned(),
+            cache,
             buffered,
             direct: None,
             kind,
@@ -149,7 +156,7 @@ impl EngineFile {
             recorder: None,
             _lock: Some(held),
         };
-        if direct {
+        if cache.direct() {
             file.direct = file.open_direct(&meta).map_err(err)?;
         }
         Ok(file)
@@ -160,7 +167,7 @@ impl EngineFile {
         options
             .read(true)
             .write(!self.read_only)
-            .custom_flags(libc::O_DIRECT);
+            .custom_flags(libc::O_DIRECT | dsync_flag(self.cache.dsync() && !self.read_only));
         let direct = match options.open(&self.path) {
             Ok(f) => f,
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
@@ -195,6 +202,11 @@ impl EngineFile {
     /// Drops the O_DIRECT descriptor: every op goes through the page cache from now on.
     pub fn disable_direct(&mut self) {
         self.direct = None;
+    }
+
+    /// The cache mode the file was opened in.
+    pub fn cache(&self) -> CacheMode {
+        self.cache
     }
 
     /// The path the file was opened with.
@@ -361,8 +373,12 @@ impl EngineFile {
         }
     }
 
-    /// fdatasync on the file.
+    /// fdatasync on the file; nothing at all in [`CacheMode::Unsafe`] (then nothing is
+    /// durable, and the recorder is not told of a sync).
     pub fn datasync(&self) -> Result<(), Error> {
+        if !self.cache.syncs() {
+            return Ok(());
+        }
         let mark = self.recorder.as_ref().map(|r| r.sync_begin());
         self.buffered.sync_data()?;
         if let (Some(recorder), Some(mark)) = (&self.recorder, mark) {
@@ -461,8 +477,20 @@ pub(crate) fn create_new(path: &Path) -> Result<File, Error> {
     })
 }
 
-fn open_buffered(path: &Path, read_only: bool) -> io::Result<(File, bool)> {
-    let open = |ro: bool| std::fs::OpenOptions::new().read(true).write(!ro).open(path);
+/// O_DSYNC if `on`, else no flag.
+fn dsync_flag(on: bool) -> i32 {
+    if on { libc::O_DSYNC } else { 0 }
+}
+
+/// Opens the page-cached descriptor, with O_DSYNC if `dsync` and it is writable.
+fn open_buffered(path: &Path, read_only: bool, dsync: bool) -> io::Result<(File, bool)> {
+    let open = |ro: bool| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(!ro)
+            .custom_flags(dsync_flag(dsync && !ro))
+            .open(path)
+    };
     match open(read_only) {
         Ok(f) => Ok((f, read_only)),
         Err(e) if !read_only && e.raw_os_error() == Some(libc::EROFS) => {
@@ -479,6 +507,7 @@ impl EngineFile {
     pub(crate) fn wrap_for_test(buffered: File, path: &Path) -> EngineFile {
         EngineFile {
             path: path.to_owned(),
+            cache: CacheMode::Writeback,
             buffered,
             direct: None,
             kind: FileKind::Regular,
@@ -505,7 +534,7 @@ mod hole_tests {
             .expect("create")
             .set_len(4 << 20)
             .expect("size");
-        let file = EngineFile::open(&path, Access::ReadWrite, false).expect("open");
+        let file = EngineFile::open(&path, Access::ReadWrite, CacheMode::Writeback).expect("open");
         assert!(file.is_hole(1 << 20, 1 << 20));
         file.write_all_at(&[1; 4096], (1 << 20) + 8192)
             .expect("write");

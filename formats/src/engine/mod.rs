@@ -14,7 +14,7 @@
 mod file;
 pub mod lock;
 mod prep;
-mod record;
+pub(crate) mod record;
 #[allow(unsafe_code)]
 mod sys;
 #[allow(unsafe_code)]

@@ -99,6 +99,11 @@ pub(crate) struct Prepared {
     bounce: Option<AlignedBuf>,
     retries: u8,
     punch_fallback: bool,
+    /// A zeroing or discard followed by an fdatasync before it completes (the O_DSYNC cache
+    /// modes: fallocate and BLKDISCARD are not covered by O_DSYNC).
+    sync_after: bool,
+    /// That fdatasync is the next (or current) system call.
+    syncing: bool,
     /// The recorder's mark of a flush (see `record.rs`).
     sync_mark: u64,
 }
@@ -111,6 +116,8 @@ pub(crate) fn prepare(op: IoOp, tag: u64, file: &EngineFile) -> Prep {
     match op {
         IoOp::Read { offset, bufs } => prepare_rw(Action::Read, offset, bufs, tag, file),
         IoOp::Write { offset, bufs } => prepare_rw(Action::Write, offset, bufs, tag, file),
+        // `unsafe`: nothing is ever synced.
+        IoOp::Flush if !file.cache().syncs() => Prep::Finished(Ok(())),
         IoOp::Flush => Prep::Run(Prepared::bare(tag, Action::Sync, 0)),
         IoOp::Discard { offset, len } => {
             let action = match file.kind() {
@@ -120,14 +127,16 @@ pub(crate) fn prepare(op: IoOp, tag: u64, file: &EngineFile) -> Prep {
                 },
                 FileKind::BlockDevice => Action::BlkDiscard { len },
             };
-            prepare_range(action, offset, len, tag, false)
+            prepare_range(action, (offset, len), tag, false, file.cache().dsync())
         }
         IoOp::WriteZeroes { offset, len } => {
             let action = Action::Fallocate {
                 mode: ZERO_RANGE,
                 len,
             };
-            prepare_range(action, offset, len, tag, file.kind() == FileKind::Regular)
+            let punch_fallback = file.kind() == FileKind::Regular;
+            let sync_after = file.cache().dsync();
+            prepare_range(action, (offset, len), tag, punch_fallback, sync_after)
         }
     }
 }
@@ -146,7 +155,13 @@ fn invalid(what: &str) -> Prep {
     Prep::Finished(Err(Error::InvalidArgument(what.to_owned())))
 }
 
-fn prepare_range(action: Action, offset: u64, len: u64, tag: u64, punch_fallback: bool) -> Prep {
+fn prepare_range(
+    action: Action,
+    (offset, len): (u64, u64),
+    tag: u64,
+    punch_fallback: bool,
+    sync_after: bool,
+) -> Prep {
     if len == 0 {
         return Prep::Finished(Ok(()));
     }
@@ -155,6 +170,7 @@ fn prepare_range(action: Action, offset: u64, len: u64, tag: u64, punch_fallback
     }
     let mut p = Prepared::bare(tag, action, offset);
     p.punch_fallback = punch_fallback;
+    p.sync_after = sync_after;
     Prep::Run(p)
 }
 
@@ -211,6 +227,8 @@ impl Prepared {
             bounce: None,
             retries: 0,
             punch_fallback: false,
+            sync_after: false,
+            syncing: false,
             sync_mark: 0,
         }
     }
@@ -254,11 +272,14 @@ impl Prepared {
 
     /// True if the op has no io_uring form and must run synchronously.
     pub(crate) fn is_blocking_ioctl(&self) -> bool {
-        matches!(self.action, Action::BlkDiscard { .. })
+        matches!(self.action, Action::BlkDiscard { .. }) && !self.syncing
     }
 
     /// The system call to issue next.
     pub(crate) fn request(&self) -> Request<'_> {
+        if self.syncing {
+            return Request::Sync;
+        }
         let iovs = LiveIovecs(self.iovs.get(self.first..).unwrap_or_default());
         let (which, offset) = (self.which, self.offset);
         match self.action {
@@ -291,6 +312,11 @@ impl Prepared {
             Action::Read | Action::Write => {
                 self.on_transfer(usize::try_from(res).unwrap_or(usize::MAX))
             }
+            _ if self.sync_after && !self.syncing => {
+                self.syncing = true;
+                self.retries = 0;
+                Step::Again
+            }
             _ => self.finish(Ok(())),
         }
     }
@@ -301,7 +327,7 @@ impl Prepared {
                 self.retries += 1;
                 Step::Again
             }
-            libc::EOPNOTSUPP if self.punch_fallback => {
+            libc::EOPNOTSUPP if self.punch_fallback && !self.syncing => {
                 self.punch_fallback = false;
                 if let Action::Fallocate { len, .. } = self.action {
                     self.action = Action::Fallocate {
@@ -379,12 +405,13 @@ impl Prepared {
 mod tests {
     use super::*;
     use crate::buffer::SharedBuf;
+    use crate::cache::CacheMode;
 
-    fn file(direct: bool) -> (tempfile::TempDir, EngineFile) {
+    fn file(cache: CacheMode) -> (tempfile::TempDir, EngineFile) {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("f.img");
         crate::create_raw(&path, 1 << 20).expect("create");
-        let file = EngineFile::open(&path, crate::engine::Access::ReadWrite, direct).expect("open");
+        let file = EngineFile::open(&path, crate::engine::Access::ReadWrite, cache).expect("open");
         (dir, file)
     }
 
@@ -406,7 +433,7 @@ mod tests {
 
     #[test]
     fn short_transfer_resubmits_the_remainder_at_the_advanced_offset() {
-        let (_dir, f) = file(false);
+        let (_dir, f) = file(CacheMode::Writeback);
         let buf = SharedBuf::with_segments(3000, &[(0, 1000), (1000, 2000)]).expect("segments");
         let mut p = run(
             IoOp::Read {
@@ -423,7 +450,7 @@ mod tests {
 
     #[test]
     fn read_hitting_end_of_file_zero_fills_the_rest() {
-        let (_dir, f) = file(false);
+        let (_dir, f) = file(CacheMode::Writeback);
         let buf = SharedBuf::new(8);
         assert!(buf.copy_in(0, &[9; 8]));
         let mut p = run(
@@ -440,7 +467,7 @@ mod tests {
 
     #[test]
     fn write_making_no_progress_fails_with_eio() {
-        let (_dir, f) = file(false);
+        let (_dir, f) = file(CacheMode::Writeback);
         let mut p = run(
             IoOp::Write {
                 offset: 0,
@@ -456,7 +483,7 @@ mod tests {
 
     #[test]
     fn transient_errors_are_retried_a_bounded_number_of_times() {
-        let (_dir, f) = file(false);
+        let (_dir, f) = file(CacheMode::Writeback);
         let mut p = run(IoOp::Flush, &f);
         for _ in 0..MAX_RETRIES {
             assert!(matches!(p.on_result(-i64::from(libc::EAGAIN)), Step::Again));
@@ -469,7 +496,7 @@ mod tests {
 
     #[test]
     fn unsupported_zero_range_on_a_file_falls_back_to_punch_hole() {
-        let (_dir, f) = file(false);
+        let (_dir, f) = file(CacheMode::Writeback);
         let mut p = run(
             IoOp::WriteZeroes {
                 offset: 0,
@@ -504,7 +531,7 @@ mod tests {
 
     #[test]
     fn unaligned_short_direct_transfer_continues_through_the_page_cache() {
-        let (_dir, f) = file(true);
+        let (_dir, f) = file(CacheMode::None);
         let mut p = run(
             IoOp::Read {
                 offset: 0,
@@ -535,7 +562,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("f.img");
         crate::create_raw(&path, 4096).expect("create");
-        let f = EngineFile::open(&path, crate::engine::Access::ReadOnly, false).expect("open");
+        let access = crate::engine::Access::ReadOnly;
+        let f = EngineFile::open(&path, access, CacheMode::Writeback).expect("open");
         let refused = prepare(
             IoOp::Discard {
                 offset: 0,
@@ -545,5 +573,40 @@ mod tests {
             &f,
         );
         assert!(matches!(refused, Prep::Finished(Err(Error::ReadOnly))));
+    }
+
+    #[test]
+    fn a_flush_in_unsafe_mode_completes_without_any_system_call() {
+        let (_dir, f) = file(CacheMode::Unsafe);
+        assert!(matches!(
+            prepare(IoOp::Flush, 1, &f),
+            Prep::Finished(Ok(()))
+        ));
+        let (_dir, f) = file(CacheMode::Writeback);
+        assert!(matches!(prepare(IoOp::Flush, 1, &f), Prep::Run(_)));
+    }
+
+    #[test]
+    fn zeroing_in_an_o_dsync_mode_is_followed_by_an_fdatasync() {
+        for cache in CacheMode::ALL {
+            let (_dir, f) = file(cache);
+            let zero = IoOp::WriteZeroes {
+                offset: 0,
+                len: 4096,
+            };
+            let mut p = run(zero, &f);
+            assert!(matches!(p.request(), Request::Fallocate { .. }));
+            let step = p.on_result(0);
+            if !cache.dsync() {
+                assert!(matches!(step, Step::Done(Ok(()))), "{cache}");
+                continue;
+            }
+            assert!(matches!(step, Step::Again), "{cache}");
+            assert!(matches!(p.request(), Request::Sync), "{cache}");
+            let Step::Done(Err(e)) = p.on_result(-i64::from(libc::EIO)) else {
+                panic!("{cache}: a failed sync must fail the zeroing")
+            };
+            assert_eq!(e.errno(), libc::EIO);
+        }
     }
 }

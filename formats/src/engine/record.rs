@@ -11,6 +11,9 @@
 //! * every fdatasync, in two steps: [`WriteRecorder::sync_begin`] just before it is issued, and
 //!   [`WriteRecorder::synced`] with the mark `sync_begin` returned once it completed. Everything
 //!   the recorder saw before `sync_begin` is durable when `synced` arrives.
+//!   No sync is reported in [`CacheMode::Unsafe`](crate::CacheMode::Unsafe), where none is
+//!   issued; the fdatasync that follows a zeroing or discard in the O_DSYNC modes is not
+//!   reported either (the zeroing is reported as completed, which is all a model needs).
 //!
 //! Reports arrive in completion order as this process observes it, from whichever thread
 //! completed the op. Ops that fail are not reported (a failed write may still have changed
@@ -52,23 +55,32 @@ pub(crate) fn mark_sync(file: &EngineFile, op: &mut Prepared) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::WriteRecorder;
     use crate::image::{EngineKind, IoOp, OpenOptions};
     use crate::{SharedBuf, create_raw, open_image};
 
+    /// What a [`Log`] saw.
     #[derive(Debug, PartialEq, Eq)]
-    enum Event {
+    pub(crate) enum Event {
         Write(u64, Vec<u8>),
         Zero(u64, u64),
         SyncBegin(u64),
         Synced(u64),
     }
 
+    /// A recorder keeping every report in order.
     #[derive(Debug, Default)]
-    struct Log(Mutex<Vec<Event>>);
+    pub(crate) struct Log(pub(crate) Mutex<Vec<Event>>);
+
+    impl Log {
+        /// Everything seen so far; the log starts empty again.
+        pub(crate) fn take(&self) -> Vec<Event> {
+            std::mem::take(&mut *self.0.lock().expect("log"))
+        }
+    }
 
     impl WriteRecorder for Log {
         fn written(&self, offset: u64, data: &[u8]) {
@@ -91,7 +103,8 @@ mod tests {
         }
     }
 
-    fn run_one(q: &mut dyn crate::ImageQueue, op: IoOp) {
+    /// Runs `op` to completion; it must succeed.
+    pub(crate) fn run_one(q: &mut dyn crate::ImageQueue, op: IoOp) {
         q.submit(op, 7).expect("submit");
         q.commit().expect("commit");
         let mut done = Vec::new();
@@ -104,14 +117,18 @@ mod tests {
 
     #[test]
     fn every_engine_reports_writes_zeroing_and_flushes_in_completion_order() {
-        for (engine, direct) in [(EngineKind::IoUring, true), (EngineKind::Sync, false)] {
+        let modes = [
+            (EngineKind::IoUring, crate::CacheMode::None),
+            (EngineKind::Sync, crate::CacheMode::Writeback),
+        ];
+        for (engine, cache) in modes {
             let dir = tempfile::tempdir().expect("tempdir");
             let path = dir.path().join("r.img");
             create_raw(&path, 1 << 20).expect("create");
             let log = Arc::new(Log::default());
             let opts = OpenOptions {
                 engine,
-                direct,
+                cache,
                 recorder: Some(log.clone()),
                 ..OpenOptions::default()
             };
@@ -150,8 +167,12 @@ mod tests {
         let path = dir.path().join("r.img");
         create_raw(&path, 1 << 20).expect("create");
         let log = Arc::new(Log::default());
-        let mut file =
-            crate::EngineFile::open(&path, crate::engine::Access::ReadWrite, false).expect("open");
+        let mut file = crate::EngineFile::open(
+            &path,
+            crate::engine::Access::ReadWrite,
+            crate::CacheMode::Writeback,
+        )
+        .expect("open");
         file.set_recorder(log.clone());
         file.write_all_at(b"meta", 100).expect("write");
         file.datasync().expect("sync");

@@ -133,7 +133,7 @@ fn backing_size(path: &Path, opts: &CreateOptions) -> Result<u64, Error> {
     };
     let backing_opts = OpenOptions {
         read_only: true,
-        direct: false,
+        cache: crate::CacheMode::Writeback,
         backing: BackingPolicy::Follow,
         require_whole_sectors: false,
         ..OpenOptions::default()
@@ -200,7 +200,7 @@ pub fn create(path: &Path, size: u64, opts: &CreateOptions) -> Result<(), Error>
 /// written at the end of the file and switched to in a crash-safe order.
 pub fn resize(path: &Path, new_size: u64) -> Result<(), Error> {
     let opts = OpenOptions {
-        direct: false,
+        cache: crate::CacheMode::Writeback,
         backing: BackingPolicy::Follow,
         require_whole_sectors: false,
         ..OpenOptions::default()
@@ -208,7 +208,7 @@ pub fn resize(path: &Path, new_size: u64) -> Result<(), Error> {
     let file = std::sync::Arc::new(crate::EngineFile::open(
         path,
         crate::engine::Access::ReadWrite,
-        false,
+        crate::CacheMode::Writeback,
     )?);
     let image = super::Qcow2Image::open(file, &opts, &mut super::Chain::default())?;
     let old = image.geometry.size;

@@ -165,7 +165,7 @@ fn open_levels(path: &Path, format: Format, access: Access) -> Result<Vec<ChainL
     let opts = OpenOptions {
         read_only: true,
         force_share: access == Access::ForceShare,
-        direct: false,
+        cache: crate::CacheMode::Writeback,
         backing: BackingPolicy::Follow,
         require_whole_sectors: false,
         ..OpenOptions::default()
@@ -180,7 +180,11 @@ fn open_levels(path: &Path, format: Format, access: Access) -> Result<Vec<ChainL
                 backing::MAX_CHAIN_DEPTH
             )));
         }
-        let file = Arc::new(EngineFile::open(&path, access, false)?);
+        let file = Arc::new(EngineFile::open(
+            &path,
+            access,
+            crate::CacheMode::Writeback,
+        )?);
         let level = if format == Format::Qcow2 {
             let image = Qcow2Image::open(file, &opts, &mut Chain::default())?;
             let h = image.header();

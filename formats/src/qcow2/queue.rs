@@ -9,6 +9,10 @@
 //! a new cluster the file system zeroed, instead joins that allocation: its data goes straight
 //! to the new cluster and it completes together with the allocating op (with its result).
 //! Children beyond the engine's depth wait in `backlog`.
+//!
+//! In the O_DSYNC cache modes (`writethrough`, `directsync`) a completed write must be durable
+//! without a flush, mapping included: the metadata the finished ops changed is written back
+//! (crash-safe order, fdatasyncs included) before their completions are handed out.
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -324,6 +328,31 @@ impl Qcow2Queue {
     }
 
     fn finish_parents(&mut self, ids: Vec<u64>) {
+        let first = self.ready.len();
+        self.finish_parents_in(ids);
+        if self.engine.file().cache().dsync() {
+            self.write_through(first);
+        }
+    }
+
+    /// Writes back the metadata changed by the ops whose completions are `ready[first..]`
+    /// before they are handed out; if that fails, those that succeeded fail (their mapping
+    /// may not be durable).
+    fn write_through(&mut self, first: usize) {
+        let result = lock(&self.meta).and_then(|mut meta| match meta.is_dirty() {
+            true => meta.write_back().map(drop),
+            false => Ok(()),
+        });
+        let Err(e) = result else { return };
+        let errno = e.errno();
+        for c in self.ready.iter_mut().skip(first) {
+            if c.result.is_ok() {
+                c.result = Err(Error::from_errno(errno));
+            }
+        }
+    }
+
+    fn finish_parents_in(&mut self, ids: Vec<u64>) {
         let parents: Vec<Parent> = ids
             .iter()
             .filter_map(|id| self.parents.remove(id))

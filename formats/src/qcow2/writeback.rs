@@ -51,11 +51,19 @@ impl Meta {
         }
     }
 
+    /// Whether a write-back has anything to write.
+    pub(super) fn is_dirty(&self) -> bool {
+        self.l2_cache.has_dirty()
+            || !self.dirty_l1.is_empty()
+            || self.refcounts_dirty()
+            || !self.pending_free.is_empty()
+    }
+
     fn write_back_in_order(&mut self) -> Result<bool, Error> {
-        let tables = self.l2_cache.has_dirty() || !self.dirty_l1.is_empty();
-        if !tables && !self.refcounts_dirty() && self.pending_free.is_empty() {
+        if !self.is_dirty() {
             return Ok(false);
         }
+        let tables = self.l2_cache.has_dirty() || !self.dirty_l1.is_empty();
         self.flush_refcounts()?;
         let new = std::mem::take(&mut self.new_l2);
         for (offset, bytes) in self.l2_cache.take_dirty_if(|t| new.contains(&t)) {

@@ -7,16 +7,16 @@ use std::sync::Arc;
 
 use crate::image::{BlockImage, EngineKind, Format, ImageQueue, IoOp, OpenOptions};
 use crate::suite::{self, DEPTH, MIN_SIZE, read_at, run, write_at};
-use crate::{Error, SharedBuf, create_raw, open_image};
+use crate::{CacheMode, Error, SharedBuf, create_raw, open_image};
 
 use super::RawImage;
 
 const ENGINES: [EngineKind; 2] = [EngineKind::IoUring, EngineKind::Sync];
 
-fn opts(engine: EngineKind, direct: bool) -> OpenOptions {
+fn opts(engine: EngineKind, cache: CacheMode) -> OpenOptions {
     OpenOptions {
         engine,
-        direct,
+        cache,
         ..OpenOptions::default()
     }
 }
@@ -31,10 +31,10 @@ fn allocated_bytes(path: &Path) -> u64 {
     std::fs::metadata(path).expect("stat").blocks() * 512
 }
 
-fn suite_on_file(engine: EngineKind, direct: bool) {
+fn suite_on_file(engine: EngineKind, cache: CacheMode) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = new_image(&dir, MIN_SIZE);
-    let image = open_image(&path, Format::Raw, &opts(engine, direct)).expect("open");
+    let image = open_image(&path, Format::Raw, &opts(engine, cache)).expect("open");
     let mut q = image.open_queue(DEPTH).expect("queue");
     suite::run_writable(&mut *q, MIN_SIZE);
     assert_eq!(
@@ -45,23 +45,36 @@ fn suite_on_file(engine: EngineKind, direct: bool) {
 }
 
 #[test]
+fn shared_suite_passes_in_every_cache_mode_on_both_engines() {
+    for cache in [
+        CacheMode::Writethrough,
+        CacheMode::DirectSync,
+        CacheMode::Unsafe,
+    ] {
+        for engine in ENGINES {
+            suite_on_file(engine, cache);
+        }
+    }
+}
+
+#[test]
 fn shared_suite_passes_on_io_uring_with_o_direct() {
-    suite_on_file(EngineKind::IoUring, true);
+    suite_on_file(EngineKind::IoUring, CacheMode::None);
 }
 
 #[test]
 fn shared_suite_passes_on_io_uring_buffered() {
-    suite_on_file(EngineKind::IoUring, false);
+    suite_on_file(EngineKind::IoUring, CacheMode::Writeback);
 }
 
 #[test]
 fn shared_suite_passes_on_sync_engine_with_o_direct() {
-    suite_on_file(EngineKind::Sync, true);
+    suite_on_file(EngineKind::Sync, CacheMode::None);
 }
 
 #[test]
 fn shared_suite_passes_on_sync_engine_buffered() {
-    suite_on_file(EngineKind::Sync, false);
+    suite_on_file(EngineKind::Sync, CacheMode::Writeback);
 }
 
 #[test]
@@ -69,7 +82,7 @@ fn discard_gives_space_back_to_the_file_system() {
     for engine in ENGINES {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = new_image(&dir, MIN_SIZE);
-        let image = open_image(&path, Format::Raw, &opts(engine, true)).expect("open");
+        let image = open_image(&path, Format::Raw, &opts(engine, CacheMode::None)).expect("open");
         let mut q = image.open_queue(8).expect("queue");
         write_at(&mut *q, 1 << 20, &suite::pattern(1, 4 << 20)).expect("write");
         run(&mut *q, IoOp::Flush).expect("flush");
@@ -99,7 +112,7 @@ fn write_zeroes_keeps_the_file_size() {
     for engine in ENGINES {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = new_image(&dir, MIN_SIZE);
-        let image = open_image(&path, Format::Raw, &opts(engine, true)).expect("open");
+        let image = open_image(&path, Format::Raw, &opts(engine, CacheMode::None)).expect("open");
         let mut q = image.open_queue(8).expect("queue");
         write_at(&mut *q, MIN_SIZE - 4096, &[7; 4096]).expect("write");
         run(
@@ -125,10 +138,14 @@ fn misaligned_memory_goes_through_a_bounce_buffer_under_o_direct() {
         let path = new_image(&dir, MIN_SIZE);
         let image = RawImage::new(
             Arc::new(
-                crate::EngineFile::open(&path, crate::engine::Access::ReadWrite, true)
-                    .expect("open"),
+                crate::EngineFile::open(
+                    &path,
+                    crate::engine::Access::ReadWrite,
+                    crate::CacheMode::None,
+                )
+                .expect("open"),
             ),
-            &opts(engine, true),
+            &opts(engine, CacheMode::None),
         )
         .expect("image");
         assert!(
@@ -160,7 +177,7 @@ fn read_only_image_refuses_modifying_ops_with_erofs() {
         let path = new_image(&dir, MIN_SIZE);
         let ro = OpenOptions {
             read_only: true,
-            ..opts(engine, true)
+            ..opts(engine, CacheMode::None)
         };
         let image = open_image(&path, Format::Raw, &ro).expect("open");
         assert!(image.features().read_only);
@@ -234,7 +251,12 @@ fn auto_engine_picks_io_uring_here() {
     let path = new_image(&dir, 1 << 20);
     let image = RawImage::new(
         Arc::new(
-            crate::EngineFile::open(&path, crate::engine::Access::ReadWrite, true).expect("open"),
+            crate::EngineFile::open(
+                &path,
+                crate::engine::Access::ReadWrite,
+                crate::CacheMode::None,
+            )
+            .expect("open"),
         ),
         &OpenOptions::default(),
     )
@@ -398,8 +420,8 @@ fn raw_image_on_a_loop_device_passes_the_shared_suite() {
     let path = new_image(&dir, MIN_SIZE);
     let dev = Loop::attach(&path, false);
     for engine in ENGINES {
-        let image =
-            open_image(&dev.dev, Format::Raw, &opts(engine, true)).expect("open loop device");
+        let image = open_image(&dev.dev, Format::Raw, &opts(engine, CacheMode::None))
+            .expect("open loop device");
         assert_eq!(image.geometry().size, MIN_SIZE);
         assert!(!image.features().read_only);
         let mut q = image.open_queue(DEPTH).expect("queue");
@@ -434,7 +456,12 @@ fn loop_device_discard_deallocates_the_backing_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = new_image(&dir, MIN_SIZE);
     let dev = Loop::attach(&path, false);
-    let image = open_image(&dev.dev, Format::Raw, &opts(EngineKind::IoUring, true)).expect("open");
+    let image = open_image(
+        &dev.dev,
+        Format::Raw,
+        &opts(EngineKind::IoUring, CacheMode::None),
+    )
+    .expect("open");
     let mut q: Box<dyn ImageQueue> = image.open_queue(8).expect("queue");
     write_at(&mut *q, 0, &suite::pattern(3, 4 << 20)).expect("write");
     run(&mut *q, IoOp::Flush).expect("flush");
@@ -469,7 +496,8 @@ fn wait_any_wakes_for_descriptors_completions_and_timeouts() {
     for engine in ENGINES {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = new_image(&dir, MIN_SIZE);
-        let image = open_image(&path, Format::Raw, &opts(engine, false)).expect("open");
+        let image =
+            open_image(&path, Format::Raw, &opts(engine, CacheMode::Writeback)).expect("open");
         let mut q = image.open_queue(4).expect("queue");
         let ev = EventFd::from_flags(EfdFlags::EFD_NONBLOCK).expect("eventfd");
         let start = Instant::now();

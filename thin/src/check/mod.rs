@@ -59,7 +59,7 @@ pub fn check(file: Arc<EngineFile>, opts: &CheckOptions) -> Result<Report> {
 
 /// Checks the pool metadata in the file or device at `path`, opened read-only.
 pub fn check_path(path: &Path, opts: &CheckOptions) -> Result<Report> {
-    let file = EngineFile::open(path, Access::ReadOnly, false)?;
+    let file = EngineFile::open(path, Access::ReadOnly, rustbk_formats::CacheMode::Writeback)?;
     check(Arc::new(file), opts)
 }
 

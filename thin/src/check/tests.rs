@@ -20,7 +20,12 @@ fn meta_file(nr_blocks: u64) -> (tempfile::TempDir, PathBuf) {
 }
 
 fn create(path: &Path, nr_data_blocks: u64) -> Metadata {
-    let file = EngineFile::open(path, Access::ReadWrite, false).unwrap();
+    let file = EngineFile::open(
+        path,
+        Access::ReadWrite,
+        rustbk_formats::CacheMode::Writeback,
+    )
+    .unwrap();
     let geometry = Geometry {
         data_block_size: 128,
         nr_data_blocks,
@@ -129,7 +134,7 @@ proptest! {
         ops in proptest::collection::vec(op(), 1..120),
     ) {
         let (_dir, path) = meta_file(8192);
-        let file = Arc::new(EngineFile::open(&path, Access::ReadWrite, false).unwrap());
+        let file = Arc::new(EngineFile::open(&path, Access::ReadWrite, rustbk_formats::CacheMode::Writeback).unwrap());
         let geometry = Geometry { data_block_size: 128, nr_data_blocks: 200_000 };
         let mut md = Metadata::create(file.clone(), geometry).unwrap();
         for op in &ops {

@@ -28,7 +28,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rustbk_formats::engine::Access;
-use rustbk_formats::{EngineFile, WriteRecorder};
+use rustbk_formats::{CacheMode, EngineFile, WriteRecorder};
 
 use crate::error::{Error, Result};
 use crate::meta::{Geometry, Metadata};
@@ -64,8 +64,10 @@ pub struct PoolOptions {
     pub passdown: bool,
     /// How long a snapshot waits for the volume's ports to pause.
     pub pause_timeout: Duration,
-    /// Open the data device with O_DIRECT where the file system allows it.
-    pub direct: bool,
+    /// How the data device is opened (O_DIRECT, O_DSYNC; see [`CacheMode`]). The pool always
+    /// syncs the data device before a commit, whatever the mode: `unsafe` opens it as
+    /// `writeback` (a volume in `unsafe` mode skips its own flushes instead).
+    pub cache: CacheMode,
 }
 
 impl Default for PoolOptions {
@@ -77,7 +79,7 @@ impl Default for PoolOptions {
             low_water_hook: None,
             passdown: false,
             pause_timeout: Duration::from_secs(10),
-            direct: true,
+            cache: CacheMode::None,
         }
     }
 }
@@ -168,7 +170,11 @@ impl Pool {
             .ok()
             .filter(|_| block_size % 512 == 0)
             .ok_or_else(|| Error::InvalidArgument(format!("block size {block_size}")))?;
-        let mut meta_file = EngineFile::open(metadata, Access::ReadWrite, false)?;
+        let mut meta_file = EngineFile::open(
+            metadata,
+            Access::ReadWrite,
+            rustbk_formats::CacheMode::Writeback,
+        )?;
         if let Some(recorder) = recorders.metadata {
             meta_file.set_recorder(recorder);
         }
@@ -194,7 +200,11 @@ impl Pool {
     /// pool with no volume list (made by thin_restore or LVM) sizes each volume by its
     /// highest mapped block; [`Pool::resize_volume`] records a size.
     pub fn open(metadata: &Path, data: &Path, opts: PoolOptions) -> Result<Pool> {
-        let meta_file = Arc::new(EngineFile::open(metadata, Access::ReadWrite, false)?);
+        let meta_file = Arc::new(EngineFile::open(
+            metadata,
+            Access::ReadWrite,
+            rustbk_formats::CacheMode::Writeback,
+        )?);
         let data_file = open_data(data, &opts, None)?;
         let data_size = data_file.size()?;
         let capacity = |sectors: u32| data_size / (u64::from(sectors) * 512).max(1);
@@ -407,7 +417,8 @@ fn open_data(
     opts: &PoolOptions,
     recorder: Option<Arc<dyn WriteRecorder>>,
 ) -> Result<Arc<EngineFile>> {
-    let mut file = EngineFile::open(path, Access::SharedWrite, opts.direct)?;
+    let cache = opts.cache.always_syncing();
+    let mut file = EngineFile::open(path, Access::SharedWrite, cache)?;
     if let Some(recorder) = recorder {
         file.set_recorder(recorder);
     }

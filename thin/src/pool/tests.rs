@@ -37,7 +37,9 @@ fn a_dropped_port_gives_back_its_unmapped_blocks() {
     thin_check(&t.meta);
     // A crash now (the port's process dies) leaves only the mapped block in use on disk.
     let access = rustbk_formats::engine::Access::ForceShare;
-    let file = rustbk_formats::EngineFile::open(&t.meta, access, false).unwrap();
+    let file =
+        rustbk_formats::EngineFile::open(&t.meta, access, rustbk_formats::CacheMode::Writeback)
+            .unwrap();
     let on_disk = crate::meta::Metadata::open(Arc::new(file), |_| 100).unwrap();
     assert_eq!(on_disk.data_refs().nr_free(), free - 1);
     drop(port);

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use rustbk_formats::EngineFile;
 use rustbk_formats::engine::Access;
+use rustbk_formats::{CacheMode, EngineFile};
 
 use super::wire::{self, MAX_BATCH, MAX_LOOKUP, Reply, Request};
 use crate::error::{Error, Result};
@@ -93,9 +93,11 @@ impl SocketPort {
     }
 
     /// Opens the pool's data device for this volume's writes, sharing it with the service
-    /// and the other workers (never with an exclusive writer such as QEMU).
-    pub fn open_data(&self, direct: bool) -> Result<Arc<EngineFile>> {
-        let file = EngineFile::open(&self.data_path, Access::SharedWrite, direct)?;
+    /// and the other workers (never with an exclusive writer such as QEMU), in `cache` mode
+    /// (`unsafe` as `writeback`: the volume skips its flushes itself).
+    pub fn open_data(&self, cache: CacheMode) -> Result<Arc<EngineFile>> {
+        let cache = cache.always_syncing();
+        let file = EngineFile::open(&self.data_path, Access::SharedWrite, cache)?;
         if file.read_only() {
             return Err(Error::InvalidArgument(format!(
                 "data device {} is read-only",
@@ -150,7 +152,7 @@ impl SocketPort {
 /// Once the service restarts, the volume reconnects by itself (it fails ops meanwhile).
 pub fn open_volume(socket: &Path, volume: u64, opts: VolumeOptions) -> Result<ThinVolume> {
     let port = SocketPort::connect(socket, volume)?;
-    let data = port.open_data(true)?;
+    let data = port.open_data(opts.cache)?;
     let vol = ThinVolume::new(Box::new(port), data, opts)?;
     let socket = socket.to_owned();
     vol.set_reconnect(Box::new(move || {

@@ -26,8 +26,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rustbk_formats::{
-    BlockImage, EngineFile, EngineKind, Features, Format, Geometry, ImageQueue, IoBuffers, IoOp,
-    OpenOptions,
+    BlockImage, CacheMode, EngineFile, EngineKind, Features, Format, Geometry, ImageQueue,
+    IoBuffers, IoOp, OpenOptions,
 };
 
 use crate::error::{Error, Result};
@@ -57,6 +57,12 @@ pub struct VolumeOptions {
     /// How long a new op waits for a lost pool service to come back (the volume reconnects
     /// by itself, see [`ThinVolume::set_reconnect`]) before it fails with EIO.
     pub hold: Duration,
+    /// The cache mode of the volume's writes (see [`CacheMode`]). In `writethrough` and
+    /// `directsync` the pool commits before a modifying op completes, so the new mappings
+    /// are durable with the data; in `unsafe` a flush completes at once (no sync, no
+    /// commit: the pool's own commits still sync the data device first, so the pool stays
+    /// consistent, but the volume's recent writes may be lost in a crash).
+    pub cache: CacheMode,
 }
 
 /// How long ops wait for a lost pool service by default: long enough for a service
@@ -70,6 +76,7 @@ impl Default for VolumeOptions {
             sector_size: 512,
             read_only: false,
             hold: DEFAULT_HOLD,
+            cache: CacheMode::None,
         }
     }
 }
@@ -417,7 +424,7 @@ impl BlockImage for ThinVolume {
             self.core.clone(),
             self.bells.clone(),
             self.data.clone(),
-            self.opts.engine,
+            &self.opts,
             (self.geometry.size, self.read_only()),
             depth,
         )

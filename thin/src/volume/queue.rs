@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use rustbk_formats::engine::MAX_DEPTH;
-use rustbk_formats::{Completion, Engine, EngineFile, EngineKind, ImageQueue, IoOp};
+use rustbk_formats::{CacheMode, Completion, Engine, EngineFile, ImageQueue, IoOp};
 
 use super::plan::{After, Child, Claim, Outcome, Plan};
 use super::{Core, lock, outage, to_formats};
@@ -47,6 +47,7 @@ pub struct ThinQueue {
     bells: Arc<Mutex<Vec<Arc<OwnedFd>>>>,
     size: u64,
     read_only: bool,
+    cache: CacheMode,
     depth: usize,
     outstanding: usize,
     next_id: u64,
@@ -65,7 +66,7 @@ impl ThinQueue {
         core: Arc<Mutex<Core>>,
         bells: Arc<Mutex<Vec<Arc<OwnedFd>>>>,
         data: Arc<EngineFile>,
-        engine: EngineKind,
+        opts: &super::VolumeOptions,
         (size, read_only): (u64, bool),
         depth: u32,
     ) -> Result<ThinQueue> {
@@ -75,7 +76,8 @@ impl ThinQueue {
             )));
         }
         let engine_depth = depth.saturating_mul(4).min(MAX_DEPTH);
-        let engine = Engine::new(data, rustbk_formats::engine::resolve(engine)?, engine_depth)?;
+        let kind = rustbk_formats::engine::resolve(opts.engine)?;
+        let engine = Engine::new(data, kind, engine_depth)?;
         let wake = Arc::new(engine.notifier().try_clone_to_owned().map_err(Error::Io)?);
         if let Ok(mut bells) = bells.lock() {
             bells.push(wake.clone());
@@ -86,6 +88,7 @@ impl ThinQueue {
             bells,
             size,
             read_only,
+            cache: opts.cache,
             depth: depth as usize,
             outstanding: 0,
             next_id: 0,
@@ -151,6 +154,11 @@ impl ThinQueue {
             IoOp::Write { offset, bufs } => core.plan_write(offset, bufs, kids),
             IoOp::Discard { offset, len } => core.plan_zero(offset, len, true, kids),
             IoOp::WriteZeroes { offset, len } => core.plan_zero(offset, len, false, kids),
+            // `unsafe`: nothing is synced or committed for the guest.
+            IoOp::Flush if !self.cache.syncs() => {
+                kids.push(Child::Now(Ok(())));
+                Ok(Outcome::Go(Plan::simple()))
+            }
             IoOp::Flush => {
                 // The pool's commit syncs the data device, after this op started.
                 kids.push(Child::Now(Ok(())));
@@ -282,8 +290,15 @@ impl ThinQueue {
                     .copied()
                     .collect();
                 let failure = map(&mut core, &batch);
+                let committed = self.write_through(&mut core, &done);
                 for parent in done.drain(..) {
+                    let modified = parent.plan.write && parent.error.is_none();
                     ring |= self.settle(&mut core, parent, failure.as_ref());
+                    if let (true, Err(errno)) = (modified, committed) {
+                        if let Some(c) = self.ready.last_mut().filter(|c| c.result.is_ok()) {
+                            c.result = Err(Error::from_errno(errno));
+                        }
+                    }
                 }
             }
             Err(e) => {
@@ -298,6 +313,21 @@ impl ThinQueue {
         if ring {
             self.ring_others();
         }
+    }
+
+    /// `writethrough`/`directsync`: commits the pool when any of the finished ops modified
+    /// the volume, so its mappings (new blocks, unmapped ones) are durable when it completes;
+    /// the errno if that failed.
+    fn write_through(&self, core: &mut Core, done: &[Parent]) -> Result<(), i32> {
+        let modified = done.iter().any(|p| p.plan.write && p.error.is_none());
+        if !self.cache.dsync() || !modified {
+            return Ok(());
+        }
+        let mark = core.changes.mark();
+        let committed = core.port.commit();
+        core.changes
+            .committed(mark, committed)
+            .map_err(|e| to_formats(e).errno())
     }
 
     /// Completes one finished op; true if a queue waits for blocks it released.

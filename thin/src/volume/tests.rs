@@ -364,7 +364,9 @@ fn a_pool_answering_lookups_outside_the_range_gets_errors_not_panics() {
     let data = dir.path().join("data");
     crate::testing::sized_file(&data, MIB);
     let access = rustbk_formats::engine::Access::ReadWrite;
-    let file = rustbk_formats::EngineFile::open(&data, access, false).expect("data");
+    let file =
+        rustbk_formats::EngineFile::open(&data, access, rustbk_formats::CacheMode::Writeback)
+            .expect("data");
     let info = crate::port::VolumeInfo {
         id: 1,
         block_size: 64 << 10,
@@ -422,4 +424,50 @@ fn a_recycled_block_is_zeroed_around_a_partial_write() {
     let mut expected = vec![0; 65536];
     expected[512..1024].fill(7);
     suite::assert_bytes(&got, &expected, "recycled block around a partial write");
+}
+
+/// Commits the pool made while `run` drives a queue of a volume in cache mode `cache`.
+fn commits_during(
+    cache: rustbk_formats::CacheMode,
+    run: impl Fn(&mut dyn rustbk_formats::ImageQueue),
+) -> u64 {
+    let t = new_pool(64 << 10, 64, PoolOptions::default());
+    let spec = VolumeSpec {
+        size: 4 * MIB,
+        ..VolumeSpec::default()
+    };
+    t.pool.create_volume(1, spec).expect("create volume");
+    let opts = crate::volume::VolumeOptions {
+        cache,
+        ..crate::volume::VolumeOptions::default()
+    };
+    let vol = crate::volume::ThinVolume::open_local(&t.pool, 1, opts).expect("open volume");
+    let mut q = queue(&vol);
+    let before = t.pool.commits();
+    run(&mut *q);
+    t.pool.commits() - before
+}
+
+#[test]
+fn a_write_in_an_o_dsync_mode_is_committed_before_it_completes() {
+    use rustbk_formats::CacheMode;
+    let write = |q: &mut dyn rustbk_formats::ImageQueue| put(q, 65536, &[5; 4096]);
+    for cache in CacheMode::ALL {
+        let commits = commits_during(cache, write);
+        match cache.dsync() {
+            true => assert!(commits >= 1, "{cache}: the new mapping was not committed"),
+            false => assert_eq!(commits, 0, "{cache}: a write alone commits nothing"),
+        }
+    }
+}
+
+#[test]
+fn a_flush_in_unsafe_mode_neither_syncs_nor_commits() {
+    use rustbk_formats::CacheMode;
+    let write_and_flush = |q: &mut dyn rustbk_formats::ImageQueue| {
+        put(q, 65536, &[5; 4096]);
+        flush(q);
+    };
+    assert_eq!(commits_during(CacheMode::Unsafe, write_and_flush), 0);
+    assert!(commits_during(CacheMode::Writeback, write_and_flush) >= 1);
 }

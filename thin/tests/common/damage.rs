@@ -39,7 +39,12 @@ impl Pool {
             .unwrap()
             .set_len(2048 * 4096)
             .unwrap();
-        let file = EngineFile::open(&path, Access::ReadWrite, false).unwrap();
+        let file = EngineFile::open(
+            &path,
+            Access::ReadWrite,
+            rustbk_formats::CacheMode::Writeback,
+        )
+        .unwrap();
         let geometry = Geometry {
             data_block_size: 128,
             nr_data_blocks: NR_DATA,
@@ -55,7 +60,11 @@ impl Pool {
     }
 
     pub fn open(&self) -> rustbk_thin::Result<Metadata> {
-        let file = EngineFile::open(&self.path, Access::ReadWrite, false)?;
+        let file = EngineFile::open(
+            &self.path,
+            Access::ReadWrite,
+            rustbk_formats::CacheMode::Writeback,
+        )?;
         Metadata::open(Arc::new(file), |_| NR_DATA)
     }
 

@@ -23,6 +23,8 @@ pub struct VbdSpec {
     pub read_only: bool,
     /// False writes `discard-enable=0`.
     pub discard: bool,
+    /// `cache-mode`, written beside `params` when given (else the backend's default).
+    pub cache_mode: Option<String>,
     /// The hotplug script libxl records (`script`): `/etc/xen/scripts/rustbk` makes the disk
     /// rustbk's; `None` leaves the key out (a disk for another backend).
     pub script: Option<String>,
@@ -41,6 +43,7 @@ impl VbdSpec {
             params: params.into(),
             read_only: false,
             discard: true,
+            cache_mode: None,
             script: Some(RUSTBK_SCRIPT.into()),
         }
     }
@@ -119,6 +122,9 @@ fn backend_keys(spec: &VbdSpec) -> Vec<(&'static str, String)> {
     ];
     if !spec.discard {
         keys.push(("discard-enable", "0".into()));
+    }
+    if let Some(mode) = &spec.cache_mode {
+        keys.push(("cache-mode", mode.clone()));
     }
     if let Some(script) = &spec.script {
         keys.push(("script", script.clone()));

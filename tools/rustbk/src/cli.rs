@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use rustbk_formats::CacheMode;
 
 /// rustbk: a Xen block backend in Rust.
 #[derive(Debug, Parser)]
@@ -89,8 +90,15 @@ pub struct BackendArgs {
     /// I/O engine.
     #[arg(long, value_enum, default_value_t = EngineArg::Auto)]
     pub engine: EngineArg,
-    /// Use the page cache instead of O_DIRECT.
-    #[arg(long)]
+    /// Cache mode of disks whose backend directory has no `cache-mode` key, QEMU's names:
+    /// none (O_DIRECT), writeback (page cache), writethrough (page cache, O_DSYNC: every
+    /// write durable when it completes), directsync (O_DIRECT and O_DSYNC) or unsafe (page
+    /// cache, flushes do nothing: scratch disks only, a host crash may corrupt them). A flush
+    /// is an fdatasync in every mode but unsafe.
+    #[arg(long, value_name = "MODE", default_value_t = CacheMode::None)]
+    pub cache: CacheMode,
+    /// Same as `--cache writeback`.
+    #[arg(long, conflicts_with = "cache")]
     pub buffered: bool,
     /// Do not offer persistent grants.
     #[arg(long)]
@@ -114,6 +122,16 @@ pub struct BackendArgs {
     /// and a backing file's format must be named in the image (it is never probed).
     #[arg(long = "backing-dir", value_name = "DIR")]
     pub backing_dirs: Vec<PathBuf>,
+}
+
+impl BackendArgs {
+    /// The default cache mode of the disks: `--cache`, or `writeback` with `--buffered`.
+    pub fn cache_mode(&self) -> CacheMode {
+        match self.buffered {
+            true => CacheMode::Writeback,
+            false => self.cache,
+        }
+    }
 }
 
 /// `rustbk serve`.

@@ -122,7 +122,7 @@ pub fn check_with_progress(
     progress: Progress<'_>,
 ) -> Result<CheckReport, Error> {
     let access = Access::new(repair == Repair::None, force_share);
-    let file = Arc::new(EngineFile::open(path, access, false)?);
+    let file = Arc::new(EngineFile::open(path, access, crate::CacheMode::Writeback)?);
     let io: Arc<dyn MetaIo> = Arc::new(FileIo(file));
     let header = super::read_header(&*io)?;
     let first = pass::run(&*io, &header, progress)?;

@@ -161,7 +161,7 @@ fn opened_file_outside_the_allowed_folders_is_refused_whatever_path_led_to_it() 
     let opened = crate::EngineFile::open(
         &t.vm.join("swapped.raw"),
         crate::engine::Access::ReadOnly,
-        false,
+        crate::CacheMode::Writeback,
     )
     .expect("open");
     let policy = BackingPolicy::Confined(Vec::new());

@@ -91,7 +91,7 @@ pub(super) fn opts(read_only: bool, engine: EngineKind) -> OpenOptions {
     OpenOptions {
         read_only,
         engine,
-        direct: true,
+        cache: crate::CacheMode::None,
         ..OpenOptions::default()
     }
 }

@@ -98,8 +98,14 @@ fn flush_only(mut o: crate::image::OpenOptions) -> crate::image::OpenOptions {
 fn rig_with(data: &[u8], size: u64, o: crate::image::OpenOptions) -> Rig {
     let (dir, path) = temp("o.qcow2");
     create(&path, size, &CreateOptions::default()).expect("create");
-    let file =
-        Arc::new(EngineFile::open(&path, crate::engine::Access::ReadWrite, false).expect("open"));
+    let file = Arc::new(
+        EngineFile::open(
+            &path,
+            crate::engine::Access::ReadWrite,
+            crate::CacheMode::Writeback,
+        )
+        .expect("open"),
+    );
     let log = Arc::new(Mutex::new(Vec::new()));
     let expect_at = Arc::new(Mutex::new(0));
     let fail_writes = Arc::new(AtomicBool::new(false));

@@ -78,7 +78,12 @@ fn record(path: &Path, seed: u64, unordered: bool) -> Recording {
         .set_len(META_BYTES)
         .unwrap();
     let recorder = Arc::new(Recorder::default());
-    let mut file = EngineFile::open(path, Access::ReadWrite, false).unwrap();
+    let mut file = EngineFile::open(
+        path,
+        Access::ReadWrite,
+        rustbk_formats::CacheMode::Writeback,
+    )
+    .unwrap();
     file.set_recorder(recorder.clone());
     let geometry = Geometry {
         data_block_size: 128,
@@ -187,7 +192,14 @@ fn crash_at_random_cuts(seed: u64, unordered: bool) -> Option<String> {
         let cut = created + usize::try_from(rng.below(span + 1)).unwrap();
         let (image, commit) = replay(events, cut, &mut rng);
         std::fs::write(&crashed, &image).unwrap();
-        let file = Arc::new(EngineFile::open(&crashed, Access::ReadWrite, false).unwrap());
+        let file = Arc::new(
+            EngineFile::open(
+                &crashed,
+                Access::ReadWrite,
+                rustbk_formats::CacheMode::Writeback,
+            )
+            .unwrap(),
+        );
         let opened = Metadata::open(file, |_| 50_000).and_then(|mut md| interchange::dump(&mut md));
         let why = match opened {
             Err(e) => format!("cut {cut}: the pool does not open: {e}"),

@@ -17,7 +17,12 @@ pub(crate) fn test_tm(nr_blocks: u64) -> (tempfile::TempDir, Tm) {
         .unwrap()
         .set_len(nr_blocks * 4096)
         .unwrap();
-    let file = EngineFile::open(&path, Access::ReadWrite, false).unwrap();
+    let file = EngineFile::open(
+        &path,
+        Access::ReadWrite,
+        rustbk_formats::CacheMode::Writeback,
+    )
+    .unwrap();
     let dev = MetaDev::new(Arc::new(file), nr_blocks).unwrap();
     let mut refs = RefCounts::new(nr_blocks).unwrap();
     refs.set(0, 1).unwrap();

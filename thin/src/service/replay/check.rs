@@ -49,7 +49,7 @@ pub(super) fn check_crash(
     std::fs::write(crate::pool::sidecar::path_for(&meta), &rec.sidecar).unwrap();
     checks(&meta, both)?;
     let opts = PoolOptions {
-        direct: false,
+        cache: rustbk_formats::CacheMode::Writeback,
         ..PoolOptions::default()
     };
     let pool =

@@ -69,7 +69,12 @@ pub(super) struct Killed {
 pub(super) fn run(setup: Setup) -> (Remains, Outcome) {
     let port = SocketPort::connect(&setup.socket, setup.volume).expect("connect");
     let cut = port.connection().expect("second handle");
-    let mut data = EngineFile::open(&setup.data, Access::SharedWrite, true).expect("data");
+    let mut data = EngineFile::open(
+        &setup.data,
+        Access::SharedWrite,
+        rustbk_formats::CacheMode::None,
+    )
+    .expect("data");
     let source = Source::Worker(setup.volume);
     data.set_recorder(DevRecorder::new(&setup.log, Dev::Data, source));
     let opts = VolumeOptions {

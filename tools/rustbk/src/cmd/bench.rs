@@ -8,6 +8,7 @@ use std::process::{Command, ExitCode, Stdio};
 use anyhow::{Context, bail, ensure};
 use rustbk_blkfront::toolstack::VbdSpec;
 use rustbk_blkfront::workload::Report;
+use rustbk_formats::CacheMode;
 use rustbk_ring::DomId;
 use serde::Serialize;
 
@@ -84,8 +85,9 @@ fn run_in(
     let backend_args: Vec<&str> = backend_args.iter().map(String::as_str).collect();
     cluster.add_disk(&spec, &backend_args)?;
     eprintln!(
-        "rustbk bench: {fio_version} on {} ({} s per run, median of {} alternating rounds)",
+        "rustbk bench: {fio_version} on {}, cache mode {} ({} s per run, median of {} alternating rounds)",
         image.display(),
+        args.backend.cache_mode(),
         args.runtime,
         args.rounds
     );
@@ -100,7 +102,14 @@ fn run_in(
                 (rw, qd),
                 args.runtime,
             )?);
-            theirs.push(fio_case(&mut cluster, &image, rw, qd, args.runtime)?);
+            let fio = FioCase {
+                image: &image,
+                rw,
+                qd,
+                runtime: args.runtime,
+                cache: args.backend.cache_mode(),
+            };
+            theirs.push(fio_case(&mut cluster, &fio)?);
             eprintln!(
                 "  {rw} qd{qd} round {round}: rustbk {:.0} IOPS, fio {:.0} IOPS",
                 ours[ours.len() - 1].iops,
@@ -211,21 +220,36 @@ struct FioResult {
     p99_us: f64,
 }
 
-fn fio_case(
-    cluster: &mut EmuCluster,
-    image: &Path,
-    rw: &str,
+/// One fio run.
+struct FioCase<'a> {
+    image: &'a Path,
+    rw: &'a str,
     qd: u32,
     runtime: f64,
-) -> anyhow::Result<FioResult> {
+    /// fio opens the file as the backend does: O_DIRECT and O_DSYNC as the mode says.
+    cache: CacheMode,
+}
+
+/// fio's options for the descriptors of cache mode `cache` (fio never flushes here, so
+/// `unsafe` and `writeback` are alike).
+fn fio_cache_args(cache: CacheMode) -> [String; 2] {
+    let sync = if cache.dsync() { "dsync" } else { "none" };
+    [
+        format!("--direct={}", u8::from(cache.direct())),
+        format!("--sync={sync}"),
+    ]
+}
+
+fn fio_case(cluster: &mut EmuCluster, case: &FioCase<'_>) -> anyhow::Result<FioResult> {
+    let (image, rw, qd, runtime) = (case.image, case.rw, case.qd, case.runtime);
     let mut cmd = cluster.command("fio");
     cmd.args([
         "--name=rustbk-peer",
         "--ioengine=io_uring",
-        "--direct=1",
         "--bs=4k",
         "--time_based",
     ])
+    .args(fio_cache_args(case.cache))
     .arg(format!("--filename={}", image.display()))
     .arg(format!("--rw={rw}"))
     .arg(format!("--iodepth={qd}"))
@@ -283,7 +307,32 @@ fn print_rows(rows: &[Row], json: bool) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_fio;
+    use super::{fio_cache_args, parse_fio};
+    use rustbk_formats::CacheMode;
+
+    #[test]
+    fn fio_opens_the_file_as_the_cache_mode_says() {
+        assert_eq!(
+            fio_cache_args(CacheMode::None),
+            ["--direct=1", "--sync=none"]
+        );
+        assert_eq!(
+            fio_cache_args(CacheMode::Writeback),
+            ["--direct=0", "--sync=none"]
+        );
+        assert_eq!(
+            fio_cache_args(CacheMode::Writethrough),
+            ["--direct=0", "--sync=dsync"]
+        );
+        assert_eq!(
+            fio_cache_args(CacheMode::DirectSync),
+            ["--direct=1", "--sync=dsync"]
+        );
+        assert_eq!(
+            fio_cache_args(CacheMode::Unsafe),
+            ["--direct=0", "--sync=none"]
+        );
+    }
 
     #[test]
     fn fio_json_is_parsed_for_the_right_direction() {

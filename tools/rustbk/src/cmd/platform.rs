@@ -44,7 +44,7 @@ pub fn options(args: &BackendArgs, platform: &PlatformArgs) -> anyhow::Result<Ba
             EngineArg::IoUring => EngineKind::IoUring,
             EngineArg::Sync => EngineKind::Sync,
         },
-        direct: !args.buffered,
+        cache: args.cache_mode(),
         persistent: !args.no_persistent,
         sector_size: args.sector_size,
         poll_us: args.poll_us,
@@ -104,9 +104,7 @@ pub fn backend_args(backend: &BackendArgs) -> Vec<String> {
     ]);
     out.extend(["--sector-size".into(), backend.sector_size.to_string()]);
     out.extend(["--poll-us".into(), backend.poll_us.to_string()]);
-    if backend.buffered {
-        out.push("--buffered".into());
-    }
+    out.extend(["--cache".into(), backend.cache_mode().to_string()]);
     if backend.no_persistent {
         out.push("--no-persistent".into());
     }
@@ -114,4 +112,50 @@ pub fn backend_args(backend: &BackendArgs) -> Vec<String> {
         out.extend(["--backing-dir".into(), dir.display().to_string()]);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use rustbk_formats::CacheMode;
+
+    use crate::cli::BackendArgs;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        backend: BackendArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<BackendArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("serve").chain(args.iter().copied())).map(|c| c.backend)
+    }
+
+    #[test]
+    fn the_cache_mode_reaches_the_worker_command_line() {
+        let cases: [(&[&str], CacheMode); 4] = [
+            (&[], CacheMode::None),
+            (&["--cache", "unsafe"], CacheMode::Unsafe),
+            (&["--cache=directsync"], CacheMode::DirectSync),
+            (&["--buffered"], CacheMode::Writeback),
+        ];
+        for (args, mode) in cases {
+            let parsed = parse(args).expect("parse");
+            assert_eq!(parsed.cache_mode(), mode, "{args:?}");
+            let passed = super::backend_args(&parsed);
+            let passed: Vec<&str> = passed.iter().map(String::as_str).collect();
+            assert_eq!(
+                parse(&passed).expect("reparse").cache_mode(),
+                mode,
+                "{passed:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_cache_modes_and_buffered_with_cache_are_refused() {
+        let err = parse(&["--cache", "fast"]).expect_err("fast");
+        assert!(err.to_string().contains("writethrough"), "{err}");
+        assert!(parse(&["--buffered", "--cache", "none"]).is_err());
+    }
 }

@@ -13,26 +13,15 @@ use rustbk_formats::buffer::gather;
 use rustbk_formats::engine::Access;
 use rustbk_formats::engine::lock::{LockMode, lock};
 use rustbk_formats::qcow2::map::{Allocation, map_chain, raw_status};
-use rustbk_formats::{Composite, Format, ImageQueue, SharedBuf, SharedBufs, qcow2};
+use rustbk_formats::{CacheMode, Composite, Format, ImageQueue, SharedBuf, SharedBufs, qcow2};
 
 use super::info::{ImageInfo, read_chain};
 use super::pipe::{self, CHUNK, DEPTH};
 use super::progress::Progress;
-use super::{FormatArg, open_direct, read_access};
+use super::{CacheArg, FormatArg, open_cached, read_access};
 
 /// Bytes of a granule looked at before copying all of it for the zero test.
 const PROBE: usize = 256;
-
-/// Cache modes of the destination.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum CacheArg {
-    /// No flush: the data may still be in the page cache when the command returns.
-    Unsafe,
-    /// Flushed data and metadata before the command returns.
-    Writeback,
-    /// O_DIRECT (bypassing the page cache), flushed before the command returns.
-    None,
-}
 
 /// Cache modes of the source.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -55,8 +44,10 @@ pub struct ConvertArgs {
     /// Format of DST.
     #[arg(short = 'O', value_enum, default_value_t = FormatArg::Raw)]
     pub output_format: FormatArg,
-    /// Cache mode of DST: `unsafe` (qemu-img's default for convert: no flush at the end),
-    /// `writeback` (flushed before the command returns) or `none` (O_DIRECT, flushed).
+    /// Cache mode of DST: `unsafe` (qemu-img's default for convert: nothing synced, the data
+    /// may still be in the page cache when the command returns), or one that flushes before
+    /// the command returns: `writeback`, `none` (O_DIRECT), `writethrough` (O_DSYNC),
+    /// `directsync` (O_DIRECT and O_DSYNC).
     #[arg(short = 't', value_enum, default_value_t = CacheArg::Unsafe)]
     pub cache: CacheArg,
     /// Cache mode of SRC: `writeback` (page cache) or `none` (O_DIRECT).
@@ -78,18 +69,20 @@ pub struct ConvertArgs {
 
 /// Converts.
 pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
-    let src_direct = args.src_cache == SrcCacheArg::None;
+    let src_cache = match args.src_cache {
+        SrcCacheArg::None => CacheMode::None,
+        SrcCacheArg::Writeback => CacheMode::Writeback,
+    };
     let access = read_access(args.force_share);
-    let src = open_direct(&args.src, args.format.map(Into::into), access, src_direct)?;
+    let src = open_cached(&args.src, args.format.map(Into::into), access, src_cache)?;
     refuse_source_as_dst(&args)?;
     let size = src.geometry().size;
     let granularity = create_dst(&args, size)?;
-    let dst_direct = args.cache == CacheArg::None;
-    let dst = open_direct(
+    let dst = open_cached(
         &args.dst,
         Some(args.output_format.into()),
         Access::ReadWrite,
-        dst_direct,
+        args.cache.into(),
     )?;
     let ranges = data_ranges(&args, size)?;
     let total: u64 = ranges.iter().map(|r| r.1).sum();

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use rustbk_formats::engine::Access;
-use rustbk_formats::{BackingPolicy, BlockImage, Format, OpenOptions};
+use rustbk_formats::{BackingPolicy, BlockImage, CacheMode, Format, OpenOptions};
 
 pub use bench::BenchArgs;
 pub use check::CheckArgs;
@@ -120,13 +120,40 @@ pub fn format_of(path: &Path, format: Option<Format>) -> anyhow::Result<Format> 
     }
 }
 
+/// qemu-img's `-t CACHE` modes (see [`CacheMode`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CacheArg {
+    /// O_DIRECT; flushes are fdatasyncs.
+    None,
+    /// The page cache; flushes are fdatasyncs.
+    Writeback,
+    /// The page cache with O_DSYNC: every write durable when it completes.
+    Writethrough,
+    /// O_DIRECT with O_DSYNC.
+    Directsync,
+    /// The page cache; flushes and syncs do nothing.
+    Unsafe,
+}
+
+impl From<CacheArg> for CacheMode {
+    fn from(c: CacheArg) -> CacheMode {
+        match c {
+            CacheArg::None => CacheMode::None,
+            CacheArg::Writeback => CacheMode::Writeback,
+            CacheArg::Writethrough => CacheMode::Writethrough,
+            CacheArg::Directsync => CacheMode::DirectSync,
+            CacheArg::Unsafe => CacheMode::Unsafe,
+        }
+    }
+}
+
 /// How the image tool opens images: backing files are followed wherever they are and probed
 /// when their format is not named, as qemu-img does (the administrator runs it).
-pub fn tool_options(access: Access, direct: bool) -> OpenOptions {
+pub fn tool_options(access: Access, cache: CacheMode) -> OpenOptions {
     OpenOptions {
         read_only: access.read_only(),
         force_share: access == Access::ForceShare,
-        direct,
+        cache,
         backing: BackingPolicy::Follow,
         // Like qemu-img, the image tools read files of any size.
         require_whole_sectors: false,
@@ -140,18 +167,18 @@ pub fn open(
     format: Option<Format>,
     access: Access,
 ) -> anyhow::Result<Arc<dyn BlockImage>> {
-    open_direct(path, format, access, false)
+    open_cached(path, format, access, CacheMode::Writeback)
 }
 
-/// Opens an image through the page cache, or with O_DIRECT if `direct`.
-pub fn open_direct(
+/// Opens an image in cache mode `cache`.
+pub fn open_cached(
     path: &Path,
     format: Option<Format>,
     access: Access,
-    direct: bool,
+    cache: CacheMode,
 ) -> anyhow::Result<Arc<dyn BlockImage>> {
     let format = format_of(path, format)?;
-    rustbk_formats::open_image(path, format, &tool_options(access, direct))
+    rustbk_formats::open_image(path, format, &tool_options(access, cache))
         .with_context(|| format!("Could not open '{}'", path.display()))
 }
 

@@ -201,7 +201,11 @@ fn random_writes(pool: &Pool, size: u64, stop: &AtomicBool) -> anyhow::Result<u6
 fn million_mappings(dir: &Path) -> anyhow::Result<(u64, std::path::PathBuf)> {
     let meta = dir.join("million-meta");
     std::fs::File::create(&meta)?.set_len(1 << 30)?;
-    let file = Arc::new(EngineFile::open(&meta, Access::ReadWrite, false)?);
+    let file = Arc::new(EngineFile::open(
+        &meta,
+        Access::ReadWrite,
+        rustbk_formats::CacheMode::Writeback,
+    )?);
     let geometry = Geometry {
         data_block_size: 128,
         nr_data_blocks: MAPPINGS,
@@ -227,7 +231,11 @@ fn million_mappings(dir: &Path) -> anyhow::Result<(u64, std::path::PathBuf)> {
 }
 
 fn open_metadata(path: &Path) -> anyhow::Result<Metadata> {
-    let file = Arc::new(EngineFile::open(path, Access::ReadWrite, false)?);
+    let file = Arc::new(EngineFile::open(
+        path,
+        Access::ReadWrite,
+        rustbk_formats::CacheMode::Writeback,
+    )?);
     Ok(Metadata::open(file, |_| MAPPINGS)?)
 }
 

@@ -89,7 +89,7 @@ pub fn run(args: ThinArgs) -> anyhow::Result<ExitCode> {
 
 /// Opens a metadata file or device, shared with any other reader.
 fn open_metadata(path: &Path, access: Access) -> anyhow::Result<Arc<EngineFile>> {
-    let file = EngineFile::open(path, access, false)
+    let file = EngineFile::open(path, access, rustbk_formats::CacheMode::Writeback)
         .with_context(|| format!("Cannot open metadata {}", path.display()))?;
     Ok(Arc::new(file))
 }
