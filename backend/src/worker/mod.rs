@@ -52,6 +52,18 @@ pub struct WorkerConfig {
     pub poll_us: u32,
 }
 
+/// Longest thread name Linux keeps (`comm`, 16 bytes with the NUL); longer names are cut.
+pub const THREAD_NAME_MAX: usize = 15;
+
+/// The name of the ring worker thread of disk `devid` of guest `domid`: `ring-d<domid>-<devid>`
+/// (what `top -H`, `ps -L` and `/proc/<pid>/task/<tid>/comm` show, cut to
+/// [`THREAD_NAME_MAX`] bytes by the kernel for large numbers). Tools find the data-path
+/// threads of a backend process by this name, e.g. `rustbk bench --null` to measure their CPU
+/// time.
+pub fn thread_name(domid: DomId, devid: u32) -> String {
+    format!("ring-d{}-{}", domid.0, devid)
+}
+
 /// Why a worker thread ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WorkerExit {
@@ -79,7 +91,7 @@ impl Worker {
     ) -> Result<Worker, Error> {
         let stop = Arc::new(EventFd::new()?);
         let thread_stop = Arc::clone(&stop);
-        let name = format!("ring-d{}-{}", cfg.domid.0, cfg.devid);
+        let name = thread_name(cfg.domid, cfg.devid);
         let thread = std::thread::Builder::new()
             .name(name)
             .spawn(move || {
