@@ -1,9 +1,13 @@
 //! Null images: the stateless part of the shared suite, geometry from the size given, and
 //! the refusals a file-less image needs.
 
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
 
-use crate::image::{BlockImage, Format, IoOp, OpenOptions};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+
+use crate::image::{BlockImage, Format, ImageQueue, IoOp, OpenOptions};
 use crate::suite::{self, DEPTH, MIN_SIZE, read_at, run, write_at};
 use crate::{Error, SharedBuf, open_image};
 
@@ -92,6 +96,67 @@ fn completions_are_ready_at_reap_right_after_submit_without_waiting() {
         0,
         "reap cleared it"
     );
+}
+
+#[test]
+fn a_notifier_fetched_late_or_kept_tells_the_truth() {
+    let img = image(MIN_SIZE);
+    let mut q = img.open_queue(8).expect("queue");
+    let readable = |q: &dyn ImageQueue| {
+        let mut fds = [PollFd::new(q.notifier(), PollFlags::POLLIN)];
+        poll(&mut fds, PollTimeout::ZERO).expect("poll") == 1
+    };
+    // Completions made before anyone asked for the notifier show once it is asked for.
+    q.submit(IoOp::Flush, 1).expect("submit");
+    assert!(readable(&*q), "pending completion not signalled");
+    let mut out = Vec::new();
+    assert_eq!(q.reap(&mut out), 1);
+    assert!(!readable(&*q), "reap left it readable");
+    // A descriptor kept from one call (as in an epoll set) follows every later batch.
+    let fd = q.notifier().try_clone_to_owned().expect("dup");
+    for round in 0..3 {
+        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        assert_eq!(
+            poll(&mut fds, PollTimeout::ZERO).expect("poll"),
+            0,
+            "{round}"
+        );
+        q.submit(IoOp::Flush, round).expect("submit");
+        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        assert_eq!(
+            poll(&mut fds, PollTimeout::ZERO).expect("poll"),
+            1,
+            "{round}"
+        );
+        assert_eq!(q.reap(&mut out), 1);
+    }
+}
+
+#[test]
+fn wait_any_returns_at_once_with_completions_and_reports_ready_fds() {
+    let img = image(MIN_SIZE);
+    let mut q = img.open_queue(8).expect("queue");
+    let bell = EventFd::from_flags(EfdFlags::EFD_NONBLOCK).expect("eventfd");
+    let quiet = EventFd::from_flags(EfdFlags::EFD_NONBLOCK).expect("eventfd");
+    q.submit(IoOp::Flush, 1).expect("submit");
+    let start = Instant::now();
+    let fired = q.wait_any(&[bell.as_fd()], None).expect("wait_any");
+    assert_eq!(fired, [false]);
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "slept with a completion ready"
+    );
+    let mut out = Vec::new();
+    q.reap(&mut out);
+    bell.write(1).expect("ring");
+    let fired = q
+        .wait_any(&[quiet.as_fd(), bell.as_fd()], None)
+        .expect("wait_any");
+    assert_eq!(fired, [false, true]);
+    let fired = q
+        .wait_any(&[quiet.as_fd()], Some(Duration::from_millis(20)))
+        .expect("timeout");
+    assert_eq!(fired, [false]);
 }
 
 #[test]
