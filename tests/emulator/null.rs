@@ -143,3 +143,17 @@ fn bench_null_reports_positive_iops_and_worker_cpu_per_request() {
     assert_eq!(skipped[0]["queues"], 2);
     assert!(skipped[0]["why"].as_str().unwrap().contains("multi-queue"));
 }
+
+#[test]
+fn bench_null_takes_no_image() {
+    let out = Command::new(env!("CARGO_BIN_EXE_rustbk"))
+        .args(["bench", "--null", "--image", "/nonexistent/disk.img"])
+        .output()
+        .expect("run rustbk bench");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--image") && stderr.contains("--null"),
+        "{stderr}"
+    );
+}
