@@ -145,6 +145,7 @@ impl GuestHandle for EmuGuest {
         };
         let mut region = Region::reserve(refs.len() * PAGE_SIZE)?;
         let writable = access == Access::ReadWrite;
+        let mut grants = Vec::with_capacity(refs.len());
         for (i, gref) in refs.iter().enumerate() {
             let grant = reader.check(*gref, access)?;
             let file_offset = u64::from(grant.frame) * PAGE_SIZE as u64;
@@ -155,8 +156,17 @@ impl GuestHandle for EmuGuest {
                 file_offset,
                 writable,
             )?;
+            grants.push(grant);
         }
         let guard = self.in_use.acquire(refs, access);
+        // Xen checks an entry and marks it mapped in one step; here the marks come second, so
+        // check again: a guest that revoked or moved a grant in between gets no mapping (and
+        // from now on its revocation fails, as under Xen).
+        for (gref, grant) in refs.iter().zip(&grants) {
+            if reader.check(*gref, access)? != *grant {
+                return Err(Error::GrantInvalid(*gref));
+            }
+        }
         Ok(GrantMapping::new(region, access, Some(Box::new(guard))))
     }
 
