@@ -97,10 +97,7 @@ fn a_frontend_using_more_grants_than_the_cache_holds_keeps_verifying() {
 
 /// Writes `data` through writable grants `refs` (kept as persistent grants) at `sector`.
 fn write_through(g: &mut Guest, first: u32, refs: &[GrantRef], sector: u64, data: &[u8]) -> i16 {
-    g.dom()
-        .ram()
-        .write(Guest::frame_addr(first), data)
-        .unwrap();
+    g.dom().ram().write(Guest::frame_addr(first), data).unwrap();
     let req = g.rw(RwOp::Write, sector, refs);
     g.send(&req);
     g.wait(req.id()).status
@@ -136,7 +133,10 @@ fn grants_left_unused_are_unmapped_after_the_configured_time() {
         host.backend_log()
     );
     let idle = used.elapsed();
-    assert!(idle >= Duration::from_millis(900), "unmapped after {idle:?}");
+    assert!(
+        idle >= Duration::from_millis(900),
+        "unmapped after {idle:?}"
+    );
     // The guest can take its pages back now; grants made again serve as before.
     for r in &refs {
         g.dom().end_grant(*r).unwrap();
@@ -155,7 +155,10 @@ fn a_guest_revoking_a_kept_grant_gets_errors_and_service_continues() {
     let (first, refs) = g.pages(2, false);
     let (a, b) = (refs[0], refs[1]);
     let data = pattern(2 * 4096, 21);
-    assert_eq!(write_through(&mut g, first, &refs, 128, &data), status::OKAY);
+    assert_eq!(
+        write_through(&mut g, first, &refs, 128, &data),
+        status::OKAY
+    );
     // As under Xen, a grant the backend has mapped cannot be ended ...
     assert!(g.dom().end_grant(a).is_err());
     // ... and scribbling over the entry leaves the backend's mapping in place: the page the
@@ -179,7 +182,10 @@ fn a_guest_revoking_a_kept_grant_gets_errors_and_service_continues() {
         }
     }
     assert_eq!(last.0, status::ERROR, "log:\n{}", host.backend_log());
-    assert!(last.1 == marker, "an answered-with-error read changed the page");
+    assert!(
+        last.1 == marker,
+        "an answered-with-error read changed the page"
+    );
     // The other grant, and the revoked one granted again, still serve.
     let (st, got) = read_through(&mut g, first + 1, b, 136);
     assert_eq!((st, &got[..]), (status::OKAY, &data[4096..]));

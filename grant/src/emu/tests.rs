@@ -235,9 +235,7 @@ fn a_grant_revoked_under_a_mapping_stays_mapped_until_unmapped_as_under_xen() {
     dom.revoke_forcibly(gref).unwrap();
     map.write(8, b"still mine").unwrap();
     let mut back = [0u8; 10];
-    dom.ram()
-        .read(4 * PAGE_SIZE as u64 + 8, &mut back)
-        .unwrap();
+    dom.ram().read(4 * PAGE_SIZE as u64 + 8, &mut back).unwrap();
     assert_eq!(&back, b"still mine");
     // New maps fail; once unmapped, the entry is left cleared.
     assert!(matches!(
