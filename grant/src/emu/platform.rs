@@ -9,6 +9,7 @@ use rustbk_ring::PAGE_SIZE;
 
 use super::guest::endpoint_path;
 use super::in_use::InUse;
+use super::ram::check_sealed;
 use super::table::{ENTRY_SIZE, TableReader};
 use super::wire::{self, BIND, HELLO, Msg, OK};
 use crate::sys::Region;
@@ -50,6 +51,8 @@ impl Platform for EmuPlatform {
         let (reply, fds) = expect_reply(&conn, HELLO, 2)?;
         let mut fds = fds.into_iter();
         let (ram_fd, table_fd) = (next_fd(&mut fds)?, next_fd(&mut fds)?);
+        check_sealed(&ram_fd, "RAM")?;
+        check_sealed(&table_fd, "grant table")?;
         let ram_pages = sized(&ram_fd, reply.a, PAGE_SIZE as u64)?;
         let entries = sized(&table_fd, reply.b, ENTRY_SIZE as u64)?;
         let table_len = (entries as usize * ENTRY_SIZE).div_ceil(PAGE_SIZE).max(1) * PAGE_SIZE;

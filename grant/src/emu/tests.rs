@@ -249,3 +249,22 @@ fn a_grant_revoked_under_a_mapping_stays_mapped_until_unmapped_as_under_xen() {
         Err(Error::GrantInvalid(_))
     ));
 }
+
+#[test]
+fn a_guest_cannot_shrink_the_memory_a_backend_maps() {
+    let (_d, dom, guest) = setup();
+    let gref = dom.grant(BACKEND, 63, false).unwrap();
+    let map = guest.map_grants(&[gref], Access::ReadWrite).unwrap();
+    // Under Xen a mapped frame stays; here the RAM memfd is sealed at its size.
+    let shrunk = nix::unistd::ftruncate(dom.ram().fd(), 0);
+    assert_eq!(shrunk, Err(nix::errno::Errno::EPERM));
+    map.write(0, b"last page").unwrap();
+    let sealed = super::ram::new_memfd(c"test", 1).unwrap();
+    assert!(super::ram::check_sealed(&sealed, "RAM").is_ok());
+    let plain =
+        nix::sys::memfd::memfd_create(c"plain", nix::sys::memfd::MemFdCreateFlag::empty()).unwrap();
+    assert!(matches!(
+        super::ram::check_sealed(&plain, "RAM"),
+        Err(Error::Protocol(_))
+    ));
+}
