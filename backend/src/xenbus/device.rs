@@ -315,7 +315,9 @@ impl Device {
         let discard = discard_offered(&*self.image, &self.info);
         let limits = disk_limits(&*self.image, self.info.read_only, discard, &self.opts);
         let persistent_grants = if self.opts.persistent && fr.persistent {
-            (self.opts.max_persistent_grants).unwrap_or_else(|| persistent_budget(res.ring.size()))
+            self.opts
+                .max_persistent_grants
+                .unwrap_or_else(|| persistent_budget(res.ring.size()))
         } else {
             0
         };
