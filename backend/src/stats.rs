@@ -21,6 +21,16 @@ pub struct Stats {
     pub errors: AtomicU64,
     /// Requests refused as malformed or not allowed.
     pub bad_requests: AtomicU64,
+    /// Grants kept mapped as persistent grants now, over every ring.
+    pub persistent_cached: AtomicU64,
+    /// Data pages found among the persistent grants.
+    pub persistent_hits: AtomicU64,
+    /// Data pages not found among the persistent grants (mapped then).
+    pub persistent_misses: AtomicU64,
+    /// Persistent grants unmapped to make room for others (least recently used first).
+    pub persistent_purged: AtomicU64,
+    /// Persistent grants unmapped after going unused for too long.
+    pub persistent_unused_unmapped: AtomicU64,
 }
 
 /// A plain copy of the counters.
@@ -42,11 +52,30 @@ pub struct StatsSnapshot {
     pub errors: u64,
     /// See [`Stats::bad_requests`].
     pub bad_requests: u64,
+    /// See [`Stats::persistent_cached`].
+    pub persistent_cached: u64,
+    /// See [`Stats::persistent_hits`].
+    pub persistent_hits: u64,
+    /// See [`Stats::persistent_misses`].
+    pub persistent_misses: u64,
+    /// See [`Stats::persistent_purged`].
+    pub persistent_purged: u64,
+    /// See [`Stats::persistent_unused_unmapped`].
+    pub persistent_unused_unmapped: u64,
 }
 
 impl Stats {
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Lowers a gauge, stopping at zero.
+    pub(crate) fn sub(counter: &AtomicU64, n: u64) {
+        if n > 0 {
+            let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(n))
+            });
+        }
     }
 
     /// Reads every counter.
@@ -61,6 +90,11 @@ impl Stats {
             bytes_written: get(&self.bytes_written),
             errors: get(&self.errors),
             bad_requests: get(&self.bad_requests),
+            persistent_cached: get(&self.persistent_cached),
+            persistent_hits: get(&self.persistent_hits),
+            persistent_misses: get(&self.persistent_misses),
+            persistent_purged: get(&self.persistent_purged),
+            persistent_unused_unmapped: get(&self.persistent_unused_unmapped),
         }
     }
 }

@@ -16,5 +16,6 @@ mod harness;
 mod holder;
 mod hostile;
 mod locks;
+mod persistent;
 mod qcow2;
 mod thin;

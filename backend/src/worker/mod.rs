@@ -48,6 +48,8 @@ pub struct WorkerConfig {
     /// Keep up to this many grants mapped across requests (`feature-persistent` negotiated);
     /// 0 maps every request's pages afresh.
     pub persistent_grants: usize,
+    /// Unmap persistent grants left unused for this long (`None`: keep them while connected).
+    pub persistent_unused: Option<std::time::Duration>,
     /// Microseconds to busy-poll for work before sleeping (0: never poll).
     pub poll_us: u32,
 }

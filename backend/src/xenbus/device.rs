@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustbk_formats::{BackingPolicy, BlockImage, CacheMode, EngineKind, OpenOptions, open_image};
 use rustbk_grant::Platform;
@@ -20,6 +21,10 @@ use crate::{Error, Stats};
 
 /// Default busy-poll time of a ring worker.
 pub const DEFAULT_POLL_US: u32 = 0;
+
+/// Default time after which an unused persistent grant is unmapped (Linux blkback's
+/// `persistent_grant_unused_seconds`).
+pub const DEFAULT_PERSISTENT_GRANT_UNUSED: Duration = Duration::from_secs(60);
 
 /// Which device to serve.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,6 +50,11 @@ pub struct BackendOptions {
     pub cache: CacheMode,
     /// Offer persistent grants (`feature-persistent`).
     pub persistent: bool,
+    /// Most persistent grants a ring keeps mapped; `None`: Linux blkback's 1056, or a full
+    /// ring's direct requests on larger rings (at most 8192).
+    pub max_persistent_grants: Option<usize>,
+    /// Unmap persistent grants left unused for this long; `None` keeps them while connected.
+    pub persistent_grant_unused: Option<Duration>,
     /// Logical sector size announced to the guest (`sector-size`): 512 or 4096.
     pub sector_size: u32,
     /// Microseconds a ring worker busy-polls for work before sleeping.
@@ -65,6 +75,8 @@ impl Default for BackendOptions {
             engine: EngineKind::Auto,
             cache: CacheMode::None,
             persistent: true,
+            max_persistent_grants: None,
+            persistent_grant_unused: Some(DEFAULT_PERSISTENT_GRANT_UNUSED),
             sector_size: 512,
             poll_us: DEFAULT_POLL_US,
             backing_dirs: Vec::new(),
@@ -304,7 +316,9 @@ impl Device {
         let discard = discard_offered(&*self.image, &self.info);
         let limits = disk_limits(&*self.image, self.info.read_only, discard, &self.opts);
         let persistent_grants = if self.opts.persistent && fr.persistent {
-            persistent_budget(res.ring.size())
+            self.opts
+                .max_persistent_grants
+                .unwrap_or_else(|| persistent_budget(res.ring.size()))
         } else {
             0
         };
@@ -313,6 +327,7 @@ impl Device {
             devid: self.spec.devid,
             limits,
             persistent_grants,
+            persistent_unused: self.opts.persistent_grant_unused,
             poll_us: self.opts.poll_us,
         };
         let exits = self.exits.clone();

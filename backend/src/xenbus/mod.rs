@@ -16,7 +16,10 @@ mod state;
 mod store;
 mod thin;
 
-pub use device::{BackendOptions, DEFAULT_POLL_US, DeviceSpec, error_chain, run_device};
+pub use device::{
+    BackendOptions, DEFAULT_PERSISTENT_GRANT_UNUSED, DEFAULT_POLL_US, DeviceSpec, error_chain,
+    run_device,
+};
 pub use guest::{GuestSpec, backend_root, claimed, claimed_devices, serve_guest};
 pub use state::XenbusState;
 pub use store::{Store, Watch};

@@ -103,6 +103,16 @@ pub struct BackendArgs {
     /// Do not offer persistent grants.
     #[arg(long)]
     pub no_persistent: bool,
+    /// Most persistent grants each ring keeps mapped (Linux blkback's max_persistent_grants);
+    /// when full, the least recently used 5% that no request holds are unmapped. Default: 1056,
+    /// or a full ring's direct requests on rings of order 2 and more (at most 8192).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1 << 20))]
+    pub max_persistent_grants: Option<u32>,
+    /// Unmap persistent grants left unused this many seconds, checked at most once a second, so
+    /// idle disks give their guest's grant table back (Linux blkback's
+    /// persistent_grant_unused_seconds); 0 keeps them while the ring is connected.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub persistent_grant_unused_secs: u32,
     /// Largest ring page order offered (0..=4).
     #[arg(long, default_value_t = rustbk_ring::MAX_RING_PAGE_ORDER, value_parser = parse_ring_order)]
     pub max_ring_order: u32,

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 
@@ -46,6 +47,9 @@ pub fn options(args: &BackendArgs, platform: &PlatformArgs) -> anyhow::Result<Ba
         },
         cache: args.cache_mode(),
         persistent: !args.no_persistent,
+        max_persistent_grants: args.max_persistent_grants.map(|n| n as usize),
+        persistent_grant_unused: (args.persistent_grant_unused_secs > 0)
+            .then(|| Duration::from_secs(args.persistent_grant_unused_secs.into())),
         sector_size: args.sector_size,
         poll_us: args.poll_us,
         backing_dirs: backing_dirs(args)?,
@@ -108,6 +112,13 @@ pub fn backend_args(backend: &BackendArgs) -> Vec<String> {
     if backend.no_persistent {
         out.push("--no-persistent".into());
     }
+    if let Some(n) = backend.max_persistent_grants {
+        out.extend(["--max-persistent-grants".into(), n.to_string()]);
+    }
+    out.extend([
+        "--persistent-grant-unused-secs".into(),
+        backend.persistent_grant_unused_secs.to_string(),
+    ]);
     for dir in &backend.backing_dirs {
         out.extend(["--backing-dir".into(), dir.display().to_string()]);
     }
