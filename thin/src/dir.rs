@@ -1,5 +1,5 @@
 //! A pool as its users name it: a directory holding `metadata` and `data` (files, or symlinks
-//! to block devices), next to rustbk's volume records (`metadata.volumes.json`). `params` of
+//! to block devices), next to rustbk's volume records (`metadata.volumes.0` and `.1`). `params` of
 //! a disk name a volume of it as `thin:/path/to/pool:VOLUME`, by id or by name.
 
 use std::path::{Path, PathBuf};

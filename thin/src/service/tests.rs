@@ -289,13 +289,30 @@ fn a_worker_that_stops_reading_loses_its_connection_and_does_not_hold_up_a_snaps
         .unwrap();
     let opened = wire::read_frame::<Reply>(&mut stream).unwrap();
     assert!(matches!(opened, Some(Reply::Info { .. })), "{opened:?}");
-    // Ask and never read the answers, until the service's replies fill the socket.
+    // Ask and never read the answers, until the service's replies fill the socket and it
+    // is stuck in a send: then it stops taking requests. A send buffer that is merely full
+    // is not enough (a loaded service may answer everything queued and wait for more), so
+    // go on until no request was taken for two seconds.
     stream.set_nonblocking(true).unwrap();
     let info = frame(&Request::Info);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if stream.write_all(&info).is_err() {
-            break;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut taken = Instant::now();
+    while taken.elapsed() < Duration::from_secs(2) {
+        assert!(
+            Instant::now() < deadline,
+            "the service never stopped reading"
+        );
+        match stream.write(&info) {
+            Ok(n) => {
+                assert_eq!(n, info.len(), "a frame is written whole or not at all");
+                taken = Instant::now();
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            // It gave up on this connection already (its send timed out).
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break,
+            Err(e) => panic!("{e}"),
         }
     }
     let start = Instant::now();
