@@ -65,6 +65,9 @@ pub struct BackendOptions {
     /// Folder of the rings' request journals, which outlive a killed worker (the daemon's
     /// lock folder).
     pub journal_dir: PathBuf,
+    /// The rustbk executable that starts a pool service (`rustbk thin serve`) for a thin
+    /// volume's pool when none serves it; `None`: the worker opens the pool itself.
+    pub thin_service: Option<PathBuf>,
 }
 
 impl Default for BackendOptions {
@@ -81,6 +84,7 @@ impl Default for BackendOptions {
             poll_us: DEFAULT_POLL_US,
             backing_dirs: Vec::new(),
             journal_dir: PathBuf::from("/run/rustbk"),
+            thin_service: None,
         }
     }
 }

@@ -346,3 +346,37 @@ fn a_discard_of_more_blocks_than_a_frame_holds_frees_every_one() {
     port.commit().unwrap();
     assert_eq!(s.service.pool().usage().unwrap().data_free, free + 5000);
 }
+
+#[test]
+fn a_service_with_an_idle_exit_stops_once_nothing_was_connected_for_that_long() {
+    let dir = tempfile::tempdir().unwrap();
+    let (meta, data) = pool_files(&dir, 64);
+    drop(Pool::create(&meta, &data, BS, PoolOptions::default()).unwrap());
+    let socket = dir.path().join("idle.sock");
+    let start = Instant::now();
+    let service = {
+        let socket = socket.clone();
+        std::thread::spawn(move || {
+            let stop = std::sync::atomic::AtomicBool::new(false);
+            let idle = Some(Duration::from_secs(1));
+            super::run_until(&meta, &data, &socket, PoolOptions::default(), (&stop, idle))
+        })
+    };
+    while UnixStream::connect(&socket).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(20), "never listened");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // An open connection keeps it up past its idle time.
+    let admin = super::AdminClient::connect(&socket, Duration::from_secs(10)).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!service.is_finished(), "stopped with a connection open");
+    let closed = Instant::now();
+    drop(admin);
+    service.join().unwrap().unwrap();
+    let idle = closed.elapsed();
+    assert!(
+        idle >= Duration::from_secs(1) && idle < Duration::from_secs(15),
+        "{idle:?}"
+    );
+    assert!(!socket.exists(), "the socket outlived the service");
+}

@@ -103,6 +103,10 @@ pub struct BackendArgs {
     /// Do not offer persistent grants.
     #[arg(long)]
     pub no_persistent: bool,
+    /// Open a thin pool in the worker itself (locking it: one served volume) when no pool
+    /// service serves it, instead of starting `rustbk thin serve` for it.
+    #[arg(long)]
+    pub no_thin_service: bool,
     /// Most persistent grants each ring keeps mapped (Linux blkback's max_persistent_grants);
     /// when full, the least recently used 5% that no request holds are unmapped. Default: 1056,
     /// or a full ring's direct requests on rings of order 2 and more (at most 8192).

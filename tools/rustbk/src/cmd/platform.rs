@@ -54,6 +54,10 @@ pub fn options(args: &BackendArgs, platform: &PlatformArgs) -> anyhow::Result<Ba
         poll_us: args.poll_us,
         backing_dirs: backing_dirs(args)?,
         journal_dir: lock_dir(platform),
+        thin_service: match args.no_thin_service {
+            true => None,
+            false => Some(std::env::current_exe().context("the rustbk executable")?),
+        },
     })
 }
 
@@ -111,6 +115,9 @@ pub fn backend_args(backend: &BackendArgs) -> Vec<String> {
     out.extend(["--cache".into(), backend.cache_mode().to_string()]);
     if backend.no_persistent {
         out.push("--no-persistent".into());
+    }
+    if backend.no_thin_service {
+        out.push("--no-thin-service".into());
     }
     if let Some(n) = backend.max_persistent_grants {
         out.extend(["--max-persistent-grants".into(), n.to_string()]);
