@@ -120,6 +120,7 @@ fn run(w: &World, ctl: u8, entries: &[u8], pages: &[u8]) {
     let cfg = WorkerConfig {
         domid: GUEST,
         devid: 51712,
+        queue: 0,
         limits: limits(),
         persistent_grants: if ctl & 2 != 0 { 1056 } else { 0 },
         poll_us: 0,

@@ -116,6 +116,10 @@ pub struct BackendArgs {
     /// Largest ring page order offered (0..=4).
     #[arg(long, default_value_t = rustbk_ring::MAX_RING_PAGE_ORDER, value_parser = parse_ring_order)]
     pub max_ring_order: u32,
+    /// Most rings (queues) a guest's disk may use (`multi-queue-max-queues`), each served by
+    /// its own thread and io_uring (1..=256). Default: the number of cores.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub max_queues: Option<u32>,
     /// Indirect segments offered (0 disables indirect requests; at most 4096).
     #[arg(long, default_value_t = rustbk_ring::DEFAULT_MAX_INDIRECT_SEGMENTS,
           value_parser = clap::value_parser!(u32).range(0..=4096))]
