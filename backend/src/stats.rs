@@ -114,7 +114,10 @@ impl Stats {
         add(&self.persistent_hits, s.persistent_hits);
         add(&self.persistent_misses, s.persistent_misses);
         add(&self.persistent_purged, s.persistent_purged);
-        add(&self.persistent_unused_unmapped, s.persistent_unused_unmapped);
+        add(
+            &self.persistent_unused_unmapped,
+            s.persistent_unused_unmapped,
+        );
     }
 
     fn lock_queues(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Stats>>> {
@@ -191,7 +194,10 @@ mod tests {
         dev.retire(&q1);
         Stats::add(&q0.reads, 1);
         let s = dev.snapshot();
-        assert_eq!((s.reads, s.bytes_written, s.persistent_cached), (8, 4096, 0));
+        assert_eq!(
+            (s.reads, s.bytes_written, s.persistent_cached),
+            (8, 4096, 0)
+        );
         dev.retire(&q0);
         assert_eq!(dev.snapshot().reads, 8);
         assert_eq!(dev.lock_queues().len(), 0);

@@ -161,7 +161,11 @@ fn check_distinct(fe: &str, rings: &[FrontendRing]) -> Result<(), Error> {
         }
         if !ports.insert(r.port.0) {
             let why = "event channel used by more than one queue";
-            return Err(bad(&format!("{dir}/event-channel"), &r.port.0.to_string(), why));
+            return Err(bad(
+                &format!("{dir}/event-channel"),
+                &r.port.0.to_string(),
+                why,
+            ));
         }
     }
     Ok(())

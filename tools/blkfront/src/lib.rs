@@ -20,5 +20,5 @@ pub mod workload;
 
 pub use error::Error;
 pub use frames::FrameAlloc;
-pub use front::{Closed, DiskInfo, Frontend, FrontendConfig};
+pub use front::{Closed, DiskInfo, Frontend, FrontendConfig, Tamper};
 pub use slots::{Slot, SlotPool};

@@ -180,7 +180,10 @@ mod tests {
             lock_dir: None,
         };
         let opts = super::options(&parse(&[]).expect("parse"), &platform).expect("options");
-        assert_eq!(opts.max_queues, rustbk_backend::xenbus::default_max_queues());
+        assert_eq!(
+            opts.max_queues,
+            rustbk_backend::xenbus::default_max_queues()
+        );
         assert!(parse(&["--max-queues", "0"]).is_err());
     }
 
