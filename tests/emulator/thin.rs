@@ -17,7 +17,7 @@ use crate::harness::{Host, Setup, XVDA, pattern, spec_for};
 
 const SIZE: u64 = 64 << 20;
 
-fn thin_setup() -> Setup {
+pub fn thin_setup() -> Setup {
     Setup {
         format: Some("thin"),
         ..Setup::default()
@@ -25,7 +25,7 @@ fn thin_setup() -> Setup {
 }
 
 /// A pool in `dir` with volume 0 ("vm") of 64 MiB; returns the `POOL:VOLUME` target.
-fn pool_with_volume(dir: &Path) -> PathBuf {
+pub fn pool_with_volume(dir: &Path) -> PathBuf {
     let pool = PoolDir::new(dir.join("pool"));
     let devices = Devices::Files {
         metadata: 16 << 20,

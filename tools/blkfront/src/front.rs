@@ -43,6 +43,8 @@ pub enum Tamper {
     Write(String, String),
     /// Removes the key.
     Remove(String),
+    /// Writes the value the frontend published under the first key to the second.
+    Copy(String, String),
 }
 
 impl FrontendConfig {
@@ -482,6 +484,10 @@ fn publish_rings(
             match t {
                 Tamper::Write(k, v) => xs.write_tx(tx, &format!("{fe}/{k}"), v)?,
                 Tamper::Remove(k) => xs.rm_tx(tx, &format!("{fe}/{k}"))?,
+                Tamper::Copy(from, to) => {
+                    let v = xs.read_tx(tx, &format!("{fe}/{from}"))?;
+                    xs.write_tx(tx, &format!("{fe}/{to}"), &v)?;
+                }
             }
         }
         xs.write_tx(tx, &format!("{fe}/state"), "3")
