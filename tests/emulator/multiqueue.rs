@@ -140,8 +140,11 @@ fn qcow2_disk_with_two_and_four_queues_verifies_data_and_stays_clean() {
 /// Sectors of a 64 KiB cluster.
 const CLUSTER_SECTORS: u64 = 128;
 
-/// Writes one page into each of the first `clusters` unallocated clusters from every queue at
-/// once (queue q writes page q of the cluster), then reads every cluster back.
+/// Where the allocation races start: 40 MiB, beyond the workload's region.
+const RACE_SECTOR: u64 = (40 << 20) / 512;
+
+/// Writes one page into each of `clusters` unallocated clusters from [`RACE_SECTOR`] on, from
+/// every queue at once (queue q writes page q of the cluster), then reads every cluster back.
 fn race_allocations(g: &mut Guest, clusters: u64) {
     let queues = g.front.queue_count();
     for c in 0..clusters {
@@ -153,7 +156,8 @@ fn race_allocations(g: &mut Guest, clusters: u64) {
                 .ram()
                 .write(Guest::frame_addr(first), &data)
                 .unwrap();
-            let req = g.rw(RwOp::Write, c * CLUSTER_SECTORS + q as u64 * 8, &refs);
+            let at = RACE_SECTOR + c * CLUSTER_SECTORS + q as u64 * 8;
+            let req = g.rw(RwOp::Write, at, &refs);
             g.front.push_to(q, &req).unwrap();
             sent.push((req.id(), first, refs));
         }
@@ -165,8 +169,12 @@ fn race_allocations(g: &mut Guest, clusters: u64) {
         }
     }
     for c in 0..clusters {
-        let (st, data) = g.read(c * CLUSTER_SECTORS, 16);
-        assert_eq!(st, status::OKAY);
+        // Two reads of eight pages: a direct request holds at most 11 segments.
+        let at = RACE_SECTOR + c * CLUSTER_SECTORS;
+        let (st0, mut data) = g.read(at, 8);
+        let (st1, high) = g.read(at + 64, 8);
+        assert_eq!((st0, st1), (status::OKAY, status::OKAY));
+        data.extend(high);
         for (page, got) in data.chunks(PAGE_SIZE).enumerate() {
             let want = match page < queues {
                 true => pattern(PAGE_SIZE, (c as usize * queues + page) as u8),
@@ -201,7 +209,7 @@ fn qcow2_queues_allocating_the_same_cluster_at_once_keep_every_write() {
     let data = std::fs::read(&raw).unwrap();
     for c in 0..64usize {
         for q in 0..4 {
-            let at = c * 65536 + q * PAGE_SIZE;
+            let at = (40 << 20) + c * 65536 + q * PAGE_SIZE;
             assert!(
                 data[at..at + PAGE_SIZE] == pattern(PAGE_SIZE, (c * 4 + q) as u8)[..],
                 "qemu-img reads cluster {c} page {q} wrong"
@@ -212,7 +220,7 @@ fn qcow2_queues_allocating_the_same_cluster_at_once_keep_every_write() {
 
 #[test]
 fn thin_volume_with_two_queues_verifies_data_and_passes_thin_check() {
-    let host = Host::serving(
+    let mut host = Host::serving(
         Setup {
             backend_args: vec!["--max-queues".into(), "2".into()],
             ..crate::thin::thin_setup()
@@ -225,7 +233,8 @@ fn thin_volume_with_two_queues_verifies_data_and_passes_thin_check() {
     race_allocations(&mut g, 16);
     verify_run(&mut g, 21);
     g.front.close().unwrap();
-    drop(host);
+    host.cluster.remove_disk(&host.spec).unwrap();
+    crate::thin::thin_checks(&crate::thin::metadata_of(&host.image));
 }
 
 /// A frontend publishing two rings with `tamper` applied is refused: the backend goes to

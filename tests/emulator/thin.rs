@@ -43,13 +43,13 @@ pub fn pool_with_volume(dir: &Path) -> PathBuf {
     PathBuf::from(format!("{}:vm", pool.path.display()))
 }
 
-fn metadata_of(target: &Path) -> PathBuf {
+pub fn metadata_of(target: &Path) -> PathBuf {
     let text = target.display().to_string();
     let (pool, _) = text.rsplit_once(':').unwrap();
     PoolDir::new(pool).metadata()
 }
 
-fn thin_checks(metadata: &Path) {
+pub fn thin_checks(metadata: &Path) {
     for peer in Peer::ALL {
         peers::thin_check(peer, metadata).unwrap_or_else(|e| panic!("{e}"));
     }
