@@ -345,10 +345,10 @@ impl Device {
             &self.info,
         )
         .await?;
-        let fr = &rings[0];
-        let abi = fr.abi.protocol_name();
-        let queues = rings.len();
-        tracing::info!(queues, order = fr.order, abi, persistent, "rings connected");
+        if let Some(fr) = rings.first() {
+            let (abi, queues) = (fr.abi.protocol_name(), rings.len());
+            tracing::info!(queues, order = fr.order, abi, persistent, "rings connected");
+        }
         Ok(())
     }
 
