@@ -16,6 +16,7 @@ mod harness;
 mod holder;
 mod hostile;
 mod locks;
+mod multiqueue;
 mod persistent;
 mod qcow2;
 mod thin;

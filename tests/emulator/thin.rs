@@ -17,7 +17,7 @@ use crate::harness::{Host, Setup, XVDA, pattern, spec_for};
 
 const SIZE: u64 = 64 << 20;
 
-fn thin_setup() -> Setup {
+pub fn thin_setup() -> Setup {
     Setup {
         format: Some("thin"),
         ..Setup::default()
@@ -25,7 +25,7 @@ fn thin_setup() -> Setup {
 }
 
 /// A pool in `dir` with volume 0 ("vm") of 64 MiB; returns the `POOL:VOLUME` target.
-fn pool_with_volume(dir: &Path) -> PathBuf {
+pub fn pool_with_volume(dir: &Path) -> PathBuf {
     let pool = PoolDir::new(dir.join("pool"));
     let devices = Devices::Files {
         metadata: 16 << 20,
@@ -43,13 +43,13 @@ fn pool_with_volume(dir: &Path) -> PathBuf {
     PathBuf::from(format!("{}:vm", pool.path.display()))
 }
 
-fn metadata_of(target: &Path) -> PathBuf {
+pub fn metadata_of(target: &Path) -> PathBuf {
     let text = target.display().to_string();
     let (pool, _) = text.rsplit_once(':').unwrap();
     PoolDir::new(pool).metadata()
 }
 
-fn thin_checks(metadata: &Path) {
+pub fn thin_checks(metadata: &Path) {
     for peer in Peer::ALL {
         peers::thin_check(peer, metadata).unwrap_or_else(|e| panic!("{e}"));
     }

@@ -1,4 +1,5 @@
-//! The data path: one thread per ring, driving its own image queue.
+//! The data path: one thread per ring (one per queue of a multi-queue device), driving its own
+//! image queue; the rings of a device share no lock on the request path.
 //!
 //! The thread sleeps in `poll(2)` on three descriptors: the event channel (new requests), the
 //! image queue's completion notifier, and a stop doorbell. Each wake-up pulls every pending
@@ -43,6 +44,8 @@ pub struct WorkerConfig {
     pub domid: DomId,
     /// The virtual device number.
     pub devid: u32,
+    /// Which of the device's rings (queues) this is; 0 with a single ring.
+    pub queue: u32,
     /// What requests may do.
     pub limits: DiskLimits,
     /// Keep up to this many grants mapped across requests (`feature-persistent` negotiated);
@@ -81,7 +84,7 @@ impl Worker {
     ) -> Result<Worker, Error> {
         let stop = Arc::new(EventFd::new()?);
         let thread_stop = Arc::clone(&stop);
-        let name = format!("ring-d{}-{}", cfg.domid.0, cfg.devid);
+        let name = format!("ring-d{}-{}q{}", cfg.domid.0, cfg.devid, cfg.queue);
         let thread = std::thread::Builder::new()
             .name(name)
             .spawn(move || {
@@ -101,6 +104,14 @@ impl Worker {
             stop,
             thread: Some(thread),
         })
+    }
+
+    /// Asks the worker to stop taking requests without waiting for it (see [`Worker::stop`]).
+    pub fn ask_stop(self) -> Worker {
+        if let Err(e) = self.stop.signal() {
+            tracing::error!(error = %e, "cannot signal ring worker to stop");
+        }
+        self
     }
 
     /// Asks the worker to stop taking requests, waits until every in-flight request is

@@ -57,7 +57,12 @@ pub(super) fn run(
     stats: Arc<Stats>,
     stop: &EventFd,
 ) -> WorkerExit {
-    let span = tracing::info_span!("ring", domid = cfg.domid.0, devid = cfg.devid);
+    let span = tracing::info_span!(
+        "ring",
+        domid = cfg.domid.0,
+        devid = cfg.devid,
+        queue = cfg.queue
+    );
     let _entered = span.enter();
     tracing::info!(
         entries = res.ring.size(),

@@ -120,6 +120,10 @@ pub struct BackendArgs {
     /// Largest ring page order offered (0..=4).
     #[arg(long, default_value_t = rustbk_ring::MAX_RING_PAGE_ORDER, value_parser = parse_ring_order)]
     pub max_ring_order: u32,
+    /// Most rings (queues) a guest's disk may use (`multi-queue-max-queues`), each served by
+    /// its own thread and io_uring (1..=256). Default: the number of cores.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub max_queues: Option<u32>,
     /// Indirect segments offered (0 disables indirect requests; at most 4096).
     #[arg(long, default_value_t = rustbk_ring::DEFAULT_MAX_INDIRECT_SEGMENTS,
           value_parser = clap::value_parser!(u32).range(0..=4096))]
@@ -261,6 +265,9 @@ pub struct GuestArgs {
     /// Do not ask for persistent grants.
     #[arg(long)]
     pub no_persistent: bool,
+    /// Rings (queues) wanted, capped by what the backend offers; requests take them in turn.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub queues: u32,
     /// The disk was all zeros before this run (unwritten blocks are checked to read zeros).
     #[arg(long)]
     pub fresh: bool,
@@ -296,6 +303,9 @@ pub struct DemoArgs {
     /// Ring ABI of the guest.
     #[arg(long, value_enum, default_value_t = ProtocolArg::X86_64)]
     pub protocol: ProtocolArg,
+    /// Rings (queues) the guest asks for (capped by `--max-queues`).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub queues: u32,
     /// Keep the work folder (logs, sockets, image) instead of deleting it.
     #[arg(long)]
     pub keep: bool,
@@ -327,6 +337,10 @@ pub struct BenchArgs {
     /// Measurements per case, alternating rustbk and fio; the table shows medians (1..=100).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub rounds: u32,
+    /// Rings (queues) the emulated guest uses, its requests taking them in turn (capped by
+    /// `--max-queues`; fio always runs one job).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub queues: u32,
     /// Keep the work folder (logs, sockets, image) instead of deleting it.
     #[arg(long)]
     pub keep: bool,

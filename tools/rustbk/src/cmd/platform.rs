@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use rustbk_backend::xenbus::BackendOptions;
+use rustbk_backend::xenbus::{BackendOptions, default_max_queues};
 use rustbk_formats::EngineKind;
 use rustbk_grant::Platform;
 use rustbk_grant::emu::EmuPlatform;
@@ -39,6 +39,7 @@ pub fn lock_dir(platform: &PlatformArgs) -> PathBuf {
 pub fn options(args: &BackendArgs, platform: &PlatformArgs) -> anyhow::Result<BackendOptions> {
     Ok(BackendOptions {
         max_ring_order: args.max_ring_order.min(rustbk_ring::MAX_RING_PAGE_ORDER),
+        max_queues: args.max_queues.unwrap_or_else(default_max_queues),
         max_indirect_segments: args.max_indirect_segments.min(MAX_INDIRECT),
         engine: match args.engine {
             EngineArg::Auto => EngineKind::Auto,
@@ -110,6 +111,9 @@ pub fn backend_args(backend: &BackendArgs) -> Vec<String> {
         "--max-indirect-segments".into(),
         backend.max_indirect_segments.to_string(),
     ]);
+    if let Some(n) = backend.max_queues {
+        out.extend(["--max-queues".into(), n.to_string()]);
+    }
     out.extend(["--sector-size".into(), backend.sector_size.to_string()]);
     out.extend(["--poll-us".into(), backend.poll_us.to_string()]);
     out.extend(["--cache".into(), backend.cache_mode().to_string()]);
@@ -168,6 +172,26 @@ mod tests {
                 "{passed:?}"
             );
         }
+    }
+
+    #[test]
+    fn max_queues_reaches_the_worker_command_line_and_defaults_to_the_cores() {
+        let parsed = parse(&["--max-queues", "3"]).expect("parse");
+        let passed = super::backend_args(&parsed);
+        let passed: Vec<&str> = passed.iter().map(String::as_str).collect();
+        assert_eq!(parse(&passed).expect("reparse").max_queues, Some(3));
+        let platform = crate::cli::PlatformArgs {
+            emu_dir: None,
+            backend_domid: 0,
+            kind: "vbd".into(),
+            lock_dir: None,
+        };
+        let opts = super::options(&parse(&[]).expect("parse"), &platform).expect("options");
+        assert_eq!(
+            opts.max_queues,
+            rustbk_backend::xenbus::default_max_queues()
+        );
+        assert!(parse(&["--max-queues", "0"]).is_err());
     }
 
     #[test]
