@@ -1,7 +1,8 @@
 //! The blkif backend of rustbk.
 //!
 //! * [`xenbus`]: the per-device xenbus state machine (control plane, tokio, xenstore-rs).
-//! * [`worker`]: the data path, one thread per ring: requests copied out of the ring once,
+//! * [`worker`]: the data path, one thread per ring (a multi-queue device has several, sharing
+//!   no lock on the request path): requests copied out of the ring once,
 //!   validated, turned into image I/O straight into mapped guest pages, answered in order of
 //!   completion.
 

@@ -120,8 +120,10 @@ fn run(w: &World, ctl: u8, entries: &[u8], pages: &[u8]) {
     let cfg = WorkerConfig {
         domid: GUEST,
         devid: 51712,
+        queue: 0,
         limits: limits(),
         persistent_grants: if ctl & 2 != 0 { 1056 } else { 0 },
+        persistent_unused: None,
         poll_us: 0,
     };
     let exit = Arc::new(Mutex::new(None));

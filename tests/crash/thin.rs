@@ -93,7 +93,11 @@ fn run_cycle(
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_rustbk"));
     let mut cluster = EmuCluster::start(&exe, emu_dir.path()).expect("xenstored");
     let spec = VbdSpec::rustbk(GUEST, XVDA, format!("thin:{}:0", pool.path.display()));
-    cluster.add_disk(&spec, &[]).expect("backend");
+    // The worker owns the pool itself, so the kill hits the process that writes the
+    // metadata (a worker started with a pool service is killed in the replay tests).
+    cluster
+        .add_disk(&spec, &["--no-thin-service"])
+        .expect("backend");
     let mut front = connect(&cluster, &spec);
     let pid = cluster.backend_pid(&spec).expect("backend pid");
     let mut model = Model::new(REGION / BLOCK, false);

@@ -259,7 +259,7 @@ fn demo_makes_a_missing_image_of_the_size_asked() {
 
 #[test]
 fn bad_arguments_are_refused_before_any_process_starts() {
-    let cases: [&[&str]; 10] = [
+    let cases: [&[&str]; 12] = [
         &["demo", "--qd=0"],
         &["demo", "--qd=513"],
         &["demo", "--duration=-1"],
@@ -270,6 +270,8 @@ fn bad_arguments_are_refused_before_any_process_starts() {
         &["demo", "--size=0"],
         &["bench", "--runtime=0.5"],
         &["bench", "--rounds=0"],
+        &["bench", "--queues=0"],
+        &["demo", "--max-queues=0"],
     ];
     for args in cases {
         let out = run(args);
@@ -335,4 +337,26 @@ fn backend_refuses_an_empty_image_and_one_ending_in_a_partial_sector() {
         );
         assert!(!host.backend_log().contains("image opened"), "{name}");
     }
+}
+
+#[test]
+fn demo_with_two_queues_connects_two_rings_and_verifies_its_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = rustbk()
+        .args(["demo", "--queues=2", "--max-queues=2", "--size=16m"])
+        .args(["--duration=1", "--qd=8", "--keep"])
+        .env("TMPDIR", tmp.path())
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("0 mismatches, 0 errors"), "{stdout}");
+    let work = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("rustbk-demo-"))
+        .expect("kept work folder")
+        .path();
+    let log = std::fs::read_to_string(work.join("backend-1-51712.log")).unwrap();
+    assert!(log.contains("rings connected queues=2"), "{log}");
 }

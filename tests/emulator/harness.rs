@@ -146,6 +146,29 @@ impl Host {
 
     /// A connected guest `domid` using its disk `devid`.
     pub fn guest_of(&self, domid: DomId, devid: u32, f: impl FnOnce(&mut FrontendConfig)) -> Guest {
+        self.try_guest_of(domid, devid, f).unwrap_or_else(|e| {
+            panic!(
+                "connect failed: {e:?}; logs:\n{}{}",
+                self.backend_log(),
+                self.cluster.daemon_log()
+            )
+        })
+    }
+
+    /// A guest of domain 1 trying to connect with a customised frontend configuration.
+    pub fn try_guest_with(
+        &self,
+        f: impl FnOnce(&mut FrontendConfig),
+    ) -> Result<Guest, rustbk_blkfront::Error> {
+        self.try_guest_of(GUEST, XVDA, f)
+    }
+
+    fn try_guest_of(
+        &self,
+        domid: DomId,
+        devid: u32,
+        f: impl FnOnce(&mut FrontendConfig),
+    ) -> Result<Guest, rustbk_blkfront::Error> {
         let mut cfg = FrontendConfig::new(domid, devid);
         cfg.timeout = Duration::from_secs(15);
         f(&mut cfg);
@@ -156,20 +179,13 @@ impl Host {
         };
         let dom = Arc::new(EmuDomain::create(self.cluster.dir(), dc).unwrap());
         let xs = XsClient::connect(&self.cluster.guest_socket(domid.0)).unwrap();
-        let front = Frontend::connect(dom, xs, FrameAlloc::new(RAM_PAGES), cfg.clone())
-            .unwrap_or_else(|e| {
-                panic!(
-                    "connect failed: {e:?}; logs:\n{}{}",
-                    self.backend_log(),
-                    self.cluster.daemon_log()
-                )
-            });
-        Guest {
+        let front = Frontend::connect(dom, xs, FrameAlloc::new(RAM_PAGES), cfg.clone())?;
+        Ok(Guest {
             front,
             cfg,
             next_id: 1,
             stash: Vec::new(),
-        }
+        })
     }
 
     pub fn backend_log(&self) -> String {

@@ -16,6 +16,8 @@ mod harness;
 mod holder;
 mod hostile;
 mod locks;
+mod multiqueue;
 mod null;
+mod persistent;
 mod qcow2;
 mod thin;

@@ -86,7 +86,7 @@ fn null_disk_of_a_partial_sector_is_refused() {
 }
 
 #[test]
-fn bench_null_reports_positive_iops_and_worker_cpu_per_request() {
+fn bench_null_reports_positive_iops_and_worker_cpu_per_request_at_one_and_two_queues() {
     let start = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_rustbk"))
         .args([
@@ -98,7 +98,7 @@ fn bench_null_reports_positive_iops_and_worker_cpu_per_request() {
             "1",
             "--json",
         ])
-        .args(["--size", "64m"])
+        .args(["--size", "64m", "--max-queues", "2"])
         .output()
         .expect("run rustbk bench");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -106,26 +106,34 @@ fn bench_null_reports_positive_iops_and_worker_cpu_per_request() {
     assert!(start.elapsed() < Duration::from_secs(60), "{stderr}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     let rows = v["rows"].as_array().expect("rows");
-    let cases: Vec<(String, u64)> = rows
+    let cases: Vec<(u64, String, u64)> = rows
         .iter()
         .map(|r| {
+            let workload = r["workload"].as_str().unwrap().to_owned();
             (
-                r["workload"].as_str().unwrap().to_owned(),
+                r["queues"].as_u64().unwrap(),
+                workload,
                 r["qd"].as_u64().unwrap(),
             )
         })
         .collect();
-    let want = [
-        ("randread 4k", 1),
-        ("randread 4k", 32),
-        ("randwrite 4k", 1),
-        ("randwrite 4k", 32),
-    ];
-    let want: Vec<(String, u64)> = want.iter().map(|(w, q)| (w.to_string(), *q)).collect();
+    let mut want = Vec::new();
+    for queues in [1, 2] {
+        for (w, qd) in [
+            ("randread", 1),
+            ("randread", 32),
+            ("randwrite", 1),
+            ("randwrite", 32),
+        ] {
+            want.push((queues, format!("{w} 4k"), qd));
+        }
+    }
     assert_eq!(cases, want);
     for r in rows {
-        assert_eq!(r["queues"], 1, "{r}");
-        assert_eq!(r["worker_threads"], 1, "{r}");
+        assert_eq!(
+            r["worker_threads"], r["queues"],
+            "one worker thread per queue: {r}"
+        );
         for key in [
             "iops",
             "worker_cpu_us_per_request",
@@ -136,12 +144,41 @@ fn bench_null_reports_positive_iops_and_worker_cpu_per_request() {
             assert!(x > 0.0 && x.is_finite(), "{key} of {r}");
         }
         let cores = r["worker_cores"].as_f64().unwrap();
-        assert!(cores <= 1.05, "one worker thread used {cores} cores: {r}");
+        let threads = r["worker_threads"].as_f64().unwrap();
+        assert!(
+            cores <= threads + 0.05,
+            "{threads} worker threads used {cores} cores: {r}"
+        );
     }
+    assert_eq!(v["not_measured"], serde_json::json!([]), "{v}");
+}
+
+#[test]
+fn bench_null_names_the_queue_counts_the_backend_does_not_offer() {
+    let out = Command::new(env!("CARGO_BIN_EXE_rustbk"))
+        .args([
+            "bench",
+            "--null",
+            "--runtime",
+            "1",
+            "--rounds",
+            "1",
+            "--json",
+        ])
+        .args(["--size", "64m", "--max-queues", "1"])
+        .output()
+        .expect("run rustbk bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench failed: {stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let rows = v["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 4, "{v}");
+    assert!(rows.iter().all(|r| r["queues"] == 1), "{v}");
     let skipped = v["not_measured"].as_array().expect("not_measured");
     assert_eq!(skipped.len(), 1, "{v}");
     assert_eq!(skipped[0]["queues"], 2);
-    assert!(skipped[0]["why"].as_str().unwrap().contains("multi-queue"));
+    let why = skipped[0]["why"].as_str().unwrap();
+    assert!(why.contains("offers 1 queue"), "{why}");
 }
 
 #[test]

@@ -17,7 +17,7 @@ use crate::harness::{Host, Setup, XVDA, pattern, spec_for};
 
 const SIZE: u64 = 64 << 20;
 
-fn thin_setup() -> Setup {
+pub fn thin_setup() -> Setup {
     Setup {
         format: Some("thin"),
         ..Setup::default()
@@ -25,7 +25,7 @@ fn thin_setup() -> Setup {
 }
 
 /// A pool in `dir` with volume 0 ("vm") of 64 MiB; returns the `POOL:VOLUME` target.
-fn pool_with_volume(dir: &Path) -> PathBuf {
+pub fn pool_with_volume(dir: &Path) -> PathBuf {
     let pool = PoolDir::new(dir.join("pool"));
     let devices = Devices::Files {
         metadata: 16 << 20,
@@ -43,13 +43,13 @@ fn pool_with_volume(dir: &Path) -> PathBuf {
     PathBuf::from(format!("{}:vm", pool.path.display()))
 }
 
-fn metadata_of(target: &Path) -> PathBuf {
+pub fn metadata_of(target: &Path) -> PathBuf {
     let text = target.display().to_string();
     let (pool, _) = text.rsplit_once(':').unwrap();
     PoolDir::new(pool).metadata()
 }
 
-fn thin_checks(metadata: &Path) {
+pub fn thin_checks(metadata: &Path) {
     for peer in Peer::ALL {
         peers::thin_check(peer, metadata).unwrap_or_else(|e| panic!("{e}"));
     }
@@ -98,7 +98,10 @@ fn snapshot_taken_between_attachments_keeps_the_data_the_origin_overwrites_later
     host.cluster.remove_disk(&host.spec).unwrap();
     let metadata = metadata_of(&host.image);
     let pool = PoolDir::new(metadata.parent().unwrap());
-    pool.open(PoolOptions::default())
+    // The worker started a pool service for the pool: the snapshot goes through it, as
+    // `rustbk thin snapshot` does.
+    assert!(pool.served(), "no pool service was started");
+    pool.handle(PoolOptions::default())
         .unwrap()
         .snapshot(0, 1, "snap")
         .unwrap();
@@ -283,4 +286,54 @@ fn a_thin_volume_is_served_in_every_cache_mode_and_its_pool_stays_clean() {
         g.front.close().unwrap();
         host.cluster.remove_disk(&again).unwrap();
     }
+}
+
+#[test]
+fn two_guests_share_a_pool_whose_service_the_first_worker_started_by_itself() {
+    let mut host = Host::serving(thin_setup(), |dir| {
+        let target = pool_with_volume(dir);
+        let opened = PoolDir::new(dir.join("pool"))
+            .open(PoolOptions::default())
+            .unwrap();
+        let spec = VolumeSpec {
+            size: SIZE,
+            name: "second".into(),
+            origin: None,
+        };
+        opened.create_volume(1, spec).unwrap();
+        target
+    });
+    let pool = PoolDir::new(metadata_of(&host.image).parent().unwrap());
+    let g = host.guest();
+    assert!(pool.served(), "the first worker started no pool service");
+    let devid = XVDA + 16;
+    let second = VbdSpec {
+        devid,
+        ..spec_for(
+            &thin_setup(),
+            DomId(2),
+            &PathBuf::from(format!("{}:second", pool.path.display())),
+        )
+    };
+    host.cluster.add_disk(&second, &[]).unwrap();
+    let mut s = host.guest_of(DomId(2), devid, |_| {});
+    let r = workload::run(&mut s.front, &workload(true, 2), &mut |_| {}).expect("workload");
+    assert_eq!((r.mismatches, r.errors), (0, 0), "second guest: {r:?}");
+    // The first guest's worker dies; the service it started serves the second one on.
+    let pid = host.cluster.backend_pid(&host.spec).unwrap();
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    let r = workload::run(&mut s.front, &workload(false, 3), &mut |_| {}).expect("workload");
+    assert_eq!((r.mismatches, r.errors), (0, 0), "after the kill: {r:?}");
+    assert!(
+        pool.served(),
+        "the service died with the worker that started it"
+    );
+    s.front.close().unwrap();
+    host.cluster.remove_disk(&second).unwrap();
+    std::mem::forget(g.front);
+    let mut admin = pool.handle(PoolOptions::default()).unwrap();
+    let volumes = admin.volumes().unwrap();
+    assert_eq!(volumes.len(), 2, "{volumes:?}");
+    thin_checks(&pool.metadata());
 }

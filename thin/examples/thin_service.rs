@@ -11,7 +11,8 @@ fn main() {
     };
     let opts = rustbk_thin::pool::PoolOptions::default();
     println!("CHILD serving");
-    match rustbk_thin::service::run(Path::new(meta), Path::new(data), Path::new(socket), opts) {
+    let (meta, data, socket) = (Path::new(meta), Path::new(data), Path::new(socket));
+    match rustbk_thin::service::run(meta, data, socket, opts, None) {
         Ok(()) => println!("CHILD stopped"),
         Err(e) => {
             eprintln!("thin_service: {e}");

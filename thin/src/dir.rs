@@ -1,12 +1,16 @@
 //! A pool as its users name it: a directory holding `metadata` and `data` (files, or symlinks
-//! to block devices), next to rustbk's volume records (`metadata.volumes.json`). `params` of
+//! to block devices), next to rustbk's volume records (`metadata.volumes.0` and `.1`). `params` of
 //! a disk name a volume of it as `thin:/path/to/pool:VOLUME`, by id or by name.
+
+mod start;
 
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::pool::{Pool, PoolOptions, PoolUsage, VolumeSpec, VolumeUsage};
 use crate::service::AdminClient;
+
+pub use start::{AUTO_IDLE_EXIT, SERVICE_LOG};
 
 /// File (or symlink to a device) of the metadata inside a pool directory.
 pub const METADATA: &str = "metadata";

@@ -250,14 +250,14 @@ impl RingWorker<'_> {
     }
 
     /// Puts every segment's page from the persistent cache in `page_scratch` (no allocation
-    /// once it has grown); false, with the scratch empty, if any page is not cached.
+    /// once it has grown); false, with the scratch empty, if any page cannot be kept there.
     fn persistent_pages(&mut self, segments: &[Segment]) -> bool {
         self.page_scratch.clear();
         let Some(cache) = self.persistent.as_mut() else {
             return false;
         };
         for s in segments {
-            match cache.get(&*self.guest, s.gref) {
+            match cache.get(&*self.guest, s.gref, self.now) {
                 Some(m) => self.page_scratch.push(m),
                 None => {
                     self.page_scratch.clear();

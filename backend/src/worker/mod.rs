@@ -1,4 +1,5 @@
-//! The data path: one thread per ring, driving its own image queue.
+//! The data path: one thread per ring (one per queue of a multi-queue device), driving its own
+//! image queue; the rings of a device share no lock on the request path.
 //!
 //! The thread sleeps in `poll(2)` on three descriptors: the event channel (new requests), the
 //! image queue's completion notifier, and a stop doorbell. Each wake-up pulls every pending
@@ -43,11 +44,15 @@ pub struct WorkerConfig {
     pub domid: DomId,
     /// The virtual device number.
     pub devid: u32,
+    /// Which of the device's rings (queues) this is; 0 with a single ring.
+    pub queue: u32,
     /// What requests may do.
     pub limits: DiskLimits,
     /// Keep up to this many grants mapped across requests (`feature-persistent` negotiated);
     /// 0 maps every request's pages afresh.
     pub persistent_grants: usize,
+    /// Unmap persistent grants left unused for this long (`None`: keep them while connected).
+    pub persistent_unused: Option<std::time::Duration>,
     /// Microseconds to busy-poll for work before sleeping (0: never poll).
     pub poll_us: u32,
 }
@@ -55,13 +60,18 @@ pub struct WorkerConfig {
 /// Longest thread name Linux keeps (`comm`, 16 bytes with the NUL); longer names are cut.
 pub const THREAD_NAME_MAX: usize = 15;
 
-/// The name of the ring worker thread of disk `devid` of guest `domid`: `ring-d<domid>-<devid>`
-/// (what `top -H`, `ps -L` and `/proc/<pid>/task/<tid>/comm` show, cut to
-/// [`THREAD_NAME_MAX`] bytes by the kernel for large numbers). Tools find the data-path
-/// threads of a backend process by this name, e.g. `rustbk bench --null` to measure their CPU
-/// time.
-pub fn thread_name(domid: DomId, devid: u32) -> String {
-    format!("ring-d{}-{}", domid.0, devid)
+/// The name of the ring worker thread of queue `queue` of disk `devid` of guest `domid`:
+/// `ring-d<domid>-<devid>q<queue>` (what `top -H`, `ps -L` and `/proc/<pid>/task/<tid>/comm`
+/// show, cut to [`THREAD_NAME_MAX`] bytes by the kernel for large numbers).
+pub fn thread_name(domid: DomId, devid: u32, queue: u32) -> String {
+    format!("{}{queue}", disk_thread_prefix(domid, devid))
+}
+
+/// What the names of every ring worker thread of one disk start with: `ring-d<domid>-<devid>q`.
+/// Tools find a disk's data-path threads in a backend process by it, e.g. `rustbk bench
+/// --null` to measure their CPU time.
+pub fn disk_thread_prefix(domid: DomId, devid: u32) -> String {
+    format!("ring-d{}-{}q", domid.0, devid)
 }
 
 /// Why a worker thread ended.
@@ -91,7 +101,7 @@ impl Worker {
     ) -> Result<Worker, Error> {
         let stop = Arc::new(EventFd::new()?);
         let thread_stop = Arc::clone(&stop);
-        let name = thread_name(cfg.domid, cfg.devid);
+        let name = thread_name(cfg.domid, cfg.devid, cfg.queue);
         let thread = std::thread::Builder::new()
             .name(name)
             .spawn(move || {
@@ -111,6 +121,14 @@ impl Worker {
             stop,
             thread: Some(thread),
         })
+    }
+
+    /// Asks the worker to stop taking requests without waiting for it (see [`Worker::stop`]).
+    pub fn ask_stop(self) -> Worker {
+        if let Err(e) = self.stop.signal() {
+            tracing::error!(error = %e, "cannot signal ring worker to stop");
+        }
+        self
     }
 
     /// Asks the worker to stop taking requests, waits until every in-flight request is

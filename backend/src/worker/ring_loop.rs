@@ -3,6 +3,7 @@
 use std::os::fd::AsFd;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::Instant;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use rustbk_formats::{Completion, ImageQueue};
@@ -11,7 +12,7 @@ use rustbk_ring::{BackRing, Response, status};
 
 use super::fault::Faults;
 use super::order::Order;
-use super::persistent::GrantCache;
+use super::persistent::{CacheLimits, GrantCache};
 use super::slots::Slots;
 use super::{RingResources, WorkerConfig, WorkerExit};
 use crate::Stats;
@@ -36,6 +37,8 @@ pub(super) struct RingWorker<'a> {
     pub slots: Slots,
     pub order: Order,
     pub persistent: Option<GrantCache>,
+    /// The time at the top of this loop round (persistent grants' clock).
+    pub now: Instant,
     /// The persistent mappings of the request being started (reused, so no allocation).
     pub page_scratch: Vec<Arc<rustbk_grant::GrantMapping>>,
     completions: Vec<Completion>,
@@ -54,14 +57,24 @@ pub(super) fn run(
     stats: Arc<Stats>,
     stop: &EventFd,
 ) -> WorkerExit {
-    let span = tracing::info_span!("ring", domid = cfg.domid.0, devid = cfg.devid);
+    let span = tracing::info_span!(
+        "ring",
+        domid = cfg.domid.0,
+        devid = cfg.devid,
+        queue = cfg.queue
+    );
     let _entered = span.enter();
     tracing::info!(
         entries = res.ring.size(),
         persistent = cfg.persistent_grants > 0,
         "ring worker started"
     );
-    let persistent = (cfg.persistent_grants > 0).then(|| GrantCache::new(cfg.persistent_grants));
+    let now = Instant::now();
+    let limits = CacheLimits {
+        max: cfg.persistent_grants,
+        unused_after: cfg.persistent_unused,
+    };
+    let persistent = (cfg.persistent_grants > 0).then(|| GrantCache::new(limits, now));
     let mut w = RingWorker {
         cfg,
         ring: res.ring,
@@ -72,6 +85,7 @@ pub(super) fn run(
         slots: Slots::default(),
         order: Order::default(),
         persistent,
+        now,
         page_scratch: Vec::new(),
         completions: Vec::new(),
         responses_pending: false,
@@ -102,6 +116,9 @@ pub(super) fn run(
         }
     };
     let cached = w.persistent.as_ref().map_or(0, GrantCache::len);
+    if let Some(cache) = w.persistent.as_mut() {
+        cache.clear(&w.stats);
+    }
     tracing::info!(?exit, persistent_grants = cached, "ring worker ended");
     exit
 }
@@ -109,6 +126,7 @@ pub(super) fn run(
 impl RingWorker<'_> {
     fn run_loop(&mut self) -> Result<(), Fatal> {
         loop {
+            self.tend_grants();
             let mut busy = false;
             if !self.stopping {
                 busy |= self.pull_requests()?;
@@ -141,6 +159,22 @@ impl RingWorker<'_> {
             }
             self.sleep()?;
         }
+    }
+
+    /// Once per loop round: the clock, the idle sweep when it is due, the cache's counters.
+    fn tend_grants(&mut self) {
+        let Some(cache) = self.persistent.as_mut() else {
+            return;
+        };
+        self.now = Instant::now();
+        cache.sweep(self.now);
+        cache.report(&self.stats);
+    }
+
+    /// How long the loop may sleep: until the persistent grants' next sweep, if any.
+    fn sleep_limit(&self) -> Option<std::time::Duration> {
+        let next = self.persistent.as_ref()?.next_sweep()?;
+        Some(next.saturating_duration_since(Instant::now()))
     }
 
     /// Takes every pending request off the ring; true if there was any.
@@ -226,10 +260,11 @@ impl RingWorker<'_> {
     /// Sleeps until the frontend notifies, an I/O completes, or we are asked to stop: one
     /// `io_uring_enter` with the io_uring engine.
     fn sleep(&mut self) -> Result<(), Fatal> {
+        let limit = self.sleep_limit();
         let fds = [self.evtchn.fd(), self.stop.as_fd()];
         let fired = self
             .queue
-            .wait_any(&fds, None)
+            .wait_any(&fds, limit)
             .map_err(|e| Fatal::Local(format!("wait: {e}")))?;
         if fired.first().copied().unwrap_or(false) {
             self.evtchn

@@ -12,9 +12,11 @@ use super::device::BackendOptions;
 use crate::Error;
 use crate::worker::RingResources;
 
-/// What the frontend published for its ring.
+/// What the frontend published for one of its rings (queues).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct FrontendRing {
+    /// The queue this ring is (0 with a single ring).
+    pub queue: u32,
     pub refs: Vec<GrantRef>,
     pub order: u32,
     pub port: Port,
@@ -47,12 +49,15 @@ async fn read_required(store: &Store, path: &str) -> Result<u32, Error> {
         .ok_or_else(|| bad(path, "", "missing"))
 }
 
-/// Reads `ring-ref`/`ring-refN`, `ring-page-order`, `event-channel` and `protocol`.
-pub(super) async fn read_frontend_ring(
+/// Reads every ring the frontend published: `multi-queue-num-queues` (absent means 1), then
+/// the flat `ring-ref`/`ring-refN` and `event-channel` of a single ring, or those under
+/// `queue-0/` .. `queue-<N-1>/` of N rings; `ring-page-order`, `protocol` and
+/// `feature-persistent` are shared by every ring (Xen's `blkif.h`, Linux's `connect_ring`).
+pub(super) async fn read_frontend_rings(
     store: &Store,
     fe: &str,
     opts: &BackendOptions,
-) -> Result<FrontendRing, Error> {
+) -> Result<Vec<FrontendRing>, Error> {
     let order_key = format!("{fe}/ring-page-order");
     let order = read_number(store, &order_key).await?;
     if let Some(o) = order.filter(|o| *o > opts.max_ring_order) {
@@ -62,29 +67,7 @@ pub(super) async fn read_frontend_ring(
             format!("above max-ring-page-order {}", opts.max_ring_order),
         ));
     }
-    let queues_key = format!("{fe}/multi-queue-num-queues");
-    if let Some(q) = read_number(store, &queues_key).await?.filter(|q| *q != 1) {
-        return Err(bad(
-            &queues_key,
-            &q.to_string(),
-            "multi-queue was not offered",
-        ));
-    }
-    let refs = match order {
-        None => vec![GrantRef(
-            read_required(store, &format!("{fe}/ring-ref")).await?,
-        )],
-        Some(o) => {
-            let mut refs = Vec::with_capacity(1 << o);
-            for i in 0..(1u32 << o) {
-                refs.push(GrantRef(
-                    read_required(store, &format!("{fe}/ring-ref{i}")).await?,
-                ));
-            }
-            refs
-        }
-    };
-    let port = Port(read_required(store, &format!("{fe}/event-channel")).await?);
+    let queues = read_num_queues(store, fe, opts.max_queues.max(1)).await?;
     let protocol_key = format!("{fe}/protocol");
     let protocol = store.read(&protocol_key).await?;
     let abi = Abi::from_protocol(protocol.as_deref()).map_err(|e| {
@@ -98,13 +81,94 @@ pub(super) async fn read_frontend_ring(
         .await?
         .unwrap_or(0)
         == 1;
-    Ok(FrontendRing {
-        refs,
-        order: order.unwrap_or(0),
-        port,
-        abi,
-        persistent,
-    })
+    let mut rings = Vec::new();
+    for queue in 0..queues {
+        let dir = match queues {
+            1 => fe.to_owned(),
+            _ => format!("{fe}/queue-{queue}"),
+        };
+        let (refs, port) = read_ring_keys(store, &dir, order).await?;
+        rings.push(FrontendRing {
+            queue,
+            refs,
+            order: order.unwrap_or(0),
+            port,
+            abi,
+            persistent,
+        });
+    }
+    check_distinct(fe, &rings)?;
+    Ok(rings)
+}
+
+/// `multi-queue-num-queues`: 1 when absent, else 1 ..= what the backend offered.
+async fn read_num_queues(store: &Store, fe: &str, max: u32) -> Result<u32, Error> {
+    let key = format!("{fe}/multi-queue-num-queues");
+    match read_number(store, &key).await? {
+        None => Ok(1),
+        Some(0) => Err(bad(&key, "0", "a device needs at least one queue")),
+        Some(q) if q > max => Err(bad(
+            &key,
+            &q.to_string(),
+            format!("above multi-queue-max-queues {max}"),
+        )),
+        Some(q) => Ok(q),
+    }
+}
+
+/// One ring's grant references (`ring-ref`, or `ring-ref0..` with a page order) and event
+/// channel, under `dir`.
+async fn read_ring_keys(
+    store: &Store,
+    dir: &str,
+    order: Option<u32>,
+) -> Result<(Vec<GrantRef>, Port), Error> {
+    let refs = match order {
+        None => vec![GrantRef(
+            read_required(store, &format!("{dir}/ring-ref")).await?,
+        )],
+        Some(o) => {
+            let mut refs = Vec::with_capacity(1 << o);
+            for i in 0..(1u32 << o) {
+                refs.push(GrantRef(
+                    read_required(store, &format!("{dir}/ring-ref{i}")).await?,
+                ));
+            }
+            refs
+        }
+    };
+    let port = Port(read_required(store, &format!("{dir}/event-channel")).await?);
+    Ok((refs, port))
+}
+
+/// Refuses rings that share a grant reference or an event channel: two workers would serve
+/// the same page or the same port.
+fn check_distinct(fe: &str, rings: &[FrontendRing]) -> Result<(), Error> {
+    let mut refs = std::collections::HashSet::new();
+    let mut ports = std::collections::HashSet::new();
+    for r in rings {
+        let dir = match rings.len() {
+            1 => fe.to_owned(),
+            _ => format!("{fe}/queue-{}", r.queue),
+        };
+        if let Some((i, g)) = r.refs.iter().enumerate().find(|(_, g)| !refs.insert(g.0)) {
+            let key = match r.refs.len() {
+                1 => format!("{dir}/ring-ref"),
+                _ => format!("{dir}/ring-ref{i}"),
+            };
+            let why = "grant reference used by more than one ring page";
+            return Err(bad(&key, &g.0.to_string(), why));
+        }
+        if !ports.insert(r.port.0) {
+            let why = "event channel used by more than one queue";
+            return Err(bad(
+                &format!("{dir}/event-channel"),
+                &r.port.0.to_string(),
+                why,
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Maps the ring, binds the event channel and opens an image queue for it; the ring records

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustbk_formats::{
     BackingPolicy, BlockImage, CacheMode, EngineKind, NullImage, OpenOptions, open_image,
@@ -11,17 +12,30 @@ use rustbk_ring::{DEFAULT_MAX_INDIRECT_SEGMENTS, DomId, MAX_RING_PAGE_ORDER};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::connect::{attach_ring, disk_limits, read_frontend_ring};
-use super::journal::{open_journal, remove_journal};
+use super::connect::{FrontendRing, attach_ring, disk_limits, read_frontend_rings};
+use super::journal::{open_journal, remove_journals};
 use super::keys::{
     BackendInfo, Disk, discard_offered, publish_disk, publish_features, read_backend,
 };
 use super::{Store, XenbusState, fatal};
-use crate::worker::{Worker, WorkerConfig, WorkerExit};
+use crate::worker::{RingResources, Worker, WorkerConfig, WorkerExit};
 use crate::{Error, Stats};
 
 /// Default busy-poll time of a ring worker.
 pub const DEFAULT_POLL_US: u32 = 0;
+
+/// Default time after which an unused persistent grant is unmapped (Linux blkback's
+/// `persistent_grant_unused_seconds`).
+pub const DEFAULT_PERSISTENT_GRANT_UNUSED: Duration = Duration::from_secs(60);
+
+/// Default most rings (queues) a device offers (`multi-queue-max-queues`): one per core, as
+/// Linux blkback's `max_queues` (1 if the core count is unknown).
+pub fn default_max_queues() -> u32 {
+    std::thread::available_parallelism()
+        .ok()
+        .and_then(|n| u32::try_from(n.get()).ok())
+        .unwrap_or(1)
+}
 
 /// Which device to serve.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,6 +53,9 @@ pub struct DeviceSpec {
 pub struct BackendOptions {
     /// Largest ring page order offered (`max-ring-page-order`).
     pub max_ring_order: u32,
+    /// Most rings a frontend may use (`multi-queue-max-queues`), each served by its own worker
+    /// thread and image queue; at least 1.
+    pub max_queues: u32,
     /// Indirect segments offered (`feature-max-indirect-segments`).
     pub max_indirect_segments: u32,
     /// I/O engine.
@@ -47,6 +64,11 @@ pub struct BackendOptions {
     pub cache: CacheMode,
     /// Offer persistent grants (`feature-persistent`).
     pub persistent: bool,
+    /// Most persistent grants a ring keeps mapped; `None`: Linux blkback's 1056, or a full
+    /// ring's direct requests on larger rings (at most 8192).
+    pub max_persistent_grants: Option<usize>,
+    /// Unmap persistent grants left unused for this long; `None` keeps them while connected.
+    pub persistent_grant_unused: Option<Duration>,
     /// Logical sector size announced to the guest (`sector-size`): 512 or 4096.
     pub sector_size: u32,
     /// Microseconds a ring worker busy-polls for work before sleeping.
@@ -57,20 +79,27 @@ pub struct BackendOptions {
     /// Folder of the rings' request journals, which outlive a killed worker (the daemon's
     /// lock folder).
     pub journal_dir: PathBuf,
+    /// The rustbk executable that starts a pool service (`rustbk thin serve`) for a thin
+    /// volume's pool when none serves it; `None`: the worker opens the pool itself.
+    pub thin_service: Option<PathBuf>,
 }
 
 impl Default for BackendOptions {
     fn default() -> Self {
         BackendOptions {
             max_ring_order: MAX_RING_PAGE_ORDER,
+            max_queues: default_max_queues(),
             max_indirect_segments: DEFAULT_MAX_INDIRECT_SEGMENTS,
             engine: EngineKind::Auto,
             cache: CacheMode::None,
             persistent: true,
+            max_persistent_grants: None,
+            persistent_grant_unused: Some(DEFAULT_PERSISTENT_GRANT_UNUSED),
             sector_size: 512,
             poll_us: DEFAULT_POLL_US,
             backing_dirs: Vec::new(),
             journal_dir: PathBuf::from("/run/rustbk"),
+            thin_service: None,
         }
     }
 }
@@ -83,7 +112,8 @@ struct Device {
     info: BackendInfo,
     image: Arc<dyn BlockImage>,
     state: XenbusState,
-    worker: Option<Worker>,
+    /// One worker per connected ring, with the ring's own counters.
+    workers: Vec<(Worker, Arc<Stats>)>,
     stats: Arc<Stats>,
     exits: mpsc::UnboundedSender<WorkerExit>,
     online: bool,
@@ -138,7 +168,7 @@ async fn run_device_inner(
         info,
         image,
         state: XenbusState::Unknown,
-        worker: None,
+        workers: Vec::new(),
         stats,
         exits,
         online: true,
@@ -282,7 +312,7 @@ impl Device {
             XenbusState::Initialising if self.state == XenbusState::Closed => {
                 self.enter_init_wait().await
             }
-            XenbusState::Initialised | XenbusState::Connected if self.worker.is_none() => {
+            XenbusState::Initialised | XenbusState::Connected if self.workers.is_empty() => {
                 self.connect_or_close().await
             }
             XenbusState::Closing if self.state != XenbusState::Closed => {
@@ -312,7 +342,9 @@ impl Device {
                 self.set_state(XenbusState::Connected).await
             }
             Err(e) => {
-                tracing::error!(error = %error_chain(&e), "cannot connect to the frontend");
+                let why = format!("cannot connect to the frontend: {}", error_chain(&e));
+                fatal::write_error(&self.store, &self.spec.backend_path, e.errno(), &why).await;
+                self.disconnect().await;
                 self.set_state(XenbusState::Closing).await
             }
         }
@@ -321,28 +353,18 @@ impl Device {
     async fn connect(&mut self) -> Result<(), Error> {
         // Only the first connect after a restart takes over the old ring, whatever happens.
         let reattach = std::mem::take(&mut self.reattach);
-        let fr = read_frontend_ring(&self.store, &self.info.frontend, &self.opts).await?;
-        let journal = open_journal(&self.opts.journal_dir, &self.spec, &fr, reattach)?;
-        let res = attach_ring(&*self.platform, self.spec.domid, &fr, &*self.image, journal)?;
-        let discard = discard_offered(&*self.image, &self.info);
-        let limits = disk_limits(&*self.image, self.info.read_only, discard, &self.opts);
-        let persistent_grants = if self.opts.persistent && fr.persistent {
-            persistent_budget(res.ring.size())
-        } else {
-            0
-        };
-        let cfg = WorkerConfig {
-            domid: self.spec.domid,
-            devid: self.spec.devid,
-            limits,
-            persistent_grants,
-            poll_us: self.opts.poll_us,
-        };
-        let exits = self.exits.clone();
-        let on_exit = move |exit: &WorkerExit| {
-            let _ = exits.send(exit.clone());
-        };
-        self.worker = Some(Worker::spawn(cfg, res, Arc::clone(&self.stats), on_exit)?);
+        let rings = read_frontend_rings(&self.store, &self.info.frontend, &self.opts).await?;
+        // Map every ring before any worker starts: a bad ring leaves nothing running.
+        let mut attached = Vec::with_capacity(rings.len());
+        for fr in &rings {
+            let journal = open_journal(&self.opts.journal_dir, &self.spec, fr, reattach)?;
+            let res = attach_ring(&*self.platform, self.spec.domid, fr, &*self.image, journal)?;
+            attached.push((fr, res));
+        }
+        let mut persistent = false;
+        for (fr, res) in attached {
+            persistent = self.start_worker(fr, res)?;
+        }
         publish_disk(
             &self.store,
             &self.spec.backend_path,
@@ -350,27 +372,75 @@ impl Device {
             &self.info,
         )
         .await?;
-        let abi = fr.abi.protocol_name();
-        tracing::info!(
-            order = fr.order,
-            abi,
-            port = fr.port.0,
-            persistent = persistent_grants > 0,
-            "ring connected"
-        );
+        if let Some(fr) = rings.first() {
+            let (abi, queues) = (fr.abi.protocol_name(), rings.len());
+            tracing::info!(queues, order = fr.order, abi, persistent, "rings connected");
+        }
         Ok(())
     }
 
-    /// Stops the worker, waiting for in-flight I/O, unmaps the ring and removes its journal
-    /// (every request it consumed is answered now; a new connection starts a new journal).
-    async fn disconnect(&mut self) {
-        if let Some(worker) = self.worker.take() {
-            match tokio::task::spawn_blocking(move || worker.stop()).await {
-                Ok(exit) => tracing::info!(?exit, "ring disconnected"),
-                Err(e) => tracing::error!(error = %e, "ring worker did not stop cleanly"),
+    /// Starts the worker of one mapped ring; whether it keeps persistent grants.
+    fn start_worker(&mut self, fr: &FrontendRing, res: RingResources) -> Result<bool, Error> {
+        let discard = discard_offered(&*self.image, &self.info);
+        let limits = disk_limits(&*self.image, self.info.read_only, discard, &self.opts);
+        let persistent_grants = if self.opts.persistent && fr.persistent {
+            self.opts
+                .max_persistent_grants
+                .unwrap_or_else(|| persistent_budget(res.ring.size()))
+        } else {
+            0
+        };
+        let cfg = WorkerConfig {
+            domid: self.spec.domid,
+            devid: self.spec.devid,
+            queue: fr.queue,
+            limits,
+            persistent_grants,
+            persistent_unused: self.opts.persistent_grant_unused,
+            poll_us: self.opts.poll_us,
+        };
+        let exits = self.exits.clone();
+        let on_exit = move |exit: &WorkerExit| {
+            let _ = exits.send(exit.clone());
+        };
+        let stats = self.stats.queue();
+        match Worker::spawn(cfg, res, Arc::clone(&stats), on_exit) {
+            Ok(worker) => self.workers.push((worker, stats)),
+            Err(e) => {
+                self.stats.retire(&stats);
+                return Err(e);
             }
         }
-        remove_journal(&self.opts.journal_dir, &self.spec);
+        tracing::debug!(queue = fr.queue, port = fr.port.0, "ring worker started");
+        Ok(persistent_grants > 0)
+    }
+
+    /// Stops every ring's worker, waiting for in-flight I/O, unmaps the rings and removes their
+    /// journals (every request they consumed is answered now; a new connection starts new
+    /// journals).
+    async fn disconnect(&mut self) {
+        let workers = std::mem::take(&mut self.workers);
+        let stop_all = move || {
+            // Ask every worker first, so the rings drain together.
+            let stopping: Vec<_> = workers
+                .into_iter()
+                .map(|(worker, stats)| (worker.ask_stop(), stats))
+                .collect();
+            stopping
+                .into_iter()
+                .map(|(worker, stats)| (worker.stop(), stats))
+                .collect::<Vec<_>>()
+        };
+        match tokio::task::spawn_blocking(stop_all).await {
+            Ok(exits) => {
+                for (exit, stats) in exits {
+                    self.stats.retire(&stats);
+                    tracing::info!(?exit, "ring disconnected");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "ring workers did not stop cleanly"),
+        }
+        remove_journals(&self.opts.journal_dir, &self.spec);
     }
 
     async fn on_online_change(&mut self) -> Result<(), Error> {

@@ -203,6 +203,7 @@ pub(super) async fn publish_features(
             opts.max_indirect_segments.to_string(),
         ),
         ("max-ring-page-order", opts.max_ring_order.to_string()),
+        ("multi-queue-max-queues", opts.max_queues.max(1).to_string()),
         ("feature-persistent", u8::from(opts.persistent).to_string()),
     ];
     for (k, v) in keys {

@@ -1,10 +1,11 @@
 //! The xenbus side of a block device: the backend's state machine in xenstore.
 //!
 //! Follows Linux `xen-blkback`: publish features and go to InitWait; when the frontend is
-//! Initialised (or Connected), map its ring, bind its event channel, start the ring worker,
-//! publish the disk's size and go to Connected; follow the frontend to Closing and Closed
-//! (draining in-flight I/O first); and when a frontend starts again after Closed (guest reboot,
-//! kexec), go back to InitWait.
+//! Initialised (or Connected), map its rings (one, or `multi-queue-num-queues` of them under
+//! `queue-N/`), bind their event channels, start one ring worker per ring, publish the disk's
+//! size and go to Connected; follow the frontend to Closing and Closed (draining in-flight I/O
+//! first); and when a frontend starts again after Closed (guest reboot, kexec), go back to
+//! InitWait. A frontend whose ring keys are wrong gets an `error` node and Closing.
 
 mod connect;
 mod device;
@@ -16,7 +17,10 @@ mod state;
 mod store;
 mod thin;
 
-pub use device::{BackendOptions, DEFAULT_POLL_US, DeviceSpec, error_chain, run_device};
+pub use device::{
+    BackendOptions, DEFAULT_PERSISTENT_GRANT_UNUSED, DEFAULT_POLL_US, DeviceSpec,
+    default_max_queues, error_chain, run_device,
+};
 pub use guest::{GuestSpec, backend_root, claimed, claimed_devices, serve_guest};
 pub use state::XenbusState;
 pub use store::{Store, Watch};

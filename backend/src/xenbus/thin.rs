@@ -1,8 +1,9 @@
 //! Serving a volume of a thin pool (`params` = `thin:/path/to/pool:VOLUME`).
 //!
 //! When the pool service (`rustbk thin serve`) serves the pool, the worker connects to it, so
-//! any number of guests' workers serve volumes of one pool. Without it, the worker opens the
-//! pool itself, which locks it: one served volume at a time.
+//! any number of guests' workers serve volumes of one pool. When none does, the worker starts
+//! one (`BackendOptions::thin_service`; it stops after a minute with no connection), or, with
+//! no executable to start, opens the pool itself, which locks it: one served volume at a time.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -29,6 +30,9 @@ pub(super) fn open(
         ..PoolOptions::default()
     };
     let dir = PoolDir::new(pool);
+    if let Some(exe) = &opts.thin_service {
+        dir.start_service(exe)?;
+    }
     let volume_opts = VolumeOptions {
         engine: opts.engine,
         sector_size: opts.sector_size,

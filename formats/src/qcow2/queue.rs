@@ -318,9 +318,15 @@ impl Qcow2Queue {
         }
         if !finished.is_empty() {
             self.finish_parents(finished);
+        }
+        // Deferred ops wait for allocations on any queue: another queue's commit only wakes
+        // this one through the notifier (a ring worker then reaps), so retry them on every
+        // pump, not only after this queue's own ops finished. An op still blocked defers again.
+        let retried = !self.deferred.is_empty();
+        if retried {
             self.retry_deferred();
         }
-        if self.feed() {
+        if self.feed() || retried {
             if let Err(e) = self.engine.commit() {
                 tracing::warn!(error = %e, "engine commit failed in pump");
             }

@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use rustbk_ring::PAGE_SIZE;
 
 use super::ram::{GuestRam, new_memfd};
-use super::table::{ENTRY_SIZE, clear_entry, in_use, write_entry};
+use super::table::{ENTRY_SIZE, clear_entry, force_clear_entry, in_use, write_entry};
 use super::wire::{self, BIND, HELLO, Msg};
 use crate::sys::Region;
 use crate::{DomId, Error, EventFd, GrantRef, Port};
@@ -157,6 +157,14 @@ impl EmuDomain {
             lock(&self.free_grefs).push(gref.0);
         }
         Ok(())
+    }
+
+    /// Clears grant entry `gref` even while the backend has it mapped, as a guest ignoring the
+    /// protocol can (the entries are its own memory). As under Xen, this does not take back a
+    /// mapping the backend holds: only maps made afterwards fail.
+    pub fn revoke_forcibly(&self, gref: GrantRef) -> Result<(), Error> {
+        self.check_gref(gref)?;
+        force_clear_entry(&self.shared.table, gref)
     }
 
     fn check_gref(&self, gref: GrantRef) -> Result<(), Error> {

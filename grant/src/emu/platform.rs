@@ -9,6 +9,7 @@ use rustbk_ring::PAGE_SIZE;
 
 use super::guest::endpoint_path;
 use super::in_use::InUse;
+use super::ram::check_sealed;
 use super::table::{ENTRY_SIZE, TableReader};
 use super::wire::{self, BIND, HELLO, Msg, OK};
 use crate::sys::Region;
@@ -50,6 +51,8 @@ impl Platform for EmuPlatform {
         let (reply, fds) = expect_reply(&conn, HELLO, 2)?;
         let mut fds = fds.into_iter();
         let (ram_fd, table_fd) = (next_fd(&mut fds)?, next_fd(&mut fds)?);
+        check_sealed(&ram_fd, "RAM")?;
+        check_sealed(&table_fd, "grant table")?;
         let ram_pages = sized(&ram_fd, reply.a, PAGE_SIZE as u64)?;
         let entries = sized(&table_fd, reply.b, ENTRY_SIZE as u64)?;
         let table_len = (entries as usize * ENTRY_SIZE).div_ceil(PAGE_SIZE).max(1) * PAGE_SIZE;
@@ -145,6 +148,7 @@ impl GuestHandle for EmuGuest {
         };
         let mut region = Region::reserve(refs.len() * PAGE_SIZE)?;
         let writable = access == Access::ReadWrite;
+        let mut grants = Vec::with_capacity(refs.len());
         for (i, gref) in refs.iter().enumerate() {
             let grant = reader.check(*gref, access)?;
             let file_offset = u64::from(grant.frame) * PAGE_SIZE as u64;
@@ -155,8 +159,17 @@ impl GuestHandle for EmuGuest {
                 file_offset,
                 writable,
             )?;
+            grants.push(grant);
         }
         let guard = self.in_use.acquire(refs, access);
+        // Xen checks an entry and marks it mapped in one step; here the marks come second, so
+        // check again: a guest that revoked or moved a grant in between gets no mapping (and
+        // from now on its revocation fails, as under Xen).
+        for (gref, grant) in refs.iter().zip(&grants) {
+            if reader.check(*gref, access)? != *grant {
+                return Err(Error::GrantInvalid(*gref));
+            }
+        }
         Ok(GrantMapping::new(region, access, Some(Box::new(guard))))
     }
 

@@ -1,6 +1,8 @@
 //! Emulated guest RAM: a memfd the guest maps whole and a backend maps page by page.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use nix::fcntl::{FcntlArg, SealFlag, fcntl};
 use std::sync::Arc;
 
 use nix::sys::memfd::{MemFdCreateFlag, memfd_create};
@@ -13,14 +15,31 @@ use crate::sys::Region;
 /// in its `/proc/PID/maps` (`/memfd:rustbk-guest-ram (deleted)`), one page per mapped grant.
 pub const GUEST_RAM_MEMFD: &std::ffi::CStr = c"rustbk-guest-ram";
 
-/// A memfd of `pages` pages, created with `name`, and its size set.
+/// A memfd of `pages` pages, created with `name`, its size set and sealed: under Xen a guest
+/// cannot make a frame the backend has mapped go away, and a backend touching a shrunk memfd
+/// would die of SIGBUS, so the size can never change again (checked by [`check_sealed`]).
 pub(crate) fn new_memfd(name: &std::ffi::CStr, pages: u32) -> Result<OwnedFd, Error> {
-    let fd =
-        memfd_create(name, MemFdCreateFlag::MFD_CLOEXEC).map_err(Error::sys("memfd_create"))?;
+    let flags = MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING;
+    let fd = memfd_create(name, flags).map_err(Error::sys("memfd_create"))?;
     let len = u64::from(pages) * PAGE_SIZE as u64;
     let len = libc::off_t::try_from(len).map_err(|_| Error::BadMapSize(pages as usize))?;
     nix::unistd::ftruncate(&fd, len).map_err(Error::sys("ftruncate memfd"))?;
+    let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
+    fcntl(fd.as_raw_fd(), FcntlArg::F_ADD_SEALS(seals)).map_err(Error::sys("seal memfd"))?;
     Ok(fd)
+}
+
+/// Refuses a guest's memfd whose size may still change (the backend maps it and must not be
+/// able to fault on it).
+pub(crate) fn check_sealed(fd: &OwnedFd, what: &str) -> Result<(), Error> {
+    let seals = fcntl(fd.as_raw_fd(), FcntlArg::F_GET_SEALS).map_err(Error::sys("get seals"))?;
+    let needed = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_SEAL;
+    if SealFlag::from_bits_truncate(seals).contains(needed) {
+        return Ok(());
+    }
+    Err(Error::Protocol(format!(
+        "the guest's {what} may still shrink (seals {seals:#x})"
+    )))
 }
 
 /// The guest's own view of its RAM.

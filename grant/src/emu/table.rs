@@ -97,6 +97,11 @@ pub(crate) fn clear_entry(table: &Region, gref: GrantRef) -> Result<(), Error> {
     }
 }
 
+/// Zeroes an entry's flags whatever they hold (a guest scribbling over its own table).
+pub(crate) fn force_clear_entry(table: &Region, gref: GrantRef) -> Result<(), Error> {
+    table.store_u16(gref.0 as usize * ENTRY_SIZE, 0)
+}
+
 /// Whether the grantee has `gref` mapped.
 pub(crate) fn in_use(table: &Region, gref: GrantRef) -> Result<bool, Error> {
     let flags = table

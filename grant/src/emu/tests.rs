@@ -223,3 +223,48 @@ fn mapped_grant_cannot_be_revoked_until_unmapped() {
     dom.end_grant(gref).unwrap();
     assert!(guest.map_grants(&[gref], Access::ReadOnly).is_err());
 }
+
+#[test]
+fn a_grant_revoked_under_a_mapping_stays_mapped_until_unmapped_as_under_xen() {
+    let (_d, dom, guest) = setup();
+    let gref = dom.grant(BACKEND, 4, false).unwrap();
+    let map = guest.map_grants(&[gref], Access::ReadWrite).unwrap();
+    // The proper way fails while the backend has the page mapped ...
+    assert!(matches!(dom.end_grant(gref), Err(Error::GrantInUse(_))));
+    // ... and scribbling over the entry takes nothing away from the mapping.
+    dom.revoke_forcibly(gref).unwrap();
+    map.write(8, b"still mine").unwrap();
+    let mut back = [0u8; 10];
+    dom.ram().read(4 * PAGE_SIZE as u64 + 8, &mut back).unwrap();
+    assert_eq!(&back, b"still mine");
+    // New maps fail; once unmapped, the entry is left cleared.
+    assert!(matches!(
+        guest.map_grants(&[gref], Access::ReadOnly),
+        Err(Error::GrantInvalid(_))
+    ));
+    drop(map);
+    assert!(!dom.grant_in_use(gref).unwrap());
+    assert!(matches!(
+        guest.map_grants(&[gref], Access::ReadWrite),
+        Err(Error::GrantInvalid(_))
+    ));
+}
+
+#[test]
+fn a_guest_cannot_shrink_the_memory_a_backend_maps() {
+    let (_d, dom, guest) = setup();
+    let gref = dom.grant(BACKEND, 63, false).unwrap();
+    let map = guest.map_grants(&[gref], Access::ReadWrite).unwrap();
+    // Under Xen a mapped frame stays; here the RAM memfd is sealed at its size.
+    let shrunk = nix::unistd::ftruncate(dom.ram().fd(), 0);
+    assert_eq!(shrunk, Err(nix::errno::Errno::EPERM));
+    map.write(0, b"last page").unwrap();
+    let sealed = super::ram::new_memfd(c"test", 1).unwrap();
+    assert!(super::ram::check_sealed(&sealed, "RAM").is_ok());
+    let plain =
+        nix::sys::memfd::memfd_create(c"plain", nix::sys::memfd::MemFdCreateFlag::empty()).unwrap();
+    assert!(matches!(
+        super::ram::check_sealed(&plain, "RAM"),
+        Err(Error::Protocol(_))
+    ));
+}

@@ -1,14 +1,15 @@
 //! rustbk's own records of a pool's volumes, which dm-thin's metadata has no room for: size,
-//! name and external origin. They live in `<metadata>.volumes.json`, replaced atomically
-//! (written to a temporary file, synced, renamed over the old one, directory synced).
+//! name and external origin, as JSON. They live in two slot files next to the metadata,
+//! written in turn (see [`slots`]), so that replacing them costs one fdatasync.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+
+mod slots;
 
 /// The largest sidecar file read (a hostile or damaged file is refused, not loaded).
 const MAX_SIDECAR_BYTES: u64 = 64 << 20;
@@ -40,15 +41,74 @@ struct SidecarFile {
     volumes: BTreeMap<u64, VolumeRecord>,
 }
 
-/// The sidecar's path for the metadata at `metadata`.
+/// The base path of the records of the metadata at `metadata`: `<metadata>.volumes`, whose
+/// two slots are `<base>.0` and `<base>.1` (see [`slots`]).
 pub fn path_for(metadata: &Path) -> PathBuf {
     let mut name = metadata.as_os_str().to_owned();
-    name.push(".volumes.json");
+    name.push(".volumes");
     PathBuf::from(name)
 }
 
-/// The records in `path`; none if the file does not exist (a pool made by other tools).
-pub fn load(path: &Path) -> Result<Option<BTreeMap<u64, VolumeRecord>>> {
+/// The records kept at `base`; none if there are none (a pool made by other tools). Records
+/// of an older rustbk, a single `<base>.json`, are read when no slot exists.
+pub fn load(base: &Path) -> Result<Option<BTreeMap<u64, VolumeRecord>>> {
+    let slots = slots::load(base).map_err(io_error)?;
+    let body = match (slots.best, read_legacy(&legacy_path(base))?) {
+        (Some(body), _) | (None, Some(body)) => body,
+        (None, None) if slots.damaged => {
+            return Err(Error::corrupt(format!(
+                "{}: no slot holds valid volume records",
+                base.display()
+            )));
+        }
+        (None, None) => return Ok(None),
+    };
+    let parsed: SidecarFile = serde_json::from_slice(&body)
+        .map_err(|e| Error::corrupt(format!("{}: {e}", base.display())))?;
+    Ok(Some(parsed.volumes))
+}
+
+/// Makes `volumes` the records at `base`, durably, in the older of the two slots.
+pub fn store(base: &Path, volumes: &BTreeMap<u64, VolumeRecord>) -> Result<()> {
+    let body = serde_json::to_vec(&SidecarFile {
+        volumes: volumes.clone(),
+    })
+    .map_err(|e| Error::InvalidArgument(format!("volume records: {e}")))?;
+    if body.len() as u64 > MAX_SIDECAR_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "volume records of {} bytes",
+            body.len()
+        )));
+    }
+    slots::store(base, &body).map_err(io_error)?;
+    // An older rustbk's file is stale from now on (the slots are read first anyway).
+    match std::fs::remove_file(legacy_path(base)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_error(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Removes the records at `base` (both slots and an older rustbk's file), as if the pool had
+/// been made by other tools.
+pub fn remove(base: &Path) -> Result<()> {
+    let mut paths = slots::paths(base).to_vec();
+    paths.push(legacy_path(base));
+    for path in paths {
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_error(e)),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn legacy_path(base: &Path) -> PathBuf {
+    let mut name = base.as_os_str().to_owned();
+    name.push(".json");
+    PathBuf::from(name)
+}
+
+fn read_legacy(path: &Path) -> Result<Option<Vec<u8>>> {
     let file = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -61,34 +121,44 @@ pub fn load(path: &Path) -> Result<Option<BTreeMap<u64, VolumeRecord>>> {
             path.display()
         )));
     }
-    let parsed: SidecarFile = serde_json::from_reader(std::io::BufReader::new(file))
-        .map_err(|e| Error::corrupt(format!("{}: {e}", path.display())))?;
-    Ok(Some(parsed.volumes))
-}
-
-/// Replaces `path` with `volumes`, atomically and durably.
-pub fn store(path: &Path, volumes: &BTreeMap<u64, VolumeRecord>) -> Result<()> {
-    let body = serde_json::to_vec_pretty(&SidecarFile {
-        volumes: volumes.clone(),
-    })
-    .map_err(|e| Error::InvalidArgument(format!("volume records: {e}")))?;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut file = std::fs::File::create(&tmp).map_err(io_error)?;
-    file.write_all(&body).map_err(io_error)?;
-    file.sync_all().map_err(io_error)?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(io_error)?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_error)
+    let mut body = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::BufReader::new(file), &mut body).map_err(io_error)?;
+    Ok(Some(body))
 }
 
 fn io_error(e: std::io::Error) -> Error {
     Error::Io(rustbk_formats::Error::Io(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_older_rustbks_records_are_read_and_replaced_by_the_slots() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = path_for(&dir.path().join("metadata"));
+        std::fs::write(
+            legacy_path(&base),
+            br#"{"volumes": {"3": {"size": 4096, "name": "old"}}}"#,
+        )
+        .unwrap();
+        let loaded = load(&base).unwrap().unwrap();
+        assert_eq!(loaded[&3].name, "old");
+        let mut records = loaded.clone();
+        records.get_mut(&3).unwrap().size = 8192;
+        store(&base, &records).unwrap();
+        assert!(!legacy_path(&base).exists());
+        assert_eq!(load(&base).unwrap().unwrap()[&3].size, 8192);
+    }
+
+    #[test]
+    fn records_only_in_damaged_slots_are_an_error_not_an_empty_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = path_for(&dir.path().join("metadata"));
+        assert!(load(&base).unwrap().is_none(), "nothing there: no records");
+        std::fs::write(&slots::paths(&base)[0], b"RBKVOLS1 and then garbage...").unwrap();
+        let e = load(&base).unwrap_err();
+        assert!(e.to_string().contains("no slot"), "{e}");
+    }
 }

@@ -295,7 +295,7 @@ fn a_pool_without_a_volume_list_sizes_volumes_by_their_last_mapped_block() {
     flush(&mut *q);
     drop(q);
     drop(vol);
-    std::fs::remove_file(super::sidecar::path_for(&t.meta)).unwrap();
+    super::sidecar::remove(&super::sidecar::path_for(&t.meta)).unwrap();
     let t = t.reopen(PoolOptions::default());
     assert_eq!(t.pool.volumes().unwrap()[0].record.size, 6 * BS);
 }

@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal};
@@ -93,6 +93,11 @@ impl Service {
             shared,
             acceptor: Some(acceptor),
         })
+    }
+
+    /// Connections open now (volume ports and admin channels).
+    pub fn connections(&self) -> usize {
+        self.shared.conns.lock().map_or(0, |c| c.open.len())
     }
 
     /// The pool served (to create volumes and snapshots in the service's process).
@@ -218,17 +223,29 @@ fn wait_readable(listener: &UnixListener) {
 /// connection closed, the socket removed, a final commit). Call it before starting other
 /// threads: it blocks both signals in the calling thread, and the threads it starts inherit
 /// that.
-pub fn run(metadata: &Path, data: &Path, socket: &Path, opts: PoolOptions) -> Result<()> {
-    run_until(metadata, data, socket, opts, &AtomicBool::new(false))
+pub fn run(
+    metadata: &Path,
+    data: &Path,
+    socket: &Path,
+    opts: PoolOptions,
+    idle_exit: Option<Duration>,
+) -> Result<()> {
+    run_until(
+        metadata,
+        data,
+        socket,
+        opts,
+        (&AtomicBool::new(false), idle_exit),
+    )
 }
 
-/// [`run`], also stopping when `stop` is set.
+/// [`run`], also stopping when `stop` is set, or once no connection was open for `idle`.
 pub fn run_until(
     metadata: &Path,
     data: &Path,
     socket: &Path,
     opts: PoolOptions,
-    stop: &AtomicBool,
+    (stop, idle): (&AtomicBool, Option<Duration>),
 ) -> Result<()> {
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGTERM);
@@ -239,6 +256,7 @@ pub fn run_until(
         .map_err(sys)?;
     let service = Service::start(Pool::open(metadata, data, opts)?, socket)?;
     tracing::info!(socket = %socket.display(), "pool service started");
+    let mut idle_since = None;
     while !stop.load(Ordering::SeqCst) {
         match fd.read_signal() {
             Ok(Some(sig)) => {
@@ -247,6 +265,19 @@ pub fn run_until(
             }
             Ok(None) => std::thread::sleep(POLL),
             Err(e) => return Err(sys(e)),
+        }
+        if let Some(idle) = idle {
+            idle_since = match service.connections() {
+                0 => Some(idle_since.unwrap_or_else(Instant::now)),
+                _ => None,
+            };
+            if idle_since.is_some_and(|since: Instant| since.elapsed() >= idle) {
+                tracing::info!(
+                    idle_secs = idle.as_secs(),
+                    "no connection for a while: pool service stopping"
+                );
+                break;
+            }
         }
     }
     service.stop()

@@ -289,13 +289,30 @@ fn a_worker_that_stops_reading_loses_its_connection_and_does_not_hold_up_a_snaps
         .unwrap();
     let opened = wire::read_frame::<Reply>(&mut stream).unwrap();
     assert!(matches!(opened, Some(Reply::Info { .. })), "{opened:?}");
-    // Ask and never read the answers, until the service's replies fill the socket.
+    // Ask and never read the answers, until the service's replies fill the socket and it
+    // is stuck in a send: then it stops taking requests. A send buffer that is merely full
+    // is not enough (a loaded service may answer everything queued and wait for more), so
+    // go on until no request was taken for two seconds.
     stream.set_nonblocking(true).unwrap();
     let info = frame(&Request::Info);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if stream.write_all(&info).is_err() {
-            break;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut taken = Instant::now();
+    while taken.elapsed() < Duration::from_secs(2) {
+        assert!(
+            Instant::now() < deadline,
+            "the service never stopped reading"
+        );
+        match stream.write(&info) {
+            Ok(n) => {
+                assert_eq!(n, info.len(), "a frame is written whole or not at all");
+                taken = Instant::now();
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            // It gave up on this connection already (its send timed out).
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break,
+            Err(e) => panic!("{e}"),
         }
     }
     let start = Instant::now();
@@ -328,4 +345,38 @@ fn a_discard_of_more_blocks_than_a_frame_holds_frees_every_one() {
     assert!(port.lookup(0..8192).unwrap().is_empty());
     port.commit().unwrap();
     assert_eq!(s.service.pool().usage().unwrap().data_free, free + 5000);
+}
+
+#[test]
+fn a_service_with_an_idle_exit_stops_once_nothing_was_connected_for_that_long() {
+    let dir = tempfile::tempdir().unwrap();
+    let (meta, data) = pool_files(&dir, 64);
+    drop(Pool::create(&meta, &data, BS, PoolOptions::default()).unwrap());
+    let socket = dir.path().join("idle.sock");
+    let start = Instant::now();
+    let service = {
+        let socket = socket.clone();
+        std::thread::spawn(move || {
+            let stop = std::sync::atomic::AtomicBool::new(false);
+            let idle = Some(Duration::from_secs(1));
+            super::run_until(&meta, &data, &socket, PoolOptions::default(), (&stop, idle))
+        })
+    };
+    while UnixStream::connect(&socket).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(20), "never listened");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // An open connection keeps it up past its idle time.
+    let admin = super::AdminClient::connect(&socket, Duration::from_secs(10)).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!service.is_finished(), "stopped with a connection open");
+    let closed = Instant::now();
+    drop(admin);
+    service.join().unwrap().unwrap();
+    let idle = closed.elapsed();
+    assert!(
+        idle >= Duration::from_secs(1) && idle < Duration::from_secs(15),
+        "{idle:?}"
+    );
+    assert!(!socket.exists(), "the socket outlived the service");
 }

@@ -28,6 +28,23 @@ pub struct FrontendConfig {
     pub timeout: Duration,
     /// Ask for persistent grants (`feature-persistent`), as Linux blkfront does by default.
     pub persistent: bool,
+    /// Rings (queues) wanted, capped by the backend's `multi-queue-max-queues` (absent: 1).
+    /// More than one publishes `multi-queue-num-queues` and `queue-N/` keys, as blkfront does.
+    pub queues: u32,
+    /// Changes to the published ring keys, applied last in the same transaction: a hostile
+    /// frontend's keys (relative to the frontend directory).
+    pub tamper: Vec<Tamper>,
+}
+
+/// One change a hostile frontend makes to the keys it publishes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Tamper {
+    /// Writes the key (relative to the frontend directory) with this value.
+    Write(String, String),
+    /// Removes the key.
+    Remove(String),
+    /// Writes the value the frontend published under the first key to the second.
+    Copy(String, String),
 }
 
 impl FrontendConfig {
@@ -41,6 +58,8 @@ impl FrontendConfig {
             ring_order: 0,
             timeout: Duration::from_secs(20),
             persistent: true,
+            queues: 1,
+            tamper: Vec::new(),
         }
     }
 }
@@ -68,6 +87,17 @@ pub struct DiskInfo {
     pub ring_order: u32,
     /// Both ends offered `feature-persistent`.
     pub persistent: bool,
+    /// Rings (queues) in use.
+    pub queues: u32,
+}
+
+/// One ring (queue) of the frontend.
+struct Queue {
+    ring: FrontRing<RamView>,
+    /// First frame and page count of the ring.
+    frames: (u32, u32),
+    grefs: Vec<GrantRef>,
+    port: Arc<GuestPort>,
 }
 
 /// A connected emulated frontend.
@@ -79,10 +109,9 @@ pub struct Frontend {
     be: String,
     backend_domid: DomId,
     frames: FrameAlloc,
-    ring: FrontRing<RamView>,
-    ring_frames: (u32, u32),
-    ring_grefs: Vec<GrantRef>,
-    port: Arc<GuestPort>,
+    queues: Vec<Queue>,
+    /// The queue `push`, `ring_mut`, `free_slots` and `notify` act on.
+    current: usize,
     disk: DiskInfo,
     /// Buffer pools whose pages the backend still maps (persistent grants): revoked at close.
     retired: Vec<SlotPool>,
@@ -125,18 +154,19 @@ impl Frontend {
         let order = cfg
             .ring_order
             .min(num(&xs, &format!("{be}/max-ring-page-order"))?);
-        let pages = 1u32 << order;
-        let first = frames.alloc(pages)?;
-        dom.ram().write(
-            u64::from(first) * PAGE_SIZE as u64,
-            &vec![0u8; pages as usize * PAGE_SIZE],
-        )?;
-        let ring_grefs = (first..first + pages)
-            .map(|f| dom.grant(backend_domid, f, false))
-            .collect::<Result<Vec<_>, _>>()?;
-        let ring = FrontRing::init(dom.ram().pages_view(first, pages)?, cfg.abi, order)?;
-        let port = dom.alloc_unbound()?;
-        publish_ring(&xs, &fe, &cfg, order, &ring_grefs, port.port().0)?;
+        let offered = num::<u32>(&xs, &format!("{be}/multi-queue-max-queues"))?.max(1);
+        let nqueues = cfg.queues.clamp(1, offered);
+        let mut queues = Vec::new();
+        for _ in 0..nqueues {
+            queues.push(Queue::new(
+                &dom,
+                &mut frames,
+                backend_domid,
+                cfg.abi,
+                order,
+            )?);
+        }
+        publish_rings(&xs, &fe, &cfg, order, &queues)?;
         let st = wait_for(
             &xs,
             &format!("{be}/state"),
@@ -150,6 +180,7 @@ impl Frontend {
         }
         let mut disk = read_disk(&xs, &be, order)?;
         disk.persistent = disk.persistent && cfg.persistent;
+        disk.queues = nqueues;
         xs.write(&format!("{fe}/state"), "4")?;
         Ok(Frontend {
             dom,
@@ -159,10 +190,8 @@ impl Frontend {
             be,
             backend_domid,
             frames,
-            ring,
-            ring_frames: (first, pages),
-            ring_grefs,
-            port,
+            queues,
+            current: 0,
             disk,
             retired: Vec::new(),
         })
@@ -188,9 +217,23 @@ impl Frontend {
         &mut self.frames
     }
 
-    /// The ring, for tests that write raw entries or indices.
+    /// The ring of the current queue, for tests that write raw entries or indices.
     pub fn ring_mut(&mut self) -> &mut FrontRing<RamView> {
-        &mut self.ring
+        &mut self.queues[self.current].ring
+    }
+
+    /// Rings (queues) in use.
+    pub fn queue_count(&self) -> usize {
+        self.queues.len()
+    }
+
+    /// Makes queue `q` the one `push`, `ring_mut`, `free_slots` and `notify` act on.
+    pub fn select_queue(&mut self, q: usize) -> Result<(), Error> {
+        if q >= self.queues.len() {
+            return Err(Error::Config(format!("queue {q} of {}", self.queues.len())));
+        }
+        self.current = q;
+        Ok(())
     }
 
     /// The backend's directory.
@@ -203,30 +246,48 @@ impl Frontend {
         &self.xs
     }
 
-    /// Queues a request on the ring (not yet visible to the backend).
+    /// Queues a request on the current queue's ring (not yet visible to the backend).
     pub fn push(&mut self, req: &Request) -> Result<(), Error> {
-        self.ring.push_request(req).map_err(Error::from)
+        self.push_to(self.current, req)
     }
 
-    /// Publishes queued requests and notifies the backend if it asked for it.
+    /// Queues a request on ring `q` (not yet visible to the backend).
+    pub fn push_to(&mut self, q: usize, req: &Request) -> Result<(), Error> {
+        let queue = self
+            .queues
+            .get_mut(q)
+            .ok_or_else(|| Error::Config(format!("no queue {q}")))?;
+        queue.ring.push_request(req).map_err(Error::from)
+    }
+
+    /// Publishes queued requests of every ring and notifies the backend of those where it
+    /// asked for it.
     pub fn kick(&mut self) -> Result<(), Error> {
-        if self.ring.push_requests_and_check_notify() {
-            self.port.notify()?;
+        for q in &mut self.queues {
+            if q.ring.push_requests_and_check_notify() {
+                q.port.notify()?;
+            }
         }
         Ok(())
     }
 
-    /// Signals the backend unconditionally (hostile tests that bypass the ring's rules).
+    /// Signals the backend on the current queue unconditionally (hostile tests that bypass the
+    /// ring's rules).
     pub fn notify(&self) -> Result<(), Error> {
-        self.port.notify().map_err(Error::from)
+        self.queues[self.current].port.notify().map_err(Error::from)
     }
 
-    /// Free request slots on the ring.
+    /// Free request slots on the current queue's ring.
     pub fn free_slots(&self) -> u32 {
-        self.ring.free_slots()
+        self.free_slots_of(self.current)
     }
 
-    /// Collects responses into `out`, waiting up to `timeout` for the first one.
+    /// Free request slots on ring `q` (0 for a queue that does not exist).
+    pub fn free_slots_of(&self, q: usize) -> u32 {
+        self.queues.get(q).map_or(0, |q| q.ring.free_slots())
+    }
+
+    /// Collects responses of every ring into `out`, waiting up to `timeout` for the first one.
     pub fn poll_responses(
         &mut self,
         out: &mut Vec<Response>,
@@ -234,14 +295,18 @@ impl Frontend {
     ) -> Result<(), Error> {
         let deadline = std::time::Instant::now() + timeout;
         loop {
-            while let Some(r) = self.ring.try_pop_response()? {
-                out.push(r);
-            }
-            if !out.is_empty() || self.ring.final_check_for_responses() {
-                if out.is_empty() {
-                    continue;
+            let mut more = false;
+            for q in &mut self.queues {
+                while let Some(r) = q.ring.try_pop_response()? {
+                    out.push(r);
                 }
+                more |= q.ring.final_check_for_responses();
+            }
+            if !out.is_empty() {
                 return Ok(());
+            }
+            if more {
+                continue;
             }
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
@@ -253,7 +318,11 @@ impl Frontend {
 
     fn sleep(&self, left: Duration) -> Result<(), Error> {
         let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
-        let mut fds = [PollFd::new(self.port.fd(), PollFlags::POLLIN)];
+        let mut fds: Vec<PollFd<'_>> = self
+            .queues
+            .iter()
+            .map(|q| PollFd::new(q.port.fd(), PollFlags::POLLIN))
+            .collect();
         match poll(&mut fds, PollTimeout::from(ms)) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => {
@@ -263,7 +332,15 @@ impl Frontend {
                 }));
             }
         }
-        self.port.ack()?;
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        for (q, ready) in self.queues.iter().zip(ready) {
+            if ready {
+                q.port.ack()?;
+            }
+        }
         Ok(())
     }
 
@@ -309,11 +386,13 @@ impl Frontend {
                 tracing::warn!("buffer grants still mapped after close; leaking them");
             }
         }
-        for g in &self.ring_grefs {
-            let _ = self.dom.end_grant(*g);
+        for q in std::mem::take(&mut self.queues) {
+            for g in &q.grefs {
+                let _ = self.dom.end_grant(*g);
+            }
+            self.dom.close_port(q.port.port());
+            self.frames.free(q.frames.0, q.frames.1);
         }
-        self.dom.close_port(self.port.port());
-        self.frames.free(self.ring_frames.0, self.ring_frames.1);
         Closed {
             dom: self.dom,
             xs: self.xs,
@@ -333,24 +412,66 @@ fn gone_is_ok(r: Result<(), Error>) -> Result<(), Error> {
     }
 }
 
-fn publish_ring(
+impl Queue {
+    /// A zeroed ring of `1 << order` granted pages and an unbound port.
+    fn new(
+        dom: &EmuDomain,
+        frames: &mut FrameAlloc,
+        backend: DomId,
+        abi: Abi,
+        order: u32,
+    ) -> Result<Queue, Error> {
+        let pages = 1u32 << order;
+        let first = frames.alloc(pages)?;
+        dom.ram().write(
+            u64::from(first) * PAGE_SIZE as u64,
+            &vec![0u8; pages as usize * PAGE_SIZE],
+        )?;
+        let grefs = (first..first + pages)
+            .map(|f| dom.grant(backend, f, false))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ring = FrontRing::init(dom.ram().pages_view(first, pages)?, abi, order)?;
+        let port = dom.alloc_unbound()?;
+        Ok(Queue {
+            ring,
+            frames: (first, pages),
+            grefs,
+            port,
+        })
+    }
+}
+
+/// Publishes the rings as blkfront does: the flat `ring-ref*`/`event-channel` keys for one
+/// ring, `multi-queue-num-queues` and `queue-N/` keys for several; then Initialised.
+fn publish_rings(
     xs: &XsClient,
     fe: &str,
     cfg: &FrontendConfig,
     order: u32,
-    grefs: &[GrantRef],
-    port: u32,
+    queues: &[Queue],
 ) -> Result<(), Error> {
     xs.transaction(8, |tx| {
-        if order == 0 {
-            xs.write_tx(tx, &format!("{fe}/ring-ref"), &grefs[0].0.to_string())?;
-        } else {
+        if order > 0 {
             xs.write_tx(tx, &format!("{fe}/ring-page-order"), &order.to_string())?;
-            for (i, g) in grefs.iter().enumerate() {
-                xs.write_tx(tx, &format!("{fe}/ring-ref{i}"), &g.0.to_string())?;
-            }
         }
-        xs.write_tx(tx, &format!("{fe}/event-channel"), &port.to_string())?;
+        if queues.len() > 1 {
+            let n = queues.len().to_string();
+            xs.write_tx(tx, &format!("{fe}/multi-queue-num-queues"), &n)?;
+        }
+        for (i, q) in queues.iter().enumerate() {
+            let dir = match queues.len() {
+                1 => fe.to_owned(),
+                _ => format!("{fe}/queue-{i}"),
+            };
+            if order == 0 {
+                xs.write_tx(tx, &format!("{dir}/ring-ref"), &q.grefs[0].0.to_string())?;
+            }
+            for (j, g) in q.grefs.iter().enumerate().filter(|_| order > 0) {
+                xs.write_tx(tx, &format!("{dir}/ring-ref{j}"), &g.0.to_string())?;
+            }
+            let port = q.port.port().0.to_string();
+            xs.write_tx(tx, &format!("{dir}/event-channel"), &port)?;
+        }
         xs.write_tx(
             tx,
             &format!("{fe}/feature-persistent"),
@@ -358,6 +479,16 @@ fn publish_ring(
         )?;
         if cfg.write_protocol {
             xs.write_tx(tx, &format!("{fe}/protocol"), cfg.abi.protocol_name())?;
+        }
+        for t in &cfg.tamper {
+            match t {
+                Tamper::Write(k, v) => xs.write_tx(tx, &format!("{fe}/{k}"), v)?,
+                Tamper::Remove(k) => xs.rm_tx(tx, &format!("{fe}/{k}"))?,
+                Tamper::Copy(from, to) => {
+                    let v = xs.read_tx(tx, &format!("{fe}/{from}"))?;
+                    xs.write_tx(tx, &format!("{fe}/{to}"), &v)?;
+                }
+            }
         }
         xs.write_tx(tx, &format!("{fe}/state"), "3")
     })?;
@@ -378,5 +509,6 @@ fn read_disk(xs: &XsClient, be: &str, ring_order: u32) -> Result<DiskInfo, Error
         max_indirect_segments: num(xs, &k("feature-max-indirect-segments"))?,
         ring_order,
         persistent: flag("feature-persistent")?,
+        queues: 1,
     })
 }

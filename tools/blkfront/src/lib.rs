@@ -1,8 +1,10 @@
 //! The emulated guest side of rustbk's ring emulator.
 //!
 //! * [`toolstack`]: writes a vbd's backend and frontend directories the way libxl does.
-//! * [`Frontend`]: plays Linux blkfront: the xenbus handshake over xenstore, a granted ring and
-//!   data pages in emulated guest RAM, requests and responses, close and reconnect.
+//! * [`Frontend`]: plays Linux blkfront: the xenbus handshake over xenstore, granted rings (one,
+//!   or several queues with `multi-queue-num-queues`) and data pages in emulated guest RAM,
+//!   requests and responses, close and reconnect; [`Tamper`] plays a frontend publishing bad
+//!   ring keys.
 //! * [`rng`]: the seeded generator of workloads and test schedules.
 //! * [`workload`]: sequential/random, read/write/mixed workloads with a verify mode, latency
 //!   percentiles and throughput.
@@ -20,5 +22,5 @@ pub mod workload;
 
 pub use error::Error;
 pub use frames::FrameAlloc;
-pub use front::{Closed, DiskInfo, Frontend, FrontendConfig};
+pub use front::{Closed, DiskInfo, Frontend, FrontendConfig, Tamper};
 pub use slots::{Slot, SlotPool};

@@ -104,9 +104,27 @@ pub struct BackendArgs {
     /// Do not offer persistent grants.
     #[arg(long)]
     pub no_persistent: bool,
+    /// Open a thin pool in the worker itself (locking it: one served volume) when no pool
+    /// service serves it, instead of starting `rustbk thin serve` for it.
+    #[arg(long)]
+    pub no_thin_service: bool,
+    /// Most persistent grants each ring keeps mapped (Linux blkback's max_persistent_grants);
+    /// when full, the least recently used 5% that no request holds are unmapped. Default: 1056,
+    /// or a full ring's direct requests on rings of order 2 and more (at most 8192).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1 << 20))]
+    pub max_persistent_grants: Option<u32>,
+    /// Unmap persistent grants left unused this many seconds, checked at most once a second, so
+    /// idle disks give their guest's grant table back (Linux blkback's
+    /// persistent_grant_unused_seconds); 0 keeps them while the ring is connected.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub persistent_grant_unused_secs: u32,
     /// Largest ring page order offered (0..=4).
     #[arg(long, default_value_t = rustbk_ring::MAX_RING_PAGE_ORDER, value_parser = parse_ring_order)]
     pub max_ring_order: u32,
+    /// Most rings (queues) a guest's disk may use (`multi-queue-max-queues`), each served by
+    /// its own thread and io_uring (1..=256). Default: the number of cores.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub max_queues: Option<u32>,
     /// Indirect segments offered (0 disables indirect requests; at most 4096).
     #[arg(long, default_value_t = rustbk_ring::DEFAULT_MAX_INDIRECT_SEGMENTS,
           value_parser = clap::value_parser!(u32).range(0..=4096))]
@@ -248,6 +266,9 @@ pub struct GuestArgs {
     /// Do not ask for persistent grants.
     #[arg(long)]
     pub no_persistent: bool,
+    /// Rings (queues) wanted, capped by what the backend offers; requests take them in turn.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub queues: u32,
     /// The disk was all zeros before this run (unwritten blocks are checked to read zeros).
     #[arg(long)]
     pub fresh: bool,
@@ -283,6 +304,9 @@ pub struct DemoArgs {
     /// Ring ABI of the guest.
     #[arg(long, value_enum, default_value_t = ProtocolArg::X86_64)]
     pub protocol: ProtocolArg,
+    /// Rings (queues) the guest asks for (capped by `--max-queues`).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub queues: u32,
     /// Keep the work folder (logs, sockets, image) instead of deleting it.
     #[arg(long)]
     pub keep: bool,
@@ -303,8 +327,9 @@ pub struct BenchArgs {
     #[arg(long, conflicts_with = "null")]
     pub image: Option<PathBuf>,
     /// Serve a null disk of `--size` (`params` = `null:SIZE`: no I/O, reads return zeros) and
-    /// measure the backend itself: IOPS, the ring worker thread's CPU time per request (from
-    /// /proc/<pid>/task/<tid>/schedstat) and IOPS per busy backend core. No fio run.
+    /// measure the backend itself with 1 and 2 queues: IOPS, the ring worker threads' CPU time
+    /// per request (from /proc/<pid>/task/<tid>/schedstat) and IOPS per busy backend core. No
+    /// fio run.
     #[arg(long)]
     pub null: bool,
     /// Let the benchmark write over the existing contents of `--image`.
@@ -319,6 +344,11 @@ pub struct BenchArgs {
     /// Measurements per case, alternating rustbk and fio; the table shows medians (1..=100).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub rounds: u32,
+    /// Rings (queues) the emulated guest uses, its requests taking them in turn (capped by
+    /// `--max-queues`; fio always runs one job). Not with `--null`, which measures 1 and 2.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256),
+          conflicts_with = "null")]
+    pub queues: u32,
     /// Keep the work folder (logs, sockets, image) instead of deleting it.
     #[arg(long)]
     pub keep: bool,

@@ -1,5 +1,6 @@
 //! qcow2 tests: interop with images made by `qemu-img`/`qemu-io`, images written by this
-//! driver checked by `qemu-img check` and `convert`, hostile images, write ordering.
+//! driver checked by `qemu-img check` and `convert`, hostile images, write ordering, several
+//! queues on one image.
 //! The QEMU tools are required: a missing tool fails these tests.
 
 mod confined;
@@ -8,6 +9,7 @@ mod hostile;
 mod interop;
 mod model;
 mod ordering;
+mod queues;
 mod written;
 
 use std::path::{Path, PathBuf};

@@ -46,7 +46,7 @@ pub(super) fn check_crash(
     totals.lost_events += lost;
     std::fs::write(&meta, meta_image).unwrap();
     write_sparse(&data, &data_image);
-    std::fs::write(crate::pool::sidecar::path_for(&meta), &rec.sidecar).unwrap();
+    crate::pool::sidecar::store(&crate::pool::sidecar::path_for(&meta), &rec.sidecar).unwrap();
     checks(&meta, both)?;
     let opts = PoolOptions {
         cache: rustbk_formats::CacheMode::Writeback,

@@ -72,7 +72,7 @@ pub(super) struct Recording {
     pub killed: Option<Killed>,
     pub volumes: Vec<(u64, Volume)>,
     /// The volume records as the recording left them.
-    pub sidecar: Vec<u8>,
+    pub sidecar: std::collections::BTreeMap<u64, crate::pool::VolumeRecord>,
     pub outcomes: Vec<Outcome>,
 }
 
@@ -134,7 +134,9 @@ pub(super) fn record(opts: Options) -> Recording {
         let model = model.lock().unwrap().clone();
         volumes.push((*id, Volume::Served(model)));
     }
-    let sidecar = std::fs::read(crate::pool::sidecar::path_for(&meta)).unwrap();
+    let sidecar = crate::pool::sidecar::load(&crate::pool::sidecar::path_for(&meta))
+        .unwrap()
+        .unwrap();
     Recording {
         dir,
         events,

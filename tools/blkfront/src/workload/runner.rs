@@ -1,4 +1,5 @@
-//! The workload loop: keep `queue_depth` requests in flight, verify, measure.
+//! The workload loop: keep `queue_depth` requests in flight, spread over the frontend's
+//! queues in turn, verify, measure.
 
 use std::time::{Duration, Instant};
 
@@ -42,6 +43,8 @@ struct Runner<'a> {
     writes_since_flush: u64,
     issued: u64,
     pacer: Pacer,
+    /// The queue (ring) the next request goes to: requests take the queues in turn.
+    next_queue: usize,
     /// The last response, or the first request after an idle spell.
     last_activity: Instant,
     report: Report,
@@ -121,7 +124,10 @@ impl<'a> Runner<'a> {
             )));
         }
         let (dom, backend) = (std::sync::Arc::clone(front.domain()), front.backend_domid());
-        let depth = w.queue_depth.min(front.free_slots());
+        let free: u32 = (0..front.queue_count())
+            .map(|q| front.free_slots_of(q))
+            .sum();
+        let depth = w.queue_depth.min(free);
         let pool = SlotPool::new(&dom, front.frames_mut(), backend, depth, w.block_size)?;
         let now = Instant::now();
         Ok(Runner {
@@ -136,6 +142,7 @@ impl<'a> Runner<'a> {
             writes_since_flush: 0,
             issued: 0,
             pacer: Pacer::new(w.rate, now),
+            next_queue: 0,
             last_activity: now,
             report: Report::default(),
             lat: Latencies::default(),
@@ -198,7 +205,10 @@ impl<'a> Runner<'a> {
             self.last_activity = Instant::now();
         }
         let mut pushed = false;
-        while front.free_slots() > 0 && self.w.max_ops.is_none_or(|m| self.issued < m) {
+        while self.w.max_ops.is_none_or(|m| self.issued < m) {
+            let Some(queue) = self.pick_queue(front) else {
+                break;
+            };
             let Some(slot) = self.pool.take() else { break };
             if !self.pacer.try_take(Instant::now()) {
                 self.pool.give_back(slot);
@@ -217,7 +227,8 @@ impl<'a> Runner<'a> {
                 self.pool.give_back(slot);
                 break;
             };
-            front.push(&req)?;
+            front.push_to(queue, &req)?;
+            self.next_queue = (queue + 1) % front.queue_count();
             self.issued += 1;
             pushed = true;
         }
@@ -225,6 +236,14 @@ impl<'a> Runner<'a> {
             front.kick()?;
         }
         Ok(())
+    }
+
+    /// The next queue in turn with a free ring slot, if any.
+    fn pick_queue(&self, front: &Frontend) -> Option<usize> {
+        let n = front.queue_count();
+        (0..n)
+            .map(|i| (self.next_queue + i) % n)
+            .find(|q| front.free_slots_of(*q) > 0)
     }
 
     fn flush(&mut self, slot: usize) -> Request {

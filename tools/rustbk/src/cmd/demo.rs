@@ -131,6 +131,7 @@ fn run_guest(cluster: &mut EmuCluster, args: &DemoArgs, fresh: bool) -> anyhow::
     let rw = format!("{:?}", w.rw).to_lowercase();
     cmd.arg("--json")
         .arg(format!("--ring-order={}", args.ring_order))
+        .arg(format!("--queues={}", args.queues))
         .arg(format!("--protocol={}", protocol_name(args.protocol)))
         .arg(format!("--rw={rw}"))
         .arg(format!("--rwmix-read={}", w.rwmix_read))

@@ -44,6 +44,7 @@ pub fn run(args: GuestArgs) -> anyhow::Result<ExitCode> {
     let mut fcfg = FrontendConfig::new(DomId(args.domid), args.devid);
     fcfg.ring_order = args.ring_order;
     fcfg.persistent = !args.no_persistent;
+    fcfg.queues = args.queues;
     (fcfg.abi, fcfg.write_protocol) = match args.protocol {
         ProtocolArg::X86_64 => (Abi::X86_64, true),
         ProtocolArg::X86_32 => (Abi::X86_32, true),
@@ -53,11 +54,12 @@ pub fn run(args: GuestArgs) -> anyhow::Result<ExitCode> {
         .context("handshake with the backend failed")?;
     let d = front.disk().clone();
     eprintln!(
-        "guest {}: connected, {} bytes in {}-byte sectors, ring order {}, flush {}, discard {}, indirect {}, persistent {}",
+        "guest {}: connected, {} bytes in {}-byte sectors, ring order {}, queues {}, flush {}, discard {}, indirect {}, persistent {}",
         args.domid,
         d.sectors.saturating_mul(512),
         d.sector_size,
         d.ring_order,
+        d.queues,
         d.flush,
         d.discard,
         d.max_indirect_segments,

@@ -2,10 +2,11 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 
-use rustbk_backend::xenbus::BackendOptions;
+use rustbk_backend::xenbus::{BackendOptions, default_max_queues};
 use rustbk_formats::EngineKind;
 use rustbk_grant::Platform;
 use rustbk_grant::emu::EmuPlatform;
@@ -38,6 +39,7 @@ pub fn lock_dir(platform: &PlatformArgs) -> PathBuf {
 pub fn options(args: &BackendArgs, platform: &PlatformArgs) -> anyhow::Result<BackendOptions> {
     Ok(BackendOptions {
         max_ring_order: args.max_ring_order.min(rustbk_ring::MAX_RING_PAGE_ORDER),
+        max_queues: args.max_queues.unwrap_or_else(default_max_queues),
         max_indirect_segments: args.max_indirect_segments.min(MAX_INDIRECT),
         engine: match args.engine {
             EngineArg::Auto => EngineKind::Auto,
@@ -46,10 +48,17 @@ pub fn options(args: &BackendArgs, platform: &PlatformArgs) -> anyhow::Result<Ba
         },
         cache: args.cache_mode(),
         persistent: !args.no_persistent,
+        max_persistent_grants: args.max_persistent_grants.map(|n| n as usize),
+        persistent_grant_unused: (args.persistent_grant_unused_secs > 0)
+            .then(|| Duration::from_secs(args.persistent_grant_unused_secs.into())),
         sector_size: args.sector_size,
         poll_us: args.poll_us,
         backing_dirs: backing_dirs(args)?,
         journal_dir: lock_dir(platform),
+        thin_service: match args.no_thin_service {
+            true => None,
+            false => Some(std::env::current_exe().context("the rustbk executable")?),
+        },
     })
 }
 
@@ -102,12 +111,25 @@ pub fn backend_args(backend: &BackendArgs) -> Vec<String> {
         "--max-indirect-segments".into(),
         backend.max_indirect_segments.to_string(),
     ]);
+    if let Some(n) = backend.max_queues {
+        out.extend(["--max-queues".into(), n.to_string()]);
+    }
     out.extend(["--sector-size".into(), backend.sector_size.to_string()]);
     out.extend(["--poll-us".into(), backend.poll_us.to_string()]);
     out.extend(["--cache".into(), backend.cache_mode().to_string()]);
     if backend.no_persistent {
         out.push("--no-persistent".into());
     }
+    if backend.no_thin_service {
+        out.push("--no-thin-service".into());
+    }
+    if let Some(n) = backend.max_persistent_grants {
+        out.extend(["--max-persistent-grants".into(), n.to_string()]);
+    }
+    out.extend([
+        "--persistent-grant-unused-secs".into(),
+        backend.persistent_grant_unused_secs.to_string(),
+    ]);
     for dir in &backend.backing_dirs {
         out.extend(["--backing-dir".into(), dir.display().to_string()]);
     }
@@ -150,6 +172,26 @@ mod tests {
                 "{passed:?}"
             );
         }
+    }
+
+    #[test]
+    fn max_queues_reaches_the_worker_command_line_and_defaults_to_the_cores() {
+        let parsed = parse(&["--max-queues", "3"]).expect("parse");
+        let passed = super::backend_args(&parsed);
+        let passed: Vec<&str> = passed.iter().map(String::as_str).collect();
+        assert_eq!(parse(&passed).expect("reparse").max_queues, Some(3));
+        let platform = crate::cli::PlatformArgs {
+            emu_dir: None,
+            backend_domid: 0,
+            kind: "vbd".into(),
+            lock_dir: None,
+        };
+        let opts = super::options(&parse(&[]).expect("parse"), &platform).expect("options");
+        assert_eq!(
+            opts.max_queues,
+            rustbk_backend::xenbus::default_max_queues()
+        );
+        assert!(parse(&["--max-queues", "0"]).is_err());
     }
 
     #[test]

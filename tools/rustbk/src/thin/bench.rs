@@ -192,7 +192,7 @@ fn one_round(
 ) -> anyhow::Result<()> {
     let t = args.runtime;
     let run = |c: &mut EmuCluster, spec: &VbdSpec, rw: &str| -> anyhow::Result<f64> {
-        Ok(rustbk_case(c, (spec.domid.0, XVDA), (rw, QD), t)?.iops)
+        Ok(rustbk_case(c, (spec.domid.0, XVDA), (rw, QD), t, 1)?.iops)
     };
     cases[0]
         .thin_iops
@@ -284,7 +284,7 @@ fn fresh_qcow2_writes(cluster: &mut EmuCluster, round: u32, runtime: f64) -> any
 
 fn fresh_disk_run(cluster: &mut EmuCluster, spec: &VbdSpec, runtime: f64) -> anyhow::Result<f64> {
     cluster.add_disk(spec, &[])?;
-    let report = rustbk_case(cluster, (spec.domid.0, XVDA), ("randwrite", QD), runtime)?;
+    let report = rustbk_case(cluster, (spec.domid.0, XVDA), ("randwrite", QD), runtime, 1)?;
     cluster.remove_disk(spec)?;
     Ok(report.iops)
 }

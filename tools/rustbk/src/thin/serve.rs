@@ -39,6 +39,10 @@ pub struct ServeArgs {
     /// Punch the blocks a discard frees out of the data device (after the commit).
     #[arg(long)]
     pub passdown: bool,
+    /// Stop once no worker or command was connected for this many seconds (a service a
+    /// backend worker started by itself stops so; default: run until SIGTERM).
+    #[arg(long, value_name = "SECS")]
+    pub idle_exit: Option<u64>,
 }
 
 /// Runs the pool service until SIGTERM or SIGINT.
@@ -55,7 +59,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         passdown: args.passdown,
         ..PoolOptions::default()
     };
-    rustbk_thin::service::run(&dir.metadata(), &dir.data(), &dir.socket(), opts)
+    let idle = args.idle_exit.map(std::time::Duration::from_secs);
+    rustbk_thin::service::run(&dir.metadata(), &dir.data(), &dir.socket(), opts, idle)
         .with_context(|| format!("Pool service of {} failed", args.pool.display()))?;
     Ok(ExitCode::SUCCESS)
 }

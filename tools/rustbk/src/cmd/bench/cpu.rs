@@ -211,7 +211,7 @@ mod tests {
     #[test]
     fn cpu_time_of_a_busy_thread_of_this_process_is_read_from_proc() {
         let pid = std::process::id();
-        let name = "ring-d7-424242"; // what a worker of guest 7, disk 424242 is called
+        let name = "ring-d7-42424q0"; // what queue 0 of guest 7's disk 42424 is called
         let worker = spin(name, Duration::from_millis(600));
         std::thread::sleep(Duration::from_millis(100));
         let before = threads_named(pid, name).expect("read /proc");
@@ -246,15 +246,22 @@ mod tests {
         worker.join().expect("spinner");
         assert!(threads_named(pid, name).expect("read").is_empty(), "gone");
         assert!(threads_named(pid, "ring-d9-").expect("read").is_empty());
+        assert!(
+            threads_named(pid, "ring-d7-42424q1")
+                .expect("read")
+                .is_empty()
+        );
     }
 
     #[test]
     fn sampler_window_covers_the_busy_middle_of_a_workers_life() {
         let pid = std::process::id();
-        let name = "ring-d8-51712";
+        let name = "ring-d8-51712q";
         let sampler = Sampler::start(pid, name).expect("sampler");
         std::thread::sleep(Duration::from_millis(50));
-        spin(name, Duration::from_millis(500)).join().expect("spin");
+        spin("ring-d8-51712q0", Duration::from_millis(500))
+            .join()
+            .expect("spin");
         std::thread::sleep(Duration::from_millis(50));
         let samples = sampler.finish();
         let w = busy_window(&samples).expect("window");
@@ -278,10 +285,11 @@ mod tests {
 
     #[test]
     fn names_cut_by_the_kernel_still_match() {
-        assert!(name_matches("ring-d1-51712", "ring-d1-51712"));
-        assert!(name_matches("ring-d1234-2684", "ring-d1234-268435456"));
-        assert!(!name_matches("ring-d1-51728", "ring-d1-51712"));
-        assert!(!name_matches("tokio-runtime-w", "ring-d1-51712"));
+        assert!(name_matches("ring-d1-51712q0", "ring-d1-51712q"));
+        assert!(name_matches("ring-d1-51712q1", "ring-d1-51712q"));
+        assert!(name_matches("ring-d1234-2684", "ring-d1234-268435456q"));
+        assert!(!name_matches("ring-d1-517120q", "ring-d1-51712q"));
+        assert!(!name_matches("tokio-runtime-w", "ring-d1-51712q"));
     }
 
     #[test]

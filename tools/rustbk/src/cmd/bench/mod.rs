@@ -106,9 +106,10 @@ fn run_in(
     let backend_args: Vec<&str> = backend_args.iter().map(String::as_str).collect();
     cluster.add_disk(&spec, &backend_args)?;
     eprintln!(
-        "rustbk bench: {fio_version} on {}, cache mode {} ({} s per run, median of {} alternating rounds)",
+        "rustbk bench: {fio_version} on {}, cache mode {}, {} guest queue(s) ({} s per run, median of {} alternating rounds)",
         image.display(),
         args.backend.cache_mode(),
+        args.queues,
         args.runtime,
         args.rounds
     );
@@ -122,6 +123,7 @@ fn run_in(
                 (GUEST, XVDA),
                 (rw, qd),
                 args.runtime,
+                args.queues,
             )?);
             let fio = FioCase {
                 image: &image,
@@ -185,15 +187,18 @@ pub(crate) fn write_image(path: &Path, size: u64) -> anyhow::Result<PathBuf> {
     Ok(path.to_owned())
 }
 
-/// One 4 KiB run of the emulated guest `(domid, devid)` with pattern `rw` at depth `qd`.
+/// One 4 KiB run of the emulated guest `(domid, devid)` with pattern `rw` at depth `qd`, over
+/// `queues` rings.
 pub(crate) fn rustbk_case(
     cluster: &mut EmuCluster,
     (domid, devid): (u16, u32),
     (rw, qd): (&str, u32),
     runtime: f64,
+    queues: u32,
 ) -> anyhow::Result<Report> {
     let mut cmd = cluster.guest_command(domid, devid);
     cmd.args(["--json", "--no-verify", "--bs=4096"])
+        .arg(format!("--queues={queues}"))
         .arg(format!("--rw={rw}"))
         .arg(format!("--qd={qd}"))
         .arg(format!("--duration={runtime}"));

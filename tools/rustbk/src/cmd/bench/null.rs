@@ -16,12 +16,8 @@ use super::{CASES, GUEST, XVDA, rustbk_case};
 use crate::cli::BenchArgs;
 use crate::cluster::EmuCluster;
 
-/// Queue counts measured, when the frontend and the backend can agree on them.
+/// Queue counts measured, each when the backend offers that many (`multi-queue-max-queues`).
 const QUEUE_COUNTS: [u32; 2] = [1, 2];
-
-/// Queues the emulated guest asks for (`multi-queue-num-queues`): it speaks one queue only.
-/// Raise it, and pass the guest its queue count, once it learns multi-queue.
-const GUEST_MAX_QUEUES: u32 = 1;
 
 /// One measured case.
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -91,7 +87,7 @@ pub(crate) fn run_in(args: &BenchArgs, dir: &Path) -> anyhow::Result<()> {
     for queues in QUEUE_COUNTS {
         // Read after the first runs: the backend has published its features by then.
         let offered = offered_queues(&cluster, &spec);
-        if let Some(why) = why_not(queues, offered, GUEST_MAX_QUEUES) {
+        if let Some(why) = why_not(queues, offered) {
             eprintln!("  {queues} queues: not measured: {why}");
             report.not_measured.push(NotMeasured { queues, why });
             continue;
@@ -118,17 +114,12 @@ fn offered_queues(cluster: &EmuCluster, spec: &VbdSpec) -> u32 {
 }
 
 /// Why `queues` queues cannot be measured, if they cannot.
-pub(crate) fn why_not(queues: u32, offered: u32, guest_max: u32) -> Option<String> {
-    if queues <= offered.min(guest_max) {
-        return None;
-    }
-    Some(if queues > offered {
+pub(crate) fn why_not(queues: u32, offered: u32) -> Option<String> {
+    (queues > offered).then(|| {
         format!(
-            "the backend offers {offered} queue(s) (multi-queue-max-queues): multi-queue is not \
-             implemented yet"
+            "the backend offers {offered} queue(s) (multi-queue-max-queues; raise it with \
+             --max-queues)"
         )
-    } else {
-        format!("the emulated guest asks for at most {guest_max} queue(s)")
     })
 }
 
@@ -139,15 +130,17 @@ fn measure(
     (queues, rw, qd): (u32, &str, u32),
     args: &BenchArgs,
 ) -> anyhow::Result<NullRow> {
-    let name = rustbk_backend::worker::thread_name(DomId(GUEST), XVDA);
+    let name = rustbk_backend::worker::disk_thread_prefix(DomId(GUEST), XVDA);
     let mut rounds = Vec::new();
     for round in 1..=args.rounds {
         let sampler = Sampler::start(pid, &name)?;
-        let report = rustbk_case(cluster, (GUEST, XVDA), (rw, qd), args.runtime);
+        let report = rustbk_case(cluster, (GUEST, XVDA), (rw, qd), args.runtime, queues);
         let samples = sampler.finish();
         let report = report?;
         let cpu = busy_window(&samples).with_context(|| {
-            format!("no worker thread named {name} was seen in the backend (pid {pid}) long enough")
+            format!(
+                "no worker thread named {name}* was seen in the backend (pid {pid}) long enough"
+            )
         })?;
         let row = null_row((queues, rw, qd), &report, &cpu);
         eprintln!(
@@ -217,13 +210,15 @@ mod tests {
     use rustbk_blkfront::workload::LatencySummary;
 
     #[test]
-    fn two_queues_wait_for_both_sides_to_support_them() {
-        assert_eq!(why_not(1, 1, 1), None);
-        let backend = why_not(2, 1, 1).expect("backend offers one");
-        assert!(backend.contains("not implemented"), "{backend}");
-        let guest = why_not(2, 4, 1).expect("guest asks for one");
-        assert!(guest.contains("emulated guest"), "{guest}");
-        assert_eq!(why_not(2, 4, 2), None);
+    fn two_queues_need_a_backend_offering_two() {
+        assert_eq!(why_not(1, 1), None);
+        let why = why_not(2, 1).expect("backend offers one");
+        assert!(
+            why.contains("offers 1 queue") && why.contains("--max-queues"),
+            "{why}"
+        );
+        assert_eq!(why_not(2, 2), None);
+        assert_eq!(why_not(2, 4), None);
     }
 
     #[test]
