@@ -170,6 +170,9 @@ pub enum Format {
     Raw,
     /// QEMU's qcow2 (versions 2 and 3).
     Qcow2,
+    /// No file: every op completes at once, reads return zeros (see
+    /// [`NullImage`](crate::NullImage)). Never opened from a path.
+    Null,
 }
 
 /// Which I/O engine a queue uses.

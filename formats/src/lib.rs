@@ -4,6 +4,8 @@
 //! * [`engine`]: positioned vectored read/write, flush, punch-hole and zero-range over io_uring,
 //!   with a synchronous fallback of identical semantics. Every format builds on it.
 //! * [`raw`]: raw images (regular files and block devices).
+//! * [`null`]: null images (no file: every op completes at once, reads return zeros), for
+//!   measuring the backend's own cost.
 //! * [`qcow2`]: qcow2 images (versions 2 and 3) with backing chains, confined by a
 //!   [`BackingPolicy`].
 //!
@@ -20,6 +22,7 @@ mod confine;
 pub mod engine;
 mod error;
 mod image;
+pub mod null;
 pub mod qcow2;
 pub mod raw;
 
@@ -34,6 +37,7 @@ pub use error::Error;
 pub use image::{
     BlockImage, Completion, EngineKind, Features, Format, Geometry, ImageQueue, IoOp, OpenOptions,
 };
+pub use null::NullImage;
 pub use qcow2::{Qcow2Image, Qcow2Options};
 pub use raw::{RawImage, create_raw};
 
@@ -53,6 +57,9 @@ pub fn open_image(
     format: Format,
     opts: &OpenOptions,
 ) -> Result<Arc<dyn BlockImage>, Error> {
+    if format == Format::Null {
+        return Err(null_has_no_file(path));
+    }
     let mut chain = qcow2::Chain::default();
     chain.enter(path)?;
     let file = open_file(path, opts)?;
@@ -99,7 +106,16 @@ pub(crate) fn open_as(
     match format {
         Format::Raw => Ok(Arc::new(RawImage::new(file, opts)?)),
         Format::Qcow2 => Ok(Arc::new(Qcow2Image::open(file, opts, chain)?)),
+        Format::Null => Err(null_has_no_file(file.path())),
     }
+}
+
+/// The error of opening a file as a null image.
+fn null_has_no_file(path: &Path) -> Error {
+    Error::InvalidArgument(format!(
+        "{}: a null image has no file (it is made from its size: NullImage::new)",
+        path.display()
+    ))
 }
 
 /// Whether a qcow2 image's clusters are smaller than a page.

@@ -107,6 +107,92 @@ pub fn run_writable(q: &mut dyn ImageQueue, size: u64) {
     wait_with_timeout_returns_when_idle_or_done(q);
 }
 
+/// Runs every check that fits a queue that stores nothing (null images): depth, tags,
+/// bounds, the notifier, and reads returning zeros whatever was written before.
+pub fn run_stateless(q: &mut dyn ImageQueue, size: u64) {
+    writes_are_accepted_and_every_read_returns_zeros(q, size);
+    ops_in_flight_all_complete_with_their_tags(q);
+    submit_past_depth_fails_with_queue_full(q);
+    run(q, IoOp::Flush).expect("flush");
+    run(
+        q,
+        IoOp::Discard {
+            offset: 0,
+            len: 1 << 20,
+        },
+    )
+    .expect("discard");
+    ops_beyond_the_end_complete_with_an_error(q, size);
+    empty_ops_complete_successfully(q);
+    notifier_is_readable_until_reap(q);
+    wait_with_timeout_returns_when_idle_or_done(q);
+}
+
+/// For queues storing nothing: writes, write-zeroes and flushes succeed, and reads, plain
+/// and vectored, fill their buffers with zeros (whatever the buffers held before).
+pub fn writes_are_accepted_and_every_read_returns_zeros(q: &mut dyn ImageQueue, size: u64) {
+    let offsets = [0, 4096, 1 << 20, size - 8192];
+    for (i, &off) in offsets.iter().enumerate() {
+        write_at(q, off, &pattern(i as u64, 8192)).expect("write");
+    }
+    let zeroes = IoOp::WriteZeroes {
+        offset: 0,
+        len: 65536,
+    };
+    run(q, zeroes).expect("write zeroes");
+    run(q, IoOp::Flush).expect("flush");
+    for &off in &offsets {
+        let buf = SharedBuf::new(8192);
+        assert!(buf.copy_in(0, &[0xEE; 8192]));
+        let op = IoOp::Read {
+            offset: off,
+            bufs: Box::new(buf.clone()),
+        };
+        run(q, op).expect("read");
+        assert_bytes(&buf.copy_out(), &[0; 8192], &format!("read at {off}"));
+    }
+    let segments = [(8192, 512), (0, 4096), (12288, 3584)];
+    let back = SharedBuf::with_segments(16384, &segments).expect("segments");
+    assert!(back.copy_in(0, &[0xEE; 16384]));
+    run(
+        q,
+        IoOp::Read {
+            offset: 0,
+            bufs: Box::new(back.clone()),
+        },
+    )
+    .expect("readv");
+    let got = back.copy_out();
+    for (start, len) in segments {
+        assert_bytes(&got[start..start + len], &vec![0; len], "vectored read");
+    }
+    assert_bytes(
+        &got[4096..8192],
+        &[0xEE; 4096],
+        "bytes outside the segments untouched",
+    );
+}
+
+/// [`DEPTH`] reads and writes in flight complete, each once, with its own tag.
+pub fn ops_in_flight_all_complete_with_their_tags(q: &mut dyn ImageQueue) {
+    for i in 0..u64::from(DEPTH) {
+        let bufs = Box::new(SharedBuf::new(4096));
+        let offset = i * 4096;
+        let op = match i % 2 {
+            0 => IoOp::Write { offset, bufs },
+            _ => IoOp::Read { offset, bufs },
+        };
+        q.submit(op, 500 + i).expect("submit");
+    }
+    assert_eq!(q.in_flight(), DEPTH as usize);
+    q.commit().expect("commit");
+    let done = reap_n(q, DEPTH as usize);
+    assert!(done.iter().all(|c| c.result.is_ok()), "{done:?}");
+    let tags: HashSet<u64> = done.iter().map(|c| c.tag).collect();
+    assert_eq!(tags, (500..500 + u64::from(DEPTH)).collect());
+    assert_eq!(q.in_flight(), 0);
+}
+
 pub fn written_patterns_read_back_at_many_offsets(q: &mut dyn ImageQueue, size: u64) {
     let offsets = [0, 16384, 65536, 1 << 20, 3 << 20, size - 8192];
     for (i, &off) in offsets.iter().enumerate() {

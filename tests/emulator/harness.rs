@@ -28,6 +28,8 @@ pub struct Setup {
     pub cache_mode: Option<String>,
     /// Environment of the backend processes.
     pub backend_env: Vec<(&'static str, String)>,
+    /// `params` as written, instead of the image's path (e.g. `null:64M`).
+    pub params: Option<String>,
 }
 
 impl Default for Setup {
@@ -40,6 +42,7 @@ impl Default for Setup {
             backend_args: Vec::new(),
             cache_mode: None,
             backend_env: Vec::new(),
+            params: None,
         }
     }
 }
@@ -372,6 +375,7 @@ fn args(setup: &Setup) -> Vec<&str> {
 /// The vbd of `domid` on `image` as the set-up describes it.
 pub fn spec_for(setup: &Setup, domid: DomId, image: &std::path::Path) -> VbdSpec {
     let params = match setup.format {
+        _ if setup.params.is_some() => setup.params.clone().unwrap_or_default(),
         Some(format) => format!("{format}:{}", image.display()),
         None => image.display().to_string(),
     };

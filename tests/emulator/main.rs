@@ -17,6 +17,7 @@ mod holder;
 mod hostile;
 mod locks;
 mod multiqueue;
+mod null;
 mod persistent;
 mod qcow2;
 mod thin;

@@ -57,6 +57,23 @@ pub struct WorkerConfig {
     pub poll_us: u32,
 }
 
+/// Longest thread name Linux keeps (`comm`, 16 bytes with the NUL); longer names are cut.
+pub const THREAD_NAME_MAX: usize = 15;
+
+/// The name of the ring worker thread of queue `queue` of disk `devid` of guest `domid`:
+/// `ring-d<domid>-<devid>q<queue>` (what `top -H`, `ps -L` and `/proc/<pid>/task/<tid>/comm`
+/// show, cut to [`THREAD_NAME_MAX`] bytes by the kernel for large numbers).
+pub fn thread_name(domid: DomId, devid: u32, queue: u32) -> String {
+    format!("{}{queue}", disk_thread_prefix(domid, devid))
+}
+
+/// What the names of every ring worker thread of one disk start with: `ring-d<domid>-<devid>q`.
+/// Tools find a disk's data-path threads in a backend process by it, e.g. `rustbk bench
+/// --null` to measure their CPU time.
+pub fn disk_thread_prefix(domid: DomId, devid: u32) -> String {
+    format!("ring-d{}-{}q", domid.0, devid)
+}
+
 /// Why a worker thread ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WorkerExit {
@@ -84,7 +101,7 @@ impl Worker {
     ) -> Result<Worker, Error> {
         let stop = Arc::new(EventFd::new()?);
         let thread_stop = Arc::clone(&stop);
-        let name = format!("ring-d{}-{}q{}", cfg.domid.0, cfg.devid, cfg.queue);
+        let name = thread_name(cfg.domid, cfg.devid, cfg.queue);
         let thread = std::thread::Builder::new()
             .name(name)
             .spawn(move || {

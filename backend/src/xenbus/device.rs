@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustbk_formats::{BackingPolicy, BlockImage, CacheMode, EngineKind, OpenOptions, open_image};
+use rustbk_formats::{
+    BackingPolicy, BlockImage, CacheMode, EngineKind, NullImage, OpenOptions, open_image,
+};
 use rustbk_grant::Platform;
 use rustbk_ring::{DEFAULT_MAX_INDIRECT_SEGMENTS, DomId, MAX_RING_PAGE_ORDER};
 use tokio::sync::mpsc;
@@ -223,6 +225,7 @@ fn open(info: &BackendInfo, opts: &BackendOptions) -> Result<Arc<dyn BlockImage>
     let (format, path) = match &info.disk {
         Disk::Image { format, path } => (*format, path),
         Disk::Thin { pool, volume } => return super::thin::open(pool, volume, info, opts),
+        Disk::Null { size } => return open_null(*size, info, opts),
     };
     let cache = info.cache.unwrap_or(opts.cache);
     let open_opts = OpenOptions {
@@ -237,6 +240,26 @@ fn open(info: &BackendInfo, opts: &BackendOptions) -> Result<Arc<dyn BlockImage>
     let g = image.geometry();
     tracing::info!(path = %path.display(), ?format, size = g.size, read_only = info.read_only, %cache, "image opened");
     Ok(image)
+}
+
+/// A null disk of `size` bytes (`params` = `null:SIZE`).
+fn open_null(
+    size: u64,
+    info: &BackendInfo,
+    opts: &BackendOptions,
+) -> Result<Arc<dyn BlockImage>, Error> {
+    let open_opts = OpenOptions {
+        read_only: info.read_only,
+        sector_size: opts.sector_size,
+        ..OpenOptions::default()
+    };
+    let image = NullImage::new(size, &open_opts)?;
+    tracing::info!(
+        size,
+        read_only = info.read_only,
+        "null disk opened (no I/O: reads return zeros)"
+    );
+    Ok(Arc::new(image))
 }
 
 impl Device {

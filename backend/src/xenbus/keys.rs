@@ -25,6 +25,12 @@ pub(super) enum Disk {
         /// The path.
         path: PathBuf,
     },
+    /// A null disk of a size: `null:SIZE` (no file; every request completes at once, reads
+    /// return zeros).
+    Null {
+        /// Size in bytes.
+        size: u64,
+    },
     /// A volume of a thin pool: `thin:/path/to/pool:VOLUME` (an id or a name).
     Thin {
         /// The pool directory.
@@ -108,8 +114,9 @@ fn parse_cache_mode(path: &str, value: &str) -> Result<CacheMode, Error> {
 /// A plain path is raw, as xl's `phy` means: the format is never probed, because a guest can
 /// write any header into a raw disk (QEMU's CVE-2008-2004). Another format is served only when
 /// the toolstack names it with a prefix: `qcow2:/path`; `raw:/path` and tapdisk's `aio:/path`
-/// are raw; `thin:/path/to/pool:VOLUME` is a thin volume. An unknown prefix (text before a
-/// `:` that comes before any `/`) is refused.
+/// are raw; `thin:/path/to/pool:VOLUME` is a thin volume; `null:SIZE` is a null disk (see
+/// [`parse_null_size`]). An unknown prefix (text before a `:` that comes before any `/`) is
+/// refused.
 pub(super) fn parse_params(params: &str) -> Result<Disk, String> {
     let params = params.trim();
     let (format, path) = match rustbk_formats::protocol_of(std::path::Path::new(params)) {
@@ -120,6 +127,7 @@ pub(super) fn parse_params(params: &str) -> Result<Disk, String> {
                 "raw" | "aio" => (Format::Raw, rest),
                 "qcow2" => (Format::Qcow2, rest),
                 "thin" => return parse_thin(rest),
+                "null" => return parse_null_size(rest).map(|size| Disk::Null { size }),
                 other => return Err(format!("unknown format prefix {other:?}")),
             }
         }
@@ -137,6 +145,33 @@ fn parse_thin(target: &str) -> Result<Disk, String> {
         pool: pool.path,
         volume,
     })
+}
+
+/// The size of a null disk: a number of bytes, or a number with a `K`, `M`, `G` or `T`
+/// suffix (powers of 1024, either case), as `rustbk img create` takes it: `null:8G`. Whether
+/// it is a whole number of sectors is checked when the disk is opened.
+pub(super) fn parse_null_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (digits, shift) = match text.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_lowercase() {
+                'k' => 10,
+                'm' => 20,
+                'g' => 30,
+                't' => 40,
+                _ => return Err(format!("unknown size suffix in null size {text:?}")),
+            };
+            (&text[..i], shift)
+        }
+        _ => (text, 0),
+    };
+    let bad = || format!("null:SIZE needs a size like 8G or 1073741824, not {text:?}");
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("null size {text:?} is too large"))
 }
 
 /// Whether discard is offered to the frontend.
@@ -248,6 +283,37 @@ mod tests {
         assert!(text.contains(key) && text.contains("\"fast\""), "{text}");
         assert!(text.contains("writethrough"), "{text}");
         assert_eq!(err.errno(), nix::libc::EINVAL);
+    }
+
+    #[test]
+    fn null_params_give_a_size_in_bytes_or_with_a_binary_suffix() {
+        let null = |size: u64| Ok(Disk::Null { size });
+        assert_eq!(parse_params("null:8G"), null(8 << 30));
+        assert_eq!(parse_params("null:512m"), null(512 << 20));
+        assert_eq!(parse_params("null:4k"), null(4096));
+        assert_eq!(parse_params("null:2T"), null(2 << 40));
+        assert_eq!(parse_params("null:1048576"), null(1 << 20));
+        assert_eq!(parse_params(" null:1G\n"), null(1 << 30));
+        for bad in [
+            "null:",
+            "null:G",
+            "null:8X",
+            "null:-1",
+            "null:1.5G",
+            "null:8 G",
+            "null:/a",
+            "null:99999999999T",
+        ] {
+            assert!(parse_params(bad).is_err(), "{bad}");
+        }
+        // A path with a colon after a slash stays a raw path, never a null disk.
+        assert_eq!(
+            parse_params("/srv/null:8G"),
+            Ok(Disk::Image {
+                format: Format::Raw,
+                path: PathBuf::from("/srv/null:8G")
+            })
+        );
     }
 
     #[test]

@@ -29,7 +29,8 @@ pub enum Command {
     Emu(EmuCommand),
     /// Run a verifying workload on an emulated guest: xenstored, backend and guest processes.
     Demo(DemoArgs),
-    /// Measure rustbk against fio (io_uring, O_DIRECT) on the same file in the same run.
+    /// Measure rustbk against fio (io_uring, O_DIRECT) on the same file in the same run; with
+    /// `--null`, the backend's own CPU cost per request on a null disk.
     Bench(BenchArgs),
     /// Soak test: the daemon serving many emulated guests with verifying workloads while
     /// workers are killed, guests reboot and disks come and go; checks that nothing leaks.
@@ -323,8 +324,14 @@ pub struct BenchArgs {
     /// Image to measure on; rustbk and fio write to it. A missing or empty file becomes a new,
     /// fully written raw image of `--size`; an existing non-empty file (or a block device) is
     /// refused unless `--overwrite` is given. Without `--image`, a new image in the work folder.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "null")]
     pub image: Option<PathBuf>,
+    /// Serve a null disk of `--size` (`params` = `null:SIZE`: no I/O, reads return zeros) and
+    /// measure the backend itself with 1 and 2 queues: IOPS, the ring worker threads' CPU time
+    /// per request (from /proc/<pid>/task/<tid>/schedstat) and IOPS per busy backend core. No
+    /// fio run.
+    #[arg(long)]
+    pub null: bool,
     /// Let the benchmark write over the existing contents of `--image`.
     #[arg(long, requires = "image")]
     pub overwrite: bool,
@@ -338,8 +345,9 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub rounds: u32,
     /// Rings (queues) the emulated guest uses, its requests taking them in turn (capped by
-    /// `--max-queues`; fio always runs one job).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    /// `--max-queues`; fio always runs one job). Not with `--null`, which measures 1 and 2.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256),
+          conflicts_with = "null")]
     pub queues: u32,
     /// Keep the work folder (logs, sockets, image) instead of deleting it.
     #[arg(long)]

@@ -106,6 +106,7 @@ pub enum OutputArg {
 pub fn format_name(f: Format) -> &'static str {
     match f {
         Format::Qcow2 => "qcow2",
+        Format::Null => "null",
         _ => "raw",
     }
 }

@@ -1,4 +1,8 @@
-//! `rustbk bench`: rustbk through the emulated guest against fio on the same file.
+//! `rustbk bench`: rustbk through the emulated guest against fio on the same file, or with
+//! `--null` the backend's own CPU cost per request on a null disk.
+
+mod cpu;
+mod null;
 
 use std::fs::File;
 use std::io::Write;
@@ -49,6 +53,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         "--size {} is not a multiple of --sector-size {sector}",
         args.size
     );
+    if args.null {
+        return run_null(&args);
+    }
     let user = match &args.image {
         Some(p) => Some(user_image(p, args.overwrite)?),
         None => None,
@@ -57,6 +64,20 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     supervise::handle_signals("bench")?;
     let work = WorkDir::create("rustbk-bench-", args.keep)?;
     let result = run_in(&args, user, work.path(), &fio_version);
+    finish(work, result)
+}
+
+/// `--null`: no image and no fio, the backend alone.
+fn run_null(args: &BenchArgs) -> anyhow::Result<ExitCode> {
+    supervise::handle_signals("bench")?;
+    let work = WorkDir::create("rustbk-bench-", args.keep)?;
+    let result = null::run_in(args, work.path());
+    finish(work, result)
+}
+
+/// Removes the work folder, or keeps it and names it (always with `--keep`, and when the run
+/// failed).
+fn finish(work: WorkDir, result: anyhow::Result<()>) -> anyhow::Result<ExitCode> {
     let kept = work.finish(result.is_ok());
     match (&kept, result) {
         (Some(kept), Ok(())) => eprintln!("rustbk bench: work folder kept: {}", kept.display()),
