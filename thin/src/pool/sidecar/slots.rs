@@ -226,7 +226,7 @@ mod tests {
     #[test]
     fn a_slot_larger_than_a_grain_grows_and_a_hostile_length_is_refused() {
         let (_dir, base) = base();
-        let big = vec![7u8; (GRAIN as usize) * 2];
+        let big = vec![7u8; 2 * usize::try_from(GRAIN).unwrap()];
         store(&base, &big).unwrap();
         assert_eq!(load(&base).unwrap().best, Some(big));
         let [a, _] = paths(&base);
