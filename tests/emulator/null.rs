@@ -88,19 +88,7 @@ fn null_disk_of_a_partial_sector_is_refused() {
 #[test]
 fn bench_null_reports_positive_iops_and_worker_cpu_per_request_at_one_and_two_queues() {
     let start = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_rustbk"))
-        .args([
-            "bench",
-            "--null",
-            "--runtime",
-            "1",
-            "--rounds",
-            "1",
-            "--json",
-        ])
-        .args(["--size", "64m", "--max-queues", "2"])
-        .output()
-        .expect("run rustbk bench");
+    let out = bench_null("2");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "bench failed: {stderr}");
     assert!(start.elapsed() < Duration::from_secs(60), "{stderr}");
@@ -155,19 +143,7 @@ fn bench_null_reports_positive_iops_and_worker_cpu_per_request_at_one_and_two_qu
 
 #[test]
 fn bench_null_names_the_queue_counts_the_backend_does_not_offer() {
-    let out = Command::new(env!("CARGO_BIN_EXE_rustbk"))
-        .args([
-            "bench",
-            "--null",
-            "--runtime",
-            "1",
-            "--rounds",
-            "1",
-            "--json",
-        ])
-        .args(["--size", "64m", "--max-queues", "1"])
-        .output()
-        .expect("run rustbk bench");
+    let out = bench_null("1");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "bench failed: {stderr}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
@@ -193,4 +169,21 @@ fn bench_null_takes_no_image() {
         stderr.contains("--image") && stderr.contains("--null"),
         "{stderr}"
     );
+}
+
+/// `rustbk bench --null` for one short round with the backend offering `max_queues`.
+fn bench_null(max_queues: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_rustbk"))
+        .args([
+            "bench",
+            "--null",
+            "--runtime",
+            "1",
+            "--rounds",
+            "1",
+            "--json",
+        ])
+        .args(["--size", "64m", "--max-queues", max_queues])
+        .output()
+        .expect("run rustbk bench")
 }

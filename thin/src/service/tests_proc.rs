@@ -169,15 +169,19 @@ fn service_process(
     service
 }
 
+/// Options of a volume whose ops wait at most a second for a lost service.
+fn short_hold() -> VolumeOptions {
+    VolumeOptions {
+        hold: Duration::from_secs(1),
+        ..VolumeOptions::default()
+    }
+}
+
 #[test]
 fn a_killed_service_fails_the_workers_calls_at_once() {
     let (_dir, meta, data, socket) = pool_on_disk();
     let service = service_process(&meta, &data, &socket);
-    let opts = VolumeOptions {
-        hold: Duration::from_secs(1),
-        ..VolumeOptions::default()
-    };
-    let vol = open_volume(&socket, 1, opts).unwrap();
+    let vol = open_volume(&socket, 1, short_hold()).unwrap();
     let mut q = queue(&vol);
     put(q.as_mut(), 0, &[1u8; 8192]);
     flush(q.as_mut());
@@ -400,11 +404,7 @@ fn writes_lost_with_the_service_fail_the_next_flush_once() {
 fn a_worker_goes_on_with_a_restarted_service_from_its_last_commit() {
     let (_dir, meta, data, socket) = pool_on_disk();
     let service = service_process(&meta, &data, &socket);
-    let opts = VolumeOptions {
-        hold: Duration::from_secs(1),
-        ..VolumeOptions::default()
-    };
-    let vol = open_volume(&socket, 1, opts).unwrap();
+    let vol = open_volume(&socket, 1, short_hold()).unwrap();
     let mut q = queue(&vol);
     put(q.as_mut(), 0, &[1u8; 4096]);
     flush(q.as_mut());
