@@ -33,6 +33,11 @@ impl Changes {
         self.made = self.made.saturating_add(1);
     }
 
+    /// Whether changes were made that no flush settled yet.
+    pub(crate) fn unsettled(&self) -> bool {
+        self.made > self.settled
+    }
+
     /// What a flush starting now covers: the changes made so far.
     pub(crate) fn mark(&self) -> u64 {
         self.made

@@ -320,7 +320,8 @@ impl ThinQueue {
     /// the errno if that failed.
     fn write_through(&self, core: &mut Core, done: &[Parent]) -> Result<(), i32> {
         let modified = done.iter().any(|p| p.plan.write && p.error.is_none());
-        if !self.cache.dsync() || !modified {
+        // O_DSYNC made the data durable; only new mappings need a commit.
+        if !self.cache.dsync() || !modified || !core.changes.unsettled() {
             return Ok(());
         }
         let mark = core.changes.mark();

@@ -471,3 +471,20 @@ fn a_flush_in_unsafe_mode_neither_syncs_nor_commits() {
     assert_eq!(commits_during(CacheMode::Unsafe, write_and_flush), 0);
     assert!(commits_during(CacheMode::Writeback, write_and_flush) >= 1);
 }
+
+#[test]
+fn an_overwrite_in_an_o_dsync_mode_commits_nothing() {
+    use rustbk_formats::CacheMode;
+    let write_twice = |q: &mut dyn rustbk_formats::ImageQueue| {
+        put(q, 65536, &[5; 4096]);
+        put(q, 65536, &[6; 4096]);
+        put(q, 65536 + 8192, &[7; 4096]);
+    };
+    for cache in [CacheMode::Writethrough, CacheMode::DirectSync] {
+        assert_eq!(
+            commits_during(cache, write_twice),
+            1,
+            "{cache}: only the new mapping needs a commit"
+        );
+    }
+}
