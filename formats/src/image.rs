@@ -162,6 +162,19 @@ pub struct Features {
     pub read_only: bool,
 }
 
+impl Features {
+    /// Everything an image that stores what it is told supports: discard and write-zeroes
+    /// unless it is `read_only`, and flush.
+    pub fn full(read_only: bool) -> Features {
+        Features {
+            discard: !read_only,
+            write_zeroes: !read_only,
+            flush: true,
+            read_only,
+        }
+    }
+}
+
 /// Image formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]

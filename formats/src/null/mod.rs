@@ -72,12 +72,7 @@ impl BlockImage for NullImage {
     }
 
     fn features(&self) -> Features {
-        Features {
-            discard: !self.read_only,
-            write_zeroes: !self.read_only,
-            flush: true,
-            read_only: self.read_only,
-        }
+        Features::full(self.read_only)
     }
 
     fn open_queue(&self, depth: u32) -> Result<Box<dyn ImageQueue>, Error> {

@@ -284,12 +284,7 @@ impl BlockImage for Qcow2Image {
     }
 
     fn features(&self) -> Features {
-        Features {
-            discard: !self.read_only,
-            write_zeroes: !self.read_only,
-            flush: true,
-            read_only: self.read_only,
-        }
+        Features::full(self.read_only)
     }
 
     fn open_queue(&self, depth: u32) -> Result<Box<dyn ImageQueue>, Error> {
