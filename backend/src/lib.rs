@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod control;
 pub mod daemon;
 mod error;
 pub mod lock;

@@ -17,9 +17,12 @@ use crate::Stats;
 impl RingWorker<'_> {
     /// Handles one request fresh off the ring.
     pub(super) fn handle(&mut self, decoded: Result<Request, BadRequest>) {
+        self.since = self.clock;
         match decoded {
             Err(bad) => self.refuse(&bad),
-            Ok(req) if self.order.exclusive.is_some() => self.order.held.push_back(req),
+            Ok(req) if self.order.exclusive.is_some() => {
+                self.order.held.push_back((req, self.since));
+            }
             Ok(req) => self.start(req),
         }
     }
@@ -120,7 +123,7 @@ impl RingWorker<'_> {
         if segments.is_empty() && matches!(rw, RwOp::Flush | RwOp::WriteBarrier) {
             // No data: the guest's sector was never range-checked and is never used.
             return if rw == RwOp::Flush {
-                self.order.queue_flush(id, code)
+                self.order.queue_flush(id, code, self.since)
             } else {
                 self.start_exclusive(id, code, 0, segments)
             };
@@ -173,6 +176,7 @@ impl RingWorker<'_> {
                 op: code,
                 bytes,
                 kind,
+                since: self.since,
             },
         );
     }
@@ -192,6 +196,7 @@ impl RingWorker<'_> {
             op: op::DISCARD,
             bytes: len,
             kind: SlotKind::Discard { seq },
+            since: self.since,
         };
         self.submit(IoOp::Discard { offset, len }, slot);
     }
@@ -210,6 +215,7 @@ impl RingWorker<'_> {
             op: code,
             stage: Stage::Drain,
             data,
+            since: self.since,
         });
     }
 
@@ -314,6 +320,7 @@ impl RingWorker<'_> {
             SlotKind::Exclusive => return self.advance_exclusive(st),
             SlotKind::Read | SlotKind::Flush => {}
         }
+        self.since = slot.since;
         self.respond(slot.id, slot.op, st);
     }
 
@@ -328,6 +335,7 @@ impl RingWorker<'_> {
                     op: f.op,
                     bytes: 0,
                     kind: SlotKind::Flush,
+                    since: f.since,
                 },
             );
         }
@@ -340,14 +348,16 @@ impl RingWorker<'_> {
                     op: ex.op,
                     bytes: 0,
                     kind: SlotKind::Exclusive,
+                    since: ex.since,
                 };
                 self.submit(IoOp::Flush, slot);
             }
         }
         while self.order.exclusive.is_none() {
-            let Some(req) = self.order.held.pop_front() else {
+            let Some((req, since)) = self.order.held.pop_front() else {
                 break;
             };
+            self.since = since;
             self.start(req);
         }
     }
@@ -356,7 +366,7 @@ impl RingWorker<'_> {
         let Some(ex) = self.order.exclusive.as_mut() else {
             return;
         };
-        let (id, code) = (ex.id, ex.op);
+        let (id, code, since) = (ex.id, ex.op, ex.since);
         if st == status::OKAY && ex.stage == Stage::PreFlush {
             if let Some(data) = ex.data.take() {
                 ex.stage = Stage::Write;
@@ -366,6 +376,7 @@ impl RingWorker<'_> {
                     op: code,
                     bytes,
                     kind: SlotKind::Exclusive,
+                    since,
                 };
                 return self.submit(
                     IoOp::Write {
@@ -380,6 +391,7 @@ impl RingWorker<'_> {
         if st == status::OKAY {
             Stats::add(&self.stats.flushes, 1);
         }
+        self.since = since;
         self.respond(id, code, st);
     }
 }

@@ -9,7 +9,8 @@ use tokio::task::JoinSet;
 
 use super::Store;
 use super::device::{BackendOptions, DeviceSpec, error_chain, run_device};
-use crate::{Error, Stats};
+use crate::Error;
+use crate::control::Registry;
 
 /// `/local/domain/<backend>/backend/<kind>`.
 pub fn backend_root(backend: DomId, kind: &str) -> String {
@@ -62,12 +63,14 @@ pub struct GuestSpec {
 }
 
 /// Serves every claimed disk of the guest, picking up disks attached later, until the guest
-/// has no claimed disk left (after having had one).
+/// has no claimed disk left (after having had one). Each disk registers in `registry` while
+/// it is served.
 pub async fn serve_guest(
     store: Store,
     platform: Arc<dyn Platform>,
     spec: GuestSpec,
     opts: BackendOptions,
+    registry: Registry,
 ) -> Result<(), Error> {
     let root = backend_root(spec.backend, &spec.kind);
     let dir = format!("{root}/{}", spec.domid.0);
@@ -90,9 +93,10 @@ pub async fn serve_guest(
                 devid,
             };
             let (store, platform, opts) = (store.clone(), Arc::clone(&platform), opts.clone());
-            let stats = Arc::new(Stats::default());
-            tasks
-                .spawn(async move { (devid, run_device(store, platform, dev, opts, stats).await) });
+            let control = registry.register(spec.domid, devid);
+            tasks.spawn(
+                async move { (devid, run_device(store, platform, dev, opts, control).await) },
+            );
             running.insert(devid);
             served_any = true;
         }

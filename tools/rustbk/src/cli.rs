@@ -40,6 +40,9 @@ pub enum Command {
     /// Thin pools in dm-thin's metadata format: pools, volumes, snapshots, and the metadata
     /// tools of thin-provisioning-tools (check, dump, restore).
     Thin(crate::thin::ThinArgs),
+    /// Runtime control of the workers, in the manner of tap-ctl: list, stats, pause, unpause,
+    /// close, Prometheus metrics.
+    Ctl(crate::ctl::CtlArgs),
 }
 
 /// Emulator components.

@@ -31,6 +31,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Soak(args) => soak::run(args),
         Command::Img(args) => crate::img::run(args),
         Command::Thin(args) => crate::thin::run(args),
+        Command::Ctl(args) => crate::ctl::run(args),
     }
 }
 
