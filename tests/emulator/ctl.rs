@@ -218,3 +218,26 @@ fn a_worker_started_for_one_disk_answers_on_its_own_socket() {
         host.cluster.backend_pid(&host.spec).map(u64::from)
     );
 }
+
+#[test]
+fn stop_ends_a_worker_and_the_guest_goes_on_with_the_one_the_daemon_starts() {
+    let host = Host::with_daemon(Setup::default());
+    let mut g = host.guest();
+    workload(&mut g, 2, 1);
+    let old = host.cluster.worker_pid(1).expect("worker");
+    let out = ctl_ok(&host, &["stop", "--domid", "1"]);
+    assert!(out.contains(&format!("stopped worker {old}")), "{out}");
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(old).unwrap());
+    assert!(
+        nix::sys::signal::kill(pid, None).is_err(),
+        "worker {old} still runs"
+    );
+    // The guest's ring stayed connected: the restarted worker serves it.
+    assert_eq!(g.write(2048, &pattern(8192, 9)), status::OKAY);
+    assert_eq!(g.read(2048, 2), (status::OKAY, pattern(8192, 9)));
+    let new = host.cluster.worker_pid(1).expect("a new worker");
+    assert_ne!(new, old);
+
+    let out = ctl(&host, &["stop"]);
+    assert!(!out.status.success(), "stop needs --domid or --all");
+}

@@ -77,6 +77,9 @@ pub struct BackendOptions {
     /// Folders where backing files named inside images may lie (and below); empty: each top
     /// image's own folder.
     pub backing_dirs: Vec<PathBuf>,
+    /// Folders the images and thin pools that `params` names must lie in (and below, after
+    /// resolving symlinks); empty: anywhere.
+    pub image_dirs: Vec<PathBuf>,
     /// Folder of the rings' request journals, which outlive a killed worker (the daemon's
     /// lock folder).
     pub journal_dir: PathBuf,
@@ -99,6 +102,7 @@ impl Default for BackendOptions {
             sector_size: 512,
             poll_us: DEFAULT_POLL_US,
             backing_dirs: Vec::new(),
+            image_dirs: Vec::new(),
             journal_dir: PathBuf::from("/run/rustbk"),
             thin_service: None,
         }
@@ -228,6 +232,12 @@ async fn read_and_open(
     opts: &BackendOptions,
 ) -> Result<(BackendInfo, Arc<dyn BlockImage>), Error> {
     let info = read_backend(store, be).await?;
+    let key = format!("{be}/params");
+    match &info.disk {
+        Disk::Image { path, .. } => super::allowed::check_allowed(path, &opts.image_dirs, &key)?,
+        Disk::Thin { pool, .. } => super::allowed::check_allowed(pool, &opts.image_dirs, &key)?,
+        Disk::Null { .. } => {}
+    }
     let image = open(&info, opts)?;
     Ok((info, image))
 }

@@ -7,6 +7,7 @@
 //! first); and when a frontend starts again after Closed (guest reboot, kexec), go back to
 //! InitWait. A frontend whose ring keys are wrong gets an `error` node and Closing.
 
+mod allowed;
 mod connect;
 mod device;
 mod fatal;
@@ -21,6 +22,6 @@ pub use device::{
     BackendOptions, DEFAULT_PERSISTENT_GRANT_UNUSED, DEFAULT_POLL_US, DeviceSpec,
     default_max_queues, error_chain, run_device,
 };
-pub use guest::{GuestSpec, backend_root, claimed, claimed_devices, serve_guest};
+pub use guest::{ClaimRules, GuestSpec, backend_root, claimed, claimed_devices, serve_guest};
 pub use state::XenbusState;
 pub use store::{Store, Watch};

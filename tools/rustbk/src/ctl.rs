@@ -74,6 +74,18 @@ pub enum CtlCommand {
     Close(DeviceArg),
     /// Every device's counters in Prometheus' text format.
     Metrics,
+    /// Stop worker processes (SIGTERM, then wait for them to exit): the guest's or every
+    /// worker. Answered requests stay answered; the guests' rings stay connected, so a worker
+    /// started again (by `rustbk daemon`) picks them up. Stopping the daemon leaves its workers
+    /// serving; stop the daemon first, then its workers, to stop serving altogether.
+    Stop {
+        /// The worker of this guest.
+        #[arg(long, required_unless_present = "all")]
+        domid: Option<u16>,
+        /// Every worker.
+        #[arg(long, conflicts_with = "domid")]
+        all: bool,
+    },
 }
 
 /// Runs `rustbk ctl`.
@@ -97,12 +109,47 @@ pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
         CtlCommand::Pause(d) => command(dir, &d, |devid| Request::Pause { devid }),
         CtlCommand::Unpause(d) => command(dir, &d, |devid| Request::Unpause { devid }),
         CtlCommand::Close(d) => command(dir, &d, |devid| Request::Close { devid }),
+        CtlCommand::Stop { domid, .. } => stop(dir, domid),
         CtlCommand::Metrics => {
             let devices = gather(dir, &Request::Stats { devid: None })?;
             print!("{}", prometheus_text(&devices));
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// How long `stop` waits for a worker to exit.
+const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// SIGTERMs the workers (of guest `domid`, or all) and waits until each has exited.
+fn stop(dir: &Path, domid: Option<u16>) -> anyhow::Result<ExitCode> {
+    let mut pids: Vec<(u32, u16)> = gather(dir, &Request::List)?
+        .iter()
+        .filter(|d| domid.is_none_or(|x| x == d.domid))
+        .map(|d| (d.pid, d.domid))
+        .collect();
+    pids.sort_unstable();
+    pids.dedup_by_key(|(pid, _)| *pid);
+    if pids.is_empty() && domid.is_some() {
+        bail!("no worker under {} serves that guest", dir.display());
+    }
+    for (pid, dom) in &pids {
+        let target = nix::unistd::Pid::from_raw(i32::try_from(*pid)?);
+        nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGTERM)
+            .with_context(|| format!("cannot signal worker {pid} (domid {dom})"))?;
+    }
+    let deadline = std::time::Instant::now() + STOP_TIMEOUT;
+    for (pid, dom) in pids {
+        let target = nix::unistd::Pid::from_raw(i32::try_from(pid)?);
+        while nix::sys::signal::kill(target, None).is_ok() {
+            if std::time::Instant::now() > deadline {
+                bail!("worker {pid} (domid {dom}) did not exit within {STOP_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        println!("stopped worker {pid} (domid {dom})");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Asks every live worker in `dir`; sockets whose worker is gone are skipped.

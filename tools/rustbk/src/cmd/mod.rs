@@ -5,6 +5,7 @@ mod daemon;
 mod demo;
 mod guest;
 mod image;
+mod man;
 mod platform;
 mod serve;
 mod soak;
@@ -32,6 +33,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Img(args) => crate::img::run(args),
         Command::Thin(args) => crate::thin::run(args),
         Command::Ctl(args) => crate::ctl::run(args),
+        Command::Man { out } => man::run(&out),
     }
 }
 
