@@ -13,6 +13,7 @@
 //! entry anyway ([`EmuDomain::revoke_forcibly`]) only stops later maps, and both memfds are
 //! sealed at their size (the backend refuses unsealed ones), so a mapping never faults.
 
+mod copy;
 mod guest;
 mod in_use;
 mod platform;
