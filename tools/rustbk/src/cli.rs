@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use rustbk_backend::worker::DataPath;
+use rustbk_backend::xenbus::DEFAULT_FIXED_BUFFERS;
 use rustbk_formats::CacheMode;
 
 /// rustbk: a Xen block backend in Rust.
@@ -104,6 +106,17 @@ pub struct BackendArgs {
     /// Do not offer persistent grants.
     #[arg(long)]
     pub no_persistent: bool,
+    /// How disks whose backend directory has no `data-path` key reach the guest's data: map
+    /// (map the granted pages and do I/O straight into them, keeping them mapped with
+    /// persistent grants) or copy (grant-copy between the guest's pages and the worker's own
+    /// bounce buffers, as tapdisk and QEMU's qdisk do; feature-persistent is not offered).
+    #[arg(long, value_name = "PATH", default_value = "map", value_parser = parse_data_path)]
+    pub data_path: DataPath,
+    /// Register persistently mapped pages as the ring's io_uring fixed buffers and read or
+    /// write one-page requests on them with READ_FIXED/WRITE_FIXED: on or off.
+    #[arg(long, value_name = "on|off", default_value = on_off(DEFAULT_FIXED_BUFFERS),
+          value_parser = parse_on_off)]
+    pub fixed_buffers: bool,
     /// Open a thin pool in the worker itself (locking it: one served volume) when no pool
     /// service serves it, instead of starting `rustbk thin serve` for it.
     #[arg(long)]
@@ -141,6 +154,23 @@ pub struct BackendArgs {
     /// and a backing file's format must be named in the image (it is never probed).
     #[arg(long = "backing-dir", value_name = "DIR")]
     pub backing_dirs: Vec<PathBuf>,
+}
+
+fn parse_data_path(s: &str) -> Result<DataPath, String> {
+    s.parse()
+}
+
+/// The flag value of a switch.
+pub const fn on_off(on: bool) -> &'static str {
+    if on { "on" } else { "off" }
+}
+
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(format!("{other:?} is neither on nor off")),
+    }
 }
 
 impl BackendArgs {
