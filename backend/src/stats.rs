@@ -39,6 +39,10 @@ pub struct Stats {
     pub persistent_purged: AtomicU64,
     /// Persistent grants unmapped after going unused for too long.
     pub persistent_unused_unmapped: AtomicU64,
+    /// Requests submitted on a page registered as an io_uring fixed buffer.
+    pub fixed_buffer_requests: AtomicU64,
+    /// Requests whose data went through a bounce buffer by grant copy.
+    pub grant_copy_requests: AtomicU64,
     /// The counters of the device's connected rings, summed into every snapshot.
     queues: Mutex<Vec<Arc<Stats>>>,
 }
@@ -72,6 +76,10 @@ pub struct StatsSnapshot {
     pub persistent_purged: u64,
     /// See [`Stats::persistent_unused_unmapped`].
     pub persistent_unused_unmapped: u64,
+    /// See [`Stats::fixed_buffer_requests`].
+    pub fixed_buffer_requests: u64,
+    /// See [`Stats::grant_copy_requests`].
+    pub grant_copy_requests: u64,
 }
 
 impl Stats {
@@ -118,6 +126,8 @@ impl Stats {
             &self.persistent_unused_unmapped,
             s.persistent_unused_unmapped,
         );
+        add(&self.fixed_buffer_requests, s.fixed_buffer_requests);
+        add(&self.grant_copy_requests, s.grant_copy_requests);
     }
 
     fn lock_queues(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Stats>>> {
@@ -147,6 +157,8 @@ impl Stats {
             persistent_misses: get(&self.persistent_misses),
             persistent_purged: get(&self.persistent_purged),
             persistent_unused_unmapped: get(&self.persistent_unused_unmapped),
+            fixed_buffer_requests: get(&self.fixed_buffer_requests),
+            grant_copy_requests: get(&self.grant_copy_requests),
         }
     }
 }
@@ -172,6 +184,10 @@ impl std::ops::Add for StatsSnapshot {
             persistent_unused_unmapped: self
                 .persistent_unused_unmapped
                 .wrapping_add(o.persistent_unused_unmapped),
+            fixed_buffer_requests: self
+                .fixed_buffer_requests
+                .wrapping_add(o.fixed_buffer_requests),
+            grant_copy_requests: self.grant_copy_requests.wrapping_add(o.grant_copy_requests),
         }
     }
 }

@@ -9,6 +9,7 @@ mod cli;
 mod confine;
 mod daemon;
 mod data;
+mod data_path;
 mod failure;
 mod handshake;
 mod harness;

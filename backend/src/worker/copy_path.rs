@@ -9,6 +9,7 @@ use rustbk_ring::Segment;
 
 use super::dispatch::{ReqData, span_of};
 use super::ring_loop::RingWorker;
+use crate::Stats;
 
 /// Most bounce buffers a ring keeps for reuse.
 const POOL_MAX: usize = 256;
@@ -55,6 +56,7 @@ impl RingWorker<'_> {
             let bytes = buf.get_mut().ok_or_else(busy)?;
             copy(&*self.guest, segments, Side::FromGuest(bytes))?;
         }
+        Stats::add(&self.stats.grant_copy_requests, 1);
         let bufs: Box<dyn IoBuffers> = Box::new(buf.clone());
         let bounce = Bounce {
             buf,

@@ -246,7 +246,10 @@ impl RingWorker<'_> {
             let buf = buf?;
             let bytes = buf.len() as u64;
             let bufs: Box<dyn IoBuffers> = match (segments.len(), self.slot_scratch) {
-                (1, Some(slot)) => Box::new(InFixedSlot::new(buf, slot)),
+                (1, Some(slot)) => {
+                    Stats::add(&self.stats.fixed_buffer_requests, 1);
+                    Box::new(InFixedSlot::new(buf, slot))
+                }
                 _ => Box::new(buf),
             };
             return Ok(ReqData {

@@ -115,7 +115,7 @@ pub struct BackendArgs {
     /// Register persistently mapped pages as the ring's io_uring fixed buffers and read or
     /// write one-page requests on them with READ_FIXED/WRITE_FIXED: on or off.
     #[arg(long, value_name = "on|off", default_value = on_off(DEFAULT_FIXED_BUFFERS),
-          value_parser = parse_on_off)]
+          value_parser = parse_on_off, action = clap::ArgAction::Set)]
     pub fixed_buffers: bool,
     /// Open a thin pool in the worker itself (locking it: one served volume) when no pool
     /// service serves it, instead of starting `rustbk thin serve` for it.
