@@ -25,7 +25,7 @@ fn copying() -> Setup {
 }
 
 /// The counters the backend logs when it exits, after the guest closed the disk.
-fn exit_log(host: &mut Host, mut g: Guest) -> String {
+fn exit_log(host: &mut Host, g: Guest) -> String {
     let spec = host.spec.clone();
     g.front.close().unwrap();
     host.cluster.remove_disk(&spec).unwrap();

@@ -5,7 +5,7 @@
 
 use rustbk_formats::{IoBuffers, SharedBuf};
 use rustbk_grant::{CopyBuf, CopySegment, Error, GuestHandle};
-use rustbk_ring::Segment;
+use rustbk_ring::{GrantRef, HeapMemory, PAGE_SIZE, Segment, SharedMemoryExt};
 
 use super::dispatch::{ReqData, span_of};
 use super::ring_loop::RingWorker;
@@ -114,6 +114,34 @@ fn copy_out(
         // The image queue still holds a clone (it should not once the op completed).
         None => copy(guest, segments, Side::ToGuest(&buf.copy_out())),
     }
+}
+
+/// Grant-copies whole pages (indirect segment pages) into private memory, in one call.
+pub(super) fn copy_pages(
+    guest: &dyn GuestHandle,
+    refs: &[GrantRef],
+) -> Result<Vec<HeapMemory>, Error> {
+    let mut bytes = vec![0u8; refs.len() * PAGE_SIZE];
+    let mut ops: Vec<CopySegment<'_>> = refs
+        .iter()
+        .zip(bytes.chunks_mut(PAGE_SIZE))
+        .map(|(gref, page)| CopySegment {
+            gref: *gref,
+            offset: 0,
+            buf: CopyBuf::FromGuest(page),
+        })
+        .collect();
+    guest.copy_grants(&mut ops)?;
+    drop(ops);
+    bytes
+        .chunks(PAGE_SIZE)
+        .map(|page| {
+            let copy = HeapMemory::new(1);
+            copy.write_bytes(0, page)
+                .map(|()| copy)
+                .map_err(|_| Error::BadMapSize(refs.len()))
+        })
+        .collect()
 }
 
 fn busy() -> Error {

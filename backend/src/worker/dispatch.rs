@@ -99,11 +99,14 @@ impl RingWorker<'_> {
     }
 
     /// Copies the indirect pages into private memory, one copy per page as the decoder reads
-    /// them (mapped read-only, unmapped at once).
+    /// them (mapped read-only, unmapped at once; grant-copied on the copy data path).
     fn copy_indirect_pages(
         &self,
         refs: &[GrantRef],
     ) -> Result<Vec<HeapMemory>, rustbk_grant::Error> {
+        if self.cfg.data_path == DataPath::Copy {
+            return super::copy_path::copy_pages(&*self.guest, refs);
+        }
         let mapping = self.guest.map_grants(refs, Access::ReadOnly)?;
         let mut bytes = [0u8; PAGE_SIZE];
         let mut copies = Vec::with_capacity(mapping.pages());

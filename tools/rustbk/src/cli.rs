@@ -362,6 +362,13 @@ pub struct BenchArgs {
     /// fio run.
     #[arg(long)]
     pub null: bool,
+    /// Compare the data paths instead of measuring against fio: one disk (its own raw image of
+    /// `--size`) per data path, served by its own backend: map with persistent grants and
+    /// fixed buffers off, the same with fixed buffers on, map per request (no persistent
+    /// grants) and grant copy; 4 KiB random read and write at queue depth 32, the disks taking
+    /// turns in every round. Every run is printed, then the medians.
+    #[arg(long, conflicts_with_all = ["null", "image"])]
+    pub data_paths: bool,
     /// Let the benchmark write over the existing contents of `--image`.
     #[arg(long, requires = "image")]
     pub overwrite: bool,
