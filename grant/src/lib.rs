@@ -1,4 +1,5 @@
-//! The platform seam of rustbk: mapping a guest's grants and talking over event channels.
+//! The platform seam of rustbk: mapping a guest's grants (or copying through them, without a
+//! mapping: grant copy) and talking over event channels.
 //!
 //! The backend only sees the traits here. Two platforms implement them: the emulated one in
 //! [`emu`] (guest RAM in a memfd, an emulated grant table, eventfd event channels, handed over a
