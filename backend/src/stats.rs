@@ -125,6 +125,10 @@ counters! {
     persistent_purged,
     /// Persistent grants unmapped after going unused for too long.
     persistent_unused_unmapped,
+    /// Requests whose data was grant-copied through a bounce buffer (the copy data path).
+    grant_copy_requests,
+    /// Requests read or written through an io_uring fixed buffer.
+    fixed_buffer_requests,
     /// The latencies of every answered request added up, in microseconds.
     latency_us_sum,
 }

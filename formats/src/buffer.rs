@@ -37,6 +37,13 @@ unsafe impl Sync for IoVec {}
 pub unsafe trait IoBuffers: Send {
     /// The segments, in order.
     fn iovecs(&self) -> &[IoVec];
+
+    /// The queue's fixed buffer (see [`ImageQueue::register_fixed`](crate::ImageQueue::register_fixed))
+    /// these buffers lie in, if any: a hint. The queue checks that the segment really lies in
+    /// what it registered at that slot before it uses the slot, and ignores it otherwise.
+    fn fixed_slot(&self) -> Option<u32> {
+        None
+    }
 }
 
 /// A zero-initialised heap buffer aligned to [`BUF_ALIGN`] (bounce buffers, tests, metadata).
@@ -128,6 +135,33 @@ unsafe impl IoBuffers for AlignedBuf {
     }
 }
 
+/// Buffers that lie in fixed buffer `slot` of the queue they are submitted to (a hint the
+/// queue checks: see [`IoBuffers::fixed_slot`]).
+#[derive(Debug)]
+pub struct InFixedSlot<B> {
+    inner: B,
+    slot: u32,
+}
+
+impl<B: IoBuffers> InFixedSlot<B> {
+    /// `inner`, said to lie in fixed buffer `slot`.
+    pub fn new(inner: B, slot: u32) -> Self {
+        InFixedSlot { inner, slot }
+    }
+}
+
+// SAFETY: the segments are those of `inner`, which this object owns, so they stay valid as
+// long as `inner`'s contract says; the slot is only a hint the queue verifies.
+unsafe impl<B: IoBuffers> IoBuffers for InFixedSlot<B> {
+    fn iovecs(&self) -> &[IoVec] {
+        self.inner.iovecs()
+    }
+
+    fn fixed_slot(&self) -> Option<u32> {
+        Some(self.slot)
+    }
+}
+
 /// Aligned memory shared between its owner and the I/O that uses it, like guest memory: a clone
 /// goes into an [`IoOp`](crate::IoOp), the owner keeps another and copies bytes in and out
 /// (never through `&[u8]`, since an op in flight may be writing it). The segments presented to
@@ -177,6 +211,12 @@ impl SharedBuf {
     /// True if the memory holds no bytes.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The whole memory as bytes, when this is its only handle (no op in flight holds a
+    /// clone any more); `None` otherwise.
+    pub fn get_mut(&mut self) -> Option<&mut [u8]> {
+        std::sync::Arc::get_mut(&mut self.inner).map(|inner| inner.mem.as_mut_slice())
     }
 
     /// A copy of the whole memory.

@@ -135,6 +135,31 @@ pub trait ImageQueue: Send {
         self.commit()?;
         poll_any(self.notifier(), fds, timeout)
     }
+
+    /// Sets up a table of `slots` fixed buffers (io_uring registered buffers: the kernel pins
+    /// their pages once instead of for every I/O). False when this queue has none (the
+    /// synchronous engine, formats that do not pass buffers straight to the engine); the
+    /// default.
+    fn enable_fixed_buffers(&mut self, slots: u32) -> Result<bool, Error> {
+        let _ = slots;
+        Ok(false)
+    }
+
+    /// Registers the one segment of `bufs` as fixed buffer `slot`; the queue keeps `bufs`
+    /// alive until [`ImageQueue::unregister_fixed`] (or until it is dropped). I/O whose buffers
+    /// name that slot ([`IoBuffers::fixed_slot`]) and lie inside it then uses it. False (and
+    /// `bufs` dropped) when not registered: no table, a slot outside it, or the kernel refused.
+    fn register_fixed(&mut self, slot: u32, bufs: Box<dyn IoBuffers>) -> Result<bool, Error> {
+        let _ = (slot, bufs);
+        Ok(false)
+    }
+
+    /// Takes fixed buffer `slot` out of the kernel's table, then drops what was registered
+    /// there. Nothing happens for a slot with nothing registered.
+    fn unregister_fixed(&mut self, slot: u32) -> Result<(), Error> {
+        let _ = slot;
+        Ok(())
+    }
 }
 
 /// Size and sector sizes of an image.

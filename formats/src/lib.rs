@@ -29,7 +29,7 @@ pub mod raw;
 #[cfg(any(test, feature = "suite"))]
 pub mod suite;
 
-pub use buffer::{AlignedBuf, Composite, IoBuffers, IoVec, SharedBuf, SharedBufs};
+pub use buffer::{AlignedBuf, Composite, InFixedSlot, IoBuffers, IoVec, SharedBuf, SharedBufs};
 pub use cache::{CacheMode, UnknownCacheMode};
 pub use confine::{BackingPolicy, protocol_of};
 pub use engine::{Engine, EngineFile, WriteRecorder};

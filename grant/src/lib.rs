@@ -1,4 +1,5 @@
-//! The platform seam of rustbk: mapping a guest's grants and talking over event channels.
+//! The platform seam of rustbk: mapping a guest's grants (or copying through them, without a
+//! mapping: grant copy) and talking over event channels.
 //!
 //! The backend only sees the traits here. Two platforms implement them: the emulated one in
 //! [`emu`] (guest RAM in a memfd, an emulated grant table, eventfd event channels, handed over a
@@ -8,6 +9,7 @@
 
 #![deny(unsafe_code)]
 
+mod copy;
 pub mod emu;
 mod error;
 mod event;
@@ -19,6 +21,7 @@ pub mod xen;
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 
+pub use copy::{CopyBuf, CopySegment};
 pub use error::Error;
 pub use event::EventFd;
 pub use file::FileMemory;
@@ -48,6 +51,11 @@ pub trait GuestHandle: Send + Sync {
     fn domid(&self) -> DomId;
     /// Maps `refs` into one contiguous region, page `i` at offset `i * PAGE_SIZE`.
     fn map_grants(&self, refs: &[GrantRef], access: Access) -> Result<GrantMapping, Error>;
+    /// Copies between the guest's grants and private memory without mapping them (grant
+    /// copy), each segment checked against the grant table as Xen does: a read-only grant may
+    /// only be copied from. Fails on the first segment refused (earlier ones may have been
+    /// copied); a bad segment is an error, never a panic.
+    fn copy_grants(&self, segments: &mut [CopySegment<'_>]) -> Result<(), Error>;
     /// Binds the guest's unbound port `remote` (published by the frontend in xenstore).
     fn bind_event_channel(&self, remote: Port) -> Result<Box<dyn EventChannel>, Error>;
 }

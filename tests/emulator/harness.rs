@@ -26,6 +26,8 @@ pub struct Setup {
     pub backend_args: Vec<String>,
     /// The `cache-mode` key of the backend directory, if any.
     pub cache_mode: Option<String>,
+    /// The `data-path` key of the backend directory, if any.
+    pub data_path: Option<String>,
     /// Environment of the backend processes.
     pub backend_env: Vec<(&'static str, String)>,
     /// `params` as written, instead of the image's path (e.g. `null:64M`).
@@ -41,6 +43,7 @@ impl Default for Setup {
             format: None,
             backend_args: Vec::new(),
             cache_mode: None,
+            data_path: None,
             backend_env: Vec::new(),
             params: None,
         }
@@ -388,6 +391,7 @@ pub fn spec_for(setup: &Setup, domid: DomId, image: &std::path::Path) -> VbdSpec
         read_only: setup.read_only,
         discard: setup.discard,
         cache_mode: setup.cache_mode.clone(),
+        data_path: setup.data_path.clone(),
         ..VbdSpec::rustbk(domid, XVDA, params)
     }
 }

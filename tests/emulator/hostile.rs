@@ -10,11 +10,11 @@ use rustbk_ring::{
 use crate::harness::{Guest, Host, Setup, pattern};
 
 /// One bad request and the status it must get.
-struct Case {
-    name: &'static str,
-    entry: Vec<u8>,
-    id: u64,
-    want: i16,
+pub(crate) struct Case {
+    pub name: &'static str,
+    pub entry: Vec<u8>,
+    pub id: u64,
+    pub want: i16,
 }
 
 fn entry(req: &Request) -> Vec<u8> {
@@ -34,7 +34,7 @@ fn one_seg(g: &mut Guest, op: RwOp, sector: u64, seg: Segment) -> Request {
     }
 }
 
-fn cases(g: &mut Guest, disk_sectors: u64) -> Vec<Case> {
+pub(crate) fn cases(g: &mut Guest, disk_sectors: u64) -> Vec<Case> {
     let l = Abi::X86_64.layout();
     let (_, good) = g.pages(11, false);
     let seg = |gref: GrantRef, first: u8, last: u8| Segment {
@@ -122,7 +122,7 @@ fn cases(g: &mut Guest, disk_sectors: u64) -> Vec<Case> {
 }
 
 /// A good write and read back, proving the backend still serves.
-fn still_serves(g: &mut Guest, round: u64) {
+pub(crate) fn still_serves(g: &mut Guest, round: u64) {
     let data = pattern(4096, round as u8);
     assert_eq!(
         g.write(4096 + round * 8, &data),

@@ -10,6 +10,7 @@ mod confine;
 mod ctl;
 mod daemon;
 mod data;
+mod data_path;
 mod failure;
 mod handshake;
 mod harness;

@@ -17,7 +17,7 @@ fn setup(args: &[&str]) -> Setup {
 }
 
 /// How many of the guest's grant entries the backend has mapped.
-fn mapped_grants(dom: &EmuDomain) -> usize {
+pub(crate) fn mapped_grants(dom: &EmuDomain) -> usize {
     (0..)
         .map(|g| dom.grant_in_use(GrantRef(g)))
         .take_while(Result::is_ok)
@@ -25,7 +25,7 @@ fn mapped_grants(dom: &EmuDomain) -> usize {
         .count()
 }
 
-fn wait_for(limit: Duration, mut ok: impl FnMut() -> bool) -> bool {
+pub(crate) fn wait_for(limit: Duration, mut ok: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
     while !ok() {
         if Instant::now() >= deadline {
@@ -37,7 +37,7 @@ fn wait_for(limit: Duration, mut ok: impl FnMut() -> bool) -> bool {
 }
 
 /// A verifying random workload of `block_size` blocks at depth `qd`.
-fn verify(g: &mut Guest, block_size: usize, qd: u32, fresh: bool) -> workload::Report {
+pub(crate) fn verify(g: &mut Guest, block_size: usize, qd: u32, fresh: bool) -> workload::Report {
     let w = Workload {
         pattern: Pattern::Random,
         read_percent: 50,
@@ -58,7 +58,7 @@ fn verify(g: &mut Guest, block_size: usize, qd: u32, fresh: bool) -> workload::R
 }
 
 /// A counter of the stats the backend logs when it exits.
-fn logged_counter(log: &str, name: &str) -> u64 {
+pub(crate) fn logged_counter(log: &str, name: &str) -> u64 {
     let line = log
         .lines()
         .rfind(|l| l.contains("backend exiting"))
@@ -96,7 +96,13 @@ fn a_frontend_using_more_grants_than_the_cache_holds_keeps_verifying() {
 }
 
 /// Writes `data` through writable grants `refs` (kept as persistent grants) at `sector`.
-fn write_through(g: &mut Guest, first: u32, refs: &[GrantRef], sector: u64, data: &[u8]) -> i16 {
+pub(crate) fn write_through(
+    g: &mut Guest,
+    first: u32,
+    refs: &[GrantRef],
+    sector: u64,
+    data: &[u8],
+) -> i16 {
     g.dom().ram().write(Guest::frame_addr(first), data).unwrap();
     let req = g.rw(RwOp::Write, sector, refs);
     g.send(&req);
@@ -104,7 +110,12 @@ fn write_through(g: &mut Guest, first: u32, refs: &[GrantRef], sector: u64, data
 }
 
 /// Reads one page at `sector` into the page of `first` through `gref`.
-fn read_through(g: &mut Guest, first: u32, gref: GrantRef, sector: u64) -> (i16, Vec<u8>) {
+pub(crate) fn read_through(
+    g: &mut Guest,
+    first: u32,
+    gref: GrantRef,
+    sector: u64,
+) -> (i16, Vec<u8>) {
     let req = g.rw(RwOp::Read, sector, &[gref]);
     g.send(&req);
     let st = g.wait(req.id()).status;

@@ -2,13 +2,15 @@
 
 use std::borrow::Cow;
 
-use rustbk_formats::{Completion, IoOp};
+use rustbk_formats::{Completion, InFixedSlot, IoBuffers, IoOp};
 use rustbk_grant::{Access, Direction, GrantRef, GuestBuf, PageSpan};
 use rustbk_ring::{
     BadReason, BadRequest, HeapMemory, PAGE_SIZE, Request, RwOp, SECTOR_SIZE, Segment,
     SharedMemory, SharedMemoryExt, op, status,
 };
 
+use super::DataPath;
+use super::copy_path::Bounce;
 use super::order::{Exclusive, Stage, WriteData};
 use super::ring_loop::RingWorker;
 use super::slots::{Slot, SlotKind};
@@ -100,11 +102,14 @@ impl RingWorker<'_> {
     }
 
     /// Copies the indirect pages into private memory, one copy per page as the decoder reads
-    /// them (mapped read-only, unmapped at once).
+    /// them (mapped read-only, unmapped at once; grant-copied on the copy data path).
     fn copy_indirect_pages(
         &self,
         refs: &[GrantRef],
     ) -> Result<Vec<HeapMemory>, rustbk_grant::Error> {
+        if self.cfg.data_path == DataPath::Copy {
+            return super::copy_path::copy_pages(&*self.guest, refs);
+        }
         let mapping = self.guest.map_grants(refs, Access::ReadOnly)?;
         let mut bytes = [0u8; PAGE_SIZE];
         let mut copies = Vec::with_capacity(mapping.pages());
@@ -145,40 +150,32 @@ impl RingWorker<'_> {
         } else {
             Direction::FromGuest
         };
-        let buf = match self.guest_buf(segments, dir) {
-            Ok(buf) => buf,
+        let data = match self.request_data(segments, dir) {
+            Ok(data) => data,
             Err(e) => return self.map_failed(id, code, &e),
         };
-        let bytes = buf.len() as u64;
+        let ReqData {
+            bufs,
+            bytes,
+            bounce,
+        } = data;
         let (io, kind) = match rw {
-            RwOp::Read => (
-                IoOp::Read {
-                    offset,
-                    bufs: Box::new(buf),
-                },
-                SlotKind::Read,
-            ),
+            RwOp::Read => (IoOp::Read { offset, bufs }, SlotKind::Read),
             _ => {
                 let seq = self.order.write_started();
-                (
-                    IoOp::Write {
-                        offset,
-                        bufs: Box::new(buf),
-                    },
-                    SlotKind::Write { seq },
-                )
+                (IoOp::Write { offset, bufs }, SlotKind::Write { seq })
             }
         };
-        self.submit(
-            io,
-            Slot {
-                id,
-                op: code,
-                bytes,
-                kind,
-                since: self.since,
-            },
-        );
+        let slot = Slot {
+            id,
+            op: code,
+            bytes,
+            kind,
+            since: self.since,
+        };
+        if let (Some(tag), Some(bounce)) = (self.submit(io, slot), bounce) {
+            self.hold_bounce(tag, bounce);
+        }
     }
 
     fn start_discard(&mut self, id: u64, sector: u64, nr_sectors: u64) {
@@ -205,8 +202,12 @@ impl RingWorker<'_> {
         let data = if segments.is_empty() {
             None
         } else {
-            match self.guest_buf(segments, Direction::FromGuest) {
-                Ok(buf) => Some(WriteData { offset, buf }),
+            match self.request_data(segments, Direction::FromGuest) {
+                Ok(data) => Some(WriteData {
+                    offset,
+                    bufs: data.bufs,
+                    bytes: data.bytes,
+                }),
                 Err(e) => return self.map_failed(id, code, &e),
             }
         };
@@ -219,13 +220,26 @@ impl RingWorker<'_> {
         });
     }
 
+    /// The memory a request's I/O uses, by the ring's data path.
+    fn request_data(
+        &mut self,
+        segments: &[Segment],
+        dir: Direction,
+    ) -> Result<ReqData, rustbk_grant::Error> {
+        match self.cfg.data_path {
+            DataPath::Copy => self.bounce_data(segments, dir == Direction::ToGuest),
+            DataPath::Map => self.guest_buf(segments, dir),
+        }
+    }
+
     /// Maps the pages of `segments` (persistently when the ring negotiated it) and describes
-    /// the bytes they cover.
+    /// the bytes they cover; a one-segment request on a registered page names its fixed
+    /// buffer.
     fn guest_buf(
         &mut self,
         segments: &[Segment],
         dir: Direction,
-    ) -> Result<GuestBuf, rustbk_grant::Error> {
+    ) -> Result<ReqData, rustbk_grant::Error> {
         if self.persistent_pages(segments) {
             let spans = self.page_scratch.iter().zip(segments).map(|(m, s)| {
                 (
@@ -238,7 +252,20 @@ impl RingWorker<'_> {
             });
             let buf = GuestBuf::from_parts(spans, dir);
             self.page_scratch.clear();
-            return buf;
+            let buf = buf?;
+            let bytes = buf.len() as u64;
+            let bufs: Box<dyn IoBuffers> = match (segments.len(), self.slot_scratch) {
+                (1, Some(slot)) => {
+                    Stats::add(&self.stats.fixed_buffer_requests, 1);
+                    Box::new(InFixedSlot::new(buf, slot))
+                }
+                _ => Box::new(buf),
+            };
+            return Ok(ReqData {
+                bufs,
+                bytes,
+                bounce: None,
+            });
         }
         let refs: Vec<GrantRef> = segments.iter().map(|s| s.gref).collect();
         let access = if dir == Direction::ToGuest {
@@ -252,26 +279,43 @@ impl RingWorker<'_> {
             .enumerate()
             .map(|(page, s)| PageSpan { page, ..span_of(s) })
             .collect();
-        GuestBuf::new(mapping, &spans, dir)
+        let buf = GuestBuf::new(mapping, &spans, dir)?;
+        Ok(ReqData {
+            bytes: buf.len() as u64,
+            bufs: Box::new(buf),
+            bounce: None,
+        })
     }
 
     /// Puts every segment's page from the persistent cache in `page_scratch` (no allocation
-    /// once it has grown); false, with the scratch empty, if any page cannot be kept there.
+    /// once it has grown), and the last one's fixed buffer slot in `slot_scratch`; false, with
+    /// the scratch empty, if any page cannot be kept there.
     fn persistent_pages(&mut self, segments: &[Segment]) -> bool {
         self.page_scratch.clear();
-        let Some(cache) = self.persistent.as_mut() else {
+        self.slot_scratch = None;
+        let Some(mut cache) = self.persistent.take() else {
             return false;
         };
+        let mut all = true;
         for s in segments {
-            match cache.get(&*self.guest, s.gref, self.now) {
-                Some(m) => self.page_scratch.push(m),
+            match cache.lookup(&*self.guest, s.gref, self.now) {
+                Some(c) => {
+                    self.slot_scratch = c.slot;
+                    if let (true, Some(slot)) = (c.fresh, c.slot) {
+                        self.register_page(&mut cache, s.gref, slot, &c.mapping);
+                    }
+                    self.page_scratch.push(c.mapping);
+                }
                 None => {
                     self.page_scratch.clear();
-                    return false;
+                    all = false;
+                    break;
                 }
             }
         }
-        true
+        self.unregister_released(&mut cache);
+        self.persistent = Some(cache);
+        all
     }
 
     fn map_failed(&mut self, id: u64, code: u8, e: &rustbk_grant::Error) {
@@ -279,13 +323,16 @@ impl RingWorker<'_> {
         self.respond(id, code, status::ERROR);
     }
 
-    fn submit(&mut self, io: IoOp, slot: Slot) {
+    /// Submits one operation; its tag, unless the queue refused it (then it is answered).
+    fn submit(&mut self, io: IoOp, slot: Slot) -> Option<u64> {
         let tag = self.slots.insert(slot);
         if let Err(e) = self.queue.submit(io, tag) {
             tracing::warn!(error = %e, "image queue refused an operation");
             self.slots.remove(tag);
             self.finish_slot(slot, status::ERROR);
+            return None;
         }
+        Some(tag)
     }
 
     /// Handles one finished queue operation.
@@ -301,6 +348,13 @@ impl RingWorker<'_> {
                 tracing::debug!(error = %e, id = slot.id, "I/O failed");
                 status::ERROR
             }
+        };
+        // A read through a bounce buffer is done once its data reached the guest.
+        let copied = self.finish_bounce(c.tag, st == status::OKAY);
+        let st = if copied || st != status::OKAY {
+            st
+        } else {
+            status::ERROR
         };
         self.finish_slot(slot, st);
     }
@@ -370,21 +424,19 @@ impl RingWorker<'_> {
         if st == status::OKAY && ex.stage == Stage::PreFlush {
             if let Some(data) = ex.data.take() {
                 ex.stage = Stage::Write;
-                let bytes = data.buf.len() as u64;
                 let slot = Slot {
                     id,
                     op: code,
-                    bytes,
+                    bytes: data.bytes,
                     kind: SlotKind::Exclusive,
                     since,
                 };
-                return self.submit(
-                    IoOp::Write {
-                        offset: data.offset,
-                        bufs: Box::new(data.buf),
-                    },
-                    slot,
-                );
+                let write = IoOp::Write {
+                    offset: data.offset,
+                    bufs: data.bufs,
+                };
+                self.submit(write, slot);
+                return;
             }
         }
         self.order.exclusive = None;
@@ -401,8 +453,18 @@ fn byte_offset(sectors: u64) -> Option<u64> {
     sectors.checked_mul(SECTOR_SIZE)
 }
 
+/// The memory of one request's data as the image queue sees it.
+pub(super) struct ReqData {
+    /// What the I/O reads into or writes from.
+    pub bufs: Box<dyn IoBuffers>,
+    /// Its length.
+    pub bytes: u64,
+    /// The bounce buffer to keep until the I/O completes (grant-copy data path).
+    pub bounce: Option<Bounce>,
+}
+
 /// The bytes of a (validated) segment inside its page.
-fn span_of(s: &Segment) -> PageSpan {
+pub(super) fn span_of(s: &Segment) -> PageSpan {
     const SECTOR: usize = 512;
     let sector = SECTOR;
     let len = usize::from(s.last_sect.saturating_sub(s.first_sect)) + 1;

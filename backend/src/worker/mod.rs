@@ -6,8 +6,10 @@
 //! request (copied out of the ring once and validated), submits their I/O as one batch, reaps
 //! completions, publishes responses and notifies the frontend only when it asked for it.
 
+mod copy_path;
 mod dispatch;
 mod fault;
+mod fixed;
 mod order;
 mod persistent;
 mod ring_loop;
@@ -55,6 +57,50 @@ pub struct WorkerConfig {
     pub persistent_unused: Option<std::time::Duration>,
     /// Microseconds to busy-poll for work before sleeping (0: never poll).
     pub poll_us: u32,
+    /// How the guest's data pages are reached.
+    pub data_path: DataPath,
+    /// Register persistently mapped pages as the image queue's io_uring fixed buffers.
+    pub fixed_buffers: bool,
+}
+
+/// How a ring worker reaches the guest's data pages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DataPath {
+    /// Map the granted pages and do the I/O straight into them (Linux blkback's way), keeping
+    /// them mapped across requests when persistent grants are negotiated.
+    #[default]
+    Map,
+    /// Grant-copy between the guest's pages and bounce buffers the worker owns (tapdisk's and
+    /// QEMU qdisk's way): no mapping, no persistent grants.
+    Copy,
+}
+
+impl DataPath {
+    /// The name used by the `data-path` backend key and the `--data-path` flag.
+    pub fn name(self) -> &'static str {
+        match self {
+            DataPath::Map => "map",
+            DataPath::Copy => "copy",
+        }
+    }
+}
+
+impl std::fmt::Display for DataPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for DataPath {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "map" => Ok(DataPath::Map),
+            "copy" => Ok(DataPath::Copy),
+            other => Err(format!("unknown data path {other:?} (map or copy)")),
+        }
+    }
 }
 
 /// Longest thread name Linux keeps (`comm`, 16 bytes with the NUL); longer names are cut.

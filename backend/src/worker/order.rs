@@ -10,7 +10,7 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::time::Instant;
 
-use rustbk_grant::GuestBuf;
+use rustbk_formats::IoBuffers;
 use rustbk_ring::Request;
 
 /// A flush waiting for earlier writes.
@@ -35,10 +35,20 @@ pub(super) enum Stage {
 }
 
 /// Data an exclusive request writes after its flush.
-#[derive(Debug)]
 pub(super) struct WriteData {
     pub offset: u64,
-    pub buf: GuestBuf,
+    /// The guest's pages, or a bounce buffer holding a copy of them.
+    pub bufs: Box<dyn IoBuffers>,
+    pub bytes: u64,
+}
+
+impl std::fmt::Debug for WriteData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteData")
+            .field("offset", &self.offset)
+            .field("bytes", &self.bytes)
+            .finish()
+    }
 }
 
 /// The request currently holding the ring exclusively.

@@ -39,6 +39,9 @@ pub(super) struct CacheLimits {
 /// One cached grant.
 struct Entry {
     mapping: Arc<GrantMapping>,
+    /// The image queue's fixed buffer slot the page is registered at (the registration holds
+    /// a clone of `mapping`).
+    slot: Option<u32>,
     /// Recency for the LRU order: the cache's use counter at the last lookup.
     stamp: u64,
     /// When it was last looked up (or last seen in use by a sweep).
@@ -46,10 +49,20 @@ struct Entry {
 }
 
 impl Entry {
-    /// Held by an in-flight request besides the cache.
+    /// Held by an in-flight request besides the cache (and its fixed buffer registration).
     fn in_use(&self) -> bool {
-        Arc::strong_count(&self.mapping) > 1
+        Arc::strong_count(&self.mapping) > 1 + usize::from(self.slot.is_some())
     }
+}
+
+/// A kept grant as a request sees it.
+pub(super) struct Cached {
+    /// The mapping.
+    pub mapping: Arc<GrantMapping>,
+    /// Its fixed buffer slot, if the page is (to be) registered.
+    pub slot: Option<u32>,
+    /// Mapped by this lookup: the caller registers it at `slot`.
+    pub fresh: bool,
 }
 
 /// Counter changes not yet added to the device's [`Stats`].
@@ -79,6 +92,11 @@ pub(super) struct GrantCache {
     counts: CacheCounts,
     /// Reused by purges: (stamp, grant) of the entries not in use.
     scratch: Vec<(u64, GrantRef)>,
+    /// Fixed buffer slots no kept grant holds (empty without fixed buffers).
+    free_slots: Vec<u32>,
+    /// Slots of grants that left the cache: the caller unregisters them, then gives them back
+    /// with [`GrantCache::slot_freed`].
+    released: Vec<u32>,
 }
 
 impl GrantCache {
@@ -95,6 +113,37 @@ impl GrantCache {
             next_sweep: now + limits.unused_after.unwrap_or(SWEEP_INTERVAL),
             counts: CacheCounts::default(),
             scratch: Vec::new(),
+            free_slots: Vec::new(),
+            released: Vec::new(),
+        }
+    }
+
+    /// Gives new grants fixed buffer slots `0..slots` of the image queue while any is free.
+    pub fn enable_fixed(&mut self, slots: u32) {
+        self.free_slots = (0..slots).rev().collect();
+    }
+
+    /// The slots of grants that left the cache since the last call: unregister each, then
+    /// give it back with [`GrantCache::slot_freed`].
+    pub fn take_released(&mut self) -> Option<Vec<u32>> {
+        (!self.released.is_empty()).then(|| std::mem::take(&mut self.released))
+    }
+
+    /// `slot` is free again (unregistered, or its registration failed).
+    pub fn slot_freed(&mut self, slot: u32) {
+        self.free_slots.push(slot);
+    }
+
+    /// The fresh grant `gref` could not be registered at its slot: it stays kept, unregistered.
+    pub fn not_registered(&mut self, gref: GrantRef) {
+        if let Some(slot) = self.entries.get_mut(&gref).and_then(|e| e.slot.take()) {
+            self.free_slots.push(slot);
+        }
+    }
+
+    fn forget(released: &mut Vec<u32>, entry: &Entry) {
+        if let Some(slot) = entry.slot {
+            released.push(slot);
         }
     }
 
@@ -102,32 +151,53 @@ impl GrantCache {
     /// if there is room, made by purging if the cache is full. `None` when no room can be made
     /// (every kept grant is in flight) or the grant cannot be mapped writable (a read-only or a
     /// revoked grant): the caller then maps the request's pages for that request alone.
+    #[cfg(test)]
     pub fn get(
         &mut self,
         guest: &dyn GuestHandle,
         gref: GrantRef,
         now: Instant,
     ) -> Option<Arc<GrantMapping>> {
+        self.lookup(guest, gref, now).map(|c| c.mapping)
+    }
+
+    /// As [`GrantCache::get`], with the grant's fixed buffer slot.
+    pub fn lookup(
+        &mut self,
+        guest: &dyn GuestHandle,
+        gref: GrantRef,
+        now: Instant,
+    ) -> Option<Cached> {
         self.next_stamp += 1;
         if let Some(e) = self.entries.get_mut(&gref) {
             e.stamp = self.next_stamp;
             e.last_used = now;
             self.counts.hits += 1;
-            return Some(Arc::clone(&e.mapping));
+            return Some(Cached {
+                mapping: Arc::clone(&e.mapping),
+                slot: e.slot,
+                fresh: false,
+            });
         }
         self.counts.misses += 1;
         if self.entries.len() >= self.limits.max && !self.purge(now) {
             return None;
         }
         let mapping = Arc::new(guest.map_grants(&[gref], Access::ReadWrite).ok()?);
+        let slot = self.free_slots.pop();
         let entry = Entry {
             mapping: Arc::clone(&mapping),
+            slot,
             stamp: self.next_stamp,
             last_used: now,
         };
         self.entries.insert(gref, entry);
         self.counts.added += 1;
-        Some(mapping)
+        Some(Cached {
+            mapping,
+            slot,
+            fresh: true,
+        })
     }
 
     /// Unmaps the least recently used batch of grants no request holds; false if none could go.
@@ -148,7 +218,9 @@ impl GrantCache {
             self.scratch.select_nth_unstable(batch - 1);
         }
         for (_, gref) in self.scratch.drain(..batch) {
-            self.entries.remove(&gref);
+            if let Some(e) = self.entries.remove(&gref) {
+                Self::forget(&mut self.released, &e);
+            }
         }
         self.counts.purged += batch as u64;
         true
@@ -165,6 +237,7 @@ impl GrantCache {
         }
         let before = self.entries.len();
         let mut earliest = now + unused_after;
+        let released = &mut self.released;
         self.entries.retain(|_, e| {
             if e.in_use() {
                 e.last_used = now;
@@ -172,7 +245,11 @@ impl GrantCache {
             }
             let expires = e.last_used + unused_after;
             earliest = earliest.min(expires);
-            expires > now
+            let keep = expires > now;
+            if !keep {
+                Self::forget(released, e);
+            }
+            keep
         });
         self.counts.expired += (before - self.entries.len()) as u64;
         self.next_sweep = earliest.max(now + SWEEP_INTERVAL);
@@ -215,10 +292,13 @@ impl GrantCache {
     }
 
     /// Drops every grant (the ring is going away: nothing is in flight any more) and reports.
+    /// Registered slots go to [`GrantCache::take_released`].
     pub fn clear(&mut self, stats: &Stats) {
         self.report(stats);
         Stats::sub(&stats.persistent_cached, self.entries.len() as u64);
-        self.entries.clear();
+        for (_, e) in self.entries.drain() {
+            Self::forget(&mut self.released, &e);
+        }
     }
 }
 

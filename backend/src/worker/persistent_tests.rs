@@ -260,3 +260,55 @@ fn counters_reach_the_device_stats() {
         (1, 3, 1, 2, 0)
     );
 }
+
+#[test]
+fn fixed_buffer_slots_go_to_new_grants_and_come_back_only_when_freed() {
+    let f = Fixture::new(5);
+    let t = Instant::now();
+    let mut c = cache(3, None, t);
+    c.enable_fixed(2);
+    // The image queue's registrations hold a clone of each registered mapping.
+    let mut registered = Vec::new();
+    let mut slots = Vec::new();
+    for i in 0..3 {
+        let got = c.lookup(&*f.guest, f.grefs[i], t).unwrap();
+        assert!(got.fresh);
+        if let Some(slot) = got.slot {
+            registered.push((slot, Arc::clone(&got.mapping)));
+        }
+        slots.push(got.slot);
+    }
+    assert_eq!(
+        slots,
+        [Some(0), Some(1), None],
+        "two slots, handed out in order"
+    );
+    let again = c.lookup(&*f.guest, f.grefs[0], t).unwrap();
+    assert_eq!((again.fresh, again.slot), (false, Some(0)));
+    drop(again);
+    // A registered grant held only by the cache and its registration is idle: purged to make
+    // room, its slot released, still mapped through the registration until unregistered.
+    let third = c.lookup(&*f.guest, f.grefs[3], t).unwrap();
+    assert!(!c.contains(f.grefs[1]));
+    assert_eq!(
+        third.slot, None,
+        "the released slot is not free before it is unregistered"
+    );
+    assert_eq!(c.take_released(), Some(vec![1]));
+    assert!(f.mapped(1), "the registration still holds grant 1");
+    registered.retain(|(slot, _)| *slot != 1);
+    assert!(!f.mapped(1));
+    c.slot_freed(1);
+    drop(third);
+    let fourth = c.lookup(&*f.guest, f.grefs[4], t).unwrap();
+    assert_eq!(fourth.slot, Some(1));
+    // A failed registration gives the slot back at once; clearing releases every slot.
+    c.not_registered(f.grefs[4]);
+    let stats = Stats::default();
+    drop(fourth);
+    c.clear(&stats);
+    let mut released = c.take_released().unwrap();
+    released.sort_unstable();
+    assert_eq!(released, [0]);
+    drop(registered);
+}

@@ -10,6 +10,7 @@ use rustbk_formats::{Completion, ImageQueue};
 use rustbk_grant::{EventChannel, EventFd, GuestHandle, RingPages};
 use rustbk_ring::{BackRing, Response, status};
 
+use super::copy_path::{Bounce, BouncePool};
 use super::fault::Faults;
 use super::order::Order;
 use super::persistent::{CacheLimits, GrantCache};
@@ -46,6 +47,12 @@ pub(super) struct RingWorker<'a> {
     pub since: Instant,
     /// The persistent mappings of the request being started (reused, so no allocation).
     pub page_scratch: Vec<Arc<rustbk_grant::GrantMapping>>,
+    /// The fixed buffer slot of the last page put in `page_scratch`.
+    pub slot_scratch: Option<u32>,
+    /// Bounce buffers for reuse (grant-copy data path).
+    pub bounces: BouncePool,
+    /// The bounce buffers of in-flight operations, by tag.
+    pub in_flight_bounces: Vec<Option<Bounce>>,
     completions: Vec<Completion>,
     responses_pending: bool,
     stopping: bool,
@@ -72,6 +79,7 @@ pub(super) fn run(
     tracing::info!(
         entries = res.ring.size(),
         persistent = cfg.persistent_grants > 0,
+        data_path = %cfg.data_path,
         "ring worker started"
     );
     let now = Instant::now();
@@ -94,6 +102,9 @@ pub(super) fn run(
         clock: now,
         since: now,
         page_scratch: Vec::new(),
+        slot_scratch: None,
+        bounces: BouncePool::default(),
+        in_flight_bounces: Vec::new(),
         completions: Vec::new(),
         responses_pending: false,
         stopping: false,
@@ -101,6 +112,7 @@ pub(super) fn run(
         warn_budget: WARN_BUDGET,
         faults: Faults::from_env(),
     };
+    w.enable_fixed_buffers();
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| w.run_loop()));
     let exit = match outcome {
         Err(panic) => {
@@ -123,8 +135,10 @@ pub(super) fn run(
         }
     };
     let cached = w.persistent.as_ref().map_or(0, GrantCache::len);
-    if let Some(cache) = w.persistent.as_mut() {
+    if let Some(mut cache) = w.persistent.take() {
         cache.clear(&w.stats);
+        // Nothing is in flight any more: the kernel lets go of every page before the unmap.
+        w.unregister_released(&mut cache);
     }
     tracing::info!(?exit, persistent_grants = cached, "ring worker ended");
     exit
@@ -170,12 +184,14 @@ impl RingWorker<'_> {
 
     /// Once per loop round: the clock, the idle sweep when it is due, the cache's counters.
     fn tend_grants(&mut self) {
-        let Some(cache) = self.persistent.as_mut() else {
+        let Some(mut cache) = self.persistent.take() else {
             return;
         };
         self.now = Instant::now();
         cache.sweep(self.now);
         cache.report(&self.stats);
+        self.unregister_released(&mut cache);
+        self.persistent = Some(cache);
     }
 
     /// How long the loop may sleep: until the persistent grants' next sweep, if any.

@@ -15,12 +15,16 @@ use tracing::Instrument;
 use super::connect::{FrontendRing, attach_ring, disk_limits, read_frontend_rings};
 use super::journal::{open_journal, remove_journals};
 use super::keys::{
-    BackendInfo, Disk, discard_offered, publish_disk, publish_features, read_backend,
+    BackendInfo, Disk, data_path, discard_offered, persistent_offered, publish_disk,
+    publish_features, read_backend,
 };
 use super::{Store, XenbusState, fatal};
 use crate::control::{Command, DeviceControl, Pending};
-use crate::worker::{RingResources, Worker, WorkerConfig, WorkerExit};
+use crate::worker::{DataPath, RingResources, Worker, WorkerConfig, WorkerExit};
 use crate::{Error, Stats};
+
+/// Whether persistently mapped pages are registered as io_uring fixed buffers by default.
+pub const DEFAULT_FIXED_BUFFERS: bool = false;
 
 /// Default busy-poll time of a ring worker.
 pub const DEFAULT_POLL_US: u32 = 0;
@@ -74,6 +78,10 @@ pub struct BackendOptions {
     pub sector_size: u32,
     /// Microseconds a ring worker busy-polls for work before sleeping.
     pub poll_us: u32,
+    /// How disks whose backend directory has no `data-path` key reach the guest's data pages.
+    pub data_path: DataPath,
+    /// Register persistently mapped pages as io_uring fixed buffers.
+    pub fixed_buffers: bool,
     /// Folders where backing files named inside images may lie (and below); empty: each top
     /// image's own folder.
     pub backing_dirs: Vec<PathBuf>,
@@ -101,6 +109,8 @@ impl Default for BackendOptions {
             persistent_grant_unused: Some(DEFAULT_PERSISTENT_GRANT_UNUSED),
             sector_size: 512,
             poll_us: DEFAULT_POLL_US,
+            data_path: DataPath::Map,
+            fixed_buffers: DEFAULT_FIXED_BUFFERS,
             backing_dirs: Vec::new(),
             image_dirs: Vec::new(),
             journal_dir: PathBuf::from("/run/rustbk"),
@@ -432,7 +442,8 @@ impl Device {
     fn start_worker(&mut self, fr: &FrontendRing, res: RingResources) -> Result<bool, Error> {
         let discard = discard_offered(&*self.image, &self.info);
         let limits = disk_limits(&*self.image, self.info.read_only, discard, &self.opts);
-        let persistent_grants = if self.opts.persistent && fr.persistent {
+        let data_path = data_path(&self.info, &self.opts);
+        let persistent_grants = if persistent_offered(&self.info, &self.opts) && fr.persistent {
             self.opts
                 .max_persistent_grants
                 .unwrap_or_else(|| persistent_budget(res.ring.size()))
@@ -447,6 +458,8 @@ impl Device {
             persistent_grants,
             persistent_unused: self.opts.persistent_grant_unused,
             poll_us: self.opts.poll_us,
+            data_path,
+            fixed_buffers: self.opts.fixed_buffers,
         };
         let exits = self.exits.clone();
         let on_exit = move |exit: &WorkerExit| {

@@ -7,6 +7,7 @@ use rustbk_formats::{BlockImage, CacheMode, Format};
 use super::Store;
 use super::device::BackendOptions;
 use crate::Error;
+use crate::worker::DataPath;
 
 /// `info` bit: the disk is a CD-ROM.
 pub const VDISK_CDROM: u32 = 1;
@@ -59,6 +60,8 @@ pub(super) struct BackendInfo {
     pub removable: bool,
     /// `cache-mode`, if the toolstack wrote one (else the daemon's `--cache` applies).
     pub cache: Option<CacheMode>,
+    /// `data-path` (`map` or `copy`), if the toolstack wrote one (else `--data-path` applies).
+    pub data_path: Option<DataPath>,
 }
 
 fn bad(path: &str, value: &str, why: &str) -> Error {
@@ -101,6 +104,13 @@ pub(super) async fn read_backend(store: &Store, be: &str) -> Result<BackendInfo,
             .await?
             .map(|v| parse_cache_mode(&format!("{be}/cache-mode"), &v))
             .transpose()?,
+        data_path: opt("data-path")
+            .await?
+            .map(|v| {
+                v.parse()
+                    .map_err(|why: String| bad(&format!("{be}/data-path"), &v, &why))
+            })
+            .transpose()?,
     })
 }
 
@@ -117,6 +127,17 @@ impl Disk {
             Disk::Thin { .. } => "thin",
         }
     }
+}
+
+/// The data path of a disk: its `data-path` key, else the backend's default.
+pub(super) fn data_path(info: &BackendInfo, opts: &BackendOptions) -> DataPath {
+    info.data_path.unwrap_or(opts.data_path)
+}
+
+/// Whether `feature-persistent` is offered: not when copying, as QEMU's qdisk does (nothing
+/// is mapped, so there is nothing to keep mapped).
+pub(super) fn persistent_offered(info: &BackendInfo, opts: &BackendOptions) -> bool {
+    opts.persistent && data_path(info, opts) == DataPath::Map
 }
 
 /// The `cache-mode` key: one of QEMU's cache mode names.
@@ -222,7 +243,10 @@ pub(super) async fn publish_features(
         ),
         ("max-ring-page-order", opts.max_ring_order.to_string()),
         ("multi-queue-max-queues", opts.max_queues.max(1).to_string()),
-        ("feature-persistent", u8::from(opts.persistent).to_string()),
+        (
+            "feature-persistent",
+            u8::from(persistent_offered(info, opts)).to_string(),
+        ),
     ];
     for (k, v) in keys {
         store.write(&format!("{be}/{k}"), &v).await?;

@@ -19,8 +19,8 @@ mod store;
 mod thin;
 
 pub use device::{
-    BackendOptions, DEFAULT_PERSISTENT_GRANT_UNUSED, DEFAULT_POLL_US, DeviceSpec,
-    default_max_queues, error_chain, run_device,
+    BackendOptions, DEFAULT_FIXED_BUFFERS, DEFAULT_PERSISTENT_GRANT_UNUSED, DEFAULT_POLL_US,
+    DeviceSpec, default_max_queues, error_chain, run_device,
 };
 pub use guest::{ClaimRules, GuestSpec, backend_root, claimed, claimed_devices, serve_guest};
 pub use state::XenbusState;

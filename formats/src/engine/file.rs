@@ -42,6 +42,8 @@ pub struct FileStats {
     pub bounced: u64,
     /// Ops sent to the buffered descriptor because their offset or length was misaligned.
     pub buffered_fallbacks: u64,
+    /// Reads and writes issued on an io_uring fixed buffer (`READ_FIXED`/`WRITE_FIXED`).
+    pub fixed: u64,
 }
 
 /// How an image file is opened, and so which of QEMU's lock bytes it takes
@@ -91,6 +93,7 @@ pub struct EngineFile {
     logical_block: u32,
     physical_block: u32,
     bounced: AtomicU64,
+    fixed: AtomicU64,
     fallbacks: AtomicU64,
     recorder: Option<Arc<dyn WriteRecorder>>,
     /// A descriptor of its own holding the lock bytes: the others may be registered with an
@@ -152,6 +155,7 @@ impl EngineFile {
             logical_block,
             physical_block,
             bounced: AtomicU64::new(0),
+            fixed: AtomicU64::new(0),
             fallbacks: AtomicU64::new(0),
             recorder: None,
             _lock: Some(held),
@@ -403,6 +407,7 @@ impl EngineFile {
         FileStats {
             bounced: self.bounced.load(Ordering::Relaxed),
             buffered_fallbacks: self.fallbacks.load(Ordering::Relaxed),
+            fixed: self.fixed.load(Ordering::Relaxed),
         }
     }
 
@@ -445,6 +450,10 @@ impl EngineFile {
 
     pub(crate) fn note_bounce(&self) {
         self.bounced.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn note_fixed(&self) {
+        self.fixed.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -515,6 +524,7 @@ impl EngineFile {
             logical_block: 512,
             physical_block: 512,
             bounced: AtomicU64::new(0),
+            fixed: AtomicU64::new(0),
             fallbacks: AtomicU64::new(0),
             recorder: None,
             _lock: None,

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
+use crate::buffer::IoBuffers;
 use crate::error::Error;
 use crate::image::{Completion, EngineKind, ImageQueue, IoOp};
 
@@ -307,6 +308,27 @@ impl ImageQueue for Engine {
             self.poll_ring();
         }
         Ok(self.ring.as_mut().map(Ring::take_fired).unwrap_or_default())
+    }
+
+    fn enable_fixed_buffers(&mut self, slots: u32) -> Result<bool, Error> {
+        match &mut self.ring {
+            Some(ring) => Ok(ring.enable_fixed(slots)),
+            None => Ok(false),
+        }
+    }
+
+    fn register_fixed(&mut self, slot: u32, bufs: Box<dyn IoBuffers>) -> Result<bool, Error> {
+        match &mut self.ring {
+            Some(ring) => Ok(ring.register_fixed(slot, bufs)),
+            None => Ok(false),
+        }
+    }
+
+    fn unregister_fixed(&mut self, slot: u32) -> Result<(), Error> {
+        match &mut self.ring {
+            Some(ring) => Ok(ring.unregister_fixed(slot)?),
+            None => Ok(()),
+        }
     }
 }
 

@@ -53,12 +53,16 @@ pub(crate) enum Request<'a> {
         which: Which,
         offset: u64,
         iovs: LiveIovecs<'a>,
+        /// The fixed buffer slot the caller's buffers claim to lie in.
+        fixed: Option<u32>,
     },
     /// pwritev.
     Write {
         which: Which,
         offset: u64,
         iovs: LiveIovecs<'a>,
+        /// As for reads.
+        fixed: Option<u32>,
     },
     /// fdatasync.
     Sync,
@@ -97,6 +101,8 @@ pub(crate) struct Prepared {
     align: usize,
     guest: Option<Box<dyn IoBuffers>>,
     bounce: Option<AlignedBuf>,
+    /// The caller's fixed buffer slot hint (never set with a bounce buffer).
+    fixed: Option<u32>,
     retries: u8,
     punch_fallback: bool,
     /// A zeroing or discard followed by an fdatasync before it completes (the O_DSYNC cache
@@ -198,6 +204,7 @@ fn prepare_rw(
     let memory_ok = p.which == Which::Buffered || iovs.iter().all(|iov| file.dio_memory_ok(iov));
     if memory_ok && iovs.len() <= IOV_MAX {
         p.iovs = iovs.to_vec();
+        p.fixed = bufs.fixed_slot();
     } else {
         file.note_bounce();
         let mut bounce = AlignedBuf::zeroed(total);
@@ -225,6 +232,7 @@ impl Prepared {
             align: 1,
             guest: None,
             bounce: None,
+            fixed: None,
             retries: 0,
             punch_fallback: false,
             sync_after: false,
@@ -281,17 +289,19 @@ impl Prepared {
             return Request::Sync;
         }
         let iovs = LiveIovecs(self.iovs.get(self.first..).unwrap_or_default());
-        let (which, offset) = (self.which, self.offset);
+        let (which, offset, fixed) = (self.which, self.offset, self.fixed);
         match self.action {
             Action::Read => Request::Read {
                 which,
                 offset,
                 iovs,
+                fixed,
             },
             Action::Write => Request::Write {
                 which,
                 offset,
                 iovs,
+                fixed,
             },
             Action::Sync => Request::Sync,
             Action::Fallocate { mode, len } => Request::Fallocate { mode, offset, len },

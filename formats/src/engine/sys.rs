@@ -25,11 +25,13 @@ pub(crate) fn execute(file: &EngineFile, req: &Request<'_>) -> i64 {
             which,
             offset,
             iovs,
+            ..
         } => preadv(file.fd(*which), *iovs, *offset),
         Request::Write {
             which,
             offset,
             iovs,
+            ..
         } => pwritev(file.fd(*which), *iovs, *offset),
         Request::Sync => status(nix::unistd::fdatasync(
             file.fd(super::prep::Which::Buffered).as_raw_fd(),

@@ -14,6 +14,7 @@ use io_uring::{IoUring, opcode, squeue, types};
 
 use super::file::EngineFile;
 use super::prep::{Prepared, Request, Which};
+use crate::buffer::{IoBuffers, IoVec};
 
 /// Probes whether this process may create an io_uring.
 pub(crate) fn available() -> io::Result<()> {
@@ -31,11 +32,26 @@ struct Watch {
     fired: bool,
 }
 
+/// Most fixed buffers one ring's table holds (the kernel's `IORING_MAX_REG_BUFFERS`).
+pub(crate) const MAX_FIXED_BUFFERS: u32 = 1 << 14;
+
+/// Memory registered as one fixed buffer, kept alive while registered.
+struct FixedBuf {
+    /// Owns the memory (its one segment is `base..base + len`).
+    _owner: Box<dyn IoBuffers>,
+    base: usize,
+    len: usize,
+}
+
 /// An io_uring with room for `depth` ops in flight.
 pub(crate) struct Ring {
+    /// Declared first so it is dropped (its descriptor closed, releasing the kernel's fixed
+    /// buffer table) before `fixed_bufs` frees what that table names.
     ring: IoUring,
     file: Arc<EngineFile>,
     fixed: bool,
+    /// The fixed buffer table: empty until [`Ring::enable_fixed`].
+    fixed_bufs: Vec<Option<FixedBuf>>,
     slots: Vec<Option<Prepared>>,
     free: Vec<usize>,
     watches: Vec<Watch>,
@@ -65,6 +81,7 @@ impl Ring {
             ring,
             file,
             fixed,
+            fixed_bufs: Vec::new(),
             slots,
             free,
             watches: Vec::new(),
@@ -117,11 +134,19 @@ impl Ring {
                 which,
                 offset,
                 iovs,
+                fixed,
             } => {
                 if let [one] = iovs.as_slice() {
                     // One segment (the common 4 KiB request): no iovec array for the kernel
-                    // to copy in.
+                    // to copy in, and no page pinning either in a fixed buffer.
                     let len = single_len(one);
+                    if let Some(index) = self.fixed_index(fixed, one, len) {
+                        return on_fd!(which, |fd| opcode::ReadFixed::new(
+                            fd, one.base, len, index
+                        )
+                        .offset(offset)
+                        .build());
+                    }
                     return on_fd!(which, |fd| opcode::Read::new(fd, one.base, len)
                         .offset(offset)
                         .build());
@@ -138,10 +163,16 @@ impl Ring {
                 which,
                 offset,
                 iovs,
+                fixed,
             } => {
                 if let [one] = iovs.as_slice() {
                     let len = single_len(one);
                     let base = one.base.cast_const();
+                    if let Some(index) = self.fixed_index(fixed, one, len) {
+                        return on_fd!(which, |fd| opcode::WriteFixed::new(fd, base, len, index)
+                            .offset(offset)
+                            .build());
+                    }
                     return on_fd!(which, |fd| opcode::Write::new(fd, base, len)
                         .offset(offset)
                         .build());
@@ -166,6 +197,18 @@ impl Ring {
             // Never pushed (executed synchronously by the engine); a no-op keeps this total.
             Request::BlkDiscard { .. } => opcode::Nop::new().build(),
         }
+    }
+
+    /// The slot `hint` as an SQE's buffer index, if `len` bytes at `iov.base` lie inside what
+    /// is registered there.
+    fn fixed_index(&self, hint: Option<u32>, iov: &IoVec, len: u32) -> Option<u16> {
+        let slot = hint?;
+        let buf = self.fixed_bufs.get(usize::try_from(slot).ok()?)?.as_ref()?;
+        let start = (iov.base as usize).checked_sub(buf.base)?;
+        let end = start.checked_add(usize::try_from(len).ok()?)?;
+        let index = u16::try_from(slot).ok().filter(|_| end <= buf.len)?;
+        self.file.note_fixed();
+        Some(index)
     }
 
     fn raw_fd(&self, which: Which) -> RawFd {
@@ -226,6 +269,97 @@ impl Ring {
             self.free.push(slot);
             return Some((op, i64::from(cqe.result())));
         }
+    }
+}
+
+/// The fixed buffer table.
+impl Ring {
+    /// Registers an empty (sparse) table of `slots` fixed buffers, at most
+    /// [`MAX_FIXED_BUFFERS`]; false if the kernel refused it (before Linux 5.13, or the
+    /// locked-memory limit).
+    pub(crate) fn enable_fixed(&mut self, slots: u32) -> bool {
+        if !self.fixed_bufs.is_empty() {
+            return true;
+        }
+        let slots = slots.clamp(1, MAX_FIXED_BUFFERS);
+        match self.ring.submitter().register_buffers_sparse(slots) {
+            Ok(()) => {
+                self.fixed_bufs = (0..slots).map(|_| None).collect();
+                true
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "no io_uring fixed buffers for this queue");
+                false
+            }
+        }
+    }
+
+    /// Registers the single segment of `bufs` at `slot` (replacing what was there); false,
+    /// dropping `bufs`, if it cannot be.
+    pub(crate) fn register_fixed(&mut self, slot: u32, bufs: Box<dyn IoBuffers>) -> bool {
+        let Some(place) = usize::try_from(slot)
+            .ok()
+            .filter(|s| *s < self.fixed_bufs.len())
+        else {
+            return false;
+        };
+        let [one] = *bufs.iovecs() else {
+            return false;
+        };
+        let iov = [libc::iovec {
+            iov_base: one.base.cast(),
+            iov_len: one.len,
+        }];
+        // The iovec names the one segment of `bufs`, which the IoBuffers contract keeps mapped,
+        // writable and in place while `bufs` lives; `bufs` is stored in `fixed_bufs[slot]` and
+        // dropped only after the slot was emptied in the kernel (`unregister_fixed`), replaced
+        // by a later registration, or the ring's descriptor closed (field order).
+        // SAFETY: so the memory stays valid for as long as the kernel has it registered.
+        let done = unsafe {
+            self.ring
+                .submitter()
+                .register_buffers_update(slot, &iov, None)
+        };
+        match done {
+            Ok(_) => {
+                self.fixed_bufs[place] = Some(FixedBuf {
+                    _owner: bufs,
+                    base: one.base as usize,
+                    len: one.len,
+                });
+                true
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, slot, "cannot register a fixed buffer");
+                false
+            }
+        }
+    }
+
+    /// Empties `slot` in the kernel's table, then drops what was registered there. A failed
+    /// update keeps it (the kernel may still use it) and is the error.
+    pub(crate) fn unregister_fixed(&mut self, slot: u32) -> io::Result<()> {
+        let Some(place) = usize::try_from(slot)
+            .ok()
+            .filter(|s| *s < self.fixed_bufs.len())
+        else {
+            return Ok(());
+        };
+        if self.fixed_bufs[place].is_none() {
+            return Ok(());
+        }
+        let empty = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }];
+        // SAFETY: a null, empty iovec names no memory: it clears the slot.
+        unsafe {
+            self.ring
+                .submitter()
+                .register_buffers_update(slot, &empty, None)
+        }?;
+        self.fixed_bufs[place] = None;
+        Ok(())
     }
 }
 
@@ -325,11 +459,11 @@ fn build(entries: u32) -> io::Result<IoUring> {
 
 /// The length of a one-segment transfer; a segment above 4 GiB is capped, which the op's state
 /// machine handles like any short transfer (the rest is resubmitted).
-fn single_len(iov: &crate::buffer::IoVec) -> u32 {
+fn single_len(iov: &IoVec) -> u32 {
     u32::try_from(iov.len).unwrap_or(u32::MAX)
 }
 
-fn iov_count(iovs: &[crate::buffer::IoVec]) -> u32 {
+fn iov_count(iovs: &[IoVec]) -> u32 {
     // prepare() bounces lists longer than IOV_MAX, so this always fits.
     u32::try_from(iovs.len()).unwrap_or(u32::MAX)
 }

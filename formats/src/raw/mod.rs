@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::buffer::IoBuffers;
 use crate::engine::{self, Engine, EngineFile};
 use crate::error::Error;
 use crate::image::{
@@ -135,6 +136,18 @@ impl ImageQueue for RawQueue {
         timeout: Option<Duration>,
     ) -> Result<Vec<bool>, Error> {
         self.engine.wait_any(fds, timeout)
+    }
+
+    fn enable_fixed_buffers(&mut self, slots: u32) -> Result<bool, Error> {
+        self.engine.enable_fixed_buffers(slots)
+    }
+
+    fn register_fixed(&mut self, slot: u32, bufs: Box<dyn IoBuffers>) -> Result<bool, Error> {
+        self.engine.register_fixed(slot, bufs)
+    }
+
+    fn unregister_fixed(&mut self, slot: u32) -> Result<(), Error> {
+        self.engine.unregister_fixed(slot)
     }
 }
 

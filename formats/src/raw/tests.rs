@@ -544,3 +544,70 @@ fn wait_any_wakes_for_descriptors_completions_and_timeouts() {
         assert_eq!(done[0].tag, 9);
     }
 }
+
+/// A raw image on the io_uring engine, O_DIRECT, and its queue.
+fn uring_direct_queue(dir: &tempfile::TempDir) -> (RawImage, Box<dyn ImageQueue>) {
+    let path = new_image(dir, MIN_SIZE);
+    let file = crate::EngineFile::open(&path, crate::engine::Access::ReadWrite, CacheMode::None)
+        .expect("open");
+    let image =
+        RawImage::new(Arc::new(file), &opts(EngineKind::IoUring, CacheMode::None)).expect("image");
+    let q = image.open_queue(8).expect("queue");
+    (image, q)
+}
+
+fn fixed_op(buf: &SharedBuf, slot: u32, write: bool) -> IoOp {
+    let bufs = Box::new(crate::InFixedSlot::new(buf.clone(), slot));
+    match write {
+        true => IoOp::Write { offset: 8192, bufs },
+        false => IoOp::Read { offset: 8192, bufs },
+    }
+}
+
+#[test]
+fn registered_fixed_buffers_carry_reads_and_writes_and_stale_hints_are_ignored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (image, mut q) = uring_direct_queue(&dir);
+    assert!(
+        q.enable_fixed_buffers(4).expect("table"),
+        "no fixed buffer table"
+    );
+    let (src, dst) = (SharedBuf::new(4096), SharedBuf::new(4096));
+    assert!(src.copy_in(0, &[0x3c; 4096]));
+    assert!(
+        q.register_fixed(1, Box::new(src.clone()))
+            .expect("register")
+    );
+    assert!(
+        q.register_fixed(2, Box::new(dst.clone()))
+            .expect("register")
+    );
+    assert!(
+        !q.register_fixed(9, Box::new(SharedBuf::new(4096)))
+            .expect("outside")
+    );
+    run(&mut *q, fixed_op(&src, 1, true)).expect("write fixed");
+    run(&mut *q, fixed_op(&dst, 2, false)).expect("read fixed");
+    assert_eq!(dst.copy_out(), vec![0x3c; 4096]);
+    assert_eq!(image.file().stats().fixed, 2);
+    // A hint naming a slot that holds other memory, or an empty slot, is not used.
+    run(&mut *q, fixed_op(&dst, 1, false)).expect("read, wrong slot");
+    q.unregister_fixed(2).expect("unregister");
+    run(&mut *q, fixed_op(&dst, 2, false)).expect("read, emptied slot");
+    assert_eq!(image.file().stats().fixed, 2);
+    assert_eq!(dst.copy_out(), vec![0x3c; 4096]);
+}
+
+#[test]
+fn the_sync_engine_has_no_fixed_buffers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = new_image(&dir, MIN_SIZE);
+    let image =
+        open_image(&path, Format::Raw, &opts(EngineKind::Sync, CacheMode::None)).expect("open");
+    let mut q = image.open_queue(4).expect("queue");
+    assert!(!q.enable_fixed_buffers(4).expect("table"));
+    assert!(
+        !q.register_fixed(0, Box::new(SharedBuf::new(4096)))
+            .expect("register")
+    );
+}

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use rustbk_ring::PAGE_SIZE;
 
+use super::copy::Copier;
 use super::guest::endpoint_path;
 use super::in_use::InUse;
 use super::ram::check_sealed;
@@ -14,8 +15,8 @@ use super::table::{ENTRY_SIZE, TableReader};
 use super::wire::{self, BIND, HELLO, Msg, OK};
 use crate::sys::Region;
 use crate::{
-    Access, DomId, Error, EventChannel, EventFd, GrantMapping, GrantRef, GuestHandle, Platform,
-    Port,
+    Access, CopySegment, DomId, Error, EventChannel, EventFd, GrantMapping, GrantRef, GuestHandle,
+    Platform, Port,
 };
 
 /// Most pages one map call may cover (a maximal indirect request).
@@ -131,6 +132,18 @@ struct EmuGuest {
     ram_pages: u32,
 }
 
+impl EmuGuest {
+    /// Reads the guest's grant entries as the hypervisor would for this backend.
+    fn reader(&self) -> TableReader<'_> {
+        TableReader {
+            table: self.in_use.table(),
+            entries: self.entries,
+            ram_pages: self.ram_pages,
+            grantee: self.local,
+        }
+    }
+}
+
 impl GuestHandle for EmuGuest {
     fn domid(&self) -> DomId {
         self.domid
@@ -140,12 +153,7 @@ impl GuestHandle for EmuGuest {
         if refs.is_empty() || refs.len() > MAX_MAP_PAGES {
             return Err(Error::BadMapSize(refs.len()));
         }
-        let reader = TableReader {
-            table: self.in_use.table(),
-            entries: self.entries,
-            ram_pages: self.ram_pages,
-            grantee: self.local,
-        };
+        let reader = self.reader();
         let mut region = Region::reserve(refs.len() * PAGE_SIZE)?;
         let writable = access == Access::ReadWrite;
         let mut grants = Vec::with_capacity(refs.len());
@@ -171,6 +179,15 @@ impl GuestHandle for EmuGuest {
             }
         }
         Ok(GrantMapping::new(region, access, Some(Box::new(guard))))
+    }
+
+    fn copy_grants(&self, segments: &mut [CopySegment<'_>]) -> Result<(), Error> {
+        let copier = Copier {
+            reader: self.reader(),
+            in_use: &self.in_use,
+            ram_fd: &self.ram_fd,
+        };
+        copier.copy(segments)
     }
 
     fn bind_event_channel(&self, remote: Port) -> Result<Box<dyn EventChannel>, Error> {

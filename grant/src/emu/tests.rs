@@ -5,7 +5,8 @@ use rustbk_ring::PAGE_SIZE;
 
 use super::*;
 use crate::{
-    Access, Direction, DomId, Error, GrantRef, GuestBuf, GuestHandle, PageSpan, Platform, Port,
+    Access, CopyBuf, CopySegment, Direction, DomId, Error, GrantRef, GuestBuf, GuestHandle,
+    PageSpan, Platform, Port,
 };
 
 const GUEST: DomId = DomId(7);
@@ -267,4 +268,112 @@ fn a_guest_cannot_shrink_the_memory_a_backend_maps() {
         super::ram::check_sealed(&plain, "RAM"),
         Err(Error::Protocol(_))
     ));
+}
+
+#[test]
+fn grant_copy_moves_bytes_both_ways_without_mapping() {
+    let (_d, dom, guest) = setup();
+    let base = 6 * PAGE_SIZE as u64;
+    dom.ram().write(base + 512, b"from the guest").unwrap();
+    let gref = dom.grant(BACKEND, 6, false).unwrap();
+    let mut got = [0u8; 14];
+    let back = *b"to the guest";
+    let mut segs = [
+        CopySegment {
+            gref,
+            offset: 512,
+            buf: CopyBuf::FromGuest(&mut got),
+        },
+        CopySegment {
+            gref,
+            offset: 4000,
+            buf: CopyBuf::ToGuest(&back),
+        },
+    ];
+    guest.copy_grants(&mut segs).unwrap();
+    assert_eq!(&got, b"from the guest");
+    let mut seen = [0u8; 12];
+    dom.ram().read(base + 4000, &mut seen).unwrap();
+    assert_eq!(&seen, b"to the guest");
+    // The copy held the grant only while it ran: the guest can end it now.
+    assert!(!dom.grant_in_use(gref).unwrap());
+    dom.end_grant(gref).unwrap();
+}
+
+#[test]
+fn grant_copy_into_a_readonly_grant_is_refused_and_leaves_the_page_alone() {
+    let (_d, dom, guest) = setup();
+    let base = 8 * PAGE_SIZE as u64;
+    dom.ram().write(base, &[7u8; 64]).unwrap();
+    let gref = dom.grant(BACKEND, 8, true).unwrap();
+    let mut segs = [CopySegment {
+        gref,
+        offset: 0,
+        buf: CopyBuf::ToGuest(&[1u8; 64]),
+    }];
+    assert!(matches!(
+        guest.copy_grants(&mut segs),
+        Err(Error::GrantReadOnly(g)) if g == gref
+    ));
+    let mut seen = [0u8; 64];
+    dom.ram().read(base, &mut seen).unwrap();
+    assert_eq!(seen, [7u8; 64]);
+    // Copying from it is what a read-only grant allows.
+    let mut out = [0u8; 64];
+    let mut segs = [CopySegment {
+        gref,
+        offset: 0,
+        buf: CopyBuf::FromGuest(&mut out),
+    }];
+    guest.copy_grants(&mut segs).unwrap();
+    assert_eq!(out, [7u8; 64]);
+}
+
+#[test]
+fn grant_copy_refuses_bad_segments_one_by_one() {
+    let (_d, dom, guest) = setup();
+    let good = dom.grant(BACKEND, 9, false).unwrap();
+    let revoked = dom.grant(BACKEND, 10, false).unwrap();
+    let foreign = dom.grant(DomId(3), 11, false).unwrap();
+    // Ended last, so no later grant takes its reference again.
+    dom.end_grant(revoked).unwrap();
+    let mut buf = [0u8; 16];
+    let cases: [(GrantRef, u16, usize); 5] = [
+        (revoked, 0, 16),
+        (foreign, 0, 16),
+        (GrantRef(100_000), 0, 16),
+        (good, 4090, 16),
+        (good, 0, 0),
+    ];
+    for (gref, offset, len) in cases {
+        let mut segs = [CopySegment {
+            gref,
+            offset,
+            buf: CopyBuf::FromGuest(&mut buf[..len]),
+        }];
+        assert!(
+            guest.copy_grants(&mut segs).is_err(),
+            "{gref:?}+{offset} len {len}"
+        );
+    }
+    // A batch stops at its first bad segment, after copying the ones before it.
+    dom.ram().write(9 * PAGE_SIZE as u64, &[3u8; 16]).unwrap();
+    let (mut a, mut b) = ([0u8; 16], [0u8; 16]);
+    let mut segs = [
+        CopySegment {
+            gref: good,
+            offset: 0,
+            buf: CopyBuf::FromGuest(&mut a),
+        },
+        CopySegment {
+            gref: revoked,
+            offset: 0,
+            buf: CopyBuf::FromGuest(&mut b),
+        },
+    ];
+    assert!(matches!(
+        guest.copy_grants(&mut segs),
+        Err(Error::GrantInvalid(g)) if g == revoked
+    ));
+    assert_eq!(a, [3u8; 16]);
 }

@@ -9,7 +9,8 @@ use rustbk_ring::{PAGE_SIZE, SharedMemory};
 use super::{MAX_MAP_PAGES, XenPlatform, evtchn::XenEventChannel};
 use crate::sys::{self, Region};
 use crate::{
-    Access, DomId, Error, EventChannel, GrantMapping, GrantRef, GuestHandle, Port, RingPages,
+    Access, CopySegment, DomId, Error, EventChannel, GrantMapping, GrantRef, GuestHandle, Port,
+    RingPages,
 };
 
 /// One guest reached through the platform's gntdev descriptor.
@@ -58,6 +59,10 @@ impl GuestHandle for XenGuest {
             "mapped grants"
         );
         Ok(GrantMapping::new(region, access, Some(Box::new(range))))
+    }
+
+    fn copy_grants(&self, segments: &mut [CopySegment<'_>]) -> Result<(), Error> {
+        super::copy::grant_copy(self.gntdev.as_fd(), self.domid, segments)
     }
 
     fn bind_event_channel(&self, remote: Port) -> Result<Box<dyn EventChannel>, Error> {

@@ -18,7 +18,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use copy::{CopyBuf, CopySegment};
+pub use crate::copy::{CopyBuf, CopySegment};
 pub use gntdev::UnmapNotify;
 
 use crate::{DomId, Error, GuestHandle, Platform};

@@ -25,6 +25,9 @@ pub struct VbdSpec {
     pub discard: bool,
     /// `cache-mode`, written beside `params` when given (else the backend's default).
     pub cache_mode: Option<String>,
+    /// `data-path` (`map` or `copy`), written beside `params` when given (else the backend's
+    /// `--data-path`).
+    pub data_path: Option<String>,
     /// The hotplug script libxl records (`script`): `/etc/xen/scripts/rustbk` makes the disk
     /// rustbk's; `None` leaves the key out (a disk for another backend).
     pub script: Option<String>,
@@ -44,6 +47,7 @@ impl VbdSpec {
             read_only: false,
             discard: true,
             cache_mode: None,
+            data_path: None,
             script: Some(RUSTBK_SCRIPT.into()),
         }
     }
@@ -125,6 +129,9 @@ fn backend_keys(spec: &VbdSpec) -> Vec<(&'static str, String)> {
     }
     if let Some(mode) = &spec.cache_mode {
         keys.push(("cache-mode", mode.clone()));
+    }
+    if let Some(path) = &spec.data_path {
+        keys.push(("data-path", path.clone()));
     }
     if let Some(script) = &spec.script {
         keys.push(("script", script.clone()));

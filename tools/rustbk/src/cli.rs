@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use rustbk_backend::worker::DataPath;
+use rustbk_backend::xenbus::DEFAULT_FIXED_BUFFERS;
 use rustbk_formats::CacheMode;
 
 /// rustbk: a Xen block backend in Rust.
@@ -124,6 +126,17 @@ pub struct BackendArgs {
     /// Do not offer persistent grants.
     #[arg(long)]
     pub no_persistent: bool,
+    /// How disks whose backend directory has no `data-path` key reach the guest's data: map
+    /// (map the granted pages and do I/O straight into them, keeping them mapped with
+    /// persistent grants) or copy (grant-copy between the guest's pages and the worker's own
+    /// bounce buffers, as tapdisk and QEMU's qdisk do; feature-persistent is not offered).
+    #[arg(long, value_name = "PATH", default_value = "map", value_parser = parse_data_path)]
+    pub data_path: DataPath,
+    /// Register persistently mapped pages as the ring's io_uring fixed buffers and read or
+    /// write one-page requests on them with READ_FIXED/WRITE_FIXED: on or off.
+    #[arg(long, value_name = "on|off", default_value = on_off(DEFAULT_FIXED_BUFFERS),
+          value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    pub fixed_buffers: bool,
     /// Open a thin pool in the worker itself (locking it: one served volume) when no pool
     /// service serves it, instead of starting `rustbk thin serve` for it.
     #[arg(long)]
@@ -165,6 +178,23 @@ pub struct BackendArgs {
     /// (repeatable; symlinks resolved). Without it, any path the toolstack names.
     #[arg(long = "image-dir", value_name = "DIR")]
     pub image_dirs: Vec<PathBuf>,
+}
+
+fn parse_data_path(s: &str) -> Result<DataPath, String> {
+    s.parse()
+}
+
+/// The flag value of a switch.
+pub const fn on_off(on: bool) -> &'static str {
+    if on { "on" } else { "off" }
+}
+
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(format!("{other:?} is neither on nor off")),
+    }
 }
 
 impl BackendArgs {
@@ -363,6 +393,13 @@ pub struct BenchArgs {
     /// fio run.
     #[arg(long)]
     pub null: bool,
+    /// Compare the data paths instead of measuring against fio: one disk (its own raw image of
+    /// `--size`) per data path, served by its own backend: map with persistent grants and
+    /// fixed buffers off, the same with fixed buffers on, map per request (no persistent
+    /// grants) and grant copy; 4 KiB random read and write at queue depth 32, the disks taking
+    /// turns in every round. Every run is printed, then the medians.
+    #[arg(long, conflicts_with_all = ["null", "image"])]
+    pub data_paths: bool,
     /// Let the benchmark write over the existing contents of `--image`.
     #[arg(long, requires = "image")]
     pub overwrite: bool,

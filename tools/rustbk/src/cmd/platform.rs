@@ -64,6 +64,8 @@ pub fn options(args: &BackendArgs, platform: &PlatformArgs) -> anyhow::Result<Ba
             .then(|| Duration::from_secs(args.persistent_grant_unused_secs.into())),
         sector_size: args.sector_size,
         poll_us: args.poll_us,
+        data_path: args.data_path,
+        fixed_buffers: args.fixed_buffers,
         backing_dirs: backing_dirs(args)?,
         image_dirs: canonical_dirs(&args.image_dirs, "--image-dir")?,
         journal_dir: lock_dir(platform),
@@ -139,6 +141,11 @@ pub fn backend_args(backend: &BackendArgs) -> Vec<String> {
     if backend.no_persistent {
         out.push("--no-persistent".into());
     }
+    out.extend(["--data-path".into(), backend.data_path.to_string()]);
+    out.extend([
+        "--fixed-buffers".into(),
+        crate::cli::on_off(backend.fixed_buffers).into(),
+    ]);
     if backend.no_thin_service {
         out.push("--no-thin-service".into());
     }
@@ -216,6 +223,27 @@ mod tests {
             rustbk_backend::xenbus::default_max_queues()
         );
         assert!(parse(&["--max-queues", "0"]).is_err());
+    }
+
+    #[test]
+    fn the_data_path_and_fixed_buffers_reach_the_worker_command_line() {
+        use rustbk_backend::worker::DataPath;
+        let defaults = parse(&[]).expect("parse");
+        assert_eq!(defaults.data_path, DataPath::Map);
+        assert_eq!(
+            defaults.fixed_buffers,
+            rustbk_backend::xenbus::DEFAULT_FIXED_BUFFERS
+        );
+        for (path, fixed) in [("copy", "on"), ("map", "off"), ("map", "on")] {
+            let parsed = parse(&["--data-path", path, "--fixed-buffers", fixed]).expect("parse");
+            let passed = super::backend_args(&parsed);
+            let passed: Vec<&str> = passed.iter().map(String::as_str).collect();
+            let again = parse(&passed).expect("reparse");
+            assert_eq!(again.data_path.name(), path);
+            assert_eq!(again.fixed_buffers, fixed == "on");
+        }
+        assert!(parse(&["--data-path", "mmap"]).is_err());
+        assert!(parse(&["--fixed-buffers", "yes"]).is_err());
     }
 
     #[test]

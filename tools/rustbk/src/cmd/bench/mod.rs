@@ -3,6 +3,7 @@
 
 mod cpu;
 mod null;
+mod paths;
 
 use std::fs::File;
 use std::io::Write;
@@ -55,6 +56,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     );
     if args.null {
         return run_null(&args);
+    }
+    if args.data_paths {
+        supervise::handle_signals("bench")?;
+        let work = WorkDir::create("rustbk-bench-", args.keep)?;
+        let result = paths::run_in(&args, work.path());
+        return finish(work, result);
     }
     let user = match &args.image {
         Some(p) => Some(user_image(p, args.overwrite)?),
