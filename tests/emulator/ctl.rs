@@ -111,6 +111,7 @@ fn stats_count_exactly_what_the_guest_did_and_list_names_the_worker() {
     assert_eq!(d["state"], "Connected");
     assert_eq!(d["format"], "raw");
     assert_eq!(d["cache"], "none");
+    assert_eq!(d["data_path"], "map");
     assert_eq!(d["params"], host.image.display().to_string());
     assert_eq!(d["size"].as_u64(), Some(64 << 20));
     assert_eq!(d["paused"], false);

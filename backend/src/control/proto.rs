@@ -85,6 +85,8 @@ pub struct DeviceReport {
     pub format: String,
     /// The cache mode.
     pub cache: String,
+    /// How guest pages are reached: `map` (grant mapping) or `copy` (grant copy).
+    pub data_path: String,
     /// Served read-only.
     pub read_only: bool,
     /// The disk's size in bytes.

@@ -42,6 +42,8 @@ pub struct DeviceStatus {
     pub format: String,
     /// The cache mode's name.
     pub cache: String,
+    /// How guest pages are reached: `map` or `copy`.
+    pub data_path: String,
     /// Served read-only.
     pub read_only: bool,
     /// Size in bytes.
@@ -106,6 +108,7 @@ impl Registry {
                     params: s.params,
                     format: s.format,
                     cache: s.cache,
+                    data_path: s.data_path,
                     read_only: s.read_only,
                     size: s.size,
                     queues: s.queues,

@@ -290,6 +290,7 @@ fn show_disk(
         s.cache = cache;
         s.read_only = info.read_only;
         s.size = image.geometry().size;
+        s.data_path = data_path(info, opts).to_string();
         s.state = format!("{:?}", XenbusState::Unknown);
     });
 }

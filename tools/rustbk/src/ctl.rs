@@ -248,7 +248,7 @@ fn print_list(devices: &[DeviceReport], output: OutputArg) -> anyhow::Result<Exi
     }
     for d in devices {
         println!(
-            "pid={} domid={} devid={} state={}{} format={} cache={} {} size={} queues={} params={}",
+            "pid={} domid={} devid={} state={}{} format={} cache={} data-path={} {} size={} queues={} params={}",
             d.pid,
             d.domid,
             d.devid,
@@ -256,6 +256,7 @@ fn print_list(devices: &[DeviceReport], output: OutputArg) -> anyhow::Result<Exi
             if d.paused { " paused" } else { "" },
             d.format,
             d.cache,
+            d.data_path,
             if d.read_only { "ro" } else { "rw" },
             d.size,
             d.queues,
