@@ -1,4 +1,10 @@
-//! One device's state machine, driven by xenstore watches and worker exits.
+//! One device's state machine, driven by xenstore watches, worker exits, commands
+//! ([`DeviceControl`]) and a once-a-second check of the image's size.
+
+mod resize;
+mod test_hook;
+
+pub use test_hook::CONTROL_DIR_ENV;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,12 +19,13 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::connect::{FrontendRing, attach_ring, disk_limits, read_frontend_rings};
+use super::control::{Command, ControlInbox, DeviceControl};
 use super::journal::{open_journal, remove_journals};
 use super::keys::{
     BackendInfo, Disk, discard_offered, publish_disk, publish_features, read_backend,
 };
 use super::{Store, XenbusState, fatal};
-use crate::worker::{RingResources, Worker, WorkerConfig, WorkerExit};
+use crate::worker::{DiskSectors, RingResources, Worker, WorkerConfig, WorkerExit};
 use crate::{Error, Stats};
 
 /// Default busy-poll time of a ring worker.
@@ -119,6 +126,10 @@ struct Device {
     online: bool,
     /// The next connect takes over a ring a previous worker served (and its journal).
     reattach: bool,
+    /// The disk's size in sectors, shared with every ring worker (raised by a resize).
+    sectors: DiskSectors,
+    /// A smaller storage size already refused (logged once).
+    refused_size: Option<u64>,
 }
 
 /// Serves one device until the toolstack takes it away (`online` 0 and the frontend closed)
@@ -130,8 +141,22 @@ pub async fn run_device(
     opts: BackendOptions,
     stats: Arc<Stats>,
 ) -> Result<(), Error> {
+    let (_, inbox) = DeviceControl::new();
+    run_controlled_device(store, platform, spec, opts, stats, inbox).await
+}
+
+/// [`run_device`], taking commands from the [`DeviceControl`] handles of `inbox` (an online
+/// resize) while it serves.
+pub async fn run_controlled_device(
+    store: Store,
+    platform: Arc<dyn Platform>,
+    spec: DeviceSpec,
+    opts: BackendOptions,
+    stats: Arc<Stats>,
+    inbox: ControlInbox,
+) -> Result<(), Error> {
     let span = tracing::info_span!("vbd", domid = spec.domid.0, devid = spec.devid);
-    run_device_inner(store, platform, spec, opts, stats)
+    run_device_inner(store, platform, spec, opts, (stats, inbox))
         .instrument(span)
         .await
 }
@@ -141,7 +166,7 @@ async fn run_device_inner(
     platform: Arc<dyn Platform>,
     spec: DeviceSpec,
     opts: BackendOptions,
-    stats: Arc<Stats>,
+    (stats, mut inbox): (Arc<Stats>, ControlInbox),
 ) -> Result<(), Error> {
     let be = spec.backend_path.clone();
     if store
@@ -160,6 +185,7 @@ async fn run_device_inner(
         }
     };
     let (exits, mut exit_rx) = mpsc::unbounded_channel();
+    let sectors = DiskSectors::new(image.geometry().size / 512);
     let mut dev = Device {
         spec,
         store,
@@ -173,6 +199,8 @@ async fn run_device_inner(
         exits,
         online: true,
         reattach: false,
+        sectors,
+        refused_size: None,
     };
     if dev.reattaching().await? {
         // A restarted worker: the frontend is still connected to the ring, so publish the
@@ -189,6 +217,10 @@ async fn run_device_inner(
         .watch(&format!("{}/state", dev.info.frontend))
         .await?;
     let mut online_watch = dev.store.watch(&format!("{be}/online")).await?;
+    let mut size_check = tokio::time::interval(resize::SIZE_CHECK_EVERY);
+    size_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let test_dir = test_hook::control_dir();
+    let handle = inbox.handle();
     loop {
         tokio::select! {
             ev = fe_watch.next() => match ev {
@@ -200,6 +232,13 @@ async fn run_device_inner(
                 None => break,
             },
             Some(exit) = exit_rx.recv() => dev.on_worker_exit(exit).await?,
+            Some(cmd) = inbox.next() => dev.on_command(cmd).await,
+            _ = size_check.tick() => {
+                dev.check_storage_size().await?;
+                if let Some(dir) = &test_dir {
+                    test_hook::poll(dir, &dev.spec, &handle);
+                }
+            }
         }
         if !dev.online && matches!(dev.state, XenbusState::Closed) {
             break;
@@ -361,6 +400,7 @@ impl Device {
             let res = attach_ring(&*self.platform, self.spec.domid, fr, &*self.image, journal)?;
             attached.push((fr, res));
         }
+        self.sectors.set(self.image.geometry().size / 512);
         let mut persistent = false;
         for (fr, res) in attached {
             persistent = self.start_worker(fr, res)?;
@@ -395,6 +435,7 @@ impl Device {
             devid: self.spec.devid,
             queue: fr.queue,
             limits,
+            sectors: self.sectors.clone(),
             persistent_grants,
             persistent_unused: self.opts.persistent_grant_unused,
             poll_us: self.opts.poll_us,
@@ -441,6 +482,18 @@ impl Device {
             Err(e) => tracing::error!(error = %e, "ring workers did not stop cleanly"),
         }
         remove_journals(&self.opts.journal_dir, &self.spec);
+    }
+
+    async fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Resize(size, reply) => {
+                let result = self.grow_to(size).await;
+                if let Err(e) = &result {
+                    tracing::warn!(error = %error_chain(e), new = size, "resize refused");
+                }
+                let _ = reply.send(result);
+            }
+        }
     }
 
     async fn on_online_change(&mut self) -> Result<(), Error> {

@@ -8,6 +8,7 @@
 //! InitWait. A frontend whose ring keys are wrong gets an `error` node and Closing.
 
 mod connect;
+mod control;
 mod device;
 mod fatal;
 mod guest;
@@ -16,10 +17,12 @@ mod keys;
 mod state;
 mod store;
 mod thin;
+mod txn;
 
+pub use control::{ControlInbox, DeviceControl, Resized};
 pub use device::{
-    BackendOptions, DEFAULT_PERSISTENT_GRANT_UNUSED, DEFAULT_POLL_US, DeviceSpec,
-    default_max_queues, error_chain, run_device,
+    BackendOptions, CONTROL_DIR_ENV, DEFAULT_PERSISTENT_GRANT_UNUSED, DEFAULT_POLL_US, DeviceSpec,
+    default_max_queues, error_chain, run_controlled_device, run_device,
 };
 pub use guest::{GuestSpec, backend_root, claimed, claimed_devices, serve_guest};
 pub use state::XenbusState;

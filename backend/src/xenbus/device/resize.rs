@@ -1,0 +1,104 @@
+//! Online resize: growing the served disk and announcing it as Linux blkback does
+//! (`xen_vbd_resize`: `sectors` and `state` rewritten in one transaction).
+
+use std::sync::Arc;
+
+use rustbk_formats::BlockImage;
+
+use super::Device;
+use crate::Error;
+use crate::xenbus::XenbusState;
+use crate::xenbus::control::Resized;
+
+/// How often the image's storage is checked for a size its owner changed (Linux blkback checks
+/// its device's size each time its thread wakes).
+pub(super) const SIZE_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Device {
+    /// Takes up a size the image's storage got underneath (a raw file extended with `truncate
+    /// -s`, a block device that grew). A storage that shrank is refused: the disk keeps its
+    /// size and the refusal is logged once per size seen.
+    pub(super) async fn check_storage_size(&mut self) -> Result<(), Error> {
+        let storage = match self.image.storage_size() {
+            Ok(Some(size)) => size,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the image's size");
+                return Ok(());
+            }
+        };
+        let g = self.image.geometry();
+        let whole = storage - storage % u64::from(g.logical_sector_size.max(1));
+        if whole == g.size {
+            return Ok(());
+        }
+        if whole < g.size {
+            if self.refused_size != Some(storage) {
+                self.refused_size = Some(storage);
+                tracing::error!(
+                    old = g.size,
+                    storage,
+                    "the image shrank underneath the served disk; refusing to shrink it: the \
+                     guest keeps its size, and its I/O past the file's end fails"
+                );
+            }
+            return Ok(());
+        }
+        match self.grow_to(whole).await {
+            Ok(_) => Ok(()),
+            Err(e @ Error::Xenstore { .. }) => Err(e),
+            Err(e) => {
+                tracing::error!(error = %super::error_chain(&e), new = whole, "cannot take up the image's new size");
+                Ok(())
+            }
+        }
+    }
+
+    /// Grows the disk to `new_size` bytes and announces it (see
+    /// [`DeviceControl::resize`](crate::xenbus::DeviceControl::resize)).
+    pub(super) async fn grow_to(&mut self, new_size: u64) -> Result<Resized, Error> {
+        let old = self.image.geometry().size;
+        let image: Arc<dyn BlockImage> = Arc::clone(&self.image);
+        tokio::task::spawn_blocking(move || image.grow(new_size))
+            .await
+            .map_err(|e| Error::Spawn(std::io::Error::other(e.to_string())))??;
+        let new = self.image.geometry().size;
+        if new == old {
+            return Ok(Resized {
+                old,
+                new,
+                announced: false,
+            });
+        }
+        self.refused_size = None;
+        // The workers first: the guest may send requests past the old end as soon as it
+        // reads the announcement.
+        self.sectors.set(new / 512);
+        let announced = self.state == XenbusState::Connected && !self.workers.is_empty();
+        if announced {
+            self.announce_size(new).await?;
+        }
+        let (domid, devid) = (self.spec.domid.0, self.spec.devid);
+        tracing::info!(domid, devid, old, new, announced, "disk resized online");
+        Ok(Resized {
+            old,
+            new,
+            announced,
+        })
+    }
+
+    /// Writes the new `sectors` (512-byte units, whatever the sector size) and rewrites
+    /// `state` as Connected in one transaction: blkfront's watch on our state fires, finds us
+    /// Connected while it is connected, re-reads `sectors` and sets its capacity.
+    async fn announce_size(&self, bytes: u64) -> Result<(), Error> {
+        let be = &self.spec.backend_path;
+        let writes = vec![
+            (format!("{be}/sectors"), (bytes / 512).to_string()),
+            (
+                format!("{be}/state"),
+                XenbusState::Connected.number().to_string(),
+            ),
+        ];
+        self.store.write_all(writes).await
+    }
+}
