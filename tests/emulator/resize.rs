@@ -231,3 +231,47 @@ fn resize_refuses_to_shrink_a_served_disk_which_keeps_serving() {
     g.front.wait_for_capacity(sectors(20 * MIB), WAIT).unwrap();
     g.front.close().unwrap();
 }
+
+#[test]
+fn resize_grows_a_served_thin_volume_through_its_pool_and_takes_up_thin_resize() {
+    let (setup, control) = setup_with_control(Some("thin"), 64 * MIB);
+    let host = Host::serving(setup, crate::thin::pool_with_volume);
+    let mut g = host.guest();
+    assert_eq!(g.front.disk().sectors, sectors(64 * MIB));
+    round_trip(&mut g, sectors(64 * MIB) - 8, 13);
+    // Through the entry point: the pool's volume grows, then the served disk.
+    let outcome = resize_through_control(control.path(), 96 * MIB);
+    assert_eq!(
+        outcome,
+        format!("ok {} {}", 64 * MIB, 96 * MIB),
+        "{}",
+        host.backend_log()
+    );
+    g.front.wait_for_capacity(sectors(96 * MIB), WAIT).unwrap();
+    round_trip(&mut g, sectors(64 * MIB), 14);
+    round_trip(&mut g, sectors(96 * MIB) - 8, 15);
+    let (st, _) = g.read(sectors(96 * MIB), 1);
+    assert_eq!(st, status::ERROR, "a read past the new end must fail");
+    // The administrator grows the volume in its pool: the served disk follows.
+    let target = host.image.display().to_string();
+    let (pool, volume) = target.rsplit_once(':').unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rustbk"))
+        .args(["thin", "resize", pool, volume, "128M"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    g.front.wait_for_capacity(sectors(128 * MIB), WAIT).unwrap();
+    round_trip(&mut g, sectors(128 * MIB) - 8, 16);
+    let (st, kept) = g.read(sectors(64 * MIB), 1);
+    assert_eq!((st, kept == pattern(PAGE_SIZE, 14)), (status::OKAY, true));
+    let outcome = resize_through_control(control.path(), 32 * MIB);
+    assert!(
+        outcome.contains("Shrinking a served disk is refused"),
+        "{outcome}"
+    );
+    g.front.close().unwrap();
+}

@@ -58,9 +58,11 @@ impl DeviceControl {
     ///
     /// `new_size` must be a whole number of the disk's logical sectors. Shrinking a served
     /// disk is refused ([`rustbk_formats::Error::Shrink`] inside [`Error::Image`]); so is
-    /// growing a format that cannot grow while served (thin volumes, null disks) and, for
-    /// qcow2, an image whose backing file is larger than it. A refused resize leaves the disk
-    /// serving at its old size. [`Error::DeviceGone`] if the device is no longer served.
+    /// growing a null disk, a block device (grow the device: it is taken up within a second),
+    /// a qcow2 image whose backing file or a thin volume whose origin is larger than it, and a
+    /// thin volume whose pool this worker opened itself (no pool service). A thin volume
+    /// grows in its pool first (the pool service's volume resize). A refused resize leaves the
+    /// disk serving at its old size. [`Error::DeviceGone`] if the device is no longer served.
     pub async fn resize(&self, new_size: u64) -> Result<Resized, Error> {
         let (reply, answer) = oneshot::channel();
         self.tx

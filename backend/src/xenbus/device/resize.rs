@@ -9,6 +9,7 @@ use super::Device;
 use crate::Error;
 use crate::xenbus::XenbusState;
 use crate::xenbus::control::Resized;
+use crate::xenbus::keys::Disk;
 
 /// How often the image's storage is checked for a size its owner changed (Linux blkback checks
 /// its device's size each time its thread wakes).
@@ -59,9 +60,18 @@ impl Device {
     pub(super) async fn grow_to(&mut self, new_size: u64) -> Result<Resized, Error> {
         let old = self.image.geometry().size;
         let image: Arc<dyn BlockImage> = Arc::clone(&self.image);
-        tokio::task::spawn_blocking(move || image.grow(new_size))
-            .await
-            .map_err(|e| Error::Spawn(std::io::Error::other(e.to_string())))??;
+        let thin = match &self.info.disk {
+            Disk::Thin { pool, volume } if new_size > old => Some((pool.clone(), volume.clone())),
+            _ => None,
+        };
+        tokio::task::spawn_blocking(move || {
+            if let Some((pool, volume)) = thin {
+                crate::xenbus::thin::grow_volume(&pool, &volume, new_size)?;
+            }
+            image.grow(new_size).map_err(Error::from)
+        })
+        .await
+        .map_err(|e| Error::Spawn(std::io::Error::other(e.to_string())))??;
         let new = self.image.geometry().size;
         if new == old {
             return Ok(Resized {
