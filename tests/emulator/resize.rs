@@ -229,6 +229,22 @@ fn resize_refuses_to_shrink_a_served_disk_which_keeps_serving() {
     let outcome = resize_through_control(control.path(), 20 * MIB);
     assert_eq!(outcome, format!("ok {} {}", 16 * MIB, 20 * MIB));
     g.front.wait_for_capacity(sectors(20 * MIB), WAIT).unwrap();
+    // A file truncated underneath is not taken up either.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&host.image)
+        .and_then(|f| f.set_len(12 * MIB))
+        .unwrap();
+    assert_eq!(
+        g.front.check_backend(Duration::from_millis(2500)).unwrap(),
+        None
+    );
+    assert_eq!(
+        host.xenstore_read_cli("sectors"),
+        sectors(20 * MIB).to_string()
+    );
+    let log = host.backend_log();
+    assert!(log.contains("shrank underneath"), "{log}");
     g.front.close().unwrap();
 }
 

@@ -20,13 +20,8 @@ impl Device {
     /// -s`, a block device that grew). A storage that shrank is refused: the disk keeps its
     /// size and the refusal is logged once per size seen.
     pub(super) async fn check_storage_size(&mut self) -> Result<(), Error> {
-        let storage = match self.image.storage_size() {
-            Ok(Some(size)) => size,
-            Ok(None) => return Ok(()),
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot read the image's size");
-                return Ok(());
-            }
+        let Some(storage) = storage_size(&self.image).await else {
+            return Ok(());
         };
         let g = self.image.geometry();
         let whole = storage - storage % u64::from(g.logical_sector_size.max(1));
@@ -111,4 +106,19 @@ impl Device {
         ];
         self.store.write_all(writes).await
     }
+}
+
+/// The size of the image's storage, if it can change underneath (see
+/// [`BlockImage::storage_size`]); asked off the async thread, as a thin volume asks its pool
+/// service, which may be slow to answer. `None` also when it cannot be read (logged).
+async fn storage_size(image: &Arc<dyn BlockImage>) -> Option<u64> {
+    let image = Arc::clone(image);
+    let asked = tokio::task::spawn_blocking(move || image.storage_size()).await;
+    let size = asked
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    size.unwrap_or_else(|e| {
+        tracing::debug!(error = %e, "cannot read the image's size");
+        None
+    })
 }
