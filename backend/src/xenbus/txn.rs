@@ -106,13 +106,72 @@ fn attempt(conn: &mut dyn Conn, writes: &[(String, String)]) -> io::Result<()> {
 /// Writes every `(path, value)` in one transaction: another reader sees all of them or none.
 /// A commit that conflicts with another writer is tried again.
 pub(super) fn write_all(writes: &[(String, String)]) -> io::Result<()> {
-    let mut conn = open()?;
+    write_all_on(&mut *open()?, writes)
+}
+
+/// [`write_all`] on an open connection.
+fn write_all_on(conn: &mut dyn Conn, writes: &[(String, String)]) -> io::Result<()> {
     let mut last = None;
     for _ in 0..ATTEMPTS {
-        match attempt(&mut *conn, writes) {
+        match attempt(conn, writes) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => last = Some(e),
             other => return other,
         }
     }
     Err(last.unwrap_or_else(|| io::Error::other("transaction never committed")))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixStream;
+    use std::time::Duration;
+
+    use rustbk_xenstored::{Server, XsClient};
+
+    use super::*;
+
+    #[test]
+    fn every_node_is_written_in_one_transaction_that_fires_watches() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::bind(&dir.path().join("xs.sock"))
+            .unwrap()
+            .spawn()
+            .unwrap();
+        let xs = XsClient::connect(server.socket_path()).unwrap();
+        xs.write("/be/state", "4").unwrap();
+        xs.watch("/be/state", "t").unwrap();
+        while xs.next_event(Duration::from_millis(200)).unwrap().is_some() {}
+        let mut conn = UnixStream::connect(server.socket_path()).unwrap();
+        let writes = [
+            ("/be/sectors".to_owned(), "65536".to_owned()),
+            ("/be/state".to_owned(), "4".to_owned()),
+        ];
+        write_all_on(&mut conn, &writes).unwrap();
+        assert_eq!(xs.read("/be/sectors").unwrap(), "65536");
+        assert_eq!(xs.read("/be/state").unwrap(), "4");
+        let ev = xs.next_event(Duration::from_secs(5)).unwrap();
+        assert_eq!(
+            ev.map(|e| e.path),
+            Some("/be/state".to_owned()),
+            "rewrite fires"
+        );
+    }
+
+    #[test]
+    fn a_refused_write_aborts_the_transaction_with_xenstoreds_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::bind(&dir.path().join("xs.sock"))
+            .unwrap()
+            .spawn()
+            .unwrap();
+        let xs = XsClient::connect(server.socket_path()).unwrap();
+        let mut conn = UnixStream::connect(server.socket_path()).unwrap();
+        let writes = [
+            ("/be/sectors".to_owned(), "1".to_owned()),
+            ("/be/bad!node".to_owned(), "x".to_owned()),
+        ];
+        let err = write_all_on(&mut conn, &writes).unwrap_err();
+        assert!(err.to_string().starts_with("xenstored says E"), "{err}");
+        assert_eq!(xs.try_read("/be/sectors").unwrap(), None, "aborted");
+    }
 }
