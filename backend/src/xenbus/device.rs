@@ -128,7 +128,7 @@ struct Device {
     reattach: bool,
     /// The disk's size in sectors, shared with every ring worker (raised by a resize).
     sectors: DiskSectors,
-    /// A smaller storage size already refused (logged once).
+    /// A storage size already refused or failed to take up (logged once).
     refused_size: Option<u64>,
 }
 

@@ -17,34 +17,35 @@ pub(super) const SIZE_CHECK_EVERY: std::time::Duration = std::time::Duration::fr
 
 impl Device {
     /// Takes up a size the image's storage got underneath (a raw file extended with `truncate
-    /// -s`, a block device that grew). A storage that shrank is refused: the disk keeps its
-    /// size and the refusal is logged once per size seen.
+    /// -s`, a block device that grew, a thin volume grown in its pool). A storage that shrank is
+    /// refused: the disk keeps its size. A refusal or a failure is logged once per size seen.
     pub(super) async fn check_storage_size(&mut self) -> Result<(), Error> {
         let Some(storage) = storage_size(&self.image).await else {
             return Ok(());
         };
         let g = self.image.geometry();
         let whole = storage - storage % u64::from(g.logical_sector_size.max(1));
-        if whole == g.size {
+        if whole == g.size || self.refused_size == Some(storage) {
             return Ok(());
         }
         if whole < g.size {
-            if self.refused_size != Some(storage) {
-                self.refused_size = Some(storage);
-                tracing::error!(
-                    old = g.size,
-                    storage,
-                    "the image shrank underneath the served disk; refusing to shrink it: the \
-                     guest keeps its size, and its I/O past the file's end fails"
-                );
-            }
+            self.refused_size = Some(storage);
+            tracing::error!(
+                old = g.size,
+                storage,
+                "the image shrank underneath the served disk; refusing to shrink it: the guest \
+                 keeps its size, and its I/O past the file's end fails"
+            );
             return Ok(());
         }
         match self.grow_to(whole).await {
             Ok(_) => Ok(()),
             Err(e @ Error::Xenstore { .. }) => Err(e),
             Err(e) => {
-                tracing::error!(error = %super::error_chain(&e), new = whole, "cannot take up the image's new size");
+                // Logged once for this size: the check runs every second.
+                self.refused_size = Some(storage);
+                let error = super::error_chain(&e);
+                tracing::error!(%error, new = whole, "cannot take up the image's new size");
                 Ok(())
             }
         }
