@@ -44,6 +44,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The device a command was meant for is no longer served.
+    #[error("The device is no longer served")]
+    DeviceGone,
     /// Starting the worker thread failed.
     #[error("Cannot start the ring worker")]
     Spawn(#[source] std::io::Error),
@@ -57,6 +60,7 @@ impl Error {
             | Error::Spawn(source)
             | Error::Journal { source, .. } => source.raw_os_error().unwrap_or(nix::libc::EIO),
             Error::BadNode { .. } => nix::libc::EINVAL,
+            Error::DeviceGone => nix::libc::ENODEV,
             Error::Image(e) => e.errno(),
             Error::Thin(e) => e.errno(),
             Error::Platform(_) | Error::Ring(_) => nix::libc::EIO,

@@ -56,6 +56,15 @@ pub enum Error {
         /// Size of the image in bytes.
         size: u64,
     },
+    /// Growing a served image to a smaller size: a served disk never shrinks (the guest may
+    /// keep data past the new end).
+    #[error("Shrinking a served disk is refused ({from} to {to} bytes): it can only grow")]
+    Shrink {
+        /// The size now, in bytes.
+        from: u64,
+        /// The size asked for, in bytes.
+        to: u64,
+    },
     /// A modifying op was sent to a read-only image.
     #[error("Image is read-only")]
     ReadOnly,
@@ -105,6 +114,7 @@ impl Error {
             Error::InvalidArgument(_) => libc::EINVAL,
             Error::QueueFull(_) => libc::EBUSY,
             Error::OutOfRange { .. } => libc::EINVAL,
+            Error::Shrink { .. } => libc::EINVAL,
             Error::ReadOnly => libc::EROFS,
             Error::InvalidImage(_) => libc::EIO,
             Error::UnsupportedFeature(_) => libc::EOPNOTSUPP,

@@ -308,6 +308,27 @@ pub trait BlockImage: Send + Sync {
     fn sync_metadata(&self) -> Result<(), Error>;
     /// The image's format.
     fn format(&self) -> Format;
+    /// Grows the image to `new_size` bytes while its queues may be serving it (an online
+    /// resize): the storage grows first (a raw file's length, a qcow2 image's L1 table and
+    /// header), then the size every queue checks ops against, so no queue takes an op past the
+    /// end the storage has. `new_size` must be a whole number of logical sectors and not below
+    /// the current size: shrinking is refused with [`Error::Shrink`]. A raw file that already
+    /// holds `new_size` bytes (extended by its owner) is not touched. The default refuses, for
+    /// formats that cannot grow while served.
+    fn grow(&self, new_size: u64) -> Result<(), Error> {
+        Err(Error::UnsupportedFeature(format!(
+            "growing a {:?} image while it is served (from {} to {new_size} bytes)",
+            self.format(),
+            self.geometry().size
+        )))
+    }
+    /// The size of the image's storage now, if it can change without [`grow`](Self::grow): a
+    /// raw file or block device its owner extended (`truncate -s`, `losetup -c`). `None` for
+    /// formats whose size only changes through `grow`. The backend polls it, as Linux blkback
+    /// checks its device's size, and grows the served disk to match.
+    fn storage_size(&self) -> Result<Option<u64>, Error> {
+        Ok(None)
+    }
 }
 
 /// `poll(2)` on `fds` plus `notifier`; which of `fds` are readable.

@@ -25,6 +25,7 @@ mod image;
 pub mod null;
 pub mod qcow2;
 pub mod raw;
+mod size;
 
 #[cfg(any(test, feature = "suite"))]
 pub mod suite;

@@ -86,6 +86,7 @@ impl Host {
     fn made(setup: Setup, make: impl FnOnce(&std::path::Path) -> PathBuf, daemon: bool) -> Host {
         let (tmp, _, mut cluster) = Self::base(&Setup {
             size: 4096,
+            backend_env: setup.backend_env.clone(),
             ..Setup::default()
         });
         let image = make(tmp.path());

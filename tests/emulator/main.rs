@@ -22,4 +22,5 @@ mod multiqueue;
 mod null;
 mod persistent;
 mod qcow2;
+mod resize;
 mod thin;

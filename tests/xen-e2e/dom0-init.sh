@@ -1,7 +1,7 @@
 #!/bin/busybox sh
 # PID 1 of the e2e dom0. Output goes to hvc0 -> Xen console -> com1 -> the QEMU serial log, where
 # run.sh collects E2E-PASS / E2E-FAIL / E2E-INFO / E2E-FIO lines and the E2E-DONE marker.
-# Phases: rustbk (a missing disk fails xl create fast, create, data, features, hot attach/detach, reboot, fio, shutdown, image check),
+# Phases: rustbk (a missing disk fails xl create fast, create, data, features, hot attach/detach, online resize, reboot, fio, shutdown, image check),
 # then the peers (kernel xen-blkback and QEMU qdisk) running the same fio job.
 /bin/busybox --install -s /bin
 set -u
@@ -160,6 +160,33 @@ phase_hotplug() {
   check_sector /data/hot.img 8 GUEST-WROTE-HOT "guest write to the hot-plugged disk landed in hot.img"
 }
 
+# Online resize: dom0 grows a served raw image with truncate -s; rustbk takes up the new size (it
+# checks once a second), writes `sectors` and rewrites `state` in one transaction as blkback does,
+# and the guest's blkfront sets the new capacity without a reboot.
+phase_resize() {
+  local be t0
+  make_image /data/grow.img 16 RUSTBK-E2E-GROW
+  guest_mark
+  timeout 90 xl block-attach g1 "$(rustbk_disk xvdd /data/grow.img)" > /tmp/attach.out 2>&1 \
+    || { fail "block-attach of the disk to grow"; cat /tmp/attach.out; return 1; }
+  wait_guest "G-EVENT grow-ready xvdd size=32768" 120 || { fail "guest did not see the 16 MiB disk to grow"; return 1; }
+  be=/local/domain/0/backend/vbd/$(xl domid g1)/51760
+  t0=$(up)
+  truncate -s 32M /data/grow.img || fail "truncate -s 32M /data/grow.img"
+  if wait_guest "G-EVENT grow-written xvdd size=65536" 200; then
+    pass "the guest saw xvdd grow from 16 to 32 MiB without a reboot"
+    info "online resize: the guest wrote past the old end $(since $t0)s after truncate -s"
+  else
+    fail "the guest never saw xvdd grow to 32 MiB"
+  fi
+  [ "$(xenstore-read $be/sectors 2>/dev/null)" = 65536 ] && pass "rustbk announced sectors=65536 after the image grew" \
+    || fail "backend sectors=$(xenstore-read $be/sectors 2>/dev/null) after the image grew"
+  grep -m1 "disk resized online" /var/log/rustbk.log | while read -r l; do info "rustbk: $l"; done
+  check_sector /data/grow.img 32776 GUEST-WROTE-GROWN "the guest's write past the old end landed in grow.img"
+  timeout 90 xl block-detach g1 xvdd > /dev/null 2>&1 || fail "block-detach of the grown disk"
+  rm -f /data/grow.img
+}
+
 phase_reboot() {
   local old=$(xl domid g1)
   guest_mark
@@ -211,6 +238,7 @@ phases_rustbk() {
   phase_missing_disk
   if phase_create; then
     phase_hotplug
+    phase_resize
     phase_reboot
     phase_fio_rustbk
   fi

@@ -4,6 +4,8 @@
 #   RUSTBK-E2E-DATA        fresh data disk: mkfs.ext4, write files + checksums, fsck, verify
 #   (ext4 holding /SUMS)   the same disk after a reboot: verify checksums, write one more file
 #   RUSTBK-E2E-HOT         hot-plugged disk: report the magic, write a marker at sector 8
+#   RUSTBK-E2E-GROW        disk dom0 grows online: report its size, wait for /sys/block to show a
+#                          larger one, write and read back a marker past the old end
 #   RUSTBK-E2E-FIO-<name>  benchmark disk: fio 4 KiB randread + randwrite, report IOPS
 # Lines for dom0 (which relays them to the serial log): G-PASS:, G-FAIL:, G-EVENT, G-FIO.
 /bin/busybox --install -s /bin
@@ -84,6 +86,28 @@ hot_disk() {
     && event "hot-written $1" || gfail "write to hot-plugged $1"
 }
 
+# Online resize: dom0 grows the image under the running guest; blkfront must set the new capacity
+# (/sys/block/$1/size) without a reboot, and the new sectors must take data.
+grow_disk() {
+  local n=$1 old new got i=0 marker=GUEST-WROTE-GROWN
+  old=$(cat /sys/block/$n/size)
+  event "grow-ready $n size=$old"
+  new=$old
+  while [ "$new" = "$old" ] && [ $i -lt 900 ]; do sleep 0.2; new=$(cat /sys/block/$n/size); i=$((i+1)); done
+  if [ "$new" = "$old" ]; then
+    gfail "the size of $n never changed from $old sectors"; event "grow-written $n size=$new"; return
+  fi
+  gpass "$n grew online from $old to $new sectors (/sys/block/$n/size)"
+  printf "$marker" | dd of=/dev/$n bs=512 seek=$((old + 8)) conv=notrunc,fsync 2>/dev/null \
+    || gfail "write past the old end of $n"
+  # Drop the page cache so that the read below goes to the backend.
+  sync; echo 3 > /proc/sys/vm/drop_caches
+  got=$(dd if=/dev/$n bs=512 skip=$((old + 8)) count=1 2>/dev/null | head -c ${#marker})
+  [ "$got" = "$marker" ] && gpass "wrote and read back a marker past the old end of $n" \
+    || gfail "marker past the old end of $n reads '$got'"
+  event "grow-written $n size=$new"
+}
+
 # IOPS of one fio job ($2 = randread|randwrite) on /dev/$1; empty on failure.
 fio_iops() {
   local field=8
@@ -112,6 +136,7 @@ new_disk() {
   case "$magic" in
     RUSTBK-E2E-DATA*) gpass "read the pattern in sector 0 of $n"; data_first $n ;;
     RUSTBK-E2E-HOT*) hot_disk $n "$magic" ;;
+    RUSTBK-E2E-GROW*) grow_disk $n ;;
     RUSTBK-E2E-FIO-*) fio_disk $n "${magic#RUSTBK-E2E-FIO-}" ;;
     *)
       if mount -t ext4 -o ro /dev/$n /mnt 2>/dev/null && [ -f /mnt/SUMS ]; then

@@ -10,8 +10,8 @@
 //! requests and reads one reply per request, in order.
 //!
 //! Each served device registers in the process's [`Registry`] and gets a [`DeviceControl`]:
-//! its counters, the status `list` shows, and the commands (`pause`, `unpause`, `close`) its
-//! state machine carries out.
+//! its counters, the status `list` shows, and the commands (`pause`, `unpause`, `close`,
+//! `resize`) its state machine carries out.
 
 mod metrics;
 mod proto;
@@ -20,5 +20,5 @@ mod server;
 
 pub use metrics::prometheus_text;
 pub use proto::{DeviceReport, Reply, Request};
-pub use registry::{Command, DeviceControl, DeviceStatus, Pending, Registry};
+pub use registry::{Answer, Command, DeviceControl, DeviceStatus, Pending, Registry, Resized};
 pub use server::{ControlSocket, disk_socket, guest_socket, serve, socket_paths};

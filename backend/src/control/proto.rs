@@ -33,6 +33,13 @@ pub enum Request {
         /// The device.
         devid: u32,
     },
+    /// Grow the disk online (see [`Command::Resize`](super::Command::Resize)).
+    Resize {
+        /// The device.
+        devid: u32,
+        /// The new size in bytes.
+        size: u64,
+    },
 }
 
 impl Request {
@@ -41,9 +48,10 @@ impl Request {
         match self {
             Request::List => None,
             Request::Stats { devid } => *devid,
-            Request::Pause { devid } | Request::Unpause { devid } | Request::Close { devid } => {
-                Some(*devid)
-            }
+            Request::Pause { devid }
+            | Request::Unpause { devid }
+            | Request::Close { devid }
+            | Request::Resize { devid, .. } => Some(*devid),
         }
     }
 }
@@ -59,6 +67,8 @@ pub enum Reply {
     },
     /// The command was carried out.
     Done,
+    /// The disk was resized.
+    Resized(super::Resized),
     /// The request failed.
     Error {
         /// Why.

@@ -18,6 +18,38 @@ pub enum Command {
     Unpause,
     /// Ask the frontend to close and stop serving.
     Close,
+    /// Grow the disk online to this many bytes, as Linux blkback does when its device grows:
+    /// the image grows first (raw: the file is extended unless it already holds the size;
+    /// qcow2: a larger L1 table and the header's size; a thin volume: in its pool), then the
+    /// size every ring worker checks requests against, and then, if a frontend is connected,
+    /// the new `sectors` (512-byte units) and `state` (Connected again) are written in one
+    /// xenstore transaction, so that blkfront re-reads `sectors` without a reboot. The size
+    /// must be a whole number of logical sectors. Shrinking is refused, and so are null disks,
+    /// block devices (grow the device: it is taken up within a second), a qcow2 image whose
+    /// backing file (or a thin volume whose origin) is larger, and a thin volume whose pool
+    /// the worker opened itself. A refused resize leaves the disk serving at its old size.
+    Resize(u64),
+}
+
+/// What an online resize did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Resized {
+    /// The disk's size before, in bytes.
+    pub old: u64,
+    /// The disk's size now, in bytes.
+    pub new: u64,
+    /// Announced to a connected frontend; false while none is connected (it reads the size
+    /// when it connects).
+    pub announced: bool,
+}
+
+/// The outcome of a command that was carried out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// Done.
+    Done,
+    /// The disk was resized.
+    Resized(Resized),
 }
 
 /// A command with the channel its outcome goes back on.
@@ -26,7 +58,7 @@ pub struct Pending {
     /// What to do.
     pub command: Command,
     /// The outcome: `Err` holds a message for the client.
-    pub reply: oneshot::Sender<Result<(), String>>,
+    pub reply: oneshot::Sender<Result<Answer, String>>,
 }
 
 /// What `list` shows of a device; kept up to date by its state machine.
@@ -119,7 +151,7 @@ impl Registry {
     }
 
     /// Hands `command` to device `devid`'s state machine and waits for the outcome.
-    pub async fn command(&self, devid: u32, command: Command) -> Result<(), String> {
+    pub async fn command(&self, devid: u32, command: Command) -> Result<Answer, String> {
         let (reply, outcome) = oneshot::channel();
         let sent = {
             let devices = lock(&self.0);

@@ -8,7 +8,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use super::proto::{Reply, Request};
-use super::registry::{Command, Registry};
+use super::registry::{Answer, Command, Registry};
 
 /// Longest request line a client may send.
 const MAX_LINE: usize = 4096;
@@ -146,8 +146,9 @@ async fn answer(registry: &Registry, line: &str) -> Reply {
         }
     };
     tracing::debug!(?request, "control request");
-    let done = |r: Result<(), String>| match r {
-        Ok(()) => Reply::Done,
+    let done = |r: Result<Answer, String>| match r {
+        Ok(Answer::Done) => Reply::Done,
+        Ok(Answer::Resized(r)) => Reply::Resized(r),
         Err(message) => Reply::Error { message },
     };
     match request {
@@ -166,5 +167,8 @@ async fn answer(registry: &Registry, line: &str) -> Reply {
         Request::Pause { devid } => done(registry.command(devid, Command::Pause).await),
         Request::Unpause { devid } => done(registry.command(devid, Command::Unpause).await),
         Request::Close { devid } => done(registry.command(devid, Command::Close).await),
+        Request::Resize { devid, size } => {
+            done(registry.command(devid, Command::Resize(size)).await)
+        }
     }
 }

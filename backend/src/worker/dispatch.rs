@@ -37,6 +37,8 @@ impl RingWorker<'_> {
     /// Starts a request: validates it against the disk and submits its first operation.
     fn start(&mut self, req: Request) {
         self.faults.check(&req);
+        // The size may have grown (an online resize) since the last request.
+        self.cfg.limits.sectors = self.cfg.sectors.get();
         let segments = match self.segments_of(&req) {
             Ok(segs) => segs,
             Err(bad) => return self.refuse(&bad),

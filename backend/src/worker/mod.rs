@@ -17,6 +17,7 @@ mod slots;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
 use rustbk_formats::ImageQueue;
@@ -48,8 +49,11 @@ pub struct WorkerConfig {
     pub devid: u32,
     /// Which of the device's rings (queues) this is; 0 with a single ring.
     pub queue: u32,
-    /// What requests may do.
+    /// What requests may do. Its `sectors` is replaced by [`WorkerConfig::sectors`] before
+    /// each request is validated.
     pub limits: DiskLimits,
+    /// The disk's size now, which an online resize raises while the worker runs.
+    pub sectors: DiskSectors,
     /// Keep up to this many grants mapped across requests (`feature-persistent` negotiated);
     /// 0 maps every request's pages afresh.
     pub persistent_grants: usize,
@@ -100,6 +104,31 @@ impl std::str::FromStr for DataPath {
             "copy" => Ok(DataPath::Copy),
             other => Err(format!("unknown data path {other:?} (map or copy)")),
         }
+    }
+}
+
+/// A disk's size in 512-byte sectors (always 512-byte units, as the ring's sector fields), shared
+/// by the control plane and every ring worker of the disk. An online resize raises it once the
+/// image has grown and before the new size is announced, and each worker reads it before it
+/// validates a request, so no request is checked against an older, smaller size after the
+/// guest could know the new one, and none against a size the image does not have.
+#[derive(Clone, Debug, Default)]
+pub struct DiskSectors(Arc<AtomicU64>);
+
+impl DiskSectors {
+    /// A size of `sectors`.
+    pub fn new(sectors: u64) -> DiskSectors {
+        DiskSectors(Arc::new(AtomicU64::new(sectors)))
+    }
+
+    /// The size now.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Sets the size (every worker sharing it sees it at its next request).
+    pub fn set(&self, sectors: u64) {
+        self.0.store(sectors, Ordering::Release);
     }
 }
 

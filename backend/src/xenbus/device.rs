@@ -1,4 +1,8 @@
-//! One device's state machine, driven by xenstore watches and worker exits.
+//! One device's state machine, driven by xenstore watches, worker exits, control commands
+//! ([`DeviceControl`]: pause, unpause, close, resize) and a once-a-second check of the image's
+//! size.
+
+mod resize;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,8 +23,8 @@ use super::keys::{
     publish_features, read_backend,
 };
 use super::{Store, XenbusState, fatal};
-use crate::control::{Command, DeviceControl, Pending};
-use crate::worker::{DataPath, RingResources, Worker, WorkerConfig, WorkerExit};
+use crate::control::{Answer, Command, DeviceControl, Pending};
+use crate::worker::{DataPath, DiskSectors, RingResources, Worker, WorkerConfig, WorkerExit};
 use crate::{Error, Stats};
 
 /// Whether persistently mapped pages are registered as io_uring fixed buffers by default.
@@ -138,6 +142,10 @@ struct Device {
     online: bool,
     /// The next connect takes over a ring a previous worker served (and its journal).
     reattach: bool,
+    /// The disk's size in sectors, shared with every ring worker (raised by a resize).
+    sectors: DiskSectors,
+    /// A storage size already refused or failed to take up (logged once).
+    refused_size: Option<u64>,
 }
 
 /// Serves one device until the toolstack takes it away (`online` 0 and the frontend closed),
@@ -182,6 +190,7 @@ async fn run_device_inner(
     let (exits, mut exit_rx) = mpsc::unbounded_channel();
     show_disk(&control, &info, &*image, &opts);
     let stats = Arc::clone(control.stats());
+    let sectors = DiskSectors::new(image.geometry().size / 512);
     let mut dev = Device {
         spec,
         store,
@@ -197,6 +206,8 @@ async fn run_device_inner(
         exits,
         online: true,
         reattach: false,
+        sectors,
+        refused_size: None,
     };
     if dev.reattaching().await? {
         // A restarted worker: the frontend is still connected to the ring, so publish the
@@ -213,6 +224,8 @@ async fn run_device_inner(
         .watch(&format!("{}/state", dev.info.frontend))
         .await?;
     let mut online_watch = dev.store.watch(&format!("{be}/online")).await?;
+    let mut size_check = tokio::time::interval(resize::SIZE_CHECK_EVERY);
+    size_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             ev = fe_watch.next() => match ev {
@@ -225,6 +238,7 @@ async fn run_device_inner(
             },
             Some(exit) = exit_rx.recv() => dev.on_worker_exit(exit).await?,
             Some(cmd) = dev.control.next_command() => dev.on_command(cmd).await?,
+            _ = size_check.tick() => dev.check_storage_size().await?,
         }
         if !dev.online && matches!(dev.state, XenbusState::Closed) {
             break;
@@ -419,6 +433,7 @@ impl Device {
             let res = attach_ring(&*self.platform, self.spec.domid, fr, &*self.image, journal)?;
             attached.push((fr, res));
         }
+        self.sectors.set(self.image.geometry().size / 512);
         let mut persistent = false;
         for (fr, res) in attached {
             persistent = self.start_worker(fr, res)?;
@@ -456,6 +471,7 @@ impl Device {
             devid: self.spec.devid,
             queue: fr.queue,
             limits,
+            sectors: self.sectors.clone(),
             persistent_grants,
             persistent_unused: self.opts.persistent_grant_unused,
             poll_us: self.opts.poll_us,
@@ -537,13 +553,15 @@ impl Device {
     /// Carries out a control command and sends its outcome back.
     async fn on_command(&mut self, pending: Pending) -> Result<(), Error> {
         tracing::info!(command = ?pending.command, "control command");
+        let done = |r: Result<(), CommandError>| r.map(|()| Answer::Done);
         let outcome = match pending.command {
-            Command::Pause => self.pause().await,
-            Command::Unpause => self.unpause().await,
-            Command::Close => self.close().await,
+            Command::Pause => done(self.pause().await),
+            Command::Unpause => done(self.unpause().await),
+            Command::Close => done(self.close().await),
+            Command::Resize(size) => self.resize(size).await.map(Answer::Resized),
         };
         let (reply, result) = match outcome {
-            Ok(()) => (Ok(()), Ok(())),
+            Ok(answer) => (Ok(answer), Ok(())),
             // A xenstore failure ends the device; the client hears why.
             Err(CommandError::Fatal(e)) => (Err(error_chain(&e)), Err(e)),
             Err(CommandError::Refused(why)) => (Err(why), Ok(())),
@@ -606,6 +624,18 @@ impl Device {
             return Ok(());
         }
         self.connect_or_close().await.map_err(CommandError::Fatal)
+    }
+
+    /// Grows the disk online (see [`Command::Resize`]); a refusal leaves it serving.
+    async fn resize(&mut self, size: u64) -> Result<crate::control::Resized, CommandError> {
+        self.grow_to(size).await.map_err(|e| match e {
+            e @ Error::Xenstore { .. } => CommandError::Fatal(e),
+            e => {
+                let why = error_chain(&e);
+                tracing::warn!(error = %why, new = size, "resize refused");
+                CommandError::Refused(why)
+            }
+        })
     }
 
     /// Asks the frontend to close and lets the device go once it has, as when the toolstack

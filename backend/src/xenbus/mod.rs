@@ -6,6 +6,11 @@
 //! size and go to Connected; follow the frontend to Closing and Closed (draining in-flight I/O
 //! first); and when a frontend starts again after Closed (guest reboot, kexec), go back to
 //! InitWait. A frontend whose ring keys are wrong gets an `error` node and Closing.
+//!
+//! Online resize, as blkback's `xen_vbd_resize`: when the image grows (its owner extended the
+//! file, checked once a second, or `rustbk ctl resize`), the ring workers' size is raised,
+//! then `sectors` is written and `state` rewritten as Connected in one transaction, so that
+//! blkfront re-reads `sectors`. Shrinking is refused.
 
 mod allowed;
 mod connect;
@@ -17,6 +22,7 @@ mod keys;
 mod state;
 mod store;
 mod thin;
+mod txn;
 
 pub use device::{
     BackendOptions, DEFAULT_FIXED_BUFFERS, DEFAULT_PERSISTENT_GRANT_UNUSED, DEFAULT_POLL_US,

@@ -135,6 +135,17 @@ impl Store {
         }
     }
 
+    /// Writes every `(path, value)` in one transaction (on a connection of its own, see the
+    /// `txn` module): a watcher of any of them reads all the new values or none.
+    pub async fn write_all(&self, writes: Vec<(String, String)>) -> Result<(), Error> {
+        let first = writes.first().map(|(p, _)| p.clone()).unwrap_or_default();
+        let done = tokio::task::spawn_blocking(move || super::txn::write_all(&writes))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|r| r);
+        done.map_err(xs_err("transaction", &first))
+    }
+
     /// Watches a node and its children; the stream yields changed paths.
     pub async fn watch(&self, path: &str) -> Result<Watch, Error> {
         let stream = self.0.watch(path).await.map_err(xs_err("watch", path))?;

@@ -55,3 +55,19 @@ pub(super) fn open(
     tracing::info!(pool = %pool.display(), volume, size, read_only = info.read_only, %cache, "thin volume opened");
     Ok(Arc::new(image))
 }
+
+/// Grows volume `volume` of the pool in directory `pool` to `size` bytes in the pool (the
+/// pool's own volume resize, as `rustbk thin resize` does), for an online resize of the served
+/// volume; a volume the pool already holds at that size or larger is left alone. Needs the
+/// pool service: a worker that opened the pool itself holds it locked.
+pub(super) fn grow_volume(pool: &Path, volume: &str, size: u64) -> Result<(), Error> {
+    let mut handle = PoolDir::new(pool).handle(PoolOptions::default())?;
+    let volumes = handle.volumes()?;
+    let id = resolve_volume(&volumes, volume)?;
+    let now = volumes.iter().find(|v| v.id == id).map(|v| v.record.size);
+    if now.is_some_and(|now| now < size) {
+        handle.resize_volume(id, size)?;
+        tracing::info!(pool = %pool.display(), volume = id, size, "thin volume grown in its pool");
+    }
+    Ok(())
+}

@@ -258,6 +258,24 @@ impl EngineFile {
         }
     }
 
+    /// Grows or shrinks a regular file to `len` bytes and makes the new length durable (new
+    /// bytes read as zeros). Refused on read-only files and on block devices, whose size is
+    /// theirs to change.
+    pub fn set_len(&self, len: u64) -> Result<(), Error> {
+        if self.read_only {
+            return Err(Error::ReadOnly);
+        }
+        if self.kind == FileKind::BlockDevice {
+            return Err(Error::InvalidArgument(format!(
+                "{} is a block device: grow the device itself",
+                self.path.display()
+            )));
+        }
+        self.buffered.set_len(len)?;
+        self.buffered.sync_all()?;
+        Ok(())
+    }
+
     /// Reads up to `buf.len()` bytes from offset 0 through the page cache (format probing).
     pub fn read_head(&self, buf: &mut [u8]) -> Result<usize, Error> {
         let mut got = 0;

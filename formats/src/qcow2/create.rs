@@ -13,7 +13,6 @@ use crate::confine::{Confinement, Named};
 use crate::image::{Format, OpenOptions};
 
 use super::header::{self, MAX_L1_BYTES, MAX_REFTABLE_BYTES, NewHeader};
-use super::metaio::MetaKind;
 use super::refcount::set_entry;
 
 /// The on-disk version, named like `qemu-img create -o compat=`.
@@ -211,65 +210,11 @@ pub fn resize(path: &Path, new_size: u64) -> Result<(), Error> {
         crate::CacheMode::Writeback,
     )?);
     let image = super::Qcow2Image::open(file, &opts, &mut super::Chain::default())?;
-    let old = image.geometry.size;
+    let old = image.size.get();
     if new_size < old || new_size % 512 != 0 || new_size > header::MAX_SIZE {
         return Err(arg(format!(
             "cannot resize from {old} to {new_size} bytes (grow only, multiple of 512)"
         )));
     }
-    let mut meta = super::read::lock(&image.meta)?;
-    meta.write_back()?;
-    let cs = meta.layout().cluster_size();
-    let needed = new_size.div_ceil(cs * (cs / 8));
-    if needed > meta.l1.len() as u64 {
-        grow_l1(&mut meta, needed)?;
-    }
-    meta.io.write(
-        MetaKind::Header,
-        header::SIZE_OFFSET,
-        &new_size.to_be_bytes(),
-    )?;
-    meta.io.sync()
-}
-
-fn grow_l1(meta: &mut super::meta::Meta, entries: u64) -> Result<(), Error> {
-    if entries * 8 > MAX_L1_BYTES {
-        return Err(arg(format!(
-            "an L1 table of {entries} entries is too large"
-        )));
-    }
-    let cs = meta.layout().cluster_size();
-    let clusters = (entries * 8).div_ceil(cs);
-    meta.free_hint = meta.file_size.div_ceil(cs);
-    let first = meta.alloc_cluster()?;
-    for i in 1..clusters {
-        if meta.alloc_cluster()? != first + i * cs {
-            return Err(Error::UnsupportedFeature(
-                "growing the L1 table across a new refcount block".to_owned(),
-            ));
-        }
-    }
-    let mut table = vec![0u8; small(clusters * cs)];
-    for (i, &e) in meta.l1.iter().enumerate() {
-        super::meta::put64(&mut table, i * 8, e);
-    }
-    meta.io.write(MetaKind::L1, first, &table)?;
-    meta.flush_refcounts()?;
-    meta.io.sync()?;
-    let mut fields = [0u8; 12];
-    fields[..4].copy_from_slice(&u32::try_from(entries).unwrap_or(0).to_be_bytes());
-    fields[4..].copy_from_slice(&first.to_be_bytes());
-    meta.io
-        .write(MetaKind::Header, header::L1_FIELDS_OFFSET, &fields)?;
-    meta.io.sync()?;
-    let old_offset = meta.l1_offset;
-    let old_clusters = (meta.l1.len() as u64 * 8).div_ceil(cs);
-    meta.l1.resize(small(entries), 0);
-    meta.l1_offset = first;
-    meta.set_reserved(u32::try_from(entries).unwrap_or(0));
-    if old_clusters > 0 {
-        meta.decrement(old_offset / cs, old_clusters)?;
-    }
-    meta.flush_refcounts()?;
-    Ok(())
+    super::grow::grow_metadata(&image, new_size)
 }

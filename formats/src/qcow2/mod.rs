@@ -36,6 +36,7 @@ pub mod check;
 mod compress;
 mod create;
 mod discard;
+mod grow;
 pub mod header;
 mod layout;
 pub mod map;
@@ -65,6 +66,7 @@ use crate::confine::{Confinement, Named};
 use crate::engine::{self, Engine, EngineFile, MAX_DEPTH};
 use crate::error::Error;
 use crate::image::{BlockImage, EngineKind, Features, Format, Geometry, ImageQueue, OpenOptions};
+use crate::size::SharedSize;
 
 use header::{Header, incompat};
 use meta::Meta;
@@ -101,6 +103,8 @@ pub struct Qcow2Image {
     header: Header,
     backing: Option<Arc<dyn BlockImage>>,
     geometry: Geometry,
+    /// The virtual size, shared with the queues (it grows with [`BlockImage::grow`]).
+    size: SharedSize,
     engine: EngineKind,
     read_only: bool,
 }
@@ -109,7 +113,7 @@ impl std::fmt::Debug for Qcow2Image {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Qcow2Image")
             .field("path", &self.file.path())
-            .field("size", &self.geometry.size)
+            .field("size", &self.size.get())
             .field("read_only", &self.read_only)
             .finish()
     }
@@ -163,6 +167,7 @@ impl Qcow2Image {
             header,
             backing,
             geometry,
+            size: SharedSize::new(geometry.size),
             engine,
             read_only,
         })
@@ -198,7 +203,7 @@ impl Qcow2Image {
             engine,
             self.meta.clone(),
             srcs,
-            self.geometry.size,
+            self.size.clone(),
             self.read_only,
             depth,
         )
@@ -280,7 +285,10 @@ fn clear_autoclear(io: &dyn MetaIo) -> Result<(), Error> {
 
 impl BlockImage for Qcow2Image {
     fn geometry(&self) -> Geometry {
-        self.geometry
+        Geometry {
+            size: self.size.get(),
+            ..self.geometry
+        }
     }
 
     fn features(&self) -> Features {
@@ -303,6 +311,10 @@ impl BlockImage for Qcow2Image {
 
     fn format(&self) -> Format {
         Format::Qcow2
+    }
+
+    fn grow(&self, new_size: u64) -> Result<(), Error> {
+        self.grow_served(new_size)
     }
 }
 

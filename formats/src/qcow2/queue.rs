@@ -30,6 +30,7 @@ use super::discard::{self, Zeroing};
 use super::meta::{Meta, wake};
 use super::read::{self, Alloc, Plan, Sources, lock};
 use super::write::{self, WriteSrc};
+use crate::size::SharedSize;
 
 enum Child {
     Io(IoOp),
@@ -50,7 +51,8 @@ pub struct Qcow2Queue {
     engine: Engine,
     meta: Arc<Mutex<Meta>>,
     srcs: Sources,
-    size: u64,
+    /// The image's virtual size now (it grows with the image).
+    size: SharedSize,
     read_only: bool,
     depth: usize,
     outstanding: usize,
@@ -70,7 +72,7 @@ impl Qcow2Queue {
         engine: Engine,
         meta: Arc<Mutex<Meta>>,
         srcs: Sources,
-        size: u64,
+        size: SharedSize,
         read_only: bool,
         depth: u32,
     ) -> Result<Qcow2Queue, Error> {
@@ -96,7 +98,7 @@ impl Qcow2Queue {
 
     /// Plans and launches `op` (or defers it, or completes it with an error).
     fn start(&mut self, op: IoOp, tag: u64) {
-        if let Some(error) = op.range_error(self.size) {
+        if let Some(error) = op.range_error(self.size.get()) {
             return self.finish_now(tag, Err(error));
         }
         if op.is_modifying() && self.read_only {

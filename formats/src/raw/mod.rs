@@ -7,7 +7,7 @@ mod tests;
 
 use std::os::fd::BorrowedFd;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::buffer::IoBuffers;
@@ -16,13 +16,18 @@ use crate::error::Error;
 use crate::image::{
     BlockImage, Completion, EngineKind, Features, Format, Geometry, ImageQueue, IoOp, OpenOptions,
 };
+use crate::size::{SharedSize, check_growth};
 
-/// A raw image. Its size is fixed at open time; ops beyond it fail, they never grow the file.
+/// A raw image. Ops beyond its size fail, they never grow the file; the size changes only
+/// through [`BlockImage::grow`] (which also takes up a file its owner extended).
 #[derive(Debug)]
 pub struct RawImage {
     file: Arc<EngineFile>,
     geometry: Geometry,
+    size: SharedSize,
     engine: EngineKind,
+    /// Held while growing: one resize at a time.
+    growing: Mutex<()>,
 }
 
 impl RawImage {
@@ -46,7 +51,9 @@ impl RawImage {
         Ok(RawImage {
             file,
             geometry,
+            size: SharedSize::new(size),
             engine,
+            growing: Mutex::new(()),
         })
     }
 
@@ -63,7 +70,10 @@ impl RawImage {
 
 impl BlockImage for RawImage {
     fn geometry(&self) -> Geometry {
-        self.geometry
+        Geometry {
+            size: self.size.get(),
+            ..self.geometry
+        }
     }
 
     fn features(&self) -> Features {
@@ -80,7 +90,7 @@ impl BlockImage for RawImage {
         let engine = Engine::new(self.file.clone(), self.engine, depth)?;
         Ok(Box::new(RawQueue {
             engine,
-            size: self.geometry.size,
+            size: self.size.clone(),
         }))
     }
 
@@ -92,19 +102,39 @@ impl BlockImage for RawImage {
     fn format(&self) -> Format {
         Format::Raw
     }
+
+    /// Extends the file to `new_size` bytes unless it already holds them (its owner extended
+    /// it), then serves the new size. A block device cannot be extended here, only taken up
+    /// once it has grown.
+    fn grow(&self, new_size: u64) -> Result<(), Error> {
+        let _one = self.growing.lock().unwrap_or_else(PoisonError::into_inner);
+        let old = self.size.get();
+        check_growth(old, new_size, self.geometry.logical_sector_size)?;
+        if self.file.size()? < new_size {
+            self.file.set_len(new_size)?;
+        }
+        self.size.set(new_size);
+        tracing::debug!(path = %self.file.path().display(), old, new = new_size, "raw image grown");
+        Ok(())
+    }
+
+    fn storage_size(&self) -> Result<Option<u64>, Error> {
+        self.file.size().map(Some)
+    }
 }
 
-/// A data-plane queue of a [`RawImage`]: the engine plus a bounds check.
+/// A data-plane queue of a [`RawImage`]: the engine plus a bounds check (against the image's
+/// size now, which grows with it).
 pub struct RawQueue {
     engine: Engine,
-    size: u64,
+    size: SharedSize,
 }
 
 impl RawQueue {}
 
 impl ImageQueue for RawQueue {
     fn submit(&mut self, op: IoOp, tag: u64) -> Result<(), Error> {
-        match op.range_error(self.size) {
+        match op.range_error(self.size.get()) {
             Some(error) => self.engine.fail(tag, error),
             None => self.engine.submit(op, tag),
         }

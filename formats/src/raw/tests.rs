@@ -611,3 +611,35 @@ fn the_sync_engine_has_no_fixed_buffers() {
             .expect("register")
     );
 }
+
+#[test]
+fn a_served_raw_image_grows_its_file_or_takes_up_a_file_grown_by_its_owner() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = new_image(&dir, 1 << 20);
+    let image = open_image(&path, Format::Raw, &OpenOptions::default()).expect("open");
+    let mut q = image.open_queue(DEPTH).expect("queue");
+    let page = vec![0x5a; 4096];
+    assert!(write_at(&mut *q, 1 << 20, &page).is_err(), "past the end");
+    // The owner extends the file: the storage shows it, the served size waits for `grow`.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|f| f.set_len(2 << 20))
+        .expect("extend");
+    assert_eq!(image.storage_size().expect("size"), Some(2 << 20));
+    assert_eq!(image.geometry().size, 1 << 20);
+    image.grow(2 << 20).expect("take up");
+    write_at(&mut *q, 1 << 20, &page).expect("write past the old end");
+    // Growing past the file extends it.
+    image.grow(3 << 20).expect("grow");
+    assert_eq!(std::fs::metadata(&path).expect("stat").len(), 3 << 20);
+    write_at(&mut *q, (3 << 20) - 4096, &page).expect("write at the new end");
+    assert_eq!(
+        read_at(&mut *q, (3 << 20) - 4096, 4096).expect("read"),
+        page
+    );
+    assert!(read_at(&mut *q, 3 << 20, 4096).is_err(), "past the new end");
+    assert!(matches!(image.grow(1 << 20), Err(Error::Shrink { .. })));
+    assert!(image.grow((3 << 20) + 100).is_err(), "not whole sectors");
+    assert_eq!(image.geometry().size, 3 << 20);
+}

@@ -133,8 +133,8 @@ impl Pool {
     }
 
     /// Sets the size of volume `id`. Shrinking unmaps the blocks past the new end and is
-    /// refused while the volume is served; a served volume sees a larger size when it is
-    /// opened again.
+    /// refused while the volume is served; a served volume takes up a larger size when its
+    /// [`ThinVolume`](crate::volume::ThinVolume) grows (the backend checks once a second).
     pub fn resize_volume(&self, id: u64, size: u64) -> Result<()> {
         let _admin = self.admin()?;
         {

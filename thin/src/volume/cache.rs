@@ -32,6 +32,13 @@ impl MapCache {
         }
     }
 
+    /// Raises the number of virtual blocks (the volume grew). Entries past the old end that a
+    /// chunk already holds stay unmapped, as they are in the pool: a volume's blocks past its
+    /// end are unmapped when it shrinks, and growing maps nothing.
+    pub fn grow(&mut self, nr_blocks: u64) {
+        self.nr_blocks = self.nr_blocks.max(nr_blocks);
+    }
+
     /// The mapping of `vblock`, loading its chunk from `port` if needed.
     pub fn get(&mut self, port: &mut dyn PoolPort, vblock: u64) -> Result<Option<Mapping>> {
         let index = vblock / CHUNK;

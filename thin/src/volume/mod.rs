@@ -7,6 +7,7 @@
 mod cache;
 mod claims;
 mod fill;
+mod grow;
 mod outage;
 mod plan;
 mod queue;
@@ -22,6 +23,7 @@ pub use queue::ThinQueue;
 
 use std::collections::HashSet;
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -87,6 +89,8 @@ pub struct ThinVolume {
     bells: Arc<Mutex<Vec<Arc<OwnedFd>>>>,
     data: Arc<EngineFile>,
     geometry: Geometry,
+    /// The size the queues serve, in bytes (it grows with [`BlockImage::grow`]).
+    size: Arc<AtomicU64>,
     opts: VolumeOptions,
 }
 
@@ -160,6 +164,7 @@ impl ThinVolume {
             core: Arc::new(Mutex::new(core)),
             bells,
             data,
+            size: Arc::new(AtomicU64::new(geometry.size)),
             geometry,
             opts,
         })
@@ -205,7 +210,9 @@ impl Core {
             return Err(Error::Busy("ops in flight on the volume".into()));
         }
         let old = &self.info;
-        if info.id != old.id || info.block_size != old.block_size || info.size != old.size {
+        // The pool may have grown the volume meanwhile (`rustbk thin resize`), never shrunk it
+        // (refused while served).
+        if info.id != old.id || info.block_size != old.block_size || info.size < old.size {
             return Err(Error::InvalidArgument(format!(
                 "the new port serves volume {} of {} bytes in blocks of {}",
                 info.id, info.size, info.block_size
@@ -407,7 +414,10 @@ impl ThinVolume {
 
 impl BlockImage for ThinVolume {
     fn geometry(&self) -> Geometry {
-        self.geometry
+        Geometry {
+            size: self.size.load(Ordering::Acquire),
+            ..self.geometry
+        }
     }
 
     fn features(&self) -> Features {
@@ -425,7 +435,7 @@ impl BlockImage for ThinVolume {
             self.bells.clone(),
             self.data.clone(),
             &self.opts,
-            (self.geometry.size, self.read_only()),
+            (self.size.clone(), self.read_only()),
             depth,
         )
         .map_err(to_formats)?;
@@ -442,6 +452,16 @@ impl BlockImage for ThinVolume {
 
     fn format(&self) -> Format {
         Format::Raw
+    }
+
+    fn grow(&self, new_size: u64) -> Result<(), rustbk_formats::Error> {
+        self.take_up(new_size)
+    }
+
+    /// The volume's size in the pool (asked of the pool, holding the volume's lock for one
+    /// call: `rustbk thin resize` may have grown it).
+    fn storage_size(&self) -> Result<Option<u64>, rustbk_formats::Error> {
+        self.pool_size().map(Some).map_err(to_formats)
     }
 }
 

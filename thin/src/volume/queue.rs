@@ -8,6 +8,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -45,7 +46,8 @@ pub struct ThinQueue {
     engine: Engine,
     core: Arc<Mutex<Core>>,
     bells: Arc<Mutex<Vec<Arc<OwnedFd>>>>,
-    size: u64,
+    /// The volume's size now (it grows with the volume).
+    size: Arc<AtomicU64>,
     read_only: bool,
     cache: CacheMode,
     depth: usize,
@@ -67,7 +69,7 @@ impl ThinQueue {
         bells: Arc<Mutex<Vec<Arc<OwnedFd>>>>,
         data: Arc<EngineFile>,
         opts: &super::VolumeOptions,
-        (size, read_only): (u64, bool),
+        (size, read_only): (Arc<AtomicU64>, bool),
         depth: u32,
     ) -> Result<ThinQueue> {
         if depth == 0 || depth > MAX_DEPTH {
@@ -111,7 +113,7 @@ impl ThinQueue {
     /// [`ThinQueue::start`] for an op that has waited for the pool service since
     /// `held_since`.
     fn start_held(&mut self, op: IoOp, tag: u64, held_since: Option<Instant>) {
-        if let Some(error) = op.range_error(self.size) {
+        if let Some(error) = op.range_error(self.size.load(Ordering::Acquire)) {
             return self.finish_now(tag, Err(error));
         }
         if op.is_modifying() && self.read_only {

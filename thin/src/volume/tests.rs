@@ -488,3 +488,49 @@ fn an_overwrite_in_an_o_dsync_mode_commits_nothing() {
         );
     }
 }
+
+#[test]
+fn a_served_volume_takes_up_the_size_its_pool_gave_it_and_never_shrinks() {
+    let t = new_pool(64 << 10, 64, PoolOptions::default());
+    let vol = t.volume(1, 2 * MIB);
+    let mut q = queue(&vol);
+    put(&mut *q, 2 * MIB - 4096, &[3; 4096]);
+    assert!(
+        suite::write_at(&mut *q, 2 * MIB, &[4; 4096]).is_err(),
+        "past the end"
+    );
+    assert_eq!(vol.storage_size().expect("size"), Some(2 * MIB));
+    // Not until the pool holds the size.
+    assert!(vol.grow(3 * MIB).is_err());
+    t.pool.resize_volume(1, 3 * MIB).expect("pool resize");
+    assert_eq!(vol.storage_size().expect("size"), Some(3 * MIB));
+    assert_eq!(
+        vol.geometry().size,
+        2 * MIB,
+        "served size follows only through grow"
+    );
+    vol.grow(3 * MIB).expect("grow");
+    assert_eq!(vol.geometry().size, 3 * MIB);
+    put(&mut *q, 2 * MIB, &[4; 4096]);
+    put(&mut *q, 3 * MIB - 4096, &[5; 4096]);
+    assert_eq!(get(&mut *q, 2 * MIB - 4096, 4096), vec![3; 4096]);
+    assert_eq!(get(&mut *q, 2 * MIB, 4096), vec![4; 4096]);
+    assert_eq!(
+        get(&mut *q, 3 * MIB - 8192, 4096),
+        vec![0; 4096],
+        "new area reads zeros"
+    );
+    assert!(
+        suite::read_at(&mut *q, 3 * MIB, 4096).is_err(),
+        "past the new end"
+    );
+    assert!(matches!(
+        vol.grow(MIB),
+        Err(rustbk_formats::Error::Shrink { .. })
+    ));
+    flush(&mut *q);
+    drop(q);
+    drop(vol);
+    t.pool.commit().expect("commit");
+    thin_check(&t.meta);
+}

@@ -127,6 +127,9 @@ pub struct Closed {
     pub frames: FrameAlloc,
 }
 
+/// The token of the watch a connected frontend keeps on the backend's `state`.
+const BACKEND_STATE_TOKEN: &str = "blkfront:backend-state";
+
 fn num<T: std::str::FromStr + Default>(xs: &XsClient, path: &str) -> Result<T, Error> {
     Ok(xs
         .try_read(path)?
@@ -182,6 +185,8 @@ impl Frontend {
         disk.persistent = disk.persistent && cfg.persistent;
         disk.queues = nqueues;
         xs.write(&format!("{fe}/state"), "4")?;
+        // As blkfront's xenbus driver watches the other end's state for as long as it is bound.
+        xs.watch(&format!("{be}/state"), BACKEND_STATE_TOKEN)?;
         Ok(Frontend {
             dom,
             xs,
@@ -344,6 +349,47 @@ impl Frontend {
         Ok(())
     }
 
+    /// Handles the backend state changes seen so far (waiting up to `timeout` for the first),
+    /// as Linux blkfront's watch on the backend's `state` does once connected: the backend
+    /// found Connected again (blkback re-announcing itself after an online resize) makes it
+    /// re-read `sectors` and take that as the disk's capacity (`blkfront_connect`,
+    /// `set_capacity`). Returns the new capacity in 512-byte sectors if it changed. A
+    /// `sectors` written without the `state` rewrite goes unnoticed, as in Linux.
+    pub fn check_backend(&mut self, timeout: Duration) -> Result<Option<u64>, Error> {
+        let mut changed = None;
+        let mut wait = timeout;
+        while let Some(ev) = self.xs.next_event(wait)? {
+            wait = Duration::ZERO;
+            if ev.token != BACKEND_STATE_TOKEN || self.backend_state()? != 4 {
+                continue;
+            }
+            let sectors: u64 = num(&self.xs, &format!("{}/sectors", self.be))?;
+            if sectors != self.disk.sectors {
+                tracing::info!(old = self.disk.sectors, new = sectors, "setting capacity");
+                self.disk.sectors = sectors;
+                changed = Some(sectors);
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Handles backend state changes (see [`check_backend`](Self::check_backend)) until the
+    /// disk's capacity is `sectors` (512-byte units), or fails after `timeout`.
+    pub fn wait_for_capacity(&mut self, sectors: u64, timeout: Duration) -> Result<(), Error> {
+        let deadline = std::time::Instant::now() + timeout;
+        while self.disk.sectors != sectors {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(Error::Timeout(format!(
+                    "capacity {sectors} sectors (still {})",
+                    self.disk.sectors
+                )));
+            }
+            self.check_backend(left.min(Duration::from_millis(200)))?;
+        }
+        Ok(())
+    }
+
     /// The backend's current state number (0 if unreadable).
     pub fn backend_state(&self) -> Result<u8, Error> {
         num(&self.xs, &format!("{}/state", self.be))
@@ -381,6 +427,9 @@ impl Frontend {
 
     /// Frees the ring's grants, port and frames without any handshake.
     pub fn release(mut self) -> Closed {
+        let _ = self
+            .xs
+            .unwatch(&format!("{}/state", self.be), BACKEND_STATE_TOKEN);
         for pool in std::mem::take(&mut self.retired) {
             if pool.release(&self.dom, &mut self.frames).is_err() {
                 tracing::warn!("buffer grants still mapped after close; leaking them");

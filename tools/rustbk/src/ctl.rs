@@ -72,6 +72,18 @@ pub enum CtlCommand {
     /// Stop serving a device: its frontend is asked to close, as when the toolstack takes the
     /// disk offline.
     Close(DeviceArg),
+    /// Grow a served disk online to SIZE (bytes, or with a suffix: 40G): the image grows
+    /// first (raw file, qcow2 L1 table and header, thin volume in its pool), then the guest is
+    /// told, as Linux blkback does. Shrinking is refused. A raw file grown underneath
+    /// (`truncate -s`) is taken up within a second without this command.
+    Resize {
+        /// The device.
+        #[command(flatten)]
+        device: DeviceArg,
+        /// The new size.
+        #[arg(value_parser = crate::cli::parse_size)]
+        size: u64,
+    },
     /// Every device's counters in Prometheus' text format.
     Metrics,
     /// Stop worker processes (SIGTERM, then wait for them to exit): the guest's or every
@@ -110,6 +122,10 @@ pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
         CtlCommand::Unpause(d) => command(dir, &d, |devid| Request::Unpause { devid }),
         CtlCommand::Close(d) => command(dir, &d, |devid| Request::Close { devid }),
         CtlCommand::Stop { domid, .. } => stop(dir, domid),
+        CtlCommand::Resize { device, size } => {
+            let devid = device.devid;
+            command(dir, &device, |_| Request::Resize { devid, size })
+        }
         CtlCommand::Metrics => {
             let devices = gather(dir, &Request::Stats { devid: None })?;
             print!("{}", prometheus_text(&devices));
@@ -167,7 +183,7 @@ fn gather(dir: &Path, request: &Request) -> anyhow::Result<Vec<DeviceReport>> {
         match conn.ask(request)? {
             Reply::Devices { devices } => out.extend(devices),
             Reply::Error { message } => bail!("{}: {message}", path.display()),
-            Reply::Done => bail!("{}: unexpected reply", path.display()),
+            Reply::Done | Reply::Resized(_) => bail!("{}: unexpected reply", path.display()),
         }
     }
     out.sort_by_key(|d| (d.domid, d.devid));
@@ -179,6 +195,15 @@ fn command(dir: &Path, dev: &DeviceArg, make: impl Fn(u32) -> Request) -> anyhow
     let path = find_worker(dir, dev)?;
     match Connection::open(&path)?.ask(&make(dev.devid))? {
         Reply::Done => Ok(ExitCode::SUCCESS),
+        Reply::Resized(r) => {
+            let told = if r.announced {
+                "the guest was told"
+            } else {
+                "no frontend connected"
+            };
+            println!("resized from {} to {} bytes ({told})", r.old, r.new);
+            Ok(ExitCode::SUCCESS)
+        }
         Reply::Error { message } => bail!("domid {} devid {}: {message}", dev.domid, dev.devid),
         Reply::Devices { .. } => bail!("{}: unexpected reply", path.display()),
     }

@@ -435,3 +435,49 @@ fn writes_racing_into_clusters_being_allocated_all_land() {
         );
     }
 }
+
+#[test]
+fn a_served_image_grows_and_its_open_queues_reach_the_new_end() {
+    let (_dir, path) = temp("live.qcow2");
+    let o = CreateOptions {
+        cluster_size: 4096,
+        ..CreateOptions::default()
+    };
+    // 4 KiB clusters: one L1 entry maps 2 MiB, so 3 MiB -> 40 MiB needs a larger L1 table.
+    create(&path, 3 << 20, &o).expect("create");
+    let image = open_image(&path, Format::Qcow2, &opts(false, EngineKind::Auto)).expect("open");
+    let mut q = image.open_queue(4).expect("queue");
+    write_at(&mut *q, (3 << 20) - 8192, &pattern(7, 8192)).expect("write");
+    assert!(
+        write_at(&mut *q, 3 << 20, &pattern(9, 4096)).is_err(),
+        "past the old end"
+    );
+    assert!(matches!(
+        image.grow(1 << 20),
+        Err(crate::Error::Shrink { .. })
+    ));
+    image.grow(40 << 20).expect("grow");
+    assert_eq!(image.geometry().size, 40 << 20);
+    write_at(&mut *q, 3 << 20, &pattern(9, 4096)).expect("write past the old end");
+    write_at(&mut *q, (40 << 20) - 4096, &pattern(8, 4096)).expect("write at the new end");
+    assert!(
+        write_at(&mut *q, 40 << 20, &pattern(8, 4096)).is_err(),
+        "past the new end"
+    );
+    assert_bytes(
+        &read_at(&mut *q, (3 << 20) - 8192, 8192).expect("read"),
+        &pattern(7, 8192),
+        "kept",
+    );
+    drop(q);
+    drop(image);
+    check_clean(&path);
+    let raw = qemu_raw(&path);
+    assert_eq!(raw.len(), 40 << 20);
+    assert_bytes(
+        &raw[3 << 20..(3 << 20) + 4096],
+        &pattern(9, 4096),
+        "old end",
+    );
+    assert_bytes(&raw[(40 << 20) - 4096..], &pattern(8, 4096), "new end");
+}
