@@ -11,6 +11,7 @@
 pub mod daemon;
 mod error;
 pub mod lock;
+pub mod qos;
 pub mod stats;
 pub mod worker;
 pub mod xenbus;

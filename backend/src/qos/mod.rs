@@ -1,0 +1,193 @@
+//! Quality of service: I/O limits per disk, in the manner of QEMU's throttling.
+//!
+//! * [`QosLimits`]: the six limits QEMU knows (`iops-total`, `iops-read`, `iops-write`,
+//!   `bps-total`, `bps-read`, `bps-write`), each with a burst (`-max`, `-max-length`), and
+//!   `iops-size`, by QEMU's names and with QEMU's checks.
+//! * [`Throttle`]: the leaky buckets of one disk (see `bucket.rs` for the algorithm), shared
+//!   by the disk's rings: a multi-queue disk has one limit, not one per queue.
+//! * [`DiskQos`]: the limits of one disk as its rings see them, changed while it is served
+//!   ([`DiskQos::set_limits`]); [`QosRegistry`] finds it by guest and device.
+//!
+//! A disk without limits has no throttle at all: its rings never touch shared state for a
+//! request. A ring of a limited disk asks the throttle before it starts each read, write or
+//! discard; when over the limit it keeps that one request, stops taking requests off the ring
+//! (they wait there, as in a busy disk) and sleeps until the throttle says the request may go.
+
+mod bucket;
+mod limits;
+mod throttle;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Instant;
+
+pub use limits::{BucketKind, BucketLimit, QosLimits, VALUE_MAX, key_names};
+use rustbk_ring::DomId;
+pub use throttle::{Cost, Throttle};
+
+/// The limits of one disk, read by its ring workers and changed by the control plane.
+///
+/// Workers look at [`DiskQos::generation`] once per loop round (one relaxed load of a value
+/// written only when the limits change) and take the new throttle when it moved.
+#[derive(Debug)]
+pub struct DiskQos {
+    generation: AtomicU64,
+    current: Mutex<Current>,
+}
+
+#[derive(Debug)]
+struct Current {
+    limits: QosLimits,
+    throttle: Option<Arc<Throttle>>,
+}
+
+impl DiskQos {
+    /// The QoS of a disk with `limits` (checked).
+    pub fn new(limits: QosLimits) -> Result<Arc<DiskQos>, String> {
+        limits.validate()?;
+        Ok(Arc::new(DiskQos {
+            generation: AtomicU64::new(0),
+            current: Mutex::new(Current {
+                throttle: new_throttle(&limits),
+                limits,
+            }),
+        }))
+    }
+
+    /// Replaces the limits while the disk is served; every ring applies them before its next
+    /// request. The buckets start empty, as QEMU's do after `block_set_io_throttle`. The
+    /// reason if the limits are not valid (then nothing changes).
+    ///
+    /// This is what a control command (`rustbk ctl qos`) calls; the backend calls it when the
+    /// disk's `qos/` keys change in xenstore.
+    pub fn set_limits(&self, limits: QosLimits) -> Result<(), String> {
+        limits.validate()?;
+        let mut cur = self.lock();
+        cur.throttle = new_throttle(&limits);
+        cur.limits = limits;
+        // Under the lock: a worker that sees the new generation reads the new throttle.
+        self.generation.fetch_add(1, Ordering::Release);
+        Ok(())
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> QosLimits {
+        self.lock().limits
+    }
+
+    /// A number that changes whenever the limits do.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The throttle in force (`None`: unlimited) and the generation it belongs to.
+    pub fn throttle(&self) -> (u64, Option<Arc<Throttle>>) {
+        let cur = self.lock();
+        (self.generation(), cur.throttle.clone())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Current> {
+        self.current.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn new_throttle(limits: &QosLimits) -> Option<Arc<Throttle>> {
+    (!limits.is_unlimited()).then(|| Arc::new(Throttle::new(limits, Instant::now())))
+}
+
+/// The disks a backend process serves, by guest and device number, to change their limits
+/// from outside the xenbus state machine (a control socket). Clones share the same table.
+#[derive(Clone, Default)]
+pub struct QosRegistry {
+    disks: Arc<Mutex<HashMap<(u16, u32), Weak<DiskQos>>>>,
+}
+
+impl std::fmt::Debug for QosRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QosRegistry")
+            .field("disks", &self.devices().len())
+            .finish()
+    }
+}
+
+impl QosRegistry {
+    /// Records the QoS of disk `devid` of guest `domid` (replacing an earlier one).
+    pub fn register(&self, domid: DomId, devid: u32, qos: &Arc<DiskQos>) {
+        let mut map = self.lock();
+        map.retain(|_, w| w.strong_count() > 0);
+        map.insert((domid.0, devid), Arc::downgrade(qos));
+    }
+
+    /// The QoS of a served disk.
+    pub fn get(&self, domid: DomId, devid: u32) -> Option<Arc<DiskQos>> {
+        self.lock().get(&(domid.0, devid)).and_then(Weak::upgrade)
+    }
+
+    /// Every disk served now, sorted.
+    pub fn devices(&self) -> Vec<(DomId, u32)> {
+        let map = self.lock();
+        let mut out: Vec<(DomId, u32)> = map
+            .iter()
+            .filter(|(_, w)| w.strong_count() > 0)
+            .map(|((d, v), _)| (DomId(*d), *v))
+            .collect();
+        out.sort_by_key(|(d, v)| (d.0, *v));
+        out
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(u16, u32), Weak<DiskQos>>> {
+        self.disks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unlimited_disk_has_no_throttle_and_a_change_moves_the_generation() {
+        let qos = DiskQos::new(QosLimits::default()).unwrap();
+        let (g0, t) = qos.throttle();
+        assert!(t.is_none());
+        let limited = QosLimits::parse_list("iops-total=100").unwrap();
+        qos.set_limits(limited).unwrap();
+        let (g1, t) = qos.throttle();
+        assert_ne!(g0, g1);
+        assert!(t.is_some());
+        assert_eq!(qos.limits(), limited);
+        qos.set_limits(QosLimits::default()).unwrap();
+        assert!(qos.throttle().1.is_none());
+    }
+
+    #[test]
+    fn invalid_limits_change_nothing() {
+        let limited = QosLimits::parse_list("iops-total=100").unwrap();
+        let qos = DiskQos::new(limited).unwrap();
+        let g = qos.generation();
+        let mut bad = limited;
+        bad.set("iops-read", "5").unwrap();
+        let err = qos.set_limits(bad).unwrap_err();
+        assert!(err.contains("cannot be combined"), "{err}");
+        assert_eq!((qos.generation(), qos.limits()), (g, limited));
+        assert!(DiskQos::new(bad).is_err());
+    }
+
+    #[test]
+    fn the_registry_finds_served_disks_and_forgets_dropped_ones() {
+        let reg = QosRegistry::default();
+        let a = DiskQos::new(QosLimits::default()).unwrap();
+        let b = DiskQos::new(QosLimits::default()).unwrap();
+        reg.register(DomId(2), 51712, &a);
+        reg.clone().register(DomId(1), 51728, &b);
+        assert_eq!(reg.devices(), vec![(DomId(1), 51728), (DomId(2), 51712)]);
+        let found = reg.get(DomId(2), 51712).unwrap();
+        found
+            .set_limits(QosLimits::parse_list("bps-read=4096").unwrap())
+            .unwrap();
+        assert!(!a.limits().is_unlimited(), "the same disk");
+        drop(b);
+        assert!(reg.get(DomId(1), 51728).is_none());
+        assert_eq!(reg.devices(), vec![(DomId(2), 51712)]);
+    }
+}
