@@ -197,9 +197,12 @@ impl QosLimits {
     }
 
     /// Limits from `key=value` pairs separated by commas (`iops-total=500,bps-read=1048576`),
-    /// checked.
+    /// checked; `none` (what [`QosLimits`] prints without limits) or nothing: no limits.
     pub fn parse_list(text: &str) -> Result<QosLimits, String> {
         let mut limits = QosLimits::default();
+        if text.trim() == "none" {
+            return Ok(limits);
+        }
         limits.merge_list(text)?;
         limits.validate()?;
         Ok(limits)
@@ -386,6 +389,7 @@ mod tests {
         let none = QosLimits::parse_list("").expect("empty");
         assert!(none.is_unlimited());
         assert_eq!(none.to_string(), "none");
+        assert_eq!(QosLimits::parse_list("none"), Ok(none));
         // A size without any rate limits nothing.
         assert!(
             QosLimits::parse_list("iops-size=4096")

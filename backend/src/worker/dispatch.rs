@@ -10,6 +10,7 @@ use rustbk_ring::{
 };
 
 use super::order::{Exclusive, Stage, WriteData};
+use super::qos::Deferred;
 use super::ring_loop::RingWorker;
 use super::slots::{Slot, SlotKind};
 use crate::Stats;
@@ -19,7 +20,9 @@ impl RingWorker<'_> {
     pub(super) fn handle(&mut self, decoded: Result<Request, BadRequest>) {
         match decoded {
             Err(bad) => self.refuse(&bad),
-            Ok(req) if self.order.exclusive.is_some() => self.order.held.push_back(req),
+            Ok(req) if self.order.exclusive.is_some() || !self.order.held.is_empty() => {
+                self.order.held.push_back(req)
+            }
             Ok(req) => self.start(req),
         }
     }
@@ -39,13 +42,53 @@ impl RingWorker<'_> {
         if let Err(bad) = rustbk_ring::validate(&req, &segments, &self.cfg.limits) {
             return self.refuse(&bad);
         }
+        if !self.may_start(&req, &segments) {
+            let segments = segments.into_owned();
+            self.deferred = Some(Deferred { req, segments });
+            return;
+        }
+        self.dispatch(req, &segments);
+    }
+
+    /// Whether the disk's limits let a validated request start now (always while stopping:
+    /// a request taken off the ring is answered before the ring goes away).
+    fn may_start(&mut self, req: &Request, segments: &[Segment]) -> bool {
+        self.stopping || self.qos.admit(req, segments)
+    }
+
+    /// Starts the request the limits held back if they allow it now; true if it started.
+    pub(super) fn resume(&mut self) -> bool {
+        let Some(held) = self.deferred.take() else {
+            return false;
+        };
+        if !self.may_start(&held.req, &held.segments) {
+            self.deferred = Some(held);
+            return false;
+        }
+        self.dispatch(held.req, &held.segments);
+        true
+    }
+
+    /// Starts the requests held behind a finished exclusive request, in ring order, until
+    /// another exclusive request or the limits hold the next one back.
+    pub(super) fn start_held(&mut self) {
+        while self.order.exclusive.is_none() && self.deferred.is_none() {
+            let Some(req) = self.order.held.pop_front() else {
+                break;
+            };
+            self.start(req);
+        }
+    }
+
+    /// Submits the first operation of a validated request the limits let through.
+    fn dispatch(&mut self, req: Request, segments: &[Segment]) {
         match req {
             Request::Rw {
                 id, op: rw, sector, ..
             }
             | Request::Indirect {
                 id, op: rw, sector, ..
-            } => self.start_rw(id, rw, sector.0, &segments),
+            } => self.start_rw(id, rw, sector.0, segments),
             Request::Discard {
                 id,
                 sector,
@@ -317,8 +360,9 @@ impl RingWorker<'_> {
         self.respond(slot.id, slot.op, st);
     }
 
-    /// Starts whatever was waiting: ready flushes, the exclusive request's next step, and held
-    /// requests once the exclusive one is answered.
+    /// Starts whatever was waiting: ready flushes, the exclusive request's next step, the
+    /// request the limits held back if they allow it now, and held requests once the exclusive
+    /// one is answered.
     pub(super) fn release_waiters(&mut self) {
         while let Some(f) = self.order.pop_ready_flush() {
             self.submit(
@@ -344,12 +388,8 @@ impl RingWorker<'_> {
                 self.submit(IoOp::Flush, slot);
             }
         }
-        while self.order.exclusive.is_none() {
-            let Some(req) = self.order.held.pop_front() else {
-                break;
-            };
-            self.start(req);
-        }
+        self.resume();
+        self.start_held();
     }
 
     fn advance_exclusive(&mut self, st: i16) {

@@ -4,12 +4,15 @@
 //! The thread sleeps in `poll(2)` on three descriptors: the event channel (new requests), the
 //! image queue's completion notifier, and a stop doorbell. Each wake-up pulls every pending
 //! request (copied out of the ring once and validated), submits their I/O as one batch, reaps
-//! completions, publishes responses and notifies the frontend only when it asked for it.
+//! completions, publishes responses and notifies the frontend only when it asked for it. A
+//! disk with I/O limits holds back the request that would exceed them and sleeps until it may
+//! start (see [`crate::qos`]).
 
 mod dispatch;
 mod fault;
 mod order;
 mod persistent;
+mod qos;
 mod ring_loop;
 mod slots;
 
@@ -55,6 +58,8 @@ pub struct WorkerConfig {
     pub persistent_unused: Option<std::time::Duration>,
     /// Microseconds to busy-poll for work before sleeping (0: never poll).
     pub poll_us: u32,
+    /// The disk's I/O limits, shared by its rings and changed while it is served.
+    pub qos: Arc<crate::qos::DiskQos>,
 }
 
 /// Longest thread name Linux keeps (`comm`, 16 bytes with the NUL); longer names are cut.

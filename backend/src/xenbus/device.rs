@@ -17,7 +17,9 @@ use super::journal::{open_journal, remove_journals};
 use super::keys::{
     BackendInfo, Disk, discard_offered, publish_disk, publish_features, read_backend,
 };
+use super::qos::{apply_qos_change, read_qos};
 use super::{Store, XenbusState, fatal};
+use crate::qos::{DiskQos, QosLimits, QosRegistry};
 use crate::worker::{RingResources, Worker, WorkerConfig, WorkerExit};
 use crate::{Error, Stats};
 
@@ -82,6 +84,10 @@ pub struct BackendOptions {
     /// The rustbk executable that starts a pool service (`rustbk thin serve`) for a thin
     /// volume's pool when none serves it; `None`: the worker opens the pool itself.
     pub thin_service: Option<PathBuf>,
+    /// The I/O limits of disks whose backend directory has no `qos/` key.
+    pub qos: QosLimits,
+    /// Where every served disk's limits are found, to change them from a control socket.
+    pub qos_registry: QosRegistry,
 }
 
 impl Default for BackendOptions {
@@ -100,6 +106,8 @@ impl Default for BackendOptions {
             backing_dirs: Vec::new(),
             journal_dir: PathBuf::from("/run/rustbk"),
             thin_service: None,
+            qos: QosLimits::default(),
+            qos_registry: QosRegistry::default(),
         }
     }
 }
@@ -111,6 +119,10 @@ struct Device {
     opts: BackendOptions,
     info: BackendInfo,
     image: Arc<dyn BlockImage>,
+    /// The disk's I/O limits, shared with its ring workers.
+    qos: Arc<DiskQos>,
+    /// A bad change of the `qos/` keys is reported in the `error` node.
+    qos_error: bool,
     state: XenbusState,
     /// One worker per connected ring, with the ring's own counters.
     workers: Vec<(Worker, Arc<Stats>)>,
@@ -152,13 +164,14 @@ async fn run_device_inner(
         tracing::info!("device is offline (being removed); not serving it");
         return Ok(());
     }
-    let (info, image) = match read_and_open(&store, &be, &opts).await {
+    let (info, image, qos) = match read_and_open(&store, &be, &opts).await {
         Ok(opened) => opened,
         Err(e) => {
             fatal::fail_unserved(&store, &be, &e).await?;
             return Err(e);
         }
     };
+    opts.qos_registry.register(spec.domid, spec.devid, &qos);
     let (exits, mut exit_rx) = mpsc::unbounded_channel();
     let mut dev = Device {
         spec,
@@ -167,6 +180,8 @@ async fn run_device_inner(
         opts,
         info,
         image,
+        qos,
+        qos_error: false,
         state: XenbusState::Unknown,
         workers: Vec::new(),
         stats,
@@ -189,6 +204,7 @@ async fn run_device_inner(
         .watch(&format!("{}/state", dev.info.frontend))
         .await?;
     let mut online_watch = dev.store.watch(&format!("{be}/online")).await?;
+    let mut qos_watch = dev.store.watch(&format!("{be}/qos")).await?;
     loop {
         tokio::select! {
             ev = fe_watch.next() => match ev {
@@ -197,6 +213,10 @@ async fn run_device_inner(
             },
             ev = online_watch.next() => match ev {
                 Some(_) => dev.on_online_change().await?,
+                None => break,
+            },
+            ev = qos_watch.next() => match ev {
+                Some(_) => dev.on_qos_change().await?,
                 None => break,
             },
             Some(exit) = exit_rx.recv() => dev.on_worker_exit(exit).await?,
@@ -210,15 +230,22 @@ async fn run_device_inner(
     Ok(())
 }
 
-/// What the toolstack asked for, and the image opened accordingly.
+/// What the toolstack asked for, the image opened accordingly, and the disk's limits.
 async fn read_and_open(
     store: &Store,
     be: &str,
     opts: &BackendOptions,
-) -> Result<(BackendInfo, Arc<dyn BlockImage>), Error> {
+) -> Result<(BackendInfo, Arc<dyn BlockImage>, Arc<DiskQos>), Error> {
     let info = read_backend(store, be).await?;
+    let limits = read_qos(store, be, &opts.qos).await?;
+    let qos = DiskQos::new(limits).map_err(|why| Error::BadNode {
+        path: format!("{be}/qos"),
+        value: limits.to_string(),
+        why,
+    })?;
     let image = open(&info, opts)?;
-    Ok((info, image))
+    tracing::info!(qos = %limits, "QoS limits");
+    Ok((info, image, qos))
 }
 
 fn open(info: &BackendInfo, opts: &BackendOptions) -> Result<Arc<dyn BlockImage>, Error> {
@@ -353,6 +380,7 @@ impl Device {
     async fn connect(&mut self) -> Result<(), Error> {
         // Only the first connect after a restart takes over the old ring, whatever happens.
         let reattach = std::mem::take(&mut self.reattach);
+        self.refresh_qos().await?;
         let rings = read_frontend_rings(&self.store, &self.info.frontend, &self.opts).await?;
         // Map every ring before any worker starts: a bad ring leaves nothing running.
         let mut attached = Vec::with_capacity(rings.len());
@@ -374,7 +402,8 @@ impl Device {
         .await?;
         if let Some(fr) = rings.first() {
             let (abi, queues) = (fr.abi.protocol_name(), rings.len());
-            tracing::info!(queues, order = fr.order, abi, persistent, "rings connected");
+            let qos = self.qos.limits();
+            tracing::info!(queues, order = fr.order, abi, persistent, %qos, "rings connected");
         }
         Ok(())
     }
@@ -398,6 +427,7 @@ impl Device {
             persistent_grants,
             persistent_unused: self.opts.persistent_grant_unused,
             poll_us: self.opts.poll_us,
+            qos: Arc::clone(&self.qos),
         };
         let exits = self.exits.clone();
         let on_exit = move |exit: &WorkerExit| {
@@ -462,6 +492,32 @@ impl Device {
             self.set_state(XenbusState::Closed).await?;
         }
         Ok(())
+    }
+
+    /// Reads the `qos/` keys at connect: bad ones refuse the connection, as at start.
+    async fn refresh_qos(&mut self) -> Result<(), Error> {
+        let limits = read_qos(&self.store, &self.spec.backend_path, &self.opts.qos).await?;
+        self.qos_error = false;
+        if limits != self.qos.limits() {
+            self.qos.set_limits(limits).map_err(|why| Error::BadNode {
+                path: format!("{}/qos", self.spec.backend_path),
+                value: limits.to_string(),
+                why,
+            })?;
+        }
+        Ok(())
+    }
+
+    async fn on_qos_change(&mut self) -> Result<(), Error> {
+        let be = &self.spec.backend_path;
+        apply_qos_change(
+            &self.store,
+            be,
+            &self.opts.qos,
+            &self.qos,
+            &mut self.qos_error,
+        )
+        .await
     }
 
     async fn on_worker_exit(&mut self, exit: WorkerExit) -> Result<(), Error> {

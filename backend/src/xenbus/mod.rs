@@ -13,6 +13,7 @@ mod fatal;
 mod guest;
 mod journal;
 mod keys;
+mod qos;
 mod state;
 mod store;
 mod thin;
