@@ -30,6 +30,8 @@ pub struct Setup {
     pub backend_env: Vec<(&'static str, String)>,
     /// `params` as written, instead of the image's path (e.g. `null:64M`).
     pub params: Option<String>,
+    /// The `qos/` keys of the backend directory.
+    pub qos: Vec<(String, String)>,
 }
 
 impl Default for Setup {
@@ -43,6 +45,7 @@ impl Default for Setup {
             cache_mode: None,
             backend_env: Vec::new(),
             params: None,
+            qos: Vec::new(),
         }
     }
 }
@@ -383,6 +386,7 @@ pub fn spec_for(setup: &Setup, domid: DomId, image: &std::path::Path) -> VbdSpec
         read_only: setup.read_only,
         discard: setup.discard,
         cache_mode: setup.cache_mode.clone(),
+        qos: setup.qos.clone(),
         ..VbdSpec::rustbk(domid, XVDA, params)
     }
 }

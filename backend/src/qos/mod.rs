@@ -96,11 +96,14 @@ fn new_throttle(limits: &QosLimits) -> Option<Arc<Throttle>> {
     (!limits.is_unlimited()).then(|| Arc::new(Throttle::new(limits, Instant::now())))
 }
 
+/// Served disks by guest and device number.
+type DiskTable = HashMap<(u16, u32), Weak<DiskQos>>;
+
 /// The disks a backend process serves, by guest and device number, to change their limits
 /// from outside the xenbus state machine (a control socket). Clones share the same table.
 #[derive(Clone, Default)]
 pub struct QosRegistry {
-    disks: Arc<Mutex<HashMap<(u16, u32), Weak<DiskQos>>>>,
+    disks: Arc<Mutex<DiskTable>>,
 }
 
 impl std::fmt::Debug for QosRegistry {
@@ -136,7 +139,7 @@ impl QosRegistry {
         out
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(u16, u32), Weak<DiskQos>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, DiskTable> {
         self.disks.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
