@@ -1,5 +1,6 @@
 //! The data path: one thread per ring (one per queue of a multi-queue device), driving its own
-//! image queue; the rings of a device share no lock on the request path.
+//! image queue; the rings of a device share no lock on the request path (but the throttle of a
+//! disk with I/O limits).
 //!
 //! The thread sleeps in `poll(2)` on three descriptors: the event channel (new requests), the
 //! image queue's completion notifier, and a stop doorbell. Each wake-up pulls every pending
