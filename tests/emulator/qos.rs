@@ -339,3 +339,32 @@ fn daemon_qos_defaults_limit_disks_without_keys_only() {
     let mut gb = Guest::from_parts(front, cfg);
     assert_rate(&mut gb, 2, 800.0);
 }
+
+#[test]
+fn demo_with_qos_runs_its_disk_at_the_limit() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rustbk"))
+        .args([
+            "demo",
+            "--qos",
+            "iops-total=400",
+            "--duration=3",
+            "--size=64m",
+            "--qd=8",
+        ])
+        .output()
+        .expect("run rustbk demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let iops: f64 = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("IOPS"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no IOPS line: {stdout}"));
+    eprintln!("demo --qos iops-total=400: {iops} IOPS");
+    assert!((iops - 400.0).abs() <= 40.0, "{stdout}");
+}

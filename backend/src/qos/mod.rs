@@ -60,7 +60,9 @@ impl DiskQos {
     /// reason if the limits are not valid (then nothing changes).
     ///
     /// This is what a control command (`rustbk ctl qos`) calls; the backend calls it when the
-    /// disk's `qos/` keys change in xenstore.
+    /// disk's `qos/` keys change in xenstore, and at each connect, so limits set here last
+    /// until the keys next change or the frontend reconnects. A ring holding back a request
+    /// sleeps at most a second, so a new limit reaches it within a second at worst.
     pub fn set_limits(&self, limits: QosLimits) -> Result<(), String> {
         limits.validate()?;
         let mut cur = self.lock();
