@@ -39,6 +39,8 @@ pub struct Stats {
     pub persistent_purged: AtomicU64,
     /// Persistent grants unmapped after going unused for too long.
     pub persistent_unused_unmapped: AtomicU64,
+    /// Requests the disk's I/O limits held back before they started (each counted once).
+    pub qos_held: AtomicU64,
     /// The counters of the device's connected rings, summed into every snapshot.
     queues: Mutex<Vec<Arc<Stats>>>,
 }
@@ -72,6 +74,8 @@ pub struct StatsSnapshot {
     pub persistent_purged: u64,
     /// See [`Stats::persistent_unused_unmapped`].
     pub persistent_unused_unmapped: u64,
+    /// See [`Stats::qos_held`].
+    pub qos_held: u64,
 }
 
 impl Stats {
@@ -118,6 +122,7 @@ impl Stats {
             &self.persistent_unused_unmapped,
             s.persistent_unused_unmapped,
         );
+        add(&self.qos_held, s.qos_held);
     }
 
     fn lock_queues(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Stats>>> {
@@ -147,6 +152,7 @@ impl Stats {
             persistent_misses: get(&self.persistent_misses),
             persistent_purged: get(&self.persistent_purged),
             persistent_unused_unmapped: get(&self.persistent_unused_unmapped),
+            qos_held: get(&self.qos_held),
         }
     }
 }
@@ -172,6 +178,7 @@ impl std::ops::Add for StatsSnapshot {
             persistent_unused_unmapped: self
                 .persistent_unused_unmapped
                 .wrapping_add(o.persistent_unused_unmapped),
+            qos_held: self.qos_held.wrapping_add(o.qos_held),
         }
     }
 }
@@ -188,6 +195,7 @@ mod tests {
         Stats::add(&q1.reads, 4);
         Stats::add(&q1.bytes_written, 4096);
         Stats::add(&q1.persistent_cached, 2);
+        Stats::add(&q1.qos_held, 5);
         assert_eq!(dev.snapshot().reads, 7);
         assert_eq!(dev.snapshot().bytes_written, 4096);
         Stats::sub(&q1.persistent_cached, 2);
@@ -195,8 +203,8 @@ mod tests {
         Stats::add(&q0.reads, 1);
         let s = dev.snapshot();
         assert_eq!(
-            (s.reads, s.bytes_written, s.persistent_cached),
-            (8, 4096, 0)
+            (s.reads, s.bytes_written, s.persistent_cached, s.qos_held),
+            (8, 4096, 0, 5)
         );
         dev.retire(&q0);
         assert_eq!(dev.snapshot().reads, 8);

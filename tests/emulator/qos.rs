@@ -377,7 +377,7 @@ fn demo_with_qos_runs_its_disk_at_the_limit() {
 /// data; a verifying workload with flushes over two limited queues finds no mismatch.
 #[test]
 fn a_limited_disk_keeps_barrier_order_and_verified_data() {
-    let host = Host::new(Setup {
+    let mut host = Host::new(Setup {
         qos: qos(&[("iops-total", "10")]),
         ..Setup::default()
     });
@@ -416,6 +416,16 @@ fn a_limited_disk_keeps_barrier_order_and_verified_data() {
         );
     }
     g.front.close().unwrap();
+    // The backend's counters, logged when it exits, count the requests held back.
+    host.cluster.remove_disk(&host.spec).unwrap();
+    let log = host.backend_log();
+    let held: u64 = log
+        .split("qos_held: ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no qos_held in the stats: {log}"));
+    assert!(held >= 4, "{held} requests held back");
     // Verified random reads and writes with flushes over two queues sharing a limit.
     // On a raw image (a null disk reads zeros).
     let host = Host::new(Setup {

@@ -43,6 +43,7 @@ impl RingWorker<'_> {
             return self.refuse(&bad);
         }
         if !self.may_start(&req, &segments) {
+            Stats::add(&self.stats.qos_held, 1);
             let segments = segments.into_owned();
             self.deferred = Some(Deferred { req, segments });
             return;
