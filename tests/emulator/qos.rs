@@ -156,17 +156,29 @@ fn measure_beside(
     (limited, n, cpu)
 }
 
-/// The neighbour beside the limited disk kept at least 60% of its slower solo rate: the
-/// machine is shared and noisy, but a neighbour held to the limit would be far below.
+/// The neighbour's workload: `block`-byte random reads paced at `rate` a second, several
+/// times the limit. Paced rather than as fast as it can: the machine has two cores shared with
+/// other tests running at the same time, so an unpaced rate measures them as much as rustbk,
+/// while a paced one is reached whenever the neighbour is not held back, and a neighbour held
+/// to the other disk's limit would fall far below it.
+fn paced(block: usize, rate: u32) -> Workload {
+    Workload {
+        rate: Some(rate),
+        ..reads(block, 16, MEASURE)
+    }
+}
+
+/// The neighbour beside the limited disk kept at least 85% of its slower solo rate, which
+/// was well above the limit.
 fn assert_not_slowed(n: &Neighbour, limit_iops: f64) {
     let solo = n.before.iops.min(n.after.iops);
     assert!(
-        solo > 5.0 * limit_iops,
+        solo > 3.0 * limit_iops,
         "the neighbour alone ({solo:.0} IOPS) must be well above the limit ({limit_iops:.0}) \
          for the comparison to mean anything: {n:?}"
     );
     assert!(
-        n.beside.iops >= 0.6 * solo,
+        n.beside.iops >= 0.85 * solo,
         "the neighbour was slowed: {:.0} IOPS beside the limited disk, {solo:.0} alone: {n:?}",
         n.beside.iops
     );
@@ -184,7 +196,7 @@ fn assert_sleeps(cpu: f64, secs: f64) {
 fn an_iops_limit_holds_within_5_percent_over_10_s_and_the_neighbour_keeps_its_rate() {
     let mut host = limited_host(&[("iops-total", "1000")]);
     let limited_w = reads(4096, 16, MEASURE);
-    let neighbour_w = reads(4096, 16, MEASURE);
+    let neighbour_w = paced(4096, 6000);
     let (limited, n, cpu) =
         measure_beside(&mut host, &limited_w, &neighbour_w, Duration::from_secs(3));
     let err = (limited.iops - 1000.0).abs() / 1000.0;
@@ -200,22 +212,23 @@ fn an_iops_limit_holds_within_5_percent_over_10_s_and_the_neighbour_keeps_its_ra
 
 #[test]
 fn a_bandwidth_limit_holds_within_5_percent_over_10_s_and_the_neighbour_keeps_its_rate() {
-    let limit = 8u64 << 20;
+    let limit = 4u64 << 20;
     let mut host = limited_host(&[("bps-total", &limit.to_string())]);
     let limited_w = reads(64 << 10, 8, MEASURE);
-    let neighbour_w = reads(64 << 10, 8, MEASURE);
+    // 640 requests of 64 KiB a second: 40 MiB/s.
+    let neighbour_w = paced(64 << 10, 640);
     let (limited, n, cpu) =
         measure_beside(&mut host, &limited_w, &neighbour_w, Duration::from_secs(3));
     let want = limit as f64;
     let err = (limited.bandwidth - want).abs() / want;
     assert!(
         err <= TOLERANCE,
-        "{:.3} MiB/s against a limit of 8 MiB/s ({:.1}% off): {limited:?}",
+        "{:.3} MiB/s against a limit of 4 MiB/s ({:.1}% off): {limited:?}",
         limited.bandwidth / 1_048_576.0,
         err * 100.0
     );
-    // 8 MiB/s of 64 KiB reads is 128 requests a second.
-    assert_not_slowed(&n, 128.0);
+    // 4 MiB/s of 64 KiB reads is 64 requests a second.
+    assert_not_slowed(&n, 64.0);
     assert_sleeps(cpu, limited.seconds);
 }
 
