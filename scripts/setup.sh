@@ -15,7 +15,7 @@ CACHE=${RUSTBK_CACHE:-/var/cache/rustbk}
 # Peers and build tools: gcc/-m32 against Xen's headers, Debian's xenstore CLI, fio, loop devices,
 # the host side of tests/xen-e2e (kmod's depmod, mkfs.ext4, cpio), and thin-provisioning-tools
 # 0.9 (C++, /usr/sbin/thin_check ...) for the thin pool's interop tests.
-PACKAGES=(libxen-dev gcc gcc-multilib xenstore-utils fio util-linux kmod e2fsprogs cpio
+PACKAGES=(libxen-dev gcc gcc-multilib xenstore-utils fio util-linux kmod e2fsprogs cpio systemd man-db
   thin-provisioning-tools)
 QEMU_PACKAGES=(qemu-utils qemu-system-x86 qemu-system-common qemu-system-data)
 
@@ -212,7 +212,27 @@ install_thin_tools_11() {
   say "thin-provisioning-tools $("$CACHE/thin-tools/current/thin_check" -V) (trixie) in $(readlink -f "$CACHE/thin-tools/current")"
 }
 
+# cargo-deb builds the Debian package (scripts/package.sh): a pinned version, built once into
+# $CACHE/cargo-deb/<version> (about 5 minutes), never into the repository or ~/.cargo.
+CARGO_DEB_VERSION=3.8.0
+
+install_cargo_deb() {
+  local root=$CACHE/cargo-deb/$CARGO_DEB_VERSION
+  if [ ! -x "$root/bin/cargo-deb" ]; then
+    say "building cargo-deb $CARGO_DEB_VERSION into $root"
+    $SUDO mkdir -p "$CACHE/cargo-deb"
+    $SUDO rm -rf "$root.tmp"
+    $SUDO cargo install --quiet --locked --version "$CARGO_DEB_VERSION" --root "$root.tmp" cargo-deb ||
+      die "cargo install cargo-deb $CARGO_DEB_VERSION failed: is crates.io reachable?"
+    $SUDO rm -rf "$root"
+    $SUDO mv "$root.tmp" "$root"
+  fi
+  "$root/bin/cargo-deb" --version >/dev/null || die "$root/bin/cargo-deb does not run"
+  say "$("$root/bin/cargo-deb" --version) in $root"
+}
+
 install_packages
+install_cargo_deb
 install_qemu
 check_qemu_tools
 check_thin_tools_09

@@ -16,6 +16,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --workspace 2>&1 | tee /tmp/rustbk-test.log
 grep -q "test result: FAILED" /tmp/rustbk-test.log && exit 1
+echo "== Debian package (cargo-deb): contents, conffile, unit, man pages"
+bash tests/package/check.sh
 echo "== soak, short setting (32 emulated guests under the daemon for 90 s with faults)"
 bash scripts/soak.sh --short
 echo "== real Xen end to end (Xen 4.17 + Linux dom0 + Linux PV guest under QEMU TCG)"

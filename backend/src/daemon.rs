@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 
 use crate::Error;
 use crate::lock::GuestLock;
-use crate::xenbus::{Store, backend_root, claimed_devices};
+use crate::xenbus::{ClaimRules, Store, backend_root, claimed_devices};
 
 /// Restarts allowed per guest within [`RESTART_WINDOW`].
 pub const MAX_RESTARTS: usize = 5;
@@ -42,6 +42,8 @@ pub struct DaemonConfig {
     pub lock_dir: PathBuf,
     /// The worker command for a guest.
     pub worker: WorkerCommand,
+    /// Which disks are ours.
+    pub claim: ClaimRules,
 }
 
 #[derive(Default)]
@@ -81,7 +83,11 @@ async fn reconcile(
         };
         let domid = DomId(id);
         let g = guests.entry(id).or_default();
-        if g.running || claimed_devices(store, root, domid).await?.is_empty() {
+        if g.running
+            || claimed_devices(store, root, domid, &cfg.claim)
+                .await?
+                .is_empty()
+        {
             continue;
         }
         if GuestLock::is_held(&cfg.lock_dir, domid).unwrap_or(false) {

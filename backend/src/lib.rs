@@ -11,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod control;
 pub mod daemon;
 mod error;
 pub mod lock;

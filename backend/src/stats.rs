@@ -7,75 +7,128 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
-/// Counters of one device or of one of its rings. Relaxed atomics: they are statistics, not
-/// synchronisation. Aligned so that two rings' counters never share a cache line.
-#[derive(Debug, Default)]
-#[repr(align(128))]
-pub struct Stats {
-    /// Completed read requests.
-    pub reads: AtomicU64,
-    /// Completed write requests (including barrier/flush requests with data).
-    pub writes: AtomicU64,
-    /// Completed flush and barrier requests.
-    pub flushes: AtomicU64,
-    /// Completed discard requests.
-    pub discards: AtomicU64,
-    /// Bytes read for the guest.
-    pub bytes_read: AtomicU64,
-    /// Bytes written for the guest.
-    pub bytes_written: AtomicU64,
-    /// Requests answered with an error (bad requests and failed I/O).
-    pub errors: AtomicU64,
-    /// Requests refused as malformed or not allowed.
-    pub bad_requests: AtomicU64,
-    /// Grants kept mapped as persistent grants now, over every ring.
-    pub persistent_cached: AtomicU64,
-    /// Data pages found among the persistent grants.
-    pub persistent_hits: AtomicU64,
-    /// Data pages not found among the persistent grants (mapped then).
-    pub persistent_misses: AtomicU64,
-    /// Persistent grants unmapped to make room for others (least recently used first).
-    pub persistent_purged: AtomicU64,
-    /// Persistent grants unmapped after going unused for too long.
-    pub persistent_unused_unmapped: AtomicU64,
-    /// Requests the disk's I/O limits held back before they started (each counted once).
-    pub qos_held: AtomicU64,
-    /// The counters of the device's connected rings, summed into every snapshot.
-    queues: Mutex<Vec<Arc<Stats>>>,
+/// Buckets of the latency histogram: bucket 0 counts requests answered in under 1 µs, bucket
+/// `i` those answered in `[2^(i-1), 2^i)` µs, and the last one everything slower (from about
+/// 4.2 s).
+pub const LATENCY_BUCKETS: usize = 24;
+
+/// The histogram bucket of a request answered after `elapsed`.
+pub fn latency_bucket(elapsed: Duration) -> usize {
+    let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+    let bits = (u64::BITS - us.leading_zeros()) as usize;
+    bits.min(LATENCY_BUCKETS - 1)
 }
 
-/// A plain copy of the counters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct StatsSnapshot {
-    /// See [`Stats::reads`].
-    pub reads: u64,
-    /// See [`Stats::writes`].
-    pub writes: u64,
-    /// See [`Stats::flushes`].
-    pub flushes: u64,
-    /// See [`Stats::discards`].
-    pub discards: u64,
-    /// See [`Stats::bytes_read`].
-    pub bytes_read: u64,
-    /// See [`Stats::bytes_written`].
-    pub bytes_written: u64,
-    /// See [`Stats::errors`].
-    pub errors: u64,
-    /// See [`Stats::bad_requests`].
-    pub bad_requests: u64,
-    /// See [`Stats::persistent_cached`].
-    pub persistent_cached: u64,
-    /// See [`Stats::persistent_hits`].
-    pub persistent_hits: u64,
-    /// See [`Stats::persistent_misses`].
-    pub persistent_misses: u64,
-    /// See [`Stats::persistent_purged`].
-    pub persistent_purged: u64,
-    /// See [`Stats::persistent_unused_unmapped`].
-    pub persistent_unused_unmapped: u64,
-    /// See [`Stats::qos_held`].
-    pub qos_held: u64,
+/// The upper bound of bucket `i` in microseconds (exclusive); `None` for the last bucket.
+pub fn latency_bucket_limit_us(i: usize) -> Option<u64> {
+    (i + 1 < LATENCY_BUCKETS).then(|| 1u64 << i)
+}
+
+/// Declares the counters once: the atomic [`Stats`], the plain [`StatsSnapshot`], and the
+/// field-by-field reading and summing.
+macro_rules! counters {
+    ($($(#[doc = $doc:literal])* $name:ident,)*) => {
+        /// Counters of one device or of one of its rings. Relaxed atomics: they are
+        /// statistics, not synchronisation. Aligned so that two rings' counters never share a
+        /// cache line.
+        #[derive(Debug, Default)]
+        #[repr(align(128))]
+        pub struct Stats {
+            $($(#[doc = $doc])* pub $name: AtomicU64,)*
+            /// Requests answered, by latency from leaving the ring to their response (see
+            /// [`latency_bucket`]).
+            pub latency: [AtomicU64; LATENCY_BUCKETS],
+            /// The counters of the device's connected rings, summed into every snapshot.
+            queues: Mutex<Vec<Arc<Stats>>>,
+        }
+
+        /// A plain copy of the counters.
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+        pub struct StatsSnapshot {
+            $($(#[doc = $doc])* pub $name: u64,)*
+            /// See [`Stats::latency`].
+            pub latency_us: [u64; LATENCY_BUCKETS],
+        }
+
+        impl Stats {
+            /// This struct's own counters, without its rings'.
+            fn own(&self) -> StatsSnapshot {
+                let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+                StatsSnapshot {
+                    $($name: get(&self.$name),)*
+                    latency_us: std::array::from_fn(|i| get(&self.latency[i])),
+                }
+            }
+
+            /// Adds `s` to these counters.
+            fn absorb(&self, s: &StatsSnapshot) {
+                $(Stats::add(&self.$name, s.$name);)*
+                for (c, n) in self.latency.iter().zip(s.latency_us) {
+                    Stats::add(c, n);
+                }
+            }
+        }
+
+        impl std::ops::Add for StatsSnapshot {
+            type Output = StatsSnapshot;
+
+            /// Field by field, wrapping (counters of one device never come near `u64::MAX`).
+            fn add(self, o: StatsSnapshot) -> StatsSnapshot {
+                StatsSnapshot {
+                    $($name: self.$name.wrapping_add(o.$name),)*
+                    latency_us: std::array::from_fn(|i| {
+                        self.latency_us[i].wrapping_add(o.latency_us[i])
+                    }),
+                }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Completed read requests.
+    reads,
+    /// Completed write requests (including barrier/flush requests with data).
+    writes,
+    /// Completed flush and barrier requests.
+    flushes,
+    /// Completed discard requests.
+    discards,
+    /// Bytes read for the guest.
+    bytes_read,
+    /// Bytes written for the guest.
+    bytes_written,
+    /// Requests answered with an error (bad requests and failed I/O).
+    errors,
+    /// Requests refused as malformed or not allowed.
+    bad_requests,
+    /// Requests taken off the ring (tap-ctl's requests in).
+    requests,
+    /// Responses put on the ring (tap-ctl's requests out).
+    responses,
+    /// Notifications from the guest that found work pending (kicks in).
+    kicks_in,
+    /// Notifications sent to the guest (kicks out).
+    kicks_out,
+    /// Times the worker found every ring slot holding an unanswered request: the guest had
+    /// to wait for a free slot (the ring's out-of-requests events).
+    ring_full,
+    /// Grants kept mapped as persistent grants now, over every ring.
+    persistent_cached,
+    /// Data pages found among the persistent grants.
+    persistent_hits,
+    /// Data pages not found among the persistent grants (mapped then).
+    persistent_misses,
+    /// Persistent grants unmapped to make room for others (least recently used first).
+    persistent_purged,
+    /// Persistent grants unmapped after going unused for too long.
+    persistent_unused_unmapped,
+    /// Requests the disk's I/O limits held back before they started (each counted once).
+    qos_held,
+    /// The latencies of every answered request added up, in microseconds.
+    latency_us_sum,
 }
 
 impl Stats {
@@ -92,6 +145,13 @@ impl Stats {
         }
     }
 
+    /// Counts one request answered `elapsed` after it left the ring.
+    pub(crate) fn answered_after(&self, elapsed: Duration) {
+        Stats::add(&self.latency[latency_bucket(elapsed)], 1);
+        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        Stats::add(&self.latency_us_sum, us);
+    }
+
     /// New counters for one ring of this device, included in its snapshots until retired.
     pub fn queue(&self) -> Arc<Stats> {
         let q = Arc::new(Stats::default());
@@ -104,25 +164,7 @@ impl Stats {
     pub fn retire(&self, queue: &Arc<Stats>) {
         let mut queues = self.lock_queues();
         queues.retain(|q| !Arc::ptr_eq(q, queue));
-        let s = queue.own();
-        let add = |c: &AtomicU64, n: u64| Stats::add(c, n);
-        add(&self.reads, s.reads);
-        add(&self.writes, s.writes);
-        add(&self.flushes, s.flushes);
-        add(&self.discards, s.discards);
-        add(&self.bytes_read, s.bytes_read);
-        add(&self.bytes_written, s.bytes_written);
-        add(&self.errors, s.errors);
-        add(&self.bad_requests, s.bad_requests);
-        add(&self.persistent_cached, s.persistent_cached);
-        add(&self.persistent_hits, s.persistent_hits);
-        add(&self.persistent_misses, s.persistent_misses);
-        add(&self.persistent_purged, s.persistent_purged);
-        add(
-            &self.persistent_unused_unmapped,
-            s.persistent_unused_unmapped,
-        );
-        add(&self.qos_held, s.qos_held);
+        self.absorb(&queue.own());
     }
 
     fn lock_queues(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Stats>>> {
@@ -134,58 +176,45 @@ impl Stats {
         let queues = self.lock_queues();
         queues.iter().fold(self.own(), |sum, q| sum + q.snapshot())
     }
-
-    /// This struct's own counters, without its rings'.
-    fn own(&self) -> StatsSnapshot {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        StatsSnapshot {
-            reads: get(&self.reads),
-            writes: get(&self.writes),
-            flushes: get(&self.flushes),
-            discards: get(&self.discards),
-            bytes_read: get(&self.bytes_read),
-            bytes_written: get(&self.bytes_written),
-            errors: get(&self.errors),
-            bad_requests: get(&self.bad_requests),
-            persistent_cached: get(&self.persistent_cached),
-            persistent_hits: get(&self.persistent_hits),
-            persistent_misses: get(&self.persistent_misses),
-            persistent_purged: get(&self.persistent_purged),
-            persistent_unused_unmapped: get(&self.persistent_unused_unmapped),
-            qos_held: get(&self.qos_held),
-        }
-    }
 }
 
-impl std::ops::Add for StatsSnapshot {
-    type Output = StatsSnapshot;
+impl StatsSnapshot {
+    /// 512-byte sectors read (blkback's `rd_sect`).
+    pub fn sectors_read(&self) -> u64 {
+        self.bytes_read / 512
+    }
 
-    /// Field by field, wrapping (counters of one device never come near `u64::MAX`).
-    fn add(self, o: StatsSnapshot) -> StatsSnapshot {
-        StatsSnapshot {
-            reads: self.reads.wrapping_add(o.reads),
-            writes: self.writes.wrapping_add(o.writes),
-            flushes: self.flushes.wrapping_add(o.flushes),
-            discards: self.discards.wrapping_add(o.discards),
-            bytes_read: self.bytes_read.wrapping_add(o.bytes_read),
-            bytes_written: self.bytes_written.wrapping_add(o.bytes_written),
-            errors: self.errors.wrapping_add(o.errors),
-            bad_requests: self.bad_requests.wrapping_add(o.bad_requests),
-            persistent_cached: self.persistent_cached.wrapping_add(o.persistent_cached),
-            persistent_hits: self.persistent_hits.wrapping_add(o.persistent_hits),
-            persistent_misses: self.persistent_misses.wrapping_add(o.persistent_misses),
-            persistent_purged: self.persistent_purged.wrapping_add(o.persistent_purged),
-            persistent_unused_unmapped: self
-                .persistent_unused_unmapped
-                .wrapping_add(o.persistent_unused_unmapped),
-            qos_held: self.qos_held.wrapping_add(o.qos_held),
-        }
+    /// 512-byte sectors written (blkback's `wr_sect`).
+    pub fn sectors_written(&self) -> u64 {
+        self.bytes_written / 512
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::Stats;
+    use std::time::Duration;
+
+    use super::{LATENCY_BUCKETS, Stats, latency_bucket, latency_bucket_limit_us};
+
+    #[test]
+    fn latency_buckets_double_and_the_last_takes_everything_slower() {
+        let us = Duration::from_micros;
+        assert_eq!(latency_bucket(Duration::from_nanos(999)), 0);
+        assert_eq!(latency_bucket(us(1)), 1);
+        assert_eq!(latency_bucket(us(3)), 2);
+        assert_eq!(latency_bucket(us(4)), 3);
+        assert_eq!(latency_bucket(us(1 << 21)), 22);
+        assert_eq!(
+            latency_bucket(Duration::from_secs(3600)),
+            LATENCY_BUCKETS - 1
+        );
+        for i in 0..LATENCY_BUCKETS - 1 {
+            let limit = latency_bucket_limit_us(i).unwrap();
+            assert_eq!(latency_bucket(us(limit - 1)), i, "below the limit of {i}");
+            assert_eq!(latency_bucket(us(limit)), i + 1, "at the limit of {i}");
+        }
+        assert_eq!(latency_bucket_limit_us(LATENCY_BUCKETS - 1), None);
+    }
 
     #[test]
     fn device_counters_sum_its_rings_live_and_after_they_retire() {

@@ -1,6 +1,7 @@
 //! The backend never probes and confines backing files: a guest that writes a qcow2 header
 //! naming a host file into its raw disk reads back its own bytes after the next attach, and a
-//! qcow2 image's backing file is served only from the folders the backend allows.
+//! qcow2 image's backing file is served only from the folders the backend allows; with
+//! `--image-dir` (or the daemon's configuration file), images too.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -128,4 +129,100 @@ fn backing_file_outside_the_allowed_folders_is_not_served() {
         .read(&format!("{}/state", host.spec.backend_path()))
         .unwrap();
     assert_ne!(state, "4", "the disk must not connect");
+}
+
+/// A daemon configuration file in its own folder: images must lie in `image_dir`, disks are
+/// served with the page cache.
+fn daemon_config(image_dir: &Path) -> (tempfile::TempDir, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rustbk.toml");
+    let text = format!(
+        "[paths]\nimage_dirs = [\"{}\"]\n[disks]\ncache = \"writeback\"\n",
+        image_dir.display()
+    );
+    std::fs::write(&path, text).unwrap();
+    (dir, vec!["--config".into(), path.display().to_string()])
+}
+
+fn backend_error(host: &Host) -> Option<String> {
+    let xs = host.cluster.toolstack().unwrap();
+    xs.read(&format!("{}/error", host.spec.backend_path())).ok()
+}
+
+#[test]
+fn daemon_configuration_file_confines_images_and_sets_the_cache_mode() {
+    let allowed = tempfile::tempdir().unwrap();
+    let (_cfg_dir, args) = daemon_config(allowed.path());
+    let setup = Setup {
+        backend_args: args.clone(),
+        ..Setup::default()
+    };
+    // An image in the allowed folder is served, with the file's cache mode.
+    let host = Host::daemon_serving(setup, |_| {
+        let image = allowed.path().join("ok.img");
+        rustbk_formats::create_raw(&image, 64 << 20).unwrap();
+        image
+    });
+    let mut g = host.guest();
+    assert_eq!(g.write(0, &pattern(8192, 7)), status::OKAY);
+    let log = host.cluster.daemon_log();
+    assert!(
+        log.contains("cache=writeback") || log.contains("writeback"),
+        "{log}"
+    );
+    drop(g);
+    drop(host);
+
+    // The host's own folder is not in the list: its image is refused with a clear reason.
+    let setup = Setup {
+        backend_args: args,
+        ..Setup::default()
+    };
+    let host = Host::daemon_serving(setup, |dir| {
+        let image = dir.join("outside.img");
+        rustbk_formats::create_raw(&image, 64 << 20).unwrap();
+        image
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let error = loop {
+        if let Some(e) = backend_error(&host) {
+            break e;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no error node; {}",
+            host.cluster.daemon_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        error.contains("outside the allowed image folders"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_bad_configuration_file_stops_the_daemon_with_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rustbk.toml");
+    std::fs::write(&path, "[disks]\ncache = \"fast\"\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rustbk"))
+        .args(["daemon", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("rustbk.toml") && err.contains("fast"), "{err}");
+    std::fs::write(&path, "[disk]\ncache = \"none\"\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rustbk"))
+        .args(["daemon", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown field") && err.contains("disk"),
+        "{err}"
+    );
 }

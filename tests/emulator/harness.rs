@@ -279,6 +279,11 @@ impl Guest {
         }
     }
 
+    /// Waits up to `timeout` for responses and adds them to `out` (the stash is not looked at).
+    pub fn poll(&mut self, out: &mut Vec<Response>, timeout: Duration) {
+        self.front.poll_responses(out, timeout).unwrap();
+    }
+
     /// Collects `n` responses in arrival order.
     pub fn collect(&mut self, n: usize) -> Vec<Response> {
         let mut out = std::mem::take(&mut self.stash);

@@ -7,6 +7,7 @@
 mod cache;
 mod cli;
 mod confine;
+mod ctl;
 mod daemon;
 mod data;
 mod failure;

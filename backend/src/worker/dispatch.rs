@@ -18,10 +18,11 @@ use crate::Stats;
 impl RingWorker<'_> {
     /// Handles one request fresh off the ring.
     pub(super) fn handle(&mut self, decoded: Result<Request, BadRequest>) {
+        self.since = self.clock;
         match decoded {
             Err(bad) => self.refuse(&bad),
             Ok(req) if self.order.exclusive.is_some() || !self.order.held.is_empty() => {
-                self.order.held.push_back(req)
+                self.order.held.push_back((req, self.since));
             }
             Ok(req) => self.start(req),
         }
@@ -45,7 +46,12 @@ impl RingWorker<'_> {
         if !self.may_start(&req, &segments) {
             Stats::add(&self.stats.qos_held, 1);
             let segments = segments.into_owned();
-            self.deferred = Some(Deferred { req, segments });
+            let since = self.since;
+            self.deferred = Some(Deferred {
+                req,
+                segments,
+                since,
+            });
             return;
         }
         self.dispatch(req, &segments);
@@ -66,6 +72,7 @@ impl RingWorker<'_> {
             self.deferred = Some(held);
             return false;
         }
+        self.since = held.since;
         self.dispatch(held.req, &held.segments);
         true
     }
@@ -74,9 +81,10 @@ impl RingWorker<'_> {
     /// another exclusive request or the limits hold the next one back.
     pub(super) fn start_held(&mut self) {
         while self.order.exclusive.is_none() && self.deferred.is_none() {
-            let Some(req) = self.order.held.pop_front() else {
+            let Some((req, since)) = self.order.held.pop_front() else {
                 break;
             };
+            self.since = since;
             self.start(req);
         }
     }
@@ -164,7 +172,7 @@ impl RingWorker<'_> {
         if segments.is_empty() && matches!(rw, RwOp::Flush | RwOp::WriteBarrier) {
             // No data: the guest's sector was never range-checked and is never used.
             return if rw == RwOp::Flush {
-                self.order.queue_flush(id, code)
+                self.order.queue_flush(id, code, self.since)
             } else {
                 self.start_exclusive(id, code, 0, segments)
             };
@@ -217,6 +225,7 @@ impl RingWorker<'_> {
                 op: code,
                 bytes,
                 kind,
+                since: self.since,
             },
         );
     }
@@ -236,6 +245,7 @@ impl RingWorker<'_> {
             op: op::DISCARD,
             bytes: len,
             kind: SlotKind::Discard { seq },
+            since: self.since,
         };
         self.submit(IoOp::Discard { offset, len }, slot);
     }
@@ -254,6 +264,7 @@ impl RingWorker<'_> {
             op: code,
             stage: Stage::Drain,
             data,
+            since: self.since,
         });
     }
 
@@ -358,6 +369,7 @@ impl RingWorker<'_> {
             SlotKind::Exclusive => return self.advance_exclusive(st),
             SlotKind::Read | SlotKind::Flush => {}
         }
+        self.since = slot.since;
         self.respond(slot.id, slot.op, st);
     }
 
@@ -373,6 +385,7 @@ impl RingWorker<'_> {
                     op: f.op,
                     bytes: 0,
                     kind: SlotKind::Flush,
+                    since: f.since,
                 },
             );
         }
@@ -385,6 +398,7 @@ impl RingWorker<'_> {
                     op: ex.op,
                     bytes: 0,
                     kind: SlotKind::Exclusive,
+                    since: ex.since,
                 };
                 self.submit(IoOp::Flush, slot);
             }
@@ -397,7 +411,7 @@ impl RingWorker<'_> {
         let Some(ex) = self.order.exclusive.as_mut() else {
             return;
         };
-        let (id, code) = (ex.id, ex.op);
+        let (id, code, since) = (ex.id, ex.op, ex.since);
         if st == status::OKAY && ex.stage == Stage::PreFlush {
             if let Some(data) = ex.data.take() {
                 ex.stage = Stage::Write;
@@ -407,6 +421,7 @@ impl RingWorker<'_> {
                     op: code,
                     bytes,
                     kind: SlotKind::Exclusive,
+                    since,
                 };
                 return self.submit(
                     IoOp::Write {
@@ -421,6 +436,7 @@ impl RingWorker<'_> {
         if st == status::OKAY {
             Stats::add(&self.stats.flushes, 1);
         }
+        self.since = since;
         self.respond(id, code, st);
     }
 }

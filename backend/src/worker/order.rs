@@ -8,6 +8,7 @@
 //!   `WRITE_BARRIER` (drain, preflush, write).
 
 use std::collections::{BTreeSet, VecDeque};
+use std::time::Instant;
 
 use rustbk_grant::GuestBuf;
 use rustbk_ring::Request;
@@ -18,6 +19,8 @@ pub(super) struct WaitingFlush {
     pub seq: u64,
     pub id: u64,
     pub op: u8,
+    /// When the request left the ring.
+    pub since: Instant,
 }
 
 /// Where the exclusive request is.
@@ -45,6 +48,8 @@ pub(super) struct Exclusive {
     pub op: u8,
     pub stage: Stage,
     pub data: Option<WriteData>,
+    /// When the request left the ring.
+    pub since: Instant,
 }
 
 /// Ordering state of one ring.
@@ -55,8 +60,8 @@ pub(super) struct Order {
     flushes: VecDeque<WaitingFlush>,
     /// The exclusive request, if one is running.
     pub exclusive: Option<Exclusive>,
-    /// Requests that arrived while an exclusive request ran.
-    pub held: VecDeque<Request>,
+    /// Requests that arrived while an exclusive request ran, with when they left the ring.
+    pub held: VecDeque<(Request, Instant)>,
 }
 
 impl Order {
@@ -73,9 +78,9 @@ impl Order {
     }
 
     /// Queues a flush behind every write started so far.
-    pub fn queue_flush(&mut self, id: u64, op: u8) {
+    pub fn queue_flush(&mut self, id: u64, op: u8, since: Instant) {
         let seq = self.bump();
-        self.flushes.push_back(WaitingFlush { seq, id, op });
+        self.flushes.push_back(WaitingFlush { seq, id, op, since });
     }
 
     /// The next flush whose earlier writes have all completed.
@@ -113,7 +118,7 @@ mod tests {
     fn flush_waits_for_earlier_writes_only() {
         let mut o = Order::default();
         let w1 = o.write_started();
-        o.queue_flush(7, 3);
+        o.queue_flush(7, 3, Instant::now());
         let w2 = o.write_started();
         assert!(o.pop_ready_flush().is_none(), "w1 still in flight");
         o.write_done(w1);
@@ -126,7 +131,7 @@ mod tests {
     #[test]
     fn flush_with_no_writes_is_ready_at_once() {
         let mut o = Order::default();
-        o.queue_flush(1, 3);
+        o.queue_flush(1, 3, Instant::now());
         assert!(o.pop_ready_flush().is_some());
         assert!(o.pop_ready_flush().is_none());
     }

@@ -19,6 +19,8 @@ use crate::qos::{Cost, DiskQos, Throttle};
 pub(super) struct Deferred {
     pub req: Request,
     pub segments: Vec<Segment>,
+    /// When it left the ring: its latency counts the time it was held.
+    pub since: Instant,
 }
 
 /// The limits as one ring sees them.

@@ -40,6 +40,11 @@ pub(super) struct RingWorker<'a> {
     pub persistent: Option<GrantCache>,
     /// The time at the top of this loop round (persistent grants' clock).
     pub now: Instant,
+    /// When requests were last pulled or completions last reaped: the latency clock, read
+    /// once per batch.
+    pub clock: Instant,
+    /// When the request being started or answered left the ring.
+    pub since: Instant,
     /// The persistent mappings of the request being started (reused, so no allocation).
     pub page_scratch: Vec<Arc<rustbk_grant::GrantMapping>>,
     /// The disk's I/O limits.
@@ -92,6 +97,8 @@ pub(super) fn run(
         order: Order::default(),
         persistent,
         now,
+        clock: now,
+        since: now,
         page_scratch: Vec::new(),
         qos,
         deferred: None,
@@ -201,22 +208,33 @@ impl RingWorker<'_> {
     /// then takes pending requests off the ring until there are none or the limits hold one
     /// back; true if any request started or was taken.
     fn pull_requests(&mut self) -> Result<bool, Fatal> {
-        let mut any = self.resume();
+        self.clock = Instant::now();
+        let resumed = self.resume();
         self.start_held();
+        let mut pulled = 0;
         while self.deferred.is_none() {
             let Some(decoded) = self.ring.next_request().map_err(Fatal::Overflow)? else {
                 break;
             };
-            any = true;
+            pulled += 1;
             self.handle(decoded);
         }
-        Ok(any)
+        if pulled > 0 {
+            Stats::add(&self.stats.requests, pulled);
+            if self.ring.in_flight() >= self.ring.size() {
+                Stats::add(&self.stats.ring_full, 1);
+            }
+        }
+        Ok(resumed || pulled > 0)
     }
 
     /// Handles finished queue operations; true if there was any.
     fn reap(&mut self) -> bool {
         let mut done = std::mem::take(&mut self.completions);
         self.queue.reap(&mut done);
+        if !done.is_empty() {
+            self.clock = Instant::now();
+        }
         let any = !done.is_empty();
         for c in done.drain(..) {
             self.complete(c);
@@ -242,6 +260,9 @@ impl RingWorker<'_> {
         if st != status::OKAY {
             Stats::add(&self.stats.errors, 1);
         }
+        Stats::add(&self.stats.responses, 1);
+        self.stats
+            .answered_after(self.clock.saturating_duration_since(self.since));
         self.ring.push_response(&Response { id, op, status: st });
         self.responses_pending = true;
     }
@@ -251,6 +272,7 @@ impl RingWorker<'_> {
             return Ok(());
         }
         if self.ring.push_responses_and_check_notify() {
+            Stats::add(&self.stats.kicks_out, 1);
             self.evtchn
                 .notify()
                 .map_err(|e| Fatal::Local(format!("notify: {e}")))?;
@@ -293,9 +315,7 @@ impl RingWorker<'_> {
             .wait_any(&fds, limit)
             .map_err(|e| Fatal::Local(format!("wait: {e}")))?;
         if fired.first().copied().unwrap_or(false) {
-            self.evtchn
-                .ack()
-                .map_err(|e| Fatal::Local(format!("event channel: {e}")))?;
+            self.ack_kick()?;
         }
         if fired.get(1).copied().unwrap_or(false) {
             self.stopping = true;
@@ -320,14 +340,24 @@ impl RingWorker<'_> {
             (ready(&fds[0]), ready(&fds[1]), ready(&fds[2]))
         };
         if ev {
-            self.evtchn
-                .ack()
-                .map_err(|e| Fatal::Local(format!("event channel: {e}")))?;
+            self.ack_kick()?;
         }
         if stop {
             self.stopping = true;
         }
         Ok(ev || done || stop)
+    }
+
+    /// Consumes the guest's notification, counting it if one was pending.
+    fn ack_kick(&mut self) -> Result<(), Fatal> {
+        let pending = self
+            .evtchn
+            .ack()
+            .map_err(|e| Fatal::Local(format!("event channel: {e}")))?;
+        if pending {
+            Stats::add(&self.stats.kicks_in, 1);
+        }
+        Ok(())
     }
 
     /// After a fatal error: no new requests, but finish what the kernel still has in flight

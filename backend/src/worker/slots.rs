@@ -26,6 +26,8 @@ pub(super) struct Slot {
     pub bytes: u64,
     /// What it is.
     pub kind: SlotKind,
+    /// When its request left the ring.
+    pub since: std::time::Instant,
 }
 
 /// A slab of slots; the tag is the index.
@@ -70,6 +72,7 @@ mod tests {
             op: 0,
             bytes: 0,
             kind: SlotKind::Read,
+            since: std::time::Instant::now(),
         }
     }
 

@@ -19,6 +19,7 @@ use super::keys::{
 };
 use super::qos::{apply_qos_change, read_qos};
 use super::{Store, XenbusState, fatal};
+use crate::control::{Command, DeviceControl, Pending};
 use crate::qos::{DiskQos, QosLimits, QosRegistry};
 use crate::worker::{RingResources, Worker, WorkerConfig, WorkerExit};
 use crate::{Error, Stats};
@@ -78,6 +79,9 @@ pub struct BackendOptions {
     /// Folders where backing files named inside images may lie (and below); empty: each top
     /// image's own folder.
     pub backing_dirs: Vec<PathBuf>,
+    /// Folders the images and thin pools that `params` names must lie in (and below, after
+    /// resolving symlinks); empty: anywhere.
+    pub image_dirs: Vec<PathBuf>,
     /// Folder of the rings' request journals, which outlive a killed worker (the daemon's
     /// lock folder).
     pub journal_dir: PathBuf,
@@ -104,6 +108,7 @@ impl Default for BackendOptions {
             sector_size: 512,
             poll_us: DEFAULT_POLL_US,
             backing_dirs: Vec::new(),
+            image_dirs: Vec::new(),
             journal_dir: PathBuf::from("/run/rustbk"),
             thin_service: None,
             qos: QosLimits::default(),
@@ -127,23 +132,28 @@ struct Device {
     /// One worker per connected ring, with the ring's own counters.
     workers: Vec<(Worker, Arc<Stats>)>,
     stats: Arc<Stats>,
+    /// Counters, status and commands of the control socket.
+    control: DeviceControl,
+    /// Paused by a control command: the rings are released until it is unpaused.
+    paused: bool,
     exits: mpsc::UnboundedSender<WorkerExit>,
     online: bool,
     /// The next connect takes over a ring a previous worker served (and its journal).
     reattach: bool,
 }
 
-/// Serves one device until the toolstack takes it away (`online` 0 and the frontend closed)
-/// or xenstore goes away.
+/// Serves one device until the toolstack takes it away (`online` 0 and the frontend closed),
+/// a control command closes it, or xenstore goes away. It counts into `control`'s counters and
+/// carries out the commands sent to it.
 pub async fn run_device(
     store: Store,
     platform: Arc<dyn Platform>,
     spec: DeviceSpec,
     opts: BackendOptions,
-    stats: Arc<Stats>,
+    control: DeviceControl,
 ) -> Result<(), Error> {
     let span = tracing::info_span!("vbd", domid = spec.domid.0, devid = spec.devid);
-    run_device_inner(store, platform, spec, opts, stats)
+    run_device_inner(store, platform, spec, opts, control)
         .instrument(span)
         .await
 }
@@ -153,7 +163,7 @@ async fn run_device_inner(
     platform: Arc<dyn Platform>,
     spec: DeviceSpec,
     opts: BackendOptions,
-    stats: Arc<Stats>,
+    control: DeviceControl,
 ) -> Result<(), Error> {
     let be = spec.backend_path.clone();
     if store
@@ -173,6 +183,8 @@ async fn run_device_inner(
     };
     opts.qos_registry.register(spec.domid, spec.devid, &qos);
     let (exits, mut exit_rx) = mpsc::unbounded_channel();
+    show_disk(&control, &info, &*image, &opts);
+    let stats = Arc::clone(control.stats());
     let mut dev = Device {
         spec,
         store,
@@ -185,6 +197,8 @@ async fn run_device_inner(
         state: XenbusState::Unknown,
         workers: Vec::new(),
         stats,
+        control,
+        paused: false,
         exits,
         online: true,
         reattach: false,
@@ -220,6 +234,7 @@ async fn run_device_inner(
                 None => break,
             },
             Some(exit) = exit_rx.recv() => dev.on_worker_exit(exit).await?,
+            Some(cmd) = dev.control.next_command() => dev.on_command(cmd).await?,
         }
         if !dev.online && matches!(dev.state, XenbusState::Closed) {
             break;
@@ -237,6 +252,12 @@ async fn read_and_open(
     opts: &BackendOptions,
 ) -> Result<(BackendInfo, Arc<dyn BlockImage>, Arc<DiskQos>), Error> {
     let info = read_backend(store, be).await?;
+    let key = format!("{be}/params");
+    match &info.disk {
+        Disk::Image { path, .. } => super::allowed::check_allowed(path, &opts.image_dirs, &key)?,
+        Disk::Thin { pool, .. } => super::allowed::check_allowed(pool, &opts.image_dirs, &key)?,
+        Disk::Null { .. } => {}
+    }
     let limits = read_qos(store, be, &opts.qos).await?;
     let qos = DiskQos::new(limits).map_err(|why| Error::BadNode {
         path: format!("{be}/qos"),
@@ -269,6 +290,27 @@ fn open(info: &BackendInfo, opts: &BackendOptions) -> Result<Arc<dyn BlockImage>
     Ok(image)
 }
 
+/// What `rustbk ctl list` shows of the opened disk.
+fn show_disk(
+    control: &DeviceControl,
+    info: &BackendInfo,
+    image: &dyn BlockImage,
+    opts: &BackendOptions,
+) {
+    let cache = match info.disk {
+        Disk::Null { .. } => "none (no I/O)".to_owned(),
+        _ => info.cache.unwrap_or(opts.cache).to_string(),
+    };
+    control.update(|s| {
+        s.params = info.params.clone();
+        s.format = info.disk.format_name().to_owned();
+        s.cache = cache;
+        s.read_only = info.read_only;
+        s.size = image.geometry().size;
+        s.state = format!("{:?}", XenbusState::Unknown);
+    });
+}
+
 /// A null disk of `size` bytes (`params` = `null:SIZE`).
 fn open_null(
     size: u64,
@@ -295,6 +337,7 @@ impl Device {
         self.store.write(&path, &state.number().to_string()).await?;
         tracing::info!(?state, "backend state");
         self.state = state;
+        self.control.update(|s| s.state = format!("{state:?}"));
         Ok(())
     }
 
@@ -338,6 +381,10 @@ impl Device {
         match fe {
             XenbusState::Initialising if self.state == XenbusState::Closed => {
                 self.enter_init_wait().await
+            }
+            XenbusState::Initialised | XenbusState::Connected if self.paused => {
+                tracing::debug!("paused: the rings stay released until unpaused");
+                Ok(())
             }
             XenbusState::Initialised | XenbusState::Connected if self.workers.is_empty() => {
                 self.connect_or_close().await
@@ -393,6 +440,8 @@ impl Device {
         for (fr, res) in attached {
             persistent = self.start_worker(fr, res)?;
         }
+        let queues = u32::try_from(self.workers.len()).unwrap_or(u32::MAX);
+        self.control.update(|s| s.queues = queues);
         publish_disk(
             &self.store,
             &self.spec.backend_path,
@@ -450,6 +499,7 @@ impl Device {
     /// journals).
     async fn disconnect(&mut self) {
         let workers = std::mem::take(&mut self.workers);
+        self.control.update(|s| s.queues = 0);
         let stop_all = move || {
             // Ask every worker first, so the rings drain together.
             let stopping: Vec<_> = workers
@@ -479,6 +529,12 @@ impl Device {
             .read(&format!("{}/online", self.spec.backend_path))
             .await?;
         self.online = v.as_deref().is_none_or(|v| v.trim() != "0");
+        self.go_offline().await
+    }
+
+    /// Once the device is no longer online: Closing while connected, Closed (and released)
+    /// once the frontend has closed.
+    async fn go_offline(&mut self) -> Result<(), Error> {
         if !self.online && self.state == XenbusState::Connected {
             self.set_state(XenbusState::Closing).await?;
         }
@@ -520,6 +576,88 @@ impl Device {
         .await
     }
 
+    /// Carries out a control command and sends its outcome back.
+    async fn on_command(&mut self, pending: Pending) -> Result<(), Error> {
+        tracing::info!(command = ?pending.command, "control command");
+        let outcome = match pending.command {
+            Command::Pause => self.pause().await,
+            Command::Unpause => self.unpause().await,
+            Command::Close => self.close().await,
+        };
+        let (reply, result) = match outcome {
+            Ok(()) => (Ok(()), Ok(())),
+            // A xenstore failure ends the device; the client hears why.
+            Err(CommandError::Fatal(e)) => (Err(error_chain(&e)), Err(e)),
+            Err(CommandError::Refused(why)) => (Err(why), Ok(())),
+        };
+        let _ = pending.reply.send(reply);
+        result
+    }
+
+    /// Answers every request in flight, flushes the image and releases the rings; the state
+    /// stays Connected, so the guest queues new requests in its ring.
+    async fn pause(&mut self) -> Result<(), CommandError> {
+        if self.paused {
+            return Ok(());
+        }
+        if self.state != XenbusState::Connected || self.workers.is_empty() {
+            return Err(CommandError::Refused(format!(
+                "device is not connected (backend state {:?})",
+                self.state
+            )));
+        }
+        self.disconnect().await;
+        self.paused = true;
+        self.control.update(|s| s.paused = true);
+        let image = Arc::clone(&self.image);
+        let flushed = tokio::task::spawn_blocking(move || flush_image(&*image))
+            .await
+            .map_err(|e| CommandError::Refused(format!("flush task failed: {e}")))?;
+        if let Err(e) = flushed {
+            let why = format!("paused, but the flush failed: {}", error_chain(&e));
+            tracing::error!(error = %why, "pause");
+            return Err(CommandError::Refused(why));
+        }
+        tracing::info!("paused: rings released, image flushed");
+        Ok(())
+    }
+
+    /// Maps the rings again after [`Self::pause`] and serves what the guest queued meanwhile.
+    async fn unpause(&mut self) -> Result<(), CommandError> {
+        if !self.paused {
+            return Ok(());
+        }
+        self.paused = false;
+        self.control.update(|s| s.paused = false);
+        let fe = self.frontend_state().await.map_err(CommandError::Fatal)?;
+        let fe_ready = matches!(fe, XenbusState::Initialised | XenbusState::Connected);
+        if !fe_ready || !self.workers.is_empty() {
+            return Ok(());
+        }
+        if self.state == XenbusState::Connected {
+            if let Err(e) = self.connect().await {
+                let why = format!("cannot map the rings again: {}", error_chain(&e));
+                fatal::write_error(&self.store, &self.spec.backend_path, e.errno(), &why).await;
+                self.disconnect().await;
+                self.set_state(XenbusState::Closing)
+                    .await
+                    .map_err(CommandError::Fatal)?;
+                return Err(CommandError::Refused(why));
+            }
+            tracing::info!("unpaused");
+            return Ok(());
+        }
+        self.connect_or_close().await.map_err(CommandError::Fatal)
+    }
+
+    /// Asks the frontend to close and lets the device go once it has, as when the toolstack
+    /// sets `online` to 0.
+    async fn close(&mut self) -> Result<(), CommandError> {
+        self.paused = false;
+        self.online = false;
+        self.go_offline().await.map_err(CommandError::Fatal)
+    }
+
     async fn on_worker_exit(&mut self, exit: WorkerExit) -> Result<(), Error> {
         let (errno, why) = match &exit {
             WorkerExit::Stopped => return Ok(()),
@@ -531,6 +669,29 @@ impl Device {
         self.disconnect().await;
         self.set_state(XenbusState::Closing).await
     }
+}
+
+/// Why a control command was not carried out.
+enum CommandError {
+    /// Not possible now; the device goes on.
+    Refused(String),
+    /// The device cannot go on.
+    Fatal(Error),
+}
+
+/// Makes every write the image completed durable, through a queue of its own.
+fn flush_image(image: &dyn BlockImage) -> Result<(), Error> {
+    let mut queue = image.open_queue(1)?;
+    queue.submit(rustbk_formats::IoOp::Flush, 0)?;
+    queue.commit()?;
+    let mut done = Vec::new();
+    while done.is_empty() {
+        queue.wait(None)?;
+        queue.reap(&mut done);
+    }
+    done.into_iter()
+        .try_for_each(|c| c.result)
+        .map_err(Error::from)
 }
 
 /// Pages a ring may keep mapped: Linux blkback's 1056, or enough for a full ring of direct

@@ -9,32 +9,66 @@ use tokio::task::JoinSet;
 
 use super::Store;
 use super::device::{BackendOptions, DeviceSpec, error_chain, run_device};
-use crate::{Error, Stats};
+use crate::Error;
+use crate::control::Registry;
 
 /// `/local/domain/<backend>/backend/<kind>`.
 pub fn backend_root(backend: DomId, kind: &str) -> String {
     format!("/local/domain/{}/backend/{kind}", backend.0)
 }
 
-/// Whether the vbd at `be` is rustbk's: xl's `script=rustbk` writes a `script` key ending in
-/// `/rustbk`; a libxl that knows `backendtype=rustbk` writes `type=rustbk`.
-pub async fn claimed(store: &Store, be: &str) -> Result<bool, Error> {
+/// Which vbds are rustbk's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimRules {
+    /// A vbd whose `script` is one of these names, or a path ending in `/NAME`, is claimed
+    /// (xl's `script=rustbk`).
+    pub scripts: Vec<String>,
+    /// A vbd whose `type` is one of these is claimed (a libxl that knows
+    /// `backendtype=rustbk`).
+    pub types: Vec<String>,
+}
+
+impl Default for ClaimRules {
+    fn default() -> Self {
+        ClaimRules {
+            scripts: vec!["rustbk".into()],
+            types: vec!["rustbk".into()],
+        }
+    }
+}
+
+impl ClaimRules {
+    fn script_matches(&self, script: &str) -> bool {
+        let s = script.trim();
+        let base = s.rsplit('/').next().unwrap_or(s);
+        self.scripts.iter().any(|name| name == s || name == base)
+    }
+
+    fn type_matches(&self, kind: &str) -> bool {
+        self.types.iter().any(|t| t == kind.trim())
+    }
+}
+
+/// Whether the vbd at `be` is rustbk's by `rules`.
+pub async fn claimed(store: &Store, be: &str, rules: &ClaimRules) -> Result<bool, Error> {
     let script = store.read(&format!("{be}/script")).await?;
-    if script
-        .as_deref()
-        .is_some_and(|s| s.trim() == "rustbk" || s.trim().ends_with("/rustbk"))
-    {
+    if script.as_deref().is_some_and(|s| rules.script_matches(s)) {
         return Ok(true);
     }
     Ok(store
         .read(&format!("{be}/type"))
         .await?
-        .is_some_and(|t| t.trim() == "rustbk"))
+        .is_some_and(|t| rules.type_matches(&t)))
 }
 
 /// The claimed device numbers of guest `domid` under `root` that the toolstack has not taken
 /// offline (`online` 0 means the device is being removed).
-pub async fn claimed_devices(store: &Store, root: &str, domid: DomId) -> Result<Vec<u32>, Error> {
+pub async fn claimed_devices(
+    store: &Store,
+    root: &str,
+    domid: DomId,
+    rules: &ClaimRules,
+) -> Result<Vec<u32>, Error> {
     let dir = format!("{root}/{}", domid.0);
     let mut out = Vec::new();
     for name in store.directory(&dir).await? {
@@ -43,7 +77,7 @@ pub async fn claimed_devices(store: &Store, root: &str, domid: DomId) -> Result<
         };
         let be = format!("{dir}/{devid}");
         let online = store.read(&format!("{be}/online")).await?;
-        if online.as_deref().is_none_or(|v| v.trim() != "0") && claimed(store, &be).await? {
+        if online.as_deref().is_none_or(|v| v.trim() != "0") && claimed(store, &be, rules).await? {
             out.push(devid);
         }
     }
@@ -59,15 +93,19 @@ pub struct GuestSpec {
     pub domid: DomId,
     /// Backend kind under `backend/` (`vbd`).
     pub kind: String,
+    /// Which disks are ours.
+    pub claim: ClaimRules,
 }
 
 /// Serves every claimed disk of the guest, picking up disks attached later, until the guest
-/// has no claimed disk left (after having had one).
+/// has no claimed disk left (after having had one). Each disk registers in `registry` while
+/// it is served.
 pub async fn serve_guest(
     store: Store,
     platform: Arc<dyn Platform>,
     spec: GuestSpec,
     opts: BackendOptions,
+    registry: Registry,
 ) -> Result<(), Error> {
     let root = backend_root(spec.backend, &spec.kind);
     let dir = format!("{root}/{}", spec.domid.0);
@@ -76,7 +114,7 @@ pub async fn serve_guest(
     let (mut running, mut finished) = (HashSet::new(), HashSet::new());
     let mut served_any = false;
     loop {
-        let present = claimed_devices(&store, &root, spec.domid).await?;
+        let present = claimed_devices(&store, &root, spec.domid, &spec.claim).await?;
         finished.retain(|d| present.contains(d));
         let new: Vec<u32> = present
             .iter()
@@ -90,9 +128,10 @@ pub async fn serve_guest(
                 devid,
             };
             let (store, platform, opts) = (store.clone(), Arc::clone(&platform), opts.clone());
-            let stats = Arc::new(Stats::default());
-            tasks
-                .spawn(async move { (devid, run_device(store, platform, dev, opts, stats).await) });
+            let control = registry.register(spec.domid, devid);
+            tasks.spawn(
+                async move { (devid, run_device(store, platform, dev, opts, control).await) },
+            );
             running.insert(devid);
             served_any = true;
         }

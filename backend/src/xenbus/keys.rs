@@ -45,6 +45,8 @@ pub(super) enum Disk {
 pub(super) struct BackendInfo {
     /// The frontend's directory.
     pub frontend: String,
+    /// `params` as the toolstack wrote it.
+    pub params: String,
     /// What to serve, from `params`.
     pub disk: Disk,
     /// `mode` is `r`.
@@ -87,6 +89,7 @@ pub(super) async fn read_backend(store: &Store, be: &str) -> Result<BackendInfo,
     let opt = |k: &'static str| async move { store.read(&format!("{be}/{k}")).await };
     Ok(BackendInfo {
         frontend,
+        params,
         disk,
         read_only: !mode.starts_with('w'),
         discard_enable: opt("discard-enable").await?.is_none_or(|v| v.trim() != "0"),
@@ -99,6 +102,21 @@ pub(super) async fn read_backend(store: &Store, be: &str) -> Result<BackendInfo,
             .map(|v| parse_cache_mode(&format!("{be}/cache-mode"), &v))
             .transpose()?,
     })
+}
+
+impl Disk {
+    /// The format's name, as `rustbk ctl list` shows it.
+    pub fn format_name(&self) -> &'static str {
+        match self {
+            Disk::Image {
+                format: Format::Qcow2,
+                ..
+            } => "qcow2",
+            Disk::Image { .. } => "raw",
+            Disk::Null { .. } => "null",
+            Disk::Thin { .. } => "thin",
+        }
+    }
 }
 
 /// The `cache-mode` key: one of QEMU's cache mode names.

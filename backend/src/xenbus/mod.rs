@@ -8,6 +8,7 @@
 //! InitWait. A frontend whose ring keys are wrong gets an `error` node and Closing. The disk's
 //! I/O limits (`qos/` keys) are read at start and at connect and watched while it is served.
 
+mod allowed;
 mod connect;
 mod device;
 mod fatal;
@@ -23,6 +24,6 @@ pub use device::{
     BackendOptions, DEFAULT_PERSISTENT_GRANT_UNUSED, DEFAULT_POLL_US, DeviceSpec,
     default_max_queues, error_chain, run_device,
 };
-pub use guest::{GuestSpec, backend_root, claimed, claimed_devices, serve_guest};
+pub use guest::{ClaimRules, GuestSpec, backend_root, claimed, claimed_devices, serve_guest};
 pub use state::XenbusState;
 pub use store::{Store, Watch};

@@ -24,6 +24,8 @@ pub enum Command {
     /// Serve one guest's disks (or one disk): the worker process the daemon starts.
     Serve(ServeArgs),
     /// Watch xenstore and serve every disk rustbk claims, one worker process per guest.
+    /// Settings come from /etc/rustbk/rustbk.toml (or --config) and then the command line.
+    #[command(args_override_self = true)]
     Daemon(DaemonArgs),
     /// Components of the ring emulator.
     #[command(subcommand)]
@@ -41,6 +43,16 @@ pub enum Command {
     /// Thin pools in dm-thin's metadata format: pools, volumes, snapshots, and the metadata
     /// tools of thin-provisioning-tools (check, dump, restore).
     Thin(crate::thin::ThinArgs),
+    /// Runtime control of the workers, in the manner of tap-ctl: list, stats, pause, unpause,
+    /// close, Prometheus metrics.
+    Ctl(crate::ctl::CtlArgs),
+    /// Write the manual pages (roff) of every command into a folder, for packaging.
+    #[command(hide = true)]
+    Man {
+        /// The folder.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 /// Emulator components.
@@ -84,6 +96,14 @@ pub struct PlatformArgs {
     /// or the emulator folder).
     #[arg(long)]
     pub lock_dir: Option<PathBuf>,
+    /// Claim a vbd whose backend `script` is NAME or a path ending in /NAME (repeatable;
+    /// default rustbk, what xl's `script=rustbk` writes).
+    #[arg(long = "claim-script", value_name = "NAME")]
+    pub claim_scripts: Vec<String>,
+    /// Claim a vbd whose backend `type` is NAME (repeatable; default rustbk, what a libxl
+    /// that knows `backendtype=rustbk` writes).
+    #[arg(long = "claim-type", value_name = "NAME")]
+    pub claim_types: Vec<String>,
 }
 
 /// Tunables of the backend.
@@ -142,6 +162,10 @@ pub struct BackendArgs {
     /// and a backing file's format must be named in the image (it is never probed).
     #[arg(long = "backing-dir", value_name = "DIR")]
     pub backing_dirs: Vec<PathBuf>,
+    /// A folder the images and thin pools named by a disk's `params` must lie in, it and below
+    /// (repeatable; symlinks resolved). Without it, any path the toolstack names.
+    #[arg(long = "image-dir", value_name = "DIR")]
+    pub image_dirs: Vec<PathBuf>,
     /// I/O limits of disks whose backend directory has no `qos/` key: comma-separated
     /// KEY=VALUE with QEMU's throttle names, e.g. `iops-total=500,bps-total=52428800`. Keys:
     /// iops-total, iops-read, iops-write (requests/s), bps-total, bps-read, bps-write
@@ -186,6 +210,13 @@ pub struct ServeArgs {
 /// `rustbk daemon`.
 #[derive(Debug, Args)]
 pub struct DaemonArgs {
+    /// The configuration file (default /etc/rustbk/rustbk.toml, if it exists): each setting
+    /// is one of these flags, and a flag given here wins.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Read no configuration file.
+    #[arg(long, conflicts_with = "config")]
+    pub no_config: bool,
     /// Where guests are.
     #[command(flatten)]
     pub platform: PlatformArgs,

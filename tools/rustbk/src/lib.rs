@@ -5,6 +5,8 @@
 pub mod cli;
 pub mod cluster;
 pub mod cmd;
+pub mod config;
+pub mod ctl;
 pub mod img;
 pub mod logging;
 pub mod supervise;

@@ -9,7 +9,7 @@ use rustbk_backend::xenbus::Store;
 use rustbk_ring::DomId;
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::platform::{backing_dirs, lock_dir, to_args};
+use super::platform::{backing_dirs, canonical_dirs, claim_rules, lock_dir, to_args};
 use crate::cli::DaemonArgs;
 
 /// Runs the watcher until xenstore goes away or the process is signalled. Workers keep
@@ -24,6 +24,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
 
 async fn daemon(args: DaemonArgs) -> anyhow::Result<()> {
     backing_dirs(&args.backend)?;
+    canonical_dirs(&args.backend.image_dirs, "--image-dir")?;
     let store = Store::connect().await.context("cannot reach xenstore")?;
     let exe = std::env::current_exe().context("cannot find the rustbk executable")?;
     let lock_dir = lock_dir(&args.platform);
@@ -39,6 +40,7 @@ async fn daemon(args: DaemonArgs) -> anyhow::Result<()> {
         kind: args.platform.kind.clone(),
         lock_dir,
         worker,
+        claim: claim_rules(&args.platform),
     };
     let mut term = signal(SignalKind::terminate())?;
     tokio::select! {

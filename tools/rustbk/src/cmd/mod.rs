@@ -5,6 +5,7 @@ mod daemon;
 mod demo;
 mod guest;
 mod image;
+mod man;
 mod platform;
 mod serve;
 mod soak;
@@ -31,6 +32,8 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Soak(args) => soak::run(args),
         Command::Img(args) => crate::img::run(args),
         Command::Thin(args) => crate::thin::run(args),
+        Command::Ctl(args) => crate::ctl::run(args),
+        Command::Man { out } => man::run(&out),
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use rustbk_backend::xenbus::{BackendOptions, default_max_queues};
+use rustbk_backend::xenbus::{BackendOptions, ClaimRules, default_max_queues};
 use rustbk_formats::EngineKind;
 use rustbk_grant::Platform;
 use rustbk_grant::emu::EmuPlatform;
@@ -24,6 +24,17 @@ pub fn platform(args: &PlatformArgs) -> anyhow::Result<Arc<dyn Platform>> {
         Some(dir) => Arc::new(EmuPlatform::new(dir, local)),
         None => Arc::new(rustbk_grant::xen::XenPlatform::new(local)?),
     })
+}
+
+/// Which vbds are rustbk's: the `--claim-*` flags, or rustbk's defaults without any.
+pub fn claim_rules(platform: &PlatformArgs) -> ClaimRules {
+    if platform.claim_scripts.is_empty() && platform.claim_types.is_empty() {
+        return ClaimRules::default();
+    }
+    ClaimRules {
+        scripts: platform.claim_scripts.clone(),
+        types: platform.claim_types.clone(),
+    }
 }
 
 /// Where per-guest lock files go.
@@ -54,6 +65,7 @@ pub fn options(args: &BackendArgs, platform: &PlatformArgs) -> anyhow::Result<Ba
         sector_size: args.sector_size,
         poll_us: args.poll_us,
         backing_dirs: backing_dirs(args)?,
+        image_dirs: canonical_dirs(&args.image_dirs, "--image-dir")?,
         journal_dir: lock_dir(platform),
         thin_service: match args.no_thin_service {
             true => None,
@@ -66,19 +78,20 @@ pub fn options(args: &BackendArgs, platform: &PlatformArgs) -> anyhow::Result<Ba
 
 /// The `--backing-dir` folders, symlinks resolved; each must exist.
 pub fn backing_dirs(args: &BackendArgs) -> anyhow::Result<Vec<PathBuf>> {
+    canonical_dirs(&args.backing_dirs, "--backing-dir")
+}
+
+/// Folders given with `flag`, symlinks resolved; each must exist.
+pub fn canonical_dirs(dirs: &[PathBuf], flag: &str) -> anyhow::Result<Vec<PathBuf>> {
     let canonical = |dir: &PathBuf| {
         std::fs::canonicalize(dir)
-            .with_context(|| format!("--backing-dir {}", dir.display()))
+            .with_context(|| format!("{flag} {}", dir.display()))
             .and_then(|real| {
-                anyhow::ensure!(
-                    real.is_dir(),
-                    "--backing-dir {}: not a folder",
-                    dir.display()
-                );
+                anyhow::ensure!(real.is_dir(), "{flag} {}: not a folder", dir.display());
                 Ok(real)
             })
     };
-    args.backing_dirs.iter().map(canonical).collect()
+    dirs.iter().map(canonical).collect()
 }
 
 /// The same flags as arguments, to pass on to a worker process.
@@ -88,6 +101,12 @@ pub fn to_args(platform: &PlatformArgs, backend: &BackendArgs) -> Vec<String> {
         out.extend(["--emu-dir".into(), dir.display().to_string()]);
     }
     out.extend(["--kind".into(), platform.kind.clone()]);
+    for name in &platform.claim_scripts {
+        out.extend(["--claim-script".into(), name.clone()]);
+    }
+    for name in &platform.claim_types {
+        out.extend(["--claim-type".into(), name.clone()]);
+    }
     out.extend([
         "--lock-dir".into(),
         lock_dir(platform).display().to_string(),
@@ -134,6 +153,9 @@ pub fn backend_args(backend: &BackendArgs) -> Vec<String> {
     ]);
     for dir in &backend.backing_dirs {
         out.extend(["--backing-dir".into(), dir.display().to_string()]);
+    }
+    for dir in &backend.image_dirs {
+        out.extend(["--image-dir".into(), dir.display().to_string()]);
     }
     if let Some(qos) = &backend.qos {
         out.extend(["--qos".into(), qos.to_string()]);
@@ -190,6 +212,8 @@ mod tests {
             backend_domid: 0,
             kind: "vbd".into(),
             lock_dir: None,
+            claim_scripts: Vec::new(),
+            claim_types: Vec::new(),
         };
         let opts = super::options(&parse(&[]).expect("parse"), &platform).expect("options");
         assert_eq!(
@@ -212,6 +236,8 @@ mod tests {
             backend_domid: 0,
             kind: "vbd".into(),
             lock_dir: None,
+            claim_scripts: Vec::new(),
+            claim_types: Vec::new(),
         };
         let opts = super::options(&parsed, &platform).expect("options");
         assert_eq!(opts.qos, again);

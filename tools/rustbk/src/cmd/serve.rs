@@ -1,10 +1,9 @@
 //! `rustbk serve`: the worker process of one guest (or one disk).
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use rustbk_backend::Stats;
+use rustbk_backend::control::{self, ControlSocket, Registry};
 use rustbk_backend::lock::GuestLock;
 use rustbk_backend::xenbus::{
     DeviceSpec, GuestSpec, Store, backend_root, error_chain, run_device, serve_guest,
@@ -12,7 +11,7 @@ use rustbk_backend::xenbus::{
 use rustbk_ring::DomId;
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::platform::{lock_dir, options, platform};
+use super::platform::{claim_rules, lock_dir, options, platform};
 use crate::cli::ServeArgs;
 
 /// Serves until the toolstack removes the disks or the process is signalled.
@@ -31,6 +30,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let backend = DomId(args.platform.backend_domid);
     let domid = DomId(args.domid);
     let mut term = signal(SignalKind::terminate())?;
+    let dir = lock_dir(&args.platform);
+    let registry = Registry::default();
     let work = async {
         match args.devid {
             Some(devid) => {
@@ -44,13 +45,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     domid,
                     devid,
                 };
-                let stats = Arc::new(Stats::default());
-                let r = run_device(store, platform, spec, opts, Arc::clone(&stats)).await;
+                let socket = control_socket(&control::disk_socket(&dir, domid, devid));
+                let device = registry.register(domid, devid);
+                let stats = std::sync::Arc::clone(device.stats());
+                let run = run_device(store, platform, spec, opts, device);
+                let r = with_control(socket, registry.clone(), run).await;
                 tracing::info!(stats = ?stats.snapshot(), "backend exiting");
                 r.map_err(|e| anyhow::anyhow!(error_chain(&e)))
             }
             None => {
-                let dir = lock_dir(&args.platform);
                 let Some(_lock) = GuestLock::acquire(&dir, domid)? else {
                     bail!(
                         "guest {} is already served by another rustbk worker",
@@ -61,8 +64,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     backend,
                     domid,
                     kind: args.platform.kind.clone(),
+                    claim: claim_rules(&args.platform),
                 };
-                serve_guest(store, platform, spec, opts)
+                // Bound only while the guest's lock is held: the socket is this worker's.
+                let socket = control_socket(&control::guest_socket(&dir, domid));
+                let run = serve_guest(store, platform, spec, opts, registry.clone());
+                with_control(socket, registry.clone(), run)
                     .await
                     .map_err(|e| anyhow::anyhow!(error_chain(&e)))
             }
@@ -74,4 +81,33 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
     }
     Ok(())
+}
+
+/// Binds the worker's control socket; a worker that cannot still serves its guest.
+fn control_socket(path: &std::path::Path) -> Option<ControlSocket> {
+    match ControlSocket::bind(path) {
+        Ok(socket) => Some(socket),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "no control socket; serving without one");
+            None
+        }
+    }
+}
+
+/// Runs `work` while answering the control socket's clients.
+async fn with_control<T>(
+    socket: Option<ControlSocket>,
+    registry: Registry,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    let Some(mut socket) = socket else {
+        return work.await;
+    };
+    tokio::pin!(work);
+    tokio::select! {
+        r = &mut work => return r,
+        () = control::serve(&mut socket, registry) => {}
+    }
+    // The socket stopped answering; the guest is still served.
+    work.await
 }

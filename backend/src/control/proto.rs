@@ -1,0 +1,97 @@
+//! The control protocol's messages: one JSON object per line.
+
+use serde::{Deserialize, Serialize};
+
+use crate::stats::StatsSnapshot;
+
+/// What a client asks a worker.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case")]
+pub enum Request {
+    /// Every device the worker serves, without counters.
+    List,
+    /// Devices with their counters: one (`devid`) or all.
+    Stats {
+        /// Only this device.
+        #[serde(default)]
+        devid: Option<u32>,
+    },
+    /// Stop taking requests: answer every request in flight, flush the image, release the
+    /// rings. The guest's new requests wait in its ring until `unpause`.
+    Pause {
+        /// The device.
+        devid: u32,
+    },
+    /// Take requests again after `pause`.
+    Unpause {
+        /// The device.
+        devid: u32,
+    },
+    /// Stop serving the device: the frontend is asked to close, as when the toolstack takes
+    /// the disk offline, and the worker lets it go.
+    Close {
+        /// The device.
+        devid: u32,
+    },
+}
+
+impl Request {
+    /// The device a command is for, if it is for one.
+    pub fn devid(&self) -> Option<u32> {
+        match self {
+            Request::List => None,
+            Request::Stats { devid } => *devid,
+            Request::Pause { devid } | Request::Unpause { devid } | Request::Close { devid } => {
+                Some(*devid)
+            }
+        }
+    }
+}
+
+/// What a worker answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "kebab-case")]
+pub enum Reply {
+    /// The devices asked for.
+    Devices {
+        /// One per device.
+        devices: Vec<DeviceReport>,
+    },
+    /// The command was carried out.
+    Done,
+    /// The request failed.
+    Error {
+        /// Why.
+        message: String,
+    },
+}
+
+/// One device of a worker, as `list` and `stats` show it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceReport {
+    /// The worker process.
+    pub pid: u32,
+    /// The guest.
+    pub domid: u16,
+    /// The virtual device number.
+    pub devid: u32,
+    /// The backend's xenbus state (`InitWait`, `Connected`, ...).
+    pub state: String,
+    /// Paused by `pause`.
+    pub paused: bool,
+    /// What the toolstack's `params` names.
+    pub params: String,
+    /// `raw`, `qcow2`, `thin` or `null`.
+    pub format: String,
+    /// The cache mode.
+    pub cache: String,
+    /// Served read-only.
+    pub read_only: bool,
+    /// The disk's size in bytes.
+    pub size: u64,
+    /// Rings (queues) connected now.
+    pub queues: u32,
+    /// The counters, for `stats`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<StatsSnapshot>,
+}
