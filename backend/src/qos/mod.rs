@@ -28,13 +28,19 @@ pub use throttle::{Cost, Throttle};
 
 /// The limits of one disk, read by its ring workers and changed by the control plane.
 ///
-/// Workers look at [`DiskQos::generation`] once per loop round (one relaxed load of a value
-/// written only when the limits change) and take the new throttle when it moved.
+/// Workers look at [`DiskQos::generation`] once per loop round (one load of a value written
+/// only when the limits change) and take the new throttle when it moved.
 #[derive(Debug)]
 pub struct DiskQos {
-    generation: AtomicU64,
+    generation: Generation,
     current: Mutex<Current>,
 }
+
+/// The generation counter alone in its cache lines: every ring of the disk reads it each loop
+/// round, so no other data that anything writes may share its line.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Generation(AtomicU64);
 
 #[derive(Debug)]
 struct Current {
@@ -47,7 +53,7 @@ impl DiskQos {
     pub fn new(limits: QosLimits) -> Result<Arc<DiskQos>, String> {
         limits.validate()?;
         Ok(Arc::new(DiskQos {
-            generation: AtomicU64::new(0),
+            generation: Generation::default(),
             current: Mutex::new(Current {
                 throttle: new_throttle(&limits),
                 limits,
@@ -69,7 +75,7 @@ impl DiskQos {
         cur.throttle = new_throttle(&limits);
         cur.limits = limits;
         // Under the lock: a worker that sees the new generation reads the new throttle.
-        self.generation.fetch_add(1, Ordering::Release);
+        self.generation.0.fetch_add(1, Ordering::Release);
         Ok(())
     }
 
@@ -80,7 +86,7 @@ impl DiskQos {
 
     /// A number that changes whenever the limits do.
     pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
+        self.generation.0.load(Ordering::Acquire)
     }
 
     /// The throttle in force (`None`: unlimited) and the generation it belongs to.
