@@ -129,6 +129,8 @@ counters! {
     grant_copy_requests,
     /// Requests read or written through an io_uring fixed buffer.
     fixed_buffer_requests,
+    /// Requests the disk's I/O limits held back before they started (each counted once).
+    qos_held,
     /// The latencies of every answered request added up, in microseconds.
     latency_us_sum,
 }
@@ -226,6 +228,7 @@ mod tests {
         Stats::add(&q1.reads, 4);
         Stats::add(&q1.bytes_written, 4096);
         Stats::add(&q1.persistent_cached, 2);
+        Stats::add(&q1.qos_held, 5);
         assert_eq!(dev.snapshot().reads, 7);
         assert_eq!(dev.snapshot().bytes_written, 4096);
         Stats::sub(&q1.persistent_cached, 2);
@@ -233,8 +236,8 @@ mod tests {
         Stats::add(&q0.reads, 1);
         let s = dev.snapshot();
         assert_eq!(
-            (s.reads, s.bytes_written, s.persistent_cached),
-            (8, 4096, 0)
+            (s.reads, s.bytes_written, s.persistent_cached, s.qos_held),
+            (8, 4096, 0, 5)
         );
         dev.retire(&q0);
         assert_eq!(dev.snapshot().reads, 8);

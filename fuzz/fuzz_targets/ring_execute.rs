@@ -125,6 +125,7 @@ fn run(w: &World, ctl: u8, entries: &[u8], pages: &[u8]) {
         persistent_grants: if ctl & 2 != 0 { 1056 } else { 0 },
         persistent_unused: None,
         poll_us: 0,
+        qos: rustbk_backend::qos::DiskQos::new(Default::default()).expect("no limits"),
     };
     let exit = Arc::new(Mutex::new(None));
     let seen = Arc::clone(&exit);

@@ -259,7 +259,7 @@ fn demo_makes_a_missing_image_of_the_size_asked() {
 
 #[test]
 fn bad_arguments_are_refused_before_any_process_starts() {
-    let cases: [&[&str]; 12] = [
+    let cases: [&[&str]; 14] = [
         &["demo", "--qd=0"],
         &["demo", "--qd=513"],
         &["demo", "--duration=-1"],
@@ -272,6 +272,8 @@ fn bad_arguments_are_refused_before_any_process_starts() {
         &["bench", "--rounds=0"],
         &["bench", "--queues=0"],
         &["demo", "--max-queues=0"],
+        &["demo", "--qos=iops-total=1,iops-read=1"],
+        &["bench", "--qos=iops_total=5"],
     ];
     for args in cases {
         let out = run(args);

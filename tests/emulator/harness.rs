@@ -32,6 +32,8 @@ pub struct Setup {
     pub backend_env: Vec<(&'static str, String)>,
     /// `params` as written, instead of the image's path (e.g. `null:64M`).
     pub params: Option<String>,
+    /// The `qos/` keys of the backend directory.
+    pub qos: Vec<(String, String)>,
 }
 
 impl Default for Setup {
@@ -46,6 +48,7 @@ impl Default for Setup {
             data_path: None,
             backend_env: Vec::new(),
             params: None,
+            qos: Vec::new(),
         }
     }
 }
@@ -393,6 +396,7 @@ pub fn spec_for(setup: &Setup, domid: DomId, image: &std::path::Path) -> VbdSpec
         discard: setup.discard,
         cache_mode: setup.cache_mode.clone(),
         data_path: setup.data_path.clone(),
+        qos: setup.qos.clone(),
         ..VbdSpec::rustbk(domid, XVDA, params)
     }
 }

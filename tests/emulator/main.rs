@@ -22,5 +22,6 @@ mod multiqueue;
 mod null;
 mod persistent;
 mod qcow2;
+mod qos;
 mod resize;
 mod thin;

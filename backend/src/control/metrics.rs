@@ -60,6 +60,11 @@ const COUNTERS: &[Counter] = &[
         "Data pages mapped afresh.",
         |s| s.persistent_misses,
     ),
+    (
+        "qos_held_total",
+        "Requests the disk's I/O limits held back.",
+        |s| s.qos_held,
+    ),
 ];
 
 /// The counters of `devices` (each with its stats) in Prometheus' text format, labelled by

@@ -33,6 +33,14 @@ pub enum Request {
         /// The device.
         devid: u32,
     },
+    /// Replace the disk's I/O limits (see [`Command::Qos`](super::Command::Qos)).
+    Qos {
+        /// The device.
+        devid: u32,
+        /// The limits, QEMU's names and syntax (`iops-total=500,bps-read=1048576`); `none`:
+        /// unlimited.
+        limits: String,
+    },
     /// Grow the disk online (see [`Command::Resize`](super::Command::Resize)).
     Resize {
         /// The device.
@@ -51,7 +59,8 @@ impl Request {
             Request::Pause { devid }
             | Request::Unpause { devid }
             | Request::Close { devid }
-            | Request::Resize { devid, .. } => Some(*devid),
+            | Request::Resize { devid, .. }
+            | Request::Qos { devid, .. } => Some(*devid),
         }
     }
 }

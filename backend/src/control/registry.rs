@@ -10,7 +10,7 @@ use super::proto::DeviceReport;
 use crate::Stats;
 
 /// A command for one device's state machine.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Command {
     /// Drain, flush, release the rings; requests wait in the ring.
     Pause,
@@ -29,6 +29,9 @@ pub enum Command {
     /// backing file (or a thin volume whose origin) is larger, and a thin volume whose pool
     /// the worker opened itself. A refused resize leaves the disk serving at its old size.
     Resize(u64),
+    /// Replace the disk's I/O limits (all of them: limits not named are lifted) until its
+    /// `qos/` keys change or its frontend connects again.
+    Qos(crate::qos::QosLimits),
 }
 
 /// What an online resize did.

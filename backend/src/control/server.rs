@@ -167,6 +167,10 @@ async fn answer(registry: &Registry, line: &str) -> Reply {
         Request::Pause { devid } => done(registry.command(devid, Command::Pause).await),
         Request::Unpause { devid } => done(registry.command(devid, Command::Unpause).await),
         Request::Close { devid } => done(registry.command(devid, Command::Close).await),
+        Request::Qos { devid, limits } => match crate::qos::QosLimits::parse_list(&limits) {
+            Ok(l) => done(registry.command(devid, Command::Qos(l)).await),
+            Err(message) => Reply::Error { message },
+        },
         Request::Resize { devid, size } => {
             done(registry.command(devid, Command::Resize(size)).await)
         }

@@ -12,6 +12,7 @@ use rustbk_ring::{
 use super::DataPath;
 use super::copy_path::Bounce;
 use super::order::{Exclusive, Stage, WriteData};
+use super::qos::Deferred;
 use super::ring_loop::RingWorker;
 use super::slots::{Slot, SlotKind};
 use crate::Stats;
@@ -22,7 +23,7 @@ impl RingWorker<'_> {
         self.since = self.clock;
         match decoded {
             Err(bad) => self.refuse(&bad),
-            Ok(req) if self.order.exclusive.is_some() => {
+            Ok(req) if self.order.exclusive.is_some() || !self.order.held.is_empty() => {
                 self.order.held.push_back((req, self.since));
             }
             Ok(req) => self.start(req),
@@ -46,13 +47,61 @@ impl RingWorker<'_> {
         if let Err(bad) = rustbk_ring::validate(&req, &segments, &self.cfg.limits) {
             return self.refuse(&bad);
         }
+        if !self.may_start(&req, &segments) {
+            Stats::add(&self.stats.qos_held, 1);
+            let segments = segments.into_owned();
+            let since = self.since;
+            self.deferred = Some(Deferred {
+                req,
+                segments,
+                since,
+            });
+            return;
+        }
+        self.dispatch(req, &segments);
+    }
+
+    /// Whether the disk's limits let a validated request start now (always while stopping:
+    /// a request taken off the ring is answered before the ring goes away).
+    fn may_start(&mut self, req: &Request, segments: &[Segment]) -> bool {
+        self.stopping || self.qos.admit(req, segments)
+    }
+
+    /// Starts the request the limits held back if they allow it now; true if it started.
+    pub(super) fn resume(&mut self) -> bool {
+        let Some(held) = self.deferred.take() else {
+            return false;
+        };
+        if !self.may_start(&held.req, &held.segments) {
+            self.deferred = Some(held);
+            return false;
+        }
+        self.since = held.since;
+        self.dispatch(held.req, &held.segments);
+        true
+    }
+
+    /// Starts the requests held behind a finished exclusive request, in ring order, until
+    /// another exclusive request or the limits hold the next one back.
+    pub(super) fn start_held(&mut self) {
+        while self.order.exclusive.is_none() && self.deferred.is_none() {
+            let Some((req, since)) = self.order.held.pop_front() else {
+                break;
+            };
+            self.since = since;
+            self.start(req);
+        }
+    }
+
+    /// Submits the first operation of a validated request the limits let through.
+    fn dispatch(&mut self, req: Request, segments: &[Segment]) {
         match req {
             Request::Rw {
                 id, op: rw, sector, ..
             }
             | Request::Indirect {
                 id, op: rw, sector, ..
-            } => self.start_rw(id, rw, sector.0, &segments),
+            } => self.start_rw(id, rw, sector.0, segments),
             Request::Discard {
                 id,
                 sector,
@@ -380,8 +429,9 @@ impl RingWorker<'_> {
         self.respond(slot.id, slot.op, st);
     }
 
-    /// Starts whatever was waiting: ready flushes, the exclusive request's next step, and held
-    /// requests once the exclusive one is answered.
+    /// Starts whatever was waiting: ready flushes, the exclusive request's next step, the
+    /// request the limits held back if they allow it now, and held requests once the exclusive
+    /// one is answered.
     pub(super) fn release_waiters(&mut self) {
         while let Some(f) = self.order.pop_ready_flush() {
             self.submit(
@@ -409,13 +459,8 @@ impl RingWorker<'_> {
                 self.submit(IoOp::Flush, slot);
             }
         }
-        while self.order.exclusive.is_none() {
-            let Some((req, since)) = self.order.held.pop_front() else {
-                break;
-            };
-            self.since = since;
-            self.start(req);
-        }
+        self.resume();
+        self.start_held();
     }
 
     fn advance_exclusive(&mut self, st: i16) {

@@ -1,10 +1,13 @@
 //! The data path: one thread per ring (one per queue of a multi-queue device), driving its own
-//! image queue; the rings of a device share no lock on the request path.
+//! image queue; the rings of a device share no lock on the request path (but the throttle of a
+//! disk with I/O limits).
 //!
 //! The thread sleeps in `poll(2)` on three descriptors: the event channel (new requests), the
 //! image queue's completion notifier, and a stop doorbell. Each wake-up pulls every pending
 //! request (copied out of the ring once and validated), submits their I/O as one batch, reaps
-//! completions, publishes responses and notifies the frontend only when it asked for it.
+//! completions, publishes responses and notifies the frontend only when it asked for it. A
+//! disk with I/O limits holds back the request that would exceed them and sleeps until it may
+//! start (see [`crate::qos`]).
 
 mod copy_path;
 mod dispatch;
@@ -12,6 +15,7 @@ mod fault;
 mod fixed;
 mod order;
 mod persistent;
+mod qos;
 mod ring_loop;
 mod slots;
 
@@ -65,6 +69,8 @@ pub struct WorkerConfig {
     pub data_path: DataPath,
     /// Register persistently mapped pages as the image queue's io_uring fixed buffers.
     pub fixed_buffers: bool,
+    /// The disk's I/O limits, shared by its rings and changed while it is served.
+    pub qos: Arc<crate::qos::DiskQos>,
 }
 
 /// How a ring worker reaches the guest's data pages.

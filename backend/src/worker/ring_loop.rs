@@ -14,6 +14,7 @@ use super::copy_path::{Bounce, BouncePool};
 use super::fault::Faults;
 use super::order::Order;
 use super::persistent::{CacheLimits, GrantCache};
+use super::qos::{Deferred, QosGate};
 use super::slots::Slots;
 use super::{RingResources, WorkerConfig, WorkerExit};
 use crate::Stats;
@@ -53,9 +54,13 @@ pub(super) struct RingWorker<'a> {
     pub bounces: BouncePool,
     /// The bounce buffers of in-flight operations, by tag.
     pub in_flight_bounces: Vec<Option<Bounce>>,
+    /// The disk's I/O limits.
+    pub qos: QosGate,
+    /// The request the limits hold back; while there is one, nothing else leaves the ring.
+    pub deferred: Option<Deferred>,
     completions: Vec<Completion>,
     responses_pending: bool,
-    stopping: bool,
+    pub stopping: bool,
     stop: &'a EventFd,
     warn_budget: u32,
     /// Test-only fault injection (inert in release builds).
@@ -88,6 +93,7 @@ pub(super) fn run(
         unused_after: cfg.persistent_unused,
     };
     let persistent = (cfg.persistent_grants > 0).then(|| GrantCache::new(limits, now));
+    let qos = QosGate::new(Arc::clone(&cfg.qos));
     let mut w = RingWorker {
         cfg,
         ring: res.ring,
@@ -105,6 +111,8 @@ pub(super) fn run(
         slot_scratch: None,
         bounces: BouncePool::default(),
         in_flight_bounces: Vec::new(),
+        qos,
+        deferred: None,
         completions: Vec::new(),
         responses_pending: false,
         stopping: false,
@@ -148,6 +156,7 @@ impl RingWorker<'_> {
     fn run_loop(&mut self) -> Result<(), Fatal> {
         loop {
             self.tend_grants();
+            self.qos.refresh();
             let mut busy = false;
             if !self.stopping {
                 busy |= self.pull_requests()?;
@@ -164,13 +173,15 @@ impl RingWorker<'_> {
             if busy {
                 continue;
             }
-            if !self.stopping && self.poll_briefly()? {
+            // Held back by the limits: the ring has requests, but the wait is the throttle's.
+            let taking = !self.stopping && self.deferred.is_none();
+            if taking && self.poll_briefly()? {
                 continue;
             }
-            if !self.stopping && self.poll_briefly()? {
+            if taking && self.poll_briefly()? {
                 continue;
             }
-            if !self.stopping
+            if taking
                 && self
                     .ring
                     .final_check_for_requests()
@@ -194,17 +205,33 @@ impl RingWorker<'_> {
         self.persistent = Some(cache);
     }
 
-    /// How long the loop may sleep: until the persistent grants' next sweep, if any.
+    /// How long the loop may sleep: until the persistent grants' next sweep or the time the
+    /// held-back request may start, whichever comes first.
     fn sleep_limit(&self) -> Option<std::time::Duration> {
-        let next = self.persistent.as_ref()?.next_sweep()?;
-        Some(next.saturating_duration_since(Instant::now()))
+        let sweep = self
+            .persistent
+            .as_ref()
+            .and_then(GrantCache::next_sweep)
+            .map(|next| next.saturating_duration_since(Instant::now()));
+        let qos = self.deferred.as_ref().and(self.qos.sleep_limit());
+        match (sweep, qos) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
-    /// Takes every pending request off the ring; true if there was any.
+    /// Starts the held-back request if the limits allow it now and whatever waited behind it,
+    /// then takes pending requests off the ring until there are none or the limits hold one
+    /// back; true if any request started or was taken.
     fn pull_requests(&mut self) -> Result<bool, Fatal> {
-        let mut pulled = 0;
         self.clock = Instant::now();
-        while let Some(decoded) = self.ring.next_request().map_err(Fatal::Overflow)? {
+        let resumed = self.resume();
+        self.start_held();
+        let mut pulled = 0;
+        while self.deferred.is_none() {
+            let Some(decoded) = self.ring.next_request().map_err(Fatal::Overflow)? else {
+                break;
+            };
             pulled += 1;
             self.handle(decoded);
         }
@@ -214,7 +241,7 @@ impl RingWorker<'_> {
                 Stats::add(&self.stats.ring_full, 1);
             }
         }
-        Ok(pulled > 0)
+        Ok(resumed || pulled > 0)
     }
 
     /// Handles finished queue operations; true if there was any.
@@ -241,7 +268,7 @@ impl RingWorker<'_> {
     }
 
     fn is_idle(&self) -> bool {
-        self.slots.is_empty() && self.order.is_idle()
+        self.slots.is_empty() && self.order.is_idle() && self.deferred.is_none()
     }
 
     /// Queues a response; published by [`Self::publish`].

@@ -22,8 +22,10 @@ use super::keys::{
     BackendInfo, Disk, data_path, discard_offered, persistent_offered, publish_disk,
     publish_features, read_backend,
 };
+use super::qos::{apply_qos_change, read_qos};
 use super::{Store, XenbusState, fatal};
 use crate::control::{Answer, Command, DeviceControl, Pending};
+use crate::qos::{DiskQos, QosLimits};
 use crate::worker::{DataPath, DiskSectors, RingResources, Worker, WorkerConfig, WorkerExit};
 use crate::{Error, Stats};
 
@@ -98,6 +100,8 @@ pub struct BackendOptions {
     /// The rustbk executable that starts a pool service (`rustbk thin serve`) for a thin
     /// volume's pool when none serves it; `None`: the worker opens the pool itself.
     pub thin_service: Option<PathBuf>,
+    /// The I/O limits of disks whose backend directory has no `qos/` key.
+    pub qos: QosLimits,
 }
 
 impl Default for BackendOptions {
@@ -119,6 +123,7 @@ impl Default for BackendOptions {
             image_dirs: Vec::new(),
             journal_dir: PathBuf::from("/run/rustbk"),
             thin_service: None,
+            qos: QosLimits::default(),
         }
     }
 }
@@ -130,6 +135,10 @@ struct Device {
     opts: BackendOptions,
     info: BackendInfo,
     image: Arc<dyn BlockImage>,
+    /// The disk's I/O limits, shared with its ring workers.
+    qos: Arc<DiskQos>,
+    /// A bad change of the `qos/` keys is reported in the `error` node.
+    qos_error: bool,
     state: XenbusState,
     /// One worker per connected ring, with the ring's own counters.
     workers: Vec<(Worker, Arc<Stats>)>,
@@ -180,7 +189,7 @@ async fn run_device_inner(
         tracing::info!("device is offline (being removed); not serving it");
         return Ok(());
     }
-    let (info, image) = match read_and_open(&store, &be, &opts).await {
+    let (info, image, qos) = match read_and_open(&store, &be, &opts).await {
         Ok(opened) => opened,
         Err(e) => {
             fatal::fail_unserved(&store, &be, &e).await?;
@@ -198,6 +207,8 @@ async fn run_device_inner(
         opts,
         info,
         image,
+        qos,
+        qos_error: false,
         state: XenbusState::Unknown,
         workers: Vec::new(),
         stats,
@@ -226,6 +237,7 @@ async fn run_device_inner(
     let mut online_watch = dev.store.watch(&format!("{be}/online")).await?;
     let mut size_check = tokio::time::interval(resize::SIZE_CHECK_EVERY);
     size_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut qos_watch = dev.store.watch(&format!("{be}/qos")).await?;
     loop {
         tokio::select! {
             ev = fe_watch.next() => match ev {
@@ -234,6 +246,10 @@ async fn run_device_inner(
             },
             ev = online_watch.next() => match ev {
                 Some(_) => dev.on_online_change().await?,
+                None => break,
+            },
+            ev = qos_watch.next() => match ev {
+                Some(_) => dev.on_qos_change().await?,
                 None => break,
             },
             Some(exit) = exit_rx.recv() => dev.on_worker_exit(exit).await?,
@@ -249,12 +265,12 @@ async fn run_device_inner(
     Ok(())
 }
 
-/// What the toolstack asked for, and the image opened accordingly.
+/// What the toolstack asked for, the image opened accordingly, and the disk's limits.
 async fn read_and_open(
     store: &Store,
     be: &str,
     opts: &BackendOptions,
-) -> Result<(BackendInfo, Arc<dyn BlockImage>), Error> {
+) -> Result<(BackendInfo, Arc<dyn BlockImage>, Arc<DiskQos>), Error> {
     let info = read_backend(store, be).await?;
     let key = format!("{be}/params");
     match &info.disk {
@@ -262,8 +278,15 @@ async fn read_and_open(
         Disk::Thin { pool, .. } => super::allowed::check_allowed(pool, &opts.image_dirs, &key)?,
         Disk::Null { .. } => {}
     }
+    let limits = read_qos(store, be, &opts.qos).await?;
+    let qos = DiskQos::new(limits).map_err(|why| Error::BadNode {
+        path: format!("{be}/qos"),
+        value: limits.to_string(),
+        why,
+    })?;
     let image = open(&info, opts)?;
-    Ok((info, image))
+    tracing::info!(qos = %limits, "QoS limits");
+    Ok((info, image, qos))
 }
 
 fn open(info: &BackendInfo, opts: &BackendOptions) -> Result<Arc<dyn BlockImage>, Error> {
@@ -425,6 +448,7 @@ impl Device {
     async fn connect(&mut self) -> Result<(), Error> {
         // Only the first connect after a restart takes over the old ring, whatever happens.
         let reattach = std::mem::take(&mut self.reattach);
+        self.refresh_qos().await?;
         let rings = read_frontend_rings(&self.store, &self.info.frontend, &self.opts).await?;
         // Map every ring before any worker starts: a bad ring leaves nothing running.
         let mut attached = Vec::with_capacity(rings.len());
@@ -449,7 +473,8 @@ impl Device {
         .await?;
         if let Some(fr) = rings.first() {
             let (abi, queues) = (fr.abi.protocol_name(), rings.len());
-            tracing::info!(queues, order = fr.order, abi, persistent, "rings connected");
+            let qos = self.qos.limits();
+            tracing::info!(queues, order = fr.order, abi, persistent, %qos, "rings connected");
         }
         Ok(())
     }
@@ -477,6 +502,7 @@ impl Device {
             poll_us: self.opts.poll_us,
             data_path,
             fixed_buffers: self.opts.fixed_buffers,
+            qos: Arc::clone(&self.qos),
         };
         let exits = self.exits.clone();
         let on_exit = move |exit: &WorkerExit| {
@@ -550,6 +576,32 @@ impl Device {
         Ok(())
     }
 
+    /// Reads the `qos/` keys at connect: bad ones refuse the connection, as at start.
+    async fn refresh_qos(&mut self) -> Result<(), Error> {
+        let limits = read_qos(&self.store, &self.spec.backend_path, &self.opts.qos).await?;
+        self.qos_error = false;
+        if limits != self.qos.limits() {
+            self.qos.set_limits(limits).map_err(|why| Error::BadNode {
+                path: format!("{}/qos", self.spec.backend_path),
+                value: limits.to_string(),
+                why,
+            })?;
+        }
+        Ok(())
+    }
+
+    async fn on_qos_change(&mut self) -> Result<(), Error> {
+        let be = &self.spec.backend_path;
+        apply_qos_change(
+            &self.store,
+            be,
+            &self.opts.qos,
+            &self.qos,
+            &mut self.qos_error,
+        )
+        .await
+    }
+
     /// Carries out a control command and sends its outcome back.
     async fn on_command(&mut self, pending: Pending) -> Result<(), Error> {
         tracing::info!(command = ?pending.command, "control command");
@@ -559,6 +611,7 @@ impl Device {
             Command::Unpause => done(self.unpause().await),
             Command::Close => done(self.close().await),
             Command::Resize(size) => self.resize(size).await.map(Answer::Resized),
+            Command::Qos(limits) => done(self.set_qos(limits)),
         };
         let (reply, result) = match outcome {
             Ok(answer) => (Ok(answer), Ok(())),
@@ -624,6 +677,14 @@ impl Device {
             return Ok(());
         }
         self.connect_or_close().await.map_err(CommandError::Fatal)
+    }
+
+    /// New I/O limits from the control socket; they hold until the `qos/` keys change or the
+    /// frontend connects again (both read the keys).
+    fn set_qos(&mut self, limits: QosLimits) -> Result<(), CommandError> {
+        self.qos.set_limits(limits).map_err(CommandError::Refused)?;
+        tracing::info!(qos = %limits, "QoS limits set by a control command");
+        Ok(())
     }
 
     /// Grows the disk online (see [`Command::Resize`]); a refusal leaves it serving.

@@ -28,8 +28,14 @@ pub fn linux_error_path(be: &str) -> Option<String> {
 
 /// Writes "<errno> <message>" to the device's `error` nodes; failures are only logged.
 pub async fn write_error(store: &Store, be: &str, errno: i32, message: &str) {
+    tracing::error!(error = %format!("{errno} {message}"), "device failed; reported to the toolstack");
+    report_error(store, be, errno, message).await;
+}
+
+/// Writes "<errno> <message>" to the device's `error` nodes without logging it (the caller
+/// has); failures are only logged.
+pub async fn report_error(store: &Store, be: &str, errno: i32, message: &str) {
     let text = format!("{errno} {message}");
-    tracing::error!(error = %text, "device failed; reported to the toolstack");
     let paths = std::iter::once(format!("{be}/error")).chain(linux_error_path(be));
     for path in paths {
         if let Err(e) = store.write(&path, &text).await {

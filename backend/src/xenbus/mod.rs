@@ -5,7 +5,8 @@
 //! `queue-N/`), bind their event channels, start one ring worker per ring, publish the disk's
 //! size and go to Connected; follow the frontend to Closing and Closed (draining in-flight I/O
 //! first); and when a frontend starts again after Closed (guest reboot, kexec), go back to
-//! InitWait. A frontend whose ring keys are wrong gets an `error` node and Closing.
+//! InitWait. A frontend whose ring keys are wrong gets an `error` node and Closing. The disk's
+//! I/O limits (`qos/` keys) are read at start and at connect and watched while it is served.
 //!
 //! Online resize, as blkback's `xen_vbd_resize`: when the image grows (its owner extended the
 //! file, checked once a second, or `rustbk ctl resize`), the ring workers' size is raised,
@@ -19,6 +20,7 @@ mod fatal;
 mod guest;
 mod journal;
 mod keys;
+mod qos;
 mod state;
 mod store;
 mod thin;

@@ -31,6 +31,9 @@ pub struct VbdSpec {
     /// The hotplug script libxl records (`script`): `/etc/xen/scripts/rustbk` makes the disk
     /// rustbk's; `None` leaves the key out (a disk for another backend).
     pub script: Option<String>,
+    /// I/O limits written as `qos/<name>` beside `params` (QEMU's throttle names, e.g.
+    /// `iops-total`); none by default.
+    pub qos: Vec<(String, String)>,
 }
 
 /// The script path xl records for `script=rustbk`.
@@ -49,6 +52,7 @@ impl VbdSpec {
             cache_mode: None,
             data_path: None,
             script: Some(RUSTBK_SCRIPT.into()),
+            qos: Vec::new(),
         }
     }
 
@@ -111,7 +115,7 @@ pub fn add_vbd(xs: &XsClient, spec: &VbdSpec) -> Result<(), Error> {
     Ok(())
 }
 
-fn backend_keys(spec: &VbdSpec) -> Vec<(&'static str, String)> {
+fn backend_keys(spec: &VbdSpec) -> Vec<(String, String)> {
     let mut keys = vec![
         ("frontend", spec.frontend_path()),
         ("frontend-id", spec.domid.0.to_string()),
@@ -136,6 +140,12 @@ fn backend_keys(spec: &VbdSpec) -> Vec<(&'static str, String)> {
     if let Some(script) = &spec.script {
         keys.push(("script", script.clone()));
     }
+    let mut keys: Vec<(String, String)> = keys.into_iter().map(|(k, v)| (k.into(), v)).collect();
+    keys.extend(
+        spec.qos
+            .iter()
+            .map(|(k, v)| (format!("qos/{k}"), v.clone())),
+    );
     keys
 }
 

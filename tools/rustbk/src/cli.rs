@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use rustbk_backend::qos::QosLimits;
 use rustbk_backend::worker::DataPath;
 use rustbk_backend::xenbus::DEFAULT_FIXED_BUFFERS;
 use rustbk_formats::CacheMode;
@@ -178,6 +179,14 @@ pub struct BackendArgs {
     /// (repeatable; symlinks resolved). Without it, any path the toolstack names.
     #[arg(long = "image-dir", value_name = "DIR")]
     pub image_dirs: Vec<PathBuf>,
+    /// I/O limits of disks whose backend directory has no `qos/` key: comma-separated
+    /// KEY=VALUE with QEMU's throttle names, e.g. `iops-total=500,bps-total=52428800`. Keys:
+    /// iops-total, iops-read, iops-write (requests/s), bps-total, bps-read, bps-write
+    /// (bytes/s), each also as KEY-max (burst rate) and KEY-max-length (burst seconds), and
+    /// iops-size (bytes a request counts as one for the iops limits). A total limit excludes
+    /// its read and write limits. Default: none.
+    #[arg(long, value_name = "LIST", value_parser = parse_qos)]
+    pub qos: Option<QosLimits>,
 }
 
 fn parse_data_path(s: &str) -> Result<DataPath, String> {
@@ -496,6 +505,11 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     };
     let n: f64 = num.parse().map_err(|_| format!("not a duration: {s:?}"))?;
     std::time::Duration::try_from_secs_f64(n * mult).map_err(|_| format!("bad duration: {s:?}"))
+}
+
+/// I/O limits: `KEY=VALUE,...` with QEMU's throttle names, checked as QEMU does; `none`.
+pub fn parse_qos(s: &str) -> Result<QosLimits, String> {
+    QosLimits::parse_list(s)
 }
 
 /// Accepts the two logical sector sizes blkif knows: 512 and 4096.

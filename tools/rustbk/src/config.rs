@@ -80,6 +80,8 @@ pub struct Disks {
     pub poll_us: Option<u32>,
     /// `--no-thin-service` when false.
     pub thin_service: Option<bool>,
+    /// `--qos`: the I/O limits of disks without `qos/` keys (`iops-total=500,...`).
+    pub qos: Option<String>,
 }
 
 impl Config {
@@ -121,6 +123,7 @@ impl Config {
             num(d.persistent_grant_unused_secs),
         );
         many("--poll-us", num(d.poll_us));
+        many("--qos", one(d.qos.clone()));
         if d.persistent_grants == Some(false) {
             out.push("--no-persistent".into());
         }
@@ -176,14 +179,15 @@ mod tests {
     fn settings_become_flags_and_unknown_keys_are_refused() {
         let c: Config = toml::from_str(
             "[claim]\nscripts = [\"a\", \"b\"]\n[paths]\nimage_dirs = [\"/srv/img\"]\n\
-             [disks]\ncache = \"writeback\"\nmax_queues = 2\npersistent_grants = false\n",
+             [disks]\ncache = \"writeback\"\nmax_queues = 2\npersistent_grants = false\n\
+             qos = \"iops-total=500\"\n",
         )
         .unwrap();
         let args = c.to_args().join(" ");
         assert_eq!(
             args,
             "--claim-script a --claim-script b --image-dir /srv/img --cache writeback \
-             --max-queues 2 --no-persistent"
+             --max-queues 2 --qos iops-total=500 --no-persistent"
         );
         let err = toml::from_str::<Config>("[disks]\ncahce = \"none\"\n").unwrap_err();
         assert!(err.to_string().contains("cahce"), "{err}");

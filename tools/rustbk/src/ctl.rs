@@ -84,6 +84,17 @@ pub enum CtlCommand {
         #[arg(value_parser = crate::cli::parse_size)]
         size: u64,
     },
+    /// Replace a disk's I/O limits while it is served: QEMU's names
+    /// (`iops-total=500,bps-read=1048576,iops-total-max=1000`), `none` for unlimited. Limits
+    /// not named are lifted. They hold until the disk's `qos/` keys change or its frontend
+    /// connects again.
+    Qos {
+        /// The device.
+        #[command(flatten)]
+        device: DeviceArg,
+        /// The limits.
+        limits: String,
+    },
     /// Every device's counters in Prometheus' text format.
     Metrics,
     /// Stop worker processes (SIGTERM, then wait for them to exit): the guest's or every
@@ -122,6 +133,15 @@ pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
         CtlCommand::Unpause(d) => command(dir, &d, |devid| Request::Unpause { devid }),
         CtlCommand::Close(d) => command(dir, &d, |devid| Request::Close { devid }),
         CtlCommand::Stop { domid, .. } => stop(dir, domid),
+        CtlCommand::Qos { device, limits } => {
+            rustbk_backend::qos::QosLimits::parse_list(&limits)
+                .map_err(|e| anyhow::anyhow!("bad limits {limits:?}: {e}"))?;
+            let devid = device.devid;
+            command(dir, &device, |_| Request::Qos {
+                devid,
+                limits: limits.clone(),
+            })
+        }
         CtlCommand::Resize { device, size } => {
             let devid = device.devid;
             command(dir, &device, |_| Request::Resize { devid, size })

@@ -34,6 +34,11 @@ impl Pacer {
         true
     }
 
+    /// Whether turns are limited at all.
+    pub fn is_limited(&self) -> bool {
+        self.interval.is_some()
+    }
+
     /// How long until the next turn (zero without a limit or if one is due).
     pub fn wait(&self, now: Instant) -> Duration {
         match self.interval {
@@ -70,5 +75,6 @@ mod tests {
         let mut p = Pacer::new(None, t0);
         assert!((0..1000).all(|_| p.try_take(t0)));
         assert_eq!(p.wait(t0), Duration::ZERO);
+        assert!(!p.is_limited() && Pacer::new(Some(5), t0).is_limited());
     }
 }

@@ -152,10 +152,13 @@ impl<'a> Runner<'a> {
     }
 
     /// How long to wait for responses: until the next paced request is due, if there is one.
+    /// How long to wait for responses: until the next paced turn (at least a millisecond, so
+    /// a turn that fell due since the queue was filled is taken soon without spinning when
+    /// every slot is busy), or for a response.
     fn poll_timeout(&self, issuing: bool) -> Duration {
-        let pace = self.pacer.wait(Instant::now());
-        if issuing && pace > Duration::ZERO {
-            pace.min(RESPONSE_TIMEOUT)
+        if issuing && self.pacer.is_limited() {
+            let pace = self.pacer.wait(Instant::now());
+            pace.max(Duration::from_millis(1)).min(RESPONSE_TIMEOUT)
         } else {
             RESPONSE_TIMEOUT
         }

@@ -73,6 +73,7 @@ pub fn options(args: &BackendArgs, platform: &PlatformArgs) -> anyhow::Result<Ba
             true => None,
             false => Some(std::env::current_exe().context("the rustbk executable")?),
         },
+        qos: args.qos.unwrap_or_default(),
     })
 }
 
@@ -162,6 +163,9 @@ pub fn backend_args(backend: &BackendArgs) -> Vec<String> {
     for dir in &backend.image_dirs {
         out.extend(["--image-dir".into(), dir.display().to_string()]);
     }
+    if let Some(qos) = &backend.qos {
+        out.extend(["--qos".into(), qos.to_string()]);
+    }
     out
 }
 
@@ -244,6 +248,41 @@ mod tests {
         }
         assert!(parse(&["--data-path", "mmap"]).is_err());
         assert!(parse(&["--fixed-buffers", "yes"]).is_err());
+    }
+
+    #[test]
+    fn qos_defaults_reach_the_worker_command_line_and_bad_ones_are_refused() {
+        let list = "bps-read=1048576,iops-total=500,iops-total-max=1000";
+        let parsed = parse(&["--qos", list]).expect("parse");
+        let passed = super::backend_args(&parsed);
+        let passed: Vec<&str> = passed.iter().map(String::as_str).collect();
+        let again = parse(&passed).expect("reparse").qos.expect("qos passed on");
+        assert_eq!(again.to_string(), list);
+        let platform = crate::cli::PlatformArgs {
+            emu_dir: None,
+            backend_domid: 0,
+            kind: "vbd".into(),
+            lock_dir: None,
+            claim_scripts: Vec::new(),
+            claim_types: Vec::new(),
+        };
+        let opts = super::options(&parsed, &platform).expect("options");
+        assert_eq!(opts.qos, again);
+        assert!(
+            super::options(&parse(&[]).unwrap(), &platform)
+                .unwrap()
+                .qos
+                .is_unlimited()
+        );
+        for bad in [
+            "iops-total=1,iops-read=1",
+            "iops_total=5",
+            "bps-total=-1",
+            "iops-total",
+        ] {
+            let err = parse(&["--qos", bad]).expect_err(bad).to_string();
+            assert!(err.contains("--qos"), "{bad}: {err}");
+        }
     }
 
     #[test]
