@@ -22,4 +22,7 @@ mod multiqueue;
 mod null;
 mod persistent;
 mod qcow2;
+mod smapi;
+#[path = "../smapi/client.rs"]
+mod smapi_client;
 mod thin;
