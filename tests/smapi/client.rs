@@ -72,7 +72,10 @@ fn string_map(v: &Value) -> bool {
         .is_some_and(|o| o.values().all(Value::is_string))
 }
 
-fn record(v: &Value, fields: &[(&str, fn(&Value) -> bool)], optional: &[&str]) {
+/// A record field's name and its JSON type check.
+type Field<'a> = (&'a str, fn(&Value) -> bool);
+
+fn record(v: &Value, fields: &[Field], optional: &[&str]) {
     let o = v.as_object().unwrap_or_else(|| panic!("not a record: {v}"));
     for (name, check) in fields {
         let f = o.get(*name).unwrap_or_else(|| panic!("no {name} in {v}"));
