@@ -43,7 +43,7 @@ fn plugin_query_of_both_plugins_answers_a_query_result_for_api_5() {
         assert!(d.is_string());
     }
     let q = ok("volume", "Plugin.Query", json!({"dbg": "t"}));
-    assert_eq!(q["plugin"], "rustbk-qcow2");
+    assert_eq!(q["plugin"], "rustbk");
     assert!(q["configuration"]["uri"].is_string());
     let q = ok("datapath", "Plugin.Query", json!({"dbg": "t"}));
     assert_eq!(
@@ -257,4 +257,63 @@ fn failures_print_the_error_object_with_the_idl_exception_name() {
     let e = call("volume", "SR.stat", &sr_args(&missing)).unwrap_err();
     assert_eq!(e["code"], "SR_BACKEND_FAILURE");
     assert_eq!(e["params"][1], missing);
+}
+
+#[test]
+fn a_thin_pool_sr_makes_its_pool_and_keys_volumes_by_thin_id() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pool = tmp.path().join("pool");
+    let config = json!({"uri": format!("thin://{}", pool.display()), "size": "64M"});
+    let no_size = json!({"uri": format!("thin://{}", pool.display())});
+    let create = |config: &serde_json::Value| json!({"dbg": "t", "uuid": "u", "configuration": config, "name": "thin", "description": ""});
+    assert_eq!(
+        fails("volume", "SR.create", create(&no_size)),
+        "Internal_error"
+    );
+    ok("volume", "SR.create", create(&config));
+    let sr = ok(
+        "volume",
+        "SR.attach",
+        json!({"dbg": "t", "configuration": config}),
+    );
+    let sr = sr.as_str().unwrap().to_owned();
+    let stat = ok("volume", "SR.stat", json!({"dbg": "t", "sr": sr}));
+    check_sr_stat(&stat);
+    assert_eq!(stat["total_space"], 64 << 20);
+    let v = new_volume(&sr, 8 << 20);
+    assert_eq!(v["key"], "0");
+    assert_eq!(v["uri"][0], format!("rustbk:thin:{}:0", pool.display()));
+    let disk = check_backend(&ok("datapath", "Datapath.attach", dp_args(&v)));
+    assert_eq!(disk["params"], format!("thin:{}:0", pool.display()));
+    let snap = ok("volume", "Volume.snapshot", key_args(&sr, &v));
+    check_volume(&snap);
+    assert_eq!(
+        (&snap["key"], &snap["read_write"]),
+        (&json!("1"), &json!(false))
+    );
+    let clone = ok("volume", "Volume.clone", key_args(&sr, &snap));
+    assert_eq!(
+        (&clone["key"], &clone["read_write"]),
+        (&json!("2"), &json!(true))
+    );
+    let mut resize = key_args(&sr, &v);
+    resize["new_size"] = json!(16 << 20);
+    ok("volume", "Volume.resize", resize);
+    assert_eq!(
+        ok("volume", "Volume.stat", key_args(&sr, &v))["virtual_size"],
+        16 << 20
+    );
+    assert_eq!(
+        ok("volume", "Volume.stat", key_args(&sr, &snap))["virtual_size"],
+        8 << 20
+    );
+    let ls = ok("volume", "SR.ls", json!({"dbg": "t", "sr": sr}));
+    assert_eq!(ls.as_array().unwrap().len(), 3);
+    ls.as_array().unwrap().iter().for_each(check_volume);
+    ok("volume", "Volume.destroy", key_args(&sr, &snap));
+    let gone = fails("volume", "Volume.stat", key_args(&sr, &snap));
+    assert_eq!(gone, "Volume_does_not_exist");
+    ok("volume", "SR.destroy", json!({"dbg": "t", "sr": sr}));
+    let gone = fails("volume", "SR.stat", json!({"dbg": "t", "sr": sr}));
+    assert_eq!(gone, "SR_does_not_exist");
 }

@@ -16,6 +16,7 @@ use rustbk_formats::qcow2::{self, CreateOptions};
 use super::error::{Result, SmapiError};
 use super::idl::{Health, SrStat, Volume};
 use super::meta::{self, SR_FILE, SrMeta, VolumeMeta};
+use super::sr::Sr;
 use super::uri;
 use crate::img::{FormatArg, ImageInfo};
 
@@ -43,48 +44,22 @@ impl FolderSr {
         })
     }
 
-    /// The SR of a `file://` uri.
-    pub fn open(sr_uri: &str) -> Result<FolderSr> {
-        let folder = uri::sr_folder(sr_uri)?;
+    /// The SR in `folder`, named by `sr_uri`.
+    pub fn open(folder: &Path, sr_uri: &str) -> Result<FolderSr> {
         if !folder.join(SR_FILE).is_file() {
             return Err(SmapiError::SrDoesNotExist(sr_uri.to_owned()));
         }
-        Ok(FolderSr { folder })
+        Ok(FolderSr {
+            folder: folder.to_owned(),
+        })
     }
 
-    /// The SR's uri.
-    pub fn uri(&self) -> String {
-        uri::sr_uri(&self.folder)
+    fn uri(&self) -> String {
+        uri::sr_uri("file", &self.folder)
     }
 
     fn sr_meta(&self) -> Result<SrMeta> {
         meta::load(&self.folder.join(SR_FILE))
-    }
-
-    /// SR.set_name / SR.set_description.
-    pub fn update(&self, f: impl FnOnce(&mut SrMeta)) -> Result<()> {
-        let mut m = self.sr_meta()?;
-        f(&mut m);
-        meta::store(&self.folder.join(SR_FILE), &m)
-    }
-
-    /// SR.stat: the stored properties and the file system's space.
-    pub fn stat(&self) -> Result<SrStat> {
-        let m = self.sr_meta()?;
-        let fs = nix::sys::statvfs::statvfs(&self.folder).map_err(std::io::Error::from)?;
-        let frag = fs.fragment_size();
-        let bytes = |n: u64| i64::try_from(n.saturating_mul(frag)).unwrap_or(i64::MAX);
-        Ok(SrStat {
-            sr: self.uri(),
-            name: m.name,
-            uuid: m.uuid,
-            description: m.description,
-            free_space: bytes(fs.blocks_available()),
-            total_space: bytes(fs.blocks()),
-            datasources: Vec::new(),
-            clustered: false,
-            health: Health::Healthy(String::new()),
-        })
     }
 
     fn image(&self, key: &str) -> PathBuf {
@@ -120,93 +95,12 @@ impl FolderSr {
         }
     }
 
-    /// Volume.stat.
-    pub fn volume(&self, key: &str) -> Result<Volume> {
-        self.check_key(key)?;
-        let m: VolumeMeta = meta::load(&self.meta_path(key))?;
-        let path = self.image(key);
-        let info = ImageInfo::read(&path, Some(FormatArg::Qcow2), true)?;
-        let size = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-        Ok(Volume {
-            key: key.to_owned(),
-            uuid: Some(key.to_owned()),
-            name: m.name,
-            description: m.description,
-            read_write: m.read_write,
-            sharable: m.sharable,
-            virtual_size: size(info.virtual_size),
-            physical_utilisation: size(info.actual_size),
-            uri: vec![uri::data_uri(&format!("{QCOW2}:{}", path.display()))],
-            keys: m.keys,
-        })
-    }
-
-    /// SR.ls.
-    pub fn volumes(&self) -> Result<Vec<Volume>> {
-        self.keys()?.iter().map(|k| self.volume(k)).collect()
-    }
-
-    /// Volume.create: an empty qcow2 file of at least `size` bytes (rounded up to 512).
-    pub fn create_volume(&self, m: VolumeMeta, size: i64) -> Result<Volume> {
-        let size = u64::try_from(size)
-            .map_err(|_| SmapiError::Internal(format!("negative size {size}")))?;
-        let size = size.div_ceil(512).saturating_mul(512);
-        let key = meta::new_uuid()?;
-        qcow2::create(&self.image(&key), size, &CreateOptions::default())
-            .map_err(|e| SmapiError::Internal(format!("cannot create the volume: {e}")))?;
-        meta::store(&self.meta_path(&key), &m)?;
-        self.volume(&key)
-    }
-
-    /// Volume.set_name, set_description, set, unset.
-    pub fn update_volume(&self, key: &str, f: impl FnOnce(&mut VolumeMeta)) -> Result<()> {
-        self.check_key(key)?;
-        let mut m: VolumeMeta = meta::load(&self.meta_path(key))?;
-        f(&mut m);
-        meta::store(&self.meta_path(key), &m)
-    }
-
     fn refuse_if_in_use(&self, key: &str) -> Result<()> {
         let path = self.image(key);
         let file = File::open(&path)?;
         lock(file, &path, LockMode::Writer)
             .map(drop)
             .map_err(|_| SmapiError::Internal(format!("volume {key} is in use")))
-    }
-
-    /// Volume.resize: grows the volume to at least `size` bytes; never shrinks.
-    pub fn resize(&self, key: &str, size: i64) -> Result<()> {
-        self.check_key(key)?;
-        self.refuse_if_in_use(key)?;
-        let size = u64::try_from(size)
-            .map_err(|_| SmapiError::Internal(format!("negative size {size}")))?;
-        let size = size.div_ceil(512).saturating_mul(512);
-        let info = ImageInfo::read(&self.image(key), Some(FormatArg::Qcow2), false)?;
-        if size <= info.virtual_size {
-            return Ok(());
-        }
-        qcow2::resize(&self.image(key), size)
-            .map_err(|e| SmapiError::Internal(format!("cannot resize {key}: {e}")))
-    }
-
-    /// Volume.snapshot (`writable` false) and Volume.clone (true).
-    pub fn snapshot(&self, key: &str, writable: bool) -> Result<Volume> {
-        self.check_key(key)?;
-        self.refuse_if_in_use(key)?;
-        let base = format!("{BASE_PREFIX}{}.{QCOW2}", meta::new_uuid()?);
-        let image = self.image(key);
-        std::fs::rename(&image, self.folder.join(&base))?;
-        if let Err(e) = self.overlay(&image, &base) {
-            std::fs::rename(self.folder.join(&base), &image)?;
-            return Err(e);
-        }
-        let new_key = meta::new_uuid()?;
-        self.overlay(&self.image(&new_key), &base)?;
-        let mut m: VolumeMeta = meta::load(&self.meta_path(key))?;
-        m.read_write = writable;
-        m.keys.clear();
-        meta::store(&self.meta_path(&new_key), &m)?;
-        self.volume(&new_key)
     }
 
     fn overlay(&self, path: &Path, base: &str) -> Result<()> {
@@ -217,15 +111,6 @@ impl FolderSr {
         };
         qcow2::create(path, 0, &opts)
             .map_err(|e| SmapiError::Internal(format!("cannot create an overlay: {e}")))
-    }
-
-    /// Volume.destroy: the volume's files, then every base nothing is backed by.
-    pub fn destroy_volume(&self, key: &str) -> Result<()> {
-        self.check_key(key)?;
-        self.refuse_if_in_use(key)?;
-        std::fs::remove_file(self.image(key))?;
-        std::fs::remove_file(self.meta_path(key))?;
-        self.collect_bases()
     }
 
     fn files(&self, prefix_base: bool) -> Result<Vec<String>> {
@@ -262,9 +147,127 @@ impl FolderSr {
             }
         }
     }
+}
+
+impl Sr for FolderSr {
+    /// SR.set_name / SR.set_description.
+    fn update(&self, f: &mut dyn FnMut(&mut SrMeta)) -> Result<()> {
+        let mut m = self.sr_meta()?;
+        f(&mut m);
+        meta::store(&self.folder.join(SR_FILE), &m)
+    }
+
+    /// SR.stat: the stored properties and the file system's space.
+    fn stat(&self) -> Result<SrStat> {
+        let m = self.sr_meta()?;
+        let fs = nix::sys::statvfs::statvfs(&self.folder).map_err(std::io::Error::from)?;
+        let frag = fs.fragment_size();
+        let bytes = |n: u64| i64::try_from(n.saturating_mul(frag)).unwrap_or(i64::MAX);
+        Ok(SrStat {
+            sr: self.uri(),
+            name: m.name,
+            uuid: m.uuid,
+            description: m.description,
+            free_space: bytes(fs.blocks_available()),
+            total_space: bytes(fs.blocks()),
+            datasources: Vec::new(),
+            clustered: false,
+            health: Health::Healthy(String::new()),
+        })
+    }
+
+    /// Volume.stat.
+    fn volume(&self, key: &str) -> Result<Volume> {
+        self.check_key(key)?;
+        let m: VolumeMeta = meta::load(&self.meta_path(key))?;
+        let path = self.image(key);
+        let info = ImageInfo::read(&path, Some(FormatArg::Qcow2), true)?;
+        let size = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        Ok(Volume {
+            key: key.to_owned(),
+            uuid: Some(key.to_owned()),
+            name: m.name,
+            description: m.description,
+            read_write: m.read_write,
+            sharable: m.sharable,
+            virtual_size: size(info.virtual_size),
+            physical_utilisation: size(info.actual_size),
+            uri: vec![uri::data_uri(&format!("{QCOW2}:{}", path.display()))],
+            keys: m.keys,
+        })
+    }
+
+    /// SR.ls.
+    fn volumes(&self) -> Result<Vec<Volume>> {
+        self.keys()?.iter().map(|k| self.volume(k)).collect()
+    }
+
+    /// Volume.create: an empty qcow2 file of at least `size` bytes (rounded up to 512).
+    fn create_volume(&self, m: VolumeMeta, size: i64) -> Result<Volume> {
+        let size = u64::try_from(size)
+            .map_err(|_| SmapiError::Internal(format!("negative size {size}")))?;
+        let size = size.div_ceil(512).saturating_mul(512);
+        let key = meta::new_uuid()?;
+        qcow2::create(&self.image(&key), size, &CreateOptions::default())
+            .map_err(|e| SmapiError::Internal(format!("cannot create the volume: {e}")))?;
+        meta::store(&self.meta_path(&key), &m)?;
+        self.volume(&key)
+    }
+
+    /// Volume.set_name, set_description, set, unset.
+    fn update_volume(&self, key: &str, f: &mut dyn FnMut(&mut VolumeMeta)) -> Result<()> {
+        self.check_key(key)?;
+        let mut m: VolumeMeta = meta::load(&self.meta_path(key))?;
+        f(&mut m);
+        meta::store(&self.meta_path(key), &m)
+    }
+
+    /// Volume.resize: grows the volume to at least `size` bytes; never shrinks.
+    fn resize(&self, key: &str, size: i64) -> Result<()> {
+        self.check_key(key)?;
+        self.refuse_if_in_use(key)?;
+        let size = u64::try_from(size)
+            .map_err(|_| SmapiError::Internal(format!("negative size {size}")))?;
+        let size = size.div_ceil(512).saturating_mul(512);
+        let info = ImageInfo::read(&self.image(key), Some(FormatArg::Qcow2), false)?;
+        if size <= info.virtual_size {
+            return Ok(());
+        }
+        qcow2::resize(&self.image(key), size)
+            .map_err(|e| SmapiError::Internal(format!("cannot resize {key}: {e}")))
+    }
+
+    /// Volume.snapshot (`writable` false) and Volume.clone (true).
+    fn snapshot(&self, key: &str, writable: bool) -> Result<Volume> {
+        self.check_key(key)?;
+        self.refuse_if_in_use(key)?;
+        let base = format!("{BASE_PREFIX}{}.{QCOW2}", meta::new_uuid()?);
+        let image = self.image(key);
+        std::fs::rename(&image, self.folder.join(&base))?;
+        if let Err(e) = self.overlay(&image, &base) {
+            std::fs::rename(self.folder.join(&base), &image)?;
+            return Err(e);
+        }
+        let new_key = meta::new_uuid()?;
+        self.overlay(&self.image(&new_key), &base)?;
+        let mut m: VolumeMeta = meta::load(&self.meta_path(key))?;
+        m.read_write = writable;
+        m.keys.clear();
+        meta::store(&self.meta_path(&new_key), &m)?;
+        self.volume(&new_key)
+    }
+
+    /// Volume.destroy: the volume's files, then every base nothing is backed by.
+    fn destroy_volume(&self, key: &str) -> Result<()> {
+        self.check_key(key)?;
+        self.refuse_if_in_use(key)?;
+        std::fs::remove_file(self.image(key))?;
+        std::fs::remove_file(self.meta_path(key))?;
+        self.collect_bases()
+    }
 
     /// SR.destroy: every volume and base, the SR's file, and the folder if it is then empty.
-    pub fn destroy(&self) -> Result<()> {
+    fn destroy(&self) -> Result<()> {
         let keys = self.keys()?;
         for key in &keys {
             self.refuse_if_in_use(key)?;

@@ -9,6 +9,8 @@ mod error;
 mod folder;
 pub mod idl;
 mod meta;
+mod sr;
+mod thin;
 pub mod uri;
 mod volume;
 
@@ -27,7 +29,7 @@ use idl::QueryResult;
 /// Which plugin.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum PluginKind {
-    /// SR.*, Volume.*, Plugin.* over a folder of qcow2 files.
+    /// SR.*, Volume.*, Plugin.* over a folder of qcow2 files or a thin pool.
     Volume,
     /// Datapath.*, Plugin.* for `rustbk:` volume URIs.
     Datapath,

@@ -1,6 +1,7 @@
-//! The URIs the plugins trade: an SR is `file:///FOLDER` (qcow2 files in a folder), a volume's
-//! data is `rustbk:PARAMS`, where PARAMS is what rustbk's backend reads from `params`
-//! (`qcow2:/FOLDER/KEY.qcow2`), percent-encoded. xapi-storage-script picks the datapath
+//! The URIs the plugins trade: an SR is `file:///FOLDER` (qcow2 files in a folder) or
+//! `thin:///POOL` (a rustbk thin pool), a volume's data is `rustbk:PARAMS`, where PARAMS is
+//! what rustbk's backend reads from `params` (`qcow2:/FOLDER/KEY.qcow2`, `thin:/POOL:ID`),
+//! percent-encoded. xapi-storage-script picks the datapath
 //! plugin by the scheme, so the datapath plugin's folder is `datapath/rustbk`.
 
 use std::path::PathBuf;
@@ -10,10 +11,13 @@ use super::error::{Result, SmapiError};
 /// The scheme of volume URIs, and the datapath plugin's folder name.
 pub const DATA_SCHEME: &str = "rustbk";
 
-/// The folder of a `file://` SR uri.
-pub fn sr_folder(uri: &str) -> Result<PathBuf> {
-    let bad = || SmapiError::SrDoesNotExist(format!("{uri} (expected file:///FOLDER)"));
-    let rest = uri.strip_prefix("file://").ok_or_else(bad)?;
+/// The absolute path of a `SCHEME:///PATH` SR uri.
+pub fn sr_path(uri: &str, scheme: &str) -> Result<PathBuf> {
+    let bad = || SmapiError::SrDoesNotExist(format!("{uri} (expected {scheme}:///PATH)"));
+    let rest = uri
+        .strip_prefix(scheme)
+        .and_then(|r| r.strip_prefix("://"))
+        .ok_or_else(bad)?;
     let rest = rest.split(['?', '#']).next().unwrap_or_default();
     let path = decode(rest).ok_or_else(bad)?;
     if !path.starts_with('/') {
@@ -22,9 +26,9 @@ pub fn sr_folder(uri: &str) -> Result<PathBuf> {
     Ok(PathBuf::from(path))
 }
 
-/// The `file://` uri of a folder.
-pub fn sr_uri(folder: &std::path::Path) -> String {
-    format!("file://{}", encode(&folder.to_string_lossy()))
+/// The `SCHEME://` uri of a path.
+pub fn sr_uri(scheme: &str, path: &std::path::Path) -> String {
+    format!("{scheme}://{}", encode(&path.to_string_lossy()))
 }
 
 /// The volume URI that carries backend `params`.
@@ -92,12 +96,13 @@ mod tests {
     #[test]
     fn sr_uris_name_absolute_folders_only() {
         assert_eq!(
-            sr_folder("file:///srv/a%20b").unwrap(),
+            sr_path("file:///srv/a%20b", "file").unwrap(),
             PathBuf::from("/srv/a b")
         );
-        assert!(sr_folder("nfs://host/x").is_err());
-        assert!(sr_folder("file://relative").is_err());
-        assert!(sr_folder("file:///bad%2").is_err());
+        assert!(sr_path("nfs://host/x", "file").is_err());
+        assert!(sr_path("file://relative", "file").is_err());
+        assert!(sr_path("file:///bad%2", "file").is_err());
+        assert_eq!(sr_uri("thin", "/p".as_ref()), "thin:///p");
         assert!(data_params("file:///x").is_err());
     }
 }

@@ -1,4 +1,5 @@
-//! The volume plugin: Plugin.*, SR.* and Volume.* over a folder of qcow2 files.
+//! The volume plugin: Plugin.*, SR.* and Volume.* over a folder of qcow2 files
+//! (`file:///FOLDER`) or a rustbk thin pool (`thin:///POOL`).
 
 use std::collections::BTreeMap;
 
@@ -6,13 +7,13 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::{Result, SmapiError};
-use super::folder::FolderSr;
 use super::idl::QueryResult;
 use super::meta::{SrMeta, VolumeMeta};
+use super::sr;
 use super::{args, query};
 
-/// The SR type in the XenAPI, and the plugin folder `volume/org.xen.xapi.storage.rustbk-qcow2`.
-pub const PLUGIN: &str = "rustbk-qcow2";
+/// The SR type in the XenAPI, and the plugin folder `volume/org.xen.xapi.storage.rustbk`.
+pub const PLUGIN: &str = "rustbk";
 
 #[derive(Deserialize)]
 struct SrCreate {
@@ -106,10 +107,19 @@ fn plugin_query() -> QueryResult {
     ];
     query(
         PLUGIN,
-        "rustbk qcow2 folder SR",
-        "Volumes as qcow2 files in a folder, served by rustbk",
+        "rustbk SR",
+        "Volumes as qcow2 files in a folder or as thin volumes of a pool, served by rustbk",
         &features,
-        &[("uri", "file:///FOLDER: the folder that holds the volumes")],
+        &[
+            (
+                "uri",
+                "file:///FOLDER (qcow2 files) or thin:///POOL (a rustbk thin pool)",
+            ),
+            (
+                "size",
+                "thin:// only: data bytes of a new pool, when POOL has none yet",
+            ),
+        ],
     )
 }
 
@@ -124,34 +134,39 @@ fn sr_call(method: &str, input: Value) -> Result<Value> {
     match method {
         "create" => {
             let a: SrCreate = args(input)?;
-            let folder = super::uri::sr_folder(config_uri(&a.configuration)?)?;
-            let sr = SrMeta {
+            let m = SrMeta {
                 uuid: Some(a.uuid),
                 name: a.name,
                 description: a.description,
             };
-            FolderSr::create(&folder, sr)?;
+            sr::create(
+                config_uri(&a.configuration)?,
+                m,
+                config_size(&a.configuration)?,
+            )?;
             Ok(serde_json::to_value(a.configuration)?)
         }
         "attach" => {
             let a: Configuration = args(input)?;
-            Ok(json!(FolderSr::open(config_uri(&a.configuration)?)?.uri()))
+            let uri = config_uri(&a.configuration)?;
+            sr::open(uri)?;
+            Ok(json!(uri))
         }
-        "detach" => unit(FolderSr::open(&args::<Sr>(input)?.sr).map(drop)),
-        "destroy" => unit(FolderSr::open(&args::<Sr>(input)?.sr)?.destroy()),
+        "detach" => unit(sr::open(&args::<Sr>(input)?.sr).map(drop)),
+        "destroy" => unit(sr::open(&args::<Sr>(input)?.sr)?.destroy()),
         "stat" => Ok(serde_json::to_value(
-            FolderSr::open(&args::<Sr>(input)?.sr)?.stat()?,
+            sr::open(&args::<Sr>(input)?.sr)?.stat()?,
         )?),
         "ls" => Ok(serde_json::to_value(
-            FolderSr::open(&args::<Sr>(input)?.sr)?.volumes()?,
+            sr::open(&args::<Sr>(input)?.sr)?.volumes()?,
         )?),
         "set_name" => {
             let a: SrRename = args(input)?;
-            unit(FolderSr::open(&a.sr)?.update(|m| m.name = a.new_name))
+            unit(sr::open(&a.sr)?.update(&mut |m| m.name.clone_from(&a.new_name)))
         }
         "set_description" => {
             let a: SrRename = args(input)?;
-            unit(FolderSr::open(&a.sr)?.update(|m| m.description = a.new_name))
+            unit(sr::open(&a.sr)?.update(&mut |m| m.description.clone_from(&a.new_name)))
         }
         other => Err(SmapiError::Unimplemented(format!("SR.{other}"))),
     }
@@ -162,6 +177,15 @@ fn config_uri(configuration: &BTreeMap<String, String>) -> Result<&str> {
         .get("uri")
         .map(String::as_str)
         .ok_or_else(|| SmapiError::Internal("the configuration has no uri".into()))
+}
+
+fn config_size(configuration: &BTreeMap<String, String>) -> Result<Option<u64>> {
+    let Some(text) = configuration.get("size") else {
+        return Ok(None);
+    };
+    crate::cli::parse_size(text)
+        .map(Some)
+        .map_err(|e| SmapiError::Internal(format!("bad size {text:?}: {e}")))
 }
 
 fn unit(r: Result<()>) -> Result<Value> {
@@ -180,12 +204,12 @@ fn volume_call(method: &str, input: Value) -> Result<Value> {
                 keys: BTreeMap::new(),
             };
             Ok(serde_json::to_value(
-                FolderSr::open(&a.sr)?.create_volume(m, a.size)?,
+                sr::open(&a.sr)?.create_volume(m, a.size)?,
             )?)
         }
         "stat" | "destroy" | "snapshot" | "clone" => {
             let a: Key = args(input)?;
-            let sr = FolderSr::open(&a.sr)?;
+            let sr = sr::open(&a.sr)?;
             match method {
                 "stat" => Ok(serde_json::to_value(sr.volume(&a.key)?)?),
                 "destroy" => unit(sr.destroy_volume(&a.key)),
@@ -197,26 +221,24 @@ fn volume_call(method: &str, input: Value) -> Result<Value> {
         "set_name" | "set_description" => {
             let a: KeyText = args(input)?;
             let name = method == "set_name";
-            unit(
-                FolderSr::open(&a.sr)?.update_volume(&a.key, |m| match name {
-                    true => m.name = a.new_name,
-                    false => m.description = a.new_name,
-                }),
-            )
+            unit(sr::open(&a.sr)?.update_volume(&a.key, &mut |m| match name {
+                true => m.name.clone_from(&a.new_name),
+                false => m.description.clone_from(&a.new_name),
+            }))
         }
         "set" | "unset" => {
             let a: KeyValue = args(input)?;
             if method == "set" && a.v.is_none() {
                 return Err(SmapiError::Internal("Volume.set needs v".into()));
             }
-            unit(FolderSr::open(&a.sr)?.update_volume(&a.key, |m| match a.v {
-                Some(v) => drop(m.keys.insert(a.k, v)),
+            unit(sr::open(&a.sr)?.update_volume(&a.key, &mut |m| match &a.v {
+                Some(v) => drop(m.keys.insert(a.k.clone(), v.clone())),
                 None => drop(m.keys.remove(&a.k)),
             }))
         }
         "resize" => {
             let a: Resize = args(input)?;
-            unit(FolderSr::open(&a.sr)?.resize(&a.key, a.new_size))
+            unit(sr::open(&a.sr)?.resize(&a.key, a.new_size))
         }
         other => Err(SmapiError::Unimplemented(format!("Volume.{other}"))),
     }
