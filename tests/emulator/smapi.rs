@@ -40,7 +40,7 @@ fn unplug(v: &Value) {
 }
 
 fn serve(params: &str, read_only: bool) -> Host {
-    let image = PathBuf::from(params.strip_prefix("qcow2:").unwrap());
+    let image = PathBuf::from(params.split_once(':').unwrap().1);
     let setup = Setup {
         params: Some(params.to_owned()),
         read_only,
@@ -94,4 +94,46 @@ fn xapi_sequence_serves_a_guest_and_the_snapshot_keeps_what_it_wrote() {
     }
     ok("volume", "SR.destroy", json!({"dbg": "t", "sr": sr}));
     assert!(!tmp.path().join("sr").exists());
+}
+
+#[test]
+fn a_thin_sr_snapshots_a_volume_while_rustbk_serves_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = json!({"uri": format!("thin://{}/pool", tmp.path().display()), "size": "64M"});
+    let create = json!({"dbg": "t", "uuid": "u", "configuration": config,
+                        "name": "thin", "description": ""});
+    ok("volume", "SR.create", create);
+    let sr = ok(
+        "volume",
+        "SR.attach",
+        json!({"dbg": "t", "configuration": config}),
+    );
+    let sr = sr.as_str().unwrap().to_owned();
+    let v = new_volume(&sr, SIZE);
+    let host = serve(&plug(&v), false);
+    let mut g = host.guest();
+    let old = pattern(2 * 4096, 3);
+    assert_eq!(g.write(0, &old), status::OKAY);
+    // The worker serves the pool through a pool service: the snapshot goes through it live.
+    let snap = ok("volume", "Volume.snapshot", key_args(&sr, &v));
+    let new = pattern(2 * 4096, 4);
+    assert_eq!(g.write(0, &new), status::OKAY);
+    let (st, back) = g.read(0, 2);
+    assert_eq!((st, back == new), (status::OKAY, true));
+    g.front.close().unwrap();
+    drop(host);
+    unplug(&v);
+
+    let host = serve(&plug(&snap), true);
+    let mut g = host.guest();
+    let (st, back) = g.read(0, 2);
+    assert_eq!(
+        (st, back == old),
+        (status::OKAY, true),
+        "the snapshot keeps the old data"
+    );
+    g.front.close().unwrap();
+    drop(host);
+    unplug(&snap);
+    ok("volume", "SR.destroy", json!({"dbg": "t", "sr": sr}));
 }
