@@ -244,6 +244,14 @@ fn failures_print_the_error_object_with_the_idl_exception_name() {
     let no_size = json!({"dbg": "t", "sr": sr, "name": "n", "description": "d"});
     assert_eq!(fails("volume", "Volume.create", no_size), "Internal_error");
     assert_eq!(fails("volume", "Volume.compare", gone), "Unimplemented");
+    let set_no_v = json!({"dbg": "t", "sr": sr, "key": "0123-abcd", "k": "x"});
+    assert_eq!(fails("volume", "Volume.set", set_no_v), "Internal_error");
+    let v = new_volume(&sr, 1 << 20);
+    let open = json!({"dbg": "t", "uri": v["uri"][0], "persistent": false});
+    assert_eq!(fails("datapath", "Datapath.open", open), "Unimplemented");
+    let again = json!({"dbg": "t", "uuid": "u", "configuration": {"uri": sr},
+                       "name": "n", "description": "d"});
+    assert_eq!(fails("volume", "SR.create", again), "Internal_error");
     let bad_uri = json!({"dbg": "t", "uri": "nbd://host/x", "domain": "1"});
     assert_eq!(
         fails("datapath", "Datapath.attach", bad_uri),

@@ -156,3 +156,54 @@ impl TryFrom<(String, XenDisk)> for Implementation {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn variants_are_tag_and_value_arrays_as_rpclib_writes_them() {
+        let h = serde_json::to_value(Health::Recovering("mirror".into())).unwrap();
+        assert_eq!(h, json!(["Recovering", "mirror"]));
+        let back: Health = serde_json::from_value(json!(["Healthy", ""])).unwrap();
+        assert_eq!(back, Health::Healthy(String::new()));
+        assert!(serde_json::from_value::<Health>(json!({"Healthy": ""})).is_err());
+        let disk = XenDisk {
+            params: "qcow2:/a".into(),
+            extra: BTreeMap::new(),
+            backend_type: "vbd".into(),
+        };
+        let b = Backend {
+            implementations: vec![Implementation::XenDisk(disk)],
+        };
+        let v = serde_json::to_value(b).unwrap();
+        assert_eq!(
+            v,
+            json!({"implementations": [["XenDisk",
+                {"params": "qcow2:/a", "extra": {}, "backend_type": "vbd"}]]})
+        );
+    }
+
+    #[test]
+    fn a_none_option_field_is_left_out_and_some_is_the_bare_value() {
+        let mut v = Volume {
+            key: "k".into(),
+            uuid: None,
+            name: String::new(),
+            description: String::new(),
+            read_write: true,
+            sharable: false,
+            virtual_size: 512,
+            physical_utilisation: 0,
+            uri: Vec::new(),
+            keys: BTreeMap::from([("a".into(), "b".into())]),
+        };
+        let j = serde_json::to_value(&v).unwrap();
+        assert!(j.get("uuid").is_none());
+        assert_eq!(j["keys"], json!({"a": "b"}));
+        v.uuid = Some("u".into());
+        assert_eq!(serde_json::to_value(&v).unwrap()["uuid"], "u");
+    }
+}
