@@ -325,3 +325,58 @@ fn a_thin_pool_sr_makes_its_pool_and_keys_volumes_by_thin_id() {
     let gone = fails("volume", "SR.stat", json!({"dbg": "t", "sr": sr}));
     assert_eq!(gone, "SR_does_not_exist");
 }
+
+/// The packaged scripts, installed under call names as xapi-storage-script finds them, run
+/// the binary `RUSTBK` names.
+#[test]
+fn packaged_scripts_dispatch_on_the_name_they_are_installed_under() {
+    let tmp = tempfile::tempdir().unwrap();
+    let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/xapi-storage-script");
+    for (plugin, folder, call, plugin_name) in [
+        (
+            "volume",
+            "volume/org.xen.xapi.storage.rustbk",
+            "Plugin.Query",
+            "rustbk",
+        ),
+        ("datapath", "datapath/rustbk", "Plugin.Query", "rustbk"),
+    ] {
+        let dir = tmp.path().join(folder);
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = dir.join(call);
+        std::fs::copy(scripts.join(plugin), &script).unwrap();
+        let mut child = spawn_script(&script);
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"{\"dbg\": \"t\"}")
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{plugin}: {out:?}");
+        let q: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        check_query(&q);
+        assert_eq!(q["plugin"], plugin_name);
+    }
+}
+
+/// Runs a script just written; retries while another test thread's fork still holds it open
+/// for writing (ETXTBSY).
+fn spawn_script(script: &Path) -> std::process::Child {
+    for _ in 0..100 {
+        let spawned = Command::new(script)
+            .arg("--json")
+            .env("RUSTBK", env!("CARGO_BIN_EXE_rustbk"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn();
+        match spawned {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other.unwrap(),
+        }
+    }
+    panic!("{} stays busy", script.display());
+}
