@@ -169,7 +169,7 @@ fn snapshot_and_clone_share_a_frozen_base_that_goes_with_the_last_volume() {
     let after = files(tmp.path());
     assert_eq!(
         after,
-        vec![".rustbk-sr.json".to_owned()],
+        [".rustbk-sr.json", ".rustbk-sr.lock"],
         "no base left behind"
     );
     assert!(before.len() > after.len());
@@ -379,4 +379,28 @@ fn spawn_script(script: &Path) -> std::process::Child {
         }
     }
     panic!("{} stays busy", script.display());
+}
+
+/// xapi-storage-script may run calls at once: snapshots, stats and destroys of one folder SR
+/// in parallel processes all succeed and leave every chain whole and no base behind.
+#[test]
+fn concurrent_snapshots_and_destroys_keep_every_chain_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sr = new_sr(tmp.path());
+    let v = new_volume(&sr, 4 << 20);
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..3 {
+                    let snap = ok("volume", "Volume.snapshot", key_args(&sr, &v));
+                    ok("volume", "Volume.stat", key_args(&sr, &v));
+                    qemu_img(&["check", &image_path(&snap)]);
+                    ok("volume", "Volume.destroy", key_args(&sr, &snap));
+                }
+            });
+        }
+    });
+    qemu_img(&["check", &image_path(&v)]);
+    ok("volume", "Volume.destroy", key_args(&sr, &v));
+    assert_eq!(files(tmp.path()), [".rustbk-sr.json", ".rustbk-sr.lock"]);
 }

@@ -9,13 +9,14 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use nix::fcntl::Flock;
 use rustbk_formats::Format;
 use rustbk_formats::engine::lock::{LockMode, lock};
 use rustbk_formats::qcow2::{self, CreateOptions};
 
 use super::error::{Result, SmapiError};
 use super::idl::{Health, SrStat, Volume};
-use super::meta::{self, SR_FILE, SrMeta, VolumeMeta};
+use super::meta::{self, LOCK_FILE, SR_FILE, SrMeta, VolumeMeta};
 use super::sr::Sr;
 use super::uri;
 use crate::img::{FormatArg, ImageInfo};
@@ -26,12 +27,15 @@ const QCOW2: &str = "qcow2";
 /// An SR that exists: its folder holds [`SR_FILE`].
 pub struct FolderSr {
     folder: PathBuf,
+    /// The SR's lock, held for the whole call.
+    _lock: Flock<File>,
 }
 
 impl FolderSr {
     /// Makes the folder (if needed) an SR.
     pub fn create(folder: &Path, sr: SrMeta) -> Result<FolderSr> {
         std::fs::create_dir_all(folder)?;
+        let lock = meta::lock_sr(folder)?;
         if folder.join(SR_FILE).exists() {
             return Err(SmapiError::Internal(format!(
                 "{} is an SR already",
@@ -41,15 +45,14 @@ impl FolderSr {
         meta::store(&folder.join(SR_FILE), &sr)?;
         Ok(FolderSr {
             folder: folder.to_owned(),
+            _lock: lock,
         })
     }
 
     /// The SR in `folder`, named by `sr_uri`.
     pub fn open(folder: &Path, sr_uri: &str) -> Result<FolderSr> {
-        if !folder.join(SR_FILE).is_file() {
-            return Err(SmapiError::SrDoesNotExist(sr_uri.to_owned()));
-        }
         Ok(FolderSr {
+            _lock: meta::lock_existing(folder, sr_uri)?,
             folder: folder.to_owned(),
         })
     }
@@ -278,6 +281,7 @@ impl Sr for FolderSr {
         }
         self.collect_bases()?;
         std::fs::remove_file(self.folder.join(SR_FILE))?;
+        std::fs::remove_file(self.folder.join(LOCK_FILE))?;
         let _ = std::fs::remove_dir(&self.folder);
         Ok(())
     }

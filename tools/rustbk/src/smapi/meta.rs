@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use nix::fcntl::{Flock, FlockArg};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -12,6 +13,21 @@ use super::error::{Result, SmapiError};
 
 /// The SR's own file in its folder.
 pub const SR_FILE: &str = ".rustbk-sr.json";
+
+/// The file whose lock serialises the calls on an SR: xapi-storage-script may run several
+/// plugin processes at once, and a snapshot moves files other calls read.
+pub const LOCK_FILE: &str = ".rustbk-sr.lock";
+
+/// Waits for and takes the SR's exclusive lock, held until the returned value is dropped.
+pub fn lock_sr(dir: &Path) -> Result<Flock<std::fs::File>> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK_FILE))?;
+    Flock::lock(file, FlockArg::LockExclusive)
+        .map_err(|(_, e)| SmapiError::Internal(format!("cannot lock the SR: {e}")))
+}
 
 /// The SR's stored properties.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -68,4 +84,18 @@ pub fn new_uuid() -> Result<String> {
 /// never name a path outside the folder.
 pub fn valid_key(key: &str) -> bool {
     !key.is_empty() && key.len() <= 64 && key.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+}
+
+/// The lock of the SR in `dir`, taken only if the SR exists before and after the wait (an
+/// SR.destroy may have run meanwhile).
+pub fn lock_existing(dir: &Path, sr_uri: &str) -> Result<Flock<std::fs::File>> {
+    let missing = || SmapiError::SrDoesNotExist(sr_uri.to_owned());
+    if !dir.join(SR_FILE).is_file() {
+        return Err(missing());
+    }
+    let lock = lock_sr(dir)?;
+    match dir.join(SR_FILE).is_file() {
+        true => Ok(lock),
+        false => Err(missing()),
+    }
 }

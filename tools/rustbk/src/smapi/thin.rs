@@ -3,14 +3,17 @@
 //! (it pauses the volume's ports). The SR's and the volumes' SMAPI properties live in the
 //! pool's folder beside its devices, as in a folder SR.
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
+
+use nix::fcntl::Flock;
 
 use rustbk_thin::dir::{Devices, PoolDir, PoolHandle, free_id};
 use rustbk_thin::pool::{PoolOptions, VolumeSpec, VolumeUsage};
 
 use super::error::{Result, SmapiError};
 use super::idl::{Health, SrStat, Volume};
-use super::meta::{self, SR_FILE, SrMeta, VolumeMeta};
+use super::meta::{self, LOCK_FILE, SR_FILE, SrMeta, VolumeMeta};
 use super::sr::Sr;
 use super::uri;
 
@@ -24,6 +27,8 @@ const META_PER_BLOCK: u64 = 128;
 /// An SR over the pool in a folder.
 pub struct ThinSr {
     dir: PathBuf,
+    /// The SR's lock, held for the whole call.
+    _lock: Flock<File>,
 }
 
 fn thin_err(e: rustbk_thin::Error) -> SmapiError {
@@ -54,6 +59,7 @@ impl ThinSr {
             pool.create(&devices, BLOCK_SIZE, PoolOptions::default())
                 .map_err(thin_err)?;
         }
+        let lock = meta::lock_sr(dir)?;
         if dir.join(SR_FILE).exists() {
             return Err(SmapiError::Internal(format!(
                 "{} is an SR already",
@@ -63,15 +69,17 @@ impl ThinSr {
         meta::store(&dir.join(SR_FILE), &m)?;
         Ok(ThinSr {
             dir: dir.to_owned(),
+            _lock: lock,
         })
     }
 
     /// The SR in the pool folder `dir`, named by `sr_uri`.
     pub fn open(dir: &Path, sr_uri: &str) -> Result<ThinSr> {
-        if !dir.join(SR_FILE).is_file() || !PoolDir::new(dir).metadata().exists() {
+        if !PoolDir::new(dir).metadata().exists() {
             return Err(SmapiError::SrDoesNotExist(sr_uri.to_owned()));
         }
         Ok(ThinSr {
+            _lock: meta::lock_existing(dir, sr_uri)?,
             dir: dir.to_owned(),
         })
     }
@@ -122,6 +130,17 @@ impl ThinSr {
             uri: vec![uri::data_uri(&params)],
             keys: m.keys,
         })
+    }
+
+    /// Deletes a volume and its properties (the caller holds the SR's lock).
+    fn delete(&self, key: &str) -> Result<()> {
+        let mut pool = self.pool()?;
+        let usage = Self::find(&mut pool, key)?;
+        pool.delete_volume(usage.id).map_err(thin_err)?;
+        match std::fs::remove_file(self.meta_path(usage.id)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
     }
 
     fn volume_in(&self, pool: &mut PoolHandle, key: &str) -> Result<Volume> {
@@ -212,22 +231,17 @@ impl Sr for ThinSr {
     }
 
     fn destroy_volume(&self, key: &str) -> Result<()> {
-        let mut pool = self.pool()?;
-        let usage = Self::find(&mut pool, key)?;
-        pool.delete_volume(usage.id).map_err(thin_err)?;
-        match std::fs::remove_file(self.meta_path(usage.id)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-            _ => Ok(()),
-        }
+        self.delete(key)
     }
 
     /// Deletes every volume of the pool and the SR's file; the pool itself stays.
     fn destroy(&self) -> Result<()> {
         let volumes = self.pool()?.volumes().map_err(thin_err)?;
         for usage in volumes {
-            self.destroy_volume(&usage.id.to_string())?;
+            self.delete(&usage.id.to_string())?;
         }
         std::fs::remove_file(self.dir.join(SR_FILE))?;
+        std::fs::remove_file(self.dir.join(LOCK_FILE))?;
         Ok(())
     }
 }
