@@ -24,4 +24,7 @@ mod persistent;
 mod qcow2;
 mod qos;
 mod resize;
+mod smapi;
+#[path = "../smapi/client.rs"]
+mod smapi_client;
 mod thin;

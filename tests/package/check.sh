@@ -25,7 +25,9 @@ grep -q '^ License: GPL-3.0-only\|GPL-3.0-only' < <(dpkg-deb --fsys-tarfile "$de
 files=$(dpkg-deb -c "$deb" | awk '{print $6}')
 for f in ./usr/sbin/rustbk ./etc/xen/scripts/rustbk ./etc/rustbk/rustbk.toml \
   ./usr/share/man/man1/rustbk.1.gz ./usr/share/man/man1/rustbk-daemon.1.gz \
-  ./usr/share/man/man1/rustbk-ctl-stats.1.gz ./usr/share/doc/rustbk/README.md; do
+  ./usr/share/man/man1/rustbk-ctl-stats.1.gz ./usr/share/doc/rustbk/README.md \
+  ./usr/libexec/xapi-storage-script/volume/org.xen.xapi.storage.rustbk/SR.create \
+  ./usr/libexec/xapi-storage-script/datapath/rustbk/Datapath.attach; do
   grep -qx "$f" <<<"$files" || fail "$f is not in the package"
 done
 unit=$(grep -E '^\./(usr/)?lib/systemd/system/rustbk\.service$' <<<"$files") || fail "no systemd unit"

@@ -48,6 +48,9 @@ pub enum Command {
     /// Runtime control of the workers, in the manner of tap-ctl: list, stats, pause, unpause,
     /// close, Prometheus metrics.
     Ctl(crate::ctl::CtlArgs),
+    /// XAPI SMAPIv3 plugins, as xapi-storage-script runs them: `smapi volume SR.create --json`
+    /// with the call's arguments as JSON on stdin (see /usr/libexec/xapi-storage-script/).
+    Smapi(crate::smapi::SmapiArgs),
     /// Write the manual pages (roff) of every command into a folder, for packaging.
     #[command(hide = true)]
     Man {

@@ -9,5 +9,6 @@ pub mod config;
 pub mod ctl;
 pub mod img;
 pub mod logging;
+pub mod smapi;
 pub mod supervise;
 pub mod thin;

@@ -33,6 +33,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Img(args) => crate::img::run(args),
         Command::Thin(args) => crate::thin::run(args),
         Command::Ctl(args) => crate::ctl::run(args),
+        Command::Smapi(args) => crate::smapi::run(args),
         Command::Man { out } => man::run(&out),
     }
 }

@@ -8,6 +8,7 @@ mod compare;
 mod convert;
 mod create;
 mod info;
+pub(crate) use info::ImageInfo;
 mod map;
 mod pipe;
 mod progress;
