@@ -27,7 +27,7 @@ CACHE=${RUSTBK_CACHE:-/var/cache/rustbk}
 APT_DIR=$CACHE/apt/xen-src
 TOOLS_DIR=$CACHE/xen-tools
 # Bump when the configure options or the make targets below change: it is part of the key.
-RECIPE=1
+RECIPE=2
 BUILD_DEPS=(dpkg-dev quilt autoconf flex bison acpica-tools python3 pkg-config gcc make
   libyajl-dev uuid-dev zlib1g-dev libzstd-dev liblzma-dev libncurses-dev)
 # Only what libxl and xl need; the hypervisor, firmware, QEMU and the other tools stay out.
@@ -105,8 +105,11 @@ get_source() {
   # shellcheck disable=SC2046
   (cd "$dl" && apt-get $(apt_opts) source --download-only "xen=$version" >/dev/null 2>&1) ||
     return 1
-  dpkg-source -x "$dl"/xen_*.dsc "$out/src" >/dev/null || die "dpkg-source -x failed in $dl"
-  rm -rf "$dl"
+  # (dpkg-source warns that it cannot check the .dsc's signature without debian-keyring; apt
+  # has checked the files' hashes against the signed Sources index.)
+  dpkg-source -x "$dl"/xen_*.dsc "$out/src" >"$out/unpack.log" 2>&1 ||
+    die "dpkg-source -x failed: see $out/unpack.log"
+  rm -rf "$dl" "$out"/xen_*.orig.tar.*
 }
 
 apply_series() {
@@ -118,12 +121,15 @@ apply_series() {
   done <"$PATCHES/series"
 }
 
-# The Debian source has no generated configure: make it, as dh_autoreconf would.
+# The Debian source has no generated configure: make it, as dh_autoreconf would. The top-level
+# configure writes config/Paths.mk (the install paths) and runs tools/configure.
 configure_tree() {
   local src=$1
   cp /usr/share/misc/config.sub /usr/share/misc/config.guess "$src/"
-  (cd "$src/tools" && autoconf -f && autoheader -f) >/dev/null 2>&1 || die "autoconf failed"
-  (cd "$src/tools" && ./configure "${CONFIGURE_OPTS[@]}") >"$src/../configure.log" 2>&1 ||
+  (cd "$src" && autoconf -f && cd tools && autoconf -f && autoheader -f) >/dev/null 2>&1 ||
+    die "autoconf failed"
+  (cd "$src" && ./configure --disable-xen --disable-docs --disable-stubdom \
+    "${CONFIGURE_OPTS[@]}") >"$src/../configure.log" 2>&1 ||
     die "configure failed: see $src/../configure.log"
 }
 
