@@ -20,4 +20,5 @@ mod multiqueue;
 mod null;
 mod persistent;
 mod qcow2;
+mod sectors;
 mod thin;

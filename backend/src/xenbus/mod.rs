@@ -13,6 +13,7 @@ mod fatal;
 mod guest;
 mod journal;
 mod keys;
+mod params;
 mod state;
 mod store;
 mod thin;
