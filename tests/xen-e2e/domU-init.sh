@@ -125,13 +125,15 @@ hot_disk() {
 }
 
 # IOPS of one fio run ($2 = randread|randwrite) on /dev/$1: FIO_JOBS jobs (one per vCPU, so
-# that every ring is used) with queue depth 32 in all; empty on failure.
+# that every ring is used) with queue depth 32 in all; empty on failure (stderr in
+# /tmp/fio-$2.err). clock_gettime, not the TSC: under TCG the vCPUs' TSCs disagree (Linux marks
+# the TSC unstable) and a fio run with two jobs once aborted.
 fio_iops() {
   local field=8
   [ "$2" = randwrite ] && field=49
   fio --name=$2 --filename=/dev/$1 --rw=$2 --bs=4k --iodepth=$((32 / FIO_JOBS)) --numjobs=$FIO_JOBS \
-      --group_reporting --direct=1 --ioengine=libaio \
-      --runtime=$FIO_RUNTIME --time_based --output-format=terse --terse-version=3 2>/tmp/fio.err |
+      --group_reporting --direct=1 --ioengine=libaio --clocksource=clock_gettime \
+      --runtime=$FIO_RUNTIME --time_based --output-format=terse --terse-version=3 2>/tmp/fio-$2.err |
     awk -F';' -v f=$field '$1 == "3" { printf "%d", $f }'
 }
 
@@ -142,7 +144,7 @@ fio_disk() {
   if [ -n "$rr" ] && [ -n "$rw" ] && [ "$rr" -gt 0 ] && [ "$rw" -gt 0 ]; then
     gpass "fio on $1 ($2) ran"
   else
-    gfail "fio on $1 ($2): randread='$rr' randwrite='$rw'"; cat /tmp/fio.err
+    gfail "fio on $1 ($2): randread='$rr' randwrite='$rw'"; cat /tmp/fio-randread.err /tmp/fio-randwrite.err
   fi
   echo "G-FIO $2 randread=${rr:-0} randwrite=${rw:-0} hwq=$(ls /sys/block/$1/mq 2>/dev/null | wc -l)"
 }
