@@ -25,10 +25,14 @@ guest_mark() {
   GMARK=$(( $(loglines) + 1 ))
 }
 
+# number TEXT: TEXT if it is a decimal number, else 0. A helper that crashed (see "Known" in
+# README.md) leaves no number, and an arithmetic error would end PID 1 and panic dom0.
+number() { case "$1" in ''|*[!0-9]*) echo 0 ;; *) echo "$1" ;; esac; }
+
 # Copies the guest's new G-PASS / G-FAIL / G-EVENT lines to the serial console.
 relay() {
-  local n
-  n=$(loglines)
+  local n nfail
+  n=$(number "$(loglines)")
   if [ "$n" -lt "$RELAYED" ]; then GMARK=1; RELAYED=0; fi   # the log was truncated
   [ "$n" -gt "$RELAYED" ] || return 0
   sed -n "$((RELAYED+1)),${n}p" $GLOG | tr -d '\r' | while read -r line; do
@@ -38,7 +42,8 @@ relay() {
       G-EVENT*|G-FIO*) echo "guest: $line" ;;
     esac
   done
-  FAILS=$((FAILS + $(sed -n "$((RELAYED+1)),${n}p" $GLOG | grep -c '^G-FAIL:')))
+  nfail=$(sed -n "$((RELAYED+1)),${n}p" $GLOG | grep -c '^G-FAIL:')
+  FAILS=$((FAILS + $(number "$nfail")))
   RELAYED=$n
 }
 
@@ -78,17 +83,23 @@ check_sector() {
   [ "$got" = "$3" ] && pass "$4" || fail "$4 (found '$got')"
 }
 
-# Reads the files the guest wrote out of the ext4 image with debugfs and checks them.
+# check_image_files IMAGE: e2fsck -fn of the guest's ext4 image, then the files the guest wrote
+# (small, medium, large), read out of it with debugfs, against the guest's md5 sums.
 check_image_files() {
   local img=$1 d=/tmp/img-files f
-  mkdir -p $d
-  e2fsck -fn $img > /tmp/fsck.out 2>&1 && pass "e2fsck -fn of the image in dom0: clean" \
-    || { fail "e2fsck -fn of the image in dom0"; tail -5 /tmp/fsck.out; }
+  rm -rf $d && mkdir -p $d
+  e2fsck -fn $img > /tmp/fsck.out 2>&1 && pass "e2fsck -fn of ${img##*/} in dom0: clean" \
+    || { fail "e2fsck -fn of ${img##*/} in dom0"; tail -5 /tmp/fsck.out; }
   debugfs -R "dump /SUMS $d/SUMS" $img > /dev/null 2>&1
-  for f in small medium large after-reboot; do debugfs -R "dump /e2e/$f $d/$f" $img > /dev/null 2>&1; done
-  (cd $d && md5sum -c -s SUMS) && pass "dom0 reads the guest's files out of the image: md5 match" \
-    || fail "files read from the image in dom0 do not match the guest's checksums"
-  grep -q written-after-reboot $d/after-reboot 2>/dev/null && pass "the file written after reboot is in the image" \
+  for f in small medium large; do debugfs -R "dump /e2e/$f $d/$f" $img > /dev/null 2>&1; done
+  (cd $d && md5sum -c -s SUMS) && pass "dom0 reads the guest's files out of ${img##*/}: md5 match" \
+    || fail "files read from ${img##*/} in dom0 do not match the guest's checksums"
+}
+
+# The file the guest wrote after its reboot, read out of IMAGE.
+check_after_reboot_file() {
+  debugfs -R "dump /e2e/after-reboot /tmp/after-reboot" $1 > /dev/null 2>&1
+  grep -q written-after-reboot /tmp/after-reboot 2>/dev/null && pass "the file written after reboot is in the image" \
     || fail "the file written after reboot is missing from the image"
 }
 
@@ -97,6 +108,40 @@ report_fio() {
   local line
   line=$(tr -d '\r' < $GLOG | grep "^G-FIO $1 " | tail -1)
   [ -n "$line" ] && echo "E2E-FIO: backend=$1 ${line#G-FIO $1 }"
+}
+
+# xs_or DEFAULT PATH: a xenstore value, DEFAULT when the key is absent.
+xs_or() { xenstore-read "$2" 2>/dev/null || echo "$1"; }
+
+# odirect_of FILE: 1 if some process has FILE open with O_DIRECT, 0 if only without, - if no
+# process has it open (kernel blkback reaches it through a loop device: see loop_dio).
+odirect_of() {
+  local fd p flags seen=-
+  for fd in /proc/[0-9]*/fd/*; do
+    [ "$(readlink "$fd" 2>/dev/null)" = "$1" ] || continue
+    p=${fd%/fd/*}
+    flags=$(sed -n 's/^flags:[[:space:]]*//p' "$p/fdinfo/${fd##*/}" 2>/dev/null)
+    [ -n "$flags" ] || continue
+    if [ $(( 0$flags & 040000 )) -ne 0 ]; then echo 1; return; fi
+    seen=0
+  done
+  echo $seen
+}
+
+# fio_features NAME DOMID DEVID BACKEND_DIR ODIRECT: what the guest's blkfront and backend NAME
+# negotiated for the fio disk, read from xenstore while it is connected, as an E2E-FEAT line:
+# queues and ring order used (backend's offer in brackets), persistent grants (both sides),
+# the indirect segments offered, flush, discard, logical/physical sector size, and whether the
+# image is opened with O_DIRECT.
+fio_features() {
+  local fe=/local/domain/$2/device/vbd/$3 be=$4 pers
+  pers=$(( $(xs_or 0 $fe/feature-persistent) & $(xs_or 0 $be/feature-persistent) ))
+  echo "E2E-FEAT: backend=$1" \
+    "queues=$(xs_or 1 $fe/multi-queue-num-queues)($(xs_or 1 $be/multi-queue-max-queues))" \
+    "ring-order=$(xs_or 0 $fe/ring-page-order)($(xs_or 0 $be/max-ring-page-order))" \
+    "persistent=$pers indirect=$(xs_or 0 $be/feature-max-indirect-segments)" \
+    "flush=$(xs_or 0 $be/feature-flush-cache) discard=$(xs_or 0 $be/feature-discard)" \
+    "sector=$(xs_or - $be/sector-size)/$(xs_or - $be/physical-sector-size) odirect=$5"
 }
 
 dump_logs() {

@@ -2,11 +2,14 @@
 # PID 1 of the e2e guest (a Linux PV domU). It watches for xen block devices and acts on what
 # sector 0 of each new disk says (dom0 writes the magic):
 #   RUSTBK-E2E-DATA        fresh data disk: mkfs.ext4, write files + checksums, fsck, verify
+#   RUSTBK-E2E-4K-<bytes>  the same on a disk with 4096-byte logical sectors, after checking its
+#                          logical block size and its size (<bytes>, the image's)
 #   (ext4 holding /SUMS)   the same disk after a reboot: verify checksums, write one more file
 #   RUSTBK-E2E-HOT         hot-plugged disk: report the magic, write a marker at sector 8
 #   RUSTBK-E2E-GROW        disk dom0 grows online: report its size, wait for /sys/block to show a
 #                          larger one, write and read back a marker past the old end
-#   RUSTBK-E2E-FIO-<name>  benchmark disk: fio 4 KiB randread + randwrite, report IOPS
+#   RUSTBK-E2E-FIO-<name>  benchmark disk: fio 4 KiB randread + randwrite, report IOPS and the
+#                          number of blk-mq hardware queues (rings) the disk got
 # Lines for dom0 (which relays them to the serial log): G-PASS:, G-FAIL:, G-EVENT, G-FIO.
 /bin/busybox --install -s /bin
 set -u
@@ -24,6 +27,8 @@ event() { echo "G-EVENT $* uptime=$(up)"; }
 cmdline_value() { sed -n "s/.*$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
 FIO_RUNTIME=$(cmdline_value e2e_fio_runtime)
 FIO_RUNTIME=${FIO_RUNTIME:-30}
+FIO_JOBS=$(cmdline_value e2e_fio_jobs)
+FIO_JOBS=${FIO_JOBS:-1}
 
 # `xl shutdown` runs /sbin/poweroff; `xl reboot` restarts at once (ctrl-alt-del=1).
 setup_power() {
@@ -46,20 +51,55 @@ read_magic() {
   dd if=/dev/$1 bs=512 count=1 2>/dev/null | head -c 32 | tr -d '\000'
 }
 
+# data_first DISK [MKFS_OPTION...]: ext4 on a fresh disk, files with checksums, fsck, verify.
 data_first() {
-  local d=/dev/$1 f
-  mkfs.ext4 -q -F $d > /tmp/mkfs.out 2>&1 && gpass "mkfs.ext4 on $1" || { gfail "mkfs.ext4 on $1"; cat /tmp/mkfs.out; return; }
-  mount -t ext4 $d /mnt || { gfail "mount $1"; return; }
+  local n=$1 d=/dev/$1
+  shift
+  mkfs.ext4 -q -F "$@" $d > /tmp/mkfs.out 2>&1 && gpass "mkfs.ext4${*:+ $*} on $n" || { gfail "mkfs.ext4 on $n"; cat /tmp/mkfs.out; return; }
+  mount -t ext4 $d /mnt || { gfail "mount $n"; return; }
   mkdir -p /mnt/e2e
   dd if=/dev/urandom of=/mnt/e2e/small bs=4k count=1 2>/dev/null
   dd if=/dev/urandom of=/mnt/e2e/medium bs=64k count=16 2>/dev/null
   dd if=/dev/urandom of=/mnt/e2e/large bs=1M count=8 2>/dev/null
   (cd /mnt/e2e && md5sum small medium large > /mnt/SUMS && sha1sum small medium large > /mnt/SUMS.sha1)
   sync
-  umount /mnt || gfail "umount $1"
-  if e2fsck -fn $d > /tmp/fsck.out 2>&1; then gpass "e2fsck -fn clean on $1"; else gfail "e2fsck -fn on $1"; cat /tmp/fsck.out; fi
-  verify_sums $1 "after remount"
-  event "data-done $1"
+  umount /mnt || gfail "umount $n"
+  if e2fsck -fn $d > /tmp/fsck.out 2>&1; then gpass "e2fsck -fn clean on $n"; else gfail "e2fsck -fn on $n"; cat /tmp/fsck.out; fi
+  verify_sums $n "after remount"
+  event "data-done $n"
+}
+
+# check_lbs DISK SIZE: the logical block size blkfront gave DISK (from `sector-size`).
+check_lbs() {
+  local lbs
+  lbs=$(cat /sys/block/$1/queue/logical_block_size)
+  [ "$lbs" = "$2" ] && gpass "$1 logical_block_size is $2" || gfail "$1 logical_block_size is $lbs, not $2"
+}
+
+# direct_read DISK BS: reads the first 64 KiB of DISK with O_DIRECT in BS-byte blocks.
+direct_read() {
+  fio --name=direct$2 --filename=/dev/$1 --rw=read --bs=$2 --size=64k --direct=1 \
+      --ioengine=psync > /tmp/direct.err 2>&1
+}
+
+# A disk with 4096-byte sectors of $2 bytes: the logical block size, the size (/sys/block/X/size
+# counts 512-byte units whatever the sector size: blkfront passes `sectors` to set_capacity),
+# direct I/O granularity, then the ext4 test with 4 KiB blocks.
+disk_4k() {
+  local n=$1 bytes=$2 size
+  check_lbs $n 4096
+  size=$(cat /sys/block/$n/size)
+  if [ "$size" = $((bytes / 512)) ]; then
+    gpass "$n size is $size 512-byte units = $bytes bytes, the image's size"
+  else
+    gfail "$n size is $size 512-byte units ($((size * 512)) bytes), the image has $bytes"
+  fi
+  # fio, not busybox dd: dd retries a refused O_DIRECT read without O_DIRECT.
+  direct_read $n 4096 && gpass "4096-byte O_DIRECT reads of $n work" \
+    || { gfail "4096-byte O_DIRECT reads of $n failed"; cat /tmp/direct.err; }
+  direct_read $n 512 && gfail "512-byte O_DIRECT reads of $n were accepted" \
+    || gpass "512-byte O_DIRECT reads of $n are refused by the guest (4096-byte sectors)"
+  data_first $n -b 4096
 }
 
 # Mounts disk $1, checks md5 and sha1 of the files, unmounts.
@@ -108,12 +148,16 @@ grow_disk() {
   event "grow-written $n size=$new"
 }
 
-# IOPS of one fio job ($2 = randread|randwrite) on /dev/$1; empty on failure.
+# IOPS of one fio run ($2 = randread|randwrite) on /dev/$1: FIO_JOBS jobs (one per vCPU, so
+# that every ring is used) with queue depth 32 in all; empty on failure (stderr in
+# /tmp/fio-$2.err). clock_gettime, not the TSC: under TCG the vCPUs' TSCs disagree (Linux marks
+# the TSC unstable) and a fio run with two jobs once aborted.
 fio_iops() {
   local field=8
   [ "$2" = randwrite ] && field=49
-  fio --name=$2 --filename=/dev/$1 --rw=$2 --bs=4k --iodepth=32 --direct=1 --ioengine=libaio \
-      --runtime=$FIO_RUNTIME --time_based --output-format=terse --terse-version=3 2>/tmp/fio.err |
+  fio --name=$2 --filename=/dev/$1 --rw=$2 --bs=4k --iodepth=$((32 / FIO_JOBS)) --numjobs=$FIO_JOBS \
+      --group_reporting --direct=1 --ioengine=libaio --clocksource=clock_gettime \
+      --runtime=$FIO_RUNTIME --time_based --output-format=terse --terse-version=3 2>/tmp/fio-$2.err |
     awk -F';' -v f=$field '$1 == "3" { printf "%d", $f }'
 }
 
@@ -124,9 +168,9 @@ fio_disk() {
   if [ -n "$rr" ] && [ -n "$rw" ] && [ "$rr" -gt 0 ] && [ "$rw" -gt 0 ]; then
     gpass "fio on $1 ($2) ran"
   else
-    gfail "fio on $1 ($2): randread='$rr' randwrite='$rw'"; cat /tmp/fio.err
+    gfail "fio on $1 ($2): randread='$rr' randwrite='$rw'"; cat /tmp/fio-randread.err /tmp/fio-randwrite.err
   fi
-  echo "G-FIO $2 randread=${rr:-0} randwrite=${rw:-0}"
+  echo "G-FIO $2 randread=${rr:-0} randwrite=${rw:-0} hwq=$(ls /sys/block/$1/mq 2>/dev/null | wc -l)"
 }
 
 new_disk() {
@@ -134,7 +178,8 @@ new_disk() {
   magic=$(read_magic $n)
   event "first-io $n magic=$magic"
   case "$magic" in
-    RUSTBK-E2E-DATA*) gpass "read the pattern in sector 0 of $n"; data_first $n ;;
+    RUSTBK-E2E-DATA*) gpass "read the pattern in sector 0 of $n"; check_lbs $n 512; data_first $n ;;
+    RUSTBK-E2E-4K-*) disk_4k $n "${magic#RUSTBK-E2E-4K-}" ;;
     RUSTBK-E2E-HOT*) hot_disk $n "$magic" ;;
     RUSTBK-E2E-GROW*) grow_disk $n ;;
     RUSTBK-E2E-FIO-*) fio_disk $n "${magic#RUSTBK-E2E-FIO-}" ;;

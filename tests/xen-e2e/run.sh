@@ -1,13 +1,16 @@
 #!/bin/bash
 # rustbk end-to-end test under real Xen: boots Debian's Xen 4.17 + a Linux dom0 running
 # `rustbk daemon` + a Linux PV guest under qemu-system-x86_64 -accel tcg, and checks the guest's
-# disk I/O through rustbk (data, ext4, hot attach/detach, reboot), then runs the same fio job on
-# rustbk, kernel xen-blkback and QEMU qdisk. Usage, from the repository root:
+# disk I/O through rustbk (data, ext4, hot attach/detach, 4096-byte sectors, reboot), then runs
+# the same fio job on rustbk, kernel xen-blkback and QEMU qdisk, every image on one ext4 file
+# system (a virtio disk of dom0) opened with O_DIRECT. Usage, from the repository root:
 #     bash tests/xen-e2e/run.sh
 # Environment: W (work folder, default target/xen-e2e, reused between runs), FIO_RUNTIME (seconds
 # per fio job, default 30), XEN_TIMEOUT (seconds for the whole boot, default 1800), RUSTBK_LOG
-# (RUST_LOG of the daemon, default info), E2E_PHASES (default rustbk,peers), DOM0_VCPUS (1), RING_ORDER
-# (guest blkfront max_ring_page_order, default 2), KVER (guest/dom0 kernel, default Debian's current).
+# (RUST_LOG of the daemon, default info), E2E_PHASES (default rustbk,peers), DOM0_VCPUS (1),
+# GUEST_VCPUS (2), PEERS_VCPUS (the peers' guest, 1), FIO_JOBS (fio jobs sharing queue depth 32, default GUEST_VCPUS), RING_ORDER
+# (guest blkfront max_ring_page_order, default 2), DATA_DISK_MB (dom0's ext4 disk, default 2048),
+# KVER (guest/dom0 kernel, default Debian's current).
 # Exits non-zero on any E2E-FAIL line or when the E2E-DONE marker is missing. Never skips.
 set -u
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
@@ -22,6 +25,12 @@ E2E_PHASES=${E2E_PHASES:-rustbk,peers}
 # blkback or qdisk serve I/O (seen without rustbk ever running).
 DOM0_VCPUS=${DOM0_VCPUS:-1}
 RING_ORDER=${RING_ORDER:-2}   # the guests' blkfront max_ring_page_order (multi-page rings)
+# Two guest vCPUs: blkfront asks for one ring per vCPU, so multi-queue is negotiated (rustbk and
+# blkback are told to offer as many rings as the guest has vCPUs).
+GUEST_VCPUS=${GUEST_VCPUS:-2}
+PEERS_VCPUS=${PEERS_VCPUS:-1}
+FIO_JOBS=${FIO_JOBS:-$GUEST_VCPUS}
+DATA_DISK_MB=${DATA_DISK_MB:-2048}
 R=$W/root
 T_START=$(date +%s)
 
@@ -119,7 +128,7 @@ build_dom0_ir() {
   cp "$SRC/dom0-lib.sh" "$ir/etc/e2e/lib.sh"
   copy_bin "$ir" /bin/bash $x/xl $x/xenstored $x/xenconsoled $x/xen-init-dom0 $x/libxl-save-helper \
     $x/xenconsole /usr/bin/xenstore /usr/libexec/xen-qemu-system-i386 /usr/bin/flock \
-    /usr/sbin/debugfs /usr/sbin/e2fsck
+    /usr/sbin/debugfs /usr/sbin/e2fsck /usr/sbin/losetup
   mkdir -p "$ir/usr/local/bin" && copy_bin "$ir" "$RUSTBK_BIN" && mv "$ir$RUSTBK_BIN" "$ir/usr/local/bin/rustbk"
   for t in chmod exists list ls read rm watch write; do ln -sf xenstore "$ir/usr/bin/xenstore-$t"; done
   ln -sf $x/xl "$ir/usr/sbin/xl"
@@ -128,22 +137,34 @@ build_dom0_ir() {
   install -m 0755 "$REPO/tools/hotplug/rustbk" "$ir/etc/xen/scripts/rustbk"
   cp -a "$R/usr/share/qemu/keymaps" "$ir/usr/share/qemu/"
   echo "root:x:0:0:root:/root:/bin/sh" > "$ir/etc/passwd"
-  copy_mods "$ir" xen-evtchn.ko xen-gntdev.ko xen-gntalloc.ko xen-privcmd.ko xenfs.ko loop.ko xen-blkback.ko
+  copy_mods "$ir" xen-evtchn.ko xen-gntdev.ko xen-gntalloc.ko xen-privcmd.ko xenfs.ko loop.ko xen-blkback.ko \
+    virtio_pci.ko virtio_blk.ko ext4.ko crc32c_generic.ko
   cp "$VMLINUZ" "$ir/boot/domU-vmlinuz" && cp "$W/domU.cpio.gz" "$ir/boot/domU.cpio.gz"
   (cd "$ir" && find . | cpio -o -H newc 2>/dev/null > "$W/dom0.cpio") || die "dom0 initramfs"
   log "dom0 initramfs $(du -h "$W/dom0.cpio" | cut -f1), guest initramfs $(du -h "$W/domU.cpio.gz" | cut -f1)"
+}
+
+# dom0's data disk: a sparse file formatted ext4 here (inode tables and journal written now, so
+# that no lazy init runs in dom0 during the benchmarks), given to dom0 as a virtio disk. Made anew
+# on every run.
+make_data_disk() {
+  DATA_IMG=$W/dom0-data.img
+  rm -f "$DATA_IMG" && truncate -s "${DATA_DISK_MB}M" "$DATA_IMG" || die "cannot create $DATA_IMG"
+  mkfs.ext4 -q -F -L e2e-data -E lazy_itable_init=0,lazy_journal_init=0,nodiscard "$DATA_IMG" \
+    || die "mkfs.ext4 of $DATA_IMG failed"
 }
 
 # Boots Xen + dom0 under TCG; streams the E2E lines; stops at E2E-DONE, a panic or the timeout.
 boot_xen() {
   SERIAL=$W/serial.log
   rm -f "$SERIAL"
-  local xen_cmd="console=com1 com1=115200,8n1 dom0_mem=1536M,max:1536M dom0_max_vcpus=$DOM0_VCPUS loglvl=all guest_loglvl=all noreboot smap=0 smep=0"
-  local dom0_cmd="console=hvc0 earlyprintk=xen rdinit=/init loglevel=5 e2e_fio_runtime=$FIO_RUNTIME e2e_rustbk_log=$RUSTBK_LOG e2e_phases=$E2E_PHASES e2e_ring_order=$RING_ORDER"
+  local xen_cmd="console=com1 com1=115200,8n1 dom0_mem=1536M,max:1536M dom0_max_vcpus=$DOM0_VCPUS dom0_vcpus_pin loglvl=all guest_loglvl=all noreboot smap=0 smep=0"
+  local dom0_cmd="console=hvc0 earlyprintk=xen rdinit=/init loglevel=5 e2e_fio_runtime=$FIO_RUNTIME e2e_rustbk_log=$RUSTBK_LOG e2e_phases=$E2E_PHASES e2e_ring_order=$RING_ORDER e2e_guest_vcpus=$GUEST_VCPUS e2e_peers_vcpus=$PEERS_VCPUS e2e_fio_jobs=$FIO_JOBS"
   dom0_cmd=${dom0_cmd//,/,,}   # QEMU separates multiboot modules with commas
   log "booting Xen under qemu -accel tcg (timeout ${XEN_TIMEOUT}s, fio runtime ${FIO_RUNTIME}s)"
   timeout "$XEN_TIMEOUT" qemu-system-x86_64 -accel tcg,thread=multi -cpu max -smp 2 -m 4096 \
     -nographic -no-reboot -serial "file:$SERIAL" -monitor none -net none \
+    -drive "file=$DATA_IMG,format=raw,if=virtio,cache=writeback" \
     -kernel "$W/xen.elf" -append "$xen_cmd" \
     -initrd "$VMLINUZ $dom0_cmd,$W/dom0.cpio" > "$W/qemu-stdout.log" 2>&1 &
   local qpid=$! shown=0 n
@@ -161,16 +182,21 @@ boot_xen() {
   log "qemu finished"
 }
 
+# The fio table: IOPS, the blk-mq hardware queues the guest's disk got, and what the guest's
+# blkfront negotiated with each backend (E2E-FEAT: used(offered); sector=logical/physical).
 fio_table() {
-  grep -a '^E2E-FIO:' "$SERIAL" | tr -d '\r' | awk '
-    { b = $2; sub("backend=", "", b); r[b] = $3; w[b] = $4; sub("randread=", "", r[b]); sub("randwrite=", "", w[b]) }
+  tr -d '\r' < "$SERIAL" | grep -a -E '^E2E-(FIO|FEAT):' | awk '
+    function val(s) { sub("^[^=]*=", "", s); return s }
+    /^E2E-FIO:/ { b = val($2); r[b] = val($3); w[b] = val($4); q[b] = val($5) }
+    /^E2E-FEAT:/ { b = val($2); f = $0; sub("^E2E-FEAT: backend=[^ ]* ", "", f); feat[b] = f }
     function ratio(x, y) { return (x != "" && y > 0) ? sprintf("%.2f", x / y) : "-" }
     END {
-      printf "%-22s %15s %15s\n", "backend", "randread IOPS", "randwrite IOPS"
+      printf "%-15s %14s %15s %4s  %s\n", "backend", "randread IOPS", "randwrite IOPS", "hwq", "negotiated"
       for (i = 1; i <= 3; i++) { n = (i == 1) ? "rustbk" : (i == 2) ? "blkback" : "qdisk"
-        printf "%-22s %15s %15s\n", n, (n in r) ? r[n] : "-", (n in w) ? w[n] : "-" }
-      printf "%-22s %15s %15s\n", "rustbk/blkback", ratio(r["rustbk"], r["blkback"]), ratio(w["rustbk"], w["blkback"])
-      printf "%-22s %15s %15s\n", "rustbk/qdisk", ratio(r["rustbk"], r["qdisk"]), ratio(w["rustbk"], w["qdisk"])
+        printf "%-15s %14s %15s %4s  %s\n", n, (n in r) ? r[n] : "-", (n in w) ? w[n] : "-",
+          (n in q) ? q[n] : "-", (n in feat) ? feat[n] : "-" }
+      printf "%-15s %14s %15s\n", "rustbk/blkback", ratio(r["rustbk"], r["blkback"]), ratio(w["rustbk"], w["blkback"])
+      printf "%-15s %14s %15s\n", "rustbk/qdisk", ratio(r["rustbk"], r["qdisk"]), ratio(w["rustbk"], w["qdisk"])
     }'
 }
 
@@ -179,7 +205,7 @@ report() {
   grep -a -E '^E2E-(PASS|FAIL)' "$SERIAL" | tr -d '\r'
   echo "---------------- info ----------------"
   grep -a '^E2E-INFO' "$SERIAL" | tr -d '\r'
-  echo "---------------- fio: 4 KiB, iodepth 32, direct, libaio, ${FIO_RUNTIME}s per job ----------------"
+  echo "---------------- fio: 4 KiB random, $FIO_JOBS job(s) x iodepth $((32 / FIO_JOBS)), direct, libaio, ${FIO_RUNTIME}s per run; guest $GUEST_VCPUS vCPUs; images on ext4 (dom0's virtio disk) ----------------"
   fio_table
   local npass nfail
   npass=$(grep -ac '^E2E-PASS' "$SERIAL"); nfail=$(grep -ac '^E2E-FAIL' "$SERIAL")
@@ -199,8 +225,11 @@ main() {
   log "kernel $KVER; building initramfs images"
   build_guest_ir
   build_dom0_ir
+  make_data_disk
   boot_xen
   report
 }
 
-main
+# On one line: bash reads a script as it runs it, so an edit of this file during a run must not
+# be read after main returns.
+main; exit $?

@@ -80,7 +80,8 @@ pub struct BackendOptions {
     pub max_persistent_grants: Option<usize>,
     /// Unmap persistent grants left unused for this long; `None` keeps them while connected.
     pub persistent_grant_unused: Option<Duration>,
-    /// Logical sector size announced to the guest (`sector-size`): 512 or 4096.
+    /// Logical sector size announced to the guest (`sector-size`), 512 or 4096, of disks
+    /// whose `params` does not choose one (`raw,sector-size=4096:/path`).
     pub sector_size: u32,
     /// Microseconds a ring worker busy-polls for work before sleeping.
     pub poll_us: u32,
@@ -300,13 +301,13 @@ fn open(info: &BackendInfo, opts: &BackendOptions) -> Result<Arc<dyn BlockImage>
         read_only: info.read_only,
         cache,
         engine: opts.engine,
-        sector_size: opts.sector_size,
+        sector_size: info.sector_size(opts),
         backing: BackingPolicy::Confined(opts.backing_dirs.clone()),
         ..OpenOptions::default()
     };
     let image = open_image(path, format, &open_opts)?;
     let g = image.geometry();
-    tracing::info!(path = %path.display(), ?format, size = g.size, read_only = info.read_only, %cache, "image opened");
+    tracing::info!(path = %path.display(), ?format, size = g.size, sector_size = g.logical_sector_size, read_only = info.read_only, %cache, "image opened");
     Ok(image)
 }
 
@@ -340,7 +341,7 @@ fn open_null(
 ) -> Result<Arc<dyn BlockImage>, Error> {
     let open_opts = OpenOptions {
         read_only: info.read_only,
-        sector_size: opts.sector_size,
+        sector_size: info.sector_size(opts),
         ..OpenOptions::default()
     };
     let image = NullImage::new(size, &open_opts)?;

@@ -1,11 +1,11 @@
 //! The backend directory's keys: what the toolstack tells us and what we publish.
 
-use std::path::PathBuf;
-
-use rustbk_formats::{BlockImage, CacheMode, Format};
+use rustbk_formats::{BlockImage, CacheMode, Format, Geometry};
 
 use super::Store;
 use super::device::BackendOptions;
+pub(super) use super::params::Disk;
+use super::params::{Params, parse_params};
 use crate::Error;
 use crate::worker::DataPath;
 
@@ -15,31 +15,6 @@ pub const VDISK_CDROM: u32 = 1;
 pub const VDISK_REMOVABLE: u32 = 2;
 /// `info` bit: the disk is read-only.
 pub const VDISK_READONLY: u32 = 4;
-
-/// What a disk's `params` names.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) enum Disk {
-    /// An image file or block device in a format: raw unless `params` names another.
-    Image {
-        /// The format.
-        format: Format,
-        /// The path.
-        path: PathBuf,
-    },
-    /// A null disk of a size: `null:SIZE` (no file; every request completes at once, reads
-    /// return zeros).
-    Null {
-        /// Size in bytes.
-        size: u64,
-    },
-    /// A volume of a thin pool: `thin:/path/to/pool:VOLUME` (an id or a name).
-    Thin {
-        /// The pool directory.
-        pool: PathBuf,
-        /// The volume's id or name.
-        volume: String,
-    },
-}
 
 /// What the toolstack wrote in the backend directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,6 +37,15 @@ pub(super) struct BackendInfo {
     pub cache: Option<CacheMode>,
     /// `data-path` (`map` or `copy`), if the toolstack wrote one (else `--data-path` applies).
     pub data_path: Option<DataPath>,
+    /// The logical sector size `params` chose (`raw,sector-size=4096:/path`), if any.
+    pub sector_size: Option<u32>,
+}
+
+impl BackendInfo {
+    /// The disk's logical sector size: its own, else the daemon's `--sector-size`.
+    pub fn sector_size(&self, opts: &BackendOptions) -> u32 {
+        self.sector_size.unwrap_or(opts.sector_size)
+    }
 }
 
 fn bad(path: &str, value: &str, why: &str) -> Error {
@@ -84,7 +68,8 @@ pub(super) async fn read_backend(store: &Store, be: &str) -> Result<BackendInfo,
     let frontend = required(store, format!("{be}/frontend")).await?;
     let params_key = format!("{be}/params");
     let params = required(store, params_key.clone()).await?;
-    let disk = parse_params(&params).map_err(|why| bad(&params_key, &params, &why))?;
+    let Params { disk, sector_size } =
+        parse_params(&params).map_err(|why| bad(&params_key, &params, &why))?;
     let mode = store
         .read(&format!("{be}/mode"))
         .await?
@@ -111,6 +96,7 @@ pub(super) async fn read_backend(store: &Store, be: &str) -> Result<BackendInfo,
                     .map_err(|why: String| bad(&format!("{be}/data-path"), &v, &why))
             })
             .transpose()?,
+        sector_size,
     })
 }
 
@@ -146,71 +132,6 @@ fn parse_cache_mode(path: &str, value: &str) -> Result<CacheMode, Error> {
         let why = "not a cache mode (none, writeback, writethrough, directsync or unsafe)";
         bad(path, value, why)
     })
-}
-
-/// What `params` names.
-///
-/// A plain path is raw, as xl's `phy` means: the format is never probed, because a guest can
-/// write any header into a raw disk (QEMU's CVE-2008-2004). Another format is served only when
-/// the toolstack names it with a prefix: `qcow2:/path`; `raw:/path` and tapdisk's `aio:/path`
-/// are raw; `thin:/path/to/pool:VOLUME` is a thin volume; `null:SIZE` is a null disk (see
-/// [`parse_null_size`]). An unknown prefix (text before a `:` that comes before any `/`) is
-/// refused.
-pub(super) fn parse_params(params: &str) -> Result<Disk, String> {
-    let params = params.trim();
-    let (format, path) = match rustbk_formats::protocol_of(std::path::Path::new(params)) {
-        None => (Format::Raw, params),
-        Some(prefix) => {
-            let rest = &params[prefix.len() + 1..];
-            match prefix.as_str() {
-                "raw" | "aio" => (Format::Raw, rest),
-                "qcow2" => (Format::Qcow2, rest),
-                "thin" => return parse_thin(rest),
-                "null" => return parse_null_size(rest).map(|size| Disk::Null { size }),
-                other => return Err(format!("unknown format prefix {other:?}")),
-            }
-        }
-    };
-    if path.is_empty() {
-        return Err("no image path".to_owned());
-    }
-    let path = PathBuf::from(path);
-    Ok(Disk::Image { format, path })
-}
-
-fn parse_thin(target: &str) -> Result<Disk, String> {
-    let (pool, volume) = rustbk_thin::dir::parse_target(target).map_err(|e| e.to_string())?;
-    Ok(Disk::Thin {
-        pool: pool.path,
-        volume,
-    })
-}
-
-/// The size of a null disk: a number of bytes, or a number with a `K`, `M`, `G` or `T`
-/// suffix (powers of 1024, either case), as `rustbk img create` takes it: `null:8G`. Whether
-/// it is a whole number of sectors is checked when the disk is opened.
-pub(super) fn parse_null_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let (digits, shift) = match text.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let shift = match c.to_ascii_lowercase() {
-                'k' => 10,
-                'm' => 20,
-                'g' => 30,
-                't' => 40,
-                _ => return Err(format!("unknown size suffix in null size {text:?}")),
-            };
-            (&text[..i], shift)
-        }
-        _ => (text, 0),
-    };
-    let bad = || format!("null:SIZE needs a size like 8G or 1073741824, not {text:?}");
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad());
-    }
-    let n: u64 = digits.parse().map_err(|_| bad())?;
-    n.checked_mul(1 << shift)
-        .ok_or_else(|| format!("null size {text:?} is too large"))
 }
 
 /// Whether discard is offered to the frontend.
@@ -269,7 +190,22 @@ pub(super) fn vdisk_info(image: &dyn BlockImage, info: &BackendInfo) -> u32 {
     bits
 }
 
+/// `physical-sector-size`: the image's, unless the disk is not a whole number of those (blkif.h:
+/// `sectors` * 512 must be a multiple of it), then the logical sector size.
+pub(super) fn physical_sector_size(g: &Geometry) -> u32 {
+    let physical = g.physical_sector_size.max(g.logical_sector_size);
+    match g.size % u64::from(physical.max(1)) {
+        0 => physical,
+        _ => g.logical_sector_size,
+    }
+}
+
 /// Publishes the disk's size and sector sizes (read by the frontend when we are Connected).
+///
+/// As blkif.h says since Xen 4.20 ("reconcile protocol specification with in-use
+/// implementations"): `sectors` counts 512-byte units whatever `sector-size` is, and
+/// `sector-size` only tells the frontend how to align its requests; rustbk neither offers nor
+/// reads the deprecated `feature-large-sector-size`.
 pub(super) async fn publish_disk(
     store: &Store,
     be: &str,
@@ -281,7 +217,7 @@ pub(super) async fn publish_disk(
         ("sectors", (g.size / 512).to_string()),
         ("info", vdisk_info(image, info).to_string()),
         ("sector-size", g.logical_sector_size.to_string()),
-        ("physical-sector-size", g.physical_sector_size.to_string()),
+        ("physical-sector-size", physical_sector_size(&g).to_string()),
     ];
     for (k, v) in keys {
         store.write(&format!("{be}/{k}"), &v).await?;
@@ -292,25 +228,6 @@ pub(super) async fn publish_disk(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn plain_params_are_raw_and_other_formats_need_a_prefix() {
-        let ok = |format, p: &str| {
-            let path = PathBuf::from(p);
-            Ok(Disk::Image { format, path })
-        };
-        assert_eq!(parse_params("/a/b.img"), ok(Format::Raw, "/a/b.img"));
-        assert_eq!(parse_params("/a/b.qcow2"), ok(Format::Raw, "/a/b.qcow2"));
-        assert_eq!(parse_params("/a:b/c.img"), ok(Format::Raw, "/a:b/c.img"));
-        assert_eq!(parse_params("raw:/a"), ok(Format::Raw, "/a"));
-        assert_eq!(parse_params("aio:/a"), ok(Format::Raw, "/a"));
-        assert_eq!(parse_params("qcow2:/b"), ok(Format::Qcow2, "/b"));
-        assert_eq!(parse_params("qcow2:/b:c"), ok(Format::Qcow2, "/b:c"));
-        assert!(parse_params("vhd:/a").is_err());
-        assert!(parse_params("json:{}").is_err());
-        assert!(parse_params("  ").is_err());
-        assert!(parse_params("raw:").is_err());
-    }
 
     #[test]
     fn cache_mode_takes_qemus_names_and_refuses_anything_else() {
@@ -328,45 +245,17 @@ mod tests {
     }
 
     #[test]
-    fn null_params_give_a_size_in_bytes_or_with_a_binary_suffix() {
-        let null = |size: u64| Ok(Disk::Null { size });
-        assert_eq!(parse_params("null:8G"), null(8 << 30));
-        assert_eq!(parse_params("null:512m"), null(512 << 20));
-        assert_eq!(parse_params("null:4k"), null(4096));
-        assert_eq!(parse_params("null:2T"), null(2 << 40));
-        assert_eq!(parse_params("null:1048576"), null(1 << 20));
-        assert_eq!(parse_params(" null:1G\n"), null(1 << 30));
-        for bad in [
-            "null:",
-            "null:G",
-            "null:8X",
-            "null:-1",
-            "null:1.5G",
-            "null:8 G",
-            "null:/a",
-            "null:99999999999T",
-        ] {
-            assert!(parse_params(bad).is_err(), "{bad}");
-        }
-        // A path with a colon after a slash stays a raw path, never a null disk.
-        assert_eq!(
-            parse_params("/srv/null:8G"),
-            Ok(Disk::Image {
-                format: Format::Raw,
-                path: PathBuf::from("/srv/null:8G")
-            })
-        );
-    }
-
-    #[test]
-    fn thin_params_name_a_pool_directory_and_a_volume() {
-        let thin = |pool: &str, volume: &str| {
-            let (pool, volume) = (PathBuf::from(pool), volume.to_owned());
-            Ok(Disk::Thin { pool, volume })
+    fn physical_sector_size_divides_the_disk_or_falls_back_to_the_logical_one() {
+        let g = |size, logical_sector_size, physical_sector_size| Geometry {
+            size,
+            logical_sector_size,
+            physical_sector_size,
         };
-        assert_eq!(parse_params("thin:/srv/pool:7"), thin("/srv/pool", "7"));
-        assert_eq!(parse_params("thin:/a:b/pool:vm1"), thin("/a:b/pool", "vm1"));
-        assert!(parse_params("thin:/srv/pool").is_err());
-        assert!(parse_params("thin:/srv/pool:").is_err());
+        assert_eq!(physical_sector_size(&g(1 << 20, 512, 512)), 512);
+        assert_eq!(physical_sector_size(&g(1 << 20, 512, 4096)), 4096);
+        assert_eq!(physical_sector_size(&g(1 << 20, 4096, 4096)), 4096);
+        assert_eq!(physical_sector_size(&g((1 << 20) + 512, 512, 4096)), 512);
+        // Never below the logical sector size.
+        assert_eq!(physical_sector_size(&g(1 << 20, 4096, 512)), 4096);
     }
 }

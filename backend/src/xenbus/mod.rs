@@ -20,6 +20,7 @@ mod fatal;
 mod guest;
 mod journal;
 mod keys;
+mod params;
 mod qos;
 mod state;
 mod store;

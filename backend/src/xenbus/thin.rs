@@ -35,7 +35,7 @@ pub(super) fn open(
     }
     let volume_opts = VolumeOptions {
         engine: opts.engine,
-        sector_size: opts.sector_size,
+        sector_size: info.sector_size(opts),
         read_only: info.read_only,
         cache,
         ..VolumeOptions::default()

@@ -169,7 +169,8 @@ pub struct BackendArgs {
     /// Microseconds a ring worker busy-polls for work before sleeping (0 disables polling).
     #[arg(long, default_value_t = rustbk_backend::xenbus::DEFAULT_POLL_US)]
     pub poll_us: u32,
-    /// Logical sector size announced to guests.
+    /// Logical sector size announced to guests (512 or 4096) for disks whose `params` does not
+    /// choose one (`raw,sector-size=4096:/path`).
     #[arg(long, default_value_t = 512, value_parser = parse_sector_size)]
     pub sector_size: u32,
     /// A folder where backing files named inside qcow2 images may lie, it and below
