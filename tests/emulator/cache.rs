@@ -3,8 +3,7 @@
 //! its writable descriptors of the image), and the guest's data is served in every mode.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::path::Path;
 
 use rustbk_blkfront::toolstack::VbdSpec;
 use rustbk_formats::{CacheMode, Format, IoOp, OpenOptions, SharedBuf};
@@ -168,29 +167,10 @@ fn without_the_key_the_command_line_chooses_and_buffered_is_writeback() {
 
 #[test]
 fn an_unknown_cache_mode_fails_the_device_with_an_error_node_naming_it() {
-    let tmp = tempfile::tempdir().unwrap();
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_rustbk"));
-    let mut cluster = rustbk::cluster::EmuCluster::start(&exe, tmp.path()).unwrap();
-    let image = tmp.path().join("disk.img");
-    rustbk_formats::create_raw(&image, 1 << 20).unwrap();
-    // No hotplug script: the backend closes the device at once instead of waiting for it.
-    let spec = VbdSpec {
+    let error = crate::harness::refused_error(1 << 20, |image| VbdSpec {
         cache_mode: Some("fast".into()),
-        script: None,
         ..VbdSpec::rustbk(GUEST, XVDA, image.display().to_string())
-    };
-    let xs = cluster.toolstack().unwrap();
-    cluster.add_disk(&spec, &[]).unwrap();
-    let be = spec.backend_path();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while xs.try_read(&format!("{be}/state")).unwrap().as_deref() != Some("6") {
-        assert!(Instant::now() < deadline, "the device never closed");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let error = xs
-        .try_read(&format!("{be}/error"))
-        .unwrap()
-        .unwrap_or_default();
+    });
     assert!(
         error.starts_with("22 ") && error.contains("cache-mode") && error.contains("\"fast\""),
         "error node: {error:?}"

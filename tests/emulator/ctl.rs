@@ -2,23 +2,13 @@
 //! exactly, pause really stops I/O (the guest's requests wait in the ring), unpause serves
 //! them with no error, close asks the frontend to close, and metrics render the same counts.
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use rustbk_ring::{RwOp, status};
 use serde_json::Value;
 
-use crate::harness::{GUEST, Guest, Host, Setup, XVDA, pattern};
-
-fn ctl(host: &Host, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rustbk"))
-        .arg("ctl")
-        .arg("--lock-dir")
-        .arg(host.cluster.dir())
-        .args(args)
-        .output()
-        .expect("run rustbk ctl")
-}
+use crate::harness::{GUEST, Guest, Host, Setup, XVDA, ctl, pattern};
 
 fn ctl_ok(host: &Host, args: &[&str]) -> String {
     let out = ctl(host, args);

@@ -1,7 +1,7 @@
 //! The data paths: grant copy into the worker's bounce buffers instead of mapping, and
 //! persistently mapped pages registered as io_uring fixed buffers.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rustbk_blkfront::toolstack::VbdSpec;
 use rustbk_grant::emu::EmuDomain;
@@ -66,29 +66,10 @@ fn the_data_path_backend_key_overrides_the_flag() {
 
 #[test]
 fn an_unknown_data_path_key_fails_the_device_with_an_error_node_naming_it() {
-    let tmp = tempfile::tempdir().unwrap();
-    let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_rustbk"));
-    let mut cluster = rustbk::cluster::EmuCluster::start(&exe, tmp.path()).unwrap();
-    let image = tmp.path().join("disk.img");
-    rustbk_formats::create_raw(&image, 1 << 20).unwrap();
-    // No hotplug script: the backend closes the device at once instead of waiting for it.
-    let spec = VbdSpec {
+    let error = crate::harness::refused_error(1 << 20, |image| VbdSpec {
         data_path: Some("teleport".into()),
-        script: None,
         ..VbdSpec::rustbk(GUEST, XVDA, image.display().to_string())
-    };
-    let xs = cluster.toolstack().unwrap();
-    cluster.add_disk(&spec, &[]).unwrap();
-    let be = spec.backend_path();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while xs.try_read(&format!("{be}/state")).unwrap().as_deref() != Some("6") {
-        assert!(Instant::now() < deadline, "the device never closed");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let error = xs
-        .try_read(&format!("{be}/error"))
-        .unwrap()
-        .unwrap_or_default();
+    });
     assert!(
         error.contains("data-path") && error.contains("teleport") && error.contains("copy"),
         "error node: {error:?}"

@@ -407,3 +407,43 @@ pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 1)
         .collect()
 }
+
+/// Serves, without a hotplug script (so a refused disk closes at once instead of waiting for
+/// it), the disk `make` describes given a 1 MiB raw image (or `size` bytes) in a fresh folder;
+/// returns the backend's `error` node once the device has closed.
+pub fn refused_error(size: u64, make: impl FnOnce(&std::path::Path) -> VbdSpec) -> String {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_rustbk"));
+    let mut cluster = EmuCluster::start(&exe, tmp.path()).unwrap();
+    let image = tmp.path().join("disk.img");
+    rustbk_formats::create_raw(&image, size).unwrap();
+    let spec = VbdSpec {
+        script: None,
+        ..make(&image)
+    };
+    let xs = cluster.toolstack().unwrap();
+    cluster.add_disk(&spec, &[]).unwrap();
+    let be = spec.backend_path();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while xs.try_read(&format!("{be}/state")).unwrap().as_deref() != Some("6") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the device never closed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    xs.try_read(&format!("{be}/error"))
+        .unwrap()
+        .unwrap_or_default()
+}
+
+/// Runs `rustbk ctl --lock-dir <host's folder> ARGS`.
+pub fn ctl(host: &Host, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_rustbk"))
+        .arg("ctl")
+        .arg("--lock-dir")
+        .arg(host.cluster.dir())
+        .args(args)
+        .output()
+        .expect("run rustbk ctl")
+}

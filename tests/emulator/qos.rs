@@ -292,20 +292,11 @@ fn limits_change_while_the_disk_is_served_and_bad_changes_are_reported() {
     let free = run(&mut g.front, &reads(4096, 16, Duration::from_secs(1)));
     assert!(free.iops > 2500.0, "{free:?}");
     // Through the control socket, as an administrator would.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rustbk"))
-        .arg("ctl")
-        .arg("--lock-dir")
-        .arg(host.cluster.dir())
-        .args([
-            "qos",
-            "--domid",
-            &GUEST.0.to_string(),
-            "--devid",
-            &XVDA.to_string(),
-        ])
-        .arg("iops-total=300")
-        .output()
-        .unwrap();
+    let (dom, dev) = (GUEST.0.to_string(), XVDA.to_string());
+    let out = crate::harness::ctl(
+        &host,
+        &["qos", "--domid", &dom, "--devid", &dev, "iops-total=300"],
+    );
     assert!(
         out.status.success(),
         "{}",

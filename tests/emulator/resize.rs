@@ -59,20 +59,9 @@ fn setup_of(format: Option<&'static str>, size: u64) -> Setup {
 
 /// `rustbk ctl resize` of the guest's disk; `ok OLD NEW` or `error MESSAGE`.
 fn ctl_resize(host: &Host, size: u64) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rustbk"))
-        .arg("ctl")
-        .arg("--lock-dir")
-        .arg(host.cluster.dir())
-        .args([
-            "resize",
-            "--domid",
-            &GUEST.0.to_string(),
-            "--devid",
-            &XVDA.to_string(),
-        ])
-        .arg(size.to_string())
-        .output()
-        .expect("run rustbk ctl");
+    let (dom, dev, size) = (GUEST.0.to_string(), XVDA.to_string(), size.to_string());
+    let args = ["resize", "--domid", &dom, "--devid", &dev, &size];
+    let out = crate::harness::ctl(host, &args);
     if !out.status.success() {
         return format!("error {}", String::from_utf8_lossy(&out.stderr).trim());
     }

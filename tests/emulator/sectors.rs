@@ -5,8 +5,6 @@
 //! alignment.
 
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
 use rustbk_blkfront::toolstack::VbdSpec;
 use rustbk_ring::{DomId, status};
@@ -76,27 +74,10 @@ fn params_override_the_daemons_sector_size_for_null_and_image_disks() {
 /// Serves `params` (an image of `size` bytes is at `IMAGE`) without a hotplug script and
 /// returns the backend's `error` node once the device has closed.
 fn error_node(params: &str, size: u64) -> String {
-    let tmp = tempfile::tempdir().unwrap();
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_rustbk"));
-    let mut cluster = rustbk::cluster::EmuCluster::start(&exe, tmp.path()).unwrap();
-    let image = tmp.path().join("disk.img");
-    rustbk_formats::create_raw(&image, size).unwrap();
-    let params = params.replace("IMAGE", &image.display().to_string());
-    let spec = VbdSpec {
-        script: None,
-        ..VbdSpec::rustbk(GUEST, XVDA, params)
-    };
-    let xs = cluster.toolstack().unwrap();
-    cluster.add_disk(&spec, &[]).unwrap();
-    let be = spec.backend_path();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while xs.try_read(&format!("{be}/state")).unwrap().as_deref() != Some("6") {
-        assert!(Instant::now() < deadline, "the device never closed");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    xs.try_read(&format!("{be}/error"))
-        .unwrap()
-        .unwrap_or_default()
+    crate::harness::refused_error(size, |image| {
+        let params = params.replace("IMAGE", &image.display().to_string());
+        VbdSpec::rustbk(GUEST, XVDA, params)
+    })
 }
 
 #[test]

@@ -108,7 +108,12 @@ fn gauges(out: &mut String, devices: &[(&DeviceReport, &StatsSnapshot)]) {
     let _ = writeln!(out, "# HELP rustbk_paused Whether the device is paused.");
     let _ = writeln!(out, "# TYPE rustbk_paused gauge");
     for (d, _) in devices {
-        let _ = writeln!(out, "rustbk_paused{{{}}} {}", labels(d), u8::from(d.paused));
+        let _ = writeln!(
+            out,
+            "rustbk_paused{{{}}} {}",
+            labels(d),
+            u8::from(d.status.paused)
+        );
     }
 }
 

@@ -94,24 +94,9 @@ pub struct DeviceReport {
     pub domid: u16,
     /// The virtual device number.
     pub devid: u32,
-    /// The backend's xenbus state (`InitWait`, `Connected`, ...).
-    pub state: String,
-    /// Paused by `pause`.
-    pub paused: bool,
-    /// What the toolstack's `params` names.
-    pub params: String,
-    /// `raw`, `qcow2`, `thin` or `null`.
-    pub format: String,
-    /// The cache mode.
-    pub cache: String,
-    /// How guest pages are reached: `map` (grant mapping) or `copy` (grant copy).
-    pub data_path: String,
-    /// Served read-only.
-    pub read_only: bool,
-    /// The disk's size in bytes.
-    pub size: u64,
-    /// Rings (queues) connected now.
-    pub queues: u32,
+    /// What the device's state machine shows of it.
+    #[serde(flatten)]
+    pub status: super::DeviceStatus,
     /// The counters, for `stats`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<StatsSnapshot>,

@@ -65,7 +65,7 @@ pub struct Pending {
 }
 
 /// What `list` shows of a device; kept up to date by its state machine.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DeviceStatus {
     /// The backend's xenbus state.
     pub state: String,
@@ -132,23 +132,12 @@ impl Registry {
         lock(&self.0)
             .iter()
             .filter(|(id, _)| devid.is_none_or(|d| d == **id))
-            .map(|(id, e)| {
-                let s = lock(&e.status).clone();
-                DeviceReport {
-                    pid,
-                    domid: e.domid.0,
-                    devid: *id,
-                    state: s.state,
-                    paused: s.paused,
-                    params: s.params,
-                    format: s.format,
-                    cache: s.cache,
-                    data_path: s.data_path,
-                    read_only: s.read_only,
-                    size: s.size,
-                    queues: s.queues,
-                    stats: with_stats.then(|| e.stats.snapshot()),
-                }
+            .map(|(id, e)| DeviceReport {
+                pid,
+                domid: e.domid.0,
+                devid: *id,
+                status: lock(&e.status).clone(),
+                stats: with_stats.then(|| e.stats.snapshot()),
             })
             .collect()
     }

@@ -297,15 +297,15 @@ fn print_list(devices: &[DeviceReport], output: OutputArg) -> anyhow::Result<Exi
             d.pid,
             d.domid,
             d.devid,
-            d.state,
-            if d.paused { " paused" } else { "" },
-            d.format,
-            d.cache,
-            d.data_path,
-            if d.read_only { "ro" } else { "rw" },
-            d.size,
-            d.queues,
-            d.params
+            d.status.state,
+            if d.status.paused { " paused" } else { "" },
+            d.status.format,
+            d.status.cache,
+            d.status.data_path,
+            if d.status.read_only { "ro" } else { "rw" },
+            d.status.size,
+            d.status.queues,
+            d.status.params
         );
     }
     Ok(ExitCode::SUCCESS)
