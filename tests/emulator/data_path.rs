@@ -8,7 +8,7 @@ use rustbk_grant::emu::EmuDomain;
 use rustbk_ring::{GrantRef, status};
 
 use crate::harness::{BACKEND, GUEST, Guest, Host, Setup, XVDA, pattern};
-use crate::hostile::{cases, still_serves};
+use crate::hostile::still_serves;
 use crate::persistent::{
     logged_counter, mapped_grants, read_through, verify, wait_for, write_through,
 };
@@ -137,17 +137,7 @@ fn in_copy_mode_a_read_into_a_readonly_grant_gets_an_error_and_leaves_the_page_a
 
 #[test]
 fn in_copy_mode_every_bad_request_gets_an_error_response_and_service_continues() {
-    let host = Host::new(copying());
-    let mut g = host.guest();
-    let sectors = g.front.disk().sectors;
-    for (round, case) in cases(&mut g, sectors).into_iter().enumerate() {
-        g.front.ring_mut().push_raw(&case.entry).unwrap();
-        g.front.kick().unwrap();
-        let rsp = g.wait(case.id);
-        assert_eq!(rsp.status, case.want, "{}: {rsp:?}", case.name);
-        still_serves(&mut g, round as u64);
-    }
-    assert_eq!(g.front.backend_state().unwrap(), 4, "still connected");
+    crate::hostile::every_bad_request_is_answered_on(&Host::new(copying()));
 }
 
 #[test]

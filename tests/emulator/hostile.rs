@@ -138,7 +138,12 @@ pub(crate) fn still_serves(g: &mut Guest, round: u64) {
 
 #[test]
 fn every_bad_request_gets_an_error_response_and_service_continues() {
-    let host = Host::new(Setup::default());
+    every_bad_request_is_answered_on(&Host::new(Setup::default()));
+}
+
+/// Sends every hostile case to `host`'s disk: each gets its error response, and the disk goes
+/// on serving (shared by the data paths' tests).
+pub(crate) fn every_bad_request_is_answered_on(host: &Host) {
     let mut g = host.guest();
     let sectors = g.front.disk().sectors;
     for (round, case) in cases(&mut g, sectors).into_iter().enumerate() {
