@@ -23,6 +23,7 @@ pub mod engine;
 mod error;
 mod image;
 pub mod null;
+pub mod planned;
 pub mod qcow2;
 pub mod raw;
 mod size;

@@ -304,21 +304,13 @@ impl Meta {
             self.busy.remove(&gc);
         }
         for fd in self.waiters.drain(..) {
-            wake(&fd);
+            crate::planned::wake(&fd);
         }
     }
 
     /// Forgets a cached table (its cluster is being reused for something else).
     pub(super) fn forget_table(&mut self, which: Table, offset: u64) {
         self.cache(which).forget(offset);
-    }
-}
-
-/// Makes an eventfd readable.
-pub(super) fn wake(fd: &OwnedFd) {
-    let one = 1u64.to_ne_bytes();
-    if let Err(e) = nix::unistd::write(fd, &one) {
-        tracing::warn!(error = %e, "cannot wake a queue");
     }
 }
 

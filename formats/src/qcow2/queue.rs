@@ -15,27 +15,20 @@
 //! (crash-safe order, fdatasyncs included) before their completions are handed out.
 
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::buffer::SharedBufs;
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::image::{Completion, ImageQueue, IoOp};
+use crate::planned::{self, Child, Planner, Tally};
 
 use super::discard::{self, Zeroing};
-use super::meta::{Meta, wake};
+use super::meta::Meta;
 use super::read::{self, Alloc, Plan, Sources, lock};
 use super::write::{self, WriteSrc};
 use crate::size::SharedSize;
-
-enum Child {
-    Io(IoOp),
-    Now(Result<(), Error>),
-}
 
 struct Parent {
     tag: u64,
@@ -54,8 +47,7 @@ pub struct Qcow2Queue {
     /// The image's virtual size now (it grows with the image).
     size: SharedSize,
     read_only: bool,
-    depth: usize,
-    outstanding: usize,
+    tally: Tally,
     next_id: u64,
     parents: HashMap<u64, Parent>,
     children: HashMap<u64, u64>,
@@ -63,7 +55,6 @@ pub struct Qcow2Queue {
     deferred: VecDeque<(IoOp, u64)>,
     /// Joinable allocations in flight on this queue: guest cluster -> (parent id, host).
     open_allocs: HashMap<u64, (u64, u64)>,
-    ready: Vec<Completion>,
     wake: Arc<OwnedFd>,
 }
 
@@ -83,39 +74,15 @@ impl Qcow2Queue {
             srcs,
             size,
             read_only,
-            depth: depth as usize,
-            outstanding: 0,
+            tally: Tally::new(depth),
             next_id: 1,
             parents: HashMap::new(),
             children: HashMap::new(),
             backlog: VecDeque::new(),
             deferred: VecDeque::new(),
             open_allocs: HashMap::new(),
-            ready: Vec::new(),
             wake,
         })
-    }
-
-    /// Plans and launches `op` (or defers it, or completes it with an error).
-    fn start(&mut self, op: IoOp, tag: u64) {
-        if let Some(error) = op.range_error(self.size.get()) {
-            return self.finish_now(tag, Err(error));
-        }
-        if op.is_modifying() && self.read_only {
-            return self.finish_now(tag, Err(Error::ReadOnly));
-        }
-        let planned = match op {
-            IoOp::Read { offset, bufs } => self.plan_read(offset, bufs),
-            IoOp::Flush => self.plan_flush(),
-            op => match self.plan_modify(op, tag) {
-                Some(planned) => planned,
-                None => return,
-            },
-        };
-        match planned {
-            Ok(plan) => self.launch(tag, plan),
-            Err(error) => self.finish_now(tag, Err(error)),
-        }
     }
 
     fn plan_read(&mut self, offset: u64, bufs: Box<dyn crate::IoBuffers>) -> Result<Plan, Error> {
@@ -279,64 +246,8 @@ impl Qcow2Queue {
         self.feed();
     }
 
-    /// Moves backlog children into the engine while it has room; true if any moved.
-    fn feed(&mut self) -> bool {
-        let mut moved = false;
-        while self.engine.in_flight() < self.engine.depth() {
-            let Some((tag, child)) = self.backlog.pop_front() else {
-                break;
-            };
-            let result = match child {
-                Child::Io(op) => self.engine.submit(op, tag),
-                Child::Now(result) => self.engine.complete_now(tag, result),
-            };
-            if let Err(e) = result {
-                tracing::error!(error = %e, "engine refused a child op");
-            }
-            moved = true;
-        }
-        moved
-    }
-
-    /// Collects child completions, finishes parents, retries deferred ops, feeds the backlog.
-    fn pump(&mut self) {
-        let mut done = Vec::new();
-        self.engine.reap(&mut done);
-        let mut finished = Vec::new();
-        for c in done {
-            let Some(id) = self.children.remove(&c.tag) else {
-                continue;
-            };
-            let Some(parent) = self.parents.get_mut(&id) else {
-                continue;
-            };
-            parent.pending -= 1;
-            if let Err(e) = c.result {
-                parent.error.get_or_insert(e);
-            }
-            if parent.pending == 0 {
-                finished.push(id);
-            }
-        }
-        if !finished.is_empty() {
-            self.finish_parents(finished);
-        }
-        // Deferred ops wait for allocations on any queue: another queue's commit only wakes
-        // this one through the notifier (a ring worker then reaps), so retry them on every
-        // pump, not only after this queue's own ops finished. An op still blocked defers again.
-        let retried = !self.deferred.is_empty();
-        if retried {
-            self.retry_deferred();
-        }
-        if self.feed() || retried {
-            if let Err(e) = self.engine.commit() {
-                tracing::warn!(error = %e, "engine commit failed in pump");
-            }
-        }
-    }
-
     fn finish_parents(&mut self, ids: Vec<u64>) {
-        let first = self.ready.len();
+        let first = self.tally.ready.len();
         self.finish_parents_in(ids);
         if self.engine.file().cache().dsync() {
             self.write_through(first);
@@ -353,7 +264,7 @@ impl Qcow2Queue {
         });
         let Err(e) = result else { return };
         let errno = e.errno();
-        for c in self.ready.iter_mut().skip(first) {
+        for c in self.tally.ready.iter_mut().skip(first) {
             if c.result.is_ok() {
                 c.result = Err(Error::from_errno(errno));
             }
@@ -395,14 +306,14 @@ impl Qcow2Queue {
                 continue;
             }
             let result = p.error.map_or(Ok(()), Err);
-            self.ready.push(Completion { tag: p.tag, result });
+            self.tally.ready.push(Completion { tag: p.tag, result });
         }
     }
 
     /// Completes a parent's op and the writes that joined it, each with `result()`.
     fn complete(&mut self, p: &Parent, result: impl Fn() -> Result<(), Error>) {
         for &tag in std::iter::once(&p.tag).chain(&p.joined) {
-            self.ready.push(Completion {
+            self.tally.ready.push(Completion {
                 tag,
                 result: result(),
             });
@@ -427,93 +338,106 @@ impl Qcow2Queue {
             self.start(op, tag);
         }
     }
+}
 
-    fn wait_for_wake(&mut self, left: Option<Duration>) -> Result<(), Error> {
-        let slice = left.map_or(Duration::from_millis(100), |l| {
-            l.min(Duration::from_millis(100))
-        });
-        let ms = u16::try_from(slice.as_millis()).unwrap_or(100);
-        let mut fds = [PollFd::new(self.engine.notifier(), PollFlags::POLLIN)];
-        poll(&mut fds, PollTimeout::from(ms)).map_err(std::io::Error::from)?;
+impl Planner for Qcow2Queue {
+    /// Plans and launches `op` (or defers it, or completes it with an error).
+    fn start(&mut self, op: IoOp, tag: u64) {
+        if let Some(error) = op.range_error(self.size.get()) {
+            return self.finish_now(tag, Err(error));
+        }
+        if op.is_modifying() && self.read_only {
+            return self.finish_now(tag, Err(Error::ReadOnly));
+        }
+        let planned = match op {
+            IoOp::Read { offset, bufs } => self.plan_read(offset, bufs),
+            IoOp::Flush => self.plan_flush(),
+            op => match self.plan_modify(op, tag) {
+                Some(planned) => planned,
+                None => return,
+            },
+        };
+        match planned {
+            Ok(plan) => self.launch(tag, plan),
+            Err(error) => self.finish_now(tag, Err(error)),
+        }
+    }
+
+    fn feed(&mut self) -> bool {
+        planned::feed(&mut self.engine, &mut self.backlog)
+    }
+
+    /// Collects child completions, finishes parents, retries deferred ops, feeds the backlog.
+    fn pump(&mut self) {
+        let mut done = Vec::new();
+        self.engine.reap(&mut done);
+        let mut finished = Vec::new();
+        for c in done {
+            let Some(id) = self.children.remove(&c.tag) else {
+                continue;
+            };
+            let Some(parent) = self.parents.get_mut(&id) else {
+                continue;
+            };
+            parent.pending -= 1;
+            if let Err(e) = c.result {
+                parent.error.get_or_insert(e);
+            }
+            if parent.pending == 0 {
+                finished.push(id);
+            }
+        }
+        if !finished.is_empty() {
+            self.finish_parents(finished);
+        }
+        // Deferred ops wait for allocations on any queue: another queue's commit only wakes
+        // this one through the notifier (a ring worker then reaps), so retry them on every
+        // pump, not only after this queue's own ops finished. An op still blocked defers again.
+        let retried = !self.deferred.is_empty();
+        if retried {
+            self.retry_deferred();
+        }
+        if self.feed() || retried {
+            if let Err(e) = self.engine.commit() {
+                tracing::warn!(error = %e, "engine commit failed in pump");
+            }
+        }
+    }
+
+    fn woken(&mut self) {
         if !self.deferred.is_empty() {
             self.retry_deferred();
         }
-        Ok(())
+    }
+
+    fn has_deferred(&self) -> bool {
+        !self.deferred.is_empty()
+    }
+
+    fn has_backlog(&self) -> bool {
+        !self.backlog.is_empty()
+    }
+
+    fn engine(&mut self) -> &mut Engine {
+        &mut self.engine
+    }
+
+    fn tally(&mut self) -> &mut Tally {
+        &mut self.tally
+    }
+
+    fn tally_ref(&self) -> &Tally {
+        &self.tally
+    }
+
+    fn wake_fd(&self) -> &Arc<OwnedFd> {
+        &self.wake
     }
 }
-
-impl ImageQueue for Qcow2Queue {
-    fn submit(&mut self, op: IoOp, tag: u64) -> Result<(), Error> {
-        if self.outstanding >= self.depth {
-            return Err(Error::QueueFull(
-                u32::try_from(self.depth).unwrap_or(u32::MAX),
-            ));
-        }
-        self.outstanding += 1;
-        self.start(op, tag);
-        Ok(())
-    }
-
-    fn commit(&mut self) -> Result<(), Error> {
-        self.feed();
-        self.engine.commit()
-    }
-
-    fn reap(&mut self, out: &mut Vec<Completion>) -> usize {
-        self.pump();
-        let n = self.ready.len();
-        out.append(&mut self.ready);
-        self.outstanding = self.outstanding.saturating_sub(n);
-        n
-    }
-
-    fn wait(&mut self, timeout: Option<Duration>) -> Result<(), Error> {
-        self.commit()?;
-        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        loop {
-            self.pump();
-            if !self.ready.is_empty() {
-                wake(&self.wake);
-                return Ok(());
-            }
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            if left.is_some_and(|l| l.is_zero()) {
-                return Ok(());
-            }
-            if self.engine.in_flight() == 0 && self.backlog.is_empty() {
-                if self.deferred.is_empty() {
-                    return Ok(());
-                }
-                self.wait_for_wake(left)?;
-                continue;
-            }
-            self.engine.wait(left)?;
-        }
-    }
-
-    fn notifier(&self) -> BorrowedFd<'_> {
-        self.wake.as_fd()
-    }
-
-    fn in_flight(&self) -> usize {
-        self.outstanding
-    }
-}
-
-/// How long dropping a queue waits for its ops (their allocations block other queues).
-const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
 impl Drop for Qcow2Queue {
     fn drop(&mut self) {
-        let start = Instant::now();
-        let mut done = Vec::new();
-        while self.outstanding > 0 && start.elapsed() < DRAIN_LIMIT {
-            if let Err(e) = self.wait(Some(Duration::from_millis(100))) {
-                tracing::warn!(error = %e, "draining a qcow2 queue");
-                break;
-            }
-            self.reap(&mut done);
-        }
+        planned::drain(self, "qcow2");
         if let Ok(mut meta) = lock(&self.meta) {
             let stuck = self
                 .parents

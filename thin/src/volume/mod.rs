@@ -311,7 +311,7 @@ fn open_origin((path, format): &(std::path::PathBuf, String)) -> Result<OriginSr
 fn ring_all(bells: &Mutex<Vec<Arc<OwnedFd>>>) {
     let Ok(bells) = bells.lock() else { return };
     for bell in bells.iter() {
-        queue::wake(bell);
+        rustbk_formats::planned::wake(bell);
     }
 }
 

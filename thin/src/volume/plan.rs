@@ -12,13 +12,7 @@ use crate::error::{Error, Result};
 use crate::meta::Mapping;
 use crate::port::NewMapping;
 
-/// One piece of work of a planned op.
-pub(crate) enum Child {
-    /// I/O on the data device.
-    Io(IoOp),
-    /// Work already done, with its result.
-    Now(Result<(), rustbk_formats::Error>),
-}
+pub(crate) use rustbk_formats::planned::Child;
 
 /// What happens once an op's children are done.
 pub(crate) enum After {

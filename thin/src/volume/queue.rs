@@ -7,25 +7,22 @@
 //! other queues of the volume so that they retry theirs.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use rustbk_formats::engine::MAX_DEPTH;
+use rustbk_formats::planned::{self, Child, Planner, Tally, wake};
 use rustbk_formats::{CacheMode, Completion, Engine, EngineFile, ImageQueue, IoOp};
 
-use super::plan::{After, Child, Claim, Outcome, Plan};
+use super::plan::{After, Claim, Outcome, Plan};
 use super::{Core, lock, outage, to_formats};
 use crate::error::Result;
 use crate::meta::Mapping;
 use crate::port::NewMapping;
 
 type Error = rustbk_formats::Error;
-
-/// How long dropping a queue waits for its ops.
-const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
 /// An op held back, and since when if it waits for a lost pool service.
 struct Deferred {
@@ -50,13 +47,11 @@ pub struct ThinQueue {
     size: Arc<AtomicU64>,
     read_only: bool,
     cache: CacheMode,
-    depth: usize,
-    outstanding: usize,
+    tally: Tally,
     next_id: u64,
     parents: HashMap<u64, Parent>,
     backlog: VecDeque<(u64, Child)>,
     deferred: VecDeque<Deferred>,
-    ready: Vec<Completion>,
     kids: Vec<Child>,
     reaped: Vec<Completion>,
     done: Vec<Parent>,
@@ -91,23 +86,16 @@ impl ThinQueue {
             size,
             read_only,
             cache: opts.cache,
-            depth: depth as usize,
-            outstanding: 0,
+            tally: Tally::new(depth),
             next_id: 0,
             parents: HashMap::new(),
             backlog: VecDeque::new(),
             deferred: VecDeque::new(),
-            ready: Vec::new(),
             kids: Vec::new(),
             reaped: Vec::new(),
             done: Vec::new(),
             wake,
         })
-    }
-
-    /// Plans and launches `op`, defers it, or completes it with an error.
-    fn start(&mut self, op: IoOp, tag: u64) {
-        self.start_held(op, tag, None);
     }
 
     /// [`ThinQueue::start`] for an op that has waited for the pool service since
@@ -218,58 +206,6 @@ impl ThinQueue {
         self.feed();
     }
 
-    /// Moves backlog children into the engine while it has room; true if any moved.
-    fn feed(&mut self) -> bool {
-        let mut moved = false;
-        while self.engine.in_flight() < self.engine.depth() {
-            let Some((id, child)) = self.backlog.pop_front() else {
-                break;
-            };
-            let result = match child {
-                Child::Io(op) => self.engine.submit(op, id),
-                Child::Now(result) => self.engine.complete_now(id, result),
-            };
-            if let Err(e) = result {
-                tracing::error!(error = %e, "engine refused a child op");
-            }
-            moved = true;
-        }
-        moved
-    }
-
-    /// Collects child completions, finishes ops, handles a pause, retries deferred ops.
-    fn pump(&mut self) {
-        let mut reaped = std::mem::take(&mut self.reaped);
-        self.engine.reap(&mut reaped);
-        for c in reaped.drain(..) {
-            let Some(parent) = self.parents.get_mut(&c.tag) else {
-                continue;
-            };
-            parent.pending = parent.pending.saturating_sub(1);
-            if let Err(e) = c.result {
-                parent.error.get_or_insert(e);
-            }
-            if parent.pending == 0 {
-                if let Some(parent) = self.parents.remove(&c.tag) {
-                    self.done.push(parent);
-                }
-            }
-        }
-        self.reaped = reaped;
-        self.finish_all();
-        self.check_pause();
-        // Ops held back are tried again on every pump: the wake that got this queue reaped
-        // may be another queue's release of the blocks they wait for.
-        if !self.deferred.is_empty() {
-            self.retry_deferred();
-        }
-        if self.feed() {
-            if let Err(e) = self.engine.commit() {
-                tracing::warn!(error = %e, "engine commit failed in pump");
-            }
-        }
-    }
-
     /// Ends the ops whose children are done: one `map` for all their new blocks, then the
     /// commits, then their claims are released.
     fn finish_all(&mut self) {
@@ -297,7 +233,7 @@ impl ThinQueue {
                     let modified = parent.plan.write && parent.error.is_none();
                     ring |= self.settle(&mut core, parent, failure.as_ref());
                     if let (true, Err(errno)) = (modified, committed) {
-                        if let Some(c) = self.ready.last_mut().filter(|c| c.result.is_ok()) {
+                        if let Some(c) = self.tally.ready.last_mut().filter(|c| c.result.is_ok()) {
                             c.result = Err(Error::from_errno(errno));
                         }
                     }
@@ -307,7 +243,7 @@ impl ThinQueue {
                 let errno = to_formats(e).errno();
                 for p in done.drain(..) {
                     let result = Err(Error::from_errno(errno));
-                    self.ready.push(Completion { tag: p.tag, result });
+                    self.tally.ready.push(Completion { tag: p.tag, result });
                 }
             }
         }
@@ -356,7 +292,7 @@ impl ThinQueue {
             }
             (_, result) => result,
         };
-        self.ready.push(Completion { tag, result });
+        self.tally.ready.push(Completion { tag, result });
         core.writes -= usize::from(plan.write);
         match plan.claim {
             Claim::None => return false,
@@ -401,17 +337,6 @@ impl ThinQueue {
             };
             self.start_held(d.op, d.tag, d.held_since);
         }
-    }
-
-    fn wait_for_wake(&mut self, left: Option<Duration>) -> Result<(), Error> {
-        let slice = left.map_or(Duration::from_millis(100), |l| {
-            l.min(Duration::from_millis(100))
-        });
-        let ms = u16::try_from(slice.as_millis()).unwrap_or(100);
-        let mut fds = [PollFd::new(self.engine.notifier(), PollFlags::POLLIN)];
-        poll(&mut fds, PollTimeout::from(ms)).map_err(std::io::Error::from)?;
-        self.pump();
-        Ok(())
     }
 }
 
@@ -462,83 +387,81 @@ fn map(core: &mut Core, maps: &[NewMapping]) -> Option<MapFailure> {
     })
 }
 
-/// Makes a queue's notifier readable.
-pub(super) fn wake(fd: &OwnedFd) {
-    let one = 1u64.to_ne_bytes();
-    if let Err(e) = nix::unistd::write(fd, &one) {
-        tracing::warn!(error = %e, "cannot wake a queue");
-    }
-}
-
-impl ImageQueue for ThinQueue {
-    fn submit(&mut self, op: IoOp, tag: u64) -> Result<(), Error> {
-        if self.outstanding >= self.depth {
-            return Err(Error::QueueFull(
-                u32::try_from(self.depth).unwrap_or(u32::MAX),
-            ));
-        }
-        self.outstanding += 1;
-        self.start(op, tag);
-        Ok(())
+impl Planner for ThinQueue {
+    /// Plans and launches `op`, defers it, or completes it with an error.
+    fn start(&mut self, op: IoOp, tag: u64) {
+        self.start_held(op, tag, None);
     }
 
-    fn commit(&mut self) -> Result<(), Error> {
-        self.feed();
-        self.engine.commit()
+    fn feed(&mut self) -> bool {
+        planned::feed(&mut self.engine, &mut self.backlog)
     }
 
-    fn reap(&mut self, out: &mut Vec<Completion>) -> usize {
-        self.pump();
-        let n = self.ready.len();
-        out.append(&mut self.ready);
-        self.outstanding = self.outstanding.saturating_sub(n);
-        n
-    }
-
-    fn wait(&mut self, timeout: Option<Duration>) -> Result<(), Error> {
-        self.commit()?;
-        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        loop {
-            self.pump();
-            if !self.ready.is_empty() {
-                wake(&self.wake);
-                return Ok(());
-            }
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            if left.is_some_and(|l| l.is_zero()) {
-                return Ok(());
-            }
-            if self.engine.in_flight() == 0 && self.backlog.is_empty() {
-                if self.deferred.is_empty() {
-                    return Ok(());
-                }
-                self.wait_for_wake(left)?;
+    /// Collects child completions, finishes ops, handles a pause, retries deferred ops.
+    fn pump(&mut self) {
+        let mut reaped = std::mem::take(&mut self.reaped);
+        self.engine.reap(&mut reaped);
+        for c in reaped.drain(..) {
+            let Some(parent) = self.parents.get_mut(&c.tag) else {
                 continue;
+            };
+            parent.pending = parent.pending.saturating_sub(1);
+            if let Err(e) = c.result {
+                parent.error.get_or_insert(e);
             }
-            self.engine.wait(left)?;
+            if parent.pending == 0 {
+                if let Some(parent) = self.parents.remove(&c.tag) {
+                    self.done.push(parent);
+                }
+            }
+        }
+        self.reaped = reaped;
+        self.finish_all();
+        self.check_pause();
+        // Ops held back are tried again on every pump: the wake that got this queue reaped
+        // may be another queue's release of the blocks they wait for.
+        if !self.deferred.is_empty() {
+            self.retry_deferred();
+        }
+        if self.feed() {
+            if let Err(e) = self.engine.commit() {
+                tracing::warn!(error = %e, "engine commit failed in pump");
+            }
         }
     }
 
-    fn notifier(&self) -> BorrowedFd<'_> {
-        self.wake.as_fd()
+    fn woken(&mut self) {
+        self.pump();
     }
 
-    fn in_flight(&self) -> usize {
-        self.outstanding
+    fn has_deferred(&self) -> bool {
+        !self.deferred.is_empty()
+    }
+
+    fn has_backlog(&self) -> bool {
+        !self.backlog.is_empty()
+    }
+
+    fn engine(&mut self) -> &mut Engine {
+        &mut self.engine
+    }
+
+    fn tally(&mut self) -> &mut Tally {
+        &mut self.tally
+    }
+
+    fn tally_ref(&self) -> &Tally {
+        &self.tally
+    }
+
+    fn wake_fd(&self) -> &Arc<OwnedFd> {
+        &self.wake
     }
 }
 
 impl Drop for ThinQueue {
     fn drop(&mut self) {
-        let start = Instant::now();
-        let mut done = Vec::new();
-        while self.outstanding > 0 && start.elapsed() < DRAIN_LIMIT {
-            if let Err(e) = self.wait(Some(Duration::from_millis(100))) {
-                tracing::warn!(error = %e, "draining a thin volume queue");
-                break;
-            }
-            self.reap(&mut done);
-        }
+        planned::drain(self, "thin volume");
         if let Ok(mut bells) = self.bells.lock() {
             bells.retain(|b| !Arc::ptr_eq(b, &self.wake));
         }

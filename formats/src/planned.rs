@@ -1,0 +1,190 @@
+//! The queue loop shared by formats that plan each guest op into engine children and metadata
+//! work (qcow2 images, thin volumes).
+//!
+//! A [`Planner`] turns ops into plans and finishes them; this module gives it the rest of
+//! [`ImageQueue`]: accepting ops up to the queue's depth, handing out finished ones, waiting on
+//! the engine or, when only ops held back by another queue are left, on the queue's notifier,
+//! and draining the queue before it is dropped.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+use crate::engine::Engine;
+use crate::error::Error;
+use crate::image::{Completion, ImageQueue, IoOp};
+
+/// The guest ops a planning queue has accepted, and those finished and not yet reaped.
+#[derive(Debug)]
+pub struct Tally {
+    depth: usize,
+    outstanding: usize,
+    /// Finished guest ops, in the order they finished.
+    pub ready: Vec<Completion>,
+}
+
+impl Tally {
+    /// A tally for a queue that accepts at most `depth` ops at a time.
+    pub fn new(depth: u32) -> Tally {
+        Tally {
+            depth: depth as usize,
+            outstanding: 0,
+            ready: Vec::new(),
+        }
+    }
+}
+
+/// A queue that plans guest ops; it is an [`ImageQueue`] through this module.
+pub trait Planner: Send {
+    /// Plans and launches `op`, defers it, or completes it at once (into [`Tally::ready`]).
+    fn start(&mut self, op: IoOp, tag: u64);
+    /// Moves waiting children into the engine while it has room; true if any moved.
+    fn feed(&mut self) -> bool;
+    /// Reaps the engine, finishes the ops whose work is all done, retries deferred ops.
+    fn pump(&mut self);
+    /// Runs after the notifier woke a queue whose only ops wait for another queue.
+    fn woken(&mut self);
+    /// Whether ops wait for another queue.
+    fn has_deferred(&self) -> bool;
+    /// Whether children wait for room in the engine.
+    fn has_backlog(&self) -> bool;
+    /// The engine the children run on.
+    fn engine(&mut self) -> &mut Engine;
+    /// The queue's accepted and finished ops.
+    fn tally(&mut self) -> &mut Tally;
+    /// The same, to read.
+    fn tally_ref(&self) -> &Tally;
+    /// The queue's notifier (a clone of the engine's).
+    fn wake_fd(&self) -> &Arc<OwnedFd>;
+}
+
+impl<P: Planner> ImageQueue for P {
+    fn submit(&mut self, op: IoOp, tag: u64) -> Result<(), Error> {
+        let tally = self.tally();
+        if tally.outstanding >= tally.depth {
+            return Err(Error::QueueFull(
+                u32::try_from(tally.depth).unwrap_or(u32::MAX),
+            ));
+        }
+        tally.outstanding += 1;
+        self.start(op, tag);
+        Ok(())
+    }
+
+    fn commit(&mut self) -> Result<(), Error> {
+        self.feed();
+        self.engine().commit()
+    }
+
+    fn reap(&mut self, out: &mut Vec<Completion>) -> usize {
+        self.pump();
+        let tally = self.tally();
+        let n = tally.ready.len();
+        out.append(&mut tally.ready);
+        tally.outstanding = tally.outstanding.saturating_sub(n);
+        n
+    }
+
+    fn wait(&mut self, timeout: Option<Duration>) -> Result<(), Error> {
+        self.commit()?;
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        loop {
+            self.pump();
+            if !self.tally_ref().ready.is_empty() {
+                wake(self.wake_fd());
+                return Ok(());
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left.is_some_and(|l| l.is_zero()) {
+                return Ok(());
+            }
+            if self.engine().in_flight() == 0 && !self.has_backlog() {
+                if !self.has_deferred() {
+                    return Ok(());
+                }
+                wait_for_wake(self, left)?;
+                continue;
+            }
+            self.engine().wait(left)?;
+        }
+    }
+
+    fn notifier(&self) -> BorrowedFd<'_> {
+        self.wake_fd().as_fd()
+    }
+
+    fn in_flight(&self) -> usize {
+        self.tally_ref().outstanding
+    }
+}
+
+/// One piece of the work of a planned op.
+#[derive(Debug)]
+pub enum Child {
+    /// I/O on the engine's file.
+    Io(IoOp),
+    /// Work already done, with its result.
+    Now(Result<(), Error>),
+}
+
+/// Moves children (with their engine tags) from `backlog` into `engine` while it has room;
+/// true if any moved.
+pub fn feed(engine: &mut Engine, backlog: &mut VecDeque<(u64, Child)>) -> bool {
+    let mut moved = false;
+    while engine.in_flight() < engine.depth() {
+        let Some((tag, child)) = backlog.pop_front() else {
+            break;
+        };
+        let result = match child {
+            Child::Io(op) => engine.submit(op, tag),
+            Child::Now(result) => engine.complete_now(tag, result),
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "engine refused a child op");
+        }
+        moved = true;
+    }
+    moved
+}
+
+/// Sleeps until the notifier is rung (another queue finished what our deferred ops wait for),
+/// for at most 100 ms or what is `left` of the caller's timeout.
+fn wait_for_wake<P: Planner>(queue: &mut P, left: Option<Duration>) -> Result<(), Error> {
+    let slice = left.map_or(WAKE_SLICE, |l| l.min(WAKE_SLICE));
+    let ms = u16::try_from(slice.as_millis()).unwrap_or(100);
+    let mut fds = [PollFd::new(queue.wake_fd().as_fd(), PollFlags::POLLIN)];
+    poll(&mut fds, PollTimeout::from(ms)).map_err(std::io::Error::from)?;
+    queue.woken();
+    Ok(())
+}
+
+/// The longest a queue with only deferred ops sleeps before it looks again.
+const WAKE_SLICE: Duration = Duration::from_millis(100);
+
+/// How long dropping a queue waits for its ops (their allocations block other queues).
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+
+/// Waits (at most [`DRAIN_LIMIT`]) for every op `queue` accepted to finish, dropping their
+/// completions; for a queue's `Drop`. `what` names the queue in the log.
+pub fn drain<P: Planner>(queue: &mut P, what: &str) {
+    let start = Instant::now();
+    let mut done = Vec::new();
+    while queue.in_flight() > 0 && start.elapsed() < DRAIN_LIMIT {
+        if let Err(e) = queue.wait(Some(Duration::from_millis(100))) {
+            tracing::warn!(error = %e, "draining a {what} queue");
+            break;
+        }
+        queue.reap(&mut done);
+    }
+}
+
+/// Makes a queue's notifier readable.
+pub fn wake(fd: &OwnedFd) {
+    let one = 1u64.to_ne_bytes();
+    if let Err(e) = nix::unistd::write(fd, &one) {
+        tracing::warn!(error = %e, "cannot wake a queue");
+    }
+}
