@@ -37,33 +37,79 @@ impl Tally {
     }
 }
 
+/// What every planning queue keeps besides its plans: the engine, the children waiting for
+/// room in it, the guest ops accepted and finished, and the notifier.
+pub struct PlanIo {
+    /// The engine the children run on.
+    pub engine: Engine,
+    /// Children (with their engine tags) waiting for room in the engine.
+    pub backlog: VecDeque<(u64, Child)>,
+    /// Guest ops accepted and finished.
+    pub tally: Tally,
+    /// The queue's notifier: a clone of the engine's, rung by other queues too.
+    pub wake: Arc<OwnedFd>,
+}
+
+impl PlanIo {
+    /// The I/O state of a queue of `depth` guest ops on `engine`.
+    pub fn new(engine: Engine, depth: u32) -> Result<PlanIo, Error> {
+        let wake = Arc::new(engine.notifier().try_clone_to_owned()?);
+        Ok(PlanIo {
+            engine,
+            backlog: VecDeque::new(),
+            tally: Tally::new(depth),
+            wake,
+        })
+    }
+
+    /// Moves backlog children into the engine while it has room; true if any moved.
+    pub fn feed(&mut self) -> bool {
+        let mut moved = false;
+        while self.engine.in_flight() < self.engine.depth() {
+            let Some((tag, child)) = self.backlog.pop_front() else {
+                break;
+            };
+            let result = match child {
+                Child::Io(op) => self.engine.submit(op, tag),
+                Child::Now(result) => self.engine.complete_now(tag, result),
+            };
+            if let Err(e) = result {
+                tracing::error!(error = %e, "engine refused a child op");
+            }
+            moved = true;
+        }
+        moved
+    }
+
+    /// Hands what `feed` moved (and anything queued) to the kernel, after a pump.
+    pub fn feed_and_commit(&mut self, also: bool) {
+        if self.feed() || also {
+            if let Err(e) = self.engine.commit() {
+                tracing::warn!(error = %e, "engine commit failed in pump");
+            }
+        }
+    }
+}
+
 /// A queue that plans guest ops; it is an [`ImageQueue`] through this module.
 pub trait Planner: Send {
     /// Plans and launches `op`, defers it, or completes it at once (into [`Tally::ready`]).
     fn start(&mut self, op: IoOp, tag: u64);
-    /// Moves waiting children into the engine while it has room; true if any moved.
-    fn feed(&mut self) -> bool;
     /// Reaps the engine, finishes the ops whose work is all done, retries deferred ops.
     fn pump(&mut self);
     /// Runs after the notifier woke a queue whose only ops wait for another queue.
     fn woken(&mut self);
     /// Whether ops wait for another queue.
     fn has_deferred(&self) -> bool;
-    /// Whether children wait for room in the engine.
-    fn has_backlog(&self) -> bool;
-    /// The engine the children run on.
-    fn engine(&mut self) -> &mut Engine;
-    /// The queue's accepted and finished ops.
-    fn tally(&mut self) -> &mut Tally;
+    /// The queue's I/O state.
+    fn io(&mut self) -> &mut PlanIo;
     /// The same, to read.
-    fn tally_ref(&self) -> &Tally;
-    /// The queue's notifier (a clone of the engine's).
-    fn wake_fd(&self) -> &Arc<OwnedFd>;
+    fn io_ref(&self) -> &PlanIo;
 }
 
 impl<P: Planner> ImageQueue for P {
     fn submit(&mut self, op: IoOp, tag: u64) -> Result<(), Error> {
-        let tally = self.tally();
+        let tally = &mut self.io().tally;
         if tally.outstanding >= tally.depth {
             return Err(Error::QueueFull(
                 u32::try_from(tally.depth).unwrap_or(u32::MAX),
@@ -75,13 +121,14 @@ impl<P: Planner> ImageQueue for P {
     }
 
     fn commit(&mut self) -> Result<(), Error> {
-        self.feed();
-        self.engine().commit()
+        let io = self.io();
+        io.feed();
+        io.engine.commit()
     }
 
     fn reap(&mut self, out: &mut Vec<Completion>) -> usize {
         self.pump();
-        let tally = self.tally();
+        let tally = &mut self.io().tally;
         let n = tally.ready.len();
         out.append(&mut tally.ready);
         tally.outstanding = tally.outstanding.saturating_sub(n);
@@ -93,31 +140,32 @@ impl<P: Planner> ImageQueue for P {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         loop {
             self.pump();
-            if !self.tally_ref().ready.is_empty() {
-                wake(self.wake_fd());
+            if !self.io_ref().tally.ready.is_empty() {
+                wake(&self.io_ref().wake);
                 return Ok(());
             }
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             if left.is_some_and(|l| l.is_zero()) {
                 return Ok(());
             }
-            if self.engine().in_flight() == 0 && !self.has_backlog() {
+            let io = self.io_ref();
+            if io.engine.in_flight() == 0 && io.backlog.is_empty() {
                 if !self.has_deferred() {
                     return Ok(());
                 }
                 wait_for_wake(self, left)?;
                 continue;
             }
-            self.engine().wait(left)?;
+            self.io().engine.wait(left)?;
         }
     }
 
     fn notifier(&self) -> BorrowedFd<'_> {
-        self.wake_fd().as_fd()
+        self.io_ref().wake.as_fd()
     }
 
     fn in_flight(&self) -> usize {
-        self.tally_ref().outstanding
+        self.io_ref().tally.outstanding
     }
 }
 
@@ -130,32 +178,12 @@ pub enum Child {
     Now(Result<(), Error>),
 }
 
-/// Moves children (with their engine tags) from `backlog` into `engine` while it has room;
-/// true if any moved.
-pub fn feed(engine: &mut Engine, backlog: &mut VecDeque<(u64, Child)>) -> bool {
-    let mut moved = false;
-    while engine.in_flight() < engine.depth() {
-        let Some((tag, child)) = backlog.pop_front() else {
-            break;
-        };
-        let result = match child {
-            Child::Io(op) => engine.submit(op, tag),
-            Child::Now(result) => engine.complete_now(tag, result),
-        };
-        if let Err(e) = result {
-            tracing::error!(error = %e, "engine refused a child op");
-        }
-        moved = true;
-    }
-    moved
-}
-
 /// Sleeps until the notifier is rung (another queue finished what our deferred ops wait for),
 /// for at most 100 ms or what is `left` of the caller's timeout.
 fn wait_for_wake<P: Planner>(queue: &mut P, left: Option<Duration>) -> Result<(), Error> {
     let slice = left.map_or(WAKE_SLICE, |l| l.min(WAKE_SLICE));
     let ms = u16::try_from(slice.as_millis()).unwrap_or(100);
-    let mut fds = [PollFd::new(queue.wake_fd().as_fd(), PollFlags::POLLIN)];
+    let mut fds = [PollFd::new(queue.io_ref().wake.as_fd(), PollFlags::POLLIN)];
     poll(&mut fds, PollTimeout::from(ms)).map_err(std::io::Error::from)?;
     queue.woken();
     Ok(())

@@ -15,14 +15,13 @@
 //! (crash-safe order, fdatasyncs included) before their completions are handed out.
 
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 
 use crate::buffer::SharedBufs;
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::image::{Completion, ImageQueue, IoOp};
-use crate::planned::{self, Child, Planner, Tally};
+use crate::planned::{self, Child, PlanIo, Planner};
 
 use super::discard::{self, Zeroing};
 use super::meta::Meta;
@@ -41,21 +40,18 @@ struct Parent {
 
 /// A queue of a [`Qcow2Image`](super::Qcow2Image).
 pub struct Qcow2Queue {
-    engine: Engine,
+    io: PlanIo,
     meta: Arc<Mutex<Meta>>,
     srcs: Sources,
     /// The image's virtual size now (it grows with the image).
     size: SharedSize,
     read_only: bool,
-    tally: Tally,
     next_id: u64,
     parents: HashMap<u64, Parent>,
     children: HashMap<u64, u64>,
-    backlog: VecDeque<(u64, Child)>,
     deferred: VecDeque<(IoOp, u64)>,
     /// Joinable allocations in flight on this queue: guest cluster -> (parent id, host).
     open_allocs: HashMap<u64, (u64, u64)>,
-    wake: Arc<OwnedFd>,
 }
 
 impl Qcow2Queue {
@@ -67,21 +63,17 @@ impl Qcow2Queue {
         read_only: bool,
         depth: u32,
     ) -> Result<Qcow2Queue, Error> {
-        let wake = Arc::new(engine.notifier().try_clone_to_owned()?);
         Ok(Qcow2Queue {
-            engine,
+            io: PlanIo::new(engine, depth)?,
             meta,
             srcs,
             size,
             read_only,
-            tally: Tally::new(depth),
             next_id: 1,
             parents: HashMap::new(),
             children: HashMap::new(),
-            backlog: VecDeque::new(),
             deferred: VecDeque::new(),
             open_allocs: HashMap::new(),
-            wake,
         })
     }
 
@@ -122,8 +114,8 @@ impl Qcow2Queue {
             Err(op) => op,
         };
         if (offset >> bits..=last).any(|gc| meta.busy.contains(&gc)) {
-            if !meta.waiters.iter().any(|w| Arc::ptr_eq(w, &self.wake)) {
-                meta.waiters.push(self.wake.clone());
+            if !meta.waiters.iter().any(|w| Arc::ptr_eq(w, &self.io.wake)) {
+                meta.waiters.push(self.io.wake.clone());
             }
             self.deferred.push_back((op, tag));
             return None;
@@ -182,8 +174,8 @@ impl Qcow2Queue {
             offset: host + inner,
             bufs,
         };
-        self.backlog.push_back((child, Child::Io(write)));
-        self.feed();
+        self.io.backlog.push_back((child, Child::Io(write)));
+        self.io.feed();
         Ok(())
     }
 
@@ -241,15 +233,15 @@ impl Qcow2Queue {
         for kid in kids {
             let child = self.id();
             self.children.insert(child, id);
-            self.backlog.push_back((child, kid));
+            self.io.backlog.push_back((child, kid));
         }
-        self.feed();
+        self.io.feed();
     }
 
     fn finish_parents(&mut self, ids: Vec<u64>) {
-        let first = self.tally.ready.len();
+        let first = self.io.tally.ready.len();
         self.finish_parents_in(ids);
-        if self.engine.file().cache().dsync() {
+        if self.io.engine.file().cache().dsync() {
             self.write_through(first);
         }
     }
@@ -264,7 +256,7 @@ impl Qcow2Queue {
         });
         let Err(e) = result else { return };
         let errno = e.errno();
-        for c in self.tally.ready.iter_mut().skip(first) {
+        for c in self.io.tally.ready.iter_mut().skip(first) {
             if c.result.is_ok() {
                 c.result = Err(Error::from_errno(errno));
             }
@@ -306,14 +298,14 @@ impl Qcow2Queue {
                 continue;
             }
             let result = p.error.map_or(Ok(()), Err);
-            self.tally.ready.push(Completion { tag: p.tag, result });
+            self.io.tally.ready.push(Completion { tag: p.tag, result });
         }
     }
 
     /// Completes a parent's op and the writes that joined it, each with `result()`.
     fn complete(&mut self, p: &Parent, result: impl Fn() -> Result<(), Error>) {
         for &tag in std::iter::once(&p.tag).chain(&p.joined) {
-            self.tally.ready.push(Completion {
+            self.io.tally.ready.push(Completion {
                 tag,
                 result: result(),
             });
@@ -363,14 +355,10 @@ impl Planner for Qcow2Queue {
         }
     }
 
-    fn feed(&mut self) -> bool {
-        planned::feed(&mut self.engine, &mut self.backlog)
-    }
-
     /// Collects child completions, finishes parents, retries deferred ops, feeds the backlog.
     fn pump(&mut self) {
         let mut done = Vec::new();
-        self.engine.reap(&mut done);
+        self.io.engine.reap(&mut done);
         let mut finished = Vec::new();
         for c in done {
             let Some(id) = self.children.remove(&c.tag) else {
@@ -397,11 +385,7 @@ impl Planner for Qcow2Queue {
         if retried {
             self.retry_deferred();
         }
-        if self.feed() || retried {
-            if let Err(e) = self.engine.commit() {
-                tracing::warn!(error = %e, "engine commit failed in pump");
-            }
-        }
+        self.io.feed_and_commit(retried);
     }
 
     fn woken(&mut self) {
@@ -414,24 +398,12 @@ impl Planner for Qcow2Queue {
         !self.deferred.is_empty()
     }
 
-    fn has_backlog(&self) -> bool {
-        !self.backlog.is_empty()
+    fn io(&mut self) -> &mut PlanIo {
+        &mut self.io
     }
 
-    fn engine(&mut self) -> &mut Engine {
-        &mut self.engine
-    }
-
-    fn tally(&mut self) -> &mut Tally {
-        &mut self.tally
-    }
-
-    fn tally_ref(&self) -> &Tally {
-        &self.tally
-    }
-
-    fn wake_fd(&self) -> &Arc<OwnedFd> {
-        &self.wake
+    fn io_ref(&self) -> &PlanIo {
+        &self.io
     }
 }
 
@@ -448,7 +420,7 @@ impl Drop for Qcow2Queue {
             if let Err(e) = meta.write_back() {
                 tracing::error!(error = %e, "cannot write back qcow2 metadata");
             }
-            meta.waiters.retain(|w| !Arc::ptr_eq(w, &self.wake));
+            meta.waiters.retain(|w| !Arc::ptr_eq(w, &self.io.wake));
         }
     }
 }

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use rustbk_formats::engine::MAX_DEPTH;
-use rustbk_formats::planned::{self, Child, Planner, Tally, wake};
+use rustbk_formats::planned::{self, Child, PlanIo, Planner, wake};
 use rustbk_formats::{CacheMode, Completion, Engine, EngineFile, ImageQueue, IoOp};
 
 use super::plan::{After, Claim, Outcome, Plan};
@@ -40,22 +40,19 @@ struct Parent {
 
 /// A queue of a [`ThinVolume`](super::ThinVolume).
 pub struct ThinQueue {
-    engine: Engine,
+    io: PlanIo,
     core: Arc<Mutex<Core>>,
     bells: Arc<Mutex<Vec<Arc<OwnedFd>>>>,
     /// The volume's size now (it grows with the volume).
     size: Arc<AtomicU64>,
     read_only: bool,
     cache: CacheMode,
-    tally: Tally,
     next_id: u64,
     parents: HashMap<u64, Parent>,
-    backlog: VecDeque<(u64, Child)>,
     deferred: VecDeque<Deferred>,
     kids: Vec<Child>,
     reaped: Vec<Completion>,
     done: Vec<Parent>,
-    wake: Arc<OwnedFd>,
 }
 
 impl ThinQueue {
@@ -75,26 +72,23 @@ impl ThinQueue {
         let engine_depth = depth.saturating_mul(4).min(MAX_DEPTH);
         let kind = rustbk_formats::engine::resolve(opts.engine)?;
         let engine = Engine::new(data, kind, engine_depth)?;
-        let wake = Arc::new(engine.notifier().try_clone_to_owned().map_err(Error::Io)?);
+        let io = PlanIo::new(engine, depth)?;
         if let Ok(mut bells) = bells.lock() {
-            bells.push(wake.clone());
+            bells.push(io.wake.clone());
         }
         Ok(ThinQueue {
-            engine,
+            io,
             core,
             bells,
             size,
             read_only,
             cache: opts.cache,
-            tally: Tally::new(depth),
             next_id: 0,
             parents: HashMap::new(),
-            backlog: VecDeque::new(),
             deferred: VecDeque::new(),
             kids: Vec::new(),
             reaped: Vec::new(),
             done: Vec::new(),
-            wake,
         })
     }
 
@@ -201,9 +195,9 @@ impl ThinQueue {
         };
         self.parents.insert(id, parent);
         for kid in self.kids.drain(..) {
-            self.backlog.push_back((id, kid));
+            self.io.backlog.push_back((id, kid));
         }
-        self.feed();
+        self.io.feed();
     }
 
     /// Ends the ops whose children are done: one `map` for all their new blocks, then the
@@ -233,7 +227,8 @@ impl ThinQueue {
                     let modified = parent.plan.write && parent.error.is_none();
                     ring |= self.settle(&mut core, parent, failure.as_ref());
                     if let (true, Err(errno)) = (modified, committed) {
-                        if let Some(c) = self.tally.ready.last_mut().filter(|c| c.result.is_ok()) {
+                        if let Some(c) = self.io.tally.ready.last_mut().filter(|c| c.result.is_ok())
+                        {
                             c.result = Err(Error::from_errno(errno));
                         }
                     }
@@ -243,7 +238,7 @@ impl ThinQueue {
                 let errno = to_formats(e).errno();
                 for p in done.drain(..) {
                     let result = Err(Error::from_errno(errno));
-                    self.tally.ready.push(Completion { tag: p.tag, result });
+                    self.io.tally.ready.push(Completion { tag: p.tag, result });
                 }
             }
         }
@@ -292,7 +287,7 @@ impl ThinQueue {
             }
             (_, result) => result,
         };
-        self.tally.ready.push(Completion { tag, result });
+        self.io.tally.ready.push(Completion { tag, result });
         core.writes -= usize::from(plan.write);
         match plan.claim {
             Claim::None => return false,
@@ -305,7 +300,7 @@ impl ThinQueue {
     /// Wakes the volume's other queues (blocks an op waits for are free, or a pause ended).
     fn ring_others(&self) {
         let Ok(bells) = self.bells.lock() else { return };
-        for bell in bells.iter().filter(|b| !Arc::ptr_eq(b, &self.wake)) {
+        for bell in bells.iter().filter(|b| !Arc::ptr_eq(b, &self.io.wake)) {
             wake(bell);
         }
     }
@@ -393,14 +388,10 @@ impl Planner for ThinQueue {
         self.start_held(op, tag, None);
     }
 
-    fn feed(&mut self) -> bool {
-        planned::feed(&mut self.engine, &mut self.backlog)
-    }
-
     /// Collects child completions, finishes ops, handles a pause, retries deferred ops.
     fn pump(&mut self) {
         let mut reaped = std::mem::take(&mut self.reaped);
-        self.engine.reap(&mut reaped);
+        self.io.engine.reap(&mut reaped);
         for c in reaped.drain(..) {
             let Some(parent) = self.parents.get_mut(&c.tag) else {
                 continue;
@@ -423,11 +414,7 @@ impl Planner for ThinQueue {
         if !self.deferred.is_empty() {
             self.retry_deferred();
         }
-        if self.feed() {
-            if let Err(e) = self.engine.commit() {
-                tracing::warn!(error = %e, "engine commit failed in pump");
-            }
-        }
+        self.io.feed_and_commit(false);
     }
 
     fn woken(&mut self) {
@@ -438,24 +425,12 @@ impl Planner for ThinQueue {
         !self.deferred.is_empty()
     }
 
-    fn has_backlog(&self) -> bool {
-        !self.backlog.is_empty()
+    fn io(&mut self) -> &mut PlanIo {
+        &mut self.io
     }
 
-    fn engine(&mut self) -> &mut Engine {
-        &mut self.engine
-    }
-
-    fn tally(&mut self) -> &mut Tally {
-        &mut self.tally
-    }
-
-    fn tally_ref(&self) -> &Tally {
-        &self.tally
-    }
-
-    fn wake_fd(&self) -> &Arc<OwnedFd> {
-        &self.wake
+    fn io_ref(&self) -> &PlanIo {
+        &self.io
     }
 }
 
@@ -463,7 +438,7 @@ impl Drop for ThinQueue {
     fn drop(&mut self) {
         planned::drain(self, "thin volume");
         if let Ok(mut bells) = self.bells.lock() {
-            bells.retain(|b| !Arc::ptr_eq(b, &self.wake));
+            bells.retain(|b| !Arc::ptr_eq(b, &self.io.wake));
         }
     }
 }
