@@ -15,7 +15,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::engine::Engine;
 use crate::error::Error;
-use crate::image::{Completion, ImageQueue, IoOp};
+use crate::image::{Completion, ImageQueue, IoOp, poll_any};
 
 /// The guest ops a planning queue has accepted, and those finished and not yet reaped.
 #[derive(Debug)]
@@ -101,6 +101,11 @@ pub trait Planner: Send {
     fn woken(&mut self);
     /// Whether ops wait for another queue.
     fn has_deferred(&self) -> bool;
+    /// Whether a sleeping queue must wake when others ring its notifier: while ops wait for
+    /// another queue (the default), or always for a queue that takes requests that way.
+    fn listens(&self) -> bool {
+        self.has_deferred()
+    }
     /// The queue's I/O state.
     fn io(&mut self) -> &mut PlanIo;
     /// The same, to read.
@@ -162,6 +167,30 @@ impl<P: Planner> ImageQueue for P {
 
     fn notifier(&self) -> BorrowedFd<'_> {
         self.io_ref().wake.as_fd()
+    }
+
+    /// Sleeps in the engine, as a raw queue does (one `io_uring_enter` waits for the children
+    /// and `fds`); while ops wait for another queue, the notifier other queues ring is watched
+    /// too (see [`Planner::listens`]). Returns at once when finished ops wait to be reaped.
+    fn wait_any(
+        &mut self,
+        fds: &[BorrowedFd<'_>],
+        timeout: Option<Duration>,
+    ) -> Result<Vec<bool>, Error> {
+        self.commit()?;
+        self.pump();
+        if !self.io_ref().tally.ready.is_empty() {
+            return poll_any(self.io_ref().wake.as_fd(), fds, Some(Duration::ZERO));
+        }
+        if !self.listens() {
+            return self.io().engine.wait_any(fds, timeout);
+        }
+        let wake = self.io_ref().wake.clone();
+        let mut watched = fds.to_vec();
+        watched.push(wake.as_fd());
+        let mut fired = self.io().engine.wait_any(&watched, timeout)?;
+        fired.truncate(fds.len());
+        Ok(fired)
     }
 
     fn in_flight(&self) -> usize {

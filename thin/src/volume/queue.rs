@@ -425,6 +425,11 @@ impl Planner for ThinQueue {
         !self.deferred.is_empty()
     }
 
+    /// A pause request rings every queue of the volume.
+    fn listens(&self) -> bool {
+        true
+    }
+
     fn io(&mut self) -> &mut PlanIo {
         &mut self.io
     }

@@ -416,6 +416,12 @@ pub struct BenchArgs {
     /// Let the benchmark write over the existing contents of `--image`.
     #[arg(long, requires = "image")]
     pub overwrite: bool,
+    /// Format rustbk serves the disk in: `raw` serves the image itself; `qcow2` serves a
+    /// fully allocated qcow2 copy of it (made in the work folder with `rustbk img convert`),
+    /// so the table shows what the format costs against fio on the raw image.
+    #[arg(long, default_value = "raw", value_parser = ["raw", "qcow2"],
+          conflicts_with_all = ["null", "data_paths"])]
+    pub format: String,
     /// Size of a new image (a multiple of the sector size).
     #[arg(long, default_value = "1g", value_parser = parse_image_size)]
     pub size: u64,

@@ -107,13 +107,14 @@ fn run_in(
         UserImage::Missing(p) | UserImage::Empty(p) => write_image(&p, args.size)?,
     };
     let exe = std::env::current_exe()?;
+    let params = served_params(&exe, &image, &args.format, dir)?;
     let mut cluster = EmuCluster::start_grouped(&exe, dir)?;
-    let spec = VbdSpec::rustbk(DomId(GUEST), XVDA, image.display().to_string());
+    let spec = VbdSpec::rustbk(DomId(GUEST), XVDA, params.clone());
     let backend_args = super::platform::backend_args(&args.backend);
     let backend_args: Vec<&str> = backend_args.iter().map(String::as_str).collect();
     cluster.add_disk(&spec, &backend_args)?;
     eprintln!(
-        "rustbk bench: {fio_version} on {}, cache mode {}, {} guest queue(s) ({} s per run, median of {} alternating rounds)",
+        "rustbk bench: {fio_version} on {}, rustbk serving {params}, cache mode {}, {} guest queue(s) ({} s per run, median of {} alternating rounds)",
         image.display(),
         args.backend.cache_mode(),
         args.queues,
@@ -150,6 +151,36 @@ fn run_in(
     }
     cluster.remove_disk(&spec)?;
     print_rows(&rows, args.json)
+}
+
+/// The `params` rustbk serves: the raw image itself, or a fully allocated copy of it in
+/// `format`, made in `dir` by `rustbk img convert` and dropped from the page cache.
+fn served_params(exe: &Path, image: &Path, format: &str, dir: &Path) -> anyhow::Result<String> {
+    if format == "raw" {
+        return Ok(image.display().to_string());
+    }
+    let copy = dir.join(format!("bench.{format}"));
+    let out = Command::new(exe)
+        .args(["img", "convert", "-f", "raw", "-O", format])
+        .args([image, &copy])
+        .output()
+        .context("cannot run rustbk img convert")?;
+    ensure!(
+        out.status.success(),
+        "rustbk img convert to {format} failed: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    drop_cached(&copy)?;
+    Ok(format!("{format}:{}", copy.display()))
+}
+
+/// Writes `path`'s dirty pages and drops its pages from the page cache.
+fn drop_cached(path: &Path) -> anyhow::Result<()> {
+    let f = File::open(path)?;
+    f.sync_all()?;
+    let advice = nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED;
+    nix::fcntl::posix_fadvise(std::os::fd::AsRawFd::as_raw_fd(&f), 0, 0, advice)?;
+    Ok(())
 }
 
 /// The row of one case: medians over the rounds.
@@ -189,8 +220,7 @@ pub(crate) fn write_image(path: &Path, size: u64) -> anyhow::Result<PathBuf> {
     }
     f.sync_all()?;
     // Out of the page cache: O_DIRECT on cached pages costs extra and would skew the baseline.
-    let advice = nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED;
-    nix::fcntl::posix_fadvise(std::os::fd::AsRawFd::as_raw_fd(&f), 0, 0, advice)?;
+    drop_cached(path)?;
     Ok(path.to_owned())
 }
 
