@@ -151,4 +151,17 @@ impl Store {
         let stream = self.0.watch(path).await.map_err(xs_err("watch", path))?;
         Ok(Watch::forward(Box::pin(stream)))
     }
+
+    /// Watches several nodes (and their children) as one: a change under any of them wakes
+    /// the watcher.
+    pub async fn watch_all(&self, paths: &[String]) -> Result<Watch, Error> {
+        let mut streams = Vec::with_capacity(paths.len());
+        for path in paths {
+            let stream = self.0.watch(path).await.map_err(xs_err("watch", path))?;
+            streams.push(Box::pin(stream));
+        }
+        Ok(Watch::forward(Box::pin(futures::stream::select_all(
+            streams,
+        ))))
+    }
 }

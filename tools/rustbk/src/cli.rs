@@ -94,9 +94,18 @@ pub struct PlatformArgs {
     /// The backend's own domain id.
     #[arg(long, default_value_t = 0)]
     pub backend_domid: u16,
-    /// Backend kind under backend/.
-    #[arg(long, default_value = "vbd")]
-    pub kind: String,
+    /// Backend kind under backend/ to serve (repeatable; default both vbd and vbd3). `vbd` is
+    /// where xl's `phy` and `rustbk` disks go (and where Linux blkback looks); `vbd3` is where
+    /// libxl 4.19+'s `backendtype=tap` disks and XAPI's `backend_type: vbd3` XenDisks go (and
+    /// where blktap3's tapback looks). A disk is served only if it is claimed (--claim-*).
+    /// `rustbk serve --devid` without --backend-path looks under the first kind.
+    #[arg(
+        long = "kind",
+        value_name = "KIND",
+        default_values_t = rustbk_backend::xenbus::DEFAULT_KINDS.map(String::from),
+        value_parser = parse_kind
+    )]
+    pub kinds: Vec<String>,
     /// Folder of the per-guest lock files and the rings' request journals (default /run/rustbk,
     /// or the emulator folder).
     #[arg(long)]
@@ -105,8 +114,9 @@ pub struct PlatformArgs {
     /// default rustbk, what xl's `script=rustbk` writes).
     #[arg(long = "claim-script", value_name = "NAME")]
     pub claim_scripts: Vec<String>,
-    /// Claim a vbd whose backend `type` is NAME (repeatable; default rustbk, what a libxl
-    /// that knows `backendtype=rustbk` writes).
+    /// Claim a vbd whose backend `type` or `sm-data/type` is NAME (repeatable; default rustbk:
+    /// what a libxl that knows `backendtype=rustbk` writes as `type`, and what rustbk's XAPI
+    /// datapath plugin puts in its XenDisk's `extra`, which xenopsd writes under `sm-data/`).
     #[arg(long = "claim-type", value_name = "NAME")]
     pub claim_types: Vec<String>,
 }
@@ -647,5 +657,18 @@ mod tests {
         assert!(parse_size("12q").is_err());
         assert!(parse_size("k").is_err());
         assert!(parse_size("99999999999t").is_err());
+    }
+}
+
+/// A backend kind: one xenstore path element (letters, digits, `-`, `_`).
+fn parse_kind(text: &str) -> Result<String, String> {
+    let ok = !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(text.to_owned())
+    } else {
+        Err(format!("{text:?} is not a backend kind (like vbd or vbd3)"))
     }
 }

@@ -37,7 +37,7 @@ async fn daemon(args: DaemonArgs) -> anyhow::Result<()> {
     });
     let cfg = DaemonConfig {
         backend: DomId(args.platform.backend_domid),
-        kind: args.platform.kind.clone(),
+        kinds: args.platform.kinds.clone(),
         lock_dir,
         worker,
         claim: claim_rules(&args.platform),

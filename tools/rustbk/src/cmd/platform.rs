@@ -101,7 +101,9 @@ pub fn to_args(platform: &PlatformArgs, backend: &BackendArgs) -> Vec<String> {
     if let Some(dir) = &platform.emu_dir {
         out.extend(["--emu-dir".into(), dir.display().to_string()]);
     }
-    out.extend(["--kind".into(), platform.kind.clone()]);
+    for kind in &platform.kinds {
+        out.extend(["--kind".into(), kind.clone()]);
+    }
     for name in &platform.claim_scripts {
         out.extend(["--claim-script".into(), name.clone()]);
     }
@@ -216,7 +218,7 @@ mod tests {
         let platform = crate::cli::PlatformArgs {
             emu_dir: None,
             backend_domid: 0,
-            kind: "vbd".into(),
+            kinds: vec!["vbd".into()],
             lock_dir: None,
             claim_scripts: Vec::new(),
             claim_types: Vec::new(),
@@ -261,7 +263,7 @@ mod tests {
         let platform = crate::cli::PlatformArgs {
             emu_dir: None,
             backend_domid: 0,
-            kind: "vbd".into(),
+            kinds: vec!["vbd".into()],
             lock_dir: None,
             claim_scripts: Vec::new(),
             claim_types: Vec::new(),
