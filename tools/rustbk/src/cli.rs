@@ -613,6 +613,19 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size too large: {s:?}"))
 }
 
+/// A backend kind: one xenstore path element (letters, digits, `-`, `_`).
+fn parse_kind(text: &str) -> Result<String, String> {
+    let ok = !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(text.to_owned())
+    } else {
+        Err(format!("{text:?} is not a backend kind (like vbd or vbd3)"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{
@@ -620,6 +633,31 @@ mod tests {
         parse_seconds, parse_size,
     };
     use std::time::Duration;
+
+    #[derive(Debug, clap::Parser)]
+    struct Platform {
+        #[command(flatten)]
+        platform: super::PlatformArgs,
+    }
+
+    fn kinds(args: &[&str]) -> Result<Vec<String>, clap::Error> {
+        use clap::Parser;
+        let argv = std::iter::once("daemon").chain(args.iter().copied());
+        Platform::try_parse_from(argv).map(|p| p.platform.kinds)
+    }
+
+    #[test]
+    fn both_vbd_kinds_are_watched_by_default_and_kind_flags_replace_them() {
+        assert_eq!(kinds(&[]).unwrap(), ["vbd", "vbd3"]);
+        assert_eq!(kinds(&["--kind", "vbd3"]).unwrap(), ["vbd3"]);
+        assert_eq!(
+            kinds(&["--kind", "vbd", "--kind", "qdisk"]).unwrap(),
+            ["vbd", "qdisk"]
+        );
+        for bad in ["", "vbd/../x", "vbd3 "] {
+            assert!(kinds(&["--kind", bad]).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn workload_values_out_of_range_are_refused() {
@@ -657,18 +695,5 @@ mod tests {
         assert!(parse_size("12q").is_err());
         assert!(parse_size("k").is_err());
         assert!(parse_size("99999999999t").is_err());
-    }
-}
-
-/// A backend kind: one xenstore path element (letters, digits, `-`, `_`).
-fn parse_kind(text: &str) -> Result<String, String> {
-    let ok = !text.is_empty()
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if ok {
-        Ok(text.to_owned())
-    } else {
-        Err(format!("{text:?} is not a backend kind (like vbd or vbd3)"))
     }
 }
