@@ -18,6 +18,8 @@ cargo test --workspace 2>&1 | tee /tmp/rustbk-test.log
 grep -q "test result: FAILED" /tmp/rustbk-test.log && exit 1
 echo "== libxl with backendtype=rustbk (tools/libxl: patched Xen 4.17 libxl/xl, cached build)"
 bash tools/libxl/test.sh | tail -n 3
+echo "== hotplug script under Xen 4.20's hotplug library (trixie's xen-utils-common), tap and vbd nodes"
+bash tools/hotplug/test.sh
 echo "== Debian package (cargo-deb): contents, conffile, unit, man pages"
 bash tests/package/check.sh
 echo "== soak, short setting (32 emulated guests under the daemon for 90 s with faults)"

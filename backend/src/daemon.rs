@@ -1,6 +1,7 @@
 //! `rustbk daemon`: the long-running dom0 watcher.
 //!
-//! Watches `backend/<kind>` of its own domain; for every guest with a disk rustbk claims (see
+//! Watches `backend/<kind>` of its own domain for every kind it is given (`vbd` and `vbd3` by
+//! default, [`crate::xenbus::DEFAULT_KINDS`]); for every guest with a disk rustbk claims (see
 //! [`crate::xenbus::claimed`]) it starts one worker process (`rustbk serve --domid N`), which
 //! moves the new devices to InitWait within libxl's window and serves them. A worker that
 //! crashes while its guest still has disks is restarted (at most [`MAX_RESTARTS`] times a
@@ -19,7 +20,7 @@ use tokio::sync::mpsc;
 
 use crate::Error;
 use crate::lock::GuestLock;
-use crate::xenbus::{ClaimRules, Store, backend_root, claimed_devices};
+use crate::xenbus::{ClaimRules, Store, backend_root, claimed_disks};
 
 /// Restarts allowed per guest within [`RESTART_WINDOW`].
 pub const MAX_RESTARTS: usize = 5;
@@ -36,8 +37,9 @@ pub type WorkerCommand = Arc<dyn Fn(DomId) -> Command + Send + Sync>;
 pub struct DaemonConfig {
     /// Our own domain.
     pub backend: DomId,
-    /// Backend kind to watch (`vbd`).
-    pub kind: String,
+    /// Backend kinds to watch (`vbd`, `vbd3`); one worker serves a guest's disks of all of
+    /// them.
+    pub kinds: Vec<String>,
     /// Folder of the per-guest lock files.
     pub lock_dir: PathBuf,
     /// The worker command for a guest.
@@ -54,14 +56,18 @@ struct GuestWorker {
 
 /// Runs until xenstore goes away.
 pub async fn run_daemon(store: Store, cfg: DaemonConfig) -> Result<(), Error> {
-    let root = backend_root(cfg.backend, &cfg.kind);
-    let mut watch = store.watch(&root).await?;
+    let roots: Vec<String> = cfg
+        .kinds
+        .iter()
+        .map(|kind| backend_root(cfg.backend, kind))
+        .collect();
+    let mut watch = store.watch_all(&roots).await?;
     let (exits, mut exit_rx) = mpsc::unbounded_channel::<(DomId, std::io::Result<ExitStatus>)>();
     let mut guests: HashMap<u16, GuestWorker> = HashMap::new();
     let mut rescan = tokio::time::interval(RESCAN);
-    tracing::info!(root, "daemon watching");
+    tracing::info!(?roots, "daemon watching");
     loop {
-        reconcile(&store, &cfg, &root, &mut guests, &exits).await?;
+        reconcile(&store, &cfg, &roots, &mut guests, &exits).await?;
         tokio::select! {
             ev = watch.next() => if ev.is_none() { return Ok(()) },
             Some((domid, status)) = exit_rx.recv() => worker_exited(&mut guests, domid, status),
@@ -73,18 +79,15 @@ pub async fn run_daemon(store: Store, cfg: DaemonConfig) -> Result<(), Error> {
 async fn reconcile(
     store: &Store,
     cfg: &DaemonConfig,
-    root: &str,
+    roots: &[String],
     guests: &mut HashMap<u16, GuestWorker>,
     exits: &mpsc::UnboundedSender<(DomId, std::io::Result<ExitStatus>)>,
 ) -> Result<(), Error> {
-    for name in store.directory(root).await? {
-        let Ok(id) = name.parse::<u16>() else {
-            continue;
-        };
+    for id in guest_ids(store, roots).await? {
         let domid = DomId(id);
         let g = guests.entry(id).or_default();
         if g.running
-            || claimed_devices(store, root, domid, &cfg.claim)
+            || claimed_disks(store, cfg.backend, &cfg.kinds, domid, &cfg.claim)
                 .await?
                 .is_empty()
         {
@@ -108,6 +111,21 @@ async fn reconcile(
     }
     guests.retain(|_, g| g.running || !g.starts.is_empty());
     Ok(())
+}
+
+/// The guests with a directory under any of `roots`, each once, in order.
+async fn guest_ids(store: &Store, roots: &[String]) -> Result<Vec<u16>, Error> {
+    let mut ids = Vec::new();
+    for root in roots {
+        for name in store.directory(root).await? {
+            if let Ok(id) = name.parse::<u16>() {
+                ids.push(id);
+            }
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
 }
 
 fn start_worker(

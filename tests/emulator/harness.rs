@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustbk::cluster::EmuCluster;
-use rustbk_blkfront::toolstack::VbdSpec;
+use rustbk_blkfront::toolstack::{RUSTBK_SCRIPT, Toolstack, VbdSpec};
 use rustbk_blkfront::{FrameAlloc, Frontend, FrontendConfig};
 use rustbk_grant::emu::{DomainConfig, EmuDomain};
 use rustbk_ring::{DomId, GrantRef, PAGE_SIZE, Request, Response, RwOp, Sector, Segment, Segments};
@@ -34,6 +34,10 @@ pub struct Setup {
     pub params: Option<String>,
     /// The `qos/` keys of the backend directory.
     pub qos: Vec<(String, String)>,
+    /// Which toolstack writes the vbd (libxl's `backend/vbd` by default).
+    pub toolstack: Toolstack,
+    /// The backend's `script` key (xl's `script=rustbk` by default).
+    pub script: Option<String>,
 }
 
 impl Default for Setup {
@@ -49,6 +53,8 @@ impl Default for Setup {
             backend_env: Vec::new(),
             params: None,
             qos: Vec::new(),
+            toolstack: Toolstack::Libxl,
+            script: Some(RUSTBK_SCRIPT.into()),
         }
     }
 }
@@ -397,6 +403,8 @@ pub fn spec_for(setup: &Setup, domid: DomId, image: &std::path::Path) -> VbdSpec
         cache_mode: setup.cache_mode.clone(),
         data_path: setup.data_path.clone(),
         qos: setup.qos.clone(),
+        toolstack: setup.toolstack.clone(),
+        script: setup.script.clone(),
         ..VbdSpec::rustbk(domid, XVDA, params)
     }
 }

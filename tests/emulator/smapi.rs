@@ -1,11 +1,14 @@
 //! XAPI's call sequence through rustbk's SMAPIv3 plugins, with the toolstack's part played by
 //! the emulator: SR.create → Volume.create → Datapath.open/attach/activate → the returned
-//! XenDisk params served to an emulated guest → verified writes and reads → Volume.snapshot →
+//! XenDisk written as xenopsd writes it (under `backend/<backend_type>`, an empty `params`,
+//! the XenDisk's params as `qemu-params`, its `extra` under `sm-data/`) and served by
+//! `rustbk daemon` to an emulated guest → verified writes and reads → Volume.snapshot →
 //! Datapath.deactivate/detach/close → the snapshot served read-only → Volume.destroy →
 //! SR.destroy.
 
 use std::path::PathBuf;
 
+use rustbk_blkfront::toolstack::Toolstack;
 use rustbk_ring::status;
 use serde_json::{Value, json};
 
@@ -14,8 +17,8 @@ use crate::smapi_client::*;
 
 const SIZE: i64 = 16 << 20;
 
-/// Datapath.open + attach + activate; returns the XenDisk's params.
-fn plug(v: &Value) -> String {
+/// Datapath.open + attach + activate; returns the XenDisk.
+fn plug(v: &Value) -> Value {
     let a = dp_args(v);
     ok(
         "datapath",
@@ -24,7 +27,7 @@ fn plug(v: &Value) -> String {
     );
     let disk = check_backend(&ok("datapath", "Datapath.attach", a.clone()));
     ok("datapath", "Datapath.activate", a);
-    disk["params"].as_str().unwrap().to_owned()
+    disk
 }
 
 /// Datapath.deactivate + detach + close.
@@ -39,14 +42,27 @@ fn unplug(v: &Value) {
     );
 }
 
-fn serve(params: &str, read_only: bool) -> Host {
+/// The XenDisk plugged as xenopsd plugs it, served by the daemon (which claims it by the
+/// `sm-data/type` the XenDisk's `extra` carries).
+fn serve(disk: &Value, read_only: bool) -> Host {
+    assert_eq!(disk["backend_type"], "vbd3", "{disk}");
+    let params = disk["params"].as_str().unwrap();
     let image = PathBuf::from(params.split_once(':').unwrap().1);
+    let extra = disk["extra"].as_object().unwrap();
+    let extra = extra
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+        .collect();
     let setup = Setup {
         params: Some(params.to_owned()),
         read_only,
+        toolstack: Toolstack::Xenopsd { extra },
+        script: None,
         ..Setup::default()
     };
-    Host::serving(setup, |_| image)
+    let host = Host::daemon_serving(setup, |_| image);
+    assert!(host.spec.backend_path().contains("/backend/vbd3/"));
+    host
 }
 
 #[test]

@@ -192,7 +192,8 @@ fn datapath_attach_returns_a_xendisk_with_the_params_rustbk_reads() {
     );
     let disk = check_backend(&ok("datapath", "Datapath.attach", a.clone()));
     assert_eq!(disk["params"], format!("qcow2:{}", image_path(&v)));
-    assert_eq!(disk["backend_type"], "vbd");
+    assert_eq!(disk["backend_type"], "vbd3");
+    assert_eq!(disk["extra"], json!({"type": "rustbk"}));
     for m in [
         "Datapath.activate",
         "Datapath.deactivate",

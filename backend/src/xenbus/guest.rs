@@ -17,14 +17,20 @@ pub fn backend_root(backend: DomId, kind: &str) -> String {
     format!("/local/domain/{}/backend/{kind}", backend.0)
 }
 
+/// The backend kinds rustbk watches by default: `vbd` (xl's `phy` and `rustbk` disks, where
+/// Linux blkback also looks) and `vbd3` (libxl 4.19+'s `backendtype=tap` and XAPI's
+/// `backend_type: vbd3` XenDisks, where tapback looks).
+pub const DEFAULT_KINDS: [&str; 2] = ["vbd", "vbd3"];
+
 /// Which vbds are rustbk's.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClaimRules {
     /// A vbd whose `script` is one of these names, or a path ending in `/NAME`, is claimed
-    /// (xl's `script=rustbk`).
+    /// (xl's `script=rustbk`, with `backendtype=phy` or `backendtype=tap`).
     pub scripts: Vec<String>,
-    /// A vbd whose `type` is one of these is claimed (a libxl that knows
-    /// `backendtype=rustbk`).
+    /// A vbd whose `type` or `sm-data/type` is one of these is claimed (a libxl that knows
+    /// `backendtype=rustbk` writes `type`; xenopsd writes a XenDisk's `extra` map under
+    /// `sm-data/`, and rustbk's datapath plugin puts `type: rustbk` there).
     pub types: Vec<String>,
 }
 
@@ -55,10 +61,13 @@ pub async fn claimed(store: &Store, be: &str, rules: &ClaimRules) -> Result<bool
     if script.as_deref().is_some_and(|s| rules.script_matches(s)) {
         return Ok(true);
     }
-    Ok(store
-        .read(&format!("{be}/type"))
-        .await?
-        .is_some_and(|t| rules.type_matches(&t)))
+    for key in ["type", "sm-data/type"] {
+        let value = store.read(&format!("{be}/{key}")).await?;
+        if value.is_some_and(|t| rules.type_matches(&t)) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// The claimed device numbers of guest `domid` under `root` that the toolstack has not taken
@@ -84,6 +93,48 @@ pub async fn claimed_devices(
     Ok(out)
 }
 
+/// One claimed disk of a guest: its backend directory and device number.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimedDisk {
+    /// `/local/domain/<backend>/backend/<kind>/<domid>/<devid>`.
+    pub backend_path: String,
+    /// The virtual device number.
+    pub devid: u32,
+}
+
+/// The claimed disks of guest `domid` under every kind in `kinds`. A device number appears
+/// once: the frontend of every kind is `device/vbd/<devid>`, so a toolstack never gives one
+/// guest the same number under two kinds; if one did, the first kind listed wins.
+pub async fn claimed_disks(
+    store: &Store,
+    backend: DomId,
+    kinds: &[String],
+    domid: DomId,
+    rules: &ClaimRules,
+) -> Result<Vec<ClaimedDisk>, Error> {
+    let mut out: Vec<ClaimedDisk> = Vec::new();
+    for kind in kinds {
+        let root = backend_root(backend, kind);
+        for devid in claimed_devices(store, &root, domid, rules).await? {
+            if out.iter().any(|d| d.devid == devid) {
+                tracing::warn!(
+                    domid = domid.0,
+                    devid,
+                    kind,
+                    "device number already served under another kind"
+                );
+                continue;
+            }
+            let backend_path = format!("{root}/{}/{devid}", domid.0);
+            out.push(ClaimedDisk {
+                backend_path,
+                devid,
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// Where and what to serve.
 #[derive(Clone, Debug)]
 pub struct GuestSpec {
@@ -91,8 +142,8 @@ pub struct GuestSpec {
     pub backend: DomId,
     /// The guest.
     pub domid: DomId,
-    /// Backend kind under `backend/` (`vbd`).
-    pub kind: String,
+    /// Backend kinds under `backend/` (see [`DEFAULT_KINDS`]).
+    pub kinds: Vec<String>,
     /// Which disks are ours.
     pub claim: ClaimRules,
 }
@@ -107,23 +158,28 @@ pub async fn serve_guest(
     opts: BackendOptions,
     registry: Registry,
 ) -> Result<(), Error> {
-    let root = backend_root(spec.backend, &spec.kind);
-    let dir = format!("{root}/{}", spec.domid.0);
-    let mut watch = store.watch(&dir).await?;
+    let dirs: Vec<String> = spec
+        .kinds
+        .iter()
+        .map(|kind| format!("{}/{}", backend_root(spec.backend, kind), spec.domid.0))
+        .collect();
+    let mut watch = store.watch_all(&dirs).await?;
     let mut tasks: JoinSet<(u32, Result<(), Error>)> = JoinSet::new();
     let (mut running, mut finished) = (HashSet::new(), HashSet::new());
     let mut served_any = false;
     loop {
-        let present = claimed_devices(&store, &root, spec.domid, &spec.claim).await?;
-        finished.retain(|d| present.contains(d));
-        let new: Vec<u32> = present
+        let present =
+            claimed_disks(&store, spec.backend, &spec.kinds, spec.domid, &spec.claim).await?;
+        finished.retain(|d| present.iter().any(|p| p.devid == *d));
+        let new: Vec<ClaimedDisk> = present
             .iter()
-            .copied()
-            .filter(|d| !running.contains(d) && !finished.contains(d))
+            .filter(|d| !running.contains(&d.devid) && !finished.contains(&d.devid))
+            .cloned()
             .collect();
-        for devid in new {
+        for disk in new {
+            let devid = disk.devid;
             let dev = DeviceSpec {
-                backend_path: format!("{dir}/{devid}"),
+                backend_path: disk.backend_path,
                 domid: spec.domid,
                 devid,
             };

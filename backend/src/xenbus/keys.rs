@@ -63,11 +63,28 @@ async fn required(store: &Store, path: String) -> Result<String, Error> {
         .ok_or_else(|| bad(&path, "", "missing"))
 }
 
+/// The key naming the disk and its value: `params`, or, when that is empty or missing,
+/// `qemu-params`. xenopsd, given a SMAPIv3 XenDisk and no BlockDevice or File, writes an
+/// empty `params` and the XenDisk's params under `qemu-params` (`params_of_backend` in
+/// xen-api's `xenops_server_xen.ml`).
+async fn read_params(store: &Store, be: &str) -> Result<(String, String), Error> {
+    let params_key = format!("{be}/params");
+    if let Some(params) = store.read(&params_key).await?
+        && !params.trim().is_empty()
+    {
+        return Ok((params_key, params));
+    }
+    let qemu_key = format!("{be}/qemu-params");
+    match store.read(&qemu_key).await? {
+        Some(params) if !params.trim().is_empty() => Ok((qemu_key, params)),
+        _ => Err(bad(&params_key, "", "missing (and no qemu-params)")),
+    }
+}
+
 /// Reads the backend directory `be`.
 pub(super) async fn read_backend(store: &Store, be: &str) -> Result<BackendInfo, Error> {
     let frontend = required(store, format!("{be}/frontend")).await?;
-    let params_key = format!("{be}/params");
-    let params = required(store, params_key.clone()).await?;
+    let (params_key, params) = read_params(store, be).await?;
     let Params { disk, sector_size } =
         parse_params(&params).map_err(|why| bad(&params_key, &params, &why))?;
     let mode = store

@@ -31,6 +31,9 @@ pub use device::{
     BackendOptions, DEFAULT_FIXED_BUFFERS, DEFAULT_PERSISTENT_GRANT_UNUSED, DEFAULT_POLL_US,
     DeviceSpec, default_max_queues, error_chain, run_device,
 };
-pub use guest::{ClaimRules, GuestSpec, backend_root, claimed, claimed_devices, serve_guest};
+pub use guest::{
+    ClaimRules, ClaimedDisk, DEFAULT_KINDS, GuestSpec, backend_root, claimed, claimed_devices,
+    claimed_disks, serve_guest,
+};
 pub use state::XenbusState;
 pub use store::{Store, Watch};

@@ -55,7 +55,16 @@ const OPTIONS: &str = "sector-size";
 /// [`parse_null_size`]). The prefix (text before a `:` that comes before any `/`) may carry
 /// options after the kind, separated by commas: `raw,sector-size=4096:/path`. An unknown kind
 /// or option is refused.
+///
+/// libxl's `backendtype=tap` writes `aio:TARGET` for a raw disk whatever `target=` holds, so
+/// `aio:` followed by a prefix of its own (`aio:qcow2:/path`, `aio:thin:/pool:vm1`,
+/// `aio:null:8G`) is that inner `params`: a tap disk names rustbk's formats as a phy disk
+/// does. Only one such level is read (the inner prefix is never another nesting).
 pub(super) fn parse_params(params: &str) -> Result<Params, String> {
+    parse_level(params, true)
+}
+
+fn parse_level(params: &str, outer: bool) -> Result<Params, String> {
     let params = params.trim();
     let Some(prefix) = rustbk_formats::protocol_of(std::path::Path::new(params)) else {
         let disk = image(Format::Raw, params)?;
@@ -68,6 +77,10 @@ pub(super) fn parse_params(params: &str) -> Result<Params, String> {
     let mut items = prefix.split(',');
     let kind = items.next().unwrap_or_default();
     let sector_size = parse_options(items)?;
+    let nested = rustbk_formats::protocol_of(std::path::Path::new(rest)).is_some();
+    if outer && kind == "aio" && sector_size.is_none() && nested {
+        return parse_level(rest, false);
+    }
     let disk = match kind {
         "raw" | "aio" => image(Format::Raw, rest)?,
         "qcow2" => image(Format::Qcow2, rest)?,

@@ -120,3 +120,28 @@ fn thin_params_name_a_pool_directory_and_a_volume() {
     assert!(disk("thin:/srv/pool").is_err());
     assert!(disk("thin:/srv/pool:").is_err());
 }
+
+#[test]
+fn a_tap_disks_aio_prefix_may_carry_rustbks_own_params() {
+    let qcow2 = Disk::Image {
+        format: Format::Qcow2,
+        path: PathBuf::from("/srv/a.qcow2"),
+    };
+    assert_eq!(disk("aio:qcow2:/srv/a.qcow2"), Ok(qcow2));
+    assert_eq!(disk("aio:/srv/a.img"), raw("/srv/a.img"));
+    assert_eq!(disk("aio:raw:/srv/a.img"), raw("/srv/a.img"));
+    assert_eq!(disk("aio:null:8G"), Ok(Disk::Null { size: 8 << 30 }));
+    let p = parse_params("aio:raw,sector-size=4096:/srv/a.img").unwrap();
+    assert_eq!(p.sector_size, Some(4096));
+    assert!(
+        matches!(disk("aio:thin:/srv/pool:vm1"), Ok(Disk::Thin { ref volume, .. }) if volume == "vm1")
+    );
+    // One level only, and tapdisk's other formats stay refused inside it too.
+    assert_eq!(disk("aio:aio:/srv/a.img"), raw("/srv/a.img"));
+    assert_eq!(
+        disk("aio:aio:qcow2:/srv/a.qcow2"),
+        raw("qcow2:/srv/a.qcow2")
+    );
+    assert!(disk("aio:vhd:/srv/a.vhd").unwrap_err().contains("vhd"));
+    assert!(disk("vhd:/srv/a.vhd").unwrap_err().contains("vhd"));
+}

@@ -19,20 +19,25 @@ use crate::Error;
 /// forwarding task drains the events at once into an unbounded channel to break that cycle.
 pub struct Watch {
     rx: mpsc::UnboundedReceiver<Box<str>>,
-    task: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Watch {
-    fn forward(mut stream: Pin<Box<dyn Stream<Item = Box<str>> + Send>>) -> Watch {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(async move {
+    /// Starts draining `stream` into `tx` at once: a stream left unread while another watch
+    /// is registered on the same connection could fill and stall that registration. The
+    /// watch ends (`next` gives `None`) when every stream has ended and `tx` is dropped.
+    fn forward(
+        &mut self,
+        tx: mpsc::UnboundedSender<Box<str>>,
+        mut stream: Pin<Box<dyn Stream<Item = Box<str>> + Send>>,
+    ) {
+        self.tasks.push(tokio::spawn(async move {
             while let Some(path) = stream.next().await {
                 if tx.send(path).is_err() {
                     break;
                 }
             }
-        });
-        Watch { rx, task }
+        }));
     }
 
     /// Waits for a change; returns one changed path and drops the others already queued (the
@@ -46,7 +51,9 @@ impl Watch {
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        self.task.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }
 
@@ -148,7 +155,21 @@ impl Store {
 
     /// Watches a node and its children; the stream yields changed paths.
     pub async fn watch(&self, path: &str) -> Result<Watch, Error> {
-        let stream = self.0.watch(path).await.map_err(xs_err("watch", path))?;
-        Ok(Watch::forward(Box::pin(stream)))
+        self.watch_all(&[path.to_owned()]).await
+    }
+
+    /// Watches several nodes (and their children) as one: a change under any of them wakes
+    /// the watcher.
+    pub async fn watch_all(&self, paths: &[String]) -> Result<Watch, Error> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut watch = Watch {
+            rx,
+            tasks: Vec::new(),
+        };
+        for path in paths {
+            let stream = self.0.watch(path).await.map_err(xs_err("watch", path))?;
+            watch.forward(tx.clone(), Box::pin(stream));
+        }
+        Ok(watch)
     }
 }

@@ -34,6 +34,50 @@ pub struct VbdSpec {
     /// I/O limits written as `qos/<name>` beside `params` (QEMU's throttle names, e.g.
     /// `iops-total`); none by default.
     pub qos: Vec<(String, String)>,
+    /// Which toolstack writes the vbd, and so its backend kind and keys.
+    pub toolstack: Toolstack,
+}
+
+/// The toolstacks whose vbds the emulator writes, each as its source does.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Toolstack {
+    /// libxl with `backendtype=phy` (`script=rustbk`): `backend/vbd`, `params` as given.
+    #[default]
+    Libxl,
+    /// libxl 4.19+ with `backendtype=tap` (Xen 4.20's `tools/libs/light/libxl_disk.c`,
+    /// `device_disk_add`, case `LIBXL_DISK_BACKEND_TAP`): `backend/vbd3`, `params` as given
+    /// (libxl writes `<tapdisk format>:<target>`, `aio:` for raw, see [`tap_params`]),
+    /// `type=vbd3`, `bootable=1`, `specification=xen`, `discard-enable` always, and `script`.
+    LibxlTap,
+    /// xenopsd plugging a SMAPIv3 XenDisk (xen-api's `xenops_server_xen.ml`
+    /// `params_of_backend`, `device.ml` `Vbd.add_async`): `backend/vbd3` (the XenDisk's
+    /// `backend_type`), an empty `params`, the XenDisk's params as `qemu-params`, `type=phy`,
+    /// `sm-data/backend-kind=vbd3` and `sm-data/<key>` for each of the XenDisk's `extra`, no
+    /// `script`. Then, as xenopsd's own hotplug script (`ocaml/xenopsd/scripts/block add`,
+    /// which it runs itself), `physical-device` (empty: `stat` of an empty `params` fails)
+    /// and `hotplug-status=connected`.
+    Xenopsd {
+        /// The XenDisk's `extra` map.
+        extra: Vec<(String, String)>,
+    },
+}
+
+impl Toolstack {
+    /// The backend kind under `backend/`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Toolstack::Libxl => "vbd",
+            Toolstack::LibxlTap | Toolstack::Xenopsd { .. } => "vbd3",
+        }
+    }
+}
+
+/// What libxl 4.20 writes as `params` of a `backendtype=tap` disk: tapdisk's name of the
+/// format (`libxl__device_disk_string_of_format`: raw is `aio`, then `qcow`, `qcow2`, `vhd`,
+/// `qed`), a colon and the disk line's `target=` as it is.
+pub fn tap_params(format: &str, target: &str) -> String {
+    let name = if format == "raw" { "aio" } else { format };
+    format!("{name}:{target}")
 }
 
 /// The script path xl records for `script=rustbk`.
@@ -53,14 +97,18 @@ impl VbdSpec {
             data_path: None,
             script: Some(RUSTBK_SCRIPT.into()),
             qos: Vec::new(),
+            toolstack: Toolstack::Libxl,
         }
     }
 
-    /// `/local/domain/<backend>/backend/vbd/<domid>/<devid>`.
+    /// `/local/domain/<backend>/backend/<kind>/<domid>/<devid>`.
     pub fn backend_path(&self) -> String {
         format!(
-            "/local/domain/{}/backend/vbd/{}/{}",
-            self.backend_domid.0, self.domid.0, self.devid
+            "/local/domain/{}/backend/{}/{}/{}",
+            self.backend_domid.0,
+            self.toolstack.kind(),
+            self.domid.0,
+            self.devid
         )
     }
 
@@ -112,24 +160,50 @@ pub fn add_vbd(xs: &XsClient, spec: &VbdSpec) -> Result<(), Error> {
         }
         Ok(())
     })?;
+    if let Toolstack::Xenopsd { .. } = spec.toolstack {
+        xs.write(&format!("{be}/physical-device"), "")?;
+        xs.write(&format!("{be}/hotplug-status"), "connected")?;
+    }
     Ok(())
 }
 
 fn backend_keys(spec: &VbdSpec) -> Vec<(String, String)> {
+    let mode = if spec.read_only { "r" } else { "w" };
     let mut keys = vec![
         ("frontend", spec.frontend_path()),
         ("frontend-id", spec.domid.0.to_string()),
         ("online", "1".into()),
         ("state", "1".into()),
-        ("params", spec.params.clone()),
-        ("mode", if spec.read_only { "r" } else { "w" }.into()),
-        ("type", "phy".into()),
-        ("device-type", "disk".into()),
+        ("mode", mode.into()),
         ("removable", "0".into()),
         ("dev", "xvda".into()),
     ];
-    if !spec.discard {
-        keys.push(("discard-enable", "0".into()));
+    match &spec.toolstack {
+        Toolstack::Libxl => keys.extend([
+            ("params", spec.params.clone()),
+            ("type", "phy".into()),
+            ("device-type", "disk".into()),
+        ]),
+        Toolstack::LibxlTap => keys.extend([
+            ("params", spec.params.clone()),
+            ("type", "vbd3".into()),
+            ("device-type", "disk".into()),
+            ("bootable", "1".into()),
+            ("specification", "xen".into()),
+        ]),
+        Toolstack::Xenopsd { .. } => keys.extend([
+            ("params", String::new()),
+            ("qemu-params", spec.params.clone()),
+            ("type", "phy".into()),
+            ("sm-data/backend-kind", "vbd3".into()),
+        ]),
+    }
+    match (&spec.toolstack, spec.discard) {
+        (Toolstack::LibxlTap, discard) => {
+            keys.push(("discard-enable", if discard { "1" } else { "0" }.into()));
+        }
+        (Toolstack::Libxl, false) => keys.push(("discard-enable", "0".into())),
+        _ => {}
     }
     if let Some(mode) = &spec.cache_mode {
         keys.push(("cache-mode", mode.clone()));
@@ -141,6 +215,13 @@ fn backend_keys(spec: &VbdSpec) -> Vec<(String, String)> {
         keys.push(("script", script.clone()));
     }
     let mut keys: Vec<(String, String)> = keys.into_iter().map(|(k, v)| (k.into(), v)).collect();
+    if let Toolstack::Xenopsd { extra } = &spec.toolstack {
+        keys.extend(
+            extra
+                .iter()
+                .map(|(k, v)| (format!("sm-data/{k}"), v.clone())),
+        );
+    }
     keys.extend(
         spec.qos
             .iter()

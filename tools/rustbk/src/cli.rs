@@ -94,9 +94,18 @@ pub struct PlatformArgs {
     /// The backend's own domain id.
     #[arg(long, default_value_t = 0)]
     pub backend_domid: u16,
-    /// Backend kind under backend/.
-    #[arg(long, default_value = "vbd")]
-    pub kind: String,
+    /// Backend kind under backend/ to serve (repeatable; default both vbd and vbd3). `vbd` is
+    /// where xl's `phy` and `rustbk` disks go (and where Linux blkback looks); `vbd3` is where
+    /// libxl 4.19+'s `backendtype=tap` disks and XAPI's `backend_type: vbd3` XenDisks go (and
+    /// where blktap3's tapback looks). A disk is served only if it is claimed (--claim-*).
+    /// `rustbk serve --devid` without --backend-path looks under the first kind.
+    #[arg(
+        long = "kind",
+        value_name = "KIND",
+        default_values_t = rustbk_backend::xenbus::DEFAULT_KINDS.map(String::from),
+        value_parser = parse_kind
+    )]
+    pub kinds: Vec<String>,
     /// Folder of the per-guest lock files and the rings' request journals (default /run/rustbk,
     /// or the emulator folder).
     #[arg(long)]
@@ -105,8 +114,9 @@ pub struct PlatformArgs {
     /// default rustbk, what xl's `script=rustbk` writes).
     #[arg(long = "claim-script", value_name = "NAME")]
     pub claim_scripts: Vec<String>,
-    /// Claim a vbd whose backend `type` is NAME (repeatable; default rustbk, what a libxl
-    /// that knows `backendtype=rustbk` writes).
+    /// Claim a vbd whose backend `type` or `sm-data/type` is NAME (repeatable; default rustbk:
+    /// what a libxl that knows `backendtype=rustbk` writes as `type`, and what rustbk's XAPI
+    /// datapath plugin puts in its XenDisk's `extra`, which xenopsd writes under `sm-data/`).
     #[arg(long = "claim-type", value_name = "NAME")]
     pub claim_types: Vec<String>,
 }
@@ -609,6 +619,19 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size too large: {s:?}"))
 }
 
+/// A backend kind: one xenstore path element (letters, digits, `-`, `_`).
+fn parse_kind(text: &str) -> Result<String, String> {
+    let ok = !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(text.to_owned())
+    } else {
+        Err(format!("{text:?} is not a backend kind (like vbd or vbd3)"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{
@@ -616,6 +639,31 @@ mod tests {
         parse_seconds, parse_size,
     };
     use std::time::Duration;
+
+    #[derive(Debug, clap::Parser)]
+    struct Platform {
+        #[command(flatten)]
+        platform: super::PlatformArgs,
+    }
+
+    fn kinds(args: &[&str]) -> Result<Vec<String>, clap::Error> {
+        use clap::Parser;
+        let argv = std::iter::once("daemon").chain(args.iter().copied());
+        Platform::try_parse_from(argv).map(|p| p.platform.kinds)
+    }
+
+    #[test]
+    fn both_vbd_kinds_are_watched_by_default_and_kind_flags_replace_them() {
+        assert_eq!(kinds(&[]).unwrap(), ["vbd", "vbd3"]);
+        assert_eq!(kinds(&["--kind", "vbd3"]).unwrap(), ["vbd3"]);
+        assert_eq!(
+            kinds(&["--kind", "vbd", "--kind", "qdisk"]).unwrap(),
+            ["vbd", "qdisk"]
+        );
+        for bad in ["", "vbd/../x", "vbd3 "] {
+            assert!(kinds(&["--kind", bad]).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn workload_values_out_of_range_are_refused() {

@@ -28,10 +28,13 @@ pub struct Config {
     pub disks: Disks,
 }
 
-/// `[claim]`: `--claim-script`, `--claim-type`.
+/// `[claim]`: `--kind`, `--claim-script`, `--claim-type`.
 #[derive(Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Claim {
+    /// Backend kinds watched (`vbd`, `vbd3`); empty: the daemon's default, both.
+    #[serde(default)]
+    pub kinds: Vec<String>,
     /// Backend `script` names.
     #[serde(default)]
     pub scripts: Vec<String>,
@@ -100,6 +103,7 @@ impl Config {
                 out.extend([flag.to_owned(), v]);
             }
         };
+        many("--kind", self.claim.kinds.clone());
         many("--claim-script", self.claim.scripts.clone());
         many("--claim-type", self.claim.types.clone());
         let paths = |dirs: &[PathBuf]| dirs.iter().map(|d| d.display().to_string()).collect();
@@ -170,6 +174,7 @@ mod tests {
     #[test]
     fn the_shipped_configuration_parses_and_names_only_defaults() {
         let c: Config = toml::from_str(SHIPPED).unwrap();
+        assert_eq!(c.claim.kinds, ["vbd", "vbd3"]);
         assert_eq!(c.claim.scripts, ["rustbk"]);
         assert_eq!(c.claim.types, ["rustbk"]);
         assert_eq!(c.disks.cache.as_deref(), Some("none"));
@@ -178,7 +183,7 @@ mod tests {
     #[test]
     fn settings_become_flags_and_unknown_keys_are_refused() {
         let c: Config = toml::from_str(
-            "[claim]\nscripts = [\"a\", \"b\"]\n[paths]\nimage_dirs = [\"/srv/img\"]\n\
+            "[claim]\nkinds = [\"vbd3\"]\nscripts = [\"a\", \"b\"]\n[paths]\nimage_dirs = [\"/srv/img\"]\n\
              [disks]\ncache = \"writeback\"\nmax_queues = 2\npersistent_grants = false\n\
              qos = \"iops-total=500\"\n",
         )
@@ -186,7 +191,7 @@ mod tests {
         let args = c.to_args().join(" ");
         assert_eq!(
             args,
-            "--claim-script a --claim-script b --image-dir /srv/img --cache writeback \
+            "--kind vbd3 --claim-script a --claim-script b --image-dir /srv/img --cache writeback \
              --max-queues 2 --qos iops-total=500 --no-persistent"
         );
         let err = toml::from_str::<Config>("[disks]\ncahce = \"none\"\n").unwrap_err();

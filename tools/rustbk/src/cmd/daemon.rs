@@ -9,7 +9,7 @@ use rustbk_backend::xenbus::Store;
 use rustbk_ring::DomId;
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::platform::{backing_dirs, canonical_dirs, claim_rules, lock_dir, to_args};
+use super::platform::{backing_dirs, canonical_dirs, claim_rules, kinds, lock_dir, to_args};
 use crate::cli::DaemonArgs;
 
 /// Runs the watcher until xenstore goes away or the process is signalled. Workers keep
@@ -37,7 +37,7 @@ async fn daemon(args: DaemonArgs) -> anyhow::Result<()> {
     });
     let cfg = DaemonConfig {
         backend: DomId(args.platform.backend_domid),
-        kind: args.platform.kind.clone(),
+        kinds: kinds(&args.platform),
         lock_dir,
         worker,
         claim: claim_rules(&args.platform),

@@ -37,6 +37,18 @@ pub fn claim_rules(platform: &PlatformArgs) -> ClaimRules {
     }
 }
 
+/// The `--kind` list, each kind once, in the order given (the configuration file's kinds and
+/// the command line's add up).
+pub fn kinds(platform: &PlatformArgs) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for kind in &platform.kinds {
+        if !out.contains(kind) {
+            out.push(kind.clone());
+        }
+    }
+    out
+}
+
 /// Where per-guest lock files go.
 pub fn lock_dir(platform: &PlatformArgs) -> PathBuf {
     match (&platform.lock_dir, &platform.emu_dir) {
@@ -101,7 +113,9 @@ pub fn to_args(platform: &PlatformArgs, backend: &BackendArgs) -> Vec<String> {
     if let Some(dir) = &platform.emu_dir {
         out.extend(["--emu-dir".into(), dir.display().to_string()]);
     }
-    out.extend(["--kind".into(), platform.kind.clone()]);
+    for kind in kinds(platform) {
+        out.extend(["--kind".into(), kind]);
+    }
     for name in &platform.claim_scripts {
         out.extend(["--claim-script".into(), name.clone()]);
     }
@@ -216,7 +230,7 @@ mod tests {
         let platform = crate::cli::PlatformArgs {
             emu_dir: None,
             backend_domid: 0,
-            kind: "vbd".into(),
+            kinds: vec!["vbd".into()],
             lock_dir: None,
             claim_scripts: Vec::new(),
             claim_types: Vec::new(),
@@ -261,7 +275,7 @@ mod tests {
         let platform = crate::cli::PlatformArgs {
             emu_dir: None,
             backend_domid: 0,
-            kind: "vbd".into(),
+            kinds: vec!["vbd".into()],
             lock_dir: None,
             claim_scripts: Vec::new(),
             claim_types: Vec::new(),
@@ -283,6 +297,26 @@ mod tests {
             let err = parse(&["--qos", bad]).expect_err(bad).to_string();
             assert!(err.contains("--qos"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn kinds_from_the_file_and_the_command_line_reach_the_worker_once_each() {
+        let platform = crate::cli::PlatformArgs {
+            emu_dir: None,
+            backend_domid: 0,
+            kinds: ["vbd", "vbd3", "vbd"].map(String::from).to_vec(),
+            lock_dir: None,
+            claim_scripts: Vec::new(),
+            claim_types: Vec::new(),
+        };
+        assert_eq!(super::kinds(&platform), ["vbd", "vbd3"]);
+        let args = super::to_args(&platform, &parse(&[]).expect("parse"));
+        let kinds: Vec<&str> = args
+            .windows(2)
+            .filter(|w| w[0] == "--kind")
+            .map(|w| w[1].as_str())
+            .collect();
+        assert_eq!(kinds, ["vbd", "vbd3"]);
     }
 
     #[test]

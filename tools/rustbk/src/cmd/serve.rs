@@ -11,7 +11,7 @@ use rustbk_backend::xenbus::{
 use rustbk_ring::DomId;
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::platform::{claim_rules, lock_dir, options, platform};
+use super::platform::{claim_rules, kinds, lock_dir, options, platform};
 use crate::cli::ServeArgs;
 
 /// Serves until the toolstack removes the disks or the process is signalled.
@@ -35,7 +35,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let work = async {
         match args.devid {
             Some(devid) => {
-                let root = backend_root(backend, &args.platform.kind);
+                let kind = args.platform.kinds.first().map_or("vbd", String::as_str);
+                let root = backend_root(backend, kind);
                 let backend_path = args
                     .backend_path
                     .clone()
@@ -63,7 +64,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 let spec = GuestSpec {
                     backend,
                     domid,
-                    kind: args.platform.kind.clone(),
+                    kinds: kinds(&args.platform),
                     claim: claim_rules(&args.platform),
                 };
                 // Bound only while the guest's lock is held: the socket is this worker's.

@@ -1,6 +1,11 @@
 //! The datapath plugin `rustbk`: Datapath.* for `rustbk:PARAMS` volume URIs. Attach hands the
 //! toolstack a XenDisk whose `params` is the backend's `params`; rustbk's daemon serves the
 //! vbd the toolstack then writes.
+//!
+//! xenopsd turns the XenDisk into a vbd under `backend/<backend_type>` with an empty `params`,
+//! the XenDisk's params as `qemu-params` and its `extra` map under `sm-data/`
+//! (`params_of_backend` in xen-api's `xenops_server_xen.ml`). rustbk's daemon reads
+//! `qemu-params` when `params` is empty and claims the vbd by `sm-data/type`.
 
 use std::collections::BTreeMap;
 
@@ -12,8 +17,13 @@ use super::idl::{Backend, Implementation, XenDisk};
 use super::uri::{DATA_SCHEME, data_params};
 use super::{args, query};
 
-/// The xenstore backend folder the XenDisk names: rustbk's daemon watches `backend/vbd`.
-pub const BACKEND_TYPE: &str = "vbd";
+/// The xenstore backend folder the XenDisk names: tapdisk3's kind, `vbd3`, which Linux blkback
+/// never probes (it would claim a `backend/vbd` node); rustbk's daemon watches it.
+pub const BACKEND_TYPE: &str = "vbd3";
+
+/// The XenDisk's `extra`: xenopsd writes it as `sm-data/type`, the key rustbk's daemon claims
+/// the vbd by (its default `--claim-type`); tapback ignores `sm-data`.
+pub const CLAIM_TYPE: (&str, &str) = ("type", "rustbk");
 
 #[derive(Deserialize)]
 struct Open {
@@ -101,12 +111,36 @@ fn checked_params(uri: &str) -> Result<String> {
 }
 
 fn attach(uri: &str) -> Result<Backend> {
+    let (key, value) = CLAIM_TYPE;
     let disk = XenDisk {
-        params: checked_params(uri)?,
-        extra: BTreeMap::new(),
+        params: tapdisk_style(&checked_params(uri)?),
+        extra: BTreeMap::from([(key.to_owned(), value.to_owned())]),
         backend_type: BACKEND_TYPE.to_owned(),
     };
     Ok(Backend {
         implementations: vec![Implementation::XenDisk(disk)],
     })
+}
+
+/// `params` with tapdisk's prefix where tapdisk has one for the same thing: `raw:` is
+/// tapdisk's `aio:`. tapdisk has no qcow2 (its `qcow` is version 1) and no thin volumes, so
+/// `qcow2:` and `thin:` stay rustbk's.
+fn tapdisk_style(params: &str) -> String {
+    match params.strip_prefix("raw:") {
+        Some(path) => format!("aio:{path}"),
+        None => params.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tapdisk_style;
+
+    #[test]
+    fn raw_params_take_tapdisks_aio_prefix_and_the_others_stay() {
+        assert_eq!(tapdisk_style("raw:/srv/a.img"), "aio:/srv/a.img");
+        assert_eq!(tapdisk_style("aio:/srv/a.img"), "aio:/srv/a.img");
+        assert_eq!(tapdisk_style("qcow2:/srv/a.qcow2"), "qcow2:/srv/a.qcow2");
+        assert_eq!(tapdisk_style("thin:/srv/pool:7"), "thin:/srv/pool:7");
+    }
 }

@@ -173,7 +173,7 @@ mod tests {
         let disk = XenDisk {
             params: "qcow2:/a".into(),
             extra: BTreeMap::new(),
-            backend_type: "vbd".into(),
+            backend_type: "vbd3".into(),
         };
         let b = Backend {
             implementations: vec![Implementation::XenDisk(disk)],
@@ -182,7 +182,7 @@ mod tests {
         assert_eq!(
             v,
             json!({"implementations": [["XenDisk",
-                {"params": "qcow2:/a", "extra": {}, "backend_type": "vbd"}]]})
+                {"params": "qcow2:/a", "extra": {}, "backend_type": "vbd3"}]]})
         );
     }
 
