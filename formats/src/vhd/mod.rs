@@ -22,6 +22,7 @@
 mod create;
 pub mod dynamic;
 pub mod footer;
+mod info;
 mod locator;
 mod meta;
 mod metaio;
@@ -32,6 +33,7 @@ mod queue;
 mod tests;
 
 pub use create::{VhdCreateOptions, VhdSubformat, create};
+pub use info::{VhdInfo, describe};
 pub use queue::VhdQueue;
 
 use std::sync::{Arc, Mutex};
