@@ -107,6 +107,10 @@ pub(crate) fn open_as(
         tracing::info!(path = %file.path().display(), "qcow2 clusters below the page size: not using O_DIRECT");
         file.disable_direct();
     }
+    if format == Format::Vpc && file.dio_align().is_some() && vhd::shares_pages(&file) {
+        // Sector bitmaps (metadata, page cache) sit in the same pages as block data.
+        file.disable_direct();
+    }
     let file = Arc::new(file);
     match format {
         Format::Raw => Ok(Arc::new(RawImage::new(file, opts)?)),

@@ -50,6 +50,10 @@ pub struct Meta {
     file_end: u64,
     footer: [u8; FOOTER_LEN],
     failed: Option<String>,
+    /// Test hook: leave out the fdatasync between bitmaps and BAT (a broken order the crash
+    /// tests must catch).
+    #[cfg(test)]
+    pub broken_order: bool,
 }
 
 /// What [`Meta::load`] needs.
@@ -90,6 +94,8 @@ impl Meta {
             file_end: l.file_end,
             footer: l.footer,
             failed: None,
+            #[cfg(test)]
+            broken_order: false,
         })
     }
 
@@ -218,7 +224,9 @@ impl Meta {
                 self.io.write(at, bits, "sector bitmap")?;
             }
         }
-        self.io.sync()?;
+        if !self.skip_sync() {
+            self.io.sync()?;
+        }
         self.dirty_bitmaps.clear();
         let sectors: BTreeSet<u32> = self.dirty_bat.iter().map(|b| b / 128).collect();
         for s in sectors {
@@ -227,6 +235,16 @@ impl Meta {
         self.io.sync()?;
         self.dirty_bat.clear();
         Ok(())
+    }
+
+    #[cfg(test)]
+    fn skip_sync(&self) -> bool {
+        self.broken_order
+    }
+
+    #[cfg(not(test))]
+    fn skip_sync(&self) -> bool {
+        false
     }
 
     fn write_bat_sector(&self, sector: u32) -> Result<(), Error> {

@@ -14,6 +14,8 @@
 //!   the bits of written sectors are set once the data is written; a partial sector not yet
 //!   here is first filled from the parent.
 //! * Flush: the metadata write-back, or an fdatasync.
+//! * Dynamic and differencing disks use the page cache for data too (see [`shares_pages`]);
+//!   fixed disks follow the cache mode.
 //!
 //! Discard and write-zeroes are not supported (the features say so).
 
@@ -57,7 +59,7 @@ pub struct VhdImage {
     io: Arc<VhdIo>,
     footer: Footer,
     /// `None` for fixed disks.
-    meta: Option<Arc<Mutex<Meta>>>,
+    pub(crate) meta: Option<Arc<Mutex<Meta>>>,
     parent: Option<Arc<dyn BlockImage>>,
     geometry: Geometry,
     engine: EngineKind,
@@ -99,6 +101,16 @@ pub(crate) fn read_footer(file: &EngineFile) -> Result<Footer, Error> {
         }
         _ => Err(at_end),
     }
+}
+
+/// Whether the VHD in `file` keeps metadata in the pages of guest data: dynamic and
+/// differencing disks do (a block's sector bitmap shares its first page with the block's data,
+/// and bitmaps are written through the page cache while data may be written with O_DIRECT; a
+/// page read in for a bitmap write during a direct write of the same page would later be
+/// written back over the new data). Such files use the page cache for everything, as qcow2
+/// images with clusters below a page do. Fixed disks have no metadata among their data.
+pub(crate) fn shares_pages(file: &EngineFile) -> bool {
+    read_footer(file).map_or(true, |f| f.disk_type != DiskType::Fixed)
 }
 
 impl VhdImage {

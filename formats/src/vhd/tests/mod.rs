@@ -6,6 +6,7 @@
 #![allow(clippy::cast_possible_truncation)]
 
 mod chain;
+mod crash;
 mod hostile;
 mod interop;
 mod spec;
