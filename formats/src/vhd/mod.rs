@@ -270,13 +270,23 @@ fn metadata_end(
     let bat_end = bat_end.next_multiple_of(512);
     let mut end = (footer.data_offset + HEADER_LEN as u64).max(bat_end);
     if let Some(batmap_end) = batmap_end(io, bat_end, file_size)? {
-        end = end.max(batmap_end);
+        end = end.max(inside(batmap_end, file_size, "blktap's batmap")?);
     }
     for l in &header.locators {
         let locator_end = l
             .offset
             .saturating_add(l.space_bytes().max(u64::from(l.len)));
-        end = end.max(locator_end.next_multiple_of(512));
+        end = end.max(inside(locator_end, file_size, "parent locator data")?);
+    }
+    Ok(end.next_multiple_of(512))
+}
+
+/// `end`, refused if past the end of the file.
+fn inside(end: u64, file_size: u64, what: &str) -> Result<u64, Error> {
+    if end > file_size {
+        return Err(Error::InvalidImage(format!(
+            "VHD {what} ends at {end:#x}, past the end of the file ({file_size} bytes)"
+        )));
     }
     Ok(end)
 }

@@ -145,3 +145,21 @@ fn the_image_tool_probes_the_vhd_cookie() {
     let (_d, path) = fresh("probe.vhd");
     assert_eq!(crate::probe_format(&path).expect("probe"), Format::Vpc);
 }
+
+#[test]
+fn parent_locator_data_past_the_end_of_the_file_is_refused() {
+    let (_d, path) = fresh("loc.vhd");
+    // Locator 0: W2ru, 512 bytes of space, 20 bytes, at the largest offset.
+    let mut entry = Vec::new();
+    entry.extend_from_slice(b"W2ru");
+    entry.extend_from_slice(&512u32.to_be_bytes());
+    entry.extend_from_slice(&20u32.to_be_bytes());
+    entry.extend_from_slice(&0u32.to_be_bytes());
+    entry.extend_from_slice(&(u64::MAX - 10).to_be_bytes());
+    patch_header(&path, 576, &entry);
+    let e = open_err(&path);
+    assert!(
+        e.contains("parent locator data") && e.contains("past the end"),
+        "{e}"
+    );
+}
