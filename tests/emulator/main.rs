@@ -29,3 +29,4 @@ mod smapi;
 #[path = "../smapi/client.rs"]
 mod smapi_client;
 mod thin;
+mod vhd;
