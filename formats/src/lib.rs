@@ -8,6 +8,8 @@
 //!   measuring the backend's own cost.
 //! * [`qcow2`]: qcow2 images (versions 2 and 3) with backing chains, confined by a
 //!   [`BackingPolicy`].
+//! * [`vhd`]: VHD images (qemu's `vpc`): fixed, dynamic and differencing disks, parents
+//!   confined by the same [`BackingPolicy`].
 //!
 //! `unsafe` lives only in [`buffer`] (the aligned buffer and copies to or from raw I/O memory),
 //! `engine::uring` (raw buffers in SQEs) and `engine::sys` (raw-buffer syscalls and ioctls).
@@ -27,6 +29,7 @@ pub mod planned;
 pub mod qcow2;
 pub mod raw;
 mod size;
+pub mod vhd;
 
 #[cfg(any(test, feature = "suite"))]
 pub mod suite;
@@ -42,6 +45,7 @@ pub use image::{
 pub use null::NullImage;
 pub use qcow2::{Qcow2Image, Qcow2Options};
 pub use raw::{RawImage, create_raw};
+pub use vhd::VhdImage;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -104,10 +108,15 @@ pub(crate) fn open_as(
         tracing::info!(path = %file.path().display(), "qcow2 clusters below the page size: not using O_DIRECT");
         file.disable_direct();
     }
+    if format == Format::Vpc && file.dio_align().is_some() && vhd::shares_pages(&file) {
+        // Sector bitmaps (metadata, page cache) sit in the same pages as block data.
+        file.disable_direct();
+    }
     let file = Arc::new(file);
     match format {
         Format::Raw => Ok(Arc::new(RawImage::new(file, opts)?)),
         Format::Qcow2 => Ok(Arc::new(Qcow2Image::open(file, opts, chain)?)),
+        Format::Vpc => Ok(Arc::new(vhd::VhdImage::open(file, opts, chain)?)),
         Format::Null => Err(null_has_no_file(file.path())),
     }
 }
@@ -132,7 +141,7 @@ fn sub_page_clusters(file: &EngineFile) -> Result<bool, Error> {
 const PAGE_SHIFT: u32 = 12;
 
 /// Magic numbers at offset 0 of the formats this crate does not open yet.
-const FOREIGN_MAGICS: [(&[u8], &str); 2] = [(b"KDMV", "vmdk"), (b"conectix", "vhd")];
+const FOREIGN_MAGICS: [(&[u8], &str); 1] = [(b"KDMV", "vmdk")];
 
 pub(crate) fn probe(file: &EngineFile) -> Result<Format, Error> {
     let mut head = [0u8; 8];
@@ -140,6 +149,9 @@ pub(crate) fn probe(file: &EngineFile) -> Result<Format, Error> {
     let head = head.get(..got).unwrap_or_default();
     if head.starts_with(&qcow2::header::MAGIC) {
         return Ok(Format::Qcow2);
+    }
+    if head.starts_with(vhd::footer::COOKIE) {
+        return Ok(Format::Vpc);
     }
     for (magic, name) in FOREIGN_MAGICS {
         if head.starts_with(magic) {

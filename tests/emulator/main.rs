@@ -30,3 +30,4 @@ mod smapi;
 mod smapi_client;
 mod thin;
 mod vbd3;
+mod vhd;

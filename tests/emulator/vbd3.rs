@@ -182,15 +182,16 @@ fn error_of(host: &Host, spec: &VbdSpec) -> String {
 
 #[test]
 fn vbd3_disks_naming_an_unknown_format_are_refused_with_an_error_node() {
-    // libxl 4.20 writes `vhd:TARGET` for `backendtype=tap, format=vhd`; rustbk has no vhd.
+    // libxl 4.20 writes `qcow:TARGET` for `backendtype=tap, format=qcow`; rustbk has no
+    // qcow version 1.
     let setup = Setup {
-        format: Some("vhd"),
+        format: Some("qcow"),
         toolstack: Toolstack::LibxlTap,
         ..Setup::default()
     };
     let host = Host::with_daemon(setup);
     let error = error_of(&host, &host.spec);
-    assert!(error.contains("unknown format prefix \"vhd\""), "{error}");
+    assert!(error.contains("unknown format prefix \"qcow\""), "{error}");
     // With a script, the device waits in InitWait for the hotplug script to relay it.
     let state = format!("{}/state", host.spec.backend_path());
     wait_for("InitWait", &host, || {
@@ -198,7 +199,7 @@ fn vbd3_disks_naming_an_unknown_format_are_refused_with_an_error_node() {
     });
 
     let setup = Setup {
-        format: Some("vmdk"),
+        format: Some("qed"),
         toolstack: xenopsd(),
         script: None,
         ..Setup::default()
@@ -207,7 +208,7 @@ fn vbd3_disks_naming_an_unknown_format_are_refused_with_an_error_node() {
     let be = host.spec.backend_path();
     let error = error_of(&host, &host.spec);
     assert!(error.contains("qemu-params"), "{error}");
-    assert!(error.contains("unknown format prefix \"vmdk\""), "{error}");
+    assert!(error.contains("unknown format prefix \"qed\""), "{error}");
     // No script: the device closes at once, and Linux's error node has the reason too.
     wait_for("Closed", &host, || {
         read(&host, &format!("{be}/state")).as_deref() == Some("6")

@@ -53,7 +53,8 @@ const OPTIONS: &str = "sector-size";
 /// the toolstack names it with a prefix: `qcow2:/path`; `raw:/path` and tapdisk's `aio:/path`
 /// are raw; `thin:/path/to/pool:VOLUME` is a thin volume; `null:SIZE` is a null disk (see
 /// [`parse_null_size`]). The prefix (text before a `:` that comes before any `/`) may carry
-/// options after the kind, separated by commas: `raw,sector-size=4096:/path`. An unknown kind
+/// options after the kind, separated by commas: `raw,sector-size=4096:/path`. tapdisk's
+/// `vhd:/path` (what XenServer's tools write) and qemu's `vpc:/path` are VHD. An unknown kind
 /// or option is refused.
 ///
 /// libxl's `backendtype=tap` writes `aio:TARGET` for a raw disk whatever `target=` holds, so
@@ -84,6 +85,7 @@ fn parse_level(params: &str, outer: bool) -> Result<Params, String> {
     let disk = match kind {
         "raw" | "aio" => image(Format::Raw, rest)?,
         "qcow2" => image(Format::Qcow2, rest)?,
+        "vhd" | "vpc" => image(Format::Vpc, rest)?,
         "thin" => parse_thin(rest)?,
         "null" => Disk::Null {
             size: parse_null_size(rest)?,

@@ -25,7 +25,9 @@ fn plain_params_are_raw_and_other_formats_need_a_prefix() {
     assert_eq!(disk("aio:/a"), raw("/a"));
     assert_eq!(disk("qcow2:/b"), ok(Format::Qcow2, "/b"));
     assert_eq!(disk("qcow2:/b:c"), ok(Format::Qcow2, "/b:c"));
-    assert!(disk("vhd:/a").is_err());
+    assert_eq!(disk("vhd:/a.vhd"), ok(Format::Vpc, "/a.vhd"));
+    assert_eq!(disk("vpc:/a.vhd"), ok(Format::Vpc, "/a.vhd"));
+    assert!(disk("vmdk_nope:/a").is_err());
     assert!(disk("json:{}").is_err());
     assert!(disk("  ").is_err());
     assert!(disk("raw:").is_err());
@@ -75,7 +77,7 @@ fn bad_options_are_refused_with_their_reason() {
     assert!(why("raw,cache=none:/a").contains("unknown option \"cache\""));
     assert!(why("raw,sector-size=512,sector-size=4096:/a").contains("twice"));
     assert!(why(",sector-size=4096:/a").contains("unknown format prefix \"\""));
-    assert!(why("vhd,sector-size=4096:/a").contains("unknown format prefix \"vhd\""));
+    assert!(why("tap2,sector-size=4096:/a").contains("unknown format prefix \"tap2\""));
     assert!(why("raw,sector-size=4096:").contains("no image path"));
     // Options belong to the prefix: after a slash, a comma is part of the path.
     assert_eq!(
@@ -142,6 +144,11 @@ fn a_tap_disks_aio_prefix_may_carry_rustbks_own_params() {
         disk("aio:aio:qcow2:/srv/a.qcow2"),
         raw("qcow2:/srv/a.qcow2")
     );
-    assert!(disk("aio:vhd:/srv/a.vhd").unwrap_err().contains("vhd"));
-    assert!(disk("vhd:/srv/a.vhd").unwrap_err().contains("vhd"));
+    let vhd = Disk::Image {
+        format: Format::Vpc,
+        path: PathBuf::from("/srv/a.vhd"),
+    };
+    assert_eq!(disk("aio:vhd:/srv/a.vhd"), Ok(vhd));
+    assert!(disk("aio:qcow:/srv/a.qcow").unwrap_err().contains("qcow"));
+    assert!(disk("qcow:/srv/a.qcow").unwrap_err().contains("qcow"));
 }

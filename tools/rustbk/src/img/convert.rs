@@ -15,7 +15,7 @@ use rustbk_formats::engine::lock::{LockMode, lock};
 use rustbk_formats::qcow2::map::{Allocation, map_chain, raw_status};
 use rustbk_formats::{CacheMode, Composite, Format, ImageQueue, SharedBuf, SharedBufs, qcow2};
 
-use super::info::{ImageInfo, read_chain};
+use super::info::read_chain;
 use super::pipe::{self, CHUNK, DEPTH};
 use super::progress::Progress;
 use super::{CacheArg, FormatArg, open_cached, read_access};
@@ -168,22 +168,22 @@ fn create_dst(args: &ConvertArgs, size: u64) -> anyhow::Result<u64> {
             qcow2::create(&args.dst, size.div_ceil(512) * 512, &opts).with_context(fail)?;
             Ok(u64::from(opts.cluster_size))
         }
+        FormatArg::Vpc => {
+            let opts = super::vpc::options_from(&args.options)?;
+            rustbk_formats::vhd::create(&args.dst, size.div_ceil(512) * 512, &opts)
+                .with_context(fail)?;
+            Ok(match opts.subformat {
+                rustbk_formats::vhd::VhdSubformat::Fixed => 4096,
+                rustbk_formats::vhd::VhdSubformat::Dynamic => u64::from(opts.block_size),
+            })
+        }
     }
 }
 
 /// The source ranges that may hold non-zero data (the rest reads as zeros).
 fn data_ranges(args: &ConvertArgs, size: u64) -> anyhow::Result<Vec<(u64, u64)>> {
     let path = &args.src;
-    let probed = args.format.map(Format::from).unwrap_or(
-        if ImageInfo::read(path, None, args.force_share)?
-            .header
-            .is_some()
-        {
-            Format::Qcow2
-        } else {
-            Format::Raw
-        },
-    );
+    let probed = super::format_of(path, args.format.map(Format::from))?;
     let mut out: Vec<(u64, u64)> = Vec::new();
     let mut add = |start: u64, len: u64| match out.last_mut() {
         Some(last) if last.0 + last.1 == start => last.1 += len,
@@ -195,6 +195,9 @@ fn data_ranges(args: &ConvertArgs, size: u64) -> anyhow::Result<Vec<(u64, u64)>>
                 add(e.start, e.length);
             }
         }
+    } else if probed != Format::Raw {
+        // No allocation map for this format: every byte is read, and zeros are not written.
+        add(0, size);
     } else {
         let file = std::fs::File::open(path)?;
         for e in raw_status(&file, 0, size)? {

@@ -39,6 +39,8 @@ pub struct ImageInfo {
     pub filename: PathBuf,
     /// qcow2 header, `None` for raw images.
     pub header: Option<Header>,
+    /// Footer and header of a VHD, `None` for other formats.
+    pub vpc: Option<rustbk_formats::vhd::VhdInfo>,
     /// Virtual size in bytes.
     pub virtual_size: u64,
     /// Bytes allocated on the host.
@@ -66,8 +68,20 @@ impl ImageInfo {
         let mut head = [0u8; 8];
         let got = file.read_at(&mut head, 0)?;
         let is_qcow2 = head[..got].starts_with(&header::MAGIC);
+        let is_vpc = head[..got].starts_with(b"conectix");
+        if format == Some(FormatArg::Vpc) || (format.is_none() && is_vpc) {
+            let vpc = rustbk_formats::vhd::describe(path, true)
+                .with_context(|| format!("Could not open '{}'", path.display()))?;
+            return Ok(ImageInfo {
+                filename: path.to_owned(),
+                header: None,
+                virtual_size: vpc.virtual_size,
+                vpc: Some(vpc),
+                actual_size: meta.blocks() * 512,
+            });
+        }
         let header = match format {
-            Some(FormatArg::Raw) => None,
+            Some(FormatArg::Raw | FormatArg::Vpc) => None,
             Some(FormatArg::Qcow2) | None if is_qcow2 => Some(read_header(file, meta.len())?),
             Some(FormatArg::Qcow2) => bail!("'{}' is not a qcow2 image", path.display()),
             None => None,
@@ -76,6 +90,7 @@ impl ImageInfo {
         Ok(ImageInfo {
             filename: path.to_owned(),
             header,
+            vpc: None,
             virtual_size,
             actual_size: meta.blocks() * 512,
         })
@@ -83,24 +98,39 @@ impl ImageInfo {
 
     /// The backing file as stored and as resolved, and its format.
     pub fn backing(&self) -> Option<(PathBuf, PathBuf, Option<String>)> {
-        let h = self.header.as_ref()?;
-        let name = h.backing_file.clone()?;
+        let (name, format) = match (&self.header, &self.vpc) {
+            (Some(h), _) => (h.backing_file.clone()?, h.backing_format.clone()),
+            (None, Some(v)) => (PathBuf::from(v.parent.clone()?), Some("vpc".to_owned())),
+            (None, None) => return None,
+        };
         let full = match (name.is_absolute(), self.filename.parent()) {
             (false, Some(dir)) => dir.join(&name),
             _ => name.clone(),
         };
-        Some((name, full, h.backing_format.clone()))
+        Some((name, full, format))
+    }
+
+    /// qemu-img's name of the image's format.
+    pub fn format_name(&self) -> &'static str {
+        match (&self.header, &self.vpc) {
+            (Some(_), _) => "qcow2",
+            (None, Some(_)) => "vpc",
+            (None, None) => "raw",
+        }
     }
 
     /// The JSON object `qemu-img info --output=json` prints.
     pub fn to_json(&self) -> Value {
         let mut v = json!({
             "filename": self.filename.display().to_string(),
-            "format": if self.header.is_some() { "qcow2" } else { "raw" },
+            "format": self.format_name(),
             "virtual-size": self.virtual_size,
             "actual-size": self.actual_size,
             "dirty-flag": self.header.as_ref().is_some_and(|h| h.incompatible & incompat::DIRTY != 0),
         });
+        if let Some(bs) = self.vpc.as_ref().and_then(|v| v.block_size) {
+            v["cluster-size"] = json!(bs);
+        }
         if let Some(h) = &self.header {
             v["cluster-size"] = json!(h.cluster_size());
             v["format-specific"] = json!({ "type": "qcow2", "data": specific(h) });
@@ -120,15 +150,14 @@ impl ImageInfo {
         let mut s = format!(
             "image: {}\nfile format: {}\nvirtual size: {} ({} bytes)\ndisk size: {}\n",
             self.filename.display(),
-            if self.header.is_some() {
-                "qcow2"
-            } else {
-                "raw"
-            },
+            self.format_name(),
             human_size(self.virtual_size),
             self.virtual_size,
             human_size(self.actual_size)
         );
+        if let Some(v) = &self.vpc {
+            return s + &vpc_human(v, self.backing());
+        }
         let Some(h) = &self.header else {
             return s;
         };
@@ -152,6 +181,29 @@ impl ImageInfo {
         }
         s
     }
+}
+
+/// The VHD lines of `info`: block size, disk type and parent.
+fn vpc_human(
+    v: &rustbk_formats::vhd::VhdInfo,
+    parent: Option<(PathBuf, PathBuf, Option<String>)>,
+) -> String {
+    let mut s = String::new();
+    if let Some(bs) = v.block_size {
+        s += &format!("cluster_size: {bs}\n");
+    }
+    if let Some((name, full, _)) = parent {
+        s += &format!(
+            "backing file: {} (actual path: {})\nbacking file format: vpc\n",
+            name.display(),
+            full.display()
+        );
+    }
+    s += &format!(
+        "Format specific information:\n    disk type: {:?}\n",
+        v.disk_type
+    );
+    s
 }
 
 fn read_header(file: &std::fs::File, file_size: u64) -> anyhow::Result<Header> {
@@ -234,6 +286,7 @@ pub fn read_chain(
         let format = match format.as_deref() {
             Some("raw") => Some(FormatArg::Raw),
             Some("qcow2") => Some(FormatArg::Qcow2),
+            Some("vpc") => Some(FormatArg::Vpc),
             _ => None,
         };
         chain.push(ImageInfo::read(&full, format, force_share)?);

@@ -28,6 +28,12 @@ pub struct MapArgs {
 /// Prints the map.
 pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
     let format = super::format_of(&args.file, args.format.map(Into::into))?;
+    if format == rustbk_formats::Format::Vpc {
+        anyhow::bail!(
+            "{}: map of vpc images is not supported yet (use convert or compare)",
+            args.file.display()
+        );
+    }
     let entries = map_chain(&args.file, format, args.force_share)?;
     match args.output {
         OutputArg::Json => print!("{}", json(&entries)),

@@ -13,6 +13,7 @@ mod map;
 mod pipe;
 mod progress;
 mod resize;
+mod vpc;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -82,6 +83,8 @@ pub enum FormatArg {
     Raw,
     /// QEMU copy-on-write version 2.
     Qcow2,
+    /// VHD (Virtual PC / Hyper-V / XenServer): fixed, dynamic and differencing disks.
+    Vpc,
 }
 
 impl From<FormatArg> for Format {
@@ -89,6 +92,7 @@ impl From<FormatArg> for Format {
         match f {
             FormatArg::Raw => Format::Raw,
             FormatArg::Qcow2 => Format::Qcow2,
+            FormatArg::Vpc => Format::Vpc,
         }
     }
 }
@@ -107,6 +111,7 @@ pub enum OutputArg {
 pub fn format_name(f: Format) -> &'static str {
     match f {
         Format::Qcow2 => "qcow2",
+        Format::Vpc => "vpc",
         Format::Null => "null",
         _ => "raw",
     }
