@@ -208,6 +208,8 @@ pub enum Format {
     Raw,
     /// QEMU's qcow2 (versions 2 and 3).
     Qcow2,
+    /// VMware's VMDK ("vmdk").
+    Vmdk,
     /// No file: every op completes at once, reads return zeros (see
     /// [`NullImage`](crate::NullImage)). Never opened from a path.
     Null,

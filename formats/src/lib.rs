@@ -8,6 +8,9 @@
 //!   measuring the backend's own cost.
 //! * [`qcow2`]: qcow2 images (versions 2 and 3) with backing chains, confined by a
 //!   [`BackingPolicy`].
+//! * [`vmdk`]: VMware VMDK images (monolithicSparse, twoGbMaxExtentSparse, monolithicFlat,
+//!   twoGbMaxExtentFlat read and written, streamOptimized read) with parent chains and extent
+//!   files confined by the same [`BackingPolicy`].
 //!
 //! `unsafe` lives only in [`buffer`] (the aligned buffer and copies to or from raw I/O memory),
 //! `engine::uring` (raw buffers in SQEs) and `engine::sys` (raw-buffer syscalls and ioctls).
@@ -26,6 +29,7 @@ pub mod null;
 pub mod qcow2;
 pub mod raw;
 mod size;
+pub mod vmdk;
 
 #[cfg(any(test, feature = "suite"))]
 pub mod suite;
@@ -41,6 +45,7 @@ pub use image::{
 pub use null::NullImage;
 pub use qcow2::{Qcow2Image, Qcow2Options};
 pub use raw::{RawImage, create_raw};
+pub use vmdk::VmdkImage;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -68,9 +73,9 @@ pub fn open_image(
 }
 
 /// The format of the image at `path`, from its first bytes: qcow2 if it starts with qcow2's
-/// magic, else raw. For the image tool only (see [`open_image`]). Files starting with the
-/// magic of a format this crate cannot open yet (vmdk, vhd) are refused rather than shown as
-/// raw data.
+/// magic, vmdk if it starts with `KDMV` or `# Disk DescriptorFile`, else raw. For the image
+/// tool only (see [`open_image`]). Files starting with the magic of a format this crate cannot
+/// open yet (vhd) are refused rather than shown as raw data.
 pub fn probe_format(path: &Path) -> Result<Format, Error> {
     probe(&EngineFile::open(
         path,
@@ -107,6 +112,7 @@ pub(crate) fn open_as(
     match format {
         Format::Raw => Ok(Arc::new(RawImage::new(file, opts)?)),
         Format::Qcow2 => Ok(Arc::new(Qcow2Image::open(file, opts, chain)?)),
+        Format::Vmdk => Ok(Arc::new(VmdkImage::open(file, opts, chain)?)),
         Format::Null => Err(null_has_no_file(file.path())),
     }
 }
@@ -131,14 +137,19 @@ fn sub_page_clusters(file: &EngineFile) -> Result<bool, Error> {
 const PAGE_SHIFT: u32 = 12;
 
 /// Magic numbers at offset 0 of the formats this crate does not open yet.
-const FOREIGN_MAGICS: [(&[u8], &str); 2] = [(b"KDMV", "vmdk"), (b"conectix", "vhd")];
+const FOREIGN_MAGICS: [(&[u8], &str); 1] = [(b"conectix", "vhd")];
 
 pub(crate) fn probe(file: &EngineFile) -> Result<Format, Error> {
-    let mut head = [0u8; 8];
+    let mut head = [0u8; 24];
     let got = file.read_head(&mut head)?;
     let head = head.get(..got).unwrap_or_default();
     if head.starts_with(&qcow2::header::MAGIC) {
         return Ok(Format::Qcow2);
+    }
+    if head.starts_with(&vmdk::header::MAGIC)
+        || head.starts_with(vmdk::descriptor::SIGNATURE.as_bytes())
+    {
+        return Ok(Format::Vmdk);
     }
     for (magic, name) in FOREIGN_MAGICS {
         if head.starts_with(magic) {

@@ -30,7 +30,7 @@
 
 #![forbid(unsafe_code)]
 
-mod backing;
+pub(crate) mod backing;
 mod cache;
 pub mod check;
 mod compress;

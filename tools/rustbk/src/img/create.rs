@@ -18,7 +18,7 @@ pub struct CreateArgs {
     /// Format of the new image.
     #[arg(short = 'f', value_enum, default_value_t = FormatArg::Raw)]
     pub format: FormatArg,
-    /// Backing file (qcow2 only); relative names are relative to FILE's folder.
+    /// Backing file (qcow2; the parent of a sparse vmdk); relative names are relative to FILE's folder.
     #[arg(short = 'b')]
     pub backing: Option<PathBuf>,
     /// Format of the backing file (required with a backing file, as qemu-img requires it).
@@ -27,8 +27,9 @@ pub struct CreateArgs {
     /// Do not open the backing file to check it (the size must then be given).
     #[arg(short = 'u')]
     pub unsafe_backing: bool,
-    /// Format options: cluster_size=SIZE, compat=0.10|1.1, refcount_bits=N,
-    /// backing_file=NAME, backing_fmt=FMT.
+    /// Format options: qcow2: cluster_size=SIZE, compat=0.10|1.1, refcount_bits=N,
+    /// backing_file=NAME, backing_fmt=FMT; vmdk: subformat=monolithicSparse|monolithicFlat|
+    /// twoGbMaxExtentSparse|twoGbMaxExtentFlat|streamOptimized.
     #[arg(short = 'o')]
     pub options: Vec<String>,
     /// The new image (must not exist).
@@ -54,6 +55,7 @@ pub fn run(args: CreateArgs) -> anyhow::Result<ExitCode> {
             println!("Formatting '{}', fmt=raw size={size}", args.file.display());
         }
         FormatArg::Qcow2 => create_qcow2(&args)?,
+        FormatArg::Vmdk => super::vmdk::create_vmdk(&args)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use rustbk_formats::engine::lock::{LockMode, lock};
 use rustbk_formats::qcow2::header::{self, Compression, Header, incompat};
+use rustbk_formats::vmdk::descriptor::Descriptor;
 use serde_json::{Value, json};
 
 use super::{FormatArg, OutputArg};
@@ -43,6 +44,8 @@ pub struct ImageInfo {
     pub virtual_size: u64,
     /// Bytes allocated on the host.
     pub actual_size: u64,
+    /// The descriptor of a VMDK image.
+    pub vmdk: Option<Descriptor>,
 }
 
 impl ImageInfo {
@@ -66,11 +69,23 @@ impl ImageInfo {
         let mut head = [0u8; 8];
         let got = file.read_at(&mut head, 0)?;
         let is_qcow2 = head[..got].starts_with(&header::MAGIC);
+        let is_vmdk = rustbk_formats::probe_format(path).ok() == Some(rustbk_formats::Format::Vmdk);
+        if format == Some(FormatArg::Vmdk) || (format.is_none() && is_vmdk) {
+            let d = rustbk_formats::vmdk::create::describe(path)
+                .with_context(|| format!("Could not open '{}'", path.display()))?;
+            return Ok(ImageInfo {
+                filename: path.to_owned(),
+                header: None,
+                virtual_size: d.size()?,
+                actual_size: meta.blocks() * 512,
+                vmdk: Some(d),
+            });
+        }
         let header = match format {
             Some(FormatArg::Raw) => None,
             Some(FormatArg::Qcow2) | None if is_qcow2 => Some(read_header(file, meta.len())?),
             Some(FormatArg::Qcow2) => bail!("'{}' is not a qcow2 image", path.display()),
-            None => None,
+            Some(FormatArg::Vmdk) | None => None,
         };
         let virtual_size = header.as_ref().map_or(meta.len(), |h| h.size);
         Ok(ImageInfo {
@@ -78,25 +93,29 @@ impl ImageInfo {
             header,
             virtual_size,
             actual_size: meta.blocks() * 512,
+            vmdk: None,
         })
     }
 
     /// The backing file as stored and as resolved, and its format.
     pub fn backing(&self) -> Option<(PathBuf, PathBuf, Option<String>)> {
-        let h = self.header.as_ref()?;
-        let name = h.backing_file.clone()?;
+        let (name, format) = match (&self.header, &self.vmdk) {
+            (Some(h), _) => (h.backing_file.clone()?, h.backing_format.clone()),
+            (None, Some(d)) => (PathBuf::from(d.parent.clone()?), Some("vmdk".to_owned())),
+            (None, None) => return None,
+        };
         let full = match (name.is_absolute(), self.filename.parent()) {
             (false, Some(dir)) => dir.join(&name),
             _ => name.clone(),
         };
-        Some((name, full, h.backing_format.clone()))
+        Some((name, full, format))
     }
 
     /// The JSON object `qemu-img info --output=json` prints.
     pub fn to_json(&self) -> Value {
         let mut v = json!({
             "filename": self.filename.display().to_string(),
-            "format": if self.header.is_some() { "qcow2" } else { "raw" },
+            "format": self.format_name(),
             "virtual-size": self.virtual_size,
             "actual-size": self.actual_size,
             "dirty-flag": self.header.as_ref().is_some_and(|h| h.incompatible & incompat::DIRTY != 0),
@@ -115,20 +134,28 @@ impl ImageInfo {
         v
     }
 
+    /// The format's name as qemu-img prints it.
+    fn format_name(&self) -> &'static str {
+        match (&self.header, &self.vmdk) {
+            (Some(_), _) => "qcow2",
+            (None, Some(_)) => "vmdk",
+            (None, None) => "raw",
+        }
+    }
+
     /// The text `qemu-img info` prints.
     pub fn to_human(&self) -> String {
         let mut s = format!(
             "image: {}\nfile format: {}\nvirtual size: {} ({} bytes)\ndisk size: {}\n",
             self.filename.display(),
-            if self.header.is_some() {
-                "qcow2"
-            } else {
-                "raw"
-            },
+            self.format_name(),
             human_size(self.virtual_size),
             self.virtual_size,
             human_size(self.actual_size)
         );
+        if let Some(d) = &self.vmdk {
+            return s + &vmdk_human(d, self.backing());
+        }
         let Some(h) = &self.header else {
             return s;
         };
@@ -152,6 +179,23 @@ impl ImageInfo {
         }
         s
     }
+}
+
+/// The VMDK lines of `info`'s text.
+fn vmdk_human(d: &Descriptor, backing: Option<(PathBuf, PathBuf, Option<String>)>) -> String {
+    let mut s = String::new();
+    if let Some((name, full, _)) = backing {
+        s += &format!(
+            "backing file: {} (actual path: {})\n",
+            name.display(),
+            full.display()
+        );
+    }
+    s += &format!(
+        "Format specific information:\n    cid: {}\n    parent cid: {}\n    create type: {}\n",
+        d.cid, d.parent_cid, d.create_type
+    );
+    s
 }
 
 fn read_header(file: &std::fs::File, file_size: u64) -> anyhow::Result<Header> {
@@ -234,6 +278,7 @@ pub fn read_chain(
         let format = match format.as_deref() {
             Some("raw") => Some(FormatArg::Raw),
             Some("qcow2") => Some(FormatArg::Qcow2),
+            Some("vmdk") => Some(FormatArg::Vmdk),
             _ => None,
         };
         chain.push(ImageInfo::read(&full, format, force_share)?);

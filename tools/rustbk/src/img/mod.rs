@@ -13,6 +13,7 @@ mod map;
 mod pipe;
 mod progress;
 mod resize;
+mod vmdk;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -82,6 +83,8 @@ pub enum FormatArg {
     Raw,
     /// QEMU copy-on-write version 2.
     Qcow2,
+    /// VMware's virtual disk.
+    Vmdk,
 }
 
 impl From<FormatArg> for Format {
@@ -89,6 +92,7 @@ impl From<FormatArg> for Format {
         match f {
             FormatArg::Raw => Format::Raw,
             FormatArg::Qcow2 => Format::Qcow2,
+            FormatArg::Vmdk => Format::Vmdk,
         }
     }
 }
@@ -107,6 +111,7 @@ pub enum OutputArg {
 pub fn format_name(f: Format) -> &'static str {
     match f {
         Format::Qcow2 => "qcow2",
+        Format::Vmdk => "vmdk",
         Format::Null => "null",
         _ => "raw",
     }

@@ -1,0 +1,1 @@
+//! VMDK unit tests.
