@@ -17,6 +17,8 @@ CACHE=${RUSTBK_CACHE:-/var/cache/rustbk}
 # 0.9 (C++, /usr/sbin/thin_check ...) for the thin pool's interop tests.
 PACKAGES=(libxen-dev gcc gcc-multilib xenstore-utils fio util-linux kmod e2fsprogs cpio systemd man-db
   thin-provisioning-tools)
+# libyal's independent VMDK reader (python3 module pyvmdk, vmdkinfo) for the vmdk interop tests.
+PACKAGES+=(python3-libvmdk libvmdk-utils)
 QEMU_PACKAGES=(qemu-utils qemu-system-x86 qemu-system-common qemu-system-data)
 
 say() { echo "== setup: $*"; }

@@ -119,6 +119,7 @@ impl VmdkQueue {
                     Err(e) => Err(e),
                 }
             }
+            IoOp::Discard { len: 0, .. } | IoOp::WriteZeroes { len: 0, .. } => Ok(Plan::default()),
             IoOp::Discard { .. } | IoOp::WriteZeroes { .. } => Err(Error::UnsupportedFeature(
                 "discard and write-zeroes on VMDK images".to_owned(),
             )),

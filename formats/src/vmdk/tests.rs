@@ -1,1 +1,0 @@
-//! VMDK unit tests.
