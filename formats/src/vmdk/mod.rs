@@ -33,6 +33,7 @@
 pub mod create;
 pub mod descriptor;
 pub mod header;
+pub mod map;
 mod metaio;
 mod open;
 mod plan;
@@ -155,7 +156,7 @@ pub struct VmdkImage {
     extents: Arc<Vec<Extent>>,
     meta: Arc<Mutex<Meta>>,
     descriptor: Descriptor,
-    parent: Option<Arc<dyn BlockImage>>,
+    parent: Option<Arc<VmdkImage>>,
     geometry: Geometry,
     engine: EngineKind,
     read_only: bool,
@@ -199,7 +200,7 @@ impl VmdkImage {
                         p.descriptor.cid
                     )));
                 }
-                Some(Arc::new(p) as Arc<dyn BlockImage>)
+                Some(Arc::new(p))
             }
             _ => None,
         };
@@ -237,7 +238,7 @@ impl VmdkImage {
     }
 
     /// The parent image, if any.
-    pub fn parent(&self) -> Option<&Arc<dyn BlockImage>> {
+    pub fn parent(&self) -> Option<&Arc<VmdkImage>> {
         self.parent.as_ref()
     }
 
@@ -257,7 +258,10 @@ impl VmdkImage {
             };
             engines.push(e);
         }
-        let parent = self.parent.clone().map(BackingReader::new);
+        let parent = self
+            .parent
+            .clone()
+            .map(|p| BackingReader::new(p as Arc<dyn BlockImage>));
         let ctx = plan::Context {
             extents: self.extents.clone(),
             meta: self.meta.clone(),
