@@ -15,3 +15,4 @@ mod damage;
 mod holder;
 mod locks;
 mod tools;
+mod vmdk;
