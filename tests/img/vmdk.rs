@@ -265,3 +265,23 @@ fn a_chain_of_depth_three_reads_in_rustbk_and_rustbk_writes_on_top_agree_with_qe
         "rustbk and qemu-img map the chain alike"
     );
 }
+
+#[test]
+fn check_passes_sound_images_and_reports_a_table_entry_into_metadata() {
+    let dir = tmp();
+    let img = at(&dir, "c.vmdk");
+    rustbk_ok(&[&"create", &"-f", &"vmdk", &img, &"4M"]);
+    qemu_io(&img, "vmdk", &["write -P 0x5 0 128k"]);
+    let out = rustbk_ok(&[&"check", &img]);
+    assert!(out.contains("No errors"), "{out}");
+    let raw = std::fs::read(&img).expect("image");
+    let word = |at: usize| u32::from_le_bytes(raw[at..at + 4].try_into().expect("4 bytes"));
+    let gd = word(56) as usize * 512;
+    let gt = word(gd) as usize * 512;
+    let mut damaged = raw.clone();
+    damaged[gt + 4..gt + 8].copy_from_slice(&(gd as u32 / 512).to_le_bytes());
+    std::fs::write(&img, &damaged).expect("damage");
+    let r = rustbk(&[&"check", &img]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("points into metadata"), "{r:?}");
+}

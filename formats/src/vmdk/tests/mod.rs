@@ -313,3 +313,40 @@ fn the_image_tool_probes_sparse_extents_and_descriptor_files_as_vmdk() {
     let raw = dir.path().join("f-flat.vmdk");
     assert_eq!(crate::probe_format(&raw).expect("probe"), Format::Raw);
 }
+
+#[test]
+fn two_queues_writing_one_unallocated_grain_both_land() {
+    let dir = tmp();
+    let path = made(&dir, "q.vmdk", 4 * MIB, Subformat::MonolithicSparse);
+    let image = open(&path).expect("open");
+    let (mut q1, mut q2) = (queue(&image), queue(&image));
+    let (a, b) = (pattern(1, 4096), pattern(2, 4096));
+    let op = |offset: u64, data: &[u8]| {
+        let buf = crate::SharedBuf::new(data.len());
+        assert!(buf.copy_in(0, data));
+        IoOp::Write {
+            offset,
+            bufs: Box::new(buf),
+        }
+    };
+    q1.submit(op(MIB, &a), 1).expect("submit");
+    q2.submit(op(MIB + 8192, &b), 2).expect("submit");
+    q1.commit().expect("commit");
+    q2.commit().expect("commit");
+    let done1 = suite::reap_n(&mut *q1, 1);
+    let done2 = suite::reap_n(&mut *q2, 1);
+    assert!(
+        done1[0].result.is_ok() && done2[0].result.is_ok(),
+        "{done1:?} {done2:?}"
+    );
+    let got = read_at(&mut *q1, MIB, 12288).expect("read");
+    assert_bytes(&got[..4096], &a, "first queue's write");
+    assert!(got[4096..8192].iter().all(|&x| x == 0));
+    assert_bytes(&got[8192..], &b, "second queue's write");
+    let len = std::fs::metadata(&path).expect("stat").len();
+    let overhead = 65536 * 2;
+    assert!(
+        len <= overhead + 65536,
+        "one grain allocated, not two ({len} bytes)"
+    );
+}
