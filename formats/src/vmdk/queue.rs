@@ -233,10 +233,12 @@ impl VmdkQueue {
                 finished.push(id);
             }
         }
-        for id in finished {
-            if let Some(p) = self.parents.remove(&id) {
-                self.finish(p);
-            }
+        let parents: Vec<Parent> = finished
+            .iter()
+            .filter_map(|id| self.parents.remove(id))
+            .collect();
+        if !parents.is_empty() {
+            self.finish_all(parents);
         }
         let retried = !self.deferred.is_empty();
         if retried {
@@ -259,28 +261,45 @@ impl VmdkQueue {
         }
     }
 
-    /// Completes a parent: commits its allocations if its I/O succeeded, else releases them
-    /// (the grains written stay unused at the end of the file).
-    fn finish(&mut self, p: Parent) {
-        let mut result = p.error.map_or(Ok(()), Err);
-        if !p.allocs.is_empty() {
-            let committed = lock(&self.ctx.meta).and_then(|mut meta| {
-                let r = match &result {
-                    Ok(()) => plan::commit(&mut meta, &self.files, &p.allocs),
-                    Err(_) => Ok(()),
-                };
-                meta.release(p.allocs.iter().map(|a| (a.sparse, a.grain)));
+    /// Completes finished parents. The allocations of those whose I/O succeeded are committed
+    /// together (one fdatasync per file, then every table entry); those of failed ones are
+    /// released (their grains stay unused at the end of the file).
+    fn finish_all(&mut self, parents: Vec<Parent>) {
+        let allocs: Vec<Alloc> = parents
+            .iter()
+            .filter(|p| p.error.is_none())
+            .flat_map(|p| p.allocs.iter().copied())
+            .collect();
+        let mut committed = Ok(());
+        if parents.iter().any(|p| !p.allocs.is_empty()) {
+            committed = lock(&self.ctx.meta).and_then(|mut meta| {
+                let r = plan::commit(&mut meta, &self.files, &allocs);
+                meta.release(
+                    parents
+                        .iter()
+                        .flat_map(|p| p.allocs.iter().map(|a| (a.sparse, a.grain))),
+                );
                 r
             });
-            if let Err(e) = committed {
-                tracing::error!(error = %e, "vmdk grain table update failed");
-                result = result.and(Err(e));
+            if committed.is_ok()
+                && !allocs.is_empty()
+                && self.files.first().is_some_and(|f| f.cache().dsync())
+            {
+                committed = self.files.iter().try_for_each(|f| f.datasync());
             }
-            if result.is_ok() && self.files.first().is_some_and(|f| f.cache().dsync()) {
-                result = self.files.iter().try_for_each(|f| f.datasync());
+            if let Err(e) = &committed {
+                tracing::error!(error = %e, "vmdk grain table update failed");
             }
         }
-        self.ready.push(Completion { tag: p.tag, result });
+        let errno = committed.as_ref().err().map(Error::errno);
+        for p in parents {
+            let result = match (p.error, errno) {
+                (Some(e), _) => Err(e),
+                (None, Some(errno)) if !p.allocs.is_empty() => Err(Error::from_errno(errno)),
+                (None, _) => Ok(()),
+            };
+            self.ready.push(Completion { tag: p.tag, result });
+        }
     }
 
     fn wait_for_wake(&mut self, left: Option<Duration>) -> Result<(), Error> {
