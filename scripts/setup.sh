@@ -19,6 +19,8 @@ PACKAGES=(libxen-dev gcc gcc-multilib xenstore-utils fio util-linux kmod e2fspro
   thin-provisioning-tools)
 # libyal's independent VHD reader (differencing chains, which qemu cannot read).
 PACKAGES+=(python3-libvhdi libvhdi-utils)
+# libyal's independent VMDK reader (python3 module pyvmdk, vmdkinfo) for the vmdk interop tests.
+PACKAGES+=(python3-libvmdk libvmdk-utils)
 QEMU_PACKAGES=(qemu-utils qemu-system-x86 qemu-system-common qemu-system-data)
 
 say() { echo "== setup: $*"; }

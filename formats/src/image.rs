@@ -210,6 +210,8 @@ pub enum Format {
     Qcow2,
     /// VHD (Microsoft's Virtual Hard Disk; qemu's `vpc`, tapdisk's `vhd`).
     Vpc,
+    /// VMware's VMDK ("vmdk").
+    Vmdk,
     /// No file: every op completes at once, reads return zeros (see
     /// [`NullImage`](crate::NullImage)). Never opened from a path.
     Null,

@@ -10,6 +10,9 @@
 //!   [`BackingPolicy`].
 //! * [`vhd`]: VHD images (qemu's `vpc`): fixed, dynamic and differencing disks, parents
 //!   confined by the same [`BackingPolicy`].
+//! * [`vmdk`]: VMware VMDK images (monolithicSparse, twoGbMaxExtentSparse, monolithicFlat,
+//!   twoGbMaxExtentFlat read and written, streamOptimized read) with parent chains and extent
+//!   files confined by the same [`BackingPolicy`].
 //!
 //! `unsafe` lives only in [`buffer`] (the aligned buffer and copies to or from raw I/O memory),
 //! `engine::uring` (raw buffers in SQEs) and `engine::sys` (raw-buffer syscalls and ioctls).
@@ -30,6 +33,7 @@ pub mod qcow2;
 pub mod raw;
 mod size;
 pub mod vhd;
+pub mod vmdk;
 
 #[cfg(any(test, feature = "suite"))]
 pub mod suite;
@@ -46,6 +50,7 @@ pub use null::NullImage;
 pub use qcow2::{Qcow2Image, Qcow2Options};
 pub use raw::{RawImage, create_raw};
 pub use vhd::VhdImage;
+pub use vmdk::VmdkImage;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -73,9 +78,10 @@ pub fn open_image(
 }
 
 /// The format of the image at `path`, from its first bytes: qcow2 if it starts with qcow2's
-/// magic, else raw. For the image tool only (see [`open_image`]). Files starting with the
-/// magic of a format this crate cannot open yet (vmdk, vhd) are refused rather than shown as
-/// raw data.
+/// magic, vpc if it starts with VHD's cookie `conectix` (the footer's copy of a dynamic or
+/// differencing disk; a fixed disk has its footer only at the end and shows as raw, as in
+/// qemu), vmdk if it starts with `KDMV` or `# Disk DescriptorFile`, else raw. For the image
+/// tool only (see [`open_image`]).
 pub fn probe_format(path: &Path) -> Result<Format, Error> {
     probe(&EngineFile::open(
         path,
@@ -117,6 +123,7 @@ pub(crate) fn open_as(
         Format::Raw => Ok(Arc::new(RawImage::new(file, opts)?)),
         Format::Qcow2 => Ok(Arc::new(Qcow2Image::open(file, opts, chain)?)),
         Format::Vpc => Ok(Arc::new(vhd::VhdImage::open(file, opts, chain)?)),
+        Format::Vmdk => Ok(Arc::new(VmdkImage::open(file, opts, chain)?)),
         Format::Null => Err(null_has_no_file(file.path())),
     }
 }
@@ -140,11 +147,8 @@ fn sub_page_clusters(file: &EngineFile) -> Result<bool, Error> {
 /// log2 of the page size, the unit the page cache works in.
 const PAGE_SHIFT: u32 = 12;
 
-/// Magic numbers at offset 0 of the formats this crate does not open yet.
-const FOREIGN_MAGICS: [(&[u8], &str); 1] = [(b"KDMV", "vmdk")];
-
 pub(crate) fn probe(file: &EngineFile) -> Result<Format, Error> {
-    let mut head = [0u8; 8];
+    let mut head = [0u8; 24];
     let got = file.read_head(&mut head)?;
     let head = head.get(..got).unwrap_or_default();
     if head.starts_with(&qcow2::header::MAGIC) {
@@ -153,10 +157,10 @@ pub(crate) fn probe(file: &EngineFile) -> Result<Format, Error> {
     if head.starts_with(vhd::footer::COOKIE) {
         return Ok(Format::Vpc);
     }
-    for (magic, name) in FOREIGN_MAGICS {
-        if head.starts_with(magic) {
-            return Err(Error::UnsupportedFormat(name));
-        }
+    if head.starts_with(&vmdk::header::MAGIC)
+        || head.starts_with(vmdk::descriptor::SIGNATURE.as_bytes())
+    {
+        return Ok(Format::Vmdk);
     }
     Ok(Format::Raw)
 }

@@ -8,6 +8,9 @@
 //!   are simulated by replaying, onto the initial image, everything up to the last durable
 //!   flush before a cut point plus a random subset (some torn) of the later writes.
 //!
+//! * [`vmdk`]: the same replay for a VMDK child over a parent, and a log with the allocation
+//!   fdatasync taken out, which must be caught.
+//!
 //! Seeds: `CRASH_SEED=<n>` repeats a run; every test prints the seed it used.
 
 // Test patterns deliberately truncate numbers into bytes.
@@ -20,3 +23,4 @@ mod recorder;
 mod replay;
 mod rng;
 mod thin;
+mod vmdk;

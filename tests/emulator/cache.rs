@@ -66,6 +66,12 @@ fn host(setup: Setup) -> Host {
         Some("qcow2") => Host::serving(setup, |dir| {
             qcow2(dir, "disk.qcow2", "cluster_size=65536", None)
         }),
+        Some("vmdk") => Host::serving(setup, |dir| {
+            let image = dir.join("disk.vmdk");
+            let sub = rustbk_formats::vmdk::create::Subformat::MonolithicSparse;
+            rustbk_formats::vmdk::create::create(&image, 64 << 20, sub, None).expect("vmdk");
+            image
+        }),
         _ => Host::new(setup),
     }
 }
@@ -130,7 +136,12 @@ fn read_back(image: &Path, format: Format, writes: &[(u64, Vec<u8>)]) {
 
 #[test]
 fn every_cache_mode_of_the_backend_key_opens_the_image_so_and_serves_the_data() {
-    for (format, prefix) in [(Format::Raw, None), (Format::Qcow2, Some("qcow2"))] {
+    let formats = [
+        (Format::Raw, None),
+        (Format::Qcow2, Some("qcow2")),
+        (Format::Vmdk, Some("vmdk")),
+    ];
+    for (format, prefix) in formats {
         for (i, mode) in CacheMode::ALL.into_iter().enumerate() {
             let name = mode.to_string();
             // The key wins over the command line's default.

@@ -15,4 +15,5 @@ mod damage;
 mod holder;
 mod locks;
 mod tools;
+mod vmdk;
 mod vpc;

@@ -50,7 +50,7 @@ const OPTIONS: &str = "sector-size";
 ///
 /// A plain path is raw, as xl's `phy` means: the format is never probed, because a guest can
 /// write any header into a raw disk (QEMU's CVE-2008-2004). Another format is served only when
-/// the toolstack names it with a prefix: `qcow2:/path`; `raw:/path` and tapdisk's `aio:/path`
+/// the toolstack names it with a prefix: `qcow2:/path`, `vmdk:/path`; `raw:/path` and tapdisk's `aio:/path`
 /// are raw; `thin:/path/to/pool:VOLUME` is a thin volume; `null:SIZE` is a null disk (see
 /// [`parse_null_size`]). The prefix (text before a `:` that comes before any `/`) may carry
 /// options after the kind, separated by commas: `raw,sector-size=4096:/path`. tapdisk's
@@ -86,6 +86,7 @@ fn parse_level(params: &str, outer: bool) -> Result<Params, String> {
         "raw" | "aio" => image(Format::Raw, rest)?,
         "qcow2" => image(Format::Qcow2, rest)?,
         "vhd" | "vpc" => image(Format::Vpc, rest)?,
+        "vmdk" => image(Format::Vmdk, rest)?,
         "thin" => parse_thin(rest)?,
         "null" => Disk::Null {
             size: parse_null_size(rest)?,

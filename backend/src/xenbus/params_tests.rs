@@ -27,6 +27,7 @@ fn plain_params_are_raw_and_other_formats_need_a_prefix() {
     assert_eq!(disk("qcow2:/b:c"), ok(Format::Qcow2, "/b:c"));
     assert_eq!(disk("vhd:/a.vhd"), ok(Format::Vpc, "/a.vhd"));
     assert_eq!(disk("vpc:/a.vhd"), ok(Format::Vpc, "/a.vhd"));
+    assert_eq!(disk("vmdk:/v/d.vmdk"), ok(Format::Vmdk, "/v/d.vmdk"));
     assert!(disk("vmdk_nope:/a").is_err());
     assert!(disk("json:{}").is_err());
     assert!(disk("  ").is_err());

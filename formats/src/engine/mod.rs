@@ -70,20 +70,41 @@ pub struct Engine {
     queued: Vec<Prepared>,
     ready: VecDeque<Completion>,
     ring: Option<Ring>,
-    events: EventFd,
+    /// Shared with the engines of the same format queue (see [`Engine::new_sharing`]).
+    events: Arc<EventFd>,
 }
 
 impl Engine {
     /// An engine of `kind` holding at most `depth` outstanding ops.
     /// [`EngineKind::Auto`] falls back to Sync if the ring cannot be created.
     pub fn new(file: Arc<EngineFile>, kind: EngineKind, depth: u32) -> Result<Engine, Error> {
+        let events = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+            .map_err(std::io::Error::from)?;
+        Engine::with_events(file, kind, depth, Arc::new(events))
+    }
+
+    /// An engine on another file whose completions signal `other`'s notifier, so that a
+    /// format queue spread over several files (VMDK extents) has one notifier.
+    pub(crate) fn new_sharing(
+        file: Arc<EngineFile>,
+        kind: EngineKind,
+        depth: u32,
+        other: &Engine,
+    ) -> Result<Engine, Error> {
+        Engine::with_events(file, kind, depth, other.events.clone())
+    }
+
+    fn with_events(
+        file: Arc<EngineFile>,
+        kind: EngineKind,
+        depth: u32,
+        events: Arc<EventFd>,
+    ) -> Result<Engine, Error> {
         if depth == 0 || depth > MAX_DEPTH {
             return Err(Error::InvalidArgument(format!(
                 "queue depth {depth} not in 1..={MAX_DEPTH}"
             )));
         }
-        let events = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
-            .map_err(std::io::Error::from)?;
         let ring = match kind {
             EngineKind::Sync => None,
             EngineKind::IoUring => {

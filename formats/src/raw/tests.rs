@@ -311,17 +311,25 @@ fn a_qcow2_file_is_probed_as_qcow2_but_opened_as_the_format_named() {
 }
 
 #[test]
-fn probing_refuses_the_vmdk_magic() {
+fn probing_names_vpc_and_vmdk_by_their_magic_and_anything_else_raw() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("a.vmdk");
-    let mut data = b"KDMV".to_vec();
-    data.resize(4096, 0);
-    std::fs::write(&path, &data).expect("write");
-    let probed = crate::probe_format(&path);
-    assert!(
-        matches!(probed, Err(Error::UnsupportedFormat(_))),
-        "{probed:?}"
-    );
+    let cases: [(&[u8], Format); 4] = [
+        (b"conectix", Format::Vpc),
+        (b"KDMV", Format::Vmdk),
+        (b"# Disk DescriptorFile\n", Format::Vmdk),
+        (b"conectiX", Format::Raw),
+    ];
+    for (i, (magic, format)) in cases.into_iter().enumerate() {
+        let path = dir.path().join(format!("{i}.img"));
+        let mut data = magic.to_vec();
+        data.resize(4096, 0);
+        std::fs::write(&path, &data).expect("write");
+        assert_eq!(
+            crate::probe_format(&path).expect("probe"),
+            format,
+            "{magic:?}"
+        );
+    }
 }
 
 #[test]

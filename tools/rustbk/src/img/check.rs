@@ -46,6 +46,12 @@ pub struct CheckArgs {
 
 /// Checks the image.
 pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let vmdk = Some(rustbk_formats::Format::Vmdk);
+    if args.format == Some(FormatArg::Vmdk)
+        || (args.format.is_none() && rustbk_formats::probe_format(&args.file).ok() == vmdk)
+    {
+        return super::vmdk::check(&args);
+    }
     if !is_qcow2(&args)? {
         eprintln!("rustbk: This image format does not support checks");
         return Ok(ExitCode::from(63));

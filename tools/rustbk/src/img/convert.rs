@@ -19,6 +19,7 @@ use super::info::read_chain;
 use super::pipe::{self, CHUNK, DEPTH};
 use super::progress::Progress;
 use super::{CacheArg, FormatArg, open_cached, read_access};
+use rustbk_formats::vmdk::create::Subformat;
 
 /// Bytes of a granule looked at before copying all of it for the zero test.
 const PROBE: usize = 256;
@@ -77,6 +78,11 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
     let src = open_cached(&args.src, args.format.map(Into::into), access, src_cache)?;
     refuse_source_as_dst(&args)?;
     let size = src.geometry().size;
+    if args.output_format == FormatArg::Vmdk
+        && super::vmdk::subformat(&args.options)? == Subformat::StreamOptimized
+    {
+        return super::vmdk::convert_stream_optimized(&args.dst, &*src, args.progress);
+    }
     let granularity = create_dst(&args, size)?;
     let dst = open_cached(
         &args.dst,
@@ -159,6 +165,11 @@ fn create_dst(args: &ConvertArgs, size: u64) -> anyhow::Result<u64> {
             }
             rustbk_formats::create_raw(&args.dst, size).with_context(fail)?;
             Ok(4096)
+        }
+        FormatArg::Vmdk => {
+            let sub = super::vmdk::subformat(&args.options)?;
+            super::vmdk::create_for_convert(&args.dst, size, sub).with_context(fail)?;
+            Ok(64 << 10)
         }
         FormatArg::Qcow2 => {
             let opts = super::create::options_from(&args.options)?;

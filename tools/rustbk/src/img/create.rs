@@ -18,8 +18,8 @@ pub struct CreateArgs {
     /// Format of the new image.
     #[arg(short = 'f', value_enum, default_value_t = FormatArg::Raw)]
     pub format: FormatArg,
-    /// Backing file (qcow2), or parent (vpc: a differencing disk); relative names are
-    /// relative to FILE's folder.
+    /// Backing file (qcow2), or parent (vpc: a differencing disk; vmdk: a sparse child);
+    /// relative names are relative to FILE's folder.
     #[arg(short = 'b')]
     pub backing: Option<PathBuf>,
     /// Format of the backing file (required with a backing file, as qemu-img requires it).
@@ -29,7 +29,9 @@ pub struct CreateArgs {
     #[arg(short = 'u')]
     pub unsafe_backing: bool,
     /// Format options: qcow2: cluster_size=SIZE, compat=0.10|1.1, refcount_bits=N,
-    /// backing_file=NAME, backing_fmt=FMT; vpc: subformat=dynamic|fixed, block_size=SIZE.
+    /// backing_file=NAME, backing_fmt=FMT; vpc: subformat=dynamic|fixed, block_size=SIZE;
+    /// vmdk: subformat=monolithicSparse|monolithicFlat|twoGbMaxExtentSparse|
+    /// twoGbMaxExtentFlat|streamOptimized.
     #[arg(short = 'o')]
     pub options: Vec<String>,
     /// The new image (must not exist).
@@ -56,6 +58,7 @@ pub fn run(args: CreateArgs) -> anyhow::Result<ExitCode> {
         }
         FormatArg::Qcow2 => create_qcow2(&args)?,
         FormatArg::Vpc => super::vpc::create(&args)?,
+        FormatArg::Vmdk => super::vmdk::create_vmdk(&args)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use rustbk_formats::engine::lock::{LockMode, lock};
 use rustbk_formats::qcow2::header::{self, Compression, Header, incompat};
+use rustbk_formats::vmdk::descriptor::Descriptor;
 use serde_json::{Value, json};
 
 use super::{FormatArg, OutputArg};
@@ -45,6 +46,8 @@ pub struct ImageInfo {
     pub virtual_size: u64,
     /// Bytes allocated on the host.
     pub actual_size: u64,
+    /// The descriptor of a VMDK image.
+    pub vmdk: Option<Descriptor>,
 }
 
 impl ImageInfo {
@@ -78,13 +81,27 @@ impl ImageInfo {
                 virtual_size: vpc.virtual_size,
                 vpc: Some(vpc),
                 actual_size: meta.blocks() * 512,
+                vmdk: None,
+            });
+        }
+        let is_vmdk = rustbk_formats::probe_format(path).ok() == Some(rustbk_formats::Format::Vmdk);
+        if format == Some(FormatArg::Vmdk) || (format.is_none() && is_vmdk) {
+            let d = rustbk_formats::vmdk::create::describe(path)
+                .with_context(|| format!("Could not open '{}'", path.display()))?;
+            return Ok(ImageInfo {
+                filename: path.to_owned(),
+                header: None,
+                virtual_size: d.size()?,
+                vpc: None,
+                actual_size: meta.blocks() * 512,
+                vmdk: Some(d),
             });
         }
         let header = match format {
             Some(FormatArg::Raw | FormatArg::Vpc) => None,
             Some(FormatArg::Qcow2) | None if is_qcow2 => Some(read_header(file, meta.len())?),
             Some(FormatArg::Qcow2) => bail!("'{}' is not a qcow2 image", path.display()),
-            None => None,
+            Some(FormatArg::Vmdk) | None => None,
         };
         let virtual_size = header.as_ref().map_or(meta.len(), |h| h.size);
         Ok(ImageInfo {
@@ -93,15 +110,17 @@ impl ImageInfo {
             vpc: None,
             virtual_size,
             actual_size: meta.blocks() * 512,
+            vmdk: None,
         })
     }
 
     /// The backing file as stored and as resolved, and its format.
     pub fn backing(&self) -> Option<(PathBuf, PathBuf, Option<String>)> {
-        let (name, format) = match (&self.header, &self.vpc) {
-            (Some(h), _) => (h.backing_file.clone()?, h.backing_format.clone()),
-            (None, Some(v)) => (PathBuf::from(v.parent.clone()?), Some("vpc".to_owned())),
-            (None, None) => return None,
+        let (name, format) = match (&self.header, &self.vpc, &self.vmdk) {
+            (Some(h), _, _) => (h.backing_file.clone()?, h.backing_format.clone()),
+            (None, Some(v), _) => (PathBuf::from(v.parent.clone()?), Some("vpc".to_owned())),
+            (None, None, Some(d)) => (PathBuf::from(d.parent.clone()?), Some("vmdk".to_owned())),
+            (None, None, None) => return None,
         };
         let full = match (name.is_absolute(), self.filename.parent()) {
             (false, Some(dir)) => dir.join(&name),
@@ -112,10 +131,11 @@ impl ImageInfo {
 
     /// qemu-img's name of the image's format.
     pub fn format_name(&self) -> &'static str {
-        match (&self.header, &self.vpc) {
-            (Some(_), _) => "qcow2",
-            (None, Some(_)) => "vpc",
-            (None, None) => "raw",
+        match (&self.header, &self.vpc, &self.vmdk) {
+            (Some(_), _, _) => "qcow2",
+            (None, Some(_), _) => "vpc",
+            (None, None, Some(_)) => "vmdk",
+            (None, None, None) => "raw",
         }
     }
 
@@ -157,6 +177,9 @@ impl ImageInfo {
         );
         if let Some(v) = &self.vpc {
             return s + &vpc_human(v, self.backing());
+        }
+        if let Some(d) = &self.vmdk {
+            return s + &vmdk_human(d, self.backing());
         }
         let Some(h) = &self.header else {
             return s;
@@ -202,6 +225,23 @@ fn vpc_human(
     s += &format!(
         "Format specific information:\n    disk type: {:?}\n",
         v.disk_type
+    );
+    s
+}
+
+/// The VMDK lines of `info`'s text.
+fn vmdk_human(d: &Descriptor, backing: Option<(PathBuf, PathBuf, Option<String>)>) -> String {
+    let mut s = String::new();
+    if let Some((name, full, _)) = backing {
+        s += &format!(
+            "backing file: {} (actual path: {})\n",
+            name.display(),
+            full.display()
+        );
+    }
+    s += &format!(
+        "Format specific information:\n    cid: {}\n    parent cid: {}\n    create type: {}\n",
+        d.cid, d.parent_cid, d.create_type
     );
     s
 }
@@ -287,6 +327,7 @@ pub fn read_chain(
             Some("raw") => Some(FormatArg::Raw),
             Some("qcow2") => Some(FormatArg::Qcow2),
             Some("vpc") => Some(FormatArg::Vpc),
+            Some("vmdk") => Some(FormatArg::Vmdk),
             _ => None,
         };
         chain.push(ImageInfo::read(&full, format, force_share)?);

@@ -34,7 +34,12 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
             args.file.display()
         );
     }
-    let entries = map_chain(&args.file, format, args.force_share)?;
+    let entries = match format {
+        rustbk_formats::Format::Vmdk => {
+            rustbk_formats::vmdk::map::map_file(&args.file, args.force_share)?
+        }
+        _ => map_chain(&args.file, format, args.force_share)?,
+    };
     match args.output {
         OutputArg::Json => print!("{}", json(&entries)),
         OutputArg::Human => print!("{}", human(&entries)),

@@ -13,6 +13,7 @@ mod map;
 mod pipe;
 mod progress;
 mod resize;
+mod vmdk;
 mod vpc;
 
 use std::path::Path;
@@ -85,6 +86,8 @@ pub enum FormatArg {
     Qcow2,
     /// VHD (Virtual PC / Hyper-V / XenServer): fixed, dynamic and differencing disks.
     Vpc,
+    /// VMware's virtual disk.
+    Vmdk,
 }
 
 impl From<FormatArg> for Format {
@@ -93,6 +96,7 @@ impl From<FormatArg> for Format {
             FormatArg::Raw => Format::Raw,
             FormatArg::Qcow2 => Format::Qcow2,
             FormatArg::Vpc => Format::Vpc,
+            FormatArg::Vmdk => Format::Vmdk,
         }
     }
 }
@@ -112,6 +116,7 @@ pub fn format_name(f: Format) -> &'static str {
     match f {
         Format::Qcow2 => "qcow2",
         Format::Vpc => "vpc",
+        Format::Vmdk => "vmdk",
         Format::Null => "null",
         _ => "raw",
     }
