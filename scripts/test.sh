@@ -16,6 +16,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --workspace 2>&1 | tee /tmp/rustbk-test.log
 grep -q "test result: FAILED" /tmp/rustbk-test.log && exit 1
+echo "== fuzz targets build (fuzz/ is its own package; running them needs cargo-fuzz and nightly)"
+(cd fuzz && cargo check --bins --quiet)
 echo "== libxl with backendtype=rustbk (tools/libxl: patched Xen 4.17 libxl/xl, cached build)"
 bash tools/libxl/test.sh | tail -n 3
 echo "== hotplug script under Xen 4.20's hotplug library (trixie's xen-utils-common), tap and vbd nodes"

@@ -122,9 +122,12 @@ fn run(w: &World, ctl: u8, entries: &[u8], pages: &[u8]) {
         devid: 51712,
         queue: 0,
         limits: limits(),
+        sectors: rustbk_backend::worker::DiskSectors::new(DISK_SECTORS),
         persistent_grants: if ctl & 2 != 0 { 1056 } else { 0 },
         persistent_unused: None,
         poll_us: 0,
+        data_path: rustbk_backend::worker::DataPath::Map,
+        fixed_buffers: false,
         qos: rustbk_backend::qos::DiskQos::new(Default::default()).expect("no limits"),
     };
     let exit = Arc::new(Mutex::new(None));
