@@ -36,13 +36,19 @@ fn decode_entry(abi: Abi, data: &[u8]) {
 
 /// Serves a ring page whose every byte, indices included, comes from the fuzzer.
 fn drain_ring(ctl: u8, page: &[u8]) {
-    let abi = if ctl & 1 == 0 { Abi::X86_64 } else { Abi::X86_32 };
+    let abi = if ctl & 1 == 0 {
+        Abi::X86_64
+    } else {
+        Abi::X86_32
+    };
     let order = u32::from((ctl >> 1) & 1);
     let mem = HeapMemory::new(1 << order);
     let n = page.len().min(mem.len());
     mem.write_bytes(0, &page[..n]).expect("in bounds");
     let start = mem.load_u32(8).expect("in bounds");
-    let Ok(mut back) = BackRing::attach(mem, abi, order, start) else { return };
+    let Ok(mut back) = BackRing::attach(mem, abi, order, start) else {
+        return;
+    };
     for _ in 0..2 * back.size() {
         match back.next_request() {
             Err(_) | Ok(None) => break,

@@ -74,9 +74,13 @@ fn reseal(image: &mut [u8]) {
 }
 
 fn open_file() -> Option<Arc<EngineFile>> {
-    EngineFile::open(image_path(), Access::ReadWrite, rustbk_formats::CacheMode::Writeback)
-        .ok()
-        .map(Arc::new)
+    EngineFile::open(
+        image_path(),
+        Access::ReadWrite,
+        rustbk_formats::CacheMode::Writeback,
+    )
+    .ok()
+    .map(Arc::new)
 }
 
 fn run_check(file: &Arc<EngineFile>) -> bool {

@@ -17,9 +17,8 @@ fn check_runs(runs: &[MappingRun]) {
         let (a, b) = (&pair[0], &pair[1]);
         let a_end = a.origin_end().unwrap();
         assert!(a_end <= b.origin_begin, "{a:?} overlaps {b:?}");
-        let continues = a_end == b.origin_begin
-            && a.data_end() == Some(b.data_begin)
-            && a.time == b.time;
+        let continues =
+            a_end == b.origin_begin && a.data_end() == Some(b.data_begin) && a.time == b.time;
         assert!(!continues, "{a:?} and {b:?} were not merged");
     }
 }

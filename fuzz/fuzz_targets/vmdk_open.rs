@@ -16,7 +16,11 @@ use rustbk_formats::vmdk::header::SparseHeader;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(d) = Descriptor::parse(data) {
-        let _ = (d.check_supported(), d.size(), Descriptor::parse(d.to_text().as_bytes()));
+        let _ = (
+            d.check_supported(),
+            d.size(),
+            Descriptor::parse(d.to_text().as_bytes()),
+        );
     }
     let _ = SparseHeader::parse(data);
     let path = image::image_path("vmdk", "image.vmdk");

@@ -47,7 +47,10 @@ pub fn ranges<'a>(
     for chunk in words.take(4) {
         let v = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
         let (offset, len) = match sectors {
-            true => ((v % size) & !511, (((v >> 48) % (MAX_READ / 512)) + 1) * 512),
+            true => (
+                (v % size) & !511,
+                (((v >> 48) % (MAX_READ / 512)) + 1) * 512,
+            ),
             false => (v % size, ((v >> 48) % MAX_READ) + 1),
         };
         out.push((offset, len.min(size - offset)));
