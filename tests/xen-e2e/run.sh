@@ -63,7 +63,7 @@ build_package() {
 
 # The patched libxl, libxlutil and xl (tools/libxl/build.sh: Debian's Xen 4.17 source with
 # tools/libxl/patches-4.17, built once per source version and series into
-# /var/cache/rustbk/xen-tools). Prints the build's install root into XL_ROOT.
+# /var/cache/rustbk/xen-tools). Sets XL_ROOT to the build's install root.
 build_patched_xl() {
   log "tools/libxl/build.sh (patched libxl and xl, cached)"
   local out
