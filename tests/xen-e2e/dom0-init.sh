@@ -1,8 +1,10 @@
 #!/bin/busybox sh
 # PID 1 of the e2e dom0. Output goes to hvc0 -> Xen console -> com1 -> the QEMU serial log, where
 # run.sh collects E2E-PASS / E2E-FAIL / E2E-INFO / E2E-FIO lines and the E2E-DONE marker.
-# Phases: rustbk (a missing disk fails xl create fast, create, data, features, hot attach/detach,
-# online resize, a 4096-byte-sector disk, reboot, fio, shutdown, image check), then the peers
+# Phases: rustbk (a missing disk fails xl create fast; create with backendtype=rustbk raw and
+# qcow2 disks and a phy,script=rustbk one, data, features; hot attach/list/detach of a
+# backendtype=rustbk qcow2 disk; misconfigured backendtype=rustbk disks; online resize, a
+# 4096-byte-sector disk, reboot, fio, shutdown, image checks), then the peers
 # (kernel xen-blkback and QEMU qdisk) running the same fio job. Every image lives in /data, an
 # ext4 file system on the virtio disk QEMU gives dom0; rustbk and blkback reach theirs with
 # O_DIRECT.
@@ -57,15 +59,24 @@ mount_data_disk() {
   rm -f /data/.odirect
 }
 
+# The daemon as the package's systemd unit starts it (dom0 runs no systemd): the unit's
+# ExecStart line, its RuntimeDirectory, and the packaged /etc/rustbk/rustbk.toml, in which the
+# test sets max_queues as an administrator would (one ring per guest vCPU; the default, one per
+# core, would be one with dom0's single vCPU). phase_create checks that the disks got them.
+UNIT=/usr/lib/systemd/system/rustbk.service
+CONF=/etc/rustbk/rustbk.toml
 start_rustbk() {
-  if ! rustbk daemon --help >/dev/null 2>&1; then
-    fail "this rustbk has no 'daemon' command"; return
-  fi
-  XENSTORED_PATH=/run/xenstored/socket RUST_LOG=$RUSTBK_LOG rustbk daemon --max-queues $GUEST_VCPUS \
-    > /var/log/rustbk.log 2>&1 &
+  local exec_start
+  exec_start=$(sed -n 's/^ExecStart=//p' $UNIT)
+  [ -n "$exec_start" ] || { fail "no ExecStart in the package's $UNIT"; return; }
+  [ -f $CONF ] || { fail "the package installed no $CONF"; return; }
+  sed -i "s/^# *max_queues = .*/max_queues = $GUEST_VCPUS/" $CONF
+  grep -q "^max_queues = $GUEST_VCPUS\$" $CONF || fail "cannot set max_queues in $CONF"
+  grep -q '^RuntimeDirectory=rustbk$' $UNIT && mkdir -p -m 0755 /run/rustbk
+  RUST_LOG=$RUSTBK_LOG $exec_start > /var/log/rustbk.log 2>&1 &
   RUSTBK_PID=$!
   sleep 2
-  kill -0 $RUSTBK_PID 2>/dev/null && pass "rustbk daemon running (pid $RUSTBK_PID)" \
+  kill -0 $RUSTBK_PID 2>/dev/null && pass "rustbk daemon running as the package's unit starts it: $exec_start (pid $RUSTBK_PID)" \
     || { fail "rustbk daemon exited at start"; cat /var/log/rustbk.log; }
 }
 
@@ -124,25 +135,84 @@ disk = [ $disks ]
 EOF
 }
 
+# The unpatched path: xl's phy backend with rustbk's hotplug script (xen-blkback not loaded).
 rustbk_disk() { echo "format=raw, vdev=$1, access=rw, backendtype=phy, script=rustbk, target=$2"; }
+# The patched xl's own backend kind: rustbk_type_disk VDEV FORMAT TARGET.
+rustbk_type_disk() { echo "format=$2, vdev=$1, access=rw, backendtype=rustbk, target=$3"; }
 
+# make_qcow2 FILE SIZE_MB MAGIC: a qcow2 image made by qemu-img from a raw one with MAGIC in
+# sector 0 (rustbk serves images QEMU made; qemu-img checks what rustbk wrote).
+make_qcow2() {
+  make_image $1.raw $2 $3
+  qemu-img convert -f raw -O qcow2 $1.raw $1 || fail "qemu-img convert to $1"
+  rm -f $1.raw
+}
+
+# check_backend DOMID DEVID TYPE PARAMS: the vbd's backend `type` and `params`, as libxl wrote
+# them, and its state Connected.
+check_backend() {
+  local be=/local/domain/0/backend/vbd/$1/$2 t p st
+  t=$(xs_or - $be/type); p=$(xs_or - $be/params); st=$(xs_or - $be/state)
+  if [ "$t" = "$3" ] && [ "$p" = "$4" ] && [ "$st" = 4 ]; then
+    pass "vbd $2: type=$t params=$p state=4, as xl wrote it"
+  else
+    fail "vbd $2: type=$t params=$p state=$st (want type=$3 params=$4 state=4)"
+  fi
+}
+
+# check_hot_image RAW MD5: the guest's marker at sector 8 and the 1 MiB it wrote at 1 MiB.
+check_hot_image() {
+  local got
+  check_sector $1 8 GUEST-WROTE-HOT "the guest's marker landed in ${1##*/}"
+  got=$(dd if=$1 bs=64k skip=16 count=16 2>/dev/null | md5sum | cut -c1-32)
+  [ "$got" = "$2" ] && pass "the 1 MiB the guest wrote is in ${1##*/}: md5 $got" \
+    || fail "${1##*/} at 1 MiB has md5 $got, the guest wrote $2"
+}
+
+# qcow2_to_raw QCOW2 RAW: qemu-img check of an image rustbk served, then its contents as raw.
+qcow2_to_raw() {
+  qemu-img check -f qcow2 $1 > /tmp/qcheck.out 2>&1 && pass "qemu-img check of ${1##*/}: no errors" \
+    || { fail "qemu-img check of ${1##*/}"; tail -5 /tmp/qcheck.out; }
+  qemu-img convert -f qcow2 -O raw $1 $2 || fail "qemu-img convert of ${1##*/} to raw"
+}
+
+# guest_md5 EVENT: the md5= field of the guest's last EVENT line.
+guest_md5() { tr -d '\r' < $GLOG | grep "G-EVENT $1" | tail -1 | sed -n 's/.* md5=\([0-9a-f]*\).*/\1/p'; }
+
+# The main guest: xvda a raw image and xvde a qcow2 image through the patched xl's
+# backendtype=rustbk, xvdf a raw image through the unpatched phy + script=rustbk path.
 phase_create() {
+  local domid
   make_image /data/disk.img 64 RUSTBK-E2E-DATA
-  guest_cfg g1 "$(rustbk_disk xvda /data/disk.img)"
+  make_qcow2 /data/disk.qcow2 64 RUSTBK-E2E-DATA
+  make_image /data/phy.img 16 RUSTBK-E2E-HOT
+  guest_cfg g1 "$(rustbk_type_disk xvda raw /data/disk.img)" "$(rustbk_type_disk xvde qcow2 /data/disk.qcow2)" \
+    "$(rustbk_disk xvdf /data/phy.img)"
   guest_use g1
   local t0=$(up)
   if xl create /etc/xen/g1.cfg > /tmp/create.out 2>&1; then
-    pass "xl create g1 with a rustbk disk"; info "xl create returned after $(since $t0)s"
+    pass "xl create g1 with backendtype=rustbk raw and qcow2 disks and a phy,script=rustbk disk"
+    info "xl create returned after $(since $t0)s"
   else
-    fail "xl create g1 with a rustbk disk"; cat /tmp/create.out; return 1; fi
+    fail "xl create g1 with rustbk disks"; cat /tmp/create.out; return 1; fi
   if wait_guest "G-EVENT first-io xvda magic=RUSTBK-E2E-DATA" 300; then
     info "boot-to-guest-I/O: $(since $t0)s from xl create to the guest's first read of xvda (rustbk)"
     pass "guest read the pattern of its rustbk disk"
   else
     fail "guest never read its rustbk disk"; return 1
   fi
-  wait_guest "G-EVENT data-done xvda" 300 || fail "guest data test did not finish"
-  show_features $(xl domid g1) 51712
+  wait_guest "G-EVENT data-done xvda" 300 || fail "guest data test on xvda (raw) did not finish"
+  wait_guest "G-EVENT data-done xvde" 300 || fail "guest data test on xvde (qcow2) did not finish"
+  wait_guest "G-EVENT hot-written xvdf" 120 || fail "guest did not write to xvdf (phy,script=rustbk)"
+  domid=$(xl domid g1)
+  show_features $domid 51712
+  check_backend $domid 51712 rustbk raw:/data/disk.img
+  check_backend $domid 51776 rustbk qcow2:/data/disk.qcow2
+  check_backend $domid 51792 phy /data/phy.img
+  [ "$(xs_or - /local/domain/0/backend/vbd/$domid/51712/multi-queue-max-queues)" = $GUEST_VCPUS ] \
+    && pass "rustbk offers $GUEST_VCPUS queues: max_queues from $CONF" \
+    || fail "rustbk offers $(xs_or - /local/domain/0/backend/vbd/$domid/51712/multi-queue-max-queues) queues, $CONF says $GUEST_VCPUS"
+  check_hot_image /data/phy.img "$(guest_md5 'hot-written xvdf')"
 }
 
 # A guest whose rustbk disk does not exist: rustbk writes its reason to the backend's `error`
@@ -184,19 +254,67 @@ phase_missing_disk() {
   return 0
 }
 
+# xl block-attach, block-list and block-detach of a backendtype=rustbk qcow2 disk while g1 runs:
+# the guest sees it, writes and reads back 1 MiB and a marker, and sees it go; qemu-img finds
+# the image consistent and holding what the guest wrote.
 phase_hotplug() {
-  make_image /data/hot.img 16 RUSTBK-E2E-HOT
+  local domid=$(xl domid g1) be row
+  be=/local/domain/0/backend/vbd/$domid/51728
+  make_qcow2 /data/hot.qcow2 16 RUSTBK-E2E-HOT
   guest_mark
-  if timeout 90 xl block-attach g1 "$(rustbk_disk xvdb /data/hot.img)" > /tmp/attach.out 2>&1; then
-    pass "xl block-attach of a second rustbk disk"
-  else fail "xl block-attach of a second rustbk disk"; cat /tmp/attach.out; return 1; fi
+  if timeout 90 xl block-attach g1 "$(rustbk_type_disk xvdb qcow2 /data/hot.qcow2)" > /tmp/attach.out 2>&1; then
+    pass "xl block-attach of a backendtype=rustbk qcow2 disk"
+  else fail "xl block-attach of a backendtype=rustbk qcow2 disk"; cat /tmp/attach.out; return 1; fi
   wait_guest "G-EVENT hot-written xvdb" 120 || { fail "guest did not use the hot-plugged disk"; return 1; }
+  check_backend $domid 51728 rustbk qcow2:/data/hot.qcow2
+  # xl block-list: Vdev BE handle state evt-ch ring-ref BE-path.
+  row=$(xl block-list g1 2>/dev/null | awk '$1 == 51728')
+  info "xl block-list: $row"
+  echo "$row" | awk -v be=$be '$4 == 4 && $7 == be {ok=1} END {exit !ok}' \
+    && pass "xl block-list shows xvdb (51728) connected at $be" || fail "xl block-list does not show xvdb connected: '$row'"
   guest_mark
-  if timeout 90 xl block-detach g1 xvdb > /tmp/detach.out 2>&1; then pass "xl block-detach"; else
-    fail "xl block-detach"; cat /tmp/detach.out; fi
+  if timeout 90 xl block-detach g1 xvdb > /tmp/detach.out 2>&1; then pass "xl block-detach of the backendtype=rustbk disk"; else
+    fail "xl block-detach of the backendtype=rustbk disk"; cat /tmp/detach.out; fi
   wait_guest "G-EVENT gone xvdb" 60 && pass "guest saw xvdb go away" || fail "xvdb still in the guest"
-  xl block-list g1 2>&1 | grep -q 51728 && fail "xvdb still listed by xl block-list"
-  check_sector /data/hot.img 8 GUEST-WROTE-HOT "guest write to the hot-plugged disk landed in hot.img"
+  xl block-list g1 2>&1 | awk '$1 == 51728' | grep -q . && fail "xvdb still listed by xl block-list" \
+    || pass "xl block-list no longer lists xvdb"
+  xenstore-exists $be 2>/dev/null && fail "$be left after block-detach"
+  qcow2_to_raw /data/hot.qcow2 /data/hot.raw
+  check_hot_image /data/hot.raw "$(guest_md5 'hot-written xvdb')"
+  rm -f /data/hot.raw
+}
+
+# bad_attach VDEV DEVID SPEC PATTERN WHAT: xl block-attach of a disk rustbk cannot serve fails,
+# and xl's output carries rustbk's reason (PATTERN); the guest never sees the disk. libxl leaves
+# a failed attach's nodes (for every backend): xl block-detach removes them.
+bad_attach() {
+  local domid=$(xl domid g1) rc=0 t0=$(up)
+  guest_mark
+  timeout 60 xl block-attach g1 "$3" > /tmp/bad.out 2>&1 || rc=$?
+  info "xl block-attach of $5: exit $rc after $(since $t0)s"
+  grep 'libxl: error' /tmp/bad.out | head -n 3 | while read -r l; do info "xl: $l"; done
+  [ $rc -ne 0 ] && pass "xl block-attach of $5 fails" || fail "xl block-attach of $5 succeeded"
+  grep -q -- '- rc -9' /tmp/bad.out && fail "xl waited for a timeout (rc -9)"
+  if grep -q "script: rustbk: .*$4" /tmp/bad.out; then
+    pass "xl printed rustbk's reason for $5: $(grep -m1 "$4" /tmp/bad.out | sed 's/.*script: //')"
+  else
+    fail "rustbk's reason ($4) is not in xl's output for $5"; cat /tmp/bad.out
+  fi
+  timeout 60 xl block-detach g1 $1 > /tmp/detach.out 2>&1 || { fail "xl block-detach of the failed $1"; cat /tmp/detach.out; }
+  xenstore-exists /local/domain/0/backend/vbd/$domid/$2 2>/dev/null && fail "backend node of the failed $1 left"
+  tail -n +$GMARK $GLOG 2>/dev/null | grep -q "first-io $1" && fail "the guest saw the failed $1"
+  xenstore-rm /local/domain/0/error 2>/dev/null
+  return 0
+}
+
+# Misconfigured backendtype=rustbk disks: a missing image, and a raw image named format=qcow2.
+phase_bad_disks() {
+  make_image /data/not-qcow2.img 16 RUSTBK-E2E-NOT-QCOW2
+  bad_attach xvdg 51808 "$(rustbk_type_disk xvdg raw /data/missing.img)" \
+    "Cannot open /data/missing.img" "a backendtype=rustbk disk whose image is missing"
+  bad_attach xvdg 51808 "$(rustbk_type_disk xvdg qcow2 /data/not-qcow2.img)" \
+    "bad qcow2 magic" "a raw image as a backendtype=rustbk format=qcow2 disk"
+  rm -f /data/not-qcow2.img
 }
 
 # Online resize: dom0 grows a served raw image with truncate -s; rustbk takes up the new size (it
@@ -261,6 +379,7 @@ phase_reboot() {
   guest_mark
   xl reboot g1 > /tmp/reboot.out 2>&1 || { fail "xl reboot g1"; cat /tmp/reboot.out; return 1; }
   wait_guest "G-EVENT verify-done xvda" 300 || { fail "guest did not verify its data after reboot"; return 1; }
+  wait_guest "G-EVENT verify-done xvde" 300 || { fail "guest did not verify its qcow2 disk after reboot"; return 1; }
   pass "guest rebooted (domain $old -> $(xl domid g1)) and reconnected to rustbk"
 }
 
@@ -290,6 +409,10 @@ phase_shutdown_check() {
     && fail "backend/vbd nodes left 20 s after shutdown: $(xenstore-ls /local/domain/0/backend/vbd | head -5)"
   check_image_files /data/disk.img
   check_after_reboot_file /data/disk.img
+  qcow2_to_raw /data/disk.qcow2 /data/disk-qcow2.raw
+  check_image_files /data/disk-qcow2.raw
+  check_after_reboot_file /data/disk-qcow2.raw
+  rm -f /data/disk-qcow2.raw
 }
 
 # Peers: kernel xen-blkback (phy on a loop device with direct I/O) and QEMU qdisk, in one fresh
@@ -334,6 +457,7 @@ phases_rustbk() {
   phase_missing_disk
   if phase_create; then
     phase_hotplug
+    phase_bad_disks
     phase_resize
     phase_sector4k
     phase_reboot

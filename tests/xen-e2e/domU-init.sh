@@ -5,7 +5,8 @@
 #   RUSTBK-E2E-4K-<bytes>  the same on a disk with 4096-byte logical sectors, after checking its
 #                          logical block size and its size (<bytes>, the image's)
 #   (ext4 holding /SUMS)   the same disk after a reboot: verify checksums, write one more file
-#   RUSTBK-E2E-HOT         hot-plugged disk: report the magic, write a marker at sector 8
+#   RUSTBK-E2E-HOT         disk to write into: a marker at sector 8, 1 MiB at 1 MiB read back
+#                          after dropping the page cache, its md5 in the event for dom0
 #   RUSTBK-E2E-GROW        disk dom0 grows online: report its size, wait for /sys/block to show a
 #                          larger one, write and read back a marker past the old end
 #   RUSTBK-E2E-FIO-<name>  benchmark disk: fio 4 KiB randread + randwrite, report IOPS and the
@@ -120,10 +121,21 @@ data_after_reboot() {
   event "verify-done $1"
 }
 
+# A disk to write into: a marker at sector 8 and 1 MiB of random data at 1 MiB, read back after
+# dropping the page cache; the event carries the data's md5 for dom0 to find in the image.
 hot_disk() {
-  gpass "hot-plugged $1 shows its magic ($2)"
-  printf "GUEST-WROTE-HOT" | dd of=/dev/$1 bs=512 seek=8 conv=notrunc,fsync 2>/dev/null \
-    && event "hot-written $1" || gfail "write to hot-plugged $1"
+  local n=$1 sum back
+  gpass "$n shows its magic ($2)"
+  printf "GUEST-WROTE-HOT" | dd of=/dev/$n bs=512 seek=8 conv=notrunc,fsync 2>/dev/null \
+    || gfail "write of the marker to $n"
+  dd if=/dev/urandom of=/tmp/hot.bin bs=64k count=16 2>/dev/null
+  dd if=/tmp/hot.bin of=/dev/$n bs=64k seek=16 conv=notrunc,fsync 2>/dev/null || gfail "write of 1 MiB to $n"
+  sync; echo 3 > /proc/sys/vm/drop_caches
+  sum=$(md5sum < /tmp/hot.bin | cut -c1-32)
+  back=$(dd if=/dev/$n bs=64k skip=16 count=16 2>/dev/null | md5sum | cut -c1-32)
+  [ "$sum" = "$back" ] && gpass "read back the 1 MiB written to $n: md5 match" \
+    || gfail "the 1 MiB read back from $n differs (md5 $back, wrote $sum)"
+  event "hot-written $n md5=$sum"
 }
 
 # Online resize: dom0 grows the image under the running guest; blkfront must set the new capacity

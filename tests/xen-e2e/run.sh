@@ -1,7 +1,9 @@
 #!/bin/bash
 # rustbk end-to-end test under real Xen: boots Debian's Xen 4.17 + a Linux dom0 running
 # `rustbk daemon` + a Linux PV guest under qemu-system-x86_64 -accel tcg, and checks the guest's
-# disk I/O through rustbk (data, ext4, hot attach/detach, 4096-byte sectors, reboot), then runs
+# disk I/O through rustbk (data, ext4, hot attach/detach, 4096-byte sectors, reboot). rustbk is
+# installed in dom0 from its Debian package (dpkg -x), and xl, libxenlight and libxlutil are the
+# ones tools/libxl/build.sh patched for `backendtype=rustbk`, over Debian's. Then it runs
 # the same fio job on rustbk, kernel xen-blkback and QEMU qdisk, every image on one ext4 file
 # system (a virtio disk of dom0) opened with O_DIRECT. Usage, from the repository root:
 #     bash tests/xen-e2e/run.sh
@@ -42,11 +44,72 @@ ensure_host_tools() {
   bash "$REPO/scripts/setup.sh" || die "scripts/setup.sh failed"
 }
 
-build_rustbk() {
-  log "cargo build --release -p rustbk"
-  (cd "$REPO" && cargo build --release -p rustbk) || die "cargo build --release -p rustbk failed"
-  RUSTBK_BIN=$REPO/target/release/rustbk
-  [ -x "$RUSTBK_BIN" ] || die "no $RUSTBK_BIN"
+# rustbk's Debian package (scripts/package.sh: release build, then cargo-deb; a package whose
+# inputs did not change since tests/package/check.sh built it is reused), unpacked into
+# $W/pkg to check it; build_dom0_ir installs it into dom0 with dpkg -x.
+build_package() {
+  log "scripts/package.sh"
+  DEB=$(cd "$REPO" && bash scripts/package.sh | tail -n 1) || die "scripts/package.sh failed"
+  case "$DEB" in /*) ;; *) DEB=$REPO/$DEB ;; esac
+  [ -f "$DEB" ] || die "scripts/package.sh printed '$DEB', not a .deb"
+  PKG=$W/pkg
+  rm -rf "$PKG" && dpkg -x "$DEB" "$PKG" || die "dpkg -x $DEB"
+  local f
+  for f in usr/sbin/rustbk etc/xen/scripts/rustbk etc/rustbk/rustbk.toml usr/lib/systemd/system/rustbk.service; do
+    [ -e "$PKG/$f" ] || die "the package has no /$f"
+  done
+  log "package $(basename "$DEB")"
+}
+
+# The patched libxl, libxlutil and xl (tools/libxl/build.sh: Debian's Xen 4.17 source with
+# tools/libxl/patches-4.17, built once per source version and series into
+# /var/cache/rustbk/xen-tools). Sets XL_ROOT to the build's install root.
+build_patched_xl() {
+  log "tools/libxl/build.sh (patched libxl and xl, cached)"
+  local out
+  out=$(bash "$REPO/tools/libxl/build.sh" 2> "$W/libxl-build.log") || { tail -n 20 "$W/libxl-build.log"; die "tools/libxl/build.sh failed"; }
+  XL_ROOT=$out/root
+  [ -x "$XL_ROOT/usr/sbin/xl" ] || die "no xl in $XL_ROOT"
+  log "patched xl from $out"
+}
+
+# The files of Debian's xen-utils-4.17 and libxenmisc4.17 that the series changes: xl,
+# libxenlight, libxlutil and libxl-save-helper (built with libxenlight, whose messages it
+# speaks). Everything else stays Debian's, libxenctrl and libxenguest included.
+PATCHED_LIBS="libxenlight.so.4.17 libxlutil.so.4.17"
+PATCHED_BINS="usr/sbin/xl:usr/lib/xen-4.17/bin/xl usr/lib/xen-4.17/bin/libxl-save-helper:usr/lib/xen-4.17/bin/libxl-save-helper"
+
+# The patched libraries replace Debian's in dom0 and run on Debian's other Xen libraries, whose
+# versions may differ (bookworm's binary packages can be newer than the source the build could
+# download): every library the patched files use must export the same symbols in both builds,
+# and the patched files must link with Debian's libraries and no undefined symbol.
+check_xl_abi() {
+  local lib chk=$W/xl-abi bin pair
+  rm -rf "$chk" && mkdir -p "$chk/lib"
+  cp -L "$R"/usr/lib/x86_64-linux-gnu/lib*.so.* "$chk/lib/" 2>/dev/null
+  for lib in $PATCHED_LIBS; do
+    [ -e "$R/usr/lib/x86_64-linux-gnu/$lib" ] || die "dom0's packages have no $lib to replace"
+    cp -L "$XL_ROOT/usr/lib/x86_64-linux-gnu/$lib" "$chk/lib/$lib" || die "no $lib in $XL_ROOT"
+  done
+  for lib in $(for f in "$XL_ROOT"/usr/lib/x86_64-linux-gnu/libxen*.so; do
+                 readelf -d "$f" | sed -n 's/.*(SONAME).*\[\(.*\)\]/\1/p'; done | sort -u); do
+    case " $PATCHED_LIBS " in *" $lib "*) continue ;; esac
+    [ -e "$R/usr/lib/x86_64-linux-gnu/$lib" ] || continue
+    cmp -s <(nm -D --defined-only "$XL_ROOT/usr/lib/x86_64-linux-gnu/$lib" | awk '{print $3}' | sort) \
+           <(nm -D --defined-only "$R/usr/lib/x86_64-linux-gnu/$lib" | awk '{print $3}' | sort) \
+      || die "$lib of the patched build and dom0's Debian $lib export different symbols"
+  done
+  for pair in $PATCHED_BINS; do
+    bin=$XL_ROOT/${pair%%:*}
+    [ -x "$bin" ] || die "no $bin"
+    ! LD_LIBRARY_PATH=$chk/lib ldd -r "$bin" 2>&1 | grep -E 'not found|undefined symbol' \
+      || die "${bin##*/} does not link with dom0's libraries"
+  done
+  for lib in $PATCHED_LIBS; do
+    ! LD_LIBRARY_PATH=$chk/lib ldd -r "$chk/lib/$lib" 2>&1 | grep -E 'not found|undefined symbol' \
+      || die "$lib does not link with dom0's libraries"
+  done
+  log "patched xl/libxenlight link with dom0's Debian $(ls "$R"/usr/lib/x86_64-linux-gnu/libxenctrl.so.*.*.* | sed 's/.*\///') and friends: same symbols"
 }
 
 # Debian packages for dom0 (Xen, its tools, QEMU for qdisk) and the kernel, unpacked into $R.
@@ -79,25 +142,45 @@ fetch_packages() {
 
 # copy_bin IR PATH...: a binary (from $R if it is there, else from the host) and its libraries.
 copy_bin() {
-  local ir=$1 f src lib lp missing
+  local ir=$1 f src lp
   shift
   for f in "$@"; do
     if [ -e "$R$f" ]; then src=$R$f; lp=$R/usr/lib/x86_64-linux-gnu; else src=$f; lp=; fi
     [ -e "$src" ] || die "copy_bin: $f not found"
     mkdir -p "$ir$(dirname "$f")" && cp -L "$src" "$ir$f"
-    # A library found nowhere would make the binary fail in dom0 only (QEMU's device model
-    # "spawn failed"): stop here and name it.
-    missing=$(LD_LIBRARY_PATH=$lp ldd "$src" 2>/dev/null | awk '/not found/ {print $1}' | tr '\n' ' ')
-    [ -z "$missing" ] || die "copy_bin: $f needs $missing, found neither in the fetched packages nor on this machine"
-    LD_LIBRARY_PATH=$lp ldd "$src" 2>/dev/null | awk '/=>/ {print $3} /^[ \t]*\/lib64\// {print $1}' |
-    while read -r lib; do
-      [ -n "$lib" ] && [ -e "$lib" ] || continue
-      case "$lib" in
-        /lib64/*) mkdir -p "$ir/lib64" && cp -L "$lib" "$ir/lib64/" ;;
-        *) mkdir -p "$ir/lib/x86_64-linux-gnu" && cp -L "$lib" "$ir/lib/x86_64-linux-gnu/" ;;
-      esac
-    done
+    copy_libs "$ir" "$src" "$lp"
   done
+}
+
+# copy_libs IR FILE [LIBRARY_PATH]: the libraries FILE needs, from LIBRARY_PATH or the host.
+copy_libs() {
+  local ir=$1 src=$2 lp=${3:-} lib missing
+  # A library found nowhere would make the binary fail in dom0 only (QEMU's device model
+  # "spawn failed"): stop here and name it.
+  missing=$(LD_LIBRARY_PATH=$lp ldd "$src" 2>/dev/null | awk '/not found/ {print $1}' | tr '\n' ' ')
+  [ -z "$missing" ] || die "copy_libs: $src needs $missing, found neither in the fetched packages nor on this machine"
+  LD_LIBRARY_PATH=$lp ldd "$src" 2>/dev/null | awk '/=>/ {print $3} /^[ \t]*\/lib64\// {print $1}' |
+  while read -r lib; do
+    [ -n "$lib" ] && [ -e "$lib" ] || continue
+    case "$lib" in
+      /lib64/*) mkdir -p "$ir/lib64" && cp -L "$lib" "$ir/lib64/" ;;
+      *) mkdir -p "$ir/lib/x86_64-linux-gnu" && cp -L "$lib" "$ir/lib/x86_64-linux-gnu/" ;;
+    esac
+  done
+}
+
+# The patched xl over Debian's (see PATCHED_BINS, PATCHED_LIBS), after copy_bin put Debian's
+# files and libraries into IR.
+install_patched_xl() {
+  local ir=$1 pair lib
+  for pair in $PATCHED_BINS; do
+    install -m 0755 "$XL_ROOT/${pair%%:*}" "$ir/${pair#*:}" || die "cannot install ${pair#*:}"
+  done
+  for lib in $PATCHED_LIBS; do
+    cp -L "$XL_ROOT/usr/lib/x86_64-linux-gnu/$lib" "$ir/lib/x86_64-linux-gnu/$lib" || die "cannot install $lib"
+  done
+  [ -z "$(find "$ir" -name 'libxenlight.so*' -not -path "$ir/lib/x86_64-linux-gnu/libxenlight.so.4.17")" ] \
+    || die "a second libxenlight in the dom0 image"
 }
 
 # copy_mods IR MODULE.ko...: kernel modules (paths under kernel/) with their dependencies.
@@ -128,13 +211,16 @@ build_dom0_ir() {
   cp "$SRC/dom0-lib.sh" "$ir/etc/e2e/lib.sh"
   copy_bin "$ir" /bin/bash $x/xl $x/xenstored $x/xenconsoled $x/xen-init-dom0 $x/libxl-save-helper \
     $x/xenconsole /usr/bin/xenstore /usr/libexec/xen-qemu-system-i386 /usr/bin/flock \
-    /usr/sbin/debugfs /usr/sbin/e2fsck /usr/sbin/losetup
-  mkdir -p "$ir/usr/local/bin" && copy_bin "$ir" "$RUSTBK_BIN" && mv "$ir$RUSTBK_BIN" "$ir/usr/local/bin/rustbk"
+    /usr/sbin/debugfs /usr/sbin/e2fsck /usr/sbin/losetup /usr/bin/qemu-img
+  install_patched_xl "$ir"
   for t in chmod exists list ls read rm watch write; do ln -sf xenstore "$ir/usr/bin/xenstore-$t"; done
   ln -sf $x/xl "$ir/usr/sbin/xl"
   mkdir -p "$ir/etc/xen" "$ir/usr/share/qemu"
   cp -a "$R/etc/xen/scripts" "$R/etc/xen/xl.conf" "$ir/etc/xen/"
-  install -m 0755 "$REPO/tools/hotplug/rustbk" "$ir/etc/xen/scripts/rustbk"
+  # rustbk as the package installs it: binary, hotplug script, unit, configuration, man pages.
+  dpkg -x "$DEB" "$ir" || die "dpkg -x $DEB into the dom0 image"
+  chmod 0755 "$ir"
+  copy_libs "$ir" "$ir/usr/sbin/rustbk"
   cp -a "$R/usr/share/qemu/keymaps" "$ir/usr/share/qemu/"
   echo "root:x:0:0:root:/root:/bin/sh" > "$ir/etc/passwd"
   copy_mods "$ir" xen-evtchn.ko xen-gntdev.ko xen-gntalloc.ko xen-privcmd.ko xenfs.ko loop.ko xen-blkback.ko \
@@ -220,8 +306,10 @@ report() {
 main() {
   mkdir -p "$W" || die "cannot create $W"
   ensure_host_tools
-  build_rustbk
+  build_package
   fetch_packages
+  build_patched_xl
+  check_xl_abi
   log "kernel $KVER; building initramfs images"
   build_guest_ir
   build_dom0_ir

@@ -27,15 +27,21 @@ CACHE=${RUSTBK_CACHE:-/var/cache/rustbk}
 APT_DIR=$CACHE/apt/xen-src
 TOOLS_DIR=$CACHE/xen-tools
 # Bump when the configure options or the make targets below change: it is part of the key.
-RECIPE=2
+RECIPE=3
 BUILD_DEPS=(dpkg-dev quilt autoconf flex bison acpica-tools python3 pkg-config gcc make
   libyajl-dev uuid-dev zlib1g-dev libzstd-dev liblzma-dev libncurses-dev)
 # Only what libxl and xl need; the hypervisor, firmware, QEMU and the other tools stay out.
+# The paths libxl compiles in are Debian's (debian/rules' configure line), so that the patched
+# xl and libxenlight can replace the package's files: helpers and firmware under
+# /usr/lib/xen-<major.minor>/ (libxl-save-helper, pygrub's path, hvmloader), Debian's SeaBIOS
+# and OVMF, QEMU at /usr/libexec/xen-qemu-system-i386.
 CONFIGURE_OPTS=(--prefix=/usr --libdir=/usr/lib/x86_64-linux-gnu --sysconfdir=/etc
-  --localstatedir=/var --disable-monitors --disable-ocamltools --disable-xsmpolicy
-  --disable-seabios --disable-golang --disable-qemu-traditional --disable-rombios
+  --localstatedir=/var --with-libexec-libdir-suffix=/x86_64-linux-gnu
+  --disable-monitors --disable-ocamltools --disable-xsmpolicy
+  --disable-golang --disable-qemu-traditional --disable-rombios
   --disable-pvshim --with-system-qemu=/usr/libexec/xen-qemu-system-i386
-  --with-xenstored=xenstored)
+  --with-system-seabios=/usr/share/seabios/bios-256k.bin
+  --with-system-ovmf=/usr/share/ovmf/OVMF.fd --with-xenstored=xenstored)
 MAKE_DIRS=(tools/include tools/libs tools/xl)
 
 say() { echo "== libxl build: $*" >&2; }
@@ -128,8 +134,11 @@ configure_tree() {
   cp /usr/share/misc/config.sub /usr/share/misc/config.guess "$src/"
   (cd "$src" && autoconf -f && cd tools && autoconf -f && autoheader -f) >/dev/null 2>&1 ||
     die "autoconf failed"
+  # Debian's leaf: xen-<major.minor> (debian/rules: --with-libexec-leaf-dir=xen-$(upstream_version)).
+  local series
+  series=$(cd "$src" && ./version.sh ./xen/Makefile) || die "cannot read the Xen version"
   (cd "$src" && ./configure --disable-xen --disable-docs --disable-stubdom \
-    "${CONFIGURE_OPTS[@]}") >"$src/../configure.log" 2>&1 ||
+    --with-libexec-leaf-dir="xen-$series" "${CONFIGURE_OPTS[@]}") >"$src/../configure.log" 2>&1 ||
     die "configure failed: see $src/../configure.log"
 }
 
