@@ -198,6 +198,17 @@ impl Features {
             read_only,
         }
     }
+
+    /// An image that stores what it is told and flushes, but offers neither discard nor
+    /// write-zeroes (yet).
+    pub fn without_discard(read_only: bool) -> Features {
+        Features {
+            discard: false,
+            write_zeroes: false,
+            flush: true,
+            read_only,
+        }
+    }
 }
 
 /// Image formats.

@@ -6,7 +6,7 @@
 //! the engine or, when only ops held back by another queue are left, on the queue's notifier,
 //! and draining the queue before it is dropped.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -205,6 +205,40 @@ pub enum Child {
     Io(IoOp),
     /// Work already done, with its result.
     Now(Result<(), Error>),
+}
+
+/// A planned guest op whose children run on the engine.
+pub trait Tracked {
+    /// Its children still running, and the first error one of them gave.
+    fn progress(&mut self) -> (&mut usize, &mut Option<Error>);
+}
+
+/// Counts the finished children in `done` (engine tags, mapped to their parent's id by
+/// `children`) against their parents; returns the ids of the parents whose last child
+/// finished, in the order they finished.
+pub fn settle<P: Tracked>(
+    done: Vec<Completion>,
+    children: &mut HashMap<u64, u64>,
+    parents: &mut HashMap<u64, P>,
+) -> Vec<u64> {
+    let mut finished = Vec::new();
+    for c in done {
+        let Some(id) = children.remove(&c.tag) else {
+            continue;
+        };
+        let Some(parent) = parents.get_mut(&id) else {
+            continue;
+        };
+        let (pending, error) = parent.progress();
+        *pending = pending.saturating_sub(1);
+        if let Err(e) = c.result {
+            error.get_or_insert(e);
+        }
+        if *pending == 0 {
+            finished.push(id);
+        }
+    }
+    finished
 }
 
 /// Sleeps until the notifier is rung (another queue finished what our deferred ops wait for),

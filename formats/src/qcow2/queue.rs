@@ -38,6 +38,12 @@ struct Parent {
     joined: Vec<u64>,
 }
 
+impl planned::Tracked for Parent {
+    fn progress(&mut self) -> (&mut usize, &mut Option<Error>) {
+        (&mut self.pending, &mut self.error)
+    }
+}
+
 /// A queue of a [`Qcow2Image`](super::Qcow2Image).
 pub struct Qcow2Queue {
     io: PlanIo,
@@ -359,22 +365,7 @@ impl Planner for Qcow2Queue {
     fn pump(&mut self) {
         let mut done = Vec::new();
         self.io.engine.reap(&mut done);
-        let mut finished = Vec::new();
-        for c in done {
-            let Some(id) = self.children.remove(&c.tag) else {
-                continue;
-            };
-            let Some(parent) = self.parents.get_mut(&id) else {
-                continue;
-            };
-            parent.pending -= 1;
-            if let Err(e) = c.result {
-                parent.error.get_or_insert(e);
-            }
-            if parent.pending == 0 {
-                finished.push(id);
-            }
-        }
+        let finished = planned::settle(done, &mut self.children, &mut self.parents);
         if !finished.is_empty() {
             self.finish_parents(finished);
         }

@@ -315,12 +315,7 @@ impl BlockImage for VhdImage {
     }
 
     fn features(&self) -> Features {
-        Features {
-            discard: false,
-            write_zeroes: false,
-            flush: true,
-            read_only: self.read_only,
-        }
+        Features::without_discard(self.read_only)
     }
 
     fn open_queue(&self, depth: u32) -> Result<Box<dyn ImageQueue>, Error> {

@@ -29,6 +29,12 @@ struct Parent {
     wrote: bool,
 }
 
+impl planned::Tracked for Parent {
+    fn progress(&mut self) -> (&mut usize, &mut Option<Error>) {
+        (&mut self.pending, &mut self.error)
+    }
+}
+
 /// What a queue is made of.
 pub(super) struct Parts {
     pub engine: Engine,
@@ -228,22 +234,7 @@ impl Planner for VhdQueue {
     fn pump(&mut self) {
         let mut done = Vec::new();
         self.io.engine.reap(&mut done);
-        let mut finished = Vec::new();
-        for c in done {
-            let Some(id) = self.children.remove(&c.tag) else {
-                continue;
-            };
-            let Some(parent) = self.parents.get_mut(&id) else {
-                continue;
-            };
-            parent.pending -= 1;
-            if let Err(e) = c.result {
-                parent.error.get_or_insert(e);
-            }
-            if parent.pending == 0 {
-                finished.push(id);
-            }
-        }
+        let finished = planned::settle(done, &mut self.children, &mut self.parents);
         let wrote = finished.iter().any(|id| {
             self.parents
                 .get(id)

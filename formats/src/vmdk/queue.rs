@@ -14,6 +14,7 @@ use crate::buffer::SharedBufs;
 use crate::engine::{Engine, EngineFile};
 use crate::error::Error;
 use crate::image::{Completion, ImageQueue, IoOp};
+use crate::planned;
 
 use super::lock;
 use super::plan::{self, Alloc, Context, Plan, Planned};
@@ -28,6 +29,12 @@ struct Parent {
     pending: usize,
     error: Option<Error>,
     allocs: Vec<Alloc>,
+}
+
+impl planned::Tracked for Parent {
+    fn progress(&mut self) -> (&mut usize, &mut Option<Error>) {
+        (&mut self.pending, &mut self.error)
+    }
 }
 
 /// A queue of a [`VmdkImage`](super::VmdkImage).
@@ -217,22 +224,7 @@ impl VmdkQueue {
         for e in &mut self.engines {
             e.reap(&mut done);
         }
-        let mut finished = Vec::new();
-        for c in done {
-            let Some(id) = self.children.remove(&c.tag) else {
-                continue;
-            };
-            let Some(parent) = self.parents.get_mut(&id) else {
-                continue;
-            };
-            parent.pending -= 1;
-            if let Err(e) = c.result {
-                parent.error.get_or_insert(e);
-            }
-            if parent.pending == 0 {
-                finished.push(id);
-            }
-        }
+        let finished = planned::settle(done, &mut self.children, &mut self.parents);
         let parents: Vec<Parent> = finished
             .iter()
             .filter_map(|id| self.parents.remove(id))
