@@ -11,21 +11,6 @@ use super::{Rng, open, path_str, qemu_raw, read_all, temp, tool};
 
 const SIZE: u64 = 32 << 20;
 
-/// The shared checks this format supports (all but discard and write-zeroes).
-fn run_checks(q: &mut dyn crate::ImageQueue, size: u64) {
-    suite::written_patterns_read_back_at_many_offsets(q, size);
-    suite::vectored_ops_use_every_segment_in_order(q);
-    suite::sixty_four_ops_in_flight_all_complete_with_their_tags(q);
-    suite::submit_past_depth_fails_with_queue_full(q);
-    suite::flush_succeeds_after_writes(q);
-    suite::misaligned_memory_is_read_and_written_correctly(q);
-    suite::misaligned_offsets_are_read_and_written_correctly(q);
-    suite::ops_beyond_the_end_complete_with_an_error(q, size);
-    suite::empty_ops_complete_successfully(q);
-    suite::notifier_is_readable_until_reap(q);
-    suite::wait_with_timeout_returns_when_idle_or_done(q);
-}
-
 #[test]
 fn dynamic_fixed_and_differencing_images_pass_the_shared_queue_checks() {
     let (dir, base) = temp("base.vhd");
@@ -43,7 +28,7 @@ fn dynamic_fixed_and_differencing_images_pass_the_shared_queue_checks() {
         create(&path, SIZE, &o).expect("create");
         let image = open(&path, false);
         let mut q = image.open_queue(suite::DEPTH).expect("queue");
-        run_checks(&mut *q, SIZE);
+        suite::run_writable_without_discard(&mut *q, SIZE);
         drop(q);
         drop(image);
         // qemu-img cannot check vpc images: qemu reads back what rustbk wrote instead.
@@ -66,7 +51,7 @@ fn dynamic_fixed_and_differencing_images_pass_the_shared_queue_checks() {
     create(&child, 0, &o).expect("child");
     let image = open(&child, false);
     let mut q = image.open_queue(suite::DEPTH).expect("queue");
-    run_checks(&mut *q, SIZE);
+    suite::run_writable_without_discard(&mut *q, SIZE);
 }
 
 /// Writes random patterns to a rustbk image and a raw reference alike.
