@@ -1,5 +1,6 @@
 //! The backend's end of the ring (ring.h's `back_ring` and its macros).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{Ordering, fence};
 
 use crate::abi::{
@@ -7,7 +8,7 @@ use crate::abi::{
     SRING_RSP_PROD,
 };
 use crate::error::Error;
-use crate::journal::Journal;
+use crate::journal::{Journal, Replay};
 use crate::request::{BadRequest, Request, decode_request};
 use crate::response::{Response, encode_response};
 use crate::shared::SharedMemory;
@@ -19,11 +20,12 @@ pub struct BackRing<M: SharedMemory> {
     req_cons: u32,
     rsp_prod_pvt: u32,
     rsp_published: u32,
-    /// Where consumed entries are recorded, to survive a restart of the backend.
+    /// Where consumed requests are recorded until their responses are published, to survive
+    /// a restart of the backend.
     journal: Option<Journal>,
-    /// Entries still come from the journal (see [`crate::journal`]): true after attaching
-    /// with a journal, until the first index the journal does not hold.
-    replaying: bool,
+    /// Requests an earlier backend left unanswered, served before the ring's (see
+    /// [`crate::journal`]).
+    replay: VecDeque<Replay>,
     /// Entries taken from the journal since attaching.
     replayed: u32,
 }
@@ -55,25 +57,41 @@ impl<M: SharedMemory> BackRing<M> {
             rsp_prod_pvt: index,
             rsp_published: index,
             journal: None,
-            replaying: false,
+            replay: VecDeque::new(),
             replayed: 0,
         })
     }
 
-    /// Attaches at `index` like [`BackRing::attach`], with a request journal in `journal`
-    /// (at least [`crate::journal_bytes`] long, zeroed for a fresh ring): every entry consumed
-    /// is recorded there first, and entries an earlier backend of this ring recorded from
-    /// `index` on are taken from the journal rather than the ring (see [`crate::journal`]).
+    /// Attaches after a backend that published `published` responses, with a request journal
+    /// in `journal` (at least [`crate::journal_bytes`] long, zeroed for a fresh ring): the
+    /// requests an earlier backend of this ring left unanswered come first, from the journal,
+    /// then the ring from where it stopped; every request consumed is recorded until its
+    /// response is published (see [`crate::journal`]).
     pub fn attach_journaled(
         mem: M,
         abi: Abi,
         order: u32,
-        index: u32,
+        published: u32,
         journal: Box<dyn SharedMemory>,
     ) -> Result<Self, Error> {
-        let mut ring = Self::attach(mem, abi, order, index)?;
-        ring.journal = Some(Journal::new(journal, ring.size())?);
-        ring.replaying = true;
+        let mut ring = Self::attach(mem, abi, order, published)?;
+        let (journal, replay) = Journal::recover(journal, ring.size(), published)?;
+        let unanswered = u32::try_from(replay.len()).unwrap_or(u32::MAX);
+        ring.req_cons = published.wrapping_add(unanswered);
+        ring.journal = Some(journal);
+        ring.replay = replay;
+        tracing::debug!(
+            published,
+            req_cons = ring.req_cons,
+            req_prod = ring.ring.load(SRING_REQ_PROD),
+            "attached after an earlier backend"
+        );
+        if unanswered > 0 {
+            tracing::info!(
+                replayed = unanswered,
+                "requests of the previous backend taken from the journal"
+            );
+        }
         Ok(ring)
     }
 
@@ -128,55 +146,63 @@ impl<M: SharedMemory> BackRing<M> {
         Ok(req_prod)
     }
 
-    /// Requests published and not consumed, capped by free response slots
-    /// (`RING_HAS_UNCONSUMED_REQUESTS`).
+    /// Requests published and not consumed, capped by free response slots and free journal
+    /// entries (`RING_HAS_UNCONSUMED_REQUESTS`), plus those left to serve again.
     fn unconsumed(&self) -> Result<u32, Error> {
         let req_prod = self.checked_req_prod()?;
         let requests = req_prod.wrapping_sub(self.req_cons);
-        let room = self.size().saturating_sub(self.in_flight());
-        Ok(requests.min(room))
+        let mut room = self.size().saturating_sub(self.in_flight());
+        if let Some(j) = &self.journal {
+            room = room.min(j.room());
+        }
+        let replays = u32::try_from(self.replay.len()).unwrap_or(u32::MAX);
+        Ok(requests.min(room).saturating_add(replays))
     }
 
-    /// Copies the next request entry out exactly once and decodes it.
+    /// Copies the next request entry out exactly once and decodes it: first those an earlier
+    /// backend left unanswered, then the ring's.
     ///
     /// `Ok(None)` when nothing is pending or when the ring is full of
     /// unanswered requests (`RING_REQUEST_CONS_OVERFLOW`). `Err(Error::Overflow)`
     /// when the frontend's `req_prod` is impossible (hostile frontend): the
     /// caller disconnects.
     pub fn next_request(&mut self) -> Result<Option<Result<Request, BadRequest>>, Error> {
+        if let Some(r) = self.replay.pop_front() {
+            self.replayed = self.replayed.wrapping_add(1);
+            let decoded = decode_request(self.abi(), &r.bytes[..self.abi().request_size()]);
+            self.track(&decoded, r.slot);
+            return Ok(Some(decoded));
+        }
         let req_prod = self.checked_req_prod()?;
         // rmb: read the entries only after seeing the producer index.
         fence(Ordering::Acquire);
-        if self.req_cons == req_prod || self.in_flight() >= self.size() {
+        let journal_full = self.journal.as_ref().is_some_and(|j| !j.has_room());
+        if self.req_cons == req_prod || self.in_flight() >= self.size() || journal_full {
             return Ok(None);
         }
         let mut buf = [0u8; MAX_REQUEST_SIZE];
         let entry = &mut buf[..self.abi().request_size()];
-        self.copy_entry(entry);
+        self.ring.read_entry(self.req_cons, entry);
+        let slot = self
+            .journal
+            .as_mut()
+            .and_then(|j| j.record(self.req_cons, entry));
         self.req_cons = self.req_cons.wrapping_add(1);
-        Ok(Some(decode_request(self.abi(), entry)))
+        let decoded = decode_request(self.abi(), entry);
+        if let Some(slot) = slot {
+            self.track(&decoded, slot);
+        }
+        Ok(Some(decoded))
     }
 
-    /// Copies entry `req_cons` into `entry`: from the journal while replaying what an earlier
-    /// backend consumed, else from the ring, recording it in the journal before it is used.
-    fn copy_entry(&mut self, entry: &mut [u8]) {
-        let idx = self.req_cons;
-        if self.replaying {
-            if self.journal.as_ref().is_some_and(|j| j.recall(idx, entry)) {
-                self.replayed = self.replayed.wrapping_add(1);
-                return;
-            }
-            self.replaying = false;
-            if self.replayed > 0 {
-                tracing::info!(
-                    replayed = self.replayed,
-                    "requests of the previous backend taken from the journal"
-                );
-            }
-        }
-        self.ring.read_entry(idx, entry);
-        if let Some(j) = &self.journal {
-            j.record(idx, entry);
+    /// Notes the id of a request recorded in journal entry `slot`, to find it when answered.
+    fn track(&mut self, decoded: &Result<Request, BadRequest>, slot: u32) {
+        let id = match decoded {
+            Ok(req) => req.id(),
+            Err(bad) => bad.id,
+        };
+        if let Some(j) = &mut self.journal {
+            j.track(id, slot);
         }
     }
 
@@ -200,6 +226,9 @@ impl<M: SharedMemory> BackRing<M> {
         let mut buf = [0u8; MAX_RESPONSE_SIZE];
         let entry = &mut buf[..self.abi().response_size()];
         encode_response(self.abi(), rsp, entry);
+        if let Some(j) = &mut self.journal {
+            j.answer(rsp.id, self.rsp_prod_pvt);
+        }
         self.ring.write_entry(self.rsp_prod_pvt, entry);
         self.rsp_prod_pvt = self.rsp_prod_pvt.wrapping_add(1);
     }
@@ -213,6 +242,9 @@ impl<M: SharedMemory> BackRing<M> {
         fence(Ordering::Release);
         self.ring.store(SRING_RSP_PROD, new);
         self.rsp_published = new;
+        if let Some(j) = &mut self.journal {
+            j.published();
+        }
         // mb: publish rsp_prod before reading rsp_event.
         fence(Ordering::SeqCst);
         event_crossed(old, new, self.ring.load(SRING_RSP_EVENT))

@@ -24,6 +24,7 @@ mod persistent;
 mod qcow2;
 mod qos;
 mod resize;
+mod restart;
 mod sectors;
 mod smapi;
 #[path = "../smapi/client.rs"]

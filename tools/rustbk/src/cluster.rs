@@ -1,7 +1,7 @@
 //! An emulated Xen host made of real processes: the xenstore emulator, one backend process per
 //! disk, and guest processes. `rustbk demo`, `rustbk bench` and the integration tests use it.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -195,7 +195,16 @@ impl EmuCluster {
     /// extra_args`), logging to `backend-<domid>-<devid>.log`.
     pub fn add_disk(&mut self, spec: &VbdSpec, extra_args: &[&str]) -> anyhow::Result<()> {
         self.add_vbd(spec)?;
-        let log = File::create(self.backend_log(spec))?;
+        self.serve_disk(spec, extra_args)
+    }
+
+    /// Starts a backend process for the disk `spec` already written (`exe serve --devid ...
+    /// extra_args`), appending to its log: a restarted backend after [`Self::kill_disk`].
+    pub fn serve_disk(&mut self, spec: &VbdSpec, extra_args: &[&str]) -> anyhow::Result<()> {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.backend_log(spec))?;
         let child = self
             .rustbk(log)
             .args(["serve", "--emu-dir"])
@@ -303,6 +312,18 @@ impl EmuCluster {
             Some(s) if s.success() => Ok(()),
             other => bail!("the backend exited with {other:?} after SIGTERM"),
         }
+    }
+
+    /// Sends SIGKILL to the backend process of `spec` and reaps it (a crash, as far as the guest
+    /// and xenstore can tell).
+    pub fn kill_disk(&mut self, spec: &VbdSpec) -> anyhow::Result<()> {
+        let Some(i) = self.backends.iter().position(|(s, _)| s == spec) else {
+            bail!("no backend process serves that disk");
+        };
+        let (_, mut child) = self.backends.remove(i);
+        child.kill().context("cannot kill the backend")?;
+        child.wait().context("cannot reap the backend")?;
+        Ok(())
     }
 
     /// Waits for the backend process of `spec` to exit by itself (a backend that refused its

@@ -155,7 +155,10 @@ pub fn run(args: SoakArgs) -> anyhow::Result<ExitCode> {
     let checks = verdict::check(&samples, &bounds);
     let summary = Summary::new(&cfg, counts, tally, bounds, checks, samples);
     summary.print(args.output)?;
-    if args.keep {
+    if !summary.pass {
+        report::print_guest_logs(&cluster.daemon_log(), &summary.io.failures);
+    }
+    if args.keep || !summary.pass {
         eprintln!("rustbk soak: work folder kept: {}", tmp.keep().display());
     }
     drop(cluster);

@@ -169,3 +169,48 @@ pub fn print_plan(cfg: &Config, s: &Schedule, dir: &Path) {
         cfg.sample_every.as_secs_f64()
     );
 }
+
+/// Lines of the daemon's log shown for each guest that failed.
+const LOG_LINES_SHOWN: usize = 40;
+
+/// Prints, to stderr, the last lines the daemon and its workers logged about each guest named
+/// in `failures` ("guest N: ..."), so a failure in CI comes with what the backend saw.
+pub fn print_guest_logs(log: &str, failures: &[String]) {
+    let mut domids: Vec<u16> = failures.iter().filter_map(|f| failed_domid(f)).collect();
+    domids.sort_unstable();
+    domids.dedup();
+    for domid in domids {
+        let tag = format!("domid={domid} ");
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains(&tag)).collect();
+        let shown = &lines[lines.len().saturating_sub(LOG_LINES_SHOWN)..];
+        eprintln!(
+            "rustbk soak: the last {} log lines of domid {domid}:",
+            shown.len()
+        );
+        for line in shown {
+            eprintln!("  {line}");
+        }
+    }
+}
+
+/// The domid of a failure line that starts with "guest N".
+fn failed_domid(failure: &str) -> Option<u16> {
+    let rest = failure.strip_prefix("guest ")?;
+    let end = rest.find(|c: char| !c.is_ascii_digit())?;
+    rest[..end].parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::failed_domid;
+
+    #[test]
+    fn failure_lines_name_their_guest() {
+        assert_eq!(
+            failed_domid("guest 31: workload (after 0 reboots): x"),
+            Some(31)
+        );
+        assert_eq!(failed_domid("guest 7 hot attach: add xvdb"), Some(7));
+        assert_eq!(failed_domid("kill of guest 3: gone"), None);
+    }
+}
