@@ -172,13 +172,17 @@ fn check_distinct(fe: &str, rings: &[FrontendRing]) -> Result<(), Error> {
 }
 
 /// Maps the ring, binds the event channel and opens an image queue for it; the ring records
-/// what it consumes in `journal`.
+/// what it consumes in `journal`. A ring taken over from a killed worker (`reattach`) gets one
+/// notification at once: that worker may have died between publishing responses and
+/// notifying, and a frontend that asked for an event before then would otherwise wait for it
+/// forever (the published index alone never crosses its `rsp_event` again).
 pub(super) fn attach_ring(
     platform: &dyn Platform,
     domid: DomId,
     fr: &FrontendRing,
     image: &dyn BlockImage,
     journal: FileMemory,
+    reattach: bool,
 ) -> Result<RingResources, Error> {
     let guest = platform.attach(domid)?;
     let pages = guest.map_grants(&fr.refs, Access::ReadWrite)?.into_ring()?;
@@ -188,6 +192,10 @@ pub(super) fn attach_ring(
     let start = pages.load_u32(SRING_RSP_PROD)?;
     let ring = BackRing::attach_journaled(pages, fr.abi, fr.order, start, Box::new(journal))?;
     let evtchn = guest.bind_event_channel(fr.port)?;
+    if reattach {
+        // A spurious event costs the frontend one look at the ring; a lost one hangs it.
+        evtchn.notify()?;
+    }
     let queue = image.open_queue(ring.size())?;
     Ok(RingResources {
         ring,

@@ -455,7 +455,14 @@ impl Device {
         let mut attached = Vec::with_capacity(rings.len());
         for fr in &rings {
             let journal = open_journal(&self.opts.journal_dir, &self.spec, fr, reattach)?;
-            let res = attach_ring(&*self.platform, self.spec.domid, fr, &*self.image, journal)?;
+            let res = attach_ring(
+                &*self.platform,
+                self.spec.domid,
+                fr,
+                &*self.image,
+                journal,
+                reattach,
+            )?;
             attached.push((fr, res));
         }
         self.sectors.set(self.image.geometry().size / 512);
