@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# qcow2 performance: `qemu-img bench` against `rustbk img bench` (the same flags, engine only)
-# and against `rustbk demo` (the whole emulated guest path), on the same machine, in the same
-# run, on the same image files. QD32, 4 KiB, cache=none (O_DIRECT), io_uring.
+# Image format performance: `qemu-img bench` against `rustbk img bench` (the same flags, engine
+# only) and against `rustbk demo` (the whole emulated guest path), on the same machine, in the
+# same run, on the same image files. QD32, 4 KiB, cache=none (O_DIRECT), io_uring.
 #
-# Cases: read and overwrite on a fully allocated 1 GiB qcow2; allocating (sequential) writes on
-# a fresh 1 GiB qcow2 per run. The tools alternate (the one going first alternates too) for
-# ROUNDS rounds and the table shows medians. Afterwards one allocating run of each tool under
-# perf stat counts its flushes (fdatasync/fsync calls and io_uring FSYNC ops). Then
-# `rustbk img convert` against `qemu-img convert` on a 4 GiB half-allocated image.
+# FORMAT picks the format: qcow2 (default), vpc (a dynamic VHD) or vmdk (monolithicSparse);
+# `scripts/bench-img.sh vpc` works too. Cases: read and overwrite on a fully allocated 1 GiB
+# image; allocating (sequential) writes on a fresh 1 GiB image per run. The tools alternate
+# (the one going first alternates too) for ROUNDS rounds and the table shows medians.
+# Afterwards one allocating run of each tool under perf stat counts its flushes
+# (fdatasync/fsync calls and io_uring FSYNC ops). Then `rustbk img convert` against
+# `qemu-img convert` (raw to FORMAT and back) on a 4 GiB half-allocated image.
 #
 # Environment: ROUNDS (3), COUNT (200000 requests), DEPTH (32), DEMO_SECONDS (10),
 # DEMO_FRESH_SIZE (8G: the emulated guest runs for a time, not a count, so its fresh image is
@@ -17,6 +19,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+FORMAT=${1:-${FORMAT:-qcow2}}
+case $FORMAT in
+  qcow2) CREATE=(-f qcow2) ;;
+  vpc) CREATE=(-f vpc -o subformat=dynamic) ;;
+  vmdk) CREATE=(-f vmdk -o subformat=monolithicSparse) ;;
+  *) echo "FORMAT must be qcow2, vpc or vmdk, not $FORMAT" >&2; exit 2 ;;
+esac
 ROUNDS=${ROUNDS:-3}
 COUNT=${COUNT:-200000}
 DEPTH=${DEPTH:-32}
@@ -36,22 +45,25 @@ cargo build --release -q -p rustbk
 RUSTBK=$PWD/target/release/rustbk
 
 if [ -z "${WORK:-}" ]; then
-  WORK=$(mktemp -d /var/tmp/rustbk-bench-qcow2.XXXXXX)
+  WORK=$(mktemp -d /var/tmp/rustbk-bench-img.XXXXXX)
   trap 'rm -rf "$WORK"' EXIT
 fi
 mkdir -p "$WORK"
-FULL=$WORK/full.qcow2
-FRESH=$WORK/fresh.qcow2
-FLAGS=(-f qcow2 -t none -i io_uring -d "$DEPTH" -c "$COUNT" -s 4k)
+FULL=$WORK/full.$FORMAT
+FRESH=$WORK/fresh.$FORMAT
+FLAGS=(-f "$FORMAT" -t none -i io_uring -d "$DEPTH" -c "$COUNT" -s 4k)
 
 echo "== images in $WORK"
 rm -f "$FULL"
-qemu-img create -q -f qcow2 "$FULL" "$SIZE"
-qemu-io -f qcow2 -t none -c "write -P 1 0 $SIZE" "$FULL" >/dev/null
+qemu-img create -q "${CREATE[@]}" "$FULL" "$SIZE"
+# The whole virtual disk (a VHD's is a little larger than asked: CHS rounding).
+VSIZE=$(qemu-img info --output=json -f "$FORMAT" "$FULL" |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["virtual-size"])')
+qemu-io -f "$FORMAT" -t none -c "write -P 1 0 $VSIZE" "$FULL" >/dev/null
 
 fresh() {
   rm -f "$FRESH"
-  qemu-img create -q -f qcow2 "$FRESH" "${1:-$SIZE}"
+  qemu-img create -q "${CREATE[@]}" "$FRESH" "${1:-$SIZE}"
 }
 
 # IOPS from qemu-img bench's "Run completed in T seconds." line.
@@ -125,7 +137,7 @@ if [ -z "${NO_DEMO:-}" ]; then
 fi
 
 echo
-echo "qcow2, 1 GiB, 4 KiB, QD$DEPTH, cache=none, io_uring, $COUNT requests; medians of $ROUNDS"
+echo "$FORMAT, 1 GiB, 4 KiB, QD$DEPTH, cache=none, io_uring, $COUNT requests; medians of $ROUNDS"
 printf '%-12s | %14s | %18s | %6s | %26s\n' case "qemu-img IOPS" "rustbk engine IOPS" ratio \
   "rustbk via emulated guest"
 printf '%s\n' "-------------+----------------+--------------------+--------+---------------------------"
@@ -140,29 +152,31 @@ echo "(all samples: qemu-img read:${Q[read]} overwrite:${Q[overwrite]} allocatin
 echo " rustbk read:${R[read]} overwrite:${R[overwrite]} allocating:${R[allocating]})"
 
 if [ -z "${NO_CONVERT:-}" ]; then
-  # A 4 GiB raw image with every other 64 MiB region random (half allocated), then its qcow2
-  # conversion; both tools convert raw -> qcow2 and qcow2 -> raw, cache=none on both sides.
+  # A 4 GiB raw image with every other 64 MiB region random (half allocated), then its FORMAT
+  # conversion; both tools convert raw -> FORMAT and FORMAT -> raw, cache=none on both sides.
   echo
   echo "== convert: 4 GiB half-allocated image, -t none -T none, $ROUNDS rounds"
   SRC_RAW=$WORK/half.raw
-  SRC_QCOW2=$WORK/half.qcow2
+  SRC_IMG=$WORK/half.$FORMAT
   rm -f "$SRC_RAW"
   truncate -s 4G "$SRC_RAW"
   for i in $(seq 0 2 63); do
     head -c 64M /dev/urandom | dd of="$SRC_RAW" bs=1M seek=$((i * 64)) conv=notrunc status=none
   done
-  qemu-img convert -f raw -O qcow2 "$SRC_RAW" "$SRC_QCOW2"
+  qemu-img convert -f raw -O "$FORMAT" "${CREATE[@]:2}" "$SRC_RAW" "$SRC_IMG"
   declare -A CQ CR
   convert_secs() {
     local tool=$1 from=$2 to=$3 src dst start end
-    if [ "$from" = raw ]; then src=$SRC_RAW; else src=$SRC_QCOW2; fi
+    if [ "$from" = raw ]; then src=$SRC_RAW; else src=$SRC_IMG; fi
     dst=$WORK/out.$to
+    local opts=()
+    if [ "$to" != raw ]; then opts=("${CREATE[@]:2}"); fi
     rm -f "$dst"
     start=$(date +%s.%N)
     if [ "$tool" = qemu ]; then
-      qemu-img convert -t none -T none -f "$from" -O "$to" "$src" "$dst"
+      qemu-img convert -t none -T none -f "$from" -O "$to" "${opts[@]}" "$src" "$dst"
     else
-      "$RUSTBK" img convert -t none -T none -f "$from" -O "$to" "$src" "$dst"
+      "$RUSTBK" img convert -t none -T none -f "$from" -O "$to" "${opts[@]}" "$src" "$dst"
     fi
     end=$(date +%s.%N)
     qemu-img compare -q "$SRC_RAW" "$dst" || { echo "$tool $from->$to: output differs" >&2; exit 1; }
@@ -170,7 +184,7 @@ if [ -z "${NO_CONVERT:-}" ]; then
     awk -v s="$start" -v e="$end" 'BEGIN { printf "%.2f\n", e - s }'
   }
   for round in $(seq 1 "$ROUNDS"); do
-    for dir in raw:qcow2 qcow2:raw; do
+    for dir in "raw:$FORMAT" "$FORMAT:raw"; do
       if [ $((round % 2)) -eq 1 ]; then order=(qemu rustbk); else order=(rustbk qemu); fi
       for tool in "${order[@]}"; do
         secs=$(convert_secs "$tool" "${dir%%:*}" "${dir##*:}")
@@ -180,13 +194,13 @@ if [ -z "${NO_CONVERT:-}" ]; then
     done
   done
   printf '%-12s | %16s | %14s | %16s\n' convert "qemu-img convert" "rustbk img" "speed-up"
-  for dir in raw:qcow2 qcow2:raw; do
+  for dir in "raw:$FORMAT" "$FORMAT:raw"; do
     q=$(tr ' ' '\n' <<<"${CQ[$dir]}" | grep -v '^$' | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
     r=$(tr ' ' '\n' <<<"${CR[$dir]}" | grep -v '^$' | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
     printf '%-12s | %14s s | %12s s | %15s\n' "${dir/:/->}" "$q" "$r" \
       "$(awk -v q="$q" -v r="$r" 'BEGIN { printf "%.2fx", (r > 0 ? q / r : 0) }')"
   done
-  rm -f "$SRC_RAW" "$SRC_QCOW2"
+  rm -f "$SRC_RAW" "$SRC_IMG"
 fi
 
 if [ -z "${NO_SYNCCOUNT:-}" ]; then

@@ -114,8 +114,14 @@ pub(crate) fn open_as(
         tracing::info!(path = %file.path().display(), "qcow2 clusters below the page size: not using O_DIRECT");
         file.disable_direct();
     }
-    if format == Format::Vpc && file.dio_align().is_some() && vhd::shares_pages(&file) {
-        // Sector bitmaps (metadata, page cache) sit in the same pages as block data.
+    if format == Format::Vpc
+        && file.dio_align().is_some_and(|a| a.offset > 512)
+        && vhd::shares_pages(&file)
+    {
+        // Sector bitmaps sit in the same pages as block data. They are written with O_DIRECT
+        // one aligned block at a time, which must not take in data sectors: that needs
+        // 512-byte O_DIRECT. Otherwise everything goes through the page cache.
+        tracing::info!(path = %file.path().display(), "VHD on a file system without 512-byte O_DIRECT: not using O_DIRECT");
         file.disable_direct();
     }
     let file = Arc::new(file);

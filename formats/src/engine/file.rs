@@ -429,6 +429,11 @@ impl EngineFile {
         }
     }
 
+    /// The O_DIRECT descriptor and its alignment, if the file has one.
+    pub(crate) fn direct_descriptor(&self) -> Option<(&File, DioAlign)> {
+        self.direct.as_ref().map(|(f, a)| (f, *a))
+    }
+
     /// The descriptor for `which` (the buffered one if there is no O_DIRECT descriptor).
     pub(crate) fn fd(&self, which: Which) -> BorrowedFd<'_> {
         match (which, &self.direct) {

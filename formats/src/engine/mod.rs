@@ -11,6 +11,7 @@
 //! transfers are resubmitted; a read that hits end of file reads zeros past it; EAGAIN, EINTR
 //! and ECANCELED are retried a few times. The engine does not bound offsets (formats do).
 
+mod direct_meta;
 mod file;
 pub mod lock;
 mod prep;

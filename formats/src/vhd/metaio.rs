@@ -1,5 +1,6 @@
-//! Synchronous metadata I/O on a VHD file (footer, header, BAT, bitmaps, locator data) through
-//! the page cache. Guest data goes through the shared engine instead.
+//! Synchronous metadata I/O on a VHD file (footer, header, BAT, bitmaps, locator data): reads
+//! through the page cache, writes with O_DIRECT when the file has an O_DIRECT descriptor (they
+//! share pages with guest data). Guest data goes through the shared engine instead.
 
 use std::sync::Arc;
 
@@ -15,10 +16,11 @@ impl VhdIo {
         read_exact(&self.0, offset, buf, what)
     }
 
-    /// Writes all of `data` at `offset`.
+    /// Writes all of `data` at `offset`: with O_DIRECT when guest data is written so (see
+    /// `EngineFile::write_meta_at`), since bitmaps and the footer share pages with data.
     pub fn write(&self, offset: u64, data: &[u8], what: &str) -> Result<(), Error> {
         tracing::trace!(what, offset, len = data.len(), "vhd metadata write");
-        self.0.write_all_at(data, offset)
+        self.0.write_meta_at(data, offset)
     }
 
     /// Makes `[offset, offset + len)` read as zeros (zero-range, else written zeros).

@@ -14,8 +14,8 @@
 //!   the bits of written sectors are set once the data is written; a partial sector not yet
 //!   here is first filled from the parent.
 //! * Flush: the metadata write-back, or an fdatasync.
-//! * Dynamic and differencing disks use the page cache for data too (see [`shares_pages`]);
-//!   fixed disks follow the cache mode.
+//! * Every disk follows the cache mode; in `none` and `directsync` the metadata of dynamic and
+//!   differencing disks is written with O_DIRECT too (see [`shares_pages`]).
 //!
 //! Discard and write-zeroes are not supported (the features say so).
 
@@ -105,10 +105,9 @@ pub(crate) fn read_footer(file: &EngineFile) -> Result<Footer, Error> {
 
 /// Whether the VHD in `file` keeps metadata in the pages of guest data: dynamic and
 /// differencing disks do (a block's sector bitmap shares its first page with the block's data,
-/// and bitmaps are written through the page cache while data may be written with O_DIRECT; a
-/// page read in for a bitmap write during a direct write of the same page would later be
-/// written back over the new data). Such files use the page cache for everything, as qcow2
-/// images with clusters below a page do. Fixed disks have no metadata among their data.
+/// the footer its page with the last block's data). Their metadata is written with O_DIRECT
+/// when data is, one aligned block at a time, so such files can use O_DIRECT only where that
+/// block is one 512-byte sector. Fixed disks have no metadata among their data.
 pub(crate) fn shares_pages(file: &EngineFile) -> bool {
     read_footer(file).map_or(true, |f| f.disk_type != DiskType::Fixed)
 }
