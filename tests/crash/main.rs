@@ -8,6 +8,7 @@
 //!   are simulated by replaying, onto the initial image, everything up to the last durable
 //!   flush before a cut point plus a random subset (some torn) of the later writes.
 //!
+//! * [`kill9_formats`]: the same SIGKILL cycles on a dynamic VHD and a sparse VMDK.
 //! * [`vmdk`]: the same replay for a VMDK child over a parent, and a log with the allocation
 //!   fdatasync taken out, which must be caught.
 //!
@@ -17,6 +18,7 @@
 #![allow(clippy::cast_possible_truncation)]
 
 mod kill9;
+mod kill9_formats;
 mod model;
 mod qemu;
 mod recorder;
