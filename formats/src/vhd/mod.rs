@@ -21,11 +21,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod check;
 mod create;
 pub mod dynamic;
 pub mod footer;
 mod info;
 mod locator;
+pub mod map;
 mod meta;
 mod metaio;
 mod plan;
@@ -60,7 +62,7 @@ pub struct VhdImage {
     footer: Footer,
     /// `None` for fixed disks.
     pub(crate) meta: Option<Arc<Mutex<Meta>>>,
-    parent: Option<Arc<dyn BlockImage>>,
+    parent: Option<Arc<VhdImage>>,
     geometry: Geometry,
     engine: EngineKind,
     read_only: bool,
@@ -111,6 +113,19 @@ pub(crate) fn read_footer(file: &EngineFile) -> Result<Footer, Error> {
 /// images with clusters below a page do. Fixed disks have no metadata among their data.
 pub(crate) fn shares_pages(file: &EngineFile) -> bool {
     read_footer(file).map_or(true, |f| f.disk_type != DiskType::Fixed)
+}
+
+/// Opens the VHD in `file` (one image of a chain; `chain` holds the images above it). Dynamic
+/// and differencing disks use the page cache for data too (see [`shares_pages`]).
+pub(crate) fn open_vhd(
+    mut file: EngineFile,
+    opts: &OpenOptions,
+    chain: &mut Chain,
+) -> Result<VhdImage, Error> {
+    if file.dio_align().is_some() && shares_pages(&file) {
+        file.disable_direct();
+    }
+    VhdImage::open(Arc::new(file), opts, chain)
 }
 
 impl VhdImage {
@@ -188,7 +203,7 @@ impl VhdImage {
             engine,
             meta: self.meta.clone(),
             io: self.io.clone(),
-            parent: self.parent.clone(),
+            parent: self.parent.clone().map(|p| -> Arc<dyn BlockImage> { p }),
             size: self.geometry.size,
             read_only: self.read_only,
             depth,
