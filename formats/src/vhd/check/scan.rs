@@ -127,8 +127,7 @@ impl Scan {
         self.report.note(
             FindingKind::Leak,
             format!(
-                "Leaked space: {} bytes at {start:#x}..{end:#x} ({what}: no block or metadata \
-                 uses it)",
+                "{} bytes at {start:#x}..{end:#x} {what} that no block or metadata uses",
                 end - start
             ),
         );

@@ -6,6 +6,7 @@
 #![allow(clippy::cast_possible_truncation)]
 
 mod chain;
+mod check;
 mod crash;
 mod hostile;
 mod interop;
