@@ -20,6 +20,14 @@ const FOOTER: u64 = FOOTER_LEN as u64;
 /// leaks.
 const ALIGN: u64 = 4096;
 
+/// An error's message without its kind (findings say what kind they are).
+fn text(e: &Error) -> String {
+    match e {
+        Error::InvalidImage(m) | Error::UnsupportedFeature(m) => m.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// The state of the footer copy at offset 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Copy {
@@ -87,11 +95,11 @@ pub(super) fn scan(file: &Arc<EngineFile>, backing: &BackingPolicy) -> Result<Sc
             (end, true, Copy::Differs)
         }
         (Ok(end), Err(e)) => {
-            report.corrupt(e.to_string());
+            report.corrupt(text(&e));
             (end, true, Copy::Damaged)
         }
         (Err(e), Ok(c)) if c.disk_type != DiskType::Fixed => {
-            report.corrupt(format!("{e}; the copy at offset 0 is used"));
+            report.corrupt(format!("{}; the copy at offset 0 is used", text(&e)));
             (c, false, Copy::Good)
         }
         (Err(e), _) => return Err(e),
@@ -196,7 +204,7 @@ impl Scan {
         let header = match DynHeader::parse_unchecked(&raw) {
             Ok(h) => h,
             Err(e) => {
-                self.other(format!("{e}: the BAT and blocks were not checked"));
+                self.other(format!("{}: the BAT and blocks were not checked", text(&e)));
                 return Ok(None);
             }
         };
@@ -461,7 +469,7 @@ impl Scan {
         let names = match locator::candidates(io, h) {
             Ok(names) => names,
             Err(e) => {
-                self.other(format!("{e}"));
+                self.other(text(&e));
                 return;
             }
         };

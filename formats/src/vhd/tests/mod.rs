@@ -10,6 +10,7 @@ mod check;
 mod crash;
 mod hostile;
 mod interop;
+mod map;
 mod spec;
 
 use std::path::{Path, PathBuf};

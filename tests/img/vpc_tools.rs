@@ -1,0 +1,131 @@
+//! `rustbk img map` and `check` on VHD (qemu's `vpc`) against images the real qemu-img made
+//! and qemu-io wrote: the maps equal qemu-img's, the checks pass, and a leaked image is
+//! found, repaired and still holds what qemu wrote.
+
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use crate::common::{at, json, qemu_io, qemu_ok, rustbk, rustbk_ok, tmp};
+use crate::tools::as_printed_by;
+
+/// Writes at scattered offsets: unaligned sectors, across block boundaries, near the end.
+const WRITES: &[&str] = &[
+    "write -P 1 0 4k",
+    "write -P 2 512 512",
+    "write -P 3 3M 64k",
+    "write -P 4 6143k 2M",
+    "write -P 5 20M 512",
+    "write -P 6 33M 1M",
+    "write -P 7 62M 1M",
+];
+
+/// A 64 MiB vpc image of `subformat` made by qemu-img and written by qemu-io.
+fn qemu_vpc(dir: &tempfile::TempDir, subformat: &str) -> std::path::PathBuf {
+    let path = at(dir, &format!("{subformat}.vhd"));
+    let o = format!("subformat={subformat}");
+    qemu_ok(&[&"create", &"-q", &"-f", &"vpc", &"-o", &o, &path, &"64M"]);
+    qemu_io(&path, "vpc", WRITES);
+    path
+}
+
+#[test]
+fn vpc_map_json_equals_qemu_img_map_on_dynamic_and_fixed_images_qemu_wrote() {
+    let dir = tmp();
+    for sub in ["dynamic", "fixed"] {
+        let path = qemu_vpc(&dir, sub);
+        let args: [&dyn AsRef<std::ffi::OsStr>; 5] =
+            [&"map", &"--output=json", &"-f", &"vpc", &path];
+        let theirs = json(&qemu_ok(&args));
+        let ours = as_printed_by(json(&rustbk_ok(&args)), &theirs);
+        assert!(
+            theirs.as_array().is_some_and(|a| a.len() > 6),
+            "{sub}: {theirs}"
+        );
+        assert_eq!(ours, theirs, "map of the {sub} image");
+    }
+}
+
+#[test]
+fn vpc_check_passes_images_qemu_made_and_wrote() {
+    let dir = tmp();
+    for sub in ["dynamic", "fixed"] {
+        let path = qemu_vpc(&dir, sub);
+        let r = rustbk(&[&"check", &"-f", &"vpc", &"--output=json", &path]);
+        assert_eq!(r.code, 0, "{sub}: {r:?}");
+        let report = json(&r.stdout);
+        assert_eq!(report["format"], "vpc");
+        assert_eq!(report["subformat"], sub);
+        assert_eq!(report["check-errors"], 0);
+        assert!(report.get("problems").is_none(), "{sub}: {report}");
+        let size = std::fs::metadata(&path).expect("stat").len();
+        assert_eq!(report["image-end-offset"], size);
+    }
+}
+
+/// Appends `blocks` garbage blocks (bitmap sector and 2 MiB) where the footer was and
+/// moves the footer after them.
+fn leak_blocks(path: &Path, blocks: u64) {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open");
+    let end = f.metadata().expect("stat").len();
+    let mut footer = [0u8; 512];
+    f.read_exact_at(&mut footer, end - 512).expect("footer");
+    let garbage: Vec<u8> = (0..blocks * ((2 << 20) + 512))
+        .map(|i| (i * 7 + 3) as u8)
+        .collect();
+    f.write_all_at(&garbage, end - 512).expect("garbage");
+    f.write_all_at(&footer, end - 512 + garbage.len() as u64)
+        .expect("footer");
+}
+
+#[test]
+fn a_leaked_vpc_image_exits_3_and_r_leaks_gives_the_space_back_keeping_the_data() {
+    let dir = tmp();
+    let path = qemu_vpc(&dir, "dynamic");
+    let original = at(&dir, "original.vhd");
+    std::fs::copy(&path, &original).expect("copy");
+    let size = std::fs::metadata(&path).expect("stat").len();
+    leak_blocks(&path, 2);
+    let r = rustbk(&[&"check", &"-f", &"vpc", &"--output=json", &path]);
+    assert_eq!(r.code, 3, "{r:?}");
+    let report = json(&r.stdout);
+    assert_eq!(report["leaks"], 1);
+    assert_eq!(report["leaked-bytes"], 2 * ((2 << 20) + 512));
+    assert_eq!(report["image-end-offset"], size);
+    let r = rustbk(&[&"check", &"-f", &"vpc", &"-r", &"leaks", &path]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("1 leaked ranges"), "{r:?}");
+    let r = rustbk(&[&"check", &"-f", &"vpc", &path]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(std::fs::metadata(&path).expect("stat").len(), size);
+    qemu_ok(&[&"compare", &"-f", &"vpc", &"-F", &"vpc", &original, &path]);
+}
+
+#[test]
+fn a_damaged_vpc_footer_copy_exits_2_and_r_all_restores_it() {
+    let dir = tmp();
+    let path = qemu_vpc(&dir, "dynamic");
+    let original = at(&dir, "original.vhd");
+    std::fs::copy(&path, &original).expect("copy");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open");
+    f.write_all_at(b"not-a-footer", 0).expect("damage");
+    let r = rustbk(&[&"check", &"-f", &"vpc", &path]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr.contains("ERROR: VHD footer copy at offset 0"),
+        "{r:?}"
+    );
+    let r = rustbk(&[&"check", &"-f", &"vpc", &"-r", &"all", &path]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        std::fs::read(&path).expect("read"),
+        std::fs::read(&original).expect("read"),
+        "the image is back to what qemu wrote"
+    );
+}
