@@ -20,7 +20,7 @@ use crate::qcow2::check::Repair;
 
 use super::super::dynamic;
 use super::super::footer::{DiskType, FOOTER_LEN};
-use super::scan::{Copy, Scan, scan};
+use super::scan::{CopyState, Scan, scan};
 use super::{VhdCheckOptions, VhdCheckReport};
 
 const FOOTER: u64 = FOOTER_LEN as u64;
@@ -87,7 +87,7 @@ fn header_checksum_ok(s: &Scan) -> bool {
 
 fn copy_from_end_ok(s: &Scan) -> bool {
     s.end_ok
-        && matches!(s.copy, Copy::Damaged | Copy::Differs)
+        && matches!(s.copy, CopyState::Damaged | CopyState::Differs)
         && !s.first_sector_used
         && s.header.is_some()
 }
@@ -97,7 +97,7 @@ fn trailing_leak_ok(s: &Scan) -> bool {
         return false;
     };
     let footer_at = s.size - FOOTER;
-    s.end_ok && used < footer_at && (footer_at - used >= FOOTER || s.copy == Copy::Good)
+    s.end_ok && used < footer_at && (footer_at - used >= FOOTER || s.copy == CopyState::Good)
 }
 
 fn describe(f: Fix) -> &'static str {

@@ -30,7 +30,7 @@ fn text(e: &Error) -> String {
 
 /// The state of the footer copy at offset 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Copy {
+pub(super) enum CopyState {
     /// Fixed disks have none (their sector 0 is guest data).
     None,
     /// Valid, and the same bytes as the footer at the end (or the footer in use).
@@ -60,7 +60,7 @@ pub(super) struct Scan {
     /// The footer at the end is valid.
     pub end_ok: bool,
     /// The copy at offset 0.
-    pub copy: Copy,
+    pub copy: CopyState,
     /// The dynamic header, when it could be parsed (checksum aside).
     pub header: Option<HeaderFacts>,
     /// First byte after every block and metadata structure (where the footer belongs),
@@ -88,19 +88,19 @@ pub(super) fn scan(file: &Arc<EngineFile>, backing: &BackingPolicy) -> Result<Sc
     let end = Footer::parse(&tail, "at the end of the file");
     let copy = Footer::parse(&head, "copy at offset 0");
     let (footer, end_ok, copy) = match (end, copy) {
-        (Ok(end), _) if end.disk_type == DiskType::Fixed => (end, true, Copy::None),
-        (Ok(end), Ok(c)) if c.raw == end.raw => (end, true, Copy::Good),
+        (Ok(end), _) if end.disk_type == DiskType::Fixed => (end, true, CopyState::None),
+        (Ok(end), Ok(c)) if c.raw == end.raw => (end, true, CopyState::Good),
         (Ok(end), Ok(_)) => {
             report.corrupt("VHD footer copy at offset 0 differs from the footer at the end".into());
-            (end, true, Copy::Differs)
+            (end, true, CopyState::Differs)
         }
         (Ok(end), Err(e)) => {
             report.corrupt(text(&e));
-            (end, true, Copy::Damaged)
+            (end, true, CopyState::Damaged)
         }
         (Err(e), Ok(c)) if c.disk_type != DiskType::Fixed => {
             report.corrupt(format!("{}; the copy at offset 0 is used", text(&e)));
-            (c, false, Copy::Good)
+            (c, false, CopyState::Good)
         }
         (Err(e), _) => return Err(e),
     };

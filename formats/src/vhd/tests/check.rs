@@ -296,3 +296,25 @@ fn a_differencing_disk_names_its_parent_and_warns_when_it_is_gone() {
     let warnings = messages(&r, FindingKind::Warning);
     assert!(warnings[0].contains("parent not found"), "{warnings:?}");
 }
+
+#[test]
+fn a_fixed_vhd_with_space_before_its_footer_leaks_and_repair_leaks_trims_it() {
+    let (_dir, path) = temp("fixed-leak.vhd");
+    let opts = VhdCreateOptions {
+        subformat: VhdSubformat::Fixed,
+        ..Default::default()
+    };
+    create(&path, SIZE, &opts).expect("create");
+    write(&path, 4096, &pattern(5, 4096));
+    leak_tail(&path, 8192);
+    let r = check_with(&path, Repair::None);
+    assert_eq!(
+        (r.leaks, r.leaked_bytes, r.corruptions),
+        (1, 8192, 0),
+        "{r:?}"
+    );
+    let r = check_with(&path, Repair::Leaks);
+    assert!(r.is_clean(), "{r:?}");
+    assert_eq!(size(&path), SIZE + 512);
+    assert_eq!(read(&path, 4096, 4096), pattern(5, 4096));
+}
