@@ -82,7 +82,16 @@ fn header_checksum_ok(s: &Scan) -> bool {
     s.end_ok
         && s.other_corruptions == 0
         && s.used_end.is_some()
-        && s.header.as_ref().is_some_and(|h| !h.checksum_ok)
+        && s.header
+            .as_ref()
+            .is_some_and(|h| !h.checksum_ok && fixed_fields_hold(&h.raw))
+}
+
+/// The header fields every writer sets the same way hold their values: the unused data
+/// offset (all ones) and the header version (1.0). A header that damage reached there is
+/// not trusted to be right elsewhere.
+fn fixed_fields_hold(raw: &[u8; dynamic::HEADER_LEN]) -> bool {
+    raw[8..16] == [0xff; 8] && raw[24..28] == 0x0001_0000u32.to_be_bytes()
 }
 
 fn copy_from_end_ok(s: &Scan) -> bool {

@@ -318,3 +318,59 @@ fn a_fixed_vhd_with_space_before_its_footer_leaks_and_repair_leaks_trims_it() {
     assert_eq!(size(&path), SIZE + 512);
     assert_eq!(read(&path, 4096, 4096), pattern(5, 4096));
 }
+
+#[test]
+fn randomly_damaged_metadata_never_panics_the_checker_or_its_repairs() {
+    let (_dir, path) = temp("random.vhd");
+    written(&path);
+    let clean = std::fs::read(&path).expect("read");
+    let mut rng = super::Rng(0x5eed);
+    let mut outcomes = [0u32; 2];
+    let mut repaired_clean = 0;
+    for round in 0..120 {
+        let mut bytes = clean.clone();
+        for _ in 0..rng.next() % 6 + 1 {
+            // The footer copy, the header and the BAT.
+            let at = (rng.next() % 2048) as usize;
+            bytes[at] = rng.next() as u8;
+        }
+        if round % 4 == 0 {
+            let at = bytes.len() - 512 + (rng.next() % 512) as usize;
+            bytes[at] ^= 0x5a;
+        }
+        std::fs::write(&path, &bytes).expect("write");
+        let first = check(&path, &VhdCheckOptions::default());
+        outcomes[usize::from(first.is_ok())] += 1;
+        opens_if_clean(&path, first.ok(), round);
+        let repaired = check_with_result(&path, Repair::All);
+        repaired_clean += u32::from(opens_if_clean(&path, repaired.ok(), round));
+    }
+    assert!(
+        outcomes[1] > 0,
+        "some damaged images are still checked: {outcomes:?}"
+    );
+    assert!(repaired_clean > 0, "some damaged images are repaired");
+    eprintln!("checks (failed, completed): {outcomes:?}; clean after -r all: {repaired_clean}");
+}
+
+fn check_with_result(path: &Path, repair: Repair) -> Result<VhdCheckReport, crate::Error> {
+    let opts = VhdCheckOptions {
+        repair,
+        ..VhdCheckOptions::default()
+    };
+    check(path, &opts)
+}
+
+/// An image the checker finds clean must open; true if it was clean.
+fn opens_if_clean(path: &Path, report: Option<VhdCheckReport>, round: u32) -> bool {
+    let Some(r) = report.filter(VhdCheckReport::is_clean) else {
+        return false;
+    };
+    let opened = crate::open_image(path, crate::Format::Vpc, &super::opts(true));
+    assert!(
+        opened.is_ok(),
+        "round {round}: clean {r:?} but {:?}",
+        opened.err()
+    );
+    true
+}
