@@ -28,11 +28,32 @@ fn qemu_vpc(dir: &tempfile::TempDir, subformat: &str) -> std::path::PathBuf {
     path
 }
 
+/// A 64 MiB vpc image made by rustbk with `-o OPTS` and written by qemu-io.
+fn rustbk_vpc(dir: &tempfile::TempDir, name: &str, opts: &str) -> std::path::PathBuf {
+    let path = at(dir, name);
+    rustbk_ok(&[&"create", &"-f", &"vpc", &"-o", &opts, &path, &"64M"]);
+    qemu_io(&path, "vpc", WRITES);
+    path
+}
+
+/// Dynamic and fixed images made by qemu-img and by rustbk (512 KiB blocks), all written by
+/// qemu-io, with their subformats.
+fn images(dir: &tempfile::TempDir) -> [(&'static str, std::path::PathBuf); 4] {
+    [
+        ("dynamic", qemu_vpc(dir, "dynamic")),
+        ("fixed", qemu_vpc(dir, "fixed")),
+        (
+            "dynamic",
+            rustbk_vpc(dir, "r512k.vhd", "subformat=dynamic,block_size=512k"),
+        ),
+        ("fixed", rustbk_vpc(dir, "rfixed.vhd", "subformat=fixed")),
+    ]
+}
+
 #[test]
 fn vpc_map_json_equals_qemu_img_map_on_dynamic_and_fixed_images_qemu_wrote() {
     let dir = tmp();
-    for sub in ["dynamic", "fixed"] {
-        let path = qemu_vpc(&dir, sub);
+    for (sub, path) in images(&dir) {
         let args: [&dyn AsRef<std::ffi::OsStr>; 5] =
             [&"map", &"--output=json", &"-f", &"vpc", &path];
         let theirs = json(&qemu_ok(&args));
@@ -41,15 +62,14 @@ fn vpc_map_json_equals_qemu_img_map_on_dynamic_and_fixed_images_qemu_wrote() {
             theirs.as_array().is_some_and(|a| a.len() > 6),
             "{sub}: {theirs}"
         );
-        assert_eq!(ours, theirs, "map of the {sub} image");
+        assert_eq!(ours, theirs, "map of {} ({sub})", path.display());
     }
 }
 
 #[test]
-fn vpc_check_passes_images_qemu_made_and_wrote() {
+fn vpc_check_passes_dynamic_and_fixed_images_qemu_io_wrote() {
     let dir = tmp();
-    for sub in ["dynamic", "fixed"] {
-        let path = qemu_vpc(&dir, sub);
+    for (sub, path) in images(&dir) {
         let r = rustbk(&[&"check", &"-f", &"vpc", &"--output=json", &path]);
         assert_eq!(r.code, 0, "{sub}: {r:?}");
         let report = json(&r.stdout);
