@@ -17,6 +17,8 @@
 //! * Dynamic and differencing disks use the page cache for data too (see [`shares_pages`]);
 //!   fixed disks follow the cache mode.
 //!
+//! * The image tool's `check [-r leaks|all]` is [`check`], its `map` is [`map`].
+//!
 //! Discard and write-zeroes are not supported (the features say so).
 
 #![forbid(unsafe_code)]

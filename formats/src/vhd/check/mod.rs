@@ -1,7 +1,7 @@
 //! Consistency check and repair of VHD images, like `qemu-img check [-r leaks|all]` (qemu
 //! itself has no check for `vpc`).
 //!
-//! A pass ([`scan`]) reads the footer at the end of the file and its copy at offset 0
+//! A pass (`scan`) reads the footer at the end of the file and its copy at offset 0
 //! (dynamic and differencing disks: both valid, and the same bytes), the dynamic header
 //! (cookie, checksum, block size), the BAT (inside the file), blktap's batmap and the parent
 //! locators' data (inside the file, apart from each other), and every allocated block: after
@@ -10,7 +10,7 @@
 //! parent looked for inside the allowed directories (a [`BackingPolicy`]); what is found is
 //! reported, nothing is opened beyond the parent's footer.
 //!
-//! Repair ([`repair`]): `Leaks` gives back a leak at the end of the file (new footer written
+//! Repair (`repair`): `Leaks` gives back a leak at the end of the file (new footer written
 //! and synced at the end of the last block, then the file shortened); `All` also restores a
 //! damaged footer at the end from a good copy (or the reverse) and rewrites a wrong header
 //! checksum when nothing else is wrong. Nothing else is repaired: overlapping blocks, blocks

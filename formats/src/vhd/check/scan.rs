@@ -81,29 +81,7 @@ pub(super) fn scan(file: &Arc<EngineFile>, backing: &BackingPolicy) -> Result<Sc
         )));
     }
     let mut report = VhdCheckReport::default();
-    let mut tail = [0u8; FOOTER_LEN];
-    metaio::read_exact(file, size - FOOTER, &mut tail, "footer")?;
-    let mut head = [0u8; FOOTER_LEN];
-    metaio::read_exact(file, 0, &mut head, "footer copy")?;
-    let end = Footer::parse(&tail, "at the end of the file");
-    let copy = Footer::parse(&head, "copy at offset 0");
-    let (footer, end_ok, copy) = match (end, copy) {
-        (Ok(end), _) if end.disk_type == DiskType::Fixed => (end, true, CopyState::None),
-        (Ok(end), Ok(c)) if c.raw == end.raw => (end, true, CopyState::Good),
-        (Ok(end), Ok(_)) => {
-            report.corrupt("VHD footer copy at offset 0 differs from the footer at the end".into());
-            (end, true, CopyState::Differs)
-        }
-        (Ok(end), Err(e)) => {
-            report.corrupt(text(&e));
-            (end, true, CopyState::Damaged)
-        }
-        (Err(e), Ok(c)) if c.disk_type != DiskType::Fixed => {
-            report.corrupt(format!("{}; the copy at offset 0 is used", text(&e)));
-            (c, false, CopyState::Good)
-        }
-        (Err(e), _) => return Err(e),
-    };
+    let (footer, end_ok, copy) = footers(file, size, &mut report)?;
     report.disk_type = Some(footer.disk_type);
     let mut scan = Scan {
         report,
@@ -122,6 +100,38 @@ pub(super) fn scan(file: &Arc<EngineFile>, backing: &BackingPolicy) -> Result<Sc
         scan.dynamic(file, backing)?;
     }
     Ok(scan)
+}
+
+/// The footer at the end and its copy: the footer to use, whether the end one is valid, and
+/// the copy's state. Neither valid: the file is not taken for a VHD (an error).
+fn footers(
+    file: &EngineFile,
+    size: u64,
+    report: &mut VhdCheckReport,
+) -> Result<(Footer, bool, CopyState), Error> {
+    let mut tail = [0u8; FOOTER_LEN];
+    metaio::read_exact(file, size - FOOTER, &mut tail, "footer")?;
+    let mut head = [0u8; FOOTER_LEN];
+    metaio::read_exact(file, 0, &mut head, "footer copy")?;
+    let end = Footer::parse(&tail, "at the end of the file");
+    let copy = Footer::parse(&head, "copy at offset 0");
+    Ok(match (end, copy) {
+        (Ok(end), _) if end.disk_type == DiskType::Fixed => (end, true, CopyState::None),
+        (Ok(end), Ok(c)) if c.raw == end.raw => (end, true, CopyState::Good),
+        (Ok(end), Ok(_)) => {
+            report.corrupt("VHD footer copy at offset 0 differs from the footer at the end".into());
+            (end, true, CopyState::Differs)
+        }
+        (Ok(end), Err(e)) => {
+            report.corrupt(text(&e));
+            (end, true, CopyState::Damaged)
+        }
+        (Err(e), Ok(c)) if c.disk_type != DiskType::Fixed => {
+            report.corrupt(format!("{}; the copy at offset 0 is used", text(&e)));
+            (c, false, CopyState::Good)
+        }
+        (Err(e), _) => return Err(e),
+    })
 }
 
 impl Scan {
