@@ -24,7 +24,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::BackingPolicy;
-use crate::engine::{Access, EngineFile};
+use crate::engine::{Access, EngineFile, WriteRecorder};
 use crate::error::Error;
 use crate::qcow2::check::{MAX_MESSAGES, Repair};
 
@@ -39,6 +39,8 @@ pub struct VhdCheckOptions {
     pub force_share: bool,
     /// Where a differencing disk's parent may be looked for.
     pub backing: BackingPolicy,
+    /// Test hook: told every write, fdatasync and resize a repair makes.
+    pub recorder: Option<Arc<dyn WriteRecorder>>,
 }
 
 /// What kind of problem a finding is.
@@ -124,7 +126,11 @@ impl VhdCheckReport {
 /// Checks the VHD at `path` and repairs what `opts.repair` allows.
 pub fn check(path: &Path, opts: &VhdCheckOptions) -> Result<VhdCheckReport, Error> {
     let access = Access::new(opts.repair == Repair::None, opts.force_share);
-    let file = Arc::new(EngineFile::open(path, access, crate::CacheMode::Writeback)?);
+    let mut file = EngineFile::open(path, access, crate::CacheMode::Writeback)?;
+    if let Some(recorder) = opts.recorder.as_ref().filter(|_| !file.read_only()) {
+        file.set_recorder(recorder.clone());
+    }
+    let file = Arc::new(file);
     let first = scan::scan(&file, &opts.backing)?;
     if opts.repair == Repair::None || first.report.is_clean() {
         return Ok(first.report);

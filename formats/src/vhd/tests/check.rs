@@ -11,7 +11,7 @@ use crate::vhd::{VhdCreateOptions, VhdSubformat, create};
 
 use super::{open, read_all, temp};
 
-const SIZE: u64 = 8 << 20;
+pub(super) const SIZE: u64 = 8 << 20;
 const BLOCK: u64 = 2 << 20;
 /// Bitmap sector plus data of a 2 MiB block.
 const SPAN: u64 = BLOCK + 512;
@@ -36,7 +36,7 @@ fn messages(r: &VhdCheckReport, kind: FindingKind) -> Vec<&str> {
 
 /// A dynamic VHD with data in blocks 0, 3 and 1 (allocated in that order); returns its
 /// guest bytes.
-fn written(path: &Path) -> Vec<u8> {
+pub(super) fn written(path: &Path) -> Vec<u8> {
     create(path, SIZE, &VhdCreateOptions::default()).expect("create");
     let mut model = vec![0u8; SIZE as usize];
     let image = open(path, false);
@@ -61,23 +61,23 @@ fn file(path: &Path) -> std::fs::File {
         .expect("open")
 }
 
-fn read(path: &Path, at: u64, len: usize) -> Vec<u8> {
+pub(super) fn read(path: &Path, at: u64, len: usize) -> Vec<u8> {
     let mut buf = vec![0u8; len];
     file(path).read_exact_at(&mut buf, at).expect("read");
     buf
 }
 
-fn write(path: &Path, at: u64, data: &[u8]) {
+pub(super) fn write(path: &Path, at: u64, data: &[u8]) {
     file(path).write_all_at(data, at).expect("write");
 }
 
-fn size(path: &Path) -> u64 {
+pub(super) fn size(path: &Path) -> u64 {
     std::fs::metadata(path).expect("stat").len()
 }
 
 /// Appends `len` bytes of garbage where the footer is and moves the footer after them, as
 /// a crash between a block's allocation and its BAT update leaves a file.
-fn leak_tail(path: &Path, len: u64) {
+pub(super) fn leak_tail(path: &Path, len: u64) {
     let end = size(path);
     let footer = read(path, end - 512, 512);
     write(path, end - 512, &pattern(99, len as usize));
@@ -93,7 +93,7 @@ fn bat(path: &Path, index: u64) -> u32 {
     u32::from_be_bytes([b[0], b[1], b[2], b[3]])
 }
 
-fn contents(path: &Path) -> Vec<u8> {
+pub(super) fn contents(path: &Path) -> Vec<u8> {
     let image = open(path, true);
     let mut q = image.open_queue(4).expect("queue");
     read_all(&mut *q, SIZE, 1 << 20)

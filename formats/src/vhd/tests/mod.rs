@@ -11,6 +11,7 @@ mod crash;
 mod hostile;
 mod interop;
 mod map;
+mod repair_crash;
 mod spec;
 
 use std::path::{Path, PathBuf};
