@@ -25,6 +25,7 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
         },
         force_share: args.force_share,
         backing: BackingPolicy::default(),
+        recorder: None,
     };
     let report = match check(&args.file, &opts) {
         Ok(r) => r,
