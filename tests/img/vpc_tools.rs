@@ -149,3 +149,50 @@ fn a_damaged_vpc_footer_copy_exits_2_and_r_all_restores_it() {
         "the image is back to what qemu wrote"
     );
 }
+
+/// `rustbk img ARGS` run in `dir`.
+fn rustbk_in(dir: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_rustbk"))
+        .current_dir(dir)
+        .arg("img")
+        .args(args)
+        .output()
+        .expect("run rustbk")
+}
+
+#[test]
+fn vpc_check_of_a_differencing_disk_named_relatively_finds_its_parent_or_warns() {
+    let dir = tmp();
+    rustbk_ok(&[&"create", &"-f", &"vpc", &at(&dir, "base.vhd"), &"8M"]);
+    let child = at(&dir, "child.vhd");
+    rustbk_ok(&[
+        &"create",
+        &"-f",
+        &"vpc",
+        &"-b",
+        &"base.vhd",
+        &"-F",
+        &"vpc",
+        &child,
+    ]);
+    let args = ["check", "--output=json", "child.vhd"];
+    let out = rustbk_in(dir.path(), &args);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let report = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(report["subformat"], "differencing");
+    assert_eq!(report["backing-filename"], "./base.vhd");
+    assert!(report.get("problems").is_none(), "{report}");
+    std::fs::rename(at(&dir, "base.vhd"), at(&dir, "gone.vhd")).expect("rename");
+    let out = rustbk_in(dir.path(), &args);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "a missing parent is no corruption"
+    );
+    let report = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(report["problems"][0]["kind"], "warning", "{report}");
+    let message = report["problems"][0]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(message.contains("parent not found"), "{message}");
+}

@@ -28,6 +28,17 @@ fn text(e: &Error) -> String {
     }
 }
 
+/// An error's message followed by those of its sources.
+fn full(e: &Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text += &format!(": {s}");
+        source = s.source();
+    }
+    text
+}
+
 /// The state of the footer copy at offset 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum CopyState {
@@ -505,7 +516,9 @@ fn find_parent(
     path: &std::path::Path,
     backing: &BackingPolicy,
 ) -> Result<PathBuf, String> {
-    let confinement = Confinement::new(backing, path).map_err(|e| e.to_string())?;
+    let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    let path = real.as_path();
+    let confinement = Confinement::new(backing, path).map_err(|e| full(&e))?;
     let mut tried = Vec::new();
     for name in names {
         let name = PathBuf::from(name);
@@ -516,14 +529,14 @@ fn find_parent(
         let located = match confinement.locate(&named) {
             Ok(p) => p,
             Err(e) => {
-                tried.push(e.to_string());
+                tried.push(full(&e));
                 continue;
             }
         };
         let file = EngineFile::open(&located, Access::ForceShare, crate::CacheMode::Writeback)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| full(&e))?;
         let id = super::super::read_footer(&file)
-            .map_err(|e| e.to_string())?
+            .map_err(|e| full(&e))?
             .unique_id;
         if id != h.parent_id {
             return Err(format!(
