@@ -75,7 +75,9 @@ fn next_fix(s: &Scan, repair: Repair, done: &[String]) -> Option<Fix> {
 }
 
 fn end_from_copy_ok(s: &Scan) -> bool {
-    !s.end_ok && s.used_end.is_some_and(|u| u + FOOTER <= s.size)
+    !s.end_ok
+        && s.header.as_ref().is_some_and(|h| h.checksum_ok)
+        && s.used_end.is_some_and(|u| u + FOOTER <= s.size)
 }
 
 fn header_checksum_ok(s: &Scan) -> bool {
@@ -184,11 +186,13 @@ fn refusals(s: &Scan, repair: Repair) -> Vec<String> {
         ));
     }
     if !s.end_ok && repair == Repair::All {
-        out.push(
-            "Not repaired: the footer at the end, because blocks reach into it (the file is too \
-             short)"
-                .to_owned(),
-        );
+        let why = match s.header.as_ref().is_some_and(|h| h.checksum_ok) {
+            true => "blocks reach into it (the file is too short)",
+            false => "the dynamic header cannot be trusted to say where blocks end",
+        };
+        out.push(format!(
+            "Not repaired: the footer at the end, because {why}"
+        ));
     }
     out
 }
