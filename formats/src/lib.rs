@@ -114,22 +114,12 @@ pub(crate) fn open_as(
         tracing::info!(path = %file.path().display(), "qcow2 clusters below the page size: not using O_DIRECT");
         file.disable_direct();
     }
-    if format == Format::Vpc
-        && file.dio_align().is_some_and(|a| a.offset > 512)
-        && vhd::shares_pages(&file)
-    {
-        // Sector bitmaps sit in the same pages as block data. They are written with O_DIRECT
-        // one aligned block at a time, which must not take in data sectors: that needs
-        // 512-byte O_DIRECT. Otherwise everything goes through the page cache.
-        tracing::info!(path = %file.path().display(), "VHD on a file system without 512-byte O_DIRECT: not using O_DIRECT");
-        file.disable_direct();
-    }
-    let file = Arc::new(file);
     match format {
-        Format::Raw => Ok(Arc::new(RawImage::new(file, opts)?)),
-        Format::Qcow2 => Ok(Arc::new(Qcow2Image::open(file, opts, chain)?)),
-        Format::Vpc => Ok(Arc::new(vhd::VhdImage::open(file, opts, chain)?)),
-        Format::Vmdk => Ok(Arc::new(VmdkImage::open(file, opts, chain)?)),
+        Format::Raw => Ok(Arc::new(RawImage::new(Arc::new(file), opts)?)),
+        Format::Qcow2 => Ok(Arc::new(Qcow2Image::open(Arc::new(file), opts, chain)?)),
+        // Sector bitmaps sit in the same pages as block data (see `vhd::open_vhd`).
+        Format::Vpc => Ok(Arc::new(vhd::open_vhd(file, opts, chain)?)),
+        Format::Vmdk => Ok(Arc::new(VmdkImage::open(Arc::new(file), opts, chain)?)),
         Format::Null => Err(null_has_no_file(file.path())),
     }
 }

@@ -17,3 +17,4 @@ mod locks;
 mod tools;
 mod vmdk;
 mod vpc;
+mod vpc_tools;

@@ -100,7 +100,7 @@ fn map_json_equals_qemu_img_map_on_chains_and_raw_images() {
 }
 
 /// `ours` as the installed qemu-img prints a map: qemu-img before 8.2 has no `compressed`.
-fn as_printed_by(mut ours: serde_json::Value, theirs: &serde_json::Value) -> serde_json::Value {
+pub fn as_printed_by(mut ours: serde_json::Value, theirs: &serde_json::Value) -> serde_json::Value {
     let has_compressed = theirs
         .as_array()
         .and_then(|a| a.first())

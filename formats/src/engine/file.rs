@@ -273,6 +273,9 @@ impl EngineFile {
         }
         self.buffered.set_len(len)?;
         self.buffered.sync_all()?;
+        if let Some(recorder) = &self.recorder {
+            recorder.truncated(len);
+        }
         Ok(())
     }
 

@@ -38,6 +38,11 @@ pub trait WriteRecorder: Send + Sync + Debug {
     ///
     /// [`sync_begin`]: WriteRecorder::sync_begin
     fn synced(&self, mark: u64);
+    /// The file was cut (or grown) to `len` bytes, and that length is durable (the resize
+    /// is synced before it returns). Recorders that never see a resize may ignore it.
+    fn truncated(&self, len: u64) {
+        let _ = len;
+    }
 }
 
 /// Reports a successfully finished engine op to the file's recorder, if it has one.

@@ -266,7 +266,7 @@ fn map_level(
 }
 
 /// Appends `e`, merging it into the last entry when all fields agree and offsets continue.
-fn merge_entry(out: &mut Vec<MapEntry>, e: MapEntry) {
+pub(crate) fn merge_entry(out: &mut Vec<MapEntry>, e: MapEntry) {
     if let Some(last) = out.last_mut() {
         let same = (
             last.depth,

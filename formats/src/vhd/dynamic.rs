@@ -60,18 +60,24 @@ pub struct DynHeader {
 impl DynHeader {
     /// Parses and checks a dynamic header.
     pub fn parse(raw: &[u8; HEADER_LEN]) -> Result<DynHeader, Error> {
-        if &raw[..8] != COOKIE {
-            return Err(Error::InvalidImage(
-                "VHD dynamic header: no \"cxsparse\" cookie".to_owned(),
-            ));
-        }
-        let stored = be32(raw, CHECKSUM_AT);
-        let computed = checksum(raw, CHECKSUM_AT);
+        let header = DynHeader::parse_unchecked(raw)?;
+        let (stored, computed) = checksums(raw);
         if stored != computed {
             return Err(Error::InvalidImage(format!(
                 "VHD dynamic header: checksum field is {stored:#010x}, the header's bytes give \
                  {computed:#010x}"
             )));
+        }
+        Ok(header)
+    }
+
+    /// Parses a dynamic header without looking at its checksum (the image checker judges a
+    /// wrong checksum apart from the rest); the cookie and block size are still checked.
+    pub fn parse_unchecked(raw: &[u8; HEADER_LEN]) -> Result<DynHeader, Error> {
+        if &raw[..8] != COOKIE {
+            return Err(Error::InvalidImage(
+                "VHD dynamic header: no \"cxsparse\" cookie".to_owned(),
+            ));
         }
         let block_size = be32(raw, 32);
         if !block_size.is_power_of_two() || !(512..=MAX_BLOCK_SIZE).contains(&block_size) {
@@ -95,6 +101,19 @@ impl DynHeader {
     pub fn bitmap_len(&self) -> u64 {
         bitmap_len(self.block_size)
     }
+}
+
+/// The checksum field of a dynamic header and the checksum its bytes give.
+pub fn checksums(raw: &[u8; HEADER_LEN]) -> (u32, u32) {
+    (be32(raw, CHECKSUM_AT), checksum(raw, CHECKSUM_AT))
+}
+
+/// `raw` with its checksum field set to what its bytes give.
+pub fn with_checksum(raw: &[u8; HEADER_LEN]) -> [u8; HEADER_LEN] {
+    let mut b = *raw;
+    let sum = checksum(&b, CHECKSUM_AT);
+    b[CHECKSUM_AT..CHECKSUM_AT + 4].copy_from_slice(&sum.to_be_bytes());
+    b
 }
 
 /// Bytes of the sector bitmap in front of a block of `block_size` bytes (whole sectors).

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use crate::confine::{Confinement, Named};
 use crate::error::Error;
-use crate::image::{BlockImage, Format, OpenOptions};
+use crate::image::{Format, OpenOptions};
 use crate::qcow2::Chain;
 
 use super::dynamic::{DynHeader, Locator, utf16};
@@ -97,7 +97,7 @@ pub fn open_parent(
     header: &DynHeader,
     opts: &OpenOptions,
     chain: &mut Chain,
-) -> Result<Arc<dyn BlockImage>, Error> {
+) -> Result<Arc<super::VhdImage>, Error> {
     let names = candidates(io, header)?;
     let confinement = Confinement::new(&opts.backing, chain.top().unwrap_or(path))?;
     let mut tried = Vec::new();
@@ -135,7 +135,7 @@ fn open_located(
     header: &DynHeader,
     opts: &OpenOptions,
     chain: &mut Chain,
-) -> Result<Arc<dyn BlockImage>, Error> {
+) -> Result<Arc<super::VhdImage>, Error> {
     chain.enter(located)?;
     let parent_opts = OpenOptions {
         read_only: true,
@@ -144,7 +144,7 @@ fn open_located(
     };
     let file = crate::open_file(located, &parent_opts)?;
     confinement.check_opened(named, &file)?;
-    let format = confinement.format(named, Some(Format::Vpc), || Ok(Format::Vpc))?;
+    confinement.format(named, Some(Format::Vpc), || Ok(Format::Vpc))?;
     let id = super::read_footer(&file)?.unique_id;
     if id != header.parent_id {
         return Err(Error::BackingChain(format!(
@@ -154,5 +154,5 @@ fn open_located(
             named.image.display()
         )));
     }
-    crate::open_as(file, format, &parent_opts, chain)
+    Ok(Arc::new(super::open_vhd(file, &parent_opts, chain)?))
 }

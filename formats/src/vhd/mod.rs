@@ -17,15 +17,19 @@
 //! * Every disk follows the cache mode; in `none` and `directsync` the metadata of dynamic and
 //!   differencing disks is written with O_DIRECT too (see [`shares_pages`]).
 //!
+//! * The image tool's `check [-r leaks|all]` is [`check`], its `map` is [`map`].
+//!
 //! Discard and write-zeroes are not supported (the features say so).
 
 #![forbid(unsafe_code)]
 
+pub mod check;
 mod create;
 pub mod dynamic;
 pub mod footer;
 mod info;
 mod locator;
+pub mod map;
 mod meta;
 mod metaio;
 mod plan;
@@ -60,7 +64,7 @@ pub struct VhdImage {
     footer: Footer,
     /// `None` for fixed disks.
     pub(crate) meta: Option<Arc<Mutex<Meta>>>,
-    parent: Option<Arc<dyn BlockImage>>,
+    parent: Option<Arc<VhdImage>>,
     geometry: Geometry,
     engine: EngineKind,
     read_only: bool,
@@ -110,6 +114,23 @@ pub(crate) fn read_footer(file: &EngineFile) -> Result<Footer, Error> {
 /// block is one 512-byte sector. Fixed disks have no metadata among their data.
 pub(crate) fn shares_pages(file: &EngineFile) -> bool {
     read_footer(file).map_or(true, |f| f.disk_type != DiskType::Fixed)
+}
+
+/// Opens the VHD in `file` (one image of a chain; `chain` holds the images above it).
+/// Dynamic and differencing disks write their metadata with O_DIRECT when data is written so,
+/// one aligned block at a time (see [`shares_pages`]); that block must not take in data
+/// sectors, so where O_DIRECT needs more than 512-byte alignment they use the page cache for
+/// everything.
+pub(crate) fn open_vhd(
+    mut file: EngineFile,
+    opts: &OpenOptions,
+    chain: &mut Chain,
+) -> Result<VhdImage, Error> {
+    if file.dio_align().is_some_and(|a| a.offset > 512) && shares_pages(&file) {
+        tracing::info!(path = %file.path().display(), "VHD on a file system without 512-byte O_DIRECT: not using O_DIRECT");
+        file.disable_direct();
+    }
+    VhdImage::open(Arc::new(file), opts, chain)
 }
 
 impl VhdImage {
@@ -187,7 +208,7 @@ impl VhdImage {
             engine,
             meta: self.meta.clone(),
             io: self.io.clone(),
-            parent: self.parent.clone(),
+            parent: self.parent.clone().map(|p| -> Arc<dyn BlockImage> { p }),
             size: self.geometry.size,
             read_only: self.read_only,
             depth,

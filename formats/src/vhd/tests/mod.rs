@@ -6,9 +6,12 @@
 #![allow(clippy::cast_possible_truncation)]
 
 mod chain;
+mod check;
 mod crash;
 mod hostile;
 mod interop;
+mod map;
+mod repair_crash;
 mod spec;
 
 use std::path::{Path, PathBuf};

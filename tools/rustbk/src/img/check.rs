@@ -1,5 +1,6 @@
 //! `rustbk img check`: exit 0 clean, 1 check not completed, 2 corruptions, 3 leaks only,
-//! 63 for formats without checks (raw), like qemu-img.
+//! 63 for formats without checks (raw), like qemu-img. qcow2 here, VHD in `vpc_check`, VMDK
+//! in `vmdk`.
 
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -16,7 +17,7 @@ use super::{FormatArg, OutputArg};
 /// What `-r` repairs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum RepairArg {
-    /// Leaked clusters only.
+    /// Leaked clusters only (VHD: a leak at the end of the file).
     Leaks,
     /// Leaks and corruptions.
     All,
@@ -46,11 +47,16 @@ pub struct CheckArgs {
 
 /// Checks the image.
 pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let vmdk = Some(rustbk_formats::Format::Vmdk);
-    if args.format == Some(FormatArg::Vmdk)
-        || (args.format.is_none() && rustbk_formats::probe_format(&args.file).ok() == vmdk)
-    {
+    let probed = match args.format {
+        Some(_) => None,
+        None => rustbk_formats::probe_format(&args.file).ok(),
+    };
+    let is = |arg, format| args.format == Some(arg) || probed == Some(format);
+    if is(FormatArg::Vmdk, rustbk_formats::Format::Vmdk) {
         return super::vmdk::check(&args);
+    }
+    if is(FormatArg::Vpc, rustbk_formats::Format::Vpc) {
+        return super::vpc_check::run(&args);
     }
     if !is_qcow2(&args)? {
         eprintln!("rustbk: This image format does not support checks");

@@ -28,13 +28,10 @@ pub struct MapArgs {
 /// Prints the map.
 pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
     let format = super::format_of(&args.file, args.format.map(Into::into))?;
-    if format == rustbk_formats::Format::Vpc {
-        anyhow::bail!(
-            "{}: map of vpc images is not supported yet (use convert or compare)",
-            args.file.display()
-        );
-    }
     let entries = match format {
+        rustbk_formats::Format::Vpc => {
+            rustbk_formats::vhd::map::map_file(&args.file, args.force_share)?
+        }
         rustbk_formats::Format::Vmdk => {
             rustbk_formats::vmdk::map::map_file(&args.file, args.force_share)?
         }

@@ -15,6 +15,7 @@ mod progress;
 mod resize;
 mod vmdk;
 mod vpc;
+mod vpc_check;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -49,7 +50,8 @@ pub enum ImgCommand {
     Create(CreateArgs),
     /// Show an image's format, sizes and options.
     Info(InfoArgs),
-    /// Check a qcow2 image's metadata, optionally repairing it.
+    /// Check a qcow2, VHD (vpc) or VMDK image's metadata, optionally repairing it (qcow2 and
+    /// VHD).
     Check(CheckArgs),
     /// Copy an image into a new image, possibly of another format.
     Convert(ConvertArgs),
