@@ -110,14 +110,88 @@ fn is_qcow2(args: &CheckArgs) -> anyhow::Result<bool> {
 
 /// qemu-img's exit status for a finished check.
 pub fn exit_code(r: &CheckReport) -> u8 {
-    if r.check_errors > 0 {
-        1
-    } else if r.corruptions > 0 {
-        2
-    } else if r.leaks > 0 {
-        3
-    } else {
-        0
+    Counts::of(r).exit_code()
+}
+
+/// What every format's check summary counts, printed and turned into an exit status the way
+/// qemu-img does.
+pub struct Counts {
+    /// Corruptions left.
+    pub corruptions: u64,
+    /// Leaks left.
+    pub leaks: u64,
+    /// Parts that could not be checked.
+    pub check_errors: u64,
+    /// Corruptions repaired.
+    pub corruptions_fixed: u64,
+    /// Leaks repaired.
+    pub leaks_fixed: u64,
+    /// What a leak is ("leaked clusters", "leaked ranges").
+    pub leak_unit: &'static str,
+    /// Said after the number of leaks left (e.g. their bytes).
+    pub leak_detail: String,
+}
+
+impl Counts {
+    fn of(r: &CheckReport) -> Counts {
+        Counts {
+            corruptions: r.corruptions,
+            leaks: r.leaks,
+            check_errors: r.check_errors,
+            corruptions_fixed: r.corruptions_fixed,
+            leaks_fixed: r.leaks_fixed,
+            leak_unit: "leaked clusters",
+            leak_detail: String::new(),
+        }
+    }
+
+    /// qemu-img's exit status: 1 not completed, 2 corruptions, 3 leaks only, 0 clean.
+    pub fn exit_code(&self) -> u8 {
+        if self.check_errors > 0 {
+            1
+        } else if self.corruptions > 0 {
+            2
+        } else if self.leaks > 0 {
+            3
+        } else {
+            0
+        }
+    }
+
+    /// qemu-img's summary lines: what was repaired, then what is left.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        if self.leaks_fixed > 0 || self.corruptions_fixed > 0 {
+            s += &format!(
+                "The following inconsistencies were found and repaired:\n\n    {} {}\n    {} \
+                 corruptions\n\nDouble checking the fixed image now...\n",
+                self.leaks_fixed, self.leak_unit, self.corruptions_fixed
+            );
+        }
+        if self.corruptions == 0 && self.leaks == 0 && self.check_errors == 0 {
+            s += "No errors were found on the image.\n";
+        }
+        if self.corruptions > 0 {
+            s += &format!(
+                "\n{} errors were found on the image.\nData may be corrupted, or further writes \
+                 to the image may corrupt it.\n",
+                self.corruptions
+            );
+        }
+        if self.leaks > 0 {
+            s += &format!(
+                "\n{} {}{} were found on the image.\nThis means waste of disk space, but no harm \
+                 to data.\n",
+                self.leaks, self.leak_unit, self.leak_detail
+            );
+        }
+        if self.check_errors > 0 {
+            s += &format!(
+                "\n{} internal errors have occurred during the check.\n",
+                self.check_errors
+            );
+        }
+        s
     }
 }
 
@@ -147,37 +221,7 @@ fn to_json(args: &CheckArgs, r: &CheckReport) -> serde_json::Value {
 }
 
 fn human(r: &CheckReport) -> String {
-    let mut s = String::new();
-    if r.leaks_fixed > 0 || r.corruptions_fixed > 0 {
-        s += &format!(
-            "The following inconsistencies were found and repaired:\n\n    {} leaked clusters\n    \
-             {} corruptions\n\nDouble checking the fixed image now...\n",
-            r.leaks_fixed, r.corruptions_fixed
-        );
-    }
-    if r.is_clean() {
-        s += "No errors were found on the image.\n";
-    }
-    if r.corruptions > 0 {
-        s += &format!(
-            "\n{} errors were found on the image.\nData may be corrupted, or further writes to \
-             the image may corrupt it.\n",
-            r.corruptions
-        );
-    }
-    if r.leaks > 0 {
-        s += &format!(
-            "\n{} leaked clusters were found on the image.\nThis means waste of disk space, but \
-             no harm to data.\n",
-            r.leaks
-        );
-    }
-    if r.check_errors > 0 {
-        s += &format!(
-            "\n{} internal errors have occurred during the check.\n",
-            r.check_errors
-        );
-    }
+    let mut s = Counts::of(r).summary();
     if r.total_clusters > 0 && r.allocated_clusters > 0 {
         let pct = |n: u64, of: u64| n as f64 * 100.0 / of as f64;
         s += &format!(

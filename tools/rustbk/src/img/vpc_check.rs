@@ -12,7 +12,7 @@ use rustbk_formats::vhd::footer::DiskType;
 use serde_json::json;
 
 use super::OutputArg;
-use super::check::{CheckArgs, RepairArg};
+use super::check::{CheckArgs, Counts, RepairArg};
 
 /// Checks (and repairs) the VHD of `args`. A differencing disk's parent is looked for in
 /// the image's own folder only.
@@ -47,7 +47,7 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
         OutputArg::Json => println!("{}", serde_json::to_string_pretty(&to_json(args, &report))?),
         OutputArg::Human => print!("{}", human(&report)),
     }
-    Ok(ExitCode::from(exit_code(&report)))
+    Ok(ExitCode::from(counts(&report).exit_code()))
 }
 
 fn label(kind: FindingKind) -> &'static str {
@@ -58,16 +58,16 @@ fn label(kind: FindingKind) -> &'static str {
     }
 }
 
-/// qemu-img's exit status for a finished check.
-fn exit_code(r: &VhdCheckReport) -> u8 {
-    if r.check_errors > 0 {
-        1
-    } else if r.corruptions > 0 {
-        2
-    } else if r.leaks > 0 {
-        3
-    } else {
-        0
+/// The counts qemu-img's summary and exit status are made of.
+fn counts(r: &VhdCheckReport) -> Counts {
+    Counts {
+        corruptions: r.corruptions,
+        leaks: r.leaks,
+        check_errors: r.check_errors,
+        corruptions_fixed: r.corruptions_fixed,
+        leaks_fixed: r.leaks_fixed,
+        leak_unit: "leaked ranges",
+        leak_detail: format!(" ({} bytes)", r.leaked_bytes),
     }
 }
 
@@ -131,37 +131,7 @@ fn kind_name(kind: FindingKind) -> &'static str {
 }
 
 fn human(r: &VhdCheckReport) -> String {
-    let mut s = String::new();
-    if r.leaks_fixed > 0 || r.corruptions_fixed > 0 {
-        s += &format!(
-            "The following inconsistencies were found and repaired:\n\n    {} leaked ranges\n    \
-             {} corruptions\n\nDouble checking the fixed image now...\n",
-            r.leaks_fixed, r.corruptions_fixed
-        );
-    }
-    if r.is_clean() {
-        s += "No errors were found on the image.\n";
-    }
-    if r.corruptions > 0 {
-        s += &format!(
-            "\n{} errors were found on the image.\nData may be corrupted, or further writes to \
-             the image may corrupt it.\n",
-            r.corruptions
-        );
-    }
-    if r.leaks > 0 {
-        s += &format!(
-            "\n{} leaked ranges ({} bytes) were found on the image.\nThis means waste of disk \
-             space, but no harm to data.\n",
-            r.leaks, r.leaked_bytes
-        );
-    }
-    if r.check_errors > 0 {
-        s += &format!(
-            "\n{} internal errors have occurred during the check.\n",
-            r.check_errors
-        );
-    }
+    let mut s = counts(r).summary();
     if r.total_blocks > 0 {
         let pct = |n: u64, of: u64| {
             if of == 0 {
