@@ -5,6 +5,7 @@
 // Test sizes are small: casts to usize do not truncate.
 #![allow(clippy::cast_possible_truncation)]
 
+mod grow;
 mod hostile;
 
 use std::path::{Path, PathBuf};
