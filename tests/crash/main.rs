@@ -10,7 +10,8 @@
 //!
 //! * [`kill9_formats`]: the same SIGKILL cycles on a dynamic VHD and a sparse VMDK.
 //! * [`vmdk`]: the same replay for a VMDK child over a parent, and a log with the allocation
-//!   fdatasync taken out, which must be caught.
+//!   fdatasync taken out, which must be caught; then a child without grain tables, whose
+//!   table allocations are replayed, and a log with early directory entries, also caught.
 //!
 //! Seeds: `CRASH_SEED=<n>` repeats a run; every test prints the seed it used.
 

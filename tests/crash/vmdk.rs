@@ -5,13 +5,19 @@
 //! rustbk, a generation of every block the guest may see after the crash. The same log with
 //! the fdatasync between a new grain and its table entry taken out (an allocation in the wrong
 //! order) must be caught.
+//!
+//! A second child has no grain tables at all (directories of zeros, small tables), so the
+//! workload allocates a table, and its redundant copy, every 512 KiB: cuts land on every
+//! table allocation, and a log whose directory entries were written right after the zeroed
+//! table (before an fdatasync made it durable) must be caught.
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustbk_blkfront::workload::fill_pattern;
-use rustbk_formats::vmdk::create::{self, Parent, Subformat};
+use rustbk_formats::vmdk::create::{self, Parent, SparseLayout, Subformat};
 use rustbk_formats::{CacheMode, Format, ImageQueue, IoOp, OpenOptions, SharedBuf, open_image};
 
 use crate::model::{BLOCK, Change, Model};
@@ -35,8 +41,9 @@ struct Recording {
     model: Model,
 }
 
-/// base.vmdk (monolithicFlat, a pattern in its first 3/4) and child.vmdk over it.
-fn images(dir: &Path) -> Vec<u8> {
+/// base.vmdk (monolithicFlat, a pattern in its first 3/4) and child.vmdk over it, laid out
+/// as `layout` says.
+fn images(dir: &Path, layout: &SparseLayout) -> Vec<u8> {
     let base = dir.join("base.vmdk");
     create::create(&base, DISK, Subformat::MonolithicFlat, None).expect("base");
     let mut content = vec![0u8; DISK as usize];
@@ -47,11 +54,12 @@ fn images(dir: &Path) -> Vec<u8> {
         hint: "base.vmdk".to_owned(),
         cid,
     };
-    create::create(
+    create::create_with(
         &dir.join("child.vmdk"),
         DISK,
         Subformat::MonolithicSparse,
         Some(&parent),
+        layout,
     )
     .expect("child");
     content
@@ -200,9 +208,22 @@ fn replay(
     parent: &[u8],
     rng: &mut Rng,
 ) -> Result<usize, String> {
+    let len = events.len() as u64;
+    let cuts: Vec<usize> = (0..CUTS).map(|_| rng.range(0, len) as usize).collect();
+    replay_cuts(rec, (events, &cuts), dir, parent, rng)
+}
+
+/// Replays crashes of `events` at each of `cuts`; the first failure, if any.
+fn replay_cuts(
+    rec: &Recording,
+    (events, cuts): (&[Event], &[usize]),
+    dir: &Path,
+    parent: &[u8],
+    rng: &mut Rng,
+) -> Result<usize, String> {
     let mut torn = 0;
-    for _ in 0..CUTS {
-        let cut = rng.range(0, events.len() as u64) as usize;
+    for &cut in cuts {
+        let cut = cut.min(events.len());
         let durable = recorder::durable_prefix(events, cut);
         let mut file = rec.initial.clone();
         for e in &events[..durable] {
@@ -241,7 +262,7 @@ fn vmdk_survives_power_failure_and_a_broken_allocation_order_is_caught() {
     let seed = rng::seed("vmdk replay");
     let mut rng = Rng::new(seed);
     let dir = tempfile::tempdir().expect("tempdir");
-    let parent = images(dir.path());
+    let parent = images(dir.path(), &SparseLayout::default());
     let rec = record(&dir.path().join("child.vmdk"), rng.next_u64());
     let start = Instant::now();
     let torn =
@@ -266,4 +287,153 @@ fn vmdk_survives_power_failure_and_a_broken_allocation_order_is_caught() {
     }
     let (round, e) = caught.expect("replays of the log without allocation syncs found no damage");
     println!("broken order caught in round {round}: {e}");
+}
+
+/// Byte ranges of the child's grain directory and redundant directory.
+fn directory_ranges(image: &[u8]) -> Vec<(u64, u64)> {
+    let word = |at: usize| u64::from_le_bytes(image[at..at + 8].try_into().expect("8 bytes"));
+    let (capacity, grain, gtes) = (word(12), word(20), u64::from(word(44) as u32));
+    let len = (capacity / grain).div_ceil(gtes) * 4;
+    [word(56), word(48)]
+        .iter()
+        .filter(|&&s| s != 0)
+        .map(|&s| (s * 512, s * 512 + len))
+        .collect()
+}
+
+/// Positions of the directory entry writes in `events`.
+fn directory_writes(events: &[Event], dirs: &[(u64, u64)]) -> Vec<usize> {
+    let in_dir = |o: u64| dirs.iter().any(|&(s, e)| (s..e).contains(&o));
+    events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| matches!(e, Event::Write { offset, data } if data.len() == 4 && in_dir(*offset)))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// The log of a writer that wrote each new table's directory entry right after the zeroed
+/// table, before an fdatasync made the table durable (sync marks moved to match), and the
+/// positions of the moved entries whose table grew the file (`initial` bytes long at first).
+/// Only those can do harm: a table placed in the room below a later grain lies in a hole,
+/// which reads as zeros whether or not the table's write survived.
+fn directory_entries_early(
+    events: &[Event],
+    dirs: &[(u64, u64)],
+    initial: u64,
+) -> (Vec<Event>, Vec<usize>) {
+    let mut after: HashMap<usize, Vec<usize>> = HashMap::new();
+    let mut moved = HashSet::new();
+    for i in directory_writes(events, dirs) {
+        let Event::Write { data, .. } = &events[i] else {
+            continue;
+        };
+        let table = u64::from(u32::from_le_bytes(data[..4].try_into().expect("4 bytes"))) * 512;
+        let zeroed = events[..i].iter().rposition(
+            |e| matches!(e, Event::Write { offset, data } if *offset == table && data.len() >= 512),
+        );
+        if let Some(j) = zeroed {
+            after.entry(j).or_default().push(i);
+            moved.insert(i);
+        }
+    }
+    let grew = grew_file(events, initial);
+    let mut out = Vec::with_capacity(events.len());
+    let mut new_pos = vec![0; events.len() + 1];
+    let mut early = Vec::new();
+    for (k, e) in events.iter().enumerate() {
+        new_pos[k] = out.len();
+        if moved.contains(&k) {
+            continue;
+        }
+        out.push(e.clone());
+        for &i in after.get(&k).into_iter().flatten() {
+            if grew.contains(&k) {
+                early.push(out.len());
+            }
+            out.push(events[i].clone());
+        }
+    }
+    new_pos[events.len()] = out.len();
+    for e in &mut out {
+        if let Event::Sync { mark } = e {
+            *mark = new_pos[*mark];
+        }
+    }
+    (out, early)
+}
+
+/// Positions of the writes in `events` that start at or past the end of the file so far.
+fn grew_file(events: &[Event], initial: u64) -> HashSet<usize> {
+    let mut end = initial;
+    let mut out = HashSet::new();
+    for (i, e) in events.iter().enumerate() {
+        if let Event::Write { offset, data } = e {
+            if *offset >= end {
+                out.insert(i);
+            }
+            end = end.max(offset + data.len() as u64);
+        }
+    }
+    out
+}
+
+#[test]
+fn vmdk_table_allocation_survives_power_failure_and_an_early_directory_entry_is_caught() {
+    let seed = rng::seed("vmdk table replay");
+    let mut rng = Rng::new(seed);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layout = SparseLayout {
+        gtes_per_gt: 8,
+        preallocate_tables: false,
+        ..SparseLayout::default()
+    };
+    let parent = images(dir.path(), &layout);
+    let rec = record(&dir.path().join("child.vmdk"), rng.next_u64());
+    let dirs = directory_ranges(&rec.initial);
+    let writes = directory_writes(&rec.events, &dirs);
+    assert!(
+        writes.len() >= 2 * 12,
+        "the workload allocated most of the 16 tables and their copies ({} entries)",
+        writes.len()
+    );
+    let start = Instant::now();
+    let mut torn =
+        replay(&rec, &rec.events, dir.path(), &parent, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+    let at_tables: Vec<usize> = writes.iter().flat_map(|&i| [i, i + 1]).collect();
+    torn += replay_cuts(
+        &rec,
+        (&rec.events, &at_tables),
+        dir.path(),
+        &parent,
+        &mut rng,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    println!(
+        "vmdk table replay: {} events, {} flushes, {} directory entry writes, {} cuts, {torn} \
+         torn sectors, 0 failures, {:?}",
+        rec.events.len(),
+        rec.flushes.len(),
+        writes.len(),
+        CUTS + at_tables.len(),
+        start.elapsed()
+    );
+    let (broken, early) = directory_entries_early(&rec.events, &dirs, rec.initial.len() as u64);
+    assert!(
+        early.len() >= 2,
+        "the first table and its copy grew the file ({early:?})"
+    );
+    let mut caught = None;
+    for round in 0..5 {
+        let cuts: Vec<usize> = (0..CUTS)
+            .map(|_| early[rng.index(early.len())] + 1 + rng.range(0, 3) as usize)
+            .collect();
+        if let Err(e) = replay_cuts(&rec, (&broken, &cuts), dir.path(), &parent, &mut rng) {
+            caught = Some((round, e));
+            break;
+        }
+    }
+    let (round, e) =
+        caught.expect("replays of the log with early directory entries found no damage");
+    println!("early directory entries caught in round {round}: {e}");
 }

@@ -90,6 +90,32 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
     }
 }
 
+/// How the sparse extents of a new image are laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SparseLayout {
+    /// Grain size in sectors (a power of two in 8..=2048; qemu and VMware use 128).
+    pub grain_sectors: u64,
+    /// Entries per grain table (1..=512 for qemu to open the image; qemu and VMware use 512).
+    pub gtes_per_gt: u32,
+    /// Keep a redundant grain directory and tables.
+    pub redundant: bool,
+    /// Write every grain table now, as qemu-img and VMware do; else the directories are all
+    /// zeros and each table is allocated by the first write into it (as some other tools
+    /// leave them).
+    pub preallocate_tables: bool,
+}
+
+impl Default for SparseLayout {
+    fn default() -> SparseLayout {
+        SparseLayout {
+            grain_sectors: GRAIN_SECTORS,
+            gtes_per_gt: GTES,
+            redundant: true,
+            preallocate_tables: true,
+        }
+    }
+}
+
 /// Creates an empty (all unallocated, or zero) image of `size` bytes at `path`, which must
 /// not exist, with `parent` if given. streamOptimized is made by [`write_stream_optimized`].
 pub fn create(
@@ -98,6 +124,25 @@ pub fn create(
     sub: Subformat,
     parent: Option<&Parent>,
 ) -> Result<(), Error> {
+    create_with(path, size, sub, parent, &SparseLayout::default())
+}
+
+/// [`create`] with the sparse extents laid out as `sl` says.
+pub fn create_with(
+    path: &Path,
+    size: u64,
+    sub: Subformat,
+    parent: Option<&Parent>,
+    sl: &SparseLayout,
+) -> Result<(), Error> {
+    let probe = layout(SECTOR, false, false, sl).header;
+    if probe.gtes_per_gt > 512 {
+        return Err(Error::InvalidArgument(format!(
+            "{} grain table entries (at most 512)",
+            probe.gtes_per_gt
+        )));
+    }
+    SparseHeader::parse(&probe.to_bytes()).map_err(|e| Error::InvalidArgument(e.to_string()))?;
     if size == 0 || size % SECTOR != 0 {
         return Err(Error::InvalidArgument(format!(
             "VMDK size {size} is not a positive multiple of 512"
@@ -124,12 +169,12 @@ pub fn create(
         Subformat::MonolithicSparse => {
             let name = file_name(path)?;
             d.extents.push(line(size, ExtentKind::Sparse, name));
-            write_sparse(path, size, Some(&d.to_text()))
+            write_sparse(path, size, Some(&d.to_text()), sl)
         }
         Subformat::StreamOptimized => Err(Error::InvalidArgument(
             "a streamOptimized VMDK is written whole: use convert".to_owned(),
         )),
-        _ => create_split(path, size, sub, d),
+        _ => create_split(path, size, (sub, sl), d),
     }
 }
 
@@ -159,7 +204,12 @@ fn sibling(path: &Path, suffix: &str) -> Result<(PathBuf, String), Error> {
     Ok((path.with_file_name(&name), name))
 }
 
-fn create_split(path: &Path, size: u64, sub: Subformat, mut d: Descriptor) -> Result<(), Error> {
+fn create_split(
+    path: &Path,
+    size: u64,
+    (sub, sl): (Subformat, &SparseLayout),
+    mut d: Descriptor,
+) -> Result<(), Error> {
     let sparse = sub == Subformat::TwoGbMaxExtentSparse;
     let chunk = if sub == Subformat::MonolithicFlat {
         size
@@ -177,7 +227,7 @@ fn create_split(path: &Path, size: u64, sub: Subformat, mut d: Descriptor) -> Re
         };
         let (file, name) = sibling(path, &suffix)?;
         if sparse {
-            write_sparse(&file, len, None)?;
+            write_sparse(&file, len, None, sl)?;
             d.extents.push(line(len, ExtentKind::Sparse, name));
         } else {
             crate::raw::create_raw(&file, len)?;
@@ -198,16 +248,17 @@ struct Layout {
     gt_sectors: u64,
 }
 
-fn layout(size: u64, descriptor: bool, compressed: bool) -> Layout {
+fn layout(size: u64, descriptor: bool, compressed: bool, sl: &SparseLayout) -> Layout {
     let capacity = size / SECTOR;
+    let redundant = if sl.redundant { flags::REDUNDANT_GT } else { 0 };
     let mut h = SparseHeader {
         version: if compressed { 3 } else { 1 },
-        flags: flags::NEWLINE_TEST | flags::REDUNDANT_GT,
+        flags: flags::NEWLINE_TEST | redundant,
         capacity,
-        grain_sectors: GRAIN_SECTORS,
+        grain_sectors: sl.grain_sectors,
         descriptor_offset: if descriptor { 1 } else { 0 },
         descriptor_sectors: if descriptor { DESCRIPTOR_SECTORS } else { 0 },
-        gtes_per_gt: GTES,
+        gtes_per_gt: sl.gtes_per_gt,
         rgd_offset: 0,
         gd_offset: 0,
         overhead: 0,
@@ -216,11 +267,20 @@ fn layout(size: u64, descriptor: bool, compressed: bool) -> Layout {
     };
     let entries = h.gd_entries();
     let gd_sectors = (entries * 4).div_ceil(SECTOR);
-    let gt_sectors = (u64::from(GTES) * 4).div_ceil(SECTOR);
-    h.rgd_offset = 1 + h.descriptor_sectors;
-    h.gd_offset = h.rgd_offset + gd_sectors + entries * gt_sectors;
-    let end = h.gd_offset + gd_sectors + entries * gt_sectors;
-    h.overhead = end.div_ceil(GRAIN_SECTORS) * GRAIN_SECTORS;
+    let gt_sectors = (u64::from(sl.gtes_per_gt) * 4).div_ceil(SECTOR);
+    let tables = if sl.preallocate_tables {
+        entries * gt_sectors
+    } else {
+        0
+    };
+    let mut at = 1 + h.descriptor_sectors;
+    if sl.redundant {
+        h.rgd_offset = at;
+        at += gd_sectors + tables;
+    }
+    h.gd_offset = at;
+    let end = h.gd_offset + gd_sectors + tables;
+    h.overhead = end.div_ceil(sl.grain_sectors) * sl.grain_sectors;
     if compressed {
         h.flags = flags::NEWLINE_TEST | flags::COMPRESSED | flags::MARKERS;
         h.compress = COMPRESS_DEFLATE;
@@ -243,8 +303,13 @@ fn directory(at: u64, entries: u64, gt_sectors: u64) -> Vec<u8> {
     out
 }
 
-fn write_sparse(path: &Path, size: u64, descriptor: Option<&str>) -> Result<(), Error> {
-    let l = layout(size, descriptor.is_some(), false);
+fn write_sparse(
+    path: &Path,
+    size: u64,
+    descriptor: Option<&str>,
+    sl: &SparseLayout,
+) -> Result<(), Error> {
+    let l = layout(size, descriptor.is_some(), false, sl);
     let h = l.header;
     if h.overhead > u64::from(u32::MAX) {
         return Err(Error::InvalidArgument(format!(
@@ -264,8 +329,10 @@ fn write_sparse(path: &Path, size: u64, descriptor: Option<&str>) -> Result<(), 
     }
     let entries = h.gd_entries();
     for at in [h.rgd_offset, h.gd_offset] {
-        file.write_all_at(&directory(at, entries, l.gt_sectors), at * SECTOR)
-            .map_err(&err)?;
+        if at != 0 && sl.preallocate_tables {
+            file.write_all_at(&directory(at, entries, l.gt_sectors), at * SECTOR)
+                .map_err(&err)?;
+        }
     }
     file.set_len(h.overhead * SECTOR).map_err(&err)?;
     file.sync_all().map_err(&err)
@@ -305,7 +372,7 @@ pub fn write_stream_optimized(
         extents: Vec::new(),
     };
     d.extents.push(line(size, ExtentKind::Sparse, name));
-    let l = layout(size, true, true);
+    let l = layout(size, true, true, &SparseLayout::default());
     let mut h = l.header;
     let file = crate::engine::create_new(path)?;
     let err = io_err(path);

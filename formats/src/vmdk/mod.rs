@@ -5,10 +5,12 @@
 //! On-disk rules relied on:
 //! * The descriptor is text, embedded in the first sparse extent (`descriptorOffset`,
 //!   `descriptorSize`) or a file of its own starting with `# Disk DescriptorFile`; see
-//!   [`descriptor`] for its limits. Extent files and `parentFileNameHint` are relative to the
-//!   descriptor's folder and confined by the [`BackingPolicy`](crate::BackingPolicy) like
-//!   qcow2 backing files; parents at most [`MAX_CHAIN_DEPTH`](crate::qcow2::MAX_CHAIN_DEPTH)
-//!   deep, loops refused, and a parent whose `CID` is not the child's `parentCID` refused.
+//!   [`descriptor`] for its limits. An embedded descriptor naming one sparse extent describes
+//!   the file holding it, whatever name it gives (as in qemu: copies and renames work).
+//!   Extent files and `parentFileNameHint` are relative to the descriptor's folder and
+//!   confined by the [`BackingPolicy`](crate::BackingPolicy) like qcow2 backing files;
+//!   parents at most [`MAX_CHAIN_DEPTH`](crate::qcow2::MAX_CHAIN_DEPTH) deep, loops refused,
+//!   and a parent whose `CID` is not the child's `parentCID` refused.
 //! * A sparse extent's grain directory holds sector offsets of grain tables; a grain table
 //!   holds sector offsets of grains (0: unallocated, read from the parent or as zeros; 1 with
 //!   the zero-grain flag: zeros). With the redundant flag, a second directory and tables
@@ -20,13 +22,15 @@
 //! (zeros, parent data, compressed grains, metadata) is synchronous on the queue's thread.
 //!
 //! Crash order of a grain allocation: the new grain (guest data plus the parent's bytes or
-//! zeros around it) is written past the end of the file → fdatasync → the grain table entry,
-//! then its redundant copy. Grain tables are never allocated (every image this crate or
-//! qemu-img creates has all of them). A crash before the entry is written leaves an unused
-//! grain at the end of the file; after, the entry points at durable data. The entries are
-//! durable after the next flush (at once in the O_DSYNC cache modes). The descriptor's `CID`
-//! changes before the first write after open, as qemu does, so children made from the old
-//! content stop opening.
+//! zeros around it), and any grain table it needs (zeroed, with its redundant copy), are
+//! written past the end of the file → fdatasync → the grain table entry, then its redundant
+//! copy → the new tables' directory entries, primary then redundant. A crash before the
+//! entries leaves unused room at the end of the file; after, they point at durable data. The
+//! entries are durable after the next flush (at once in the O_DSYNC cache modes). Writes into
+//! grains of one new table join one table allocation. `DESIGN.md` (next to this file) gives
+//! the placement rules and why each crash cut is safe. The descriptor's `CID` changes before
+//! the first write after open, as qemu does, so children made from the old content stop
+//! opening.
 
 #![forbid(unsafe_code)]
 

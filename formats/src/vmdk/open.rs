@@ -186,11 +186,19 @@ pub(crate) fn open_extents(
         o.files.push(file.clone());
         paths.push(own.clone());
     }
+    // A descriptor embedded in a sparse extent naming one sparse extent describes that very
+    // file, whatever name it gives (the file may have been renamed or copied), as in qemu.
+    let embedded_alone = o.site.own_file.is_none()
+        && o.descriptor.extents.len() == 1
+        && o.descriptor.extents[0].kind == ExtentKind::Sparse;
     let mut start = 0u64;
     for line in o.descriptor.extents.clone() {
         let len = line.sectors * SECTOR;
         let store = match (line.kind, &line.file) {
             (ExtentKind::Zero, _) | (_, None) => Store::Zero,
+            (ExtentKind::Sparse, Some(_)) if embedded_alone => {
+                sparse_store(&mut o, 0, line.sectors)?
+            }
             (kind, Some(name)) => {
                 let named = Named {
                     image: file.path(),

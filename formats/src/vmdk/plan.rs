@@ -323,11 +323,7 @@ fn write_sparse(
                 ));
             }
             old => {
-                if !s.can_allocate(g)? {
-                    return Err(Error::UnsupportedFeature(format!(
-                        "VMDK grain {g} has no grain table (allocating grain tables is not supported)"
-                    )));
-                }
+                s.ensure_table(g)?;
                 let host = s.reserve()?;
                 let grain_start = e.start + g * gb;
                 let fill_parent = old == Grain::Unallocated;
@@ -386,8 +382,9 @@ fn fill(
     Ok(c)
 }
 
-/// Commits finished allocations: fdatasync the files holding the new grains, then point the
-/// grain tables (primary, then redundant) at them.
+/// Commits finished allocations: fdatasync the files holding the new grains (and new zeroed
+/// grain tables), then point the grain tables (primary, then redundant) at them, then write
+/// the directory entries of the new tables that now hold a grain.
 pub(crate) fn commit(
     meta: &mut Meta,
     files: &[Arc<crate::engine::EngineFile>],
@@ -405,5 +402,10 @@ pub(crate) fn commit(
     for a in allocs {
         meta.sparse[a.sparse].set(a.grain, a.host)?;
     }
-    Ok(())
+    let mut touched: Vec<usize> = allocs.iter().map(|a| a.sparse).collect();
+    touched.sort_unstable();
+    touched.dedup();
+    touched
+        .into_iter()
+        .try_for_each(|s| meta.sparse[s].install())
 }

@@ -5,6 +5,12 @@
 //! directory entries sharing a table, the VMDK form of a table cycle, are refused). Grain
 //! tables are read on first use and kept in a cache of bounded size. A grain table entry is
 //! checked when it is used: it must not point into metadata or past the end of the file.
+//!
+//! A write into a grain whose directory entry is 0 allocates the grain table (and its
+//! redundant copy): zeroed tables are written past the end of the file at once and stay
+//! *pending* (known here, not yet in the directory) until the first grain allocated in them
+//! commits; then the table entries and, after them, the directory entries are written. Later
+//! grains of the same table join the pending table. See `DESIGN.md` for the crash order.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -45,8 +51,23 @@ pub(crate) struct Sparse {
     tables: HashMap<usize, Vec<u32>>,
     /// Sorted, non-overlapping byte ranges holding metadata.
     meta: Vec<(u64, u64)>,
-    /// The file's end: new grains go here.
+    /// The file's end: new grains and tables go here.
     pub end: u64,
+    /// Tables allocated but not yet in the directory, by directory index.
+    pending: HashMap<usize, NewTable>,
+    /// Unused sectors left before a grain boundary when a grain followed a new table: the
+    /// next new tables go there first.
+    gap: (u64, u64),
+}
+
+/// A grain table allocated at the end of the file whose directory entry is not written yet.
+struct NewTable {
+    /// Byte offset of the table.
+    primary: u64,
+    /// Byte offset of its redundant copy (with a redundant directory).
+    backup: Option<u64>,
+    /// Its entries as written so far.
+    entries: Vec<u32>,
 }
 
 fn bad(why: String) -> Error {
@@ -71,6 +92,8 @@ impl Sparse {
             tables: HashMap::new(),
             meta: Vec::new(),
             end: file_size,
+            pending: HashMap::new(),
+            gap: (0, 0),
         };
         s.add_meta(0, head)?;
         if header.descriptor_offset != 0 {
@@ -149,6 +172,12 @@ impl Sparse {
         Ok(())
     }
 
+    /// Inserts a metadata range in order (ranges reserved at the end never overlap).
+    fn insert_meta(&mut self, start: u64, len: u64) {
+        let i = self.meta.partition_point(|&(s, _)| s < start);
+        self.meta.insert(i, (start, start + len));
+    }
+
     fn overlaps_meta(&self, start: u64, end: u64) -> bool {
         let i = self.meta.partition_point(|&(_, e)| e <= start);
         self.meta.get(i).is_some_and(|&(s, _)| s < end)
@@ -218,50 +247,156 @@ impl Sparse {
         })
     }
 
-    /// Whether grain `grain` has a grain table to record an allocation in.
-    pub fn can_allocate(&mut self, grain: u64) -> Result<bool, Error> {
+    /// Makes sure grain `grain` has a grain table to record an allocation in: an existing one,
+    /// a pending one, or a new zeroed table (and redundant copy) written past the end of the
+    /// file, pending until [`install`](Self::install) puts it in the directory.
+    pub fn ensure_table(&mut self, grain: u64) -> Result<(), Error> {
         let (gdi, _) = self.split(grain);
-        Ok(self.table(gdi)?.is_some())
+        if self.table(gdi)?.is_some() || self.pending.contains_key(&gdi) {
+            return Ok(());
+        }
+        let primary = self.new_table()?;
+        let backup = match self.rgd {
+            Some(_) => Some(self.new_table()?),
+            None => None,
+        };
+        let n = usize::try_from(self.header.gtes_per_gt).unwrap_or(0);
+        tracing::trace!(gdi, primary, ?backup, "vmdk grain table allocated");
+        self.pending.insert(
+            gdi,
+            NewTable {
+                primary,
+                backup,
+                entries: vec![0; n],
+            },
+        );
+        Ok(())
     }
 
-    /// Reserves a new grain at the end of the file; its byte offset.
+    /// Reserves room for one table and writes it zeroed; its byte offset.
+    fn new_table(&mut self) -> Result<u64, Error> {
+        let len = self.table_bytes().div_ceil(SECTOR) * SECTOR;
+        let at = if self.gap.1 - self.gap.0 >= len {
+            self.gap.0 += len;
+            self.gap.0 - len
+        } else {
+            let at = self.end.div_ceil(SECTOR) * SECTOR;
+            self.end = at
+                .checked_add(len)
+                .ok_or_else(|| Error::from_errno(libc::EFBIG))?;
+            at
+        };
+        sector_of(at)?;
+        let zeros = vec![0u8; usize::try_from(len).unwrap_or(0)];
+        self.io.write(MetaKind::Table, at, &zeros)?;
+        self.insert_meta(at, len);
+        Ok(at)
+    }
+
+    /// Reserves a new grain at the end of the file (aligned to the grain size); its byte offset.
     pub fn reserve(&mut self) -> Result<u64, Error> {
         let gb = self.header.grain_bytes();
         let at = self.end.div_ceil(gb) * gb;
         if at / SECTOR > u64::from(u32::MAX - 1) {
             return Err(Error::from_errno(libc::EFBIG));
         }
+        if at > self.end {
+            self.gap = (self.end.div_ceil(SECTOR) * SECTOR, at);
+        }
         self.end = at + gb;
         Ok(at)
     }
 
-    /// Points grain `grain` at byte `host` in the grain table, then in its redundant copy.
+    /// Points grain `grain` at byte `host` in its grain table, then in the redundant copy.
     pub fn set(&mut self, grain: u64, host: u64) -> Result<(), Error> {
         let (gdi, gti) = self.split(grain);
-        let sector = u32::try_from(host / SECTOR).map_err(|_| Error::from_errno(libc::EFBIG))?;
-        let bytes = sector.to_le_bytes();
-        let off = gti as u64 * 4;
-        let primary = self.gd.get(gdi).copied().unwrap_or(0);
+        let sector = sector_of(host)?;
+        let (primary, backup) = self.table_sites(gdi);
         if primary == 0 {
             return Err(bad(format!("grain {grain} has no grain table")));
         }
-        self.io
-            .write(MetaKind::Table, u64::from(primary) * SECTOR + off, &bytes)?;
-        let backup = self
-            .rgd
-            .as_ref()
-            .and_then(|r| r.get(gdi))
-            .copied()
-            .unwrap_or(0);
+        let off = gti as u64 * 4;
+        let bytes = sector.to_le_bytes();
+        self.io.write(MetaKind::Table, primary + off, &bytes)?;
         if backup != 0 {
-            self.io
-                .write(MetaKind::Table, u64::from(backup) * SECTOR + off, &bytes)?;
+            self.io.write(MetaKind::Table, backup + off, &bytes)?;
         }
-        if let Some(t) = self.tables.get_mut(&gdi).and_then(|t| t.get_mut(gti)) {
+        let cached = match self.pending.get_mut(&gdi) {
+            Some(t) => t.entries.get_mut(gti),
+            None => self.tables.get_mut(&gdi).and_then(|t| t.get_mut(gti)),
+        };
+        if let Some(t) = cached {
             *t = sector;
         }
         Ok(())
     }
+
+    /// Byte offsets of the table of directory entry `gdi` and of its copy (0: none).
+    fn table_sites(&self, gdi: usize) -> (u64, u64) {
+        if let Some(t) = self.pending.get(&gdi) {
+            return (t.primary, t.backup.unwrap_or(0));
+        }
+        let primary = self.gd.get(gdi).copied().unwrap_or(0);
+        let backup = self.rgd.as_ref().and_then(|r| r.get(gdi)).copied();
+        (
+            u64::from(primary) * SECTOR,
+            u64::from(backup.unwrap_or(0)) * SECTOR,
+        )
+    }
+
+    /// Writes the directory entries (primary, then redundant) of every pending table that
+    /// holds a committed grain, and moves those tables into the directory. Call it after the
+    /// table entries are written.
+    pub fn install(&mut self) -> Result<(), Error> {
+        let ready: Vec<usize> = self
+            .pending
+            .iter()
+            .filter(|(_, t)| t.entries.iter().any(|&e| e != 0))
+            .map(|(&gdi, _)| gdi)
+            .collect();
+        for gdi in ready {
+            let Some(t) = self.pending.get(&gdi) else {
+                continue;
+            };
+            let (primary, backup) = (sector_of(t.primary)?, t.backup.map(sector_of).transpose()?);
+            let at = self.header.gd_offset * SECTOR + gdi as u64 * 4;
+            self.io
+                .write(MetaKind::Directory, at, &primary.to_le_bytes())?;
+            if let Some(b) = backup {
+                let at = self.header.rgd_offset * SECTOR + gdi as u64 * 4;
+                self.io.write(MetaKind::Directory, at, &b.to_le_bytes())?;
+            }
+            self.settle(gdi, primary, backup);
+        }
+        Ok(())
+    }
+
+    /// Records in memory that pending table `gdi` is in the directory.
+    fn settle(&mut self, gdi: usize, primary: u32, backup: Option<u32>) {
+        let Some(t) = self.pending.remove(&gdi) else {
+            return;
+        };
+        if let Some(e) = self.gd.get_mut(gdi) {
+            *e = primary;
+        }
+        if let (Some(rgd), Some(b)) = (self.rgd.as_mut(), backup) {
+            if let Some(e) = rgd.get_mut(gdi) {
+                *e = b;
+            }
+        }
+        if self.tables.len() >= CACHE_TABLES {
+            self.tables.clear();
+        }
+        self.tables.insert(gdi, t.entries);
+    }
+}
+
+/// The sector number of byte offset `at`, as a 32-bit table or directory entry.
+fn sector_of(at: u64) -> Result<u32, Error> {
+    u32::try_from(at / SECTOR)
+        .ok()
+        .filter(|&s| s < u32::MAX)
+        .ok_or_else(|| Error::from_errno(libc::EFBIG))
 }
 
 /// Little-endian u32 words of `raw`.

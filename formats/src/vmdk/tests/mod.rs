@@ -5,6 +5,7 @@
 // Test sizes are small: casts to usize do not truncate.
 #![allow(clippy::cast_possible_truncation)]
 
+mod grow;
 mod hostile;
 
 use std::path::{Path, PathBuf};
@@ -332,4 +333,25 @@ fn two_queues_writing_one_unallocated_grain_both_land() {
     let raw = std::fs::read(&path).expect("image");
     let overhead = u64::from_le_bytes(raw[64..72].try_into().expect("8 bytes")) * 512;
     assert_eq!(len, overhead + 65536, "one grain allocated, not two");
+}
+
+#[test]
+fn a_copied_monolithic_sparse_image_reads_and_writes_itself_not_the_file_it_names() {
+    let dir = tmp();
+    let original = made(&dir, "orig.vmdk", 4 * MIB, Subformat::MonolithicSparse);
+    let copy = dir.path().join("copy.vmdk");
+    std::fs::copy(&original, &copy).expect("copy");
+    let data = pattern(5, 8192);
+    {
+        let image = open(&copy).expect("open the copy");
+        write_at(&mut *queue(&image), MIB, &data).expect("write");
+    }
+    let image = open(&original).expect("open the original");
+    let got = read_at(&mut *queue(&image), MIB, 8192).expect("read");
+    assert!(got.iter().all(|&b| b == 0), "the original is untouched");
+    drop(image);
+    std::fs::remove_file(&original).expect("remove the original");
+    let image = open(&copy).expect("the copy opens alone");
+    let got = read_at(&mut *queue(&image), MIB, 8192).expect("read");
+    assert_bytes(&got, &data, "the copy holds the write");
 }
