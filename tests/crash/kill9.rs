@@ -180,32 +180,12 @@ pub(crate) struct Stats {
 fn run_cycle(cycle: usize, s: &CycleSetup, rng: &mut Rng, bases: &Bases) -> Stats {
     let work = tempfile::tempdir().expect("tempdir");
     let image = qemu::create(&work.path().join("disk.qcow2"), &s.spec);
-    let emu_dir = tempfile::tempdir().expect("tempdir");
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_rustbk"));
-    let mut cluster = EmuCluster::start(&exe, emu_dir.path()).expect("xenstored");
-    let spec = VbdSpec::rustbk(GUEST, XVDA, format!("qcow2:{}", image.display()));
+    let params = format!("qcow2:{}", image.display());
     // The backing files lie in a folder of their own, which the backend must be told about.
     let bases_dir = bases.dir().display().to_string();
     let mut args = s.backend_args.clone();
     args.extend(["--backing-dir", &bases_dir]);
-    cluster.add_disk(&spec, &args).expect("backend");
-    let mut front = connect(&cluster, &spec);
-    let pid = cluster.backend_pid(&spec).expect("backend pid");
-    let mut model = Model::new(REGION / BLOCK, false);
-    let mut stats = Stats::default();
-    let killed = killer(pid, s.kill_after);
-    let seed = rng.next_u64();
-    let log = cluster.backend_log(&spec);
-    let drive = Drive {
-        qd: s.qd,
-        seed,
-        killed: &killed,
-        backend_log: &log,
-    };
-    guest_workload(&mut front, &drive, &mut model, &mut stats);
-    drop(front);
-    // Reaps the killed backend (and stops xenstored) before the image is looked at.
-    drop(cluster);
+    let (model, mut stats, seed) = serve_until_killed(&params, &args, s.qd, s.kill_after, rng);
     let context = format!("cycle {cycle} ({:?}, workload seed {seed})", s.spec);
     stats.leaks = qemu::check_crash_safe(&image, &context);
     let initial = s.spec.backing.as_ref().map(|_| bases.content.as_slice());
@@ -217,6 +197,41 @@ fn run_cycle(cycle: usize, s: &CycleSetup, rng: &mut Rng, bases: &Bases) -> Stat
     };
     verify(&image, &model, &floor, initial, work.path(), &context);
     stats
+}
+
+/// Serves `params` (a vbd's `params`) with `rustbk serve ARGS` to an emulated guest running
+/// the random write + flush workload at depth `qd`, SIGKILLs the backend after `kill_after`,
+/// and reaps it (and stops xenstored) before returning what the guest saw acknowledged, the
+/// counts, and the workload's seed.
+pub(crate) fn serve_until_killed(
+    params: &str,
+    args: &[&str],
+    qd: u32,
+    kill_after: Duration,
+    rng: &mut Rng,
+) -> (Model, Stats, u64) {
+    let emu_dir = tempfile::tempdir().expect("tempdir");
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_rustbk"));
+    let mut cluster = EmuCluster::start(&exe, emu_dir.path()).expect("xenstored");
+    let spec = VbdSpec::rustbk(GUEST, XVDA, params.to_owned());
+    cluster.add_disk(&spec, args).expect("backend");
+    let mut front = connect(&cluster, &spec);
+    let pid = cluster.backend_pid(&spec).expect("backend pid");
+    let mut model = Model::new(REGION / BLOCK, false);
+    let mut stats = Stats::default();
+    let killed = killer(pid, kill_after);
+    let seed = rng.next_u64();
+    let log = cluster.backend_log(&spec);
+    let drive = Drive {
+        qd,
+        seed,
+        killed: &killed,
+        backend_log: &log,
+    };
+    guest_workload(&mut front, &drive, &mut model, &mut stats);
+    drop(front);
+    drop(cluster);
+    (model, stats, seed)
 }
 
 fn verify(

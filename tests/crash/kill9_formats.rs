@@ -4,15 +4,11 @@
 //! open in rustbk and convert with qemu-img, and every block must read back a generation the
 //! guest may see after a crash: at least what the last completed flush covered.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use rustbk::cluster::EmuCluster;
-use rustbk_blkfront::toolstack::VbdSpec;
 use rustbk_formats::{Format, OpenOptions, open_image};
 
-use crate::kill9::{DISK, Drive, GUEST, REGION, Stats, XVDA, connect, guest_workload, killer};
-use crate::model::{BLOCK, Model};
+use crate::kill9::{DISK, Stats, serve_until_killed};
 use crate::qemu;
 use crate::rng::{self, Rng};
 
@@ -72,29 +68,9 @@ fn run_cycle(
     args.extend_from_slice(create);
     args.extend([path.as_str(), size.as_str()]);
     qemu::ok(&args);
-    let emu_dir = tempfile::tempdir().expect("tempdir");
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_rustbk"));
-    let mut cluster = EmuCluster::start(&exe, emu_dir.path()).expect("xenstored");
     let prefix = if format == Format::Vpc { "vhd" } else { "vmdk" };
-    let spec = VbdSpec::rustbk(GUEST, XVDA, format!("{prefix}:{path}"));
-    cluster.add_disk(&spec, &[]).expect("backend");
-    let mut front = connect(&cluster, &spec);
-    let pid = cluster.backend_pid(&spec).expect("backend pid");
-    let mut model = Model::new(REGION / BLOCK, false);
-    let mut stats = Stats::default();
-    let killed = killer(pid, kill_after);
-    let seed = rng.next_u64();
-    let log = cluster.backend_log(&spec);
-    let drive = Drive {
-        qd,
-        seed,
-        killed: &killed,
-        backend_log: &log,
-    };
-    guest_workload(&mut front, &drive, &mut model, &mut stats);
-    drop(front);
-    // Reaps the killed backend (and stops xenstored) before the image is looked at.
-    drop(cluster);
+    let (model, stats, seed) =
+        serve_until_killed(&format!("{prefix}:{path}"), &[], qd, kill_after, rng);
     let context = format!("{name} cycle {cycle} (qd {qd}, workload seed {seed})");
     let opts = OpenOptions {
         read_only: true,

@@ -6,8 +6,6 @@ use std::path::{Path, PathBuf};
 
 use std::time::{Duration, Instant};
 
-use rustbk::cluster::EmuCluster;
-use rustbk_blkfront::toolstack::VbdSpec;
 use rustbk_blkfront::workload::fill_pattern;
 use rustbk_formats::{BlockImage, IoOp, SharedBuf};
 use rustbk_thin::dir::{Devices, PoolDir};
@@ -15,8 +13,7 @@ use rustbk_thin::peers::{self, Peer};
 use rustbk_thin::pool::{Origin, PoolOptions, VolumeSpec};
 use rustbk_thin::volume::{ThinVolume, VolumeOptions};
 
-use crate::kill9::{DISK, Drive, GUEST, REGION, Stats, XVDA, connect, guest_workload, killer};
-use crate::model::{BLOCK, Model};
+use crate::kill9::{DISK, Stats, serve_until_killed};
 use crate::rng::{self, Rng};
 
 const CYCLES: usize = 50;
@@ -89,31 +86,11 @@ fn run_cycle(
     };
     opened.create_volume(0, spec).expect("volume");
     drop(opened);
-    let emu_dir = tempfile::tempdir().expect("tempdir");
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_rustbk"));
-    let mut cluster = EmuCluster::start(&exe, emu_dir.path()).expect("xenstored");
-    let spec = VbdSpec::rustbk(GUEST, XVDA, format!("thin:{}:0", pool.path.display()));
     // The worker owns the pool itself, so the kill hits the process that writes the
     // metadata (a worker started with a pool service is killed in the replay tests).
-    cluster
-        .add_disk(&spec, &["--no-thin-service"])
-        .expect("backend");
-    let mut front = connect(&cluster, &spec);
-    let pid = cluster.backend_pid(&spec).expect("backend pid");
-    let mut model = Model::new(REGION / BLOCK, false);
-    let mut stats = Stats::default();
-    let killed = killer(pid, kill_after);
-    let seed = rng.next_u64();
-    let log = cluster.backend_log(&spec);
-    let drive = Drive {
-        qd,
-        seed,
-        killed: &killed,
-        backend_log: &log,
-    };
-    guest_workload(&mut front, &drive, &mut model, &mut stats);
-    drop(front);
-    drop(cluster);
+    let params = format!("thin:{}:0", pool.path.display());
+    let (model, stats, seed) =
+        serve_until_killed(&params, &["--no-thin-service"], qd, kill_after, rng);
     let context = format!("cycle {cycle} (block {block_size}, workload seed {seed})");
     let report = rustbk_thin::check::check_path(&pool.metadata(), &Default::default())
         .unwrap_or_else(|e| panic!("{context}: rustbk thin check: {e}"));
