@@ -286,6 +286,19 @@ impl Default for OpenOptions {
 }
 
 impl OpenOptions {
+    /// How the image tools open an image to look at it (map, info): read-only, through the
+    /// page cache, backing files followed wherever they are, any file size.
+    pub fn inspect(force_share: bool) -> OpenOptions {
+        OpenOptions {
+            read_only: true,
+            force_share,
+            cache: crate::CacheMode::Writeback,
+            backing: crate::BackingPolicy::Follow,
+            require_whole_sectors: false,
+            ..OpenOptions::default()
+        }
+    }
+
     /// With [`require_whole_sectors`](Self::require_whole_sectors), refuses a disk of `size`
     /// bytes at `path` that is empty or ends in a partial sector.
     pub(crate) fn check_disk_size(&self, path: &Path, size: u64) -> Result<(), Error> {

@@ -162,14 +162,7 @@ pub fn map_chain(path: &Path, format: Format, force_share: bool) -> Result<Vec<M
 }
 
 fn open_levels(path: &Path, format: Format, access: Access) -> Result<Vec<ChainLevel>, Error> {
-    let opts = OpenOptions {
-        read_only: true,
-        force_share: access == Access::ForceShare,
-        cache: crate::CacheMode::Writeback,
-        backing: BackingPolicy::Follow,
-        require_whole_sectors: false,
-        ..OpenOptions::default()
-    };
+    let opts = OpenOptions::inspect(access == Access::ForceShare);
     let follow = Confinement::new(&BackingPolicy::Follow, path)?;
     let mut levels = Vec::new();
     let mut next = Some((path.to_owned(), format));

@@ -313,8 +313,8 @@ fn inside(end: u64, file_size: u64, what: &str) -> Result<u64, Error> {
 
 /// The end of blktap's batmap, if the sector after the BAT holds its header (`tdbatmap`,
 /// then the batmap's offset and its size in sectors).
-fn batmap_end(io: &VhdIo, bat_end: u64, file_size: u64) -> Result<Option<u64>, Error> {
-    if bat_end + 512 > file_size {
+pub(crate) fn batmap_end(io: &VhdIo, bat_end: u64, file_size: u64) -> Result<Option<u64>, Error> {
+    if bat_end.saturating_add(512) > file_size {
         return Ok(None);
     }
     let mut head = [0u8; 512];

@@ -15,14 +15,7 @@ use super::tables::Grain;
 /// Opens the VMDK at `path` read-only (parents followed wherever they are, as the image tool
 /// does) and maps it.
 pub fn map_file(path: &Path, force_share: bool) -> Result<Vec<MapEntry>, Error> {
-    let opts = OpenOptions {
-        read_only: true,
-        force_share,
-        cache: crate::CacheMode::Writeback,
-        backing: crate::BackingPolicy::Follow,
-        require_whole_sectors: false,
-        ..OpenOptions::default()
-    };
+    let opts = OpenOptions::inspect(force_share);
     let mut chain = Chain::default();
     chain.enter(path)?;
     let file = crate::open_file(path, &opts)?;

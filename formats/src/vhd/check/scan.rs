@@ -10,9 +10,9 @@ use crate::engine::{Access, EngineFile};
 use crate::error::Error;
 
 use super::super::dynamic::{self, DynHeader, HEADER_LEN, UNUSED};
-use super::super::footer::{self, DiskType, FOOTER_LEN, Footer};
+use super::super::footer::{DiskType, FOOTER_LEN, Footer};
 use super::super::metaio::{self, VhdIo};
-use super::super::{MAX_BAT_BYTES, locator};
+use super::super::{MAX_BAT_BYTES, batmap_end, locator};
 use super::{FindingKind, VhdCheckReport};
 
 const FOOTER: u64 = FOOTER_LEN as u64;
@@ -356,23 +356,6 @@ impl Scan {
         }
         Ok(kept)
     }
-}
-
-/// The end of blktap's batmap, if the sector after the BAT holds its header.
-fn batmap_end(io: &VhdIo, bat_end: u64, size: u64) -> Result<Option<u64>, Error> {
-    if bat_end.saturating_add(512) > size {
-        return Ok(None);
-    }
-    let mut head = [0u8; 512];
-    io.read_exact(bat_end, &mut head, "batmap header")?;
-    if &head[..8] != b"tdbatmap" {
-        return Ok(None);
-    }
-    let offset = footer::be64(&head, 8);
-    let sectors = u64::from(footer::be32(&head, 16));
-    Ok(Some(
-        offset.saturating_add(sectors * 512).max(bat_end + 512),
-    ))
 }
 
 /// An allocated block: BAT index and file extent (bitmap and data).
