@@ -1,9 +1,10 @@
 //! `rustbk img`: image tools following qemu-img's conventions (`create`, `info`, `check`,
-//! `convert`, `compare`, `map`, `resize`, `bench`), one module per subcommand, all on the formats
+//! `convert`, `compare`, `map`, `resize`, `commit`, `bench`), one module per subcommand, all on the formats
 //! crate and its shared I/O engine.
 
 mod bench;
 mod check;
+mod commit;
 mod compare;
 mod convert;
 mod create;
@@ -28,6 +29,7 @@ use rustbk_formats::{BackingPolicy, BlockImage, CacheMode, Format, OpenOptions};
 
 pub use bench::BenchArgs;
 pub use check::CheckArgs;
+pub use commit::CommitArgs;
 pub use compare::CompareArgs;
 pub use convert::ConvertArgs;
 pub use create::CreateArgs;
@@ -61,6 +63,8 @@ pub enum ImgCommand {
     Map(MapArgs),
     /// Grow an image.
     Resize(ResizeArgs),
+    /// Merge an image into its backing file (qemu-img commit, vhd-util coalesce).
+    Commit(CommitArgs),
     /// Measure the I/O engine on an image like qemu-img bench (no guest, no ring).
     Bench(BenchArgs),
 }
@@ -75,6 +79,7 @@ pub fn run(args: ImgArgs) -> anyhow::Result<ExitCode> {
         ImgCommand::Compare(a) => compare::run(a),
         ImgCommand::Map(a) => map::run(a),
         ImgCommand::Resize(a) => resize::run(a),
+        ImgCommand::Commit(a) => commit::run(a),
         ImgCommand::Bench(a) => bench::run(a),
     }
 }
