@@ -38,6 +38,7 @@ mod metaio;
 mod open;
 mod plan;
 mod queue;
+pub mod relink;
 mod stream;
 mod tables;
 

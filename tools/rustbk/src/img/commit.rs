@@ -75,8 +75,30 @@ pub fn run(args: CommitArgs) -> anyhow::Result<ExitCode> {
     let depth = base_depth(&args, &chain)?;
     let base_format = base_format(&chain, depth)?;
     same_format_above(&chain, depth)?;
-    let _held = hold_readers(&chain[..depth])?;
     grow_base(&chain, depth, base_format)?;
+    copy_into_base(&args, &chain, (depth, base_format), top_format)?;
+    if base_format == Format::Vmdk {
+        relink_vmdk(&chain[depth - 1].filename, &chain[depth].filename)?;
+    }
+    if !args.quiet {
+        println!("Image committed.");
+        if !args.keep && args.base.is_none() {
+            println!("{}", kept_note(&args.file, top_format));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Copies the ranges answered above the base into the base (level `depth` of `chain`, of
+/// format `base_format`), flushes it and syncs its metadata. The images above the base are
+/// locked against writers meanwhile.
+fn copy_into_base(
+    args: &CommitArgs,
+    chain: &[ImageInfo],
+    (depth, base_format): (usize, Format),
+    top_format: Format,
+) -> anyhow::Result<()> {
+    let _held = hold_readers(&chain[..depth])?;
     let base_path = &chain[depth].filename;
     let base = rustbk_formats::open_image(
         base_path,
@@ -102,13 +124,24 @@ pub fn run(args: CommitArgs) -> anyhow::Result<ExitCode> {
     job.progress.finish();
     drop(job);
     base.sync_metadata()?;
-    if !args.quiet {
-        println!("Image committed.");
-        if !args.keep && args.base.is_none() {
-            println!("{}", kept_note(&args.file, top_format));
-        }
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
+}
+
+/// A VMDK base took a new CID with its first write: the image right above it names that CID
+/// as its `parentCID`, or no reader would accept it as the base's child any more. Done after
+/// the base is durable; a crash in between leaves the base committed and the child refused
+/// by its parentCID check (the error names both CIDs).
+fn relink_vmdk(child: &Path, base: &Path) -> anyhow::Result<()> {
+    let cid = rustbk_formats::vmdk::create::describe(base)
+        .with_context(|| format!("Could not open the base '{}'", base.display()))?
+        .cid;
+    rustbk_formats::vmdk::relink::set_parent_cid(child, cid).with_context(|| {
+        format!(
+            "The base was committed, but '{}' could not take its new CID {cid:08x} as its \
+             parentCID",
+            child.display()
+        )
+    })
 }
 
 /// The note printed when FILE would have been emptied by qemu-img.

@@ -1,0 +1,297 @@
+//! `rustbk img commit`: after a commit the base reads exactly what the chain read before it
+//! (checked by qemu-img, which reads qcow2, dynamic VHD and VMDK bases on its own), the base
+//! passes its checker, and chains that cannot be committed are refused with exit status 1.
+
+use std::path::Path;
+
+use rustbk_formats::suite::{pattern, run, write_at};
+use rustbk_formats::{Format, IoOp, OpenOptions};
+
+use crate::common::{at, qemu_img, qemu_io, qemu_ok, qemu_overlay, rustbk, rustbk_ok, tmp};
+
+/// The guest-visible bytes of `image` (format `format`) as a raw file at `to`, by qemu-img.
+fn qemu_flat(image: &Path, format: &str, to: &Path) {
+    qemu_ok(&[&"convert", &"-f", &format, &"-O", &"raw", &image, &to]);
+}
+
+/// Whether qemu-img finds `raw` and `image` (format `format`) equal.
+fn qemu_equal(raw: &Path, image: &Path, format: &str) -> bool {
+    let r = qemu_img(&[&"compare", &"-f", &"raw", &"-F", &format, &raw, &image]);
+    assert!(r.code == 0 || r.code == 1, "qemu-img compare: {r:?}");
+    r.code == 0
+}
+
+fn commit_ok(args: &[&dyn AsRef<std::ffi::OsStr>]) -> String {
+    let mut all: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"commit"];
+    all.extend_from_slice(args);
+    let out = rustbk_ok(&all);
+    assert!(out.contains("Image committed."), "{out}");
+    out
+}
+
+#[test]
+fn commit_of_a_qcow2_child_makes_the_base_equal_to_the_chain_and_zero_writes_hide_base_data() {
+    let dir = tmp();
+    let base = at(&dir, "base.qcow2");
+    crate::common::qemu_qcow2(
+        &base,
+        "8M",
+        &["write -P 1 0 4M", "write -P 5 6M 1M", "write -P 6 7M 4k"],
+    );
+    let top = at(&dir, "top.qcow2");
+    qemu_overlay(&top, "base.qcow2", "qcow2", None);
+    qemu_io(
+        &top,
+        "qcow2",
+        &[
+            "write -P 2 1M 1M",
+            "write -z 2M 512k",
+            "write -P 3 3900k 200k",
+            "write -z 6M 64k",
+            "write -P 4 7M 512",
+        ],
+    );
+    let reference = at(&dir, "ref.raw");
+    qemu_flat(&top, "qcow2", &reference);
+    assert!(
+        !qemu_equal(&reference, &base, "qcow2"),
+        "the child changes the disk"
+    );
+    let out = commit_ok(&[&"-p", &top]);
+    assert!(out.contains("still holds its data"), "{out}");
+    assert!(
+        qemu_equal(&reference, &base, "qcow2"),
+        "the base is the chain"
+    );
+    assert!(
+        qemu_equal(&reference, &top, "qcow2"),
+        "the child reads as before"
+    );
+    qemu_ok(&[&"check", &"-f", &"qcow2", &base]);
+}
+
+#[test]
+fn commit_with_b_copies_every_level_above_the_base_in_a_chain_of_depth_three() {
+    let dir = tmp();
+    let base = at(&dir, "base.qcow2");
+    crate::common::qemu_qcow2(&base, "8M", &["write -P 1 0 8M"]);
+    let mid = at(&dir, "mid.qcow2");
+    qemu_overlay(&mid, "base.qcow2", "qcow2", None);
+    qemu_io(
+        &mid,
+        "qcow2",
+        &["write -P 2 1M 2M", "write -z 5M 1M", "write -P 7 7M 64k"],
+    );
+    let top = at(&dir, "top.qcow2");
+    qemu_overlay(&top, "mid.qcow2", "qcow2", None);
+    qemu_io(
+        &top,
+        "qcow2",
+        &["write -P 3 2M 64k", "write -z 1M 128k", "write -P 4 5M 4k"],
+    );
+    let reference = at(&dir, "ref.raw");
+    qemu_flat(&top, "qcow2", &reference);
+    assert!(
+        !qemu_equal(&reference, &base, "qcow2"),
+        "the overlays change the disk"
+    );
+    let out = commit_ok(&[&"-b", &base, &top]);
+    assert!(!out.contains("still holds"), "-b implies -d: {out}");
+    assert!(
+        qemu_equal(&reference, &base, "qcow2"),
+        "the base is the chain"
+    );
+    assert!(
+        qemu_equal(&reference, &top, "qcow2"),
+        "the top reads as before"
+    );
+    qemu_ok(&[&"check", &"-f", &"qcow2", &base]);
+}
+
+#[test]
+fn commit_grows_a_smaller_raw_base_to_the_child_size() {
+    let dir = tmp();
+    let base = at(&dir, "base.raw");
+    qemu_ok(&[&"create", &"-q", &"-f", &"raw", &base, &"4M"]);
+    qemu_io(&base, "raw", &["write -P 1 0 4M"]);
+    let top = at(&dir, "top.qcow2");
+    qemu_overlay(&top, "base.raw", "raw", Some("6M"));
+    qemu_io(&top, "qcow2", &["write -P 2 3M 2M", "write -z 1M 64k"]);
+    let reference = at(&dir, "ref.raw");
+    qemu_flat(&top, "qcow2", &reference);
+    let out = rustbk_ok(&[&"commit", &"-q", &top]);
+    assert_eq!(out, "", "-q prints nothing");
+    assert_eq!(std::fs::metadata(&base).expect("base").len(), 6 << 20);
+    assert!(
+        qemu_equal(&reference, &base, "raw"),
+        "the base is the chain"
+    );
+}
+
+/// Writes patterns (`(offset, len, seed)`) and zeros (`(offset, len)`, as data: VHD takes no
+/// write-zeroes) through rustbk's own write path into an image (its parent in its folder).
+fn rustbk_writes(
+    image: &Path,
+    format: Format,
+    writes: &[(u64, usize, u64)],
+    zeros: &[(u64, usize)],
+) {
+    let opened = rustbk_formats::open_image(image, format, &OpenOptions::default()).expect("open");
+    let mut q = opened.open_queue(8).expect("queue");
+    for &(offset, len, seed) in writes {
+        write_at(&mut *q, offset, &pattern(seed, len)).expect("write");
+    }
+    for &(offset, len) in zeros {
+        write_at(&mut *q, offset, &vec![0u8; len]).expect("write zeros");
+    }
+    run(&mut *q, IoOp::Flush).expect("flush");
+    drop(q);
+    opened.sync_metadata().expect("sync");
+}
+
+#[test]
+fn commit_of_a_differencing_vhd_makes_its_dynamic_parent_equal_to_the_chain() {
+    let dir = tmp();
+    let base = at(&dir, "base.vhd");
+    rustbk_ok(&[&"create", &"-f", &"vpc", &base, &"8M"]);
+    rustbk_writes(
+        &base,
+        Format::Vpc,
+        &[(0, 3 << 20, 1), (6 << 20, 4096, 2)],
+        &[],
+    );
+    let child = at(&dir, "child.vhd");
+    rustbk_ok(&[
+        &"create",
+        &"-f",
+        &"vpc",
+        &"-b",
+        &"base.vhd",
+        &"-F",
+        &"vpc",
+        &child,
+    ]);
+    rustbk_writes(
+        &child,
+        Format::Vpc,
+        &[
+            (1 << 20, 1 << 20, 3),
+            (2_999_808, 8192, 4),
+            (5 << 20, 1024, 5),
+        ],
+        &[(512 << 10, 64 << 10), (6 << 20, 512)],
+    );
+    let reference = at(&dir, "ref.raw");
+    rustbk_ok(&[&"convert", &"-f", &"vpc", &"-O", &"raw", &child, &reference]);
+    assert!(
+        !qemu_equal(&reference, &base, "vpc"),
+        "the child changes the disk"
+    );
+    let out = commit_ok(&[&child]);
+    assert!(out.contains("vhd-util coalesce"), "{out}");
+    assert!(
+        qemu_equal(&reference, &base, "vpc"),
+        "qemu reads the chain in the parent"
+    );
+    let r = rustbk(&[&"compare", &"-f", &"vpc", &"-F", &"raw", &child, &reference]);
+    assert_eq!(r.code, 0, "the child reads as before: {r:?}");
+    rustbk_ok(&[&"check", &"-f", &"vpc", &base]);
+}
+
+#[test]
+fn commit_of_a_vmdk_child_makes_its_monolithic_sparse_parent_equal_to_the_chain() {
+    let dir = tmp();
+    let base = at(&dir, "base.vmdk");
+    rustbk_ok(&[
+        &"create",
+        &"-f",
+        &"vmdk",
+        &"-o",
+        &"subformat=monolithicSparse",
+        &base,
+        &"8M",
+    ]);
+    rustbk_writes(
+        &base,
+        Format::Vmdk,
+        &[(0, 4 << 20, 1), (7 << 20, 65536, 2)],
+        &[],
+    );
+    let child = at(&dir, "child.vmdk");
+    qemu_ok(&[
+        &"create",
+        &"-q",
+        &"-f",
+        &"vmdk",
+        &"-b",
+        &"base.vmdk",
+        &"-F",
+        &"vmdk",
+        &child,
+    ]);
+    qemu_io(
+        &child,
+        "vmdk",
+        &["write -P 3 1M 1M", "write -z 3M 128k", "write -P 4 7M 4k"],
+    );
+    let reference = at(&dir, "ref.raw");
+    qemu_flat(&child, "vmdk", &reference);
+    assert!(
+        !qemu_equal(&reference, &base, "vmdk"),
+        "the child changes the disk"
+    );
+    commit_ok(&[&"-f", &"vmdk", &child]);
+    assert!(
+        qemu_equal(&reference, &base, "vmdk"),
+        "qemu reads the chain in the parent"
+    );
+    assert!(
+        qemu_equal(&reference, &child, "vmdk"),
+        "the child reads as before"
+    );
+    qemu_ok(&[&"check", &"-f", &"vmdk", &base]);
+}
+
+#[test]
+fn commit_of_an_image_without_backing_file_exits_1_with_a_clear_message() {
+    let dir = tmp();
+    let lone = at(&dir, "lone.qcow2");
+    crate::common::qemu_qcow2(&lone, "1M", &["write -P 1 0 4k"]);
+    let r = rustbk(&[&"commit", &lone]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("has no backing file"), "{r:?}");
+}
+
+#[test]
+fn commit_into_a_base_outside_the_chain_is_refused_and_changes_nothing() {
+    let dir = tmp();
+    let base = at(&dir, "base.qcow2");
+    crate::common::qemu_qcow2(&base, "1M", &["write -P 1 0 64k"]);
+    let other = at(&dir, "other.qcow2");
+    crate::common::qemu_qcow2(&other, "1M", &[]);
+    let top = at(&dir, "top.qcow2");
+    qemu_overlay(&top, "base.qcow2", "qcow2", None);
+    qemu_io(&top, "qcow2", &["write -P 2 0 64k"]);
+    let empty = at(&dir, "empty.raw");
+    qemu_flat(&other, "qcow2", &empty);
+    for (name, wanted) in [
+        (&other, "is not in the backing chain"),
+        (&top, "into itself"),
+    ] {
+        let r = rustbk(&[&"commit", &"-b", name, &top]);
+        assert_eq!(r.code, 1, "{r:?}");
+        assert!(r.stderr.contains(wanted), "{r:?}");
+    }
+    assert!(
+        qemu_equal(&empty, &other, "qcow2"),
+        "the other image is untouched"
+    );
+    let mut base_data = vec![0u8; 1 << 20];
+    base_data[..65536].fill(1);
+    let flat_base = at(&dir, "base.raw");
+    std::fs::write(&flat_base, &base_data).expect("base data");
+    assert!(
+        qemu_equal(&flat_base, &base, "qcow2"),
+        "the base is untouched"
+    );
+}
