@@ -6,7 +6,8 @@
 //! the top-most level wins, and written into the base through its format's normal,
 //! crash-ordered write path; ranges stored as zeros there are written as zeros, so the base's
 //! old data does not show through. The base is flushed before the command reports success.
-//! The top image is left as it is (see [`CommitArgs`]).
+//! Then a qcow2 top image is emptied as qemu-img empties it; VHD and VMDK children are kept
+//! (see [`CommitArgs`]).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -34,11 +35,14 @@ use super::{CacheArg, FormatArg, open_cached, read_access, tool_options};
 /// unchanged, so the command can be run again. A base smaller than FILE is grown first when it
 /// is qcow2 or raw; a smaller VHD or VMDK base is refused.
 ///
-/// FILE keeps its data in every format (what `-d` asks for): qemu-img empties a qcow2 top
-/// image, rustbk does not yet, and `vhd-util coalesce` keeps VHD children as they are. After
-/// the commit FILE reads as before, and its data equals the base's there. With `-b` the
-/// images between FILE and BASE are not changed either; as with qemu-img, they no longer show
-/// their own former contents once BASE changed under them.
+/// Afterwards, as qemu-img does, a qcow2 FILE is emptied (every cluster unallocated and
+/// released, so it reads its backing file again), only once the base is flushed, unless `-d`
+/// or `-b` is given. VHD and VMDK children keep their data, as `vhd-util coalesce` keeps the
+/// child (a note says so): they read as before, and their data equals the base's there. A
+/// VMDK base takes a new CID when written, and the image right above it is given that CID as
+/// its `parentCID` so that it stays readable. With `-b` the images between FILE and BASE are
+/// not changed; as with qemu-img, they no longer show their own former contents once BASE
+/// changed under them.
 #[derive(Debug, Args)]
 pub struct CommitArgs {
     /// Format of FILE (probed when not given).
@@ -52,7 +56,7 @@ pub struct CommitArgs {
     /// backing chain. Implies `-d`.
     #[arg(short = 'b')]
     pub base: Option<PathBuf>,
-    /// Keep FILE's data after the commit (FILE is never emptied yet; see above).
+    /// Do not empty FILE after the commit (only qcow2 images are emptied; see above).
     #[arg(short = 'd')]
     pub keep: bool,
     /// Show progress on stderr.
@@ -80,10 +84,20 @@ pub fn run(args: CommitArgs) -> anyhow::Result<ExitCode> {
     if base_format == Format::Vmdk {
         relink_vmdk(&chain[depth - 1].filename, &chain[depth].filename)?;
     }
+    let empty = !args.keep && args.base.is_none();
+    if empty && top_format == Format::Qcow2 {
+        rustbk_formats::qcow2::empty::make_empty(&args.file).with_context(|| {
+            format!(
+                "The base was committed, but '{}' could not be emptied (its data equals the \
+                 base's; it may be kept, or emptied with another commit)",
+                args.file.display()
+            )
+        })?;
+    }
     if !args.quiet {
         println!("Image committed.");
-        if !args.keep && args.base.is_none() {
-            println!("{}", kept_note(&args.file, top_format));
+        if empty && top_format != Format::Qcow2 {
+            println!("{}", kept_note(&args.file));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -144,14 +158,11 @@ fn relink_vmdk(child: &Path, base: &Path) -> anyhow::Result<()> {
     })
 }
 
-/// The note printed when FILE would have been emptied by qemu-img.
-fn kept_note(file: &Path, format: Format) -> String {
-    let why = match format {
-        Format::Qcow2 => "rustbk does not empty qcow2 images yet",
-        _ => "as with vhd-util coalesce, the child is kept as it is",
-    };
+/// The note printed when a VHD or VMDK child is kept.
+fn kept_note(file: &Path) -> String {
     format!(
-        "Note: '{}' still holds its data ({why}); it now matches its backing file there.",
+        "Note: '{}' still holds its data (as with vhd-util coalesce, the child is kept as it \
+         is); it now matches its backing file there.",
         file.display()
     )
 }
