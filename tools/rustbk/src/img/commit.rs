@@ -25,24 +25,8 @@ use super::pipe::{self, CHUNK, DEPTH};
 use super::progress::Progress;
 use super::{CacheArg, FormatArg, open_cached, read_access, tool_options};
 
-/// `rustbk img commit [-f FMT] [-t CACHE] [-b BASE] [-d] [-p] [-q] FILE`.
-///
-/// Copies what FILE holds itself into its backing file, or with `-b BASE` what every image
-/// above BASE holds into BASE (the top-most image wins), then flushes the base. The base is
-/// opened read-write in the format its child names (it is never probed) and written through
-/// rustbk's normal write path, which orders its metadata updates for crash safety: a crash
-/// leaves the base consistent, holding old data or committed data in each range, and FILE
-/// unchanged, so the command can be run again. A base smaller than FILE is grown first when it
-/// is qcow2 or raw; a smaller VHD or VMDK base is refused.
-///
-/// Afterwards, as qemu-img does, a qcow2 FILE is emptied (every cluster unallocated and
-/// released, so it reads its backing file again), only once the base is flushed, unless `-d`
-/// or `-b` is given. VHD and VMDK children keep their data, as `vhd-util coalesce` keeps the
-/// child (a note says so): they read as before, and their data equals the base's there. A
-/// VMDK base takes a new CID when written, and the image right above it is given that CID as
-/// its `parentCID` so that it stays readable. With `-b` the images between FILE and BASE are
-/// not changed; as with qemu-img, they no longer show their own former contents once BASE
-/// changed under them.
+/// `rustbk img commit [-f FMT] [-t CACHE] [-b BASE] [-d] [-p] [-q] FILE` (what it does: the
+/// `Commit` variant of [`super::ImgCommand`], shown by `--help`).
 #[derive(Debug, Args)]
 pub struct CommitArgs {
     /// Format of FILE (probed when not given).
