@@ -2,6 +2,7 @@
 //! (checked by qemu-img, which reads qcow2, dynamic VHD and VMDK bases on its own), the base
 //! passes its checker, and chains that cannot be committed are refused with exit status 1.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use rustbk_formats::suite::{pattern, run, write_at};
@@ -58,7 +59,14 @@ fn commit_of_a_qcow2_child_makes_the_base_equal_to_the_chain_and_zero_writes_hid
         "the child changes the disk"
     );
     assert!(own_ranges(&top) > 0, "the child holds data before");
+    let used = |p: &Path| std::fs::metadata(p).expect("stat").blocks() * 512;
+    let before = used(&top);
     commit_ok(&[&"-p", &top]);
+    assert!(
+        used(&top) + (1 << 20) <= before,
+        "the freed clusters go back to the file system: {before} then {} bytes",
+        used(&top)
+    );
     assert!(
         qemu_equal(&reference, &base, "qcow2"),
         "the base is the chain"

@@ -77,7 +77,7 @@ pub enum ImgCommand {
     /// Afterwards, per format of FILE:
     ///
     /// qcow2: FILE is emptied, as qemu-img empties it (every cluster unmapped and released, so
-    /// it reads its backing file again), once the base is flushed; not with `-d`, nor with
+    /// it reads its backing file again, and the freed clusters punched out of the file), once the base is flushed; not with `-d`, nor with
     /// `-b` (which implies `-d`).
     ///
     /// vpc (VHD) and vmdk: FILE keeps its data, as `vhd-util coalesce` keeps the child, and a
