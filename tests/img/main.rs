@@ -8,6 +8,7 @@
 mod backing;
 mod bench;
 mod check;
+mod commit;
 mod common;
 mod convert;
 mod create;

@@ -9,6 +9,10 @@
 //! except that on version 2 images with a backing file they become unallocated (the backing
 //! file shows through, as QEMU does); a partial cluster is zeroed in place when it holds data of
 //! its own and left alone otherwise (unallocated, zero or compressed).
+//!
+//! Emptying an image (after `rustbk img commit` copied its data into its backing file) is a
+//! discard whose whole clusters always become unallocated, with or without a backing file and
+//! in every version, so the backing file shows through again, as QEMU's `bdrv_make_empty`.
 
 use crate::error::Error;
 
@@ -24,6 +28,8 @@ pub(crate) enum Zeroing {
     Required,
     /// Discard: the guest no longer needs the range; nothing is allocated for it.
     Hint,
+    /// Emptying: whole clusters become unallocated (the backing file shows through).
+    Unmap,
 }
 
 /// Plans a discard or write-zeroes of guest bytes `[offset, offset + len)`.
@@ -72,6 +78,7 @@ pub(crate) fn plan_discard(
 /// clusters, and write-zeroes on version 2 images with a backing file).
 fn new_entry(whole: bool, version: u32, backing: bool, zeroing: Zeroing) -> Option<u64> {
     match (whole, version, backing, zeroing) {
+        (true, _, _, Zeroing::Unmap) => Some(0),
         (false, ..) | (true, 2, true, Zeroing::Required) => None,
         (true, 2, _, _) | (true, _, false, _) => Some(0),
         (true, _, true, _) => Some(ZERO),

@@ -36,6 +36,7 @@ pub mod check;
 mod compress;
 mod create;
 mod discard;
+pub mod empty;
 mod grow;
 pub mod header;
 mod layout;

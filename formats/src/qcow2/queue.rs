@@ -58,6 +58,8 @@ pub struct Qcow2Queue {
     deferred: VecDeque<(IoOp, u64)>,
     /// Joinable allocations in flight on this queue: guest cluster -> (parent id, host).
     open_allocs: HashMap<u64, (u64, u64)>,
+    /// Discards unmap whole clusters (emptying the image, see [`super::empty`]).
+    unmap: bool,
 }
 
 impl Qcow2Queue {
@@ -80,7 +82,13 @@ impl Qcow2Queue {
             children: HashMap::new(),
             deferred: VecDeque::new(),
             open_allocs: HashMap::new(),
+            unmap: false,
         })
+    }
+
+    /// Makes this queue's discards unmap whole clusters (see [`super::empty`]).
+    pub(super) fn unmap_discards(&mut self) {
+        self.unmap = true;
     }
 
     fn plan_read(&mut self, offset: u64, bufs: Box<dyn crate::IoBuffers>) -> Result<Plan, Error> {
@@ -136,7 +144,10 @@ impl Qcow2Queue {
                 None => Err(Error::InvalidArgument("buffer length overflows".to_owned())),
             },
             IoOp::Discard { .. } => {
-                let hint = Zeroing::Hint;
+                let hint = match self.unmap {
+                    true => Zeroing::Unmap,
+                    false => Zeroing::Hint,
+                };
                 discard::plan_discard(&mut meta, &mut self.srcs, (offset, len), hint, &mut plan)
             }
             _ => {

@@ -42,6 +42,7 @@ mod metaio;
 mod open;
 mod plan;
 mod queue;
+pub mod relink;
 mod stream;
 mod tables;
 

@@ -142,7 +142,7 @@ fn refuse_source_as_dst(args: &ConvertArgs) -> anyhow::Result<()> {
 }
 
 /// Whether two stats name one file: the same inode, or the same block device.
-fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+pub(super) fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
     let block = |m: &std::fs::Metadata| m.file_type().is_block_device().then(|| m.rdev());
     (a.dev(), a.ino()) == (b.dev(), b.ino()) || block(a).is_some_and(|r| block(b) == Some(r))
 }

@@ -1,9 +1,10 @@
 //! `rustbk img`: image tools following qemu-img's conventions (`create`, `info`, `check`,
-//! `convert`, `compare`, `map`, `resize`, `bench`), one module per subcommand, all on the formats
+//! `convert`, `compare`, `map`, `resize`, `commit`, `bench`), one module per subcommand, all on the formats
 //! crate and its shared I/O engine.
 
 mod bench;
 mod check;
+mod commit;
 mod compare;
 mod convert;
 mod create;
@@ -28,6 +29,7 @@ use rustbk_formats::{BackingPolicy, BlockImage, CacheMode, Format, OpenOptions};
 
 pub use bench::BenchArgs;
 pub use check::CheckArgs;
+pub use commit::CommitArgs;
 pub use compare::CompareArgs;
 pub use convert::ConvertArgs;
 pub use create::CreateArgs;
@@ -61,6 +63,38 @@ pub enum ImgCommand {
     Map(MapArgs),
     /// Grow an image.
     Resize(ResizeArgs),
+    /// Merge an image into its backing file (qemu-img commit, vhd-util coalesce).
+    ///
+    /// Copies what FILE holds itself into its backing file, or with `-b BASE` what every image
+    /// above BASE holds into BASE (the top-most image wins); ranges stored as zeros are
+    /// written as zeros, so the base's old data does not show through. The base is opened
+    /// read-write in the format its child names (never probed), written through rustbk's
+    /// normal write path, which orders its metadata updates for crash safety, and flushed. A
+    /// base smaller than FILE is grown first when it is qcow2 or raw; a smaller VHD or VMDK
+    /// base is refused. Only chains whose images above the base share FILE's format are
+    /// committed.
+    ///
+    /// Afterwards, per format of FILE:
+    ///
+    /// qcow2: FILE is emptied, as qemu-img empties it (every cluster unmapped and released, so
+    /// it reads its backing file again, and the freed clusters punched out of the file), once the base is flushed; not with `-d`, nor with
+    /// `-b` (which implies `-d`).
+    ///
+    /// vpc (VHD) and vmdk: FILE keeps its data, as `vhd-util coalesce` keeps the child, and a
+    /// note says so; it reads as before and its data now equals the base's there.
+    ///
+    /// vmdk: also, a base takes a new CID with its first write; the image right above it is given
+    /// that CID as its `parentCID`, so that it stays readable.
+    ///
+    /// A crash during the copy leaves the base consistent (each range old or committed) and
+    /// FILE as it was: run the commit again. A crash while a qcow2 FILE is emptied leaves it
+    /// reading the same (each cluster its own, equal to the base's, or unmapped; at worst
+    /// leaked clusters, which `check -r leaks` gives back). A crash between a VMDK base's first
+    /// write and its child's new `parentCID` leaves the child refused by the CID check. With
+    /// `-b` the images between FILE and BASE are not changed; as with qemu-img, they no longer
+    /// show their former contents once BASE changed under them. Prints `Image committed.`;
+    /// any failure exits 1.
+    Commit(CommitArgs),
     /// Measure the I/O engine on an image like qemu-img bench (no guest, no ring).
     Bench(BenchArgs),
 }
@@ -75,6 +109,7 @@ pub fn run(args: ImgArgs) -> anyhow::Result<ExitCode> {
         ImgCommand::Compare(a) => compare::run(a),
         ImgCommand::Map(a) => map::run(a),
         ImgCommand::Resize(a) => resize::run(a),
+        ImgCommand::Commit(a) => commit::run(a),
         ImgCommand::Bench(a) => bench::run(a),
     }
 }

@@ -1,6 +1,6 @@
 //! `rustbk img resize`: grow an image to SIZE, or by `+SIZE`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
@@ -38,21 +38,27 @@ pub fn run(args: ResizeArgs) -> anyhow::Result<ExitCode> {
     if new < old {
         bail!("Shrinking images is not supported ({old} to {new} bytes)");
     }
-    if info.header.is_some() {
-        rustbk_formats::qcow2::resize(&args.file, new)
-            .with_context(|| format!("Cannot resize '{}'", args.file.display()))?;
-    } else {
-        let opened = || format!("Could not open '{}'", args.file.display());
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&args.file)
-            .with_context(opened)?;
-        let held = lock(file, &args.file, LockMode::Writer).with_context(opened)?;
-        let file = held.file();
-        file.set_len(new)?;
-        file.sync_all()?;
-    }
+    grow(&args.file, info.header.is_some(), new)?;
     println!("Image resized.");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Grows the qcow2 (`is_qcow2`) or raw image at `path` to `new` bytes, taking the image's
+/// writer lock; the new space reads as zeros (qcow2: unallocated).
+pub(super) fn grow(path: &Path, is_qcow2: bool, new: u64) -> anyhow::Result<()> {
+    if is_qcow2 {
+        return rustbk_formats::qcow2::resize(path, new)
+            .with_context(|| format!("Cannot resize '{}'", path.display()));
+    }
+    let opened = || format!("Could not open '{}'", path.display());
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .with_context(opened)?;
+    let held = lock(file, path, LockMode::Writer).with_context(opened)?;
+    let file = held.file();
+    file.set_len(new)?;
+    file.sync_all()?;
+    Ok(())
 }

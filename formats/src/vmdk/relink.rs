@@ -1,0 +1,83 @@
+//! Pointing a child at its changed parent: a VMDK child names its parent's `CID` in its
+//! `parentCID`, and a parent changes its CID on its first write after open, so a child whose
+//! parent was written to (by `rustbk img commit`, which leaves the child's data as it is) must
+//! take the parent's new CID, or rustbk and QEMU refuse to read it.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::engine::{Access, EngineFile};
+use crate::error::Error;
+
+use super::descriptor::Descriptor;
+use super::metaio::MetaKind;
+use super::open::{DescriptorSite, read_descriptor};
+
+/// Sets the `parentCID` of the VMDK at `path` (locked as a writer) to `cid`, durably.
+pub fn set_parent_cid(path: &Path, cid: u32) -> Result<(), Error> {
+    let file = Arc::new(EngineFile::open(
+        path,
+        Access::ReadWrite,
+        crate::CacheMode::Writeback,
+    )?);
+    let (descriptor, site) = read_descriptor(&file)?;
+    if descriptor.parent_cid == cid {
+        return Ok(());
+    }
+    let text = with_parent_cid(&site.text, cid);
+    write_text(&site, &text)
+}
+
+/// `text` with the value of its `parentCID=` line replaced.
+fn with_parent_cid(text: &str, cid: u32) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        if line.trim_start().starts_with("parentCID=") {
+            let nl = if line.ends_with('\n') { "\n" } else { "" };
+            out.push_str(&format!("parentCID={cid:08x}{nl}"));
+        } else {
+            out.push_str(line);
+        }
+    }
+    out
+}
+
+/// Writes `text` where the descriptor lives (padded with zeros to its room when embedded,
+/// the file cut to it otherwise) and syncs. The new text must still parse.
+fn write_text(site: &DescriptorSite, text: &str) -> Result<(), Error> {
+    Descriptor::parse(text.as_bytes())?;
+    match site.room {
+        Some(room) => {
+            if text.len() as u64 >= room {
+                return Err(Error::InvalidImage(
+                    "VMDK descriptor has no room for its new parentCID".to_owned(),
+                ));
+            }
+            let mut bytes = text.as_bytes().to_vec();
+            bytes.resize(usize::try_from(room).unwrap_or(0), 0);
+            site.io.write(MetaKind::Descriptor, site.offset, &bytes)?;
+        }
+        None => {
+            site.io.write(MetaKind::Descriptor, 0, text.as_bytes())?;
+            if let Some(f) = &site.own_file {
+                f.set_len(text.len() as u64)?;
+            }
+        }
+    }
+    site.io.sync()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_parent_cid;
+
+    #[test]
+    fn only_the_parent_cid_line_changes() {
+        let text = "# Disk DescriptorFile\nversion=1\nCID=0000abcd\nparentCID=12345678\nx=1";
+        let got = with_parent_cid(text, 0xfeed);
+        assert_eq!(
+            got,
+            "# Disk DescriptorFile\nversion=1\nCID=0000abcd\nparentCID=0000feed\nx=1"
+        );
+    }
+}
