@@ -84,8 +84,8 @@ rustbk_iops() {
 # IOPS of the emulated guest (`rustbk demo`) on an image.
 demo_iops() {
   local image=$1 rw=$2 out
-  out=$("$RUSTBK" demo --image "$image" --no-verify --rw "$rw" --bs 4k --qd "$DEPTH" \
-    --duration "$DEMO_SECONDS" 2>/dev/null)
+  out=$("$RUSTBK" demo --image "$image" --format "$FORMAT" --overwrite --no-verify --rw "$rw" \
+    --bs 4k --qd "$DEPTH" --duration "$DEMO_SECONDS" 2>/dev/null)
   sed -n 's/^ *IOPS *\([0-9]*\) .*/\1/p' <<<"$out"
 }
 

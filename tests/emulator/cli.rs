@@ -258,6 +258,35 @@ fn demo_makes_a_missing_image_of_the_size_asked() {
 }
 
 #[test]
+fn demo_serves_a_qcow2_image_named_with_its_format() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = tmp.path().join("disk.qcow2");
+    let path = image.to_str().unwrap();
+    let made = run(&["img", "create", "-f", "qcow2", path, "8m"]);
+    assert!(made.status.success(), "{}", text(&made.stderr));
+    let args = [
+        "demo",
+        "--image",
+        path,
+        "--format=qcow2",
+        "--duration=0.5",
+        "--qd=4",
+    ];
+    let refused = run(&args);
+    assert!(
+        !refused.status.success(),
+        "an existing image needs --overwrite"
+    );
+    let out = run(&[&args[..], &["--overwrite"]].concat());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // Served as qcow2, not as raw bytes over its header: the image is still a sound qcow2
+    // holding the workload's clusters.
+    let check = run(&["img", "check", path]);
+    assert!(check.status.success(), "{}", text(&check.stdout));
+    assert!(std::fs::metadata(&image).unwrap().len() > 1 << 20);
+}
+
+#[test]
 fn bad_arguments_are_refused_before_any_process_starts() {
     let cases: [&[&str]; 14] = [
         &["demo", "--qd=0"],

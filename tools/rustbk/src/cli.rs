@@ -375,6 +375,11 @@ pub struct DemoArgs {
     /// Let the workload write over the existing contents of `--image`.
     #[arg(long, requires = "image")]
     pub overwrite: bool,
+    /// Format of `--image`, named to the backend as a toolstack names it (`qcow2:`, `vhd:`,
+    /// `vmdk:`; never probed). Anything but raw needs an existing image (made with `rustbk img
+    /// create` or qemu-img) and `--overwrite`; `--size` is then the image's own.
+    #[arg(long, value_enum, default_value_t = crate::img::FormatArg::Raw, requires = "image")]
+    pub format: crate::img::FormatArg,
     /// Serve a volume of a new thin pool in the work folder instead of a raw image (the pool
     /// holds `--size` of data; the volume is `--size` large and starts unprovisioned).
     #[arg(long, conflicts_with = "image")]

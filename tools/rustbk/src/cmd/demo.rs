@@ -26,6 +26,13 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         Some(p) => Some(user_image(p, args.overwrite)?),
         None => None,
     };
+    if args.format != crate::img::FormatArg::Raw && !matches!(image, Some(UserImage::Existing(_))) {
+        bail!(
+            "--format {:?} serves an existing image: make it first (rustbk img create) and add \
+             --overwrite",
+            args.format
+        );
+    }
     supervise::handle_signals("demo")?;
     let work = WorkDir::create("rustbk-demo-", args.keep)?;
     let result = run_in(&args, image, work.path());
@@ -74,7 +81,7 @@ fn run_in(args: &DemoArgs, user: Option<UserImage>, dir: &Path) -> anyhow::Resul
         true => (thin_volume(args, dir)?, true),
         false => {
             let (image, fresh) = prepare_image(args, user, dir)?;
-            (image.display().to_string(), fresh)
+            (params_of(args.format, &image)?, fresh)
         }
     };
     let exe = std::env::current_exe().context("cannot find the rustbk executable")?;
@@ -116,6 +123,18 @@ fn thin_volume(args: &DemoArgs, dir: &Path) -> anyhow::Result<String> {
 }
 
 /// The image to serve and whether it is all zeros.
+/// The `params` naming `image` in `format` (a plain path is raw).
+fn params_of(format: crate::img::FormatArg, image: &Path) -> anyhow::Result<String> {
+    use crate::img::FormatArg;
+    let prefix = match format {
+        FormatArg::Raw => return Ok(image.display().to_string()),
+        FormatArg::Qcow2 => "qcow2",
+        FormatArg::Vpc => "vhd",
+        FormatArg::Vmdk => "vmdk",
+    };
+    Ok(format!("{prefix}:{}", image.display()))
+}
+
 fn prepare_image(
     args: &DemoArgs,
     user: Option<UserImage>,
