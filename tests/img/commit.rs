@@ -8,7 +8,9 @@ use std::path::Path;
 use rustbk_formats::suite::{pattern, run, write_at};
 use rustbk_formats::{Format, IoOp, OpenOptions};
 
-use crate::common::{at, qemu_img, qemu_io, qemu_ok, qemu_overlay, rustbk, rustbk_ok, tmp};
+use crate::common::{
+    at, qemu_img, qemu_io, qemu_ok, qemu_overlay, rustbk, rustbk_ok, tmp, vhd_child,
+};
 
 /// The guest-visible bytes of `image` (format `format`) as a raw file at `to`, by qemu-img.
 fn qemu_flat(image: &Path, format: &str, to: &Path) {
@@ -231,16 +233,7 @@ fn commit_of_a_differencing_vhd_makes_its_dynamic_parent_equal_to_the_chain() {
     rustbk_writes(&base, Format::Vpc, &base_writes, &[]);
     apply(&mut model, &base_writes, &[]);
     let child = at(&dir, "child.vhd");
-    rustbk_ok(&[
-        &"create",
-        &"-f",
-        &"vpc",
-        &"-b",
-        &"base.vhd",
-        &"-F",
-        &"vpc",
-        &child,
-    ]);
+    vhd_child(&base, &child);
     // 4 KiB units: what libvhdi reads right.
     let writes = [
         (1 << 20, 1 << 20, 3),

@@ -88,6 +88,15 @@ pub fn at(dir: &tempfile::TempDir, name: &str) -> PathBuf {
     dir.path().join(name)
 }
 
+/// Makes `child` (in `base`'s folder) a differencing VHD over `base`, named relatively, with
+/// `rustbk img create -f vpc -b NAME -F vpc`.
+pub fn vhd_child(base: &Path, child: &Path) {
+    let name = base.file_name().expect("base file name");
+    rustbk_ok(&[
+        &"create", &"-f", &"vpc", &"-b", &name, &"-F", &"vpc", &child,
+    ]);
+}
+
 /// Parses JSON output.
 pub fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("bad JSON ({e}): {text}"))

@@ -1,7 +1,7 @@
 //! `rustbk img` on VHD (qemu's `vpc`): images rustbk creates and converts are read by
 //! qemu-img as rustbk wrote them, and images qemu-img makes convert back unchanged.
 
-use crate::common::{at, json, qemu_io, qemu_ok, rustbk, rustbk_ok, tmp};
+use crate::common::{at, json, qemu_io, qemu_ok, rustbk, rustbk_ok, tmp, vhd_child};
 
 #[test]
 fn vpc_images_rustbk_creates_are_read_by_qemu_img_with_their_size() {
@@ -77,16 +77,7 @@ fn a_differencing_vhd_created_by_rustbk_names_its_parent_in_info() {
     let child = at(&dir, "child.vhd");
     let refused = rustbk(&[&"create", &"-f", &"vpc", &"-b", &"base.vhd", &child]);
     assert_ne!(refused.code, 0, "a parent without -F vpc must be refused");
-    rustbk_ok(&[
-        &"create",
-        &"-f",
-        &"vpc",
-        &"-b",
-        &"base.vhd",
-        &"-F",
-        &"vpc",
-        &child,
-    ]);
+    vhd_child(&base, &child);
     let info = json(&rustbk_ok(&[&"info", &"--output=json", &child]));
     assert_eq!(info["format"], "vpc");
     assert_eq!(info["virtual-size"], 8 << 20);

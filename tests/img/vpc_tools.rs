@@ -5,7 +5,7 @@
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use crate::common::{at, json, qemu_io, qemu_ok, rustbk, rustbk_ok, tmp};
+use crate::common::{at, json, qemu_io, qemu_ok, rustbk, rustbk_ok, tmp, vhd_child};
 use crate::tools::as_printed_by;
 
 /// Writes at scattered offsets: unaligned sectors, across block boundaries, near the end.
@@ -165,16 +165,7 @@ fn vpc_check_of_a_differencing_disk_named_relatively_finds_its_parent_or_warns()
     let dir = tmp();
     rustbk_ok(&[&"create", &"-f", &"vpc", &at(&dir, "base.vhd"), &"8M"]);
     let child = at(&dir, "child.vhd");
-    rustbk_ok(&[
-        &"create",
-        &"-f",
-        &"vpc",
-        &"-b",
-        &"base.vhd",
-        &"-F",
-        &"vpc",
-        &child,
-    ]);
+    vhd_child(&at(&dir, "base.vhd"), &child);
     let args = ["check", "--output=json", "child.vhd"];
     let out = rustbk_in(dir.path(), &args);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
