@@ -155,6 +155,9 @@ impl Meta {
         if data < old_end {
             self.io.zero(data, end.min(old_end) - data)?;
         }
+        // One extent for the whole block up front: the guest's writes into it then fill
+        // reserved space instead of allocating file system blocks one write at a time.
+        self.io.preallocate(at, end - at)?;
         self.make_room()?;
         let fill = match l.disk_type {
             DiskType::Differencing => 0,

@@ -38,6 +38,12 @@ impl VhdIo {
         Ok(())
     }
 
+    /// Reserves file system space for `[offset, offset + len)` without changing the file size
+    /// (nothing where the file system cannot).
+    pub fn preallocate(&self, offset: u64, len: u64) -> Result<(), Error> {
+        self.0.preallocate(offset, len).map(drop)
+    }
+
     /// fdatasync (nothing in the `unsafe` cache mode).
     pub fn sync(&self) -> Result<(), Error> {
         self.0.datasync()
