@@ -262,8 +262,13 @@ fn demo_serves_a_qcow2_image_named_with_its_format() {
     let tmp = tempfile::tempdir().unwrap();
     let image = tmp.path().join("disk.qcow2");
     let path = image.to_str().unwrap();
-    let made = run(&["img", "create", "-f", "qcow2", path, "8m"]);
+    let made = run(&["img", "create", "-q", "-f", "qcow2", path, "8m"]);
     assert!(made.status.success(), "{}", text(&made.stderr));
+    assert!(
+        made.stdout.is_empty(),
+        "-q prints nothing: {}",
+        text(&made.stdout)
+    );
     let args = [
         "demo",
         "--image",

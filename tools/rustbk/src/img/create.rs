@@ -12,7 +12,7 @@ use rustbk_formats::qcow2::{self, Compat, CreateOptions};
 use super::{FormatArg, parse_options};
 use crate::cli::parse_size;
 
-/// `rustbk img create [-f FMT] [-b BACKING -F FMT [-u]] [-o OPTIONS] FILE [SIZE]`.
+/// `rustbk img create [-q] [-f FMT] [-b BACKING -F FMT [-u]] [-o OPTIONS] FILE [SIZE]`.
 #[derive(Debug, Args)]
 pub struct CreateArgs {
     /// Format of the new image.
@@ -39,6 +39,18 @@ pub struct CreateArgs {
     /// Virtual size (k, M, G, T suffixes); may be left out with a backing file.
     #[arg(value_parser = parse_size)]
     pub size: Option<u64>,
+    /// Print nothing but errors (no `Formatting ...` line).
+    #[arg(short = 'q')]
+    pub quiet: bool,
+}
+
+impl CreateArgs {
+    /// Prints qemu-img's `Formatting 'FILE', fmt=...` line with `details`, unless `-q`.
+    pub fn formatting(&self, details: &str) {
+        if !self.quiet {
+            println!("Formatting '{}', {details}", self.file.display());
+        }
+    }
 }
 
 /// Creates the image.
@@ -54,7 +66,7 @@ pub fn run(args: CreateArgs) -> anyhow::Result<ExitCode> {
             }
             rustbk_formats::create_raw(&args.file, size)
                 .with_context(|| format!("Could not create '{}'", args.file.display()))?;
-            println!("Formatting '{}', fmt=raw size={size}", args.file.display());
+            args.formatting(&format!("fmt=raw size={size}"));
         }
         FormatArg::Qcow2 => create_qcow2(&args)?,
         FormatArg::Vpc => super::vpc::create(&args)?,
@@ -74,13 +86,12 @@ fn create_qcow2(args: &CreateArgs) -> anyhow::Result<()> {
     };
     qcow2::create(&args.file, size, &opts)
         .with_context(|| format!("Could not create '{}'", args.file.display()))?;
-    println!(
-        "Formatting '{}', fmt=qcow2 cluster_size={} compat={} refcount_bits={} size={size}",
-        args.file.display(),
+    args.formatting(&format!(
+        "fmt=qcow2 cluster_size={} compat={} refcount_bits={} size={size}",
         opts.cluster_size,
         compat_name(opts.compat),
         opts.refcount_bits
-    );
+    ));
     Ok(())
 }
 

@@ -39,10 +39,7 @@ pub fn create_vmdk(args: &CreateArgs) -> anyhow::Result<()> {
         create::create(&args.file, size, sub, parent.as_ref().map(|(p, _)| p))
             .with_context(fail)?;
     }
-    println!(
-        "Formatting '{}', fmt=vmdk size={size} subformat={sub:?}",
-        args.file.display()
-    );
+    args.formatting(&format!("fmt=vmdk size={size} subformat={sub:?}"));
     Ok(())
 }
 

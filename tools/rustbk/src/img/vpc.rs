@@ -57,10 +57,9 @@ pub fn create(args: &CreateArgs) -> anyhow::Result<()> {
         (None, VhdSubformat::Fixed) => "fixed",
         (None, VhdSubformat::Dynamic) => "dynamic",
     };
-    println!(
-        "Formatting '{}', fmt=vpc size={size} subformat={subformat} block_size={}",
-        args.file.display(),
+    args.formatting(&format!(
+        "fmt=vpc size={size} subformat={subformat} block_size={}",
         opts.block_size
-    );
+    ));
     Ok(())
 }
