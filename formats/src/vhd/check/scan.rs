@@ -11,13 +11,15 @@ use crate::error::Error;
 
 use super::super::dynamic::{self, DynHeader, HEADER_LEN, UNUSED};
 use super::super::footer::{DiskType, FOOTER_LEN, Footer};
+use super::super::meta::data_align;
 use super::super::metaio::{self, VhdIo};
 use super::super::{MAX_BAT_BYTES, batmap_end, locator};
 use super::{FindingKind, VhdCheckReport};
 
 const FOOTER: u64 = FOOTER_LEN as u64;
 /// Gaps shorter than this before a block starting on such a boundary are alignment, not
-/// leaks.
+/// leaks; so are gaps before a block whose data area (after its bitmap) starts where rustbk
+/// places new blocks' data (`meta::data_align`).
 const ALIGN: u64 = 4096;
 
 /// An error's message without its kind (findings say what kind they are).
@@ -362,7 +364,22 @@ impl Scan {
 pub(super) struct Block {
     index: usize,
     start: u64,
+    /// Its data area (after the bitmap) starts where rustbk aligns new blocks' data.
+    data_aligned: bool,
     end: u64,
+}
+
+impl Block {
+    /// Whether this block starts right at `end` or after alignment padding.
+    fn follows(&self, end: u64) -> bool {
+        self.start == end || (self.start > end && Block::padded(end, self.start, self.data_aligned))
+    }
+
+    /// Whether the gap from `from` to a block starting at `start` is alignment padding:
+    /// under 4 KiB, before a block starting on a 4 KiB boundary or whose data area does.
+    fn padded(from: u64, start: u64, data_aligned: bool) -> bool {
+        (start % ALIGN == 0 || data_aligned) && start - from.min(start) < ALIGN
+    }
 }
 
 impl Scan {
@@ -375,6 +392,7 @@ impl Scan {
         meta_end: u64,
     ) -> Vec<Block> {
         let span = h.bitmap_len() + u64::from(h.block_size);
+        let align = data_align(u64::from(h.block_size));
         let mut blocks: Vec<Block> = bat
             .iter()
             .enumerate()
@@ -384,6 +402,7 @@ impl Scan {
                 Block {
                     index,
                     start,
+                    data_aligned: (start + h.bitmap_len()) % align == 0,
                     end: start + span,
                 }
             })
@@ -397,6 +416,7 @@ impl Scan {
                 index: i,
                 start,
                 end,
+                ..
             } = *b;
             if end > footer_at {
                 self.other(format!(
@@ -438,7 +458,7 @@ impl Scan {
         let mut prev_end = None;
         for b in blocks.iter().filter(|b| b.index < total) {
             self.report.allocated_blocks += 1;
-            if prev_end.is_some_and(|e| e != b.start) {
+            if prev_end.is_some_and(|e| !b.follows(e)) {
                 self.report.fragmented_blocks += 1;
             }
             prev_end = Some(b.end);
@@ -451,8 +471,7 @@ impl Scan {
         let mut cursor = meta_end;
         for b in blocks {
             let start = b.start.min(footer_at);
-            let padding = start % ALIGN == 0 && start - cursor.min(start) < ALIGN;
-            if start > cursor && !padding {
+            if start > cursor && !Block::padded(cursor, start, b.data_aligned) {
                 self.leak(cursor, start, "between blocks");
             }
             cursor = cursor.max(b.end);

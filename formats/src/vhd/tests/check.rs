@@ -374,3 +374,54 @@ fn opens_if_clean(path: &Path, report: Option<VhdCheckReport>, round: u32) -> bo
     );
     true
 }
+
+/// The BAT entries (file offsets of blocks) of a new image made by rustbk.
+fn block_offsets(path: &Path, entries: u64) -> Vec<u64> {
+    let mut bat = vec![0u8; entries as usize * 4];
+    file(path).read_exact_at(&mut bat, BAT).expect("BAT");
+    bat.chunks_exact(4)
+        .map(|e| u32::from_be_bytes([e[0], e[1], e[2], e[3]]))
+        .filter(|&e| e != u32::MAX)
+        .map(|e| u64::from(e) * 512)
+        .collect()
+}
+
+#[test]
+fn new_blocks_have_aligned_data_and_are_neither_leaks_nor_fragments() {
+    let (dir, _) = temp("x");
+    for block_size in [2u32 << 20, 512 << 10, 16 << 20, 1024] {
+        let path = dir.path().join(format!("b{block_size}.vhd"));
+        let o = VhdCreateOptions {
+            block_size,
+            ..VhdCreateOptions::default()
+        };
+        let block = u64::from(block_size);
+        let size = SIZE.max(4 * block);
+        create(&path, size, &o).expect("create");
+        let bitmap = crate::vhd::dynamic::bitmap_len(block_size);
+        let mut model = vec![0u8; size as usize];
+        {
+            let image = open(&path, false);
+            let mut q = image.open_queue(4).expect("queue");
+            for (i, b) in [0u64, 1, 3].into_iter().enumerate() {
+                let data = pattern(i as u64 + 1, 512);
+                let off = b * block + 512.min(block - 512);
+                write_at(&mut *q, off, &data).expect("write");
+                model[off as usize..off as usize + 512].copy_from_slice(&data);
+            }
+            run(&mut *q, IoOp::Flush).expect("flush");
+        }
+        let offsets = block_offsets(&path, size / block);
+        assert_eq!(offsets.len(), 3, "{block_size}");
+        let align = block.min(4096);
+        for at in &offsets {
+            assert_eq!((at + bitmap) % align, 0, "block {block_size}: data at {at}");
+        }
+        let r = check_with(&path, Repair::None);
+        assert!(r.is_clean(), "{block_size}: {:?}", r.findings);
+        assert_eq!((r.leaks, r.fragmented_blocks), (0, 0), "{block_size}");
+        let image = open(&path, true);
+        let mut q = image.open_queue(4).expect("queue");
+        assert_bytes(&read_all(&mut *q, size, 1 << 20), &model, "aligned blocks");
+    }
+}
