@@ -1,12 +1,14 @@
 //! The backend serving VHD images (`vhd:` params, as XenServer's tools write them): a dynamic
 //! disk qemu-img made and a differencing disk over it, with verified I/O; qemu-img reads back
-//! the dynamic disk as the guest left it.
+//! the dynamic disk as the guest left it; a discard gives space back.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rustbk_blkfront::workload::{self, Pattern, Workload};
-use rustbk_ring::status;
+use std::os::unix::fs::MetadataExt;
+
+use rustbk_ring::{Request, Sector, op, status};
 
 use crate::harness::{Host, Setup, pattern};
 use crate::qcow2::qemu_img;
@@ -124,5 +126,35 @@ fn a_differencing_vhd_shows_its_parent_until_written() {
     );
     let r = workload::run(&mut g.front, &workload(false), &mut |_| {}).expect("workload");
     assert_eq!((r.mismatches, r.errors), (0, 0), "{r:?}");
+    g.front.close().unwrap();
+}
+
+#[test]
+fn a_dynamic_vhd_offers_discard_and_a_discard_gives_its_space_back() {
+    let host = Host::serving(vhd_setup(), |dir| qemu_vhd(dir, "disk.vhd"));
+    let mut g = host.guest();
+    assert!(g.front.disk().discard, "feature-discard offered");
+    let data = pattern(32 << 10, 5);
+    for i in 0..64u64 {
+        assert_eq!(g.write(i * 64, &data), status::OKAY);
+    }
+    let blocks_before = std::fs::metadata(&host.image).unwrap().blocks();
+    let id = g.id();
+    g.send(&Request::Discard {
+        id,
+        secure: false,
+        sector: Sector(0),
+        nr_sectors: 64 * 64,
+    });
+    let rsp = g.wait(id);
+    assert_eq!((rsp.status, rsp.op), (status::OKAY, op::DISCARD));
+    let (st, back) = g.read(128, 8);
+    assert_eq!(st, status::OKAY);
+    assert!(back.iter().all(|b| *b == 0), "discarded range reads zeros");
+    let blocks_after = std::fs::metadata(&host.image).unwrap().blocks();
+    assert!(
+        blocks_after + 3000 < blocks_before,
+        "space not given back: {blocks_before} -> {blocks_after} sectors"
+    );
     g.front.close().unwrap();
 }

@@ -34,6 +34,7 @@ mod meta;
 mod metaio;
 mod plan;
 mod queue;
+mod zero;
 
 #[cfg(test)]
 mod tests;
@@ -335,7 +336,7 @@ impl BlockImage for VhdImage {
     }
 
     fn features(&self) -> Features {
-        Features::without_discard(self.read_only)
+        Features::full(self.read_only)
     }
 
     fn open_queue(&self, depth: u32) -> Result<Box<dyn ImageQueue>, Error> {

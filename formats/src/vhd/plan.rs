@@ -11,7 +11,7 @@ use super::footer::DiskType;
 use super::meta::Meta;
 
 /// Bytes per VHD sector (bitmap bits, BAT entries).
-const SECTOR: u64 = 512;
+pub(super) const SECTOR: u64 = 512;
 const SECTOR_LEN: usize = 512;
 
 /// Locks the metadata (a poisoned lock is an I/O error: a thread panicked mid-change).
@@ -82,7 +82,7 @@ impl Seg {
     }
 }
 
-fn push(segs: &mut Vec<Seg>, seg: Seg) {
+pub(super) fn push(segs: &mut Vec<Seg>, seg: Seg) {
     let rest = match segs.last_mut() {
         Some(last) => last.try_merge(seg),
         None => Some(seg),
@@ -93,14 +93,18 @@ fn push(segs: &mut Vec<Seg>, seg: Seg) {
 }
 
 /// One block's part of a guest range.
-struct Piece {
-    block: u64,
-    inner: u64,
-    skip: usize,
-    len: usize,
+pub(super) struct Piece {
+    /// Block number.
+    pub block: u64,
+    /// Offset inside the block.
+    pub inner: u64,
+    /// Offset inside the guest range.
+    pub skip: usize,
+    /// Bytes.
+    pub len: usize,
 }
 
-fn pieces(block_size: u64, offset: u64, len: usize) -> impl Iterator<Item = Piece> {
+pub(super) fn pieces(block_size: u64, offset: u64, len: usize) -> impl Iterator<Item = Piece> {
     let mut skip = 0usize;
     std::iter::from_fn(move || {
         if skip >= len {
@@ -181,11 +185,11 @@ pub fn plan_read(meta: Option<&mut Meta>, offset: u64, len: usize) -> Result<Vec
     Ok(segs)
 }
 
-fn block_u32(block: u64) -> Result<u32, Error> {
+pub(super) fn block_u32(block: u64) -> Result<u32, Error> {
     u32::try_from(block).map_err(|_| Error::InvalidArgument(format!("block {block} too large")))
 }
 
-fn bit(bits: &[u8], sector: u64) -> bool {
+pub(super) fn bit(bits: &[u8], sector: u64) -> bool {
     let byte = usize::try_from(sector / 8).unwrap_or(usize::MAX);
     bits.get(byte)
         .is_some_and(|b| b & (0x80 >> (sector % 8)) != 0)
@@ -272,7 +276,7 @@ pub fn plan_write(
 }
 
 /// The sectors that `[inner, inner + len)` covers only in part.
-fn partial_sectors(inner: u64, len: usize) -> Vec<u64> {
+pub(super) fn partial_sectors(inner: u64, len: usize) -> Vec<u64> {
     let end = inner + len as u64;
     let mut out = Vec::new();
     if inner % SECTOR != 0 {
@@ -285,7 +289,7 @@ fn partial_sectors(inner: u64, len: usize) -> Vec<u64> {
 }
 
 /// Copies the parent's sector at `guest` to `host` (before a partial write over it).
-fn fill_from_parent(
+pub(super) fn fill_from_parent(
     meta: &Meta,
     parent: Option<&mut BackingReader>,
     guest: u64,

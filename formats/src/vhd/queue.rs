@@ -20,6 +20,7 @@ use crate::qcow2::backing::{BackingReader, piece, zero};
 use super::meta::Meta;
 use super::metaio::VhdIo;
 use super::plan::{self, Seg, lock};
+use super::zero::{self, Zeroing};
 
 struct Parent {
     tag: u64,
@@ -126,6 +127,28 @@ impl VhdQueue {
         Ok((kids, plan.marks))
     }
 
+    /// A discard or write-zeroes (`zero` module).
+    #[allow(clippy::type_complexity)]
+    fn zero(
+        &mut self,
+        offset: u64,
+        len: u64,
+        kind: Zeroing,
+    ) -> Result<(Vec<Child>, Vec<(u32, u64, u64)>), Error> {
+        let parent = self.parent.as_mut();
+        let plan = match &self.meta {
+            Some(meta) => zero::plan_zero(Some(&mut *lock(meta)?), parent, offset, len, kind)?,
+            None => zero::plan_zero(None, parent, offset, len, kind)?,
+        };
+        let kids = plan.ranges.into_iter().map(|(offset, len)| {
+            Child::Io(match kind {
+                Zeroing::Discard => IoOp::Discard { offset, len },
+                Zeroing::WriteZeroes => IoOp::WriteZeroes { offset, len },
+            })
+        });
+        Ok((kids.collect(), plan.marks))
+    }
+
     /// A flush writes back the metadata (whose last step is an fdatasync), or, with nothing
     /// dirty, is one engine fdatasync.
     fn flush(&mut self) -> Result<Vec<Child>, Error> {
@@ -221,9 +244,12 @@ impl Planner for VhdQueue {
             IoOp::Discard { len: 0, .. } | IoOp::WriteZeroes { len: 0, .. } => {
                 Ok((Vec::new(), Vec::new(), false))
             }
-            IoOp::Discard { .. } | IoOp::WriteZeroes { .. } => Err(Error::UnsupportedFeature(
-                "discard and write-zeroes on VHD images".to_owned(),
-            )),
+            IoOp::Discard { offset, len } => self
+                .zero(offset, len, Zeroing::Discard)
+                .map(|(k, m)| (k, m, true)),
+            IoOp::WriteZeroes { offset, len } => self
+                .zero(offset, len, Zeroing::WriteZeroes)
+                .map(|(k, m)| (k, m, true)),
         };
         match planned {
             Ok((kids, marks, wrote)) => self.spawn(tag, kids, marks, wrote),

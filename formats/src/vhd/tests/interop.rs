@@ -28,7 +28,7 @@ fn dynamic_fixed_and_differencing_images_pass_the_shared_queue_checks() {
         create(&path, SIZE, &o).expect("create");
         let image = open(&path, false);
         let mut q = image.open_queue(suite::DEPTH).expect("queue");
-        suite::run_writable_without_discard(&mut *q, SIZE);
+        suite::run_writable(&mut *q, SIZE);
         drop(q);
         drop(image);
         // qemu-img cannot check vpc images: qemu reads back what rustbk wrote instead.
@@ -51,7 +51,7 @@ fn dynamic_fixed_and_differencing_images_pass_the_shared_queue_checks() {
     create(&child, 0, &o).expect("child");
     let image = open(&child, false);
     let mut q = image.open_queue(suite::DEPTH).expect("queue");
-    suite::run_writable_without_discard(&mut *q, SIZE);
+    suite::run_writable(&mut *q, SIZE);
 }
 
 /// Writes random patterns to a rustbk image and a raw reference alike.

@@ -13,6 +13,7 @@ mod interop;
 mod map;
 mod repair_crash;
 mod spec;
+mod zero;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
