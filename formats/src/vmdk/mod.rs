@@ -36,6 +36,7 @@
 
 pub mod create;
 pub mod descriptor;
+mod discard;
 pub mod header;
 pub mod map;
 mod metaio;
@@ -283,7 +284,11 @@ impl BlockImage for VmdkImage {
     }
 
     fn features(&self) -> Features {
-        Features::without_discard(self.read_only)
+        // Discard punches holes (`discard`); write-zeroes is not offered.
+        Features {
+            discard: !self.read_only,
+            ..Features::without_discard(self.read_only)
+        }
     }
 
     fn open_queue(&self, depth: u32) -> Result<Box<dyn ImageQueue>, Error> {

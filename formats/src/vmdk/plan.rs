@@ -83,17 +83,17 @@ pub(crate) struct Context {
 
 /// One piece of an op inside one extent (inside one grain for sparse extents).
 #[derive(Clone, Copy)]
-struct Piece {
+pub(super) struct Piece {
     /// Guest byte offset.
-    pos: u64,
+    pub pos: u64,
     /// Byte offset in the caller's buffers.
-    skip: usize,
+    pub skip: usize,
     /// Length.
-    len: usize,
+    pub len: usize,
 }
 
 /// The extents covering `[offset, offset + len)` and the piece of the op in each.
-fn walk(extents: &[Extent], offset: u64, len: usize) -> Vec<(Extent, Piece)> {
+pub(super) fn walk(extents: &[Extent], offset: u64, len: usize) -> Vec<(Extent, Piece)> {
     let mut out = Vec::new();
     let mut i = extents.partition_point(|e| e.start + e.len <= offset);
     let mut done = 0usize;
@@ -119,7 +119,7 @@ fn walk(extents: &[Extent], offset: u64, len: usize) -> Vec<(Extent, Piece)> {
 
 /// The grain-sized pieces of `p` in a sparse extent starting at `start` with `gb`-byte grains:
 /// (grain, offset in grain, piece).
-fn grains(start: u64, gb: u64, p: Piece) -> Vec<(u64, u64, Piece)> {
+pub(super) fn grains(start: u64, gb: u64, p: Piece) -> Vec<(u64, u64, Piece)> {
     let mut out = Vec::new();
     let mut done = 0usize;
     while done < p.len {
@@ -143,7 +143,7 @@ fn grains(start: u64, gb: u64, p: Piece) -> Vec<(u64, u64, Piece)> {
     out
 }
 
-fn grain_bytes(meta: &Meta, sparse: usize) -> Result<u64, Error> {
+pub(super) fn grain_bytes(meta: &Meta, sparse: usize) -> Result<u64, Error> {
     meta.sparse
         .get(sparse)
         .map(|s| s.header.grain_bytes())

@@ -16,6 +16,7 @@ use crate::error::Error;
 use crate::image::{Completion, ImageQueue, IoOp};
 use crate::planned;
 
+use super::discard;
 use super::lock;
 use super::plan::{self, Alloc, Context, Plan, Planned};
 
@@ -127,14 +128,32 @@ impl VmdkQueue {
                 }
             }
             IoOp::Discard { len: 0, .. } | IoOp::WriteZeroes { len: 0, .. } => Ok(Plan::default()),
-            IoOp::Discard { .. } | IoOp::WriteZeroes { .. } => Err(Error::UnsupportedFeature(
-                "discard and write-zeroes on VMDK images".to_owned(),
+            IoOp::Discard { offset, len } => {
+                return match discard::plan_discard(&mut self.ctx, offset, len) {
+                    Ok(ranges) => self.punch(tag, ranges),
+                    Err(e) => self.spawn(tag, vec![Child::Now(Err(e))], Vec::new()),
+                };
+            }
+            IoOp::WriteZeroes { .. } => Err(Error::UnsupportedFeature(
+                "write-zeroes on VMDK images".to_owned(),
             )),
         };
         match planned {
             Ok(plan) => self.launch(tag, plan),
             Err(error) => self.spawn(tag, vec![Child::Now(Err(error))], Vec::new()),
         }
+    }
+
+    /// Starts a discard's hole punches.
+    fn punch(&mut self, tag: u64, ranges: Vec<discard::HostRange>) {
+        let mut kids: Vec<Child> = ranges
+            .into_iter()
+            .map(|(file, offset, len)| Child::Io(file, IoOp::Discard { offset, len }))
+            .collect();
+        if kids.is_empty() {
+            kids.push(Child::Now(Ok(())));
+        }
+        self.spawn(tag, kids, Vec::new());
     }
 
     fn defer(&mut self, op: IoOp, tag: u64) {

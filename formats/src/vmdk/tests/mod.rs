@@ -5,6 +5,7 @@
 // Test sizes are small: casts to usize do not truncate.
 #![allow(clippy::cast_possible_truncation)]
 
+mod discard;
 mod grow;
 mod hostile;
 
@@ -19,7 +20,7 @@ use crate::suite::{self, assert_bytes, pattern, read_at, run, write_at};
 
 use super::create::{self, Parent, Subformat};
 
-const MIB: u64 = 1 << 20;
+pub(super) const MIB: u64 = 1 << 20;
 
 pub(super) fn tmp() -> tempfile::TempDir {
     tempfile::Builder::new()
@@ -40,13 +41,13 @@ pub(super) fn open_err(path: &Path, what: &str) -> Error {
     }
 }
 
-fn made(dir: &tempfile::TempDir, name: &str, size: u64, sub: Subformat) -> PathBuf {
+pub(super) fn made(dir: &tempfile::TempDir, name: &str, size: u64, sub: Subformat) -> PathBuf {
     let path = dir.path().join(name);
     create::create(&path, size, sub, None).expect("create");
     path
 }
 
-fn queue(image: &Arc<dyn BlockImage>) -> Box<dyn ImageQueue> {
+pub(super) fn queue(image: &Arc<dyn BlockImage>) -> Box<dyn ImageQueue> {
     image.open_queue(64).expect("queue")
 }
 
@@ -63,7 +64,9 @@ fn shared_queue_suite_passes_on_every_writable_subformat() {
         let path = made(&dir, &format!("s{i}.vmdk"), 64 * MIB, sub);
         let image = open(&path).expect("open");
         assert_eq!(image.geometry().size, 64 * MIB);
-        suite::run_writable_without_discard(&mut *queue(&image), 64 * MIB);
+        let mut q = queue(&image);
+        suite::run_writable_without_discard(&mut *q, 64 * MIB);
+        suite::discarded_range_reads_as_zeros(&mut *q);
     }
 }
 
@@ -99,7 +102,7 @@ fn data_written_survives_reopen_and_unwritten_grains_read_as_zeros() {
 }
 
 /// A descriptor of its own naming a SPARSE, a FLAT (at an offset) and a ZERO extent.
-fn mixed(dir: &tempfile::TempDir) -> PathBuf {
+pub(super) fn mixed(dir: &tempfile::TempDir) -> PathBuf {
     create::create(
         &dir.path().join("m.vmdk"),
         2 * MIB,
@@ -157,7 +160,7 @@ fn one_image_spans_sparse_zero_and_flat_extents() {
     );
 }
 
-fn child_of(dir: &tempfile::TempDir, parent: &str, name: &str) -> PathBuf {
+pub(super) fn child_of(dir: &tempfile::TempDir, parent: &str, name: &str) -> PathBuf {
     let cid = create::describe(&dir.path().join(parent))
         .expect("parent")
         .cid;
