@@ -178,9 +178,6 @@ impl RingWorker<'_> {
             if taking && self.poll_briefly()? {
                 continue;
             }
-            if taking && self.poll_briefly()? {
-                continue;
-            }
             if taking
                 && self
                     .ring
