@@ -45,6 +45,7 @@ mod meta;
 mod metaio;
 mod queue;
 mod read;
+pub mod rebase;
 mod refcount;
 mod write;
 mod writeback;
