@@ -15,6 +15,7 @@ mod create;
 mod damage;
 mod holder;
 mod locks;
+mod rebase;
 mod tools;
 mod vmdk;
 mod vpc;
