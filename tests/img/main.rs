@@ -9,6 +9,7 @@ mod backing;
 mod bench;
 mod check;
 mod commit;
+mod commit_windows;
 mod common;
 mod convert;
 mod create;

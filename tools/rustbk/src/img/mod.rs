@@ -93,7 +93,9 @@ pub enum ImgCommand {
     /// FILE as it was: run the commit again. A crash while a qcow2 FILE is emptied leaves it
     /// reading the same (each cluster its own, equal to the base's, or unmapped; at worst
     /// leaked clusters, which `check -r leaks` gives back). A crash between a VMDK base's first
-    /// write and its child's new `parentCID` leaves the child refused by the CID check. With
+    /// write and its child's new `parentCID` leaves the child refused by the CID check, with an
+    /// error naming both CIDs and the relink command (`rustbk img rebase -u -b BASE -F vmdk
+    /// CHILD`; sound, because the base changed only where the child holds its own data). With
     /// `-b` the images between FILE and BASE are not changed; as with qemu-img, they no longer
     /// show their former contents once BASE changed under them. Prints `Image committed.`;
     /// any failure exits 1.
