@@ -94,3 +94,89 @@ fn a_vmdk_child_left_with_the_old_parent_cid_by_an_interrupted_commit_is_relinke
         "the base holds the commit"
     );
 }
+
+/// A qcow2 chain base <- top (8 MiB, 64 KiB clusters) made and written by qemu, named with
+/// `tag`; returns (base, top, what top reads as raw).
+fn qcow2_pair(dir: &tempfile::TempDir, tag: &str) -> [std::path::PathBuf; 3] {
+    let base = at(dir, &format!("base{tag}.qcow2"));
+    let top = at(dir, &format!("top{tag}.qcow2"));
+    crate::common::qemu_qcow2(&base, "8M", &["write -P 1 0 8M"]);
+    let name = format!("base{tag}.qcow2");
+    crate::common::qemu_overlay(&top, &name, "qcow2", None);
+    qemu_io(
+        &top,
+        "qcow2",
+        &["write -P 2 1M 3M", "write -z 5M 64k", "write -P 3 7M 4k"],
+    );
+    let reference = at(dir, &format!("ref{tag}.raw"));
+    qemu_flat(&top, "qcow2", &reference);
+    [base, top, reference]
+}
+
+/// `qemu-img check` of a qcow2 image: (exit code, leaked clusters); fails on any corruption
+/// or check error.
+fn qemu_check(image: &Path) -> (i32, u64) {
+    let r = qemu_img(&[&"check", &"--output=json", &"-f", &"qcow2", &image]);
+    assert!(r.code == 0 || r.code == 3, "qemu-img check: {r:?}");
+    let report = crate::common::json(&r.stdout);
+    assert_eq!(report["corruptions"].as_u64().unwrap_or(0), 0, "{report}");
+    assert_eq!(report["check-errors"].as_u64().unwrap_or(0), 0, "{report}");
+    (r.code, report["leaks"].as_u64().unwrap_or(0))
+}
+
+#[test]
+fn a_qcow2_child_emptied_by_commit_is_cut_to_its_metadata_like_qemu_img_commit_leaves_it() {
+    let dir = tmp();
+    let [_, by_qemu, _] = qcow2_pair(&dir, "q");
+    let [base, top, reference] = qcow2_pair(&dir, "r");
+    let before = std::fs::metadata(&top).expect("top").len();
+    qemu_ok(&[&"commit", &"-q", &by_qemu]);
+    rustbk_ok(&[&"commit", &top]);
+    let len = |p: &Path| std::fs::metadata(p).expect("stat").len();
+    // Header, refcount table, one refcount block, L1 table: four 64 KiB clusters.
+    assert_eq!(
+        len(&top),
+        4 << 16,
+        "cut to its metadata (it was {before} bytes)"
+    );
+    assert_eq!(len(&top), len(&by_qemu), "the size qemu-img commit leaves");
+    assert_eq!(qemu_check(&top), (0, 0), "no leaks");
+    assert!(
+        qemu_equal(&reference, &top, "qcow2"),
+        "the child reads the chain"
+    );
+    assert!(
+        qemu_equal(&reference, &base, "qcow2"),
+        "the base is the chain"
+    );
+}
+
+#[test]
+fn every_interrupted_emptying_of_a_qcow2_child_checks_and_reads_as_its_base() {
+    let dir = tmp();
+    for steps in 0..=5 {
+        let tag = format!("{steps}");
+        let [base, top, reference] = qcow2_pair(&dir, &tag);
+        rustbk_ok(&[&"commit", &"-d", &top]);
+        rustbk_formats::qcow2::empty::make_empty_steps(&top, steps).expect("empty");
+        let (code, leaks) = qemu_check(&top);
+        assert!(
+            qemu_equal(&reference, &top, "qcow2"),
+            "after {steps} steps the child reads its base"
+        );
+        assert!(
+            qemu_equal(&reference, &base, "qcow2"),
+            "base after {steps} steps"
+        );
+        match steps {
+            2 => assert!(
+                leaks > 0,
+                "the unlinked L2 tables leak until they are freed"
+            ),
+            _ => assert_eq!((code, leaks), (0, 0), "after {steps} steps"),
+        }
+        if steps == 5 {
+            assert_eq!(std::fs::metadata(&top).expect("stat").len(), 4 << 16);
+        }
+    }
+}

@@ -47,6 +47,7 @@ mod queue;
 mod read;
 pub mod rebase;
 mod refcount;
+mod shrink;
 mod write;
 mod writeback;
 

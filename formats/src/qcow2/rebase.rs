@@ -41,7 +41,7 @@ pub fn set_backing(path: &Path, backing: Option<(&[u8], Option<&str>)>) -> Resul
 }
 
 /// The first cluster of the image in `file` (or all of the file if shorter) and its header.
-fn read_header(file: &EngineFile) -> Result<(Vec<u8>, Header), Error> {
+pub(super) fn read_header(file: &EngineFile) -> Result<(Vec<u8>, Header), Error> {
     let mut head = [0u8; header::V2_HEADER_LEN as usize];
     file.read_head(&mut head)?;
     let bits = header::peek_cluster_bits(&head)?;
