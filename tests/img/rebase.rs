@@ -59,6 +59,9 @@ fn vmdk_chain(dir: &tempfile::TempDir) -> [PathBuf; 3] {
     [a, b, c]
 }
 
+/// A pattern write: offset, length, seed.
+type Write = (u64, usize, u64);
+
 /// A VHD chain a <- b <- c made and written by rustbk (qemu writes no differencing disks),
 /// and the bytes c reads.
 fn vhd_chain(dir: &tempfile::TempDir) -> ([PathBuf; 3], Vec<u8>) {
@@ -67,7 +70,7 @@ fn vhd_chain(dir: &tempfile::TempDir) -> ([PathBuf; 3], Vec<u8>) {
     vhd_child(&a, &b);
     vhd_child(&b, &c);
     // 4 KiB units: what libvhdi reads right.
-    let levels: [(&Path, &[(u64, usize, u64)]); 3] = [
+    let levels: [(&Path, &[Write]); 3] = [
         (&a, &[(0, 4 << 20, 1)]),
         (&b, &[(1 << 20, 1 << 20, 2), (3 << 20, 65536, 0)]),
         (&c, &[(1536 << 10, 65536, 3), (3968 << 10, 4096, 4)]),

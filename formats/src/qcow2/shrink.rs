@@ -73,7 +73,7 @@ impl Image<'_> {
         let l1 = read_u64s(file, h.l1_table_offset, u64::from(h.l1_size))?;
         let entries = u64::from(h.refcount_table_clusters) * cs / 8;
         let reftable = read_u64s(file, h.refcount_table_offset, entries)?;
-        let per = cs * 8 >> h.refcount_order;
+        let per = (cs * 8) >> h.refcount_order;
         Ok(Some(Image {
             file,
             h,
@@ -115,11 +115,11 @@ impl Image<'_> {
             let Some(block) = self.refblock_of(c) else {
                 continue;
             };
-            if !blocks.contains_key(&block) {
-                blocks.insert(block, self.read_cluster(block)?);
-            }
-            let Some(data) = blocks.get_mut(&block) else {
-                continue;
+            let data = match blocks.entry(block) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(self.read_cluster(block)?)
+                }
             };
             if get_entry(data, self.h.refcount_order, c % self.per) == 1 {
                 set_entry(data, self.h.refcount_order, c % self.per, 0);

@@ -18,7 +18,7 @@ use super::progress::Progress;
 use super::rebase::{RebaseArgs, Target};
 
 /// Bytes compared (and written when they differ) at a time.
-const SUB: u64 = 64 << 10;
+const SUB: usize = 64 << 10;
 
 /// Copies into FILE what its old chain reads differently from the new one (`None`: zeros).
 pub fn copy(args: &RebaseArgs, format: Format, target: Option<&Target>) -> anyhow::Result<()> {
@@ -168,7 +168,7 @@ impl Job {
 /// The runs of [`SUB`]-byte pieces (the last may be shorter) where `a` and `b` differ, as
 /// `(skip, len)`, adjacent ones merged.
 fn differing(a: &[u8], b: &[u8]) -> Vec<(usize, usize)> {
-    let sub = SUB as usize;
+    let sub = SUB;
     let mut out: Vec<(usize, usize)> = Vec::new();
     for (i, (x, y)) in a.chunks(sub).zip(b.chunks(sub)).enumerate() {
         if x == y {
@@ -189,7 +189,7 @@ mod tests {
 
     #[test]
     fn only_differing_pieces_are_reported_and_neighbours_merge() {
-        let sub = SUB as usize;
+        let sub = SUB;
         let a = vec![0u8; 4 * sub + 100];
         let mut b = a.clone();
         b[sub + 5] = 1;
