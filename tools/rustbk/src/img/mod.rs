@@ -80,8 +80,9 @@ pub enum ImgCommand {
     /// Afterwards, per format of FILE:
     ///
     /// qcow2: FILE is emptied, as qemu-img empties it (every cluster unmapped and released, so
-    /// it reads its backing file again, and the freed clusters punched out of the file), once the base is flushed; not with `-d`, nor with
-    /// `-b` (which implies `-d`).
+    /// it reads its backing file again, and the freed clusters punched out of the file; without
+    /// internal snapshots the file is then cut down to its header, refcount structures and L1
+    /// table), once the base is flushed; not with `-d`, nor with `-b` (which implies `-d`).
     ///
     /// vpc (VHD) and vmdk: FILE keeps its data, as `vhd-util coalesce` keeps the child, and a
     /// note says so; it reads as before and its data now equals the base's there.
