@@ -329,3 +329,21 @@ fn a_qcow2_backing_name_that_does_not_fit_the_header_cluster_is_refused() {
         "image changed"
     );
 }
+
+#[test]
+fn a_vhd_parent_whose_absolute_name_does_not_fit_the_locator_space_is_refused() {
+    let dir = tmp();
+    let ([a, b, _], _) = vhd_chain(&dir);
+    let far = dir.path().join("d".repeat(200));
+    std::fs::create_dir(&far).expect("folder");
+    let copy = far.join(format!("{}.vhd", "p".repeat(100)));
+    std::fs::copy(&a, &copy).expect("copy");
+    let before = std::fs::read(&b).expect("read");
+    let r = rustbk(&[&"rebase", &"-u", &"-b", &copy, &"-F", &"vpc", &b]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("parent locator, which has room for 512"),
+        "{r:?}"
+    );
+    assert!(std::fs::read(&b).expect("read") == before, "image changed");
+}

@@ -160,7 +160,7 @@ fn backing_format(args: &RebaseArgs, format: Format) -> anyhow::Result<Option<Fo
 /// Opens the new backing file (its format probed unless named) to check it: it must open,
 /// and FILE must not be in its chain. Returns its format.
 fn open_new(args: &RebaseArgs, path: &Path, named: Option<Format>) -> anyhow::Result<Format> {
-    let image = super::open(path, named, super::read_access(true)).map_err(|e| {
+    let image = super::open(path, named, super::read_access(false)).map_err(|e| {
         anyhow::anyhow!(
             "{}: Could not open new backing file '{}': {}",
             args.file.display(),

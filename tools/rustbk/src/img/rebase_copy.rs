@@ -38,7 +38,7 @@ pub fn copy(args: &RebaseArgs, format: Format, target: Option<&Target>) -> anyho
         Some(t) => Some(super::open(
             &t.path,
             Some(t.format),
-            super::read_access(true),
+            super::read_access(false),
         )?),
         None => None,
     };
