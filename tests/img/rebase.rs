@@ -347,3 +347,20 @@ fn a_vhd_parent_whose_absolute_name_does_not_fit_the_locator_space_is_refused() 
     );
     assert!(std::fs::read(&b).expect("read") == before, "image changed");
 }
+
+#[test]
+fn safe_rebase_keeps_the_zeros_a_shorter_old_backing_file_gave_past_its_end() {
+    let dir = tmp();
+    let [a, b, c] = ["a.qcow2", "b.qcow2", "c.qcow2"].map(|n| at(&dir, n));
+    crate::common::qemu_qcow2(&a, "4M", &["write -P 1 0 4M"]);
+    qemu_overlay(&b, "a.qcow2", "qcow2", Some("2M"));
+    qemu_io(&b, "qcow2", &["write -P 2 1M 64k"]);
+    qemu_overlay(&c, "b.qcow2", "qcow2", Some("4M"));
+    let reference = at(&dir, "ref.raw");
+    qemu_flat(&c, "qcow2", &reference);
+    rebase_c_onto_a(&[a, b, c.clone()], "qcow2", &reference);
+    assert!(
+        qemu_equal(&reference, &c, "qcow2"),
+        "qemu reads C as before"
+    );
+}

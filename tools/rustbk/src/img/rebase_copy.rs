@@ -1,5 +1,6 @@
 //! The data copy of a safe `rustbk img rebase`: the ranges the image does not answer itself
-//! (from its allocation map, as `rustbk img map` shows it) are read through the image, so
+//! (from its allocation map, as `rustbk img map` shows it; when the new backing file is in the
+//! old chain, only the ranges answered above it) are read through the image, so
 //! through its old backing chain, and compared with the new backing file in [`SUB`]-byte
 //! pieces; the pieces that differ are written into the image through its format's normal
 //! write path (zeros as write-zeroes ops where the format takes them). Past the new backing
@@ -22,7 +23,11 @@ const SUB: usize = 64 << 10;
 
 /// Copies into FILE what its old chain reads differently from the new one (`None`: zeros).
 pub fn copy(args: &RebaseArgs, format: Format, target: Option<&Target>) -> anyhow::Result<()> {
-    let ranges = uncovered(&args.file, format).with_context(|| {
+    let below = match target {
+        Some(t) => level_in_chain(&args.file, format, &t.path)?,
+        None => None,
+    };
+    let ranges = uncovered(&args.file, format, below).with_context(|| {
         format!(
             "Could not read the backing chain of '{}'",
             args.file.display()
@@ -63,15 +68,36 @@ pub fn copy(args: &RebaseArgs, format: Format, target: Option<&Target>) -> anyho
     Ok(())
 }
 
-/// The ranges `file` does not answer itself (adjacent ones merged).
-fn uncovered(file: &Path, format: Format) -> anyhow::Result<Vec<(u64, u64)>> {
+/// The level of `new` in the backing chain of `file` (1: its backing file), if it is there.
+fn level_in_chain(file: &Path, format: Format, new: &Path) -> anyhow::Result<Option<u32>> {
+    let Ok(wanted) = std::fs::metadata(new) else {
+        return Ok(None);
+    };
+    let chain = super::info::read_chain(file, Some(super::rebase::arg_of(format)), true)?;
+    for (level, info) in chain.iter().enumerate().skip(1) {
+        let meta = std::fs::metadata(&info.filename)
+            .with_context(|| format!("Cannot stat '{}'", info.filename.display()))?;
+        if super::convert::same_file(&meta, &wanted) {
+            return Ok(u32::try_from(level).ok());
+        }
+    }
+    Ok(None)
+}
+
+/// The ranges `file` does not answer itself (adjacent ones merged). When the new backing file
+/// is level `below` of the old chain, the ranges answered by it or further down read the same
+/// through both chains and are left out, as qemu-img leaves them out.
+fn uncovered(file: &Path, format: Format, below: Option<u32>) -> anyhow::Result<Vec<(u64, u64)>> {
     let entries: Vec<MapEntry> = match format {
         Format::Vpc => rustbk_formats::vhd::map::map_file(file, true)?,
         Format::Vmdk => rustbk_formats::vmdk::map::map_file(file, true)?,
         _ => map_chain(file, format, true)?,
     };
     let mut out: Vec<(u64, u64)> = Vec::new();
-    for e in entries.iter().filter(|e| e.depth > 0) {
+    // Depth 0 without `present`: the chain stops at the image itself (no backing file, or
+    // past a shorter one's end) and the old chain reads zeros there.
+    let differs = |e: &&MapEntry| (e.depth > 0 || !e.present) && below.is_none_or(|b| e.depth < b);
+    for e in entries.iter().filter(differs) {
         match out.last_mut() {
             Some(last) if last.0 + last.1 == e.start => last.1 += e.length,
             _ => out.push((e.start, e.length)),
