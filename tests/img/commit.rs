@@ -13,12 +13,12 @@ use crate::common::{
 };
 
 /// The guest-visible bytes of `image` (format `format`) as a raw file at `to`, by qemu-img.
-fn qemu_flat(image: &Path, format: &str, to: &Path) {
+pub(crate) fn qemu_flat(image: &Path, format: &str, to: &Path) {
     qemu_ok(&[&"convert", &"-f", &format, &"-O", &"raw", &image, &to]);
 }
 
 /// Whether qemu-img finds `raw` and `image` (format `format`) equal.
-fn qemu_equal(raw: &Path, image: &Path, format: &str) -> bool {
+pub(crate) fn qemu_equal(raw: &Path, image: &Path, format: &str) -> bool {
     let r = qemu_img(&[&"compare", &"-f", &"raw", &"-F", &format, &raw, &image]);
     assert!(r.code == 0 || r.code == 1, "qemu-img compare: {r:?}");
     r.code == 0
@@ -170,7 +170,7 @@ fn commit_grows_a_smaller_raw_base_to_the_child_size() {
 
 /// Writes patterns (`(offset, len, seed)`) and zeros (`(offset, len)`, as data: VHD takes no
 /// write-zeroes) through rustbk's own write path into an image (its parent in its folder).
-fn rustbk_writes(
+pub(crate) fn rustbk_writes(
     image: &Path,
     format: Format,
     writes: &[(u64, usize, u64)],
@@ -191,7 +191,7 @@ fn rustbk_writes(
 
 /// Reads the VHD chain `paths` (top first) through libyal's libvhdi, 4 KiB at a time (its
 /// Debian version misreads sector bitmaps below 4 KiB units and reads spanning blocks).
-fn libvhdi_read(paths: &[&Path]) -> Vec<u8> {
+pub(crate) fn libvhdi_read(paths: &[&Path]) -> Vec<u8> {
     let script = "import sys, pyvhdi\n\
         fs = []\n\
         for p in sys.argv[1:]:\n    f = pyvhdi.file(); f.open(p); fs.append(f)\n\

@@ -11,7 +11,10 @@
 //! Once the emptied metadata is durable, the host clusters whose refcount is zero are punched
 //! out of the file (fallocate `PUNCH_HOLE`, size kept), so the space goes back to the host file
 //! system; a free cluster reads as zeros and is referenced by nothing, so a crash there loses
-//! nothing.
+//! nothing. Then, as qemu-img's commit does for an image without snapshots, the image is cut
+//! down to its metadata (header, refcount structures, L1 table): the L2 tables that map
+//! nothing are unlinked and freed, and the file truncated after its last cluster in use, in
+//! the crash order the `shrink` module gives (at worst leaked tables after a crash).
 
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -34,6 +37,14 @@ const STEP: u64 = 1 << 30;
 /// the image tool follows them). Refuses an image without a backing file: emptying it would
 /// lose its data.
 pub fn make_empty(path: &Path) -> Result<(), Error> {
+    make_empty_steps(path, usize::MAX)
+}
+
+/// [`make_empty`] stopped after its first `steps` durable steps (0: none; 1: the discards;
+/// 2 to 5: the steps of the `shrink` module): the image a crash right after them leaves, for
+/// tests of the crash order.
+#[doc(hidden)]
+pub fn make_empty_steps(path: &Path, steps: usize) -> Result<(), Error> {
     let opts = OpenOptions {
         read_only: false,
         cache: crate::CacheMode::Writeback,
@@ -48,12 +59,15 @@ pub fn make_empty(path: &Path) -> Result<(), Error> {
     )?);
     let mut chain = Chain::default();
     chain.enter(path)?;
-    let image = Qcow2Image::open(file, &opts, &mut chain)?;
+    let image = Qcow2Image::open(file.clone(), &opts, &mut chain)?;
     if image.backing().is_none() {
         return Err(Error::InvalidArgument(format!(
             "{} has no backing file: emptying it would lose its data",
             path.display()
         )));
+    }
+    if steps == 0 {
+        return Ok(());
     }
     let mut q = image.queue(1)?;
     q.unmap_discards();
@@ -71,7 +85,27 @@ pub fn make_empty(path: &Path) -> Result<(), Error> {
     if let Err(e) = punch_free(&image) {
         tracing::warn!(error = %e, path = %path.display(), "cannot punch the freed clusters out");
     }
+    drop(image);
+    // The file stays open (and locked) while it is cut down to its metadata.
+    match super::shrink::shrink(&file, steps - 1) {
+        Ok(end) => tracing::debug!(path = %path.display(), ?end, "emptied image cut"),
+        Err(e) => {
+            tracing::warn!(error = %e, path = %path.display(), "cannot cut the emptied image")
+        }
+    }
     Ok(())
+}
+
+/// Punches the cluster of `cs` bytes at `start` (a multiple of `cs`) out of the file at `path`.
+pub(super) fn punch_range(path: &Path, start: u64, cs: u64) -> Result<(), Error> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|source| Error::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+    punch(&file, (start / cs, 1), cs)
 }
 
 /// Punches the runs of host clusters with refcount zero out of the image's file.

@@ -45,7 +45,9 @@ mod meta;
 mod metaio;
 mod queue;
 mod read;
+pub mod rebase;
 mod refcount;
+mod shrink;
 mod write;
 mod writeback;
 

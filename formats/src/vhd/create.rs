@@ -156,18 +156,22 @@ pub fn create(path: &Path, size: u64, opts: &VhdCreateOptions) -> Result<(), Err
 }
 
 /// What a differencing disk records of its parent.
-struct ParentInfo {
+pub(crate) struct ParentInfo {
     /// The name as stored.
-    stored: PathBuf,
+    pub stored: PathBuf,
     /// Absolute path.
-    absolute: PathBuf,
-    size: u64,
-    unique_id: [u8; 16],
-    timestamp: u32,
+    pub absolute: PathBuf,
+    /// The parent's virtual size.
+    pub size: u64,
+    /// The parent's unique id.
+    pub unique_id: [u8; 16],
+    /// The parent file's modification time, in VHD seconds.
+    pub timestamp: u32,
 }
 
 impl ParentInfo {
-    fn read(child: &Path, name: &Path) -> Result<ParentInfo, Error> {
+    /// Reads the parent named `name` (relative to `child`'s folder unless absolute).
+    pub fn read(child: &Path, name: &Path) -> Result<ParentInfo, Error> {
         let located = crate::confine::resolve(child, name);
         let absolute = std::fs::canonicalize(&located).map_err(|source| Error::Open {
             path: located.clone(),
@@ -195,7 +199,7 @@ impl ParentInfo {
 
     /// The locators XenServer's `vhd-util` writes: a MacX file URL of the relative name
     /// (`./` added), W2ku with the absolute path and W2ru with the relative name (UTF-16LE).
-    fn locator_data(&self) -> Vec<([u8; 4], Vec<u8>)> {
+    pub fn locator_data(&self) -> Vec<([u8; 4], Vec<u8>)> {
         let stored = self.stored.to_string_lossy();
         let relative = match self.stored.is_absolute() || stored.starts_with("./") {
             true => stored.into_owned(),

@@ -123,7 +123,8 @@ pub fn bitmap_len(block_size: u32) -> u64 {
         .next_multiple_of(512)
 }
 
-fn locator(raw: &[u8], i: usize) -> Option<Locator> {
+/// Parent locator slot `i` (0..8) of a header, if it has a platform code.
+pub(crate) fn locator(raw: &[u8], i: usize) -> Option<Locator> {
     let at = LOCATORS_AT + i * 24;
     let mut code = [0u8; 4];
     code.copy_from_slice(&raw[at..at + 4]);
@@ -186,4 +187,29 @@ pub fn serialize(h: &NewHeader<'_>) -> [u8; HEADER_LEN] {
     let sum = checksum(&b, CHECKSUM_AT);
     b[CHECKSUM_AT..CHECKSUM_AT + 4].copy_from_slice(&sum.to_be_bytes());
     b
+}
+
+/// Sets the parent fields of a header: unique id, time stamp, name (UTF-16BE, at most 255
+/// units, the rest zeroed). The checksum is left to [`with_checksum`].
+pub(crate) fn set_parent(raw: &mut [u8; HEADER_LEN], id: &[u8; 16], time: u32, name: &str) {
+    raw[40..56].copy_from_slice(id);
+    raw[56..60].copy_from_slice(&time.to_be_bytes());
+    raw[64..LOCATORS_AT].fill(0);
+    let units = name.encode_utf16().take(255).flat_map(u16::to_be_bytes);
+    for (i, byte) in units.enumerate() {
+        raw[64 + i] = byte;
+    }
+}
+
+/// Sets parent locator slot `i` (0..8) of a header (`None`: cleared). The checksum is left
+/// to [`with_checksum`].
+pub(crate) fn set_locator(raw: &mut [u8; HEADER_LEN], i: usize, l: Option<&Locator>) {
+    let at = LOCATORS_AT + i * 24;
+    raw[at..at + 24].fill(0);
+    if let Some(l) = l {
+        raw[at..at + 4].copy_from_slice(&l.code);
+        raw[at + 4..at + 8].copy_from_slice(&l.space.to_be_bytes());
+        raw[at + 8..at + 12].copy_from_slice(&l.len.to_be_bytes());
+        raw[at + 16..at + 24].copy_from_slice(&l.offset.to_be_bytes());
+    }
 }

@@ -34,6 +34,7 @@ mod meta;
 mod metaio;
 mod plan;
 mod queue;
+pub mod reparent;
 mod zero;
 
 #[cfg(test)]

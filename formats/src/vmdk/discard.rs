@@ -6,7 +6,8 @@
 //! the data it touches. Punched sectors read zeros. Unallocated grains still read from the
 //! parent (a discarded range may read anything), zero grains and ZERO extents read zeros
 //! already, and compressed grains are left as they are (they are packed end to end).
-//! A grain whose allocation is in flight is not in its table yet and is left alone, as an
+//! As before a write, the image takes a new CID before its first discard that punches
+//! anything. A grain whose allocation is in flight is not in its table yet and is left alone, as an
 //! overlapping write in flight may land before or after the discard.
 
 use crate::error::Error;
@@ -47,6 +48,10 @@ pub(crate) fn plan_discard(
                 }
             }
         }
+    }
+    if !out.is_empty() {
+        // The content changes: children made from the old content must be refused.
+        meta.update_cid()?;
     }
     Ok(out)
 }

@@ -150,6 +150,21 @@ fn new_cid(old: u32) -> u32 {
     cid
 }
 
+/// The refusal of a child whose `parentCID` is not its parent's CID: the parent changed
+/// after the child was made or last linked. That is also what a crash leaves between a
+/// commit's first write into the parent (which changes its CID) and the child's relink, so
+/// the message says how to relink when the parent still holds what the child expects.
+fn cid_mismatch(child: &std::path::Path, hint: &str, expected: u32, found: u32) -> Error {
+    Error::BackingChain(format!(
+        "{}: parentCID {expected:08x} is not the CID {found:08x} of its parent {hint:?} (the \
+         parent changed after this image was made or last linked to it). If the parent was \
+         changed only by a commit of this image (for example one interrupted before it relinked \
+         the image), relink it with `rustbk img rebase -u -b {hint} -F vmdk {}`",
+        child.display(),
+        child.display()
+    ))
+}
+
 /// Locks the metadata.
 pub(crate) fn lock(meta: &Mutex<Meta>) -> Result<MutexGuard<'_, Meta>, Error> {
     meta.lock()
@@ -199,12 +214,12 @@ impl VmdkImage {
             Some(hint) if o.descriptor.parent_cid != descriptor::NO_PARENT => {
                 let p = open::open_parent(file.path(), hint, opts, chain)?;
                 if p.descriptor.cid != o.descriptor.parent_cid {
-                    return Err(Error::BackingChain(format!(
-                        "{}: parentCID {:08x} is not the CID {:08x} of its parent {hint:?} (the parent changed after this image was made)",
-                        file.path().display(),
+                    return Err(cid_mismatch(
+                        file.path(),
+                        hint,
                         o.descriptor.parent_cid,
-                        p.descriptor.cid
-                    )));
+                        p.descriptor.cid,
+                    ));
                 }
                 Some(Arc::new(p))
             }

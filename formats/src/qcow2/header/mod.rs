@@ -462,6 +462,6 @@ mod serialize;
 mod tests;
 
 pub(crate) use serialize::put64;
-pub use serialize::{NewHeader, serialize};
+pub use serialize::{NewHeader, serialize, with_backing};
 #[cfg(test)]
 use serialize::{put_extension, put32};

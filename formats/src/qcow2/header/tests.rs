@@ -1,6 +1,7 @@
 //! Header parsing and serialising tests.
 
 use super::*;
+use std::path::Path;
 
 fn new_header(version: u32, backing: Option<(&'static [u8], Option<&'static str>)>) -> Vec<u8> {
     let mut b = serialize(&NewHeader {
@@ -79,4 +80,40 @@ fn compression_type_must_match_its_feature_bit() {
         Header::parse(&b, b.len() as u64),
         Err(Error::UnsupportedFeature(_))
     ));
+}
+
+#[test]
+fn a_new_backing_reference_keeps_the_other_extensions_and_zeroes_the_old_name() {
+    let mut b = new_header(3, None);
+    let mut entry = vec![0u8, 9];
+    entry.extend_from_slice(b"shiny feature");
+    entry.resize(FEATURE_ENTRY_LEN, 0);
+    let at =
+        put_extension(&mut b, V3_HEADER_LEN as usize, EXT_BACKING_FORMAT, b"raw").expect("ext");
+    let at = put_extension(&mut b, at, EXT_FEATURE_TABLE, &entry).expect("ext");
+    let at = put_extension(&mut b, at, EXT_END, &[]).expect("end");
+    let long = b"a rather long name of an old backing file.raw";
+    b[at..at + long.len()].copy_from_slice(long);
+    put64(&mut b, 8, at as u64);
+    put32(&mut b, 16, u32::try_from(long.len()).expect("short"));
+    let old = Header::parse(&b, b.len() as u64).expect("parse");
+    for (backing, format) in [(Some(&b"new.qcow2"[..]), Some("qcow2")), (None, None)] {
+        let bytes = with_backing(&b, &old, backing.map(|n| (n, format))).expect("rewrite");
+        let mut next = b.clone();
+        next[..bytes.len()].copy_from_slice(&bytes);
+        let h = Header::parse(&next, next.len() as u64).expect("parse");
+        assert_eq!(
+            h.backing_file.as_deref(),
+            backing.map(|n| Path::new(OsStr::from_bytes(n)))
+        );
+        assert_eq!(h.backing_format.as_deref(), format);
+        assert_eq!(
+            h.feature_names, old.feature_names,
+            "the feature table is kept"
+        );
+        let text = String::from_utf8_lossy(&next);
+        assert!(!text.contains("old backing file"), "the old name is zeroed");
+    }
+    let too_long = vec![b'x'; 1024];
+    assert!(with_backing(&b, &old, Some((&too_long, None))).is_err());
 }

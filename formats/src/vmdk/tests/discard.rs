@@ -113,3 +113,30 @@ fn a_child_discards_its_own_grains_and_still_reads_the_parent_elsewhere() {
         "child over its parent",
     );
 }
+
+#[test]
+fn a_discard_that_punches_changes_the_cid_and_one_that_does_not_keeps_it() {
+    let dir = tmp();
+    let path = made(&dir, "c.vmdk", 4 * MIB, Subformat::MonolithicSparse);
+    let cid = || super::create::describe(&path).expect("describe").cid;
+    let first = cid();
+    {
+        let image = open(&path).expect("open");
+        let mut q = queue(&image);
+        discard(&mut *q, 0, 4 * MIB);
+    }
+    assert_eq!(cid(), first, "nothing stored, nothing punched");
+    {
+        let image = open(&path).expect("open");
+        let mut q = queue(&image);
+        write_at(&mut *q, 0, &pattern(3, 65536)).expect("write");
+    }
+    let written = cid();
+    assert_ne!(written, first);
+    {
+        let image = open(&path).expect("open");
+        let mut q = queue(&image);
+        discard(&mut *q, 0, 65536);
+    }
+    assert_ne!(cid(), written, "a punching discard changes the CID");
+}

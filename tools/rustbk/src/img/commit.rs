@@ -128,7 +128,12 @@ fn copy_into_base(
 /// A VMDK base took a new CID with its first write: the image right above it names that CID
 /// as its `parentCID`, or no reader would accept it as the base's child any more. Done after
 /// the base is durable; a crash in between leaves the base committed and the child refused
-/// by its parentCID check (the error names both CIDs).
+/// by its parentCID check, whose error names both CIDs and the relink command
+/// (`rustbk img rebase -u -b BASE -F vmdk CHILD`). That relink is sound: commit writes into
+/// the base only ranges the child holds itself, so the child reads the same over the old and
+/// the new base. The window cannot be closed: the two CIDs live in two files, which no single
+/// write changes together (relinking the child first only moves the window before the base's
+/// CID change).
 fn relink_vmdk(child: &Path, base: &Path) -> anyhow::Result<()> {
     let cid = rustbk_formats::vmdk::create::describe(base)
         .with_context(|| format!("Could not open the base '{}'", base.display()))?

@@ -1,5 +1,5 @@
 //! `rustbk img`: image tools following qemu-img's conventions (`create`, `info`, `check`,
-//! `convert`, `compare`, `map`, `resize`, `commit`, `bench`), one module per subcommand, all on the formats
+//! `convert`, `compare`, `map`, `resize`, `commit`, `rebase`, `bench`), one module per subcommand, all on the formats
 //! crate and its shared I/O engine.
 
 mod bench;
@@ -13,6 +13,8 @@ pub(crate) use info::ImageInfo;
 mod map;
 mod pipe;
 mod progress;
+mod rebase;
+mod rebase_copy;
 mod resize;
 mod vmdk;
 mod vpc;
@@ -35,6 +37,7 @@ pub use convert::ConvertArgs;
 pub use create::CreateArgs;
 pub use info::InfoArgs;
 pub use map::MapArgs;
+pub use rebase::RebaseArgs;
 pub use resize::ResizeArgs;
 
 /// `rustbk img`.
@@ -77,8 +80,9 @@ pub enum ImgCommand {
     /// Afterwards, per format of FILE:
     ///
     /// qcow2: FILE is emptied, as qemu-img empties it (every cluster unmapped and released, so
-    /// it reads its backing file again, and the freed clusters punched out of the file), once the base is flushed; not with `-d`, nor with
-    /// `-b` (which implies `-d`).
+    /// it reads its backing file again, and the freed clusters punched out of the file; without
+    /// internal snapshots the file is then cut down to its header, refcount structures and L1
+    /// table), once the base is flushed; not with `-d`, nor with `-b` (which implies `-d`).
     ///
     /// vpc (VHD) and vmdk: FILE keeps its data, as `vhd-util coalesce` keeps the child, and a
     /// note says so; it reads as before and its data now equals the base's there.
@@ -90,11 +94,37 @@ pub enum ImgCommand {
     /// FILE as it was: run the commit again. A crash while a qcow2 FILE is emptied leaves it
     /// reading the same (each cluster its own, equal to the base's, or unmapped; at worst
     /// leaked clusters, which `check -r leaks` gives back). A crash between a VMDK base's first
-    /// write and its child's new `parentCID` leaves the child refused by the CID check. With
+    /// write and its child's new `parentCID` leaves the child refused by the CID check, with an
+    /// error naming both CIDs and the relink command (`rustbk img rebase -u -b BASE -F vmdk
+    /// CHILD`; sound, because the base changed only where the child holds its own data). With
     /// `-b` the images between FILE and BASE are not changed; as with qemu-img, they no longer
     /// show their former contents once BASE changed under them. Prints `Image committed.`;
     /// any failure exits 1.
     Commit(CommitArgs),
+    /// Change the backing file (qcow2) or parent (vpc, vmdk) of an image (qemu-img rebase;
+    /// with -u, vhd-util modify -p).
+    ///
+    /// Safe mode (the default) keeps FILE's content: wherever FILE does not hold its own data
+    /// and its old backing chain reads differently from the new backing file, the old chain's
+    /// data is copied into FILE through rustbk's normal write path; FILE is flushed; only then
+    /// is the reference rewritten, and made durable. With -u only the reference is rewritten:
+    /// FILE then reads the new backing file wherever it does not hold its own data (for a
+    /// backing file with the same content, such as a copy or a moved file).
+    ///
+    /// What is rewritten: qcow2: the backing file name and the backing format header extension
+    /// (they must fit in the header cluster). vpc: the parent locators (MacX, W2ku with the
+    /// absolute path, W2ru with the relative name, in the space the image reserved for them),
+    /// the parent's unique id, time stamp and name in the dynamic header, and its checksum.
+    /// vmdk: parentFileNameHint and parentCID (the new parent's CID).
+    ///
+    /// BACKING is relative to FILE's folder unless absolute; protocol names are refused, and
+    /// the new backing file must open (except for a qcow2 FILE with -u and -F). -b "" rebases
+    /// onto nothing (qcow2, vmdk: in safe mode all of the old chain's data is copied in); a
+    /// differencing VHD cannot lose its parent. To relink a VMDK child refused because its
+    /// parentCID is not its parent's CID (a commit interrupted before it relinked the child):
+    /// rustbk img rebase -u -b PARENT -F vmdk CHILD. A crash during the copy leaves FILE
+    /// reading as before over its old backing file; run the rebase again. Any failure exits 1.
+    Rebase(RebaseArgs),
     /// Measure the I/O engine on an image like qemu-img bench (no guest, no ring).
     Bench(BenchArgs),
 }
@@ -110,6 +140,7 @@ pub fn run(args: ImgArgs) -> anyhow::Result<ExitCode> {
         ImgCommand::Map(a) => map::run(a),
         ImgCommand::Resize(a) => resize::run(a),
         ImgCommand::Commit(a) => commit::run(a),
+        ImgCommand::Rebase(a) => rebase::run(a),
         ImgCommand::Bench(a) => bench::run(a),
     }
 }
