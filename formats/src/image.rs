@@ -136,6 +136,14 @@ pub trait ImageQueue: Send {
         poll_any(self.notifier(), fds, timeout)
     }
 
+    /// Moves finished I/O into the queue without a system call where the engine can (the
+    /// io_uring completion ring is shared memory); `Some(true)` if completions wait for
+    /// [`ImageQueue::reap`]. `None` when this queue cannot tell without one: the default, and
+    /// then a ring worker does not busy-poll while its I/O is in flight.
+    fn peek_completions(&mut self) -> Option<bool> {
+        None
+    }
+
     /// Sets up a table of `slots` fixed buffers (io_uring registered buffers: the kernel pins
     /// their pages once instead of for every I/O). False when this queue has none (the
     /// synchronous engine, formats that do not pass buffers straight to the engine); the

@@ -250,6 +250,12 @@ impl<M: SharedMemory> BackRing<M> {
         event_crossed(old, new, self.ring.load(SRING_RSP_EVENT))
     }
 
+    /// Whether requests are pending, without asking the frontend for a notification
+    /// (`RING_HAS_UNCONSUMED_REQUESTS`): for busy-polling, which reads shared memory only.
+    pub fn has_unconsumed_requests(&self) -> Result<bool, Error> {
+        Ok(self.unconsumed()? != 0)
+    }
+
     /// Whether requests are pending; if none, asks the frontend for a
     /// notification on the next one and checks again to close the race
     /// (`RING_FINAL_CHECK_FOR_REQUESTS`).

@@ -9,6 +9,7 @@
 //! disk with I/O limits holds back the request that would exceed them and sleeps until it may
 //! start (see [`crate::qos`]).
 
+mod adaptive;
 mod copy_path;
 mod dispatch;
 mod fault;
@@ -63,7 +64,8 @@ pub struct WorkerConfig {
     pub persistent_grants: usize,
     /// Unmap persistent grants left unused for this long (`None`: keep them while connected).
     pub persistent_unused: Option<std::time::Duration>,
-    /// Microseconds to busy-poll for work before sleeping (0: never poll).
+    /// Most microseconds to busy-poll for work before sleeping (0: never poll); the window
+    /// adapts below it (`adaptive`).
     pub poll_us: u32,
     /// How the guest's data pages are reached.
     pub data_path: DataPath,

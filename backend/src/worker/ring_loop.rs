@@ -5,11 +5,11 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
 
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use rustbk_formats::{Completion, ImageQueue};
 use rustbk_grant::{EventChannel, EventFd, GuestHandle, RingPages};
 use rustbk_ring::{BackRing, Response, status};
 
+use super::adaptive::{self, AdaptivePoll};
 use super::copy_path::{Bounce, BouncePool};
 use super::fault::Faults;
 use super::order::Order;
@@ -59,6 +59,8 @@ pub(super) struct RingWorker<'a> {
     /// The request the limits hold back; while there is one, nothing else leaves the ring.
     pub deferred: Option<Deferred>,
     completions: Vec<Completion>,
+    /// The busy-polling window before sleeping.
+    poll: AdaptivePoll,
     responses_pending: bool,
     pub stopping: bool,
     stop: &'a EventFd,
@@ -94,6 +96,7 @@ pub(super) fn run(
     };
     let persistent = (cfg.persistent_grants > 0).then(|| GrantCache::new(limits, now));
     let qos = QosGate::new(Arc::clone(&cfg.qos));
+    let poll_us = u64::from(cfg.poll_us);
     let mut w = RingWorker {
         cfg,
         ring: res.ring,
@@ -114,6 +117,7 @@ pub(super) fn run(
         qos,
         deferred: None,
         completions: Vec::new(),
+        poll: AdaptivePoll::new(std::time::Duration::from_micros(poll_us)),
         responses_pending: false,
         stopping: false,
         stop,
@@ -175,7 +179,9 @@ impl RingWorker<'_> {
             }
             // Held back by the limits: the ring has requests, but the wait is the throttle's.
             let taking = !self.stopping && self.deferred.is_none();
+            let idle_since = Instant::now();
             if taking && self.poll_briefly()? {
+                self.poll.waited(idle_since.elapsed());
                 continue;
             }
             if taking
@@ -187,6 +193,9 @@ impl RingWorker<'_> {
                 continue;
             }
             self.sleep()?;
+            if taking {
+                self.poll.waited(idle_since.elapsed());
+            }
         }
     }
 
@@ -293,27 +302,37 @@ impl RingWorker<'_> {
         Ok(())
     }
 
-    /// Busy-polls for new requests and completions for up to `poll_us` before sleeping, as
-    /// QEMU's adaptive polling does: a wake-up through the scheduler costs more than the wait
-    /// when the guest keeps the ring busy. True if work showed up.
+    /// Busy-polls for new requests and completions for the adaptive window (`adaptive`)
+    /// before sleeping, reading shared memory only; true if work showed up. Not while I/O is
+    /// in flight on a queue that cannot show its completions without a system call.
     fn poll_briefly(&mut self) -> Result<bool, Fatal> {
-        if self.cfg.poll_us == 0 {
+        let window = self.poll.window();
+        if window.is_zero() {
             return Ok(false);
         }
-        let deadline =
-            std::time::Instant::now() + std::time::Duration::from_micros(self.cfg.poll_us.into());
+        if self.queue.in_flight() > 0 && self.queue.peek_completions().is_none() {
+            return Ok(false);
+        }
+        let mut last = Instant::now();
+        let deadline = last + window;
         loop {
-            if self
+            let requests = self
                 .ring
-                .final_check_for_requests()
-                .map_err(Fatal::Overflow)?
-                || self.wait_events(PollTimeout::ZERO)?
-            {
+                .has_unconsumed_requests()
+                .map_err(Fatal::Overflow)?;
+            if requests || self.queue.peek_completions() == Some(true) {
+                Stats::add(&self.stats.polled, 1);
                 return Ok(true);
             }
-            if std::time::Instant::now() >= deadline {
+            let now = Instant::now();
+            if now.saturating_duration_since(last) > adaptive::PREEMPTED {
+                self.poll.preempted();
                 return Ok(false);
             }
+            if now >= deadline {
+                return Ok(false);
+            }
+            last = now;
             std::hint::spin_loop();
         }
     }
@@ -334,31 +353,6 @@ impl RingWorker<'_> {
             self.stopping = true;
         }
         Ok(())
-    }
-
-    /// Waits up to `timeout` for the event channel, the queue or the stop doorbell; handles
-    /// them and tells whether any fired.
-    fn wait_events(&mut self, timeout: PollTimeout) -> Result<bool, Fatal> {
-        let (ev, done, stop) = {
-            let mut fds = [
-                PollFd::new(self.evtchn.fd(), PollFlags::POLLIN),
-                PollFd::new(self.queue.notifier(), PollFlags::POLLIN),
-                PollFd::new(self.stop.as_fd(), PollFlags::POLLIN),
-            ];
-            match poll(&mut fds, timeout) {
-                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-                Err(e) => return Err(Fatal::Local(format!("poll: {e}"))),
-            }
-            let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
-            (ready(&fds[0]), ready(&fds[1]), ready(&fds[2]))
-        };
-        if ev {
-            self.ack_kick()?;
-        }
-        if stop {
-            self.stopping = true;
-        }
-        Ok(ev || done || stop)
     }
 
     /// Consumes the guest's notification, counting it if one was pending.

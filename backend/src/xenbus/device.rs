@@ -32,8 +32,8 @@ use crate::{Error, Stats};
 /// Whether persistently mapped pages are registered as io_uring fixed buffers by default.
 pub const DEFAULT_FIXED_BUFFERS: bool = false;
 
-/// Default busy-poll time of a ring worker.
-pub const DEFAULT_POLL_US: u32 = 0;
+/// Default most busy-poll time of a ring worker (its adaptive window's upper bound).
+pub const DEFAULT_POLL_US: u32 = 50;
 
 /// Default time after which an unused persistent grant is unmapped (Linux blkback's
 /// `persistent_grant_unused_seconds`).
@@ -83,7 +83,7 @@ pub struct BackendOptions {
     /// Logical sector size announced to the guest (`sector-size`), 512 or 4096, of disks
     /// whose `params` does not choose one (`raw,sector-size=4096:/path`).
     pub sector_size: u32,
-    /// Microseconds a ring worker busy-polls for work before sleeping.
+    /// Most microseconds a ring worker busy-polls for work before sleeping (adaptive).
     pub poll_us: u32,
     /// How disks whose backend directory has no `data-path` key reach the guest's data pages.
     pub data_path: DataPath,

@@ -273,6 +273,12 @@ impl ImageQueue for Engine {
         n
     }
 
+    fn peek_completions(&mut self) -> Option<bool> {
+        self.ring.as_ref()?;
+        self.poll_ring();
+        Some(!self.ready.is_empty())
+    }
+
     fn wait(&mut self, timeout: Option<Duration>) -> Result<(), Error> {
         if !self.queued.is_empty() {
             self.commit()?;

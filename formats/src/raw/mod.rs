@@ -130,8 +130,6 @@ pub struct RawQueue {
     size: SharedSize,
 }
 
-impl RawQueue {}
-
 impl ImageQueue for RawQueue {
     fn submit(&mut self, op: IoOp, tag: u64) -> Result<(), Error> {
         match op.range_error(self.size.get()) {
@@ -150,6 +148,10 @@ impl ImageQueue for RawQueue {
 
     fn wait(&mut self, timeout: Option<Duration>) -> Result<(), Error> {
         self.engine.wait(timeout)
+    }
+
+    fn peek_completions(&mut self) -> Option<bool> {
+        self.engine.peek_completions()
     }
 
     fn notifier(&self) -> BorrowedFd<'_> {

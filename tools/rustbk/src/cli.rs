@@ -176,7 +176,10 @@ pub struct BackendArgs {
     #[arg(long, default_value_t = rustbk_ring::DEFAULT_MAX_INDIRECT_SEGMENTS,
           value_parser = clap::value_parser!(u32).range(0..=4096))]
     pub max_indirect_segments: u32,
-    /// Microseconds a ring worker busy-polls for work before sleeping (0 disables polling).
+    /// Most microseconds a ring worker busy-polls for work before sleeping (0 disables
+    /// polling). The window adapts, as QEMU's event-loop polling does: it grows while waits
+    /// end within this time, shrinks when they outlast it, and drops to zero when the worker
+    /// loses its core while spinning (cores shared with the guests).
     #[arg(long, default_value_t = rustbk_backend::xenbus::DEFAULT_POLL_US)]
     pub poll_us: u32,
     /// Logical sector size announced to guests (512 or 4096) for disks whose `params` does not

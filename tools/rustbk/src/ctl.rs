@@ -325,6 +325,7 @@ fn print_stats(devices: &[DeviceReport], output: OutputArg) -> anyhow::Result<Ex
         println!("domid={} devid={} pid={}", d.domid, d.devid, d.pid);
         println!("  requests in/out  {} / {}", s.requests, s.responses);
         println!("  kicks in/out     {} / {}", s.kicks_in, s.kicks_out);
+        println!("  polled waits     {}", s.polled);
         println!(
             "  reads/writes     {} / {} ({} / {} sectors)",
             s.reads,
