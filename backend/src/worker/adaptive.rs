@@ -14,9 +14,14 @@
 //! * drops to zero when a spin step took longer than [`PREEMPTED`]: the worker lost its core
 //!   to another thread, so cores are shared and spinning takes time from the guest.
 //!
+//! And no polling at all while the machine's runnable threads (this one included) outnumber
+//! its CPUs, sampled from `/proc/loadavg` at most every [`RECHECK`]: a spinning worker would
+//! then take the core the guest (or another worker) needs to send what it waits for, and
+//! every wait would grow longer for the spinning.
+//!
 //! Spinning reads shared memory only: the ring's `req_prod` and the io_uring completion ring.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The first window after a wait that polling would have caught.
 pub const START: Duration = Duration::from_micros(4);
@@ -24,11 +29,17 @@ pub const START: Duration = Duration::from_micros(4);
 /// A spin step this long means the worker was descheduled.
 pub const PREEMPTED: Duration = Duration::from_micros(20);
 
+/// How often the runnable threads are counted.
+pub const RECHECK: Duration = Duration::from_millis(10);
+
 /// The polling window of one ring.
 #[derive(Debug, Clone, Copy)]
 pub struct AdaptivePoll {
     window: Duration,
     most: Duration,
+    cpus: usize,
+    /// When the runnable threads were last counted, and whether they outnumbered the CPUs.
+    checked: Option<(Instant, bool)>,
 }
 
 impl AdaptivePoll {
@@ -37,12 +48,29 @@ impl AdaptivePoll {
         AdaptivePoll {
             window: Duration::ZERO,
             most,
+            cpus: std::thread::available_parallelism().map_or(1, usize::from),
+            checked: None,
         }
     }
 
-    /// How long to spin before sleeping.
-    pub fn window(&self) -> Duration {
+    /// How long to spin before sleeping at `now`: zero while cores are shared.
+    pub fn window(&mut self, now: Instant) -> Duration {
+        if self.window.is_zero() || self.cores_shared(now) {
+            return Duration::ZERO;
+        }
         self.window
+    }
+
+    fn cores_shared(&mut self, now: Instant) -> bool {
+        match self.checked {
+            Some((at, shared)) if now.saturating_duration_since(at) < RECHECK => shared,
+            _ => {
+                let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+                let shared = runnable(&text).is_some_and(|n| n > self.cpus);
+                self.checked = Some((now, shared));
+                shared
+            }
+        }
     }
 
     /// Adapts the window to a wait (spin and sleep) that lasted `waited`.
@@ -66,6 +94,12 @@ impl AdaptivePoll {
     }
 }
 
+/// The runnable threads `/proc/loadavg` counts (its fourth field, `RUNNING/TOTAL`).
+fn runnable(loadavg: &str) -> Option<usize> {
+    let field = loadavg.split_whitespace().nth(3)?;
+    field.split('/').next()?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,13 +109,20 @@ mod tests {
     }
 
     #[test]
+    fn the_runnable_threads_are_the_fourth_field() {
+        assert_eq!(runnable("3.16 3.37 3.25 2/93 11400\n"), Some(2));
+        assert_eq!(runnable("0.00 0.01 0.05 17/1024 1"), Some(17));
+        assert_eq!(runnable("garbage"), None);
+    }
+
+    #[test]
     fn short_waits_grow_the_window_up_to_the_most() {
         let mut p = AdaptivePoll::new(us(50));
-        assert_eq!(p.window(), Duration::ZERO);
+        assert_eq!(p.window, Duration::ZERO);
         let mut seen = Vec::new();
         for _ in 0..6 {
             p.waited(us(45));
-            seen.push(p.window());
+            seen.push(p.window);
         }
         assert_eq!(seen, [us(4), us(8), us(16), us(32), us(50), us(50)]);
     }
@@ -91,11 +132,11 @@ mod tests {
         let mut p = AdaptivePoll::new(us(50));
         p.waited(us(3));
         p.waited(us(3));
-        assert_eq!(p.window(), us(4));
+        assert_eq!(p.window, us(4));
         p.waited(us(5));
-        assert_eq!(p.window(), us(8));
+        assert_eq!(p.window, us(8));
         p.waited(us(7));
-        assert_eq!(p.window(), us(8));
+        assert_eq!(p.window, us(8));
     }
 
     #[test]
@@ -104,11 +145,11 @@ mod tests {
         for _ in 0..5 {
             p.waited(us(40));
         }
-        assert_eq!(p.window(), us(50));
+        assert_eq!(p.window, us(50));
         let mut seen = Vec::new();
         for _ in 0..5 {
             p.waited(us(500));
-            seen.push(p.window());
+            seen.push(p.window);
         }
         assert_eq!(
             seen,
@@ -126,12 +167,12 @@ mod tests {
     fn no_most_means_no_polling_and_preemption_resets() {
         let mut p = AdaptivePoll::new(Duration::ZERO);
         p.waited(Duration::from_nanos(1));
-        assert_eq!(p.window(), Duration::ZERO);
+        assert_eq!(p.window, Duration::ZERO);
         let mut p = AdaptivePoll::new(us(50));
         p.waited(us(10));
         p.waited(us(10));
-        assert_eq!(p.window(), us(8));
+        assert_eq!(p.window, us(8));
         p.preempted();
-        assert_eq!(p.window(), Duration::ZERO);
+        assert_eq!(p.window, Duration::ZERO);
     }
 }

@@ -306,7 +306,7 @@ impl RingWorker<'_> {
     /// before sleeping, reading shared memory only; true if work showed up. Not while I/O is
     /// in flight on a queue that cannot show its completions without a system call.
     fn poll_briefly(&mut self) -> Result<bool, Fatal> {
-        let window = self.poll.window();
+        let window = self.poll.window(Instant::now());
         if window.is_zero() {
             return Ok(false);
         }
