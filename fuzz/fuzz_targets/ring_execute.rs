@@ -126,6 +126,7 @@ fn run(w: &World, ctl: u8, entries: &[u8], pages: &[u8]) {
         persistent_grants: if ctl & 2 != 0 { 1056 } else { 0 },
         persistent_unused: None,
         poll_us: 0,
+        poll_shared_cores: false,
         data_path: rustbk_backend::worker::DataPath::Map,
         fixed_buffers: false,
         qos: rustbk_backend::qos::DiskQos::new(Default::default()).expect("no limits"),

@@ -38,16 +38,20 @@ pub struct AdaptivePoll {
     window: Duration,
     most: Duration,
     cpus: usize,
+    /// Poll even while cores are shared.
+    shared_ok: bool,
     /// When the runnable threads were last counted, and whether they outnumbered the CPUs.
     checked: Option<(Instant, bool)>,
 }
 
 impl AdaptivePoll {
-    /// A window that never grows past `most` (zero: no polling).
-    pub fn new(most: Duration) -> AdaptivePoll {
+    /// A window that never grows past `most` (zero: no polling); `shared_ok` polls even
+    /// while cores are shared.
+    pub fn new(most: Duration, shared_ok: bool) -> AdaptivePoll {
         AdaptivePoll {
             window: Duration::ZERO,
             most,
+            shared_ok,
             cpus: std::thread::available_parallelism().map_or(1, usize::from),
             checked: None,
         }
@@ -55,7 +59,7 @@ impl AdaptivePoll {
 
     /// How long to spin before sleeping at `now`: zero while cores are shared.
     pub fn window(&mut self, now: Instant) -> Duration {
-        if self.window.is_zero() || self.cores_shared(now) {
+        if self.window.is_zero() || (!self.shared_ok && self.cores_shared(now)) {
             return Duration::ZERO;
         }
         self.window
@@ -117,7 +121,7 @@ mod tests {
 
     #[test]
     fn short_waits_grow_the_window_up_to_the_most() {
-        let mut p = AdaptivePoll::new(us(50));
+        let mut p = AdaptivePoll::new(us(50), false);
         assert_eq!(p.window, Duration::ZERO);
         let mut seen = Vec::new();
         for _ in 0..6 {
@@ -129,7 +133,7 @@ mod tests {
 
     #[test]
     fn waits_inside_the_window_keep_it() {
-        let mut p = AdaptivePoll::new(us(50));
+        let mut p = AdaptivePoll::new(us(50), false);
         p.waited(us(3));
         p.waited(us(3));
         assert_eq!(p.window, us(4));
@@ -141,7 +145,7 @@ mod tests {
 
     #[test]
     fn long_waits_shrink_it_to_nothing() {
-        let mut p = AdaptivePoll::new(us(50));
+        let mut p = AdaptivePoll::new(us(50), false);
         for _ in 0..5 {
             p.waited(us(40));
         }
@@ -165,10 +169,10 @@ mod tests {
 
     #[test]
     fn no_most_means_no_polling_and_preemption_resets() {
-        let mut p = AdaptivePoll::new(Duration::ZERO);
+        let mut p = AdaptivePoll::new(Duration::ZERO, false);
         p.waited(Duration::from_nanos(1));
         assert_eq!(p.window, Duration::ZERO);
-        let mut p = AdaptivePoll::new(us(50));
+        let mut p = AdaptivePoll::new(us(50), false);
         p.waited(us(10));
         p.waited(us(10));
         assert_eq!(p.window, us(8));

@@ -67,6 +67,8 @@ pub struct WorkerConfig {
     /// Most microseconds to busy-poll for work before sleeping (0: never poll); the window
     /// adapts below it (`adaptive`).
     pub poll_us: u32,
+    /// Busy-poll even while runnable threads outnumber the CPUs.
+    pub poll_shared_cores: bool,
     /// How the guest's data pages are reached.
     pub data_path: DataPath,
     /// Register persistently mapped pages as the image queue's io_uring fixed buffers.

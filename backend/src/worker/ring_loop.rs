@@ -96,7 +96,7 @@ pub(super) fn run(
     };
     let persistent = (cfg.persistent_grants > 0).then(|| GrantCache::new(limits, now));
     let qos = QosGate::new(Arc::clone(&cfg.qos));
-    let poll_us = u64::from(cfg.poll_us);
+    let (poll_us, poll_shared_ok) = (u64::from(cfg.poll_us), cfg.poll_shared_cores);
     let mut w = RingWorker {
         cfg,
         ring: res.ring,
@@ -117,7 +117,7 @@ pub(super) fn run(
         qos,
         deferred: None,
         completions: Vec::new(),
-        poll: AdaptivePoll::new(std::time::Duration::from_micros(poll_us)),
+        poll: AdaptivePoll::new(std::time::Duration::from_micros(poll_us), poll_shared_ok),
         responses_pending: false,
         stopping: false,
         stop,

@@ -85,6 +85,8 @@ pub struct BackendOptions {
     pub sector_size: u32,
     /// Most microseconds a ring worker busy-polls for work before sleeping (adaptive).
     pub poll_us: u32,
+    /// Busy-poll even while runnable threads outnumber the CPUs.
+    pub poll_shared_cores: bool,
     /// How disks whose backend directory has no `data-path` key reach the guest's data pages.
     pub data_path: DataPath,
     /// Register persistently mapped pages as io_uring fixed buffers.
@@ -118,6 +120,7 @@ impl Default for BackendOptions {
             persistent_grant_unused: Some(DEFAULT_PERSISTENT_GRANT_UNUSED),
             sector_size: 512,
             poll_us: DEFAULT_POLL_US,
+            poll_shared_cores: false,
             data_path: DataPath::Map,
             fixed_buffers: DEFAULT_FIXED_BUFFERS,
             backing_dirs: Vec::new(),
@@ -508,6 +511,7 @@ impl Device {
             persistent_grants,
             persistent_unused: self.opts.persistent_grant_unused,
             poll_us: self.opts.poll_us,
+            poll_shared_cores: self.opts.poll_shared_cores,
             data_path,
             fixed_buffers: self.opts.fixed_buffers,
             qos: Arc::clone(&self.qos),

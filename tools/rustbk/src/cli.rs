@@ -182,6 +182,11 @@ pub struct BackendArgs {
     /// loses its core while spinning (cores shared with the guests).
     #[arg(long, default_value_t = rustbk_backend::xenbus::DEFAULT_POLL_US)]
     pub poll_us: u32,
+    /// Busy-poll even while the machine's runnable threads outnumber its CPUs (by default
+    /// polling stops then, since a spinning worker takes a core the guests need): for hosts
+    /// whose backend threads have cores of their own.
+    #[arg(long)]
+    pub poll_shared_cores: bool,
     /// Logical sector size announced to guests (512 or 4096) for disks whose `params` does not
     /// choose one (`raw,sector-size=4096:/path`).
     #[arg(long, default_value_t = 512, value_parser = parse_sector_size)]

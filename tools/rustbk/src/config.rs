@@ -81,6 +81,8 @@ pub struct Disks {
     pub persistent_grant_unused_secs: Option<u32>,
     /// `--poll-us`.
     pub poll_us: Option<u32>,
+    /// `--poll-shared-cores` when true.
+    pub poll_shared_cores: Option<bool>,
     /// `--no-thin-service` when false.
     pub thin_service: Option<bool>,
     /// `--qos`: the I/O limits of disks without `qos/` keys (`iops-total=500,...`).
@@ -130,6 +132,9 @@ impl Config {
         many("--qos", one(d.qos.clone()));
         if d.persistent_grants == Some(false) {
             out.push("--no-persistent".into());
+        }
+        if d.poll_shared_cores == Some(true) {
+            out.push("--poll-shared-cores".into());
         }
         if d.thin_service == Some(false) {
             out.push("--no-thin-service".into());

@@ -76,6 +76,7 @@ pub fn options(args: &BackendArgs, platform: &PlatformArgs) -> anyhow::Result<Ba
             .then(|| Duration::from_secs(args.persistent_grant_unused_secs.into())),
         sector_size: args.sector_size,
         poll_us: args.poll_us,
+        poll_shared_cores: args.poll_shared_cores,
         data_path: args.data_path,
         fixed_buffers: args.fixed_buffers,
         backing_dirs: backing_dirs(args)?,
@@ -152,6 +153,9 @@ pub fn backend_args(backend: &BackendArgs) -> Vec<String> {
     }
     out.extend(["--sector-size".into(), backend.sector_size.to_string()]);
     out.extend(["--poll-us".into(), backend.poll_us.to_string()]);
+    if backend.poll_shared_cores {
+        out.push("--poll-shared-cores".into());
+    }
     out.extend(["--cache".into(), backend.cache_mode().to_string()]);
     if backend.no_persistent {
         out.push("--no-persistent".into());
