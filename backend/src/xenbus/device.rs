@@ -32,8 +32,10 @@ use crate::{Error, Stats};
 /// Whether persistently mapped pages are registered as io_uring fixed buffers by default.
 pub const DEFAULT_FIXED_BUFFERS: bool = false;
 
-/// Default most busy-poll time of a ring worker (its adaptive window's upper bound).
-pub const DEFAULT_POLL_US: u32 = 50;
+/// Default most busy-poll time of a ring worker (its adaptive window's upper bound): off,
+/// since on the shared 2-vCPU development machine polling helped QD1 reads but slowed QD1
+/// writes (README, "Busy-polling").
+pub const DEFAULT_POLL_US: u32 = 0;
 
 /// Default time after which an unused persistent grant is unmapped (Linux blkback's
 /// `persistent_grant_unused_seconds`).
