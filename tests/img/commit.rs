@@ -3,7 +3,7 @@
 //! passes its checker, and chains that cannot be committed are refused with exit status 1.
 
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rustbk_formats::suite::{pattern, run, write_at};
 use rustbk_formats::{Format, IoOp, OpenOptions};
@@ -170,6 +170,15 @@ fn commit_grows_a_smaller_raw_base_to_the_child_size() {
 
 /// Writes patterns (`(offset, len, seed)`) and zeros (`(offset, len)`, as data: VHD takes no
 /// write-zeroes) through rustbk's own write path into an image (its parent in its folder).
+/// A VMDK child `name` that qemu-img makes in `dir` over `base` (a name in `dir`).
+pub(crate) fn qemu_vmdk_child(dir: &tempfile::TempDir, name: &str, base: &str) -> PathBuf {
+    let child = at(dir, name);
+    qemu_ok(&[
+        &"create", &"-q", &"-f", &"vmdk", &"-b", &base, &"-F", &"vmdk", &child,
+    ]);
+    child
+}
+
 pub(crate) fn rustbk_writes(
     image: &Path,
     format: Format,
@@ -291,18 +300,7 @@ fn commit_of_a_vmdk_child_makes_its_monolithic_sparse_parent_equal_to_the_chain(
         &[(0, 4 << 20, 1), (7 << 20, 65536, 2)],
         &[],
     );
-    let child = at(&dir, "child.vmdk");
-    qemu_ok(&[
-        &"create",
-        &"-q",
-        &"-f",
-        &"vmdk",
-        &"-b",
-        &"base.vmdk",
-        &"-F",
-        &"vmdk",
-        &child,
-    ]);
+    let child = qemu_vmdk_child(&dir, "child.vmdk", "base.vmdk");
     qemu_io(
         &child,
         "vmdk",

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use crate::commit::{qemu_equal, qemu_flat};
+use crate::commit::{qemu_equal, qemu_flat, qemu_vmdk_child};
 use crate::common::{at, qemu_img, qemu_io, qemu_ok, rustbk, rustbk_ok, tmp};
 
 /// The `CID` or `parentCID` (`key`) of a monolithicSparse VMDK, read from its embedded
@@ -26,18 +26,7 @@ fn a_vmdk_child_left_with_the_old_parent_cid_by_an_interrupted_commit_is_relinke
     let base = at(&dir, "base.vmdk");
     qemu_ok(&[&"create", &"-q", &"-f", &"vmdk", &base, &"4M"]);
     qemu_io(&base, "vmdk", &["write -P 1 0 4M"]);
-    let child = at(&dir, "child.vmdk");
-    qemu_ok(&[
-        &"create",
-        &"-q",
-        &"-f",
-        &"vmdk",
-        &"-b",
-        &"base.vmdk",
-        &"-F",
-        &"vmdk",
-        &child,
-    ]);
+    let child = qemu_vmdk_child(&dir, "child.vmdk", "base.vmdk");
     qemu_io(&child, "vmdk", &["write -P 2 1M 64k", "write -P 3 3M 4k"]);
     let reference = at(&dir, "ref.raw");
     qemu_flat(&child, "vmdk", &reference);

@@ -98,27 +98,24 @@ pub fn make_empty_steps(path: &Path, steps: usize) -> Result<(), Error> {
 
 /// Punches the cluster of `cs` bytes at `start` (a multiple of `cs`) out of the file at `path`.
 pub(super) fn punch_range(path: &Path, start: u64, cs: u64) -> Result<(), Error> {
-    let file = std::fs::OpenOptions::new()
+    punch(&open_writable(path)?, (start / cs, 1), cs)
+}
+
+/// The file at `path`, opened for writing (for hole punches).
+fn open_writable(path: &Path) -> Result<std::fs::File, Error> {
+    std::fs::OpenOptions::new()
         .write(true)
         .open(path)
         .map_err(|source| Error::Open {
             path: path.to_owned(),
             source,
-        })?;
-    punch(&file, (start / cs, 1), cs)
+        })
 }
 
 /// Punches the runs of host clusters with refcount zero out of the image's file.
 fn punch_free(image: &Qcow2Image) -> Result<(), Error> {
     let end = image.file.size()?;
-    let path = image.file.path();
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(|source| Error::Open {
-            path: path.to_owned(),
-            source,
-        })?;
+    let file = open_writable(image.file.path())?;
     let mut meta = super::read::lock(&image.meta)?;
     let cs = meta.layout().cluster_size();
     let mut run: Option<(u64, u64)> = None;
