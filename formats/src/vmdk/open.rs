@@ -193,7 +193,12 @@ pub(crate) fn open_extents(
         && o.descriptor.extents[0].kind == ExtentKind::Sparse;
     let mut start = 0u64;
     for line in o.descriptor.extents.clone() {
-        let len = line.sectors * SECTOR;
+        let len = line.sectors.checked_mul(SECTOR).ok_or_else(|| {
+            bad(format!(
+                "an extent of {} sectors overflows the disk size",
+                line.sectors
+            ))
+        })?;
         let store = match (line.kind, &line.file) {
             (ExtentKind::Zero, _) | (_, None) => Store::Zero,
             (ExtentKind::Sparse, Some(_)) if embedded_alone => {

@@ -217,6 +217,19 @@ fn oversize_descriptors_and_huge_extent_counts_are_refused() {
 }
 
 #[test]
+fn an_extent_whose_byte_size_overflows_is_refused_without_a_panic() {
+    let dir = tmp();
+    // 2^55 sectors are 2^64 bytes: the sector count parses, its byte size does not fit.
+    for body in [
+        "RW 36028797018963968 ZERO\n",
+        "RW 8 ZERO\nRW 36028797018963967 ZERO\n",
+    ] {
+        let path = descriptor_file(&dir, body);
+        invalid(open(&path), "overflows");
+    }
+}
+
+#[test]
 fn descriptor_parser_takes_qemu_text_and_refuses_what_it_does_not_know() {
     let text = "# Disk DescriptorFile\nversion=1\nCID=52b1a4c3\nparentCID=ffffffff\n\
         createType=\"twoGbMaxExtentFlat\"\n\n# Extent description\n\
