@@ -213,10 +213,7 @@ pub(crate) fn open_extents(
                 match kind {
                     ExtentKind::Flat => Store::Flat {
                         file: index,
-                        offset: line
-                            .offset
-                            .checked_mul(SECTOR)
-                            .ok_or_else(|| bad("extent offset overflows".to_owned()))?,
+                        offset: flat_offset(line.offset, len)?,
                     },
                     _ => sparse_store(&mut o, index, line.sectors)?,
                 }
@@ -232,6 +229,24 @@ pub(crate) fn open_extents(
         o.files.push(file.clone());
     }
     Ok(o)
+}
+
+/// The byte offset of a FLAT extent of `len` bytes starting at sector `sector` of its file;
+/// refused unless the whole range lies below the largest file offset (reads add the
+/// position inside the extent to it).
+fn flat_offset(sector: u64, len: u64) -> Result<u64, Error> {
+    sector
+        .checked_mul(SECTOR)
+        .filter(|at| {
+            at.checked_add(len)
+                .is_some_and(|end| i64::try_from(end).is_ok())
+        })
+        .ok_or_else(|| {
+            bad(format!(
+                "a FLAT extent of {len} bytes at sector {sector} of its file ends past the \
+                 largest file offset"
+            ))
+        })
 }
 
 /// Opens (or finds among those open) the file of one extent; its index in `files`.

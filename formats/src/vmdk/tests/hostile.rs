@@ -230,6 +230,23 @@ fn an_extent_whose_byte_size_overflows_is_refused_without_a_panic() {
 }
 
 #[test]
+fn a_flat_extent_whose_file_range_overflows_is_refused_at_open() {
+    let dir = tmp();
+    std::fs::write(dir.path().join("data.raw"), vec![0xabu8; 8192]).expect("data");
+    // Offsets in sectors: the first ends past the largest file offset, the second's end
+    // does not fit in 64 bits (a read at guest byte 512 computed offset 2^64).
+    for offset in [(1u64 << 54) - 1, (1 << 55) - 1] {
+        let path = descriptor_file(&dir, &format!("RW 16 FLAT \"data.raw\" {offset}\n"));
+        invalid(open(&path), "largest file offset");
+    }
+    let path = descriptor_file(&dir, "RW 16 FLAT \"data.raw\" 2\n");
+    let image = open(&path).expect("a flat extent inside the file opens");
+    let mut q = image.open_queue(1).expect("queue");
+    let got = read_at(&mut *q, 512, 4096).expect("read");
+    assert_eq!(got, vec![0xab; 4096]);
+}
+
+#[test]
 fn descriptor_parser_takes_qemu_text_and_refuses_what_it_does_not_know() {
     let text = "# Disk DescriptorFile\nversion=1\nCID=52b1a4c3\nparentCID=ffffffff\n\
         createType=\"twoGbMaxExtentFlat\"\n\n# Extent description\n\
