@@ -3,14 +3,17 @@
 #
 #   fuzz/seeds.sh vpc DIR    seeds for vhd_open
 #   fuzz/seeds.sh vmdk DIR   seeds for vmdk_open
+#   fuzz/seeds.sh qcow2 DIR  seeds for qcow2_open
+#   fuzz/seeds.sh thin DIR   seeds for thin_metadata (a flag byte, then the metadata)
 #
-# Needs qemu-img and qemu-io (qemu-utils) and the rustbk CLI: $RUSTBK, else target/release/rustbk
-# or target/debug/rustbk of this checkout (build it with `cargo build -p rustbk`). Every seed is
+# Needs qemu-img and qemu-io (qemu-utils), thin_restore (thin-provisioning-tools) and python3
+# for `thin`, and for vpc and vmdk the rustbk CLI: $RUSTBK, else target/release/rustbk or
+# target/debug/rustbk of this checkout (build it with `cargo build -p rustbk`). Every seed is
 # at most 128 KiB, so `-max_len=131072` takes each one whole.
 set -eu
 
 usage() {
-    echo "usage: $0 vpc|vmdk DIR" >&2
+    echo "usage: $0 vpc|vmdk|qcow2|thin DIR" >&2
     exit 2
 }
 [ $# -eq 2 ] || usage
@@ -23,7 +26,11 @@ if [ -z "$rustbk" ]; then
         [ -x "$b" ] && rustbk=$b && break
     done
 fi
-[ -n "$rustbk" ] || { echo "no rustbk binary: cargo build -p rustbk, or set RUSTBK" >&2; exit 1; }
+case $fmt in
+vpc | vmdk)
+    [ -n "$rustbk" ] || { echo "no rustbk binary: cargo build -p rustbk, or set RUSTBK" >&2; exit 1; }
+    ;;
+esac
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 work=$(mktemp -d)
@@ -108,9 +115,70 @@ vmdk_seeds() {
     seed q-flat-self.vmdk self-flat.vmdk
 }
 
+qcow2_seeds() {
+    for c in 512 4096 16384; do
+        qemu-img create -q -f qcow2 -o cluster_size=$c q-$c.qcow2 1M
+        cp q-$c.qcow2 q-$c-data.qcow2
+        write qcow2 q-$c-data.qcow2 "write -P 0xab 0 8k" "write -P 0xcd 512k 4k"
+    done
+    qemu-img create -q -f qcow2 -o compat=0.10,cluster_size=4096 q-v2.qcow2 1M
+    write qcow2 q-v2.qcow2 "write -P 0xab 0 8k"
+    qemu-img convert -c -O qcow2 -o cluster_size=4096 q-4096-data.qcow2 q-compressed.qcow2
+    for f in q-512 q-4096 q-16384 q-512-data q-4096-data q-16384-data q-v2 q-compressed; do
+        seed $f.qcow2 $f.qcow2
+    done
+}
+
+# thin_xml NAME DEVICES MAPPINGS: a thin_dump document of DEVICES devices sharing MAPPINGS
+# single mappings (every third one a range).
+thin_xml() {
+    python3 - "$2" "$3" >"$1" <<'PY'
+import sys
+devs, maps = int(sys.argv[1]), int(sys.argv[2])
+print('<superblock uuid="" time="1" transaction="2" flags="0" version="2" '
+      'data_block_size="128" nr_data_blocks="4096">')
+for d in range(devs):
+    print(f'<device dev_id="{d + 1}" mapped_blocks="{maps}" transaction="{d}" '
+          f'creation_time="{d}" snap_time="1">')
+    for m in range(maps):
+        if m % 3 == 0:
+            print(f'<range_mapping origin_begin="{m * 10}" data_begin="{m * 2}" length="2" time="0"/>')
+        else:
+            print(f'<single_mapping origin_block="{m * 10 + 5}" data_block="{m * 2 + 1}" time="1"/>')
+    print('</device>')
+print('</superblock>')
+PY
+}
+
+thin_seeds() {
+    thin_xml small.xml 2 4
+    thin_xml wide.xml 1 600
+    thin_xml many.xml 8 20
+    for x in small wide many; do
+        truncate -s 256k $x.meta
+        thin_restore -q -i $x.xml -o $x.meta
+        # Cut after the last block holding anything (the target pads it back).
+        python3 - $x.meta <<'PY'
+import sys
+path = sys.argv[1]
+d = open(path, 'rb').read()
+B = 4096
+n = max(i for i in range(len(d) // B) if any(d[i * B:(i + 1) * B])) + 1
+open(path, 'wb').write(d[:n * B])
+PY
+        for flag in 0 1; do
+            printf "\\$flag" >$x-$flag.seed
+            cat $x.meta >>$x-$flag.seed
+            seed thin-$x-$flag $x-$flag.seed
+        done
+    done
+}
+
 case $fmt in
 vpc) vpc_seeds ;;
 vmdk) vmdk_seeds ;;
+qcow2) qcow2_seeds ;;
+thin) thin_seeds ;;
 *) usage ;;
 esac
 ls -l "$out"
