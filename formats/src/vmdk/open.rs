@@ -219,6 +219,7 @@ pub(crate) fn open_extents(
                 }
             }
         };
+        check_sharing(&o.extents, store)?;
         o.extents.push(Extent { start, len, store });
         start = start
             .checked_add(len)
@@ -229,6 +230,34 @@ pub(crate) fn open_extents(
         o.files.push(file.clone());
     }
     Ok(o)
+}
+
+/// The file of an extent's store (none for ZERO).
+fn file_of(store: Store) -> Option<usize> {
+    match store {
+        Store::Zero => None,
+        Store::Flat { file, .. } | Store::Sparse { file, .. } => Some(file),
+    }
+}
+
+/// Refuses `store` when it shares a file with an earlier extent and either is sparse: a
+/// sparse extent owns its file (its tables and free space are tracked per extent, so a second
+/// view of the file would allocate the same room twice, or expose its metadata as data).
+/// FLAT extents may share a file.
+fn check_sharing(extents: &[Extent], store: Store) -> Result<(), Error> {
+    let Some(file) = file_of(store) else {
+        return Ok(());
+    };
+    let sparse = |s: Store| matches!(s, Store::Sparse { .. });
+    let clash = extents
+        .iter()
+        .any(|e| file_of(e.store) == Some(file) && (sparse(store) || sparse(e.store)));
+    if clash {
+        return Err(bad(
+            "a sparse extent file is named by more than one extent".to_owned()
+        ));
+    }
+    Ok(())
 }
 
 /// The byte offset of a FLAT extent of `len` bytes starting at sector `sector` of its file;

@@ -247,6 +247,28 @@ fn a_flat_extent_whose_file_range_overflows_is_refused_at_open() {
 }
 
 #[test]
+fn a_sparse_extent_file_listed_twice_is_refused() {
+    let dir = tmp();
+    let path = sparse(&dir);
+    // Two extent lines naming the sparse file itself: each line would get its own view of
+    // one file's tables and free space (a grain written through one line would be allocated
+    // where the other allocates too), and its own copy of the directory and table cache.
+    let raw = std::fs::read(&path).expect("read");
+    let room = &raw[512..512 * 21];
+    let end = room.iter().position(|&b| b == 0).unwrap_or(room.len());
+    let text = String::from_utf8_lossy(&room[..end]).into_owned();
+    let line = "RW 8192 SPARSE \"h.vmdk\"";
+    assert!(text.contains(line), "{text}");
+    let twice = "RW 4096 SPARSE \"h.vmdk\"\nRW 4096 SPARSE \"h.vmdk\"";
+    poke(&path, 512, text.replace(line, twice).as_bytes());
+    invalid(open(&path), "more than one extent");
+    // A FLAT extent over the sparse file (its metadata as guest data) is refused too.
+    let flat = "RW 4096 SPARSE \"h.vmdk\"\nRW 4096 FLAT \"h.vmdk\" 0";
+    poke(&path, 512, text.replace(line, flat).as_bytes());
+    invalid(open(&path), "more than one extent");
+}
+
+#[test]
 fn descriptor_parser_takes_qemu_text_and_refuses_what_it_does_not_know() {
     let text = "# Disk DescriptorFile\nversion=1\nCID=52b1a4c3\nparentCID=ffffffff\n\
         createType=\"twoGbMaxExtentFlat\"\n\n# Extent description\n\
