@@ -18,6 +18,10 @@ usage() {
 }
 [ $# -eq 2 ] || usage
 fmt=$1
+case $fmt in
+vpc | vmdk | qcow2 | thin) ;;
+*) usage ;;
+esac
 out=$2
 root=$(cd "$(dirname "$0")/.." && pwd)
 rustbk=${RUSTBK:-}
