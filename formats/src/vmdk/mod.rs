@@ -11,6 +11,10 @@
 //!   confined by the [`BackingPolicy`](crate::BackingPolicy) like qcow2 backing files;
 //!   parents at most [`MAX_CHAIN_DEPTH`](crate::qcow2::MAX_CHAIN_DEPTH) deep, loops refused,
 //!   and a parent whose `CID` is not the child's `parentCID` refused.
+//! * Extent lines are checked at open: sizes and FLAT offsets in bytes must not overflow, a
+//!   FLAT extent must end below the largest file offset (2^63), and a sparse extent file
+//!   belongs to one extent line (a second SPARSE or FLAT line naming it is refused; FLAT
+//!   lines may share a file).
 //! * A sparse extent's grain directory holds sector offsets of grain tables; a grain table
 //!   holds sector offsets of grains (0: unallocated, read from the parent or as zeros; 1 with
 //!   the zero-grain flag: zeros). With the redundant flag, a second directory and tables

@@ -193,7 +193,12 @@ pub(crate) fn open_extents(
         && o.descriptor.extents[0].kind == ExtentKind::Sparse;
     let mut start = 0u64;
     for line in o.descriptor.extents.clone() {
-        let len = line.sectors * SECTOR;
+        let len = line.sectors.checked_mul(SECTOR).ok_or_else(|| {
+            bad(format!(
+                "an extent of {} sectors overflows the disk size",
+                line.sectors
+            ))
+        })?;
         let store = match (line.kind, &line.file) {
             (ExtentKind::Zero, _) | (_, None) => Store::Zero,
             (ExtentKind::Sparse, Some(_)) if embedded_alone => {
@@ -208,15 +213,13 @@ pub(crate) fn open_extents(
                 match kind {
                     ExtentKind::Flat => Store::Flat {
                         file: index,
-                        offset: line
-                            .offset
-                            .checked_mul(SECTOR)
-                            .ok_or_else(|| bad("extent offset overflows".to_owned()))?,
+                        offset: flat_offset(line.offset, len)?,
                     },
                     _ => sparse_store(&mut o, index, line.sectors)?,
                 }
             }
         };
+        check_sharing(&o.extents, store)?;
         o.extents.push(Extent { start, len, store });
         start = start
             .checked_add(len)
@@ -227,6 +230,52 @@ pub(crate) fn open_extents(
         o.files.push(file.clone());
     }
     Ok(o)
+}
+
+/// The file of an extent's store (none for ZERO).
+fn file_of(store: Store) -> Option<usize> {
+    match store {
+        Store::Zero => None,
+        Store::Flat { file, .. } | Store::Sparse { file, .. } => Some(file),
+    }
+}
+
+/// Refuses `store` when it shares a file with an earlier extent and either is sparse: a
+/// sparse extent owns its file (its tables and free space are tracked per extent, so a second
+/// view of the file would allocate the same room twice, or expose its metadata as data).
+/// FLAT extents may share a file.
+fn check_sharing(extents: &[Extent], store: Store) -> Result<(), Error> {
+    let Some(file) = file_of(store) else {
+        return Ok(());
+    };
+    let sparse = |s: Store| matches!(s, Store::Sparse { .. });
+    let clash = extents
+        .iter()
+        .any(|e| file_of(e.store) == Some(file) && (sparse(store) || sparse(e.store)));
+    if clash {
+        return Err(bad(
+            "a sparse extent file is named by more than one extent".to_owned()
+        ));
+    }
+    Ok(())
+}
+
+/// The byte offset of a FLAT extent of `len` bytes starting at sector `sector` of its file;
+/// refused unless the whole range lies below the largest file offset (reads add the
+/// position inside the extent to it).
+fn flat_offset(sector: u64, len: u64) -> Result<u64, Error> {
+    sector
+        .checked_mul(SECTOR)
+        .filter(|at| {
+            at.checked_add(len)
+                .is_some_and(|end| i64::try_from(end).is_ok())
+        })
+        .ok_or_else(|| {
+            bad(format!(
+                "a FLAT extent of {len} bytes at sector {sector} of its file ends past the \
+                 largest file offset"
+            ))
+        })
 }
 
 /// Opens (or finds among those open) the file of one extent; its index in `files`.

@@ -217,6 +217,58 @@ fn oversize_descriptors_and_huge_extent_counts_are_refused() {
 }
 
 #[test]
+fn an_extent_whose_byte_size_overflows_is_refused_without_a_panic() {
+    let dir = tmp();
+    // 2^55 sectors are 2^64 bytes: the sector count parses, its byte size does not fit.
+    for body in [
+        "RW 36028797018963968 ZERO\n",
+        "RW 8 ZERO\nRW 36028797018963967 ZERO\n",
+    ] {
+        let path = descriptor_file(&dir, body);
+        invalid(open(&path), "overflows");
+    }
+}
+
+#[test]
+fn a_flat_extent_whose_file_range_overflows_is_refused_at_open() {
+    let dir = tmp();
+    std::fs::write(dir.path().join("data.raw"), vec![0xabu8; 8192]).expect("data");
+    // Offsets in sectors: the first ends past the largest file offset, the second's end
+    // does not fit in 64 bits (a read at guest byte 512 computed offset 2^64).
+    for offset in [(1u64 << 54) - 1, (1 << 55) - 1] {
+        let path = descriptor_file(&dir, &format!("RW 16 FLAT \"data.raw\" {offset}\n"));
+        invalid(open(&path), "largest file offset");
+    }
+    let path = descriptor_file(&dir, "RW 16 FLAT \"data.raw\" 2\n");
+    let image = open(&path).expect("a flat extent inside the file opens");
+    let mut q = image.open_queue(1).expect("queue");
+    let got = read_at(&mut *q, 512, 4096).expect("read");
+    assert_eq!(got, vec![0xab; 4096]);
+}
+
+#[test]
+fn a_sparse_extent_file_listed_twice_is_refused() {
+    let dir = tmp();
+    let path = sparse(&dir);
+    // Two extent lines naming the sparse file itself: each line would get its own view of
+    // one file's tables and free space (a grain written through one line would be allocated
+    // where the other allocates too), and its own copy of the directory and table cache.
+    let raw = std::fs::read(&path).expect("read");
+    let room = &raw[512..512 * 21];
+    let end = room.iter().position(|&b| b == 0).unwrap_or(room.len());
+    let text = String::from_utf8_lossy(&room[..end]).into_owned();
+    let line = "RW 8192 SPARSE \"h.vmdk\"";
+    assert!(text.contains(line), "{text}");
+    let twice = "RW 4096 SPARSE \"h.vmdk\"\nRW 4096 SPARSE \"h.vmdk\"";
+    poke(&path, 512, text.replace(line, twice).as_bytes());
+    invalid(open(&path), "more than one extent");
+    // A FLAT extent over the sparse file (its metadata as guest data) is refused too.
+    let flat = "RW 4096 SPARSE \"h.vmdk\"\nRW 4096 FLAT \"h.vmdk\" 0";
+    poke(&path, 512, text.replace(line, flat).as_bytes());
+    invalid(open(&path), "more than one extent");
+}
+
+#[test]
 fn descriptor_parser_takes_qemu_text_and_refuses_what_it_does_not_know() {
     let text = "# Disk DescriptorFile\nversion=1\nCID=52b1a4c3\nparentCID=ffffffff\n\
         createType=\"twoGbMaxExtentFlat\"\n\n# Extent description\n\
