@@ -7,10 +7,13 @@
 # 4096-byte-sector disk, reboot, fio, shutdown, image checks), then the peers
 # (kernel xen-blkback and QEMU qdisk) running the same fio job. Every image lives in /data, an
 # ext4 file system on the virtio disk QEMU gives dom0; rustbk and blkback reach theirs with
-# O_DIRECT.
+# O_DIRECT. The same script is PID 1 of the tap420 boot's dom0 (Debian trixie, Xen 4.20,
+# unpatched xl), whose phase is in tap420.sh (dom0-tap420.sh).
 /bin/busybox --install -s /bin
 set -u
-export PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin:/usr/lib/xen-4.17/bin
+# Xen's tool directory: /usr/lib/xen-4.17/bin (bookworm) or /usr/lib/xen-4.20/bin (trixie).
+XEN_BIN=$(ls -d /usr/lib/xen-4.*/bin | head -n 1)
+export PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin:$XEN_BIN
 export LD_LIBRARY_PATH=/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu
 . /etc/e2e/lib.sh
 
@@ -31,12 +34,12 @@ boot_dom0() {
 start_xen_tools() {
   for m in xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xenfs loop; do modprobe $m || fail "modprobe $m"; done
   mount -t xenfs xenfs /proc/xen
-  /usr/lib/xen-4.17/bin/xenstored --pid-file /run/xenstored.pid
+  $XEN_BIN/xenstored --pid-file /run/xenstored.pid
   local i=0
   while ! xenstore-read /local >/dev/null 2>&1 && [ $i -lt 30 ]; do sleep 1; i=$((i+1)); done
   xenstore-ls / >/dev/null 2>&1 && pass "xenstored running" || fail "xenstored not answering"
-  /usr/lib/xen-4.17/bin/xen-init-dom0 >/dev/null 2>&1 && pass "xen-init-dom0" || fail "xen-init-dom0"
-  /usr/lib/xen-4.17/bin/xenconsoled --pid-file=/run/xenconsoled.pid --log=guest --log-dir=/var/log/xen/console
+  $XEN_BIN/xen-init-dom0 >/dev/null 2>&1 && pass "xen-init-dom0" || fail "xen-init-dom0"
+  $XEN_BIN/xenconsoled --pid-file=/run/xenconsoled.pid --log=guest --log-dir=/var/log/xen/console
   grep -q xen_blkback /proc/modules && fail "xen-blkback is loaded before the rustbk phase"
 }
 
@@ -483,6 +486,7 @@ main() {
   mount_data_disk || { finish; return; }
   case ",$PHASES," in *,rustbk,*) phases_rustbk ;; esac
   case ",$PHASES," in *,peers,*) phase_peers ;; esac
+  case ",$PHASES," in *,tap420,*) . /etc/e2e/tap420.sh && phases_tap420 ;; esac
   finish
 }
 
