@@ -287,13 +287,15 @@ phase_hotplug() {
   rm -f /data/hot.raw
 }
 
-# bad_attach VDEV DEVID SPEC PATTERN WHAT: xl block-attach of a disk rustbk cannot serve fails,
-# and xl's output carries rustbk's reason (PATTERN); the guest never sees the disk. libxl leaves
-# a failed attach's nodes (for every backend): xl block-detach removes them.
+# bad_attach VDEV DEVID SPEC PATTERN WHAT: xl block-attach of a disk rustbk cannot serve into
+# BAD_GUEST fails, and xl's output carries rustbk's reason (PATTERN); the guest never sees the
+# disk. libxl leaves a failed attach's nodes (for every backend): xl block-detach removes them
+# (backend kind BAD_KIND: vbd, or vbd3 for backendtype=tap).
+BAD_GUEST=g1 BAD_KIND=vbd
 bad_attach() {
-  local domid=$(xl domid g1) rc=0 t0=$(up)
+  local domid=$(xl domid $BAD_GUEST) rc=0 t0=$(up)
   guest_mark
-  timeout 60 xl block-attach g1 "$3" > /tmp/bad.out 2>&1 || rc=$?
+  timeout 60 xl block-attach $BAD_GUEST "$3" > /tmp/bad.out 2>&1 || rc=$?
   info "xl block-attach of $5: exit $rc after $(since $t0)s"
   grep 'libxl: error' /tmp/bad.out | head -n 3 | while read -r l; do info "xl: $l"; done
   [ $rc -ne 0 ] && pass "xl block-attach of $5 fails" || fail "xl block-attach of $5 succeeded"
@@ -303,8 +305,8 @@ bad_attach() {
   else
     fail "rustbk's reason ($4) is not in xl's output for $5"; cat /tmp/bad.out
   fi
-  timeout 60 xl block-detach g1 $1 > /tmp/detach.out 2>&1 || { fail "xl block-detach of the failed $1"; cat /tmp/detach.out; }
-  xenstore-exists /local/domain/0/backend/vbd/$domid/$2 2>/dev/null && fail "backend node of the failed $1 left"
+  timeout 60 xl block-detach $BAD_GUEST $1 > /tmp/detach.out 2>&1 || { fail "xl block-detach of the failed $1"; cat /tmp/detach.out; }
+  xenstore-exists /local/domain/0/backend/$BAD_KIND/$domid/$2 2>/dev/null && fail "backend node of the failed $1 left"
   tail -n +$GMARK $GLOG 2>/dev/null | grep -q "first-io $1" && fail "the guest saw the failed $1"
   xenstore-rm /local/domain/0/error 2>/dev/null
   return 0

@@ -99,6 +99,47 @@ phase_tap_hotplug() {
   rm -f /data/tap-hot.raw
 }
 
+# xl is trixie's own: it does not know the patched xl's `backendtype=rustbk`.
+check_unpatched_xl() {
+  if timeout 60 xl block-attach g3 "format=raw, vdev=xvdd, access=rw, backendtype=rustbk, target=/data/tap.img" \
+      > /tmp/unpatched.out 2>&1; then
+    fail "xl accepted backendtype=rustbk: this is not the unpatched xl"
+    timeout 60 xl block-detach g3 xvdd > /dev/null 2>&1
+  elif grep -q 'backendtype' /tmp/unpatched.out; then
+    pass "xl refuses backendtype=rustbk (unpatched): $(grep -m1 backendtype /tmp/unpatched.out)"
+  else
+    fail "xl block-attach with backendtype=rustbk failed without naming backendtype"; cat /tmp/unpatched.out
+  fi
+}
+
+# A tap disk that names no script is tapback's (libxl runs Xen's block-tap, which needs blktap3,
+# not packaged in trixie): the attach fails, rustbk leaves the disk alone (its state is never
+# past Initialising, and rustbk's log never names it) and the guest never sees it.
+phase_tap_no_script() {
+  local domid=$(xl domid g3) be rc=0 t0=$(up) st
+  be=$VBD3/$domid/51776
+  make_image /data/tapback.img 16 RUSTBK-E2E-HOT
+  guest_mark
+  timeout 90 xl block-attach g3 "format=raw, vdev=xvde, access=rw, backendtype=tap, target=/data/tapback.img" \
+    > /tmp/tapback.out 2>&1 || rc=$?
+  st=$(xs_or - $be/state)
+  info "xl block-attach of a tap disk without script=: exit $rc after $(since $t0)s, backend state $st"
+  grep 'libxl: error' /tmp/tapback.out | head -n 3 | while read -r l; do info "xl: $l"; done
+  [ $rc -ne 0 ] && pass "xl block-attach of a tap disk for tapback (no script=) fails: no blktap3 in dom0" \
+    || fail "xl block-attach of a tap disk for tapback succeeded"
+  case "$st" in 2 | 3 | 4) fail "the tapback disk's backend reached state $st: something served it" ;;
+    *) pass "the tapback disk's backend stayed in state $st (rustbk did not claim it)" ;; esac
+  grep -q 'devid=51776\|/51776' /var/log/rustbk.log && fail "rustbk's log names the tapback disk: $(grep -m1 51776 /var/log/rustbk.log)"
+  rc=0
+  timeout 90 xl block-detach g3 xvde > /tmp/detach.out 2>&1 || rc=$?
+  info "xl block-detach of the failed tapback disk: exit $rc"
+  grep -E 'libxl: error|failed' /tmp/detach.out | head -n 3 | while read -r l; do info "xl: $l"; done
+  xenstore-exists $be 2>/dev/null && { info "$be left after block-detach (removed by hand)"; xenstore-rm $be; }
+  tail -n +$GMARK $GLOG 2>/dev/null | grep -q "first-io xvde" && fail "the guest saw the tapback disk"
+  rm -f /data/tapback.img
+  return 0
+}
+
 # xl shutdown; the vbd3 nodes go, and the images hold what the guest wrote.
 phase_tap_shutdown() {
   local i=0
@@ -118,6 +159,11 @@ phases_tap420() {
   start_rustbk
   if phase_tap_create; then
     phase_tap_hotplug
+    check_unpatched_xl
+    BAD_GUEST=g3 BAD_KIND=vbd3
+    bad_attach xvdd 51760 "$(tap_disk xvdd /data/missing.img)" "Cannot open /data/missing.img" \
+      "a tap disk whose image is missing"
+    phase_tap_no_script
   fi
   xl domid g3 >/dev/null 2>&1 && phase_tap_shutdown
   stop_rustbk
