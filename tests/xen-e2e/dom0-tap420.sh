@@ -129,7 +129,7 @@ phase_tap_no_script() {
     || fail "xl block-attach of a tap disk for tapback succeeded"
   case "$st" in 2 | 3 | 4) fail "the tapback disk's backend reached state $st: something served it" ;;
     *) pass "the tapback disk's backend stayed in state $st (rustbk did not claim it)" ;; esac
-  grep -q 'devid=51776\|/51776' /var/log/rustbk.log && fail "rustbk's log names the tapback disk: $(grep -m1 51776 /var/log/rustbk.log)"
+  grep -qE 'devid=51776|/51776' /var/log/rustbk.log && fail "rustbk's log names the tapback disk: $(grep -m1 51776 /var/log/rustbk.log)"
   rc=0
   timeout 90 xl block-detach g3 xvde > /tmp/detach.out 2>&1 || rc=$?
   info "xl block-detach of the failed tapback disk: exit $rc"

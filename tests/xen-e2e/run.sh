@@ -5,11 +5,14 @@
 # installed in dom0 from its Debian package (dpkg -x), and xl, libxenlight and libxlutil are the
 # ones tools/libxl/build.sh patched for `backendtype=rustbk`, over Debian's. Then it runs
 # the same fio job on rustbk, kernel xen-blkback and QEMU qdisk, every image on one ext4 file
-# system (a virtio disk of dom0) opened with O_DIRECT. Usage, from the repository root:
+# system (a virtio disk of dom0) opened with O_DIRECT. A second boot (phase tap420, tap420.sh)
+# runs Debian trixie's Xen 4.20 with its own, unpatched xl, whose `backendtype=tap,
+# script=rustbk` disks rustbk serves under backend/vbd3. Usage, from the repository root:
 #     bash tests/xen-e2e/run.sh
 # Environment: W (work folder, default target/xen-e2e, reused between runs), FIO_RUNTIME (seconds
 # per fio job, default 30), XEN_TIMEOUT (seconds for the whole boot, default 1800), RUSTBK_LOG
-# (RUST_LOG of the daemon, default info), E2E_PHASES (default rustbk,peers), DOM0_VCPUS (1),
+# (RUST_LOG of the daemon, default info), E2E_PHASES (default rustbk,peers,tap420: rustbk and
+# peers boot Xen 4.17, tap420 Xen 4.20), TAP420_TIMEOUT (900), DOM0_VCPUS (1),
 # GUEST_VCPUS (2), PEERS_VCPUS (the peers' guest, 1), FIO_JOBS (fio jobs sharing queue depth 32, default GUEST_VCPUS), RING_ORDER
 # (guest blkfront max_ring_page_order, default 2), DATA_DISK_MB (dom0's ext4 disk, default 2048),
 # KVER (guest/dom0 kernel, default Debian's current).

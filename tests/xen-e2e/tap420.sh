@@ -10,6 +10,7 @@
 # run downloads nothing; a new trixie point release gives a new key.
 
 TAP420_CACHE=${RUSTBK_CACHE:-/var/cache/rustbk}/xen420
+TAP420_TIMEOUT=${TAP420_TIMEOUT:-900}   # seconds for the whole tap420 boot (about 100 used)
 R420=$W/root420
 # Xen 4.20 and its tools, trixie's glibc and the libraries of xl, xenstored, xenconsoled,
 # qemu-img (to check the qcow2 image in dom0), bash (the hotplug scripts) and flock (their
@@ -151,17 +152,19 @@ build_tap420_dom0_ir() {
 
 # The whole tap420 boot: one 1-vCPU guest, its serial log in $W/serial-tap420.log.
 run_tap420() {
-  local t0 vcpus=$GUEST_VCPUS jobs=$FIO_JOBS
+  local t0 t vcpus=$GUEST_VCPUS jobs=$FIO_JOBS
   t0=$(date +%s)
   for t in depmod xz cpio gzip zcat dpkg-deb apt-get qemu-system-x86_64 mkfs.ext4; do
     command -v $t > /dev/null || die "tap420 needs $t on the host"
   done
+  log "tap420: load average $(cut -d' ' -f1-3 /proc/loadavg)"
   fetch_trixie
   build_tap420_guest_ir
   build_tap420_dom0_ir
   make_data_disk "$W/dom0-data420.img" 256
-  GUEST_VCPUS=1 FIO_JOBS=1
+  local timeout=$XEN_TIMEOUT
+  GUEST_VCPUS=1 FIO_JOBS=1 XEN_TIMEOUT=$TAP420_TIMEOUT
   boot_xen "$W/serial-tap420.log" "$W/xen420.elf" "$R420/boot/vmlinuz-$KVER420" "$W/dom0-420.cpio" tap420
-  GUEST_VCPUS=$vcpus FIO_JOBS=$jobs
-  log "tap420 boot: $(( $(date +%s) - t0 ))s from fetching trixie's packages to dom0's poweroff"
+  GUEST_VCPUS=$vcpus FIO_JOBS=$jobs XEN_TIMEOUT=$timeout
+  log "tap420 boot: $(( $(date +%s) - t0 ))s from fetching trixie's packages to dom0's poweroff; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 }
