@@ -35,7 +35,7 @@ trixie420_apt() {
 }
 
 # The trixie list (the mirror this machine uses for bookworm, suite trixie), refreshed when
-# older than a day.
+# older than a day; if the refresh fails, lists already there are used (and saying so).
 trixie420_list() {
   local d=$TAP420_CACHE/apt mirror
   mkdir -p "$d/lists/partial" "$d/cache/archives/partial" "$d/none" || die "cannot create $d"
@@ -45,7 +45,11 @@ trixie420_list() {
   echo "deb $mirror trixie main" > "$d/sources.list"
   [ -f "$d/status" ] || : > "$d/status"
   if [ -z "$(find "$d/lists" -maxdepth 1 -name '*_Packages*' -mtime -1 2>/dev/null)" ]; then
-    trixie420_apt apt-get update -qq > "$W/tap420-apt.log" 2>&1 || { cat "$W/tap420-apt.log"; die "apt-get update of the trixie list failed"; }
+    if ! trixie420_apt apt-get update -qq > "$W/tap420-apt.log" 2>&1; then
+      cat "$W/tap420-apt.log"
+      [ -n "$(find "$d/lists" -maxdepth 1 -name '*_Packages*')" ] || die "apt-get update of the trixie list failed"
+      log "apt-get update of the trixie list failed: using the lists of an earlier update"
+    fi
   fi
 }
 
