@@ -3,7 +3,8 @@
 # tests use (scripts/setup.sh: gcc/-m32 against Xen's headers, Debian's xenstore CLI, fio, one
 # consistent QEMU set chosen by RUSTBK_QEMU), checks formatting and lints, runs every cargo
 # test and the short soak (scripts/soak.sh), then boots real Xen with a Linux guest under QEMU
-# and runs the end-to-end test (tests/xen-e2e). A missing tool fails the run.
+# and runs the end-to-end test (tests/xen-e2e: Xen 4.17 with the patched xl, then trixie's Xen
+# 4.20 with its unpatched xl). A missing tool fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +27,6 @@ echo "== Debian package (cargo-deb): contents, conffile, unit, man pages"
 bash tests/package/check.sh
 echo "== soak, short setting (32 emulated guests under the daemon for 90 s with faults)"
 bash scripts/soak.sh --short
-echo "== real Xen end to end (Xen 4.17 + Linux dom0 + Linux PV guest under QEMU TCG)"
+echo "== real Xen end to end (Xen 4.17 + Linux dom0 + Linux PV guest under QEMU TCG, then Xen 4.20 with unpatched xl, backendtype=tap)"
 bash tests/xen-e2e/run.sh
 echo "== all tests passed"

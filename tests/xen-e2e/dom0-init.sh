@@ -7,10 +7,13 @@
 # 4096-byte-sector disk, reboot, fio, shutdown, image checks), then the peers
 # (kernel xen-blkback and QEMU qdisk) running the same fio job. Every image lives in /data, an
 # ext4 file system on the virtio disk QEMU gives dom0; rustbk and blkback reach theirs with
-# O_DIRECT.
+# O_DIRECT. The same script is PID 1 of the tap420 boot's dom0 (Debian trixie, Xen 4.20,
+# unpatched xl), whose phase is in tap420.sh (dom0-tap420.sh).
 /bin/busybox --install -s /bin
 set -u
-export PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin:/usr/lib/xen-4.17/bin
+# Xen's tool directory: /usr/lib/xen-4.17/bin (bookworm) or /usr/lib/xen-4.20/bin (trixie).
+XEN_BIN=$(ls -d /usr/lib/xen-4.*/bin | head -n 1)
+export PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin:$XEN_BIN
 export LD_LIBRARY_PATH=/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu
 . /etc/e2e/lib.sh
 
@@ -31,12 +34,12 @@ boot_dom0() {
 start_xen_tools() {
   for m in xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xenfs loop; do modprobe $m || fail "modprobe $m"; done
   mount -t xenfs xenfs /proc/xen
-  /usr/lib/xen-4.17/bin/xenstored --pid-file /run/xenstored.pid
+  $XEN_BIN/xenstored --pid-file /run/xenstored.pid
   local i=0
   while ! xenstore-read /local >/dev/null 2>&1 && [ $i -lt 30 ]; do sleep 1; i=$((i+1)); done
   xenstore-ls / >/dev/null 2>&1 && pass "xenstored running" || fail "xenstored not answering"
-  /usr/lib/xen-4.17/bin/xen-init-dom0 >/dev/null 2>&1 && pass "xen-init-dom0" || fail "xen-init-dom0"
-  /usr/lib/xen-4.17/bin/xenconsoled --pid-file=/run/xenconsoled.pid --log=guest --log-dir=/var/log/xen/console
+  $XEN_BIN/xen-init-dom0 >/dev/null 2>&1 && pass "xen-init-dom0" || fail "xen-init-dom0"
+  $XEN_BIN/xenconsoled --pid-file=/run/xenconsoled.pid --log=guest --log-dir=/var/log/xen/console
   grep -q xen_blkback /proc/modules && fail "xen-blkback is loaded before the rustbk phase"
 }
 
@@ -284,13 +287,15 @@ phase_hotplug() {
   rm -f /data/hot.raw
 }
 
-# bad_attach VDEV DEVID SPEC PATTERN WHAT: xl block-attach of a disk rustbk cannot serve fails,
-# and xl's output carries rustbk's reason (PATTERN); the guest never sees the disk. libxl leaves
-# a failed attach's nodes (for every backend): xl block-detach removes them.
+# bad_attach VDEV DEVID SPEC PATTERN WHAT: xl block-attach of a disk rustbk cannot serve into
+# BAD_GUEST fails, and xl's output carries rustbk's reason (PATTERN); the guest never sees the
+# disk. libxl leaves a failed attach's nodes (for every backend): xl block-detach removes them
+# (backend kind BAD_KIND: vbd, or vbd3 for backendtype=tap).
+BAD_GUEST=g1 BAD_KIND=vbd
 bad_attach() {
-  local domid=$(xl domid g1) rc=0 t0=$(up)
+  local domid=$(xl domid $BAD_GUEST) rc=0 t0=$(up)
   guest_mark
-  timeout 60 xl block-attach g1 "$3" > /tmp/bad.out 2>&1 || rc=$?
+  timeout 60 xl block-attach $BAD_GUEST "$3" > /tmp/bad.out 2>&1 || rc=$?
   info "xl block-attach of $5: exit $rc after $(since $t0)s"
   grep 'libxl: error' /tmp/bad.out | head -n 3 | while read -r l; do info "xl: $l"; done
   [ $rc -ne 0 ] && pass "xl block-attach of $5 fails" || fail "xl block-attach of $5 succeeded"
@@ -300,8 +305,8 @@ bad_attach() {
   else
     fail "rustbk's reason ($4) is not in xl's output for $5"; cat /tmp/bad.out
   fi
-  timeout 60 xl block-detach g1 $1 > /tmp/detach.out 2>&1 || { fail "xl block-detach of the failed $1"; cat /tmp/detach.out; }
-  xenstore-exists /local/domain/0/backend/vbd/$domid/$2 2>/dev/null && fail "backend node of the failed $1 left"
+  timeout 60 xl block-detach $BAD_GUEST $1 > /tmp/detach.out 2>&1 || { fail "xl block-detach of the failed $1"; cat /tmp/detach.out; }
+  xenstore-exists /local/domain/0/backend/$BAD_KIND/$domid/$2 2>/dev/null && fail "backend node of the failed $1 left"
   tail -n +$GMARK $GLOG 2>/dev/null | grep -q "first-io $1" && fail "the guest saw the failed $1"
   xenstore-rm /local/domain/0/error 2>/dev/null
   return 0
@@ -483,6 +488,7 @@ main() {
   mount_data_disk || { finish; return; }
   case ",$PHASES," in *,rustbk,*) phases_rustbk ;; esac
   case ",$PHASES," in *,peers,*) phase_peers ;; esac
+  case ",$PHASES," in *,tap420,*) . /etc/e2e/tap420.sh && phases_tap420 ;; esac
   finish
 }
 

@@ -5,11 +5,14 @@
 # installed in dom0 from its Debian package (dpkg -x), and xl, libxenlight and libxlutil are the
 # ones tools/libxl/build.sh patched for `backendtype=rustbk`, over Debian's. Then it runs
 # the same fio job on rustbk, kernel xen-blkback and QEMU qdisk, every image on one ext4 file
-# system (a virtio disk of dom0) opened with O_DIRECT. Usage, from the repository root:
+# system (a virtio disk of dom0) opened with O_DIRECT. A second boot (phase tap420, tap420.sh)
+# runs Debian trixie's Xen 4.20 with its own, unpatched xl, whose `backendtype=tap,
+# script=rustbk` disks rustbk serves under backend/vbd3. Usage, from the repository root:
 #     bash tests/xen-e2e/run.sh
 # Environment: W (work folder, default target/xen-e2e, reused between runs), FIO_RUNTIME (seconds
 # per fio job, default 30), XEN_TIMEOUT (seconds for the whole boot, default 1800), RUSTBK_LOG
-# (RUST_LOG of the daemon, default info), E2E_PHASES (default rustbk,peers), DOM0_VCPUS (1),
+# (RUST_LOG of the daemon, default info), E2E_PHASES (default rustbk,peers,tap420: rustbk and
+# peers boot Xen 4.17, tap420 Xen 4.20), TAP420_TIMEOUT (900), DOM0_VCPUS (1),
 # GUEST_VCPUS (2), PEERS_VCPUS (the peers' guest, 1), FIO_JOBS (fio jobs sharing queue depth 32, default GUEST_VCPUS), RING_ORDER
 # (guest blkfront max_ring_page_order, default 2), DATA_DISK_MB (dom0's ext4 disk, default 2048),
 # KVER (guest/dom0 kernel, default Debian's current).
@@ -22,7 +25,7 @@ FIO_RUNTIME=${FIO_RUNTIME:-30}
 XEN_TIMEOUT=${XEN_TIMEOUT:-1800}
 RUSTBK_LOG=${RUSTBK_LOG:-info}
 KVER=${KVER:-}
-E2E_PHASES=${E2E_PHASES:-rustbk,peers}
+E2E_PHASES=${E2E_PHASES:-rustbk,peers,tap420}
 # One dom0 vCPU: with two, under multi-threaded TCG, dom0 processes segfault while kernel
 # blkback or qdisk serve I/O (seen without rustbk ever running).
 DOM0_VCPUS=${DOM0_VCPUS:-1}
@@ -34,6 +37,8 @@ PEERS_VCPUS=${PEERS_VCPUS:-1}
 FIO_JOBS=${FIO_JOBS:-$GUEST_VCPUS}
 DATA_DISK_MB=${DATA_DISK_MB:-2048}
 R=$W/root
+# shellcheck source=tests/xen-e2e/tap420.sh
+. "$SRC/tap420.sh"
 T_START=$(date +%s)
 
 log() { echo "[xen-e2e +$(( $(date +%s) - T_START ))s] $*"; }
@@ -233,26 +238,29 @@ build_dom0_ir() {
 # dom0's data disk: a sparse file formatted ext4 here (inode tables and journal written now, so
 # that no lazy init runs in dom0 during the benchmarks), given to dom0 as a virtio disk. Made anew
 # on every run.
+# make_data_disk FILE SIZE_MB: sets DATA_IMG.
 make_data_disk() {
-  DATA_IMG=$W/dom0-data.img
-  rm -f "$DATA_IMG" && truncate -s "${DATA_DISK_MB}M" "$DATA_IMG" || die "cannot create $DATA_IMG"
+  DATA_IMG=$1
+  rm -f "$DATA_IMG" && truncate -s "${2}M" "$DATA_IMG" || die "cannot create $DATA_IMG"
   mkfs.ext4 -q -F -L e2e-data -E lazy_itable_init=0,lazy_journal_init=0,nodiscard "$DATA_IMG" \
     || die "mkfs.ext4 of $DATA_IMG failed"
 }
 
-# Boots Xen + dom0 under TCG; streams the E2E lines; stops at E2E-DONE, a panic or the timeout.
+# boot_xen SERIAL XEN_ELF DOM0_KERNEL DOM0_CPIO PHASES: boots Xen + dom0 under TCG with the data
+# disk DATA_IMG; streams the E2E lines; stops at E2E-DONE, a panic or the timeout.
 boot_xen() {
-  SERIAL=$W/serial.log
+  SERIAL=$1
+  local xen=$2 kernel=$3 cpio=$4 phases=$5
   rm -f "$SERIAL"
   local xen_cmd="console=com1 com1=115200,8n1 dom0_mem=1536M,max:1536M dom0_max_vcpus=$DOM0_VCPUS dom0_vcpus_pin loglvl=all guest_loglvl=all noreboot smap=0 smep=0"
-  local dom0_cmd="console=hvc0 earlyprintk=xen rdinit=/init loglevel=5 e2e_fio_runtime=$FIO_RUNTIME e2e_rustbk_log=$RUSTBK_LOG e2e_phases=$E2E_PHASES e2e_ring_order=$RING_ORDER e2e_guest_vcpus=$GUEST_VCPUS e2e_peers_vcpus=$PEERS_VCPUS e2e_fio_jobs=$FIO_JOBS"
+  local dom0_cmd="console=hvc0 earlyprintk=xen rdinit=/init loglevel=5 e2e_fio_runtime=$FIO_RUNTIME e2e_rustbk_log=$RUSTBK_LOG e2e_phases=$phases e2e_ring_order=$RING_ORDER e2e_guest_vcpus=$GUEST_VCPUS e2e_peers_vcpus=$PEERS_VCPUS e2e_fio_jobs=$FIO_JOBS"
   dom0_cmd=${dom0_cmd//,/,,}   # QEMU separates multiboot modules with commas
   log "booting Xen under qemu -accel tcg (timeout ${XEN_TIMEOUT}s, fio runtime ${FIO_RUNTIME}s)"
   timeout "$XEN_TIMEOUT" qemu-system-x86_64 -accel tcg,thread=multi -cpu max -smp 2 -m 4096 \
     -nographic -no-reboot -serial "file:$SERIAL" -monitor none -net none \
     -drive "file=$DATA_IMG,format=raw,if=virtio,cache=writeback" \
-    -kernel "$W/xen.elf" -append "$xen_cmd" \
-    -initrd "$VMLINUZ $dom0_cmd,$W/dom0.cpio" > "$W/qemu-stdout.log" 2>&1 &
+    -kernel "$xen" -append "$xen_cmd" \
+    -initrd "$kernel $dom0_cmd,$cpio" > "$W/qemu-stdout.log" 2>&1 &
   local qpid=$! shown=0 n
   while kill -0 $qpid 2>/dev/null; do
     n=$(grep -ac -E 'E2E-|guest: G-' "$SERIAL" 2>/dev/null); n=${n:-0}
@@ -286,35 +294,68 @@ fio_table() {
     }'
 }
 
-report() {
-  echo "================ xen-e2e results ($SERIAL) ================"
-  grep -a -E '^E2E-(PASS|FAIL)' "$SERIAL" | tr -d '\r'
+# report_boot SERIAL TITLE: one boot's results; adds to NPASS and NFAIL (a boot that never
+# reached E2E-DONE is a failure).
+report_boot() {
+  touch "$1"   # a boot that never started has no log
+  echo "================ xen-e2e results: $2 ($1) ================"
+  grep -a -E '^E2E-(PASS|FAIL)' "$1" | tr -d '\r'
   echo "---------------- info ----------------"
-  grep -a '^E2E-INFO' "$SERIAL" | tr -d '\r'
-  echo "---------------- fio: 4 KiB random, $FIO_JOBS job(s) x iodepth $((32 / FIO_JOBS)), direct, libaio, ${FIO_RUNTIME}s per run; guest $GUEST_VCPUS vCPUs; images on ext4 (dom0's virtio disk) ----------------"
-  fio_table
-  local npass nfail
-  npass=$(grep -ac '^E2E-PASS' "$SERIAL"); nfail=$(grep -ac '^E2E-FAIL' "$SERIAL")
-  grep -qa E2E-DONE "$SERIAL" || { echo "E2E-FAIL: the E2E-DONE marker was not reached"; nfail=$((nfail+1)); tail -n 40 "$SERIAL" | tr -d '\r'; }
-  echo "SUMMARY: $npass pass, $nfail fail, wall $(( $(date +%s) - T_START ))s"
-  echo "xen-e2e: $npass passed, $nfail failed"
-  if [ "$nfail" -eq 0 ] && [ "$npass" -gt 0 ]; then echo "OVERALL PASS"; return 0; fi
+  grep -a '^E2E-INFO' "$1" | tr -d '\r'
+  NPASS=$((NPASS + $(grep -ac '^E2E-PASS' "$1"))); NFAIL=$((NFAIL + $(grep -ac '^E2E-FAIL' "$1")))
+  grep -qa E2E-DONE "$1" || { echo "E2E-FAIL: $2: the E2E-DONE marker was not reached"; NFAIL=$((NFAIL+1)); tail -n 40 "$1" | tr -d '\r'; }
+}
+
+report() {
+  NPASS=0 NFAIL=0
+  if [ -n "$PHASES_417" ]; then
+    report_boot "$W/serial.log" "Xen 4.17, patched xl ($PHASES_417)"
+    echo "---------------- fio: 4 KiB random, $FIO_JOBS job(s) x iodepth $((32 / FIO_JOBS)), direct, libaio, ${FIO_RUNTIME}s per run; guest $GUEST_VCPUS vCPUs; images on ext4 (dom0's virtio disk) ----------------"
+    SERIAL=$W/serial.log fio_table
+  fi
+  [ -z "$PHASES_420" ] || report_boot "$W/serial-tap420.log" "Xen 4.20 (trixie), unpatched xl, backendtype=tap"
+  echo "SUMMARY: $NPASS pass, $NFAIL fail, wall $(( $(date +%s) - T_START ))s"
+  echo "xen-e2e: $NPASS passed, $NFAIL failed"
+  if [ "$NFAIL" -eq 0 ] && [ "$NPASS" -gt 0 ]; then echo "OVERALL PASS"; return 0; fi
   echo "OVERALL FAIL"
   return 1
 }
 
-main() {
-  mkdir -p "$W" || die "cannot create $W"
-  ensure_host_tools
-  build_package
+# The Xen 4.17 boot (phases rustbk and peers): the patched xl over bookworm's packages.
+run_417() {
   fetch_packages
   build_patched_xl
   check_xl_abi
   log "kernel $KVER; building initramfs images"
   build_guest_ir
   build_dom0_ir
-  make_data_disk
-  boot_xen
+  make_data_disk "$W/dom0-data.img" "$DATA_DISK_MB"
+  boot_xen "$W/serial.log" "$W/xen.elf" "$VMLINUZ" "$W/dom0.cpio" "$PHASES_417"
+}
+
+# E2E_PHASES split by boot: rustbk and peers run under Xen 4.17, tap420 under Xen 4.20.
+split_phases() {
+  local p
+  PHASES_417= PHASES_420=
+  for p in ${E2E_PHASES//,/ }; do
+    case $p in
+      rustbk | peers) PHASES_417=${PHASES_417:+$PHASES_417,}$p ;;
+      tap420) PHASES_420=tap420 ;;
+      *) die "unknown phase '$p' in E2E_PHASES (rustbk, peers, tap420)" ;;
+    esac
+  done
+}
+
+main() {
+  mkdir -p "$W" || die "cannot create $W"
+  split_phases
+  ensure_host_tools
+  build_package
+  rm -f "$W/serial.log" "$W/serial-tap420.log"
+  [ -z "$PHASES_417" ] || run_417
+  # In a subshell: should preparing it fail (die), the 4.17 boot's results are still reported,
+  # and the missing E2E-DONE fails the run.
+  [ -z "$PHASES_420" ] || (run_tap420)
   report
 }
 
