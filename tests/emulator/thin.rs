@@ -84,6 +84,84 @@ fn thin_volume_named_by_its_name_is_served_with_verified_io_and_passes_thin_chec
     thin_checks(&metadata_of(&host.image));
 }
 
+/// A pool made by `rustbk thin create-pool --preallocation full`, with volume "vm" made by
+/// `rustbk thin create`; returns the `POOL:VOLUME` target.
+fn full_pool_with_volume(dir: &Path) -> PathBuf {
+    let pool = dir.join("pool");
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_rustbk"))
+            .arg("thin")
+            .args(args)
+            .output()
+            .expect("run rustbk thin");
+        assert!(out.status.success(), "rustbk thin {args:?}: {out:?}");
+    };
+    let path = pool.to_str().unwrap();
+    run(&[
+        "create-pool",
+        path,
+        "--size",
+        "256m",
+        "--preallocation",
+        "full",
+    ]);
+    run(&["create", path, "--size", "64m", "--name", "vm"]);
+    PathBuf::from(format!("{path}:vm"))
+}
+
+#[test]
+fn a_volume_of_a_fully_preallocated_pool_is_served_and_the_pool_grows_the_same_way() {
+    use std::os::unix::fs::MetadataExt;
+    // The worker opens the pool itself, so `rustbk thin grow` can open it afterwards.
+    let setup = Setup {
+        backend_args: vec!["--no-thin-service".into()],
+        ..thin_setup()
+    };
+    let mut host = Host::serving(setup, full_pool_with_volume);
+    let pool = PoolDir::new(metadata_of(&host.image).parent().unwrap());
+    let allocated = || std::fs::metadata(pool.data()).unwrap().blocks() * 512;
+    assert!(allocated() >= 256 << 20, "the data file is written whole");
+    let mut g = host.guest();
+    let r = workload::run(&mut g.front, &workload(true, 11), &mut |_| {}).expect("workload");
+    assert_eq!((r.mismatches, r.errors), (0, 0), "{r:?}");
+    g.front.close().unwrap();
+    host.cluster.remove_disk(&host.spec).unwrap();
+    // Partial first writes into fresh blocks left no zero-ranged block behind: unwritten
+    // extents read as holes.
+    assert_eq!(
+        data_bytes(&pool.data()),
+        256 << 20,
+        "a write zero-ranged a block"
+    );
+    thin_checks(&pool.metadata());
+    let out = Command::new(env!("CARGO_BIN_EXE_rustbk"))
+        .args([
+            "thin",
+            "grow",
+            pool.path.to_str().unwrap(),
+            "--size",
+            "320m",
+        ])
+        .output()
+        .expect("rustbk thin grow");
+    assert!(out.status.success(), "rustbk thin grow: {out:?}");
+    assert!(allocated() >= 320 << 20, "the grown part is written too");
+}
+
+/// Bytes of `path` that are not holes, from `lseek(SEEK_DATA/SEEK_HOLE)`.
+fn data_bytes(path: &Path) -> u64 {
+    use nix::unistd::{Whence, lseek};
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(path).unwrap();
+    let (mut total, mut at) = (0, 0);
+    while let Ok(start) = lseek(file.as_raw_fd(), at, Whence::SeekData) {
+        let end = lseek(file.as_raw_fd(), start, Whence::SeekHole).unwrap();
+        total += end - start;
+        at = end;
+    }
+    u64::try_from(total).unwrap()
+}
+
 #[test]
 fn snapshot_taken_between_attachments_keeps_the_data_the_origin_overwrites_later() {
     let mut host = Host::serving(thin_setup(), pool_with_volume);

@@ -2,6 +2,7 @@
 //! to block devices), next to rustbk's volume records (`metadata.volumes.0` and `.1`). `params` of
 //! a disk name a volume of it as `thin:/path/to/pool:VOLUME`, by id or by name.
 
+mod full;
 mod start;
 
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::pool::{Pool, PoolOptions, PoolUsage, VolumeSpec, VolumeUsage};
 use crate::service::AdminClient;
 
+pub use full::{Preallocation, Progress};
 pub use start::{AUTO_IDLE_EXIT, SERVICE_LOG};
 
 /// File (or symlink to a device) of the metadata inside a pool directory.
@@ -88,13 +90,7 @@ impl PoolDir {
     /// Makes a new pool: the directory (which must not exist or be empty), its devices and
     /// formatted metadata.
     pub fn create(&self, devices: &Devices, block_size: u64, opts: PoolOptions) -> Result<Pool> {
-        std::fs::create_dir_all(&self.path).map_err(io)?;
-        if std::fs::read_dir(&self.path).map_err(io)?.next().is_some() {
-            return Err(Error::InvalidArgument(format!(
-                "{} is not empty",
-                self.path.display()
-            )));
-        }
+        self.make_empty_dir()?;
         match devices {
             Devices::Files { metadata, data } => {
                 new_file(&self.metadata(), *metadata)?;
@@ -106,6 +102,18 @@ impl PoolDir {
             }
         }
         Pool::create(&self.metadata(), &self.data(), block_size, opts)
+    }
+
+    /// Makes the directory, which must not exist or be empty.
+    fn make_empty_dir(&self) -> Result<()> {
+        std::fs::create_dir_all(&self.path).map_err(io)?;
+        if std::fs::read_dir(&self.path).map_err(io)?.next().is_some() {
+            return Err(Error::InvalidArgument(format!(
+                "{} is not empty",
+                self.path.display()
+            )));
+        }
+        Ok(())
     }
 
     /// Opens the pool in this process.

@@ -39,6 +39,17 @@ pub struct NewMapping {
     pub block: u64,
 }
 
+/// Data blocks handed out to a port.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Handout {
+    /// The blocks.
+    pub blocks: Vec<u64>,
+    /// Those of `blocks` known to read zeros: never handed out since the data file was
+    /// filled with zeros (see `pool/fresh.rs`). Only this port writes them until it maps
+    /// or releases them.
+    pub zeroed: Vec<u64>,
+}
+
 /// A connection to the pool, for one volume.
 pub trait PoolPort: Send {
     /// The volume this port serves. Also tells whether a snapshot changed the volume's
@@ -46,9 +57,13 @@ pub trait PoolPort: Send {
     fn info(&mut self) -> Result<VolumeInfo>;
     /// The volume's mappings of the virtual blocks in `vblocks`, in order.
     fn lookup(&mut self, vblocks: Range<u64>) -> Result<Vec<(u64, Mapping)>>;
-    /// Hands out `count` free data blocks. A block handed out and never mapped goes back to
-    /// the pool with [`PoolPort::release`], or when the port closes (the worker died).
-    fn provision(&mut self, count: usize) -> Result<Vec<u64>>;
+    /// Hands out up to `count` free data blocks. A block handed out and never mapped goes
+    /// back to the pool with [`PoolPort::release`], or when the port closes (the worker died).
+    fn provision(&mut self, count: usize) -> Result<Vec<u64>> {
+        Ok(self.provision_zeroed(count)?.blocks)
+    }
+    /// [`PoolPort::provision`], also telling which blocks are known to read zeros.
+    fn provision_zeroed(&mut self, count: usize) -> Result<Handout>;
     /// Maps blocks whose contents are written; the block each replaces loses a reference.
     fn map(&mut self, mappings: &[NewMapping]) -> Result<()>;
     /// Unmaps the virtual blocks in `vblocks`; returns the data blocks of the volume's

@@ -45,6 +45,24 @@ pub(crate) fn new_pool_with_meta(
     }
 }
 
+/// A new pool of `data_blocks` blocks of `block_size` bytes on a data file filled with
+/// zeros, as `rustbk thin create-pool --preallocation full` makes it.
+pub(crate) fn new_full_pool(block_size: u64, data_blocks: u64, opts: PoolOptions) -> TestPool {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let meta = dir.path().join("meta");
+    let data = dir.path().join("data");
+    sized_file(&meta, META_BYTES);
+    let zeros = vec![0u8; us(block_size * data_blocks)];
+    std::fs::write(&data, zeros).expect("fill the data file");
+    let pool = Pool::create_on_zeroed_data(&meta, &data, block_size, opts).expect("create pool");
+    TestPool {
+        dir,
+        meta,
+        data,
+        pool,
+    }
+}
+
 impl TestPool {
     /// Closes the pool (its volumes must be closed) and opens it again.
     pub(crate) fn reopen(self, opts: PoolOptions) -> TestPool {

@@ -8,6 +8,7 @@
 //! again, so a failure never reaches the disk.
 
 mod ahead;
+mod fresh;
 mod gate;
 mod port;
 mod prealloc;
@@ -99,6 +100,12 @@ pub struct PoolUsage {
     pub metadata_free: u64,
 }
 
+/// Whether the pool whose metadata is at `metadata` keeps a mark of blocks that read zeros
+/// (its data file was filled with zeros when made).
+pub fn has_zero_mark(metadata: &Path) -> Result<bool> {
+    Ok(fresh::Fresh::load(metadata)?.is_some())
+}
+
 /// An open thin pool.
 pub struct Pool {
     shared: Arc<Shared>,
@@ -135,6 +142,8 @@ pub(crate) struct State {
     /// that may still map them, even in a volume deleted since).
     pass_down: Vec<u64>,
     prealloc: prealloc::Prealloc,
+    /// Blocks never handed out since the data file was filled with zeros, if it was.
+    fresh: Option<fresh::Fresh>,
     /// Writes the next superblock waits for (volume records written ahead).
     ahead: Vec<ahead::Ahead>,
 }
@@ -156,6 +165,21 @@ impl Pool {
         opts: PoolOptions,
     ) -> Result<Pool> {
         Pool::create_recorded(metadata, data, block_size, opts, Recorders::default())
+    }
+
+    /// [`Pool::create`] on a data file the caller filled with zeros and synced: the pool
+    /// records that every data block reads zeros, so a first write of part of a block never
+    /// zeroes around it (see `pool/fresh.rs`).
+    pub fn create_on_zeroed_data(
+        metadata: &Path,
+        data: &Path,
+        block_size: u64,
+        opts: PoolOptions,
+    ) -> Result<Pool> {
+        let pool = Pool::create(metadata, data, block_size, opts)?;
+        fresh::Fresh::create(metadata)?;
+        pool.shared.lock()?.fresh = fresh::Fresh::load(metadata)?;
+        Ok(pool)
     }
 
     /// [`Pool::create`] with test recorders on the metadata and data files.
@@ -187,6 +211,7 @@ impl Pool {
         };
         let md = Metadata::create(meta_file.clone(), geometry)?;
         sidecar::store(&sidecar::path_for(metadata), &BTreeMap::new())?;
+        fresh::remove(metadata)?;
         let files = Files {
             meta_file,
             data_file,
@@ -215,13 +240,16 @@ impl Pool {
         }
         let records = sidecar::load(&sidecar::path_for(metadata))?;
         let volumes = volumes::reconcile(&mut md, records)?;
+        let fresh = fresh::Fresh::load(metadata)?;
         let files = Files {
             meta_file,
             data_file,
             meta_path: metadata,
             data_path: data,
         };
-        Ok(Pool::assemble(md, files, volumes, opts))
+        let pool = Pool::assemble(md, files, volumes, opts);
+        pool.shared.lock()?.fresh = fresh;
+        Ok(pool)
     }
 
     fn assemble(
@@ -242,6 +270,7 @@ impl Pool {
             block_size,
             pass_down: Vec::new(),
             prealloc: prealloc::Prealloc::default(),
+            fresh: None,
             ahead: Vec::new(),
         };
         Pool {

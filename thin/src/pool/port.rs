@@ -12,7 +12,7 @@ use rustbk_formats::EngineFile;
 use super::{PortEntry, Shared};
 use crate::error::{Error, Result};
 use crate::meta::Mapping;
-use crate::port::{NewMapping, PoolPort, VolumeInfo};
+use crate::port::{Handout, NewMapping, PoolPort, VolumeInfo};
 
 /// Most blocks one `provision` hands out.
 const MAX_PROVISION: usize = 1024;
@@ -177,7 +177,7 @@ impl PoolPort for LocalPort {
         st.md.lookup_range(self.volume, vblocks)
     }
 
-    fn provision(&mut self, count: usize) -> Result<Vec<u64>> {
+    fn provision_zeroed(&mut self, count: usize) -> Result<Handout> {
         if count == 0 || count > MAX_PROVISION {
             return Err(Error::InvalidArgument(format!(
                 "provision of {count} blocks: 1..={MAX_PROVISION}"

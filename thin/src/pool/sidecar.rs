@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-mod slots;
+pub(crate) mod slots;
 
 /// The largest sidecar file read (a hostile or damaged file is refused, not loaded).
 const MAX_SIDECAR_BYTES: u64 = 64 << 20;

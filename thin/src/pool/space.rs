@@ -8,6 +8,7 @@ use rustbk_formats::{Engine, EngineKind, ImageQueue, IoOp};
 use super::{OnFull, Shared, State, ahead, prealloc};
 use crate::error::{Error, Result};
 use crate::meta::Metadata;
+use crate::port::Handout;
 
 /// Metadata blocks kept free for a commit whatever the transaction changed.
 const COMMIT_RESERVE: u64 = 32;
@@ -94,13 +95,21 @@ impl Shared {
     }
 
     /// Hands out up to `count` data blocks (at least one), waiting for space if the pool
-    /// queues writes when full.
-    pub(crate) fn provision(&self, port: u64, count: usize) -> Result<Vec<u64>> {
+    /// queues writes when full; also which of them are known to read zeros.
+    pub(crate) fn provision(&self, port: u64, count: usize) -> Result<Handout> {
         let deadline = Instant::now().checked_add(self.opts.full_timeout);
         let mut st = self.lock()?;
         loop {
             let got = take_blocks(&mut st, count)?;
             if !got.is_empty() {
+                let zeroed = match st.fresh.as_mut().map(|f| f.hand_out(&got)) {
+                    None => Vec::new(),
+                    Some(Ok(zeroed)) => zeroed,
+                    Some(Err(e)) => {
+                        give_back(&mut st, &got)?;
+                        return Err(e);
+                    }
+                };
                 let entry = st
                     .ports
                     .get_mut(&port)
@@ -115,7 +124,10 @@ impl Shared {
                     punched: self.opts.passdown,
                 });
                 self.low_water(st);
-                return Ok(got);
+                return Ok(Handout {
+                    blocks: got,
+                    zeroed,
+                });
             }
             let full = Error::DataFull(st.md.data_refs().nr_blocks());
             let left = match (self.opts.on_full, deadline) {
@@ -211,12 +223,18 @@ fn take_blocks(st: &mut State, count: usize) -> Result<Vec<u64>> {
             Ok(b) => got.push(b),
             Err(Error::DataFull(_)) => break,
             Err(e) => {
-                for b in got {
-                    st.md.release_data(b)?;
-                }
+                give_back(st, &got)?;
                 return Err(e);
             }
         }
     }
     Ok(got)
+}
+
+/// Frees blocks just taken and not handed out.
+fn give_back(st: &mut State, got: &[u64]) -> Result<()> {
+    for &b in got {
+        st.md.release_data(b)?;
+    }
+    Ok(())
 }

@@ -20,7 +20,7 @@ use rustbk_formats::{CacheMode, EngineFile};
 use super::wire::{self, MAX_BATCH, MAX_LOOKUP, Reply, Request};
 use crate::error::{Error, Result};
 use crate::meta::Mapping;
-use crate::port::{NewMapping, PoolPort, VolumeInfo};
+use crate::port::{Handout, NewMapping, PoolPort, VolumeInfo};
 use crate::volume::{ThinVolume, VolumeOptions};
 
 /// How long a call waits for its reply by default: longer than a provision queued on a full
@@ -242,9 +242,13 @@ impl PoolPort for SocketPort {
         Ok(found)
     }
 
-    fn provision(&mut self, count: usize) -> Result<Vec<u64>> {
+    fn provision_zeroed(&mut self, count: usize) -> Result<Handout> {
         match self.call(&Request::Provision { count })? {
-            Reply::Blocks { blocks } if blocks.len() <= count => Ok(blocks),
+            Reply::Blocks { blocks, zeroed }
+                if blocks.len() <= count && zeroed.iter().all(|b| blocks.contains(b)) =>
+            {
+                Ok(Handout { blocks, zeroed })
+            }
             other => Err(self.unexpected(&other)),
         }
     }
@@ -266,7 +270,7 @@ impl PoolPort for SocketPort {
         while start < vblocks.end {
             let end = vblocks.end.min(start.saturating_add(MAX_LOOKUP));
             match self.call(&Request::Unmap { start, end })? {
-                Reply::Blocks { blocks } => freed.extend(blocks),
+                Reply::Blocks { blocks, .. } => freed.extend(blocks),
                 other => return Err(self.unexpected(&other)),
             }
             start = end;

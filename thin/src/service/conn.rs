@@ -125,9 +125,13 @@ fn handle(port: &mut LocalPort, request: Request) -> crate::Result<Reply> {
                 mappings: wire::mappings_to(found),
             }
         }
-        Request::Provision { count } => Reply::Blocks {
-            blocks: port.provision(count)?,
-        },
+        Request::Provision { count } => {
+            let handout = port.provision_zeroed(count)?;
+            Reply::Blocks {
+                blocks: handout.blocks,
+                zeroed: handout.zeroed,
+            }
+        }
         Request::Map { mappings } => {
             check_batch(mappings.len())?;
             port.map(&wire::new_mappings(&mappings))?;
@@ -137,6 +141,7 @@ fn handle(port: &mut LocalPort, request: Request) -> crate::Result<Reply> {
             check_range(start, end)?;
             Reply::Blocks {
                 blocks: port.unmap(start..end)?,
+                zeroed: Vec::new(),
             }
         }
         Request::Release { blocks } => {

@@ -13,7 +13,7 @@ use super::{Service, SocketPort, open_volume};
 use crate::error::Error;
 use crate::pool::{Pool, PoolOptions, VolumeSpec};
 use crate::port::{NewMapping, PoolPort};
-use crate::testing::{META_BYTES, queue, sized_file, thin_check};
+use crate::testing::{META_BYTES, queue, sized_file, thin_check, us};
 use crate::volume::{ThinVolume, VolumeOptions};
 
 pub(super) const MIB: u64 = 1 << 20;
@@ -222,7 +222,7 @@ fn hostile_frames_close_only_their_own_connection() {
     bytes.extend(frame(&Request::Commit));
     let got = replies(&until_closed(&s.socket, &bytes));
     assert_eq!(got.len(), 3, "{got:?}");
-    assert!(matches!(got[1], Reply::Blocks { ref blocks } if blocks.len() == 5));
+    assert!(matches!(got[1], Reply::Blocks { ref blocks, .. } if blocks.len() == 5));
     assert!(matches!(got[2], Reply::Failed { .. }), "{:?}", got[2]);
 
     wait_closed(s.service.pool(), 2);
@@ -250,6 +250,41 @@ fn a_port_maps_only_blocks_it_was_given_through_the_socket() {
     a.commit().unwrap();
     assert_eq!(a.lookup(0..1).unwrap()[0].1.block, blocks[0]);
     a.release(&blocks[1..]).unwrap();
+}
+
+#[test]
+fn blocks_of_a_full_pool_come_through_the_socket_marked_as_reading_zeros() {
+    let dir = tempfile::tempdir().unwrap();
+    let (meta, data) = (dir.path().join("meta"), dir.path().join("data"));
+    sized_file(&meta, META_BYTES);
+    std::fs::write(&data, vec![0u8; us(BS * 8)]).unwrap();
+    let pool = Pool::create_on_zeroed_data(&meta, &data, BS, PoolOptions::default()).unwrap();
+    let spec = VolumeSpec {
+        size: MIB,
+        ..VolumeSpec::default()
+    };
+    pool.create_volume(1, spec).unwrap();
+    let socket = dir.path().join("pool.sock");
+    let _service = Service::start(pool, &socket).unwrap();
+    let mut port = SocketPort::connect(&socket, 1).unwrap();
+    let first = port.provision_zeroed(3).unwrap();
+    assert_eq!(
+        first.zeroed, first.blocks,
+        "a new full pool's blocks read zeros"
+    );
+    port.release(&first.blocks).unwrap();
+    let again = port.provision_zeroed(8).unwrap();
+    for b in &first.blocks {
+        assert!(
+            again.blocks.contains(b) && !again.zeroed.contains(b),
+            "{b} was handed out"
+        );
+    }
+    assert_eq!(
+        again.zeroed.len(),
+        5,
+        "the blocks never handed out still read zeros"
+    );
 }
 
 #[test]

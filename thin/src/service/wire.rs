@@ -41,15 +41,32 @@ pub(crate) enum Request {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "snake_case", deny_unknown_fields)]
 pub(crate) enum Reply {
-    Info { info: WireInfo },
-    Mappings { mappings: Vec<(u64, u64, u32)> },
-    Blocks { blocks: Vec<u64> },
+    Info {
+        info: WireInfo,
+    },
+    Mappings {
+        mappings: Vec<(u64, u64, u32)>,
+    },
+    Blocks {
+        blocks: Vec<u64>,
+        /// For `provision`: those of `blocks` known to read zeros (absent when none).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        zeroed: Vec<u64>,
+    },
     Done,
-    Resumed { info: WireInfo },
-    Failed { error: WireError },
+    Resumed {
+        info: WireInfo,
+    },
+    Failed {
+        error: WireError,
+    },
     PauseRequest,
-    Usage { usage: PoolUsage },
-    Volumes { volumes: Vec<VolumeUsage> },
+    Usage {
+        usage: PoolUsage,
+    },
+    Volumes {
+        volumes: Vec<VolumeUsage>,
+    },
 }
 
 /// What an admin connection (first frame `admin`) asks.

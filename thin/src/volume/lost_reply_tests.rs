@@ -49,9 +49,9 @@ impl PoolPort for LostReply {
         self.check()?;
         self.inner.lookup(vblocks)
     }
-    fn provision(&mut self, count: usize) -> Result<Vec<u64>> {
+    fn provision_zeroed(&mut self, count: usize) -> Result<crate::port::Handout> {
         self.check()?;
-        self.inner.provision(count)
+        self.inner.provision_zeroed(count)
     }
     fn map(&mut self, mappings: &[NewMapping]) -> Result<()> {
         self.check()?;

@@ -101,8 +101,9 @@ pub(crate) struct Core {
     pub(crate) cache: MapCache,
     pub(crate) claims: Claims,
     pub(crate) reserve: Vec<u64>,
-    /// Blocks of the reserve known to be holes of the data file (they read as zeros) since
-    /// they were handed out: no one writes a block handed out to this volume but it.
+    /// Blocks of the reserve known to read zeros (holes of the data file, or blocks the pool
+    /// knows were never written since the file was filled with zeros) since they were
+    /// handed out: no one writes a block handed out to this volume but it.
     pub(crate) holes: HashSet<u64>,
     /// Opens a new port once this one failed, and when to try next.
     reconnect: Option<Reconnect>,
@@ -363,9 +364,10 @@ impl Core {
     /// to be a hole of the data file.
     pub(crate) fn take_block(&mut self) -> Result<(u64, bool)> {
         if self.reserve.is_empty() {
-            let got = self.port.provision(PROVISION_BATCH)?;
-            self.note_holes(&got);
-            self.reserve = got;
+            let got = self.port.provision_zeroed(PROVISION_BATCH)?;
+            self.note_holes(&got.blocks);
+            self.holes.extend(got.zeroed);
+            self.reserve = got.blocks;
         }
         let block = self.reserve.pop().ok_or(Error::DataFull(0))?;
         Ok((block, self.holes.remove(&block)))

@@ -3,7 +3,7 @@ use rustbk_formats::suite::{self, DEPTH, MIN_SIZE, pattern};
 use rustbk_formats::{BlockImage, IoOp};
 
 use crate::pool::{PoolOptions, VolumeSpec};
-use crate::testing::{flush, get, new_pool, put, queue, thin_check, us};
+use crate::testing::{flush, get, new_full_pool, new_pool, put, queue, thin_check, us};
 
 const MIB: u64 = 1 << 20;
 
@@ -61,6 +61,58 @@ fn partial_write_into_a_never_written_block_leaves_the_rest_a_hole_that_reads_ze
     let mut expected = vec![0; us(MIB)];
     expected[5000..8000].fill(7);
     suite::assert_bytes(&got, &expected, "block around a partial write into a hole");
+}
+
+#[test]
+fn partial_write_into_a_fresh_block_of_a_full_pool_writes_only_its_part() {
+    let t = new_full_pool(64 << 10, 64, PoolOptions::default());
+    let vol = t.volume(1, 4 * MIB);
+    let mut q = queue(&vol);
+    put(&mut *q, 5000, &[7; 3000]);
+    flush(&mut *q);
+    // Zeroing the rest of the block (a zero-range) would leave unwritten extents, which
+    // `lseek` reports as holes.
+    assert_eq!(
+        data_bytes(&t.data),
+        64 * 65536,
+        "the block was zeroed around the write"
+    );
+    let got = get(&mut *q, 0, 65536);
+    let mut expected = vec![0; 65536];
+    expected[5000..8000].fill(7);
+    suite::assert_bytes(&got, &expected, "fresh block around a partial write");
+}
+
+#[test]
+fn a_block_handed_out_before_a_restart_is_never_fresh_again() {
+    let t = new_full_pool(64 << 10, 4, PoolOptions::default());
+    t.pool
+        .create_volume(
+            1,
+            VolumeSpec {
+                size: 4 * MIB,
+                ..VolumeSpec::default()
+            },
+        )
+        .unwrap();
+    let mut port = t.pool.open_port(1).unwrap();
+    let got = crate::port::PoolPort::provision_zeroed(&mut port, 4).unwrap();
+    assert_eq!(
+        got.zeroed.len(),
+        4,
+        "every block of a new full pool reads zeros"
+    );
+    // A worker wrote them and died before mapping them; the pool restarts.
+    std::fs::write(&t.data, vec![0xee; 4 * 65536]).unwrap();
+    drop(port);
+    let t = t.reopen(PoolOptions::default());
+    let vol = t.open(1);
+    let mut q = queue(&vol);
+    put(&mut *q, 65536 + 512, &[7; 512]);
+    let got = get(&mut *q, 65536, 65536);
+    let mut expected = vec![0; 65536];
+    expected[512..1024].fill(7);
+    suite::assert_bytes(&got, &expected, "block written before the restart");
 }
 
 /// Bytes of `path` that are not holes, from `lseek(SEEK_DATA/SEEK_HOLE)`.
@@ -334,7 +386,7 @@ impl crate::port::PoolPort for LyingPort {
         let liar = crate::meta::Mapping { block: 1, time: 0 };
         Ok(vec![(vblocks.start + 1_000_000, liar)])
     }
-    fn provision(&mut self, _: usize) -> crate::Result<Vec<u64>> {
+    fn provision_zeroed(&mut self, _: usize) -> crate::Result<crate::port::Handout> {
         Err(crate::Error::DataFull(0))
     }
     fn map(&mut self, _: &[crate::port::NewMapping]) -> crate::Result<()> {

@@ -22,7 +22,7 @@ const MAX_BODY: u64 = 64 << 20;
 
 /// What the slots hold.
 #[derive(Debug, Default)]
-pub(super) struct Loaded {
+pub(crate) struct Loaded {
     /// The body of the newest valid slot.
     pub best: Option<Vec<u8>>,
     /// Some slot holds something that is not a valid record set.
@@ -30,7 +30,7 @@ pub(super) struct Loaded {
 }
 
 /// The two slot files of `base`.
-pub(super) fn paths(base: &Path) -> [PathBuf; 2] {
+pub(crate) fn paths(base: &Path) -> [PathBuf; 2] {
     ["0", "1"].map(|n| {
         let mut name = base.as_os_str().to_owned();
         name.push(".");
@@ -40,7 +40,7 @@ pub(super) fn paths(base: &Path) -> [PathBuf; 2] {
 }
 
 /// Reads both slots.
-pub(super) fn load(base: &Path) -> io::Result<Loaded> {
+pub(crate) fn load(base: &Path) -> io::Result<Loaded> {
     let mut loaded = Loaded::default();
     let mut newest = 0;
     for path in paths(base) {
@@ -58,7 +58,7 @@ pub(super) fn load(base: &Path) -> io::Result<Loaded> {
 }
 
 /// Writes `body` to the older slot with the next generation, and syncs it.
-pub(super) fn store(base: &Path, body: &[u8]) -> io::Result<()> {
+pub(crate) fn store(base: &Path, body: &[u8]) -> io::Result<()> {
     let [first, second] = paths(base);
     let generation_of = |p: &Path| -> io::Result<u64> {
         Ok(match read_slot(p)? {

@@ -12,7 +12,7 @@ mod info;
 pub(crate) use info::ImageInfo;
 mod map;
 mod pipe;
-mod progress;
+pub(crate) mod progress;
 mod rebase;
 mod rebase_copy;
 mod resize;

@@ -9,7 +9,7 @@ use anyhow::{Context, ensure};
 use clap::Args;
 use rustbk_blkfront::toolstack::VbdSpec;
 use rustbk_ring::DomId;
-use rustbk_thin::dir::{Devices, PoolDir};
+use rustbk_thin::dir::{Devices, PoolDir, Preallocation};
 use rustbk_thin::pool::{PoolOptions, VolumeSpec};
 use serde::Serialize;
 
@@ -26,6 +26,11 @@ const QD: u32 = 32;
 /// writes almost never land twice in one 64 KiB block.
 const ALLOC_SIZE: u64 = 64 << 30;
 const BLOCK: u64 = 64 << 10;
+/// Size of the pool and volume of the first writes into a data file preallocated with zeros
+/// (written anew every round, so it stays small), and the longest such run: at 20K IOPS
+/// about 80% of a run's writes are first writes into a block.
+const FULL_SIZE: u64 = 8 << 30;
+const FULL_RUNTIME: f64 = 3.0;
 
 /// `rustbk thin bench`.
 #[derive(Debug, Args)]
@@ -55,6 +60,8 @@ pub struct BenchArgs {
 pub enum Part {
     /// The guest I/O cases.
     Io,
+    /// Only the first-write cases (sparse and full data file) and their raw peer.
+    FirstWrites,
     /// Live snapshots through the pool service while the guest writes.
     Snapshots,
     /// Snapshot times, metadata space and check times without a guest.
@@ -124,6 +131,9 @@ fn measure(args: &BenchArgs, dir: &Path) -> anyhow::Result<Results> {
     if wants(Part::Io) {
         results.io = io_cases(&mut cluster, args, dir)?;
     }
+    if args.only == Some(Part::FirstWrites) {
+        results.io = first_write_cases(&mut cluster, args, dir)?;
+    }
     if wants(Part::Snapshots) {
         results.guest_snapshot_ms_1g = bench_snap::through_guest(&mut cluster, 6, 1 << 30)?;
         results.guest_snapshot_ms_1t = bench_snap::through_guest(&mut cluster, 7, 1 << 40)?;
@@ -163,6 +173,48 @@ fn io_cases(cluster: &mut EmuCluster, args: &BenchArgs, dir: &Path) -> anyhow::R
     Ok(cases)
 }
 
+/// The two first-write cases alone, each round against the raw file.
+fn first_write_cases(
+    cluster: &mut EmuCluster,
+    args: &BenchArgs,
+    dir: &Path,
+) -> anyhow::Result<Vec<Case>> {
+    let raw = disk(
+        1,
+        write_image(&dir.join("raw.img"), args.size)?
+            .display()
+            .to_string(),
+    );
+    cluster.add_disk(&raw, &[])?;
+    let mut cases: Vec<Case> = new_cases().into_iter().skip(2).take(2).collect();
+    let t = args.runtime;
+    for round in 0..args.rounds {
+        let runs = [
+            (Preallocation::Off, t),
+            (Preallocation::Full, t.min(FULL_RUNTIME)),
+        ];
+        for (case, (prealloc, t)) in cases.iter_mut().zip(runs) {
+            case.thin_iops
+                .push(fresh_thin_writes(cluster, round, t, prealloc)?);
+            let peer = rustbk_case(cluster, (raw.domid.0, XVDA), ("randwrite", QD), t, 1)?;
+            case.peer_iops.push(peer.iops);
+        }
+        let r = round as usize;
+        eprintln!(
+            "  round {}: first {:.0}/{:.0}, full {:.0}/{:.0}",
+            round + 1,
+            cases[0].thin_iops[r],
+            cases[0].peer_iops[r],
+            cases[1].thin_iops[r],
+            cases[1].peer_iops[r]
+        );
+    }
+    for case in &mut cases {
+        case.ratio = median(&case.thin_iops) / median(&case.peer_iops).max(f64::MIN_POSITIVE);
+    }
+    Ok(cases)
+}
+
 fn new_cases() -> Vec<Case> {
     let case = |case: &str, peer: &str| Case {
         case: case.into(),
@@ -175,6 +227,7 @@ fn new_cases() -> Vec<Case> {
         case("randread 4k qd32, provisioned blocks", "raw file"),
         case("randwrite 4k qd32, overwrites", "raw file"),
         case("randwrite 4k qd32, first writes", "raw file"),
+        case("first writes, full data file", "raw file"),
         case(
             "randwrite 4k qd32, allocating",
             "rustbk qcow2 (64 KiB clusters)",
@@ -206,21 +259,38 @@ fn one_round(
     cases[1]
         .peer_iops
         .push(run(cluster, &disks.raw, "randwrite")?);
-    let first = fresh_thin_writes(cluster, round, t)?;
+    let first = fresh_thin_writes(cluster, round, t, Preallocation::Off)?;
     cases[2].thin_iops.push(first);
     cases[2]
         .peer_iops
         .push(run(cluster, &disks.raw, "randwrite")?);
-    cases[3].thin_iops.push(first);
-    cases[3]
-        .peer_iops
-        .push(fresh_qcow2_writes(cluster, round, t)?);
+    let full_t = t.min(FULL_RUNTIME);
+    cases[3].thin_iops.push(fresh_thin_writes(
+        cluster,
+        round,
+        full_t,
+        Preallocation::Full,
+    )?);
+    cases[3].peer_iops.push(
+        rustbk_case(
+            cluster,
+            (disks.raw.domid.0, XVDA),
+            ("randwrite", QD),
+            full_t,
+            1,
+        )?
+        .iops,
+    );
     cases[4].thin_iops.push(first);
     cases[4]
         .peer_iops
+        .push(fresh_qcow2_writes(cluster, round, t)?);
+    cases[5].thin_iops.push(first);
+    cases[5]
+        .peer_iops
         .push(qemu_img_bench(cluster.dir(), round, t)?);
     eprintln!(
-        "  round {}: read {:.0}/{:.0}, overwrite {:.0}/{:.0}, first {:.0}/{:.0}, qcow2 {:.0}, qemu-img {:.0}",
+        "  round {}: read {:.0}/{:.0}, overwrite {:.0}/{:.0}, first {:.0}/{:.0}, full {:.0}/{:.0}, qcow2 {:.0}, qemu-img {:.0}",
         round + 1,
         cases[0].thin_iops[round as usize],
         cases[0].peer_iops[round as usize],
@@ -228,8 +298,10 @@ fn one_round(
         cases[1].peer_iops[round as usize],
         first,
         cases[2].peer_iops[round as usize],
+        cases[3].thin_iops[round as usize],
         cases[3].peer_iops[round as usize],
         cases[4].peer_iops[round as usize],
+        cases[5].peer_iops[round as usize],
     );
     Ok(())
 }
@@ -252,19 +324,35 @@ fn provisioned_volume(path: &Path, size: u64) -> anyhow::Result<String> {
 }
 
 /// Random writes to a new, unprovisioned volume of a new pool, removed afterwards (every
-/// first write takes a whole block of the file system).
-fn fresh_thin_writes(cluster: &mut EmuCluster, round: u32, runtime: f64) -> anyhow::Result<f64> {
+/// first write takes a whole block of the file system). With `Preallocation::Full` the
+/// pool is [`FULL_SIZE`] on a data file written with zeros first (not timed).
+fn fresh_thin_writes(
+    cluster: &mut EmuCluster,
+    round: u32,
+    runtime: f64,
+    prealloc: Preallocation,
+) -> anyhow::Result<f64> {
     let pool = PoolDir::new(cluster.dir().join(format!("pool-b{round}")));
+    let size = match prealloc {
+        Preallocation::Off => ALLOC_SIZE,
+        Preallocation::Full => FULL_SIZE,
+    };
     let devices = Devices::Files {
         metadata: 256 << 20,
-        data: ALLOC_SIZE,
+        data: size,
     };
     let spec = VolumeSpec {
-        size: ALLOC_SIZE,
+        size,
         ..VolumeSpec::default()
     };
-    pool.create(&devices, BLOCK, PoolOptions::default())?
-        .create_volume(0, spec)?;
+    pool.create_with(
+        &devices,
+        BLOCK,
+        PoolOptions::default(),
+        prealloc,
+        &mut |_, _| {},
+    )?
+    .create_volume(0, spec)?;
     let spec = disk(3, format!("thin:{}:0", pool.path.display()));
     let iops = fresh_disk_run(cluster, &spec, runtime)?;
     std::fs::remove_dir_all(&pool.path)?;

@@ -4,11 +4,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, ensure};
-use clap::Args;
-use rustbk_thin::dir::{Devices, PoolDir};
+use clap::{Args, ValueEnum};
+use rustbk_thin::dir::{Devices, PoolDir, Preallocation};
 use rustbk_thin::pool::PoolOptions;
 
 use crate::cli::parse_size;
+use crate::img::progress::Progress;
 
 /// Metadata bytes per data block a new metadata file gets (dm-thin needs about 48, and
 /// snapshots unshare tree nodes), plus a fixed part, within what the format can use.
@@ -36,6 +37,32 @@ pub struct CreatePoolArgs {
     /// An existing device or file for the data, linked from the pool directory.
     #[arg(long, requires = "metadata_dev", conflicts_with = "size")]
     pub data_dev: Option<PathBuf>,
+    /// How the new data file takes its space: `off` (sparse; the pool reserves space a
+    /// window ahead of the blocks it hands out) or `full` (written with zeros now, as a
+    /// logical volume would be; first writes into new blocks are then plain overwrites).
+    #[arg(long, value_enum, default_value_t = PreallocArg::Off, conflicts_with = "data_dev")]
+    pub preallocation: PreallocArg,
+    /// Show progress on stderr while zeros are written (the default on a terminal).
+    #[arg(short = 'p', long)]
+    pub progress: bool,
+}
+
+/// `--preallocation` values, qemu-img's names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PreallocArg {
+    /// A sparse data file.
+    Off,
+    /// Every byte of the data file written with zeros.
+    Full,
+}
+
+impl From<PreallocArg> for Preallocation {
+    fn from(p: PreallocArg) -> Preallocation {
+        match p {
+            PreallocArg::Off => Preallocation::Off,
+            PreallocArg::Full => Preallocation::Full,
+        }
+    }
 }
 
 /// Runs `rustbk thin create-pool`.
@@ -54,9 +81,17 @@ pub fn create(args: CreatePoolArgs) -> anyhow::Result<ExitCode> {
         _ => anyhow::bail!("give --size, or --metadata-dev and --data-dev"),
     };
     let dir = PoolDir::new(&args.pool);
+    let mut progress = Progress::new(args.progress, true);
     let pool = dir
-        .create(&devices, args.block_size, PoolOptions::default())
+        .create_with(
+            &devices,
+            args.block_size,
+            PoolOptions::default(),
+            args.preallocation.into(),
+            &mut |done, all| progress.update(done, all),
+        )
         .with_context(|| format!("Cannot create the pool {}", args.pool.display()))?;
+    progress.finish();
     let usage = pool.usage()?;
     println!(
         "Created pool {}: {} data blocks of {} bytes, {} metadata blocks",
@@ -79,18 +114,23 @@ pub struct GrowArgs {
     /// Grow the metadata file to this size first.
     #[arg(long, value_parser = parse_size)]
     pub metadata_size: Option<u64>,
+    /// Show progress on stderr while zeros are written into the grown part of a pool made
+    /// with `--preallocation full` (the default on a terminal).
+    #[arg(short = 'p', long)]
+    pub progress: bool,
 }
 
 /// Runs `rustbk thin grow`: the pool takes in all of its (grown) devices.
 pub fn grow(args: GrowArgs) -> anyhow::Result<ExitCode> {
     let dir = PoolDir::new(&args.pool);
-    for (path, size) in [
-        (dir.data(), args.size),
-        (dir.metadata(), args.metadata_size),
-    ] {
-        if let Some(size) = size {
-            grow_file(&path, size)?;
-        }
+    if let Some(size) = args.metadata_size {
+        grow_file(&dir.metadata(), size)?;
+    }
+    if let Some(size) = args.size {
+        let mut progress = Progress::new(args.progress, true);
+        dir.grow_data_file(size, &mut |done, all| progress.update(done, all))
+            .with_context(|| format!("Cannot grow {}", dir.data().display()))?;
+        progress.finish();
     }
     let pool = dir
         .open(PoolOptions::default())

@@ -1,0 +1,168 @@
+//! Pools whose data file takes all of its space from the file system up front, filled with
+//! zeros (`rustbk thin create-pool --preallocation full`), as a data device on a logical
+//! volume has it. A first write into a never-used block is then an overwrite: nothing to
+//! zero around it, no unwritten extent for the file system to convert (see `pool/fresh.rs`).
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use super::{Devices, PoolDir, io, new_file};
+use crate::error::{Error, Result};
+use crate::pool::{Pool, PoolOptions};
+
+/// How a new data file takes its space from the file system (qemu-img's names).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Preallocation {
+    /// Sparse: the pool reserves space a window ahead of the blocks it hands out.
+    #[default]
+    Off,
+    /// Every byte written with zeros when the file is made or grown.
+    Full,
+}
+
+/// Called with (bytes done, bytes in all) while zeros are written.
+pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
+
+/// Bytes written at a time.
+const CHUNK: usize = 4 << 20;
+
+impl PoolDir {
+    /// [`PoolDir::create`], with the data file's space taken as `prealloc` says. `Full`
+    /// needs new files (an existing device is refused: the pool cannot know what it holds).
+    pub fn create_with(
+        &self,
+        devices: &Devices,
+        block_size: u64,
+        opts: PoolOptions,
+        prealloc: Preallocation,
+        progress: Progress<'_>,
+    ) -> Result<Pool> {
+        let (metadata, data) = match (prealloc, devices) {
+            (Preallocation::Off, _) => return self.create(devices, block_size, opts),
+            (Preallocation::Full, Devices::Files { metadata, data }) => (*metadata, *data),
+            (Preallocation::Full, Devices::Existing { .. }) => {
+                return Err(Error::InvalidArgument(
+                    "full preallocation makes a new data file; an existing device keeps its own"
+                        .into(),
+                ));
+            }
+        };
+        self.make_empty_dir()?;
+        new_file(&self.metadata(), metadata)?;
+        new_file(&self.data(), 0)?;
+        fill_zeros(&self.data(), data, progress)?;
+        Pool::create_on_zeroed_data(&self.metadata(), &self.data(), block_size, opts)
+    }
+
+    /// Grows the data file to `size` bytes (a file, never a device; never shrinks). A pool
+    /// made with full preallocation gets the new part written with zeros too.
+    pub fn grow_data_file(&self, size: u64, progress: Progress<'_>) -> Result<()> {
+        let path = self.data();
+        let meta = std::fs::metadata(&path).map_err(io)?;
+        if !meta.is_file() {
+            return Err(Error::InvalidArgument(format!(
+                "{} is not a file: grow the device with its own tools",
+                path.display()
+            )));
+        }
+        if size < meta.len() {
+            return Err(Error::InvalidArgument(format!(
+                "{} is {} bytes: a pool never shrinks",
+                path.display(),
+                meta.len()
+            )));
+        }
+        match crate::pool::has_zero_mark(&self.metadata())? {
+            true => fill_zeros(&path, size, progress),
+            false => {
+                let file = std::fs::OpenOptions::new().write(true).open(&path);
+                file.and_then(|f| f.set_len(size)).map_err(io)
+            }
+        }
+    }
+}
+
+/// Writes zeros into `path` from its end up to `size` bytes, and syncs it.
+fn fill_zeros(path: &Path, size: u64, progress: Progress<'_>) -> Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io)?;
+    let start = file.metadata().map_err(io)?.len();
+    let zeros = vec![0u8; CHUNK];
+    let mut at = start;
+    while at < size {
+        let len = usize::try_from(size - at).map_or(CHUNK, |left| left.min(CHUNK));
+        file.write_all_at(&zeros[..len], at).map_err(io)?;
+        at += len as u64;
+        progress(at - start, size - start);
+    }
+    file.sync_all().map_err(io)?;
+    sync_parent(path)
+}
+
+/// Makes the new file's name durable too.
+fn sync_parent(path: &Path) -> Result<()> {
+    let parent = path.parent().unwrap_or(Path::new("."));
+    File::open(parent).and_then(|d| d.sync_all()).map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+
+    #[test]
+    fn a_full_pool_has_every_byte_allocated_and_grows_the_same_way() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = PoolDir::new(tmp.path().join("pool"));
+        let devices = Devices::Files {
+            metadata: 4 << 20,
+            data: 8 << 20,
+        };
+        let mut seen = Vec::new();
+        let pool = dir
+            .create_with(
+                &devices,
+                64 << 10,
+                PoolOptions::default(),
+                Preallocation::Full,
+                &mut |done, all| seen.push((done, all)),
+            )
+            .unwrap();
+        assert_eq!(
+            seen.last(),
+            Some(&(8 << 20, 8 << 20)),
+            "progress ends at 100%"
+        );
+        drop(pool);
+        let allocated = |p: &Path| std::fs::metadata(p).unwrap().blocks() * 512;
+        assert!(allocated(&dir.data()) >= 8 << 20, "every byte is allocated");
+        dir.grow_data_file(12 << 20, &mut |_, _| {}).unwrap();
+        assert!(allocated(&dir.data()) >= 12 << 20, "the grown part too");
+        assert!(dir.grow_data_file(4 << 20, &mut |_, _| {}).is_err());
+    }
+
+    #[test]
+    fn full_preallocation_refuses_an_existing_device() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = PoolDir::new(tmp.path().join("pool"));
+        let devices = Devices::Existing {
+            metadata: tmp.path().join("m"),
+            data: tmp.path().join("d"),
+        };
+        let made = dir.create_with(
+            &devices,
+            64 << 10,
+            PoolOptions::default(),
+            Preallocation::Full,
+            &mut |_, _| {},
+        );
+        let Err(e) = made else {
+            panic!("a pool was made on an existing device with full preallocation");
+        };
+        assert!(e.to_string().contains("existing device"), "{e}");
+    }
+}

@@ -1,0 +1,172 @@
+//! Data blocks known to read as zeros because no one has been handed them since the data
+//! file was filled with zeros (`rustbk thin create-pool --preallocation full`).
+//!
+//! A first write of part of such a block writes the guest's part alone: nothing has to be
+//! zeroed around it, and the file system has no unwritten extent to convert. The pool keeps
+//! a mark in two slot files next to the metadata (`<metadata>.zeroed.0` and `.1`): every
+//! block at or past the mark reads zeros. In memory it keeps `next`, the lowest block never
+//! handed out since the mark was loaded. Before a block at or past the mark is handed out,
+//! the mark is raised past it (a window ahead, so the store is rare) and made durable: a
+//! block handed out, written and never mapped before a crash is never taken for a zero block
+//! after it. A pool with no mark (made by other tools, on a device, or sparse) has no such
+//! blocks: its holes are still found with `lseek`.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::sidecar::slots;
+use crate::error::{Error, Result};
+
+/// The mark is raised this many blocks past the highest block handed out (1 GiB of 64 KiB
+/// blocks): the store is an fdatasync under the pool's lock, so it must stay rare (a window
+/// of 1024 blocks cost a third of the first-write rate). A crash forgets at most this many
+/// zero blocks, which are then zeroed around partial writes as recycled ones are.
+const WINDOW: u64 = 16384;
+
+#[derive(Serialize, Deserialize)]
+struct MarkFile {
+    /// Every data block at or past this one reads zeros.
+    zeroed_from: u64,
+}
+
+/// The zero blocks of a pool whose data file was filled with zeros.
+#[derive(Debug)]
+pub(crate) struct Fresh {
+    base: PathBuf,
+    /// Lowest block never handed out since the mark was loaded.
+    next: u64,
+    /// The mark on disk: `next <= durable`.
+    durable: u64,
+}
+
+impl Fresh {
+    /// The mark kept next to `metadata`, if the pool has one.
+    pub(crate) fn load(metadata: &Path) -> Result<Option<Fresh>> {
+        let base = base_for(metadata);
+        let loaded = slots::load(&base).map_err(io_error)?;
+        let body = match (loaded.best, loaded.damaged) {
+            (Some(body), _) => body,
+            (None, true) => {
+                return Err(Error::corrupt(format!(
+                    "{}: no slot holds a valid zero mark",
+                    base.display()
+                )));
+            }
+            (None, false) => return Ok(None),
+        };
+        let mark: MarkFile = serde_json::from_slice(&body)
+            .map_err(|e| Error::corrupt(format!("{}: {e}", base.display())))?;
+        Ok(Some(Fresh {
+            base,
+            next: mark.zeroed_from,
+            durable: mark.zeroed_from,
+        }))
+    }
+
+    /// Records durably that every block of the data device next to `metadata` reads zeros.
+    pub(crate) fn create(metadata: &Path) -> Result<()> {
+        store(&base_for(metadata), 0)
+    }
+
+    /// Takes the blocks just handed out (`got`): returns those that read zeros, after the
+    /// mark on disk has been raised past them. On an error nothing is known to be zero and
+    /// the caller must not hand the blocks out (the mark may not cover them).
+    pub(crate) fn hand_out(&mut self, got: &[u64]) -> Result<Vec<u64>> {
+        let zeroed: Vec<u64> = got.iter().copied().filter(|&b| b >= self.next).collect();
+        let Some(&highest) = zeroed.iter().max() else {
+            return Ok(zeroed);
+        };
+        let next = highest
+            .checked_add(1)
+            .ok_or_else(|| Error::corrupt(format!("data block {highest}")))?;
+        if next > self.durable {
+            let mark = next.saturating_add(WINDOW);
+            store(&self.base, mark)?;
+            self.durable = mark;
+        }
+        self.next = next;
+        Ok(zeroed)
+    }
+}
+
+/// Removes the mark next to `metadata` (a pool made anew there starts without one).
+pub(crate) fn remove(metadata: &Path) -> Result<()> {
+    for path in slots::paths(&base_for(metadata)) {
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_error(e)),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn store(base: &Path, zeroed_from: u64) -> Result<()> {
+    let body = serde_json::to_vec(&MarkFile { zeroed_from })
+        .map_err(|e| Error::InvalidArgument(format!("zero mark: {e}")))?;
+    slots::store(base, &body).map_err(io_error)
+}
+
+fn base_for(metadata: &Path) -> PathBuf {
+    let mut name = metadata.as_os_str().to_owned();
+    name.push(".zeroed");
+    PathBuf::from(name)
+}
+
+fn io_error(e: std::io::Error) -> Error {
+    Error::Io(rustbk_formats::Error::Io(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mark_on_disk_is_past_every_block_reported_zero_before_it_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = dir.path().join("metadata");
+        assert!(Fresh::load(&meta).unwrap().is_none(), "no mark: none");
+        Fresh::create(&meta).unwrap();
+        let mut fresh = Fresh::load(&meta).unwrap().unwrap();
+        assert_eq!(fresh.hand_out(&[0, 1, 2]).unwrap(), vec![0, 1, 2]);
+        let on_disk = Fresh::load(&meta).unwrap().unwrap();
+        assert!(
+            on_disk.next > 2,
+            "the mark on disk covers what was handed out"
+        );
+        // Blocks below `next` were (or may have been) handed out: never zero again.
+        assert_eq!(fresh.hand_out(&[1, 7]).unwrap(), vec![7]);
+        assert!(fresh.hand_out(&[3, 4, 5]).unwrap().is_empty());
+        // Past the window the mark moves again, durably, before the answer.
+        let far = WINDOW + 50;
+        assert_eq!(fresh.hand_out(&[far]).unwrap(), vec![far]);
+        assert!(Fresh::load(&meta).unwrap().unwrap().next > far);
+        // A reload (a crash or a restart) knows nothing below the mark on disk.
+        let mut again = Fresh::load(&meta).unwrap().unwrap();
+        assert!(again.hand_out(&[far, far - 1, 8]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_mark_that_cannot_be_stored_reports_no_block_as_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = dir.path().join("metadata");
+        Fresh::create(&meta).unwrap();
+        let mut fresh = Fresh::load(&meta).unwrap().unwrap();
+        // Both slots turned into directories: the store fails.
+        remove(&meta).unwrap();
+        for path in slots::paths(&base_for(&meta)) {
+            std::fs::create_dir(path).unwrap();
+        }
+        assert!(fresh.hand_out(&[5]).is_err());
+    }
+
+    #[test]
+    fn damaged_slots_are_an_error_and_removal_leaves_no_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = dir.path().join("metadata");
+        std::fs::write(&slots::paths(&base_for(&meta))[1], b"RBKVOLS1 garbage").unwrap();
+        assert!(Fresh::load(&meta).is_err());
+        remove(&meta).unwrap();
+        assert!(Fresh::load(&meta).unwrap().is_none());
+    }
+}
