@@ -37,6 +37,7 @@ mod compress;
 mod create;
 mod discard;
 pub mod empty;
+mod flush;
 mod grow;
 pub mod header;
 mod layout;
@@ -213,6 +214,25 @@ impl Qcow2Image {
     }
 }
 
+/// The longest a synchronous write-back of the image waits for a queue's to end.
+const IDLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Qcow2Image {
+    /// The metadata, locked once no queue runs a write-back, or after [`IDLE_LIMIT`] (then a
+    /// write-back is refused with [`Error::WriteBackBusy`]).
+    fn lock_idle(&self) -> Result<std::sync::MutexGuard<'_, Meta>, Error> {
+        let start = std::time::Instant::now();
+        loop {
+            let meta = read::lock(&self.meta)?;
+            if !meta.flushing || start.elapsed() >= IDLE_LIMIT {
+                return Ok(meta);
+            }
+            drop(meta);
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+}
+
 fn read_header(io: &dyn MetaIo) -> Result<Header, Error> {
     let file_size = io.size()?;
     let mut head = [0u8; 128];
@@ -302,11 +322,13 @@ impl BlockImage for Qcow2Image {
         Ok(Box::new(self.queue(depth)?))
     }
 
+    /// Writes back synchronously, after the write-back a queue may be running (waiting for
+    /// it at most 10 s).
     fn sync_metadata(&self) -> Result<(), Error> {
         if self.read_only {
             return Ok(());
         }
-        if read::lock(&self.meta)?.write_back()? {
+        if self.lock_idle()?.write_back()? {
             return Ok(());
         }
         self.io.sync()
@@ -323,6 +345,12 @@ impl BlockImage for Qcow2Image {
 
 impl Drop for Qcow2Image {
     fn drop(&mut self) {
+        let busy = read::lock(&self.meta).is_ok_and(|meta| meta.flushing);
+        if busy {
+            // A queue still runs a write-back: its close writes back the rest.
+            tracing::debug!(path = %self.file.path().display(), "qcow2 write-back left to a queue");
+            return;
+        }
         if let Err(e) = self.sync_metadata() {
             tracing::error!(error = %e, path = %self.file.path().display(), "cannot write back qcow2 metadata");
         }
