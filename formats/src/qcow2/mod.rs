@@ -14,15 +14,24 @@
 //!   entries → flush. A crash may leak clusters (`qemu-img check -r leaks` repairs that),
 //!   never corrupts the image, and loses no write acknowledged before the last completed
 //!   flush.
+//! * Flush: the guest flush's write-back is captured when the flush starts and runs as engine
+//!   children on the flushing queue's io_uring (the `flush` module), writes and fdatasyncs
+//!   alike, while that queue goes on serving reads and writes (allocating ones included: what
+//!   they change waits for the next write-back). One write-back runs per image at a time; a
+//!   flush on any queue meanwhile waits for it, then writes back what is left, or is one
+//!   fdatasync. In the O_DSYNC modes (`writethrough`, `directsync`) completions already wait
+//!   for a synchronous write-back, and a flush with dirty metadata writes back synchronously.
 //! * Discard / write-zeroes: whole clusters get the zero flag (version 3 with a backing file)
 //!   or become unallocated, and their clusters are freed after the entry is durable; partial
 //!   clusters are written with zeros by write-zeroes, and by a discard only where they hold
 //!   data (a discard never allocates).
 //!
-//! First-increment limits: metadata I/O (tables, copy-on-write sources, compressed clusters)
-//! and backing-file reads are synchronous on the queue's thread, under the image's metadata
-//! mutex where metadata changes; guest data I/O of standard clusters goes through the shared
-//! engine and never waits for unrelated metadata. Refused: encryption, external data files,
+//! First-increment limits: metadata I/O other than a flush's write-back (table reads on a
+//! cache miss, copy-on-write sources, compressed clusters, the write-back of a dirty L2 table
+//! leaving the cache or of changes older than the write-back age, the O_DSYNC modes'
+//! write-backs, closing) and backing-file reads are synchronous on the queue's thread, under
+//! the image's metadata mutex where metadata changes; guest data I/O of standard clusters goes
+//! through the shared engine and never waits for unrelated metadata. Refused: encryption, external data files,
 //! extended L2 entries; read-write opens of dirty or corrupt images and of images with
 //! internal snapshots. Autoclear feature bits are cleared when an image is opened read-write.
 //! Clusters freed by a discard are reused only after a flush made the discard durable, possibly

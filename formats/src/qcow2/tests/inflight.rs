@@ -103,7 +103,7 @@ fn bytes_at(events: &[Event], at: u64, len: usize) -> Vec<u8> {
         };
         for (i, b) in out.iter_mut().enumerate() {
             let pos = at + i as u64;
-            if let Some(byte) = pos.checked_sub(*offset).and_then(|d| data.get(d as usize)) {
+            if let Some(byte) = pos.checked_sub(*offset).and_then(|d| data.get(small(d))) {
                 *b = *byte;
             }
         }
@@ -121,7 +121,7 @@ fn synced_after(events: &[Event], after: usize) -> Option<usize> {
     events
         .iter()
         .enumerate()
-        .position(|(i, e)| matches!(e, Event::Synced(mark) if i > after && *mark as usize > after))
+        .position(|(i, e)| matches!(e, Event::Synced(mark) if i > after && *mark > after as u64))
 }
 
 #[test]
