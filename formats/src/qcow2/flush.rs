@@ -139,6 +139,7 @@ impl Qcow2Queue {
                     meta.fail_write_back(e);
                 }
                 meta.flushing = false;
+                meta.writing.clear();
                 meta.release(std::iter::empty());
             }
             Err(e) => tracing::error!(error = %e, "qcow2 write-back cannot end"),

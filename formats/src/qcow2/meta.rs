@@ -73,6 +73,9 @@ pub(crate) struct Meta {
     /// A queue runs a write-back on its engine (a guest flush, see [`super::flush`]): no other
     /// write-back may start, and dirty tables stay in the caches until it ended.
     pub(super) flushing: bool,
+    /// The tables whose captured bytes that write-back writes: kept in the caches until it
+    /// ended (read again from the file, they could miss what it has not written yet).
+    pub(super) writing: HashSet<u64>,
     /// New L2 tables not yet linked into the L1 table: L1 index -> table offset.
     pub(super) pending_l2: HashMap<u64, u64>,
     /// Guest clusters with an allocation (or discard) in flight.
@@ -135,6 +138,7 @@ impl Meta {
             writeback_age: opts.writeback_age,
             failed: None,
             flushing: false,
+            writing: HashSet::new(),
             pending_l2: HashMap::new(),
             busy: HashSet::new(),
             waiters: Vec::new(),
@@ -235,19 +239,24 @@ impl Meta {
     /// Puts a table into the cache. A dirty L2 table about to be evicted first makes the whole
     /// cache write back (L2 entries must wait for their data and refcounts); evicted refcount
     /// blocks are written at once. While a queue runs a write-back, whose captured bytes may
-    /// still be on their way to the file, no dirty table is evicted (the cache grows past its
-    /// size until that write-back ended) so nothing newer is written under them.
+    /// still be on their way to the file, neither a dirty table (nothing newer may be written
+    /// under them) nor one that write-back writes is evicted: the cache grows past its size
+    /// until it ended.
     pub(super) fn cache_table(
         &mut self,
         which: Table,
         offset: u64,
         data: Vec<u8>,
     ) -> Result<(), Error> {
-        let keep_dirty = self.flushing;
-        if which == Table::L2 && !keep_dirty && self.l2_cache.would_evict_dirty(data.len()) {
+        if which == Table::L2 && !self.flushing && self.l2_cache.would_evict_dirty(data.len()) {
             self.write_back()?;
         }
-        let evicted = self.cache(which).insert(offset, data, keep_dirty);
+        let keep = self.flushing.then_some(&self.writing);
+        let cache = match which {
+            Table::L2 => &mut self.l2_cache,
+            Table::Refblock => &mut self.rc_cache,
+        };
+        let evicted = cache.insert(offset, data, keep);
         for e in evicted {
             let slice = e.data.get(e.range.0..e.range.1).unwrap_or_default();
             self.io

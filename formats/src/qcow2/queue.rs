@@ -144,6 +144,7 @@ impl Qcow2Queue {
             })),
             Ok(Some(capture)) => {
                 meta.flushing = true;
+                meta.writing = capture.tables(meta.layout().cluster_size());
                 drop(meta);
                 self.start_write_back(tag, capture);
                 None

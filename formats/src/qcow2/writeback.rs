@@ -46,6 +46,18 @@ pub(super) struct Capture {
     pub frees: Vec<(u64, u64)>,
 }
 
+impl Capture {
+    /// The offsets of the tables (L2 tables, refcount blocks) it writes, for clusters of
+    /// `cluster_size` bytes.
+    pub(super) fn tables(&self, cluster_size: u64) -> std::collections::HashSet<u64> {
+        let mask = !(cluster_size.saturating_sub(1));
+        let second = self.second.iter().flatten();
+        let writes = self.first.iter().chain(second);
+        let tables = writes.filter(|w| matches!(w.kind, MetaKind::L2 | MetaKind::Refblock));
+        tables.map(|w| w.offset & mask).collect()
+    }
+}
+
 impl Meta {
     /// Writes every change made so far in the crash-safe order. Returns whether it ended with
     /// an fdatasync (nothing dirty: no I/O at all, and the caller syncs if it needs to). After

@@ -32,8 +32,13 @@ struct Rig {
 
 /// A new 16 MiB image on `engine`, page-cached, metadata written back at flushes only.
 fn rig(engine: EngineKind) -> Rig {
+    rig_with(engine, 16 << 20, 2 << 20)
+}
+
+/// The same, `size` bytes large, with `l2_bytes` of L2 cache.
+fn rig_with(engine: EngineKind, size: u64, l2_bytes: usize) -> Rig {
     let (dir, path) = temp("inflight.qcow2");
-    create(&path, 16 << 20, &CreateOptions::default()).expect("create");
+    create(&path, size, &CreateOptions::default()).expect("create");
     let mut file =
         EngineFile::open(&path, Access::ReadWrite, crate::CacheMode::Writeback).expect("open");
     let log = Arc::new(Log::default());
@@ -41,6 +46,7 @@ fn rig(engine: EngineKind) -> Rig {
     let mut o = opts(false, engine);
     o.cache = crate::CacheMode::Writeback;
     o.qcow2.writeback_age = Duration::from_secs(24 * 3600);
+    o.qcow2.cache.l2_bytes = l2_bytes;
     let image = Qcow2Image::open(Arc::new(file), &o, &mut Chain::default()).expect("qcow2");
     Rig {
         _dir: dir,
@@ -272,6 +278,38 @@ fn a_flush_on_another_queue_waits_for_the_write_back_then_syncs_itself() {
     // its completed write must be durable.
     assert_eq!(syncs, 3, "{events:?}");
     drop((a, b));
+    drop(r.image);
+    check_clean(&r.path);
+}
+
+#[test]
+fn a_table_the_write_back_still_has_to_write_stays_cached_until_written() {
+    // One 64 KiB L2 table fits in the cache; each table maps 512 MiB.
+    let r = rig_with(EngineKind::IoUring, 2 << 30, small(CS));
+    let mut q = r.image.queue(4).expect("queue");
+    let second_table = 1 << 29;
+    write_at(&mut q, 0, &pattern(9, 4096)).expect("write A (table 1)");
+    write_at(&mut q, second_table, &pattern(10, 4096)).expect("write (table 2)");
+    run(&mut q, IoOp::Flush).expect("flush");
+    // B changes an entry of table 1: the next write-back writes it after its first fsync.
+    write_at(&mut q, CS, &pattern(11, 4096)).expect("write B");
+    q.io().engine.hold_flushes();
+    submit(&mut q, IoOp::Flush, 400);
+    drive_a_while(&mut q);
+    // Table 2 comes into the cache; table 1, clean in memory but not yet written, must stay.
+    let table_2 = read_at(&mut q, second_table, 4096).expect("read table 2's cluster");
+    assert!(
+        table_2 == pattern(10, 4096),
+        "table 2's cluster reads wrong"
+    );
+    let b = read_at(&mut q, CS, 4096).expect("read B");
+    assert!(
+        b == pattern(11, 4096),
+        "B's mapping was read back from the file before the write-back wrote it"
+    );
+    q.io().engine.release_flushes().expect("release");
+    assert!(completed(&drive_until(&mut q, 400), 400));
+    drop(q);
     drop(r.image);
     check_clean(&r.path);
 }
