@@ -16,7 +16,9 @@
 //! [`super::flush`](super::flush)) while the image keeps taking changes. Changes made meanwhile are not in
 //! the capture: the tables they touch are dirty again and wait for the next write-back, so an
 //! allocation is never written ahead of its refcount. Only one write-back runs at a time: while
-//! one is [`flushing`](Meta::flushing), no other starts and dirty tables stay in the caches.
+//! one is [`flushing`](Meta::flushing), no other starts, and the caches evict neither dirty
+//! tables (whose newer bytes could land under the older ones in flight) nor the tables it
+//! writes (read back from the file, they could miss what it has not written yet).
 
 use crate::error::Error;
 
