@@ -98,6 +98,10 @@ pub enum Error {
     /// Writing back cached metadata failed earlier; the image takes no more changes.
     #[error("Metadata write-back failed earlier ({0}); the image takes no more changes")]
     WriteBackFailed(String),
+    /// A metadata write-back runs on a queue of the image (a flush); a synchronous one must
+    /// wait until it finished.
+    #[error("A metadata write-back of the image is still running on one of its queues")]
+    WriteBackBusy,
     /// A system call or an I/O operation failed.
     #[error("I/O operation failed")]
     Io(#[from] std::io::Error),
@@ -122,6 +126,7 @@ impl Error {
             Error::BackingChain(_) => libc::ELOOP,
             Error::BackingRefused { .. } => libc::EACCES,
             Error::WriteBackFailed(_) => libc::EIO,
+            Error::WriteBackBusy => libc::EBUSY,
             Error::IoUringUnavailable(e) | Error::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
         }
     }

@@ -71,6 +71,7 @@ impl PlanIo {
             };
             let result = match child {
                 Child::Io(op) => self.engine.submit(op, tag),
+                Child::Meta(op) => self.engine.submit_meta(op, tag),
                 Child::Now(result) => self.engine.complete_now(tag, result),
             };
             if let Err(e) = result {
@@ -203,6 +204,9 @@ impl<P: Planner> ImageQueue for P {
 pub enum Child {
     /// I/O on the engine's file.
     Io(IoOp),
+    /// Metadata I/O on the engine's file, through its page-cached descriptor (see
+    /// [`Engine::submit_meta`]).
+    Meta(IoOp),
     /// Work already done, with its result.
     Now(Result<(), Error>),
 }

@@ -73,6 +73,9 @@ pub struct Engine {
     ring: Option<Ring>,
     /// Shared with the engines of the same format queue (see [`Engine::new_sharing`]).
     events: Arc<EventFd>,
+    /// Tests: flushes held back instead of started (see [`Engine::hold_flushes`]).
+    #[cfg(test)]
+    held: Option<Vec<Prepared>>,
 }
 
 impl Engine {
@@ -124,6 +127,8 @@ impl Engine {
             ready: VecDeque::new(),
             ring,
             events,
+            #[cfg(test)]
+            held: None,
         })
     }
 
@@ -182,8 +187,46 @@ impl Engine {
         }
     }
 
+    /// Submits a read or write of format metadata: like [`ImageQueue::submit`], but always
+    /// through the page-cached descriptor, where the format reads and writes its metadata
+    /// synchronously too (no O_DIRECT alignment, no bounce buffer).
+    pub fn submit_meta(&mut self, op: IoOp, tag: u64) -> Result<(), Error> {
+        self.reserve()?;
+        match prep::prepare_buffered(op, tag, &self.file) {
+            Prep::Run(prepared) => self.queued.push(prepared),
+            Prep::Finished(result) => self.complete(tag, result),
+        }
+        Ok(())
+    }
+
+    /// Tests: from now on, flushes are held in the engine (outstanding, not issued) until
+    /// [`release_flushes`](Self::release_flushes).
+    #[cfg(test)]
+    pub(crate) fn hold_flushes(&mut self) {
+        self.held.get_or_insert_with(Vec::new);
+    }
+
+    /// Tests: issues the flushes held so far and stops holding them.
+    #[cfg(test)]
+    pub(crate) fn release_flushes(&mut self) -> Result<(), Error> {
+        for op in self.held.take().unwrap_or_default() {
+            self.start(op);
+        }
+        self.commit()
+    }
+
+    /// Tests: how many flushes are held.
+    #[cfg(test)]
+    pub(crate) fn held_flushes(&self) -> usize {
+        self.held.as_ref().map_or(0, Vec::len)
+    }
+
     /// Starts a committed op: on the ring, or synchronously (Sync engine, BLKDISCARD).
     fn start(&mut self, mut op: Prepared) {
+        #[cfg(test)]
+        if let Some(held) = self.held.as_mut().filter(|_| op.is_flush()) {
+            return held.push(op);
+        }
         record::mark_sync(&self.file, &mut op);
         let op = match &mut self.ring {
             Some(ring) if !op.is_blocking_ioctl() => match ring.push(op) {

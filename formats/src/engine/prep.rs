@@ -114,14 +114,28 @@ pub(crate) struct Prepared {
     sync_mark: u64,
 }
 
+/// Like [`prepare`], but a read or write always uses the page-cached descriptor: format
+/// metadata, which the formats also read and write through the page cache (so it needs no
+/// O_DIRECT alignment and never bounces).
+pub(crate) fn prepare_buffered(op: IoOp, tag: u64, file: &EngineFile) -> Prep {
+    if op.is_modifying() && file.read_only() {
+        return Prep::Finished(Err(Error::ReadOnly));
+    }
+    match op {
+        IoOp::Read { offset, bufs } => prepare_rw(Action::Read, offset, bufs, tag, None),
+        IoOp::Write { offset, bufs } => prepare_rw(Action::Write, offset, bufs, tag, None),
+        op => prepare(op, tag, file),
+    }
+}
+
 /// Checks `op` against the file and builds its state, bouncing misaligned direct I/O.
 pub(crate) fn prepare(op: IoOp, tag: u64, file: &EngineFile) -> Prep {
     if op.is_modifying() && file.read_only() {
         return Prep::Finished(Err(Error::ReadOnly));
     }
     match op {
-        IoOp::Read { offset, bufs } => prepare_rw(Action::Read, offset, bufs, tag, file),
-        IoOp::Write { offset, bufs } => prepare_rw(Action::Write, offset, bufs, tag, file),
+        IoOp::Read { offset, bufs } => prepare_rw(Action::Read, offset, bufs, tag, Some(file)),
+        IoOp::Write { offset, bufs } => prepare_rw(Action::Write, offset, bufs, tag, Some(file)),
         // `unsafe`: nothing is ever synced.
         IoOp::Flush if !file.cache().syncs() => Prep::Finished(Ok(())),
         IoOp::Flush => Prep::Run(Prepared::bare(tag, Action::Sync, 0)),
@@ -180,12 +194,13 @@ fn prepare_range(
     Prep::Run(p)
 }
 
+/// A read or write; `direct` is the file when the op may use its O_DIRECT descriptor.
 fn prepare_rw(
     action: Action,
     offset: u64,
     bufs: Box<dyn IoBuffers>,
     tag: u64,
-    file: &EngineFile,
+    direct: Option<&EngineFile>,
 ) -> Prep {
     let Some(total) = total_len(bufs.iovecs()) else {
         return invalid("buffer length overflows");
@@ -198,15 +213,22 @@ fn prepare_rw(
     }
     let mut p = Prepared::bare(tag, action, offset);
     p.total = total;
-    p.which = file.choose(offset, total);
-    p.align = file.dio_offset_align();
+    if let Some(file) = direct {
+        p.which = file.choose(offset, total);
+        p.align = file.dio_offset_align();
+    }
     let iovs = bufs.iovecs();
-    let memory_ok = p.which == Which::Buffered || iovs.iter().all(|iov| file.dio_memory_ok(iov));
+    let memory_ok = match direct {
+        Some(file) if p.which == Which::Direct => iovs.iter().all(|iov| file.dio_memory_ok(iov)),
+        _ => true,
+    };
     if memory_ok && iovs.len() <= IOV_MAX {
         p.iovs = iovs.to_vec();
         p.fixed = bufs.fixed_slot();
     } else {
-        file.note_bounce();
+        if let Some(file) = direct {
+            file.note_bounce();
+        }
         let mut bounce = AlignedBuf::zeroed(total);
         if matches!(action, Action::Write) {
             gather(&*bufs, bounce.as_mut_slice());
@@ -276,6 +298,12 @@ impl Prepared {
                 recorder.zeroed(self.offset, len);
             }
         }
+    }
+
+    /// True for an fdatasync (a flush).
+    #[cfg(test)]
+    pub(crate) fn is_flush(&self) -> bool {
+        matches!(self.action, Action::Sync)
     }
 
     /// True if the op has no io_uring form and must run synchronously.

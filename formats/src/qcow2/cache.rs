@@ -3,7 +3,7 @@
 //! they are dropped; the cache hands evicted dirty entries back to its owner for that, and
 //! tells it beforehand when an insertion would evict one (so it can write back in order).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 struct Slot {
     data: Vec<u8>,
@@ -58,8 +58,15 @@ impl TableCache {
         self.slots.contains_key(&offset)
     }
 
-    /// Adds a table; returns the dirty tables evicted to make room (never the new one).
-    pub fn insert(&mut self, offset: u64, data: Vec<u8>) -> Vec<Evicted> {
+    /// Adds a table; returns the dirty tables evicted to make room (never the new one). With
+    /// `keep`, only clean tables whose offset is not in `keep` are evicted (the cache may grow
+    /// past its capacity).
+    pub fn insert(
+        &mut self,
+        offset: u64,
+        data: Vec<u8>,
+        keep: Option<&HashSet<u64>>,
+    ) -> Vec<Evicted> {
         if let Some(old) = self.remove(offset) {
             debug_assert!(old.dirty.is_none(), "replacing a dirty table");
         }
@@ -75,8 +82,8 @@ impl TableCache {
             },
         );
         let mut evicted = Vec::new();
-        while self.used > self.capacity && self.slots.len() > 1 {
-            let Some((_, victim)) = self.order.first_key_value().map(|(t, o)| (*t, *o)) else {
+        while self.used > self.capacity {
+            let Some(victim) = self.victim(offset, keep) else {
                 break;
             };
             if let Some(slot) = self.remove(victim) {
@@ -90,6 +97,17 @@ impl TableCache {
             }
         }
         evicted
+    }
+
+    /// The least recently used table other than `new`; with `keep`, the least recently used
+    /// clean one outside `keep`.
+    fn victim(&self, new: u64, keep: Option<&HashSet<u64>>) -> Option<u64> {
+        let clean = |o: &u64| self.slots.get(o).is_some_and(|s| s.dirty.is_none());
+        let mut oldest_first = self.order.values().copied().filter(|&o| o != new);
+        match keep {
+            None => oldest_first.next(),
+            Some(keep) => oldest_first.find(|o| clean(o) && !keep.contains(o)),
+        }
     }
 
     fn remove(&mut self, offset: u64) -> Option<Slot> {
@@ -166,19 +184,19 @@ mod tests {
     #[test]
     fn least_recently_used_table_is_evicted_first_and_dirty_ones_are_returned() {
         let mut c = TableCache::new(2048);
-        assert!(c.insert(0, vec![0; 1024]).is_empty());
-        assert!(c.insert(1024, vec![1; 1024]).is_empty());
+        assert!(c.insert(0, vec![0; 1024], None).is_empty());
+        assert!(c.insert(1024, vec![1; 1024], None).is_empty());
         c.mark_dirty(0, 8, 16);
         assert!(c.get(1024).is_some());
         assert!(c.get(0).is_some());
-        let evicted = c.insert(2048, vec![2; 1024]);
+        let evicted = c.insert(2048, vec![2; 1024], None);
         assert!(
             evicted.is_empty(),
             "the clean table 1024 was least recently used"
         );
         assert!(!c.contains(1024));
         assert!(c.get(2048).is_some());
-        let evicted = c.insert(4096, vec![3; 1024]);
+        let evicted = c.insert(4096, vec![3; 1024], None);
         assert_eq!(evicted.len(), 1);
         assert_eq!((evicted[0].offset, evicted[0].range), (0, (8, 16)));
     }
@@ -186,8 +204,8 @@ mod tests {
     #[test]
     fn would_evict_dirty_looks_only_at_the_tables_that_would_go() {
         let mut c = TableCache::new(2048);
-        c.insert(0, vec![0; 1024]);
-        c.insert(1024, vec![0; 1024]);
+        c.insert(0, vec![0; 1024], None);
+        c.insert(1024, vec![0; 1024], None);
         assert!(!c.would_evict_dirty(0));
         c.mark_dirty(1024, 0, 8);
         assert!(!c.would_evict_dirty(1024), "table 0 (clean) goes first");
@@ -199,11 +217,39 @@ mod tests {
     }
 
     #[test]
+    fn keeping_tables_evicts_only_clean_ones_outside_the_kept_set_and_may_overfill() {
+        let none = HashSet::new();
+        let keep = Some(&none);
+        let mut c = TableCache::new(2048);
+        c.insert(0, vec![0; 1024], None);
+        c.insert(1024, vec![0; 1024], None);
+        c.mark_dirty(0, 0, 8);
+        assert!(c.insert(2048, vec![0; 1024], keep).is_empty());
+        assert!(c.contains(0), "the dirty table stays");
+        assert!(!c.contains(1024), "the clean one made room");
+        assert!(c.insert(4096, vec![0; 1024], keep).is_empty());
+        assert!(c.contains(0) && c.contains(4096) && !c.contains(2048));
+        c.mark_dirty(4096, 0, 8);
+        assert!(c.insert(8192, vec![0; 1024], keep).is_empty());
+        assert!(
+            c.contains(0) && c.contains(4096) && c.contains(8192),
+            "over capacity"
+        );
+        let evicted = c.insert(16384, vec![0; 1024], None);
+        let offsets: Vec<u64> = evicted.iter().map(|e| e.offset).collect();
+        assert_eq!(offsets, vec![0, 4096], "written once the write-back ended");
+        let pinned = HashSet::from([8192]);
+        assert!(c.insert(32768, vec![0; 1024], Some(&pinned)).is_empty());
+        assert!(c.contains(8192), "a clean table being written stays");
+        assert!(!c.contains(16384), "another clean one made room");
+    }
+
+    #[test]
     fn a_table_larger_than_the_capacity_is_still_held() {
         let mut c = TableCache::new(100);
-        c.insert(0, vec![0; 4096]);
+        c.insert(0, vec![0; 4096], None);
         assert!(c.get(0).is_some());
-        c.insert(4096, vec![0; 4096]);
+        c.insert(4096, vec![0; 4096], None);
         assert!(!c.contains(0));
         assert!(c.contains(4096));
     }
@@ -211,7 +257,7 @@ mod tests {
     #[test]
     fn take_dirty_returns_merged_ranges_once() {
         let mut c = TableCache::new(1 << 20);
-        c.insert(512, (0..=255).collect());
+        c.insert(512, (0..=255).collect(), None);
         c.mark_dirty(512, 10, 12);
         c.mark_dirty(512, 4, 6);
         assert!(c.has_dirty());

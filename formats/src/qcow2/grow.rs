@@ -1,10 +1,10 @@
 //! Growing a qcow2 image: offline (`rustbk img resize`) or while it is served.
 
+use super::Qcow2Image;
 use super::header::{self, MAX_L1_BYTES};
 use super::layout::small;
 use super::meta::Meta;
 use super::metaio::MetaKind;
-use super::{Qcow2Image, read};
 use crate::error::Error;
 use crate::size::check_growth;
 
@@ -46,7 +46,7 @@ impl Qcow2Image {
 /// Writes back the image's metadata, grows its L1 table if `new_size` needs more entries, and
 /// writes the new size into the header, each step durable before the next.
 pub(super) fn grow_metadata(image: &Qcow2Image, new_size: u64) -> Result<(), Error> {
-    let mut meta = read::lock(&image.meta)?;
+    let mut meta = image.lock_idle()?;
     meta.write_back()?;
     let cs = meta.layout().cluster_size();
     let needed = new_size.div_ceil(cs * (cs / 8));

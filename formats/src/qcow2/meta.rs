@@ -22,6 +22,7 @@ use super::cache::TableCache;
 use super::header::Header;
 use super::layout::{self, Layout, Mapping};
 use super::metaio::{MetaIo, MetaKind};
+use super::writeback::MetaWrite;
 
 /// Which table cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +70,12 @@ pub(crate) struct Meta {
     pub(super) writeback_age: std::time::Duration,
     /// Why an earlier write-back failed (the image then takes no more changes).
     pub(super) failed: Option<String>,
+    /// A queue runs a write-back on its engine (a guest flush, see [`super::flush`]): no other
+    /// write-back may start, and dirty tables stay in the caches until it ended.
+    pub(super) flushing: bool,
+    /// The tables whose captured bytes that write-back writes: kept in the caches until it
+    /// ended (read again from the file, they could miss what it has not written yet).
+    pub(super) writing: HashSet<u64>,
     /// New L2 tables not yet linked into the L1 table: L1 index -> table offset.
     pub(super) pending_l2: HashMap<u64, u64>,
     /// Guest clusters with an allocation (or discard) in flight.
@@ -130,6 +137,8 @@ impl Meta {
             dirty_since: None,
             writeback_age: opts.writeback_age,
             failed: None,
+            flushing: false,
+            writing: HashSet::new(),
             pending_l2: HashMap::new(),
             busy: HashSet::new(),
             waiters: Vec::new(),
@@ -229,17 +238,25 @@ impl Meta {
 
     /// Puts a table into the cache. A dirty L2 table about to be evicted first makes the whole
     /// cache write back (L2 entries must wait for their data and refcounts); evicted refcount
-    /// blocks are written at once.
+    /// blocks are written at once. While a queue runs a write-back, whose captured bytes may
+    /// still be on their way to the file, neither a dirty table (nothing newer may be written
+    /// under them) nor one that write-back writes is evicted: the cache grows past its size
+    /// until it ended.
     pub(super) fn cache_table(
         &mut self,
         which: Table,
         offset: u64,
         data: Vec<u8>,
     ) -> Result<(), Error> {
-        if which == Table::L2 && self.l2_cache.would_evict_dirty(data.len()) {
+        if which == Table::L2 && !self.flushing && self.l2_cache.would_evict_dirty(data.len()) {
             self.write_back()?;
         }
-        let evicted = self.cache(which).insert(offset, data);
+        let keep = self.flushing.then_some(&self.writing);
+        let cache = match which {
+            Table::L2 => &mut self.l2_cache,
+            Table::Refblock => &mut self.rc_cache,
+        };
+        let evicted = cache.insert(offset, data, keep);
         for e in evicted {
             let slice = e.data.get(e.range.0..e.range.1).unwrap_or_default();
             self.io
@@ -287,10 +304,22 @@ impl Meta {
 
     /// Writes every dirty refcount block.
     pub(super) fn flush_refcounts(&mut self) -> Result<(), Error> {
-        for (offset, bytes) in self.rc_cache.take_dirty() {
-            self.io.write(MetaKind::Refblock, offset, &bytes)?;
+        for w in self.dirty_refblocks() {
+            self.io.write(w.kind, w.offset, &w.bytes)?;
         }
         Ok(())
+    }
+
+    /// Takes the dirty ranges of every refcount block (marked clean), to be written.
+    pub(super) fn dirty_refblocks(&mut self) -> Vec<MetaWrite> {
+        let dirty = self.rc_cache.take_dirty().into_iter();
+        dirty
+            .map(|(offset, bytes)| MetaWrite {
+                kind: MetaKind::Refblock,
+                offset,
+                bytes,
+            })
+            .collect()
     }
 
     /// True if refcount blocks have unwritten changes.

@@ -2,7 +2,10 @@
 //!
 //! Guest data goes through the shared engine; metadata (tables, copy-on-write sources,
 //! compressed clusters) goes through this small seam, which tests wrap to record the order of
-//! metadata writes and flushes.
+//! metadata writes and flushes. The write-back of a guest flush writes its metadata and
+//! fdatasyncs on the queue's engine instead (through the same page-cached descriptor); it
+//! announces each of those to this seam first ([`MetaIo::engine_write`],
+//! [`MetaIo::engine_sync`]), so that the recording wrappers see one order either way.
 
 use std::sync::Arc;
 
@@ -39,6 +42,24 @@ pub(crate) trait MetaIo: Send + Sync {
     fn sync(&self) -> Result<(), Error>;
     /// Current file size.
     fn size(&self) -> Result<u64, Error>;
+
+    /// A write-back is about to submit this metadata write to an engine (which does the
+    /// write); an error fails it instead. Nothing but a trace line by default.
+    fn engine_write(&self, kind: MetaKind, offset: u64, data: &[u8]) -> Result<(), Error> {
+        tracing::trace!(
+            ?kind,
+            offset,
+            len = data.len(),
+            "metadata write on the engine"
+        );
+        Ok(())
+    }
+
+    /// A write-back is about to submit an fdatasync to an engine, after its writes finished;
+    /// an error fails it instead. Nothing by default.
+    fn engine_sync(&self) -> Result<(), Error> {
+        Ok(())
+    }
 
     /// Reads exactly `buf.len()` bytes; end of file is an invalid-image error.
     fn read_exact(&self, kind: MetaKind, offset: u64, buf: &mut [u8]) -> Result<(), Error> {

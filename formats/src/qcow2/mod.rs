@@ -14,15 +14,24 @@
 //!   entries → flush. A crash may leak clusters (`qemu-img check -r leaks` repairs that),
 //!   never corrupts the image, and loses no write acknowledged before the last completed
 //!   flush.
+//! * Flush: the guest flush's write-back is captured when the flush starts and runs as engine
+//!   children on the flushing queue's io_uring (the `flush` module), writes and fdatasyncs
+//!   alike, while that queue goes on serving reads and writes (allocating ones included: what
+//!   they change waits for the next write-back). One write-back runs per image at a time; a
+//!   flush on any queue meanwhile waits for it, then writes back what is left, or is one
+//!   fdatasync. In the O_DSYNC modes (`writethrough`, `directsync`) completions already wait
+//!   for a synchronous write-back, and a flush with dirty metadata writes back synchronously.
 //! * Discard / write-zeroes: whole clusters get the zero flag (version 3 with a backing file)
 //!   or become unallocated, and their clusters are freed after the entry is durable; partial
 //!   clusters are written with zeros by write-zeroes, and by a discard only where they hold
 //!   data (a discard never allocates).
 //!
-//! First-increment limits: metadata I/O (tables, copy-on-write sources, compressed clusters)
-//! and backing-file reads are synchronous on the queue's thread, under the image's metadata
-//! mutex where metadata changes; guest data I/O of standard clusters goes through the shared
-//! engine and never waits for unrelated metadata. Refused: encryption, external data files,
+//! First-increment limits: metadata I/O other than a flush's write-back (table reads on a
+//! cache miss, copy-on-write sources, compressed clusters, the write-back of a dirty L2 table
+//! leaving the cache or of changes older than the write-back age, the O_DSYNC modes'
+//! write-backs, closing) and backing-file reads are synchronous on the queue's thread, under
+//! the image's metadata mutex where metadata changes; guest data I/O of standard clusters goes
+//! through the shared engine and never waits for unrelated metadata. Refused: encryption, external data files,
 //! extended L2 entries; read-write opens of dirty or corrupt images and of images with
 //! internal snapshots. Autoclear feature bits are cleared when an image is opened read-write.
 //! Clusters freed by a discard are reused only after a flush made the discard durable, possibly
@@ -37,6 +46,7 @@ mod compress;
 mod create;
 mod discard;
 pub mod empty;
+mod flush;
 mod grow;
 pub mod header;
 mod layout;
@@ -213,6 +223,25 @@ impl Qcow2Image {
     }
 }
 
+/// The longest a synchronous write-back of the image waits for a queue's to end.
+const IDLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Qcow2Image {
+    /// The metadata, locked once no queue runs a write-back, or after [`IDLE_LIMIT`] (then a
+    /// write-back is refused with [`Error::WriteBackBusy`]).
+    fn lock_idle(&self) -> Result<std::sync::MutexGuard<'_, Meta>, Error> {
+        let start = std::time::Instant::now();
+        loop {
+            let meta = read::lock(&self.meta)?;
+            if !meta.flushing || start.elapsed() >= IDLE_LIMIT {
+                return Ok(meta);
+            }
+            drop(meta);
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+}
+
 fn read_header(io: &dyn MetaIo) -> Result<Header, Error> {
     let file_size = io.size()?;
     let mut head = [0u8; 128];
@@ -302,11 +331,13 @@ impl BlockImage for Qcow2Image {
         Ok(Box::new(self.queue(depth)?))
     }
 
+    /// Writes back synchronously, after the write-back a queue may be running (waiting for
+    /// it at most 10 s).
     fn sync_metadata(&self) -> Result<(), Error> {
         if self.read_only {
             return Ok(());
         }
-        if read::lock(&self.meta)?.write_back()? {
+        if self.lock_idle()?.write_back()? {
             return Ok(());
         }
         self.io.sync()
@@ -323,6 +354,12 @@ impl BlockImage for Qcow2Image {
 
 impl Drop for Qcow2Image {
     fn drop(&mut self) {
+        let busy = read::lock(&self.meta).is_ok_and(|meta| meta.flushing);
+        if busy {
+            // A queue still runs a write-back: its close writes back the rest.
+            tracing::debug!(path = %self.file.path().display(), "qcow2 write-back left to a queue");
+            return;
+        }
         if let Err(e) = self.sync_metadata() {
             tracing::error!(error = %e, path = %self.file.path().display(), "cannot write back qcow2 metadata");
         }

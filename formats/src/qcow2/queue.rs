@@ -10,6 +10,10 @@
 //! to the new cluster and it completes together with the allocating op (with its result).
 //! Children beyond the engine's depth wait in `backlog`.
 //!
+//! A guest flush with dirty metadata writes it back on this queue's engine, in the crash-safe
+//! order, while the queue goes on planning and completing other ops (see [`super::flush`]);
+//! a flush arriving while any queue of the image writes back waits in `deferred` too.
+//!
 //! In the O_DSYNC cache modes (`writethrough`, `directsync`) a completed write must be durable
 //! without a flush, mapping included: the metadata the finished ops changed is written back
 //! (crash-safe order, fdatasyncs included) before their completions are handed out.
@@ -25,6 +29,7 @@ use crate::planned::{self, Child, PlanIo, Planner};
 
 use super::discard::{self, Zeroing};
 use super::meta::Meta;
+use super::metaio::MetaIo;
 use super::read::{self, Alloc, Plan, Sources, lock};
 use super::write::{self, WriteSrc};
 use crate::size::SharedSize;
@@ -36,6 +41,8 @@ struct Parent {
     allocs: Vec<Alloc>,
     /// Tags of writes that joined this op's allocations.
     joined: Vec<u64>,
+    /// A step of this queue's write-back, not a guest op (see [`super::flush`]).
+    write_back: bool,
 }
 
 impl planned::Tracked for Parent {
@@ -46,8 +53,8 @@ impl planned::Tracked for Parent {
 
 /// A queue of a [`Qcow2Image`](super::Qcow2Image).
 pub struct Qcow2Queue {
-    io: PlanIo,
-    meta: Arc<Mutex<Meta>>,
+    pub(super) io: PlanIo,
+    pub(super) meta: Arc<Mutex<Meta>>,
     srcs: Sources,
     /// The image's virtual size now (it grows with the image).
     size: SharedSize,
@@ -60,6 +67,10 @@ pub struct Qcow2Queue {
     open_allocs: HashMap<u64, (u64, u64)>,
     /// Discards unmap whole clusters (emptying the image, see [`super::empty`]).
     unmap: bool,
+    /// The write-back this queue runs for a guest flush, if any.
+    pub(super) flush: Option<super::flush::Run>,
+    /// The image's metadata I/O seam, told of the write-back's engine I/O.
+    pub(super) meta_io: Arc<dyn MetaIo>,
 }
 
 impl Qcow2Queue {
@@ -71,6 +82,7 @@ impl Qcow2Queue {
         read_only: bool,
         depth: u32,
     ) -> Result<Qcow2Queue, Error> {
+        let meta_io = lock(&meta)?.io.clone();
         Ok(Qcow2Queue {
             io: PlanIo::new(engine, depth)?,
             meta,
@@ -83,6 +95,8 @@ impl Qcow2Queue {
             deferred: VecDeque::new(),
             open_allocs: HashMap::new(),
             unmap: false,
+            flush: None,
+            meta_io,
         })
     }
 
@@ -97,14 +111,57 @@ impl Qcow2Queue {
         read::plan_read(&self.meta, &mut self.srcs, offset, &bufs)
     }
 
-    /// A flush writes back the metadata cache (whose last step is an fdatasync), or, with
-    /// nothing dirty, is one engine fdatasync.
-    fn plan_flush(&mut self) -> Result<Plan, Error> {
-        let synced = lock(&self.meta)?.write_back()?;
-        Ok(Plan {
-            flush: !synced,
-            ..Plan::default()
-        })
+    /// A flush with nothing dirty is one engine fdatasync. Otherwise it writes back the
+    /// metadata cache: on the engine (the flush completes when that ends, see
+    /// [`super::flush`]), or synchronously in the O_DSYNC modes, where completions already
+    /// wait for write-backs. While a queue of the image writes back, the flush waits for it
+    /// (deferred): the writes that completed before the flush may be in what it writes.
+    /// `None` if the flush was deferred or a write-back now runs for it.
+    fn plan_flush(&mut self, tag: u64) -> Option<Result<Plan, Error>> {
+        let meta = self.meta.clone();
+        let mut meta = match lock(&meta) {
+            Ok(m) => m,
+            Err(e) => return Some(Err(e)),
+        };
+        if let Err(e) = meta.check_usable() {
+            return Some(Err(e));
+        }
+        if meta.flushing {
+            self.defer(&mut meta, IoOp::Flush, tag);
+            return None;
+        }
+        if self.io.engine.file().cache().dsync() {
+            let synced = meta.write_back();
+            return Some(synced.map(|synced| Plan {
+                flush: !synced,
+                ..Plan::default()
+            }));
+        }
+        match meta.capture() {
+            Ok(None) => Some(Ok(Plan {
+                flush: true,
+                ..Plan::default()
+            })),
+            Ok(Some(capture)) => {
+                meta.flushing = true;
+                meta.writing = capture.tables(meta.layout().cluster_size());
+                drop(meta);
+                self.start_write_back(tag, capture);
+                None
+            }
+            Err(e) => {
+                meta.fail_write_back(&e);
+                Some(Err(e))
+            }
+        }
+    }
+
+    /// Puts `op` aside until the notifier is rung (an allocation or a write-back ended).
+    fn defer(&mut self, meta: &mut Meta, op: IoOp, tag: u64) {
+        if !meta.waiters.iter().any(|w| Arc::ptr_eq(w, &self.io.wake)) {
+            meta.waiters.push(self.io.wake.clone());
+        }
+        self.deferred.push_back((op, tag));
     }
 
     /// Plans a write, discard or write-zeroes under the metadata lock; `None` if deferred.
@@ -128,10 +185,7 @@ impl Qcow2Queue {
             Err(op) => op,
         };
         if (offset >> bits..=last).any(|gc| meta.busy.contains(&gc)) {
-            if !meta.waiters.iter().any(|w| Arc::ptr_eq(w, &self.io.wake)) {
-                meta.waiters.push(self.io.wake.clone());
-            }
-            self.deferred.push_back((op, tag));
+            self.defer(&mut meta, op, tag);
             return None;
         }
         let mut plan = Plan::default();
@@ -233,19 +287,37 @@ impl Qcow2Queue {
     }
 
     fn spawn(&mut self, tag: u64, kids: Vec<Child>, allocs: Vec<Alloc>) {
-        let id = self.id();
-        for a in &allocs {
-            if let Some(host) = a.joinable {
-                self.open_allocs.insert(a.gc, (id, host));
-            }
-        }
         let parent = Parent {
             tag,
             pending: kids.len(),
             error: None,
             allocs,
             joined: Vec::new(),
+            write_back: false,
         };
+        self.spawn_parent(parent, kids);
+    }
+
+    /// Runs `kids` on the engine as one step of this queue's write-back.
+    pub(super) fn spawn_write_back(&mut self, kids: Vec<Child>) {
+        let parent = Parent {
+            tag: 0,
+            pending: kids.len(),
+            error: None,
+            allocs: Vec::new(),
+            joined: Vec::new(),
+            write_back: true,
+        };
+        self.spawn_parent(parent, kids);
+    }
+
+    fn spawn_parent(&mut self, parent: Parent, kids: Vec<Child>) {
+        let id = self.id();
+        for a in &parent.allocs {
+            if let Some(host) = a.joinable {
+                self.open_allocs.insert(a.gc, (id, host));
+            }
+        }
         self.parents.insert(id, parent);
         for kid in kids {
             let child = self.id();
@@ -281,10 +353,13 @@ impl Qcow2Queue {
     }
 
     fn finish_parents_in(&mut self, ids: Vec<u64>) {
-        let parents: Vec<Parent> = ids
+        let (steps, parents): (Vec<Parent>, Vec<Parent>) = ids
             .iter()
             .filter_map(|id| self.parents.remove(id))
-            .collect();
+            .partition(|p| p.write_back);
+        for step in steps {
+            self.write_back_step_done(step.error);
+        }
         for a in parents.iter().flat_map(|p| &p.allocs) {
             self.open_allocs.remove(&a.gc);
         }
@@ -360,7 +435,10 @@ impl Planner for Qcow2Queue {
         }
         let planned = match op {
             IoOp::Read { offset, bufs } => self.plan_read(offset, bufs),
-            IoOp::Flush => self.plan_flush(),
+            IoOp::Flush => match self.plan_flush(tag) {
+                Some(planned) => planned,
+                None => return,
+            },
             op => match self.plan_modify(op, tag) {
                 Some(planned) => planned,
                 None => return,
@@ -412,6 +490,7 @@ impl Planner for Qcow2Queue {
 impl Drop for Qcow2Queue {
     fn drop(&mut self) {
         planned::drain(self, "qcow2");
+        self.abandon_write_back();
         if let Ok(mut meta) = lock(&self.meta) {
             let stuck = self
                 .parents
@@ -419,8 +498,13 @@ impl Drop for Qcow2Queue {
                 .flat_map(|p| p.allocs.iter().map(|a| a.gc));
             let stuck: Vec<u64> = stuck.collect();
             meta.release(stuck);
-            if let Err(e) = meta.write_back() {
-                tracing::error!(error = %e, "cannot write back qcow2 metadata");
+            match meta.write_back() {
+                // Another queue writes back: the image's or that queue's close does the rest.
+                Err(Error::WriteBackBusy) => {
+                    tracing::debug!("qcow2 write-back left to the queue running one")
+                }
+                Err(e) => tracing::error!(error = %e, "cannot write back qcow2 metadata"),
+                Ok(_) => {}
             }
             meta.waiters.retain(|w| !Arc::ptr_eq(w, &self.io.wake));
         }

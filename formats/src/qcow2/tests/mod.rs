@@ -6,6 +6,7 @@
 mod confined;
 mod discard;
 mod hostile;
+mod inflight;
 mod interop;
 mod model;
 mod ordering;

@@ -55,7 +55,35 @@ impl MetaIo for Recorder {
         self.inner.allocate_zeroed(offset, len)
     }
 
+    fn engine_write(&self, kind: MetaKind, offset: u64, data: &[u8]) -> Result<(), Error> {
+        if self.fail_writes.load(Ordering::Relaxed) {
+            return Err(std::io::Error::from_raw_os_error(libc::ENOSPC).into());
+        }
+        self.log
+            .lock()
+            .expect("log")
+            .push(Event::Write(kind, offset, data.len()));
+        Ok(())
+    }
+
+    fn engine_sync(&self) -> Result<(), Error> {
+        self.log_sync();
+        Ok(())
+    }
+
     fn sync(&self) -> Result<(), Error> {
+        self.log_sync();
+        self.inner.sync()
+    }
+
+    fn size(&self) -> Result<u64, Error> {
+        self.inner.size()
+    }
+}
+
+impl Recorder {
+    /// Logs a sync, and whether the expected data is in the file then.
+    fn log_sync(&self) {
         let mut found = vec![0u8; self.expect.len()];
         let at = *self.expect_at.lock().expect("at");
         let data_in_file = !self.expect.is_empty()
@@ -65,11 +93,6 @@ impl MetaIo for Recorder {
             .lock()
             .expect("log")
             .push(Event::Sync { data_in_file });
-        self.inner.sync()
-    }
-
-    fn size(&self) -> Result<u64, Error> {
-        self.inner.size()
     }
 }
 

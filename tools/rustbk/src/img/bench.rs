@@ -4,7 +4,9 @@
 //! first at OFFSET and each next one STEP_SIZE further, wrapping before the image end (qemu's
 //! fixed rule: modulo `size - buffer_size`). The buffers are allocated once, one per slot, and
 //! reused by every request of that slot. Only the I/O loop is timed, as in qemu-img; metadata
-//! is written back after the clock stops.
+//! is written back after the clock stops. With `--flush-interval N` a write run flushes after
+//! every N writes, after the writes in flight completed (or, with `--no-drain`, while they
+//! run; one flush at a time, a later one issued when the one before completed).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,7 +24,8 @@ use super::{CacheArg, FormatArg, OutputArg, format_name};
 use crate::cli::parse_size;
 
 /// `rustbk img bench [-c COUNT] [-d DEPTH] [-f FMT] [-n] [-o OFFSET] [-s BUFFER_SIZE]
-/// [-S STEP_SIZE] [-t CACHE] [-i AIO] [-w] [--pattern=N] [-q] [-U] FILE`.
+/// [-S STEP_SIZE] [-t CACHE] [-i AIO] [-w] [--pattern=N] [--flush-interval=N [--no-drain]]
+/// [-q] [-U] FILE`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Number of requests.
@@ -60,6 +63,12 @@ pub struct BenchArgs {
     /// Byte written by write requests (0..=255, 0x.. hex or 0.. octal too; default 0).
     #[arg(long, value_parser = parse_pattern)]
     pub pattern: Option<u8>,
+    /// Flush after every N write requests (write runs only; the flushes are not counted).
+    #[arg(long = "flush-interval")]
+    pub flush_interval: Option<u32>,
+    /// Flush while the writes before it are still in flight, instead of after they completed.
+    #[arg(long = "no-drain")]
+    pub no_drain: bool,
     /// Print nothing (human output only).
     #[arg(short = 'q')]
     pub quiet: bool,
@@ -111,6 +120,10 @@ pub struct BenchConfig {
     pub format: Option<Format>,
     /// Share the image with writers (read runs only).
     pub force_share: bool,
+    /// Flush after every this many writes.
+    pub flush_interval: Option<u32>,
+    /// Flush without waiting for the writes in flight.
+    pub no_drain: bool,
 }
 
 /// qemu-img's limit on buffer and step sizes (`INT_MAX`).
@@ -133,6 +146,18 @@ impl TryFrom<&BenchArgs> for BenchConfig {
             Some(s) if s <= MAX_SIZE => s,
             Some(_) => bail!("Invalid step size specified"),
         };
+        ensure!(
+            a.flush_interval.is_none() || a.write,
+            "--flush-interval is only available in write tests"
+        );
+        ensure!(
+            !a.no_drain || a.flush_interval.is_some(),
+            "--no-drain requires --flush-interval"
+        );
+        ensure!(
+            a.flush_interval != Some(0),
+            "Invalid flush interval specified"
+        );
         let aio = if a.native {
             Some(AioArg::Native)
         } else {
@@ -154,6 +179,8 @@ impl TryFrom<&BenchArgs> for BenchConfig {
             },
             format: a.format.map(Format::from),
             force_share: a.force_share,
+            flush_interval: a.flush_interval,
+            no_drain: a.no_drain,
         })
     }
 }
@@ -273,8 +300,10 @@ pub fn bench(image: &dyn BlockImage, cfg: &BenchConfig) -> anyhow::Result<BenchR
             .is_some_and(|total| total <= MAX_BUFFERS),
         "Cannot allocate {slots} buffers of {len} bytes (at most {MAX_BUFFERS} bytes in all)"
     );
+    // A flush takes a place in the queue of its own.
+    let depth = slots + u32::from(cfg.flush_interval.is_some());
     let queue = image
-        .open_queue(slots)
+        .open_queue(depth)
         .context("Cannot open an I/O queue")?;
     let mut run = Run::new(queue, cfg, slots, size)?;
     let start = Instant::now();
@@ -296,7 +325,16 @@ struct Run<'a> {
     next: u64,
     submitted: u32,
     completed: u32,
+    /// Writes submitted since the last flush was due.
+    since_flush: u32,
+    /// A flush is due and not submitted yet.
+    flush_due: bool,
+    /// A flush is in flight.
+    flushing: bool,
 }
+
+/// The tag of a flush (the slots' tags are their indices).
+const FLUSH_TAG: u64 = u64::MAX;
 
 impl<'a> Run<'a> {
     fn new(
@@ -324,12 +362,16 @@ impl<'a> Run<'a> {
             next: cfg.offset,
             submitted: 0,
             completed: 0,
+            since_flush: 0,
+            flush_due: false,
+            flushing: false,
         })
     }
 
     /// Keeps the queue full until every request has completed.
     fn drive(&mut self) -> anyhow::Result<()> {
-        while self.completed < self.cfg.count {
+        while self.completed < self.cfg.count || self.flushing {
+            self.flush_if_due()?;
             self.fill()?;
             self.queue.wait(None).context("Failed request")?;
             self.reap()?;
@@ -337,9 +379,29 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// Submits requests into every free slot.
+    /// Submits the flush that is due, once the one before completed and, unless `--no-drain`,
+    /// every write in flight too.
+    fn flush_if_due(&mut self) -> anyhow::Result<()> {
+        let in_flight = self.submitted - self.completed;
+        let drained = self.cfg.no_drain || in_flight == 0;
+        if !self.flush_due || self.flushing || !drained {
+            return Ok(());
+        }
+        self.queue
+            .submit(IoOp::Flush, FLUSH_TAG)
+            .context("Failed flush")?;
+        self.flush_due = false;
+        self.flushing = true;
+        Ok(())
+    }
+
+    /// Submits requests into every free slot (none from when a flush is due until it completed,
+    /// unless `--no-drain`).
     fn fill(&mut self) -> anyhow::Result<()> {
         while self.submitted < self.cfg.count {
+            if (self.flush_due || self.flushing) && !self.cfg.no_drain {
+                break;
+            }
             let Some(slot) = self.free.pop() else {
                 break;
             };
@@ -354,10 +416,23 @@ impl<'a> Run<'a> {
                 .submit(op, u64::try_from(slot)?)
                 .context("Failed request")?;
             self.submitted += 1;
+            self.count_for_flush();
             let len = u64::try_from(self.cfg.buffer_size)?;
             self.next = next_offset(offset, self.cfg.step, self.size, len);
         }
         Ok(())
+    }
+
+    /// Makes a flush due after every `--flush-interval` writes.
+    fn count_for_flush(&mut self) {
+        let Some(interval) = self.cfg.flush_interval else {
+            return;
+        };
+        self.since_flush += 1;
+        if self.since_flush >= interval {
+            self.since_flush = 0;
+            self.flush_due = true;
+        }
     }
 
     /// Frees the slots of finished requests; fails on the first failed one.
@@ -366,6 +441,10 @@ impl<'a> Run<'a> {
         for c in self.done.drain(..) {
             if let Err(e) = c.result {
                 return Err(anyhow::Error::new(e).context("Failed request"));
+            }
+            if c.tag == FLUSH_TAG {
+                self.flushing = false;
+                continue;
             }
             self.free.push(usize::try_from(c.tag)?);
             self.completed += 1;
@@ -392,6 +471,8 @@ fn print_json(
         "buffer-size": cfg.buffer_size,
         "step-size": cfg.step,
         "offset": cfg.offset,
+        "flush-interval": cfg.flush_interval,
+        "no-drain": cfg.no_drain,
         "direct": cfg.cache.direct(),
         "cache": cfg.cache.name(),
         "seconds": secs,
@@ -475,6 +556,49 @@ mod tests {
             let c = config(&["-t", mode.name(), "f"]).unwrap();
             assert_eq!(c.cache, mode);
         }
+    }
+
+    /// Counts the fdatasyncs of an image file.
+    #[derive(Debug, Default)]
+    struct Syncs(std::sync::atomic::AtomicU64);
+
+    impl rustbk_formats::WriteRecorder for Syncs {
+        fn written(&self, _: u64, _: &[u8]) {}
+        fn zeroed(&self, _: u64, _: u64) {}
+        fn sync_begin(&self) -> u64 {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        }
+        fn synced(&self, _: u64) {}
+    }
+
+    #[test]
+    fn a_write_run_flushes_after_every_interval_drained_or_not() {
+        for (no_drain, flushes) in [(false, 3..=3), (true, 1..=3)] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("disk.raw");
+            rustbk_formats::create_raw(&path, 1 << 20).unwrap();
+            let mut args = vec!["-w", "-c", "16", "-d", "4", "--flush-interval=4", "x"];
+            if no_drain {
+                args.insert(0, "--no-drain");
+            }
+            let cfg = config(&args).unwrap();
+            assert_eq!((cfg.flush_interval, cfg.no_drain), (Some(4), no_drain));
+            let syncs = std::sync::Arc::new(Syncs::default());
+            let opts = OpenOptions {
+                recorder: Some(syncs.clone()),
+                ..cfg.open_options()
+            };
+            let image = rustbk_formats::open_image(&path, Format::Raw, &opts).unwrap();
+            assert_eq!(bench(image.as_ref(), &cfg).unwrap().requests, 16);
+            let n = syncs.0.load(std::sync::atomic::Ordering::Relaxed);
+            assert!(flushes.contains(&n), "no_drain {no_drain}: {n} flushes");
+        }
+        assert!(
+            config(&["--flush-interval=4", "x"]).is_err(),
+            "write runs only"
+        );
+        assert!(config(&["-w", "--no-drain", "x"]).is_err());
+        assert!(config(&["-w", "--flush-interval=0", "x"]).is_err());
     }
 
     #[test]
