@@ -97,8 +97,9 @@ impl PoolDir {
                 new_file(&self.data(), *data)?;
             }
             Devices::Existing { metadata, data } => {
-                std::os::unix::fs::symlink(absolute(metadata)?, self.metadata()).map_err(io)?;
-                std::os::unix::fs::symlink(absolute(data)?, self.data()).map_err(io)?;
+                std::os::unix::fs::symlink(absolute(metadata)?, self.metadata())
+                    .map_err(Error::io)?;
+                std::os::unix::fs::symlink(absolute(data)?, self.data()).map_err(Error::io)?;
             }
         }
         Pool::create(&self.metadata(), &self.data(), block_size, opts)
@@ -106,8 +107,12 @@ impl PoolDir {
 
     /// Makes the directory, which must not exist or be empty.
     fn make_empty_dir(&self) -> Result<()> {
-        std::fs::create_dir_all(&self.path).map_err(io)?;
-        if std::fs::read_dir(&self.path).map_err(io)?.next().is_some() {
+        std::fs::create_dir_all(&self.path).map_err(Error::io)?;
+        if std::fs::read_dir(&self.path)
+            .map_err(Error::io)?
+            .next()
+            .is_some()
+        {
             return Err(Error::InvalidArgument(format!(
                 "{} is not empty",
                 self.path.display()
@@ -234,16 +239,12 @@ pub fn parse_target(target: &str) -> Result<(PoolDir, String)> {
 }
 
 fn new_file(path: &Path, len: u64) -> Result<()> {
-    let f = std::fs::File::create_new(path).map_err(io)?;
-    f.set_len(len).map_err(io)
+    let f = std::fs::File::create_new(path).map_err(Error::io)?;
+    f.set_len(len).map_err(Error::io)
 }
 
 fn absolute(path: &Path) -> Result<PathBuf> {
-    std::path::absolute(path).map_err(io)
-}
-
-fn io(e: std::io::Error) -> Error {
-    Error::Io(rustbk_formats::Error::Io(e))
+    std::path::absolute(path).map_err(Error::io)
 }
 
 #[cfg(test)]

@@ -54,6 +54,11 @@ impl Error {
     pub(crate) fn corrupt(why: impl Into<String>) -> Error {
         Error::Corrupt(why.into())
     }
+
+    /// An [`Error::Io`] from a file operation's error.
+    pub(crate) fn io(e: std::io::Error) -> Error {
+        Error::Io(rustbk_formats::Error::Io(e))
+    }
 }
 
 impl Error {

@@ -7,7 +7,7 @@
 
 use std::ops::Range;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::meta::Mapping;
 
 /// What a volume's data path needs to know about its volume and pool.
@@ -39,6 +39,15 @@ pub struct NewMapping {
     pub block: u64,
 }
 
+/// What [`PoolPort::map_start`] did.
+#[derive(Debug)]
+pub enum MapStart {
+    /// The map was made (or failed) at once.
+    Done(Result<()>),
+    /// The map was sent; its answer comes with this ticket.
+    Sent(u64),
+}
+
 /// Data blocks handed out to a port.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Handout {
@@ -66,6 +75,20 @@ pub trait PoolPort: Send {
     fn provision_zeroed(&mut self, count: usize) -> Result<Handout>;
     /// Maps blocks whose contents are written; the block each replaces loses a reference.
     fn map(&mut self, mappings: &[NewMapping]) -> Result<()>;
+    /// Starts [`PoolPort::map`] without waiting for the pool where the port can (a socket):
+    /// the answer is then [`MapStart::Sent`] and comes from [`PoolPort::map_answer`], and
+    /// the waker is called when it may have arrived. Later calls on the port are answered
+    /// after it, in order. The default maps at once.
+    fn map_start(&mut self, mappings: &[NewMapping]) -> MapStart {
+        MapStart::Done(self.map(mappings))
+    }
+    /// The answer to the map started as `ticket`, once it arrived (`None` before). A ticket
+    /// this port never gave (a port opened again since) is answered with an error.
+    fn map_answer(&mut self, ticket: u64) -> Option<Result<()>> {
+        Some(Err(Error::Service(format!(
+            "map {ticket} was sent on another connection"
+        ))))
+    }
     /// Unmaps the virtual blocks in `vblocks`; returns the data blocks of the volume's
     /// mappings that no longer have any holder (free after the next commit), so the caller
     /// may discard them on the data device.

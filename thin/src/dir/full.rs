@@ -7,7 +7,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::{Devices, PoolDir, io, new_file};
+use super::{Devices, PoolDir, new_file};
 use crate::error::{Error, Result};
 use crate::pool::{Pool, PoolOptions};
 
@@ -59,7 +59,7 @@ impl PoolDir {
     /// made with full preallocation gets the new part written with zeros too.
     pub fn grow_data_file(&self, size: u64, progress: Progress<'_>) -> Result<()> {
         let path = self.data();
-        let meta = std::fs::metadata(&path).map_err(io)?;
+        let meta = std::fs::metadata(&path).map_err(Error::io)?;
         if !meta.is_file() {
             return Err(Error::InvalidArgument(format!(
                 "{} is not a file: grow the device with its own tools",
@@ -77,7 +77,7 @@ impl PoolDir {
             true => fill_zeros(&path, size, progress),
             false => {
                 let file = std::fs::OpenOptions::new().write(true).open(&path);
-                file.and_then(|f| f.set_len(size)).map_err(io)
+                file.and_then(|f| f.set_len(size)).map_err(Error::io)
             }
         }
     }
@@ -88,24 +88,26 @@ fn fill_zeros(path: &Path, size: u64, progress: Progress<'_>) -> Result<()> {
     let file = std::fs::OpenOptions::new()
         .write(true)
         .open(path)
-        .map_err(io)?;
-    let start = file.metadata().map_err(io)?.len();
+        .map_err(Error::io)?;
+    let start = file.metadata().map_err(Error::io)?.len();
     let zeros = vec![0u8; CHUNK];
     let mut at = start;
     while at < size {
         let len = usize::try_from(size - at).map_or(CHUNK, |left| left.min(CHUNK));
-        file.write_all_at(&zeros[..len], at).map_err(io)?;
+        file.write_all_at(&zeros[..len], at).map_err(Error::io)?;
         at += len as u64;
         progress(at - start, size - start);
     }
-    file.sync_all().map_err(io)?;
+    file.sync_all().map_err(Error::io)?;
     sync_parent(path)
 }
 
 /// Makes the new file's name durable too.
 fn sync_parent(path: &Path) -> Result<()> {
     let parent = path.parent().unwrap_or(Path::new("."));
-    File::open(parent).and_then(|d| d.sync_all()).map_err(io)
+    File::open(parent)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::io)
 }
 
 #[cfg(test)]

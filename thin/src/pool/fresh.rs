@@ -44,7 +44,7 @@ impl Fresh {
     /// The mark kept next to `metadata`, if the pool has one.
     pub(crate) fn load(metadata: &Path) -> Result<Option<Fresh>> {
         let base = base_for(metadata);
-        let loaded = slots::load(&base).map_err(io_error)?;
+        let loaded = slots::load(&base).map_err(Error::io)?;
         let body = match (loaded.best, loaded.damaged) {
             (Some(body), _) => body,
             (None, true) => {
@@ -94,7 +94,7 @@ impl Fresh {
 pub(crate) fn remove(metadata: &Path) -> Result<()> {
     for path in slots::paths(&base_for(metadata)) {
         match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_error(e)),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(e)),
             _ => {}
         }
     }
@@ -104,17 +104,13 @@ pub(crate) fn remove(metadata: &Path) -> Result<()> {
 fn store(base: &Path, zeroed_from: u64) -> Result<()> {
     let body = serde_json::to_vec(&MarkFile { zeroed_from })
         .map_err(|e| Error::InvalidArgument(format!("zero mark: {e}")))?;
-    slots::store(base, &body).map_err(io_error)
+    slots::store(base, &body).map_err(Error::io)
 }
 
 fn base_for(metadata: &Path) -> PathBuf {
     let mut name = metadata.as_os_str().to_owned();
     name.push(".zeroed");
     PathBuf::from(name)
-}
-
-fn io_error(e: std::io::Error) -> Error {
-    Error::Io(rustbk_formats::Error::Io(e))
 }
 
 #[cfg(test)]

@@ -369,6 +369,17 @@ impl Drop for Shared {
     }
 }
 
+#[cfg(test)]
+impl Pool {
+    /// Tests: holds the pool's lock (every metadata change, and so every answer of the
+    /// service that needs one, waits) for `hold`.
+    pub(crate) fn hold_lock(&self, hold: std::time::Duration) {
+        let held = self.shared.lock().expect("pool lock");
+        std::thread::sleep(hold);
+        drop(held);
+    }
+}
+
 impl Shared {
     pub(crate) fn lock(&self) -> Result<MutexGuard<'_, State>> {
         self.state

@@ -52,7 +52,7 @@ pub fn path_for(metadata: &Path) -> PathBuf {
 /// The records kept at `base`; none if there are none (a pool made by other tools). Records
 /// of an older rustbk, a single `<base>.json`, are read when no slot exists.
 pub fn load(base: &Path) -> Result<Option<BTreeMap<u64, VolumeRecord>>> {
-    let slots = slots::load(base).map_err(io_error)?;
+    let slots = slots::load(base).map_err(Error::io)?;
     let body = match (slots.best, read_legacy(&legacy_path(base))?) {
         (Some(body), _) | (None, Some(body)) => body,
         (None, None) if slots.damaged => {
@@ -80,10 +80,10 @@ pub fn store(base: &Path, volumes: &BTreeMap<u64, VolumeRecord>) -> Result<()> {
             body.len()
         )));
     }
-    slots::store(base, &body).map_err(io_error)?;
+    slots::store(base, &body).map_err(Error::io)?;
     // An older rustbk's file is stale from now on (the slots are read first anyway).
     match std::fs::remove_file(legacy_path(base)) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_error(e)),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(e)),
         _ => Ok(()),
     }
 }
@@ -95,7 +95,7 @@ pub fn remove(base: &Path) -> Result<()> {
     paths.push(legacy_path(base));
     for path in paths {
         match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_error(e)),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(e)),
             _ => {}
         }
     }
@@ -112,9 +112,9 @@ fn read_legacy(path: &Path) -> Result<Option<Vec<u8>>> {
     let file = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_error(e)),
+        Err(e) => return Err(Error::io(e)),
     };
-    let len = file.metadata().map_err(io_error)?.len();
+    let len = file.metadata().map_err(Error::io)?.len();
     if len > MAX_SIDECAR_BYTES {
         return Err(Error::corrupt(format!(
             "{} is {len} bytes, more than a volume list can be",
@@ -122,12 +122,8 @@ fn read_legacy(path: &Path) -> Result<Option<Vec<u8>>> {
         )));
     }
     let mut body = Vec::new();
-    std::io::Read::read_to_end(&mut std::io::BufReader::new(file), &mut body).map_err(io_error)?;
+    std::io::Read::read_to_end(&mut std::io::BufReader::new(file), &mut body).map_err(Error::io)?;
     Ok(Some(body))
-}
-
-fn io_error(e: std::io::Error) -> Error {
-    Error::Io(rustbk_formats::Error::Io(e))
 }
 
 #[cfg(test)]

@@ -8,8 +8,8 @@
 use std::ops::Range;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -17,10 +17,11 @@ use std::time::Duration;
 use rustbk_formats::engine::Access;
 use rustbk_formats::{CacheMode, EngineFile};
 
+use super::pipeline::Pipeline;
 use super::wire::{self, MAX_BATCH, MAX_LOOKUP, Reply, Request};
 use crate::error::{Error, Result};
 use crate::meta::Mapping;
-use crate::port::{Handout, NewMapping, PoolPort, VolumeInfo};
+use crate::port::{Handout, MapStart, NewMapping, PoolPort, VolumeInfo};
 use crate::volume::{ThinVolume, VolumeOptions};
 
 /// How long a call waits for its reply by default: longer than a provision queued on a full
@@ -43,6 +44,10 @@ pub struct SocketPort {
     reader: Option<JoinHandle<()>>,
     /// The pool's data device, as the service named it when the volume was opened.
     data_path: PathBuf,
+    /// Maps sent without waiting for their answers.
+    pipeline: Pipeline,
+    /// Maps the reader thread wakes the data path for when a reply arrives.
+    awaited: Arc<AtomicUsize>,
 }
 
 impl SocketPort {
@@ -69,10 +74,12 @@ impl SocketPort {
         let pause = Arc::new(AtomicBool::new(false));
         let waker: Arc<Mutex<Option<Waker>>> = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
+        let awaited = Arc::new(AtomicUsize::new(0));
         let (flag, wake, ended) = (pause.clone(), waker.clone(), closed.clone());
+        let waiting = awaited.clone();
         let reader = std::thread::Builder::new()
             .name("thin-port-reader".into())
-            .spawn(move || read_loop(read_half, &tx, (&flag, &ended), &wake))
+            .spawn(move || read_loop(read_half, &tx, (&flag, &ended, &waiting), &wake))
             .map_err(|e| Error::Service(format!("cannot start the reader thread: {e}")))?;
         let mut port = SocketPort {
             stream,
@@ -84,6 +91,8 @@ impl SocketPort {
             closed,
             reader: Some(reader),
             data_path: PathBuf::new(),
+            pipeline: Pipeline::default(),
+            awaited,
         };
         port.data_path = match port.call(&Request::Open { volume })? {
             Reply::Info { info } => VolumeInfo::from(info).data_path,
@@ -114,25 +123,69 @@ impl SocketPort {
         if let Err(e) = wire::write_frame(&mut self.stream, request) {
             return Err(self.fail(format!("cannot send to the pool service: {e}")));
         }
+        while self.pipeline.awaited() {
+            match self.replies.recv_timeout(self.timeout) {
+                Ok(reply) => self.pipeline.reply(reply),
+                Err(e) => return Err(self.lost(e)),
+            }
+        }
+        self.awaited.store(0, Ordering::SeqCst);
         match self.replies.recv_timeout(self.timeout) {
             Ok(Reply::Failed { error }) => Err(error.into()),
             Ok(reply) => Ok(reply),
-            Err(RecvTimeoutError::Timeout) => Err(self.fail(format!(
+            Err(e) => Err(self.lost(e)),
+        }
+    }
+
+    /// Marks the port unusable (replies may be out of step) and closes the connection; the
+    /// maps still waiting fail too.
+    fn fail(&mut self, why: String) -> Error {
+        tracing::error!(%why, "pool service connection lost");
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        self.pipeline.fail_all(&why);
+        self.awaited.store(0, Ordering::SeqCst);
+        self.broken = Some(why.clone());
+        Error::Service(why)
+    }
+
+    /// [`SocketPort::fail`] for a reply that did not come.
+    fn lost(&mut self, e: RecvTimeoutError) -> Error {
+        match e {
+            RecvTimeoutError::Timeout => self.fail(format!(
                 "no answer from the pool service within {:?}",
                 self.timeout
-            ))),
-            Err(RecvTimeoutError::Disconnected) => {
-                Err(self.fail("the pool service closed the connection".into()))
+            )),
+            RecvTimeoutError::Disconnected => {
+                self.fail("the pool service closed the connection".into())
             }
         }
     }
 
-    /// Marks the port unusable (replies may be out of step) and closes the connection.
-    fn fail(&mut self, why: String) -> Error {
-        tracing::error!(%why, "pool service connection lost");
-        let _ = self.stream.shutdown(std::net::Shutdown::Both);
-        self.broken = Some(why.clone());
-        Error::Service(why)
+    /// Takes the replies that arrived for maps sent without waiting; fails the port when the
+    /// oldest waited longer than a call may.
+    fn take_map_replies(&mut self) {
+        while self.pipeline.awaited() {
+            match self.replies.try_recv() {
+                Ok(reply) => self.pipeline.reply(reply),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    self.fail("the pool service closed the connection".into());
+                    return;
+                }
+            }
+        }
+        if self.oldest_map_overdue() {
+            self.fail(format!(
+                "no answer to a map from the pool service within {:?}",
+                self.timeout
+            ));
+        }
+    }
+
+    fn oldest_map_overdue(&self) -> bool {
+        self.pipeline
+            .oldest()
+            .is_some_and(|sent| sent.elapsed() > self.timeout)
     }
 
     fn unexpected(&mut self, reply: &Reply) -> Error {
@@ -170,10 +223,10 @@ pub fn open_volume(socket: &Path, volume: u64, opts: VolumeOptions) -> Result<Th
 fn read_loop(
     mut stream: UnixStream,
     replies: &Sender<Reply>,
-    (pause, closed): (&AtomicBool, &AtomicBool),
+    (pause, closed, awaited): (&AtomicBool, &AtomicBool, &AtomicUsize),
     waker: &Mutex<Option<Waker>>,
 ) {
-    read_replies(&mut stream, replies, pause, waker);
+    read_replies(&mut stream, replies, (pause, awaited), waker);
     closed.store(true, Ordering::SeqCst);
     pause.store(false, Ordering::SeqCst);
     wake(waker);
@@ -190,7 +243,7 @@ fn wake(waker: &Mutex<Option<Waker>>) {
 fn read_replies(
     stream: &mut UnixStream,
     replies: &Sender<Reply>,
-    pause: &AtomicBool,
+    (pause, awaited): (&AtomicBool, &AtomicUsize),
     waker: &Mutex<Option<Waker>>,
 ) {
     loop {
@@ -214,6 +267,10 @@ fn read_replies(
                 }
                 if replies.send(reply).is_err() {
                     return;
+                }
+                // A map sent without waiting: its queue sleeps until told.
+                if awaited.load(Ordering::SeqCst) > 0 {
+                    wake(waker);
                 }
             }
         }
@@ -262,6 +319,32 @@ impl PoolPort for SocketPort {
             }
         }
         Ok(())
+    }
+
+    fn map_start(&mut self, mappings: &[NewMapping]) -> MapStart {
+        if let Some(why) = &self.broken {
+            return MapStart::Done(Err(Error::Service(why.clone())));
+        }
+        let chunks: Vec<&[NewMapping]> = mappings.chunks(MAX_BATCH).collect();
+        // Counted before the frames go, so the reader wakes the data path for their replies.
+        self.awaited.fetch_add(1, Ordering::SeqCst);
+        for chunk in &chunks {
+            let mappings = chunk.iter().map(|m| (m.vblock, m.block)).collect();
+            if let Err(e) = wire::write_frame(&mut self.stream, &Request::Map { mappings }) {
+                let e = self.fail(format!("cannot send to the pool service: {e}"));
+                return MapStart::Done(Err(e));
+            }
+        }
+        MapStart::Sent(self.pipeline.sent(chunks.len()))
+    }
+
+    fn map_answer(&mut self, ticket: u64) -> Option<Result<()>> {
+        self.take_map_replies();
+        let answer = self.pipeline.answer(ticket);
+        if !self.pipeline.awaited() {
+            self.awaited.store(0, Ordering::SeqCst);
+        }
+        answer
     }
 
     fn unmap(&mut self, vblocks: Range<u64>) -> Result<Vec<u64>> {

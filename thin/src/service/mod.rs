@@ -10,6 +10,7 @@ mod admin;
 mod client;
 mod conn;
 mod listen;
+mod pipeline;
 mod wire;
 
 #[cfg(test)]

@@ -288,6 +288,54 @@ fn blocks_of_a_full_pool_come_through_the_socket_marked_as_reading_zeros() {
 }
 
 #[test]
+fn a_read_completes_while_a_first_write_waits_for_the_service_to_map_its_block() {
+    use rustbk_formats::suite::{read_at, write_at};
+    use rustbk_formats::{IoOp, SharedBuf};
+    let s = served(64, &[1], MIB);
+    let vol = open_volume(&s.socket, 1, VolumeOptions::default()).unwrap();
+    let mut q = queue(&vol);
+    // Block 0 mapped and committed; the reserve holds blocks for the next first write.
+    write_at(q.as_mut(), 0, &[1; 4096]).unwrap();
+    rustbk_formats::suite::run(q.as_mut(), IoOp::Flush).unwrap();
+    let hold = Duration::from_secs(3);
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        scope.spawn(move || {
+            let pool = s.service.pool();
+            tx.send(()).unwrap();
+            pool.hold_lock(hold);
+        });
+        rx.recv().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let start = Instant::now();
+        let written = SharedBuf::new(4096);
+        let write = IoOp::Write {
+            offset: 2 * BS,
+            bufs: Box::new(written),
+        };
+        q.submit(write, 1).unwrap();
+        let got = read_at(q.as_mut(), 0, 4096).unwrap();
+        let read_took = start.elapsed();
+        assert_eq!(got, vec![1; 4096]);
+        assert!(
+            read_took < hold / 2,
+            "the read waited {read_took:?} for the map of another op"
+        );
+        let mut done = Vec::new();
+        while done.is_empty() {
+            q.wait(Some(Duration::from_secs(1))).unwrap();
+            q.reap(&mut done);
+        }
+        assert_eq!(done[0].tag, 1);
+        done.remove(0).result.unwrap();
+        assert!(
+            start.elapsed() >= hold / 2,
+            "the map was answered under the lock"
+        );
+    });
+}
+
+#[test]
 fn a_call_to_a_service_that_does_not_answer_fails_within_its_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("mute.sock");

@@ -20,7 +20,7 @@ use super::plan::{After, Claim, Outcome, Plan};
 use super::{Core, lock, outage, to_formats};
 use crate::error::Result;
 use crate::meta::Mapping;
-use crate::port::NewMapping;
+use crate::port::{MapStart, NewMapping};
 
 type Error = rustbk_formats::Error;
 
@@ -38,6 +38,23 @@ struct Parent {
     plan: Plan,
 }
 
+impl Parent {
+    /// Finished without error, with new blocks to map.
+    fn maps(&self) -> &[NewMapping] {
+        match (&self.error, &self.plan.after) {
+            (None, After::Map(maps)) => maps,
+            _ => &[],
+        }
+    }
+}
+
+/// Ops whose new blocks were sent to the pool service, waiting for its answer.
+struct InFlight {
+    ticket: u64,
+    parents: Vec<Parent>,
+    maps: Vec<NewMapping>,
+}
+
 /// A queue of a [`ThinVolume`](super::ThinVolume).
 pub struct ThinQueue {
     io: PlanIo,
@@ -53,6 +70,8 @@ pub struct ThinQueue {
     kids: Vec<Child>,
     reaped: Vec<Completion>,
     done: Vec<Parent>,
+    /// Maps sent and not answered yet, oldest first.
+    mapping: VecDeque<InFlight>,
 }
 
 impl ThinQueue {
@@ -89,6 +108,7 @@ impl ThinQueue {
             kids: Vec::new(),
             reaped: Vec::new(),
             done: Vec::new(),
+            mapping: VecDeque::new(),
         })
     }
 
@@ -201,7 +221,9 @@ impl ThinQueue {
     }
 
     /// Ends the ops whose children are done: one `map` for all their new blocks, then the
-    /// commits, then their claims are released.
+    /// commits, then their claims are released. Where the port can, the map is sent without
+    /// waiting (not in the O_DSYNC modes, whose completions wait for a commit anyway): the
+    /// ops with new blocks then finish when its answer comes ([`ThinQueue::collect_maps`]).
     fn finish_all(&mut self) {
         let mut done = std::mem::take(&mut self.done);
         if done.is_empty() {
@@ -209,42 +231,109 @@ impl ThinQueue {
             return;
         }
         let core = self.core.clone();
-        let mut ring = false;
-        match lock(&core) {
-            Ok(mut core) => {
-                let batch: Vec<NewMapping> = done
-                    .iter()
-                    .filter(|p| p.error.is_none())
-                    .flat_map(|p| match &p.plan.after {
-                        After::Map(maps) => maps.as_slice(),
-                        _ => &[],
-                    })
-                    .copied()
-                    .collect();
-                let failure = map(&mut core, &batch);
-                let committed = self.write_through(&mut core, &done);
-                for parent in done.drain(..) {
-                    let modified = parent.plan.write && parent.error.is_none();
-                    ring |= self.settle(&mut core, parent, failure.as_ref());
-                    if let (true, Err(errno)) = (modified, committed) {
-                        if let Some(c) = self.io.tally.ready.last_mut().filter(|c| c.result.is_ok())
-                        {
-                            c.result = Err(Error::from_errno(errno));
-                        }
-                    }
-                }
-            }
+        let mut core = match lock(&core) {
+            Ok(core) => core,
             Err(e) => {
-                let errno = to_formats(e).errno();
-                for p in done.drain(..) {
-                    let result = Err(Error::from_errno(errno));
-                    self.io.tally.ready.push(Completion { tag: p.tag, result });
+                self.fail_all(done.drain(..), e);
+                self.done = done;
+                return;
+            }
+        };
+        let batch: Vec<NewMapping> = done.iter().flat_map(Parent::maps).copied().collect();
+        let started = match batch.is_empty() {
+            true => MapStart::Done(Ok(())),
+            false => {
+                core.changes.made();
+                match self.cache.dsync() {
+                    true => MapStart::Done(core.port.map(&batch)),
+                    false => core.port.map_start(&batch),
                 }
             }
-        }
+        };
+        let ring = match started {
+            MapStart::Done(result) => {
+                let failure = mapped(&mut core, &batch, result);
+                self.settle_all(&mut core, done.drain(..), failure.as_ref())
+            }
+            MapStart::Sent(ticket) => {
+                let (waiting, now): (Vec<Parent>, Vec<Parent>) =
+                    done.drain(..).partition(|p| !p.maps().is_empty());
+                let ring = self.settle_all(&mut core, now.into_iter(), None);
+                let maps = batch;
+                self.mapping.push_back(InFlight {
+                    ticket,
+                    parents: waiting,
+                    maps,
+                });
+                ring
+            }
+        };
+        drop(core);
         self.done = done;
         if ring {
             self.ring_others();
+        }
+    }
+
+    /// Finishes the ops whose maps the pool answered, oldest first.
+    fn collect_maps(&mut self) {
+        if self.mapping.is_empty() {
+            return;
+        }
+        let core = self.core.clone();
+        let mut core = match lock(&core) {
+            Ok(core) => core,
+            Err(e) => {
+                let waiting: Vec<Parent> = self.mapping.drain(..).flat_map(|f| f.parents).collect();
+                return self.fail_all(waiting.into_iter(), e);
+            }
+        };
+        let mut ring = false;
+        while let Some(front) = self.mapping.front() {
+            let Some(result) = core.port.map_answer(front.ticket) else {
+                break;
+            };
+            let Some(flight) = self.mapping.pop_front() else {
+                break;
+            };
+            let failure = mapped(&mut core, &flight.maps, result);
+            ring |= self.settle_all(&mut core, flight.parents.into_iter(), failure.as_ref());
+        }
+        drop(core);
+        if ring {
+            self.ring_others();
+        }
+    }
+
+    /// Completes finished ops after their maps (`failure` tells which failed), with the
+    /// O_DSYNC modes' commit; true if a queue waits for blocks they released.
+    fn settle_all(
+        &mut self,
+        core: &mut Core,
+        done: impl Iterator<Item = Parent>,
+        failure: Option<&MapFailure>,
+    ) -> bool {
+        let done: Vec<Parent> = done.collect();
+        let committed = self.write_through(core, &done);
+        let mut ring = false;
+        for parent in done {
+            let modified = parent.plan.write && parent.error.is_none();
+            ring |= self.settle(core, parent, failure);
+            if let (true, Err(errno)) = (modified, committed) {
+                if let Some(c) = self.io.tally.ready.last_mut().filter(|c| c.result.is_ok()) {
+                    c.result = Err(Error::from_errno(errno));
+                }
+            }
+        }
+        ring
+    }
+
+    /// Completes ops with the error of a volume lock that cannot be taken.
+    fn fail_all(&mut self, parents: impl Iterator<Item = Parent>, e: crate::Error) {
+        let errno = to_formats(e).errno();
+        for p in parents {
+            let result = Err(Error::from_errno(errno));
+            self.io.tally.ready.push(Completion { tag: p.tag, result });
         }
     }
 
@@ -341,18 +430,17 @@ struct MapFailure {
     vblocks: HashSet<u64>,
 }
 
-/// Maps the new blocks of finished ops and records them in the cache. If the pool refused
+/// Records the new blocks of finished ops in the cache once the pool mapped them. If the pool refused
 /// part of the batch, asks it what got mapped: the other blocks go back to the reserve. If
 /// it cannot tell (the connection to the pool service is lost), the pool may have made the
 /// mapping, and even committed it: the block is not written again, the cache forgets the
 /// virtual block, and the op fails.
-fn map(core: &mut Core, maps: &[NewMapping]) -> Option<MapFailure> {
+fn mapped(core: &mut Core, maps: &[NewMapping], result: Result<()>) -> Option<MapFailure> {
     if maps.is_empty() {
         return None;
     }
     let time = core.info.time;
-    core.changes.made();
-    let Err(error) = core.port.map(maps) else {
+    let Err(error) = result else {
         for m in maps {
             let block = m.block;
             core.cache.set(m.vblock, Some(Mapping { block, time }));
@@ -407,6 +495,7 @@ impl Planner for ThinQueue {
             }
         }
         self.reaped = reaped;
+        self.collect_maps();
         self.finish_all();
         self.check_pause();
         // Ops held back are tried again on every pump: the wake that got this queue reaped
@@ -421,8 +510,10 @@ impl Planner for ThinQueue {
         self.pump();
     }
 
+    /// Ops held back, or waiting for the answer to their map (the reader thread rings the
+    /// notifier when it comes).
     fn has_deferred(&self) -> bool {
-        !self.deferred.is_empty()
+        !self.deferred.is_empty() || !self.mapping.is_empty()
     }
 
     /// A pause request rings every queue of the volume.

@@ -50,6 +50,10 @@ pub struct BenchArgs {
     /// Keep the work folder.
     #[arg(long)]
     pub keep: bool,
+    /// The workers of the first-write cases open their pool themselves (`serve
+    /// --no-thin-service`) instead of going through a pool service: no socket round trip.
+    #[arg(long)]
+    pub no_thin_service: bool,
     /// Output format.
     #[arg(long, value_enum, default_value_t = OutputArg::Human)]
     pub output: OutputArg,
@@ -194,8 +198,12 @@ fn first_write_cases(
             (Preallocation::Full, t.min(FULL_RUNTIME)),
         ];
         for (case, (prealloc, t)) in cases.iter_mut().zip(runs) {
-            case.thin_iops
-                .push(fresh_thin_writes(cluster, round, t, prealloc)?);
+            case.thin_iops.push(fresh_thin_writes(
+                cluster,
+                (round, t),
+                prealloc,
+                args.no_thin_service,
+            )?);
             let peer = rustbk_case(cluster, (raw.domid.0, XVDA), ("randwrite", QD), t, 1)?;
             case.peer_iops.push(peer.iops);
         }
@@ -259,7 +267,12 @@ fn one_round(
     cases[1]
         .peer_iops
         .push(run(cluster, &disks.raw, "randwrite")?);
-    let first = fresh_thin_writes(cluster, round, t, Preallocation::Off)?;
+    let first = fresh_thin_writes(
+        cluster,
+        (round, t),
+        Preallocation::Off,
+        args.no_thin_service,
+    )?;
     cases[2].thin_iops.push(first);
     cases[2]
         .peer_iops
@@ -267,9 +280,9 @@ fn one_round(
     let full_t = t.min(FULL_RUNTIME);
     cases[3].thin_iops.push(fresh_thin_writes(
         cluster,
-        round,
-        full_t,
+        (round, full_t),
         Preallocation::Full,
+        args.no_thin_service,
     )?);
     cases[3].peer_iops.push(
         rustbk_case(
@@ -328,9 +341,9 @@ fn provisioned_volume(path: &Path, size: u64) -> anyhow::Result<String> {
 /// pool is [`FULL_SIZE`] on a data file written with zeros first (not timed).
 fn fresh_thin_writes(
     cluster: &mut EmuCluster,
-    round: u32,
-    runtime: f64,
+    (round, runtime): (u32, f64),
     prealloc: Preallocation,
+    local: bool,
 ) -> anyhow::Result<f64> {
     let pool = PoolDir::new(cluster.dir().join(format!("pool-b{round}")));
     let size = match prealloc {
@@ -354,7 +367,8 @@ fn fresh_thin_writes(
     )?
     .create_volume(0, spec)?;
     let spec = disk(3, format!("thin:{}:0", pool.path.display()));
-    let iops = fresh_disk_run(cluster, &spec, runtime)?;
+    let args: &[&str] = if local { &["--no-thin-service"] } else { &[] };
+    let iops = fresh_disk_run(cluster, &spec, runtime, args)?;
     std::fs::remove_dir_all(&pool.path)?;
     Ok(iops)
 }
@@ -365,13 +379,18 @@ fn fresh_qcow2_writes(cluster: &mut EmuCluster, round: u32, runtime: f64) -> any
     let opts = rustbk_formats::qcow2::CreateOptions::default();
     rustbk_formats::qcow2::create(&path, ALLOC_SIZE, &opts)?;
     let spec = disk(4, format!("qcow2:{}", path.display()));
-    let iops = fresh_disk_run(cluster, &spec, runtime)?;
+    let iops = fresh_disk_run(cluster, &spec, runtime, &[])?;
     std::fs::remove_file(&path)?;
     Ok(iops)
 }
 
-fn fresh_disk_run(cluster: &mut EmuCluster, spec: &VbdSpec, runtime: f64) -> anyhow::Result<f64> {
-    cluster.add_disk(spec, &[])?;
+fn fresh_disk_run(
+    cluster: &mut EmuCluster,
+    spec: &VbdSpec,
+    runtime: f64,
+    args: &[&str],
+) -> anyhow::Result<f64> {
+    cluster.add_disk(spec, args)?;
     let report = rustbk_case(cluster, (spec.domid.0, XVDA), ("randwrite", QD), runtime, 1)?;
     cluster.remove_disk(spec)?;
     Ok(report.iops)
