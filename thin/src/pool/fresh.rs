@@ -19,9 +19,9 @@ use super::sidecar::slots;
 use crate::error::{Error, Result};
 
 /// The mark is raised this many blocks past the highest block handed out (1 GiB of 64 KiB
-/// blocks): the store is an fdatasync under the pool's lock, so it must stay rare (a window
-/// of 1024 blocks cost a third of the first-write rate). A crash forgets at most this many
-/// zero blocks, which are then zeroed around partial writes as recycled ones are.
+/// blocks): the store is an fdatasync under the pool's lock, so it must stay rare. A crash
+/// forgets at most this many zero blocks, which are then zeroed around partial writes as
+/// recycled ones are.
 const WINDOW: u64 = 16384;
 
 #[derive(Serialize, Deserialize)]
