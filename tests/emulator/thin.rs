@@ -415,3 +415,27 @@ fn two_guests_share_a_pool_whose_service_the_first_worker_started_by_itself() {
     assert_eq!(volumes.len(), 2, "{volumes:?}");
     thin_checks(&pool.metadata());
 }
+
+#[test]
+fn a_restore_over_a_pools_metadata_makes_it_forget_which_blocks_read_zeros() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pool = tmp.path().join("pool");
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_rustbk"))
+            .arg("thin")
+            .args(args)
+            .output()
+            .expect("run rustbk thin");
+        assert!(out.status.success(), "rustbk thin {args:?}: {out:?}");
+    };
+    run(&["create-pool", pool.to_str().unwrap(), "--size", "64m"]);
+    let metadata = PoolDir::new(&pool).metadata();
+    let mark = || rustbk_thin::pool::zero_mark(&metadata).unwrap();
+    assert_eq!(mark(), Some(rustbk_thin::pool::FreshData::Sparse));
+    let xml = tmp.path().join("dump.xml");
+    let (m, x) = (metadata.to_str().unwrap(), xml.to_str().unwrap());
+    run(&["dump", m, "-o", x]);
+    // The dump could come from any pool, mapping blocks past the mark.
+    run(&["restore", "-i", x, "-o", m]);
+    assert_eq!(mark(), None, "the mark outlived the restore");
+}

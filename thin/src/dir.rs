@@ -8,7 +8,7 @@ mod start;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::pool::{Pool, PoolOptions, PoolUsage, VolumeSpec, VolumeUsage};
+use crate::pool::{FreshData, Pool, PoolOptions, PoolUsage, VolumeSpec, VolumeUsage};
 use crate::service::AdminClient;
 
 pub use full::{Preallocation, Progress};
@@ -91,18 +91,21 @@ impl PoolDir {
     /// formatted metadata.
     pub fn create(&self, devices: &Devices, block_size: u64, opts: PoolOptions) -> Result<Pool> {
         self.make_empty_dir()?;
+        let (meta_path, data_path) = (self.metadata(), self.data());
         match devices {
             Devices::Files { metadata, data } => {
-                new_file(&self.metadata(), *metadata)?;
-                new_file(&self.data(), *data)?;
+                new_file(&meta_path, *metadata)?;
+                new_file(&data_path, *data)?;
+                // A new sparse file: every block reads zeros until it is handed out.
+                let sparse = FreshData::Sparse;
+                Pool::create_on_fresh_data(&meta_path, &data_path, block_size, opts, sparse)
             }
             Devices::Existing { metadata, data } => {
-                std::os::unix::fs::symlink(absolute(metadata)?, self.metadata())
-                    .map_err(Error::io)?;
-                std::os::unix::fs::symlink(absolute(data)?, self.data()).map_err(Error::io)?;
+                std::os::unix::fs::symlink(absolute(metadata)?, &meta_path).map_err(Error::io)?;
+                std::os::unix::fs::symlink(absolute(data)?, &data_path).map_err(Error::io)?;
+                Pool::create(&meta_path, &data_path, block_size, opts)
             }
         }
-        Pool::create(&self.metadata(), &self.data(), block_size, opts)
     }
 
     /// Makes the directory, which must not exist or be empty.

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use rustbk_formats::suite::{read_at, run, write_at};
 use rustbk_formats::{BlockImage, ImageQueue, IoOp};
 
-use crate::pool::{Pool, PoolOptions, VolumeSpec};
+use crate::pool::{FreshData, Pool, PoolOptions, VolumeSpec};
 use crate::volume::{ThinVolume, VolumeOptions};
 
 /// A pool in a temporary folder.
@@ -54,7 +54,8 @@ pub(crate) fn new_full_pool(block_size: u64, data_blocks: u64, opts: PoolOptions
     sized_file(&meta, META_BYTES);
     let zeros = vec![0u8; us(block_size * data_blocks)];
     std::fs::write(&data, zeros).expect("fill the data file");
-    let pool = Pool::create_on_zeroed_data(&meta, &data, block_size, opts).expect("create pool");
+    let pool = Pool::create_on_fresh_data(&meta, &data, block_size, opts, FreshData::Filled)
+        .expect("create pool");
     TestPool {
         dir,
         meta,

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use super::{Devices, PoolDir, new_file};
 use crate::error::{Error, Result};
-use crate::pool::{Pool, PoolOptions};
+use crate::pool::{FreshData, Pool, PoolOptions};
 
 /// How a new data file takes its space from the file system (qemu-img's names).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -52,7 +52,8 @@ impl PoolDir {
         new_file(&self.metadata(), metadata)?;
         new_file(&self.data(), 0)?;
         fill_zeros(&self.data(), data, progress)?;
-        Pool::create_on_zeroed_data(&self.metadata(), &self.data(), block_size, opts)
+        let filled = FreshData::Filled;
+        Pool::create_on_fresh_data(&self.metadata(), &self.data(), block_size, opts, filled)
     }
 
     /// Grows the data file to `size` bytes (a file, never a device; never shrinks). A pool
@@ -73,9 +74,9 @@ impl PoolDir {
                 meta.len()
             )));
         }
-        match crate::pool::has_zero_mark(&self.metadata())? {
-            true => fill_zeros(&path, size, progress),
-            false => {
+        match crate::pool::zero_mark(&self.metadata())? {
+            Some(FreshData::Filled) => fill_zeros(&path, size, progress),
+            Some(FreshData::Sparse) | None => {
                 let file = std::fs::OpenOptions::new().write(true).open(&path);
                 file.and_then(|f| f.set_len(size)).map_err(Error::io)
             }
@@ -166,5 +167,63 @@ mod tests {
             panic!("a pool was made on an existing device with full preallocation");
         };
         assert!(e.to_string().contains("existing device"), "{e}");
+    }
+
+    #[test]
+    fn a_new_sparse_pool_hands_out_blocks_that_read_zeros_and_grows_sparse() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = PoolDir::new(tmp.path().join("pool"));
+        let devices = Devices::Files {
+            metadata: 4 << 20,
+            data: 8 << 20,
+        };
+        let pool = dir
+            .create(&devices, 64 << 10, PoolOptions::default())
+            .unwrap();
+        let mark = crate::pool::zero_mark(&dir.metadata()).unwrap();
+        assert_eq!(mark, Some(FreshData::Sparse), "a new sparse data file");
+        let spec = crate::pool::VolumeSpec {
+            size: 1 << 20,
+            ..Default::default()
+        };
+        pool.create_volume(1, spec).unwrap();
+        let mut port = pool.open_port(1).unwrap();
+        let got = crate::port::PoolPort::provision_zeroed(&mut port, 4).unwrap();
+        assert_eq!(got.zeroed, got.blocks, "no block of a new file was written");
+        drop(port);
+        drop(pool);
+        dir.grow_data_file(64 << 20, &mut |_, _| {}).unwrap();
+        let allocated = std::fs::metadata(dir.data()).unwrap().blocks() * 512;
+        // The pool reserved its first window (all 8 MiB) as unwritten extents; the 56 MiB
+        // added hold nothing.
+        assert!(allocated <= 8 << 20, "{allocated} bytes: it grew sparse");
+        let mark = crate::pool::zero_mark(&dir.metadata()).unwrap();
+        assert_eq!(mark, Some(FreshData::Sparse));
+    }
+
+    #[test]
+    fn a_pool_on_an_existing_file_knows_no_block_that_reads_zeros() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (m, d) = (tmp.path().join("m"), tmp.path().join("d"));
+        std::fs::write(&m, vec![0u8; 4 << 20]).unwrap();
+        // Whatever the file held before stays there: nothing reads zeros for sure.
+        std::fs::write(&d, vec![0xa5u8; 1 << 20]).unwrap();
+        let dir = PoolDir::new(tmp.path().join("pool"));
+        let devices = Devices::Existing {
+            metadata: m,
+            data: d,
+        };
+        let pool = dir
+            .create(&devices, 64 << 10, PoolOptions::default())
+            .unwrap();
+        assert_eq!(crate::pool::zero_mark(&dir.metadata()).unwrap(), None);
+        let spec = crate::pool::VolumeSpec {
+            size: 1 << 20,
+            ..Default::default()
+        };
+        pool.create_volume(1, spec).unwrap();
+        let mut port = pool.open_port(1).unwrap();
+        let got = crate::port::PoolPort::provision_zeroed(&mut port, 4).unwrap();
+        assert!(got.zeroed.is_empty(), "{:?} taken for zeros", got.zeroed);
     }
 }

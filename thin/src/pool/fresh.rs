@@ -1,15 +1,19 @@
 //! Data blocks known to read as zeros because no one has been handed them since the data
-//! file was filled with zeros (`rustbk thin create-pool --preallocation full`).
+//! file was made: filled with zeros (`rustbk thin create-pool --preallocation full`), or
+//! made sparse by `create-pool` (then such a block is a hole, or an unwritten extent the
+//! pool reserved ahead).
 //!
 //! A first write of part of such a block writes the guest's part alone: nothing has to be
-//! zeroed around it, and the file system has no unwritten extent to convert. The pool keeps
+//! zeroed around it, and the worker need not ask the file system (`lseek`, which waits for
+//! the data file's inode lock behind the writes that allocate) whether it is a hole; in a
+//! filled file there is no unwritten extent to convert either. The pool keeps
 //! a mark in two slot files next to the metadata (`<metadata>.zeroed.0` and `.1`): every
 //! block at or past the mark reads zeros. In memory it keeps `next`, the lowest block never
 //! handed out since the mark was loaded. Before a block at or past the mark is handed out,
 //! the mark is raised past it (a window ahead, so the store is rare) and made durable: a
 //! block handed out, written and never mapped before a crash is never taken for a zero block
-//! after it. A pool with no mark (made by other tools, on a device, or sparse) has no such
-//! blocks: its holes are still found with `lseek`.
+//! after it. A pool with no mark (made by other tools, or on a device or a file that
+//! existed before) has no such blocks: its holes are still found with `lseek`.
 
 use std::path::{Path, PathBuf};
 
@@ -28,12 +32,28 @@ const WINDOW: u64 = 16384;
 struct MarkFile {
     /// Every data block at or past this one reads zeros.
     zeroed_from: u64,
+    /// How the data file was made, and so how it grows. Marks written before sparse pools
+    /// had one are all of filled files.
+    #[serde(default)]
+    data: FreshData,
+}
+
+/// How a pool's data file was made, so that its never-used blocks read zeros.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FreshData {
+    /// Written with zeros (full preallocation): it grows by writing zeros too.
+    #[default]
+    Filled,
+    /// Made sparse: it grows by its length alone.
+    Sparse,
 }
 
 /// The zero blocks of a pool whose data file was filled with zeros.
 #[derive(Debug)]
 pub(crate) struct Fresh {
     base: PathBuf,
+    data: FreshData,
     /// Lowest block never handed out since the mark was loaded.
     next: u64,
     /// The mark on disk: `next <= durable`.
@@ -59,14 +79,20 @@ impl Fresh {
             .map_err(|e| Error::corrupt(format!("{}: {e}", base.display())))?;
         Ok(Some(Fresh {
             base,
+            data: mark.data,
             next: mark.zeroed_from,
             durable: mark.zeroed_from,
         }))
     }
 
     /// Records durably that every block of the data device next to `metadata` reads zeros.
-    pub(crate) fn create(metadata: &Path) -> Result<()> {
-        store(&base_for(metadata), 0)
+    pub(crate) fn create(metadata: &Path, data: FreshData) -> Result<()> {
+        store(&base_for(metadata), 0, data)
+    }
+
+    /// How the data file was made.
+    pub(crate) fn data(&self) -> FreshData {
+        self.data
     }
 
     /// Takes the blocks just handed out (`got`): returns those that read zeros, after the
@@ -82,7 +108,7 @@ impl Fresh {
             .ok_or_else(|| Error::corrupt(format!("data block {highest}")))?;
         if next > self.durable {
             let mark = next.saturating_add(WINDOW);
-            store(&self.base, mark)?;
+            store(&self.base, mark, self.data)?;
             self.durable = mark;
         }
         self.next = next;
@@ -101,8 +127,8 @@ pub(crate) fn remove(metadata: &Path) -> Result<()> {
     Ok(())
 }
 
-fn store(base: &Path, zeroed_from: u64) -> Result<()> {
-    let body = serde_json::to_vec(&MarkFile { zeroed_from })
+fn store(base: &Path, zeroed_from: u64, data: FreshData) -> Result<()> {
+    let body = serde_json::to_vec(&MarkFile { zeroed_from, data })
         .map_err(|e| Error::InvalidArgument(format!("zero mark: {e}")))?;
     slots::store(base, &body).map_err(Error::io)
 }
@@ -122,7 +148,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let meta = dir.path().join("metadata");
         assert!(Fresh::load(&meta).unwrap().is_none(), "no mark: none");
-        Fresh::create(&meta).unwrap();
+        Fresh::create(&meta, FreshData::Filled).unwrap();
         let mut fresh = Fresh::load(&meta).unwrap().unwrap();
         assert_eq!(fresh.hand_out(&[0, 1, 2]).unwrap(), vec![0, 1, 2]);
         let on_disk = Fresh::load(&meta).unwrap().unwrap();
@@ -146,7 +172,7 @@ mod tests {
     fn a_mark_that_cannot_be_stored_reports_no_block_as_zero() {
         let dir = tempfile::tempdir().unwrap();
         let meta = dir.path().join("metadata");
-        Fresh::create(&meta).unwrap();
+        Fresh::create(&meta, FreshData::Filled).unwrap();
         let mut fresh = Fresh::load(&meta).unwrap().unwrap();
         // Both slots turned into directories: the store fails.
         remove(&meta).unwrap();

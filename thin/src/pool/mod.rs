@@ -100,10 +100,18 @@ pub struct PoolUsage {
     pub metadata_free: u64,
 }
 
-/// Whether the pool whose metadata is at `metadata` keeps a mark of blocks that read zeros
-/// (its data file was filled with zeros when made).
-pub fn has_zero_mark(metadata: &Path) -> Result<bool> {
-    Ok(fresh::Fresh::load(metadata)?.is_some())
+pub use fresh::FreshData;
+
+/// How the data file of the pool whose metadata is at `metadata` was made, if the pool
+/// keeps a mark of the blocks that read zeros because no one was handed them yet.
+pub fn zero_mark(metadata: &Path) -> Result<Option<FreshData>> {
+    Ok(fresh::Fresh::load(metadata)?.map(|f| f.data()))
+}
+
+/// Removes that mark, before metadata is written over by other means (a restore): its
+/// mappings may point at blocks past the mark.
+pub fn forget_zero_mark(metadata: &Path) -> Result<()> {
+    fresh::remove(metadata)
 }
 
 /// An open thin pool.
@@ -167,17 +175,19 @@ impl Pool {
         Pool::create_recorded(metadata, data, block_size, opts, Recorders::default())
     }
 
-    /// [`Pool::create`] on a data file the caller filled with zeros and synced: the pool
-    /// records that every data block reads zeros, so a first write of part of a block never
-    /// zeroes around it (see `pool/fresh.rs`).
-    pub fn create_on_zeroed_data(
+    /// [`Pool::create`] on a data file the caller just made, sparse or filled with zeros
+    /// and synced: the pool records that every data block reads zeros, so a first write of
+    /// part of a block never zeroes around it nor asks whether it is a hole (see
+    /// `pool/fresh.rs`).
+    pub fn create_on_fresh_data(
         metadata: &Path,
         data: &Path,
         block_size: u64,
         opts: PoolOptions,
+        made: FreshData,
     ) -> Result<Pool> {
         let pool = Pool::create(metadata, data, block_size, opts)?;
-        fresh::Fresh::create(metadata)?;
+        fresh::Fresh::create(metadata, made)?;
         pool.shared.lock()?.fresh = fresh::Fresh::load(metadata)?;
         Ok(pool)
     }

@@ -11,7 +11,7 @@ use super::child::{self, verify_workload};
 use super::wire::{self, Reply, Request};
 use super::{Service, SocketPort, open_volume};
 use crate::error::Error;
-use crate::pool::{Pool, PoolOptions, VolumeSpec};
+use crate::pool::{FreshData, Pool, PoolOptions, VolumeSpec};
 use crate::port::{NewMapping, PoolPort};
 use crate::testing::{META_BYTES, queue, sized_file, thin_check, us};
 use crate::volume::{ThinVolume, VolumeOptions};
@@ -258,7 +258,9 @@ fn blocks_of_a_full_pool_come_through_the_socket_marked_as_reading_zeros() {
     let (meta, data) = (dir.path().join("meta"), dir.path().join("data"));
     sized_file(&meta, META_BYTES);
     std::fs::write(&data, vec![0u8; us(BS * 8)]).unwrap();
-    let pool = Pool::create_on_zeroed_data(&meta, &data, BS, PoolOptions::default()).unwrap();
+    let pool =
+        Pool::create_on_fresh_data(&meta, &data, BS, PoolOptions::default(), FreshData::Filled)
+            .unwrap();
     let spec = VolumeSpec {
         size: MIB,
         ..VolumeSpec::default()

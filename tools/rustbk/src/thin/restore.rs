@@ -33,6 +33,10 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
             .and_then(|f| f.set_len(args.size))
             .with_context(|| format!("Cannot create {}", args.output.display()))?;
     }
+    // The restored mappings may point anywhere: the blocks a pool there knew to read zeros
+    // no longer do.
+    rustbk_thin::pool::forget_zero_mark(&args.output)
+        .with_context(|| format!("Cannot update the pool of {}", args.output.display()))?;
     let file = super::open_metadata(&args.output, Access::ReadWrite)?;
     interchange::restore(&dump, file)
         .with_context(|| format!("Cannot restore into {}", args.output.display()))?;
