@@ -192,13 +192,36 @@ fn assert_sleeps(cpu: f64, secs: f64) {
     );
 }
 
+/// Runs `measure` (on a new host each time) and returns what it measured; if the limited
+/// disk's `rate` fell short of `want`, measures once more first. The two cores are shared with
+/// other tests, and a starved disk does not reach its limit; a rate past the limit is the
+/// limiter's fault and is returned at once.
+fn limited_run(
+    want: f64,
+    rate: impl Fn(&Report) -> f64,
+    mut measure: impl FnMut() -> (Report, Neighbour, f64),
+) -> (Report, Neighbour, f64) {
+    let first = measure();
+    let got = rate(&first.0);
+    if got >= want * (1.0 - TOLERANCE) {
+        return first;
+    }
+    eprintln!("short of the limit ({got:.1} against {want}): measuring once more");
+    measure()
+}
+
 #[test]
 fn an_iops_limit_holds_within_5_percent_over_10_s_and_the_neighbour_keeps_its_rate() {
-    let mut host = limited_host(&[("iops-total", "1000")]);
     let limited_w = reads(4096, 16, MEASURE);
     let neighbour_w = paced(4096, 6000);
-    let (limited, n, cpu) =
-        measure_beside(&mut host, &limited_w, &neighbour_w, Duration::from_secs(3));
+    let (limited, n, cpu) = limited_run(
+        1000.0,
+        |r| r.iops,
+        || {
+            let mut host = limited_host(&[("iops-total", "1000")]);
+            measure_beside(&mut host, &limited_w, &neighbour_w, Duration::from_secs(3))
+        },
+    );
     let err = (limited.iops - 1000.0).abs() / 1000.0;
     assert!(
         err <= TOLERANCE,
@@ -213,13 +236,18 @@ fn an_iops_limit_holds_within_5_percent_over_10_s_and_the_neighbour_keeps_its_ra
 #[test]
 fn a_bandwidth_limit_holds_within_5_percent_over_10_s_and_the_neighbour_keeps_its_rate() {
     let limit = 4u64 << 20;
-    let mut host = limited_host(&[("bps-total", &limit.to_string())]);
     let limited_w = reads(64 << 10, 8, MEASURE);
     // 640 requests of 64 KiB a second: 40 MiB/s.
     let neighbour_w = paced(64 << 10, 640);
-    let (limited, n, cpu) =
-        measure_beside(&mut host, &limited_w, &neighbour_w, Duration::from_secs(3));
     let want = limit as f64;
+    let (limited, n, cpu) = limited_run(
+        want,
+        |r| r.bandwidth,
+        || {
+            let mut host = limited_host(&[("bps-total", &limit.to_string())]);
+            measure_beside(&mut host, &limited_w, &neighbour_w, Duration::from_secs(3))
+        },
+    );
     let err = (limited.bandwidth - want).abs() / want;
     assert!(
         err <= TOLERANCE,
