@@ -28,7 +28,7 @@ APT_DIR=$CACHE/apt/xen-src
 TOOLS_DIR=$CACHE/xen-tools
 # Bump when the configure options or the make targets below change: it is part of the key.
 RECIPE=3
-BUILD_DEPS=(dpkg-dev quilt autoconf flex bison acpica-tools python3 pkg-config gcc make
+BUILD_DEPS=(dpkg-dev quilt autoconf autotools-dev flex bison acpica-tools python3 pkg-config gcc make
   libyajl-dev uuid-dev zlib1g-dev libzstd-dev liblzma-dev libncurses-dev)
 # Only what libxl and xl need; the hypervisor, firmware, QEMU and the other tools stay out.
 # The paths libxl compiles in are Debian's (debian/rules' configure line), so that the patched
