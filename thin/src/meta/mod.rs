@@ -180,14 +180,25 @@ impl Metadata {
     /// the superblock is written: the superblock waits for whatever `ready` waits for (the
     /// data device's sync, run meanwhile), and is not written if `ready` fails.
     pub fn commit_after(&mut self, ready: impl FnOnce() -> Result<()>) -> Result<()> {
+        let start = std::time::Instant::now();
         self.write_details()?;
         self.sb.data_sm = self.data.commit(&mut self.tm)?;
         self.sb.metadata_sm = self.meta_sm.commit(&mut self.tm)?;
-        self.tm.write_dirty()?;
+        let blocks = self.tm.write_dirty()?;
+        let written = start.elapsed();
         ready()?;
+        let ready_at = start.elapsed();
         self.tm.write_superblock(self.sb.encode())?;
         self.tm.committed();
         self.data.committed();
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        tracing::debug!(
+            blocks,
+            written_ms = ms(written),
+            ready_ms = ms(ready_at),
+            total_ms = ms(start.elapsed()),
+            "metadata committed"
+        );
         Ok(())
     }
 

@@ -16,6 +16,8 @@ use crate::error::{Error, Result};
 
 /// Clean blocks kept in memory before the cache is emptied.
 const CACHE_BLOCKS: usize = 1 << 16;
+/// Most blocks written in one system call by a commit (1 MiB).
+const MAX_RUN: usize = 256;
 
 /// The transaction manager of one pool's metadata device.
 pub struct Tm {
@@ -161,21 +163,35 @@ impl Tm {
         !self.dirty.is_empty()
     }
 
-    /// Writes every block changed in this transaction (not the superblock) and syncs them.
-    pub fn write_dirty(&mut self) -> Result<()> {
+    /// Writes every block changed in this transaction (not the superblock), a run of
+    /// consecutive blocks at a time, and syncs them; how many blocks it wrote.
+    pub fn write_dirty(&mut self) -> Result<usize> {
         let mut blocks: Vec<_> = self.dirty.drain().collect();
+        let written = blocks.len();
         blocks.sort_unstable_by_key(|(b, _)| *b);
-        for (b, (kind, mut block)) in blocks {
-            self.dev.write(b, kind, &mut block)?;
-            if self.clean.len() < CACHE_BLOCKS {
-                self.clean.insert(b, (kind, block));
+        let mut blocks = blocks.into_iter().peekable();
+        while let Some((first, head)) = blocks.next() {
+            let mut run = vec![head];
+            while run.len() < MAX_RUN {
+                let next = first.saturating_add(run.len() as u64);
+                match blocks.next_if(|(b, _)| *b == next) {
+                    Some((_, block)) => run.push(block),
+                    None => break,
+                }
+            }
+            self.dev.write_run(first, &mut run)?;
+            for (b, block) in (first..).zip(run) {
+                if self.clean.len() < CACHE_BLOCKS {
+                    self.clean.insert(b, block);
+                }
             }
         }
         #[cfg(test)]
         if self.unordered_commit {
-            return Ok(());
+            return Ok(written);
         }
-        self.dev.sync()
+        self.dev.sync()?;
+        Ok(written)
     }
 
     /// Writes the superblock at block 0, durably: the commit point.

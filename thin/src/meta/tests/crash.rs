@@ -14,6 +14,7 @@ use rustbk_formats::{EngineFile, WriteRecorder};
 
 use crate::interchange;
 use crate::meta::{Geometry, Metadata};
+use crate::pdata::block::BLOCK_SIZE;
 use crate::peers::{Peer, thin_check};
 use crate::xml::Dump;
 
@@ -143,10 +144,14 @@ fn replay(events: &[Event], cut: usize, rng: &mut Rng) -> (Vec<u8>, usize) {
         if *offset == 0 {
             superblocks += 1;
         }
-        if i < durable || rng.below(2) == 0 {
-            image[at..at + data.len()].copy_from_slice(data);
-            if *offset == 0 {
-                landed_commit = Some(superblocks - 1);
+        // A write of several blocks (a commit writes runs of them) may land in part.
+        for (k, piece) in data.chunks(BLOCK_SIZE).enumerate() {
+            if i < durable || rng.below(2) == 0 {
+                let from = at + k * BLOCK_SIZE;
+                image[from..from + piece.len()].copy_from_slice(piece);
+                if from == 0 {
+                    landed_commit = Some(superblocks - 1);
+                }
             }
         }
     }
@@ -180,11 +185,13 @@ fn crash_at_random_cuts(seed: u64, unordered: bool) -> Option<String> {
     let dir = tempfile::tempdir().unwrap();
     let recording = record(&dir.path().join("recorded"), seed, unordered);
     let events = &recording.events;
+    // The creation is its blocks, a sync, the superblock and a sync: a cut keeps that last
+    // sync at least.
     let created = events
         .iter()
         .position(|e| matches!(e, Event::Sync { .. }))
         .unwrap()
-        + 2;
+        + 3;
     let mut rng = Rng(seed ^ 0x9e37_79b9_7f4a_7c15);
     let crashed = dir.path().join("crashed");
     for round in 0..CUTS {
