@@ -263,7 +263,7 @@ fn data_index_naming_one_bitmap_many_times_is_refused_before_allocating_its_coun
             .unwrap()
             .0;
     }
-    tm.write_dirty().unwrap();
+    tm.begin_writing().write().unwrap();
     drop(tm);
     let mut sb = pool.superblock();
     sb.data_sm.bitmap_root = root;

@@ -21,12 +21,12 @@ use std::sync::Arc;
 use rustbk_formats::EngineFile;
 
 use crate::error::{Error, Result};
-use crate::pdata::block::{BLOCK_SIZE, Kind};
+use crate::pdata::block::{BLOCK_SIZE, Block, Kind};
 use crate::pdata::btree;
 use crate::pdata::dev::MetaDev;
 use crate::pdata::refs::{ENTRIES_PER_BITMAP, RefCounts};
 use crate::pdata::sm::{self, DataSm, MetaSm};
-use crate::pdata::tm::Tm;
+use crate::pdata::tm::{Batch, Tm};
 
 /// Most metadata blocks a pool can use: what 255 space map bitmaps cover (about 16 GiB).
 pub const MAX_METADATA_BLOCKS: u64 = 255 * ENTRIES_PER_BITMAP;
@@ -180,26 +180,36 @@ impl Metadata {
     /// the superblock is written: the superblock waits for whatever `ready` waits for (the
     /// data device's sync, run meanwhile), and is not written if `ready` fails.
     pub fn commit_after(&mut self, ready: impl FnOnce() -> Result<()>) -> Result<()> {
-        let start = std::time::Instant::now();
+        self.begin_commit()?.write(ready)?;
+        self.end_commit();
+        Ok(())
+    }
+
+    /// The first step of a commit, with the metadata in hand: details, then the data space
+    /// map, then the metadata space map go into new blocks, which are handed over with the
+    /// new superblock in a [`PendingCommit`] to write without the metadata. From now on a
+    /// change belongs to the next transaction, and the blocks this one freed (which the last
+    /// durable superblock may still point at) are not handed out before [`end_commit`].
+    ///
+    /// [`end_commit`]: Metadata::end_commit
+    pub fn begin_commit(&mut self) -> Result<PendingCommit> {
         self.write_details()?;
         self.sb.data_sm = self.data.commit(&mut self.tm)?;
         self.sb.metadata_sm = self.meta_sm.commit(&mut self.tm)?;
-        let blocks = self.tm.write_dirty()?;
-        let written = start.elapsed();
-        ready()?;
-        let ready_at = start.elapsed();
-        self.tm.write_superblock(self.sb.encode())?;
-        self.tm.committed();
-        self.data.committed();
-        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
-        tracing::debug!(
-            blocks,
-            written_ms = ms(written),
-            ready_ms = ms(ready_at),
-            total_ms = ms(start.elapsed()),
-            "metadata committed"
-        );
-        Ok(())
+        let batch = self.tm.begin_writing();
+        self.data.writing();
+        Ok(PendingCommit {
+            batch,
+            superblock: self.sb.encode(),
+            dev: self.tm.dev().clone(),
+        })
+    }
+
+    /// The last step of a commit, once its [`PendingCommit::write`] succeeded (and the
+    /// pending commit is dropped): the blocks its transaction freed may be handed out.
+    pub fn end_commit(&mut self) {
+        self.tm.written();
+        self.data.written();
     }
 
     fn write_details(&mut self) -> Result<()> {
@@ -244,6 +254,37 @@ impl Metadata {
             self.sb.metadata_nr_blocks = nr_blocks;
         }
         Ok(nr_blocks)
+    }
+}
+
+/// The blocks and superblock of a commit, written without the metadata (see
+/// [`Metadata::begin_commit`]).
+pub struct PendingCommit {
+    batch: Batch,
+    superblock: Block,
+    dev: MetaDev,
+}
+
+impl PendingCommit {
+    /// Writes the new blocks and syncs them, calls `ready`, then writes the superblock and
+    /// syncs it: the commit point. Nothing is written after an error.
+    pub fn write(mut self, ready: impl FnOnce() -> Result<()>) -> Result<()> {
+        let start = std::time::Instant::now();
+        self.batch.write()?;
+        let written = start.elapsed();
+        ready()?;
+        let ready_at = start.elapsed();
+        self.dev.write(0, Kind::Superblock, &mut self.superblock)?;
+        self.dev.sync()?;
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        tracing::debug!(
+            blocks = self.batch.len(),
+            written_ms = ms(written),
+            ready_ms = ms(ready_at),
+            total_ms = ms(start.elapsed()),
+            "metadata committed"
+        );
+        Ok(())
     }
 }
 

@@ -86,22 +86,21 @@ impl MetaDev {
         Ok(())
     }
 
-    /// Writes blocks at consecutive locations from `first` on, in one write: seals each
-    /// (`kinds[i]` is the kind of `blocks[i]`) and copies them into one buffer, so a commit
-    /// makes one system call per run of new blocks rather than one per block.
-    pub fn write_run(&self, first: u64, blocks: &mut [(Kind, Block)]) -> Result<()> {
-        let count = u64::try_from(blocks.len()).map_err(|_| Error::corrupt("run length"))?;
+    /// Writes sealed blocks at consecutive locations from `first` on, in one write.
+    pub fn write_sealed(&self, first: u64, blocks: &[u8]) -> Result<()> {
+        let count = (blocks.len() / BLOCK_SIZE) as u64;
+        if count == 0 || blocks.len() % BLOCK_SIZE != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "{} bytes of blocks",
+                blocks.len()
+            )));
+        }
         let last = first
-            .checked_add(count.saturating_sub(1))
+            .checked_add(count - 1)
             .ok_or_else(|| Error::corrupt(format!("metadata run at {first}")))?;
         let at = self.offset(first)?;
         self.offset(last)?;
-        let mut run = Vec::with_capacity(blocks.len() * BLOCK_SIZE);
-        for (location, (kind, b)) in (first..).zip(blocks.iter_mut()) {
-            block::seal(b, *kind, location);
-            run.extend_from_slice(&b[..]);
-        }
-        self.file.write_all_at(&run, at)?;
+        self.file.write_all_at(blocks, at)?;
         Ok(())
     }
 

@@ -4,12 +4,14 @@
 //! it: copying it to a block allocated in this transaction, which is then written freely until
 //! the commit. A block shared by several parents (its count is above one) is shadowed even if
 //! it was allocated in this transaction, and the copy's children gain a reference each.
-//! New contents live in memory until [`Tm::write_dirty`]; the superblock, written last by the
+//! New contents live in memory until [`Tm::begin_writing`] hands them over as a [`Batch`] to
+//! write, which may run while the next transaction goes on; the superblock, written last by the
 //! caller, switches from the old tree to the new one in one block write.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
-use super::block::{Block, Kind};
+use super::block::{self, Block, Kind};
 use super::dev::MetaDev;
 use super::refs::RefCounts;
 use crate::error::{Error, Result};
@@ -27,6 +29,9 @@ pub struct Tm {
     /// Blocks read or written back, with the type they were checked or written as.
     clean: HashMap<u64, (Kind, Block)>,
     dirty: HashMap<u64, (Kind, Block)>,
+    /// The blocks of the transaction being written (sealed), read from here until
+    /// [`Tm::written`].
+    writing: Arc<BTreeMap<u64, (Kind, Block)>>,
     shadows: HashSet<u64>,
     /// Fault injection for the crash tests: commit without syncing the new blocks before the
     /// superblock is written, so a crash can leave a superblock pointing at unwritten blocks.
@@ -42,6 +47,7 @@ impl Tm {
             refs,
             clean: HashMap::new(),
             dirty: HashMap::new(),
+            writing: Arc::default(),
             shadows: HashSet::new(),
             #[cfg(test)]
             unordered_commit: false,
@@ -60,16 +66,19 @@ impl Tm {
 
     /// The contents of block `b`, checked as a `kind` block.
     pub fn read(&mut self, b: u64, kind: Kind) -> Result<&[u8; super::BLOCK_SIZE]> {
-        if !self.dirty.contains_key(&b) && !self.clean.contains_key(&b) {
+        let cached = |tm: &Tm| {
+            tm.dirty.contains_key(&b) || tm.writing.contains_key(&b) || tm.clean.contains_key(&b)
+        };
+        if !cached(self) {
             let block = self.dev.read(b, kind)?;
             if self.clean.len() >= CACHE_BLOCKS {
                 self.clean.clear();
             }
             self.clean.insert(b, (kind, block));
         }
-        let (k, block) = match self.dirty.get(&b) {
-            Some(entry) => entry,
-            None => &self.clean[&b],
+        let (k, block) = match (self.dirty.get(&b), self.writing.get(&b)) {
+            (Some(entry), _) | (None, Some(entry)) => entry,
+            (None, None) => &self.clean[&b],
         };
         match *k == kind {
             true => Ok(&**block),
@@ -163,47 +172,94 @@ impl Tm {
         !self.dirty.is_empty()
     }
 
-    /// Writes every block changed in this transaction (not the superblock), a run of
-    /// consecutive blocks at a time, and syncs them; how many blocks it wrote.
-    pub fn write_dirty(&mut self) -> Result<usize> {
-        let mut blocks: Vec<_> = self.dirty.drain().collect();
-        let written = blocks.len();
-        blocks.sort_unstable_by_key(|(b, _)| *b);
-        let mut blocks = blocks.into_iter().peekable();
-        while let Some((first, head)) = blocks.next() {
-            let mut run = vec![head];
-            while run.len() < MAX_RUN {
-                let next = first.saturating_add(run.len() as u64);
-                match blocks.next_if(|(b, _)| *b == next) {
-                    Some((_, block)) => run.push(block),
+    /// Ends the transaction in memory, the first step of a commit: its changed blocks are
+    /// sealed and handed over in a [`Batch`] to write, and are read from here until
+    /// [`Tm::written`]. From now on a change shadows again (the batch's blocks are the next
+    /// superblock's), and the blocks the transaction freed stay held back.
+    pub fn begin_writing(&mut self) -> Batch {
+        let mut blocks: BTreeMap<u64, (Kind, Block)> = self.dirty.drain().collect();
+        for (&b, (kind, block)) in blocks.iter_mut() {
+            block::seal(block, *kind, b);
+        }
+        self.shadows.clear();
+        self.refs.writing();
+        let blocks = Arc::new(blocks);
+        self.writing = blocks.clone();
+        Batch {
+            dev: self.dev.clone(),
+            blocks,
+            #[cfg(test)]
+            unsynced: self.unordered_commit,
+        }
+    }
+
+    /// The batch of [`Tm::begin_writing`] is durable (and dropped): its blocks join the
+    /// clean ones, and the blocks its transaction freed may be handed out.
+    pub fn written(&mut self) {
+        let blocks = std::mem::take(&mut self.writing);
+        let blocks = Arc::try_unwrap(blocks).unwrap_or_else(|shared| (*shared).clone());
+        for (b, block) in blocks {
+            if self.clean.len() < CACHE_BLOCKS {
+                self.clean.insert(b, block);
+            }
+        }
+        self.refs.written();
+    }
+
+    /// Writes every changed block, durably, and ends the transaction, with nothing in
+    /// between (no superblock).
+    #[cfg(test)]
+    pub(crate) fn write_all(&mut self) -> Result<()> {
+        self.begin_writing().write()?;
+        self.written();
+        Ok(())
+    }
+}
+
+/// The new blocks of a transaction, sealed, to be written while the transaction manager
+/// goes on with the next one.
+pub struct Batch {
+    dev: MetaDev,
+    blocks: Arc<BTreeMap<u64, (Kind, Block)>>,
+    /// Fault injection: no sync after the blocks (see `Tm::unordered_commit`).
+    #[cfg(test)]
+    unsynced: bool,
+}
+
+impl Batch {
+    /// Blocks in the batch.
+    pub fn len(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Whether the batch holds no block.
+    pub fn is_empty(&self) -> bool {
+        self.blocks.is_empty()
+    }
+
+    /// Writes the blocks, a run of consecutive ones (up to [`MAX_RUN`]) per write, and syncs
+    /// them.
+    pub fn write(&self) -> Result<()> {
+        let mut blocks = self.blocks.iter().peekable();
+        let mut run = Vec::with_capacity(MAX_RUN * super::BLOCK_SIZE);
+        while let Some((&first, (_, head))) = blocks.next() {
+            run.clear();
+            run.extend_from_slice(&head[..]);
+            let mut next = first.saturating_add(1);
+            while run.len() < MAX_RUN * super::BLOCK_SIZE {
+                match blocks.next_if(|(b, _)| **b == next) {
+                    Some((_, (_, block))) => run.extend_from_slice(&block[..]),
                     None => break,
                 }
+                next = next.saturating_add(1);
             }
-            self.dev.write_run(first, &mut run)?;
-            for (b, block) in (first..).zip(run) {
-                if self.clean.len() < CACHE_BLOCKS {
-                    self.clean.insert(b, block);
-                }
-            }
+            self.dev.write_sealed(first, &run)?;
         }
         #[cfg(test)]
-        if self.unordered_commit {
-            return Ok(written);
+        if self.unsynced {
+            return Ok(());
         }
-        self.dev.sync()?;
-        Ok(written)
-    }
-
-    /// Writes the superblock at block 0, durably: the commit point.
-    pub fn write_superblock(&mut self, mut block: Block) -> Result<()> {
-        self.dev.write(0, Kind::Superblock, &mut block)?;
         self.dev.sync()
-    }
-
-    /// Ends the transaction after the superblock is written.
-    pub fn committed(&mut self) {
-        self.shadows.clear();
-        self.refs.committed();
     }
 }
 
@@ -218,8 +274,7 @@ mod tests {
         let (_dir, mut tm) = test_tm(16);
         let b = tm.new_block().unwrap();
         tm.write(b, Kind::Node, block::zeroed()).unwrap();
-        tm.write_dirty().unwrap();
-        tm.committed();
+        tm.write_all().unwrap();
         // Read once as what it is (now cached clean), then as a bitmap.
         tm.read(b, Kind::Node).unwrap();
         let read = tm.read(b, Kind::Bitmap).map(drop);

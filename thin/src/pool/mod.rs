@@ -18,6 +18,8 @@ mod volumes;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_commit;
 
 pub use port::LocalPort;
 pub use sidecar::{Origin, VolumeRecord};
@@ -134,6 +136,10 @@ pub(crate) struct Shared {
     /// a crash can leave committed mappings pointing at blocks whose data never landed.
     #[cfg(test)]
     pub(crate) skip_data_sync: std::sync::atomic::AtomicBool,
+    /// Test hook: the next data sync waits for a message on this (see
+    /// [`Pool::hold_next_data_sync`]).
+    #[cfg(test)]
+    pub(crate) held_sync: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
 }
 
 pub(crate) struct State {
@@ -295,6 +301,8 @@ impl Pool {
                 data_path: files.data_path.to_owned(),
                 #[cfg(test)]
                 skip_data_sync: std::sync::atomic::AtomicBool::new(false),
+                #[cfg(test)]
+                held_sync: Mutex::new(None),
             }),
         }
     }
@@ -361,6 +369,17 @@ impl Pool {
     pub(crate) fn skip_data_sync_before_commit(&self) {
         use std::sync::atomic::Ordering;
         self.shared.skip_data_sync.store(true, Ordering::SeqCst);
+    }
+
+    /// Makes the next data sync (a commit's) wait until the returned sender sends or is
+    /// dropped: a commit then stays in its unlocked step for as long as a test needs.
+    #[cfg(test)]
+    pub(crate) fn hold_next_data_sync(&self) -> std::sync::mpsc::Sender<()> {
+        let (release, wait) = std::sync::mpsc::channel();
+        if let Ok(mut held) = self.shared.held_sync.lock() {
+            *held = Some(wait);
+        }
+        release
     }
 
     /// Opens a port on volume `id` for a data path in this process.

@@ -7,7 +7,7 @@ use rustbk_formats::{Engine, EngineKind, ImageQueue, IoOp};
 
 use super::{OnFull, Shared, State, ahead, prealloc};
 use crate::error::{Error, Result};
-use crate::meta::Metadata;
+use crate::meta::{Metadata, PendingCommit};
 use crate::port::Handout;
 
 /// Metadata blocks kept free for a commit whatever the transaction changed.
@@ -36,11 +36,14 @@ impl Shared {
         self.gate.commit(|| self.commit_now())
     }
 
-    /// One commit: the data device's sync (which is a guest flush's data sync too) runs while the new metadata blocks are written
-    /// and synced, and the superblock waits for both (every block the new mappings point at
-    /// was written before it was mapped) and for the volume records written ahead. Blocks
-    /// handed out and not mapped are given back for the commit, so it records them free,
-    /// and taken again.
+    /// One commit, in three steps. Under the pool's lock, the transaction goes into new
+    /// metadata blocks (blocks handed out and not mapped are given back for it, so it
+    /// records them free, and taken again) and the data device's sync starts. Without the
+    /// lock, so that volumes go on provisioning and mapping into the next transaction, the
+    /// new blocks are written and synced, and the superblock waits for them, the data sync
+    /// (every block the new mappings point at was written before it was mapped) and the
+    /// volume records written ahead. Under the lock again, the blocks the transaction freed
+    /// are punched (with passdown) and may be handed out.
     fn commit_now(&self) -> Result<()> {
         let mut st = self.lock()?;
         if let Some(why) = &st.failed {
@@ -48,42 +51,51 @@ impl Shared {
         }
         let ahead = std::mem::take(&mut st.ahead);
         if !st.md.is_dirty() {
+            drop(st);
             // Nothing to commit, but a flush still counts on the data being durable.
             let synced = self.sync_data();
             return synced.and(ahead::wait_all(ahead));
         }
-        let held: Vec<u64> = st
-            .ports
-            .values()
-            .flat_map(|p| p.provisioned.iter().copied())
-            .collect();
-        let result = std::thread::scope(|scope| {
+        std::thread::scope(|scope| {
             let data = scope.spawn(|| self.sync_data());
-            st.change(|md| {
-                for &b in &held {
-                    md.release_data(b)?;
-                }
-                md.commit_after(|| {
-                    let synced = data.join().unwrap_or_else(|_| {
-                        Err(Error::PoolFailed("the data sync panicked".into()))
-                    });
-                    let recorded = ahead::wait_all(ahead);
-                    synced.and(recorded)
-                })?;
-                held.iter().try_for_each(|&b| md.claim_data(b))
-            })
-        });
-        if result.is_ok() {
-            // The lock is still held: no freed block is handed out before it is punched.
-            let freed = std::mem::take(&mut st.pass_down);
-            self.pass_down(st.block_size, &freed)?;
-        }
-        self.space_changed(&mut st);
+            let (pending, freed) = begin_commit(&mut st)?;
+            drop(st);
+            let written = pending.write(|| {
+                let synced = data
+                    .join()
+                    .unwrap_or_else(|_| Err(Error::PoolFailed("the data sync panicked".into())));
+                synced.and(ahead::wait_all(ahead))
+            });
+            let mut st = self.lock()?;
+            self.end_commit(&mut st, written, &freed)
+        })
+    }
+
+    /// The commit's last step, under the lock: on success the transaction's freed blocks
+    /// are punched (passdown) and may be handed out; on failure the pool goes back to the
+    /// last commit on disk and takes no more changes.
+    fn end_commit(&self, st: &mut State, written: Result<()>, freed: &[u64]) -> Result<()> {
+        let result = match written {
+            Ok(()) => {
+                st.md.end_commit();
+                // The lock is still held: no freed block is handed out before it is punched.
+                self.pass_down(st.block_size, freed)
+            }
+            Err(e) => {
+                st.abort(&e);
+                Err(e)
+            }
+        };
+        self.space_changed(st);
         result
     }
 
     /// Makes every write on the data device durable before a commit.
     fn sync_data(&self) -> Result<()> {
+        #[cfg(test)]
+        if let Some(wait) = self.held_sync.lock().ok().and_then(|mut h| h.take()) {
+            let _ = wait.recv();
+        }
         #[cfg(test)]
         if self
             .skip_data_sync
@@ -214,6 +226,25 @@ impl Shared {
         }
         Ok(())
     }
+}
+
+/// The commit's first step, under the lock: the pending commit, and the data blocks its
+/// transaction freed that passdown punches once it is durable.
+fn begin_commit(st: &mut State) -> Result<(PendingCommit, Vec<u64>)> {
+    let held: Vec<u64> = st
+        .ports
+        .values()
+        .flat_map(|p| p.provisioned.iter().copied())
+        .collect();
+    let pending = st.change(|md| {
+        for &b in &held {
+            md.release_data(b)?;
+        }
+        let pending = md.begin_commit()?;
+        held.iter().try_for_each(|&b| md.claim_data(b))?;
+        Ok(pending)
+    })?;
+    Ok((pending, std::mem::take(&mut st.pass_down)))
 }
 
 fn take_blocks(st: &mut State, count: usize) -> Result<Vec<u64>> {

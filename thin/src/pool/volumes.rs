@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rustbk_formats::{Format, OpenOptions};
 
@@ -158,15 +158,23 @@ impl Pool {
     }
 
     /// Snapshots volume `origin` as volume `id`, live: the origin's ports pause (their
-    /// writes in flight finish), the snapshot is taken and committed, and they resume
-    /// knowing that their mapped blocks are now shared.
+    /// writes in flight finish), the snapshot is made, and they resume knowing that their
+    /// mapped blocks are now shared; then the snapshot is committed while they run (their
+    /// copies-on-write go into the next transaction).
     pub fn snapshot(&self, origin: u64, id: u64, name: &str) -> Result<()> {
+        self.snapshot_timed(origin, id, name).map(drop)
+    }
+
+    /// [`Pool::snapshot`]; how long the origin was held still, from the pause request to
+    /// the resume.
+    pub fn snapshot_timed(&self, origin: u64, id: u64, name: &str) -> Result<Duration> {
         let _admin = self.admin()?;
         let start = Instant::now();
         let mut record = self.shared.lock()?.volumes.get(&origin).cloned();
         let record = record.as_mut().ok_or(Error::NoSuchDevice(origin))?;
         record.name = name.to_owned();
         let ahead = self.record_ahead(id, record)?;
+        let asked = Instant::now();
         let controls = match self.pause_volume(origin) {
             Ok(controls) => controls,
             Err(e) => {
@@ -174,21 +182,28 @@ impl Pool {
                 return Err(e);
             }
         };
-        let paused = start.elapsed();
-        let result = self.snapshot_paused(ahead, origin, id, record.clone());
+        let paused = asked.elapsed();
+        let made = self.publish(ahead, |st| {
+            st.change_with_room(|md| md.create_snapshot(id, origin))?;
+            st.volumes.insert(id, record.clone());
+            Ok(())
+        });
         for control in &controls {
             control.resume();
         }
-        result?;
-        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        let held = asked.elapsed();
+        made?;
+        self.commit()?;
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
         tracing::info!(
             origin,
             snapshot = id,
             pause_ms = ms(paused),
-            paused_ms = ms(start.elapsed() - paused),
+            held_ms = ms(held),
+            total_ms = ms(start.elapsed()),
             "live snapshot taken"
         );
-        Ok(())
+        Ok(held)
     }
 
     /// Starts writing the volume records with `id`'s new record in them, to be durable
@@ -257,21 +272,6 @@ impl Pool {
             "volume {origin} did not pause within {:?}",
             self.shared.opts.pause_timeout
         )))
-    }
-
-    fn snapshot_paused(
-        &self,
-        ahead: Ahead,
-        origin: u64,
-        id: u64,
-        record: VolumeRecord,
-    ) -> Result<()> {
-        self.publish(ahead, |st| {
-            st.change_with_room(|md| md.create_snapshot(id, origin))?;
-            st.volumes.insert(id, record);
-            Ok(())
-        })?;
-        self.commit()
     }
 
     /// Every volume with its usage.

@@ -42,7 +42,11 @@ fn run(pool: &Pool, request: AdminRequest) -> Result<Reply> {
         } => pool.create_volume(id, VolumeSpec { size, name, origin })?,
         AdminRequest::DeleteVolume { id } => pool.delete_volume(id)?,
         AdminRequest::ResizeVolume { id, size } => pool.resize_volume(id, size)?,
-        AdminRequest::Snapshot { origin, id, name } => pool.snapshot(origin, id, &name)?,
+        AdminRequest::Snapshot { origin, id, name } => {
+            let held = pool.snapshot_timed(origin, id, &name)?;
+            let held_us = u64::try_from(held.as_micros()).unwrap_or(u64::MAX);
+            return Ok(Reply::Snapshot { held_us });
+        }
         AdminRequest::Usage => {
             return Ok(Reply::Usage {
                 usage: pool.usage()?,
@@ -121,8 +125,18 @@ impl AdminClient {
 
     /// Snapshots volume `origin` as `id`, pausing its workers.
     pub fn snapshot(&mut self, origin: u64, id: u64, name: &str) -> Result<()> {
+        self.snapshot_timed(origin, id, name).map(drop)
+    }
+
+    /// [`AdminClient::snapshot`], also telling how long the origin's workers were held
+    /// still (not told by a service from before it told that).
+    pub fn snapshot_timed(&mut self, origin: u64, id: u64, name: &str) -> Result<Option<Duration>> {
         let name = name.to_owned();
-        self.done(&AdminRequest::Snapshot { origin, id, name })
+        match self.call(&AdminRequest::Snapshot { origin, id, name })? {
+            Reply::Done => Ok(None),
+            Reply::Snapshot { held_us } => Ok(Some(Duration::from_micros(held_us))),
+            other => Err(Error::Service(format!("unexpected reply {other:?}"))),
+        }
     }
 
     /// Commits the pool.

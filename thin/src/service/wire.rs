@@ -67,6 +67,10 @@ pub(crate) enum Reply {
     Volumes {
         volumes: Vec<VolumeUsage>,
     },
+    /// A snapshot was taken; its origin was held still this many microseconds.
+    Snapshot {
+        held_us: u64,
+    },
 }
 
 /// What an admin connection (first frame `admin`) asks.

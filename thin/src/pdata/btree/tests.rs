@@ -54,8 +54,7 @@ impl ValueRefs for Counted {
 }
 
 fn commit(tm: &mut Tm) {
-    tm.write_dirty().unwrap();
-    tm.committed();
+    tm.write_all().unwrap();
 }
 
 fn contents(tm: &mut Tm, root: u64) -> BTreeMap<u64, u64> {

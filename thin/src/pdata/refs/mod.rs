@@ -24,6 +24,9 @@ pub struct RefCounts {
     small: Vec<u8>,
     large: BTreeMap<u64, u32>,
     freed: HashSet<u64>,
+    /// Blocks freed in the transaction being written (see [`RefCounts::writing`]): held
+    /// back too, until that transaction is durable.
+    freed_writing: HashSet<u64>,
     dirty: BTreeSet<u64>,
     overflow_changed: bool,
     nr_allocated: u64,
@@ -50,7 +53,8 @@ impl RefCounts {
 
     /// Blocks that are free and may be handed out now.
     pub fn nr_free(&self) -> u64 {
-        self.nr_blocks() - self.nr_allocated - self.freed.len() as u64
+        let held = self.freed.len() + self.freed_writing.len();
+        self.nr_blocks() - self.nr_allocated - held as u64
     }
 
     /// Tracks `nr_blocks` blocks (never fewer than now); the new ones are free.
@@ -125,6 +129,7 @@ impl RefCounts {
             (0, _) => {
                 self.nr_allocated += 1;
                 self.freed.remove(&block);
+                self.freed_writing.remove(&block);
             }
             (_, 0) => {
                 self.nr_allocated -= 1;
@@ -188,14 +193,14 @@ impl RefCounts {
     /// Gives a free block that is not held back until the commit a count of one (takes back a
     /// block given back with [`RefCounts::unalloc`]).
     pub fn claim(&mut self, block: u64) -> Result<()> {
-        if self.get(block)? != 0 || self.freed.contains(&block) {
+        if self.get(block)? != 0 || self.held_back(block) {
             return Err(Error::InvalidArgument(format!("block {block} is not free")));
         }
         self.set(block, 1)
     }
 
     fn find_free(&self, start: usize, end: usize) -> Option<usize> {
-        let usable = |i: &usize| self.small[*i] == 0 && !self.freed.contains(&(*i as u64));
+        let usable = |i: &usize| self.small[*i] == 0 && !self.held_back(*i as u64);
         (start..end)
             .find(usable)
             .or_else(|| (0..start).find(usable))
@@ -238,11 +243,31 @@ impl RefCounts {
         self.nr_blocks().div_ceil(ENTRIES_PER_BITMAP)
     }
 
-    /// Called once the transaction is committed: freed blocks become usable, nothing is dirty.
-    pub fn committed(&mut self) {
-        self.freed.clear();
+    /// Whether `block` was freed by a transaction not yet durable.
+    fn held_back(&self, block: u64) -> bool {
+        self.freed.contains(&block) || self.freed_writing.contains(&block)
+    }
+
+    /// Called once the transaction's changes were written into new blocks (the commit's
+    /// first step): what changes from now on belongs to the next transaction, and the
+    /// blocks this one freed stay held back until [`RefCounts::written`].
+    pub fn writing(&mut self) {
+        let freed = std::mem::take(&mut self.freed);
+        self.freed_writing.extend(freed);
         self.dirty.clear();
         self.overflow_changed = false;
+    }
+
+    /// Called once the transaction being written is durable: the blocks it freed become
+    /// usable.
+    pub fn written(&mut self) {
+        self.freed_writing.clear();
+    }
+
+    /// Called once the transaction is committed: freed blocks become usable, nothing is dirty.
+    pub fn committed(&mut self) {
+        self.writing();
+        self.written();
     }
 
     /// Forgets what changed, as after loading the committed state.

@@ -138,9 +138,15 @@ impl DataSm {
         Ok(self.layout.root(&self.refs))
     }
 
-    /// Called once the transaction is committed.
-    pub fn committed(&mut self) {
-        self.refs.committed();
+    /// Called once the transaction's new blocks are handed over to be written (see
+    /// [`RefCounts::writing`]).
+    pub fn writing(&mut self) {
+        self.refs.writing();
+    }
+
+    /// Called once the transaction is durable.
+    pub fn written(&mut self) {
+        self.refs.written();
     }
 }
 

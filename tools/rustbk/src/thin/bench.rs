@@ -94,12 +94,20 @@ pub struct Results {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub io: Vec<Case>,
     /// Milliseconds of each live snapshot of a 1 GiB volume taken through the pool service
-    /// while the emulated guest writes into it.
+    /// while the emulated guest writes into it, as the admin asking for it waits (pause,
+    /// snapshot, commit).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub guest_snapshot_ms_1g: Vec<f64>,
     /// The same for a 1 TiB (sparse) volume.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub guest_snapshot_ms_1t: Vec<f64>,
+    /// Milliseconds the 1 GiB volume's worker was held still by each snapshot, from the
+    /// pause request to the resume: the guest's stall.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub guest_held_ms_1g: Vec<f64>,
+    /// The same for the 1 TiB volume.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub guest_held_ms_1t: Vec<f64>,
     /// Snapshot times, metadata space and check times.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata: Option<bench_meta::MetaResults>,
@@ -130,6 +138,8 @@ fn measure(args: &BenchArgs, dir: &Path) -> anyhow::Result<Results> {
         io: Vec::new(),
         guest_snapshot_ms_1g: Vec::new(),
         guest_snapshot_ms_1t: Vec::new(),
+        guest_held_ms_1g: Vec::new(),
+        guest_held_ms_1t: Vec::new(),
         metadata: None,
     };
     if wants(Part::Io) {
@@ -139,8 +149,10 @@ fn measure(args: &BenchArgs, dir: &Path) -> anyhow::Result<Results> {
         results.io = first_write_cases(&mut cluster, args, dir)?;
     }
     if wants(Part::Snapshots) {
-        results.guest_snapshot_ms_1g = bench_snap::through_guest(&mut cluster, 6, 1 << 30)?;
-        results.guest_snapshot_ms_1t = bench_snap::through_guest(&mut cluster, 7, 1 << 40)?;
+        let small = bench_snap::through_guest(&mut cluster, 6, 1 << 30)?;
+        let large = bench_snap::through_guest(&mut cluster, 7, 1 << 40)?;
+        (results.guest_snapshot_ms_1g, results.guest_held_ms_1g) = (small.total_ms, small.held_ms);
+        (results.guest_snapshot_ms_1t, results.guest_held_ms_1t) = (large.total_ms, large.held_ms);
     }
     if wants(Part::Metadata) {
         results.metadata = Some(bench_meta::measure(&dir.join("meta"))?);
@@ -462,6 +474,14 @@ fn print_human(r: &Results) {
         println!(
             "live snapshot through the pool service, guest writing, 1 TiB volume (ms): {}",
             bench_meta::ms_list(&r.guest_snapshot_ms_1t)
+        );
+        println!(
+            "  of which the guest's worker was held still, 1 GiB volume (ms): {}",
+            bench_meta::ms_list(&r.guest_held_ms_1g)
+        );
+        println!(
+            "  of which the guest's worker was held still, 1 TiB volume (ms): {}",
+            bench_meta::ms_list(&r.guest_held_ms_1t)
         );
     }
     if let Some(metadata) = &r.metadata {
