@@ -55,6 +55,13 @@ pub(crate) trait MetaIo: Send + Sync {
         Ok(())
     }
 
+    /// A queue is about to submit this metadata read of `len` bytes to an engine (which does
+    /// the read); an error fails it instead. Nothing but a trace line by default.
+    fn engine_read(&self, kind: MetaKind, offset: u64, len: usize) -> Result<(), Error> {
+        tracing::trace!(?kind, offset, len, "metadata read on the engine");
+        Ok(())
+    }
+
     /// A write-back is about to submit an fdatasync to an engine, after its writes finished;
     /// an error fails it instead. Nothing by default.
     fn engine_sync(&self) -> Result<(), Error> {
