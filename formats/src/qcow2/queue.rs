@@ -379,7 +379,10 @@ impl Qcow2Queue {
     }
 
     fn finish_parents_in(&mut self, ids: Vec<u64>) {
-        let removed: Vec<Parent> = ids.iter().filter_map(|id| self.parents.remove(id)).collect();
+        let removed: Vec<Parent> = ids
+            .iter()
+            .filter_map(|id| self.parents.remove(id))
+            .collect();
         let mut parents = Vec::with_capacity(removed.len());
         for p in removed {
             match p.role {

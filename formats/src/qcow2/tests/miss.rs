@@ -70,7 +70,10 @@ fn drive_until(q: &mut Qcow2Queue, tags: &[u64]) -> Vec<Completion> {
     let start = Instant::now();
     let mut done: Vec<Completion> = Vec::new();
     while !tags.iter().all(|t| done.iter().any(|c| c.tag == *t)) {
-        assert!(start.elapsed() < Duration::from_secs(5), "{tags:?}: {done:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{tags:?}: {done:?}"
+        );
         q.wait(Some(Duration::from_millis(5))).expect("wait");
         q.reap(&mut done);
     }
@@ -101,7 +104,11 @@ fn a_read_whose_table_is_cached_completes_while_another_tables_read_is_held() {
         assert!(ok(&done, 2), "{engine:?}: {done:?}");
         assert_eq!(b.copy_out(), pattern(2, 4096), "{engine:?}");
         assert!(!done.iter().any(|c| c.tag == 1), "{engine:?}: {done:?}");
-        assert_eq!(q.io().engine.held_flushes(), 1, "{engine:?}: A's table read");
+        assert_eq!(
+            q.io().engine.held_flushes(),
+            1,
+            "{engine:?}: A's table read"
+        );
         q.io().engine.release_flushes().expect("release");
         assert!(ok(&drive_until(&mut q, &[1]), 1), "{engine:?}");
         assert_eq!(a.copy_out(), pattern(1, 4096), "{engine:?}");
