@@ -5,7 +5,9 @@
 //! metadata writes and flushes. The write-back of a guest flush writes its metadata and
 //! fdatasyncs on the queue's engine instead (through the same page-cached descriptor); it
 //! announces each of those to this seam first ([`MetaIo::engine_write`],
-//! [`MetaIo::engine_sync`]), so that the recording wrappers see one order either way.
+//! [`MetaIo::engine_sync`]), so that the recording wrappers see one order either way. An L2
+//! table a guest op misses in the cache is read on the queue's engine too (see
+//! [`super::fetch`]), announced by [`MetaIo::engine_read`].
 
 use std::sync::Arc;
 

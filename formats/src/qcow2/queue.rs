@@ -8,7 +8,8 @@
 //! notifiers. A write inside a guest cluster whose allocation this queue has in flight, into
 //! a new cluster the file system zeroed, instead joins that allocation: its data goes straight
 //! to the new cluster and it completes together with the allocating op (with its result).
-//! Children beyond the engine's depth wait in `backlog`.
+//! Children beyond the engine's depth wait in `backlog`. An op needing an L2 table the cache
+//! lacks is parked in `fetches` while the engine reads the table (see [`super::fetch`]).
 //!
 //! A guest flush with dirty metadata writes it back on this queue's engine, in the crash-safe
 //! order, while the queue goes on planning and completing other ops (see [`super::flush`]);
