@@ -146,7 +146,7 @@ impl Qcow2Queue {
     /// The engine read `fetch` ended (`error`: it failed): the table enters the cache and the
     /// ops parked on it are planned again, or fail.
     pub(super) fn fetch_done(&mut self, fetch: Fetch, error: Option<Error>) {
-        let data = error.is_none().then(|| fetch.buf.copy_out());
+        let data = error.is_none().then(|| table_bytes(fetch.buf));
         let ended = lock(&self.meta).and_then(|mut meta| meta.end_fetch(fetch.table, data));
         let mut failure = error.or(ended.err());
         if let Some(e) = &failure {
@@ -158,8 +158,20 @@ impl Qcow2Queue {
                     failure = Some(Error::from_errno(e.errno()));
                     self.finish_now(tag, Err(e));
                 }
-                None => self.start_op(op, tag, false),
+                None => {
+                    self.replanned = true;
+                    self.start_op(op, tag, false);
+                }
             }
         }
+    }
+}
+
+/// What a finished read put in `buf`. The engine dropped its handle when the read completed,
+/// so this copies once (a handle still held elsewhere costs a zeroed copy more).
+fn table_bytes(mut buf: SharedBuf) -> Vec<u8> {
+    match buf.get_mut() {
+        Some(bytes) => bytes.to_vec(),
+        None => buf.copy_out(),
     }
 }

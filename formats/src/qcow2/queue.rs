@@ -84,6 +84,9 @@ pub struct Qcow2Queue {
     pub(super) meta_io: Arc<dyn MetaIo>,
     /// L2 tables this queue reads on its engine -> the ops parked on them.
     pub(super) fetches: HashMap<u64, Vec<(IoOp, u64)>>,
+    /// Ops parked on a table read were planned again in this pump: their I/O is to be
+    /// handed to the kernel before the queue sleeps or returns.
+    pub(super) replanned: bool,
 }
 
 impl Qcow2Queue {
@@ -111,6 +114,7 @@ impl Qcow2Queue {
             flush: None,
             meta_io,
             fetches: HashMap::new(),
+            replanned: false,
         })
     }
 
@@ -512,7 +516,8 @@ impl Planner for Qcow2Queue {
         if retried {
             self.retry_deferred();
         }
-        self.io.feed_and_commit(retried);
+        let replanned = std::mem::take(&mut self.replanned);
+        self.io.feed_and_commit(retried || replanned);
     }
 
     fn woken(&mut self) {
