@@ -53,7 +53,7 @@ impl Meta {
     }
 
     /// An engine read of the L2 table at `table` is about to be issued.
-    fn begin_fetch(&mut self, table: u64) -> Result<(), Error> {
+    pub(super) fn begin_fetch(&mut self, table: u64) -> Result<(), Error> {
         self.check_table_inside(Table::L2, table)?;
         self.fetching.entry(table).or_default().reads += 1;
         Ok(())
@@ -69,7 +69,7 @@ impl Meta {
 
     /// One engine read of `table` ended with `data` (`None`: it failed). The table is cached
     /// unless the read was overtaken.
-    fn end_fetch(&mut self, table: u64, data: Option<Vec<u8>>) -> Result<(), Error> {
+    pub(super) fn end_fetch(&mut self, table: u64, data: Option<Vec<u8>>) -> Result<(), Error> {
         let stale = match self.fetching.get_mut(&table) {
             Some(f) => {
                 f.reads = f.reads.saturating_sub(1);

@@ -8,6 +8,7 @@ use crate::buffer::SharedBuf;
 use crate::engine::{Access, EngineFile};
 use crate::image::{Completion, EngineKind, ImageQueue, IoOp};
 use crate::planned::Planner;
+use crate::qcow2::meta::Table;
 use crate::qcow2::queue::Qcow2Queue;
 use crate::qcow2::read::lock;
 use crate::qcow2::{Chain, CreateOptions, Qcow2Image, create};
@@ -200,4 +201,28 @@ fn a_table_past_the_end_of_the_file_fails_its_ops_and_the_queue_goes_on() {
     let done = drive_until(&mut q, &[1, 2]);
     assert!(failed(&done, 1) && ok(&done, 2), "{done:?}");
     assert_eq!(b.copy_out(), pattern(2, 4096));
+}
+
+#[test]
+fn an_overtaken_table_read_is_dropped() {
+    let r = rig();
+    let image = open(&r.path, EngineKind::IoUring);
+    let mut q = image.queue(4).expect("queue");
+    let table_a = table_of(&q, A);
+    {
+        let mut meta = lock(&q.meta).expect("meta");
+        meta.begin_fetch(table_a).expect("begin");
+        // Meanwhile the table comes into the cache another way, and leaves it again.
+        meta.table(Table::L2, table_a).expect("synchronous read");
+        meta.forget_table(Table::L2, table_a);
+        // The engine read ends with bytes older than what the cache had.
+        let older = vec![0xff; CS as usize];
+        meta.end_fetch(table_a, Some(older)).expect("end");
+        assert!(
+            !meta.l2_cache.contains(table_a),
+            "an overtaken read was cached"
+        );
+        assert!(meta.fetching.is_empty());
+    }
+    assert_eq!(read_at(&mut q, A, 4096).expect("read A"), pattern(1, 4096));
 }
