@@ -216,7 +216,7 @@ fn an_overtaken_table_read_is_dropped() {
         meta.table(Table::L2, table_a).expect("synchronous read");
         meta.forget_table(Table::L2, table_a);
         // The engine read ends with bytes older than what the cache had.
-        let older = vec![0xff; CS as usize];
+        let older = vec![0xff; crate::qcow2::layout::small(CS)];
         meta.end_fetch(table_a, Some(older)).expect("end");
         assert!(
             !meta.l2_cache.contains(table_a),
