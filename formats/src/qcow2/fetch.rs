@@ -1,7 +1,10 @@
 //! L2 tables missing from the cache, read on the queue's engine while the queue goes on.
 //!
 //! Before a guest read, write, discard or write-zeroes is planned, the queue looks up the L2
-//! tables its guest clusters need. If one is mapped but not cached, the op is parked and the
+//! tables its guest clusters need. If one is mapped but not cached, it is first read from the
+//! host's page cache without waiting (`preadv2` with `RWF_NOWAIT`): a table the host has in
+//! memory costs a copy, as a synchronous read would, and no trip through the engine. If the
+//! page cache does not hold all of it, the op is parked and the
 //! table is read on the queue's engine (through the page-cached descriptor, as the write-back
 //! writes: [`Engine::submit_meta`]), as a child that belongs to no guest op. Ops missing the
 //! same table meanwhile join that read; ops whose tables are cached are planned and complete
@@ -32,7 +35,7 @@ use crate::planned::Child;
 
 use super::layout;
 use super::meta::{Meta, Table};
-use super::metaio::MetaKind;
+use super::metaio::{MetaIo, MetaKind};
 use super::queue::Qcow2Queue;
 use super::read::lock;
 
@@ -120,6 +123,17 @@ impl Qcow2Queue {
             return None;
         }
         let cs = meta.layout().cluster_usize();
+        if meta.tables_from_page_cache {
+            match from_page_cache(&mut meta, &*self.meta_io, table, cs) {
+                Ok(true) => return Some(op),
+                Ok(false) => {}
+                Err(e) => {
+                    drop(meta);
+                    self.finish_now(tag, Err(e));
+                    return None;
+                }
+            }
+        }
         let begun = meta.begin_fetch(table);
         drop(meta);
         let announced = begun.and_then(|()| {
@@ -164,6 +178,20 @@ impl Qcow2Queue {
                 }
             }
         }
+    }
+}
+
+/// Caches the L2 table at `table` if the host's page cache holds all of it (read without
+/// waiting); false if it does not, and the engine must read it.
+fn from_page_cache(meta: &mut Meta, io: &dyn MetaIo, table: u64, cs: usize) -> Result<bool, Error> {
+    meta.check_table_inside(Table::L2, table)?;
+    let mut data = vec![0u8; cs];
+    match io.read_cached(MetaKind::L2, table, &mut data)? {
+        Some(got) if got == cs => {
+            meta.cache_table(Table::L2, table, data)?;
+            Ok(true)
+        }
+        _ => Ok(false),
     }
 }
 

@@ -91,6 +91,9 @@ pub(crate) struct Meta {
     pub(super) has_backing: bool,
     /// L2 tables being read on a queue's engine (see [`super::fetch`]).
     pub(super) fetching: HashMap<u64, Fetching>,
+    /// A missing L2 table is first read from the host's page cache, without waiting; only
+    /// when that would wait is it read on the engine. Tests turn it off.
+    pub(super) tables_from_page_cache: bool,
 }
 
 /// The engine reads of one L2 table in flight.
@@ -159,6 +162,7 @@ impl Meta {
             reserved: Vec::new(),
             has_backing,
             fetching: HashMap::new(),
+            tables_from_page_cache: true,
         };
         meta.set_reserved(header.l1_size);
         Ok(meta)
