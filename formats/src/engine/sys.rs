@@ -103,7 +103,6 @@ fn pwritev(fd: BorrowedFd<'_>, iovs: LiveIovecs<'_>, offset: u64) -> i64 {
     syscall_result(n)
 }
 
-/// Size of a block device in bytes.
 /// Reads into `buf` at `offset` only what the page cache holds, without waiting for the
 /// device (`preadv2` with `RWF_NOWAIT`): `None` if that would block (EAGAIN), else how many
 /// bytes were read (fewer than asked at the end of the file or of what is cached).
@@ -132,6 +131,7 @@ pub(crate) fn pread_cached(
     }
 }
 
+/// Size of a block device in bytes.
 pub(crate) fn blk_size(fd: BorrowedFd<'_>) -> io::Result<u64> {
     let mut size = 0u64;
     // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which points to a live local.
