@@ -311,6 +311,16 @@ impl EngineFile {
         Ok(got)
     }
 
+    /// Reads what the page cache holds of `buf.len()` bytes at `offset`, without waiting for
+    /// the device; `None` if it would have to (see [`super::sys::pread_cached`]).
+    pub fn read_cached_at(&self, buf: &mut [u8], offset: u64) -> Result<Option<usize>, Error> {
+        Ok(super::sys::pread_cached(
+            self.buffered.as_fd(),
+            buf,
+            offset,
+        )?)
+    }
+
     /// Writes all of `data` at `offset` through the page cache (format metadata).
     pub fn write_all_at(&self, data: &[u8], offset: u64) -> Result<(), Error> {
         if self.read_only {

@@ -76,6 +76,19 @@ pub struct Engine {
     /// Tests: flushes held back instead of started (see [`Engine::hold_flushes`]).
     #[cfg(test)]
     held: Option<Vec<Prepared>>,
+    /// Tests: reads at these offsets are held too, or fail (see [`Engine::hold_reads_at`]).
+    #[cfg(test)]
+    reads: TestReads,
+}
+
+/// Tests: what the engine does with reads at chosen offsets.
+#[cfg(test)]
+#[derive(Debug, Default)]
+struct TestReads {
+    /// Held (outstanding, not issued) until released.
+    hold: Option<u64>,
+    /// Completed with EIO without being issued.
+    fail: Option<u64>,
 }
 
 impl Engine {
@@ -129,6 +142,8 @@ impl Engine {
             events,
             #[cfg(test)]
             held: None,
+            #[cfg(test)]
+            reads: TestReads::default(),
         })
     }
 
@@ -206,16 +221,31 @@ impl Engine {
         self.held.get_or_insert_with(Vec::new);
     }
 
-    /// Tests: issues the flushes held so far and stops holding them.
+    /// Tests: issues the flushes (and reads) held so far and stops holding them.
     #[cfg(test)]
     pub(crate) fn release_flushes(&mut self) -> Result<(), Error> {
+        self.reads.hold = None;
         for op in self.held.take().unwrap_or_default() {
             self.start(op);
         }
         self.commit()
     }
 
-    /// Tests: how many flushes are held.
+    /// Tests: from now on, reads at `offset` are held in the engine like flushes (see
+    /// [`hold_flushes`](Self::hold_flushes)) until [`release_flushes`](Self::release_flushes).
+    #[cfg(test)]
+    pub(crate) fn hold_reads_at(&mut self, offset: u64) {
+        self.reads.hold = Some(offset);
+        self.held.get_or_insert_with(Vec::new);
+    }
+
+    /// Tests: reads at `offset` (if any) fail with EIO from now on, without being issued.
+    #[cfg(test)]
+    pub(crate) fn fail_reads_at(&mut self, offset: Option<u64>) {
+        self.reads.fail = offset;
+    }
+
+    /// Tests: how many flushes (and reads) are held.
     #[cfg(test)]
     pub(crate) fn held_flushes(&self) -> usize {
         self.held.as_ref().map_or(0, Vec::len)
@@ -224,7 +254,13 @@ impl Engine {
     /// Starts a committed op: on the ring, or synchronously (Sync engine, BLKDISCARD).
     fn start(&mut self, mut op: Prepared) {
         #[cfg(test)]
-        if let Some(held) = self.held.as_mut().filter(|_| op.is_flush()) {
+        if self.reads.fail.is_some_and(|at| op.is_read_at(at)) {
+            return self.complete(op.tag(), Err(Error::from_errno(libc::EIO)));
+        }
+        #[cfg(test)]
+        let hold = op.is_flush() || self.reads.hold.is_some_and(|at| op.is_read_at(at));
+        #[cfg(test)]
+        if let Some(held) = self.held.as_mut().filter(|_| hold) {
             return held.push(op);
         }
         record::mark_sync(&self.file, &mut op);

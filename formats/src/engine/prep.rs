@@ -306,6 +306,12 @@ impl Prepared {
         matches!(self.action, Action::Sync)
     }
 
+    /// Tests: true if the op is a read starting at `offset`.
+    #[cfg(test)]
+    pub(crate) fn is_read_at(&self, offset: u64) -> bool {
+        matches!(self.action, Action::Read) && self.offset == offset && self.done == 0
+    }
+
     /// True if the op has no io_uring form and must run synchronously.
     pub(crate) fn is_blocking_ioctl(&self) -> bool {
         matches!(self.action, Action::BlkDiscard { .. }) && !self.syncing

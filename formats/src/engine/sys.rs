@@ -103,6 +103,34 @@ fn pwritev(fd: BorrowedFd<'_>, iovs: LiveIovecs<'_>, offset: u64) -> i64 {
     syscall_result(n)
 }
 
+/// Reads into `buf` at `offset` only what the page cache holds, without waiting for the
+/// device (`preadv2` with `RWF_NOWAIT`): `None` if that would block (EAGAIN), else how many
+/// bytes were read (fewer than asked at the end of the file or of what is cached).
+pub(crate) fn pread_cached(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    offset: u64,
+) -> io::Result<Option<usize>> {
+    let offset =
+        libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: the one iovec names `buf`, which this call borrows mutably, so the kernel
+    // writes only memory no other reference covers, and at most `buf.len()` bytes of it.
+    let n = unsafe { libc::preadv2(fd.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
+    match usize::try_from(n) {
+        Ok(got) => Ok(Some(got)),
+        Err(_) => match io::Error::last_os_error() {
+            e if e.raw_os_error() == Some(libc::EAGAIN) => Ok(None),
+            // Kernels or file systems without RWF_NOWAIT for buffered reads.
+            e if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(None),
+            e => Err(e),
+        },
+    }
+}
+
 /// Size of a block device in bytes.
 pub(crate) fn blk_size(fd: BorrowedFd<'_>) -> io::Result<u64> {
     let mut size = 0u64;

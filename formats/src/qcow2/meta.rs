@@ -89,6 +89,21 @@ pub(crate) struct Meta {
     /// Byte ranges never to be allocated (header cluster, L1 table, refcount table).
     pub(super) reserved: Vec<std::ops::Range<u64>>,
     pub(super) has_backing: bool,
+    /// L2 tables being read on a queue's engine (see [`super::fetch`]).
+    pub(super) fetching: HashMap<u64, Fetching>,
+    /// A missing L2 table is first read from the host's page cache, without waiting; only
+    /// when that would wait is it read on the engine. Tests turn it off.
+    pub(super) tables_from_page_cache: bool,
+}
+
+/// The engine reads of one L2 table in flight.
+#[derive(Debug, Default)]
+pub(super) struct Fetching {
+    /// How many (on any queue).
+    pub reads: usize,
+    /// The table came into the cache (or its cluster was reused) after they were issued:
+    /// what they read may be older than the cache, and is dropped.
+    pub stale: bool,
 }
 
 impl Meta {
@@ -146,6 +161,8 @@ impl Meta {
             file_size,
             reserved: Vec::new(),
             has_backing,
+            fetching: HashMap::new(),
+            tables_from_page_cache: true,
         };
         meta.set_reserved(header.l1_size);
         Ok(meta)
@@ -248,6 +265,9 @@ impl Meta {
         offset: u64,
         data: Vec<u8>,
     ) -> Result<(), Error> {
+        if which == Table::L2 {
+            self.fetch_overtaken(offset);
+        }
         if which == Table::L2 && !self.flushing && self.l2_cache.would_evict_dirty(data.len()) {
             self.write_back()?;
         }
@@ -286,6 +306,17 @@ impl Meta {
     }
 
     fn read_cluster(&self, which: Table, offset: u64) -> Result<Vec<u8>, Error> {
+        self.check_table_inside(which, offset)?;
+        let mut data = vec![0u8; self.layout.cluster_usize()];
+        let got = self.io.read(kind_of(which), offset, &mut data)?;
+        // A table in the file's last, partly written cluster reads zeros past the end.
+        data[got..].fill(0);
+        Ok(data)
+    }
+
+    /// Fails unless the table at `offset` lies inside the file (the last cluster of which may
+    /// be partly written: it reads zeros past the end) and not in the header cluster.
+    pub(super) fn check_table_inside(&self, which: Table, offset: u64) -> Result<(), Error> {
         let cs = self.layout.cluster_size();
         let inside = offset
             .checked_add(cs)
@@ -295,11 +326,7 @@ impl Meta {
                 "{which:?} table at {offset:#x} lies outside the file"
             )));
         }
-        let mut data = vec![0u8; self.layout.cluster_usize()];
-        let got = self.io.read(kind_of(which), offset, &mut data)?;
-        // A table in the file's last, partly written cluster reads zeros past the end.
-        data[got..].fill(0);
-        Ok(data)
+        Ok(())
     }
 
     /// Writes every dirty refcount block.
@@ -339,6 +366,9 @@ impl Meta {
 
     /// Forgets a cached table (its cluster is being reused for something else).
     pub(super) fn forget_table(&mut self, which: Table, offset: u64) {
+        if which == Table::L2 {
+            self.fetch_overtaken(offset);
+        }
         self.cache(which).forget(offset);
     }
 }

@@ -5,7 +5,9 @@
 //! metadata writes and flushes. The write-back of a guest flush writes its metadata and
 //! fdatasyncs on the queue's engine instead (through the same page-cached descriptor); it
 //! announces each of those to this seam first ([`MetaIo::engine_write`],
-//! [`MetaIo::engine_sync`]), so that the recording wrappers see one order either way.
+//! [`MetaIo::engine_sync`]), so that the recording wrappers see one order either way. An L2
+//! table a guest op misses in the cache is read on the queue's engine too (see
+//! [`super::fetch`]), announced by [`MetaIo::engine_read`].
 
 use std::sync::Arc;
 
@@ -55,6 +57,25 @@ pub(crate) trait MetaIo: Send + Sync {
         Ok(())
     }
 
+    /// Reads what the page cache holds of `buf.len()` bytes at `offset` without waiting for
+    /// the device: `None` if it would have to (then a queue reads on its engine instead),
+    /// else how many bytes. `None` by default.
+    fn read_cached(
+        &self,
+        _kind: MetaKind,
+        _offset: u64,
+        _buf: &mut [u8],
+    ) -> Result<Option<usize>, Error> {
+        Ok(None)
+    }
+
+    /// A queue is about to submit this metadata read of `len` bytes to an engine (which does
+    /// the read); an error fails it instead. Nothing but a trace line by default.
+    fn engine_read(&self, kind: MetaKind, offset: u64, len: usize) -> Result<(), Error> {
+        tracing::trace!(?kind, offset, len, "metadata read on the engine");
+        Ok(())
+    }
+
     /// A write-back is about to submit an fdatasync to an engine, after its writes finished;
     /// an error fails it instead. Nothing by default.
     fn engine_sync(&self) -> Result<(), Error> {
@@ -85,6 +106,21 @@ impl MetaIo for FileIo {
     fn write(&self, kind: MetaKind, offset: u64, data: &[u8]) -> Result<(), Error> {
         tracing::trace!(?kind, offset, len = data.len(), "metadata write");
         self.0.write_all_at(data, offset)
+    }
+
+    fn read_cached(
+        &self,
+        kind: MetaKind,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<Option<usize>, Error> {
+        tracing::trace!(
+            ?kind,
+            offset,
+            len = buf.len(),
+            "metadata read from the page cache"
+        );
+        self.0.read_cached_at(buf, offset)
     }
 
     fn allocate_zeroed(&self, offset: u64, len: u64) -> Result<bool, Error> {

@@ -46,6 +46,7 @@ mod compress;
 mod create;
 mod discard;
 pub mod empty;
+mod fetch;
 mod flush;
 mod grow;
 pub mod header;

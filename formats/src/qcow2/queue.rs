@@ -8,7 +8,8 @@
 //! notifiers. A write inside a guest cluster whose allocation this queue has in flight, into
 //! a new cluster the file system zeroed, instead joins that allocation: its data goes straight
 //! to the new cluster and it completes together with the allocating op (with its result).
-//! Children beyond the engine's depth wait in `backlog`.
+//! Children beyond the engine's depth wait in `backlog`. An op needing an L2 table the cache
+//! lacks is parked in `fetches` while the engine reads the table (see [`super::fetch`]).
 //!
 //! A guest flush with dirty metadata writes it back on this queue's engine, in the crash-safe
 //! order, while the queue goes on planning and completing other ops (see [`super::flush`]);
@@ -28,6 +29,7 @@ use crate::image::{Completion, ImageQueue, IoOp};
 use crate::planned::{self, Child, PlanIo, Planner};
 
 use super::discard::{self, Zeroing};
+use super::fetch::Fetch;
 use super::meta::Meta;
 use super::metaio::MetaIo;
 use super::read::{self, Alloc, Plan, Sources, lock};
@@ -41,8 +43,17 @@ struct Parent {
     allocs: Vec<Alloc>,
     /// Tags of writes that joined this op's allocations.
     joined: Vec<u64>,
-    /// A step of this queue's write-back, not a guest op (see [`super::flush`]).
-    write_back: bool,
+    role: Role,
+}
+
+/// What a parent is.
+enum Role {
+    /// A guest op.
+    Guest,
+    /// A step of this queue's write-back (see [`super::flush`]).
+    WriteBack,
+    /// A read of an L2 table some guest ops wait for (see [`super::fetch`]).
+    Fetch(Fetch),
 }
 
 impl planned::Tracked for Parent {
@@ -71,6 +82,11 @@ pub struct Qcow2Queue {
     pub(super) flush: Option<super::flush::Run>,
     /// The image's metadata I/O seam, told of the write-back's engine I/O.
     pub(super) meta_io: Arc<dyn MetaIo>,
+    /// L2 tables this queue reads on its engine -> the ops parked on them.
+    pub(super) fetches: HashMap<u64, Vec<(IoOp, u64)>>,
+    /// Ops parked on a table read were planned again in this pump: their I/O is to be
+    /// handed to the kernel before the queue sleeps or returns.
+    pub(super) replanned: bool,
 }
 
 impl Qcow2Queue {
@@ -97,6 +113,8 @@ impl Qcow2Queue {
             unmap: false,
             flush: None,
             meta_io,
+            fetches: HashMap::new(),
+            replanned: false,
         })
     }
 
@@ -282,7 +300,7 @@ impl Qcow2Queue {
         self.spawn(tag, kids, plan.allocs);
     }
 
-    fn finish_now(&mut self, tag: u64, result: Result<(), Error>) {
+    pub(super) fn finish_now(&mut self, tag: u64, result: Result<(), Error>) {
         self.spawn(tag, vec![Child::Now(result)], Vec::new());
     }
 
@@ -293,7 +311,7 @@ impl Qcow2Queue {
             error: None,
             allocs,
             joined: Vec::new(),
-            write_back: false,
+            role: Role::Guest,
         };
         self.spawn_parent(parent, kids);
     }
@@ -306,9 +324,22 @@ impl Qcow2Queue {
             error: None,
             allocs: Vec::new(),
             joined: Vec::new(),
-            write_back: true,
+            role: Role::WriteBack,
         };
         self.spawn_parent(parent, kids);
+    }
+
+    /// Runs `read` on the engine for `fetch`, a parent of its own.
+    pub(super) fn spawn_fetch(&mut self, fetch: Fetch, read: Child) {
+        let parent = Parent {
+            tag: 0,
+            pending: 1,
+            error: None,
+            allocs: Vec::new(),
+            joined: Vec::new(),
+            role: Role::Fetch(fetch),
+        };
+        self.spawn_parent(parent, vec![read]);
     }
 
     fn spawn_parent(&mut self, parent: Parent, kids: Vec<Child>) {
@@ -353,12 +384,17 @@ impl Qcow2Queue {
     }
 
     fn finish_parents_in(&mut self, ids: Vec<u64>) {
-        let (steps, parents): (Vec<Parent>, Vec<Parent>) = ids
+        let removed: Vec<Parent> = ids
             .iter()
             .filter_map(|id| self.parents.remove(id))
-            .partition(|p| p.write_back);
-        for step in steps {
-            self.write_back_step_done(step.error);
+            .collect();
+        let mut parents = Vec::with_capacity(removed.len());
+        for p in removed {
+            match p.role {
+                Role::Guest => parents.push(p),
+                Role::WriteBack => self.write_back_step_done(p.error),
+                Role::Fetch(fetch) => self.fetch_done(fetch, p.error),
+            }
         }
         for a in parents.iter().flat_map(|p| &p.allocs) {
             self.open_allocs.remove(&a.gc);
@@ -424,15 +460,23 @@ impl Qcow2Queue {
     }
 }
 
-impl Planner for Qcow2Queue {
-    /// Plans and launches `op` (or defers it, or completes it with an error).
-    fn start(&mut self, op: IoOp, tag: u64) {
+impl Qcow2Queue {
+    /// Plans and launches `op` (or defers it, or completes it with an error); with `may_park`,
+    /// an op needing an L2 table the cache lacks is parked while the engine reads it.
+    pub(super) fn start_op(&mut self, op: IoOp, tag: u64, may_park: bool) {
         if let Some(error) = op.range_error(self.size.get()) {
             return self.finish_now(tag, Err(error));
         }
         if op.is_modifying() && self.read_only {
             return self.finish_now(tag, Err(Error::ReadOnly));
         }
+        let op = match may_park && !matches!(op, IoOp::Flush) {
+            true => match self.park_on_miss(op, tag) {
+                Some(op) => op,
+                None => return,
+            },
+            false => op,
+        };
         let planned = match op {
             IoOp::Read { offset, bufs } => self.plan_read(offset, bufs),
             IoOp::Flush => match self.plan_flush(tag) {
@@ -448,6 +492,13 @@ impl Planner for Qcow2Queue {
             Ok(plan) => self.launch(tag, plan),
             Err(error) => self.finish_now(tag, Err(error)),
         }
+    }
+}
+
+impl Planner for Qcow2Queue {
+    /// Plans and launches `op` (or parks it, defers it, or completes it with an error).
+    fn start(&mut self, op: IoOp, tag: u64) {
+        self.start_op(op, tag, true);
     }
 
     /// Collects child completions, finishes parents, retries deferred ops, feeds the backlog.
@@ -465,7 +516,8 @@ impl Planner for Qcow2Queue {
         if retried {
             self.retry_deferred();
         }
-        self.io.feed_and_commit(retried);
+        let replanned = std::mem::take(&mut self.replanned);
+        self.io.feed_and_commit(retried || replanned);
     }
 
     fn woken(&mut self) {

@@ -8,6 +8,7 @@ mod discard;
 mod hostile;
 mod inflight;
 mod interop;
+mod miss;
 mod model;
 mod ordering;
 mod queues;
