@@ -84,18 +84,20 @@ fn thin_volume_named_by_its_name_is_served_with_verified_io_and_passes_thin_chec
     thin_checks(&metadata_of(&host.image));
 }
 
+/// Runs `rustbk thin ARGS`, which must succeed.
+fn run(args: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_rustbk"))
+        .arg("thin")
+        .args(args)
+        .output()
+        .expect("run rustbk thin");
+    assert!(out.status.success(), "rustbk thin {args:?}: {out:?}");
+}
+
 /// A pool made by `rustbk thin create-pool --preallocation full`, with volume "vm" made by
 /// `rustbk thin create`; returns the `POOL:VOLUME` target.
 fn full_pool_with_volume(dir: &Path) -> PathBuf {
     let pool = dir.join("pool");
-    let run = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_rustbk"))
-            .arg("thin")
-            .args(args)
-            .output()
-            .expect("run rustbk thin");
-        assert!(out.status.success(), "rustbk thin {args:?}: {out:?}");
-    };
     let path = pool.to_str().unwrap();
     run(&[
         "create-pool",
@@ -420,14 +422,6 @@ fn two_guests_share_a_pool_whose_service_the_first_worker_started_by_itself() {
 fn a_restore_over_a_pools_metadata_makes_it_forget_which_blocks_read_zeros() {
     let tmp = tempfile::tempdir().unwrap();
     let pool = tmp.path().join("pool");
-    let run = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_rustbk"))
-            .arg("thin")
-            .args(args)
-            .output()
-            .expect("run rustbk thin");
-        assert!(out.status.success(), "rustbk thin {args:?}: {out:?}");
-    };
     run(&["create-pool", pool.to_str().unwrap(), "--size", "64m"]);
     let metadata = PoolDir::new(&pool).metadata();
     let mark = || rustbk_thin::pool::zero_mark(&metadata).unwrap();
