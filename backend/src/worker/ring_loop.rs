@@ -240,6 +240,10 @@ impl RingWorker<'_> {
             };
             pulled += 1;
             self.handle(decoded);
+            // Each request goes to the kernel as soon as it is taken, as Linux blkback
+            // submits: a whole ring's worth in one enter reaches the disk as one burst, and
+            // the disk then idles while the burst's completions make their round trip.
+            self.commit()?;
         }
         if pulled > 0 {
             Stats::add(&self.stats.requests, pulled);

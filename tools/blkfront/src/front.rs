@@ -268,10 +268,17 @@ impl Frontend {
     /// Publishes queued requests of every ring and notifies the backend of those where it
     /// asked for it.
     pub fn kick(&mut self) -> Result<(), Error> {
-        for q in &mut self.queues {
-            if q.ring.push_requests_and_check_notify() {
-                q.port.notify()?;
-            }
+        (0..self.queues.len()).try_for_each(|q| self.kick_queue(q))
+    }
+
+    /// Publishes queued requests of ring `q` and notifies the backend if it asked for it.
+    pub fn kick_queue(&mut self, q: usize) -> Result<(), Error> {
+        let queue = self
+            .queues
+            .get_mut(q)
+            .ok_or_else(|| Error::Config(format!("no queue {q}")))?;
+        if queue.ring.push_requests_and_check_notify() {
+            queue.port.notify()?;
         }
         Ok(())
     }

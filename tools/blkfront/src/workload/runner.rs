@@ -207,7 +207,6 @@ impl<'a> Runner<'a> {
         if self.in_flight() == 0 {
             self.last_activity = Instant::now();
         }
-        let mut pushed = false;
         while self.w.max_ops.is_none_or(|m| self.issued < m) {
             let Some(queue) = self.pick_queue(front) else {
                 break;
@@ -231,12 +230,11 @@ impl<'a> Runner<'a> {
                 break;
             };
             front.push_to(queue, &req)?;
+            // Published one by one, as Linux blkfront does: the backend may start on the
+            // first request while the rest are still being written.
+            front.kick_queue(queue)?;
             self.next_queue = (queue + 1) % front.queue_count();
             self.issued += 1;
-            pushed = true;
-        }
-        if pushed {
-            front.kick()?;
         }
         Ok(())
     }
