@@ -1,4 +1,6 @@
-//! The write-back of a guest flush, run as engine children on the flushing queue's io_uring.
+//! The write-back of a guest flush, run as engine children on the flushing queue's io_uring;
+//! also the write-back of metadata older than the image's write-back age, which a queue
+//! starts in the background after an allocation (no guest op waits for it).
 //!
 //! [`Meta::capture`](super::meta::Meta) takes the bytes of both phases when the flush starts
 //! (see [`super::writeback`]); the queue then runs four steps, each one parent of engine
@@ -19,14 +21,19 @@
 //!
 //! [`Engine::submit_meta`]: crate::engine::Engine::submit_meta
 
+use std::time::Duration;
+
 use crate::buffer::AlignedBuf;
 use crate::error::Error;
-use crate::image::{Completion, IoOp};
-use crate::planned::Child;
+use crate::image::{Completion, ImageQueue, IoOp};
+use crate::planned::{Child, Planner};
 
 use super::queue::Qcow2Queue;
 use super::read::lock;
 use super::writeback::{Capture, MetaWrite};
+
+/// How long a closing queue waits for its background write-back.
+const BACKGROUND_LIMIT: Duration = Duration::from_secs(30);
 
 /// Where a queue's write-back is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,11 +48,12 @@ enum Step {
     SecondSync,
 }
 
-/// A write-back a queue runs for a guest flush.
+/// A write-back a queue runs for a guest flush, or in the background.
 #[derive(Debug)]
 pub(crate) struct Run {
-    /// The guest flush it completes.
-    tag: u64,
+    /// The guest flush it completes; `None` for a write-back of metadata older than the
+    /// image's write-back age.
+    tag: Option<u64>,
     step: Step,
     /// Step 3's writes, until it starts.
     second: Option<Vec<MetaWrite>>,
@@ -54,8 +62,9 @@ pub(crate) struct Run {
 }
 
 impl Qcow2Queue {
-    /// Starts writing `capture` back for the guest flush `tag` (the image is `flushing`).
-    pub(super) fn start_write_back(&mut self, tag: u64, capture: Capture) {
+    /// Starts writing `capture` back for the guest flush `tag`, or in the background (the
+    /// image is `flushing`).
+    pub(super) fn start_write_back(&mut self, tag: Option<u64>, capture: Capture) {
         self.flush = Some(Run {
             tag,
             step: Step::FirstWrites,
@@ -144,10 +153,57 @@ impl Qcow2Queue {
             }
             Err(e) => tracing::error!(error = %e, "qcow2 write-back cannot end"),
         }
-        self.io.tally.ready.push(Completion {
-            tag: run.tag,
-            result,
-        });
+        match run.tag {
+            Some(tag) => self.io.tally.ready.push(Completion { tag, result }),
+            None => {
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "qcow2 background write-back failed");
+                }
+            }
+        }
+    }
+
+    /// Writes back metadata older than the image's write-back age without holding up the
+    /// queue: the same steps as a flush's write-back, on the engine, with no guest op waiting
+    /// for them. In the O_DSYNC modes (completions already wait for write-backs) and when
+    /// the cache cannot be captured, synchronously, as before.
+    pub(super) fn write_back_in_background(&mut self) {
+        if self.flush.is_some() {
+            return;
+        }
+        let meta = self.meta.clone();
+        let Ok(mut meta) = lock(&meta) else { return };
+        if meta.flushing || !meta.write_back_due() {
+            return;
+        }
+        if self.io.engine.file().cache().dsync() {
+            // A failure is recorded in `failed` and logged by `write_back`.
+            let _ = meta.write_back();
+            return;
+        }
+        match meta.capture() {
+            Ok(None) => {}
+            Ok(Some(capture)) => {
+                meta.flushing = true;
+                meta.writing = capture.tables(meta.layout().cluster_size());
+                drop(meta);
+                self.start_write_back(None, capture);
+            }
+            Err(e) => meta.fail_write_back(&e),
+        }
+    }
+
+    /// On close, after the guest's ops drained: lets a background write-back end (at most
+    /// [`BACKGROUND_LIMIT`]), so what it captured is written.
+    pub(super) fn finish_background_write_back(&mut self) {
+        let start = std::time::Instant::now();
+        while self.flush.is_some() && start.elapsed() < BACKGROUND_LIMIT {
+            if let Err(e) = self.io.engine.wait(Some(Duration::from_millis(100))) {
+                tracing::warn!(error = %e, "waiting for a qcow2 background write-back");
+                return;
+            }
+            self.pump();
+        }
     }
 
     /// On close: a write-back still running after the queue drained (its flush timed out) is

@@ -164,7 +164,7 @@ impl Qcow2Queue {
                 meta.flushing = true;
                 meta.writing = capture.tables(meta.layout().cluster_size());
                 drop(meta);
-                self.start_write_back(tag, capture);
+                self.start_write_back(Some(tag), capture);
                 None
             }
             Err(e) => {
@@ -443,10 +443,12 @@ impl Qcow2Queue {
     fn commit_allocs(&mut self, allocs: &[Alloc]) -> Result<(), Error> {
         let mut meta = lock(&self.meta)?;
         let result = write::commit(&mut meta, allocs);
-        if result.is_ok() {
-            meta.write_back_if_old();
-        }
+        let due = result.is_ok() && meta.write_back_due();
         meta.release(allocs.iter().map(|a| a.gc));
+        drop(meta);
+        if due {
+            self.write_back_in_background();
+        }
         result
     }
 
@@ -542,6 +544,7 @@ impl Planner for Qcow2Queue {
 impl Drop for Qcow2Queue {
     fn drop(&mut self) {
         planned::drain(self, "qcow2");
+        self.finish_background_write_back();
         self.abandon_write_back();
         if let Ok(mut meta) = lock(&self.meta) {
             let stuck = self

@@ -146,19 +146,12 @@ impl Meta {
         self.failed = Some(e.to_string());
     }
 
-    /// Writes back if metadata changed longer ago than the configured age (not while a queue
-    /// runs a write-back: its end starts the age again). A failure is logged and marks the
-    /// image failed (the next flush reports it).
-    pub(super) fn write_back_if_old(&mut self) {
+    /// Whether metadata changed longer ago than the configured age and no queue runs a
+    /// write-back (its end starts the age again): then a queue starts one in the background.
+    pub(super) fn write_back_due(&mut self) -> bool {
         let now = std::time::Instant::now();
         let since = *self.dirty_since.get_or_insert(now);
-        if self.flushing {
-            return;
-        }
-        if now.saturating_duration_since(since) >= self.writeback_age {
-            // A failure is recorded in `failed` and logged by `write_back`.
-            let _ = self.write_back();
-        }
+        !self.flushing && now.saturating_duration_since(since) >= self.writeback_age
     }
 
     /// Fails if an earlier write-back failed.

@@ -199,8 +199,20 @@ fn metadata_older_than_the_writeback_age_is_written_without_a_flush() {
     let mut q = r.image.open_queue(4).expect("queue");
     take(&r.log);
     write_at(&mut *q, 0, &data).expect("write");
+    // The write completed without waiting for the write-back, which goes on in the
+    // background while the queue is driven.
+    let mut events = take(&r.log);
+    for _ in 0..100 {
+        if events.len() >= 5 {
+            break;
+        }
+        q.wait(Some(std::time::Duration::from_millis(10)))
+            .expect("wait");
+        q.reap(&mut Vec::new());
+        events.extend(take(&r.log));
+    }
     assert_eq!(
-        take(&r.log),
+        events,
         vec![
             Event::Write(MetaKind::Refblock, 3 * CS + 8, 4),
             Event::Write(MetaKind::L2, 4 * CS, small(CS)),
@@ -210,6 +222,31 @@ fn metadata_older_than_the_writeback_age_is_written_without_a_flush() {
         ],
         "the same order as a flush, right after the allocation"
     );
+}
+
+#[test]
+fn a_background_write_back_still_running_is_finished_when_the_queue_closes() {
+    let data = pattern(11, 4096);
+    let mut o = opts(false, EngineKind::IoUring);
+    o.qcow2.writeback_age = std::time::Duration::ZERO;
+    let r = rig_with(&data, 1 << 20, o);
+    *r.expect_at.lock().expect("at") = 5 * CS;
+    let mut q = r.image.open_queue(4).expect("queue");
+    take(&r.log);
+    write_at(&mut *q, 0, &data).expect("write");
+    drop(q);
+    let events = take(&r.log);
+    assert_eq!(
+        events.last(),
+        Some(&Event::Sync { data_in_file: true }),
+        "the close waited for the write-back's last step: {events:?}"
+    );
+    assert!(
+        events.contains(&Event::Write(MetaKind::L1, 2 * CS, 8)),
+        "the new table was linked: {events:?}"
+    );
+    drop(r.image);
+    check_clean(&r.path);
 }
 
 #[test]
