@@ -381,6 +381,30 @@ impl EngineFile {
         }
     }
 
+    /// Grows a regular file to `offset + len` bytes with the file system's blocks under the
+    /// new part reserved (fallocate without flags: holes become unwritten extents, which read
+    /// as zeros; data already there is left as it is). Direct writes there are then neither
+    /// extending nor allocating, so they run in parallel. Returns false where that does not
+    /// apply: block devices, file systems without fallocate. The new length is not synced:
+    /// an fdatasync after a write into it makes it durable.
+    pub fn allocate_to(&self, offset: u64, len: u64) -> Result<bool, Error> {
+        if self.read_only {
+            return Err(Error::ReadOnly);
+        }
+        if self.kind != FileKind::Regular || len == 0 {
+            return Ok(false);
+        }
+        let (Ok(start), Ok(count)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return Err(Error::InvalidArgument(format!("allocate {offset}+{len}")));
+        };
+        let mode = nix::fcntl::FallocateFlags::empty();
+        match nix::fcntl::fallocate(self.buffered.as_raw_fd(), mode, start, count) {
+            Ok(()) => Ok(true),
+            Err(nix::errno::Errno::EOPNOTSUPP) => Ok(false),
+            Err(e) => Err(io::Error::from(e).into()),
+        }
+    }
+
     /// Whether `[offset, offset + len)` is a hole of a regular file (it reads as zeros and
     /// holds no data), from `lseek(SEEK_DATA)`. False whenever that cannot be told: block
     /// devices, file systems without SEEK_DATA, errors.

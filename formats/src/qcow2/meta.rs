@@ -24,6 +24,12 @@ use super::layout::{self, Layout, Mapping};
 use super::metaio::{MetaIo, MetaKind};
 use super::writeback::MetaWrite;
 
+/// How far ahead of its fresh clusters the file grows at a time (QEMU's preallocate filter
+/// uses 128 MiB).
+const GROW_CHUNK: u64 = 64 << 20;
+/// ... and at least this many clusters.
+const GROW_CHUNK_CLUSTERS: u64 = 16;
+
 /// Which table cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Table {
@@ -64,6 +70,11 @@ pub(crate) struct Meta {
     pub(super) fresh_from: u64,
     /// The file system refused zero-range fallocate once; zeros are written instead.
     pub(super) no_zero_range: bool,
+    /// How far this session grew the file ahead of its fresh clusters (at least its length at
+    /// open); the unused part is cut off when the image closes.
+    pub(super) grown_to: u64,
+    /// The file cannot be grown ahead (a block device, or no fallocate).
+    pub(super) no_grow: bool,
     /// When metadata first changed after the last write-back.
     pub(super) dirty_since: Option<std::time::Instant>,
     /// Age after which changed metadata is written back without waiting for a flush.
@@ -149,6 +160,8 @@ impl Meta {
             pending_free: Vec::new(),
             fresh_from: file_size.div_ceil(1 << header.cluster_bits),
             no_zero_range: false,
+            grown_to: file_size,
+            no_grow: false,
             dirty_since: None,
             writeback_age: opts.writeback_age,
             failed: None,
@@ -228,6 +241,26 @@ impl Meta {
             .allocate_zeroed(offset, self.layout.cluster_size())?;
         self.no_zero_range = !done;
         Ok(done)
+    }
+
+    /// Makes sure the file reaches past `end`, the end of a fresh cluster just allocated, by
+    /// growing it a chunk ahead with blocks reserved, as QEMU's preallocate filter does.
+    /// Writes into fresh clusters are then neither extending nor allocating: the file system
+    /// runs them in parallel, and the one fallocate per chunk (which waits for the direct I/O
+    /// in flight) replaces one per cluster.
+    pub(super) fn grow_ahead(&mut self, end: u64) -> Result<(), Error> {
+        if self.no_grow || end <= self.grown_to {
+            return Ok(());
+        }
+        let chunk = GROW_CHUNK.max(GROW_CHUNK_CLUSTERS << self.layout.cluster_bits);
+        let to = end.saturating_add(chunk);
+        let from = self.grown_to;
+        if self.io.allocate_to(from, to - from)? {
+            self.grown_to = to;
+        } else {
+            self.no_grow = true;
+        }
+        Ok(())
     }
 
     /// Sets L1 entry `index` (in memory; written back later).
@@ -404,5 +437,19 @@ pub(super) fn get64(data: &[u8], at: usize) -> u64 {
 pub(super) fn put64(data: &mut [u8], at: usize, value: u64) {
     if let Some(dst) = data.get_mut(at..at + 8) {
         dst.copy_from_slice(&value.to_be_bytes());
+    }
+}
+
+impl Drop for Meta {
+    /// The image's last user is gone: the part of the file grown ahead and never allocated is
+    /// cut off, so the file ends with its last cluster as before. (After a crash it stays,
+    /// unused; clusters there are zeroed one by one when they are allocated.)
+    fn drop(&mut self) {
+        if self.grown_to <= self.file_size {
+            return;
+        }
+        if let Err(e) = self.io.cut_to(self.file_size) {
+            tracing::warn!(error = %e, "cannot cut the qcow2 file's unused tail");
+        }
     }
 }

@@ -44,6 +44,11 @@ pub(crate) trait MetaIo: Send + Sync {
     fn sync(&self) -> Result<(), Error>;
     /// Current file size.
     fn size(&self) -> Result<u64, Error>;
+    /// Grows the file to `offset + len` with blocks reserved under the new part, leaving
+    /// what is there as it is (see [`EngineFile::allocate_to`]); false if the file cannot.
+    fn allocate_to(&self, offset: u64, len: u64) -> Result<bool, Error>;
+    /// Cuts the file back to `len` bytes (only ever an unused tail).
+    fn cut_to(&self, len: u64) -> Result<(), Error>;
 
     /// A write-back is about to submit this metadata write to an engine (which does the
     /// write); an error fails it instead. Nothing but a trace line by default.
@@ -134,5 +139,15 @@ impl MetaIo for FileIo {
 
     fn size(&self) -> Result<u64, Error> {
         self.0.size()
+    }
+
+    fn allocate_to(&self, offset: u64, len: u64) -> Result<bool, Error> {
+        tracing::trace!(offset, len, "grow the file ahead");
+        self.0.allocate_to(offset, len)
+    }
+
+    fn cut_to(&self, len: u64) -> Result<(), Error> {
+        tracing::trace!(len, "cut the file's unused tail");
+        self.0.set_len(len)
     }
 }

@@ -1,7 +1,10 @@
 //! The write path: in-place writes to clusters this image owns alone, and allocating writes
 //! with copy-on-write of the untouched parts. A write covering a whole new cluster is written
-//! as it is; a new cluster whose old contents are zeros is zeroed by the file system (zero-range fallocate, as QEMU does: reserved blocks, so the
-//! guest's writes into it are plain overwrites) and only the guest data is written.
+//! as it is; a new cluster whose old contents are zeros gets only the guest data. A cluster
+//! past the file's old end reads as zeros already (the file is grown ahead of such clusters a
+//! chunk at a time, see [`Meta::grow_ahead`]); any other is zeroed by the file system
+//! (zero-range fallocate, as QEMU does: reserved blocks, so the guest's writes into it are
+//! plain overwrites).
 //!
 //! An allocation takes its host cluster (refcount 1 in memory) when the write is planned; once
 //! the data is written, [`commit`] puts the new entry into the cached L2 table. Both reach the
@@ -90,8 +93,11 @@ fn allocate(
     let cs = meta.layout().cluster_size();
     let (table, l1_index) = l2_for_write(meta, gc)?;
     let (host, fresh) = meta.alloc_fresh_cluster()?;
+    if fresh {
+        meta.grow_ahead(host + cs)?;
+    }
     let whole = inner == 0 && piece.len() as u64 == cs;
-    let zeroed = !whole && reads_zeros(meta, old) && (meta.zero_cluster(host)? || fresh);
+    let zeroed = !whole && reads_zeros(meta, old) && (fresh || meta.zero_cluster(host)?);
     if whole || zeroed {
         plan.push(true, host + inner, piece);
     } else {

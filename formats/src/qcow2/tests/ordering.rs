@@ -79,6 +79,14 @@ impl MetaIo for Recorder {
     fn size(&self) -> Result<u64, Error> {
         self.inner.size()
     }
+
+    fn allocate_to(&self, offset: u64, len: u64) -> Result<bool, Error> {
+        self.inner.allocate_to(offset, len)
+    }
+
+    fn cut_to(&self, len: u64) -> Result<(), Error> {
+        self.inner.cut_to(len)
+    }
 }
 
 impl Recorder {
