@@ -481,3 +481,38 @@ fn a_served_image_grows_and_its_open_queues_reach_the_new_end() {
     );
     assert_bytes(&raw[(40 << 20) - 4096..], &pattern(8, 4096), "new end");
 }
+
+#[test]
+fn the_file_grows_ahead_of_new_clusters_and_is_cut_back_when_the_image_closes() {
+    let (dir, path) = temp("grow.qcow2");
+    create(&path, 1 << 30, &CreateOptions::default()).expect("create");
+    let len = |p: &Path| std::fs::metadata(p).expect("stat").len();
+    let created = len(&path);
+    let image = open_image(&path, Format::Qcow2, &opts(false, EngineKind::IoUring)).expect("open");
+    let mut q = image.open_queue(DEPTH).expect("queue");
+    let data = pattern(7, 4096);
+    write_at(&mut *q, 300 << 20, &data).expect("write");
+    run(&mut *q, IoOp::Flush).expect("flush");
+    let grown = len(&path);
+    assert!(
+        grown >= created + (64 << 20),
+        "one allocation grew the file a chunk ahead: {created} -> {grown}"
+    );
+    // What a crash now would leave: the tail stays, unused, and the image is clean.
+    let crashed = dir.path().join("crashed.qcow2");
+    std::fs::copy(&path, &crashed).expect("copy");
+    check_clean(&crashed);
+    drop(q);
+    drop(image);
+    let closed = len(&path);
+    let cluster = 64 << 10;
+    assert!(
+        closed <= created + 2 * cluster,
+        "the unused tail was cut off: {created} -> {grown} -> {closed}"
+    );
+    check_clean(&path);
+    let image = open_image(&path, Format::Qcow2, &opts(true, EngineKind::IoUring)).expect("open");
+    let mut q = image.open_queue(DEPTH).expect("queue");
+    let back = read_at(&mut *q, 300 << 20, 4096).expect("read");
+    assert_bytes(&back, &data, "the write after reopening");
+}
