@@ -362,23 +362,8 @@ impl EngineFile {
     /// allocation on the write path. Returns false where that does not apply: block devices,
     /// file systems without fallocate.
     pub fn preallocate(&self, offset: u64, len: u64) -> Result<bool, Error> {
-        if self.read_only {
-            return Err(Error::ReadOnly);
-        }
-        if self.kind != FileKind::Regular || len == 0 {
-            return Ok(false);
-        }
-        let (Ok(start), Ok(count)) = (i64::try_from(offset), i64::try_from(len)) else {
-            return Err(Error::InvalidArgument(format!(
-                "preallocate {offset}+{len}"
-            )));
-        };
         let mode = nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE;
-        match nix::fcntl::fallocate(self.buffered.as_raw_fd(), mode, start, count) {
-            Ok(()) => Ok(true),
-            Err(nix::errno::Errno::EOPNOTSUPP) => Ok(false),
-            Err(e) => Err(io::Error::from(e).into()),
-        }
+        self.reserve_blocks(mode, offset, len)
     }
 
     /// Grows a regular file to `offset + len` bytes with the file system's blocks under the
@@ -388,6 +373,16 @@ impl EngineFile {
     /// apply: block devices, file systems without fallocate. The new length is not synced:
     /// an fdatasync after a write into it makes it durable.
     pub fn allocate_to(&self, offset: u64, len: u64) -> Result<bool, Error> {
+        self.reserve_blocks(nix::fcntl::FallocateFlags::empty(), offset, len)
+    }
+
+    /// fallocate `mode` on a regular file; false on other files and where it is refused.
+    fn reserve_blocks(
+        &self,
+        mode: nix::fcntl::FallocateFlags,
+        offset: u64,
+        len: u64,
+    ) -> Result<bool, Error> {
         if self.read_only {
             return Err(Error::ReadOnly);
         }
@@ -395,9 +390,10 @@ impl EngineFile {
             return Ok(false);
         }
         let (Ok(start), Ok(count)) = (i64::try_from(offset), i64::try_from(len)) else {
-            return Err(Error::InvalidArgument(format!("allocate {offset}+{len}")));
+            return Err(Error::InvalidArgument(format!(
+                "reserve blocks at {offset}+{len}"
+            )));
         };
-        let mode = nix::fcntl::FallocateFlags::empty();
         match nix::fcntl::fallocate(self.buffered.as_raw_fd(), mode, start, count) {
             Ok(()) => Ok(true),
             Err(nix::errno::Errno::EOPNOTSUPP) => Ok(false),
