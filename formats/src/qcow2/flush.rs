@@ -165,8 +165,8 @@ impl Qcow2Queue {
 
     /// Writes back metadata older than the image's write-back age without holding up the
     /// queue: the same steps as a flush's write-back, on the engine, with no guest op waiting
-    /// for them. In the O_DSYNC modes (completions already wait for write-backs) and when
-    /// the cache cannot be captured, synchronously, as before.
+    /// for them. In the O_DSYNC modes (completions already wait for write-backs),
+    /// synchronously, as before.
     pub(super) fn write_back_in_background(&mut self) {
         if self.flush.is_some() {
             return;
