@@ -137,6 +137,11 @@ impl SlotPool {
         Ok(SlotPool { slots, free })
     }
 
+    /// How many slots are free (not taken).
+    pub fn free_count(&self) -> usize {
+        self.free.len()
+    }
+
     /// Takes a free slot's index.
     pub fn take(&mut self) -> Option<usize> {
         self.free.pop()

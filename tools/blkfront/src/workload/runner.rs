@@ -176,7 +176,9 @@ impl<'a> Runner<'a> {
     }
 
     fn in_flight(&self) -> usize {
-        self.inflight.iter().filter(|s| s.is_some()).count()
+        // A slot is taken from the pool only to be sent at once, and given back when its
+        // response is handled: the taken ones are those in flight.
+        self.pool.len().saturating_sub(self.pool.free_count())
     }
 
     fn random(&mut self) -> u64 {
