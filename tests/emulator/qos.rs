@@ -313,6 +313,9 @@ fn limits_change_while_the_disk_is_served_and_bad_changes_are_reported() {
     );
     xs.write(&format!("{be}/qos/iops-total"), "250").unwrap();
     wait_for("the error node to go", || error().is_none());
+    // The error node goes before the worker has the new limit: on a loaded machine the
+    // measured window could start under the old one.
+    wait_for("the new limit", || log().contains("limits=iops-total=250"));
     assert_rate(&mut g, 2, 250.0);
     // No keys: no limit.
     xs.rm(&format!("{be}/qos")).unwrap();

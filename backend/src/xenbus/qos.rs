@@ -71,14 +71,15 @@ pub(super) async fn apply_qos_change(
         }
         Err(e) => return Err(e),
     };
+    if limits != qos.limits() {
+        qos.set_limits(limits)
+            .map_err(|why| bad(format!("{be}/qos"), &limits.to_string(), why))?;
+        tracing::info!(%limits, "QoS limits changed");
+    }
+    // Cleared once the good limits are in force: a toolstack that sees the error go may
+    // count on them.
     if std::mem::take(reported) {
         fatal::clear_error(store, be).await?;
     }
-    if limits == qos.limits() {
-        return Ok(());
-    }
-    qos.set_limits(limits)
-        .map_err(|why| bad(format!("{be}/qos"), &limits.to_string(), why))?;
-    tracing::info!(%limits, "QoS limits changed");
     Ok(())
 }
