@@ -106,8 +106,9 @@ impl Shared {
         Ok(self.data.datasync()?)
     }
 
-    /// Hands out up to `count` data blocks (at least one), waiting for space if the pool
-    /// queues writes when full; also which of them are known to read zeros.
+    /// Hands out up to `count` data blocks (at least one; at most 16 or a 64th of the free
+    /// ones, whichever is more), waiting for space if the pool queues writes when full; also
+    /// which of them are known to read zeros.
     pub(crate) fn provision(&self, port: u64, count: usize) -> Result<Handout> {
         let deadline = Instant::now().checked_add(self.opts.full_timeout);
         let mut st = self.lock()?;
@@ -247,7 +248,17 @@ fn begin_commit(st: &mut State) -> Result<(PendingCommit, Vec<u64>)> {
     Ok((pending, std::mem::take(&mut st.pass_down)))
 }
 
+/// A port is handed at most this many blocks at once, or [`FREE_SHARE`] of the free ones if
+/// that is more.
+const MIN_HANDOUT: usize = 16;
+/// The part of the free blocks one handout may take above [`MIN_HANDOUT`] (1/64): the
+/// blocks a port holds and has not mapped are free to no one else, so as space runs low the
+/// ports' reserves shrink and the last blocks go to whoever writes.
+const FREE_SHARE: u64 = 64;
+
 fn take_blocks(st: &mut State, count: usize) -> Result<Vec<u64>> {
+    let share = usize::try_from(st.md.data_refs().nr_free() / FREE_SHARE).unwrap_or(usize::MAX);
+    let count = count.min(share.max(MIN_HANDOUT));
     let mut got = Vec::with_capacity(count);
     while got.len() < count {
         match st.change(Metadata::alloc_data) {

@@ -50,6 +50,22 @@ fn a_dropped_port_gives_back_its_unmapped_blocks() {
 }
 
 #[test]
+fn a_handout_takes_at_most_16_blocks_or_a_64th_of_the_free_ones() {
+    let t = new_pool(BS, 4096, PoolOptions::default());
+    t.pool.create_volume(1, spec(256 * MIB)).unwrap();
+    let mut port = t.pool.open_port(1).unwrap();
+    assert_eq!(port.provision(256).unwrap().len(), 4096 / 64);
+    let mut taken = 64;
+    while 4096 - taken >= 64 * 16 {
+        let got = port.provision(256).unwrap().len() as u64;
+        assert_eq!(got, ((4096 - taken) / 64).max(16));
+        taken += got;
+    }
+    assert_eq!(port.provision(256).unwrap().len(), 16);
+    assert_eq!(port.provision(5).unwrap().len(), 5);
+}
+
+#[test]
 fn a_port_cannot_map_blocks_it_was_not_given_or_past_the_volume_end() {
     let t = new_pool(BS, 100, PoolOptions::default());
     t.pool.create_volume(1, spec(MIB)).unwrap();

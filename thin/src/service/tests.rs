@@ -416,7 +416,9 @@ fn a_discard_of_more_blocks_than_a_frame_holds_frees_every_one() {
     let mut port = SocketPort::connect(&s.socket, 1).unwrap();
     let mut mapped = 0u64;
     while mapped < 5000 {
-        let blocks = port.provision(1000).unwrap();
+        let blocks = port
+            .provision(usize::try_from(5000 - mapped).unwrap().min(1000))
+            .unwrap();
         let batch: Vec<NewMapping> = (mapped..)
             .zip(blocks)
             .map(|(vblock, block)| NewMapping { vblock, block })

@@ -11,6 +11,7 @@ mod grow;
 mod outage;
 mod plan;
 mod queue;
+mod refill;
 
 #[cfg(test)]
 mod lost_reply_tests;
@@ -38,8 +39,6 @@ use crate::port::{PoolPort, VolumeInfo};
 use cache::MapCache;
 use claims::Claims;
 
-/// Blocks asked of the pool at a time, and kept in reserve.
-const PROVISION_BATCH: usize = 16;
 /// Depth of the queue on the external origin (its reads are synchronous).
 const ORIGIN_DEPTH: u32 = 4;
 /// How often a volume whose port failed tries to open a new one.
@@ -101,6 +100,8 @@ pub(crate) struct Core {
     pub(crate) cache: MapCache,
     pub(crate) claims: Claims,
     pub(crate) reserve: Vec<u64>,
+    /// How many blocks to ask of the pool when the reserve is empty.
+    refill: refill::Refill,
     /// Blocks of the reserve known to read zeros (holes of the data file, or blocks the pool
     /// knows were never written since the file was filled with zeros) since they were
     /// handed out: no one writes a block handed out to this volume but it.
@@ -147,6 +148,7 @@ impl ThinVolume {
         };
         let core = Core {
             cache: MapCache::new(info.size.div_ceil(info.block_size)),
+            refill: refill::Refill::new(info.block_size),
             port,
             info,
             claims: Claims::default(),
@@ -364,9 +366,14 @@ impl Core {
     /// to be a hole of the data file.
     pub(crate) fn take_block(&mut self) -> Result<(u64, bool)> {
         if self.reserve.is_empty() {
-            let got = self.port.provision_zeroed(PROVISION_BATCH)?;
-            self.note_holes(&got.blocks);
+            let asked = self.refill.ask(Instant::now());
+            let got = self.port.provision_zeroed(asked)?;
+            self.refill.answered(asked, got.blocks.len());
             self.holes.extend(got.zeroed);
+            let unknown: Vec<u64> = (got.blocks.iter().copied())
+                .filter(|b| !self.holes.contains(b))
+                .collect();
+            self.note_holes(&unknown);
             self.reserve = got.blocks;
         }
         let block = self.reserve.pop().ok_or(Error::DataFull(0))?;
