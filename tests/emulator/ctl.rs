@@ -260,3 +260,39 @@ fn an_adaptive_poll_catches_queue_depth_one_requests_and_none_is_done_when_off()
     let polled = polled_waits("1000", 200);
     assert!(polled > 0, "no wait ended by polling in 400 requests");
 }
+
+#[test]
+fn a_guest_that_polls_its_responses_is_not_notified_of_them() {
+    use rustbk_blkfront::workload::{self, Pattern, Workload};
+    let host = Host::with_daemon(Setup::default());
+    let w = Workload {
+        pattern: Pattern::Random,
+        read_percent: 50,
+        block_size: 4096,
+        queue_depth: 1,
+        duration: Duration::from_secs(10),
+        max_ops: Some(400),
+        verify: true,
+        fresh: true,
+        region: Some(4 << 20),
+        flush_every: None,
+        seed: 7,
+        rate: None,
+    };
+    let mut g = host.guest();
+    let r = workload::run(&mut g.front, &w, &mut |_| {}).expect("workload");
+    assert_eq!((r.mismatches, r.errors, r.reads + r.writes), (0, 0, 400));
+    let slept = counter(&stats(&host), "kicks_out");
+    assert!(
+        slept >= 300,
+        "a sleeping guest asks for every response: {slept} kicks"
+    );
+
+    // The same workload again, polling long enough for every response.
+    g.front.set_spin(Duration::from_secs(1));
+    let w = Workload { fresh: false, ..w };
+    let r = workload::run(&mut g.front, &w, &mut |_| {}).expect("workload");
+    assert_eq!((r.mismatches, r.errors, r.reads + r.writes), (0, 0, 400));
+    let polled = counter(&stats(&host), "kicks_out") - slept;
+    assert!(polled <= 20, "a polling guest was notified {polled} times");
+}

@@ -361,6 +361,10 @@ pub struct GuestArgs {
     /// Rings (queues) wanted, capped by what the backend offers; requests take them in turn.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub queues: u32,
+    /// Poll the response rings this long before sleeping (and ask for no notification
+    /// meanwhile), as a guest whose vCPU stays busy; 0 sleeps at once, as Linux blkfront.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub spin_us: u32,
     /// The disk was all zeros before this run (unwritten blocks are checked to read zeros).
     #[arg(long)]
     pub fresh: bool,
@@ -459,6 +463,13 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256),
           conflicts_with = "null")]
     pub queues: u32,
+    /// The emulated guest polls its responses this long before it sleeps, and fio then reaps
+    /// by polling at queue depth 1 (`--iodepth_batch_complete_min=0`): the client polls on
+    /// both sides or on neither. At depth 32 fio keeps its default, which is faster there.
+    /// Pair it with `--poll-us` for the ring worker's own polling.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1_000_000),
+          conflicts_with = "null")]
+    pub guest_spin_us: u32,
     /// Keep the work folder (logs, sockets, image) instead of deleting it.
     #[arg(long)]
     pub keep: bool,

@@ -45,6 +45,7 @@ pub fn run(args: GuestArgs) -> anyhow::Result<ExitCode> {
     fcfg.ring_order = args.ring_order;
     fcfg.persistent = !args.no_persistent;
     fcfg.queues = args.queues;
+    fcfg.spin = std::time::Duration::from_micros(u64::from(args.spin_us));
     (fcfg.abi, fcfg.write_protocol) = match args.protocol {
         ProtocolArg::X86_64 => (Abi::X86_64, true),
         ProtocolArg::X86_32 => (Abi::X86_32, true),

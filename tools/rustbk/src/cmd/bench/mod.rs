@@ -121,17 +121,23 @@ fn run_in(
         args.runtime,
         args.rounds
     );
+    if args.guest_spin_us > 0 || args.backend.poll_us > 0 {
+        eprintln!(
+            "  polling: the emulated guest {} µs before it sleeps (fio reaps by polling at qd1), the ring worker up to {} µs",
+            args.guest_spin_us, args.backend.poll_us
+        );
+    }
     let mut rows = Vec::new();
     for (rw, qd) in CASES {
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         // Alternate the two so slow phases of a noisy machine hit both alike.
         for round in 1..=args.rounds {
-            ours.push(rustbk_case(
+            ours.push(polled_case(
                 &mut cluster,
                 (GUEST, XVDA),
                 (rw, qd),
-                args.runtime,
-                args.queues,
+                (args.runtime, args.queues),
+                args.guest_spin_us,
             )?);
             let fio = FioCase {
                 image: &image,
@@ -139,6 +145,7 @@ fn run_in(
                 qd,
                 runtime: args.runtime,
                 cache: args.backend.cache_mode(),
+                poll: args.guest_spin_us > 0 && qd == 1,
             };
             theirs.push(fio_case(&mut cluster, &fio)?);
             eprintln!(
@@ -228,13 +235,26 @@ pub(crate) fn write_image(path: &Path, size: u64) -> anyhow::Result<PathBuf> {
 /// `queues` rings.
 pub(crate) fn rustbk_case(
     cluster: &mut EmuCluster,
-    (domid, devid): (u16, u32),
-    (rw, qd): (&str, u32),
+    disk: (u16, u32),
+    case: (&str, u32),
     runtime: f64,
     queues: u32,
 ) -> anyhow::Result<Report> {
+    polled_case(cluster, disk, case, (runtime, queues), 0)
+}
+
+/// [`rustbk_case`] with a guest that polls its responses for up to `spin_us` before it
+/// sleeps.
+fn polled_case(
+    cluster: &mut EmuCluster,
+    (domid, devid): (u16, u32),
+    (rw, qd): (&str, u32),
+    (runtime, queues): (f64, u32),
+    spin_us: u32,
+) -> anyhow::Result<Report> {
     let mut cmd = cluster.guest_command(domid, devid);
     cmd.args(["--json", "--no-verify", "--bs=4096"])
+        .arg(format!("--spin-us={spin_us}"))
         .arg(format!("--queues={queues}"))
         .arg(format!("--rw={rw}"))
         .arg(format!("--qd={qd}"))
@@ -291,6 +311,9 @@ struct FioCase<'a> {
     runtime: f64,
     /// fio opens the file as the backend does: O_DIRECT and O_DSYNC as the mode says.
     cache: CacheMode,
+    /// fio polls for completions instead of sleeping, as rustbk and the guest do with
+    /// `--poll-us`.
+    poll: bool,
 }
 
 /// fio's options for the descriptors of cache mode `cache` (fio never flushes here, so
@@ -318,6 +341,9 @@ fn fio_case(cluster: &mut EmuCluster, case: &FioCase<'_>) -> anyhow::Result<FioR
     .arg(format!("--iodepth={qd}"))
     .arg(format!("--runtime={runtime}s"))
     .arg("--output-format=json");
+    if case.poll {
+        cmd.arg("--iodepth_batch_complete_min=0");
+    }
     let (out, log) = run_logged(cluster, cmd, "fio")?;
     if !out.status.success() {
         bail!(
