@@ -13,6 +13,7 @@ use rustbk_thin::dir::{Devices, PoolDir, Preallocation};
 use rustbk_thin::pool::{PoolOptions, VolumeSpec};
 use serde::Serialize;
 
+use super::bench_fs::Ceiling;
 use super::{bench_meta, bench_snap};
 use crate::cli::{parse_image_size, parse_runtime};
 use crate::cluster::EmuCluster;
@@ -111,6 +112,10 @@ pub struct Results {
     /// Snapshot times, metadata space and check times.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata: Option<bench_meta::MetaResults>,
+    /// fio's first writes into preallocated space against its overwrites of the raw file:
+    /// the file system's bound on the first-write ratio.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fs_ceiling: Option<Ceiling>,
 }
 
 /// Runs `rustbk thin bench`.
@@ -141,12 +146,17 @@ fn measure(args: &BenchArgs, dir: &Path) -> anyhow::Result<Results> {
         guest_held_ms_1g: Vec::new(),
         guest_held_ms_1t: Vec::new(),
         metadata: None,
+        fs_ceiling: None,
     };
+    let mut ceiling = Ceiling::default();
     if wants(Part::Io) {
-        results.io = io_cases(&mut cluster, args, dir)?;
+        results.io = io_cases(&mut cluster, args, dir, &mut ceiling)?;
     }
     if args.only == Some(Part::FirstWrites) {
-        results.io = first_write_cases(&mut cluster, args, dir)?;
+        results.io = first_write_cases(&mut cluster, args, dir, &mut ceiling)?;
+    }
+    if !ceiling.written_iops.is_empty() {
+        results.fs_ceiling = Some(ceiling);
     }
     if wants(Part::Snapshots) {
         let small = bench_snap::through_guest(&mut cluster, 6, 1 << 30)?;
@@ -170,7 +180,12 @@ fn disk(domid: u16, params: String) -> VbdSpec {
     VbdSpec::rustbk(DomId(domid), XVDA, params)
 }
 
-fn io_cases(cluster: &mut EmuCluster, args: &BenchArgs, dir: &Path) -> anyhow::Result<Vec<Case>> {
+fn io_cases(
+    cluster: &mut EmuCluster,
+    args: &BenchArgs,
+    dir: &Path,
+    ceiling: &mut Ceiling,
+) -> anyhow::Result<Vec<Case>> {
     let raw = write_image(&dir.join("raw.img"), args.size)?;
     let provisioned = provisioned_volume(&dir.join("pool-a"), args.size)?;
     let disks = Disks {
@@ -182,6 +197,7 @@ fn io_cases(cluster: &mut EmuCluster, args: &BenchArgs, dir: &Path) -> anyhow::R
     let mut cases = new_cases();
     for round in 0..args.rounds {
         one_round(cluster, &disks, round, args, &mut cases)?;
+        ceiling.measure(cluster, &raw, args.runtime)?;
     }
     for case in &mut cases {
         case.ratio = median(&case.thin_iops) / median(&case.peer_iops).max(f64::MIN_POSITIVE);
@@ -194,13 +210,10 @@ fn first_write_cases(
     cluster: &mut EmuCluster,
     args: &BenchArgs,
     dir: &Path,
+    ceiling: &mut Ceiling,
 ) -> anyhow::Result<Vec<Case>> {
-    let raw = disk(
-        1,
-        write_image(&dir.join("raw.img"), args.size)?
-            .display()
-            .to_string(),
-    );
+    let raw_path = write_image(&dir.join("raw.img"), args.size)?;
+    let raw = disk(1, raw_path.display().to_string());
     cluster.add_disk(&raw, &[])?;
     let mut cases: Vec<Case> = new_cases().into_iter().skip(2).take(2).collect();
     let t = args.runtime;
@@ -219,6 +232,7 @@ fn first_write_cases(
             let peer = rustbk_case(cluster, (raw.domid.0, XVDA), ("randwrite", QD), t, 1)?;
             case.peer_iops.push(peer.iops);
         }
+        ceiling.measure(cluster, &raw_path, t)?;
         let r = round as usize;
         eprintln!(
             "  round {}: first {:.0}/{:.0}, full {:.0}/{:.0}",
@@ -456,7 +470,7 @@ fn parse_qemu_seconds(out: &str) -> Option<f64> {
     line.split_whitespace().nth(3)?.parse().ok()
 }
 
-fn median(v: &[f64]) -> f64 {
+pub(super) fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
     s.get(s.len() / 2).copied().unwrap_or(0.0)
@@ -465,6 +479,9 @@ fn median(v: &[f64]) -> f64 {
 fn print_human(r: &Results) {
     if !r.io.is_empty() {
         print_io(&r.io);
+    }
+    if let Some(ceiling) = &r.fs_ceiling {
+        ceiling.print_human();
     }
     if !r.guest_snapshot_ms_1g.is_empty() {
         println!(

@@ -298,22 +298,22 @@ pub(crate) fn run_logged(
 }
 
 /// What fio measured.
-struct FioResult {
-    iops: f64,
+pub(crate) struct FioResult {
+    pub(crate) iops: f64,
     p99_us: f64,
 }
 
 /// One fio run.
-struct FioCase<'a> {
-    image: &'a Path,
-    rw: &'a str,
-    qd: u32,
-    runtime: f64,
+pub(crate) struct FioCase<'a> {
+    pub(crate) image: &'a Path,
+    pub(crate) rw: &'a str,
+    pub(crate) qd: u32,
+    pub(crate) runtime: f64,
     /// fio opens the file as the backend does: O_DIRECT and O_DSYNC as the mode says.
-    cache: CacheMode,
-    /// fio polls for completions instead of sleeping, as rustbk and the guest do with
-    /// `--poll-us`.
-    poll: bool,
+    pub(crate) cache: CacheMode,
+    /// fio polls for completions instead of sleeping, as the emulated guest does with
+    /// `--guest-spin-us`.
+    pub(crate) poll: bool,
 }
 
 /// fio's options for the descriptors of cache mode `cache` (fio never flushes here, so
@@ -326,7 +326,7 @@ fn fio_cache_args(cache: CacheMode) -> [String; 2] {
     ]
 }
 
-fn fio_case(cluster: &mut EmuCluster, case: &FioCase<'_>) -> anyhow::Result<FioResult> {
+pub(crate) fn fio_case(cluster: &mut EmuCluster, case: &FioCase<'_>) -> anyhow::Result<FioResult> {
     let (image, rw, qd, runtime) = (case.image, case.rw, case.qd, case.runtime);
     let mut cmd = cluster.command("fio");
     cmd.args([
