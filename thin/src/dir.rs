@@ -192,6 +192,15 @@ impl PoolHandle {
             PoolHandle::Service(a) => a.usage(),
         }
     }
+
+    /// Takes in the grown devices (online, if the pool is served): the data and metadata
+    /// blocks the pool has now.
+    pub fn grow(&mut self) -> Result<(u64, u64)> {
+        match self {
+            PoolHandle::Local(p) => p.grow(),
+            PoolHandle::Service(a) => a.grow(),
+        }
+    }
 }
 
 /// The id of the volume `name` of `pool`: a number is an id, anything else a volume name,

@@ -356,6 +356,15 @@ impl Pool {
         Ok(st.md.data_refs().nr_blocks())
     }
 
+    /// Uses all of both devices after they grew, and commits: the data and metadata blocks
+    /// the pool has now.
+    pub fn grow(&self) -> Result<(u64, u64)> {
+        let data = self.grow_data()?;
+        let metadata = self.grow_metadata()?;
+        self.commit()?;
+        Ok((data, metadata))
+    }
+
     /// Uses all of the metadata device after it grew (up to what the format can address);
     /// returns the pool's metadata blocks.
     pub fn grow_metadata(&self) -> Result<u64> {

@@ -58,6 +58,13 @@ fn run(pool: &Pool, request: AdminRequest) -> Result<Reply> {
             });
         }
         AdminRequest::Commit => pool.commit()?,
+        AdminRequest::Grow => {
+            let (data_blocks, metadata_blocks) = pool.grow()?;
+            return Ok(Reply::Grown {
+                data_blocks,
+                metadata_blocks,
+            });
+        }
     }
     Ok(Reply::Done)
 }
@@ -148,6 +155,17 @@ impl AdminClient {
     pub fn usage(&mut self) -> Result<PoolUsage> {
         match self.call(&AdminRequest::Usage)? {
             Reply::Usage { usage } => Ok(usage),
+            other => Err(Error::Service(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Lets the pool take in its grown devices ([`Pool::grow`]).
+    pub fn grow(&mut self) -> Result<(u64, u64)> {
+        match self.call(&AdminRequest::Grow)? {
+            Reply::Grown {
+                data_blocks,
+                metadata_blocks,
+            } => Ok((data_blocks, metadata_blocks)),
             other => Err(Error::Service(format!("unexpected reply {other:?}"))),
         }
     }

@@ -467,3 +467,35 @@ fn a_service_with_an_idle_exit_stops_once_nothing_was_connected_for_that_long() 
     );
     assert!(!socket.exists(), "the socket outlived the service");
 }
+
+#[test]
+fn a_served_pool_grows_online_and_a_write_queued_for_space_goes_on() {
+    let opts = PoolOptions {
+        on_full: crate::pool::OnFull::Queue,
+        full_timeout: Duration::from_secs(30),
+        ..PoolOptions::default()
+    };
+    let s = served_with(32, &[1], 64 * BS, opts);
+    let mut port = SocketPort::connect(&s.socket, 1).unwrap();
+    let mut taken = 0;
+    while taken < 32 {
+        taken += port.provision(32 - taken).unwrap().len();
+    }
+    // The pool is full: the next provision waits for space.
+    let waiter = std::thread::spawn(move || port.provision(1).map(|b| b.len()));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!waiter.is_finished(), "a provision of a full pool waits");
+    let data = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&s.data)
+        .unwrap();
+    data.set_len(48 * BS).unwrap();
+    let mut admin = super::AdminClient::connect(&s.socket, Duration::from_secs(10)).unwrap();
+    let (data_blocks, _) = admin.grow().unwrap();
+    assert_eq!(data_blocks, 48);
+    assert_eq!(waiter.join().unwrap().unwrap(), 1);
+    // The port closed with its thread and gave back every block it held.
+    let usage = admin.usage().unwrap();
+    assert_eq!((usage.data_blocks, usage.data_free), (48, 48));
+    thin_check(&s.meta);
+}

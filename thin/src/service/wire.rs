@@ -71,6 +71,11 @@ pub(crate) enum Reply {
     Snapshot {
         held_us: u64,
     },
+    /// The pool took in its grown devices: it now has this many blocks of each.
+    Grown {
+        data_blocks: u64,
+        metadata_blocks: u64,
+    },
 }
 
 /// What an admin connection (first frame `admin`) asks.
@@ -98,6 +103,8 @@ pub(crate) enum AdminRequest {
     Usage,
     Volumes,
     Commit,
+    /// Take in all of the (grown) data and metadata devices, and commit.
+    Grow,
 }
 
 /// [`VolumeInfo`] on the wire.

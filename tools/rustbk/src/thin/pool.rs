@@ -120,7 +120,8 @@ pub struct GrowArgs {
     pub progress: bool,
 }
 
-/// Runs `rustbk thin grow`: the pool takes in all of its (grown) devices.
+/// Runs `rustbk thin grow`: the pool takes in all of its (grown) devices, through its service
+/// (online) when one serves it.
 pub fn grow(args: GrowArgs) -> anyhow::Result<ExitCode> {
     let dir = PoolDir::new(&args.pool);
     if let Some(size) = args.metadata_size {
@@ -132,12 +133,10 @@ pub fn grow(args: GrowArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("Cannot grow {}", dir.data().display()))?;
         progress.finish();
     }
-    let pool = dir
-        .open(PoolOptions::default())
+    let mut pool = dir
+        .handle(PoolOptions::default())
         .with_context(|| format!("Cannot open the pool {}", args.pool.display()))?;
-    let data = pool.grow_data()?;
-    let metadata = pool.grow_metadata()?;
-    pool.commit()?;
+    let (data, metadata) = pool.grow()?;
     println!(
         "Pool {}: {data} data blocks, {metadata} metadata blocks",
         args.pool.display()
