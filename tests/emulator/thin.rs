@@ -433,3 +433,24 @@ fn a_restore_over_a_pools_metadata_makes_it_forget_which_blocks_read_zeros() {
     run(&["restore", "-i", x, "-o", m]);
     assert_eq!(mark(), None, "the mark outlived the restore");
 }
+
+#[test]
+fn rustbk_thin_grow_grows_a_served_pool_online() {
+    let mut host = Host::serving(thin_setup(), pool_with_volume);
+    let pool = PoolDir::new(metadata_of(&host.image).parent().unwrap());
+    let mut g = host.guest();
+    assert!(pool.served(), "the worker started no pool service");
+    let size = (5 * SIZE).to_string();
+    run(&["grow", pool.path.to_str().unwrap(), "--size", &size]);
+    let usage = pool
+        .handle(PoolOptions::default())
+        .unwrap()
+        .usage()
+        .unwrap();
+    assert_eq!(usage.data_blocks, 5 * SIZE / (64 << 10));
+    let r = workload::run(&mut g.front, &workload(true, 5), &mut |_| {}).expect("workload");
+    assert_eq!((r.mismatches, r.errors), (0, 0), "{r:?}");
+    g.front.close().unwrap();
+    host.cluster.remove_disk(&host.spec).unwrap();
+    thin_checks(&pool.metadata());
+}
