@@ -107,6 +107,12 @@ pub trait Planner: Send {
     fn listens(&self) -> bool {
         self.has_deferred()
     }
+    /// The longest a sleeping queue may sleep: ops wait for an answer that no notifier may
+    /// ever bring (a pool service that stopped answering), and [`Planner::pump`] gives up on
+    /// it once it is overdue. None (the default): as long as the caller asks.
+    fn wake_within(&self) -> Option<Duration> {
+        None
+    }
     /// The queue's I/O state.
     fn io(&mut self) -> &mut PlanIo;
     /// The same, to read.
@@ -154,6 +160,7 @@ impl<P: Planner> ImageQueue for P {
             if left.is_some_and(|l| l.is_zero()) {
                 return Ok(());
             }
+            let left = capped(left, self.wake_within());
             let io = self.io_ref();
             if io.engine.in_flight() == 0 && io.backlog.is_empty() {
                 if !self.has_deferred() {
@@ -183,6 +190,7 @@ impl<P: Planner> ImageQueue for P {
         if !self.io_ref().tally.ready.is_empty() {
             return poll_any(self.io_ref().wake.as_fd(), fds, Some(Duration::ZERO));
         }
+        let timeout = capped(timeout, self.wake_within());
         if !self.listens() {
             return self.io().engine.wait_any(fds, timeout);
         }
@@ -281,5 +289,13 @@ pub fn wake(fd: &OwnedFd) {
     let one = 1u64.to_ne_bytes();
     if let Err(e) = nix::unistd::write(fd, &one) {
         tracing::warn!(error = %e, "cannot wake a queue");
+    }
+}
+
+/// The shorter of a wait's `timeout` (None: forever) and a queue's `cap`.
+fn capped(timeout: Option<Duration>, cap: Option<Duration>) -> Option<Duration> {
+    match (timeout, cap) {
+        (Some(t), Some(c)) => Some(t.min(c)),
+        (t, c) => t.or(c),
     }
 }

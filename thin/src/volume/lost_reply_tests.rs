@@ -27,7 +27,14 @@ struct LostReply {
     inner: LocalPort,
     lose: Arc<AtomicBool>,
     broken: bool,
+    /// Maps are sent and never answered: their answer is an error once [`OVERDUE`] passed,
+    /// as a socket port's is after its call timeout (and nothing rings the queue).
+    silent: bool,
+    sent: Option<std::time::Instant>,
 }
+
+/// How long a silent port's map stays unanswered before it counts as lost.
+const OVERDUE: std::time::Duration = std::time::Duration::from_millis(1500);
 
 impl LostReply {
     fn check(&self) -> Result<()> {
@@ -58,6 +65,19 @@ impl PoolPort for LostReply {
         self.inner.map(mappings)?;
         self.broken = self.lose.load(Ordering::SeqCst);
         self.check()
+    }
+    fn map_start(&mut self, mappings: &[NewMapping]) -> crate::port::MapStart {
+        match self.silent {
+            true => {
+                self.sent = Some(std::time::Instant::now());
+                crate::port::MapStart::Sent(7)
+            }
+            false => crate::port::MapStart::Done(self.map(mappings)),
+        }
+    }
+    fn map_answer(&mut self, ticket: u64) -> Option<Result<()>> {
+        let overdue = self.sent.is_some_and(|at| at.elapsed() > OVERDUE);
+        (ticket == 7 && overdue).then(|| Err(Error::Service("no answer to a map".into())))
     }
     fn unmap(&mut self, vblocks: Range<u64>) -> Result<Vec<u64>> {
         self.check()?;
@@ -101,6 +121,8 @@ fn after_a_lost_map_answer_nothing_goes_through_the_failed_port() {
         inner,
         lose: lose.clone(),
         broken: false,
+        silent: false,
+        sent: None,
     };
     let vol = ThinVolume::new(Box::new(port), data, VolumeOptions::default()).expect("volume");
     let mut q = queue(&vol);
@@ -156,4 +178,58 @@ fn unmapped_blocks_were_never_written(t: &crate::testing::TestPool) {
             "unmapped data block {b} was written"
         );
     }
+}
+
+#[test]
+fn a_map_never_answered_fails_its_write_once_overdue_though_nothing_rings_the_queue() {
+    let t = new_pool(BS, 64, PoolOptions::default());
+    let spec = VolumeSpec {
+        size: 32 << 20,
+        ..VolumeSpec::default()
+    };
+    t.pool.create_volume(1, spec).expect("create");
+    let inner = t.pool.open_port(1).expect("port");
+    let data = inner.data_file();
+    let port = LostReply {
+        inner,
+        lose: Arc::default(),
+        broken: false,
+        silent: true,
+        sent: None,
+    };
+    let vol = ThinVolume::new(Box::new(port), data, VolumeOptions::default()).expect("volume");
+    let mut q = queue(&vol);
+    let bufs = rustbk_formats::SharedBuf::new(4096);
+    let op = rustbk_formats::IoOp::Write {
+        offset: 0,
+        bufs: Box::new(bufs),
+    };
+    q.submit(op, 1).expect("submit");
+    q.commit().expect("commit");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // The ring worker's sleep, with no limit: only the queue's own wake-up finds the
+        // answer overdue.
+        let mut done = Vec::new();
+        let waited = loop {
+            if let Err(e) = q.wait_any(&[], None) {
+                break Err(e);
+            }
+            q.reap(&mut done);
+            if !done.is_empty() {
+                break Ok(done);
+            }
+        };
+        let _ = tx.send(waited);
+    });
+    let done = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("the queue slept on past the map's timeout")
+        .expect("wait");
+    assert_eq!(done.len(), 1, "{done:?}");
+    let errno = done[0]
+        .result
+        .as_ref()
+        .map_err(rustbk_formats::Error::errno);
+    assert_eq!(errno, Err(libc::EIO), "{done:?}");
 }

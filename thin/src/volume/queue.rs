@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rustbk_formats::engine::MAX_DEPTH;
 use rustbk_formats::planned::{self, Child, PlanIo, Planner, wake};
@@ -21,6 +21,10 @@ use super::{Core, lock, outage, to_formats};
 use crate::error::Result;
 use crate::meta::Mapping;
 use crate::port::{MapStart, NewMapping};
+
+/// How often a queue whose maps wait for the pool service's answer looks for it while
+/// nothing else wakes it.
+const MAP_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 type Error = rustbk_formats::Error;
 
@@ -519,6 +523,13 @@ impl Planner for ThinQueue {
     /// A pause request rings every queue of the volume.
     fn listens(&self) -> bool {
         true
+    }
+
+    /// While maps wait for the pool service's answer, the queue wakes every
+    /// [`MAP_CHECK_EVERY`]: a service that stopped answering rings no notifier, and the
+    /// port's call timeout is only checked when the queue looks for the answer.
+    fn wake_within(&self) -> Option<Duration> {
+        (!self.mapping.is_empty()).then_some(MAP_CHECK_EVERY)
     }
 
     fn io(&mut self) -> &mut PlanIo {
