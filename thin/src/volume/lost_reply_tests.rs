@@ -106,8 +106,9 @@ impl PoolPort for LostReply {
     }
 }
 
-#[test]
-fn after_a_lost_map_answer_nothing_goes_through_the_failed_port() {
+/// Volume 1 of a new pool served through a [`LostReply`] port: the pool, the volume, and
+/// the switch that breaks the port after its next map.
+fn served_through(silent: bool) -> (crate::testing::TestPool, ThinVolume, Arc<AtomicBool>) {
     let t = new_pool(BS, 64, PoolOptions::default());
     let spec = VolumeSpec {
         size: 32 << 20,
@@ -121,10 +122,16 @@ fn after_a_lost_map_answer_nothing_goes_through_the_failed_port() {
         inner,
         lose: lose.clone(),
         broken: false,
-        silent: false,
+        silent,
         sent: None,
     };
     let vol = ThinVolume::new(Box::new(port), data, VolumeOptions::default()).expect("volume");
+    (t, vol, lose)
+}
+
+#[test]
+fn after_a_lost_map_answer_nothing_goes_through_the_failed_port() {
+    let (t, vol, lose) = served_through(false);
     let mut q = queue(&vol);
     put(&mut *q, 0, &pattern(1, 4096));
     put(&mut *q, FAR, &pattern(5, 4096));
@@ -182,22 +189,7 @@ fn unmapped_blocks_were_never_written(t: &crate::testing::TestPool) {
 
 #[test]
 fn a_map_never_answered_fails_its_write_once_overdue_though_nothing_rings_the_queue() {
-    let t = new_pool(BS, 64, PoolOptions::default());
-    let spec = VolumeSpec {
-        size: 32 << 20,
-        ..VolumeSpec::default()
-    };
-    t.pool.create_volume(1, spec).expect("create");
-    let inner = t.pool.open_port(1).expect("port");
-    let data = inner.data_file();
-    let port = LostReply {
-        inner,
-        lose: Arc::default(),
-        broken: false,
-        silent: true,
-        sent: None,
-    };
-    let vol = ThinVolume::new(Box::new(port), data, VolumeOptions::default()).expect("volume");
+    let (_pool, vol, _) = served_through(true);
     let mut q = queue(&vol);
     let bufs = rustbk_formats::SharedBuf::new(4096);
     let op = rustbk_formats::IoOp::Write {
