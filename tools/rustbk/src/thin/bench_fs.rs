@@ -23,6 +23,8 @@ use crate::cmd::bench::{FioCase, fio_case};
 /// writes land on a block written before about 7% of the time. (It takes real space, so
 /// it is not as large as the thin case's sparse volume.)
 const SIZE: i64 = 16 << 30;
+/// Free space the bench keeps besides the preallocated file.
+const SPARE: u64 = 12 << 30;
 
 /// fio into unwritten extents against fio on the written raw file, every round.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -42,10 +44,7 @@ impl Ceiling {
         runtime: f64,
     ) -> anyhow::Result<()> {
         let path = cluster.dir().join("prealloc.img");
-        let file = std::fs::File::create(&path)?;
-        fallocate(file.as_raw_fd(), FallocateFlags::empty(), 0, SIZE)
-            .with_context(|| format!("cannot preallocate {}", path.display()))?;
-        drop(file);
+        preallocate(&path)?;
         let run = |cluster: &mut EmuCluster, image: &Path| {
             let case = FioCase {
                 image,
@@ -83,4 +82,31 @@ impl Ceiling {
             rounds.join("  ")
         );
     }
+}
+
+/// Makes `path` a file of [`SIZE`] preallocated bytes, after checking that the file system
+/// has [`SPARE`] free besides (the file takes real space, and so do the bench's full pool and
+/// images); removes it again if the preallocation fails.
+fn preallocate(path: &Path) -> anyhow::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let fs = nix::sys::statvfs::statvfs(dir)
+        .with_context(|| format!("cannot read the free space of {}", dir.display()))?;
+    let free = fs.blocks_available().saturating_mul(fs.fragment_size());
+    let size = SIZE.unsigned_abs();
+    anyhow::ensure!(
+        free >= size.saturating_add(SPARE),
+        "the fio bound needs a {} GiB preallocated file in {} and {} GiB free besides; {} GiB are free",
+        size >> 30,
+        dir.display(),
+        SPARE >> 30,
+        free >> 30
+    );
+    let file = std::fs::File::create(path)?;
+    let made = fallocate(file.as_raw_fd(), FallocateFlags::empty(), 0, SIZE);
+    if let Err(e) = made {
+        drop(file);
+        let _ = std::fs::remove_file(path);
+        return Err(e).with_context(|| format!("cannot preallocate {}", path.display()));
+    }
+    Ok(())
 }
