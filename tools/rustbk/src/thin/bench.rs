@@ -512,18 +512,15 @@ fn print_io(io: &[Case]) {
         "case", "peer", "ratio"
     );
     for c in io {
-        let rounds: Vec<String> = c
-            .thin_iops
-            .iter()
-            .zip(&c.peer_iops)
-            .map(|(t, p)| format!("{t:.0}/{p:.0}"))
-            .collect();
-        println!(
-            "{:<40} {:<32} {:>7.2}x  {}",
-            c.case,
-            c.peer,
-            c.ratio,
-            rounds.join("  ")
-        );
+        print_row(&c.case, &c.peer, c.ratio, (&c.thin_iops, &c.peer_iops));
     }
+}
+
+/// One row of the I/O table: the case, its peer, the ratio and every round's IOPS.
+pub(super) fn print_row(case: &str, peer: &str, ratio: f64, (ours, theirs): (&[f64], &[f64])) {
+    let rounds: Vec<String> = (ours.iter())
+        .zip(theirs)
+        .map(|(t, p)| format!("{t:.0}/{p:.0}"))
+        .collect();
+    println!("{case:<40} {peer:<32} {ratio:>7.2}x  {}", rounds.join("  "));
 }

@@ -15,7 +15,7 @@ use nix::fcntl::{FallocateFlags, fallocate};
 use rustbk_formats::CacheMode;
 use serde::Serialize;
 
-use super::bench::median;
+use super::bench::{median, print_row};
 use crate::cluster::EmuCluster;
 use crate::cmd::bench::{FioCase, fio_case};
 
@@ -70,16 +70,11 @@ impl Ceiling {
 
     /// One line under the table.
     pub fn print_human(&self) {
-        let rounds: Vec<String> = (self.unwritten_iops.iter())
-            .zip(&self.written_iops)
-            .map(|(u, w)| format!("{u:.0}/{w:.0}"))
-            .collect();
-        println!(
-            "{:<40} {:<32} {:>7.2}x  {}",
+        print_row(
             "fio: first writes, preallocated file",
             "fio on the raw file",
             self.ratio(),
-            rounds.join("  ")
+            (&self.unwritten_iops, &self.written_iops),
         );
     }
 }
