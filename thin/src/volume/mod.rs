@@ -276,6 +276,12 @@ impl ThinVolume {
     pub(crate) fn reserved(&self) -> usize {
         lock(&self.core).map_or(0, |core| core.reserve.len())
     }
+
+    /// What the next commit does once the volume asked for no blocks for a while.
+    pub(crate) fn trim_reserve_after_idle(&self) {
+        let later = Instant::now() + Duration::from_secs(3600);
+        lock(&self.core).expect("volume lock").trim_reserve(later);
+    }
 }
 
 fn check_info(info: &VolumeInfo, opts: &VolumeOptions) -> Result<()> {
@@ -378,6 +384,30 @@ impl Core {
         }
         let block = self.reserve.pop().ok_or(Error::DataFull(0))?;
         Ok((block, self.holes.remove(&block)))
+    }
+
+    /// Gives the reserve back to the pool down to what [`refill::Refill::keep`] keeps, so a
+    /// volume that stopped allocating does not hold back blocks the others could use.
+    pub(crate) fn trim_reserve(&mut self, now: Instant) {
+        let keep = self.refill.keep(now);
+        let Some(extra) = self.reserve.len().checked_sub(keep).filter(|&n| n > 0) else {
+            return;
+        };
+        // Blocks are taken from the end: give back those that would be taken last.
+        let rest = self.reserve.split_off(extra);
+        let surplus = std::mem::replace(&mut self.reserve, rest);
+        for b in &surplus {
+            self.holes.remove(b);
+        }
+        match self.port.release(&surplus) {
+            Ok(()) => tracing::debug!(
+                volume = self.info.id,
+                blocks = surplus.len(),
+                "idle thin volume gave reserved blocks back"
+            ),
+            // They come back to the pool when the port closes or the pool restarts.
+            Err(e) => tracing::warn!(error = %e, "cannot give back reserved blocks"),
+        }
     }
 
     /// Records which of the blocks just handed out are holes of the data file, with one

@@ -376,6 +376,7 @@ impl ThinQueue {
             }
             (After::Commit(mark), Ok(())) => {
                 let committed = core.port.commit();
+                core.trim_reserve(Instant::now());
                 core.changes.committed(mark, committed).map_err(to_formats)
             }
             (_, result) => result,

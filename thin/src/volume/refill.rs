@@ -18,13 +18,19 @@ const MAX_BATCH: usize = 256;
 const MAX_BYTES: u64 = 16 << 20;
 /// Refills closer together than this make the next one larger.
 const BUSY: Duration = Duration::from_secs(1);
+/// A volume that asked for no blocks for this long keeps [`MIN_BATCH`] of its reserve and
+/// gives the rest back at its next commit.
+const IDLE: Duration = Duration::from_secs(10);
 
 /// The size of the next refill.
 #[derive(Debug)]
 pub(crate) struct Refill {
     batch: usize,
     max: usize,
+    /// The last refill, while refills come in quick succession.
     last: Option<Instant>,
+    /// The last refill, ever.
+    asked_at: Option<Instant>,
 }
 
 impl Refill {
@@ -35,6 +41,7 @@ impl Refill {
             batch: MIN_BATCH,
             max: fit.clamp(MIN_BATCH, MAX_BATCH),
             last: None,
+            asked_at: None,
         }
     }
 
@@ -48,7 +55,20 @@ impl Refill {
             false => MIN_BATCH,
         };
         self.last = Some(now);
+        self.asked_at = Some(now);
         self.batch
+    }
+
+    /// How many reserved blocks to keep at `now`: all of them while the volume takes blocks
+    /// (asked for some within [`IDLE`]), [`MIN_BATCH`] once it stopped.
+    pub(crate) fn keep(&self, now: Instant) -> usize {
+        let taking = self
+            .asked_at
+            .is_some_and(|last| now.saturating_duration_since(last) < IDLE);
+        match taking {
+            true => usize::MAX,
+            false => MIN_BATCH,
+        }
     }
 
     /// The pool handed out `got` of the `asked` blocks: a short answer means space runs
@@ -88,5 +108,17 @@ mod tests {
         assert_eq!(r.ask(t + Duration::from_secs(2)), 16);
         r.answered(16, 16);
         assert_eq!(r.ask(t + Duration::from_secs(2)), 32);
+    }
+
+    #[test]
+    fn a_volume_that_stopped_asking_keeps_a_small_reserve() {
+        let mut r = Refill::new(64 << 10);
+        let t = Instant::now();
+        assert_eq!(r.keep(t), MIN_BATCH);
+        r.ask(t);
+        assert_eq!(r.keep(t + Duration::from_secs(9)), usize::MAX);
+        r.answered(16, 3);
+        assert_eq!(r.keep(t + Duration::from_secs(9)), usize::MAX);
+        assert_eq!(r.keep(t + IDLE), MIN_BATCH);
     }
 }

@@ -586,3 +586,35 @@ fn a_served_volume_takes_up_the_size_its_pool_gave_it_and_never_shrinks() {
     t.pool.commit().expect("commit");
     thin_check(&t.meta);
 }
+
+#[test]
+fn a_volume_that_stops_allocating_gives_its_reserve_back_down_to_16_blocks() {
+    let t = new_pool(64 << 10, 4096, PoolOptions::default());
+    let vol = t.volume(1, 256 * MIB);
+    let mut q = queue(&vol);
+    // Quick refills double the batch: 16, 32, then 64 blocks.
+    for block in 0..60u64 {
+        put(&mut *q, block * 65536, &pattern(block, 4096));
+    }
+    flush(&mut *q);
+    let held = vol.reserved();
+    assert!(
+        held > 16,
+        "only {held} blocks in reserve after quick refills"
+    );
+    let free = t.pool.usage().expect("usage").data_free;
+    vol.trim_reserve_after_idle();
+    assert_eq!(vol.reserved(), 16);
+    let freed = t.pool.usage().expect("usage").data_free - free;
+    assert_eq!(freed, held as u64 - 16);
+    put(&mut *q, 100 * 65536, &pattern(100, 4096));
+    flush(&mut *q);
+    for block in (0..60u64).chain([100]) {
+        let got = get(&mut *q, block * 65536, 4096);
+        suite::assert_bytes(&got, &pattern(block, 4096), "block written before the trim");
+    }
+    drop(q);
+    drop(vol);
+    t.pool.commit().expect("commit");
+    thin_check(&t.meta);
+}
