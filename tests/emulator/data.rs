@@ -14,7 +14,13 @@ use crate::harness::{Guest, Host, Setup, pattern};
 
 /// Runs a verifying workload; `fresh`: the region was never written, so unwritten blocks must
 /// read zeros (later runs only check what they wrote themselves).
-fn verify_run(g: &mut Guest, block_size: usize, pattern: Pattern, qd: u32, fresh: bool) {
+fn verify_run(
+    g: &mut Guest,
+    block_size: usize,
+    pattern: Pattern,
+    qd: u32,
+    fresh: bool,
+) -> workload::Report {
     let w = Workload {
         pattern,
         read_percent: 50,
@@ -33,6 +39,7 @@ fn verify_run(g: &mut Guest, block_size: usize, pattern: Pattern, qd: u32, fresh
     assert_eq!(r.mismatches, 0, "{r:?}");
     assert_eq!(r.errors, 0, "{r:?}");
     assert!(r.reads > 0 && r.writes > 0 && r.flushes > 0, "{r:?}");
+    r
 }
 
 #[test]
@@ -94,6 +101,37 @@ fn verified_round_trips_direct_and_indirect() {
     verify_run(&mut g, 64 << 10, Pattern::Random, 16, false);
     // 1 MiB: 256 segments, the most the backend advertises.
     verify_run(&mut g, 1 << 20, Pattern::Sequential, 4, false);
+}
+
+/// What Linux blkfront does with an I/O larger than the backend takes in one request: it
+/// sends it in parts (44 KiB each without indirect requests), and the I/O is done when every
+/// part is answered.
+#[test]
+fn blocks_larger_than_a_request_takes_go_in_parts_and_verify() {
+    // (segments offered, block size, requests per block)
+    let cases = [
+        (0u32, 1usize << 20, 24u64),
+        (0, (1 << 20) + 4096, 24),
+        (32, 1 << 20, 8),
+        (32, (1 << 20) + 4096, 9),
+    ];
+    for (offered, block_size, parts) in cases {
+        let host = Host::new(Setup {
+            backend_args: vec!["--max-indirect-segments".into(), offered.to_string()],
+            ..Setup::default()
+        });
+        let mut g = host.guest_with(|c| c.ring_order = 1);
+        assert_eq!(g.front.disk().max_indirect_segments, offered);
+        let r = verify_run(&mut g, block_size, Pattern::Random, 2, true);
+        let out = crate::harness::ctl(&host, &["stats", "--output=json"]);
+        let stats: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stats");
+        let requests = stats[0]["stats"]["requests"].as_u64();
+        assert_eq!(
+            requests,
+            Some(parts * (r.reads + r.writes) + r.flushes),
+            "{offered} segments, blocks of {block_size}: {r:?}"
+        );
+    }
 }
 
 #[test]

@@ -17,10 +17,13 @@ pub struct Slot {
     pub pages: u32,
     /// Grants of the data pages, in order.
     pub grefs: Vec<GrantRef>,
-    /// Grants of the indirect pages.
+    /// Grants of the indirect pages: each part of a split buffer has its own run of them.
     pub indirect_grefs: Vec<GrantRef>,
     indirect_frame: Option<u32>,
     indirect_views: Vec<RamView>,
+    /// Data pages per request: a larger buffer goes as several requests (parts), as Linux
+    /// blkfront splits what exceeds the segments the backend takes.
+    part_pages: usize,
 }
 
 impl Slot {
@@ -29,11 +32,11 @@ impl Slot {
         u64::from(self.first_frame) * PAGE_SIZE as u64
     }
 
-    /// Segments covering `len` bytes (a multiple of 512) from the start of the buffer.
-    pub fn segments(&self, len: usize) -> Vec<Segment> {
+    /// Segments covering `len` bytes (a multiple of 512) from page `first_page` of the buffer.
+    pub fn segments(&self, first_page: usize, len: usize) -> Vec<Segment> {
         let mut out = Vec::new();
         let mut left = len / 512;
-        for gref in &self.grefs {
+        for gref in self.grefs.iter().skip(first_page) {
             if left == 0 {
                 break;
             }
@@ -50,10 +53,36 @@ impl Slot {
         out
     }
 
+    /// How many requests a transfer of `len` bytes from the start of the buffer takes.
+    pub fn parts(&self, len: usize) -> usize {
+        len.div_ceil(PAGE_SIZE).div_ceil(self.part_pages).max(1)
+    }
+
     /// A READ or WRITE request for `len` bytes at `sector`: direct when it fits in 11
     /// segments, indirect otherwise (the segments are written into this slot's indirect pages).
     pub fn rw_request(&self, id: u64, op: RwOp, sector: u64, len: usize) -> Result<Request, Error> {
-        let segs = self.segments(len);
+        self.rw_part(0, id, op, sector, len)
+    }
+
+    /// Request `part` of [`Slot::parts`] for a transfer of `len` bytes at `sector`: its share
+    /// of the pages, at its share of the sectors.
+    pub fn rw_part(
+        &self,
+        part: usize,
+        id: u64,
+        op: RwOp,
+        sector: u64,
+        len: usize,
+    ) -> Result<Request, Error> {
+        let first_page = part * self.part_pages;
+        let start = first_page * PAGE_SIZE;
+        let part_len = len
+            .checked_sub(start)
+            .filter(|&l| l > 0)
+            .ok_or_else(|| Error::Config(format!("no part {part} in {len} bytes")))?
+            .min(self.part_pages * PAGE_SIZE);
+        let sector = sector + (start / 512) as u64;
+        let segs = self.segments(first_page, part_len);
         if let Some(segments) = Segments::from_slice(&segs) {
             return Ok(Request::Rw {
                 id,
@@ -63,17 +92,17 @@ impl Slot {
                 segments,
             });
         }
-        let pages: Vec<&dyn SharedMemory> = self
-            .indirect_views
+        let per_part = self.indirect_views.len() / self.parts(self.pages as usize * PAGE_SIZE);
+        let mine = part * per_part..(part + 1) * per_part;
+        let pages: Vec<&dyn SharedMemory> = (self.indirect_views.get(mine.clone()))
+            .unwrap_or(&[])
             .iter()
             .map(|v| v as &dyn SharedMemory)
             .collect();
         encode_indirect_segments(&pages, &segs)?;
         let needed = segs.len().div_ceil(SEGS_PER_INDIRECT_FRAME);
-        let indirect_grefs = IndirectRefs::from_slice(
-            self.indirect_grefs.get(..needed).unwrap_or(&[]),
-        )
-        .ok_or_else(|| {
+        let refs = (self.indirect_grefs.get(mine)).and_then(|r| r.get(..needed));
+        let indirect_grefs = IndirectRefs::from_slice(refs.unwrap_or(&[])).ok_or_else(|| {
             Error::Config(format!(
                 "{} segments need too many indirect pages",
                 segs.len()
@@ -100,7 +129,8 @@ pub struct SlotPool {
 }
 
 impl SlotPool {
-    /// Allocates and grants `count` slots of `bytes` each (whole pages).
+    /// Allocates and grants `count` slots of `bytes` each (whole pages), each sent in one
+    /// request (indirect when it has more than 11 pages).
     pub fn new(
         dom: &EmuDomain,
         frames: &mut FrameAlloc,
@@ -108,9 +138,24 @@ impl SlotPool {
         count: u32,
         bytes: usize,
     ) -> Result<Self, Error> {
+        Self::split(dom, frames, backend, (count, bytes), usize::MAX)
+    }
+
+    /// [`SlotPool::new`] for a backend that takes at most `max_segments` segments a request
+    /// (11 when it offers no indirect requests): a larger buffer is sent in parts.
+    pub fn split(
+        dom: &EmuDomain,
+        frames: &mut FrameAlloc,
+        backend: DomId,
+        (count, bytes): (u32, usize),
+        max_segments: usize,
+    ) -> Result<Self, Error> {
         let pages = u32::try_from(bytes.div_ceil(PAGE_SIZE))
             .map_err(|_| Error::Config("slot too large".into()))?;
-        let indirect = pages.div_ceil(512);
+        let part_pages = (pages as usize).min(max_segments).max(1);
+        let parts = (pages as usize).div_ceil(part_pages);
+        let indirect = u32::try_from(parts * part_pages.div_ceil(SEGS_PER_INDIRECT_FRAME))
+            .map_err(|_| Error::Config("slot too large".into()))?;
         let mut slots = Vec::with_capacity(count as usize);
         for _ in 0..count {
             let first_frame = frames.alloc(pages)?;
@@ -122,8 +167,9 @@ impl SlotPool {
                 indirect_grefs: Vec::new(),
                 indirect_frame: None,
                 indirect_views: Vec::new(),
+                part_pages,
             };
-            if pages as usize > rustbk_ring::MAX_SEGMENTS_PER_REQUEST {
+            if part_pages > rustbk_ring::MAX_SEGMENTS_PER_REQUEST {
                 let first = frames.alloc(indirect)?;
                 slot.indirect_views = (0..indirect)
                     .map(|i| dom.ram().pages_view(first + i, 1))

@@ -440,6 +440,13 @@ pub struct BenchArgs {
     /// turns in every round. Every run is printed, then the medians.
     #[arg(long, conflicts_with_all = ["null", "image"])]
     pub data_paths: bool,
+    /// Compare 1 MiB sequential reads and writes with indirect requests (256 segments: one
+    /// request a block) against without them (the emulated guest splits each block into 44
+    /// KiB requests, as Linux blkfront does): one disk each, its own raw image of `--size`
+    /// and its own backend, taking turns in every round. Every run is printed, then the
+    /// medians.
+    #[arg(long, conflicts_with_all = ["null", "image", "data_paths"])]
+    pub indirect: bool,
     /// Let the benchmark write over the existing contents of `--image`.
     #[arg(long, requires = "image")]
     pub overwrite: bool,
@@ -447,7 +454,7 @@ pub struct BenchArgs {
     /// fully allocated qcow2 copy of it (made in the work folder with `rustbk img convert`),
     /// so the table shows what the format costs against fio on the raw image.
     #[arg(long, default_value = "raw", value_parser = ["raw", "qcow2"],
-          conflicts_with_all = ["null", "data_paths"])]
+          conflicts_with_all = ["null", "data_paths", "indirect"])]
     pub format: String,
     /// Size of a new image (a multiple of the sector size).
     #[arg(long, default_value = "1g", value_parser = parse_image_size)]

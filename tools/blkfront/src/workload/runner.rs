@@ -29,6 +29,17 @@ struct InFlight {
     block: Option<usize>,
     kind: Kind,
     start: Instant,
+    /// Requests of this I/O not answered yet (a split block takes several).
+    parts_left: usize,
+    /// Whether any of its answered parts failed.
+    failed: bool,
+}
+
+/// A request's id: its slot above these bits, its part of the slot's I/O below.
+const PART_BITS: u32 = 16;
+
+fn request_id(slot: usize, part: usize) -> u64 {
+    ((slot as u64) << PART_BITS) | part as u64
 }
 
 struct Runner<'a> {
@@ -128,7 +139,22 @@ impl<'a> Runner<'a> {
             .map(|q| front.free_slots_of(q))
             .sum();
         let depth = w.queue_depth.min(free);
-        let pool = SlotPool::new(&dom, front.frames_mut(), backend, depth, w.block_size)?;
+        let max_segments = match front.disk().max_indirect_segments {
+            0 => rustbk_ring::MAX_SEGMENTS_PER_REQUEST,
+            n => n as usize,
+        };
+        let sizes = (depth, w.block_size);
+        let pool = SlotPool::split(&dom, front.frames_mut(), backend, sizes, max_segments)?;
+        let parts = pool.get(0).map_or(1, |s| s.parts(w.block_size));
+        let ring = (0..front.queue_count())
+            .map(|q| front.free_slots_of(q))
+            .max();
+        if parts > ring.unwrap_or(0) as usize || parts >= 1 << PART_BITS {
+            return Err(Error::Config(format!(
+                "a block of {} bytes takes {parts} requests, more than a ring holds",
+                w.block_size
+            )));
+        }
         let now = Instant::now();
         Ok(Runner {
             w,
@@ -210,10 +236,12 @@ impl<'a> Runner<'a> {
             self.last_activity = Instant::now();
         }
         while self.w.max_ops.is_none_or(|m| self.issued < m) {
-            let Some(queue) = self.pick_queue(front) else {
+            let Some(slot) = self.pool.take() else { break };
+            let parts = self.parts_of_next(slot);
+            let Some(queue) = self.pick_queue(front, parts) else {
+                self.pool.give_back(slot);
                 break;
             };
-            let Some(slot) = self.pool.take() else { break };
             if !self.pacer.try_take(Instant::now()) {
                 self.pool.give_back(slot);
                 break;
@@ -222,31 +250,39 @@ impl<'a> Runner<'a> {
                 .w
                 .flush_every
                 .is_some_and(|n| self.writes_since_flush >= n);
-            let req = if wants_flush {
-                Some(self.flush(slot))
+            let reqs = if wants_flush {
+                vec![self.flush(slot)]
             } else {
                 self.data_request(front, slot)?
             };
-            let Some(req) = req else {
+            if reqs.is_empty() {
                 self.pool.give_back(slot);
                 break;
-            };
-            front.push_to(queue, &req)?;
-            // Published one by one, as Linux blkfront does: the backend may start on the
-            // first request while the rest are still being written.
-            front.kick_queue(queue)?;
+            }
+            for req in &reqs {
+                front.push_to(queue, req)?;
+                // Published one by one, as Linux blkfront does: the backend may start on the
+                // first request while the rest are still being written.
+                front.kick_queue(queue)?;
+            }
             self.next_queue = (queue + 1) % front.queue_count();
             self.issued += 1;
         }
         Ok(())
     }
 
-    /// The next queue in turn with a free ring slot, if any.
-    fn pick_queue(&self, front: &Frontend) -> Option<usize> {
+    /// How many requests the next I/O on `slot` takes, if it is not a flush.
+    fn parts_of_next(&self, slot: usize) -> usize {
+        (self.pool.get(slot)).map_or(1, |s| s.parts(self.w.block_size))
+    }
+
+    /// The next queue in turn with `parts` free ring slots, if any (a split I/O goes to one
+    /// queue).
+    fn pick_queue(&self, front: &Frontend, parts: usize) -> Option<usize> {
         let n = front.queue_count();
         (0..n)
             .map(|i| (self.next_queue + i) % n)
-            .find(|q| front.free_slots_of(*q) > 0)
+            .find(|q| front.free_slots_of(*q) as usize >= parts)
     }
 
     fn flush(&mut self, slot: usize) -> Request {
@@ -255,10 +291,12 @@ impl<'a> Runner<'a> {
             block: None,
             kind: Kind::Flush,
             start: Instant::now(),
+            parts_left: 1,
+            failed: false,
         });
         let segments = rustbk_ring::Segments::new();
         Request::Rw {
-            id: slot as u64,
+            id: request_id(slot, 0),
             op: RwOp::Flush,
             handle: 0,
             sector: rustbk_ring::Sector(0),
@@ -266,9 +304,10 @@ impl<'a> Runner<'a> {
         }
     }
 
-    fn data_request(&mut self, front: &Frontend, slot: usize) -> Result<Option<Request>, Error> {
+    /// The requests of the next read or write on `slot` (none when every block is busy).
+    fn data_request(&mut self, front: &Frontend, slot: usize) -> Result<Vec<Request>, Error> {
         let Some(block) = self.pick_block() else {
-            return Ok(None);
+            return Ok(Vec::new());
         };
         let read = (self.random() % 100) < u64::from(self.w.read_percent);
         let offset = block as u64 * self.w.block_size as u64;
@@ -292,14 +331,19 @@ impl<'a> Runner<'a> {
             self.writes_since_flush += 1;
         }
         let rw = if read { RwOp::Read } else { RwOp::Write };
-        let req = s.rw_request(slot as u64, rw, offset / 512, self.w.block_size)?;
+        let len = self.w.block_size;
+        let reqs = (0..s.parts(len))
+            .map(|part| s.rw_part(part, request_id(slot, part), rw, offset / 512, len))
+            .collect::<Result<Vec<_>, _>>()?;
         self.busy[block] = true;
         self.inflight[slot] = Some(InFlight {
             block: Some(block),
             kind,
             start: Instant::now(),
+            parts_left: reqs.len(),
+            failed: false,
         });
-        Ok(Some(req))
+        Ok(reqs)
     }
 
     fn next_generation(&self, block: usize) -> u32 {
@@ -310,10 +354,10 @@ impl<'a> Runner<'a> {
     }
 
     fn complete(&mut self, front: &Frontend, rsp: &Response) -> Result<(), Error> {
-        let slot = usize::try_from(rsp.id)
+        let slot = usize::try_from(rsp.id >> PART_BITS)
             .ok()
             .filter(|s| *s < self.inflight.len());
-        let Some(f) = slot.and_then(|s| self.inflight[s].take()) else {
+        let Some(mut f) = slot.and_then(|s| self.inflight[s].take()) else {
             return Err(Error::Protocol(format!(
                 "response for unknown id {}",
                 rsp.id
@@ -321,7 +365,6 @@ impl<'a> Runner<'a> {
         };
         let slot = slot.unwrap_or_default();
         self.last_activity = Instant::now();
-        self.lat.record(f.start.elapsed());
         let expected_op = match f.kind {
             Kind::Read => op::READ,
             Kind::Write { .. } => op::WRITE,
@@ -333,7 +376,14 @@ impl<'a> Runner<'a> {
                 rsp.op
             )));
         }
-        let ok = rsp.status == status::OKAY;
+        f.failed |= rsp.status != status::OKAY;
+        f.parts_left = f.parts_left.saturating_sub(1);
+        if f.parts_left > 0 {
+            self.inflight[slot] = Some(f);
+            return Ok(());
+        }
+        self.lat.record(f.start.elapsed());
+        let ok = !f.failed;
         if !ok {
             self.report.errors += 1;
         }

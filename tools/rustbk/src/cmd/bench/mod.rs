@@ -1,7 +1,9 @@
 //! `rustbk bench`: rustbk through the emulated guest against fio on the same file, or with
 //! `--null` the backend's own CPU cost per request on a null disk.
 
+mod compare;
 mod cpu;
+mod indirect;
 mod null;
 mod paths;
 
@@ -57,10 +59,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.null {
         return run_null(&args);
     }
-    if args.data_paths {
+    if args.data_paths || args.indirect {
         supervise::handle_signals("bench")?;
         let work = WorkDir::create("rustbk-bench-", args.keep)?;
-        let result = paths::run_in(&args, work.path());
+        let comparison = match args.data_paths {
+            true => paths::comparison(&args.backend),
+            false => indirect::comparison(&args.backend),
+        };
+        let result = compare::run_in(&args, work.path(), &comparison);
         return finish(work, result);
     }
     let user = match &args.image {
@@ -243,17 +249,39 @@ pub(crate) fn rustbk_case(
     polled_case(cluster, disk, case, (runtime, queues), 0)
 }
 
+/// One run of the emulated guest `(domid, devid)` with pattern `rw` at depth `qd` in blocks
+/// of `bs` bytes, over one ring.
+pub(crate) fn sized_case(
+    cluster: &mut EmuCluster,
+    disk: (u16, u32),
+    (rw, qd, bs): (&str, u32, usize),
+    runtime: f64,
+) -> anyhow::Result<Report> {
+    guest_case(cluster, disk, (rw, qd, bs), (runtime, 1), 0)
+}
+
 /// [`rustbk_case`] with a guest that polls its responses for up to `spin_us` before it
 /// sleeps.
 fn polled_case(
     cluster: &mut EmuCluster,
-    (domid, devid): (u16, u32),
+    disk: (u16, u32),
     (rw, qd): (&str, u32),
     (runtime, queues): (f64, u32),
     spin_us: u32,
 ) -> anyhow::Result<Report> {
+    guest_case(cluster, disk, (rw, qd, 4096), (runtime, queues), spin_us)
+}
+
+fn guest_case(
+    cluster: &mut EmuCluster,
+    (domid, devid): (u16, u32),
+    (rw, qd, bs): (&str, u32, usize),
+    (runtime, queues): (f64, u32),
+    spin_us: u32,
+) -> anyhow::Result<Report> {
     let mut cmd = cluster.guest_command(domid, devid);
-    cmd.args(["--json", "--no-verify", "--bs=4096"])
+    cmd.args(["--json", "--no-verify"])
+        .arg(format!("--bs={bs}"))
         .arg(format!("--spin-us={spin_us}"))
         .arg(format!("--queues={queues}"))
         .arg(format!("--rw={rw}"))
