@@ -2,6 +2,7 @@
 //! ([`DeviceControl`]: pause, unpause, close, resize) and a once-a-second check of the image's
 //! size.
 
+mod budget;
 mod resize;
 
 use std::path::PathBuf;
@@ -498,9 +499,9 @@ impl Device {
         let limits = disk_limits(&*self.image, self.info.read_only, discard, &self.opts);
         let data_path = data_path(&self.info, &self.opts);
         let persistent_grants = if persistent_offered(&self.info, &self.opts) && fr.persistent {
-            self.opts
-                .max_persistent_grants
-                .unwrap_or_else(|| persistent_budget(res.ring.size()))
+            self.opts.max_persistent_grants.unwrap_or_else(|| {
+                budget::persistent_budget(res.ring.size(), self.opts.max_indirect_segments)
+            })
         } else {
             0
         };
@@ -755,12 +756,6 @@ fn flush_image(image: &dyn BlockImage) -> Result<(), Error> {
     done.into_iter()
         .try_for_each(|c| c.result)
         .map_err(Error::from)
-}
-
-/// Pages a ring may keep mapped: Linux blkback's 1056, or enough for a full ring of direct
-/// requests on larger rings.
-fn persistent_budget(ring_size: u32) -> usize {
-    (ring_size as usize * rustbk_ring::MAX_SEGMENTS_PER_REQUEST).clamp(1056, 8192)
 }
 
 /// An error and its causes on one line.

@@ -156,8 +156,9 @@ pub struct BackendArgs {
     #[arg(long)]
     pub no_thin_service: bool,
     /// Most persistent grants each ring keeps mapped (Linux blkback's max_persistent_grants);
-    /// when full, the least recently used 5% that no request holds are unmapped. Default: 1056,
-    /// or a full ring's direct requests on rings of order 2 and more (at most 8192).
+    /// when full, the least recently used 5% that no request holds are unmapped. Default: a
+    /// full ring of the largest requests offered (data and indirect pages), at least 1056
+    /// and at most 8192.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1 << 20))]
     pub max_persistent_grants: Option<u32>,
     /// Unmap persistent grants left unused this many seconds, checked at most once a second, so
