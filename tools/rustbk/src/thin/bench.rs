@@ -67,6 +67,8 @@ pub enum Part {
     Io,
     /// Only the first-write cases (sparse and full data file) and their raw peer.
     FirstWrites,
+    /// Only the reads and overwrites of provisioned blocks and their raw peer.
+    Provisioned,
     /// Live snapshots through the pool service while the guest writes.
     Snapshots,
     /// Snapshot times, metadata space and check times without a guest.
@@ -155,6 +157,9 @@ fn measure(args: &BenchArgs, dir: &Path) -> anyhow::Result<Results> {
     if args.only == Some(Part::FirstWrites) {
         results.io = first_write_cases(&mut cluster, args, dir, &mut ceiling)?;
     }
+    if args.only == Some(Part::Provisioned) {
+        results.io = provisioned_cases(&mut cluster, args, dir)?;
+    }
     if !ceiling.written_iops.is_empty() {
         results.fs_ceiling = Some(ceiling);
     }
@@ -203,6 +208,57 @@ fn io_cases(
         case.ratio = median(&case.thin_iops) / median(&case.peer_iops).max(f64::MIN_POSITIVE);
     }
     Ok(cases)
+}
+
+/// Reads and overwrites of a fully provisioned volume alone, each round against the raw
+/// file (thin first, then raw, in every round).
+fn provisioned_cases(
+    cluster: &mut EmuCluster,
+    args: &BenchArgs,
+    dir: &Path,
+) -> anyhow::Result<Vec<Case>> {
+    let raw = write_image(&dir.join("raw.img"), args.size)?;
+    let provisioned = provisioned_volume(&dir.join("pool-a"), args.size)?;
+    let disks = Disks {
+        raw: disk(1, raw.display().to_string()),
+        provisioned: disk(2, provisioned),
+    };
+    cluster.add_disk(&disks.raw, &[])?;
+    cluster.add_disk(&disks.provisioned, &[])?;
+    let mut cases: Vec<Case> = new_cases().into_iter().take(2).collect();
+    for round in 0..args.rounds {
+        provisioned_round(cluster, &disks, args.runtime, &mut cases)?;
+        let r = round as usize;
+        eprintln!(
+            "  round {}: read {:.0}/{:.0}, overwrite {:.0}/{:.0}",
+            round + 1,
+            cases[0].thin_iops[r],
+            cases[0].peer_iops[r],
+            cases[1].thin_iops[r],
+            cases[1].peer_iops[r]
+        );
+    }
+    for case in &mut cases {
+        case.ratio = median(&case.thin_iops) / median(&case.peer_iops).max(f64::MIN_POSITIVE);
+    }
+    Ok(cases)
+}
+
+/// One round of reads and overwrites: `cases[0]` and `cases[1]`.
+fn provisioned_round(
+    cluster: &mut EmuCluster,
+    disks: &Disks,
+    t: f64,
+    cases: &mut [Case],
+) -> anyhow::Result<()> {
+    let run = |c: &mut EmuCluster, spec: &VbdSpec, rw: &str| -> anyhow::Result<f64> {
+        Ok(rustbk_case(c, (spec.domid.0, XVDA), (rw, QD), t, 1)?.iops)
+    };
+    for (case, rw) in cases.iter_mut().zip(["randread", "randwrite"]) {
+        case.thin_iops.push(run(cluster, &disks.provisioned, rw)?);
+        case.peer_iops.push(run(cluster, &disks.raw, rw)?);
+    }
+    Ok(())
 }
 
 /// The two first-write cases alone, each round against the raw file.
@@ -281,18 +337,7 @@ fn one_round(
     let run = |c: &mut EmuCluster, spec: &VbdSpec, rw: &str| -> anyhow::Result<f64> {
         Ok(rustbk_case(c, (spec.domid.0, XVDA), (rw, QD), t, 1)?.iops)
     };
-    cases[0]
-        .thin_iops
-        .push(run(cluster, &disks.provisioned, "randread")?);
-    cases[0]
-        .peer_iops
-        .push(run(cluster, &disks.raw, "randread")?);
-    cases[1]
-        .thin_iops
-        .push(run(cluster, &disks.provisioned, "randwrite")?);
-    cases[1]
-        .peer_iops
-        .push(run(cluster, &disks.raw, "randwrite")?);
+    provisioned_round(cluster, disks, t, cases)?;
     let first = fresh_thin_writes(
         cluster,
         (round, t),
