@@ -30,6 +30,11 @@ const GROW_CHUNK: u64 = 64 << 20;
 /// ... and at least this many clusters.
 const GROW_CHUNK_CLUSTERS: u64 = 16;
 
+/// Clusters the file grows ahead at a time, for clusters of `1 << cluster_bits` bytes.
+pub(super) fn grow_chunk_clusters(cluster_bits: u32) -> u64 {
+    (GROW_CHUNK >> cluster_bits).max(GROW_CHUNK_CLUSTERS)
+}
+
 /// Which table cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Table {
@@ -252,7 +257,7 @@ impl Meta {
         if self.no_grow || end <= self.grown_to {
             return Ok(());
         }
-        let chunk = GROW_CHUNK.max(GROW_CHUNK_CLUSTERS << self.layout.cluster_bits);
+        let chunk = grow_chunk_clusters(self.layout.cluster_bits) << self.layout.cluster_bits;
         let to = end.saturating_add(chunk);
         let from = self.grown_to;
         if self.io.allocate_to(from, to - from)? {
@@ -443,7 +448,7 @@ pub(super) fn put64(data: &mut [u8], at: usize, value: u64) {
 impl Drop for Meta {
     /// The image's last user is gone: the part of the file grown ahead and never allocated is
     /// cut off, so the file ends with its last cluster as before. (After a crash it stays,
-    /// unused; clusters there are zeroed one by one when they are allocated.)
+    /// unused, until the next read-write open cuts it: see [`super::tail`].)
     fn drop(&mut self) {
         if self.grown_to <= self.file_size {
             return;

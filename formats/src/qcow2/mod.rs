@@ -59,6 +59,7 @@ mod read;
 pub mod rebase;
 mod refcount;
 mod shrink;
+mod tail;
 mod write;
 mod writeback;
 
@@ -162,9 +163,12 @@ impl Qcow2Image {
         let read_only = file.read_only();
         check_writable(&header, read_only)?;
         let backing = open_backing(file.path(), &header, opts, chain)?;
-        let meta = Meta::load(&header, io.clone(), &opts.qcow2, backing.is_some())?;
+        let mut meta = Meta::load(&header, io.clone(), &opts.qcow2, backing.is_some())?;
         if !read_only && header.autoclear != 0 {
             clear_autoclear(&*io)?;
+        }
+        if !read_only {
+            meta.cut_unused_tail()?;
         }
         let geometry = Geometry {
             size: header.size,

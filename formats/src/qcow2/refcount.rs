@@ -116,7 +116,7 @@ impl Meta {
         Ok(())
     }
 
-    fn is_reserved(&self, cluster: u64) -> bool {
+    pub(super) fn is_reserved(&self, cluster: u64) -> bool {
         let offset = cluster << self.layout.cluster_bits;
         self.reserved.iter().any(|r| r.contains(&offset))
     }

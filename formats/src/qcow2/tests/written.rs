@@ -516,3 +516,58 @@ fn the_file_grows_ahead_of_new_clusters_and_is_cut_back_when_the_image_closes() 
     let back = read_at(&mut *q, 300 << 20, 4096).expect("read");
     assert_bytes(&back, &data, "the write after reopening");
 }
+
+#[test]
+fn a_tail_a_crashed_session_left_is_cut_at_the_next_read_write_open() {
+    let (dir, path) = temp("tail.qcow2");
+    create(&path, 1 << 30, &CreateOptions::default()).expect("create");
+    let len = |p: &Path| std::fs::metadata(p).expect("stat").len();
+    let image = open_image(&path, Format::Qcow2, &opts(false, EngineKind::IoUring)).expect("open");
+    let mut q = image.open_queue(DEPTH).expect("queue");
+    let data = pattern(9, 4096);
+    write_at(&mut *q, 300 << 20, &data).expect("write");
+    run(&mut *q, IoOp::Flush).expect("flush");
+    // A crash now: the file keeps its grown tail, and a write into a cluster whose mapping
+    // never became durable left bytes there.
+    let crashed = dir.path().join("crashed.qcow2");
+    std::fs::copy(&path, &crashed).expect("copy");
+    drop(q);
+    drop(image);
+    let clean_len = len(&path);
+    let crashed_len = len(&crashed);
+    assert!(
+        crashed_len >= clean_len + (64 << 20),
+        "{crashed_len} vs {clean_len}"
+    );
+    let stale = std::fs::OpenOptions::new().write(true).open(&crashed);
+    std::os::unix::fs::FileExt::write_all_at(&stale.expect("open"), &[0xee; 65536], clean_len)
+        .expect("stale bytes");
+
+    let ro = open_image(&crashed, Format::Qcow2, &opts(true, EngineKind::IoUring)).expect("ro");
+    drop(ro);
+    assert_eq!(
+        len(&crashed),
+        crashed_len,
+        "a read-only open changes nothing"
+    );
+    let image = open_image(&crashed, Format::Qcow2, &opts(false, EngineKind::IoUring));
+    let image = image.expect("open read-write");
+    assert_eq!(
+        len(&crashed),
+        clean_len,
+        "the read-write open cut the unused tail"
+    );
+    let mut q = image.open_queue(DEPTH).expect("queue");
+    let back = read_at(&mut *q, 300 << 20, 4096).expect("read");
+    assert_bytes(&back, &data, "data written before the crash");
+    // The next new cluster lies where the stale bytes were: its unwritten part reads zeros.
+    write_at(&mut *q, 500 << 20, &data).expect("write a new cluster");
+    let around = read_at(&mut *q, (500 << 20) - 4096, 3 * 4096).expect("read around");
+    let mut want = vec![0; 3 * 4096];
+    want[4096..8192].copy_from_slice(&data);
+    assert_bytes(&around, &want, "a new cluster where the tail was");
+    run(&mut *q, IoOp::Flush).expect("flush");
+    drop(q);
+    drop(image);
+    check_clean(&crashed);
+}
