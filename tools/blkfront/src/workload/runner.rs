@@ -31,12 +31,16 @@ struct InFlight {
     start: Instant,
     /// Requests of this I/O not answered yet (a split block takes several).
     parts_left: usize,
+    /// Which parts were answered (bit `i`: part `i`), to catch a duplicate response.
+    answered: u128,
     /// Whether any of its answered parts failed.
     failed: bool,
 }
 
 /// A request's id: its slot above these bits, its part of the slot's I/O below.
 const PART_BITS: u32 = 16;
+/// The most requests one block is split into.
+const MAX_PARTS: usize = 128;
 
 fn request_id(slot: usize, part: usize) -> u64 {
     ((slot as u64) << PART_BITS) | part as u64
@@ -149,7 +153,7 @@ impl<'a> Runner<'a> {
         let ring = (0..front.queue_count())
             .map(|q| front.free_slots_of(q))
             .max();
-        if parts > ring.unwrap_or(0) as usize || parts >= 1 << PART_BITS {
+        if parts > ring.unwrap_or(0) as usize || parts > MAX_PARTS {
             return Err(Error::Config(format!(
                 "a block of {} bytes takes {parts} requests, more than a ring holds",
                 w.block_size
@@ -292,6 +296,7 @@ impl<'a> Runner<'a> {
             kind: Kind::Flush,
             start: Instant::now(),
             parts_left: 1,
+            answered: 0,
             failed: false,
         });
         let segments = rustbk_ring::Segments::new();
@@ -341,6 +346,7 @@ impl<'a> Runner<'a> {
             kind,
             start: Instant::now(),
             parts_left: reqs.len(),
+            answered: 0,
             failed: false,
         });
         Ok(reqs)
@@ -364,6 +370,17 @@ impl<'a> Runner<'a> {
             )));
         };
         let slot = slot.unwrap_or_default();
+        let part = rsp.id & ((1 << PART_BITS) - 1);
+        let bit = 1u128.checked_shl(u32::try_from(part).unwrap_or(u32::MAX));
+        if bit.is_none_or(|b| f.answered & b != 0)
+            || part >= (f.parts_left as u64 + f.answered.count_ones() as u64)
+        {
+            return Err(Error::Protocol(format!(
+                "response for id {} (part {part}) answered already or never sent",
+                rsp.id
+            )));
+        }
+        f.answered |= bit.unwrap_or(0);
         self.last_activity = Instant::now();
         let expected_op = match f.kind {
             Kind::Read => op::READ,
