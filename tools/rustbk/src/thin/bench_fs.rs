@@ -9,6 +9,7 @@
 
 use std::os::fd::AsRawFd;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use nix::fcntl::{FallocateFlags, fallocate};
@@ -25,6 +26,8 @@ use crate::cmd::bench::{FioCase, fio_case};
 const SIZE: i64 = 16 << 30;
 /// Free space the bench keeps besides the preallocated file.
 const SPARE: u64 = 12 << 30;
+/// How long to wait for the space of pools just removed to come back.
+const SPACE_WAIT: Duration = Duration::from_secs(30);
 
 /// fio into unwritten extents against fio on the written raw file, every round.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -84,10 +87,8 @@ impl Ceiling {
 /// images); removes it again if the preallocation fails.
 fn preallocate(path: &Path) -> anyhow::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let fs = nix::sys::statvfs::statvfs(dir)
-        .with_context(|| format!("cannot read the free space of {}", dir.display()))?;
-    let free = fs.blocks_available().saturating_mul(fs.fragment_size());
     let size = SIZE.unsigned_abs();
+    let free = free_space(dir, size.saturating_add(SPARE))?;
     anyhow::ensure!(
         free >= size.saturating_add(SPARE),
         "the fio bound needs a {} GiB preallocated file in {} and {} GiB free besides; {} GiB are free",
@@ -104,4 +105,19 @@ fn preallocate(path: &Path) -> anyhow::Result<()> {
         return Err(e).with_context(|| format!("cannot preallocate {}", path.display()));
     }
     Ok(())
+}
+
+/// The bytes free in `dir`'s file system, once there are `want` or after [`SPACE_WAIT`]:
+/// the pools a case just removed are freed only when their pool services have exited.
+fn free_space(dir: &Path, want: u64) -> anyhow::Result<u64> {
+    let deadline = Instant::now() + SPACE_WAIT;
+    loop {
+        let fs = nix::sys::statvfs::statvfs(dir)
+            .with_context(|| format!("cannot read the free space of {}", dir.display()))?;
+        let free = fs.blocks_available().saturating_mul(fs.fragment_size());
+        if free >= want || Instant::now() >= deadline {
+            return Ok(free);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
