@@ -185,28 +185,37 @@ fn disk(domid: u16, params: String) -> VbdSpec {
     VbdSpec::rustbk(DomId(domid), XVDA, params)
 }
 
-fn io_cases(
+/// A written raw file and a fully provisioned thin volume of `size` bytes in `dir`, both
+/// served; the raw file's path and the disks.
+fn serve_raw_and_provisioned(
     cluster: &mut EmuCluster,
-    args: &BenchArgs,
+    size: u64,
     dir: &Path,
-    ceiling: &mut Ceiling,
-) -> anyhow::Result<Vec<Case>> {
-    let raw = write_image(&dir.join("raw.img"), args.size)?;
-    let provisioned = provisioned_volume(&dir.join("pool-a"), args.size)?;
+) -> anyhow::Result<(PathBuf, Disks)> {
+    let raw = write_image(&dir.join("raw.img"), size)?;
+    let provisioned = provisioned_volume(&dir.join("pool-a"), size)?;
     let disks = Disks {
         raw: disk(1, raw.display().to_string()),
         provisioned: disk(2, provisioned),
     };
     cluster.add_disk(&disks.raw, &[])?;
     cluster.add_disk(&disks.provisioned, &[])?;
+    Ok((raw, disks))
+}
+
+fn io_cases(
+    cluster: &mut EmuCluster,
+    args: &BenchArgs,
+    dir: &Path,
+    ceiling: &mut Ceiling,
+) -> anyhow::Result<Vec<Case>> {
+    let (raw, disks) = serve_raw_and_provisioned(cluster, args.size, dir)?;
     let mut cases = new_cases();
     for round in 0..args.rounds {
         one_round(cluster, &disks, round, args, &mut cases)?;
         ceiling.measure(cluster, &raw, args.runtime)?;
     }
-    for case in &mut cases {
-        case.ratio = median(&case.thin_iops) / median(&case.peer_iops).max(f64::MIN_POSITIVE);
-    }
+    set_ratios(&mut cases);
     Ok(cases)
 }
 
@@ -217,30 +226,13 @@ fn provisioned_cases(
     args: &BenchArgs,
     dir: &Path,
 ) -> anyhow::Result<Vec<Case>> {
-    let raw = write_image(&dir.join("raw.img"), args.size)?;
-    let provisioned = provisioned_volume(&dir.join("pool-a"), args.size)?;
-    let disks = Disks {
-        raw: disk(1, raw.display().to_string()),
-        provisioned: disk(2, provisioned),
-    };
-    cluster.add_disk(&disks.raw, &[])?;
-    cluster.add_disk(&disks.provisioned, &[])?;
+    let (_, disks) = serve_raw_and_provisioned(cluster, args.size, dir)?;
     let mut cases: Vec<Case> = new_cases().into_iter().take(2).collect();
     for round in 0..args.rounds {
         provisioned_round(cluster, &disks, args.runtime, &mut cases)?;
-        let r = round as usize;
-        eprintln!(
-            "  round {}: read {:.0}/{:.0}, overwrite {:.0}/{:.0}",
-            round + 1,
-            cases[0].thin_iops[r],
-            cases[0].peer_iops[r],
-            cases[1].thin_iops[r],
-            cases[1].peer_iops[r]
-        );
+        report_round(round, ["read", "overwrite"], &cases);
     }
-    for case in &mut cases {
-        case.ratio = median(&case.thin_iops) / median(&case.peer_iops).max(f64::MIN_POSITIVE);
-    }
+    set_ratios(&mut cases);
     Ok(cases)
 }
 
@@ -289,20 +281,29 @@ fn first_write_cases(
             case.peer_iops.push(peer.iops);
         }
         ceiling.measure(cluster, &raw_path, t)?;
-        let r = round as usize;
-        eprintln!(
-            "  round {}: first {:.0}/{:.0}, full {:.0}/{:.0}",
-            round + 1,
-            cases[0].thin_iops[r],
-            cases[0].peer_iops[r],
-            cases[1].thin_iops[r],
-            cases[1].peer_iops[r]
-        );
+        report_round(round, ["first", "full"], &cases);
     }
-    for case in &mut cases {
+    set_ratios(&mut cases);
+    Ok(cases)
+}
+
+/// Prints what the first two cases measured in round `round` (thin/peer IOPS).
+fn report_round(round: u32, names: [&str; 2], cases: &[Case]) {
+    let r = round as usize;
+    let iops = |c: &Case| (c.thin_iops[r], c.peer_iops[r]);
+    let ((a, b), (c, d)) = (iops(&cases[0]), iops(&cases[1]));
+    let [x, y] = names;
+    eprintln!(
+        "  round {}: {x} {a:.0}/{b:.0}, {y} {c:.0}/{d:.0}",
+        round + 1
+    );
+}
+
+/// Sets each case's ratio: median thin IOPS over median peer IOPS.
+fn set_ratios(cases: &mut [Case]) {
+    for case in cases {
         case.ratio = median(&case.thin_iops) / median(&case.peer_iops).max(f64::MIN_POSITIVE);
     }
-    Ok(cases)
 }
 
 fn new_cases() -> Vec<Case> {

@@ -11,7 +11,7 @@ use rustbk_blkfront::workload::Report;
 use rustbk_ring::DomId;
 use serde::Serialize;
 
-use super::{GUEST, XVDA, sized_case, write_image};
+use super::{GUEST, XVDA, print_report, sized_case, write_image};
 use crate::cli::{BackendArgs, BenchArgs};
 use crate::cluster::EmuCluster;
 
@@ -187,12 +187,10 @@ fn medians(cmp: &Comparison, runs: &[Run]) -> Vec<Median> {
 }
 
 fn print(report: &CompareReport, json: bool) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    if json {
-        serde_json::to_writer_pretty(&mut out, report)?;
-        writeln!(out)?;
-        return Ok(());
-    }
+    print_report(report, json, |out| table(out, report))
+}
+
+fn table(out: &mut dyn Write, report: &CompareReport) -> std::io::Result<()> {
     writeln!(
         out,
         "{:<14} {:>4} {:<28} {:>12} {:>10} {:>10} {:>10} {:>10}",

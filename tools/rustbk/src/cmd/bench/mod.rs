@@ -400,13 +400,27 @@ fn parse_fio(json: &[u8], dir: &str) -> anyhow::Result<FioResult> {
     })
 }
 
-fn print_rows(rows: &[Row], json: bool) -> anyhow::Result<()> {
+/// Prints `report` as JSON with `json`, else the table `table` writes.
+pub(crate) fn print_report<T: Serialize + ?Sized>(
+    report: &T,
+    json: bool,
+    table: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     if json {
-        serde_json::to_writer_pretty(&mut out, rows)?;
+        serde_json::to_writer_pretty(&mut out, report)?;
         writeln!(out)?;
-        return Ok(());
+    } else {
+        table(&mut out)?;
     }
+    Ok(())
+}
+
+fn print_rows(rows: &[Row], json: bool) -> anyhow::Result<()> {
+    print_report(rows, json, |out| table_of_rows(out, rows))
+}
+
+fn table_of_rows(out: &mut dyn Write, rows: &[Row]) -> std::io::Result<()> {
     writeln!(
         out,
         "{:<14} {:>4} {:>12} {:>12} {:>12} {:>12} {:>12}",

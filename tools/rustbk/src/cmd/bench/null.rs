@@ -12,7 +12,7 @@ use rustbk_ring::DomId;
 use serde::Serialize;
 
 use super::cpu::{Sampler, WorkerCpu, busy_window};
-use super::{CASES, GUEST, XVDA, rustbk_case};
+use super::{CASES, GUEST, XVDA, print_report, rustbk_case};
 use crate::cli::BenchArgs;
 use crate::cluster::EmuCluster;
 
@@ -173,12 +173,10 @@ pub(crate) fn null_row((queues, rw, qd): (u32, &str, u32), r: &Report, cpu: &Wor
 }
 
 fn print(report: &NullReport, json: bool) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    if json {
-        serde_json::to_writer_pretty(&mut out, report)?;
-        writeln!(out)?;
-        return Ok(());
-    }
+    print_report(report, json, |out| table(out, report))
+}
+
+fn table(out: &mut dyn Write, report: &NullReport) -> std::io::Result<()> {
     writeln!(
         out,
         "{:>6} {:<14} {:>4} {:>10} {:>14} {:>12} {:>11} {:>9}",
