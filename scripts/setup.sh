@@ -13,10 +13,11 @@ set -euo pipefail
 RUSTBK_QEMU=${RUSTBK_QEMU:-backports}
 CACHE=${RUSTBK_CACHE:-/var/cache/rustbk}
 # Peers and build tools: gcc/-m32 against Xen's headers, Debian's xenstore CLI, fio, loop devices,
-# the host side of tests/xen-e2e (kmod's depmod, mkfs.ext4, cpio), and thin-provisioning-tools
-# 0.9 (C++, /usr/sbin/thin_check ...) for the thin pool's interop tests.
-PACKAGES=(libxen-dev gcc gcc-multilib xenstore-utils fio util-linux kmod e2fsprogs cpio systemd man-db
-  thin-provisioning-tools)
+# the host side of tests/xen-e2e (kmod's depmod, mkfs.ext4, cpio), thin-provisioning-tools
+# 0.9 (C++, /usr/sbin/thin_check ...) for the thin pool's interop tests, and util-linux-extra's
+# fincore (what a file keeps in the page cache) for the thin pool's tests.
+PACKAGES=(libxen-dev gcc gcc-multilib xenstore-utils fio util-linux util-linux-extra kmod e2fsprogs
+  cpio systemd man-db thin-provisioning-tools)
 # libyal's independent VHD reader (differencing chains, which qemu cannot read).
 PACKAGES+=(python3-libvhdi libvhdi-utils)
 # libyal's independent VMDK reader (python3 module pyvmdk, vmdkinfo) for the vmdk interop tests.

@@ -168,7 +168,11 @@ impl Qcow2Image {
             clear_autoclear(&*io)?;
         }
         if !read_only {
-            meta.cut_unused_tail()?;
+            // A refcount structure that cannot be read there is left for the allocator to
+            // report; the open goes on, as it did before tails were cut.
+            if let Err(e) = meta.cut_unused_tail() {
+                tracing::warn!(error = %e, "cannot look for an unused end of the qcow2 file");
+            }
         }
         let geometry = Geometry {
             size: header.size,

@@ -392,3 +392,30 @@ fn cluster_cut_short_by_the_end_of_the_file_reads_zeros_past_the_end() {
     assert_eq!(got[..4096], [0x5c; 4096]);
     assert_eq!(got[4096..], [0; 4096]);
 }
+
+#[test]
+fn a_read_write_open_cuts_an_unclaimed_end_and_leaves_it_when_refcounts_are_unreadable() {
+    let (dir, _) = temp("x");
+    let path = image(&dir);
+    let len = |p: &Path| std::fs::metadata(p).expect("stat").len();
+    let made = len(&path);
+    let grown = made + (1 << 20);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|f| f.set_len(grown))
+        .expect("grow");
+    drop(open_image(&path, Format::Qcow2, &opts(false, EngineKind::Auto)).expect("open"));
+    assert_eq!(len(&path), made, "the clusters no refcount claims are cut");
+
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|f| f.set_len(grown))
+        .expect("grow");
+    let reftable = read_u64(&path, 48);
+    patch(&path, reftable, &(1u64 << 40).to_be_bytes());
+    let image = open_image(&path, Format::Qcow2, &opts(false, EngineKind::Auto));
+    drop(image.expect("a damaged refcount table still opens, as before"));
+    assert_eq!(len(&path), grown, "nothing is cut that cannot be checked");
+}
