@@ -104,8 +104,16 @@ pub trait PoolPort: Send {
     /// returned carries the new `snapshotted_time`: every cached mapping older than it is now
     /// shared.
     fn paused(&mut self) -> Result<VolumeInfo>;
-    /// Called by the port when a pause request arrives, so a sleeping data path wakes up (it
-    /// writes the data path's notifier eventfd).
+    /// Whether the pool ran out of free blocks and asks this volume for the blocks it holds
+    /// in reserve (handed out and not written into yet). Asking lowers the request. The data
+    /// path then gives every reserved block back with [`PoolPort::release`], with an empty
+    /// list if it holds none: that is its answer, which a write waiting for space on another
+    /// volume waits for.
+    fn give_back_requested(&mut self) -> bool {
+        false
+    }
+    /// Called by the port when a pause or give-back request arrives, so a sleeping data path
+    /// wakes up (it writes the data path's notifier eventfd).
     fn set_waker(&mut self, waker: Box<dyn Fn() + Send + Sync>);
     /// Whether the port is lost for good (its connection to the pool service broke). The
     /// blocks it was handed are then no longer the volume's: the service gives them back to

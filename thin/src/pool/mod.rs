@@ -28,7 +28,7 @@ pub use volumes::{VolumeSpec, VolumeUsage, format_of};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustbk_formats::engine::Access;
 use rustbk_formats::{CacheMode, EngineFile, WriteRecorder};
@@ -37,15 +37,18 @@ use crate::error::{Error, Result};
 use crate::meta::{Geometry, Metadata};
 use gate::CommitGate;
 use port::PortControl;
+pub(crate) use port::{Signal, Signaller};
 
 /// What the pool does with a write that needs a block when the data device is full.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum OnFull {
-    /// Fail it at once with ENOSPC.
+    /// Fail it with ENOSPC, once the other volumes asked for the blocks they hold in reserve
+    /// answered (they are asked whenever the pool runs out; each answer is waited for at
+    /// most 2 s).
     #[default]
     Fail,
-    /// Hold it until space is added (or freed by a commit), for at most
-    /// [`PoolOptions::full_timeout`]; then fail it with ENOSPC.
+    /// Hold it until space is added, freed by a commit or given back from another volume's
+    /// reserve, for at most [`PoolOptions::full_timeout`]; then fail it with ENOSPC.
     Queue,
 }
 
@@ -166,6 +169,8 @@ pub(crate) struct PortEntry {
     volume: u64,
     provisioned: HashSet<u64>,
     control: Arc<PortControl>,
+    /// When the pool, full, asked the port for its reserved blocks and got no answer yet.
+    asked_back: Option<Instant>,
 }
 
 impl Pool {

@@ -1,5 +1,5 @@
-//! [`LocalPort`]: a volume's port to a pool in the same process, and the pause handshake a
-//! snapshot of a live volume uses.
+//! [`LocalPort`]: a volume's port to a pool in the same process, the pause handshake a
+//! snapshot of a live volume uses, and the pool's request for a volume's reserved blocks.
 
 use std::collections::HashSet;
 use std::ops::Range;
@@ -19,24 +19,46 @@ const MAX_PROVISION: usize = 1024;
 /// Most virtual blocks one `lookup` answers.
 const MAX_LOOKUP: u64 = 1 << 16;
 
-type Waker = Box<dyn Fn() + Send + Sync>;
+/// What the pool asks of a port's data path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Signal {
+    /// Pause (a snapshot of the volume).
+    Pause,
+    /// Give the reserved blocks back (the pool is full).
+    GiveBack,
+}
 
-/// The pause handshake between the pool (snapshot) and one port's data path.
+/// Tells the data path about a request (wakes it, or sends it a frame).
+pub(crate) type Signaller = Box<dyn Fn(Signal) + Send + Sync>;
+
+/// The pause handshake between the pool (snapshot) and one port's data path, and the pool's
+/// request for the port's reserved blocks.
 #[derive(Default)]
 pub(crate) struct PortControl {
     requested: AtomicBool,
+    give_back: AtomicBool,
     acked: Mutex<bool>,
     changed: Condvar,
-    waker: Mutex<Option<Waker>>,
+    signaller: Mutex<Option<Signaller>>,
 }
 
 impl PortControl {
     /// Asks the data path to pause and wakes it.
     pub(crate) fn request_pause(&self) {
         self.requested.store(true, Ordering::SeqCst);
-        if let Ok(waker) = self.waker.lock() {
-            if let Some(wake) = waker.as_ref() {
-                wake();
+        self.signal(Signal::Pause);
+    }
+
+    /// Asks the data path for its reserved blocks and wakes it.
+    pub(crate) fn request_give_back(&self) {
+        self.give_back.store(true, Ordering::SeqCst);
+        self.signal(Signal::GiveBack);
+    }
+
+    fn signal(&self, signal: Signal) {
+        if let Ok(signaller) = self.signaller.lock() {
+            if let Some(tell) = signaller.as_ref() {
+                tell(signal);
             }
         }
     }
@@ -119,6 +141,7 @@ impl LocalPort {
                 volume,
                 provisioned: HashSet::new(),
                 control: control.clone(),
+                asked_back: None,
             };
             st.ports.insert(port, entry);
             port
@@ -129,6 +152,14 @@ impl LocalPort {
             volume,
             control,
         })
+    }
+
+    /// Sets what tells the data path about the pool's requests (the pool service sends them
+    /// as frames); [`PoolPort::set_waker`] only wakes it.
+    pub(crate) fn set_signaller(&mut self, signaller: Signaller) {
+        if let Ok(mut slot) = self.control.signaller.lock() {
+            *slot = Some(signaller);
+        }
     }
 
     /// The data device the volume's blocks live on.
@@ -235,6 +266,10 @@ impl PoolPort for LocalPort {
 
     fn release(&mut self, blocks: &[u64]) -> Result<()> {
         let mut st = self.shared.lock()?;
+        // Any release answers a give-back request.
+        if let Some(entry) = st.ports.get_mut(&self.port) {
+            entry.asked_back = None;
+        }
         for &b in blocks {
             let held = st
                 .ports
@@ -266,10 +301,12 @@ impl PoolPort for LocalPort {
         self.info()
     }
 
+    fn give_back_requested(&mut self) -> bool {
+        self.control.give_back.swap(false, Ordering::SeqCst)
+    }
+
     fn set_waker(&mut self, waker: Box<dyn Fn() + Send + Sync>) {
-        if let Ok(mut slot) = self.control.waker.lock() {
-            *slot = Some(waker);
-        }
+        self.set_signaller(Box::new(move |_| waker()));
     }
 }
 

@@ -1,7 +1,7 @@
 //! Space: handing out data blocks (fail or queue when full), the low-water mark, the room
 //! a metadata change needs, and the commit.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rustbk_formats::{Engine, EngineKind, ImageQueue, IoOp};
 
@@ -10,6 +10,9 @@ use crate::error::{Error, Result};
 use crate::meta::{Metadata, PendingCommit};
 use crate::port::Handout;
 
+/// How long a write on a full pool waits for the other ports' answers to a give-back
+/// request, and how long an unanswered request keeps the port from being asked again.
+const GIVE_BACK_WAIT: Duration = Duration::from_secs(2);
 /// Metadata blocks kept free for a commit whatever the transaction changed.
 const COMMIT_RESERVE: u64 = 32;
 /// Metadata blocks one mapping change may need (a shadowed path and its splits, twice:
@@ -107,48 +110,34 @@ impl Shared {
     }
 
     /// Hands out up to `count` data blocks (at least one; at most 16 or a 64th of the free
-    /// ones, whichever is more), waiting for space if the pool queues writes when full; also
-    /// which of them are known to read zeros.
+    /// ones, whichever is more), and which of them are known to read zeros. When none is
+    /// free, the other ports are asked for the blocks they hold in reserve; the call waits
+    /// for their answers, or for space if the pool queues writes when full.
     pub(crate) fn provision(&self, port: u64, count: usize) -> Result<Handout> {
-        let deadline = Instant::now().checked_add(self.opts.full_timeout);
+        let now = Instant::now();
+        let queue_until = now.checked_add(self.opts.full_timeout);
+        let answers_until = now.checked_add(GIVE_BACK_WAIT);
         let mut st = self.lock()?;
+        let mut asked = false;
         loop {
             let got = take_blocks(&mut st, count)?;
             if !got.is_empty() {
-                let zeroed = match st.fresh.as_mut().map(|f| f.hand_out(&got)) {
-                    None => Vec::new(),
-                    Some(Ok(zeroed)) => zeroed,
-                    Some(Err(e)) => {
-                        give_back(&mut st, &got)?;
-                        return Err(e);
-                    }
-                };
-                let entry = st
-                    .ports
-                    .get_mut(&port)
-                    .ok_or_else(|| Error::InvalidArgument("closed port".into()))?;
-                entry.provisioned.extend(got.iter().copied());
-                let st = &mut *st;
-                st.prealloc.reserve(&prealloc::Handout {
-                    data: &self.data,
-                    block_size: st.block_size,
-                    blocks: st.md.data_refs().nr_blocks(),
-                    got: &got,
-                    punched: self.opts.passdown,
-                });
-                self.low_water(st);
-                return Ok(Handout {
-                    blocks: got,
-                    zeroed,
-                });
+                return self.hand_out(&mut st, port, got);
             }
-            let full = Error::DataFull(st.md.data_refs().nr_blocks());
-            let left = match (self.opts.on_full, deadline) {
-                (OnFull::Queue, Some(d)) => d.saturating_duration_since(Instant::now()),
-                _ => return Err(full),
+            // Once per call: a port that answered holds nothing it could give.
+            if !std::mem::replace(&mut asked, true) {
+                ask_give_back(&mut st, port);
+            }
+            let deadline = match self.opts.on_full {
+                OnFull::Queue => queue_until,
+                OnFull::Fail if awaits_give_back(&st) => answers_until,
+                OnFull::Fail => Some(Instant::now()),
             };
+            let left = deadline.map_or(Duration::ZERO, |d| {
+                d.saturating_duration_since(Instant::now())
+            });
             if left.is_zero() {
-                return Err(full);
+                return Err(Error::DataFull(st.md.data_refs().nr_blocks()));
             }
             st = self
                 .space
@@ -156,6 +145,35 @@ impl Shared {
                 .map_err(|_| Error::PoolFailed("a pool operation panicked".into()))?
                 .0;
         }
+    }
+
+    /// Records blocks `got` (taken from the free ones) as handed out to `port`.
+    fn hand_out(&self, st: &mut State, port: u64, got: Vec<u64>) -> Result<Handout> {
+        let zeroed = match st.fresh.as_mut().map(|f| f.hand_out(&got)) {
+            None => Vec::new(),
+            Some(Ok(zeroed)) => zeroed,
+            Some(Err(e)) => {
+                give_back(st, &got)?;
+                return Err(e);
+            }
+        };
+        let entry = st
+            .ports
+            .get_mut(&port)
+            .ok_or_else(|| Error::InvalidArgument("closed port".into()))?;
+        entry.provisioned.extend(got.iter().copied());
+        st.prealloc.reserve(&prealloc::Handout {
+            data: &self.data,
+            block_size: st.block_size,
+            blocks: st.md.data_refs().nr_blocks(),
+            got: &got,
+            punched: self.opts.passdown,
+        });
+        self.low_water(st);
+        Ok(Handout {
+            blocks: got,
+            zeroed,
+        })
     }
 
     /// Wakes queued writes and re-arms the low-water mark after data blocks became free.
@@ -279,4 +297,37 @@ fn give_back(st: &mut State, got: &[u64]) -> Result<()> {
         st.md.release_data(b)?;
     }
     Ok(())
+}
+
+/// Asks every other port that holds handed-out blocks, and was not asked within
+/// [`GIVE_BACK_WAIT`], to give its reserve back.
+fn ask_give_back(st: &mut State, asking: u64) {
+    let now = Instant::now();
+    let mut asked = 0;
+    for (&id, entry) in st.ports.iter_mut() {
+        let waiting = entry
+            .asked_back
+            .is_some_and(|t| now.saturating_duration_since(t) < GIVE_BACK_WAIT);
+        if id == asking || waiting || entry.provisioned.is_empty() {
+            continue;
+        }
+        entry.asked_back = Some(now);
+        entry.control.request_give_back();
+        asked += 1;
+    }
+    if asked > 0 {
+        tracing::info!(
+            ports = asked,
+            "thin pool out of free data blocks; asking volumes for their reserved blocks"
+        );
+    }
+}
+
+/// Whether a port asked for its reserve within [`GIVE_BACK_WAIT`] has not answered yet.
+fn awaits_give_back(st: &State) -> bool {
+    let now = Instant::now();
+    st.ports.values().any(|p| {
+        p.asked_back
+            .is_some_and(|t| now.saturating_duration_since(t) < GIVE_BACK_WAIT)
+    })
 }

@@ -622,3 +622,57 @@ fn pool_grown_online_uses_its_larger_devices_and_passes_thin_check() {
     drop(vol);
     thin_check(&t.meta);
 }
+
+#[test]
+fn a_full_pool_takes_back_the_blocks_another_volume_holds_in_reserve() {
+    // 20 blocks: volume 1's first write takes a reserve of 16 and uses one of them.
+    let t = new_pool(BS, 20, PoolOptions::default());
+    let (a, b) = (t.volume(1, MIB), t.volume(2, 2 * MIB));
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    /// Stops volume 1's worker however the test ends (a failed assertion too).
+    struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    std::thread::scope(|s| {
+        let _stop = Stop(&stop);
+        // Volume 1's worker then sleeps on its queue, as a ring worker does between requests.
+        s.spawn(|| {
+            let mut qa = queue(&a);
+            put(&mut *qa, 0, &pattern(1, 4096));
+            ready_tx.send(a.reserved()).unwrap();
+            let mut done = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                qa.wait_any(&[], Some(Duration::from_millis(50))).unwrap();
+                qa.reap(&mut done);
+            }
+        });
+        assert_eq!(ready.recv().unwrap(), 15, "volume 1's reserve");
+        let mut qb = queue(&b);
+        // 4 blocks are free; the other 15 come from volume 1's reserve.
+        for i in 0..19 {
+            put(&mut *qb, i * BS, &pattern(10 + i, 4096));
+        }
+        let start = Instant::now();
+        let refused = suite::write_at(&mut *qb, 19 * BS, &[1; 512]);
+        assert_eq!(refused.expect_err("pool full").errno(), libc::ENOSPC);
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "no volume holds a reserve: the write fails at once ({:?})",
+            start.elapsed()
+        );
+        for i in 0..19 {
+            assert_eq!(get(&mut *qb, i * BS, 4096), pattern(10 + i, 4096));
+        }
+        flush(&mut *qb);
+    });
+    assert_eq!(a.reserved(), 0, "volume 1 gave its reserve back");
+    assert_eq!(get(&mut *queue(&a), 0, 4096), pattern(1, 4096));
+    assert_eq!(t.pool.usage().unwrap().data_free, 0);
+    drop((a, b));
+    t.pool.commit().unwrap();
+    thin_check(&t.meta);
+}

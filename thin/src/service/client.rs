@@ -1,7 +1,7 @@
 //! [`SocketPort`]: a volume's port to a pool service in another process.
 //!
-//! A reader thread receives every frame of the service: replies go to the caller, a pause
-//! request sets the pause flag and calls the waker. A call that gets no reply within its
+//! A reader thread receives every frame of the service: replies go to the caller, a pause or
+//! give-back request sets its flag and calls the waker. A call that gets no reply within its
 //! timeout, or whose connection broke, fails (EIO to the guest) and so does every later call:
 //! the worker must drain and reconnect (see `thin/DESIGN.md`).
 
@@ -30,24 +30,33 @@ pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(90);
 
 type Waker = Box<dyn Fn() + Send + Sync>;
 
+/// What the reader thread tells the data path.
+#[derive(Default)]
+struct Flags {
+    /// The service asks the volume to pause.
+    pause: AtomicBool,
+    /// The service asks for the volume's reserved blocks.
+    give_back: AtomicBool,
+    /// The connection ended (the service died or closed it).
+    closed: AtomicBool,
+    /// Maps the reader thread wakes the data path for when a reply arrives.
+    awaited: AtomicUsize,
+}
+
 /// A port on one volume of a pool served by a pool service.
 pub struct SocketPort {
     stream: UnixStream,
     replies: Receiver<Reply>,
-    pause: Arc<AtomicBool>,
+    flags: Arc<Flags>,
     waker: Arc<Mutex<Option<Waker>>>,
     timeout: Duration,
     /// Set when a call failed in a way that leaves the replies out of step.
     broken: Option<String>,
-    /// Set by the reader thread when the connection ended (the service died or closed it).
-    closed: Arc<AtomicBool>,
     reader: Option<JoinHandle<()>>,
     /// The pool's data device, as the service named it when the volume was opened.
     data_path: PathBuf,
     /// Maps sent without waiting for their answers.
     pipeline: Pipeline,
-    /// Maps the reader thread wakes the data path for when a reply arrives.
-    awaited: Arc<AtomicUsize>,
 }
 
 impl SocketPort {
@@ -71,28 +80,23 @@ impl SocketPort {
             .try_clone()
             .map_err(|e| Error::Service(format!("socket: {e}")))?;
         let (tx, replies) = mpsc::channel();
-        let pause = Arc::new(AtomicBool::new(false));
+        let flags = Arc::new(Flags::default());
         let waker: Arc<Mutex<Option<Waker>>> = Arc::default();
-        let closed = Arc::new(AtomicBool::new(false));
-        let awaited = Arc::new(AtomicUsize::new(0));
-        let (flag, wake, ended) = (pause.clone(), waker.clone(), closed.clone());
-        let waiting = awaited.clone();
+        let (told, wake) = (flags.clone(), waker.clone());
         let reader = std::thread::Builder::new()
             .name("thin-port-reader".into())
-            .spawn(move || read_loop(read_half, &tx, (&flag, &ended, &waiting), &wake))
+            .spawn(move || read_loop(read_half, &tx, &told, &wake))
             .map_err(|e| Error::Service(format!("cannot start the reader thread: {e}")))?;
         let mut port = SocketPort {
             stream,
             replies,
-            pause,
+            flags,
             waker,
             timeout,
             broken: None,
-            closed,
             reader: Some(reader),
             data_path: PathBuf::new(),
             pipeline: Pipeline::default(),
-            awaited,
         };
         port.data_path = match port.call(&Request::Open { volume })? {
             Reply::Info { info } => VolumeInfo::from(info).data_path,
@@ -129,7 +133,7 @@ impl SocketPort {
                 Err(e) => return Err(self.lost(e)),
             }
         }
-        self.awaited.store(0, Ordering::SeqCst);
+        self.flags.awaited.store(0, Ordering::SeqCst);
         match self.replies.recv_timeout(self.timeout) {
             Ok(Reply::Failed { error }) => Err(error.into()),
             Ok(reply) => Ok(reply),
@@ -143,7 +147,7 @@ impl SocketPort {
         tracing::error!(%why, "pool service connection lost");
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
         self.pipeline.fail_all(&why);
-        self.awaited.store(0, Ordering::SeqCst);
+        self.flags.awaited.store(0, Ordering::SeqCst);
         self.broken = Some(why.clone());
         Error::Service(why)
     }
@@ -216,19 +220,19 @@ pub fn open_volume(socket: &Path, volume: u64, opts: VolumeOptions) -> Result<Th
 }
 
 /// The reader thread: replies go to the caller (in order, one outstanding at a time), a pause
-/// request raises the flag and wakes the data path, `Resumed` lowers it before the caller
-/// sees it (so a pause request that follows it is never lost). When the connection ends the
-/// port counts as failed, the flag is lowered and the data path woken: a volume waiting to
-/// pause goes on, and its calls fail.
+/// or give-back request raises its flag and wakes the data path, `Resumed` lowers the pause
+/// flag before the caller sees it (so a pause request that follows it is never lost). When
+/// the connection ends the port counts as failed, the pause flag is lowered and the data path
+/// woken: a volume waiting to pause goes on, and its calls fail.
 fn read_loop(
     mut stream: UnixStream,
     replies: &Sender<Reply>,
-    (pause, closed, awaited): (&AtomicBool, &AtomicBool, &AtomicUsize),
+    flags: &Flags,
     waker: &Mutex<Option<Waker>>,
 ) {
-    read_replies(&mut stream, replies, (pause, awaited), waker);
-    closed.store(true, Ordering::SeqCst);
-    pause.store(false, Ordering::SeqCst);
+    read_replies(&mut stream, replies, flags, waker);
+    flags.closed.store(true, Ordering::SeqCst);
+    flags.pause.store(false, Ordering::SeqCst);
     wake(waker);
 }
 
@@ -243,7 +247,7 @@ fn wake(waker: &Mutex<Option<Waker>>) {
 fn read_replies(
     stream: &mut UnixStream,
     replies: &Sender<Reply>,
-    (pause, awaited): (&AtomicBool, &AtomicUsize),
+    flags: &Flags,
     waker: &Mutex<Option<Waker>>,
 ) {
     loop {
@@ -258,18 +262,22 @@ fn read_replies(
         };
         match reply {
             Reply::PauseRequest => {
-                pause.store(true, Ordering::SeqCst);
+                flags.pause.store(true, Ordering::SeqCst);
+                wake(waker);
+            }
+            Reply::GiveBackRequest => {
+                flags.give_back.store(true, Ordering::SeqCst);
                 wake(waker);
             }
             reply => {
                 if matches!(reply, Reply::Resumed { .. }) {
-                    pause.store(false, Ordering::SeqCst);
+                    flags.pause.store(false, Ordering::SeqCst);
                 }
                 if replies.send(reply).is_err() {
                     return;
                 }
                 // A map sent without waiting: its queue sleeps until told.
-                if awaited.load(Ordering::SeqCst) > 0 {
+                if flags.awaited.load(Ordering::SeqCst) > 0 {
                     wake(waker);
                 }
             }
@@ -327,7 +335,7 @@ impl PoolPort for SocketPort {
         }
         let chunks: Vec<&[NewMapping]> = mappings.chunks(MAX_BATCH).collect();
         // Counted before the frames go, so the reader wakes the data path for their replies.
-        self.awaited.fetch_add(1, Ordering::SeqCst);
+        self.flags.awaited.fetch_add(1, Ordering::SeqCst);
         for chunk in &chunks {
             let mappings = chunk.iter().map(|m| (m.vblock, m.block)).collect();
             if let Err(e) = wire::write_frame(&mut self.stream, &Request::Map { mappings }) {
@@ -342,7 +350,7 @@ impl PoolPort for SocketPort {
         self.take_map_replies();
         let answer = self.pipeline.answer(ticket);
         if !self.pipeline.awaited() {
-            self.awaited.store(0, Ordering::SeqCst);
+            self.flags.awaited.store(0, Ordering::SeqCst);
         }
         answer
     }
@@ -362,7 +370,9 @@ impl PoolPort for SocketPort {
     }
 
     fn release(&mut self, blocks: &[u64]) -> Result<()> {
-        for chunk in blocks.chunks(MAX_BATCH) {
+        // An empty list goes out too: it answers a give-back request.
+        let none = std::iter::once(blocks).filter(|b| b.is_empty());
+        for chunk in blocks.chunks(MAX_BATCH).chain(none) {
             let blocks = chunk.to_vec();
             match self.call(&Request::Release { blocks })? {
                 Reply::Done => {}
@@ -380,7 +390,11 @@ impl PoolPort for SocketPort {
     }
 
     fn pause_requested(&self) -> bool {
-        self.broken.is_none() && self.pause.load(Ordering::SeqCst)
+        self.broken.is_none() && self.flags.pause.load(Ordering::SeqCst)
+    }
+
+    fn give_back_requested(&mut self) -> bool {
+        self.broken.is_none() && self.flags.give_back.swap(false, Ordering::SeqCst)
     }
 
     fn paused(&mut self) -> Result<VolumeInfo> {
@@ -397,7 +411,7 @@ impl PoolPort for SocketPort {
     }
 
     fn failed(&self) -> bool {
-        self.broken.is_some() || self.closed.load(Ordering::SeqCst)
+        self.broken.is_some() || self.flags.closed.load(Ordering::SeqCst)
     }
 }
 

@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex};
 
 use super::wire::{self, FrameError, MAX_BATCH, MAX_LOOKUP, Reply, Request, WireError};
 use crate::error::Error;
-use crate::pool::{LocalPort, Pool};
+use crate::pool::{LocalPort, Pool, Signal, Signaller};
 use crate::port::PoolPort;
 
-/// The sending half of a connection: replies and pause requests are whole frames.
+/// The sending half of a connection: replies and the pool's requests are whole frames.
 type Sender = Arc<Mutex<UnixStream>>;
 
 /// Serves one connection until the worker closes it, breaks the protocol or the service
@@ -39,30 +39,38 @@ fn serve_volume(pool: &Pool, volume: u64, reader: &mut UnixStream) {
     let Some(mut port) = open(pool, volume, &sender) else {
         return;
     };
-    let waker_sender = sender.clone();
     let Ok(closer) = reader.try_clone().map(Arc::new) else {
         tracing::warn!("cannot use a new connection");
         return;
     };
-    port.set_waker(Box::new(move || {
-        // From a thread of its own: the snapshot asking for the pause must not wait behind a
-        // reply stuck on a worker that stopped reading. If the request cannot be sent either,
-        // the connection is shut down at once (not after a second send timeout), and the
-        // closed port counts as paused.
-        let (sender, closer) = (waker_sender.clone(), closer.clone());
+    port.set_signaller(signaller(sender.clone(), closer));
+    run(&mut port, reader, &sender);
+}
+
+/// Sends the pool's requests (pause, give back) to the worker as frames. Each from a thread
+/// of its own: the snapshot asking for a pause must not wait behind a reply stuck on a worker
+/// that stopped reading. If the request cannot be sent either, the connection is shut down at
+/// once (not after a second send timeout): the closed port counts as paused, and its blocks
+/// go back to the pool.
+fn signaller(sender: Sender, closer: Arc<UnixStream>) -> Signaller {
+    Box::new(move |signal| {
+        let (sender, closer) = (sender.clone(), closer.clone());
+        let frame = match signal {
+            Signal::Pause => Reply::PauseRequest,
+            Signal::GiveBack => Reply::GiveBackRequest,
+        };
         let sent = std::thread::Builder::new()
-            .name("thin-pause".into())
+            .name("thin-signal".into())
             .spawn(move || {
-                if send(&sender, &Reply::PauseRequest).is_err() {
-                    tracing::warn!("cannot send a pause request to a worker; closing it");
+                if send(&sender, &frame).is_err() {
+                    tracing::warn!(?frame, "cannot send a request to a worker; closing it");
                     let _ = closer.shutdown(std::net::Shutdown::Both);
                 }
             });
         if let Err(e) = sent {
-            tracing::warn!(error = %e, "cannot start a thread to ask a worker to pause");
+            tracing::warn!(error = %e, ?signal, "cannot start a thread to send a worker a request");
         }
-    }));
-    run(&mut port, reader, &sender);
+    })
 }
 
 /// Opens the port on `volume` and answers with its info.

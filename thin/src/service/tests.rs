@@ -499,3 +499,70 @@ fn a_served_pool_grows_online_and_a_write_queued_for_space_goes_on() {
     assert_eq!((usage.data_blocks, usage.data_free), (48, 48));
     thin_check(&s.meta);
 }
+
+#[test]
+fn a_full_served_pool_asks_other_workers_for_their_reserves_and_waits_for_their_answers() {
+    let s = served(32, &[1, 2, 3], 64 * BS);
+    let mut a = SocketPort::connect(&s.socket, 1).unwrap();
+    let mut b = SocketPort::connect(&s.socket, 2).unwrap();
+    let held = a.provision(16).unwrap();
+    let mut taken = 0;
+    while taken < 16 {
+        taken += b.provision(16 - taken).unwrap().len();
+    }
+    // The pool is full: b's provision waits for a's answer to the request.
+    let waiter = std::thread::spawn(move || (b.provision(4).map(|got| got.len()), b));
+    let asked = Instant::now();
+    while !a.give_back_requested() {
+        assert!(
+            asked.elapsed() < Duration::from_secs(5),
+            "a was never asked"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    a.release(&held[..10]).unwrap();
+    let (got, mut b) = waiter.join().unwrap();
+    assert_eq!(got.unwrap(), 4);
+    assert_eq!(
+        b.provision(16).unwrap().len(),
+        6,
+        "what a gave back and b did not take"
+    );
+    // a still holds 6 blocks (in flight, say): asked again, it answers with nothing, and the
+    // provision fails as soon as it did.
+    let waiter = std::thread::spawn(move || (b.provision(16).map(|got| got.len()), b));
+    while !a.give_back_requested() {
+        assert!(
+            asked.elapsed() < Duration::from_secs(5),
+            "a was not asked again"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let answered = Instant::now();
+    a.release(&[]).unwrap();
+    let (got, mut b) = waiter.join().unwrap();
+    assert_eq!(got.expect_err("full").errno(), libc::ENOSPC);
+    assert!(
+        answered.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        answered.elapsed()
+    );
+    // A worker that does not answer holds a write back for 2 s at most.
+    drop(a);
+    let mut c = SocketPort::connect(&s.socket, 3).unwrap();
+    assert_eq!(
+        c.provision(16).unwrap().len(),
+        6,
+        "a's blocks came back when it closed"
+    );
+    let start = Instant::now();
+    let refused = b.provision(1).expect_err("full");
+    assert_eq!(refused.errno(), libc::ENOSPC);
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(10),
+        "{waited:?}"
+    );
+    assert!(c.give_back_requested());
+    thin_check(&s.meta);
+}

@@ -36,8 +36,8 @@ pub(crate) enum Request {
     Paused,
 }
 
-/// What the service answers: one reply per request, in order, and `PauseRequest` at any
-/// time (unsolicited). `Resumed` answers `Paused` only.
+/// What the service answers: one reply per request, in order, and `PauseRequest` or
+/// `GiveBackRequest` at any time (unsolicited). `Resumed` answers `Paused` only.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "snake_case", deny_unknown_fields)]
 pub(crate) enum Reply {
@@ -61,6 +61,9 @@ pub(crate) enum Reply {
         error: WireError,
     },
     PauseRequest,
+    /// The pool is full: the worker gives back the blocks its volume holds in reserve (a
+    /// `release`, empty if it holds none).
+    GiveBackRequest,
     Usage {
         usage: PoolUsage,
     },

@@ -396,15 +396,23 @@ impl Core {
         // Blocks are taken from the end: give back those that would be taken last.
         let rest = self.reserve.split_off(extra);
         let surplus = std::mem::replace(&mut self.reserve, rest);
-        for b in &surplus {
+        self.release_reserved(&surplus, "idle thin volume gave reserved blocks back");
+    }
+
+    /// Gives the whole reserve back: the pool ran out of free blocks and asks for it. The
+    /// (possibly empty) release is the answer a write waiting on another volume waits for.
+    pub(crate) fn give_back_reserve(&mut self) {
+        let all = std::mem::take(&mut self.reserve);
+        self.refill.restart();
+        self.release_reserved(&all, "full thin pool: gave reserved blocks back");
+    }
+
+    fn release_reserved(&mut self, blocks: &[u64], what: &'static str) {
+        for b in blocks {
             self.holes.remove(b);
         }
-        match self.port.release(&surplus) {
-            Ok(()) => tracing::debug!(
-                volume = self.info.id,
-                blocks = surplus.len(),
-                "idle thin volume gave reserved blocks back"
-            ),
+        match self.port.release(blocks) {
+            Ok(()) => tracing::debug!(volume = self.info.id, blocks = blocks.len(), "{what}"),
             // They come back to the pool when the port closes or the pool restarts.
             Err(e) => tracing::warn!(error = %e, "cannot give back reserved blocks"),
         }

@@ -399,11 +399,15 @@ impl ThinQueue {
         }
     }
 
-    /// Pauses the volume here if the pool asks and no write is in flight on any queue.
-    fn check_pause(&mut self) {
+    /// Answers the pool's requests: gives the reserve back if the pool ran out of blocks,
+    /// and pauses the volume here if the pool asks and no write is in flight on any queue.
+    fn check_pool_requests(&mut self) {
         let Ok(mut core) = lock(&self.core) else {
             return;
         };
+        if core.port.give_back_requested() {
+            core.give_back_reserve();
+        }
         if core.writes > 0 || !core.port.pause_requested() {
             return;
         }
@@ -502,7 +506,7 @@ impl Planner for ThinQueue {
         self.reaped = reaped;
         self.collect_maps();
         self.finish_all();
-        self.check_pause();
+        self.check_pool_requests();
         // Ops held back are tried again on every pump: the wake that got this queue reaped
         // may be another queue's release of the blocks they wait for.
         if !self.deferred.is_empty() {

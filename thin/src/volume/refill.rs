@@ -75,9 +75,14 @@ impl Refill {
     /// low, so the next refill starts small again.
     pub(crate) fn answered(&mut self, asked: usize, got: usize) {
         if got < asked {
-            self.batch = MIN_BATCH;
-            self.last = None;
+            self.restart();
         }
+    }
+
+    /// Starts again at [`MIN_BATCH`] (space runs low).
+    pub(crate) fn restart(&mut self) {
+        self.batch = MIN_BATCH;
+        self.last = None;
     }
 }
 
