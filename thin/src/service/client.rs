@@ -230,7 +230,13 @@ fn read_loop(
     flags: &Flags,
     waker: &Mutex<Option<Waker>>,
 ) {
-    read_replies(&mut stream, replies, flags, waker);
+    // Buffered: one `recv` takes a frame's length and body, or several frames at once.
+    read_replies(
+        &mut std::io::BufReader::new(&mut stream),
+        replies,
+        flags,
+        waker,
+    );
     flags.closed.store(true, Ordering::SeqCst);
     flags.pause.store(false, Ordering::SeqCst);
     wake(waker);
@@ -245,7 +251,7 @@ fn wake(waker: &Mutex<Option<Waker>>) {
 }
 
 fn read_replies(
-    stream: &mut UnixStream,
+    stream: &mut std::io::BufReader<&mut UnixStream>,
     replies: &Sender<Reply>,
     flags: &Flags,
     waker: &Mutex<Option<Waker>>,
@@ -256,7 +262,7 @@ fn read_replies(
             Ok(None) => return,
             Err(e) => {
                 tracing::error!(error = %e, "bad frame from the pool service");
-                let _ = stream.shutdown(std::net::Shutdown::Both);
+                let _ = stream.get_ref().shutdown(std::net::Shutdown::Both);
                 return;
             }
         };

@@ -91,9 +91,11 @@ fn open(pool: &Pool, volume: u64, sender: &Sender) -> Option<LocalPort> {
     }
 }
 
-fn run(port: &mut LocalPort, reader: &mut UnixStream, sender: &Sender) {
+fn run(port: &mut LocalPort, stream: &mut UnixStream, sender: &Sender) {
+    // Buffered: one `recv` takes a frame's length and body, or several frames at once.
+    let mut reader = std::io::BufReader::new(stream);
     loop {
-        let request = match wire::read_frame::<Request>(reader) {
+        let request = match wire::read_frame::<Request>(&mut reader) {
             Ok(Some(r)) => r,
             Ok(None) => return,
             Err(e) => {

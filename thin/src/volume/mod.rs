@@ -14,6 +14,8 @@ mod queue;
 mod refill;
 
 #[cfg(test)]
+mod held_map_tests;
+#[cfg(test)]
 mod lost_reply_tests;
 #[cfg(test)]
 mod model_tests;

@@ -25,6 +25,9 @@ use crate::port::{MapStart, NewMapping};
 /// How often a queue whose maps wait for the pool service's answer looks for it while
 /// nothing else wakes it.
 const MAP_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// Most finished ops with new blocks held back while a map is in flight (see
+/// [`ThinQueue::finish_all`]); more go out in a map of their own.
+const MAX_HELD: usize = 256;
 
 type Error = rustbk_formats::Error;
 
@@ -76,6 +79,9 @@ pub struct ThinQueue {
     done: Vec<Parent>,
     /// Maps sent and not answered yet, oldest first.
     mapping: VecDeque<InFlight>,
+    /// Finished ops whose new blocks wait for the map in flight to be answered, to go out
+    /// together in the next one. Empty whenever `mapping` is.
+    held: Vec<Parent>,
 }
 
 impl ThinQueue {
@@ -113,6 +119,7 @@ impl ThinQueue {
             reaped: Vec::new(),
             done: Vec::new(),
             mapping: VecDeque::new(),
+            held: Vec::new(),
         })
     }
 
@@ -228,6 +235,9 @@ impl ThinQueue {
     /// commits, then their claims are released. Where the port can, the map is sent without
     /// waiting (not in the O_DSYNC modes, whose completions wait for a commit anyway): the
     /// ops with new blocks then finish when its answer comes ([`ThinQueue::collect_maps`]).
+    /// While a map is in flight, the ops with new blocks wait for its answer and go out
+    /// together in the next map (up to [`MAX_HELD`]): one frame, one wake-up of the pool
+    /// service and one answer for many first writes, where each used to cost all three.
     fn finish_all(&mut self) {
         let mut done = std::mem::take(&mut self.done);
         if done.is_empty() {
@@ -243,6 +253,31 @@ impl ThinQueue {
                 return;
             }
         };
+        let hold = !self.cache.dsync() && !self.mapping.is_empty();
+        let ring = match hold && self.held.len() < MAX_HELD {
+            true => {
+                let (maps, now): (Vec<Parent>, Vec<Parent>) =
+                    done.drain(..).partition(|p| !p.maps().is_empty());
+                self.held.extend(maps);
+                self.settle_all(&mut core, now.into_iter(), None)
+            }
+            false => {
+                let mut all = std::mem::take(&mut self.held);
+                all.append(&mut done);
+                self.send_maps(&mut core, all)
+            }
+        };
+        drop(core);
+        self.done = done;
+        if ring {
+            self.ring_others();
+        }
+    }
+
+    /// Maps the new blocks of the finished ops `done` and completes them, or those without
+    /// new blocks only when the map is sent without waiting; true if a queue waits for
+    /// blocks they released.
+    fn send_maps(&mut self, core: &mut Core, done: Vec<Parent>) -> bool {
         let batch: Vec<NewMapping> = done.iter().flat_map(Parent::maps).copied().collect();
         let started = match batch.is_empty() {
             true => MapStart::Done(Ok(())),
@@ -254,28 +289,21 @@ impl ThinQueue {
                 }
             }
         };
-        let ring = match started {
+        match started {
             MapStart::Done(result) => {
-                let failure = mapped(&mut core, &batch, result);
-                self.settle_all(&mut core, done.drain(..), failure.as_ref())
+                let failure = mapped(core, &batch, result);
+                self.settle_all(core, done.into_iter(), failure.as_ref())
             }
             MapStart::Sent(ticket) => {
                 let (waiting, now): (Vec<Parent>, Vec<Parent>) =
-                    done.drain(..).partition(|p| !p.maps().is_empty());
-                let ring = self.settle_all(&mut core, now.into_iter(), None);
-                let maps = batch;
+                    done.into_iter().partition(|p| !p.maps().is_empty());
                 self.mapping.push_back(InFlight {
                     ticket,
                     parents: waiting,
-                    maps,
+                    maps: batch,
                 });
-                ring
+                self.settle_all(core, now.into_iter(), None)
             }
-        };
-        drop(core);
-        self.done = done;
-        if ring {
-            self.ring_others();
         }
     }
 
@@ -288,7 +316,9 @@ impl ThinQueue {
         let mut core = match lock(&core) {
             Ok(core) => core,
             Err(e) => {
-                let waiting: Vec<Parent> = self.mapping.drain(..).flat_map(|f| f.parents).collect();
+                let mut waiting: Vec<Parent> =
+                    self.mapping.drain(..).flat_map(|f| f.parents).collect();
+                waiting.append(&mut self.held);
                 return self.fail_all(waiting.into_iter(), e);
             }
         };
@@ -302,6 +332,10 @@ impl ThinQueue {
             };
             let failure = mapped(&mut core, &flight.maps, result);
             ring |= self.settle_all(&mut core, flight.parents.into_iter(), failure.as_ref());
+        }
+        if self.mapping.is_empty() && !self.held.is_empty() {
+            let held = std::mem::take(&mut self.held);
+            ring |= self.send_maps(&mut core, held);
         }
         drop(core);
         if ring {
