@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use rustbk_formats::{Engine, EngineKind, ImageQueue, IoOp};
 
-use super::{OnFull, Shared, State, ahead, prealloc};
+use super::{OnFull, PortEntry, Shared, State, ahead, prealloc};
 use crate::error::{Error, Result};
 use crate::meta::{Metadata, PendingCommit};
 use crate::port::Handout;
@@ -305,10 +305,7 @@ fn ask_give_back(st: &mut State, asking: u64) {
     let now = Instant::now();
     let mut asked = 0;
     for (&id, entry) in st.ports.iter_mut() {
-        let waiting = entry
-            .asked_back
-            .is_some_and(|t| now.saturating_duration_since(t) < GIVE_BACK_WAIT);
-        if id == asking || waiting || entry.provisioned.is_empty() {
+        if id == asking || awaits_answer(entry, now) || entry.provisioned.is_empty() {
             continue;
         }
         entry.asked_back = Some(now);
@@ -326,8 +323,12 @@ fn ask_give_back(st: &mut State, asking: u64) {
 /// Whether a port asked for its reserve within [`GIVE_BACK_WAIT`] has not answered yet.
 fn awaits_give_back(st: &State) -> bool {
     let now = Instant::now();
-    st.ports.values().any(|p| {
-        p.asked_back
-            .is_some_and(|t| now.saturating_duration_since(t) < GIVE_BACK_WAIT)
-    })
+    st.ports.values().any(|p| awaits_answer(p, now))
+}
+
+/// Whether `port` was asked for its reserve within [`GIVE_BACK_WAIT`] before `now` and has
+/// not answered.
+fn awaits_answer(port: &PortEntry, now: Instant) -> bool {
+    port.asked_back
+        .is_some_and(|t| now.saturating_duration_since(t) < GIVE_BACK_WAIT)
 }
