@@ -302,7 +302,9 @@ impl PoolPort for LocalPort {
     }
 
     fn give_back_requested(&mut self) -> bool {
-        self.control.give_back.swap(false, Ordering::SeqCst)
+        // A load first: this is asked on every pump, and a request is rare.
+        self.control.give_back.load(Ordering::SeqCst)
+            && self.control.give_back.swap(false, Ordering::SeqCst)
     }
 
     fn set_waker(&mut self, waker: Box<dyn Fn() + Send + Sync>) {

@@ -400,7 +400,9 @@ impl PoolPort for SocketPort {
     }
 
     fn give_back_requested(&mut self) -> bool {
-        self.broken.is_none() && self.flags.give_back.swap(false, Ordering::SeqCst)
+        // A load first: this is asked on every pump, and a request is rare.
+        let flag = &self.flags.give_back;
+        self.broken.is_none() && flag.load(Ordering::SeqCst) && flag.swap(false, Ordering::SeqCst)
     }
 
     fn paused(&mut self) -> Result<VolumeInfo> {
