@@ -7,6 +7,7 @@
 //! and draining the queue before it is dropped.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -228,10 +229,10 @@ pub trait Tracked {
 /// Counts the finished children in `done` (engine tags, mapped to their parent's id by
 /// `children`) against their parents; returns the ids of the parents whose last child
 /// finished, in the order they finished.
-pub fn settle<P: Tracked>(
+pub fn settle<P: Tracked, S: BuildHasher>(
     done: Vec<Completion>,
-    children: &mut HashMap<u64, u64>,
-    parents: &mut HashMap<u64, P>,
+    children: &mut HashMap<u64, u64, S>,
+    parents: &mut HashMap<u64, P, S>,
 ) -> Vec<u64> {
     let mut finished = Vec::new();
     for c in done {

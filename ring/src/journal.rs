@@ -52,7 +52,9 @@
 //! the backend's domain: the frontend cannot reach it. A frontend that rewrites `rsp_prod`
 //! before a restart can only get its own requests served twice or not at all.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::{HashMap, HashMapExt};
 use std::sync::atomic::{Ordering, fence};
 
 use crate::abi::{Abi, MAX_REQUEST_SIZE, ring_entries};

@@ -11,7 +11,7 @@
 //! entry in use is never purged nor expired, so no mapping is unmapped under the kernel's I/O
 //! (and once removed from the cache, a mapping is unmapped only when its last holder drops it).
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

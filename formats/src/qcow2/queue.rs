@@ -19,7 +19,9 @@
 //! without a flush, mapping included: the metadata the finished ops changed is written back
 //! (crash-safe order, fdatasyncs included) before their completions are handed out.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::{HashMap, HashMapExt};
 use std::sync::{Arc, Mutex};
 
 use crate::buffer::SharedBufs;

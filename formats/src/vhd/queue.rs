@@ -7,7 +7,7 @@
 //! `directsync`) the metadata the finished writes changed is written back before their
 //! completions are handed out.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::sync::{Arc, Mutex};
 
 use crate::buffer::SharedBufs;

@@ -3,7 +3,9 @@
 //! when its I/O is done and its grain allocations are committed. Writes touching a grain whose
 //! allocation is in flight (on any queue) wait in `deferred` until it commits.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::{HashMap, HashMapExt};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

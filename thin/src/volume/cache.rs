@@ -2,7 +2,7 @@
 //! chunks of [`CHUNK`] blocks, so that reads and overwrites of mapped blocks need no call to
 //! the pool.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 use crate::error::{Error, Result};
 use crate::meta::{MAX_DATA_BLOCKS, Mapping};

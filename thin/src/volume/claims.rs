@@ -1,7 +1,7 @@
 //! Which virtual blocks the ops in flight use: reads and in-place overwrites share a block;
 //! allocation, copy-on-write and zeroing own it. An op that would conflict waits.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashSet};
 use std::ops::Range;
 
 /// The claims of one volume's ops in flight.

@@ -24,7 +24,7 @@ mod tests;
 
 pub use queue::ThinQueue;
 
-use std::collections::HashSet;
+use foldhash::{HashSet, HashSetExt};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -6,7 +6,9 @@
 //! modifying ops while a pause is requested, wait in `deferred`; a finishing op rings the
 //! other queues of the volume so that they retry theirs.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
