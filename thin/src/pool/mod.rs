@@ -171,6 +171,9 @@ pub(crate) struct PortEntry {
     control: Arc<PortControl>,
     /// When the pool, full, asked the port for its reserved blocks and got no answer yet.
     asked_back: Option<Instant>,
+    /// The port left a give-back request unanswered past its wait: it is still asked, but no
+    /// write waits for its answer again until it answers.
+    silent: bool,
 }
 
 impl Pool {

@@ -142,6 +142,7 @@ impl LocalPort {
                 provisioned: HashSet::new(),
                 control: control.clone(),
                 asked_back: None,
+                silent: false,
             };
             st.ports.insert(port, entry);
             port
@@ -269,6 +270,7 @@ impl PoolPort for LocalPort {
         // Any release answers a give-back request.
         if let Some(entry) = st.ports.get_mut(&self.port) {
             entry.asked_back = None;
+            entry.silent = false;
         }
         for &b in blocks {
             let held = st

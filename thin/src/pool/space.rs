@@ -300,13 +300,17 @@ fn give_back(st: &mut State, got: &[u64]) -> Result<()> {
 }
 
 /// Asks every other port that holds handed-out blocks, and was not asked within
-/// [`GIVE_BACK_WAIT`], to give its reserve back.
+/// [`GIVE_BACK_WAIT`], to give its reserve back. A port still silent since the last request
+/// is asked again but no longer waited for.
 fn ask_give_back(st: &mut State, asking: u64) {
     let now = Instant::now();
     let mut asked = 0;
     for (&id, entry) in st.ports.iter_mut() {
-        if id == asking || awaits_answer(entry, now) || entry.provisioned.is_empty() {
+        if id == asking || asked_recently(entry, now) || entry.provisioned.is_empty() {
             continue;
+        }
+        if entry.asked_back.is_some() {
+            entry.silent = true;
         }
         entry.asked_back = Some(now);
         entry.control.request_give_back();
@@ -326,9 +330,15 @@ fn awaits_give_back(st: &State) -> bool {
     st.ports.values().any(|p| awaits_answer(p, now))
 }
 
+/// Whether `port` was asked for its reserve within [`GIVE_BACK_WAIT`] before `now`, has not
+/// answered, and answered the request before it.
+fn awaits_answer(port: &PortEntry, now: Instant) -> bool {
+    !port.silent && asked_recently(port, now)
+}
+
 /// Whether `port` was asked for its reserve within [`GIVE_BACK_WAIT`] before `now` and has
 /// not answered.
-fn awaits_answer(port: &PortEntry, now: Instant) -> bool {
+fn asked_recently(port: &PortEntry, now: Instant) -> bool {
     port.asked_back
         .is_some_and(|t| now.saturating_duration_since(t) < GIVE_BACK_WAIT)
 }

@@ -564,5 +564,15 @@ fn a_full_served_pool_asks_other_workers_for_their_reserves_and_waits_for_their_
         "{waited:?}"
     );
     assert!(c.give_back_requested());
+    // Once silent past its wait, it is not waited for again until it answers.
+    std::thread::sleep(Duration::from_millis(2100));
+    let start = Instant::now();
+    let refused = b.provision(1).expect_err("still full");
+    assert_eq!(refused.errno(), libc::ENOSPC);
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
     thin_check(&s.meta);
 }
