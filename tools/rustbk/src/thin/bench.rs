@@ -175,10 +175,20 @@ fn measure(args: &BenchArgs, dir: &Path) -> anyhow::Result<Results> {
     Ok(results)
 }
 
-/// The disks of the I/O cases.
+/// The disks of the I/O cases, and the service of the provisioned volume's pool.
 struct Disks {
     raw: VbdSpec,
     provisioned: VbdSpec,
+    service: bench_snap::Service,
+}
+
+impl Disks {
+    /// Takes the thin disk away and stops its pool service, so that the pool's files are
+    /// closed when the work folder goes.
+    fn finish(mut self, cluster: &mut EmuCluster) -> anyhow::Result<()> {
+        cluster.remove_disk(&self.provisioned)?;
+        self.service.stop()
+    }
 }
 
 fn disk(domid: u16, params: String) -> VbdSpec {
@@ -193,10 +203,12 @@ fn serve_raw_and_provisioned(
     dir: &Path,
 ) -> anyhow::Result<(PathBuf, Disks)> {
     let raw = write_image(&dir.join("raw.img"), size)?;
-    let provisioned = provisioned_volume(&dir.join("pool-a"), size)?;
+    let pool = PoolDir::new(dir.join("pool-a"));
+    let provisioned = provisioned_volume(&pool.path, size)?;
     let disks = Disks {
         raw: disk(1, raw.display().to_string()),
         provisioned: disk(2, provisioned),
+        service: bench_snap::Service::start(cluster, &pool)?,
     };
     cluster.add_disk(&disks.raw, &[])?;
     cluster.add_disk(&disks.provisioned, &[])?;
@@ -215,6 +227,7 @@ fn io_cases(
         one_round(cluster, &disks, round, args, &mut cases)?;
         ceiling.measure(cluster, &raw, args.runtime)?;
     }
+    disks.finish(cluster)?;
     set_ratios(&mut cases);
     Ok(cases)
 }
@@ -232,6 +245,7 @@ fn provisioned_cases(
         provisioned_round(cluster, &disks, args.runtime, &mut cases)?;
         report_round(round, ["read", "overwrite"], &cases);
     }
+    disks.finish(cluster)?;
     set_ratios(&mut cases);
     Ok(cases)
 }
@@ -439,8 +453,14 @@ fn fresh_thin_writes(
     )?
     .create_volume(0, spec)?;
     let spec = disk(3, format!("thin:{}:0", pool.path.display()));
-    let args: &[&str] = if local { &["--no-thin-service"] } else { &[] };
+    let (args, mut service): (&[&str], _) = match local {
+        true => (&["--no-thin-service"], None),
+        false => (&[], Some(bench_snap::Service::start(cluster, &pool)?)),
+    };
     let iops = fresh_disk_run(cluster, &spec, runtime, args)?;
+    if let Some(service) = service.as_mut() {
+        service.stop()?;
+    }
     std::fs::remove_dir_all(&pool.path)?;
     Ok(iops)
 }

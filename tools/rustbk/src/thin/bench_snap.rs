@@ -85,19 +85,20 @@ fn snapshots(pool: &PoolDir) -> anyhow::Result<SnapTimes> {
     Ok(times)
 }
 
-/// `rustbk thin serve` of one pool, stopped with SIGTERM.
-struct Service(Option<Child>);
+/// `rustbk thin serve` of one pool, stopped with SIGTERM (so that a removed pool's files do
+/// not stay open in a service waiting for its idle exit).
+pub(super) struct Service(Option<Child>);
 
 impl Service {
-    fn start(cluster: &EmuCluster, pool: &PoolDir) -> anyhow::Result<Service> {
+    pub(super) fn start(cluster: &EmuCluster, pool: &PoolDir) -> anyhow::Result<Service> {
         let exe = std::env::current_exe()?;
+        let name = pool.path.file_name().unwrap_or_default().to_string_lossy();
+        let log = cluster.dir().join(format!("{name}-service.log"));
         let child = cluster
             .command(&exe)
             .args(["thin", "serve"])
             .arg(&pool.path)
-            .stderr(std::fs::File::create(
-                cluster.dir().join("pool-service.log"),
-            )?)
+            .stderr(std::fs::File::create(log)?)
             .spawn()
             .context("cannot start rustbk thin serve")?;
         let service = Service(Some(child));
@@ -109,7 +110,7 @@ impl Service {
         Ok(service)
     }
 
-    fn stop(&mut self) -> anyhow::Result<()> {
+    pub(super) fn stop(&mut self) -> anyhow::Result<()> {
         let Some(mut child) = self.0.take() else {
             return Ok(());
         };
