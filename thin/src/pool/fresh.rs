@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::sidecar::slots;
 use crate::error::{Error, Result};
+use crate::pdata::refs::RefCounts;
 
 /// The mark is raised this many blocks past the highest block handed out (1 GiB of 64 KiB
 /// blocks): the store is an fdatasync under the pool's lock, so it must stay rare. A crash
@@ -83,6 +84,24 @@ impl Fresh {
             next: mark.zeroed_from,
             durable: mark.zeroed_from,
         }))
+    }
+
+    /// The mark, if the metadata agrees with it: rustbk raises the mark past a block before it
+    /// hands the block out, so no block at or past it is in use. A block there that is in use
+    /// was mapped by another tool (`thin_restore`, `thin_repair`, the kernel's dm-thin), and
+    /// may hold data after it is freed: such a mark is removed, and no block is taken for zeros.
+    pub(crate) fn checked(self, refs: &RefCounts, metadata: &Path) -> Result<Option<Fresh>> {
+        if !refs.any_allocated_from(self.durable) {
+            return Ok(Some(self));
+        }
+        tracing::warn!(
+            mark = self.durable,
+            metadata = %metadata.display(),
+            "data blocks past the pool's zero mark are in use: the metadata was written by \
+             another tool; the mark is dropped and free blocks are no longer taken for zeros"
+        );
+        remove(metadata)?;
+        Ok(None)
     }
 
     /// Records durably that every block of the data device next to `metadata` reads zeros.

@@ -264,7 +264,10 @@ impl Pool {
         }
         let records = sidecar::load(&sidecar::path_for(metadata))?;
         let volumes = volumes::reconcile(&mut md, records)?;
-        let fresh = fresh::Fresh::load(metadata)?;
+        let fresh = match fresh::Fresh::load(metadata)? {
+            Some(mark) => mark.checked(md.data_refs(), metadata)?,
+            None => None,
+        };
         let files = Files {
             meta_file,
             data_file,

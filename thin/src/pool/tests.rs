@@ -676,3 +676,54 @@ fn a_full_pool_takes_back_the_blocks_another_volume_holds_in_reserve() {
     t.pool.commit().unwrap();
     thin_check(&t.meta);
 }
+
+#[test]
+fn blocks_another_tool_mapped_past_the_zero_mark_are_zeroed_around_a_first_write_after_reuse() {
+    for peer in crate::peers::Peer::ALL {
+        reuse_after_a_peer_restore(peer);
+    }
+}
+
+fn reuse_after_a_peer_restore(peer: crate::peers::Peer) {
+    let dir = tempfile::tempdir().unwrap();
+    let (xml, meta, data) = (
+        dir.path().join("pool.xml"),
+        dir.path().join("meta"),
+        dir.path().join("data"),
+    );
+    crate::testing::sized_file(&meta, 4 << 20);
+    crate::testing::sized_file(&data, 4 * BS);
+    let made = super::FreshData::Sparse;
+    drop(
+        super::Pool::create_on_fresh_data(&meta, &data, BS, PoolOptions::default(), made).unwrap(),
+    );
+    // Another tool rewrites the metadata: volume 1 maps every block, with its data written.
+    std::fs::write(
+        &xml,
+        r#"<superblock uuid="" time="0" transaction="1" flags="0" version="2" data_block_size="128" nr_data_blocks="4">
+  <device dev_id="1" mapped_blocks="4" transaction="0" creation_time="0" snap_time="0">
+    <range_mapping origin_begin="0" data_begin="0" length="4" time="0"/>
+  </device>
+</superblock>
+"#,
+    )
+    .unwrap();
+    crate::peers::thin_restore(peer, &xml, &meta).unwrap();
+    std::fs::write(&data, pattern(9, us(4 * BS))).unwrap();
+    let pool = super::Pool::open(&meta, &data, PoolOptions::default()).unwrap();
+    pool.delete_volume(1).unwrap();
+    pool.create_volume(2, spec(4 * BS)).unwrap();
+    let vol = crate::volume::ThinVolume::open_local(&pool, 2, Default::default()).unwrap();
+    let mut q = queue(&vol);
+    for b in 0..4 {
+        put(&mut *q, b * BS, &[7; 512]);
+    }
+    flush(&mut *q);
+    let mut expected = vec![0; us(BS)];
+    expected[..512].fill(7);
+    for b in 0..4 {
+        let got = get(&mut *q, b * BS, us(BS));
+        suite::assert_bytes(&got, &expected, &format!("block {b} of the new volume"));
+    }
+    thin_check(&meta);
+}

@@ -51,6 +51,14 @@ impl RefCounts {
         self.nr_allocated
     }
 
+    /// Whether any block at or past `from` has a count above zero.
+    pub fn any_allocated_from(&self, from: u64) -> bool {
+        let from = usize::try_from(from).unwrap_or(usize::MAX);
+        self.small
+            .get(from..)
+            .is_some_and(|s| s.iter().any(|&c| c != 0))
+    }
+
     /// Blocks that are free and may be handed out now.
     pub fn nr_free(&self) -> u64 {
         let held = self.freed.len() + self.freed_writing.len();
