@@ -53,9 +53,9 @@
 //! before a restart can only get its own requests served twice or not at all.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{Ordering, fence};
 
 use foldhash::{HashMap, HashMapExt};
-use std::sync::atomic::{Ordering, fence};
 
 use crate::abi::{Abi, MAX_REQUEST_SIZE, ring_entries};
 use crate::error::Error;

@@ -20,9 +20,9 @@
 //! (crash-safe order, fdatasyncs included) before their completions are handed out.
 
 use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 
 use foldhash::{HashMap, HashMapExt};
-use std::sync::{Arc, Mutex};
 
 use crate::buffer::SharedBufs;
 use crate::engine::Engine;

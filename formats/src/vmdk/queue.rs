@@ -4,12 +4,11 @@
 //! allocation is in flight (on any queue) wait in `deferred` until it commits.
 
 use std::collections::VecDeque;
-
-use foldhash::{HashMap, HashMapExt};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use foldhash::{HashMap, HashMapExt};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::buffer::SharedBufs;

@@ -7,13 +7,12 @@
 //! other queues of the volume so that they retry theirs.
 
 use std::collections::VecDeque;
-
-use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use rustbk_formats::engine::MAX_DEPTH;
 use rustbk_formats::planned::{self, Child, PlanIo, Planner, wake};
 use rustbk_formats::{CacheMode, Completion, Engine, EngineFile, ImageQueue, IoOp};
