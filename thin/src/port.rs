@@ -73,6 +73,22 @@ pub trait PoolPort: Send {
     }
     /// [`PoolPort::provision`], also telling which blocks are known to read zeros.
     fn provision_zeroed(&mut self, count: usize) -> Result<Handout>;
+    /// Asks for up to `count` more blocks ahead of need, without waiting where the port can
+    /// (a socket): the request's ticket, whose answer comes from
+    /// [`PoolPort::provision_answer`]. The pool answers at once, with fewer blocks or none
+    /// when few are free: it neither waits for space nor asks the other volumes for theirs.
+    /// `None` when the port does not ask ahead (the pool is in this process, where a refill
+    /// costs no round trip) or it failed.
+    fn provision_ahead(&mut self, _count: usize) -> Option<u64> {
+        None
+    }
+    /// The answer to the provision asked ahead as `ticket`: `None` while it has not arrived,
+    /// unless `wait`, which waits for it as long as a call waits for its reply.
+    fn provision_answer(&mut self, ticket: u64, _wait: bool) -> Option<Result<Handout>> {
+        Some(Err(Error::Service(format!(
+            "provision {ticket} was sent on another connection"
+        ))))
+    }
     /// Maps blocks whose contents are written; the block each replaces loses a reference.
     fn map(&mut self, mappings: &[NewMapping]) -> Result<()>;
     /// Starts [`PoolPort::map`] without waiting for the pool where the port can (a socket):

@@ -163,6 +163,14 @@ impl LocalPort {
         }
     }
 
+    /// Hands out up to `count` blocks ahead of need, at once: when none is free the answer
+    /// is empty (no wait for space, no give-back request to the other ports). The pool
+    /// service answers a worker's `provision_ahead` with it.
+    pub(crate) fn provision_ahead(&mut self, count: usize) -> Result<Handout> {
+        check_provision(count)?;
+        self.shared.provision_ahead(self.port, count)
+    }
+
     /// The data device the volume's blocks live on.
     pub fn data_file(&self) -> Arc<EngineFile> {
         self.shared.data.clone()
@@ -210,11 +218,7 @@ impl PoolPort for LocalPort {
     }
 
     fn provision_zeroed(&mut self, count: usize) -> Result<Handout> {
-        if count == 0 || count > MAX_PROVISION {
-            return Err(Error::InvalidArgument(format!(
-                "provision of {count} blocks: 1..={MAX_PROVISION}"
-            )));
-        }
+        check_provision(count)?;
         self.shared.provision(self.port, count)
     }
 
@@ -332,5 +336,14 @@ impl Drop for LocalPort {
             }
         }
         self.shared.space_changed(&mut st);
+    }
+}
+
+fn check_provision(count: usize) -> Result<()> {
+    match count == 0 || count > MAX_PROVISION {
+        true => Err(Error::InvalidArgument(format!(
+            "provision of {count} blocks: 1..={MAX_PROVISION}"
+        ))),
+        false => Ok(()),
     }
 }

@@ -147,6 +147,19 @@ impl Shared {
         }
     }
 
+    /// Hands out up to `count` data blocks as [`Shared::provision`] does, but at once: with
+    /// none free the handout is empty. A volume asks ahead while its reserve still lasts, so
+    /// it must not wait (nor make others wait for its answer to a give-back request, which
+    /// would queue behind this one); when the reserve runs out it asks with `provision`.
+    pub(crate) fn provision_ahead(&self, port: u64, count: usize) -> Result<Handout> {
+        let mut st = self.lock()?;
+        let got = take_blocks(&mut st, count)?;
+        match got.is_empty() {
+            true => Ok(Handout::default()),
+            false => self.hand_out(&mut st, port, got),
+        }
+    }
+
     /// Records blocks `got` (taken from the free ones) as handed out to `port`.
     fn hand_out(&self, st: &mut State, port: u64, got: Vec<u64>) -> Result<Handout> {
         let zeroed = match st.fresh.as_mut().map(|f| f.hand_out(&got)) {

@@ -17,7 +17,7 @@ use std::time::Duration;
 use rustbk_formats::engine::Access;
 use rustbk_formats::{CacheMode, EngineFile};
 
-use super::pipeline::Pipeline;
+use super::pipeline::{self, Pipeline};
 use super::wire::{self, MAX_BATCH, MAX_LOOKUP, Reply, Request};
 use crate::error::{Error, Result};
 use crate::meta::Mapping;
@@ -167,7 +167,7 @@ impl SocketPort {
 
     /// Takes the replies that arrived for maps sent without waiting; fails the port when the
     /// oldest waited longer than a call may.
-    fn take_map_replies(&mut self) {
+    fn take_replies(&mut self) {
         while self.pipeline.awaited() {
             match self.replies.try_recv() {
                 Ok(reply) => self.pipeline.reply(reply),
@@ -180,7 +180,7 @@ impl SocketPort {
         }
         if self.oldest_map_overdue() {
             self.fail(format!(
-                "no answer to a map from the pool service within {:?}",
+                "no answer to a request sent ahead from the pool service within {:?}",
                 self.timeout
             ));
         }
@@ -315,13 +315,35 @@ impl PoolPort for SocketPort {
 
     fn provision_zeroed(&mut self, count: usize) -> Result<Handout> {
         match self.call(&Request::Provision { count })? {
-            Reply::Blocks { blocks, zeroed }
-                if blocks.len() <= count && zeroed.iter().all(|b| blocks.contains(b)) =>
-            {
-                Ok(Handout { blocks, zeroed })
+            Reply::Blocks { blocks, zeroed } => {
+                pipeline::handout(count, blocks, zeroed).map_err(|e| self.fail(e.to_string()))
             }
             other => Err(self.unexpected(&other)),
         }
+    }
+
+    fn provision_ahead(&mut self, count: usize) -> Option<u64> {
+        if self.broken.is_some() {
+            return None;
+        }
+        if let Err(e) = wire::write_frame(&mut self.stream, &Request::ProvisionAhead { count }) {
+            self.fail(format!("cannot send to the pool service: {e}"));
+            return None;
+        }
+        Some(self.pipeline.sent_provision(count))
+    }
+
+    fn provision_answer(&mut self, ticket: u64, wait: bool) -> Option<Result<Handout>> {
+        self.take_replies();
+        while wait && self.pipeline.waits(ticket) {
+            match self.replies.recv_timeout(self.timeout) {
+                Ok(reply) => self.pipeline.reply(reply),
+                Err(e) => {
+                    self.lost(e);
+                }
+            }
+        }
+        self.pipeline.answer_provision(ticket)
     }
 
     fn map(&mut self, mappings: &[NewMapping]) -> Result<()> {
@@ -349,13 +371,13 @@ impl PoolPort for SocketPort {
                 return MapStart::Done(Err(e));
             }
         }
-        MapStart::Sent(self.pipeline.sent(chunks.len()))
+        MapStart::Sent(self.pipeline.sent_map(chunks.len()))
     }
 
     fn map_answer(&mut self, ticket: u64) -> Option<Result<()>> {
-        self.take_map_replies();
-        let answer = self.pipeline.answer(ticket);
-        if !self.pipeline.awaited() {
+        self.take_replies();
+        let answer = self.pipeline.answer_map(ticket);
+        if !self.pipeline.maps_awaited() {
             self.flags.awaited.store(0, Ordering::SeqCst);
         }
         answer

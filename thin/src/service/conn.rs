@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use super::wire::{self, FrameError, MAX_BATCH, MAX_LOOKUP, Reply, Request, WireError};
 use crate::error::Error;
 use crate::pool::{LocalPort, Pool, Signal, Signaller};
-use crate::port::PoolPort;
+use crate::port::{Handout, PoolPort};
 
 /// The sending half of a connection: replies and the pool's requests are whole frames.
 type Sender = Arc<Mutex<UnixStream>>;
@@ -119,6 +119,13 @@ fn run(port: &mut LocalPort, stream: &mut UnixStream, sender: &Sender) {
     }
 }
 
+fn blocks(handout: Handout) -> Reply {
+    Reply::Blocks {
+        blocks: handout.blocks,
+        zeroed: handout.zeroed,
+    }
+}
+
 /// Runs one request on the port.
 fn handle(port: &mut LocalPort, request: Request) -> crate::Result<Reply> {
     Ok(match request {
@@ -135,13 +142,8 @@ fn handle(port: &mut LocalPort, request: Request) -> crate::Result<Reply> {
                 mappings: wire::mappings_to(found),
             }
         }
-        Request::Provision { count } => {
-            let handout = port.provision_zeroed(count)?;
-            Reply::Blocks {
-                blocks: handout.blocks,
-                zeroed: handout.zeroed,
-            }
-        }
+        Request::Provision { count } => blocks(port.provision_zeroed(count)?),
+        Request::ProvisionAhead { count } => blocks(port.provision_ahead(count)?),
         Request::Map { mappings } => {
             check_batch(mappings.len())?;
             port.map(&wire::new_mappings(&mappings))?;

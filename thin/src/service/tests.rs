@@ -290,6 +290,61 @@ fn blocks_of_a_full_pool_come_through_the_socket_marked_as_reading_zeros() {
 }
 
 #[test]
+fn refills_asked_ahead_through_the_socket_keep_their_answers_apart_from_maps_and_calls() {
+    let s = served(64, &[1], MIB);
+    let mut port = SocketPort::connect(&s.socket, 1).unwrap();
+    let first = port.provision_zeroed(2).unwrap();
+    let ahead = port.provision_ahead(3).expect("sent");
+    let maps: Vec<NewMapping> = (first.blocks.iter().enumerate())
+        .map(|(v, &block)| NewMapping {
+            vblock: v as u64,
+            block,
+        })
+        .collect();
+    let map = match port.map_start(&maps) {
+        crate::port::MapStart::Sent(ticket) => ticket,
+        crate::port::MapStart::Done(r) => panic!("a socket port sends maps ahead: {r:?}"),
+    };
+    let second = port.provision_ahead(4).expect("sent");
+    // A call in between takes the answers of everything sent before it.
+    assert_eq!(port.lookup(0..2).unwrap().len(), 2);
+    let got = port
+        .provision_answer(ahead, false)
+        .expect("answered")
+        .unwrap();
+    assert_eq!(got.blocks.len(), 3);
+    assert!(port.map_answer(map).expect("answered").is_ok());
+    let more = port
+        .provision_answer(second, true)
+        .expect("waited for")
+        .unwrap();
+    assert_eq!(more.blocks.len(), 4);
+    let all: std::collections::HashSet<u64> = (first
+        .blocks
+        .iter()
+        .chain(&got.blocks)
+        .chain(&more.blocks)
+        .copied())
+    .collect();
+    assert_eq!(all.len(), 9, "no block handed out twice");
+    assert!(
+        port.provision_answer(ahead, false).unwrap().is_err(),
+        "taken once"
+    );
+    drop(port);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let free = || s.service.pool().usage().unwrap().data_free;
+    while free() != 62 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        free(),
+        62,
+        "the unmapped blocks came back with the connection"
+    );
+}
+
+#[test]
 fn a_read_completes_while_a_first_write_waits_for_the_service_to_map_its_block() {
     use rustbk_formats::suite::{read_at, write_at};
     use rustbk_formats::{IoOp, SharedBuf};

@@ -24,14 +24,32 @@ pub(crate) const MAX_BATCH: usize = 4096;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub(crate) enum Request {
-    Open { volume: u64 },
+    Open {
+        volume: u64,
+    },
     Admin,
     Info,
-    Lookup { start: u64, end: u64 },
-    Provision { count: usize },
-    Map { mappings: Vec<(u64, u64)> },
-    Unmap { start: u64, end: u64 },
-    Release { blocks: Vec<u64> },
+    Lookup {
+        start: u64,
+        end: u64,
+    },
+    Provision {
+        count: usize,
+    },
+    /// A provision answered at once, empty when no block is free (never waits for space).
+    ProvisionAhead {
+        count: usize,
+    },
+    Map {
+        mappings: Vec<(u64, u64)>,
+    },
+    Unmap {
+        start: u64,
+        end: u64,
+    },
+    Release {
+        blocks: Vec<u64>,
+    },
     Commit,
     Paused,
 }

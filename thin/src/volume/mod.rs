@@ -12,7 +12,10 @@ mod outage;
 mod plan;
 mod queue;
 mod refill;
+mod reserve;
 
+#[cfg(test)]
+mod ahead_tests;
 #[cfg(test)]
 mod held_map_tests;
 #[cfg(test)]
@@ -102,8 +105,10 @@ pub(crate) struct Core {
     pub(crate) cache: MapCache,
     pub(crate) claims: Claims,
     pub(crate) reserve: Vec<u64>,
-    /// How many blocks to ask of the pool when the reserve is empty.
+    /// How many blocks to ask of the pool when the reserve runs low.
     refill: refill::Refill,
+    /// The refill asked ahead of need, on its way.
+    ahead: Option<reserve::Ahead>,
     /// Blocks of the reserve known to read zeros (holes of the data file, or blocks the pool
     /// knows were never written since the file was filled with zeros) since they were
     /// handed out: no one writes a block handed out to this volume but it.
@@ -151,6 +156,7 @@ impl ThinVolume {
         let core = Core {
             cache: MapCache::new(info.size.div_ceil(info.block_size)),
             refill: refill::Refill::new(info.block_size),
+            ahead: None,
             port,
             info,
             claims: Claims::default(),
@@ -228,6 +234,7 @@ impl Core {
         self.changes.new_port(info.id);
         self.cache = MapCache::new(info.size.div_ceil(info.block_size));
         self.reserve.clear();
+        self.ahead = None;
         self.holes.clear();
         self.info = info;
         self.port = port;
@@ -370,78 +377,6 @@ impl OriginSrc {
 }
 
 impl Core {
-    /// A data block for a new mapping, from the reserve or the pool, and whether it is known
-    /// to be a hole of the data file.
-    pub(crate) fn take_block(&mut self) -> Result<(u64, bool)> {
-        if self.reserve.is_empty() {
-            let asked = self.refill.ask(Instant::now());
-            let got = self.port.provision_zeroed(asked)?;
-            self.refill.answered(asked, got.blocks.len());
-            self.holes.extend(got.zeroed);
-            let unknown: Vec<u64> = (got.blocks.iter().copied())
-                .filter(|b| !self.holes.contains(b))
-                .collect();
-            self.note_holes(&unknown);
-            self.reserve = got.blocks;
-        }
-        let block = self.reserve.pop().ok_or(Error::DataFull(0))?;
-        Ok((block, self.holes.remove(&block)))
-    }
-
-    /// Gives the reserve back to the pool down to what [`refill::Refill::keep`] keeps, so a
-    /// volume that stopped allocating does not hold back blocks the others could use.
-    pub(crate) fn trim_reserve(&mut self, now: Instant) {
-        let keep = self.refill.keep(now);
-        let Some(extra) = self.reserve.len().checked_sub(keep).filter(|&n| n > 0) else {
-            return;
-        };
-        // Blocks are taken from the end: give back those that would be taken last.
-        let rest = self.reserve.split_off(extra);
-        let surplus = std::mem::replace(&mut self.reserve, rest);
-        self.release_reserved(&surplus, "idle thin volume gave reserved blocks back");
-    }
-
-    /// Gives the whole reserve back: the pool ran out of free blocks and asks for it. The
-    /// (possibly empty) release is the answer a write waiting on another volume waits for.
-    pub(crate) fn give_back_reserve(&mut self) {
-        let all = std::mem::take(&mut self.reserve);
-        self.refill.restart();
-        self.release_reserved(&all, "full thin pool: gave reserved blocks back");
-    }
-
-    fn release_reserved(&mut self, blocks: &[u64], what: &'static str) {
-        for b in blocks {
-            self.holes.remove(b);
-        }
-        match self.port.release(blocks) {
-            Ok(()) => tracing::debug!(volume = self.info.id, blocks = blocks.len(), "{what}"),
-            // They come back to the pool when the port closes or the pool restarts.
-            Err(e) => tracing::warn!(error = %e, "cannot give back reserved blocks"),
-        }
-    }
-
-    /// Records which of the blocks just handed out are holes of the data file, with one
-    /// `lseek` per run of consecutive blocks (they are handed out in runs).
-    fn note_holes(&mut self, got: &[u64]) {
-        let mut sorted = got.to_vec();
-        sorted.sort_unstable();
-        let mut next_data = None;
-        for &block in &sorted {
-            let Some(start) = block.checked_mul(self.info.block_size) else {
-                continue;
-            };
-            let Some(end) = start.checked_add(self.info.block_size) else {
-                continue;
-            };
-            if next_data.is_none_or(|next| next < end) {
-                next_data = self.data.next_data(start);
-            }
-            if next_data.is_some_and(|next| next >= end) {
-                self.holes.insert(block);
-            }
-        }
-    }
-
     /// Byte offset of data block `block` on the data device.
     pub(crate) fn phys(&self, block: u64) -> Result<u64> {
         block

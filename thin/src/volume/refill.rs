@@ -7,6 +7,8 @@
 //! refill that follows the one before within [`BUSY`], up to 16 MiB of blocks. A volume
 //! that writes new blocks now and then keeps the small batch, so blocks held back from the
 //! other volumes stay few; so does one the pool answers short (little space is left).
+//! Through a pool service the next refill is asked ahead, when half of the last one is left
+//! (see `reserve.rs`).
 
 use std::time::{Duration, Instant};
 
@@ -47,16 +49,26 @@ impl Refill {
 
     /// The number of blocks to ask for now.
     pub(crate) fn ask(&mut self, now: Instant) -> usize {
-        let busy = self
-            .last
-            .is_some_and(|last| now.saturating_duration_since(last) < BUSY);
-        self.batch = match busy {
-            true => self.batch.saturating_mul(2).min(self.max),
-            false => MIN_BATCH,
-        };
+        self.batch = self.next(now);
         self.last = Some(now);
         self.asked_at = Some(now);
         self.batch
+    }
+
+    /// The number of blocks [`Refill::ask`] would ask for at `now`.
+    pub(crate) fn next(&self, now: Instant) -> usize {
+        let busy = self
+            .last
+            .is_some_and(|last| now.saturating_duration_since(last) < BUSY);
+        match busy {
+            true => self.batch.saturating_mul(2).min(self.max),
+            false => MIN_BATCH,
+        }
+    }
+
+    /// A reserve this small asks for the next refill ahead of need: half of the last one.
+    pub(crate) fn low_water(&self) -> usize {
+        self.batch / 2
     }
 
     /// How many reserved blocks to keep at `now`: all of them while the volume takes blocks
@@ -107,6 +119,7 @@ mod tests {
         let mut r = Refill::new(64 << 10);
         let t = Instant::now();
         assert_eq!((r.ask(t), r.ask(t), r.ask(t)), (16, 32, 64));
+        assert_eq!((r.next(t), r.next(t), r.low_water()), (128, 128, 32));
         assert_eq!(r.ask(t + Duration::from_secs(2)), 16);
         assert_eq!(r.ask(t + Duration::from_secs(2)), 32);
         r.answered(32, 5);
