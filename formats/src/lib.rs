@@ -119,7 +119,10 @@ pub(crate) fn open_as(
         Format::Qcow2 => Ok(Arc::new(Qcow2Image::open(Arc::new(file), opts, chain)?)),
         // Sector bitmaps sit in the same pages as block data (see `vhd::open_vhd`).
         Format::Vpc => Ok(Arc::new(vhd::open_vhd(file, opts, chain)?)),
-        Format::Vmdk => Ok(Arc::new(VmdkImage::open(Arc::new(file), opts, chain)?)),
+        Format::Vmdk => {
+            vmdk::keep_metadata_pages_apart(&mut file);
+            Ok(Arc::new(VmdkImage::open(Arc::new(file), opts, chain)?))
+        }
         Format::Null => Err(null_has_no_file(file.path())),
     }
 }

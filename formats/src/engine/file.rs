@@ -17,6 +17,9 @@ use super::prep::Which;
 use super::record::WriteRecorder;
 use super::sys;
 
+/// The unit of the page cache.
+const PAGE_SIZE: u32 = 4096;
+
 /// What kind of host file backs an image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FileKind {
@@ -206,6 +209,17 @@ impl EngineFile {
     /// Drops the O_DIRECT descriptor: every op goes through the page cache from now on.
     pub fn disable_direct(&mut self) {
         self.direct = None;
+    }
+
+    /// Sends through O_DIRECT only the ops that cover whole pages (offset and length
+    /// multiples of 4 KiB), the others through the page cache. For files whose metadata is
+    /// written through the page cache and whose data may share a page with it (a VMDK grain
+    /// may start at any sector): an O_DIRECT write into a page that is dirty in the cache can
+    /// lose one of the two writes. Data in whole pages never shares one with metadata.
+    pub fn direct_in_whole_pages(&mut self) {
+        if let Some((_, align)) = self.direct.as_mut() {
+            align.offset = align.offset.max(PAGE_SIZE);
+        }
     }
 
     /// The cache mode the file was opened in.

@@ -170,6 +170,16 @@ fn cid_mismatch(child: &std::path::Path, hint: &str, expected: u32, found: u32) 
 }
 
 /// Locks the metadata.
+/// Keeps O_DIRECT out of the pages a writable extent file's metadata may share with data.
+/// Grain tables are written through the page cache, and a grain may start at any sector of
+/// the file (qemu and VMware align grains to their size, but an image is the tenant's): only
+/// ops covering whole pages go through O_DIRECT, and those never touch a metadata page.
+pub(crate) fn keep_metadata_pages_apart(file: &mut EngineFile) {
+    if !file.read_only() {
+        file.direct_in_whole_pages();
+    }
+}
+
 pub(crate) fn lock(meta: &Mutex<Meta>) -> Result<MutexGuard<'_, Meta>, Error> {
     meta.lock()
         .map_err(|_| Error::InvalidImage("VMDK metadata lock poisoned".to_owned()))
@@ -194,6 +204,14 @@ impl std::fmt::Debug for VmdkImage {
             .field("size", &self.geometry.size)
             .field("read_only", &self.read_only)
             .finish()
+    }
+}
+
+#[cfg(test)]
+impl VmdkImage {
+    /// The extent files.
+    pub(crate) fn files(&self) -> &[Arc<EngineFile>] {
+        &self.files
     }
 }
 

@@ -294,8 +294,9 @@ fn open_extent_file(
     if let Some(i) = paths.iter().position(|p| *p == real) {
         return Ok(i);
     }
-    let file = crate::open_file(&located, opts)?;
+    let mut file = crate::open_file(&located, opts)?;
     confinement.check_opened(named, &file)?;
+    super::keep_metadata_pages_apart(&mut file);
     files.push(Arc::new(file));
     paths.push(real);
     Ok(files.len() - 1)

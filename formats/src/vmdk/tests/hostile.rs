@@ -94,6 +94,63 @@ fn a_grain_table_entry_pointing_into_metadata_fails_the_read_with_a_clear_error(
     assert!(err.to_string().contains("past the end"), "{err}");
 }
 
+/// Opens `path` as `open_as` does, keeping the image's type (for its files).
+fn open_vmdk(path: &Path) -> crate::vmdk::VmdkImage {
+    let opts = OpenOptions::default();
+    let mut file = crate::open_file(path, &opts).expect("file");
+    crate::vmdk::keep_metadata_pages_apart(&mut file);
+    let mut chain = crate::qcow2::Chain::default();
+    crate::vmdk::VmdkImage::open(std::sync::Arc::new(file), &opts, &mut chain).expect("open")
+}
+
+#[test]
+fn a_grain_off_the_page_grid_goes_through_the_page_cache_and_whole_pages_go_direct() {
+    use crate::suite::{pattern, write_at};
+    let dir = tmp();
+    let path = sparse(&dir);
+    // Grain 0 at one sector past a page boundary, past the end of the file: its pages are
+    // shared with whatever lies around it.
+    let len = std::fs::metadata(&path).expect("stat").len();
+    let sector = len.div_ceil(4096) * 8 + 1;
+    let f = (std::fs::OpenOptions::new().read(true).write(true))
+        .open(&path)
+        .expect("open");
+    f.set_len(sector * 512 + 65536 + 4096).expect("grow");
+    let table = u64::from(peek32(&path, gd_sector(&path) * 512));
+    poke(&path, table * 512, &(sector as u32).to_le_bytes());
+    let image = open_vmdk(&path);
+    let file = image.files()[0].clone();
+    let mut q = image.open_queue(4).expect("queue");
+    write_at(&mut *q, 0, &pattern(1, 4096)).expect("write grain 0");
+    let before = file.stats().buffered_fallbacks;
+    assert!(
+        before >= 1,
+        "the write into grain 0 is not page aligned in the file"
+    );
+    assert_eq!(read_at(&mut *q, 0, 4096).expect("read"), pattern(1, 4096));
+    let on_disk = {
+        let mut b = vec![0; 4096];
+        f.read_exact_at(&mut b, sector * 512)
+            .expect("read the file");
+        b
+    };
+    assert_eq!(on_disk, pattern(1, 4096), "grain 0 is where its entry says");
+    // Grain 1 is allocated on the grid: its whole-page ops take O_DIRECT where the file has it.
+    write_at(&mut *q, 65536, &pattern(2, 65536)).expect("write grain 1");
+    assert_eq!(
+        read_at(&mut *q, 65536, 65536).expect("read"),
+        pattern(2, 65536)
+    );
+    if file.dio_align().is_some() {
+        assert_eq!(file.dio_align().map(|a| a.offset), Some(4096));
+        let after = file.stats().buffered_fallbacks;
+        assert!(
+            after <= before + 1,
+            "whole pages went direct: {before} -> {after}"
+        );
+    }
+}
+
 #[test]
 fn bad_magic_version_grain_size_and_capacity_are_refused_by_name() {
     let dir = tmp();
