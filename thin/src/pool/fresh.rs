@@ -16,6 +16,7 @@
 //! existed before) has no such blocks: its holes are still found with `lseek`.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -23,11 +24,19 @@ use super::sidecar::slots;
 use crate::error::{Error, Result};
 use crate::pdata::refs::RefCounts;
 
-/// The mark is raised this many blocks past the highest block handed out (1 GiB of 64 KiB
-/// blocks): the store is an fdatasync under the pool's lock, so it must stay rare. A crash
-/// forgets at most this many zero blocks, which are then zeroed around partial writes as
-/// recycled ones are.
+/// The mark is raised at least this many blocks past the highest block handed out (1 GiB of
+/// 64 KiB blocks): the store is an fdatasync under the pool's lock (every volume's maps and
+/// refills wait for it, and it flushes the device's cache under the guests' writes), so it
+/// must stay rare. A crash forgets at most a window of zero blocks, which are then zeroed
+/// around partial writes as recycled ones are.
 const WINDOW: u64 = 16384;
+/// The window doubles on every store that follows the last one within [`FAST`] (and is
+/// [`WINDOW`] again after a slower one), up to this
+/// (64 GiB of 64 KiB blocks): random first writes use up a 64 KiB block per 4 KiB write, tens
+/// of thousands a second, and stored the mark every half second with the first window.
+const MAX_WINDOW: u64 = 1 << 20;
+/// Stores closer together than this make the next window larger.
+const FAST: Duration = Duration::from_secs(10);
 
 #[derive(Serialize, Deserialize)]
 struct MarkFile {
@@ -59,6 +68,10 @@ pub(crate) struct Fresh {
     next: u64,
     /// The mark on disk: `next <= durable`.
     durable: u64,
+    /// How far past `next` the next store puts the mark.
+    window: u64,
+    /// When the mark was last stored by this process.
+    stored_at: Option<Instant>,
 }
 
 impl Fresh {
@@ -83,6 +96,8 @@ impl Fresh {
             data: mark.data,
             next: mark.zeroed_from,
             durable: mark.zeroed_from,
+            window: WINDOW,
+            stored_at: None,
         }))
     }
 
@@ -126,9 +141,17 @@ impl Fresh {
             .checked_add(1)
             .ok_or_else(|| Error::corrupt(format!("data block {highest}")))?;
         if next > self.durable {
-            let mark = next.saturating_add(WINDOW);
+            let now = Instant::now();
+            self.window = match self.stored_at {
+                Some(at) if now.saturating_duration_since(at) < FAST => {
+                    self.window.saturating_mul(2).min(MAX_WINDOW)
+                }
+                _ => WINDOW,
+            };
+            let mark = next.saturating_add(self.window);
             store(&self.base, mark, self.data)?;
             self.durable = mark;
+            self.stored_at = Some(now);
         }
         self.next = next;
         Ok(zeroed)
@@ -185,6 +208,36 @@ mod tests {
         // A reload (a crash or a restart) knows nothing below the mark on disk.
         let mut again = Fresh::load(&meta).unwrap().unwrap();
         assert!(again.hand_out(&[far, far - 1, 8]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn stores_in_quick_succession_double_the_window_up_to_its_cap_and_a_slow_one_resets_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = dir.path().join("metadata");
+        Fresh::create(&meta, FreshData::Filled).unwrap();
+        let mut fresh = Fresh::load(&meta).unwrap().unwrap();
+        // Each time, the first block past the mark on disk: the mark moves again.
+        let store_past = |fresh: &mut Fresh, block: u64| {
+            assert_eq!(fresh.hand_out(&[block]).unwrap(), vec![block]);
+            let mark = Fresh::load(&meta).unwrap().unwrap().durable;
+            (mark, mark - (block + 1))
+        };
+        let mut gaps = Vec::new();
+        let mut block = 0;
+        for _ in 0..9 {
+            let (mark, gap) = store_past(&mut fresh, block);
+            gaps.push(gap);
+            block = mark;
+        }
+        let doubled: Vec<u64> = (0..7).map(|i| WINDOW << i).collect();
+        assert_eq!(gaps[..7], doubled[..]);
+        assert_eq!(gaps[7..], [MAX_WINDOW, MAX_WINDOW]);
+        fresh.stored_at = Instant::now().checked_sub(FAST);
+        assert_eq!(
+            store_past(&mut fresh, block).1,
+            WINDOW,
+            "a slow store starts again"
+        );
     }
 
     #[test]

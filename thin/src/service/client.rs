@@ -165,8 +165,8 @@ impl SocketPort {
         }
     }
 
-    /// Takes the replies that arrived for maps sent without waiting; fails the port when the
-    /// oldest waited longer than a call may.
+    /// Takes the replies that arrived for requests sent without waiting (maps, refills asked
+    /// ahead); fails the port when the oldest waited longer than a call may.
     fn take_replies(&mut self) {
         while self.pipeline.awaited() {
             match self.replies.try_recv() {
@@ -178,7 +178,7 @@ impl SocketPort {
                 }
             }
         }
-        if self.oldest_map_overdue() {
+        if self.oldest_overdue() {
             self.fail(format!(
                 "no answer to a request sent ahead from the pool service within {:?}",
                 self.timeout
@@ -186,7 +186,7 @@ impl SocketPort {
         }
     }
 
-    fn oldest_map_overdue(&self) -> bool {
+    fn oldest_overdue(&self) -> bool {
         self.pipeline
             .oldest()
             .is_some_and(|sent| sent.elapsed() > self.timeout)
