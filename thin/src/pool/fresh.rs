@@ -24,12 +24,12 @@ use super::sidecar::slots;
 use crate::error::{Error, Result};
 use crate::pdata::refs::RefCounts;
 
-/// The mark is raised at least this many blocks past the highest block handed out (1 GiB of
+/// The mark is raised at least this many blocks past the highest block handed out (4 GiB of
 /// 64 KiB blocks): the store is an fdatasync under the pool's lock (every volume's maps and
 /// refills wait for it, and it flushes the device's cache under the guests' writes), so it
 /// must stay rare. A crash forgets at most a window of zero blocks, which are then zeroed
 /// around partial writes as recycled ones are.
-const WINDOW: u64 = 16384;
+const WINDOW: u64 = 65536;
 /// The window doubles on every store that follows the last one within [`FAST`] (and is
 /// [`WINDOW`] again after a slower one), up to this
 /// (64 GiB of 64 KiB blocks): random first writes use up a 64 KiB block per 4 KiB write, tens
@@ -229,9 +229,10 @@ mod tests {
             gaps.push(gap);
             block = mark;
         }
-        let doubled: Vec<u64> = (0..7).map(|i| WINDOW << i).collect();
-        assert_eq!(gaps[..7], doubled[..]);
-        assert_eq!(gaps[7..], [MAX_WINDOW, MAX_WINDOW]);
+        let doubled: Vec<u64> = (0..9).map(|i| (WINDOW << i).min(MAX_WINDOW)).collect();
+        assert_eq!(gaps, doubled);
+        assert!(gaps[0] < gaps[1] && gaps[1] < gaps[2], "{gaps:?}");
+        assert_eq!(gaps[8], MAX_WINDOW);
         fresh.stored_at = Instant::now().checked_sub(FAST);
         assert_eq!(
             store_past(&mut fresh, block).1,
