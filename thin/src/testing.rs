@@ -135,3 +135,42 @@ pub(crate) fn flush(q: &mut dyn ImageQueue) {
 pub(crate) fn us(n: u64) -> usize {
     usize::try_from(n).expect("fits in usize")
 }
+
+/// The [`crate::port::PoolPort`] methods a test port passes through to its `inner` port
+/// unchanged (all but provision, maps, give-back and the ones a test changes), with no pause
+/// ever requested.
+macro_rules! forward_to_inner {
+    () => {
+        fn info(&mut self) -> crate::Result<crate::port::VolumeInfo> {
+            self.inner.info()
+        }
+        fn lookup(
+            &mut self,
+            vblocks: std::ops::Range<u64>,
+        ) -> crate::Result<Vec<(u64, crate::meta::Mapping)>> {
+            self.inner.lookup(vblocks)
+        }
+        fn map(&mut self, mappings: &[crate::port::NewMapping]) -> crate::Result<()> {
+            self.inner.map(mappings)
+        }
+        fn unmap(&mut self, vblocks: std::ops::Range<u64>) -> crate::Result<Vec<u64>> {
+            self.inner.unmap(vblocks)
+        }
+        fn release(&mut self, blocks: &[u64]) -> crate::Result<()> {
+            self.inner.release(blocks)
+        }
+        fn commit(&mut self) -> crate::Result<()> {
+            self.inner.commit()
+        }
+        fn pause_requested(&self) -> bool {
+            false
+        }
+        fn paused(&mut self) -> crate::Result<crate::port::VolumeInfo> {
+            self.inner.paused()
+        }
+        fn set_waker(&mut self, waker: Box<dyn Fn() + Send + Sync>) {
+            self.inner.set_waker(waker);
+        }
+    };
+}
+pub(crate) use forward_to_inner;

@@ -2,7 +2,6 @@
 //! pool, a late answer is waited for rather than asked again, and a full pool answers a
 //! refill asked ahead at once without asking the other volumes for their reserves.
 
-use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -10,10 +9,9 @@ use std::time::{Duration, Instant};
 use rustbk_formats::suite::pattern;
 
 use crate::error::Result;
-use crate::meta::Mapping;
 use crate::pool::{LocalPort, PoolOptions, VolumeSpec};
-use crate::port::{Handout, NewMapping, PoolPort, VolumeInfo};
-use crate::testing::{TestPool, flush, get, new_pool, put, queue, thin_check};
+use crate::port::{Handout, PoolPort};
+use crate::testing::{TestPool, flush, forward_to_inner, get, new_pool, put, queue, thin_check};
 use crate::volume::{ThinVolume, VolumeOptions};
 
 const BS: u64 = 64 << 10;
@@ -42,12 +40,7 @@ struct AskingAhead {
 }
 
 impl PoolPort for AskingAhead {
-    fn info(&mut self) -> Result<VolumeInfo> {
-        self.inner.info()
-    }
-    fn lookup(&mut self, vblocks: Range<u64>) -> Result<Vec<(u64, Mapping)>> {
-        self.inner.lookup(vblocks)
-    }
+    forward_to_inner!();
     fn provision_zeroed(&mut self, count: usize) -> Result<Handout> {
         self.seen.provisions.fetch_add(1, Ordering::SeqCst);
         self.inner.provision_zeroed(count)
@@ -68,29 +61,8 @@ impl PoolPort for AskingAhead {
         }
         Some(self.on_the_way.remove(at).1)
     }
-    fn map(&mut self, mappings: &[NewMapping]) -> Result<()> {
-        self.inner.map(mappings)
-    }
-    fn unmap(&mut self, vblocks: Range<u64>) -> Result<Vec<u64>> {
-        self.inner.unmap(vblocks)
-    }
-    fn release(&mut self, blocks: &[u64]) -> Result<()> {
-        self.inner.release(blocks)
-    }
-    fn commit(&mut self) -> Result<()> {
-        self.inner.commit()
-    }
-    fn pause_requested(&self) -> bool {
-        false
-    }
-    fn paused(&mut self) -> Result<VolumeInfo> {
-        self.inner.paused()
-    }
     fn give_back_requested(&mut self) -> bool {
         self.seen.give_back.swap(false, Ordering::SeqCst)
-    }
-    fn set_waker(&mut self, waker: Box<dyn Fn() + Send + Sync>) {
-        self.inner.set_waker(waker);
     }
 }
 

@@ -1,7 +1,6 @@
 //! While a `map` is in flight, the first writes that finish wait for its answer and go out
 //! together in the next one: fewer frames, wake-ups and answers per first write.
 
-use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -10,10 +9,9 @@ use rustbk_formats::suite::pattern;
 use rustbk_formats::{BlockImage, Completion, ImageQueue, IoOp, SharedBuf};
 
 use crate::error::Result;
-use crate::meta::Mapping;
 use crate::pool::{LocalPort, PoolOptions, VolumeSpec};
-use crate::port::{MapStart, NewMapping, PoolPort, VolumeInfo};
-use crate::testing::{flush, get, new_pool, thin_check};
+use crate::port::{MapStart, NewMapping, PoolPort};
+use crate::testing::{flush, forward_to_inner, get, new_pool, thin_check};
 use crate::volume::{ThinVolume, VolumeOptions};
 
 const BS: u64 = 64 << 10;
@@ -28,17 +26,9 @@ struct Gated {
 }
 
 impl PoolPort for Gated {
-    fn info(&mut self) -> Result<VolumeInfo> {
-        self.inner.info()
-    }
-    fn lookup(&mut self, vblocks: Range<u64>) -> Result<Vec<(u64, Mapping)>> {
-        self.inner.lookup(vblocks)
-    }
+    forward_to_inner!();
     fn provision_zeroed(&mut self, count: usize) -> Result<crate::port::Handout> {
         self.inner.provision_zeroed(count)
-    }
-    fn map(&mut self, mappings: &[NewMapping]) -> Result<()> {
-        self.inner.map(mappings)
     }
     fn map_start(&mut self, mappings: &[NewMapping]) -> MapStart {
         let ticket = self.sent.fetch_add(1, Ordering::SeqCst) as u64;
@@ -52,24 +42,6 @@ impl PoolPort for Gated {
         let at = self.waiting.iter().position(|(t, _)| *t == ticket)?;
         let (_, mappings) = self.waiting.remove(at);
         Some(self.inner.map(&mappings))
-    }
-    fn unmap(&mut self, vblocks: Range<u64>) -> Result<Vec<u64>> {
-        self.inner.unmap(vblocks)
-    }
-    fn release(&mut self, blocks: &[u64]) -> Result<()> {
-        self.inner.release(blocks)
-    }
-    fn commit(&mut self) -> Result<()> {
-        self.inner.commit()
-    }
-    fn pause_requested(&self) -> bool {
-        false
-    }
-    fn paused(&mut self) -> Result<VolumeInfo> {
-        self.inner.paused()
-    }
-    fn set_waker(&mut self, waker: Box<dyn Fn() + Send + Sync>) {
-        self.inner.set_waker(waker);
     }
 }
 
