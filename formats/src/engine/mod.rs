@@ -14,6 +14,7 @@
 mod direct_meta;
 mod file;
 pub mod lock;
+mod notifier;
 mod prep;
 pub(crate) mod record;
 #[allow(unsafe_code)]
@@ -26,16 +27,15 @@ pub use file::{Access, DioAlign, EngineFile, FileKind, FileStats};
 pub use record::WriteRecorder;
 
 use std::collections::VecDeque;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use crate::buffer::IoBuffers;
 use crate::error::Error;
 use crate::image::{Completion, EngineKind, ImageQueue, IoOp};
 
+use notifier::Notifier;
 use prep::{Prep, Prepared, Step};
 use uring::Ring;
 
@@ -72,7 +72,7 @@ pub struct Engine {
     ready: VecDeque<Completion>,
     ring: Option<Ring>,
     /// Shared with the engines of the same format queue (see [`Engine::new_sharing`]).
-    events: Arc<EventFd>,
+    events: Arc<Notifier>,
     /// Tests: flushes held back instead of started (see [`Engine::hold_flushes`]).
     #[cfg(test)]
     held: Option<Vec<Prepared>>,
@@ -95,9 +95,7 @@ impl Engine {
     /// An engine of `kind` holding at most `depth` outstanding ops.
     /// [`EngineKind::Auto`] falls back to Sync if the ring cannot be created.
     pub fn new(file: Arc<EngineFile>, kind: EngineKind, depth: u32) -> Result<Engine, Error> {
-        let events = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
-            .map_err(std::io::Error::from)?;
-        Engine::with_events(file, kind, depth, Arc::new(events))
+        Engine::with_events(file, kind, depth, Arc::new(Notifier::new()?))
     }
 
     /// An engine on another file whose completions signal `other`'s notifier, so that a
@@ -115,7 +113,7 @@ impl Engine {
         file: Arc<EngineFile>,
         kind: EngineKind,
         depth: u32,
-        events: Arc<EventFd>,
+        events: Arc<Notifier>,
     ) -> Result<Engine, Error> {
         if depth == 0 || depth > MAX_DEPTH {
             return Err(Error::InvalidArgument(format!(
@@ -125,12 +123,16 @@ impl Engine {
         let ring = match kind {
             EngineKind::Sync => None,
             EngineKind::IoUring => {
-                Some(Ring::new(depth, file.clone(), events.as_fd()).map_err(Error::IoUringUnavailable)?)
+                Some(Ring::new(depth, file.clone(), events.fd()).map_err(Error::IoUringUnavailable)?)
             }
-            EngineKind::Auto => Ring::new(depth, file.clone(), events.as_fd())
+            EngineKind::Auto => Ring::new(depth, file.clone(), events.fd())
                 .inspect_err(|e| tracing::debug!(error = %e, "no io_uring for this queue, running synchronously"))
                 .ok(),
         };
+        if ring.is_none() {
+            // The synchronous engine sleeps on the notifier itself (`wait_any`).
+            events.arm(|| false);
+        }
         let depth = depth as usize;
         Ok(Engine {
             file,
@@ -197,9 +199,7 @@ impl Engine {
     }
 
     fn signal(&self) {
-        if let Err(e) = self.events.write(1) {
-            tracing::error!(error = %e, "cannot signal the completion eventfd");
-        }
+        self.events.ring();
     }
 
     /// Submits a read or write of format metadata: like [`ImageQueue::submit`], but always
@@ -344,7 +344,7 @@ impl ImageQueue for Engine {
 
     fn reap(&mut self, out: &mut Vec<Completion>) -> usize {
         // Clear the eventfd before looking, so a completion arriving meanwhile re-arms it.
-        let _ = self.events.read();
+        self.events.clear();
         self.poll_ring();
         let n = self.ready.len();
         out.extend(self.ready.drain(..));
@@ -384,8 +384,13 @@ impl ImageQueue for Engine {
         }
     }
 
+    /// Arms the notifier (see [`notifier`]): a queue that only sleeps through `wait_any`
+    /// never asks for it and never pays for its system calls. Ops still in the kernel may
+    /// have posted their completions already, so they count as waiting (at worst one
+    /// spurious wake-up).
     fn notifier(&self) -> BorrowedFd<'_> {
-        self.events.as_fd()
+        self.events
+            .arm(|| !self.ready.is_empty() || self.ring.as_ref().is_some_and(|r| r.in_kernel() > 0))
     }
 
     fn in_flight(&self) -> usize {
@@ -399,7 +404,7 @@ impl ImageQueue for Engine {
     ) -> Result<Vec<bool>, Error> {
         if self.ring.is_none() {
             self.commit()?;
-            return crate::image::poll_any(self.events.as_fd(), fds, timeout);
+            return crate::image::poll_any(self.events.fd(), fds, timeout);
         }
         self.commit()?;
         if let Some(ring) = &mut self.ring {
