@@ -85,8 +85,10 @@ impl AdminClient {
         let mut stream = UnixStream::connect(socket).map_err(err)?;
         stream.set_read_timeout(Some(timeout)).map_err(err)?;
         stream.set_write_timeout(Some(timeout)).map_err(err)?;
-        wire::write_frame(&mut stream, &Request::Admin)
-            .map_err(|e| Error::Service(e.to_string()))?;
+        let first = Request::Admin {
+            protocol: wire::PROTOCOL,
+        };
+        wire::write_frame(&mut stream, &first).map_err(|e| Error::Service(e.to_string()))?;
         Ok(AdminClient { stream })
     }
 

@@ -98,7 +98,11 @@ impl SocketPort {
             data_path: PathBuf::new(),
             pipeline: Pipeline::default(),
         };
-        port.data_path = match port.call(&Request::Open { volume })? {
+        let open = Request::Open {
+            volume,
+            protocol: wire::PROTOCOL,
+        };
+        port.data_path = match port.call(&open).map_err(refused_open)? {
             Reply::Info { info } => VolumeInfo::from(info).data_path,
             other => return Err(port.unexpected(&other)),
         };
@@ -224,6 +228,18 @@ pub fn open_volume(socket: &Path, volume: u64, opts: VolumeOptions) -> Result<Th
 /// flag before the caller sees it (so a pause request that follows it is never lost). When
 /// the connection ends the port counts as failed, the pause flag is lowered and the data path
 /// woken: a volume waiting to pause goes on, and its calls fail.
+/// The error of an `open` the service did not answer: a service of a rustbk from before the
+/// protocol had a version closes the connection at a frame it does not know, without a word.
+fn refused_open(e: Error) -> Error {
+    match e {
+        Error::Service(why) => Error::Service(format!(
+            "{why} when asked to open the volume: if the pool service is an older rustbk, \
+             stop it so that one of this version serves the pool (they must be the same version)"
+        )),
+        other => other,
+    }
+}
+
 fn read_loop(
     mut stream: UnixStream,
     replies: &Sender<Reply>,

@@ -17,8 +17,13 @@ type Sender = Arc<Mutex<UnixStream>>;
 /// shuts it down. The first frame says what it is: a volume's port (`open`) or `admin`.
 pub(super) fn serve_connection(pool: &Pool, mut stream: UnixStream) {
     match wire::read_frame::<Request>(&mut stream) {
-        Ok(Some(Request::Open { volume })) => serve_volume(pool, volume, &mut stream),
-        Ok(Some(Request::Admin)) => super::admin::serve_admin(pool, &mut stream),
+        Ok(Some(Request::Open { protocol, .. } | Request::Admin { protocol }))
+            if wire::refusal(protocol).is_some() =>
+        {
+            refuse(&mut stream, protocol);
+        }
+        Ok(Some(Request::Open { volume, .. })) => serve_volume(pool, volume, &mut stream),
+        Ok(Some(Request::Admin { .. })) => super::admin::serve_admin(pool, &mut stream),
         Ok(None) => {}
         Ok(Some(other)) => {
             tracing::warn!(request = ?other, "a connection must start with open or admin");
@@ -26,6 +31,20 @@ pub(super) fn serve_connection(pool: &Pool, mut stream: UnixStream) {
         Err(e) => tracing::warn!(error = %e, "bad first frame; closing the connection"),
     }
     let _ = stream.shutdown(std::net::Shutdown::Both);
+}
+
+/// Answers the first frame of a client of another protocol version with the reason, before
+/// the connection is closed.
+fn refuse(stream: &mut UnixStream, protocol: u32) {
+    let Some(why) = wire::refusal(protocol) else {
+        return;
+    };
+    tracing::warn!(
+        protocol,
+        ours = wire::PROTOCOL,
+        "refused a client of another rustbk version"
+    );
+    let _ = wire::write_frame(stream, &failed(&why));
 }
 
 fn serve_volume(pool: &Pool, volume: u64, reader: &mut UnixStream) {
@@ -129,7 +148,7 @@ fn blocks(handout: Handout) -> Reply {
 /// Runs one request on the port.
 fn handle(port: &mut LocalPort, request: Request) -> crate::Result<Reply> {
     Ok(match request {
-        Request::Open { .. } | Request::Admin => {
+        Request::Open { .. } | Request::Admin { .. } => {
             return Err(Error::InvalidArgument("the volume is open already".into()));
         }
         Request::Info => Reply::Info {

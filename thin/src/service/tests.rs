@@ -214,7 +214,10 @@ fn hostile_frames_close_only_their_own_connection() {
     assert!(until_closed(&s.socket, &frame(&Request::Commit)).is_empty());
     // Provisioned blocks, then a map of a block never handed to this connection, then a
     // frame the service must not get to.
-    let mut bytes = frame(&Request::Open { volume: 2 });
+    let mut bytes = frame(&Request::Open {
+        volume: 2,
+        protocol: wire::PROTOCOL,
+    });
     bytes.extend(frame(&Request::Provision { count: 5 }));
     bytes.extend(frame(&Request::Map {
         mappings: vec![(0, 3)],
@@ -230,6 +233,59 @@ fn hostile_frames_close_only_their_own_connection() {
     verify_workload(&good, 12, 50);
     let mut q = queue(&good);
     child::check_units(q.as_mut(), 12, 50);
+}
+
+/// A frame with a raw JSON body, as a client of another rustbk version would send it.
+fn raw_frame(body: &str) -> Vec<u8> {
+    let mut bytes = u32::try_from(body.len()).unwrap().to_le_bytes().to_vec();
+    bytes.extend_from_slice(body.as_bytes());
+    bytes
+}
+
+#[test]
+fn clients_of_another_protocol_version_are_told_why_and_closed() {
+    let s = served(64, &[1], MIB);
+    let old_open = raw_frame(r#"{"op":"open","volume":1}"#);
+    let newer_admin = raw_frame(&format!(
+        r#"{{"op":"admin","protocol":{}}}"#,
+        wire::PROTOCOL + 1
+    ));
+    for (first, spoken) in [(old_open, 0), (newer_admin, wire::PROTOCOL + 1)] {
+        let mut bytes = first;
+        bytes.extend(frame(&Request::Info));
+        let got = replies(&until_closed(&s.socket, &bytes));
+        let [Reply::Failed { error }] = got.as_slice() else {
+            panic!("one refusal, then the end: {got:?}");
+        };
+        let why = Error::from(error.clone()).to_string();
+        let versions = format!("protocol {spoken} and this service {}", wire::PROTOCOL);
+        assert!(why.contains(&versions), "{why}");
+    }
+    // The volume was never opened: a client of this version opens it.
+    let mut port = SocketPort::connect(&s.socket, 1).unwrap();
+    port.commit().unwrap();
+}
+
+#[test]
+fn a_worker_told_nothing_by_an_older_service_says_to_upgrade_it() {
+    // A service from before the protocol had a version closes the connection at a first
+    // frame it cannot read (a field it does not know), without a reply.
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("old.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let old = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let first = wire::read_frame::<serde_json::Value>(&mut stream).unwrap();
+        drop(stream);
+        first
+    });
+    let e = SocketPort::connect(&socket, 1)
+        .err()
+        .expect("the open fails");
+    let first = old.join().unwrap().expect("a first frame");
+    assert_eq!(first["protocol"], wire::PROTOCOL, "{first}");
+    let why = e.to_string();
+    assert!(why.contains("older rustbk"), "{why}");
 }
 
 #[test]
@@ -425,7 +481,10 @@ fn a_worker_that_stops_reading_loses_its_connection_and_does_not_hold_up_a_snaps
     let s = served_with(64, &[1], MIB, opts);
     let mut stream = UnixStream::connect(&s.socket).unwrap();
     stream
-        .write_all(&frame(&Request::Open { volume: 1 }))
+        .write_all(&frame(&Request::Open {
+            volume: 1,
+            protocol: wire::PROTOCOL,
+        }))
         .unwrap();
     let opened = wire::read_frame::<Reply>(&mut stream).unwrap();
     assert!(matches!(opened, Some(Reply::Info { .. })), "{opened:?}");

@@ -20,14 +20,27 @@ pub(crate) const MAX_LOOKUP: u64 = 4096;
 /// Most entries of one `map` or `release` frame (the client splits larger batches).
 pub(crate) const MAX_BATCH: usize = 4096;
 
+/// The version of this protocol. The first frame of a connection (`open` or `admin`) carries
+/// it, and the service answers any other version with an error and closes the connection:
+/// the service and its workers must be the same rustbk. Raise it with every change to a
+/// frame. Frames from before it existed carry none, which reads as 0.
+pub(crate) const PROTOCOL: u32 = 2;
+
 /// What a worker asks. The first frame of a connection is `Open`, and only the first.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub(crate) enum Request {
     Open {
         volume: u64,
+        /// [`PROTOCOL`] of the worker.
+        #[serde(default)]
+        protocol: u32,
     },
-    Admin,
+    Admin {
+        /// [`PROTOCOL`] of the admin client.
+        #[serde(default)]
+        protocol: u32,
+    },
     Info,
     Lookup {
         start: u64,
@@ -206,6 +219,17 @@ impl From<WireError> for Error {
             WireError::Other(why) => Error::Service(why),
         }
     }
+}
+
+/// Why a connection speaking `protocol` is refused, if it is.
+pub(crate) fn refusal(protocol: u32) -> Option<Error> {
+    (protocol != PROTOCOL).then(|| {
+        Error::InvalidArgument(format!(
+            "the client speaks pool service protocol {protocol} and this service {PROTOCOL}: \
+             the pool service and the workers and tools using it must be the same rustbk \
+             version (stop the service, or let it exit when idle, to upgrade it)"
+        ))
+    })
 }
 
 /// Mappings from the wire.
