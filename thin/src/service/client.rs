@@ -223,11 +223,6 @@ pub fn open_volume(socket: &Path, volume: u64, opts: VolumeOptions) -> Result<Th
     Ok(vol)
 }
 
-/// The reader thread: replies go to the caller (in order, one outstanding at a time), a pause
-/// or give-back request raises its flag and wakes the data path, `Resumed` lowers the pause
-/// flag before the caller sees it (so a pause request that follows it is never lost). When
-/// the connection ends the port counts as failed, the pause flag is lowered and the data path
-/// woken: a volume waiting to pause goes on, and its calls fail.
 /// The error of an `open` the service did not answer: a service of a rustbk from before the
 /// protocol had a version closes the connection at a frame it does not know, without a word.
 fn refused_open(e: Error) -> Error {
@@ -240,6 +235,11 @@ fn refused_open(e: Error) -> Error {
     }
 }
 
+/// The reader thread: replies go to the caller (in order, one outstanding at a time), a pause
+/// or give-back request raises its flag and wakes the data path, `Resumed` lowers the pause
+/// flag before the caller sees it (so a pause request that follows it is never lost). When
+/// the connection ends the port counts as failed, the pause flag is lowered and the data path
+/// woken: a volume waiting to pause goes on, and its calls fail.
 fn read_loop(
     mut stream: UnixStream,
     replies: &Sender<Reply>,
