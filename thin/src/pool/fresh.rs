@@ -31,9 +31,9 @@ use crate::pdata::refs::RefCounts;
 /// around partial writes as recycled ones are.
 const WINDOW: u64 = 65536;
 /// The window doubles on every store that follows the last one within [`FAST`] (and is
-/// [`WINDOW`] again after a slower one), up to this
-/// (64 GiB of 64 KiB blocks): random first writes use up a 64 KiB block per 4 KiB write, tens
-/// of thousands a second, and stored the mark every half second with the first window.
+/// [`WINDOW`] again after a slower one), up to this (64 GiB of 64 KiB blocks): random first
+/// writes use up a 64 KiB block per 4 KiB write, tens of thousands a second, and a fixed
+/// window of 16384 blocks stored the mark about twice a second.
 const MAX_WINDOW: u64 = 1 << 20;
 /// Stores closer together than this make the next window larger.
 const FAST: Duration = Duration::from_secs(10);
