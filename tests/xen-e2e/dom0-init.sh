@@ -76,7 +76,7 @@ start_rustbk() {
   sed -i "s/^# *max_queues = .*/max_queues = $GUEST_VCPUS/" $CONF
   grep -q "^max_queues = $GUEST_VCPUS\$" $CONF || fail "cannot set max_queues in $CONF"
   grep -q '^RuntimeDirectory=rustbk$' $UNIT && mkdir -p -m 0755 /run/rustbk
-  RUST_LOG=$RUSTBK_LOG $exec_start > /var/log/rustbk.log 2>&1 &
+  RUST_LOG=$RUSTBK_LOG $exec_start >> /var/log/rustbk.log 2>&1 &
   RUSTBK_PID=$!
   sleep 2
   kill -0 $RUSTBK_PID 2>/dev/null && pass "rustbk daemon running as the package's unit starts it: $exec_start (pid $RUSTBK_PID)" \
@@ -402,6 +402,54 @@ phase_fio_rustbk() {
   rm -f /data/fio-rustbk.img
 }
 
+# The daemon started anew with `fixed_buffers = true` in the packaged configuration, as an
+# administrator switches it on: the daemon is stopped, then g1's worker (`rustbk ctl stop`; the
+# guest's rings stay connected), and the new daemon starts a worker with the new setting, which
+# picks up g1's disks where the old one left them.
+restart_with_fixed_buffers() {
+  local domid=$1 i=0
+  kill $RUSTBK_PID 2>/dev/null
+  while kill -0 $RUSTBK_PID 2>/dev/null && [ $i -lt 10 ]; do sleep 1; i=$((i+1)); done
+  rustbk ctl stop --domid $domid > /tmp/ctl-stop.out 2>&1 \
+    && pass "rustbk ctl stop: g1's worker stopped, its rings left connected" \
+    || { fail "rustbk ctl stop --domid $domid"; cat /tmp/ctl-stop.out; }
+  sed -i 's/^# *fixed_buffers = .*/fixed_buffers = true/' $CONF
+  grep -q '^fixed_buffers = true$' $CONF || { fail "cannot set fixed_buffers in $CONF"; return 1; }
+  start_rustbk
+  i=0
+  until rustbk ctl list 2>/dev/null | grep -q " domid=$domid " || [ $i -ge 30 ]; do sleep 1; i=$((i+1)); done
+  rustbk ctl list 2>/dev/null | grep -q " domid=$domid " \
+    && pass "a new worker serves g1 after the restart ($(rustbk ctl list 2>/dev/null | grep -c " domid=$domid ") disks)" \
+    || { fail "no worker serves g1 30 s after the daemon restarted"; return 1; }
+}
+
+# fio once more on a hot-plugged rustbk disk, with persistently mapped grants registered as
+# io_uring fixed buffers. Whether dom0's kernel let the worker register gntdev-mapped pages is
+# read from the device's counters and the worker's log; the guest's data is checked afterwards
+# by the same image checks as before (phase_shutdown_check).
+phase_fio_fixed() {
+  local domid used refused
+  domid=$(xl domid g1)
+  restart_with_fixed_buffers $domid || return 1
+  make_image /data/fio-rustbk.img $FIO_SIZE_MB RUSTBK-E2E-FIO-rustbk-fixed
+  guest_mark
+  timeout 90 xl block-attach g1 "$(rustbk_disk xvdc /data/fio-rustbk.img)" > /tmp/attach.out 2>&1 \
+    || { fail "block-attach of the rustbk fio disk (fixed buffers)"; cat /tmp/attach.out; return 1; }
+  wait_guest "G-FIO rustbk-fixed" $((FIO_RUNTIME * 2 + 300)) || fail "no fio result for rustbk with fixed buffers"
+  report_fio rustbk-fixed
+  fio_features rustbk-fixed $domid 51744 /local/domain/0/backend/vbd/$domid/51744 \
+    $(odirect_of /data/fio-rustbk.img)
+  used=$(rustbk ctl stats --domid $domid --devid 51744 2>/dev/null | sed -n 's/.* \([0-9]*\) on fixed buffers$/\1/p')
+  refused=$(grep -c 'refused a kept page as an io_uring fixed buffer' /var/log/rustbk.log)
+  info "fixed buffers under Xen: $(number "$used") requests on fixed buffers;" \
+    "$(grep -c 'registered as io_uring fixed buffers' /var/log/rustbk.log) rings set up a table," \
+    "$refused refused by the kernel"
+  grep -m1 'cannot set up io_uring fixed buffers' /var/log/rustbk.log | sed 's/^/E2E-INFO: /'
+  grep -m1 'refused a kept page' /var/log/rustbk.log | sed 's/^/E2E-INFO: /'
+  timeout 90 xl block-detach g1 xvdc > /dev/null 2>&1 || fail "block-detach of the rustbk fio disk (fixed buffers)"
+  rm -f /data/fio-rustbk.img
+}
+
 phase_shutdown_check() {
   timeout 120 xl shutdown -w g1 > /tmp/shutdown.out 2>&1 && pass "xl shutdown g1" \
     || { fail "xl shutdown g1"; cat /tmp/shutdown.out; xl destroy g1; }
@@ -467,6 +515,7 @@ phases_rustbk() {
     phase_sector4k
     phase_reboot
     phase_fio_rustbk
+    phase_fio_fixed
   fi
   xl domid g1 >/dev/null 2>&1 && phase_shutdown_check
 }

@@ -38,7 +38,9 @@ impl RingWorker<'_> {
         }
     }
 
-    /// Registers the freshly kept page of `gref` at `slot`; on failure it stays kept without.
+    /// Registers the freshly kept page of `gref` at `slot`. If the kernel refuses, the page
+    /// stays kept without, and the ring stops registering pages (said once, at warn: an
+    /// administrator asked for fixed buffers and this ring serves without them).
     pub(super) fn register_page(
         &mut self,
         cache: &mut GrantCache,
@@ -63,8 +65,14 @@ impl RingWorker<'_> {
             Ok(true) => {}
             Ok(false) => cache.not_registered(gref),
             Err(e) => {
-                tracing::debug!(error = %e, slot, "cannot register a kept page");
-                cache.not_registered(gref);
+                if cache.refuse_fixed(gref) {
+                    tracing::warn!(
+                        error = %e,
+                        slot,
+                        "the kernel refused a kept page as an io_uring fixed buffer: this ring \
+                         registers no more pages"
+                    );
+                }
             }
         }
     }

@@ -97,6 +97,8 @@ pub(super) struct GrantCache {
     /// Slots of grants that left the cache: the caller unregisters them, then gives them back
     /// with [`GrantCache::slot_freed`].
     released: Vec<u32>,
+    /// The kernel refused to register a kept page: no grant gets a slot any more.
+    fixed_refused: bool,
 }
 
 impl GrantCache {
@@ -115,6 +117,7 @@ impl GrantCache {
             scratch: Vec::new(),
             free_slots: Vec::new(),
             released: Vec::new(),
+            fixed_refused: false,
         }
     }
 
@@ -131,14 +134,28 @@ impl GrantCache {
 
     /// `slot` is free again (unregistered, or its registration failed).
     pub fn slot_freed(&mut self, slot: u32) {
-        self.free_slots.push(slot);
+        if !self.fixed_refused {
+            self.free_slots.push(slot);
+        }
     }
 
     /// The fresh grant `gref` could not be registered at its slot: it stays kept, unregistered.
     pub fn not_registered(&mut self, gref: GrantRef) {
         if let Some(slot) = self.entries.get_mut(&gref).and_then(|e| e.slot.take()) {
-            self.free_slots.push(slot);
+            self.slot_freed(slot);
         }
+    }
+
+    /// The kernel refused to register the fresh grant `gref`'s page: it stays kept,
+    /// unregistered, and no grant gets a slot from now on (a kernel that refuses one mapped
+    /// grant refuses them all, one failed system call per new grant). Pages registered before
+    /// keep their slots until they leave the cache. True the first time.
+    pub fn refuse_fixed(&mut self, gref: GrantRef) -> bool {
+        let first = !self.fixed_refused;
+        self.fixed_refused = true;
+        self.free_slots.clear();
+        self.not_registered(gref);
+        first
     }
 
     fn forget(released: &mut Vec<u32>, entry: &Entry) {

@@ -312,3 +312,41 @@ fn fixed_buffer_slots_go_to_new_grants_and_come_back_only_when_freed() {
     assert_eq!(released, [0]);
     drop(registered);
 }
+
+#[test]
+fn a_refused_registration_stops_handing_out_slots_and_the_registered_keep_theirs() {
+    let f = Fixture::new(4);
+    let t = Instant::now();
+    let mut c = cache(4, None, t);
+    c.enable_fixed(4);
+    let first = c.lookup(&*f.guest, f.grefs[0], t).unwrap();
+    let second = c.lookup(&*f.guest, f.grefs[1], t).unwrap();
+    assert_eq!((first.slot, second.slot), (Some(0), Some(1)));
+    assert!(c.refuse_fixed(f.grefs[1]), "the first refusal is reported");
+    assert!(!c.refuse_fixed(f.grefs[1]), "and only the first");
+    let third = c.lookup(&*f.guest, f.grefs[2], t).unwrap();
+    assert_eq!(
+        (third.fresh, third.slot),
+        (true, None),
+        "no slot after a refusal"
+    );
+    let again = c.lookup(&*f.guest, f.grefs[1], t).unwrap();
+    assert_eq!(
+        again.slot, None,
+        "the refused grant stays kept, without a slot"
+    );
+    let again = c.lookup(&*f.guest, f.grefs[0], t).unwrap();
+    assert_eq!(
+        again.slot,
+        Some(0),
+        "the one registered before keeps its slot"
+    );
+    // Its slot, freed later, is not handed out again.
+    drop((first, second, third, again));
+    c.clear(&Stats::default());
+    for slot in c.take_released().unwrap() {
+        c.slot_freed(slot);
+    }
+    let fourth = c.lookup(&*f.guest, f.grefs[3], t).unwrap();
+    assert_eq!(fourth.slot, None);
+}

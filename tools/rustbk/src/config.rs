@@ -85,6 +85,10 @@ pub struct Disks {
     pub poll_shared_cores: Option<bool>,
     /// `--no-thin-service` when false.
     pub thin_service: Option<bool>,
+    /// `--data-path`: `map` or `copy`.
+    pub data_path: Option<String>,
+    /// `--fixed-buffers on|off`.
+    pub fixed_buffers: Option<bool>,
     /// `--qos`: the I/O limits of disks without `qos/` keys (`iops-total=500,...`).
     pub qos: Option<String>,
 }
@@ -130,6 +134,9 @@ impl Config {
         );
         many("--poll-us", num(d.poll_us));
         many("--qos", one(d.qos.clone()));
+        many("--data-path", one(d.data_path.clone()));
+        let on_off = |v: Option<bool>| one(v.map(|b| crate::cli::on_off(b).to_owned()));
+        many("--fixed-buffers", on_off(d.fixed_buffers));
         if d.persistent_grants == Some(false) {
             out.push("--no-persistent".into());
         }
@@ -190,14 +197,15 @@ mod tests {
         let c: Config = toml::from_str(
             "[claim]\nkinds = [\"vbd3\"]\nscripts = [\"a\", \"b\"]\n[paths]\nimage_dirs = [\"/srv/img\"]\n\
              [disks]\ncache = \"writeback\"\nmax_queues = 2\npersistent_grants = false\n\
-             qos = \"iops-total=500\"\n",
+             qos = \"iops-total=500\"\ndata_path = \"copy\"\nfixed_buffers = true\n",
         )
         .unwrap();
         let args = c.to_args().join(" ");
         assert_eq!(
             args,
             "--kind vbd3 --claim-script a --claim-script b --image-dir /srv/img --cache writeback \
-             --max-queues 2 --qos iops-total=500 --no-persistent"
+             --max-queues 2 --qos iops-total=500 --data-path copy --fixed-buffers on \
+             --no-persistent"
         );
         let err = toml::from_str::<Config>("[disks]\ncahce = \"none\"\n").unwrap_err();
         assert!(err.to_string().contains("cahce"), "{err}");

@@ -343,6 +343,10 @@ fn print_stats(devices: &[DeviceReport], output: OutputArg) -> anyhow::Result<Ex
             "  persistent       {} kept, {} hits, {} misses",
             s.persistent_cached, s.persistent_hits, s.persistent_misses
         );
+        println!(
+            "  data path        {} grant-copied, {} on fixed buffers",
+            s.grant_copy_requests, s.fixed_buffer_requests
+        );
         if s.responses > 0 {
             let mean = s.latency_us_sum as f64 / s.responses as f64;
             println!("  latency          mean {mean:.1} us");
