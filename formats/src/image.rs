@@ -156,7 +156,8 @@ pub trait ImageQueue: Send {
     /// Registers the one segment of `bufs` as fixed buffer `slot`; the queue keeps `bufs`
     /// alive until [`ImageQueue::unregister_fixed`] (or until it is dropped). I/O whose buffers
     /// name that slot ([`IoBuffers::fixed_slot`]) and lie inside it then uses it. False (and
-    /// `bufs` dropped) when not registered: no table, a slot outside it, or the kernel refused.
+    /// `bufs` dropped) when there is no table or `slot` is outside it; the kernel's refusal to
+    /// pin the memory is the error.
     fn register_fixed(&mut self, slot: u32, bufs: Box<dyn IoBuffers>) -> Result<bool, Error> {
         let _ = (slot, bufs);
         Ok(false)

@@ -351,10 +351,12 @@ impl RingWorker<'_> {
         for s in segments {
             match cache.lookup(&*self.guest, s.gref, self.now) {
                 Some(c) => {
-                    self.slot_scratch = c.slot;
-                    if let (true, Some(slot)) = (c.fresh, c.slot) {
-                        self.register_page(&mut cache, s.gref, slot, &c.mapping);
-                    }
+                    self.slot_scratch = match (c.fresh, c.slot) {
+                        (true, Some(slot)) => self
+                            .register_page(&mut cache, s.gref, slot, &c.mapping)
+                            .then_some(slot),
+                        (_, slot) => slot,
+                    };
                     self.page_scratch.push(c.mapping);
                 }
                 None => {

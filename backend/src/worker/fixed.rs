@@ -38,16 +38,16 @@ impl RingWorker<'_> {
         }
     }
 
-    /// Registers the freshly kept page of `gref` at `slot`. If the kernel refuses, the page
-    /// stays kept without, and the ring stops registering pages (said once, at warn: an
-    /// administrator asked for fixed buffers and this ring serves without them).
+    /// Registers the freshly kept page of `gref` at `slot`; true if it is registered. If the
+    /// kernel refuses, the page stays kept without, and the ring stops registering pages (said
+    /// once, at warn: an administrator asked for fixed buffers and this ring serves without).
     pub(super) fn register_page(
         &mut self,
         cache: &mut GrantCache,
         gref: GrantRef,
         slot: u32,
         mapping: &Arc<GrantMapping>,
-    ) {
+    ) -> bool {
         let whole = PageSpan {
             page: 0,
             offset: 0,
@@ -62,7 +62,7 @@ impl RingWorker<'_> {
                         .map_err(|e| e.to_string())
                 });
         match registered {
-            Ok(true) => {}
+            Ok(true) => return true,
             Ok(false) => cache.not_registered(gref),
             Err(e) => {
                 if cache.refuse_fixed(gref) {
@@ -75,6 +75,7 @@ impl RingWorker<'_> {
                 }
             }
         }
+        false
     }
 
     /// Unregisters the pages that left the cache; each slot is free again afterwards. A slot

@@ -431,7 +431,7 @@ impl ImageQueue for Engine {
 
     fn register_fixed(&mut self, slot: u32, bufs: Box<dyn IoBuffers>) -> Result<bool, Error> {
         match &mut self.ring {
-            Some(ring) => Ok(ring.register_fixed(slot, bufs)),
+            Some(ring) => Ok(ring.register_fixed(slot, bufs)?),
             None => Ok(false),
         }
     }

@@ -294,17 +294,22 @@ impl Ring {
         }
     }
 
-    /// Registers the single segment of `bufs` at `slot` (replacing what was there); false,
-    /// dropping `bufs`, if it cannot be.
-    pub(crate) fn register_fixed(&mut self, slot: u32, bufs: Box<dyn IoBuffers>) -> bool {
+    /// Registers the single segment of `bufs` at `slot` (replacing what was there). False,
+    /// dropping `bufs`, if `slot` is past the table or `bufs` is not one segment; the kernel's
+    /// refusal (memory it will not pin) is the error.
+    pub(crate) fn register_fixed(
+        &mut self,
+        slot: u32,
+        bufs: Box<dyn IoBuffers>,
+    ) -> io::Result<bool> {
         let Some(place) = usize::try_from(slot)
             .ok()
             .filter(|s| *s < self.fixed_bufs.len())
         else {
-            return false;
+            return Ok(false);
         };
         let [one] = *bufs.iovecs() else {
-            return false;
+            return Ok(false);
         };
         let iov = [libc::iovec {
             iov_base: one.base.cast(),
@@ -320,20 +325,13 @@ impl Ring {
                 .submitter()
                 .register_buffers_update(slot, &iov, None)
         };
-        match done {
-            Ok(_) => {
-                self.fixed_bufs[place] = Some(FixedBuf {
-                    _owner: bufs,
-                    base: one.base as usize,
-                    len: one.len,
-                });
-                true
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, slot, "cannot register a fixed buffer");
-                false
-            }
-        }
+        done?;
+        self.fixed_bufs[place] = Some(FixedBuf {
+            _owner: bufs,
+            base: one.base as usize,
+            len: one.len,
+        });
+        Ok(true)
     }
 
     /// Empties `slot` in the kernel's table, then drops what was registered there. A failed
