@@ -402,16 +402,17 @@ phase_fio_rustbk() {
   rm -f /data/fio-rustbk.img
 }
 
-# The daemon started anew with `fixed_buffers = true` in the packaged configuration, as an
-# administrator switches it on: the daemon is stopped, then g1's worker (`rustbk ctl stop`; the
-# guest's rings stay connected), and the new daemon starts a worker with the new setting, which
-# picks up g1's disks where the old one left them.
+# restart_with_fixed_buffers DOMID: the daemon started anew with `fixed_buffers = true` in the
+# packaged configuration, as an administrator switches it on: the daemon is stopped, then the
+# guest's worker (`rustbk ctl stop`; the guest's rings stay connected), and the new daemon
+# starts a worker with the new setting, which picks up the guest's disks where the old one
+# left them.
 restart_with_fixed_buffers() {
   local domid=$1 i=0
   kill $RUSTBK_PID 2>/dev/null
   while kill -0 $RUSTBK_PID 2>/dev/null && [ $i -lt 10 ]; do sleep 1; i=$((i+1)); done
   rustbk ctl stop --domid $domid > /tmp/ctl-stop.out 2>&1 \
-    && pass "rustbk ctl stop: g1's worker stopped, its rings left connected" \
+    && pass "rustbk ctl stop: domain $domid's worker stopped, its rings left connected" \
     || { fail "rustbk ctl stop --domid $domid"; cat /tmp/ctl-stop.out; }
   sed -i 's/^# *fixed_buffers = .*/fixed_buffers = true/' $CONF
   grep -q '^fixed_buffers = true$' $CONF || { fail "cannot set fixed_buffers in $CONF"; return 1; }
@@ -419,16 +420,27 @@ restart_with_fixed_buffers() {
   i=0
   until rustbk ctl list 2>/dev/null | grep -q " domid=$domid " || [ $i -ge 30 ]; do sleep 1; i=$((i+1)); done
   rustbk ctl list 2>/dev/null | grep -q " domid=$domid " \
-    && pass "a new worker serves g1 after the restart ($(rustbk ctl list 2>/dev/null | grep -c " domid=$domid ") disks)" \
-    || { fail "no worker serves g1 30 s after the daemon restarted"; return 1; }
+    && pass "a new worker serves domain $domid after the restart ($(rustbk ctl list 2>/dev/null | grep -c " domid=$domid ") disks)" \
+    || { fail "no worker serves domain $domid 30 s after the daemon restarted"; return 1; }
+}
+
+# report_fixed DOMID DEVID: how many of the disk's requests used fixed buffers, how many rings
+# set up a table and how many the kernel refused pages to (with the first refusal's reason).
+report_fixed() {
+  local used
+  used=$(rustbk ctl stats --domid $1 --devid $2 2>/dev/null | sed -n 's/.* \([0-9]*\) on fixed buffers$/\1/p')
+  info "fixed buffers on $(uname -r): $(number "$used") requests of disk $2 on fixed buffers;" \
+    "$(grep -c 'registered as io_uring fixed buffers' /var/log/rustbk.log) rings set up a table," \
+    "$(grep -c 'refused a kept page as an io_uring fixed buffer' /var/log/rustbk.log) refused by the kernel"
+  grep -m1 -E 'refused a kept page|cannot set up io_uring fixed buffers' /var/log/rustbk.log | sed 's/^/E2E-INFO: /'
 }
 
 # fio once more on a hot-plugged rustbk disk, with persistently mapped grants registered as
-# io_uring fixed buffers. Whether dom0's kernel let the worker register gntdev-mapped pages is
-# read from the device's counters and the worker's log; the guest's data is checked afterwards
-# by the same image checks as before (phase_shutdown_check).
+# io_uring fixed buffers where dom0's kernel lets the worker pin gntdev-mapped pages (Linux 6.1
+# refuses; the worker then serves without them). The guest's data on the other disks is checked
+# afterwards by the same image checks as before (phase_shutdown_check).
 phase_fio_fixed() {
-  local domid used refused
+  local domid
   domid=$(xl domid g1)
   restart_with_fixed_buffers $domid || return 1
   make_image /data/fio-rustbk.img $FIO_SIZE_MB RUSTBK-E2E-FIO-rustbk-fixed
@@ -439,13 +451,7 @@ phase_fio_fixed() {
   report_fio rustbk-fixed
   fio_features rustbk-fixed $domid 51744 /local/domain/0/backend/vbd/$domid/51744 \
     $(odirect_of /data/fio-rustbk.img)
-  used=$(rustbk ctl stats --domid $domid --devid 51744 2>/dev/null | sed -n 's/.* \([0-9]*\) on fixed buffers$/\1/p')
-  refused=$(grep -c 'refused a kept page as an io_uring fixed buffer' /var/log/rustbk.log)
-  info "fixed buffers under Xen: $(number "$used") requests on fixed buffers;" \
-    "$(grep -c 'registered as io_uring fixed buffers' /var/log/rustbk.log) rings set up a table," \
-    "$refused refused by the kernel"
-  grep -m1 'cannot set up io_uring fixed buffers' /var/log/rustbk.log | sed 's/^/E2E-INFO: /'
-  grep -m1 'refused a kept page' /var/log/rustbk.log | sed 's/^/E2E-INFO: /'
+  report_fixed $domid 51744
   timeout 90 xl block-detach g1 xvdc > /dev/null 2>&1 || fail "block-detach of the rustbk fio disk (fixed buffers)"
   rm -f /data/fio-rustbk.img
 }

@@ -140,6 +140,24 @@ phase_tap_no_script() {
   return 0
 }
 
+# The daemon restarted with fixed buffers (restart_with_fixed_buffers), then one more raw tap
+# disk: the guest's marker and 1 MiB written and read back, found in the image after the
+# detach; whether Linux 6.12 let the worker register the gntdev-mapped pages is reported.
+phase_tap_fixed() {
+  local domid=$(xl domid g3)
+  restart_with_fixed_buffers $domid || return 1
+  make_image /data/tap-fixed.img 16 RUSTBK-E2E-HOT
+  guest_mark
+  timeout 90 xl block-attach g3 "$(tap_disk xvdf /data/tap-fixed.img)" > /tmp/attach.out 2>&1 \
+    || { fail "xl block-attach of a tap disk after the restart"; cat /tmp/attach.out; return 1; }
+  wait_guest "G-EVENT hot-written xvdf" 120 && pass "the guest wrote and read back a tap disk served with fixed buffers on" \
+    || { fail "the guest did not use the tap disk attached after the restart"; return 1; }
+  report_fixed $domid 51792
+  timeout 90 xl block-detach g3 xvdf > /dev/null 2>&1 || fail "xl block-detach of the tap disk attached after the restart"
+  check_hot_image /data/tap-fixed.img "$(guest_md5 'hot-written xvdf')"
+  rm -f /data/tap-fixed.img
+}
+
 # xl shutdown; the vbd3 nodes go, and the images hold what the guest wrote.
 phase_tap_shutdown() {
   local i=0
@@ -164,6 +182,7 @@ phases_tap420() {
     bad_attach xvdd 51760 "$(tap_disk xvdd /data/missing.img)" "Cannot open /data/missing.img" \
       "a tap disk whose image is missing"
     phase_tap_no_script
+    phase_tap_fixed
   fi
   xl domid g3 >/dev/null 2>&1 && phase_tap_shutdown
   stop_rustbk

@@ -11,6 +11,7 @@ use rustbk_ring::PAGE_SIZE;
 
 use super::persistent::GrantCache;
 use super::ring_loop::RingWorker;
+use crate::xenbus::error_chain;
 
 /// Most slots a ring's table has (the kernel's limit is 16384).
 const MAX_SLOTS: usize = 16384;
@@ -55,11 +56,11 @@ impl RingWorker<'_> {
         };
         let registered =
             GuestBuf::from_parts(std::iter::once((mapping, whole)), Direction::ToGuest)
-                .map_err(|e| e.to_string())
+                .map_err(|e| error_chain(&e))
                 .and_then(|buf| {
                     self.queue
                         .register_fixed(slot, Box::new(buf))
-                        .map_err(|e| e.to_string())
+                        .map_err(|e| error_chain(&e))
                 });
         match registered {
             Ok(true) => return true,
