@@ -138,6 +138,23 @@ hot_disk() {
   event "hot-written $n md5=$sum"
 }
 
+# RUSTBK-E2E-VERIFY: fio writes every 4 KiB block of the first 64 MiB once, in random order,
+# each with a crc32c and its offset, at queue depth 16, then reads each back and checks it;
+# the first bad block fails the run. One-page requests: the fixed-buffer path, when dom0 has it.
+verify_disk() {
+  local n=$1 out
+  out=$(fio --name=verify --filename=/dev/$n --rw=randwrite --bs=4k --size=64M --iodepth=16 \
+      --direct=1 --ioengine=libaio --verify=crc32c --do_verify=1 --verify_fatal=1 \
+      --clocksource=clock_gettime --output-format=terse --terse-version=3 2>/tmp/verify.err)
+  if [ $? -eq 0 ] && [ -n "$out" ]; then
+    gpass "fio wrote 64 MiB of 4 KiB blocks to $n and read every one back intact (crc32c)"
+  else
+    gfail "fio's write-and-verify on $n failed"
+    sed "s/^/G-EVENT fio-stderr $n verify: /" /tmp/verify.err | head -n 20
+  fi
+  event "verified $n"
+}
+
 # Online resize: dom0 grows the image under the running guest; blkfront must set the new capacity
 # (/sys/block/$1/size) without a reboot, and the new sectors must take data.
 grow_disk() {
@@ -215,6 +232,7 @@ new_disk() {
     RUSTBK-E2E-HOT*) hot_disk $n "$magic" ;;
     RUSTBK-E2E-GROW*) grow_disk $n ;;
     RUSTBK-E2E-FIO-*) fio_disk $n "${magic#RUSTBK-E2E-FIO-}" ;;
+    RUSTBK-E2E-VERIFY*) verify_disk $n ;;
     *)
       if mount -t ext4 -o ro /dev/$n /mnt 2>/dev/null && [ -f /mnt/SUMS ]; then
         umount /mnt; data_after_reboot $n

@@ -118,11 +118,13 @@ ld_check() {
 }
 
 # The guest: busybox and domU-init.sh (its RUSTBK-E2E-HOT disks: a marker, 1 MiB written and
-# read back after dropping the page cache) on trixie's kernel.
+# read back after dropping the page cache) on trixie's kernel, and bookworm's fio with its
+# libraries (copy_bin, as in the 4.17 guest) for the RUSTBK-E2E-VERIFY disk.
 build_tap420_guest_ir() {
   local ir=$W/domU420-ir
   rm -rf "$ir" && mkdir -p "$ir"/{bin,sbin,proc,sys,dev,mnt,tmp,lib}
   cp "$R420/usr/bin/busybox" "$ir/bin/" && cp "$SRC/domU-init.sh" "$ir/init" && chmod +x "$ir/init"
+  copy_bin "$ir" /usr/bin/fio
   copy_mods420 "$ir" xen-blkfront ext4 crc32c_generic
   (cd "$ir" && find . | cpio -o -H newc 2>/dev/null | gzip -1 > "$W/domU420.cpio.gz") || die "guest initramfs (tap420)"
 }
