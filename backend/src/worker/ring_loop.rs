@@ -19,6 +19,16 @@ use super::slots::Slots;
 use super::{RingResources, WorkerConfig, WorkerExit};
 use crate::Stats;
 
+/// Requests taken off the ring go to the kernel this many at a time (one `io_uring_enter`).
+/// Each enter of three or more is plugged in the block layer, so the disk is told once for
+/// the group (on a virtual disk, one exit to the hypervisor instead of four). Groups stay
+/// small so the disk keeps working while the rest of a guest's batch is taken: one enter
+/// for the whole ring's worth reached the disk as one burst and left it idle while the
+/// burst's completions made their round trip. Measured on the development VM, alternating
+/// runs of `rustbk bench` at queue depth 32: reads 0.82 and writes 0.85 of fio (medians of
+/// five) with one request per enter, 0.94 and 0.94 with four, 0.84-0.92 with eight.
+const SUBMIT_GROUP: u64 = 4;
+
 /// How many bad requests per ring are logged at warn level before going quiet.
 const WARN_BUDGET: u32 = 16;
 
@@ -240,10 +250,11 @@ impl RingWorker<'_> {
             };
             pulled += 1;
             self.handle(decoded);
-            // Each request goes to the kernel as soon as it is taken, as Linux blkback
-            // submits: a whole ring's worth in one enter reaches the disk as one burst, and
-            // the disk then idles while the burst's completions make their round trip.
-            self.commit()?;
+            // Requests go to the kernel in small groups as they are taken (the rest right
+            // after the loop, when the ring is empty): see [`SUBMIT_GROUP`].
+            if pulled % SUBMIT_GROUP == 0 {
+                self.commit()?;
+            }
         }
         if pulled > 0 {
             Stats::add(&self.stats.requests, pulled);
