@@ -424,12 +424,15 @@ restart_with_fixed_buffers() {
     || { fail "no worker serves domain $domid 30 s after the daemon restarted"; return 1; }
 }
 
+# fixed_requests DOMID DEVID: the disk's requests issued on fixed buffers (`rustbk ctl stats`).
+fixed_requests() {
+  number "$(rustbk ctl stats --domid $1 --devid $2 2>/dev/null | sed -n 's/.* \([0-9]*\) on fixed buffers$/\1/p')"
+}
+
 # report_fixed DOMID DEVID: how many of the disk's requests used fixed buffers, how many rings
 # set up a table and how many the kernel refused pages to (with the first refusal's reason).
 report_fixed() {
-  local used
-  used=$(rustbk ctl stats --domid $1 --devid $2 2>/dev/null | sed -n 's/.* \([0-9]*\) on fixed buffers$/\1/p')
-  info "fixed buffers on $(uname -r): $(number "$used") requests of disk $2 on fixed buffers;" \
+  info "fixed buffers on $(uname -r): $(fixed_requests $1 $2) requests of disk $2 on fixed buffers;" \
     "$(grep -c 'registered as io_uring fixed buffers' /var/log/rustbk.log) rings set up a table," \
     "$(grep -c 'refused a kept page as an io_uring fixed buffer' /var/log/rustbk.log) refused by the kernel"
   grep -m1 -E 'refused a kept page|cannot set up io_uring fixed buffers' /var/log/rustbk.log | sed 's/^/E2E-INFO: /'

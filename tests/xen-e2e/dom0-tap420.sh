@@ -153,9 +153,9 @@ phase_tap_fixed() {
     || { fail "xl block-attach of a tap disk after the restart"; cat /tmp/attach.out; return 1; }
   wait_guest "G-EVENT verified xvdf" 600 || fail "the guest did not verify the tap disk attached after the restart"
   report_fixed $domid 51792
-  used=$(rustbk ctl stats --domid $domid --devid 51792 2>/dev/null | sed -n 's/.* \([0-9]*\) on fixed buffers$/\1/p')
-  [ "$(number "$used")" -gt 1000 ] && pass "$used of the verified disk's requests went through fixed buffers" \
-    || fail "only '$used' requests of the verified disk went through fixed buffers on $(uname -r)"
+  used=$(fixed_requests $domid 51792)
+  [ "$used" -gt 1000 ] && pass "$used of the verified disk's requests went through fixed buffers" \
+    || fail "only $used requests of the verified disk went through fixed buffers on $(uname -r)"
   timeout 90 xl block-detach g3 xvdf > /dev/null 2>&1 || fail "xl block-detach of the tap disk attached after the restart"
   rm -f /data/tap-fixed.img
 }
