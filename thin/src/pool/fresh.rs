@@ -24,12 +24,15 @@ use super::sidecar::slots;
 use crate::error::{Error, Result};
 use crate::pdata::refs::RefCounts;
 
-/// The mark is raised at least this many blocks past the highest block handed out (4 GiB of
-/// 64 KiB blocks): the store is an fdatasync under the pool's lock (every volume's maps and
-/// refills wait for it, and it flushes the device's cache under the guests' writes), so it
-/// must stay rare. A crash forgets at most a window of zero blocks, which are then zeroed
-/// around partial writes as recycled ones are.
-const WINDOW: u64 = 65536;
+/// The mark is raised at least this many blocks past the highest block handed out (16 GiB
+/// of 64 KiB blocks): the store is an fdatasync under the pool's lock (every volume's maps
+/// and refills wait for it), and it flushes the device's cache under the guests' writes, so
+/// it must stay rare. On the development VM such a flush during random first writes took
+/// 0.5 to 1 s, and with a window of 65536 blocks the first one came 2 s into the writes.
+/// A crash forgets at most a window of zero blocks: in a filled data file they are then
+/// zeroed around partial writes as recycled ones are; in a sparse one they are looked up
+/// with `lseek`, as in a pool without a mark.
+const WINDOW: u64 = 1 << 18;
 /// The window doubles on every store that follows the last one within [`FAST`] (and is
 /// [`WINDOW`] again after a slower one), up to this (64 GiB of 64 KiB blocks): random first
 /// writes use up a 64 KiB block per 4 KiB write, tens of thousands a second, and a fixed
