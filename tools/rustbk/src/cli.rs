@@ -466,6 +466,12 @@ pub struct BenchArgs {
     /// Measurements per case, alternating rustbk and fio; the table shows medians (1..=100).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub rounds: u32,
+    /// Queue depths to measure, comma-separated (each 1..=512): 4 KiB random reads at every
+    /// depth, then random writes at every depth (with `--null` too, for each queue count).
+    #[arg(long, value_delimiter = ',', default_values_t = [1u32, 32],
+          value_parser = clap::value_parser!(u32).range(1..=512),
+          conflicts_with_all = ["data_paths", "indirect"])]
+    pub depths: Vec<u32>,
     /// Rings (queues) the emulated guest uses, its requests taking them in turn (capped by
     /// `--max-queues`; fio always runs one job). Not with `--null`, which measures 1 and 2.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256),

@@ -27,13 +27,14 @@ use crate::supervise::{self, WorkDir};
 const GUEST: u16 = 1;
 const XVDA: u32 = 51712;
 
-/// The measurements: 4 KiB random read and write at queue depth 1 and 32.
-const CASES: [(&str, u32); 4] = [
-    ("randread", 1),
-    ("randread", 32),
-    ("randwrite", 1),
-    ("randwrite", 32),
-];
+/// The measurements: 4 KiB random reads at each of `depths` (`--depths`, 1 and 32 by
+/// default), then random writes.
+fn cases(depths: &[u32]) -> Vec<(&'static str, u32)> {
+    ["randread", "randwrite"]
+        .into_iter()
+        .flat_map(|rw| depths.iter().map(move |&qd| (rw, qd)))
+        .collect()
+}
 
 /// One row of the table.
 #[derive(Clone, Debug, Serialize)]
@@ -134,7 +135,7 @@ fn run_in(
         );
     }
     let mut rows = Vec::new();
-    for (rw, qd) in CASES {
+    for (rw, qd) in cases(&args.depths) {
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         // Alternate the two so slow phases of a noisy machine hit both alike.
         for round in 1..=args.rounds {
@@ -438,8 +439,46 @@ fn table_of_rows(out: &mut dyn Write, rows: &[Row]) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::{fio_cache_args, parse_fio};
+    use super::{cases, fio_cache_args, parse_fio};
+    use crate::cli::BenchArgs;
+    use clap::Parser;
     use rustbk_formats::CacheMode;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn depths(args: &[&str]) -> Result<Vec<u32>, clap::Error> {
+        let argv = std::iter::once("bench").chain(args.iter().copied());
+        Cli::try_parse_from(argv).map(|c| c.bench.depths)
+    }
+
+    #[test]
+    fn depths_default_to_1_and_32_and_are_measured_reads_first() {
+        assert_eq!(depths(&[]).unwrap(), vec![1, 32]);
+        let given = depths(&["--depths", "1,4,32"]).unwrap();
+        let expected = [
+            ("randread", 1),
+            ("randread", 4),
+            ("randread", 32),
+            ("randwrite", 1),
+            ("randwrite", 4),
+            ("randwrite", 32),
+        ];
+        assert_eq!(cases(&given), expected);
+        assert!(depths(&["--depths", "0"]).is_err(), "depth 0");
+        assert!(
+            depths(&["--depths", "4,513"]).is_err(),
+            "past a ring of order 4"
+        );
+        assert!(
+            depths(&["--data-paths", "--depths", "4"]).is_err(),
+            "data paths are compared at depth 32"
+        );
+        assert_eq!(depths(&["--null", "--depths", "2"]).unwrap(), vec![2]);
+    }
 
     #[test]
     fn fio_opens_the_file_as_the_cache_mode_says() {

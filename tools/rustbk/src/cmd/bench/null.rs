@@ -12,7 +12,7 @@ use rustbk_ring::DomId;
 use serde::Serialize;
 
 use super::cpu::{Sampler, WorkerCpu, busy_window};
-use super::{CASES, GUEST, XVDA, print_report, rustbk_case};
+use super::{GUEST, XVDA, cases, print_report, rustbk_case};
 use crate::cli::BenchArgs;
 use crate::cluster::EmuCluster;
 
@@ -92,7 +92,7 @@ pub(crate) fn run_in(args: &BenchArgs, dir: &Path) -> anyhow::Result<()> {
             report.not_measured.push(NotMeasured { queues, why });
             continue;
         }
-        for (rw, qd) in CASES {
+        for (rw, qd) in cases(&args.depths) {
             report
                 .rows
                 .push(measure(&mut cluster, pid, (queues, rw, qd), args)?);
