@@ -394,12 +394,18 @@ phase_fio_rustbk() {
   guest_mark
   timeout 90 xl block-attach g1 "$(rustbk_disk xvdc /data/fio-rustbk.img)" > /tmp/attach.out 2>&1 \
     || { fail "block-attach of the rustbk fio disk"; cat /tmp/attach.out; return 1; }
-  wait_guest "G-FIO rustbk" $((FIO_RUNTIME * 2 + 300)) || fail "no fio result for rustbk"
+  wait_guest "G-FIO rustbk" $((FIO_RUNTIME * 2 + 300)) \
+    || { fail "no fio result for rustbk"; image_head /data/fio-rustbk.img; }
   report_fio rustbk
   fio_features rustbk $(xl domid g1) 51744 /local/domain/0/backend/vbd/$(xl domid g1)/51744 \
     $(odirect_of /data/fio-rustbk.img)
   timeout 90 xl block-detach g1 xvdc > /dev/null 2>&1 || fail "block-detach of the rustbk fio disk"
   rm -f /data/fio-rustbk.img
+}
+
+# image_head IMAGE: the first bytes of an image as dom0 reads them, beside a guest's failure.
+image_head() {
+  info "dom0 reads the start of $1: $(od -A n -c -N 32 $1 2>&1 | tr -s ' \n' ' ')"
 }
 
 # restart_with_fixed_buffers DOMID: the daemon started anew with `fixed_buffers = true` in the
@@ -450,7 +456,8 @@ phase_fio_fixed() {
   guest_mark
   timeout 90 xl block-attach g1 "$(rustbk_disk xvdc /data/fio-rustbk.img)" > /tmp/attach.out 2>&1 \
     || { fail "block-attach of the rustbk fio disk (fixed buffers)"; cat /tmp/attach.out; return 1; }
-  wait_guest "G-FIO rustbk-fixed" $((FIO_RUNTIME * 2 + 300)) || fail "no fio result for rustbk with fixed buffers"
+  wait_guest "G-FIO rustbk-fixed" $((FIO_RUNTIME * 2 + 300)) \
+    || { fail "no fio result for rustbk with fixed buffers"; image_head /data/fio-rustbk.img; }
   report_fio rustbk-fixed
   fio_features rustbk-fixed $domid 51744 /local/domain/0/backend/vbd/$domid/51744 \
     $(odirect_of /data/fio-rustbk.img)

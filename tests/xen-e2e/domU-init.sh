@@ -222,6 +222,17 @@ fio_disk() {
   echo "G-FIO $2 randread=${rr:-0} randwrite=${rw:-0} hwq=$(ls /sys/block/$1/mq 2>/dev/null | wc -l)"
 }
 
+# disk_diag DISK: what the guest sees on a disk whose first sector is not what dom0 wrote:
+# the sector read again past the page cache, and the kernel's last messages about the disk.
+disk_diag() {
+  local bytes
+  bytes=$(dd if=/dev/$1 bs=512 count=1 iflag=direct 2>/tmp/dd-$1.err | od -A n -t x1 -N 48 | tr -s ' \n' ' ')
+  event "sector0 $1 O_DIRECT: ${bytes:-nothing read} $(head -c 200 /tmp/dd-$1.err | tr '\n' ' ')"
+  dmesg | grep -i -e "$1" -e blkfront -e "I/O error" | tail -n 8 | while read -r line; do
+    event "dmesg $1: $line"
+  done
+}
+
 new_disk() {
   local n=$1 magic
   magic=$(read_magic $n)
@@ -238,6 +249,7 @@ new_disk() {
         umount /mnt; data_after_reboot $n
       else
         gfail "disk $n has no known content (magic '$magic')"
+        disk_diag $n
       fi
       ;;
   esac
