@@ -282,6 +282,7 @@ fn guest_case(
 ) -> anyhow::Result<Report> {
     let mut cmd = cluster.guest_command(domid, devid);
     cmd.args(["--json", "--no-verify"])
+        .arg(format!("--ring-order={}", ring_order_for(qd)))
         .arg(format!("--bs={bs}"))
         .arg(format!("--spin-us={spin_us}"))
         .arg(format!("--queues={queues}"))
@@ -301,6 +302,14 @@ fn guest_case(
 
 /// Runs `cmd` with its stdout and stderr in `<name>.out` and `<name>.log` of the work folder,
 /// watching the cluster meanwhile; its status and stdout, and the path of its log.
+/// The smallest ring page order whose ring holds `qd` requests (32 slots a page on the 64-bit
+/// ABI): the emulated guest keeps no more in flight than its rings hold.
+fn ring_order_for(qd: u32) -> u32 {
+    (0..=rustbk_ring::MAX_RING_PAGE_ORDER)
+        .find(|&order| 32u32 << order >= qd)
+        .unwrap_or(rustbk_ring::MAX_RING_PAGE_ORDER)
+}
+
 pub(crate) fn run_logged(
     cluster: &mut EmuCluster,
     mut cmd: Command,
@@ -439,7 +448,7 @@ fn table_of_rows(out: &mut dyn Write, rows: &[Row]) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::{cases, fio_cache_args, parse_fio};
+    use super::{cases, fio_cache_args, parse_fio, ring_order_for};
     use crate::cli::BenchArgs;
     use clap::Parser;
     use rustbk_formats::CacheMode;
@@ -478,6 +487,12 @@ mod tests {
             "data paths are compared at depth 32"
         );
         assert_eq!(depths(&["--null", "--depths", "2"]).unwrap(), vec![2]);
+    }
+
+    #[test]
+    fn the_guest_asks_for_a_ring_that_holds_the_depth() {
+        let orders: Vec<u32> = [1, 32, 33, 64, 65, 256, 512].map(ring_order_for).to_vec();
+        assert_eq!(orders, [0, 0, 1, 1, 2, 3, 4]);
     }
 
     #[test]
