@@ -533,6 +533,7 @@ fn publish_rings(
     queues: &[Queue],
 ) -> Result<(), Error> {
     xs.transaction(8, |tx| {
+        remove_ring_keys(xs, tx, fe)?;
         if order > 0 {
             xs.write_tx(tx, &format!("{fe}/ring-page-order"), &order.to_string())?;
         }
@@ -574,6 +575,20 @@ fn publish_rings(
         }
         xs.write_tx(tx, &format!("{fe}/state"), "3")
     })?;
+    Ok(())
+}
+
+/// Removes the ring keys an earlier connection of this device published (its ring order and
+/// queue count may differ), so the backend reads only the ones written next.
+fn remove_ring_keys(xs: &XsClient, tx: u32, fe: &str) -> Result<(), rustbk_xenstored::Error> {
+    let ring_key = |k: &str| {
+        ["ring-page-order", "multi-queue-num-queues", "event-channel"].contains(&k)
+            || k.starts_with("ring-ref")
+            || k.starts_with("queue-")
+    };
+    for key in xs.directory_tx(tx, fe)?.iter().filter(|k| ring_key(k)) {
+        xs.rm_tx(tx, &format!("{fe}/{key}"))?;
+    }
     Ok(())
 }
 
