@@ -147,7 +147,8 @@ pub trait ImageQueue: Send {
     /// Sets up a table of `slots` fixed buffers (io_uring registered buffers: the kernel pins
     /// their pages once instead of for every I/O). False when this queue has none (the
     /// synchronous engine, formats that do not pass buffers straight to the engine); the
-    /// default.
+    /// default. The error says why the kernel gave none (it refused the table, or it refuses
+    /// file-backed memory such as gntdev-mapped guest pages).
     fn enable_fixed_buffers(&mut self, slots: u32) -> Result<bool, Error> {
         let _ = slots;
         Ok(false)

@@ -436,17 +436,20 @@ fixed_requests() {
 }
 
 # report_fixed DOMID DEVID: how many of the disk's requests used fixed buffers, how many rings
-# set up a table and how many the kernel refused pages to (with the first refusal's reason).
+# set up a table, how many could not (the kernel refuses file-backed memory, Linux before 6.5)
+# and how many the kernel refused a guest page to (with the first reason).
 report_fixed() {
   info "fixed buffers on $(uname -r): $(fixed_requests $1 $2) requests of disk $2 on fixed buffers;" \
     "$(grep -c 'registered as io_uring fixed buffers' /var/log/rustbk.log) rings set up a table," \
-    "$(grep -c 'refused a kept page as an io_uring fixed buffer' /var/log/rustbk.log) refused by the kernel"
+    "$(grep -c 'cannot set up io_uring fixed buffers' /var/log/rustbk.log) could not," \
+    "$(grep -c 'refused a kept page as an io_uring fixed buffer' /var/log/rustbk.log) refused a guest page"
   grep -m1 -E 'refused a kept page|cannot set up io_uring fixed buffers' /var/log/rustbk.log | sed 's/^/E2E-INFO: /'
 }
 
 # fio once more on a hot-plugged rustbk disk, with persistently mapped grants registered as
 # io_uring fixed buffers where dom0's kernel lets the worker pin gntdev-mapped pages (Linux 6.1
-# refuses; the worker then serves without them). The guest's data on the other disks is checked
+# refuses file-backed memory: each ring finds that out with a page of its own and serves
+# without them). The guest's data on the other disks is checked
 # afterwards by the same image checks as before (phase_shutdown_check).
 phase_fio_fixed() {
   local domid

@@ -35,7 +35,10 @@ impl RingWorker<'_> {
                 );
             }
             Ok(false) => tracing::info!("this image queue has no io_uring fixed buffers"),
-            Err(e) => tracing::warn!(error = %e, "cannot set up io_uring fixed buffers"),
+            Err(e) => tracing::warn!(
+                error = %error_chain(&e),
+                "cannot set up io_uring fixed buffers: this ring serves without them"
+            ),
         }
     }
 

@@ -424,7 +424,7 @@ impl ImageQueue for Engine {
 
     fn enable_fixed_buffers(&mut self, slots: u32) -> Result<bool, Error> {
         match &mut self.ring {
-            Some(ring) => Ok(ring.enable_fixed(slots)),
+            Some(ring) => ring.enable_fixed(slots).map(|()| true).map_err(Error::Io),
             None => Ok(false),
         }
     }

@@ -203,3 +203,51 @@ pub(crate) fn dio_align(fd: BorrowedFd<'_>) -> Option<DioAlign> {
         offset: stx.stx_dio_offset_align,
     })
 }
+
+/// One page of a file, mapped private and writable (a write would copy it, never reach the
+/// file): file-backed memory to ask the kernel about, unmapped on drop.
+pub(crate) struct FilePage {
+    addr: std::ptr::NonNull<libc::c_void>,
+    len: usize,
+}
+
+impl FilePage {
+    /// The first page of `file`, which must be at least a page long.
+    pub(crate) fn map(file: &std::fs::File) -> io::Result<FilePage> {
+        let len = 4096;
+        // SAFETY: a new mapping at an address the kernel chooses overlaps no memory of ours;
+        // `file` is open, and a private mapping never writes to it.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        match std::ptr::NonNull::new(addr).filter(|_| addr != libc::MAP_FAILED) {
+            Some(addr) => Ok(FilePage { addr, len }),
+            None => Err(io::Error::last_os_error()),
+        }
+    }
+
+    /// The page as one iovec.
+    pub(crate) fn iovec(&self) -> libc::iovec {
+        libc::iovec {
+            iov_base: self.addr.as_ptr(),
+            iov_len: self.len,
+        }
+    }
+}
+
+impl Drop for FilePage {
+    fn drop(&mut self) {
+        // SAFETY: `addr..addr + len` is the mapping `map` made, and nothing of ours points
+        // into it past this owner.
+        if unsafe { libc::munmap(self.addr.as_ptr(), self.len) } != 0 {
+            tracing::warn!(error = %io::Error::last_os_error(), "cannot unmap a probe page");
+        }
+    }
+}

@@ -14,7 +14,13 @@ use io_uring::{IoUring, opcode, squeue, types};
 
 use super::file::EngineFile;
 use super::prep::{Prepared, Request, Which};
+use super::sys::FilePage;
 use crate::buffer::{IoBuffers, IoVec};
+
+/// `e` with what was being done (its kind kept).
+fn annotate(e: io::Error, what: &str) -> io::Error {
+    io::Error::new(e.kind(), format!("the kernel refused {what}: {e}"))
+}
 
 /// Probes whether this process may create an io_uring.
 pub(crate) fn available() -> io::Result<()> {
@@ -275,23 +281,59 @@ impl Ring {
 /// The fixed buffer table.
 impl Ring {
     /// Registers an empty (sparse) table of `slots` fixed buffers, at most
-    /// [`MAX_FIXED_BUFFERS`]; false if the kernel refused it (before Linux 5.13, or the
-    /// locked-memory limit).
-    pub(crate) fn enable_fixed(&mut self, slots: u32) -> bool {
+    /// [`MAX_FIXED_BUFFERS`], once the kernel showed that it takes file-backed memory
+    /// ([`Ring::probe_file_memory`]). The error says why there is no table: the kernel refused
+    /// it (before Linux 5.13, or the locked-memory limit) or refuses file-backed memory.
+    pub(crate) fn enable_fixed(&mut self, slots: u32) -> io::Result<()> {
         if !self.fixed_bufs.is_empty() {
-            return true;
+            return Ok(());
         }
         let slots = slots.clamp(1, MAX_FIXED_BUFFERS);
-        match self.ring.submitter().register_buffers_sparse(slots) {
-            Ok(()) => {
-                self.fixed_bufs = (0..slots).map(|_| None).collect();
-                true
+        self.ring.submitter().register_buffers_sparse(slots)?;
+        if let Err(e) = self.probe_file_memory() {
+            if let Err(e) = self.ring.submitter().unregister_buffers() {
+                tracing::warn!(error = %e, "cannot drop an unused fixed buffer table");
             }
-            Err(e) => {
-                tracing::info!(error = %e, "no io_uring fixed buffers for this queue");
-                false
-            }
+            return Err(e);
         }
+        self.fixed_bufs = (0..slots).map(|_| None).collect();
+        Ok(())
+    }
+
+    /// Registers a private page of this program's own file at slot 0 and empties the slot
+    /// again. Guest pages mapped through gntdev are file-backed memory, and kernels before
+    /// Linux 6.5 refuse such memory as fixed buffers (`EOPNOTSUPP`) only after pinning it for
+    /// the long term and letting it go: this asks them without touching a guest page. (A
+    /// program file on tmpfs passes here; its kernel then refuses the first guest page, which
+    /// the worker handles.)
+    fn probe_file_memory(&mut self) -> io::Result<()> {
+        let exe = std::fs::File::open("/proc/self/exe")?;
+        let page = FilePage::map(&exe)?;
+        let iov = [page.iovec()];
+        // SAFETY: the iovec names `page`, which stays mapped until the slot is emptied below;
+        // if that fails, the page is leaked instead of unmapped.
+        unsafe { self.ring.submitter().register_buffers_update(0, &iov, None) }
+            .map_err(|e| annotate(e, "file-backed memory as an io_uring fixed buffer"))?;
+        if let Err(e) = self.clear_slot(0) {
+            std::mem::forget(page);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Empties `slot` in the kernel's table.
+    fn clear_slot(&mut self, slot: u32) -> io::Result<()> {
+        let empty = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }];
+        // SAFETY: a null, empty iovec names no memory: it clears the slot.
+        unsafe {
+            self.ring
+                .submitter()
+                .register_buffers_update(slot, &empty, None)
+        }?;
+        Ok(())
     }
 
     /// Registers the single segment of `bufs` at `slot` (replacing what was there). False,
@@ -346,16 +388,7 @@ impl Ring {
         if self.fixed_bufs[place].is_none() {
             return Ok(());
         }
-        let empty = [libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        }];
-        // SAFETY: a null, empty iovec names no memory: it clears the slot.
-        unsafe {
-            self.ring
-                .submitter()
-                .register_buffers_update(slot, &empty, None)
-        }?;
+        self.clear_slot(slot)?;
         self.fixed_bufs[place] = None;
         Ok(())
     }
