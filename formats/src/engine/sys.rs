@@ -213,7 +213,7 @@ pub(crate) struct FilePage {
 
 impl FilePage {
     /// The first page of `file`, which must be at least a page long.
-    pub(crate) fn map(file: &std::fs::File) -> io::Result<FilePage> {
+    pub(crate) fn map(file: BorrowedFd<'_>) -> io::Result<FilePage> {
         let len = 4096;
         // SAFETY: a new mapping at an address the kernel chooses overlaps no memory of ours;
         // `file` is open, and a private mapping never writes to it.

@@ -300,15 +300,15 @@ impl Ring {
         Ok(())
     }
 
-    /// Registers a private page of this program's own file at slot 0 and empties the slot
-    /// again. Guest pages mapped through gntdev are file-backed memory, and kernels before
-    /// Linux 6.5 refuse such memory as fixed buffers (`EOPNOTSUPP`) only after pinning it for
-    /// the long term and letting it go: this asks them without touching a guest page. (A
-    /// program file on tmpfs passes here; its kernel then refuses the first guest page, which
-    /// the worker handles.)
+    /// Registers a private page of the served file at slot 0 (a private mapping: nothing
+    /// reaches the file) and empties the slot again. Guest pages mapped through gntdev are
+    /// file-backed memory, and kernels before Linux 6.5 refuse such memory as fixed buffers
+    /// (`EOPNOTSUPP`) only after pinning it for the long term and letting it go: this asks them
+    /// without touching a guest page. The served file is on real storage (a page of shmem, such
+    /// as a program file on tmpfs, would pass where a gntdev page does not).
     fn probe_file_memory(&mut self) -> io::Result<()> {
-        let exe = std::fs::File::open("/proc/self/exe")?;
-        let page = FilePage::map(&exe)?;
+        let page = FilePage::map(self.file.fd(Which::Buffered))
+            .map_err(|e| annotate(e, "to map a page of the image (to ask about fixed buffers)"))?;
         let iov = [page.iovec()];
         // SAFETY: the iovec names `page`, which stays mapped until the slot is emptied below;
         // if that fails, the page is leaked instead of unmapped.

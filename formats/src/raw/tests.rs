@@ -649,3 +649,30 @@ fn a_served_raw_image_grows_its_file_or_takes_up_a_file_grown_by_its_owner() {
     assert!(image.grow((3 << 20) + 100).is_err(), "not whole sectors");
     assert_eq!(image.geometry().size, 3 << 20);
 }
+
+#[test]
+fn the_fixed_buffer_probe_maps_a_page_of_the_image_itself() {
+    // An image file cut to nothing under its image has no page to pin: the table is refused
+    // with the probe's reason (a probe of any other memory would set one up).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (image, mut q) = uring_direct_queue(&dir);
+    std::fs::File::options()
+        .write(true)
+        .open(dir.path().join("disk.img"))
+        .and_then(|f| f.set_len(0))
+        .expect("truncate");
+    let e = q
+        .enable_fixed_buffers(4)
+        .expect_err("a table without a probe page");
+    let source = std::error::Error::source(&e).map(ToString::to_string);
+    assert!(
+        source
+            .as_deref()
+            .is_some_and(|s| s.contains("file-backed memory")),
+        "{e}: {source:?}"
+    );
+    drop((q, image));
+    let sized = tempfile::tempdir().expect("tempdir");
+    let (_image, mut q) = uring_direct_queue(&sized);
+    assert!(q.enable_fixed_buffers(4).expect("table on a sized image"));
+}
