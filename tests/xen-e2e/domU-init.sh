@@ -47,9 +47,20 @@ load_modules() {
   done
 }
 
-# The first 32 bytes of sector 0, NULs dropped.
+# The first 32 bytes of sector 0, NULs dropped. A disk shows in /sys/block (and so gets its
+# /dev node from mdev) a moment before the kernel lets it be opened (device_add_disk, then
+# bdev_add): a read that fails is tried again, up to 5 s, each failure reported with dd's
+# error. A read that succeeds is taken as it is, zeros too.
 read_magic() {
-  dd if=/dev/$1 bs=512 count=1 2>/dev/null | head -c 32 | tr -d '\000'
+  local i
+  for i in $(seq 25); do
+    if dd if=/dev/$1 of=/tmp/magic-$1 bs=512 count=1 2>/tmp/magic-$1.err; then
+      head -c 32 /tmp/magic-$1 | tr -d '\000'
+      return 0
+    fi
+    event "magic-retry $1: $(head -c 200 /tmp/magic-$1.err | tr '\n' ' ')" >&2
+    sleep 0.2
+  done
 }
 
 # data_first DISK [MKFS_OPTION...]: ext4 on a fresh disk, files with checksums, fsck, verify.
@@ -223,11 +234,15 @@ fio_disk() {
 }
 
 # disk_diag DISK: what the guest sees on a disk whose first sector is not what dom0 wrote:
-# the sector read again past the page cache, and the kernel's last messages about the disk.
+# the sector read again past the page cache and through it (zeros there and the magic past it
+# would mean a first read answered with the wrong data), and the kernel's last messages about
+# the disk.
 disk_diag() {
-  local bytes
+  local bytes cached
   bytes=$(dd if=/dev/$1 bs=512 count=1 iflag=direct 2>/tmp/dd-$1.err | od -A n -t x1 -N 48 | tr -s ' \n' ' ')
   event "sector0 $1 O_DIRECT: ${bytes:-nothing read} $(head -c 200 /tmp/dd-$1.err | tr '\n' ' ')"
+  cached=$(dd if=/dev/$1 bs=512 count=1 2>/tmp/dd-$1.err | od -A n -t x1 -N 48 | tr -s ' \n' ' ')
+  event "sector0 $1 page cache: ${cached:-nothing read} $(head -c 200 /tmp/dd-$1.err | tr '\n' ' ')"
   dmesg | grep -i -e "$1" -e blkfront -e "I/O error" | tail -n 8 | while read -r line; do
     event "dmesg $1: $line"
   done
