@@ -212,7 +212,7 @@ pub(crate) struct FilePage {
 }
 
 impl FilePage {
-    /// The first page of `file`, which must be at least a page long.
+    /// The first page of `file` (past the file's end the kernel cannot pin it).
     pub(crate) fn map(file: BorrowedFd<'_>) -> io::Result<FilePage> {
         let len = 4096;
         // SAFETY: a new mapping at an address the kernel chooses overlaps no memory of ours;
