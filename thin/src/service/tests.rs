@@ -608,8 +608,14 @@ fn a_served_pool_grows_online_and_a_write_queued_for_space_goes_on() {
     let (data_blocks, _) = admin.grow().unwrap();
     assert_eq!(data_blocks, 48);
     assert_eq!(waiter.join().unwrap().unwrap(), 1);
-    // The port closed with its thread and gave back every block it held.
-    let usage = admin.usage().unwrap();
+    // The port closed with its thread, and the service gives back every block it held once
+    // it has read the close (on the connection's own thread).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut usage = admin.usage().unwrap();
+    while usage.data_free != 48 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+        usage = admin.usage().unwrap();
+    }
     assert_eq!((usage.data_blocks, usage.data_free), (48, 48));
     thin_check(&s.meta);
 }
