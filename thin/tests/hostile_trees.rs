@@ -278,3 +278,21 @@ fn wrong_mapped_block_count_is_reported() {
     let why = ThinCheck::Misses("mapped_blocks");
     assert_thin_check(&pool, why, ThinCheck::Refuses);
 }
+
+#[test]
+fn mapped_block_count_at_its_limit_takes_a_new_mapping_without_overflowing() {
+    let pool = Pool::new();
+    let details_at = pool.superblock().details_root;
+    let mut details = pool.node(details_at, 24);
+    let mut d = DeviceDetails::decode(details.value(0));
+    d.mapped_blocks = u64::MAX;
+    details.set_value(0, &d.encode());
+    pool.write_node(details_at, &details);
+    let mut md = pool.open().unwrap();
+    let block = md.alloc_data().unwrap();
+    md.insert(1, MAPPED + 7, block).unwrap();
+    assert_eq!(
+        md.lookup(1, MAPPED + 7).unwrap().map(|m| m.block),
+        Some(block)
+    );
+}

@@ -95,7 +95,8 @@ impl Metadata {
         let (new_root, old) = btree::insert(&mut self.tm, root, vblock, &value, &mut refs)?;
         match old {
             Some(old) => self.data.refs.dec(Mapping::decode(&old).block).map(drop)?,
-            None => details.mapped_blocks += 1,
+            // The count comes from the device's details on disk: hostile at worst.
+            None => details.mapped_blocks = details.mapped_blocks.saturating_add(1),
         }
         self.set_details(id, details);
         self.replace_root_of(id, root, new_root)
