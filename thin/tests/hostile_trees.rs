@@ -263,12 +263,7 @@ fn device_missing_from_the_mapping_tree_is_reported_and_refused() {
 #[test]
 fn wrong_mapped_block_count_is_reported() {
     let pool = Pool::new();
-    let details_at = pool.superblock().details_root;
-    let mut details = pool.node(details_at, 24);
-    let mut d = DeviceDetails::decode(details.value(0));
-    d.mapped_blocks += 1;
-    details.set_value(0, &d.encode());
-    pool.write_node(details_at, &details);
+    rewrite_first_details(&pool, |d| d.mapped_blocks += 1);
     let report = pool.check();
     let words = format!(
         "details record {} mapped blocks, its tree holds {MAPPED}",
@@ -282,12 +277,7 @@ fn wrong_mapped_block_count_is_reported() {
 #[test]
 fn mapped_block_count_at_its_limit_takes_a_new_mapping_without_overflowing() {
     let pool = Pool::new();
-    let details_at = pool.superblock().details_root;
-    let mut details = pool.node(details_at, 24);
-    let mut d = DeviceDetails::decode(details.value(0));
-    d.mapped_blocks = u64::MAX;
-    details.set_value(0, &d.encode());
-    pool.write_node(details_at, &details);
+    rewrite_first_details(&pool, |d| d.mapped_blocks = u64::MAX);
     let mut md = pool.open().unwrap();
     let block = md.alloc_data().unwrap();
     md.insert(1, MAPPED + 7, block).unwrap();
@@ -295,4 +285,14 @@ fn mapped_block_count_at_its_limit_takes_a_new_mapping_without_overflowing() {
         md.lookup(1, MAPPED + 7).unwrap().map(|m| m.block),
         Some(block)
     );
+}
+
+/// Changes the first device's details record on disk with `change`.
+fn rewrite_first_details(pool: &Pool, change: impl FnOnce(&mut DeviceDetails)) {
+    let details_at = pool.superblock().details_root;
+    let mut details = pool.node(details_at, 24);
+    let mut d = DeviceDetails::decode(details.value(0));
+    change(&mut d);
+    details.set_value(0, &d.encode());
+    pool.write_node(details_at, &details);
 }
