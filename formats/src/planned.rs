@@ -9,10 +9,11 @@
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use crate::engine::Engine;
 use crate::error::Error;
@@ -47,19 +48,18 @@ pub struct PlanIo {
     pub backlog: VecDeque<(u64, Child)>,
     /// Guest ops accepted and finished.
     pub tally: Tally,
-    /// The queue's notifier: a clone of the engine's, rung by other queues too.
-    pub wake: Arc<OwnedFd>,
+    /// The queue's bell, rung by other queues when ops held back here may go on.
+    pub wake: Arc<Bell>,
 }
 
 impl PlanIo {
     /// The I/O state of a queue of `depth` guest ops on `engine`.
     pub fn new(engine: Engine, depth: u32) -> Result<PlanIo, Error> {
-        let wake = Arc::new(engine.notifier().try_clone_to_owned()?);
         Ok(PlanIo {
             engine,
             backlog: VecDeque::new(),
             tally: Tally::new(depth),
-            wake,
+            wake: Arc::new(Bell::new()?),
         })
     }
 
@@ -154,7 +154,8 @@ impl<P: Planner> ImageQueue for P {
         loop {
             self.pump();
             if !self.io_ref().tally.ready.is_empty() {
-                wake(&self.io_ref().wake);
+                // The engine's notifier was cleared by the pump: finished ops still wait.
+                self.io_ref().wake.ring_notifier();
                 return Ok(());
             }
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
@@ -174,8 +175,16 @@ impl<P: Planner> ImageQueue for P {
         }
     }
 
+    /// The engine's notifier, which the bell rings too from now on: readable while
+    /// completions or finished ops wait, or ops held back may go on.
     fn notifier(&self) -> BorrowedFd<'_> {
-        self.io_ref().wake.as_fd()
+        let io = self.io_ref();
+        let notifier = io.engine.notifier();
+        io.wake.hand_out(notifier, self.has_deferred());
+        if !io.tally.ready.is_empty() {
+            io.wake.ring_notifier();
+        }
+        notifier
     }
 
     /// Sleeps in the engine, as a raw queue does (one `io_uring_enter` waits for the children
@@ -189,17 +198,20 @@ impl<P: Planner> ImageQueue for P {
         self.commit()?;
         self.pump();
         if !self.io_ref().tally.ready.is_empty() {
-            return poll_any(self.io_ref().wake.as_fd(), fds, Some(Duration::ZERO));
+            return poll_any(self.io_ref().wake.fd(), fds, Some(Duration::ZERO));
         }
         let timeout = capped(timeout, self.wake_within());
         if !self.listens() {
             return self.io().engine.wait_any(fds, timeout);
         }
         let wake = self.io_ref().wake.clone();
-        let mut watched = fds.to_vec();
-        watched.push(wake.as_fd());
+        let mut watched = Vec::with_capacity(fds.len() + 1);
+        watched.extend_from_slice(fds);
+        watched.push(wake.fd());
         let mut fired = self.io().engine.wait_any(&watched, timeout)?;
-        fired.truncate(fds.len());
+        if fired.pop() == Some(true) {
+            wake.clear();
+        }
         Ok(fired)
     }
 
@@ -259,8 +271,11 @@ pub fn settle<P: Tracked, S: BuildHasher>(
 fn wait_for_wake<P: Planner>(queue: &mut P, left: Option<Duration>) -> Result<(), Error> {
     let slice = left.map_or(WAKE_SLICE, |l| l.min(WAKE_SLICE));
     let ms = u16::try_from(slice.as_millis()).unwrap_or(100);
-    let mut fds = [PollFd::new(queue.io_ref().wake.as_fd(), PollFlags::POLLIN)];
-    poll(&mut fds, PollTimeout::from(ms)).map_err(std::io::Error::from)?;
+    let wake = queue.io_ref().wake.clone();
+    let mut fds = [PollFd::new(wake.fd(), PollFlags::POLLIN)];
+    if poll(&mut fds, PollTimeout::from(ms)).map_err(std::io::Error::from)? > 0 {
+        wake.clear();
+    }
     queue.woken();
     Ok(())
 }
@@ -285,11 +300,74 @@ pub fn drain<P: Planner>(queue: &mut P, what: &str) {
     }
 }
 
-/// Makes a queue's notifier readable.
-pub fn wake(fd: &OwnedFd) {
-    let one = 1u64.to_ne_bytes();
-    if let Err(e) = nix::unistd::write(fd, &one) {
-        tracing::warn!(error = %e, "cannot wake a queue");
+/// A planned queue's bell: other queues ring it when ops held back there may go on (blocks
+/// released, a pause asked or ended).
+///
+/// It is an eventfd of its own, not the engine's notifier: the kernel signals that one for
+/// every completion, so a worker watching it while it sleeps in the engine would be woken
+/// twice for each, and would read it on every reap. Once the queue's notifier is handed out
+/// ([`ImageQueue::notifier`]), a ring makes the notifier readable too, so whoever polls it
+/// sees held-back ops that may go on.
+#[derive(Debug)]
+pub struct Bell {
+    fd: EventFd,
+    notifier: OnceLock<OwnedFd>,
+}
+
+impl Bell {
+    /// A bell nobody rang yet.
+    pub fn new() -> Result<Bell, Error> {
+        let fd = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+            .map_err(std::io::Error::from)?;
+        Ok(Bell {
+            fd,
+            notifier: OnceLock::new(),
+        })
+    }
+
+    /// Rings the bell (and the queue's notifier, once handed out).
+    pub fn ring(&self) {
+        if let Err(e) = self.fd.write(1) {
+            tracing::warn!(error = %e, "cannot wake a queue");
+        }
+        self.ring_notifier();
+    }
+
+    /// The eventfd to watch for the bell.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Takes the rings so far: the eventfd is readable again at the next.
+    fn clear(&self) {
+        let _ = self.fd.read();
+    }
+
+    /// From now on a ring makes `notifier` readable too. `held` says whether ops are held
+    /// back: a ring for them may have come already, so the notifier is rung once.
+    fn hand_out(&self, notifier: BorrowedFd<'_>, held: bool) {
+        if self.notifier.get().is_some() {
+            return;
+        }
+        match notifier.try_clone_to_owned() {
+            Ok(fd) => {
+                let _ = self.notifier.set(fd);
+                if held {
+                    self.ring_notifier();
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot share a queue's notifier with its bell"),
+        }
+    }
+
+    /// Makes the handed-out notifier readable.
+    fn ring_notifier(&self) {
+        let Some(fd) = self.notifier.get() else {
+            return;
+        };
+        if let Err(e) = nix::unistd::write(fd, &1u64.to_ne_bytes()) {
+            tracing::warn!(error = %e, "cannot wake a queue's poller");
+        }
     }
 }
 
@@ -298,5 +376,51 @@ fn capped(timeout: Option<Duration>, cap: Option<Duration>) -> Option<Duration> 
     match (timeout, cap) {
         (Some(t), Some(c)) => Some(t.min(c)),
         (t, c) => t.or(c),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn readable(fd: BorrowedFd<'_>) -> bool {
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        poll(&mut fds, PollTimeout::ZERO).expect("poll") == 1
+    }
+
+    fn notifier() -> EventFd {
+        EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK).expect("eventfd")
+    }
+
+    #[test]
+    fn a_bell_reaches_the_notifier_only_once_handed_out() {
+        let bell = Bell::new().expect("bell");
+        let n = notifier();
+        bell.ring();
+        assert!(readable(bell.fd()));
+        assert!(!readable(n.as_fd()), "rang a notifier not handed out");
+        bell.clear();
+        assert!(!readable(bell.fd()), "clear left the bell readable");
+        bell.hand_out(n.as_fd(), false);
+        assert!(
+            !readable(n.as_fd()),
+            "handed out with nothing held back, yet rung"
+        );
+        bell.ring();
+        assert!(readable(bell.fd()) && readable(n.as_fd()));
+    }
+
+    #[test]
+    fn handing_out_with_ops_held_back_rings_the_notifier_once() {
+        let bell = Bell::new().expect("bell");
+        let n = notifier();
+        bell.hand_out(n.as_fd(), true);
+        assert!(
+            readable(n.as_fd()),
+            "a ring before the hand-out may be lost"
+        );
+        let _ = n.read();
+        bell.hand_out(n.as_fd(), true);
+        assert!(!readable(n.as_fd()), "a second hand-out rang again");
     }
 }

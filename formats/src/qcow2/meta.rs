@@ -10,8 +10,8 @@
 //! leaks a cluster on a crash, and decrements are only made after the entries that referenced
 //! the cluster are durably gone.
 
+use crate::planned::Bell;
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use crate::error::Error;
@@ -96,8 +96,8 @@ pub(crate) struct Meta {
     pub(super) pending_l2: HashMap<u64, u64>,
     /// Guest clusters with an allocation (or discard) in flight.
     pub(super) busy: HashSet<u64>,
-    /// Notifiers of queues waiting for busy clusters.
-    pub(super) waiters: Vec<Arc<OwnedFd>>,
+    /// Bells of queues waiting for busy clusters.
+    pub(super) waiters: Vec<Arc<Bell>>,
     /// Where the search for a free cluster starts (cluster index).
     pub(super) free_hint: u64,
     /// Size of the image file, including clusters allocated this session.
@@ -397,8 +397,8 @@ impl Meta {
         for gc in clusters {
             self.busy.remove(&gc);
         }
-        for fd in self.waiters.drain(..) {
-            crate::planned::wake(&fd);
+        for bell in self.waiters.drain(..) {
+            bell.ring();
         }
     }
 

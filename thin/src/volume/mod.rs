@@ -28,11 +28,11 @@ mod tests;
 pub use queue::ThinQueue;
 
 use foldhash::{HashSet, HashSetExt};
-use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use rustbk_formats::planned::Bell;
 use rustbk_formats::{
     BlockImage, CacheMode, EngineFile, EngineKind, Features, Format, Geometry, ImageQueue,
     IoBuffers, IoOp, OpenOptions,
@@ -90,7 +90,7 @@ impl Default for VolumeOptions {
 /// A thin volume as a block image.
 pub struct ThinVolume {
     core: Arc<Mutex<Core>>,
-    bells: Arc<Mutex<Vec<Arc<OwnedFd>>>>,
+    bells: Bells,
     data: Arc<EngineFile>,
     geometry: Geometry,
     /// The size the queues serve, in bytes (it grows with [`BlockImage::grow`]).
@@ -145,7 +145,7 @@ impl ThinVolume {
         let info = port.info()?;
         check_info(&info, &opts)?;
         let origin = info.origin.as_ref().map(open_origin).transpose()?;
-        let bells: Arc<Mutex<Vec<Arc<OwnedFd>>>> = Arc::default();
+        let bells: Bells = Arc::default();
         let ring = bells.clone();
         port.set_waker(Box::new(move || ring_all(&ring)));
         let geometry = Geometry {
@@ -211,11 +211,7 @@ impl ThinVolume {
 }
 
 impl Core {
-    fn install_port(
-        &mut self,
-        mut port: Box<dyn PoolPort>,
-        bells: &Arc<Mutex<Vec<Arc<OwnedFd>>>>,
-    ) -> Result<()> {
+    fn install_port(&mut self, mut port: Box<dyn PoolPort>, bells: &Bells) -> Result<()> {
         let info = port.info()?;
         if self.writes > 0 || !self.claims.is_empty() {
             return Err(Error::Busy("ops in flight on the volume".into()));
@@ -249,7 +245,7 @@ impl Core {
 
     /// Opens a new port if the volume may reconnect and is quiet (see
     /// [`ThinVolume::set_reconnect`]); true if it has a working port again.
-    pub(crate) fn try_reconnect(&mut self, bells: &Arc<Mutex<Vec<Arc<OwnedFd>>>>) -> bool {
+    pub(crate) fn try_reconnect(&mut self, bells: &Bells) -> bool {
         let now = Instant::now();
         let quiet = self.writes == 0 && self.claims.is_empty();
         if !quiet || self.next_reconnect.is_some_and(|at| now < at) {
@@ -325,11 +321,14 @@ fn open_origin((path, format): &(std::path::PathBuf, String)) -> Result<OriginSr
     })
 }
 
+/// The bells of a volume's queues.
+pub(crate) type Bells = Arc<Mutex<Vec<Arc<Bell>>>>;
+
 /// Wakes every queue of a volume (a pause request arrived).
-fn ring_all(bells: &Mutex<Vec<Arc<OwnedFd>>>) {
+fn ring_all(bells: &Mutex<Vec<Arc<Bell>>>) {
     let Ok(bells) = bells.lock() else { return };
     for bell in bells.iter() {
-        rustbk_formats::planned::wake(bell);
+        bell.ring();
     }
 }
 

@@ -8,10 +8,9 @@
 //!   allowed, but the guest must learn of it before it trusts a later flush: the first
 //!   flush after the reconnect fails (EIO), as a write-back error is reported once.
 
-use std::os::fd::OwnedFd;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Mutex, Weak};
 
-use super::{Core, RECONNECT_EVERY, lock, ring_all};
+use super::{Bells, Core, RECONNECT_EVERY, lock, ring_all};
 use crate::error::{Error, Result};
 
 /// Counts of the volume's mapping changes, to tell whether a lost service took some with it.
@@ -78,11 +77,7 @@ impl Changes {
 
 /// Starts a thread that rings the volume's queues every half [`RECONNECT_EVERY`] while its
 /// port is failed, unless one runs; it ends when the port works again or the volume is gone.
-pub(crate) fn start_ticker(
-    core: &mut Core,
-    weak: Weak<Mutex<Core>>,
-    bells: Arc<Mutex<Vec<Arc<OwnedFd>>>>,
-) {
+pub(crate) fn start_ticker(core: &mut Core, weak: Weak<Mutex<Core>>, bells: Bells) {
     if core.changes.ticking {
         return;
     }
@@ -96,7 +91,7 @@ pub(crate) fn start_ticker(
     }
 }
 
-fn tick(weak: &Weak<Mutex<Core>>, bells: &Arc<Mutex<Vec<Arc<OwnedFd>>>>) {
+fn tick(weak: &Weak<Mutex<Core>>, bells: &Bells) {
     loop {
         std::thread::sleep(RECONNECT_EVERY / 2);
         let Some(core) = weak.upgrade() else { return };

@@ -7,18 +7,17 @@
 //! other queues of the volume so that they retry theirs.
 
 use std::collections::VecDeque;
-use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use rustbk_formats::engine::MAX_DEPTH;
-use rustbk_formats::planned::{self, Child, PlanIo, Planner, wake};
+use rustbk_formats::planned::{self, Child, PlanIo, Planner};
 use rustbk_formats::{CacheMode, Completion, Engine, EngineFile, ImageQueue, IoOp};
 
 use super::plan::{After, Claim, Outcome, Plan};
-use super::{Core, lock, outage, to_formats};
+use super::{Bells, Core, lock, outage, to_formats};
 use crate::error::Result;
 use crate::meta::Mapping;
 use crate::port::{MapStart, NewMapping};
@@ -67,7 +66,7 @@ struct InFlight {
 pub struct ThinQueue {
     io: PlanIo,
     core: Arc<Mutex<Core>>,
-    bells: Arc<Mutex<Vec<Arc<OwnedFd>>>>,
+    bells: Bells,
     /// The volume's size now (it grows with the volume).
     size: Arc<AtomicU64>,
     read_only: bool,
@@ -88,7 +87,7 @@ pub struct ThinQueue {
 impl ThinQueue {
     pub(super) fn new(
         core: Arc<Mutex<Core>>,
-        bells: Arc<Mutex<Vec<Arc<OwnedFd>>>>,
+        bells: Bells,
         data: Arc<EngineFile>,
         opts: &super::VolumeOptions,
         (size, read_only): (Arc<AtomicU64>, bool),
@@ -257,15 +256,18 @@ impl ThinQueue {
         let hold = !self.cache.dsync() && !self.mapping.is_empty();
         let ring = match hold && self.held.len() < MAX_HELD {
             true => {
-                let (maps, now): (Vec<Parent>, Vec<Parent>) =
+                let (maps, mut now): (Vec<Parent>, Vec<Parent>) =
                     done.drain(..).partition(|p| !p.maps().is_empty());
                 self.held.extend(maps);
-                self.settle_all(&mut core, now.into_iter(), None)
+                self.settle_all(&mut core, &mut now, None)
             }
             false => {
-                let mut all = std::mem::take(&mut self.held);
-                all.append(&mut done);
-                self.send_maps(&mut core, all)
+                // Both lists keep their room: no allocation per reap on the read path.
+                if !self.held.is_empty() {
+                    self.held.append(&mut done);
+                    std::mem::swap(&mut self.held, &mut done);
+                }
+                self.send_maps(&mut core, &mut done)
             }
         };
         drop(core);
@@ -278,7 +280,7 @@ impl ThinQueue {
     /// Maps the new blocks of the finished ops `done` and completes them, or those without
     /// new blocks only when the map is sent without waiting; true if a queue waits for
     /// blocks they released.
-    fn send_maps(&mut self, core: &mut Core, done: Vec<Parent>) -> bool {
+    fn send_maps(&mut self, core: &mut Core, done: &mut Vec<Parent>) -> bool {
         let batch: Vec<NewMapping> = done.iter().flat_map(Parent::maps).copied().collect();
         let started = match batch.is_empty() {
             true => MapStart::Done(Ok(())),
@@ -293,17 +295,17 @@ impl ThinQueue {
         match started {
             MapStart::Done(result) => {
                 let failure = mapped(core, &batch, result);
-                self.settle_all(core, done.into_iter(), failure.as_ref())
+                self.settle_all(core, done, failure.as_ref())
             }
             MapStart::Sent(ticket) => {
-                let (waiting, now): (Vec<Parent>, Vec<Parent>) =
-                    done.into_iter().partition(|p| !p.maps().is_empty());
+                let (waiting, mut now): (Vec<Parent>, Vec<Parent>) =
+                    done.drain(..).partition(|p| !p.maps().is_empty());
                 self.mapping.push_back(InFlight {
                     ticket,
                     parents: waiting,
                     maps: batch,
                 });
-                self.settle_all(core, now.into_iter(), None)
+                self.settle_all(core, &mut now, None)
             }
         }
     }
@@ -328,15 +330,16 @@ impl ThinQueue {
             let Some(result) = core.port.map_answer(front.ticket) else {
                 break;
             };
-            let Some(flight) = self.mapping.pop_front() else {
+            let Some(mut flight) = self.mapping.pop_front() else {
                 break;
             };
             let failure = mapped(&mut core, &flight.maps, result);
-            ring |= self.settle_all(&mut core, flight.parents.into_iter(), failure.as_ref());
+            ring |= self.settle_all(&mut core, &mut flight.parents, failure.as_ref());
         }
         if self.mapping.is_empty() && !self.held.is_empty() {
-            let held = std::mem::take(&mut self.held);
-            ring |= self.send_maps(&mut core, held);
+            let mut held = std::mem::take(&mut self.held);
+            ring |= self.send_maps(&mut core, &mut held);
+            self.held = held;
         }
         drop(core);
         if ring {
@@ -344,18 +347,18 @@ impl ThinQueue {
         }
     }
 
-    /// Completes finished ops after their maps (`failure` tells which failed), with the
-    /// O_DSYNC modes' commit; true if a queue waits for blocks they released.
+    /// Completes the finished ops `done` (emptied) after their maps (`failure` tells which
+    /// failed), with the O_DSYNC modes' commit; true if a queue waits for blocks they
+    /// released.
     fn settle_all(
         &mut self,
         core: &mut Core,
-        done: impl Iterator<Item = Parent>,
+        done: &mut Vec<Parent>,
         failure: Option<&MapFailure>,
     ) -> bool {
-        let done: Vec<Parent> = done.collect();
-        let committed = self.write_through(core, &done);
+        let committed = self.write_through(core, done);
         let mut ring = false;
-        for parent in done {
+        for parent in done.drain(..) {
             let modified = parent.plan.write && parent.error.is_none();
             ring |= self.settle(core, parent, failure);
             if let (true, Err(errno)) = (modified, committed) {
@@ -430,7 +433,7 @@ impl ThinQueue {
     fn ring_others(&self) {
         let Ok(bells) = self.bells.lock() else { return };
         for bell in bells.iter().filter(|b| !Arc::ptr_eq(b, &self.io.wake)) {
-            wake(bell);
+            bell.ring();
         }
     }
 

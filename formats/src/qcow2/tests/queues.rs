@@ -1,5 +1,6 @@
-//! Several queues on one qcow2 image, driven the way ring workers drive them: sleep on the
-//! queue's notifier, then reap; never `ImageQueue::wait`.
+//! Several queues on one qcow2 image, driven the way ring workers and `rustbk img` drive
+//! them: sleep in the queue (`wait_any`) or on its notifier, then reap; never
+//! `ImageQueue::wait`.
 
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,54 @@ fn worker_step(q: &mut dyn ImageQueue, done: &mut Vec<Completion>) {
     poll(&mut fds, PollTimeout::from(50u16)).expect("poll");
     q.reap(done);
     q.commit().expect("commit");
+}
+
+/// Runs `q` as a ring worker does, on a thread of its own: sleeps in the queue (`wait_any`,
+/// for up to `nap`) while it has ops, reaps and commits; returns how long its op took.
+fn sleeping_worker(mut q: Box<dyn ImageQueue>, nap: Duration) -> (Vec<Completion>, Duration) {
+    let start = Instant::now();
+    let mut done = Vec::new();
+    while q.in_flight() > 0 {
+        q.wait_any(&[], Some(nap)).expect("wait_any");
+        q.reap(&mut done);
+        q.commit().expect("commit");
+    }
+    (done, start.elapsed())
+}
+
+#[test]
+fn a_queue_sleeping_in_wait_any_is_woken_by_another_queues_allocation() {
+    let (_dir, path) = temp("queues.qcow2");
+    create(&path, 4 << 20, &CreateOptions::default()).expect("create");
+    let image = open_image(&path, Format::Qcow2, &opts(false, EngineKind::Auto)).expect("open");
+    let (mut a, mut b) = (
+        image.open_queue(4).expect("a"),
+        image.open_queue(4).expect("b"),
+    );
+    let cluster = 65536;
+    a.submit(write(cluster, &pattern(1, 4096)), 1)
+        .expect("submit a");
+    a.commit().expect("commit a");
+    b.submit(write(cluster + 8192, &pattern(2, 4096)), 2)
+        .expect("submit b");
+    b.commit().expect("commit b");
+    // Nothing but queue a's bell can wake queue b before its 10 s nap ends.
+    let nap = Duration::from_secs(10);
+    let (a, b) = std::thread::scope(|s| {
+        let b = s.spawn(move || sleeping_worker(b, nap));
+        let a = s.spawn(move || sleeping_worker(a, nap));
+        (a.join().expect("a"), b.join().expect("b"))
+    });
+    assert!(a.0[0].result.is_ok() && b.0[0].result.is_ok());
+    assert!(
+        b.1 < Duration::from_secs(5),
+        "queue b slept {:?} after queue a's allocation (a took {:?})",
+        b.1,
+        a.1
+    );
+    let mut q = image.open_queue(1).expect("reader");
+    let got = read_at(&mut *q, cluster + 8192, 4096).expect("read");
+    assert_bytes(&got, &pattern(2, 4096), "queue b's write");
 }
 
 #[test]
