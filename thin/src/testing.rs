@@ -8,6 +8,20 @@ use rustbk_formats::{BlockImage, ImageQueue, IoOp};
 use crate::pool::{FreshData, Pool, PoolOptions, VolumeSpec};
 use crate::volume::{ThinVolume, VolumeOptions};
 
+/// Sends the crate's logs (info and up, or what `RUST_LOG` says) to the running test's
+/// output, which the harness shows when the test fails: the reason behind an error
+/// completion is logged, not carried by its errno.
+pub(crate) fn capture_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("rustbk_thin=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .with_ansi(false)
+        .with_thread_names(true)
+        .try_init();
+}
+
 /// A pool in a temporary folder.
 pub(crate) struct TestPool {
     pub dir: tempfile::TempDir,

@@ -35,6 +35,7 @@ pub(super) fn served(blocks: u64, ids: &[u64], size: u64) -> Served {
 
 /// [`served`] with pool options of its own.
 pub(super) fn served_with(blocks: u64, ids: &[u64], size: u64, opts: PoolOptions) -> Served {
+    crate::testing::capture_logs();
     let dir = tempfile::tempdir().unwrap();
     let (meta, data) = pool_files(&dir, blocks);
     let pool = Pool::create(&meta, &data, BS, opts).unwrap();
