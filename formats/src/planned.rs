@@ -218,6 +218,16 @@ impl<P: Planner> ImageQueue for P {
     fn in_flight(&self) -> usize {
         self.io_ref().tally.outstanding
     }
+
+    /// Children finished in the engine (its completion ring is shared memory) or guest ops
+    /// finished and not reaped. A child's completion may not finish its op, and a ring of
+    /// the bell is not seen here: a worker polling on this stops early or sleeps a little
+    /// late (its window), never misses a wake-up.
+    fn peek_completions(&mut self) -> Option<bool> {
+        let io = self.io();
+        let children = io.engine.peek_completions()?;
+        Some(children || !io.tally.ready.is_empty())
+    }
 }
 
 /// One piece of the work of a planned op.

@@ -120,3 +120,42 @@ fn a_write_waiting_for_another_queues_allocation_completes_when_woken() {
     let raw = qemu_raw(&path);
     assert_bytes(&raw[65536..65536 + 12288], &want, "qemu-img convert");
 }
+
+#[test]
+fn a_polling_worker_sees_a_read_finish_in_the_shared_completion_ring() {
+    let (_dir, path) = temp("peek.qcow2");
+    create(&path, 4 << 20, &CreateOptions::default()).expect("create");
+    let image = open_image(&path, Format::Qcow2, &opts(false, EngineKind::Auto)).expect("open");
+    let mut q = image.open_queue(4).expect("queue");
+    crate::suite::write_at(&mut *q, 0, &pattern(3, 4096)).expect("write");
+    let buf = SharedBuf::new(4096);
+    let read = IoOp::Read {
+        offset: 0,
+        bufs: Box::new(buf.clone()),
+    };
+    q.submit(read, 7).expect("submit");
+    q.commit().expect("commit");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut done = Vec::new();
+    while done.is_empty() {
+        assert!(Instant::now() < deadline, "the read never showed up");
+        match q.peek_completions() {
+            Some(true) => {
+                q.reap(&mut done);
+            }
+            Some(false) => std::hint::spin_loop(),
+            None => panic!("an io_uring qcow2 queue cannot show its completions"),
+        }
+    }
+    assert_eq!(done[0].tag, 7);
+    assert_bytes(&buf.copy_out(), &pattern(3, 4096), "the read");
+    assert_eq!(q.peek_completions(), Some(false), "nothing left to reap");
+    drop((q, image));
+    let sync = open_image(&path, Format::Qcow2, &opts(false, EngineKind::Sync)).expect("open");
+    let mut q = sync.open_queue(4).expect("queue");
+    assert_eq!(
+        q.peek_completions(),
+        None,
+        "a sync engine queue claims to show completions"
+    );
+}
