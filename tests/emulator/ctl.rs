@@ -233,9 +233,11 @@ fn stop_ends_a_worker_and_the_guest_goes_on_with_the_one_the_daemon_starts() {
     assert!(!out.status.success(), "stop needs --domid or --all");
 }
 
-/// `polled` after `writes` queue-depth-1 writes and reads by a backend run with `poll_us`.
-fn polled_waits(poll_us: &str, writes: u64) -> u64 {
+/// `polled` after `writes` queue-depth-1 writes and reads (read back and compared) by a
+/// backend run with `poll_us`, on a raw image or one of `format`.
+fn polled_waits(poll_us: &str, writes: u64, format: Option<&'static str>) -> u64 {
     let setup = Setup {
+        format,
         // Polled even on a loaded test machine (by default polling stops while the runnable
         // threads outnumber the CPUs).
         backend_args: vec![
@@ -245,7 +247,15 @@ fn polled_waits(poll_us: &str, writes: u64) -> u64 {
         ],
         ..Setup::default()
     };
-    let host = Host::with_daemon(setup);
+    let host = match format {
+        None => Host::with_daemon(setup),
+        Some(_) => Host::daemon_serving(setup, |dir| {
+            let path = dir.join("disk.qcow2");
+            let opts = rustbk_formats::qcow2::CreateOptions::default();
+            rustbk_formats::qcow2::create(&path, 64 << 20, &opts).expect("qcow2");
+            path
+        }),
+    };
     let mut g = host.guest();
     workload(&mut g, writes, 1);
     counter(&stats(&host), "polled")
@@ -253,11 +263,17 @@ fn polled_waits(poll_us: &str, writes: u64) -> u64 {
 
 #[test]
 fn an_adaptive_poll_catches_queue_depth_one_requests_and_none_is_done_when_off() {
-    assert_eq!(polled_waits("0", 50), 0, "polling off");
+    assert_eq!(polled_waits("0", 50, None), 0, "polling off");
     // A guest at queue depth 1 sends its next request right after a response: with a 1 ms
     // window the worker catches most of them spinning (a descheduled spin resets the window,
     // so a loaded machine catches fewer, but not none in 400 requests).
-    let polled = polled_waits("1000", 200);
+    let polled = polled_waits("1000", 200, None);
+    assert!(polled > 0, "no wait ended by polling in 400 requests");
+}
+
+#[test]
+fn a_polling_worker_serves_a_qcow2_disk_and_reads_back_what_it_wrote() {
+    let polled = polled_waits("1000", 200, Some("qcow2"));
     assert!(polled > 0, "no wait ended by polling in 400 requests");
 }
 
