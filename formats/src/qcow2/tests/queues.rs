@@ -44,22 +44,36 @@ fn sleeping_worker(mut q: Box<dyn ImageQueue>, nap: Duration) -> (Vec<Completion
     (done, start.elapsed())
 }
 
-#[test]
-fn a_queue_sleeping_in_wait_any_is_woken_by_another_queues_allocation() {
-    let (_dir, path) = temp("queues.qcow2");
+/// The guest cluster both writes go into.
+const CLUSTER: u64 = 65536;
+
+/// A new image whose queue a allocates [`CLUSTER`] (a write of pattern 1 at its start) while
+/// queue b writes pattern 2 into its third page: b's write waits for a's allocation.
+fn two_writes_into_one_new_cluster() -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    std::sync::Arc<dyn crate::BlockImage>,
+    [Box<dyn ImageQueue>; 2],
+) {
+    let (dir, path) = temp("queues.qcow2");
     create(&path, 4 << 20, &CreateOptions::default()).expect("create");
     let image = open_image(&path, Format::Qcow2, &opts(false, EngineKind::Auto)).expect("open");
-    let (mut a, mut b) = (
+    let mut queues = [
         image.open_queue(4).expect("a"),
         image.open_queue(4).expect("b"),
-    );
-    let cluster = 65536;
-    a.submit(write(cluster, &pattern(1, 4096)), 1)
-        .expect("submit a");
-    a.commit().expect("commit a");
-    b.submit(write(cluster + 8192, &pattern(2, 4096)), 2)
-        .expect("submit b");
-    b.commit().expect("commit b");
+    ];
+    for (seed, q) in (1..).zip(queues.iter_mut()) {
+        let at = CLUSTER + 8192 * (seed - 1);
+        q.submit(write(at, &pattern(seed, 4096)), seed)
+            .expect("submit");
+        q.commit().expect("commit");
+    }
+    (dir, path, image, queues)
+}
+
+#[test]
+fn a_queue_sleeping_in_wait_any_is_woken_by_another_queues_allocation() {
+    let (_dir, _path, image, [a, b]) = two_writes_into_one_new_cluster();
     // Nothing but queue a's bell can wake queue b before its 10 s nap ends.
     let nap = Duration::from_secs(10);
     let (a, b) = std::thread::scope(|s| {
@@ -75,27 +89,13 @@ fn a_queue_sleeping_in_wait_any_is_woken_by_another_queues_allocation() {
         a.1
     );
     let mut q = image.open_queue(1).expect("reader");
-    let got = read_at(&mut *q, cluster + 8192, 4096).expect("read");
+    let got = read_at(&mut *q, CLUSTER + 8192, 4096).expect("read");
     assert_bytes(&got, &pattern(2, 4096), "queue b's write");
 }
 
 #[test]
 fn a_write_waiting_for_another_queues_allocation_completes_when_woken() {
-    let (_dir, path) = temp("queues.qcow2");
-    create(&path, 4 << 20, &CreateOptions::default()).expect("create");
-    let image = open_image(&path, Format::Qcow2, &opts(false, EngineKind::Auto)).expect("open");
-    let (mut a, mut b) = (
-        image.open_queue(4).expect("a"),
-        image.open_queue(4).expect("b"),
-    );
-    let cluster = 65536;
-    // Queue a allocates the cluster; queue b writes another page of it while that is in flight.
-    a.submit(write(cluster, &pattern(1, 4096)), 1)
-        .expect("submit a");
-    a.commit().expect("commit a");
-    b.submit(write(cluster + 8192, &pattern(2, 4096)), 2)
-        .expect("submit b");
-    b.commit().expect("commit b");
+    let (_dir, path, image, [mut a, mut b]) = two_writes_into_one_new_cluster();
     let (mut done_a, mut done_b) = (Vec::new(), Vec::new());
     let deadline = Instant::now() + Duration::from_secs(5);
     while done_a.is_empty() || done_b.is_empty() {
@@ -109,7 +109,7 @@ fn a_write_waiting_for_another_queues_allocation_completes_when_woken() {
         worker_step(&mut *b, &mut done_b);
     }
     assert!(done_a[0].result.is_ok() && done_b[0].result.is_ok());
-    let got = read_at(&mut *a, cluster, 12288).expect("read");
+    let got = read_at(&mut *a, CLUSTER, 12288).expect("read");
     let mut want = pattern(1, 4096);
     want.extend(vec![0; 4096]);
     want.extend(pattern(2, 4096));
