@@ -47,14 +47,17 @@ fn sleeping_worker(mut q: Box<dyn ImageQueue>, nap: Duration) -> (Vec<Completion
 /// The guest cluster both writes go into.
 const CLUSTER: u64 = 65536;
 
-/// A new image whose queue a allocates [`CLUSTER`] (a write of pattern 1 at its start) while
-/// queue b writes pattern 2 into its third page: b's write waits for a's allocation.
-fn two_writes_into_one_new_cluster() -> (
+/// An image's folder, path, image and two of its queues.
+type TwoQueues = (
     tempfile::TempDir,
     std::path::PathBuf,
     std::sync::Arc<dyn crate::BlockImage>,
     [Box<dyn ImageQueue>; 2],
-) {
+);
+
+/// A new image whose queue a allocates [`CLUSTER`] (a write of pattern 1 at its start) while
+/// queue b writes pattern 2 into its third page: b's write waits for a's allocation.
+fn two_writes_into_one_new_cluster() -> TwoQueues {
     let (dir, path) = temp("queues.qcow2");
     create(&path, 4 << 20, &CreateOptions::default()).expect("create");
     let image = open_image(&path, Format::Qcow2, &opts(false, EngineKind::Auto)).expect("open");
