@@ -249,15 +249,15 @@ pub trait Tracked {
 }
 
 /// Counts the finished children in `done` (engine tags, mapped to their parent's id by
-/// `children`) against their parents; returns the ids of the parents whose last child
-/// finished, in the order they finished.
+/// `children`; emptied) against their parents; adds to `finished` the ids of the parents
+/// whose last child finished, in the order they finished.
 pub fn settle<P: Tracked, S: BuildHasher>(
-    done: Vec<Completion>,
+    done: &mut Vec<Completion>,
     children: &mut HashMap<u64, u64, S>,
     parents: &mut HashMap<u64, P, S>,
-) -> Vec<u64> {
-    let mut finished = Vec::new();
-    for c in done {
+    finished: &mut Vec<u64>,
+) {
+    for c in done.drain(..) {
         let Some(id) = children.remove(&c.tag) else {
             continue;
         };
@@ -273,7 +273,6 @@ pub fn settle<P: Tracked, S: BuildHasher>(
             finished.push(id);
         }
     }
-    finished
 }
 
 /// Sleeps until the notifier is rung (another queue finished what our deferred ops wait for),

@@ -20,6 +20,7 @@
 //! (crash-safe order, fdatasyncs included) before their completions are handed out.
 
 use std::collections::VecDeque;
+use std::mem::take;
 use std::sync::{Arc, Mutex};
 
 use foldhash::{HashMap, HashMapExt};
@@ -89,6 +90,11 @@ pub struct Qcow2Queue {
     /// Ops parked on a table read were planned again in this pump: their I/O is to be
     /// handed to the kernel before the queue sleeps or returns.
     pub(super) replanned: bool,
+    /// Room the pump reuses: child completions, finished parents (ids, then the parents).
+    reaped: Vec<Completion>,
+    finished: Vec<u64>,
+    finishing: Vec<Parent>,
+    guests: Vec<Parent>,
 }
 
 impl Qcow2Queue {
@@ -117,6 +123,10 @@ impl Qcow2Queue {
             meta_io,
             fetches: HashMap::new(),
             replanned: false,
+            reaped: Vec::new(),
+            finished: Vec::new(),
+            finishing: Vec::new(),
+            guests: Vec::new(),
         })
     }
 
@@ -360,7 +370,8 @@ impl Qcow2Queue {
         self.io.feed();
     }
 
-    fn finish_parents(&mut self, ids: Vec<u64>) {
+    /// Finishes the parents `ids` (emptied).
+    fn finish_parents(&mut self, ids: &mut Vec<u64>) {
         let first = self.io.tally.ready.len();
         self.finish_parents_in(ids);
         if self.io.engine.file().cache().dsync() {
@@ -385,37 +396,36 @@ impl Qcow2Queue {
         }
     }
 
-    fn finish_parents_in(&mut self, ids: Vec<u64>) {
-        let removed: Vec<Parent> = ids
-            .iter()
-            .filter_map(|id| self.parents.remove(id))
-            .collect();
-        let mut parents = Vec::with_capacity(removed.len());
-        for p in removed {
+    fn finish_parents_in(&mut self, ids: &mut Vec<u64>) {
+        let (mut removed, mut guests) = (take(&mut self.finishing), take(&mut self.guests));
+        removed.extend(ids.drain(..).filter_map(|id| self.parents.remove(&id)));
+        for p in removed.drain(..) {
             match p.role {
-                Role::Guest => parents.push(p),
+                Role::Guest => guests.push(p),
                 Role::WriteBack => self.write_back_step_done(p.error),
                 Role::Fetch(fetch) => self.fetch_done(fetch, p.error),
             }
         }
-        for a in parents.iter().flat_map(|p| &p.allocs) {
+        self.finishing = removed;
+        for a in guests.iter().flat_map(|p| &p.allocs) {
             self.open_allocs.remove(&a.gc);
         }
-        let (commit, rest): (Vec<Parent>, Vec<Parent>) = parents
-            .into_iter()
-            .partition(|p| p.error.is_none() && !p.allocs.is_empty());
-        if !commit.is_empty() {
-            let allocs: Vec<Alloc> = commit.iter().flat_map(|p| p.allocs.clone()).collect();
+        // Successful allocating writes complete once their allocations are committed.
+        let commits = |p: &Parent| p.error.is_none() && !p.allocs.is_empty();
+        if guests.iter().any(commits) {
+            let allocs: Vec<Alloc> = (guests.iter().filter(|p| commits(p)))
+                .flat_map(|p| p.allocs.clone())
+                .collect();
             let result = self.commit_allocs(&allocs);
-            for p in commit {
-                let errno = result.as_ref().err().map(Error::errno);
-                self.complete(&p, || errno.map_or(Ok(()), |e| Err(Error::from_errno(e))));
+            let errno = result.as_ref().err().map(Error::errno);
+            for p in guests.iter().filter(|p| commits(p)) {
+                self.complete(p, || errno.map_or(Ok(()), |e| Err(Error::from_errno(e))));
             }
             if let Err(e) = result {
                 tracing::error!(error = %e, "qcow2 metadata commit failed");
             }
         }
-        for p in rest {
+        for p in guests.drain(..).filter(|p| !commits(p)) {
             if !p.allocs.is_empty() {
                 // The op failed: its allocations leak (repairable with `qemu-img check -r leaks`).
                 if let Ok(mut meta) = lock(&self.meta) {
@@ -430,6 +440,7 @@ impl Qcow2Queue {
             let result = p.error.map_or(Ok(()), Err);
             self.io.tally.ready.push(Completion { tag: p.tag, result });
         }
+        self.guests = guests;
     }
 
     /// Completes a parent's op and the writes that joined it, each with `result()`.
@@ -507,12 +518,19 @@ impl Planner for Qcow2Queue {
 
     /// Collects child completions, finishes parents, retries deferred ops, feeds the backlog.
     fn pump(&mut self) {
-        let mut done = Vec::new();
-        self.io.engine.reap(&mut done);
-        let finished = planned::settle(done, &mut self.children, &mut self.parents);
+        let (mut reaped, mut finished) = (take(&mut self.reaped), take(&mut self.finished));
+        self.io.engine.reap(&mut reaped);
+        planned::settle(
+            &mut reaped,
+            &mut self.children,
+            &mut self.parents,
+            &mut finished,
+        );
+        self.reaped = reaped;
         if !finished.is_empty() {
-            self.finish_parents(finished);
+            self.finish_parents(&mut finished);
         }
+        self.finished = finished;
         // Deferred ops wait for allocations on any queue: another queue's commit only wakes
         // this one through the notifier (a ring worker then reaps), so retry them on every
         // pump, not only after this queue's own ops finished. An op still blocked defers again.

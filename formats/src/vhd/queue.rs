@@ -260,7 +260,13 @@ impl Planner for VhdQueue {
     fn pump(&mut self) {
         let mut done = Vec::new();
         self.io.engine.reap(&mut done);
-        let finished = planned::settle(done, &mut self.children, &mut self.parents);
+        let mut finished = Vec::new();
+        planned::settle(
+            &mut done,
+            &mut self.children,
+            &mut self.parents,
+            &mut finished,
+        );
         let wrote = finished.iter().any(|id| {
             self.parents
                 .get(id)

@@ -244,7 +244,13 @@ impl VmdkQueue {
         for e in &mut self.engines {
             e.reap(&mut done);
         }
-        let finished = planned::settle(done, &mut self.children, &mut self.parents);
+        let mut finished = Vec::new();
+        planned::settle(
+            &mut done,
+            &mut self.children,
+            &mut self.parents,
+            &mut finished,
+        );
         let parents: Vec<Parent> = finished
             .iter()
             .filter_map(|id| self.parents.remove(id))
