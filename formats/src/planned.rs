@@ -3,7 +3,7 @@
 //!
 //! A [`Planner`] turns ops into plans and finishes them; this module gives it the rest of
 //! [`ImageQueue`]: accepting ops up to the queue's depth, handing out finished ones, waiting on
-//! the engine or, when only ops held back by another queue are left, on the queue's notifier,
+//! the engine or, when only ops held back by another queue are left, on the queue's bell,
 //! and draining the queue before it is dropped.
 
 use std::collections::{HashMap, VecDeque};
@@ -40,7 +40,7 @@ impl Tally {
 }
 
 /// What every planning queue keeps besides its plans: the engine, the children waiting for
-/// room in it, the guest ops accepted and finished, and the notifier.
+/// room in it, the guest ops accepted and finished, and the bell.
 pub struct PlanIo {
     /// The engine the children run on.
     pub engine: Engine,
@@ -99,16 +99,16 @@ pub trait Planner: Send {
     fn start(&mut self, op: IoOp, tag: u64);
     /// Reaps the engine, finishes the ops whose work is all done, retries deferred ops.
     fn pump(&mut self);
-    /// Runs after the notifier woke a queue whose only ops wait for another queue.
+    /// Runs after the bell woke a queue whose only ops wait for another queue.
     fn woken(&mut self);
     /// Whether ops wait for another queue.
     fn has_deferred(&self) -> bool;
-    /// Whether a sleeping queue must wake when others ring its notifier: while ops wait for
+    /// Whether a sleeping queue must wake when others ring its bell: while ops wait for
     /// another queue (the default), or always for a queue that takes requests that way.
     fn listens(&self) -> bool {
         self.has_deferred()
     }
-    /// The longest a sleeping queue may sleep: ops wait for an answer that no notifier may
+    /// The longest a sleeping queue may sleep: ops wait for an answer that no bell may
     /// ever bring (a pool service that stopped answering), and [`Planner::pump`] gives up on
     /// it once it is overdue. None (the default): as long as the caller asks.
     fn wake_within(&self) -> Option<Duration> {
@@ -188,7 +188,7 @@ impl<P: Planner> ImageQueue for P {
     }
 
     /// Sleeps in the engine, as a raw queue does (one `io_uring_enter` waits for the children
-    /// and `fds`); while ops wait for another queue, the notifier other queues ring is watched
+    /// and `fds`); while ops wait for another queue, the bell other queues ring is watched
     /// too (see [`Planner::listens`]). Returns at once when finished ops wait to be reaped.
     fn wait_any(
         &mut self,
@@ -275,7 +275,18 @@ pub fn settle<P: Tracked, S: BuildHasher>(
     }
 }
 
-/// Sleeps until the notifier is rung (another queue finished what our deferred ops wait for),
+/// [`settle`] into a new list, for a queue that keeps none.
+pub fn settled<P: Tracked, S: BuildHasher>(
+    mut done: Vec<Completion>,
+    children: &mut HashMap<u64, u64, S>,
+    parents: &mut HashMap<u64, P, S>,
+) -> Vec<u64> {
+    let mut finished = Vec::new();
+    settle(&mut done, children, parents, &mut finished);
+    finished
+}
+
+/// Sleeps until the bell is rung (another queue finished what our deferred ops wait for),
 /// for at most 100 ms or what is `left` of the caller's timeout.
 fn wait_for_wake<P: Planner>(queue: &mut P, left: Option<Duration>) -> Result<(), Error> {
     let slice = left.map_or(WAKE_SLICE, |l| l.min(WAKE_SLICE));

@@ -129,7 +129,7 @@ pub trait PoolPort: Send {
         false
     }
     /// Called by the port when a pause or give-back request arrives, so a sleeping data path
-    /// wakes up (it writes the data path's notifier eventfd).
+    /// wakes up (it rings the bells of the volume's queues).
     fn set_waker(&mut self, waker: Box<dyn Fn() + Send + Sync>);
     /// Whether the port is lost for good (its connection to the pool service broke). The
     /// blocks it was handed are then no longer the volume's: the service gives them back to

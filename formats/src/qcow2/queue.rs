@@ -5,7 +5,7 @@
 //! commit once the children finished. The guest op completes when all of that is done. Ops
 //! touching a guest cluster whose allocation is in flight (on any queue) wait in `deferred`
 //! until that allocation commits; the committing queue wakes the others through their
-//! notifiers. A write inside a guest cluster whose allocation this queue has in flight, into
+//! bells. A write inside a guest cluster whose allocation this queue has in flight, into
 //! a new cluster the file system zeroed, instead joins that allocation: its data goes straight
 //! to the new cluster and it completes together with the allocating op (with its result).
 //! Children beyond the engine's depth wait in `backlog`. An op needing an L2 table the cache
@@ -186,7 +186,7 @@ impl Qcow2Queue {
         }
     }
 
-    /// Puts `op` aside until the notifier is rung (an allocation or a write-back ended).
+    /// Puts `op` aside until the bell is rung (an allocation or a write-back ended).
     fn defer(&mut self, meta: &mut Meta, op: IoOp, tag: u64) {
         if !meta.waiters.iter().any(|w| Arc::ptr_eq(w, &self.io.wake)) {
             meta.waiters.push(self.io.wake.clone());
@@ -532,7 +532,7 @@ impl Planner for Qcow2Queue {
         }
         self.finished = finished;
         // Deferred ops wait for allocations on any queue: another queue's commit only wakes
-        // this one through the notifier (a ring worker then reaps), so retry them on every
+        // this one through the bell (a ring worker then reaps), so retry them on every
         // pump, not only after this queue's own ops finished. An op still blocked defers again.
         let retried = !self.deferred.is_empty();
         if retried {

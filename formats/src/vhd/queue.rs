@@ -260,13 +260,7 @@ impl Planner for VhdQueue {
     fn pump(&mut self) {
         let mut done = Vec::new();
         self.io.engine.reap(&mut done);
-        let mut finished = Vec::new();
-        planned::settle(
-            &mut done,
-            &mut self.children,
-            &mut self.parents,
-            &mut finished,
-        );
+        let finished = planned::settled(done, &mut self.children, &mut self.parents);
         let wrote = finished.iter().any(|id| {
             self.parents
                 .get(id)

@@ -244,13 +244,7 @@ impl VmdkQueue {
         for e in &mut self.engines {
             e.reap(&mut done);
         }
-        let mut finished = Vec::new();
-        planned::settle(
-            &mut done,
-            &mut self.children,
-            &mut self.parents,
-            &mut finished,
-        );
+        let finished = planned::settled(done, &mut self.children, &mut self.parents);
         let parents: Vec<Parent> = finished
             .iter()
             .filter_map(|id| self.parents.remove(id))

@@ -558,7 +558,7 @@ impl Planner for ThinQueue {
     }
 
     /// Ops held back, or waiting for the answer to their map (the reader thread rings the
-    /// notifier when it comes).
+    /// bell when it comes).
     fn has_deferred(&self) -> bool {
         !self.deferred.is_empty() || !self.mapping.is_empty()
     }
@@ -569,7 +569,7 @@ impl Planner for ThinQueue {
     }
 
     /// While maps wait for the pool service's answer, the queue wakes every
-    /// [`MAP_CHECK_EVERY`]: a service that stopped answering rings no notifier, and the
+    /// [`MAP_CHECK_EVERY`]: a service that stopped answering rings no bell, and the
     /// port's call timeout is only checked when the queue looks for the answer.
     fn wake_within(&self) -> Option<Duration> {
         (!self.mapping.is_empty()).then_some(MAP_CHECK_EVERY)
