@@ -126,7 +126,7 @@ impl Qcow2Queue {
             return self.end_write_back(Err(e));
         }
         self.set_step(sync);
-        self.spawn_write_back(vec![Child::Io(IoOp::Flush)]);
+        self.spawn_write_back([Child::Io(IoOp::Flush)]);
     }
 
     fn set_step(&mut self, step: Step) {

@@ -25,7 +25,8 @@ use std::sync::{Arc, Mutex};
 
 use foldhash::{HashMap, HashMapExt};
 
-use crate::buffer::SharedBufs;
+use crate::IoBuffers;
+use crate::buffer::{SharedBufs, total_len};
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::image::{Completion, ImageQueue, IoOp};
@@ -285,6 +286,25 @@ impl Qcow2Queue {
         self.next_id
     }
 
+    /// Launches a read that one engine read serves straight into the guest's buffers (see
+    /// [`read::direct_read`]); gives the buffers back if the read needs a plan.
+    fn read_direct(
+        &mut self,
+        tag: u64,
+        offset: u64,
+        bufs: Box<dyn IoBuffers>,
+    ) -> Result<Option<Box<dyn IoBuffers>>, Error> {
+        let len = total_len(bufs.iovecs()).and_then(|l| u64::try_from(l).ok());
+        let len =
+            len.ok_or_else(|| Error::InvalidArgument("buffer length overflows".to_owned()))?;
+        let Some(host) = read::direct_read(&self.meta, offset, len)? else {
+            return Ok(Some(bufs));
+        };
+        let read = IoOp::Read { offset: host, bufs };
+        self.spawn(tag, [Child::Io(read)], Vec::new());
+        Ok(None)
+    }
+
     fn launch(&mut self, tag: u64, plan: Plan) {
         let mut kids: Vec<Child> = plan
             .io
@@ -313,13 +333,13 @@ impl Qcow2Queue {
     }
 
     pub(super) fn finish_now(&mut self, tag: u64, result: Result<(), Error>) {
-        self.spawn(tag, vec![Child::Now(result)], Vec::new());
+        self.spawn(tag, [Child::Now(result)], Vec::new());
     }
 
-    fn spawn(&mut self, tag: u64, kids: Vec<Child>, allocs: Vec<Alloc>) {
+    fn spawn(&mut self, tag: u64, kids: impl IntoIterator<Item = Child>, allocs: Vec<Alloc>) {
         let parent = Parent {
             tag,
-            pending: kids.len(),
+            pending: 0,
             error: None,
             allocs,
             joined: Vec::new(),
@@ -329,10 +349,10 @@ impl Qcow2Queue {
     }
 
     /// Runs `kids` on the engine as one step of this queue's write-back.
-    pub(super) fn spawn_write_back(&mut self, kids: Vec<Child>) {
+    pub(super) fn spawn_write_back(&mut self, kids: impl IntoIterator<Item = Child>) {
         let parent = Parent {
             tag: 0,
-            pending: kids.len(),
+            pending: 0,
             error: None,
             allocs: Vec::new(),
             joined: Vec::new(),
@@ -345,28 +365,30 @@ impl Qcow2Queue {
     pub(super) fn spawn_fetch(&mut self, fetch: Fetch, read: Child) {
         let parent = Parent {
             tag: 0,
-            pending: 1,
+            pending: 0,
             error: None,
             allocs: Vec::new(),
             joined: Vec::new(),
             role: Role::Fetch(fetch),
         };
-        self.spawn_parent(parent, vec![read]);
+        self.spawn_parent(parent, [read]);
     }
 
-    fn spawn_parent(&mut self, parent: Parent, kids: Vec<Child>) {
+    /// Starts `parent` with `kids` (at least one) as its children.
+    fn spawn_parent(&mut self, mut parent: Parent, kids: impl IntoIterator<Item = Child>) {
         let id = self.id();
         for a in &parent.allocs {
             if let Some(host) = a.joinable {
                 self.open_allocs.insert(a.gc, (id, host));
             }
         }
-        self.parents.insert(id, parent);
         for kid in kids {
             let child = self.id();
             self.children.insert(child, id);
             self.io.backlog.push_back((child, kid));
+            parent.pending += 1;
         }
+        self.parents.insert(id, parent);
         self.io.feed();
     }
 
@@ -493,7 +515,11 @@ impl Qcow2Queue {
             false => op,
         };
         let planned = match op {
-            IoOp::Read { offset, bufs } => self.plan_read(offset, bufs),
+            IoOp::Read { offset, bufs } => match self.read_direct(tag, offset, bufs) {
+                Ok(Some(bufs)) => self.plan_read(offset, bufs),
+                Ok(None) => return,
+                Err(e) => Err(e),
+            },
             IoOp::Flush => match self.plan_flush(tag) {
                 Some(planned) => planned,
                 None => return,

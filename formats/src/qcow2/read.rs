@@ -225,6 +225,30 @@ pub(crate) fn plan_read(
     Ok(plan)
 }
 
+/// Where a read of `len` bytes at guest `offset` can go in one engine read straight into the
+/// caller's buffers: the host offset, if standard clusters map the whole range to one
+/// contiguous host run. `None` (the caller plans the read) if any part is elsewhere.
+pub(crate) fn direct_read(meta: &Mutex<Meta>, offset: u64, len: u64) -> Result<Option<u64>, Error> {
+    let mut meta = lock(meta)?;
+    let layout = *meta.layout();
+    let (mut start, mut next) = (None, 0u64);
+    for (gc, inner, n) in layout.split(offset, len) {
+        let Mapping::Data { host, .. } = meta.mapping(gc)? else {
+            return Ok(None);
+        };
+        check_host(&meta, host)?;
+        let Some(at) = host.checked_add(inner) else {
+            return Ok(None);
+        };
+        if start.is_some() && at != next {
+            return Ok(None);
+        }
+        start.get_or_insert(at);
+        next = at.saturating_add(n);
+    }
+    Ok(start)
+}
+
 /// The mappings of a guest range, adjacent unallocated and zero pieces merged.
 fn map_runs(meta: &Mutex<Meta>, offset: u64, len: u64) -> Result<Vec<Run>, Error> {
     let mut meta = lock(meta)?;
