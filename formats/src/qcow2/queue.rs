@@ -219,6 +219,11 @@ impl Qcow2Queue {
             self.defer(&mut meta, op, tag);
             return None;
         }
+        let op = match self.write_direct(&mut meta, op, tag, (offset, len)) {
+            Ok(None) => return None,
+            Ok(Some(op)) => op,
+            Err(e) => return Some(Err(e)),
+        };
         let mut plan = Plan::default();
         let result = match op {
             IoOp::Write { bufs, .. } => match SharedBufs::new(bufs) {
@@ -245,6 +250,26 @@ impl Qcow2Queue {
             return Some(Err(e));
         }
         Some(Ok(plan))
+    }
+
+    /// Launches a write that one engine write serves straight from the guest's buffers (see
+    /// [`write::direct_write`]); gives the op back if it needs a plan.
+    fn write_direct(
+        &mut self,
+        meta: &mut Meta,
+        op: IoOp,
+        tag: u64,
+        (offset, len): (u64, u64),
+    ) -> Result<Option<IoOp>, Error> {
+        let IoOp::Write { bufs, .. } = op else {
+            return Ok(Some(op));
+        };
+        let Some(host) = write::direct_write(meta, offset, len)? else {
+            return Ok(Some(IoOp::Write { offset, bufs }));
+        };
+        let write = IoOp::Write { offset: host, bufs };
+        self.spawn(tag, [Child::Io(write)], Vec::new());
+        Ok(None)
     }
 
     /// Attaches a write inside one guest cluster to this queue's joinable allocation of that

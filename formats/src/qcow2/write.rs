@@ -69,6 +69,30 @@ pub(crate) fn plan_write(
     Ok(())
 }
 
+/// Where a write of `len` bytes at guest `offset` can go in one engine write straight from
+/// the caller's buffers: the host offset, if the whole range lies in clusters this image owns
+/// alone that form one contiguous host run. `None` (the caller plans the write) otherwise.
+pub(crate) fn direct_write(meta: &mut Meta, offset: u64, len: u64) -> Result<Option<u64>, Error> {
+    let layout = *meta.layout();
+    let (mut start, mut next) = (None, 0u64);
+    for (gc, inner, n) in layout.split(offset, len) {
+        let mapping = meta.mapping(gc)?;
+        let Some(host) = in_place(meta, mapping)? else {
+            return Ok(None);
+        };
+        check_host(meta, host)?;
+        let Some(at) = host.checked_add(inner) else {
+            return Ok(None);
+        };
+        if start.is_some() && at != next {
+            return Ok(None);
+        }
+        start.get_or_insert(at);
+        next = at.saturating_add(n);
+    }
+    Ok(start)
+}
+
 /// The host cluster a write may overwrite in place (refcount exactly one).
 fn in_place(meta: &mut Meta, mapping: Mapping) -> Result<Option<u64>, Error> {
     match mapping {

@@ -6,6 +6,7 @@
 mod confined;
 mod discard;
 mod hostile;
+mod in_place;
 mod inflight;
 mod interop;
 mod miss;
