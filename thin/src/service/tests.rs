@@ -670,6 +670,13 @@ fn a_full_served_pool_asks_other_workers_for_their_reserves_and_waits_for_their_
     );
     // A worker that does not answer holds a write back for 2 s at most.
     drop(a);
+    // The service gives a's blocks back once it has read the close (on the connection's own
+    // thread); until then the pool is full and c's provision would wait for b.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let free = || s.service.pool().usage().unwrap().data_free;
+    while free() != 6 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let mut c = SocketPort::connect(&s.socket, 3).unwrap();
     assert_eq!(
         c.provision(16).unwrap().len(),
