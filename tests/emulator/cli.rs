@@ -396,3 +396,36 @@ fn demo_with_two_queues_connects_two_rings_and_verifies_its_data() {
     let log = std::fs::read_to_string(work.join("backend-1-51712.log")).unwrap();
     assert!(log.contains("rings connected queues=2"), "{log}");
 }
+
+/// `bench --format` serves a converted copy of the image in that format and measures both
+/// sides: the header names the copy the backend served, and every row has IOPS on both sides.
+#[test]
+fn bench_serves_a_copy_in_each_image_format_against_fio_on_the_raw_image() {
+    for format in ["qcow2", "vhd", "vmdk"] {
+        let args = [
+            "bench",
+            "--format",
+            format,
+            "--size=16m",
+            "--runtime=1",
+            "--rounds=1",
+            "--depths=4",
+            "--json",
+        ];
+        let out = run(&args);
+        let err = text(&out.stderr);
+        assert!(out.status.success(), "{format}: {err}");
+        let served = format!("rustbk serving {format}:");
+        assert!(
+            err.contains(&served) && err.contains(&format!("bench.{format}")),
+            "{err}"
+        );
+        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        let rows = rows.as_array().expect("rows");
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        for row in rows {
+            let iops = |side: &str| row[side].as_f64().unwrap_or(0.0);
+            assert!(iops("rustbk_iops") > 0.0 && iops("fio_iops") > 0.0, "{row}");
+        }
+    }
+}

@@ -8,9 +8,10 @@
 //! completions are handed out.
 
 use foldhash::{HashMap, HashMapExt};
+use std::mem::take;
 use std::sync::{Arc, Mutex};
 
-use crate::buffer::SharedBufs;
+use crate::buffer::{SharedBufs, total_len};
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::image::{BlockImage, Completion, ImageQueue, IoOp};
@@ -58,6 +59,9 @@ pub struct VhdQueue {
     next_id: u64,
     parents: HashMap<u64, Parent>,
     children: HashMap<u64, u64>,
+    /// Room the pump reuses: child completions, then the ids of finished parents.
+    reaped: Vec<Completion>,
+    finished: Vec<u64>,
 }
 
 impl VhdQueue {
@@ -72,6 +76,8 @@ impl VhdQueue {
             next_id: 1,
             parents: HashMap::new(),
             children: HashMap::new(),
+            reaped: Vec::new(),
+            finished: Vec::new(),
         })
     }
 
@@ -80,12 +86,37 @@ impl VhdQueue {
             .ok_or_else(|| Error::InvalidArgument("buffer length overflows".to_owned()))
     }
 
+    /// The guest buffers' length, or an error if it overflows.
+    fn length(bufs: &dyn crate::IoBuffers) -> Result<usize, Error> {
+        total_len(bufs.iovecs())
+            .ok_or_else(|| Error::InvalidArgument("buffer length overflows".to_owned()))
+    }
+
+    /// The host offset of a plan that is one run of allocated data covering all `len` bytes:
+    /// the engine then uses the guest's buffers as they are.
+    fn direct(segs: &[Seg], len: usize) -> Option<u64> {
+        match segs {
+            [
+                Seg::Host {
+                    host,
+                    skip: 0,
+                    len: n,
+                },
+            ] if *n == len => Some(*host),
+            _ => None,
+        }
+    }
+
     fn read(&mut self, offset: u64, bufs: Box<dyn crate::IoBuffers>) -> Result<Vec<Child>, Error> {
-        let bufs = Self::shared(bufs)?;
+        let len = Self::length(&*bufs)?;
         let segs = match &self.meta {
-            Some(meta) => plan::plan_read(Some(&mut *lock(meta)?), offset, bufs.len())?,
-            None => plan::plan_read(None, offset, bufs.len())?,
+            Some(meta) => plan::plan_read(Some(&mut *lock(meta)?), offset, len)?,
+            None => plan::plan_read(None, offset, len)?,
         };
+        if let Some(host) = Self::direct(&segs, len) {
+            return Ok(vec![Child::Io(IoOp::Read { offset: host, bufs })]);
+        }
+        let bufs = Self::shared(bufs)?;
         let mut kids = Vec::new();
         for seg in segs {
             match seg {
@@ -109,12 +140,17 @@ impl VhdQueue {
         offset: u64,
         bufs: Box<dyn crate::IoBuffers>,
     ) -> Result<(Vec<Child>, Vec<(u32, u64, u64)>), Error> {
-        let bufs = Self::shared(bufs)?;
+        let len = Self::length(&*bufs)?;
         let parent = self.parent.as_mut();
         let plan = match &self.meta {
-            Some(meta) => plan::plan_write(Some(&mut *lock(meta)?), parent, offset, bufs.len())?,
-            None => plan::plan_write(None, parent, offset, bufs.len())?,
+            Some(meta) => plan::plan_write(Some(&mut *lock(meta)?), parent, offset, len)?,
+            None => plan::plan_write(None, parent, offset, len)?,
         };
+        if let Some(host) = Self::direct(&plan.segs, len) {
+            let write = IoOp::Write { offset: host, bufs };
+            return Ok((vec![Child::Io(write)], plan.marks));
+        }
+        let bufs = Self::shared(bufs)?;
         let mut kids = Vec::new();
         for seg in plan.segs {
             if let Seg::Host { host, skip, len } = seg {
@@ -258,20 +294,27 @@ impl Planner for VhdQueue {
     }
 
     fn pump(&mut self) {
-        let mut done = Vec::new();
-        self.io.engine.reap(&mut done);
-        let finished = planned::settled(done, &mut self.children, &mut self.parents);
+        let (mut reaped, mut finished) = (take(&mut self.reaped), take(&mut self.finished));
+        self.io.engine.reap(&mut reaped);
+        planned::settle(
+            &mut reaped,
+            &mut self.children,
+            &mut self.parents,
+            &mut finished,
+        );
+        self.reaped = reaped;
         let wrote = finished.iter().any(|id| {
             self.parents
                 .get(id)
                 .is_some_and(|p| p.wrote && p.error.is_none())
         });
         let first = self.io.tally.ready.len();
-        for id in finished {
+        for id in finished.drain(..) {
             if let Some(p) = self.parents.remove(&id) {
                 self.finish(p);
             }
         }
+        self.finished = finished;
         if wrote && self.io.engine.file().cache().dsync() {
             self.write_through(first);
         }

@@ -451,10 +451,11 @@ pub struct BenchArgs {
     /// Let the benchmark write over the existing contents of `--image`.
     #[arg(long, requires = "image")]
     pub overwrite: bool,
-    /// Format rustbk serves the disk in: `raw` serves the image itself; `qcow2` serves a
-    /// fully allocated qcow2 copy of it (made in the work folder with `rustbk img convert`),
-    /// so the table shows what the format costs against fio on the raw image.
-    #[arg(long, default_value = "raw", value_parser = ["raw", "qcow2"],
+    /// Format rustbk serves the disk in: `raw` serves the image itself; `qcow2`, `vhd` (a
+    /// dynamic VHD) and `vmdk` (monolithic sparse) serve a fully allocated copy of it in that
+    /// format (made in the work folder with `rustbk img convert`), so the table shows what the
+    /// format costs against fio on the raw image.
+    #[arg(long, default_value = "raw", value_parser = ["raw", "qcow2", "vhd", "vmdk"],
           conflicts_with_all = ["null", "data_paths", "indirect"])]
     pub format: String,
     /// Size of a new image (a multiple of the sector size).

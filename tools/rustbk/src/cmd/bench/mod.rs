@@ -174,8 +174,10 @@ fn served_params(exe: &Path, image: &Path, format: &str, dir: &Path) -> anyhow::
         return Ok(image.display().to_string());
     }
     let copy = dir.join(format!("bench.{format}"));
+    // `rustbk img` names VHD as qemu-img does; a toolstack's `params` say `vhd:`.
+    let output_format = if format == "vhd" { "vpc" } else { format };
     let out = Command::new(exe)
-        .args(["img", "convert", "-f", "raw", "-O", format])
+        .args(["img", "convert", "-f", "raw", "-O", output_format])
         .args([image, &copy])
         .output()
         .context("cannot run rustbk img convert")?;
