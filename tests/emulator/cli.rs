@@ -429,3 +429,42 @@ fn bench_serves_a_copy_in_each_image_format_against_fio_on_the_raw_image() {
         }
     }
 }
+
+/// `thin bench --only provisioned` measures the thin volume against the raw file, and fio on
+/// the two files themselves, every round.
+#[test]
+fn thin_bench_measures_the_two_files_beside_the_provisioned_cases() {
+    let args = [
+        "thin",
+        "bench",
+        "--only=provisioned",
+        "--size=16m",
+        "--runtime=1",
+        "--rounds=2",
+        "--output=json",
+    ];
+    let out = run(&args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let results: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let io = results["io"].as_array().expect("io cases");
+    assert_eq!(io.len(), 2, "{results}");
+    let positive = |v: &serde_json::Value| {
+        v.as_array()
+            .is_some_and(|runs| runs.len() == 2 && runs.iter().all(|r| r.as_f64() > Some(0.0)))
+    };
+    for case in io {
+        assert!(
+            positive(&case["thin_iops"]) && positive(&case["peer_iops"]),
+            "{case}"
+        );
+    }
+    let files = &results["files"];
+    for side in [
+        "data_read_iops",
+        "raw_read_iops",
+        "data_write_iops",
+        "raw_write_iops",
+    ] {
+        assert!(positive(&files[side]), "{side}: {files}");
+    }
+}

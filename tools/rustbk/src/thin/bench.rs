@@ -13,6 +13,7 @@ use rustbk_thin::dir::{Devices, PoolDir, Preallocation};
 use rustbk_thin::pool::{PoolOptions, VolumeSpec};
 use serde::Serialize;
 
+use super::bench_files::Files;
 use super::bench_fs::Ceiling;
 use super::{bench_meta, bench_snap};
 use crate::cli::{parse_image_size, parse_runtime};
@@ -118,6 +119,10 @@ pub struct Results {
     /// the file system's bound on the first-write ratio.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fs_ceiling: Option<Ceiling>,
+    /// fio's reads and overwrites on the pool's data file and on the raw file: how alike the
+    /// two files the provisioned cases compare are.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files: Option<Files>,
 }
 
 /// Runs `rustbk thin bench`.
@@ -149,19 +154,24 @@ fn measure(args: &BenchArgs, dir: &Path) -> anyhow::Result<Results> {
         guest_held_ms_1t: Vec::new(),
         metadata: None,
         fs_ceiling: None,
+        files: None,
     };
     let mut ceiling = Ceiling::default();
+    let mut files = Files::default();
     if wants(Part::Io) {
-        results.io = io_cases(&mut cluster, args, dir, &mut ceiling)?;
+        results.io = io_cases(&mut cluster, args, dir, (&mut ceiling, &mut files))?;
     }
     if args.only == Some(Part::FirstWrites) {
         results.io = first_write_cases(&mut cluster, args, dir, &mut ceiling)?;
     }
     if args.only == Some(Part::Provisioned) {
-        results.io = provisioned_cases(&mut cluster, args, dir)?;
+        results.io = provisioned_cases(&mut cluster, args, dir, &mut files)?;
     }
     if !ceiling.written_iops.is_empty() {
         results.fs_ceiling = Some(ceiling);
+    }
+    if !files.raw_read_iops.is_empty() {
+        results.files = Some(files);
     }
     if wants(Part::Snapshots) {
         let small = bench_snap::through_guest(&mut cluster, 6, 1 << 30)?;
@@ -180,6 +190,8 @@ struct Disks {
     raw: VbdSpec,
     provisioned: VbdSpec,
     service: bench_snap::Service,
+    /// The raw file, and the provisioned volume's pool's data file.
+    files: (PathBuf, PathBuf),
 }
 
 impl Disks {
@@ -196,12 +208,13 @@ fn disk(domid: u16, params: String) -> VbdSpec {
 }
 
 /// A written raw file and a fully provisioned thin volume of `size` bytes in `dir`, both
-/// served; the raw file's path and the disks.
+/// served. The two files lie on different parts of the disk beneath: see
+/// [`super::bench_files`] for how alike they are.
 fn serve_raw_and_provisioned(
     cluster: &mut EmuCluster,
     size: u64,
     dir: &Path,
-) -> anyhow::Result<(PathBuf, Disks)> {
+) -> anyhow::Result<Disks> {
     let raw = write_image(&dir.join("raw.img"), size)?;
     let pool = PoolDir::new(dir.join("pool-a"));
     let provisioned = provisioned_volume(&pool.path, size)?;
@@ -209,23 +222,26 @@ fn serve_raw_and_provisioned(
         raw: disk(1, raw.display().to_string()),
         provisioned: disk(2, provisioned),
         service: bench_snap::Service::start(cluster, &pool)?,
+        files: (raw, pool.data()),
     };
     cluster.add_disk(&disks.raw, &[])?;
     cluster.add_disk(&disks.provisioned, &[])?;
-    Ok((raw, disks))
+    Ok(disks)
 }
 
 fn io_cases(
     cluster: &mut EmuCluster,
     args: &BenchArgs,
     dir: &Path,
-    ceiling: &mut Ceiling,
+    (ceiling, files): (&mut Ceiling, &mut Files),
 ) -> anyhow::Result<Vec<Case>> {
-    let (raw, disks) = serve_raw_and_provisioned(cluster, args.size, dir)?;
+    let disks = serve_raw_and_provisioned(cluster, args.size, dir)?;
+    let (raw, data) = (&disks.files.0, &disks.files.1);
     let mut cases = new_cases();
     for round in 0..args.rounds {
         one_round(cluster, &disks, round, args, &mut cases)?;
-        ceiling.measure(cluster, &raw, args.runtime)?;
+        ceiling.measure(cluster, raw, args.runtime)?;
+        files.measure(cluster, (data, raw), args.runtime)?;
     }
     disks.finish(cluster)?;
     set_ratios(&mut cases);
@@ -233,16 +249,19 @@ fn io_cases(
 }
 
 /// Reads and overwrites of a fully provisioned volume alone, each round against the raw
-/// file (thin first, then raw, in every round).
+/// file (each first in every other round).
 fn provisioned_cases(
     cluster: &mut EmuCluster,
     args: &BenchArgs,
     dir: &Path,
+    files: &mut Files,
 ) -> anyhow::Result<Vec<Case>> {
-    let (_, disks) = serve_raw_and_provisioned(cluster, args.size, dir)?;
+    let disks = serve_raw_and_provisioned(cluster, args.size, dir)?;
     let mut cases: Vec<Case> = new_cases().into_iter().take(2).collect();
     for round in 0..args.rounds {
-        provisioned_round(cluster, &disks, args.runtime, &mut cases)?;
+        provisioned_round(cluster, &disks, (round, args.runtime), &mut cases)?;
+        let (raw, data) = (&disks.files.0, &disks.files.1);
+        files.measure(cluster, (data, raw), args.runtime)?;
         report_round(round, ["read", "overwrite"], &cases);
     }
     disks.finish(cluster)?;
@@ -251,18 +270,25 @@ fn provisioned_cases(
 }
 
 /// One round of reads and overwrites: `cases[0]` and `cases[1]`.
+/// The volume goes first in even rounds and the raw file in odd ones: a run's writes can
+/// leave the host's disk busy for the run after it.
 fn provisioned_round(
     cluster: &mut EmuCluster,
     disks: &Disks,
-    t: f64,
+    (round, t): (u32, f64),
     cases: &mut [Case],
 ) -> anyhow::Result<()> {
     let run = |c: &mut EmuCluster, spec: &VbdSpec, rw: &str| -> anyhow::Result<f64> {
         Ok(rustbk_case(c, (spec.domid.0, XVDA), (rw, QD), t, 1)?.iops)
     };
     for (case, rw) in cases.iter_mut().zip(["randread", "randwrite"]) {
-        case.thin_iops.push(run(cluster, &disks.provisioned, rw)?);
-        case.peer_iops.push(run(cluster, &disks.raw, rw)?);
+        if round % 2 == 0 {
+            case.thin_iops.push(run(cluster, &disks.provisioned, rw)?);
+            case.peer_iops.push(run(cluster, &disks.raw, rw)?);
+        } else {
+            case.peer_iops.push(run(cluster, &disks.raw, rw)?);
+            case.thin_iops.push(run(cluster, &disks.provisioned, rw)?);
+        }
     }
     Ok(())
 }
@@ -352,7 +378,7 @@ fn one_round(
     let run = |c: &mut EmuCluster, spec: &VbdSpec, rw: &str| -> anyhow::Result<f64> {
         Ok(rustbk_case(c, (spec.domid.0, XVDA), (rw, QD), t, 1)?.iops)
     };
-    provisioned_round(cluster, disks, t, cases)?;
+    provisioned_round(cluster, disks, (round, t), cases)?;
     let first = fresh_thin_writes(
         cluster,
         (round, t),
@@ -548,6 +574,9 @@ fn print_human(r: &Results) {
     }
     if let Some(ceiling) = &r.fs_ceiling {
         ceiling.print_human();
+    }
+    if let Some(files) = &r.files {
+        files.print_human();
     }
     if !r.guest_snapshot_ms_1g.is_empty() {
         println!(

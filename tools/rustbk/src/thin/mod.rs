@@ -3,6 +3,7 @@
 //! device, like `thin_check`, `thin_dump` and `thin_restore`.
 
 mod bench;
+mod bench_files;
 mod bench_fs;
 mod bench_meta;
 mod bench_snap;
