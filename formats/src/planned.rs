@@ -275,6 +275,18 @@ pub fn settle<P: Tracked, S: BuildHasher>(
     }
 }
 
+/// Reaps `engine`'s finished children into `reaped` and settles them (see [`settle`]):
+/// `finished` gets the ids of the parents whose last child finished; `reaped` is left empty.
+pub fn reap_and_settle<P: Tracked, S: BuildHasher>(
+    engine: &mut Engine,
+    reaped: &mut Vec<Completion>,
+    (children, parents): (&mut HashMap<u64, u64, S>, &mut HashMap<u64, P, S>),
+    finished: &mut Vec<u64>,
+) {
+    engine.reap(reaped);
+    settle(reaped, children, parents, finished);
+}
+
 /// [`settle`] into a new list, for a queue that keeps none.
 pub fn settled<P: Tracked, S: BuildHasher>(
     mut done: Vec<Completion>,

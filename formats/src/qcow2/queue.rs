@@ -29,7 +29,7 @@ use crate::IoBuffers;
 use crate::buffer::{SharedBufs, total_len};
 use crate::engine::Engine;
 use crate::error::Error;
-use crate::image::{Completion, ImageQueue, IoOp};
+use crate::image::{Completion, IoOp};
 use crate::planned::{self, Child, PlanIo, Planner};
 
 use super::discard::{self, Zeroing};
@@ -569,15 +569,9 @@ impl Planner for Qcow2Queue {
 
     /// Collects child completions, finishes parents, retries deferred ops, feeds the backlog.
     fn pump(&mut self) {
-        let (mut reaped, mut finished) = (take(&mut self.reaped), take(&mut self.finished));
-        self.io.engine.reap(&mut reaped);
-        planned::settle(
-            &mut reaped,
-            &mut self.children,
-            &mut self.parents,
-            &mut finished,
-        );
-        self.reaped = reaped;
+        let mut finished = take(&mut self.finished);
+        let maps = (&mut self.children, &mut self.parents);
+        planned::reap_and_settle(&mut self.io.engine, &mut self.reaped, maps, &mut finished);
         if !finished.is_empty() {
             self.finish_parents(&mut finished);
         }

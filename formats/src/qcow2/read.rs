@@ -230,13 +230,29 @@ pub(crate) fn plan_read(
 /// contiguous host run. `None` (the caller plans the read) if any part is elsewhere.
 pub(crate) fn direct_read(meta: &Mutex<Meta>, offset: u64, len: u64) -> Result<Option<u64>, Error> {
     let mut meta = lock(meta)?;
+    one_host_run(&mut meta, (offset, len), |meta, gc| {
+        Ok(match meta.mapping(gc)? {
+            Mapping::Data { host, .. } => Some(host),
+            _ => None,
+        })
+    })
+}
+
+/// The host offset of guest bytes `[offset, offset + len)` if `host_of` gives every guest
+/// cluster they touch a host cluster (checked to start inside the file) and those clusters
+/// form one contiguous run; `None` as soon as one does not.
+pub(crate) fn one_host_run(
+    meta: &mut Meta,
+    (offset, len): (u64, u64),
+    mut host_of: impl FnMut(&mut Meta, u64) -> Result<Option<u64>, Error>,
+) -> Result<Option<u64>, Error> {
     let layout = *meta.layout();
     let (mut start, mut next) = (None, 0u64);
     for (gc, inner, n) in layout.split(offset, len) {
-        let Mapping::Data { host, .. } = meta.mapping(gc)? else {
+        let Some(host) = host_of(meta, gc)? else {
             return Ok(None);
         };
-        check_host(&meta, host)?;
+        check_host(meta, host)?;
         let Some(at) = host.checked_add(inner) else {
             return Ok(None);
         };

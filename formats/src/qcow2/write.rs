@@ -18,7 +18,7 @@ use super::layout::small;
 use super::backing;
 use super::layout::{self, COPIED, Mapping};
 use super::meta::Meta;
-use super::read::{Alloc, Plan, Sources, check_host};
+use super::read::{Alloc, Plan, Sources, check_host, one_host_run};
 
 /// Where the bytes of a write come from.
 #[derive(Clone, Copy)]
@@ -73,24 +73,10 @@ pub(crate) fn plan_write(
 /// the caller's buffers: the host offset, if the whole range lies in clusters this image owns
 /// alone that form one contiguous host run. `None` (the caller plans the write) otherwise.
 pub(crate) fn direct_write(meta: &mut Meta, offset: u64, len: u64) -> Result<Option<u64>, Error> {
-    let layout = *meta.layout();
-    let (mut start, mut next) = (None, 0u64);
-    for (gc, inner, n) in layout.split(offset, len) {
+    one_host_run(meta, (offset, len), |meta, gc| {
         let mapping = meta.mapping(gc)?;
-        let Some(host) = in_place(meta, mapping)? else {
-            return Ok(None);
-        };
-        check_host(meta, host)?;
-        let Some(at) = host.checked_add(inner) else {
-            return Ok(None);
-        };
-        if start.is_some() && at != next {
-            return Ok(None);
-        }
-        start.get_or_insert(at);
-        next = at.saturating_add(n);
-    }
-    Ok(start)
+        in_place(meta, mapping)
+    })
 }
 
 /// The host cluster a write may overwrite in place (refcount exactly one).

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use crate::buffer::{SharedBufs, total_len};
 use crate::engine::Engine;
 use crate::error::Error;
-use crate::image::{BlockImage, Completion, ImageQueue, IoOp};
+use crate::image::{BlockImage, Completion, IoOp};
 use crate::planned::{self, Child, PlanIo, Planner};
 use crate::qcow2::backing::{BackingReader, piece, zero};
 
@@ -294,15 +294,9 @@ impl Planner for VhdQueue {
     }
 
     fn pump(&mut self) {
-        let (mut reaped, mut finished) = (take(&mut self.reaped), take(&mut self.finished));
-        self.io.engine.reap(&mut reaped);
-        planned::settle(
-            &mut reaped,
-            &mut self.children,
-            &mut self.parents,
-            &mut finished,
-        );
-        self.reaped = reaped;
+        let mut finished = take(&mut self.finished);
+        let maps = (&mut self.children, &mut self.parents);
+        planned::reap_and_settle(&mut self.io.engine, &mut self.reaped, maps, &mut finished);
         let wrote = finished.iter().any(|id| {
             self.parents
                 .get(id)
