@@ -121,6 +121,17 @@ pub struct Frontend {
     disk: DiskInfo,
     /// Buffer pools whose pages the backend still maps (persistent grants): revoked at close.
     retired: Vec<SlotPool>,
+    sleeps: Sleeps,
+}
+
+/// How often [`Frontend::poll_responses`] slept waiting for the backend's notification, and
+/// how many of those sleeps a notification ended (the others ran out of time).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sleeps {
+    /// Sleeps begun.
+    pub slept: u64,
+    /// Sleeps ended by a notification on some ring.
+    pub woken: u64,
 }
 
 /// What a closed frontend gives back, to connect again.
@@ -205,6 +216,7 @@ impl Frontend {
             current: 0,
             disk,
             retired: Vec::new(),
+            sleeps: Sleeps::default(),
         })
     }
 
@@ -305,6 +317,11 @@ impl Frontend {
         self.queues.get(q).map_or(0, |q| q.ring.free_slots())
     }
 
+    /// How often this connection slept for responses, and was woken by a notification.
+    pub fn sleeps(&self) -> Sleeps {
+        self.sleeps
+    }
+
     /// Changes how long [`Self::poll_responses`] polls before it sleeps
     /// ([`FrontendConfig::spin`]).
     pub fn set_spin(&mut self, spin: Duration) {
@@ -354,7 +371,8 @@ impl Frontend {
         Ok(())
     }
 
-    fn sleep(&self, left: Duration) -> Result<(), Error> {
+    fn sleep(&mut self, left: Duration) -> Result<(), Error> {
+        self.sleeps.slept += 1;
         let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
         let mut fds: Vec<PollFd<'_>> = self
             .queues
@@ -374,6 +392,9 @@ impl Frontend {
             .iter()
             .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
             .collect();
+        if ready.contains(&true) {
+            self.sleeps.woken += 1;
+        }
         for (q, ready) in self.queues.iter().zip(ready) {
             if ready {
                 q.port.ack()?;

@@ -22,5 +22,5 @@ pub mod workload;
 
 pub use error::Error;
 pub use frames::FrameAlloc;
-pub use front::{Closed, DiskInfo, Frontend, FrontendConfig, Tamper};
+pub use front::{Closed, DiskInfo, Frontend, FrontendConfig, Sleeps, Tamper};
 pub use slots::{Slot, SlotPool};
