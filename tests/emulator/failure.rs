@@ -104,6 +104,10 @@ fn failed_device_waits_in_init_wait_for_the_hotplug_script_then_closes() {
 }
 
 #[test]
+#[cfg_attr(
+    not(debug_assertions),
+    ignore = "the backend's fault injection is compiled into debug builds only"
+)]
 fn panicking_ring_worker_closes_the_device_with_an_error_node() {
     let host = Host::new(Setup {
         backend_env: vec![(PANIC_AT_SECTOR_ENV, "777".into())],
