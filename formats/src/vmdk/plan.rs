@@ -173,6 +173,68 @@ pub(crate) fn plan_read(ctx: &mut Context, offset: u64, bufs: &SharedBufs) -> Re
     Ok(plan)
 }
 
+/// Where a read of `len` bytes at guest `offset` can go in one engine read straight into the
+/// caller's buffers: the extent file and byte offset, if flat extents and allocated grains
+/// hold the whole range as one contiguous run of one file. `None` (the caller plans the read)
+/// if any part is elsewhere.
+pub(crate) fn direct_read(
+    ctx: &Context,
+    offset: u64,
+    len: usize,
+) -> Result<Option<(usize, u64)>, Error> {
+    let mut run = Run::default();
+    let mut covered = 0usize;
+    for (e, p) in walk(&ctx.extents, offset, len) {
+        covered += p.len;
+        let fits = match e.store {
+            Store::Zero => false,
+            Store::Flat { file, offset } => run.extend(file, offset + (p.pos - e.start), p.len),
+            Store::Sparse { file, sparse } => {
+                let mut meta = lock(&ctx.meta)?;
+                let gb = grain_bytes(&meta, sparse)?;
+                let s = &mut meta.sparse[sparse];
+                let mut fits = true;
+                for (g, inner, gp) in grains(e.start, gb, p) {
+                    fits = match s.lookup(g)? {
+                        Grain::Data(host) => run.extend(file, host + inner, gp.len),
+                        _ => false,
+                    };
+                    if !fits {
+                        break;
+                    }
+                }
+                fits
+            }
+        };
+        if !fits {
+            return Ok(None);
+        }
+    }
+    Ok(run.start.filter(|_| covered == len))
+}
+
+/// One contiguous run of one file, built piece by piece.
+#[derive(Default)]
+struct Run {
+    /// File and byte offset of the first piece.
+    start: Option<(usize, u64)>,
+    /// The byte the next piece must start at.
+    next: u64,
+}
+
+impl Run {
+    /// Adds `len` bytes at `host` of `file`; false if they do not continue the run.
+    fn extend(&mut self, file: usize, host: u64, len: usize) -> bool {
+        match self.start {
+            Some((f, _)) if f != file || host != self.next => return false,
+            Some(_) => {}
+            None => self.start = Some((file, host)),
+        }
+        self.next = host.saturating_add(len as u64);
+        true
+    }
+}
+
 fn read_sparse(
     ctx: &mut Context,
     plan: &mut Plan,

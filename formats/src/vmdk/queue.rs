@@ -96,9 +96,13 @@ impl VmdkQueue {
             return self.spawn(tag, vec![Child::Now(Err(Error::ReadOnly))], Vec::new());
         }
         let planned = match op {
-            IoOp::Read { offset, bufs } => {
-                shared(bufs).and_then(|b| plan::plan_read(&mut self.ctx, offset, &b))
-            }
+            IoOp::Read { offset, bufs } => match self.read_direct(tag, offset, bufs) {
+                Ok(None) => return,
+                Ok(Some(bufs)) => {
+                    shared(bufs).and_then(|b| plan::plan_read(&mut self.ctx, offset, &b))
+                }
+                Err(e) => Err(e),
+            },
             IoOp::Flush => Ok(Plan {
                 flush: (0..self.engines.len()).collect(),
                 ..Plan::default()
@@ -143,6 +147,24 @@ impl VmdkQueue {
             Ok(plan) => self.launch(tag, plan),
             Err(error) => self.spawn(tag, vec![Child::Now(Err(error))], Vec::new()),
         }
+    }
+
+    /// Launches a read that one engine read serves straight into the guest's buffers (see
+    /// [`plan::direct_read`]); gives the buffers back if the read needs a plan.
+    fn read_direct(
+        &mut self,
+        tag: u64,
+        offset: u64,
+        bufs: Box<dyn crate::IoBuffers>,
+    ) -> Result<Option<Box<dyn crate::IoBuffers>>, Error> {
+        let len = crate::buffer::total_len(bufs.iovecs())
+            .ok_or_else(|| Error::InvalidArgument("buffer length overflows".to_owned()))?;
+        let Some((file, host)) = plan::direct_read(&self.ctx, offset, len)? else {
+            return Ok(Some(bufs));
+        };
+        let read = IoOp::Read { offset: host, bufs };
+        self.spawn(tag, vec![Child::Io(file, read)], Vec::new());
+        Ok(None)
     }
 
     /// Starts a discard's hole punches.

@@ -5,6 +5,7 @@
 // Test sizes are small: casts to usize do not truncate.
 #![allow(clippy::cast_possible_truncation)]
 
+mod direct;
 mod discard;
 mod grow;
 mod hostile;
