@@ -430,6 +430,29 @@ fn bench_serves_a_copy_in_each_image_format_against_fio_on_the_raw_image() {
     }
 }
 
+/// `bench` takes turns: rustbk runs first in odd rounds and fio in even ones, so whatever the
+/// first run leaves warm below the file does not always favour fio.
+#[test]
+fn bench_takes_turns_at_running_first() {
+    let args = [
+        "bench",
+        "--size=16m",
+        "--runtime=1",
+        "--rounds=2",
+        "--depths=4",
+        "--json",
+    ];
+    let out = run(&args);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    for rw in ["randread", "randwrite"] {
+        for (round, first) in [(1, "rustbk"), (2, "fio")] {
+            let line = format!("{rw} qd4 round {round} ({first} first): rustbk ");
+            assert!(err.contains(&line), "no `{line}` in:\n{err}");
+        }
+    }
+}
+
 /// `thin bench --only provisioned` measures the thin volume against the raw file, and fio on
 /// the two files themselves, every round.
 #[test]

@@ -464,7 +464,8 @@ pub struct BenchArgs {
     /// Seconds per measurement (at least 1, at most a day).
     #[arg(long, default_value_t = 10.0, value_parser = parse_runtime)]
     pub runtime: f64,
-    /// Measurements per case, alternating rustbk and fio; the table shows medians (1..=100).
+    /// Measurements per case; rustbk runs first in odd rounds and fio in even ones. The table
+    /// shows medians (1..=100).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub rounds: u32,
     /// Queue depths to measure, comma-separated (each 1..=512): 4 KiB random reads at every

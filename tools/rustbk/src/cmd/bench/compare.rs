@@ -1,7 +1,8 @@
 //! Backend configurations side by side on the same machine in the same run (`rustbk bench
 //! --data-paths`, `--indirect`). Each variant is a disk of its own (its own raw image and
-//! backend process); in every round each disk runs each case once, in turn, so slow phases of
-//! a noisy machine hit all of them alike. Every run is printed, then the medians.
+//! backend process). In every round each disk runs each case once, in turn, and each round
+//! starts with the next variant, so slow phases of a noisy machine hit all of them alike.
+//! Every run is printed, then the medians.
 
 use std::io::Write;
 use std::path::Path;
@@ -108,7 +109,11 @@ pub(super) fn run_in(args: &BenchArgs, dir: &Path, cmp: &Comparison) -> anyhow::
     let mut runs = Vec::new();
     for round in 1..=args.rounds {
         for case in &cmp.cases {
-            for (v, (domid, _)) in cmp.variants.iter().zip(&disks) {
+            // Each round starts with the next variant, so none always runs first.
+            let mut order: Vec<_> = cmp.variants.iter().zip(&disks).collect();
+            let first = usize::try_from(round - 1).map_or(0, |r| r % order.len().max(1));
+            order.rotate_left(first);
+            for (v, (domid, _)) in order {
                 let guest = (case.rw, case.qd, case.bs);
                 let r = sized_case(&mut cluster, (*domid, XVDA), guest, args.runtime)?;
                 let run = run(v.name, case, round, &r);

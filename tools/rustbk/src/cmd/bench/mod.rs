@@ -137,15 +137,7 @@ fn run_in(
     let mut rows = Vec::new();
     for (rw, qd) in cases(&args.depths) {
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-        // Alternate the two so slow phases of a noisy machine hit both alike.
         for round in 1..=args.rounds {
-            ours.push(polled_case(
-                &mut cluster,
-                (GUEST, XVDA),
-                (rw, qd),
-                (args.runtime, args.queues),
-                args.guest_spin_us,
-            )?);
             let fio = FioCase {
                 image: &image,
                 rw,
@@ -154,17 +146,51 @@ fn run_in(
                 cache: args.backend.cache_mode(),
                 poll: args.guest_spin_us > 0 && qd == 1,
             };
-            theirs.push(fio_case(&mut cluster, &fio)?);
+            let (o, t) = one_round(&mut cluster, args, &fio, round)?;
+            let first = if rustbk_first(round) { "rustbk" } else { "fio" };
             eprintln!(
-                "  {rw} qd{qd} round {round}: rustbk {:.0} IOPS, fio {:.0} IOPS",
-                ours[ours.len() - 1].iops,
-                theirs[theirs.len() - 1].iops
+                "  {rw} qd{qd} round {round} ({first} first): rustbk {:.0} IOPS, fio {:.0} IOPS",
+                o.iops, t.iops
             );
+            ours.push(o);
+            theirs.push(t);
         }
         rows.push(row(rw, qd, &mut ours, &mut theirs));
     }
     cluster.remove_disk(&spec)?;
     print_rows(&rows, args.json)
+}
+
+/// Whether rustbk runs before fio in `round` (counted from 1).
+fn rustbk_first(round: u32) -> bool {
+    round % 2 == 1
+}
+
+/// One round of one case: rustbk first in odd rounds and fio first in even ones, so that
+/// what the first run leaves behind on this host (warm caches below the file, a disk
+/// catching up on writes) falls on both alike over the rounds.
+fn one_round(
+    cluster: &mut EmuCluster,
+    args: &BenchArgs,
+    fio: &FioCase<'_>,
+    round: u32,
+) -> anyhow::Result<(Report, FioResult)> {
+    let ours = |cluster: &mut EmuCluster| {
+        polled_case(
+            cluster,
+            (GUEST, XVDA),
+            (fio.rw, fio.qd),
+            (args.runtime, args.queues),
+            args.guest_spin_us,
+        )
+    };
+    if rustbk_first(round) {
+        let o = ours(cluster)?;
+        Ok((o, fio_case(cluster, fio)?))
+    } else {
+        let t = fio_case(cluster, fio)?;
+        Ok((ours(cluster)?, t))
+    }
 }
 
 /// The `params` rustbk serves: the raw image itself, or a fully allocated copy of it in
