@@ -287,17 +287,6 @@ pub fn reap_and_settle<P: Tracked, S: BuildHasher>(
     settle(reaped, children, parents, finished);
 }
 
-/// [`settle`] into a new list, for a queue that keeps none.
-pub fn settled<P: Tracked, S: BuildHasher>(
-    mut done: Vec<Completion>,
-    children: &mut HashMap<u64, u64, S>,
-    parents: &mut HashMap<u64, P, S>,
-) -> Vec<u64> {
-    let mut finished = Vec::new();
-    settle(&mut done, children, parents, &mut finished);
-    finished
-}
-
 /// Sleeps until the bell is rung (another queue finished what our deferred ops wait for),
 /// for at most 100 ms or what is `left` of the caller's timeout.
 fn wait_for_wake<P: Planner>(queue: &mut P, left: Option<Duration>) -> Result<(), Error> {

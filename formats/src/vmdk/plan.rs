@@ -182,6 +182,29 @@ pub(crate) fn direct_read(
     offset: u64,
     len: usize,
 ) -> Result<Option<(usize, u64)>, Error> {
+    one_run(ctx, offset, len)
+}
+
+/// Where a write of `len` bytes at guest `offset` can go in one engine write straight from
+/// the caller's buffers, as for [`direct_read`]: flat extents and allocated grains are written
+/// in place, so such a write allocates nothing and waits for no allocation (a grain being
+/// allocated is not yet allocated). Before it says where, it marks the image changed (a new
+/// CID in the descriptor, once), as every write does.
+pub(crate) fn direct_write(
+    ctx: &Context,
+    offset: u64,
+    len: usize,
+) -> Result<Option<(usize, u64)>, Error> {
+    let Some(run) = one_run(ctx, offset, len)? else {
+        return Ok(None);
+    };
+    lock(&ctx.meta)?.update_cid()?;
+    Ok(Some(run))
+}
+
+/// The file and byte offset of the one contiguous run that holds guest `[offset, offset +
+/// len)` in flat extents and allocated grains, if one does.
+fn one_run(ctx: &Context, offset: u64, len: usize) -> Result<Option<(usize, u64)>, Error> {
     let mut run = Run::default();
     let mut covered = 0usize;
     for (e, p) in walk(&ctx.extents, offset, len) {

@@ -1,7 +1,9 @@
-//! The data-plane queue of a VMDK image: each guest op becomes a plan (see `plan`) whose
-//! engine I/O runs on the engines of the extent files (one notifier for all); the op completes
-//! when its I/O is done and its grain allocations are committed. Writes touching a grain whose
-//! allocation is in flight (on any queue) wait in `deferred` until it commits.
+//! The data-plane queue of a VMDK image. A read or write that flat extents or stored grains
+//! hold as one contiguous run of one file goes to that file's engine as it is, in the guest's
+//! own buffers. Any other guest op becomes a plan (see `plan`) whose engine I/O runs on the
+//! engines of the extent files (one notifier for all); the op completes when its I/O is done
+//! and its grain allocations are committed. Writes touching a grain whose allocation is in
+//! flight (on any queue) wait in `deferred` until it commits.
 
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -54,6 +56,11 @@ pub struct VmdkQueue {
     backlog: VecDeque<(u64, Child)>,
     deferred: VecDeque<(IoOp, u64)>,
     ready: Vec<Completion>,
+    /// The pump's lists, kept so that a reap allocates nothing: engine completions, the ids
+    /// of the parents they finished, and those parents.
+    reaped: Vec<Completion>,
+    finished: Vec<u64>,
+    done: Vec<Parent>,
     wake: Arc<OwnedFd>,
 }
 
@@ -84,25 +91,29 @@ impl VmdkQueue {
             backlog: VecDeque::new(),
             deferred: VecDeque::new(),
             ready: Vec::new(),
+            reaped: Vec::new(),
+            finished: Vec::new(),
+            done: Vec::new(),
             wake,
         })
     }
 
     fn start(&mut self, op: IoOp, tag: u64) {
         if let Some(error) = op.range_error(self.size) {
-            return self.spawn(tag, vec![Child::Now(Err(error))], Vec::new());
+            return self.spawn(tag, [Child::Now(Err(error))], Vec::new());
         }
         if op.is_modifying() && self.read_only {
-            return self.spawn(tag, vec![Child::Now(Err(Error::ReadOnly))], Vec::new());
+            return self.spawn(tag, [Child::Now(Err(Error::ReadOnly))], Vec::new());
         }
+        let op = match self.direct(tag, op) {
+            Ok(None) => return,
+            Ok(Some(op)) => op,
+            Err(e) => return self.spawn(tag, [Child::Now(Err(e))], Vec::new()),
+        };
         let planned = match op {
-            IoOp::Read { offset, bufs } => match self.read_direct(tag, offset, bufs) {
-                Ok(None) => return,
-                Ok(Some(bufs)) => {
-                    shared(bufs).and_then(|b| plan::plan_read(&mut self.ctx, offset, &b))
-                }
-                Err(e) => Err(e),
-            },
+            IoOp::Read { offset, bufs } => {
+                shared(bufs).and_then(|b| plan::plan_read(&mut self.ctx, offset, &b))
+            }
             IoOp::Flush => Ok(Plan {
                 flush: (0..self.engines.len()).collect(),
                 ..Plan::default()
@@ -110,7 +121,7 @@ impl VmdkQueue {
             IoOp::Write { offset, bufs } => {
                 let b = match shared(bufs) {
                     Ok(b) => b,
-                    Err(e) => return self.spawn(tag, vec![Child::Now(Err(e))], Vec::new()),
+                    Err(e) => return self.spawn(tag, [Child::Now(Err(e))], Vec::new()),
                 };
                 match plan::plan_write(&mut self.ctx, offset, &b) {
                     Ok(Planned::Ready(p)) => Ok(p),
@@ -136,7 +147,7 @@ impl VmdkQueue {
             IoOp::Discard { offset, len } => {
                 return match discard::plan_discard(&mut self.ctx, offset, len) {
                     Ok(ranges) => self.punch(tag, ranges),
-                    Err(e) => self.spawn(tag, vec![Child::Now(Err(e))], Vec::new()),
+                    Err(e) => self.spawn(tag, [Child::Now(Err(e))], Vec::new()),
                 };
             }
             IoOp::WriteZeroes { .. } => Err(Error::UnsupportedFeature(
@@ -145,25 +156,36 @@ impl VmdkQueue {
         };
         match planned {
             Ok(plan) => self.launch(tag, plan),
-            Err(error) => self.spawn(tag, vec![Child::Now(Err(error))], Vec::new()),
+            Err(error) => self.spawn(tag, [Child::Now(Err(error))], Vec::new()),
         }
     }
 
-    /// Launches a read that one engine read serves straight into the guest's buffers (see
-    /// [`plan::direct_read`]); gives the buffers back if the read needs a plan.
-    fn read_direct(
-        &mut self,
-        tag: u64,
-        offset: u64,
-        bufs: Box<dyn crate::IoBuffers>,
-    ) -> Result<Option<Box<dyn crate::IoBuffers>>, Error> {
+    /// Launches a read or write that one engine I/O serves in the guest's own buffers (see
+    /// [`plan::direct_read`] and [`plan::direct_write`]); gives the op back if it needs a
+    /// plan.
+    fn direct(&mut self, tag: u64, op: IoOp) -> Result<Option<IoOp>, Error> {
+        let (write, offset, bufs) = match op {
+            IoOp::Read { offset, bufs } => (false, offset, bufs),
+            IoOp::Write { offset, bufs } => (true, offset, bufs),
+            other => return Ok(Some(other)),
+        };
         let len = crate::buffer::total_len(bufs.iovecs())
             .ok_or_else(|| Error::InvalidArgument("buffer length overflows".to_owned()))?;
-        let Some((file, host)) = plan::direct_read(&self.ctx, offset, len)? else {
-            return Ok(Some(bufs));
+        let found = match write {
+            true => plan::direct_write(&self.ctx, offset, len)?,
+            false => plan::direct_read(&self.ctx, offset, len)?,
         };
-        let read = IoOp::Read { offset: host, bufs };
-        self.spawn(tag, vec![Child::Io(file, read)], Vec::new());
+        let Some((file, host)) = found else {
+            return Ok(Some(match write {
+                true => IoOp::Write { offset, bufs },
+                false => IoOp::Read { offset, bufs },
+            }));
+        };
+        let io = match write {
+            true => IoOp::Write { offset: host, bufs },
+            false => IoOp::Read { offset: host, bufs },
+        };
+        self.spawn(tag, [Child::Io(file, io)], Vec::new());
         Ok(None)
     }
 
@@ -215,22 +237,22 @@ impl VmdkQueue {
         self.next_id
     }
 
-    fn spawn(&mut self, tag: u64, kids: Vec<Child>, allocs: Vec<Alloc>) {
+    fn spawn(&mut self, tag: u64, kids: impl IntoIterator<Item = Child>, allocs: Vec<Alloc>) {
         let id = self.id();
-        self.parents.insert(
-            id,
-            Parent {
-                tag,
-                pending: kids.len(),
-                error: None,
-                allocs,
-            },
-        );
+        let mut pending = 0;
         for kid in kids {
             let child = self.id();
             self.children.insert(child, id);
             self.backlog.push_back((child, kid));
+            pending += 1;
         }
+        let parent = Parent {
+            tag,
+            pending,
+            error: None,
+            allocs,
+        };
+        self.parents.insert(id, parent);
         self.feed();
     }
 
@@ -262,18 +284,21 @@ impl VmdkQueue {
     }
 
     fn pump(&mut self) {
-        let mut done = Vec::new();
         for e in &mut self.engines {
-            e.reap(&mut done);
+            e.reap(&mut self.reaped);
         }
-        let finished = planned::settled(done, &mut self.children, &mut self.parents);
-        let parents: Vec<Parent> = finished
-            .iter()
-            .filter_map(|id| self.parents.remove(id))
-            .collect();
-        if !parents.is_empty() {
-            self.finish_all(parents);
+        let (children, parents) = (&mut self.children, &mut self.parents);
+        planned::settle(&mut self.reaped, children, parents, &mut self.finished);
+        let mut done = std::mem::take(&mut self.done);
+        done.extend(
+            self.finished
+                .drain(..)
+                .filter_map(|id| self.parents.remove(&id)),
+        );
+        if !done.is_empty() {
+            self.finish_all(&mut done);
         }
+        self.done = done;
         let retried = !self.deferred.is_empty();
         if retried {
             for _ in 0..self.deferred.len() {
@@ -298,7 +323,7 @@ impl VmdkQueue {
     /// Completes finished parents. The allocations of those whose I/O succeeded are committed
     /// together (one fdatasync per file, then every table entry); those of failed ones are
     /// released (their grains stay unused at the end of the file).
-    fn finish_all(&mut self, parents: Vec<Parent>) {
+    fn finish_all(&mut self, parents: &mut Vec<Parent>) {
         let allocs: Vec<Alloc> = parents
             .iter()
             .filter(|p| p.error.is_none())
@@ -326,7 +351,7 @@ impl VmdkQueue {
             }
         }
         let errno = committed.as_ref().err().map(Error::errno);
-        for p in parents {
+        for p in parents.drain(..) {
             let result = match (p.error, errno) {
                 (Some(e), _) => Err(e),
                 (None, Some(errno)) if !p.allocs.is_empty() => Err(Error::from_errno(errno)),

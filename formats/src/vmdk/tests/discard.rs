@@ -3,13 +3,12 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::Command;
 
 use crate::image::IoOp;
 use crate::suite::{assert_bytes, pattern, read_at, run, write_at};
 
 use super::create::Subformat;
-use super::{MIB, child_of, made, mixed, open, queue, tmp};
+use super::{MIB, child_of, made, mixed, open, qemu_raw, queue, tmp};
 
 fn discard(q: &mut dyn crate::ImageQueue, offset: u64, len: u64) {
     run(q, IoOp::Discard { offset, len }).expect("discard");
@@ -17,19 +16,6 @@ fn discard(q: &mut dyn crate::ImageQueue, offset: u64, len: u64) {
 
 fn allocated(path: &Path) -> u64 {
     std::fs::metadata(path).expect("stat").blocks() * 512
-}
-
-/// The guest bytes of `path` as `qemu-img convert -O raw` reads them.
-fn qemu_raw(path: &Path) -> Vec<u8> {
-    let out = path.with_extension("raw");
-    let status = Command::new("qemu-img")
-        .args(["convert", "-f", "vmdk", "-O", "raw"])
-        .arg(path)
-        .arg(&out)
-        .status()
-        .expect("qemu-img (qemu-utils) is required");
-    assert!(status.success(), "qemu-img convert");
-    std::fs::read(&out).expect("raw")
 }
 
 #[test]

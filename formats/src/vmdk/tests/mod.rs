@@ -11,6 +11,7 @@ mod grow;
 mod hostile;
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::Arc;
 
 use crate::engine::record::tests::{Event, Log};
@@ -50,6 +51,19 @@ pub(super) fn made(dir: &tempfile::TempDir, name: &str, size: u64, sub: Subforma
 
 pub(super) fn queue(image: &Arc<dyn BlockImage>) -> Box<dyn ImageQueue> {
     image.open_queue(64).expect("queue")
+}
+
+/// The guest bytes of `path` as `qemu-img convert -O raw` reads them.
+pub(super) fn qemu_raw(path: &Path) -> Vec<u8> {
+    let out = path.with_extension("raw");
+    let status = Command::new("qemu-img")
+        .args(["convert", "-f", "vmdk", "-O", "raw"])
+        .arg(path)
+        .arg(&out)
+        .status()
+        .expect("qemu-img (qemu-utils) is required");
+    assert!(status.success(), "qemu-img convert");
+    std::fs::read(&out).expect("raw")
 }
 
 #[test]
