@@ -107,7 +107,8 @@ pub(super) fn record(opts: Options) -> Recording {
     let running = start_workers(&socket, &data, &log, &gens, &opts);
     let mut volumes = Vec::new();
     for (i, &(origin, id)) in SNAPSHOTS.iter().enumerate() {
-        wait_for(&running.ctls[i], opts.ops * (i + 1) / 4);
+        wait_for(&running.ctls[i], snapshot_at(&opts, i));
+        running.ctls[i].release();
         let model = &running.models[i];
         volumes.push((id, snapshot(&socket, &log, model, (origin, id))));
     }
@@ -149,15 +150,37 @@ pub(super) fn record(opts: Options) -> Recording {
     }
 }
 
+/// After how many of its ops the snapshot of `SNAPSHOTS[i]` is taken.
+fn snapshot_at(opts: &Options, i: usize) -> usize {
+    opts.ops * (i + 1) / 4
+}
+
+/// After how many of its ops volume 3's worker or the service is killed.
+fn kill_at(opts: &Options) -> usize {
+    opts.ops * 3 / 5
+}
+
+/// Where each worker holds still until the test acts: volumes 1 and 2 at their snapshots,
+/// volume 3 where the scenario kills it or the service (0: nowhere).
+fn hold_points(opts: &Options) -> [usize; 3] {
+    let kill = match opts.scenario {
+        Scenario::PowerCut => 0,
+        Scenario::KillWorker | Scenario::KillService => kill_at(opts),
+    };
+    [snapshot_at(opts, 0), snapshot_at(opts, 1), kill]
+}
+
 /// Kills volume 3's worker or the service at 60% of that worker's ops, as the scenario
-/// says; returns how many events had completed when the service died.
+/// says, then lets the worker go on; returns how many events had completed when the service
+/// died.
 fn kill(opts: Options, ctl: &Ctl, service: &mut Option<Service>, log: &Log) -> Option<usize> {
     if opts.scenario == Scenario::PowerCut {
         return None;
     }
-    wait_for(ctl, opts.ops * 3 / 5);
+    wait_for(ctl, kill_at(&opts));
     if opts.scenario == Scenario::KillWorker {
         ctl.kill.store(true, Ordering::SeqCst);
+        ctl.release();
         return None;
     }
     let mut dying = service.take()?;
@@ -165,6 +188,7 @@ fn kill(opts: Options, ctl: &Ctl, service: &mut Option<Service>, log: &Log) -> O
     let dead_at = log.len();
     // The pool's last commit is recorded, and left out of every crash after this.
     drop(dying);
+    ctl.release();
     Some(dead_at)
 }
 
@@ -212,10 +236,12 @@ fn start_workers(
         models: Vec::new(),
         ctls: Vec::new(),
     };
+    let holds = hold_points(opts);
     for (i, &volume) in VOLUMES.iter().enumerate() {
         let origin_units = if volume == 2 { ORIGIN_UNITS } else { 0 };
         let model = Arc::new(Mutex::new(VolModel::new(VOLUME_UNITS, origin_units)));
         let ctl = Arc::new(Ctl::default());
+        ctl.hold_at.store(holds[i], Ordering::SeqCst);
         let setup = workload::Setup {
             socket: socket.to_owned(),
             data: data.to_owned(),

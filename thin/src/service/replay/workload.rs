@@ -22,12 +22,30 @@ const DEPTH: usize = 8;
 /// Units per data block (64 KiB blocks).
 const BLOCK_UNITS: usize = 16;
 
-/// What the test and a worker share: its progress, and the order to die.
+/// What the test and a worker share: its progress, the order to die, and where it holds
+/// still until the test acts (a snapshot or a kill): after issuing `hold_at` ops (0: never)
+/// it issues no more until `released`. Without the hold a fast build finishes its ops before
+/// the test gets to act, and the snapshot or kill would meet an idle worker.
 #[derive(Debug, Default)]
 pub(super) struct Ctl {
     pub done: AtomicUsize,
     pub finished: AtomicBool,
     pub kill: AtomicBool,
+    pub hold_at: AtomicUsize,
+    pub released: AtomicBool,
+}
+
+impl Ctl {
+    /// Whether a worker that issued `issued` ops must wait before the next one.
+    fn holds(&self, issued: usize) -> bool {
+        let at = self.hold_at.load(Ordering::SeqCst);
+        at != 0 && issued >= at && !self.released.load(Ordering::SeqCst)
+    }
+
+    /// Lets the worker go on past its hold.
+    pub(super) fn release(&self) {
+        self.released.store(true, Ordering::SeqCst);
+    }
 }
 
 /// Everything a worker thread needs.
@@ -130,7 +148,12 @@ impl Worker {
         let deadline = Instant::now() + Duration::from_secs(120);
         let mut issued = 0;
         while issued < self.setup.ops || !self.inflight.is_empty() {
-            while issued < self.setup.ops && self.inflight.len() < DEPTH {
+            let held = self.setup.ctl.holds(issued);
+            if held && self.inflight.is_empty() {
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
+            while !held && issued < self.setup.ops && self.inflight.len() < DEPTH {
                 let Some((op, io)) = self.next_op() else {
                     break;
                 };
