@@ -367,6 +367,12 @@ pub trait BlockImage: Send + Sync {
     fn storage_size(&self) -> Result<Option<u64>, Error> {
         Ok(None)
     }
+    /// The unit of space a discard gives back, in bytes (the frontend's
+    /// `discard-granularity`): the physical sector size unless the format allocates in larger
+    /// units and ignores discards of less than one, as a thin volume does.
+    fn discard_granularity(&self) -> u32 {
+        self.geometry().physical_sector_size
+    }
 }
 
 /// `poll(2)` on `fds` plus `notifier`; which of `fds` are readable.

@@ -219,6 +219,23 @@ impl Host {
         );
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     }
+
+    /// The names under `path` in the emulated xenstore, through `xenstore-list` as a
+    /// toolstack would list them.
+    pub fn xenstore_list_cli(&self, path: &str) -> Vec<String> {
+        let out = std::process::Command::new("xenstore-list")
+            .arg(path)
+            .env("XENSTORED_PATH", self.cluster.xenstore_socket())
+            .output()
+            .expect("xenstore-list (package xenstore-utils) must be installed");
+        assert!(
+            out.status.success(),
+            "xenstore-list {path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        text.lines().map(str::to_owned).collect()
+    }
 }
 
 /// A connected in-process guest.

@@ -28,12 +28,18 @@ fn params_give_one_disk_4096_byte_sectors_beside_a_512_byte_disk_of_the_same_dae
     let size: u64 = 16 << 20;
     let image2 = host.new_image("four-k.img", size);
     let params = format!("raw,sector-size=4096:{}", image2.display());
-    host.cluster
-        .add_vbd(&VbdSpec::rustbk(DomId(2), XVDA, params))
-        .unwrap();
+    let spec2 = VbdSpec::rustbk(DomId(2), XVDA, params);
+    host.cluster.add_vbd(&spec2).unwrap();
     let mut g2 = host.guest_of(DomId(2), XVDA, |_| {});
     let d2 = g2.front.disk().clone();
     assert_eq!((d2.sector_size, d2.physical_sector_size), (4096, 4096));
+    // The deprecated large-sector feature is never offered: the size alone says it.
+    let keys = host.xenstore_list_cli(&spec2.backend_path());
+    assert!(keys.iter().any(|k| k == "sector-size"), "{keys:?}");
+    assert!(
+        !keys.iter().any(|k| k == "feature-large-sector-size"),
+        "{keys:?}"
+    );
     assert_eq!(d2.sectors, size / 512, "`sectors` counts 512-byte units");
     // Request sector numbers count 512-byte units too: sector 8 is byte 4096.
     let data = pattern(4096, 21);

@@ -167,7 +167,7 @@ pub(super) async fn publish_features(
 ) -> Result<(), Error> {
     let flush = if image.features().flush { "1" } else { "0" };
     let discard = discard_offered(image, info);
-    let granularity = image.geometry().physical_sector_size.max(512).to_string();
+    let granularity = image.discard_granularity().max(512).to_string();
     let keys: Vec<(&str, String)> = vec![
         ("feature-flush-cache", flush.into()),
         ("feature-barrier", flush.into()),

@@ -403,6 +403,16 @@ impl BlockImage for ThinVolume {
         }
     }
 
+    /// The pool's data block size: a discard unmaps whole blocks only (as dm-thin, which
+    /// gives its thin devices the same granularity).
+    fn discard_granularity(&self) -> u32 {
+        let bs = lock(&self.core).map_or(0, |core| core.info.block_size);
+        u32::try_from(bs)
+            .ok()
+            .filter(|&b| b > 0)
+            .unwrap_or(self.geometry.physical_sector_size)
+    }
+
     fn features(&self) -> Features {
         Features {
             discard: true,

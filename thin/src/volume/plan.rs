@@ -344,9 +344,10 @@ impl Core {
 
     /// Plans a discard (`discard`) or write-zeroes of `[offset, offset + len)`. Whole blocks
     /// are unmapped (write-zeroes over an origin writes zeros instead, since an unmapped
-    /// block would read the origin). A partial block is zeroed in place if mapped and
-    /// exclusive; otherwise a discard leaves it alone and a write-zeroes writes zeros into a
-    /// new block unless it reads zeros already.
+    /// block would read the origin). A discard leaves a partial block alone, as dm-thin
+    /// does: it completes without touching the block, whose data stays. A write-zeroes
+    /// zeroes a partial block in place if mapped and exclusive, else writes zeros into a new
+    /// block unless it reads zeros already.
     pub(crate) fn plan_zero(
         &mut self,
         offset: u64,
@@ -378,15 +379,11 @@ impl Core {
         let mut maps = Vec::new();
         let mut result = Ok(());
         for part in parts(offset, len, bs) {
-            if unmap_whole && whole.contains(&part.vblock) {
+            if discard || (unmap_whole && whole.contains(&part.vblock)) {
                 continue;
             }
             let m = self.mapping(part.vblock)?;
-            let skip = match (self.exclusive(&m), discard) {
-                (true, _) => false,
-                (false, true) => true,
-                (false, false) => m.is_none() && self.origin.is_none(),
-            };
+            let skip = !self.exclusive(&m) && m.is_none() && self.origin.is_none();
             if skip {
                 continue;
             }
