@@ -20,6 +20,8 @@ mod volumes;
 mod tests;
 #[cfg(test)]
 mod tests_commit;
+#[cfg(test)]
+mod tests_restore;
 
 pub use port::LocalPort;
 pub use sidecar::{Origin, VolumeRecord};

@@ -474,49 +474,6 @@ fn deleting_a_snapshot_frees_only_its_own_blocks() {
 }
 
 #[test]
-fn a_pool_made_by_thin_restore_is_served_with_the_data_its_xml_maps() {
-    let dir = tempfile::tempdir().unwrap();
-    let xml = dir.path().join("pool.xml");
-    let meta = dir.path().join("meta");
-    let data = dir.path().join("data");
-    std::fs::write(
-        &xml,
-        r#"<superblock uuid="" time="0" transaction="1" flags="0" version="2" data_block_size="128" nr_data_blocks="100">
-  <device dev_id="1" mapped_blocks="3" transaction="0" creation_time="0" snap_time="0">
-    <range_mapping origin_begin="0" data_begin="10" length="2" time="0"/>
-    <single_mapping origin_block="5" data_block="7" time="0"/>
-  </device>
-</superblock>
-"#,
-    )
-    .unwrap();
-    crate::testing::sized_file(&meta, 4 << 20);
-    let out = std::process::Command::new("/usr/sbin/thin_restore")
-        .arg("-i")
-        .arg(&xml)
-        .arg("-o")
-        .arg(&meta)
-        .output()
-        .expect("thin_restore (thin-provisioning-tools) must be installed");
-    assert!(out.status.success(), "{out:?}");
-    let mut bytes = vec![0u8; us(100 * BS)];
-    bytes[us(7 * BS)..us(8 * BS)].copy_from_slice(&pattern(7, us(BS)));
-    bytes[us(11 * BS)..us(12 * BS)].copy_from_slice(&pattern(11, us(BS)));
-    std::fs::write(&data, bytes).unwrap();
-    let pool = super::Pool::open(&meta, &data, PoolOptions::default()).unwrap();
-    assert_eq!(pool.volumes().unwrap()[0].record.size, 6 * BS);
-    let vol = crate::volume::ThinVolume::open_local(&pool, 1, Default::default()).unwrap();
-    let mut q = queue(&vol);
-    let mut expected = vec![0; us(6 * BS)];
-    expected[us(BS)..us(2 * BS)].copy_from_slice(&pattern(11, us(BS)));
-    expected[us(5 * BS)..].copy_from_slice(&pattern(7, us(BS)));
-    suite::assert_bytes(&get(&mut *q, 0, us(6 * BS)), &expected, "restored pool");
-    put(&mut *q, 4 * BS, &[1; 512]);
-    flush(&mut *q);
-    thin_check(&meta);
-}
-
-#[test]
 fn after_a_live_snapshot_a_block_is_copied_once_then_overwritten_in_place() {
     let t = new_pool(BS, 100, PoolOptions::default());
     let vol = t.volume(1, MIB);
