@@ -30,5 +30,6 @@ mod smapi;
 #[path = "../smapi/client.rs"]
 mod smapi_client;
 mod thin;
+mod thin_cli;
 mod vbd3;
 mod vhd;
