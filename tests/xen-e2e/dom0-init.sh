@@ -408,20 +408,20 @@ image_head() {
   info "dom0 reads the start of $1: $(od -A n -c -N 32 $1 2>&1 | tr -s ' \n' ' ')"
 }
 
-# restart_with_fixed_buffers DOMID: the daemon started anew with `fixed_buffers = true` in the
-# packaged configuration, as an administrator switches it on: the daemon is stopped, then the
+# restart_with_setting DOMID KEY VALUE: the daemon started anew with `KEY = VALUE` in the
+# packaged configuration, as an administrator changes it: the daemon is stopped, then the
 # guest's worker (`rustbk ctl stop`; the guest's rings stay connected), and the new daemon
 # starts a worker with the new setting, which picks up the guest's disks where the old one
 # left them.
-restart_with_fixed_buffers() {
-  local domid=$1 i=0
+restart_with_setting() {
+  local domid=$1 key=$2 value=$3 i=0
   kill $RUSTBK_PID 2>/dev/null
   while kill -0 $RUSTBK_PID 2>/dev/null && [ $i -lt 10 ]; do sleep 1; i=$((i+1)); done
   rustbk ctl stop --domid $domid > /tmp/ctl-stop.out 2>&1 \
     && pass "rustbk ctl stop: domain $domid's worker stopped, its rings left connected" \
     || { fail "rustbk ctl stop --domid $domid"; cat /tmp/ctl-stop.out; }
-  sed -i 's/^# *fixed_buffers = .*/fixed_buffers = true/' $CONF
-  grep -q '^fixed_buffers = true$' $CONF || { fail "cannot set fixed_buffers in $CONF"; return 1; }
+  sed -i "s/^#* *$key = .*/$key = $value/" $CONF
+  grep -q "^$key = $value\$" $CONF || { fail "cannot set $key in $CONF"; return 1; }
   start_rustbk
   i=0
   until rustbk ctl list 2>/dev/null | grep -q " domid=$domid " || [ $i -ge 30 ]; do sleep 1; i=$((i+1)); done
@@ -454,7 +454,7 @@ report_fixed() {
 phase_fio_fixed() {
   local domid
   domid=$(xl domid g1)
-  restart_with_fixed_buffers $domid || return 1
+  restart_with_setting $domid fixed_buffers true || return 1
   make_image /data/fio-rustbk.img $FIO_SIZE_MB RUSTBK-E2E-FIO-rustbk-fixed
   guest_mark
   timeout 90 xl block-attach g1 "$(rustbk_disk xvdc /data/fio-rustbk.img)" > /tmp/attach.out 2>&1 \
@@ -466,6 +466,31 @@ phase_fio_fixed() {
     $(odirect_of /data/fio-rustbk.img)
   report_fixed $domid 51744
   timeout 90 xl block-detach g1 xvdc > /dev/null 2>&1 || fail "block-detach of the rustbk fio disk (fixed buffers)"
+  rm -f /data/fio-rustbk.img
+}
+
+# fio once more on a hot-plugged rustbk disk, the daemon now set to `data_path = "copy"`: the
+# worker grant-copies between the guest's pages and buffers of its own (gntdev's
+# IOCTL_GNTDEV_GRANT_COPY), as tapdisk and qdisk do, and offers no persistent grants. The
+# guest's other disks, served the same way from the restart on, are checked afterwards by
+# the image checks of phase_shutdown_check.
+phase_fio_copy() {
+  local domid
+  domid=$(xl domid g1)
+  restart_with_setting $domid data_path '"copy"' || return 1
+  make_image /data/fio-rustbk.img $FIO_SIZE_MB RUSTBK-E2E-FIO-rustbk-copy
+  guest_mark
+  timeout 90 xl block-attach g1 "$(rustbk_disk xvdc /data/fio-rustbk.img)" > /tmp/attach.out 2>&1 \
+    || { fail "block-attach of the rustbk fio disk (grant copy)"; cat /tmp/attach.out; return 1; }
+  wait_guest "G-FIO rustbk-copy" $((FIO_RUNTIME * 2 + 300)) \
+    || { fail "no fio result for rustbk with grant copy"; image_head /data/fio-rustbk.img; }
+  report_fio rustbk-copy
+  fio_features rustbk-copy $domid 51744 /local/domain/0/backend/vbd/$domid/51744 \
+    $(odirect_of /data/fio-rustbk.img)
+  grep -q 'rings connected.*data_path="\?copy' /var/log/rustbk.log \
+    && pass "a rustbk disk's rings connected with grant copy" \
+    || fail "no rustbk disk connected with grant copy: $(grep 'rings connected' /var/log/rustbk.log | tail -n 1)"
+  timeout 90 xl block-detach g1 xvdc > /dev/null 2>&1 || fail "block-detach of the rustbk fio disk (grant copy)"
   rm -f /data/fio-rustbk.img
 }
 
@@ -535,6 +560,7 @@ phases_rustbk() {
     phase_reboot
     phase_fio_rustbk
     phase_fio_fixed
+    phase_fio_copy
   fi
   xl domid g1 >/dev/null 2>&1 && phase_shutdown_check
 }

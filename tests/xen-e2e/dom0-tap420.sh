@@ -140,13 +140,13 @@ phase_tap_no_script() {
   return 0
 }
 
-# The daemon restarted with fixed buffers (restart_with_fixed_buffers), then one more raw tap
+# The daemon restarted with fixed buffers (restart_with_setting fixed_buffers true), then one more raw tap
 # disk (xvdf, RUSTBK-E2E-VERIFY): the guest's fio writes 64 MiB of 4 KiB blocks with checksums
 # and reads every one back; dom0 reports how many requests went through fixed buffers on Linux
 # 6.12, where the kernel registers gntdev-mapped pages.
 phase_tap_fixed() {
   local domid=$(xl domid g3) used
-  restart_with_fixed_buffers $domid || return 1
+  restart_with_setting $domid fixed_buffers true || return 1
   make_image /data/tap-fixed.img 80 RUSTBK-E2E-VERIFY
   guest_mark
   timeout 90 xl block-attach g3 "$(tap_disk xvdf /data/tap-fixed.img)" > /tmp/attach.out 2>&1 \

@@ -286,13 +286,14 @@ fio_table() {
     function ratio(x, y) { return (x != "" && y > 0) ? sprintf("%.2f", x / y) : "-" }
     END {
       printf "%-15s %14s %15s %4s  %s\n", "backend", "randread IOPS", "randwrite IOPS", "hwq", "negotiated"
-      split("rustbk rustbk-fixed blkback qdisk", names, " ")
-      for (i = 1; i <= 4; i++) { n = names[i]
+      split("rustbk rustbk-fixed rustbk-copy blkback qdisk", names, " ")
+      for (i = 1; i <= 5; i++) { n = names[i]
         printf "%-15s %14s %15s %4s  %s\n", n, (n in r) ? r[n] : "-", (n in w) ? w[n] : "-",
           (n in q) ? q[n] : "-", (n in feat) ? feat[n] : "-" }
       printf "%-15s %14s %15s\n", "rustbk/blkback", ratio(r["rustbk"], r["blkback"]), ratio(w["rustbk"], w["blkback"])
       printf "%-15s %14s %15s\n", "rustbk/qdisk", ratio(r["rustbk"], r["qdisk"]), ratio(w["rustbk"], w["qdisk"])
       printf "%-15s %14s %15s\n", "fixed/rustbk", ratio(r["rustbk-fixed"], r["rustbk"]), ratio(w["rustbk-fixed"], w["rustbk"])
+      printf "%-15s %14s %15s\n", "copy/rustbk", ratio(r["rustbk-copy"], r["rustbk"]), ratio(w["rustbk-copy"], w["rustbk"])
     }'
 }
 

@@ -488,7 +488,16 @@ impl Device {
         if let Some(fr) = rings.first() {
             let (abi, queues) = (fr.abi.protocol_name(), rings.len());
             let qos = self.qos.limits();
-            tracing::info!(queues, order = fr.order, abi, persistent, %qos, "rings connected");
+            let data_path = data_path(&self.info, &self.opts).name();
+            tracing::info!(
+                queues,
+                order = fr.order,
+                abi,
+                persistent,
+                data_path,
+                %qos,
+                "rings connected"
+            );
         }
         Ok(())
     }
