@@ -1,8 +1,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustbk_formats::ImageQueue;
 use rustbk_formats::suite::{self, pattern};
+use rustbk_formats::{ImageQueue, IoOp};
 
 use super::{OnFull, PoolOptions, VolumeSpec};
 use crate::error::Error;
@@ -222,7 +222,7 @@ fn running_out_of_metadata_fails_writes_and_keeps_the_pool_consistent() {
 }
 
 #[test]
-fn the_low_water_hook_runs_once_when_crossed() {
+fn the_low_water_hook_runs_once_when_crossed_and_again_after_space_came_back() {
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("fired");
     let hook = dir.path().join("hook.sh");
@@ -254,6 +254,24 @@ fn the_low_water_hook_runs_once_when_crossed() {
     std::thread::sleep(Duration::from_millis(200));
     let fired = std::fs::read_to_string(&marker).expect("the hook ran");
     assert_eq!(fired.lines().count(), 1, "{fired}");
+    // Space given back re-arms the mark: crossing it again runs the hook again.
+    let discard = IoOp::Discard {
+        offset: 0,
+        len: 8 * BS,
+    };
+    suite::run(&mut *q, discard).expect("discard");
+    flush(&mut *q);
+    for i in 0..8 {
+        put(&mut *q, i * BS, &[2; 4096]);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let lines = || std::fs::read_to_string(&marker).map_or(0, |s| s.lines().count());
+    while lines() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let fired = std::fs::read_to_string(&marker).expect("the hook ran");
+    assert_eq!(fired.lines().count(), 2, "{fired}");
 }
 
 #[test]
