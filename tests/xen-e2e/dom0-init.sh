@@ -388,19 +388,33 @@ phase_reboot() {
   pass "guest rebooted (domain $old -> $(xl domid g1)) and reconnected to rustbk"
 }
 
-# fio on a rustbk disk hot-plugged into g1.
-phase_fio_rustbk() {
-  make_image /data/fio-rustbk.img $FIO_SIZE_MB RUSTBK-E2E-FIO-rustbk
+# fio_attached NAME: fio on a rustbk disk hot-plugged into g1 as xvdc, its image marked
+# RUSTBK-E2E-FIO-NAME (the guest reports it as NAME, the table's row), with what the guest's
+# blkfront negotiated; the disk stays attached for the caller's own checks until fio_detach.
+fio_attached() {
+  local name=$1 domid
+  domid=$(xl domid g1)
+  make_image /data/fio-rustbk.img $FIO_SIZE_MB RUSTBK-E2E-FIO-$name
   guest_mark
   timeout 90 xl block-attach g1 "$(rustbk_disk xvdc /data/fio-rustbk.img)" > /tmp/attach.out 2>&1 \
-    || { fail "block-attach of the rustbk fio disk"; cat /tmp/attach.out; return 1; }
-  wait_guest "G-FIO rustbk" $((FIO_RUNTIME * 2 + 300)) \
-    || { fail "no fio result for rustbk"; image_head /data/fio-rustbk.img; }
-  report_fio rustbk
-  fio_features rustbk $(xl domid g1) 51744 /local/domain/0/backend/vbd/$(xl domid g1)/51744 \
+    || { fail "block-attach of the $name fio disk"; cat /tmp/attach.out; return 1; }
+  wait_guest "G-FIO $name" $((FIO_RUNTIME * 2 + 300)) \
+    || { fail "no fio result for $name"; image_head /data/fio-rustbk.img; }
+  report_fio $name
+  fio_features $name $domid 51744 /local/domain/0/backend/vbd/$domid/51744 \
     $(odirect_of /data/fio-rustbk.img)
-  timeout 90 xl block-detach g1 xvdc > /dev/null 2>&1 || fail "block-detach of the rustbk fio disk"
+}
+
+# fio_detach NAME: the fio disk of fio_attached NAME taken away and its image removed.
+fio_detach() {
+  timeout 90 xl block-detach g1 xvdc > /dev/null 2>&1 || fail "block-detach of the $1 fio disk"
   rm -f /data/fio-rustbk.img
+}
+
+# fio on a rustbk disk hot-plugged into g1.
+phase_fio_rustbk() {
+  fio_attached rustbk || return 1
+  fio_detach rustbk
 }
 
 # image_head IMAGE: the first bytes of an image as dom0 reads them, beside a guest's failure.
@@ -455,18 +469,9 @@ phase_fio_fixed() {
   local domid
   domid=$(xl domid g1)
   restart_with_setting $domid fixed_buffers true || return 1
-  make_image /data/fio-rustbk.img $FIO_SIZE_MB RUSTBK-E2E-FIO-rustbk-fixed
-  guest_mark
-  timeout 90 xl block-attach g1 "$(rustbk_disk xvdc /data/fio-rustbk.img)" > /tmp/attach.out 2>&1 \
-    || { fail "block-attach of the rustbk fio disk (fixed buffers)"; cat /tmp/attach.out; return 1; }
-  wait_guest "G-FIO rustbk-fixed" $((FIO_RUNTIME * 2 + 300)) \
-    || { fail "no fio result for rustbk with fixed buffers"; image_head /data/fio-rustbk.img; }
-  report_fio rustbk-fixed
-  fio_features rustbk-fixed $domid 51744 /local/domain/0/backend/vbd/$domid/51744 \
-    $(odirect_of /data/fio-rustbk.img)
+  fio_attached rustbk-fixed || return 1
   report_fixed $domid 51744
-  timeout 90 xl block-detach g1 xvdc > /dev/null 2>&1 || fail "block-detach of the rustbk fio disk (fixed buffers)"
-  rm -f /data/fio-rustbk.img
+  fio_detach rustbk-fixed
 }
 
 # fio once more on a hot-plugged rustbk disk, the daemon now set to `data_path = "copy"`: the
@@ -475,23 +480,12 @@ phase_fio_fixed() {
 # guest's other disks, served the same way from the restart on, are checked afterwards by
 # the image checks of phase_shutdown_check.
 phase_fio_copy() {
-  local domid
-  domid=$(xl domid g1)
-  restart_with_setting $domid data_path '"copy"' || return 1
-  make_image /data/fio-rustbk.img $FIO_SIZE_MB RUSTBK-E2E-FIO-rustbk-copy
-  guest_mark
-  timeout 90 xl block-attach g1 "$(rustbk_disk xvdc /data/fio-rustbk.img)" > /tmp/attach.out 2>&1 \
-    || { fail "block-attach of the rustbk fio disk (grant copy)"; cat /tmp/attach.out; return 1; }
-  wait_guest "G-FIO rustbk-copy" $((FIO_RUNTIME * 2 + 300)) \
-    || { fail "no fio result for rustbk with grant copy"; image_head /data/fio-rustbk.img; }
-  report_fio rustbk-copy
-  fio_features rustbk-copy $domid 51744 /local/domain/0/backend/vbd/$domid/51744 \
-    $(odirect_of /data/fio-rustbk.img)
+  restart_with_setting $(xl domid g1) data_path '"copy"' || return 1
+  fio_attached rustbk-copy || return 1
   grep -q 'rings connected.*data_path="\?copy' /var/log/rustbk.log \
     && pass "a rustbk disk's rings connected with grant copy" \
     || fail "no rustbk disk connected with grant copy: $(grep 'rings connected' /var/log/rustbk.log | tail -n 1)"
-  timeout 90 xl block-detach g1 xvdc > /dev/null 2>&1 || fail "block-detach of the rustbk fio disk (grant copy)"
-  rm -f /data/fio-rustbk.img
+  fio_detach rustbk-copy
 }
 
 phase_shutdown_check() {
