@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rustbk_blkfront::toolstack::VbdSpec;
@@ -299,17 +301,25 @@ fn one_guest_keeps_its_data_while_the_worker_of_another_on_the_same_pool_is_kill
             assert_eq!(v.write(i * 1024, &pattern(4096, 7)), status::OKAY);
         }
         let pid = host.cluster.backend_pid(&victim).unwrap();
+        let killed = Arc::new(AtomicBool::new(false));
+        let told = killed.clone();
         let killer = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(100 + 150 * u64::from(round)));
             let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap());
             nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+            told.store(true, Ordering::SeqCst);
         });
-        let r = workload::run(
-            &mut g.front,
-            &workload(round == 0, u64::from(round)),
-            &mut |_| {},
-        )
-        .expect("workload");
+        // Timed, not counted: the kill (at 100-700 ms) must land while the guest verifies.
+        let verify = Workload {
+            max_ops: None,
+            duration: Duration::from_secs(1),
+            ..workload(round == 0, u64::from(round))
+        };
+        let r = workload::run(&mut g.front, &verify, &mut |_| {}).expect("workload");
+        assert!(
+            killed.load(Ordering::SeqCst),
+            "round {round}: the guest's workload ended before the other worker was killed"
+        );
         assert_eq!((r.mismatches, r.errors), (0, 0), "round {round}: {r:?}");
         killer.join().unwrap();
         std::mem::forget(v);

@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use rustbk_ring::{RwOp, status};
+use rustbk_thin::dir::PoolDir;
 use rustbk_thin::peers::{self, Peer};
+use rustbk_thin::pool::PoolOptions;
+use rustbk_thin::volume::{ThinVolume, VolumeOptions};
 
 use crate::harness::{Host, Setup, pattern};
 use crate::thin::thin_setup;
@@ -240,4 +243,61 @@ fn a_pool_on_block_devices_is_served_and_checks_clean() {
     for peer in Peer::ALL {
         peers::thin_check(peer, Path::new(&meta.0)).unwrap_or_else(|e| panic!("{e}"));
     }
+}
+
+/// `--passdown` on a pool whose data device is a block device: the blocks a discard frees go
+/// down as BLKDISCARD after the commit that frees them (here a loop device, which punches
+/// them out of its backing file).
+#[test]
+fn passdown_discards_the_freed_blocks_on_a_block_device() {
+    use rustbk_formats::suite::{run, write_at};
+    use rustbk_formats::{BlockImage, IoOp};
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let meta = Loop::new(&dir.path().join("meta.img"), 16 << 20);
+    let backing = dir.path().join("data.img");
+    let data = Loop::new(&backing, 64 << 20);
+    let pool = dir.path().join("pool");
+    let path = pool.to_str().unwrap();
+    thin(&[
+        "create-pool",
+        path,
+        "--metadata-dev",
+        &meta.0,
+        "--data-dev",
+        &data.0,
+    ]);
+    thin(&["create", path, "--size", "16m", "--name", "vm"]);
+    let opts = PoolOptions {
+        passdown: true,
+        ..PoolOptions::default()
+    };
+    let opened = PoolDir::new(&pool).open(opts).unwrap();
+    let vol = ThinVolume::open_local(&opened, 0, VolumeOptions::default()).unwrap();
+    let mut q = vol.open_queue(8).unwrap();
+    let mib = 1u64 << 20;
+    write_at(&mut *q, 0, &vec![5u8; 4 << 20]).unwrap();
+    run(&mut *q, IoOp::Flush).unwrap();
+    let used = || std::fs::metadata(&backing).unwrap().blocks() * 512;
+    let before = used();
+    assert!(
+        before >= 4 * mib,
+        "{before} bytes of the backing file hold the writes"
+    );
+    run(
+        &mut *q,
+        IoOp::Discard {
+            offset: 0,
+            len: 4 * mib,
+        },
+    )
+    .unwrap();
+    run(&mut *q, IoOp::Flush).unwrap();
+    let after = used();
+    assert!(
+        before - after >= 4 * mib - (64 << 10),
+        "{before} -> {after} bytes: the freed blocks did not reach the device"
+    );
+    drop((q, vol, opened));
+    peers::thin_check(Peer::V0_9, Path::new(&meta.0)).unwrap_or_else(|e| panic!("{e}"));
 }

@@ -702,3 +702,44 @@ fn reuse_after_a_peer_restore(peer: crate::peers::Peer) {
     }
     thin_check(&meta);
 }
+
+/// A snapshot shares its origin's mapping tree by its root, as dm-thin's does: it costs the
+/// same few metadata blocks whether the origin maps 20 blocks or 20000 (O(1) in the size of
+/// the volume). A copy of the larger tree would take over a hundred blocks (126 mappings a
+/// leaf).
+#[test]
+fn a_snapshot_costs_the_same_metadata_for_20_and_for_20000_mapped_blocks() {
+    let t = new_pool(BS, 20_100, PoolOptions::default());
+    let mut costs = Vec::new();
+    for (id, mapped) in [(1u64, 20u64), (2, 20_000)] {
+        t.pool.create_volume(id, spec(mapped * BS)).unwrap();
+        let mut port = t.pool.open_port(id).unwrap();
+        let mut vblock = 0;
+        while vblock < mapped {
+            let blocks = port.provision(1000.min(us(mapped - vblock))).unwrap();
+            let maps: Vec<NewMapping> = blocks
+                .into_iter()
+                .map(|block| {
+                    vblock += 1;
+                    NewMapping {
+                        vblock: vblock - 1,
+                        block,
+                    }
+                })
+                .collect();
+            port.map(&maps).unwrap();
+        }
+        port.commit().unwrap();
+        drop(port);
+        let before = t.pool.usage().unwrap().metadata_free;
+        t.pool.snapshot(id, id + 10, "").unwrap();
+        t.pool.commit().unwrap();
+        costs.push(before - t.pool.usage().unwrap().metadata_free);
+    }
+    assert_eq!(t.pool.volumes().unwrap()[1].mapped_blocks, 20_000);
+    assert!(
+        costs[1] <= costs[0] + 1 && costs[1] <= 8,
+        "metadata blocks: {costs:?}"
+    );
+    thin_check(&t.meta);
+}

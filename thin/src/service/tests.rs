@@ -449,6 +449,43 @@ fn a_read_completes_while_a_first_write_waits_for_the_service_to_map_its_block()
     });
 }
 
+/// A worker overwrites its provisioned blocks and reads them with no round trip to the
+/// service: 200 overwrites and reads complete while the service's pool lock is held.
+#[test]
+fn overwrites_of_provisioned_blocks_complete_while_the_service_is_held() {
+    use rustbk_formats::IoOp;
+    use rustbk_formats::suite::{read_at, write_at};
+    let s = served(64, &[1], MIB);
+    let vol = open_volume(&s.socket, 1, VolumeOptions::default()).unwrap();
+    let mut q = queue(&vol);
+    // Blocks 0..4 mapped and committed: exclusive to volume 1, in its worker's cache.
+    write_at(q.as_mut(), 0, &vec![1; us(4 * BS)]).unwrap();
+    rustbk_formats::suite::run(q.as_mut(), IoOp::Flush).unwrap();
+    let hold = Duration::from_secs(3);
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        scope.spawn(move || {
+            let pool = s.service.pool();
+            tx.send(()).unwrap();
+            pool.hold_lock(hold);
+        });
+        rx.recv().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let start = Instant::now();
+        for i in 0..200u64 {
+            let offset = (i % 4) * BS + (i * 4096) % BS;
+            let data = vec![u8::try_from(i % 250).unwrap() + 2; 4096];
+            write_at(q.as_mut(), offset, &data).unwrap();
+            assert_eq!(read_at(q.as_mut(), offset, 4096).unwrap(), data);
+        }
+        let took = start.elapsed();
+        assert!(
+            took < hold / 2,
+            "200 overwrites took {took:?}: they waited for the held service"
+        );
+    });
+}
+
 #[test]
 fn a_call_to_a_service_that_does_not_answer_fails_within_its_timeout() {
     let dir = tempfile::tempdir().unwrap();
