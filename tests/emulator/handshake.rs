@@ -122,6 +122,39 @@ fn reconnect(
     crate::harness::Guest::from_parts(front, cfg)
 }
 
+/// libxl removes a device's directory once it reads Closed. If the backend reaches Closed
+/// because the frontend closed, and the directory is gone before the backend reads `online`
+/// (a race the test above hit once), the missing key must read as the device going away:
+/// the backend exits instead of waiting for an `online` that no longer exists.
+#[test]
+fn a_closed_device_whose_directory_the_toolstack_removed_ends_its_backend() {
+    let mut host = Host::new(Setup::default());
+    let g = host.guest();
+    let be = g.front.backend_path().to_owned();
+    g.front.close().expect("close");
+    let xs = host.cluster.toolstack().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while xs.read(&format!("{be}/state")).ok().as_deref() != Some("6") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "backend never went to Closed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    xs.rm(&be).unwrap();
+    xs.rm(&host.spec.frontend_path()).unwrap();
+    let spec = host.spec.clone();
+    let status = host
+        .cluster
+        .wait_backend_exit(&spec)
+        .expect("backend exits");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        xs.read(&format!("{be}/state")).is_err(),
+        "the backend wrote into the removed directory"
+    );
+}
+
 #[test]
 fn toolstack_removal_closes_the_device_and_ends_the_backend() {
     let mut host = Host::new(Setup::default());

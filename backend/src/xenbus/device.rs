@@ -574,12 +574,25 @@ impl Device {
     }
 
     async fn on_online_change(&mut self) -> Result<(), Error> {
-        let v = self
-            .store
-            .read(&format!("{}/online", self.spec.backend_path))
-            .await?;
+        let be = &self.spec.backend_path;
+        let v = self.store.read(&format!("{be}/online")).await?;
+        if v.is_none() && self.store.read(&format!("{be}/state")).await?.is_none() {
+            return self.directory_removed().await;
+        }
         self.online = v.as_deref().is_none_or(|v| v.trim() != "0");
         self.go_offline().await
+    }
+
+    /// The toolstack removed the device's directory (libxl does once it read Closed, and
+    /// may do so before this backend saw `online` turn 0): the device is gone. It is released
+    /// without a write into the removed directory, which would create it again.
+    async fn directory_removed(&mut self) -> Result<(), Error> {
+        tracing::info!("backend directory removed: the device is gone");
+        self.online = false;
+        self.disconnect().await;
+        self.state = XenbusState::Closed;
+        self.control.update(|s| s.state = format!("{:?}", XenbusState::Closed));
+        Ok(())
     }
 
     /// Once the device is no longer online: Closing while connected, Closed (and released)
