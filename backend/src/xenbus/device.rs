@@ -591,7 +591,8 @@ impl Device {
         self.online = false;
         self.disconnect().await;
         self.state = XenbusState::Closed;
-        self.control.update(|s| s.state = format!("{:?}", XenbusState::Closed));
+        self.control
+            .update(|s| s.state = format!("{:?}", XenbusState::Closed));
         Ok(())
     }
 
