@@ -198,6 +198,15 @@ impl Drop for Loop {
     }
 }
 
+/// A pool at `pool` on the block devices `meta` and `data` (`create-pool --metadata-dev
+/// --data-dev`) with volume "vm" of `size`.
+fn device_pool(pool: &Path, (meta, data): (&Loop, &Loop), size: &str) {
+    let path = pool.to_str().unwrap();
+    let devices = ["--metadata-dev", &meta.0, "--data-dev", &data.0];
+    thin(&[&["create-pool", path][..], &devices[..]].concat());
+    thin(&["create", path, "--size", size, "--name", "vm"]);
+}
+
 /// A pool on two block devices (loop devices here, as logical volumes would be): made by
 /// `create-pool --metadata-dev --data-dev`, served to a guest whose writes read back, and
 /// checked by both thin_checks on the metadata device itself.
@@ -208,17 +217,8 @@ fn a_pool_on_block_devices_is_served_and_checks_clean() {
     let data = Loop::new(&dir.path().join("data.img"), 256 << 20);
     let make = |host_dir: &Path| {
         let pool = host_dir.join("pool");
-        let path = pool.to_str().unwrap();
-        thin(&[
-            "create-pool",
-            path,
-            "--metadata-dev",
-            &meta.0,
-            "--data-dev",
-            &data.0,
-        ]);
-        thin(&["create", path, "--size", "64m", "--name", "vm"]);
-        PathBuf::from(format!("{path}:vm"))
+        device_pool(&pool, (&meta, &data), "64m");
+        PathBuf::from(format!("{}:vm", pool.display()))
     };
     let setup = Setup {
         backend_args: vec!["--no-thin-service".into()],
@@ -258,16 +258,7 @@ fn passdown_discards_the_freed_blocks_on_a_block_device() {
     let backing = dir.path().join("data.img");
     let data = Loop::new(&backing, 64 << 20);
     let pool = dir.path().join("pool");
-    let path = pool.to_str().unwrap();
-    thin(&[
-        "create-pool",
-        path,
-        "--metadata-dev",
-        &meta.0,
-        "--data-dev",
-        &data.0,
-    ]);
-    thin(&["create", path, "--size", "16m", "--name", "vm"]);
+    device_pool(&pool, (&meta, &data), "16m");
     let opts = PoolOptions {
         passdown: true,
         ..PoolOptions::default()

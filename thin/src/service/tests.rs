@@ -401,6 +401,22 @@ fn refills_asked_ahead_through_the_socket_keep_their_answers_apart_from_maps_and
     );
 }
 
+/// Runs `body` while another thread holds the service's pool lock for `hold`, from 100 ms
+/// before `body` starts.
+fn while_the_service_is_held(s: &Served, hold: Duration, body: impl FnOnce()) {
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        scope.spawn(move || {
+            let pool = s.service.pool();
+            tx.send(()).unwrap();
+            pool.hold_lock(hold);
+        });
+        rx.recv().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        body();
+    });
+}
+
 #[test]
 fn a_read_completes_while_a_first_write_waits_for_the_service_to_map_its_block() {
     use rustbk_formats::suite::{read_at, write_at};
@@ -412,15 +428,7 @@ fn a_read_completes_while_a_first_write_waits_for_the_service_to_map_its_block()
     write_at(q.as_mut(), 0, &[1; 4096]).unwrap();
     rustbk_formats::suite::run(q.as_mut(), IoOp::Flush).unwrap();
     let hold = Duration::from_secs(3);
-    std::thread::scope(|scope| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        scope.spawn(move || {
-            let pool = s.service.pool();
-            tx.send(()).unwrap();
-            pool.hold_lock(hold);
-        });
-        rx.recv().unwrap();
-        std::thread::sleep(Duration::from_millis(100));
+    while_the_service_is_held(&s, hold, || {
         let start = Instant::now();
         let written = SharedBuf::new(4096);
         let write = IoOp::Write {
@@ -462,15 +470,7 @@ fn overwrites_of_provisioned_blocks_complete_while_the_service_is_held() {
     write_at(q.as_mut(), 0, &vec![1; us(4 * BS)]).unwrap();
     rustbk_formats::suite::run(q.as_mut(), IoOp::Flush).unwrap();
     let hold = Duration::from_secs(3);
-    std::thread::scope(|scope| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        scope.spawn(move || {
-            let pool = s.service.pool();
-            tx.send(()).unwrap();
-            pool.hold_lock(hold);
-        });
-        rx.recv().unwrap();
-        std::thread::sleep(Duration::from_millis(100));
+    while_the_service_is_held(&s, hold, || {
         let start = Instant::now();
         for i in 0..200u64 {
             let offset = (i % 4) * BS + (i * 4096) % BS;
